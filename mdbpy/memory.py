@@ -1,0 +1,128 @@
+"""The address space: typed reads over any target, and block reads for vectorized scans.
+
+Everything above the target reads memory through here. Small reads (a word, a struct) go straight
+to the target; scans use blocks() / words(), which read whole mappings in large pieces and hand
+back numpy arrays, so no hot path loops over words in Python.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterator
+
+from mdbpy.errors import ReadError
+from mdbpy.target.base import Mapping, Target
+
+BLOCK = 4 << 20  # bytes per block in scans: large enough to amortise syscalls, small for RSS
+
+
+class AddressSpace:
+    def __init__(self, target: Target):
+        self.target = target
+        self._maps: list[Mapping] | None = None
+        self._starts: list[int] = []
+
+    # -- mappings -------------------------------------------------------------------------
+    def mappings(self) -> list[Mapping]:
+        if self._maps is None:
+            self._maps = sorted(self.target.mappings(), key=lambda m: m.start)
+            self._starts = [m.start for m in self._maps]
+        return self._maps
+
+    def refresh(self) -> None:
+        self.target.refresh()
+        self._maps = None
+
+    def mapping_at(self, addr: int) -> Mapping | None:
+        maps = self.mappings()
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and maps[i].contains(addr):
+            return maps[i]
+        return None
+
+    # -- reads ----------------------------------------------------------------------------
+    def read(self, addr: int, size: int) -> bytes:
+        if size < 0 or addr < 0 or addr + size > 1 << 64:
+            raise ReadError(addr & ((1 << 64) - 1), max(size, 0), "address out of range")
+        if size == 0:
+            return b""
+        return self.target.read(addr, size)
+
+    def read_uint(self, addr: int, size: int) -> int:
+        return int.from_bytes(self.read(addr, size), "little")
+
+    def read_int(self, addr: int, size: int) -> int:
+        return int.from_bytes(self.read(addr, size), "little", signed=True)
+
+    def read_ptr(self, addr: int) -> int:
+        return self.read_uint(addr, 8)
+
+    def read_u8(self, addr: int) -> int:
+        return self.read(addr, 1)[0]
+
+    def read_u16(self, addr: int) -> int:
+        return self.read_uint(addr, 2)
+
+    def read_u32(self, addr: int) -> int:
+        return self.read_uint(addr, 4)
+
+    def read_u64(self, addr: int) -> int:
+        return self.read_uint(addr, 8)
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        """Bytes up to (not including) the first NUL, reading page-wise so a string that ends
+        just before an unmapped page is still read."""
+        out = bytearray()
+        cur = addr
+        while len(out) < limit:
+            n = min(limit - len(out), 4096 - (cur & 4095))
+            try:
+                chunk = self.read(cur, n)
+            except ReadError:
+                if not out and cur == addr:
+                    raise
+                break
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                out += chunk[:nul]
+                return bytes(out)
+            out += chunk
+            cur += n
+        return bytes(out)
+
+    def unpack(self, fmt: str, addr: int) -> tuple:
+        return struct.unpack("<" + fmt, self.read(addr, struct.calcsize("<" + fmt)))
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.target.write(addr, data)
+
+    # -- block reads for scans ------------------------------------------------------------
+    def blocks(self, start: int, end: int, block: int = BLOCK) -> Iterator[tuple[int, bytes]]:
+        """(addr, bytes) pieces of [start, end) in large reads; unreadable pieces are skipped
+        page by page so one bad page does not hide the rest of a mapping."""
+        cur = start
+        while cur < end:
+            n = min(block, end - cur)
+            try:
+                yield cur, self.read(cur, n)
+                cur += n
+            except ReadError:
+                if n <= 4096:
+                    cur += n
+                    continue
+                # fall back to page-sized reads for this block
+                stop = cur + n
+                while cur < stop:
+                    m = min(4096 - (cur & 4095), stop - cur)
+                    try:
+                        yield cur, self.read(cur, m)
+                    except ReadError:
+                        pass
+                    cur += m
+
+    def words(self, addr: int, count: int):
+        """`count` 64-bit little-endian words at addr as a numpy uint64 array."""
+        import numpy as np
+
+        return np.frombuffer(self.read(addr, count * 8), dtype="<u8")

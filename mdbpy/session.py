@@ -1,0 +1,91 @@
+"""Session: the one object every command receives.
+
+It holds the target and its address space, the symbol table (built on first use), the loaded
+dmods and their registry, the language state (dot, radix, variables), the settings, and a
+per-session cache that allocator modules key by what they computed. Tests build a Session over a
+SyntheticTarget and run the same commands a user types.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from mdbpy.dcmd import Registry, import_dmod
+from mdbpy.memory import AddressSpace
+from mdbpy.target.base import Target
+
+# mdb's debugger options (::set -o / -o on the command line) that mdbpy understands.
+DEFAULT_OPTIONS = {
+    "nostop": False,  # live targets: inspect without stopping the process
+    "pager": True,  # page long output on a terminal
+    "repeatlast": False,  # an empty line repeats the last command
+    "ignoreeof": False,
+    "color": True,  # colour on a terminal (NO_COLOR and non-terminals turn it off)
+}
+
+
+class Session:
+    def __init__(self, target: Target, *, sysroot: str | None = None,
+                 debug_dirs: list[str] | None = None, options: dict | None = None,
+                 out=None, err=None, load_builtin: bool = True):
+        self.target = target
+        self.mem = AddressSpace(target)
+        self.sysroot = sysroot
+        self.debug_dirs = debug_dirs
+        self.options = dict(DEFAULT_OPTIONS)
+        self.options.update(options or {})
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.registry = Registry()
+        # language state (mdb: dot, the increment, '&', the output radix, variables)
+        self.dot = 0
+        self.incr = 0
+        self.last_dot = 0
+        self.radix = 16
+        self.vars: dict[str, int] = {}
+        self.prompt = "> "
+        self.macro_path: list[str] = ["."]
+        self.cache: dict[Any, Any] = {}
+        self._symbols = None
+        # Set by the language engine so dcmds such as ::eval can run mdb commands.
+        self.evaluate = None
+        if load_builtin:
+            self.load_dmod("core")
+
+    # -- symbols ----------------------------------------------------------------------------
+    @property
+    def symbols(self):
+        if self._symbols is None:
+            from mdbpy.symbols.table import SymbolTable
+
+            self._symbols = SymbolTable(self)
+        return self._symbols
+
+    def format_addr(self, addr: int) -> str:
+        """mdb's %a: `obj`sym+0xoff`, `sym+0xoff` in the executable, else 0x-hex."""
+        return self.symbols.format_addr(addr)
+
+    # -- modules ----------------------------------------------------------------------------
+    def load_dmod(self, spec: str):
+        name, mod = import_dmod(spec)
+        dm = self.registry.load_module(name, mod)
+        hook = getattr(mod, "on_load", None)
+        if hook is not None:
+            hook(self)
+        return dm
+
+    # -- state changes ----------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """The target changed (resumed, written): drop everything derived from its memory."""
+        self.cache.clear()
+        self.mem.refresh()
+        if self._symbols is not None:
+            self._symbols.refresh()
+
+    def warn(self, msg: str) -> None:
+        self.err.write(f"mdbpy: {msg}\n")
+        self.err.flush()
+
+    def close(self) -> None:
+        self.target.close()

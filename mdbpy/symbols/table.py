@@ -1,0 +1,149 @@
+"""SymbolTable: every load object's symbols, by name and by address, for one session.
+
+Load objects come from the target's file mappings (ELF files, loaded lazily) and from synthetic
+sources added with add_symbols() (tests, the simulator). Addresses are runtime addresses.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mdbpy.symbols.base import Symbol
+
+if TYPE_CHECKING:
+    from mdbpy.session import Session
+
+
+@dataclass
+class LoadObject:
+    """A named object with symbols: an ELF file mapped by the target, or a synthetic table."""
+
+    name: str  # short name as mdb prints it: 'a.out' for the executable, else the basename
+    path: str = ""
+    base: int = 0  # lowest mapped address
+    end: int = 0  # highest mapped address (exclusive)
+    bias: int = 0  # runtime address - file address
+    is_exe: bool = False
+    symbols: list[Symbol] = field(default_factory=list)  # sorted by address once loaded
+    _by_name: dict[str, Symbol] | None = None
+    _addrs: list[int] | None = None
+
+    def finish(self) -> None:
+        """Index the symbols (call after filling `symbols`)."""
+        self.symbols.sort(key=lambda s: (s.addr, -s.size))
+        self._addrs = [s.addr for s in self.symbols]
+        by_name: dict[str, Symbol] = {}
+        for s in self.symbols:
+            old = by_name.get(s.name)
+            # prefer global over weak over local, then sized over unsized
+            if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
+                by_name[s.name] = s
+        self._by_name = by_name
+
+    def lookup(self, name: str) -> Symbol | None:
+        if self._by_name is None:
+            self.finish()
+        return self._by_name.get(name)
+
+    def lookup_addr(self, addr: int) -> Symbol | None:
+        """The symbol containing addr; else the closest preceding sized-0 symbol within the
+        object; None outside the object."""
+        if self._addrs is None:
+            self.finish()
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        best = None
+        while i >= 0:
+            s = self.symbols[i]
+            if s.type in ("func", "object", "notype", "tls") and s.name:
+                if s.contains(addr):
+                    return s
+                if best is None and s.size == 0:
+                    best = s
+                if addr - s.addr > (1 << 20):
+                    break
+            i -= 1
+        return best
+
+
+def _rank(s: Symbol) -> int:
+    return {"global": 2, "weak": 1}.get(s.bind, 0)
+
+
+class SymbolTable:
+    def __init__(self, session: Session):
+        self.session = session
+        self._objects: list[LoadObject] | None = None
+        self._synthetic: list[LoadObject] = []
+
+    def refresh(self) -> None:
+        self._objects = None
+
+    # -- objects ----------------------------------------------------------------------------
+    def objects(self) -> list[LoadObject]:
+        if self._objects is None:
+            self._objects = sorted(self._load_objects() + self._synthetic,
+                                   key=lambda o: o.base)
+        return self._objects
+
+    def _load_objects(self) -> list[LoadObject]:
+        """The ELF load objects of the target's mappings (see elf.py)."""
+        return []
+
+    def add_symbols(self, name: str, symbols, is_exe: bool = False) -> LoadObject:
+        """Add a synthetic load object with the given Symbols (runtime addresses)."""
+        syms = [s if s.obj == name else Symbol(**{**s.__dict__, "obj": name}) for s in symbols]
+        lo = LoadObject(name, base=min((s.addr for s in syms), default=0),
+                        end=max((s.addr + max(s.size, 1) for s in syms), default=0),
+                        is_exe=is_exe, symbols=syms)
+        lo.finish()
+        self._synthetic.append(lo)
+        self._objects = None
+        return lo
+
+    def object_named(self, name: str) -> LoadObject | None:
+        for o in self.objects():
+            if name in (o.name, o.path) or (name == "a.out" and o.is_exe):
+                return o
+        for o in self.objects():  # 'libc' matches 'libc.so.6', as mdb's module names do
+            if o.name.split(".so")[0] == name:
+                return o
+        return None
+
+    def object_for_addr(self, addr: int) -> LoadObject | None:
+        for o in self.objects():
+            if o.base <= addr < o.end:
+                return o
+        return None
+
+    # -- lookups ----------------------------------------------------------------------------
+    def lookup(self, name: str, obj: str | None = None) -> Symbol | None:
+        """A symbol by name: in `obj` when given, else the executable first, then the others."""
+        if obj is not None:
+            o = self.object_named(obj)
+            return o.lookup(name) if o else None
+        objs = sorted(self.objects(), key=lambda o: not o.is_exe)
+        weak = None
+        for o in objs:
+            s = o.lookup(name)
+            if s is not None and s.type != "undefined":
+                if s.bind != "weak":
+                    return s
+                weak = weak or s
+        return weak
+
+    def lookup_addr(self, addr: int) -> tuple[Symbol, int] | None:
+        o = self.object_for_addr(addr)
+        s = o.lookup_addr(addr) if o else None
+        return (s, addr - s.addr) if s else None
+
+    def format_addr(self, addr: int) -> str:
+        """mdb's %a: `obj`sym+0xoff` (no object prefix in the executable), else 0x-hex."""
+        hit = self.lookup_addr(addr)
+        if hit is None:
+            return f"0x{addr:x}"
+        s, off = hit
+        o = self.object_for_addr(addr)
+        name = s.name if (o is None or o.is_exe) else f"{o.name}`{s.name}"
+        return f"{name}+0x{off:x}" if off else name

@@ -1,0 +1,134 @@
+"""What every target (live process, core file, synthetic bytes) offers the layers above it.
+
+A target is bytes plus facts: its mappings, its threads and their registers, its auxiliary vector,
+and the files it maps. Everything above (address space, symbols, allocators, dcmds) is written
+against this interface only, so a test can build a Session from a SyntheticTarget and exercise
+the same code that runs on a live process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The x86_64 `struct user_regs_struct` in kernel order: PTRACE_GETREGS fills it and NT_PRSTATUS
+# carries it as pr_reg, so the live target, the core reader and the core writer share this list.
+X86_64_REGS = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)
+
+# Pseudo-names that /proc/PID/maps gives to kernel-made mappings; they are not files.
+PSEUDO_PATHS = ("[heap]", "[stack]", "[vdso]", "[vvar]", "[vsyscall]", "[anon", "[uprobes]")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One mapping, shaped like a line of /proc/PID/maps (perms is e.g. 'rw-p')."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int = 0
+    dev: str = "00:00"
+    inode: int = 0
+    path: str = ""
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def is_file(self) -> bool:
+        """True when the mapping is backed by a file on disk (not anonymous, not a pseudo-name)."""
+        return bool(self.path) and not self.path.startswith(PSEUDO_PATHS)
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+
+@dataclass
+class Thread:
+    """A thread (LWP): its id, its name, and its registers by X86_64_REGS name when known."""
+
+    tid: int
+    name: str = ""
+    regs: dict[str, int] = field(default_factory=dict)
+    state: str = ""  # e.g. 'S (sleeping)' live, or the signal that stopped it in a core
+
+
+class Target:
+    """The interface; subclasses implement the reads and facts.
+
+    kind is 'live', 'core' or 'synthetic'. read() returns exactly `size` bytes or raises
+    ReadError naming the first address that failed. Targets are read-only unless opened writable.
+    """
+
+    kind = "synthetic"
+    pid: int | None = None
+    writable = False
+    pointer_size = 8
+    byteorder = "little"
+    machine = "x86_64"
+
+    def mappings(self) -> list[Mapping]:
+        raise NotImplementedError
+
+    def read(self, addr: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, addr: int, data: bytes) -> None:
+        from mdbpy.errors import WriteError
+
+        raise WriteError(addr, len(data), "target is read-only (reopen with -w)")
+
+    def threads(self) -> list[Thread]:
+        return []
+
+    def auxv(self) -> dict[int, int]:
+        return {}
+
+    def exe_path(self) -> str | None:
+        """The main executable's path on this machine, if known."""
+        return None
+
+    def file_path(self, path: str) -> str:
+        """Where a file the target maps is found on this machine (cores honour --sysroot)."""
+        return path
+
+    def status_lines(self) -> list[str]:
+        """The target-specific lines of ::status."""
+        return []
+
+    def describe(self) -> str:
+        """A short phrase for messages, e.g. 'PID 1234' or 'core file core.1234'."""
+        return self.kind
+
+    def refresh(self) -> None:
+        """Forget cached facts (mappings, threads) so the next call rereads them."""
+
+    def close(self) -> None:
+        """Release the target (a live process is resumed and detached). Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

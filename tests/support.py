@@ -1,0 +1,130 @@
+"""Test support: compile C fixtures, start them as real processes, make core files, run mdbpy.
+
+Fixtures print a line starting with READY and key=value facts when set up; Running.info holds
+them. Every started process is killed when its test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+
+
+def compile_fixture(name: str, out_dir: Path, flags=("-g", "-O0"), out_name: str | None = None,
+                    libs=("-pthread",)) -> Path:
+    """Compile fixtures/<name>.c with gcc into out_dir; returns the executable's path."""
+    src = FIXTURES / f"{name}.c"
+    exe = Path(out_dir) / (out_name or name)
+    cmd = ["gcc", *flags, "-o", str(exe), str(src), *libs]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return exe
+
+
+class Running:
+    """A started fixture process."""
+
+    def __init__(self, proc: subprocess.Popen, info: dict[str, str]):
+        self.proc = proc
+        self.pid = proc.pid
+        self.info = info
+
+    def addr(self, key: str) -> int:
+        return int(self.info[key], 16)
+
+    def proc_status(self) -> dict[str, str]:
+        out = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                out[k] = v.strip()
+        return out
+
+    def thread_states(self) -> list[str]:
+        states = []
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        return states
+
+    def assert_untouched(self, timeout: float = 10.0) -> None:
+        """The process runs, is not traced or stopped, and its data checksum is unchanged."""
+        assert self.proc.poll() is None, "target exited"
+        deadline = time.time() + timeout
+        while True:  # ptrace detach is asynchronous; allow the kernel a moment
+            st = self.proc_status()
+            states = self.thread_states()
+            if st["TracerPid"] == "0" and not any(s in "tT" for s in states):
+                break
+            assert time.time() < deadline, f"target still traced/stopped: {st['TracerPid']} {states}"
+            time.sleep(0.05)
+        if "sum" in self.info:
+            os.kill(self.pid, signal.SIGUSR1)
+            line = read_line(self.proc, timeout)
+            assert line.split() == ["SUM", self.info["sum"]], line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for s in (self.proc.stdout, self.proc.stderr):
+            if s:
+                s.close()
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of the process's stdout, or fail after timeout seconds."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise AssertionError("fixture did not answer in time")
+        return proc.stdout.readline()
+    finally:
+        sel.close()
+
+
+def start_fixture(exe: Path, *args, env=None, timeout: float = 20.0) -> Running:
+    proc = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = read_line(proc, timeout)
+    except AssertionError:
+        proc.kill()
+        raise
+    if not line.startswith("READY"):
+        proc.kill()
+        raise AssertionError(f"fixture said {line!r}, stderr {proc.stderr.read()!r}")
+    info = dict(re.findall(r"(\w+)=(\S+)", line))
+    return Running(proc, info)
+
+
+def gcore(pid: int, prefix: Path) -> Path:
+    """A core of a live process written by gdb's gcore."""
+    subprocess.run(["gcore", "-o", str(prefix), str(pid)], check=True, capture_output=True,
+                   timeout=120)
+    return Path(f"{prefix}.{pid}")
+
+
+def mdbpy_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "mdbpy", *map(str, args)]
+
+
+def run_mdbpy(*args, input: str | None = None, timeout: float = 120, env=None):
+    """Run the mdbpy CLI as a user would; returns the CompletedProcess (text)."""
+    e = dict(os.environ)
+    e.pop("NO_COLOR", None)
+    if env:
+        e.update(env)
+    return subprocess.run(mdbpy_cmd(*args), input=input, capture_output=True, text=True,
+                          timeout=timeout, env=e, stdin=None if input is not None else
+                          subprocess.DEVNULL)
