@@ -48,6 +48,7 @@ class Session:
         self.macro_path: list[str] = ["."]
         self.cache: dict[Any, Any] = {}
         self._symbols = None
+        self.thread: int | None = None  # the current thread's tid (None: the first thread)
         # Set by the language engine so dcmds such as ::eval can run mdb commands.
         self.evaluate = None
         if load_builtin:
@@ -65,6 +66,20 @@ class Session:
     def format_addr(self, addr: int) -> str:
         """mdb's %a: `obj`sym+0xoff`, `sym+0xoff` in the executable, else 0x-hex."""
         return self.symbols.format_addr(addr)
+
+    # -- threads and registers ---------------------------------------------------------------
+    def current_thread(self):
+        """The selected Thread (the first one when none is selected), or None without threads."""
+        threads = self.target.threads()
+        for t in threads:
+            if t.tid == self.thread:
+                return t
+        return threads[0] if threads else None
+
+    def register_vars(self) -> dict[str, int]:
+        """The current thread's registers, readable in expressions as `<rip`, `<rsp`, ..."""
+        t = self.current_thread()
+        return dict(t.regs) if t is not None else {}
 
     # -- modules ----------------------------------------------------------------------------
     def load_dmod(self, spec: str):
