@@ -1,0 +1,114 @@
+"""Struct layouts as DWARF states them, for binding descriptors to what the target really has.
+
+Reading a whole libc's DWARF takes seconds, so lookups name the compilation units worth trying
+first (`cu_hint`, e.g. 'malloc.c') and stop at the first complete definition. Results are kept
+per (file, struct) in the process.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mdbpy.layout.bind import DwarfStruct
+
+_cache: dict[tuple, DwarfStruct | None] = {}
+
+
+def _attr(die, name):
+    a = die.attributes.get(name)
+    return None if a is None else a.value
+
+
+def _member_offset(die) -> int | None:
+    a = die.attributes.get("DW_AT_data_member_location")
+    if a is None:
+        return 0  # union members and some first members carry no location
+    if isinstance(a.value, int):
+        return a.value
+    # an old-style location expression: DW_OP_plus_uconst N
+    v = a.value
+    if isinstance(v, list) and len(v) >= 2 and v[0] == 0x23:
+        n, shift = 0, 0
+        for b in v[1:]:
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        return n
+    return None
+
+
+def _type_size(die, depth: int = 0) -> int | None:
+    """The byte size of a member's type, following typedefs, qualifiers and arrays."""
+    t = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+    while t is not None and depth < 16:
+        size = _attr(t, "DW_AT_byte_size")
+        if size is not None and t.tag != "DW_TAG_array_type":
+            return size
+        if t.tag == "DW_TAG_array_type":
+            elem = _type_size(t, depth + 1)
+            count = 1
+            for sub in t.iter_children():
+                if sub.tag == "DW_TAG_subrange_type":
+                    if "DW_AT_count" in sub.attributes:
+                        count *= _attr(sub, "DW_AT_count")
+                    elif "DW_AT_upper_bound" in sub.attributes:
+                        count *= _attr(sub, "DW_AT_upper_bound") + 1
+                    else:
+                        return None  # flexible
+            return None if elem is None else elem * count
+        if t.tag == "DW_TAG_pointer_type":
+            return t.cu.header["address_size"]
+        if "DW_AT_type" not in t.attributes:
+            return None
+        t = t.get_DIE_from_attribute("DW_AT_type")
+        depth += 1
+    return None
+
+
+def find_struct(path: str, name: str, cu_hint: str | None = None) -> DwarfStruct | None:
+    """The layout of `struct name` in the DWARF of the ELF file at path, or None."""
+    key = (os.path.realpath(path), name, cu_hint)
+    if key in _cache:
+        return _cache[key]
+    result = None
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if elf.has_dwarf_info():
+                dwarf = elf.get_dwarf_info()
+                result = _search(dwarf, name, cu_hint, os.path.basename(path))
+    except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError):
+        # pyelftools raises assorted errors on damaged or unusual DWARF; no layout then.
+        result = None
+    _cache[key] = result
+    return result
+
+
+def _search(dwarf, name: str, cu_hint: str | None, origin: str) -> DwarfStruct | None:
+    cus = list(dwarf.iter_CUs())
+    if cu_hint:
+        def hinted(cu):
+            top = cu.get_top_DIE()
+            cu_name = _attr(top, "DW_AT_name")
+            return cu_name is not None and cu_hint.encode() in cu_name
+        cus.sort(key=lambda cu: not hinted(cu))
+    want = name.encode()
+    for cu in cus:
+        for die in cu.iter_DIEs():
+            if die.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+                continue
+            if _attr(die, "DW_AT_name") != want or _attr(die, "DW_AT_declaration"):
+                continue
+            members = {}
+            for m in die.iter_children():
+                if m.tag != "DW_TAG_member":
+                    continue
+                mname = _attr(m, "DW_AT_name")
+                if mname is None:
+                    continue
+                members[mname.decode()] = (_member_offset(m), _type_size(m))
+            return DwarfStruct(_attr(die, "DW_AT_byte_size") or 0, members, origin)
+    return None
