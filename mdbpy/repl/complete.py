@@ -1,0 +1,134 @@
+"""Tab completion from the session: dcmds, walkers, `$` verbs, variables and symbols.
+
+Everything offered comes from the registry and the symbol table of the session, so a dmod loaded
+with ::load is completable at once and a dcmd hidden by its enabled() predicate is not offered.
+Symbol names are completed by binary search over a sorted, de-duplicated name list built once
+per set of load objects: a libc with debug symbols holds tens of thousands of names and TAB must
+stay instant. The list of candidates is capped (MAX_SYMBOLS) for the same reason.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Iterator
+
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+
+MAX_SYMBOLS = 200  # symbol candidates shown for one TAB
+MIN_SYMBOL_PREFIX = 2  # shorter prefixes match too much of a libc to be useful
+
+# What the text before the cursor ends with, most specific first.
+_WALK_ARG = re.compile(r"::walk\s+([\w`.$]*)$")
+_HELP_ARG = re.compile(r"::help\s+(::)?([\w`.$]*)$")
+_DCMD = re.compile(r"::([\w`.$]*)$")
+_DOLLAR = re.compile(r"(?<![\w$])\$(\w?)$")
+_VARIABLE = re.compile(r"<(\w*)$")
+_SYMBOL = re.compile(r"(?<![\w.`$:<>/\\?=@])([A-Za-z_.][\w.]*`?[\w.]*)$")
+# Symbol types that name nothing an expression can use.
+_SKIP_TYPES = frozenset({"file", "section", "undefined"})
+
+
+class MdbCompleter(Completer):
+    """A prompt_toolkit Completer over one Session (see the module docstring)."""
+
+    def __init__(self, session):
+        self.session = session
+        self._index_key: tuple | None = None
+        self._index: dict[str | None, list[str]] = {}
+
+    def get_completions(self, document: Document,
+                        complete_event: CompleteEvent) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        m = _WALK_ARG.search(text)
+        if m:
+            yield from _matching(m.group(1), self._walkers())
+            return
+        m = _HELP_ARG.search(text)
+        if m:
+            yield from _matching(m.group(2), self._dcmds(dollar=True))
+            return
+        m = _DCMD.search(text)
+        if m:
+            yield from _matching(m.group(1), self._dcmds(dollar=False))
+            return
+        m = _DOLLAR.search(text)
+        if m:
+            yield from _matching("$" + m.group(1),
+                                 ((n, d) for n, d in self._dcmds(dollar=True)
+                                  if n.startswith("$")))
+            return
+        m = _VARIABLE.search(text)
+        if m:
+            yield from _matching(m.group(1), ((v, "variable") for v in sorted(
+                self.session.vars)))
+            return
+        m = _SYMBOL.search(text)
+        if m and len(m.group(1)) >= MIN_SYMBOL_PREFIX:
+            yield from self._symbols(m.group(1))
+
+    # -- sources ----------------------------------------------------------------------------
+    def _dcmds(self, dollar: bool) -> Iterator[tuple[str, str]]:
+        """(name, description) of every visible dcmd and alias; `$x` names only when asked."""
+        for d in self.session.registry.visible_dcmds(self.session):
+            for n in (d.name, *d.aliases):
+                if dollar or not n.startswith("$"):
+                    yield n, d.descr
+
+    def _walkers(self) -> Iterator[tuple[str, str]]:
+        for w in self.session.registry.visible_walkers(self.session):
+            yield w.name, w.descr
+
+    def _symbols(self, word: str) -> Iterator[Completion]:
+        """Names starting with `word`; `obj`prefix` searches one object; a word that starts an
+        object's name also offers `obj`` so the user can go on into that object."""
+        objects = self.session.symbols.objects()
+        self._refresh_index(objects)
+        if "`" in word:
+            obj_name, prefix = word.split("`", 1)
+            obj = self.session.symbols.object_named(obj_name)
+            if obj is None:
+                return
+            names = self._index.get(obj.name, [])
+            lead = obj_name + "`"
+        else:
+            prefix, names, lead = word, self._index[None], ""
+            for o in objects:
+                if o.name.startswith(word) and o.symbols:
+                    yield Completion(o.name + "`", -len(word), display_meta="load object")
+        for name in _prefixed(names, prefix, MAX_SYMBOLS):
+            yield Completion(lead + name, -len(word))
+
+    def _refresh_index(self, objects) -> None:
+        """Rebuild the sorted name lists when the set of load objects has changed."""
+        key = tuple((id(o), len(o.symbols)) for o in objects)
+        if key == self._index_key:
+            return
+        index: dict[str | None, list[str]] = {}
+        every: set[str] = set()
+        for o in objects:
+            names = {s.name for s in o.symbols if s.name and s.type not in _SKIP_TYPES}
+            index[o.name] = sorted(names)
+            every |= names
+        index[None] = sorted(every)
+        self._index, self._index_key = index, key
+
+
+def _prefixed(names: list[str], prefix: str, limit: int) -> list[str]:
+    """The first `limit` names of a sorted list that start with prefix (binary search)."""
+    i = bisect.bisect_left(names, prefix)
+    out = []
+    while i < len(names) and len(out) < limit and names[i].startswith(prefix):
+        out.append(names[i])
+        i += 1
+    return out
+
+
+def _matching(prefix: str, candidates: Iterable[tuple[str, str]]) -> Iterator[Completion]:
+    """Completions for the names that start with prefix, each with its description."""
+    seen = set()
+    for name, descr in candidates:
+        if name.startswith(prefix) and name not in seen:
+            seen.add(name)
+            yield Completion(name, -len(prefix), display_meta=descr)

@@ -1,0 +1,274 @@
+"""The interactive front end: the input lexer, completion, the pager, and a real terminal session.
+
+Lexer, completer and pager are tested on their own over a Session on a SyntheticTarget; the
+end-to-end tests run `python -m mdbpy` inside tmux (a real pseudo-terminal) and synchronize on
+what the screen shows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String,
+                            Whitespace)
+
+from mdbpy.repl import app
+from mdbpy.repl.complete import MAX_SYMBOLS, MdbCompleter
+from mdbpy.repl.lexer import MdbLexer
+from mdbpy.repl.pager import MORE_PROMPT, Pager, PagerQuit
+from mdbpy.session import Session
+from mdbpy.symbols.base import Symbol
+from mdbpy.target.synthetic import SyntheticTarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support import mdbpy_cmd  # noqa: E402
+
+# -- the lexer -------------------------------------------------------------------------------
+
+
+def tokens(line: str) -> list[tuple]:
+    return [(t, v) for t, v in MdbLexer().get_tokens(line) if t is not Whitespace
+            and v.strip()]
+
+
+LEXER_CASES = [
+    ("0x1f 0t12 0o17 0i101 0t1.5 10",
+     [(Number.Hex, "0x1f"), (Number.Integer, "0t12"), (Number.Oct, "0o17"),
+      (Number.Bin, "0i101"), (Number.Float, "0t1.5"), (Number, "10")]),
+    ("list_head::walk node | ::print -t",
+     [(Name, "list_head"), (Name.Function, "::walk"), (Name, "node"), (Punctuation, "|"),
+      (Name.Function, "::print"), (Name.Attribute, "-t")]),
+    ("main/10X; $q",
+     [(Name, "main"), (Operator, "/"), (Number.Integer, "10"), (Name.Builtin, "X"),
+      (Punctuation, ";"), (Keyword, "$q")]),
+    ('::echo "a b" // note',
+     [(Name.Function, "::echo"), (String.Double, '"a b"'), (Comment.Single, "// note")]),
+    ("<x+8>/l/y",
+     [(Name.Variable, "<x"), (Operator, "+"), (Number, "8"), (Operator, ">"),
+      (Name.Variable, "/l/y")]),
+    ("::dcmds ! grep walk",
+     [(Name.Function, "::dcmds"), (Operator, "!"), (String.Backtick, " grep walk")]),
+    ("libc.so.6`malloc::dis", [(Name, "libc.so.6`malloc"), (Name.Function, "::dis")]),
+    ("$[ 1 << 3 ]=K",
+     [(Punctuation, "$["), (Number, "1"), (Operator, "<<"), (Number, "3"),
+      (Punctuation, "]"), (Operator, "="), (Name.Builtin, "K")]),
+    ("$<< macro :c", [(Keyword, "$<<"), (Name, "macro"), (Keyword, ":c")]),
+]
+
+
+@pytest.mark.parametrize("line,expected", LEXER_CASES)
+def test_lexer_tokens(line, expected):
+    assert tokens(line) == expected
+
+
+def test_lexer_covers_every_character_of_odd_input():
+    line = 'foo/"unterminated ]]] ~~ 0x 0tz ``'
+    assert "".join(v for _, v in MdbLexer().get_tokens(line)) == line + "\n"
+
+
+# -- the completer ---------------------------------------------------------------------------
+
+DMOD = '''
+from mdbpy.dcmd import dcmd, walker
+
+@dcmd("zzfirst", "the first test dcmd", aliases=("$Z",))
+def zzfirst(inv):
+    return 0
+
+@dcmd("zzsecond", "the second test dcmd")
+def zzsecond(inv):
+    return 0
+
+@dcmd("zzhidden", "needs something absent", enabled=lambda s: "not here")
+def zzhidden(inv):
+    return 0
+
+@walker("zzlist", "walks the test list")
+def zzlist(session, addr):
+    yield from ()
+
+@walker("zzother", "walks nothing")
+def zzother(session, addr):
+    yield from ()
+'''
+
+
+@pytest.fixture
+def session(tmp_path):
+    target = SyntheticTarget([(0x400000, bytes(0x1000), "r-xp", "/bin/a.out"),
+                              (0x7f0000000000, bytes(0x1000), "r-xp", "/lib/libc.so.6")])
+    s = Session(target)
+    mod = tmp_path / "zztest.py"
+    mod.write_text(DMOD)
+    s.load_dmod(str(mod))
+    s.symbols.add_symbols("a.out", [
+        Symbol("main", 0x401000, 0x40), Symbol("list_head", 0x404000, 8, "object"),
+        Symbol("list_tail", 0x404008, 8, "object"), Symbol("basic.c", 0, 0, "file"),
+    ], is_exe=True)
+    s.symbols.add_symbols("libc.so.6", [
+        Symbol("malloc", 0x7f0000001000, 0x100), Symbol("malloc_usable_size", 0x7f0000001100,
+                                                         0x20),
+        Symbol("list_libc", 0x7f0000001200, 0x10),
+    ] + [Symbol(f"sym{i:05d}", 0x7f0000002000 + i * 16, 16) for i in range(5000)])
+    s.vars.update({"myvar": 1, "other": 2})
+    return s
+
+
+def completion_of(session, text: str):
+    """What TAB offers with the cursor at the end of text."""
+    doc = Document(text, len(text))
+    return list(MdbCompleter(session).get_completions(
+        doc, CompleteEvent(completion_requested=True)))
+
+
+def complete(session, text: str) -> list[str]:
+    return [c.text for c in completion_of(session, text)]
+
+
+def test_complete_dcmd_names_and_hides_disabled(session):
+    assert complete(session, "::zz") == ["zzfirst", "zzsecond"]
+    assert complete(session, "list_head::zzs") == ["zzsecond"]
+    c = completion_of(session, "::zzf")[0]
+    assert (c.text, c.start_position, c.display_meta_text) == ("zzfirst", -3,
+                                                                "the first test dcmd")
+
+
+def test_complete_walker_names_after_walk(session):
+    assert complete(session, "::walk zz") == ["zzlist", "zzother"]
+    assert complete(session, "list_head::walk zzl") == ["zzlist"]
+
+
+def test_complete_dollar_commands_from_registry(session):
+    assert "$Z" in complete(session, "$")
+    assert complete(session, "$Z") == ["$Z"]
+    assert "$Z" not in complete(session, "::")  # `$` aliases are not `::` names
+
+
+def test_complete_help_argument_offers_dcmds(session):
+    assert complete(session, "::help zz") == ["zzfirst", "zzsecond"]
+
+
+def test_complete_variables(session):
+    assert complete(session, "<my") == ["myvar"]
+
+
+def test_complete_symbols_across_objects(session):
+    assert complete(session, "list_") == ["list_head", "list_libc", "list_tail"]
+    assert complete(session, "mall") == ["malloc", "malloc_usable_size"]
+    assert complete(session, "main+lis") == ["list_head", "list_libc", "list_tail"]
+    assert complete(session, "::zzfirst lis") == ["list_head", "list_libc", "list_tail"]
+    c = completion_of(session, "0x10+list_h")[0]
+    assert (c.text, c.start_position) == ("list_head", -6)
+
+
+def test_complete_symbols_need_two_characters_and_skip_files(session):
+    assert complete(session, "m") == []
+    assert complete(session, "basic") == []
+
+
+def test_complete_object_qualified_symbols(session):
+    assert complete(session, "libc.so.6`list") == ["libc.so.6`list_libc"]
+    assert complete(session, "a.out`list") == ["a.out`list_head", "a.out`list_tail"]
+    assert complete(session, "libc`mall") == ["libc`malloc", "libc`malloc_usable_size"]
+    assert complete(session, "nosuch`ma") == []
+    assert complete(session, "libc.s") == ["libc.so.6`"]
+
+
+def test_complete_symbols_is_capped(session):
+    got = complete(session, "sym")
+    assert len(got) == MAX_SYMBOLS
+    assert got[0] == "sym00000" and got[-1] == f"sym{MAX_SYMBOLS - 1:05d}"
+
+
+def test_no_symbol_completion_in_formats_or_numbers(session):
+    assert complete(session, "main/li") == []
+    assert complete(session, "0xli") == []
+
+
+# -- the pager -------------------------------------------------------------------------------
+
+
+def paged(text: str, keys: str, rows: int = 5, cols: int = 80):
+    out = io.StringIO()
+    answers = iter(keys)
+    pager = Pager(out, rows, cols, lambda: next(answers, ""))
+    status = None
+    try:
+        pager.write(text)
+    except PagerQuit as q:
+        status = q.status
+    return out.getvalue(), status
+
+
+LINES = "".join(f"line{i}\n" for i in range(10))
+ERASE = "\r" + " " * len(MORE_PROMPT) + "\r"
+
+
+def test_pager_space_pages_and_return_gives_one_line():
+    out, status = paged(LINES, " \r ")
+    assert status is None
+    assert out == ("line0\nline1\nline2\nline3\n" + MORE_PROMPT + ERASE
+                   + "line4\nline5\nline6\nline7\n" + MORE_PROMPT + ERASE
+                   + "line8\n" + MORE_PROMPT + ERASE + "line9\n")
+
+
+def test_pager_q_stops_and_a_aborts():
+    out, status = paged(LINES, "q")
+    assert (out, status) == ("line0\nline1\nline2\nline3\n" + MORE_PROMPT + ERASE, 0)
+    assert paged(LINES, "xa")[1] == 1  # unknown keys are ignored until a known one
+
+
+def test_pager_c_continues_without_paging_and_short_output_is_not_paged():
+    out, status = paged(LINES, "c")
+    assert out == "line0\nline1\nline2\nline3\n" + MORE_PROMPT + ERASE + LINES[24:]
+    assert paged("a\nb\nc\nd\n", "")[0] == "a\nb\nc\nd\n"
+
+
+def test_pager_counts_wrapped_rows_and_ignores_colour_escapes():
+    long = "x" * 25 + "\n"  # three rows at 10 columns
+    out, status = paged(long + "\x1b[1mshort\x1b[0m\n" + "y\n", "q", rows=5, cols=10)
+    assert out == long + "\x1b[1mshort\x1b[0m\n" + MORE_PROMPT + ERASE and status == 0
+
+
+def test_pager_end_of_input_at_prompt_stops():
+    assert paged(LINES, "")[1] == 0
+
+
+def test_pager_partial_writes_make_one_row():
+    out = io.StringIO()
+    pager = Pager(out, 3, 80, lambda: "q")
+    for part in ("ab", "cd\n", "ef", "\n"):
+        pager.write(part)
+    with pytest.raises(PagerQuit):
+        pager.write("gh\n")
+    assert out.getvalue() == "abcd\nef\n" + MORE_PROMPT + ERASE
+
+
+# -- colour and history settings ---------------------------------------------------------------
+
+
+def test_color_follows_no_color_and_option(session, monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert app.use_color(session)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not app.use_color(session)
+    monkeypatch.delenv("NO_COLOR")
+    session.options["color"] = False
+    assert not app.use_color(session)
+
+
+def test_history_path_honours_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MDBPY_HISTORY", str(tmp_path / "h"))
+    assert app.history_path() == str(tmp_path / "h")
+    monkeypatch.delenv("MDBPY_HISTORY")
+    assert app.history_path() == os.path.expanduser("~/.mdbpy_history")
