@@ -1,0 +1,568 @@
+"""Post-mortem targets: ELF core files (CoreTarget) and executables or libraries on their own
+(FileTarget), opened by open_file_target() for `mdbpy core`, `mdbpy exe core` and `mdbpy exe`.
+
+Both read through an mmap of the file, never a copy of it. A core is untrusted input: every
+count, size and offset in it is checked against the file's real size, so a truncated or
+hostile core opens as a one-line TargetError or as a usable partial target (the damage listed
+in `warnings`), and a segment that claims terabytes costs nothing until someone reads it.
+
+Pages a core left out (text and read-only data of mapped files, which the kernel and gdb omit
+by default) are read from the mapped file on disk, found through NT_FILE and `--sysroot`, but
+only when that file's build-id equals the one in the core's own copy of the file's first page;
+otherwise those pages stay unreadable and a warning says why.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import signal
+from dataclasses import dataclass
+
+from mdbpy.errors import ReadError, TargetError, WriteError
+from mdbpy.target import elfcore as ec
+from mdbpy.target.base import Mapping, Target, Thread
+
+MAX_PHDRS = 1 << 18  # far above any real process (vm.max_map_count is 65530 by default)
+MAX_FILES = 1 << 18
+NOT_IN_CORE = "not in core file"
+
+
+@dataclass
+class _Segment:
+    """[start, end) of the target; its first `avail` bytes are in the image at `off`."""
+
+    start: int
+    end: int
+    perms: str
+    off: int = 0
+    avail: int = 0
+    claimed: int = 0  # bytes the header says the image holds (more than avail if truncated)
+    path: str = ""
+    foff: int = 0  # offset in `path` of `start`
+
+    def mapping(self) -> Mapping:
+        return Mapping(self.start, self.end, self.perms, self.foff if self.path else 0,
+                       path=self.path)
+
+
+def _clip_overlaps(segs: list[_Segment]) -> list[_Segment]:
+    """Sort segments and cut each where the one before it ends, so no address is claimed twice
+    (only hostile files overlap; the first claim wins)."""
+    out: list[_Segment] = []
+    for s in sorted(segs, key=lambda s: (s.start, s.end)):
+        if out and s.start < out[-1].end:
+            cut = out[-1].end - s.start
+            if cut >= s.end - s.start:
+                continue
+            s.start += cut
+            s.off += cut
+            s.foff += cut
+            s.avail = max(0, s.avail - cut)
+            s.claimed = max(0, s.claimed - cut)
+        out.append(s)
+    return out
+
+
+def _open_image(path: str, writable: bool):
+    """(file object, mmap, size) of a file, or a one-line TargetError naming it."""
+    try:
+        f = open(path, "r+b" if writable else "rb")
+    except OSError as e:
+        raise TargetError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        size = os.fstat(f.fileno()).st_size
+        if size < ec.EHDR.size:
+            raise TargetError(f"{path}: not an ELF file (only {size} bytes)")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if writable else
+                       mmap.ACCESS_READ)
+    except OSError as e:
+        f.close()
+        raise TargetError(f"cannot map {path}: {e.strerror}") from None
+    except BaseException:
+        f.close()
+        raise
+    return f, mm, size
+
+
+class _ImageTarget(Target):
+    """A target whose memory is segments of one mmapped file; subclasses say what the bytes
+    past a segment's image are (zeros for bss, the mapped file for a core) via _missing()."""
+
+    def __init__(self, path: str, writable: bool = False):
+        self.path = path
+        self.writable = writable
+        self.warnings: list[str] = []
+        self._file, self._mm, self.file_size = _open_image(path, writable)
+        self._segs: list[_Segment] = []
+        self._starts: list[int] = []
+
+    def _header(self) -> ec.ElfHeader:
+        err = ec.check_ident(self._mm[:16])
+        if err:
+            raise TargetError(f"{self.path}: {err}")
+        try:
+            eh = ec.parse_ehdr(self._mm[:ec.EHDR.size])
+        except ValueError as e:
+            raise TargetError(f"{self.path}: {e}") from None
+        if eh.machine != ec.EM_X86_64:
+            raise TargetError(f"{self.path}: ELF machine {eh.machine} is not x86_64")
+        return eh
+
+    def _phdrs(self, eh: ec.ElfHeader) -> list[ec.Phdr]:
+        """The program headers, all inside the file, or a TargetError saying what is wrong."""
+        try:
+            count = ec.phdr_count(eh, self._slice)
+        except ValueError as e:
+            raise TargetError(f"{self.path}: {e}") from None
+        if count > MAX_PHDRS:
+            raise TargetError(f"{self.path}: {count} program headers is not credible")
+        if eh.phoff + count * ec.PHDR.size > self.file_size:
+            raise TargetError(f"{self.path}: truncated: program headers end past the end of the "
+                              f"file ({self.file_size} bytes)")
+        return ec.parse_phdrs(self._mm[eh.phoff:eh.phoff + count * ec.PHDR.size], count)
+
+    def _slice(self, off: int, n: int) -> bytes:
+        """Up to n bytes of the file at off (fewer at its end, none past it)."""
+        if off >= self.file_size or n <= 0:
+            return b""
+        return self._mm[off:min(off + n, self.file_size)]
+
+    def _set_segments(self, segs: list[_Segment]) -> None:
+        self._segs = _clip_overlaps(segs)
+        self._starts = [s.start for s in self._segs]
+
+    def _locate(self, addr: int) -> _Segment | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self._segs[i].end:
+            return self._segs[i]
+        return None
+
+    # -- Target ---------------------------------------------------------------------------
+    def mappings(self) -> list[Mapping]:
+        return [s.mapping() for s in self._segs]
+
+    def read(self, addr: int, size: int) -> bytes:
+        seg = self._locate(addr)
+        if seg is not None and addr + size <= seg.start + seg.avail:  # the common case
+            off = seg.off + addr - seg.start
+            return self._mm[off:off + size]
+        out = bytearray()
+        cur, end = addr, addr + size
+        while cur < end:
+            seg = self._locate(cur)
+            if seg is None:
+                raise ReadError(cur, end - cur, "no mapping")
+            n = min(end, seg.end) - cur
+            rel = cur - seg.start
+            if rel < seg.avail:
+                n = min(n, seg.avail - rel)
+                out += self._mm[seg.off + rel:seg.off + rel + n]
+            elif rel < seg.claimed:
+                raise ReadError(cur, end - cur, "core file is truncated")
+            else:
+                chunk = self._missing(seg, cur, n)
+                n = len(chunk)
+                out += chunk
+            cur += n
+        return bytes(out)
+
+    def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
+        """Bytes at [addr, addr+n) of seg that its image does not hold (at least one byte)."""
+        raise NotImplementedError
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Writes go into the file's image bytes (with -w); nothing else can be written."""
+        if not self.writable:
+            super().write(addr, data)
+        pieces = []
+        cur, end = addr, addr + len(data)
+        while cur < end:
+            seg = self._locate(cur)
+            rel = cur - seg.start if seg else 0
+            if seg is None or rel >= seg.avail:
+                raise WriteError(cur, end - cur, "no mapping" if seg is None else
+                                 "not in the file's image")
+            n = min(end - cur, seg.avail - rel)
+            pieces.append((seg.off + rel, cur - addr, n))
+            cur += n
+        for off, at, n in pieces:
+            self._mm[off:off + n] = data[at:at + n]
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._file.close()
+            self._mm = None
+
+
+class FileTarget(_ImageTarget):
+    """An executable or shared object on its own: its PT_LOAD segments at their p_vaddr, file
+    bytes then zeros (bss), with no threads, so `mdbpy ./prog -e 'main/4X'` reads the file."""
+
+    kind = "file"
+
+    def __init__(self, path: str, writable: bool = False):
+        super().__init__(path, writable)
+        try:
+            eh = self._header()
+            self.etype = eh.type
+            segs = []
+            for ph in self._phdrs(eh):
+                if ph.type != ec.PT_LOAD or ph.memsz == 0:
+                    continue
+                delta = ph.vaddr % ec.PAGE
+                start = ph.vaddr - delta
+                end = min(-(-(ph.vaddr + ph.memsz) // ec.PAGE) * ec.PAGE, 1 << 64)
+                off = max(ph.offset - delta, 0)
+                have = max(0, min(ph.filesz + delta, self.file_size - off))
+                segs.append(_Segment(start, end, ec.perms_from_flags(ph.flags), off, have,
+                                     have, os.path.abspath(path), off))
+            self._set_segments(segs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
+        return bytes(n)  # bss, and the rest of the last page
+
+    def exe_path(self) -> str | None:
+        return os.path.abspath(self.path)
+
+    def describe(self) -> str:
+        return f"object file {self.path}"
+
+    def status_lines(self) -> list[str]:
+        what = "executable" if self.etype == ec.ET_EXEC else "object"
+        return [f"debugging {what} file (64-bit)", f"executable file: {self.path}",
+                "status: idle"]
+
+
+class _DiskFile:
+    """A file a core maps, as found on this machine, and whether its bytes may stand in for
+    pages the core left out (`mm` is set only when the build-id check passed)."""
+
+    def __init__(self, path: str, mm: mmap.mmap | None, size: int):
+        self.path = path
+        self.mm = mm
+        self.size = size
+
+
+class CoreTarget(_ImageTarget):
+    """An ELF core file (kernel, gdb's gcore, or mdbpy's ::gcore)."""
+
+    kind = "core"
+
+    def __init__(self, path: str, exe: str | None = None, sysroot: str | None = None,
+                 writable: bool = False):
+        super().__init__(path, writable)
+        self.sysroot = sysroot
+        self.exe = exe
+        self.psinfo: ec.PsInfo | None = None
+        self.siginfo: ec.SigInfo | None = None
+        self._threads: list[Thread] = []
+        self._cursig: list[int] = []
+        self._auxv: dict[int, int] = {}
+        self.files: list[ec.FileEntry] = []
+        self._file_starts: list[int] = []
+        self._disk: dict[str, _DiskFile] = {}
+        try:
+            eh = self._header()
+            if eh.type != ec.ET_CORE:
+                raise TargetError(f"{path}: not a core file (ELF type {eh.type})")
+            phdrs = self._phdrs(eh)
+            self._read_notes([p for p in phdrs if p.type == ec.PT_NOTE])
+            self._build_segments([p for p in phdrs if p.type == ec.PT_LOAD])
+        except BaseException:
+            self.close()
+            raise
+
+    # -- parsing --------------------------------------------------------------------------
+    def _warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    def _read_notes(self, notes: list[ec.Phdr]) -> None:
+        for ph in notes:
+            buf = self._slice(ph.offset, ph.filesz)
+            if len(buf) < ph.filesz:
+                self._warn(f"core file {self.path} is truncated: notes cut short")
+            try:
+                for name, ntype, desc in ec.iter_notes(buf):
+                    if name == b"CORE":
+                        self._note(ntype, desc)
+            except ValueError as e:
+                self._warn(f"core file {self.path}: damaged note ({e}); later notes ignored")
+
+    def _note(self, ntype: int, desc: bytes) -> None:
+        try:
+            if ntype == ec.NT_PRSTATUS:
+                st = ec.parse_prstatus(desc)
+                sig = _signame(st.cursig) if st.cursig else ""
+                self._threads.append(Thread(st.tid, regs=st.regs, state=sig))
+                self._cursig.append(st.cursig)
+            elif ntype == ec.NT_PRPSINFO and self.psinfo is None:
+                self.psinfo = ec.parse_prpsinfo(desc)
+            elif ntype == ec.NT_AUXV and not self._auxv:
+                self._auxv = ec.parse_auxv(desc)
+            elif ntype == ec.NT_FILE and not self.files:
+                self.files = sorted(ec.parse_nt_file(desc, MAX_FILES), key=lambda e: e.start)
+                self._file_starts = [e.start for e in self.files]
+            elif ntype == ec.NT_SIGINFO and self.siginfo is None:
+                self.siginfo = ec.parse_siginfo(desc)
+        except ValueError as e:
+            self._warn(f"core file {self.path}: ignoring a damaged note ({e})")
+
+    def _build_segments(self, loads: list[ec.Phdr]) -> None:
+        segs = []
+        short = 0
+        for ph in loads:
+            if ph.memsz == 0:
+                continue
+            end = min(ph.vaddr + ph.memsz, 1 << 64)
+            claimed = min(ph.filesz, end - ph.vaddr)
+            avail = max(0, min(claimed, self.file_size - ph.offset))
+            short += claimed - avail
+            segs.append(_Segment(ph.vaddr, end, ec.perms_from_flags(ph.flags), ph.offset,
+                                 avail, claimed))
+        if short:
+            self._warn(f"core file {self.path} is truncated: {short} bytes of memory missing")
+        segs = _clip_overlaps(segs)
+        for s in segs:
+            fe = self._file_entry(s.start)
+            if fe is not None:
+                s.path, s.foff = fe.path, fe.offset + (s.start - fe.start)
+        # Mapped files the core omitted entirely (gdb writes no PT_LOAD for unmodified text).
+        starts = [s.start for s in segs]
+        segs += [self._omitted(fe, a, b) for fe in self.files
+                 for a, b in _gaps(fe, segs, starts)]
+        self._set_segments(segs)
+        for p in sorted({s.path for s in self._segs if s.path and s.avail < s.end - s.start}):
+            self._disk_file(p)
+        for s in self._segs:
+            if s.path and s.avail == 0 and s.claimed == 0 and s.perms == "?":
+                s.perms = self._file_perms(s)
+
+    def _omitted(self, fe: ec.FileEntry, start: int, end: int) -> _Segment:
+        return _Segment(start, end, "?", path=fe.path, foff=fe.offset + (start - fe.start))
+
+    def _file_perms(self, s: _Segment) -> str:
+        """Perms of a mapping the core omitted: from the file's own PT_LOAD at that offset."""
+        df = self._disk.get(s.path)
+        if df is not None and df.mm is not None:
+            try:
+                eh = ec.parse_ehdr(df.mm[:ec.EHDR.size])
+                count = min(eh.phnum, 64)
+                for ph in ec.parse_phdrs(df.mm[eh.phoff:eh.phoff + count * ec.PHDR.size],
+                                         count):
+                    lo = ph.offset - ph.offset % ec.PAGE
+                    if ph.type == ec.PT_LOAD and lo <= s.foff < ph.offset + ph.filesz:
+                        return ec.perms_from_flags(ph.flags)
+            except ValueError:
+                pass
+        return "r--p"
+
+    def _file_entry(self, addr: int) -> ec.FileEntry | None:
+        i = bisect.bisect_right(self._file_starts, addr) - 1
+        if i >= 0 and addr < self.files[i].end:
+            return self.files[i]
+        return None
+
+    # -- files the core maps --------------------------------------------------------------
+    def _core_build_id(self, path: str) -> bytes | None:
+        """The build-id in the core's own copy of `path` (its first page is normally there)."""
+        entries = [e for e in self.files if e.path == path]
+
+        def read_at(off: int, n: int) -> bytes:
+            for e in entries:
+                if e.offset <= off < e.offset + (e.end - e.start):
+                    return self._image_prefix(e.start + off - e.offset, min(n, 1 << 16))
+            return b""
+
+        return ec.gnu_build_id(read_at)
+
+    def _image_prefix(self, addr: int, n: int) -> bytes:
+        """As many of the n bytes at addr as the core image itself holds (no fallbacks)."""
+        seg = self._locate(addr)
+        if seg is None or addr - seg.start >= seg.avail:
+            return b""
+        rel = addr - seg.start
+        return self._mm[seg.off + rel:seg.off + min(seg.avail, rel + n)]
+
+    def _disk_file(self, path: str) -> _DiskFile:
+        """Open and check the disk copy of a mapped file once; warn once when it cannot serve."""
+        df = self._disk.get(path)
+        if df is not None:
+            return df
+        local = self.file_path(path)
+        df = self._disk[path] = _DiskFile(local, None, 0)
+        try:
+            with open(local, "rb") as f:
+                df.size = os.fstat(f.fileno()).st_size
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if df.size else None
+        except OSError as e:
+            self._warn(f"{local}: {e.strerror}; its pages not in the core are unreadable")
+            return df
+        if mm is None:
+            self._warn(f"{local}: empty file; its pages not in the core are unreadable")
+            return df
+        want = self._core_build_id(path)
+        have = ec.gnu_build_id(lambda off, n: mm[off:off + min(n, 1 << 16)])
+        if want is None:
+            self._warn(f"{local}: the core holds no build-id for it; using it unverified")
+        elif want != have:
+            mm.close()
+            got = have.hex() if have else "none"
+            self._warn(f"{local}: build-id {got} does not match the core's {want.hex()}; its "
+                       f"pages not in the core are unreadable")
+            return df
+        df.mm = mm
+        return df
+
+    def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
+        df = self._disk.get(seg.path) if seg.path else None
+        if df is None or df.mm is None:
+            raise ReadError(addr, n, NOT_IN_CORE)
+        foff = seg.foff + (addr - seg.start)
+        if foff >= df.size:
+            # the process saw zeros in the rest of the page holding the file's last byte
+            if foff < -(-df.size // ec.PAGE) * ec.PAGE:
+                return bytes(min(n, ec.PAGE - foff % ec.PAGE))
+            raise ReadError(addr, n, f"beyond the end of {df.path}")
+        return df.mm[foff:min(foff + n, df.size)]
+
+    def file_path(self, path: str) -> str:
+        """A path the core records, as found here: the `exe` given for the executable, else
+        under --sysroot when one was given."""
+        if self.exe and path == self._recorded_exe():
+            return self.exe
+        if self.sysroot:
+            return os.path.join(self.sysroot, path.lstrip("/"))
+        return path
+
+    def _recorded_exe(self) -> str | None:
+        """The executable's path as the core records it: the file mapping AT_PHDR, else
+        AT_EXECFN's string."""
+        phdr = self._auxv.get(ec.AT_PHDR)
+        fe = self._file_entry(phdr) if phdr is not None and self.files else None
+        if fe is not None:
+            return fe.path
+        execfn = self._auxv.get(ec.AT_EXECFN)
+        if execfn:
+            raw = self._image_prefix(execfn, 4096).split(b"\0", 1)[0]
+            if raw:
+                return raw.decode("utf-8", "surrogateescape")
+        return None
+
+    # -- Target ---------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        if self.psinfo is not None:
+            return self.psinfo.pid
+        return self._threads[0].tid if self._threads else None
+
+    def threads(self) -> list[Thread]:
+        return list(self._threads)
+
+    def auxv(self) -> dict[int, int]:
+        return dict(self._auxv)
+
+    def exe_path(self) -> str | None:
+        if self.exe:
+            return os.path.abspath(self.exe)
+        rec = self._recorded_exe()
+        return self.file_path(rec) if rec else None
+
+    def describe(self) -> str:
+        return f"core file {self.path}"
+
+    def cursig(self) -> int:
+        """The signal that ended the process: the first thread's pr_cursig, as mdb reads the
+        representative LWP's (0 for a core taken from a live process by gcore)."""
+        return next((s for s in self._cursig if s), 0)
+
+    def status_lines(self) -> list[str]:
+        ps = self.psinfo
+        exe = self.exe_path()
+        fname = ps.fname if ps else os.path.basename(exe or "") or "unknown"
+        lines = [f"debugging core file of {fname} (64-bit) from {self.path}"]
+        if exe:
+            lines.append(f"file: {exe}")
+        if ps:
+            lines.append(f"initial argv: {ps.psargs}")
+        lines.append("threading model: native threads")
+        sig = self.cursig()
+        if sig:
+            status = f"process terminated by {_signame(sig)} ({_strsignal(sig)})"
+            si = self.siginfo
+            if si is not None and si.signo == sig and si.is_fault:
+                status += f", addr={si.addr:x}"
+        else:
+            status = "process core file generated with gcore(1)"
+        lines.append("status: " + status)
+        return lines
+
+
+def _gaps(fe: ec.FileEntry, segs: list[_Segment], starts: list[int]) -> list[tuple[int, int]]:
+    """The parts of a file mapping that no segment covers (segs sorted, starts their starts)."""
+    out, cur = [], fe.start
+    i = bisect.bisect_right(starts, fe.start) - 1
+    for s in segs[max(i, 0):]:
+        if s.start >= fe.end:
+            break
+        if s.end <= cur:
+            continue
+        if s.start > cur:
+            out.append((cur, s.start))
+        cur = max(cur, s.end)
+    if cur < fe.end:
+        out.append((cur, fe.end))
+    return out
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
+
+
+def _strsignal(sig: int) -> str:
+    try:
+        return signal.strsignal(sig) or "unknown signal"
+    except ValueError:
+        return "unknown signal"
+
+
+def open_file_target(path: str, exe: str | None = None, sysroot: str | None = None,
+                     writable: bool = False) -> Target:
+    """The target for a file named on the command line: a core (with `exe` as its executable
+    when given), or an executable/shared object alone. Errors are one-line TargetErrors."""
+    if path is None:
+        raise TargetError("no core file given")
+    if exe is not None and not os.path.isfile(exe):
+        raise TargetError(f"cannot open {exe}: " + ("not a regular file" if os.path.exists(exe)
+                                                    else "No such file or directory"))
+    if os.path.isdir(path):
+        raise TargetError(f"cannot open {path}: Is a directory")
+    f, mm, size = _open_image(path, False)
+    try:
+        head = mm[:ec.EHDR.size]
+    finally:
+        mm.close()
+        f.close()
+    err = ec.check_ident(head)
+    if err:
+        raise TargetError(f"{path}: {err}")
+    try:
+        etype = ec.parse_ehdr(head).type
+    except ValueError as e:
+        raise TargetError(f"{path}: {e}") from None
+    if etype == ec.ET_CORE:
+        return CoreTarget(path, exe=exe, sysroot=sysroot, writable=writable)
+    if exe is not None:
+        raise TargetError(f"{path}: not a core file")
+    if etype in (ec.ET_EXEC, ec.ET_DYN):
+        return FileTarget(path, writable=writable)
+    raise TargetError(f"{path}: ELF type {etype} is neither an executable nor a core file")
