@@ -19,7 +19,8 @@ X86_64_REGS = (
 )
 
 # Pseudo-names that /proc/PID/maps gives to kernel-made mappings; they are not files.
-PSEUDO_PATHS = ("[heap]", "[stack]", "[vdso]", "[vvar]", "[vsyscall]", "[anon", "[uprobes]")
+PSEUDO_PATHS = ("[heap]", "[stack]", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[anon",
+                "[uprobes]")
 
 
 @dataclass(frozen=True)
