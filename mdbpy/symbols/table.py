@@ -10,6 +10,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mdbpy.errors import ReadError
 from mdbpy.symbols.base import Symbol
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ class LoadObject:
             if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
                 by_name[s.name] = s
         self._by_name = by_name
+
+    def read_file(self, addr: int, n: int) -> bytes:
+        """The object-file bytes behind [addr, addr+n) (ELF objects override this)."""
+        raise ReadError(addr, n, f"{self.name} has no object file")
 
     def lookup(self, name: str) -> Symbol | None:
         if self._by_name is None:
@@ -89,7 +94,9 @@ class SymbolTable:
 
     def _load_objects(self) -> list[LoadObject]:
         """The ELF load objects of the target's mappings (see elf.py)."""
-        return []
+        from mdbpy.symbols.elf import load_objects
+
+        return load_objects(self.session)
 
     def add_symbols(self, name: str, symbols, is_exe: bool = False) -> LoadObject:
         """Add a synthetic load object with the given Symbols (runtime addresses)."""
@@ -116,6 +123,13 @@ class SymbolTable:
             if o.base <= addr < o.end:
                 return o
         return None
+
+    def read_file(self, addr: int, n: int) -> bytes:
+        """The bytes of the object file that back [addr, addr+n): mdb's `?` verb and `%e`."""
+        o = self.object_for_addr(addr)
+        if o is None:
+            raise ReadError(addr, n, "no object file maps this address")
+        return o.read_file(addr, n)
 
     # -- lookups ----------------------------------------------------------------------------
     def lookup(self, name: str, obj: str | None = None) -> Symbol | None:

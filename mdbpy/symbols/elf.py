@@ -1,0 +1,420 @@
+"""ELF load objects of a target: headers, load bias, and lazily read symbol tables.
+
+Building the object list reads only each file's ELF and program headers (a few hundred bytes,
+plain struct, no pyelftools) because the load bias and the object's extent need nothing more.
+The bias is derived from a mapping and the PT_LOAD that covers its file offset, which stays
+right for any layout (non-PIE executables, prelinked libraries, split RELRO mappings), unlike
+"the first executable mapping". Symbol tables are read only when a lookup first needs that
+object: from the on-disk cache by build-id when possible, else with pyelftools from the file
+and, when the file has no .symtab, from its separate debug file (debuginfo.py).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mdbpy.errors import MdbError, ReadError
+from mdbpy.symbols import cache, debuginfo
+from mdbpy.symbols.base import Symbol
+from mdbpy.symbols.table import LoadObject
+
+if TYPE_CHECKING:
+    from mdbpy.session import Session
+    from mdbpy.target.base import Mapping
+
+ET_EXEC, ET_DYN = 2, 3
+PT_LOAD, PT_INTERP, PT_NOTE = 1, 3, 4
+NT_GNU_BUILD_ID = 3
+SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
+SHNDX_NAMES = {SHN_UNDEF: "UNDEF", SHN_ABS: "ABS", SHN_COMMON: "COMMON"}
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+MAX_PHDRS = 512  # real objects have about a dozen; anything near 64K is hostile
+MAX_NOTES = 1 << 16  # bytes of a PT_NOTE segment read while looking for the build-id
+MAX_FILE_READ = 64 << 20  # read_file(): larger requests are refused, not allocated
+PAGE = 4096
+
+STT = {0: "notype", 1: "object", 2: "func", 3: "section", 4: "file", 5: "common", 6: "tls",
+       10: "func"}  # 10 is STT_GNU_IFUNC: a function as far as lookups are concerned
+STB = {0: "local", 1: "global", 2: "weak", 10: "global"}  # 10 is STB_GNU_UNIQUE
+LOOKUP_TYPES = ("func", "object", "notype", "tls", "common")
+SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
+
+
+@dataclass(frozen=True)
+class Phdr:
+    type: int
+    flags: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    align: int
+
+
+@dataclass(frozen=True)
+class ElfInfo:
+    """What the headers say: ELF type, program headers, interpreter present, build-id."""
+
+    etype: int
+    phdrs: tuple[Phdr, ...]
+    interp: bool
+    build_id: str | None
+
+    def loads(self) -> list[Phdr]:
+        return [p for p in self.phdrs if p.type == PT_LOAD]
+
+
+def parse_elf_info(read: Callable[[int, int], bytes]) -> ElfInfo | None:
+    """Headers through read(offset, n) (a file or the target's memory); None when the bytes
+    are not a little-endian ELF64 object. read() raises on short or failed reads."""
+    eh = EHDR.unpack(read(0, EHDR.size))
+    ident, etype = eh[0], eh[1]
+    if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+        return None
+    phoff, phentsize, phnum = eh[5], eh[9], eh[10]
+    if phentsize != PHDR.size or phnum > MAX_PHDRS:
+        return ElfInfo(etype, (), False, None)
+    raw = read(phoff, phnum * PHDR.size) if phnum else b""
+    phdrs = tuple(Phdr(*PHDR.unpack_from(raw, i * PHDR.size)) for i in range(phnum))
+    build_id = None
+    for p in phdrs:
+        if p.type == PT_NOTE and build_id is None:
+            build_id = _build_id(read(p.offset, min(p.filesz, MAX_NOTES)), p.align)
+    return ElfInfo(etype, phdrs, any(p.type == PT_INTERP for p in phdrs), build_id)
+
+
+def _build_id(notes: bytes, align: int) -> str | None:
+    """The NT_GNU_BUILD_ID descriptor of a note segment, as lowercase hex."""
+    step = 8 if align == 8 else 4
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        name_at = pos + 12
+        desc_at = name_at + -(-namesz // step) * step
+        end = desc_at + -(-descsz // step) * step
+        if end > len(notes) or end <= pos:
+            return None
+        if ntype == NT_GNU_BUILD_ID and notes[name_at:name_at + namesz] == b"GNU\0":
+            return notes[desc_at:desc_at + descsz].hex() or None
+        pos = end
+    return None
+
+
+def file_reader(f) -> Callable[[int, int], bytes]:
+    def read(off: int, n: int) -> bytes:
+        f.seek(off)
+        data = f.read(n)
+        if len(data) != n:
+            raise ValueError("short read")
+        return data
+
+    return read
+
+
+def elf_info_of(path: str) -> ElfInfo | None:
+    """Headers of a file on disk; None when it is not ELF (OSError when it cannot be read)."""
+    with open(path, "rb") as f:
+        try:
+            return parse_elf_info(file_reader(f))
+        except (ValueError, struct.error):
+            return None
+
+
+def build_id_of(path: str) -> str | None:
+    try:
+        info = elf_info_of(path)
+    except OSError:
+        return None
+    return info.build_id if info else None
+
+
+def load_bias(maps: list[Mapping], info: ElfInfo) -> int | None:
+    """bias = m.start - m.offset - (p_vaddr - p_offset) for a mapping whose file offset lies
+    in a PT_LOAD; None when no mapping lines up with any PT_LOAD."""
+    for m in maps:
+        for p in info.loads():
+            if (p.offset & ~(PAGE - 1)) <= m.offset < p.offset + max(p.filesz, 1):
+                return (m.start - m.offset - (p.vaddr - p.offset)) & ((1 << 64) - 1)
+    return None
+
+
+# -- symbol sections ----------------------------------------------------------------------------
+def parse_symbol_sections(path: str) -> tuple[dict[str, cache.Columns], tuple[str, int] | None]:
+    """The .symtab and .dynsym of a file as Columns, and its .gnu_debuglink (name, crc).
+
+    Sections of type NOBITS (a debug file's stand-in .dynsym) are skipped. pyelftools finds
+    the sections; the entries are decoded with struct in one pass, far faster than building
+    pyelftools' per-symbol containers.
+    """
+    from elftools.elf.elffile import ELFFile
+
+    tables: dict[str, cache.Columns] = {}
+    link = None
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        for sec in elf.iter_sections():
+            kind = {"SHT_SYMTAB": "symtab", "SHT_DYNSYM": "dynsym"}.get(sec["sh_type"])
+            if kind and sec["sh_entsize"] == SYM.size and kind not in tables:
+                tables[kind] = _columns(sec.data(), elf.get_section(sec["sh_link"]).data())
+            elif sec.name == ".gnu_debuglink" and sec["sh_type"] != "SHT_NOBITS":
+                link = _debuglink(sec.data())
+    return tables, link
+
+
+def _columns(data: bytes, strtab: bytes) -> cache.Columns:
+    """Decode Elf64_Sym entries (name, info, other, shndx, value, size) into columns."""
+    rows = list(SYM.iter_unpack(data[:len(data) // SYM.size * SYM.size]))
+    name, info, other, shndx, value, size = zip(*rows) if rows else ((),) * 6
+    return cache.Columns([_cstr(strtab, off) for off in name], array("Q", value),
+                         array("Q", size), array("B", info), array("B", other),
+                         array("H", shndx))
+
+
+def _cstr(blob: bytes, off: int) -> str:
+    end = blob.find(b"\0", off)
+    return blob[off:end if end >= 0 else len(blob)].decode("utf-8", "replace")
+
+
+def _debuglink(data: bytes) -> tuple[str, int] | None:
+    nul = data.find(b"\0")
+    if nul <= 0:
+        return None
+    crc_at = (nul + 4) & ~3
+    if crc_at + 4 > len(data):
+        return None
+    return data[:nul].decode("utf-8", "replace"), struct.unpack_from("<I", data, crc_at)[0]
+
+
+def make_symbols(cols: cache.Columns, bias: int, obj: str,
+                 keep: Callable[[str], bool] | None = None) -> list[Symbol]:
+    """Symbols in file order (only those whose name passes `keep`, when given). Runtime
+    address = st_value + bias, except absolute symbols and TLS offsets (kept as in the file)
+    and undefined ones (address 0)."""
+    out = []
+    for name, value, size, info, other, shndx in zip(
+            cols.names, cols.value, cols.size, cols.info, cols.other, cols.shndx):
+        if keep is not None and not keep(name):
+            continue
+        stype = STT.get(info & 0xF) or f"stt{info & 0xF}"
+        if shndx == SHN_UNDEF:
+            addr = 0
+        elif shndx == SHN_ABS or stype == "tls":
+            addr = value
+        else:
+            addr = (value + bias) & ((1 << 64) - 1)
+        out.append(Symbol(name, addr, size, stype, STB.get(info >> 4) or f"stb{info >> 4}",
+                          obj, other, SHNDX_NAMES.get(shndx) or str(shndx), value))
+    return out
+
+
+# -- load objects -------------------------------------------------------------------------------
+class ElfObject(LoadObject):
+    """A load object backed by an ELF file; `symbols` is read on first access.
+
+    `file` is where the file was found on this machine (None when absent: the object still
+    has its range, but no symbols); `debug_file` the separate debug file used, if any.
+    """
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, name: str, path: str, base: int, end: int, bias: int,
+                 file: str | None, info: ElfInfo | None, debug_dirs: list[str]):
+        self._symbols: list[Symbol] | None = None
+        super().__init__(name, path, base, end, bias)
+        self.file = file
+        self.info = info
+        self.debug_dirs = debug_dirs
+        self.debug_file: str | None = None
+        self.error: str | None = None  # why the symbol tables could not be read
+        self._columns: dict[str, cache.Columns] | None = None
+        self._tables: dict[str, list[Symbol]] = {}
+
+    def __repr__(self) -> str:
+        return f"ElfObject({self.name!r}, {self.path!r}, 0x{self.base:x}-0x{self.end:x})"
+
+    @property
+    def symbols(self) -> list[Symbol]:
+        if self._symbols is None:
+            self._symbols = self._lookup_symbols()
+        return self._symbols
+
+    @symbols.setter
+    def symbols(self, value: list[Symbol]) -> None:
+        # LoadObject.__init__ assigns an empty list; keep it unread so the first access loads
+        self._symbols = value or None
+
+    def table(self, which: str = "symtab") -> list[Symbol]:
+        """Every entry of .symtab (falling back to .dynsym) or .dynsym, in file order,
+        undefined and section/file symbols included: what ::nm prints."""
+        cols = self.columns()
+        if which == "symtab" and "symtab" not in cols:
+            which = "dynsym"
+        if which not in self._tables:
+            self._tables[which] = (make_symbols(cols[which], self.bias, self.name)
+                                   if which in cols else [])
+        return self._tables[which]
+
+    def _lookup_symbols(self) -> list[Symbol]:
+        """Defined, named symbols for lookups: the full table plus .dynsym names it lacks."""
+        main = self.table("symtab")
+        cols = self.columns()
+        extra = []
+        if "symtab" in cols and "dynsym" in cols:
+            names = set(cols["symtab"].names)
+            extra = make_symbols(cols["dynsym"], self.bias, self.name,
+                                 lambda n: n not in names)
+        return [s for s in main + extra
+                if s.shndx != "UNDEF" and s.name and s.type in LOOKUP_TYPES]
+
+    def columns(self) -> dict[str, cache.Columns]:
+        if self._columns is None:
+            self._columns = {}
+            if self.file is not None:
+                try:
+                    self._columns = self._read_columns()
+                except Exception as e:  # a hostile or truncated file: an object without symbols
+                    self.error = f"{self.file}: {type(e).__name__}: {e}"
+        return self._columns
+
+    def _read_columns(self) -> dict[str, cache.Columns]:
+        bid = self.info.build_id if self.info else None
+        hit = cache.load(bid) if bid else None
+        if hit is not None:
+            meta, tables = hit
+            self.debug_file = meta.get("debug_file")
+            link = meta.get("debuglink")
+            if "symtab" in tables or self._find_debug(bid, link) is None:
+                return tables
+        tables, link = parse_symbol_sections(self.file)
+        if "symtab" not in tables:
+            dbg = self._find_debug(bid, link)
+            if dbg is not None:
+                dtables, _ = parse_symbol_sections(dbg)
+                if "symtab" in dtables:
+                    tables["symtab"] = dtables["symtab"]
+                    self.debug_file = dbg
+        if bid:
+            cache.store(bid, {"debuglink": list(link) if link else None,
+                              "debug_file": self.debug_file}, tables)
+        return tables
+
+    def _find_debug(self, build_id: str | None, link) -> str | None:
+        dbg = debuginfo.by_build_id(build_id, self.debug_dirs, build_id_of) if build_id else None
+        if dbg is None and link:
+            dbg = debuginfo.by_debuglink(self.file, link[0], link[1], self.debug_dirs)
+        return dbg
+
+    def read_file(self, addr: int, n: int) -> bytes:
+        """The file bytes that PT_LOAD segments map at [addr, addr+n)."""
+        if self.file is None or self.info is None:
+            raise ReadError(addr, n, f"object file of {self.name} not found")
+        if n > MAX_FILE_READ:
+            raise ReadError(addr, n, "request too large")
+        out = bytearray()
+        try:
+            with open(self.file, "rb") as f:
+                while len(out) < n:
+                    cur = addr + len(out)
+                    vaddr = (cur - self.bias) & ((1 << 64) - 1)
+                    seg = next((p for p in self.info.loads()
+                                if p.vaddr <= vaddr < p.vaddr + p.filesz), None)
+                    if seg is None:
+                        raise ReadError(cur, n - len(out), f"not in object file {self.name}")
+                    take = min(n - len(out), seg.vaddr + seg.filesz - vaddr)
+                    f.seek(seg.offset + vaddr - seg.vaddr)
+                    chunk = f.read(take)
+                    if len(chunk) != take:
+                        raise ReadError(cur, take, f"object file {self.file} is truncated")
+                    out += chunk
+        except OSError as e:
+            raise ReadError(addr, n, f"cannot read {self.file}: {e.strerror}") from None
+        return bytes(out)
+
+
+def load_objects(session: Session) -> list[LoadObject]:
+    """One ElfObject per mapped ELF file (or per mapped file that is absent here)."""
+    target = session.target
+    groups: dict[str, list[Mapping]] = {}
+    for m in session.mem.mappings():
+        if m.is_file and not m.path.startswith("["):  # a pseudo-name newer than PSEUDO_PATHS
+            groups.setdefault(m.path, []).append(m)
+    dirs = debuginfo.debug_dirs(session.debug_dirs, session.sysroot)
+    objs = []
+    for path, maps in groups.items():
+        o = _make_object(session, path, maps, dirs)
+        if o is not None:
+            objs.append(o)
+    _mark_exe(objs, target.exe_path())
+    return objs
+
+
+def _make_object(session: Session, path: str, maps: list[Mapping],
+                 dirs: list[str]) -> ElfObject | None:
+    file: str | None = session.target.file_path(path)
+    info: ElfInfo | None | bool = None
+    if os.path.isfile(file):
+        try:
+            info = elf_info_of(file)
+        except OSError:
+            file = None
+        if file is not None and info is None:
+            return None  # a mapped data file (locale archive, fonts): not a load object
+    elif os.path.exists(file):
+        return None  # a mapped device: never opened
+    else:
+        file = None
+    if file is None:
+        info = _info_from_memory(session, maps)
+        if info is False:
+            return None
+    base = min(m.start for m in maps)
+    end = max(m.end for m in maps)
+    bias = load_bias(maps, info) if info else None
+    if bias is None:
+        bias = (maps[0].start - maps[0].offset) & ((1 << 64) - 1)
+    elif info.loads():
+        # the object extends over its bss, which is mapped anonymously after the file pages
+        hi = max(p.vaddr + p.memsz for p in info.loads()) + bias
+        hi = -(-hi // PAGE) * PAGE
+        if end < hi <= end + (1 << 32):
+            end = hi
+    return ElfObject(os.path.basename(path), path, base, end, bias, file, info, dirs)
+
+
+def _info_from_memory(session: Session, maps: list[Mapping]) -> ElfInfo | None | bool:
+    """Headers of an object whose file is absent, from its first page in the target;
+    False when that page is readable and is not ELF, None when it cannot be read."""
+    first = next((m for m in maps if m.offset == 0), None)
+    if first is None:
+        return None
+    try:
+        info = parse_elf_info(lambda off, n: session.mem.read(first.start + off, n))
+    except (MdbError, struct.error):
+        return None
+    return False if info is None else info
+
+
+def _mark_exe(objs: list[ElfObject], exe: str | None) -> None:
+    """The executable is the object at the target's exe path; failing that, the lowest
+    ET_EXEC object, else the lowest ET_DYN object with an interpreter."""
+    chosen = None
+    if exe:
+        want = {exe, os.path.realpath(exe)}
+        chosen = next((o for o in objs if {o.path, o.file, os.path.realpath(o.file or o.path)}
+                       & want), None)
+    if chosen is None:
+        ranked = [o for o in sorted(objs, key=lambda o: o.base) if o.info is not None]
+        chosen = (next((o for o in ranked if o.info.etype == ET_EXEC), None)
+                  or next((o for o in ranked if o.info.etype == ET_DYN and o.info.interp),
+                          None))
+    if chosen is not None:
+        chosen.is_exe = True
+        chosen.name = "a.out"
