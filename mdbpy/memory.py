@@ -98,9 +98,11 @@ class AddressSpace:
         self.target.write(addr, data)
 
     # -- block reads for scans ------------------------------------------------------------
-    def blocks(self, start: int, end: int, block: int = BLOCK) -> Iterator[tuple[int, bytes]]:
+    def blocks(self, start: int, end: int, block: int = BLOCK,
+               failed: list | None = None) -> Iterator[tuple[int, bytes]]:
         """(addr, bytes) pieces of [start, end) in large reads; unreadable pieces are skipped
-        page by page so one bad page does not hide the rest of a mapping."""
+        page by page so one bad page does not hide the rest of a mapping, and appended to
+        `failed` as (start, end) when a list is given."""
         cur = start
         while cur < end:
             n = min(block, end - cur)
@@ -109,6 +111,8 @@ class AddressSpace:
                 cur += n
             except ReadError:
                 if n <= 4096:
+                    if failed is not None:
+                        failed.append((cur, cur + n))
                     cur += n
                     continue
                 # fall back to page-sized reads for this block
@@ -116,9 +120,15 @@ class AddressSpace:
                 while cur < stop:
                     m = min(4096 - (cur & 4095), stop - cur)
                     try:
-                        yield cur, self.read(cur, m)
+                        piece = self.read(cur, m)
                     except ReadError:
-                        pass
+                        if failed is not None:
+                            if failed and failed[-1][1] == cur:
+                                failed[-1] = (failed[-1][0], cur + m)
+                            else:
+                                failed.append((cur, cur + m))
+                    else:
+                        yield cur, piece
                     cur += m
 
     def words(self, addr: int, count: int):

@@ -1,0 +1,1 @@
+"""Allocator-independent heap analysis: the allocator interface and the generic engines."""

@@ -1,0 +1,157 @@
+"""The allocator interface every allocator module implements, and the buffer table it returns.
+
+The generic engines (findleaks, whatis, verify, stats) are written once against this. A heap of
+a million buffers is described column-wise (numpy arrays of base, size, state, group and control
+address), never as a million Python objects, so the engines can scan it vectorized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# buffer states
+ALLOC = 1
+FREE = 2
+
+# candidate kinds (mdb's control types): what a buffer or region is, for reports
+KIND_BUFFER = 0  # an allocator buffer (chunk, slab object) with or without a record
+KIND_MMAP = 1  # an anonymous mapping nothing else accounts for
+KIND_SBRK = 2  # the part of brk no heap accounts for
+KIND_OVERSIZE = 3  # a large allocation outside the caches (vmem seg, mmapped chunk)
+
+
+@dataclass
+class AllocRecord:
+    """What the allocator remembers of an allocation: its stack (pcs, innermost first), the
+    thread, and the time, where it keeps them; and the address of the record itself."""
+
+    stack: tuple[int, ...] = ()
+    thread: int | None = None
+    timestamp: int | None = None
+    addr: int | None = None  # e.g. the umem bufctl, the sim track record
+    pid: int | None = None
+    cpu: int | None = None
+
+
+@dataclass
+class BufferTable:
+    """Column-wise buffers: numpy arrays of equal length, sorted by base, not overlapping.
+
+    group indexes `groups` (a cache or arena name, or a size class); ctl is the control address
+    (bufctl, chunk header, track record) or 0.
+    """
+
+    base: object  # np.ndarray uint64
+    size: object  # np.ndarray uint64
+    state: object  # np.ndarray uint8
+    group: object  # np.ndarray int32
+    ctl: object  # np.ndarray uint64
+    kind: object  # np.ndarray uint8
+    groups: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @classmethod
+    def from_columns(cls, base, size, state, group=None, ctl=None, kind=None, groups=None,
+                     sort: bool = True) -> BufferTable:
+        import numpy as np
+
+        n = len(base)
+        cols = [np.asarray(base, dtype=np.uint64), np.asarray(size, dtype=np.uint64),
+                np.asarray(state, dtype=np.uint8),
+                np.zeros(n, np.int32) if group is None else np.asarray(group, dtype=np.int32),
+                np.zeros(n, np.uint64) if ctl is None else np.asarray(ctl, dtype=np.uint64),
+                np.zeros(n, np.uint8) if kind is None else np.asarray(kind, dtype=np.uint8)]
+        if sort and n and np.any(cols[0][1:] < cols[0][:-1]):
+            order = np.argsort(cols[0], kind="stable")
+            cols = [c[order] for c in cols]
+        return cls(*cols, groups=list(groups or []))
+
+    @classmethod
+    def concat(cls, tables: list[BufferTable]) -> BufferTable:
+        """One table from several (group indexes are renumbered into one groups list)."""
+        import numpy as np
+
+        groups: list = []
+        parts = []
+        for t in tables:
+            off = len(groups)
+            groups.extend(t.groups)
+            parts.append((t.base, t.size, t.state, t.group + off, t.ctl, t.kind))
+        if not parts:
+            return cls.from_columns([], [], [])
+        cols = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+        return cls.from_columns(*cols, groups=groups)
+
+    def select(self, mask) -> BufferTable:
+        return BufferTable(self.base[mask], self.size[mask], self.state[mask],
+                           self.group[mask], self.ctl[mask], self.kind[mask], self.groups)
+
+    def find(self, addr: int) -> int | None:
+        """Index of the buffer containing addr, or None."""
+        import numpy as np
+
+        i = int(np.searchsorted(self.base, np.uint64(addr), side="right")) - 1
+        if i >= 0 and addr < int(self.base[i]) + int(self.size[i]):
+            return i
+        return None
+
+    def overlaps(self) -> tuple[int, int] | None:
+        """The first pair of overlapping entries (indexes), or None."""
+        import numpy as np
+
+        if len(self.base) < 2:
+            return None
+        bad = np.nonzero(self.base[:-1] + self.size[:-1] > self.base[1:])[0]
+        return (int(bad[0]), int(bad[0]) + 1) if len(bad) else None
+
+
+class Allocator:
+    """One allocator found in a target. Subclasses fill in what their allocator keeps.
+
+    name: the module name ('umem', 'ptmalloc', 'sim'); version: a tuple or None.
+    """
+
+    name = "allocator"
+    version: tuple | None = None
+
+    def __init__(self, session):
+        self.session = session
+
+    @classmethod
+    def detect(cls, session) -> Allocator | None:
+        """The allocator in this target, or None when it is not there."""
+        raise NotImplementedError
+
+    def buffers(self) -> BufferTable:
+        """Every buffer the allocator manages, allocated and free, with groups and controls."""
+        raise NotImplementedError
+
+    def candidates(self) -> BufferTable:
+        """What findleaks may report: allocated buffers plus the allocator's extra regions
+        (unaccounted anonymous mappings, brk remainder, oversize segments)."""
+        import numpy as np
+
+        t = self.buffers()
+        return t.select(t.state == ALLOC) if len(t) else t
+
+    def metadata_regions(self) -> list[tuple[int, int]]:
+        """[start, end) ranges of the allocator's own bookkeeping: never roots."""
+        return []
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        """[start, end) ranges where buffers live (heap memory is never a root)."""
+        return []
+
+    def record(self, table: BufferTable, i: int) -> AllocRecord | None:
+        """The allocation record of buffer i, where the allocator keeps one."""
+        return None
+
+    def group_name(self, table: BufferTable, i: int) -> str:
+        g = table.groups[int(table.group[i])] if table.groups else ""
+        return str(g)
+
+    def stack_skip(self, pc: int) -> bool:
+        """True for frames inside the allocator itself (skipped when naming a caller)."""
+        return False

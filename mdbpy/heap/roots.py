@@ -1,0 +1,107 @@
+"""The roots of a conservative scan (mdb leaky's §5.4, done for real on Linux).
+
+Roots are: the writable data and bss of every loaded object; every thread's registers; every
+thread's stack from its stack pointer to the end of the stack mapping; and each thread's
+thread-pointer area (static TLS, where glibc keeps e.g. its tcache pointer). Heap memory, the
+allocator's own metadata and the candidates themselves are never roots: they are subtracted.
+"""
+
+from __future__ import annotations
+
+from mdbpy.heap.scan import Root, RootSet
+
+TLS_BELOW = 64 << 10  # static TLS lies below the thread pointer (x86_64 variant II)
+TLS_ABOVE = 4 << 10  # the TCB lies above it
+
+
+def subtract(ranges: list[Root], holes: list[tuple[int, int]]) -> list[Root]:
+    """The parts of the root ranges outside every hole."""
+    holes = sorted(h for h in holes if h[0] < h[1])
+    out = []
+    for r in ranges:
+        pieces = [(r.start, r.end)]
+        for hs, he in holes:
+            if he <= r.start or hs >= r.end:
+                continue
+            nxt = []
+            for a, b in pieces:
+                if he <= a or hs >= b:
+                    nxt.append((a, b))
+                    continue
+                if a < hs:
+                    nxt.append((a, hs))
+                if he < b:
+                    nxt.append((he, b))
+            pieces = nxt
+        out.extend(Root(a, b, r.label) for a, b in pieces if a < b)
+    return out
+
+
+def data_ranges(mem) -> list[Root]:
+    """Writable data and bss of the loaded objects: their writable file mappings, plus an
+    anonymous writable mapping that starts exactly where one of their mappings ends (the part of
+    bss beyond the file)."""
+    import os
+
+    out = []
+    maps = mem.mappings()
+    for k, m in enumerate(maps):
+        if not (m.readable and m.writable) or m.shared:
+            continue
+        if m.is_file:
+            out.append(Root(m.start, m.end, f"{os.path.basename(m.path)} data"))
+        elif not m.path and k > 0 and maps[k - 1].end == m.start and maps[k - 1].is_file:
+            out.append(Root(m.start, m.end, f"{os.path.basename(maps[k - 1].path)} bss"))
+    return out
+
+
+def thread_roots(session) -> tuple[list[Root], list[tuple[int, str]], list[str]]:
+    """(stack and TLS ranges, register values, warnings) for every thread."""
+    mem = session.mem
+    ranges, values, warnings = [], [], []
+    threads = session.target.threads()
+    for t in threads:
+        regs = t.regs
+        if not regs:
+            warnings.append(f"thread {t.tid}: registers unknown, its stack is not a root")
+            continue
+        for name, v in regs.items():
+            if name not in ("rsp", "fs_base", "gs_base"):
+                values.append((v, f"thread {t.tid} %{name}"))
+        sp = regs.get("rsp")
+        m = mem.mapping_at(sp) if sp is not None else None
+        if m is not None:
+            ranges.append(Root(sp & ~7, m.end, f"thread {t.tid} stack"))
+        else:
+            warnings.append(f"thread {t.tid}: stack pointer 0x{sp or 0:x} is not mapped")
+        fs = regs.get("fs_base")
+        tm = mem.mapping_at(fs) if fs else None
+        if tm is not None:
+            ranges.append(Root(max(tm.start, fs - TLS_BELOW), min(tm.end, fs + TLS_ABOVE),
+                               f"thread {t.tid} TLS"))
+    if not threads:
+        # without threads (e.g. registers unavailable) the main stack is still a root
+        for m in mem.mappings():
+            if m.path == "[stack]":
+                ranges.append(Root(m.start, m.end, "[stack]"))
+    return ranges, values, warnings
+
+
+def collect_roots(session, exclude: list[tuple[int, int]]) -> tuple[RootSet, list[str]]:
+    """The RootSet of the target, with `exclude` (heap, metadata, candidates) cut out."""
+    stack_ranges, values, warnings = thread_roots(session)
+    ranges = subtract(data_ranges(session.mem) + stack_ranges, exclude)
+    return RootSet(_merge_same(ranges), values), warnings
+
+
+def _merge_same(ranges: list[Root]) -> list[Root]:
+    """Drop overlaps between roots (a TLS area inside a stack range is scanned once)."""
+    ranges = sorted(ranges, key=lambda r: (r.start, -r.end))
+    out: list[Root] = []
+    for r in ranges:
+        if out and r.start < out[-1].end:
+            if r.end > out[-1].end:
+                out.append(Root(out[-1].end, r.end, r.label))
+            continue
+        out.append(r)
+    return out
