@@ -22,22 +22,17 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.symbols import cache, debuginfo
 from mdbpy.symbols.base import Symbol
 from mdbpy.symbols.table import LoadObject
+from mdbpy.target import elfcore as ec
 
 if TYPE_CHECKING:
     from mdbpy.session import Session
     from mdbpy.target.base import Mapping
 
-ET_EXEC, ET_DYN = 2, 3
-PT_LOAD, PT_INTERP, PT_NOTE = 1, 3, 4
-NT_GNU_BUILD_ID = 3
 SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
 SHNDX_NAMES = {SHN_UNDEF: "UNDEF", SHN_ABS: "ABS", SHN_COMMON: "COMMON"}
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
 MAX_PHDRS = 512  # real objects have about a dozen; anything near 64K is hostile
-MAX_NOTES = 1 << 16  # bytes of a PT_NOTE segment read while looking for the build-id
 MAX_FILE_READ = 64 << 20  # read_file(): larger requests are refused, not allocated
-PAGE = 4096
+PT_INTERP = 3
 
 STT = {0: "notype", 1: "object", 2: "func", 3: "section", 4: "file", 5: "common", 6: "tls",
        10: "func"}  # 10 is STT_GNU_IFUNC: a function as far as lookups are concerned
@@ -47,84 +42,44 @@ SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 
 
 @dataclass(frozen=True)
-class Phdr:
-    type: int
-    flags: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    align: int
-
-
-@dataclass(frozen=True)
 class ElfInfo:
     """What the headers say: ELF type, program headers, interpreter present, build-id."""
 
     etype: int
-    phdrs: tuple[Phdr, ...]
+    phdrs: tuple[ec.Phdr, ...]
     interp: bool
     build_id: str | None
 
-    def loads(self) -> list[Phdr]:
-        return [p for p in self.phdrs if p.type == PT_LOAD]
+    def loads(self) -> list[ec.Phdr]:
+        return [p for p in self.phdrs if p.type == ec.PT_LOAD]
 
 
-def parse_elf_info(read: Callable[[int, int], bytes]) -> ElfInfo | None:
-    """Headers through read(offset, n) (a file or the target's memory); None when the bytes
-    are not a little-endian ELF64 object. read() raises on short or failed reads."""
-    eh = EHDR.unpack(read(0, EHDR.size))
-    ident, etype = eh[0], eh[1]
-    if ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+def parse_elf_info(read_at: Callable[[int, int], bytes]) -> ElfInfo | None:
+    """Headers through read_at(offset, n) (a file, or the target's memory), which returns
+    fewer bytes at the end of the data; None when the bytes are not a little-endian ELF64
+    object."""
+    head = read_at(0, ec.EHDR.size)
+    if ec.check_ident(head) is not None:
         return None
-    phoff, phentsize, phnum = eh[5], eh[9], eh[10]
-    if phentsize != PHDR.size or phnum > MAX_PHDRS:
-        return ElfInfo(etype, (), False, None)
-    raw = read(phoff, phnum * PHDR.size) if phnum else b""
-    phdrs = tuple(Phdr(*PHDR.unpack_from(raw, i * PHDR.size)) for i in range(phnum))
-    build_id = None
-    for p in phdrs:
-        if p.type == PT_NOTE and build_id is None:
-            build_id = _build_id(read(p.offset, min(p.filesz, MAX_NOTES)), p.align)
-    return ElfInfo(etype, phdrs, any(p.type == PT_INTERP for p in phdrs), build_id)
-
-
-def _build_id(notes: bytes, align: int) -> str | None:
-    """The NT_GNU_BUILD_ID descriptor of a note segment, as lowercase hex."""
-    step = 8 if align == 8 else 4
-    pos = 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
-        name_at = pos + 12
-        desc_at = name_at + -(-namesz // step) * step
-        end = desc_at + -(-descsz // step) * step
-        if end > len(notes) or end <= pos:
-            return None
-        if ntype == NT_GNU_BUILD_ID and notes[name_at:name_at + namesz] == b"GNU\0":
-            return notes[desc_at:desc_at + descsz].hex() or None
-        pos = end
-    return None
-
-
-def file_reader(f) -> Callable[[int, int], bytes]:
-    def read(off: int, n: int) -> bytes:
-        f.seek(off)
-        data = f.read(n)
-        if len(data) != n:
-            raise ValueError("short read")
-        return data
-
-    return read
+    try:
+        eh = ec.parse_ehdr(head)
+    except ValueError:
+        return ElfInfo(ec.ET_REL, (), False, None)
+    count = min(eh.phnum, MAX_PHDRS)
+    phdrs = tuple(ec.parse_phdrs(read_at(eh.phoff, count * ec.PHDR.size), count))
+    bid = ec.gnu_build_id(read_at)
+    return ElfInfo(eh.type, phdrs, any(p.type == PT_INTERP for p in phdrs),
+                   bid.hex() if bid else None)
 
 
 def elf_info_of(path: str) -> ElfInfo | None:
     """Headers of a file on disk; None when it is not ELF (OSError when it cannot be read)."""
     with open(path, "rb") as f:
-        try:
-            return parse_elf_info(file_reader(f))
-        except (ValueError, struct.error):
-            return None
+        def read_at(off: int, n: int) -> bytes:
+            f.seek(off)
+            return f.read(n)
+
+        return parse_elf_info(read_at)
 
 
 def build_id_of(path: str) -> str | None:
@@ -140,7 +95,7 @@ def load_bias(maps: list[Mapping], info: ElfInfo) -> int | None:
     in a PT_LOAD; None when no mapping lines up with any PT_LOAD."""
     for m in maps:
         for p in info.loads():
-            if (p.offset & ~(PAGE - 1)) <= m.offset < p.offset + max(p.filesz, 1):
+            if (p.offset & ~(ec.PAGE - 1)) <= m.offset < p.offset + max(p.filesz, 1):
                 return (m.start - m.offset - (p.vaddr - p.offset)) & ((1 << 64) - 1)
     return None
 
@@ -383,7 +338,7 @@ def _make_object(session: Session, path: str, maps: list[Mapping],
     elif info.loads():
         # the object extends over its bss, which is mapped anonymously after the file pages
         hi = max(p.vaddr + p.memsz for p in info.loads()) + bias
-        hi = -(-hi // PAGE) * PAGE
+        hi = -(-hi // ec.PAGE) * ec.PAGE
         if end < hi <= end + (1 << 32):
             end = hi
     return ElfObject(os.path.basename(path), path, base, end, bias, file, info, dirs)
@@ -395,10 +350,17 @@ def _info_from_memory(session: Session, maps: list[Mapping]) -> ElfInfo | None |
     first = next((m for m in maps if m.offset == 0), None)
     if first is None:
         return None
+    def read_at(off: int, n: int) -> bytes:
+        try:
+            return session.mem.read(first.start + off, n)
+        except MdbError:
+            return b""
+
     try:
-        info = parse_elf_info(lambda off, n: session.mem.read(first.start + off, n))
-    except (MdbError, struct.error):
+        session.mem.read(first.start, 4)
+    except MdbError:
         return None
+    info = parse_elf_info(read_at)
     return False if info is None else info
 
 
@@ -412,8 +374,8 @@ def _mark_exe(objs: list[ElfObject], exe: str | None) -> None:
                        & want), None)
     if chosen is None:
         ranked = [o for o in sorted(objs, key=lambda o: o.base) if o.info is not None]
-        chosen = (next((o for o in ranked if o.info.etype == ET_EXEC), None)
-                  or next((o for o in ranked if o.info.etype == ET_DYN and o.info.interp),
+        chosen = (next((o for o in ranked if o.info.etype == ec.ET_EXEC), None)
+                  or next((o for o in ranked if o.info.etype == ec.ET_DYN and o.info.interp),
                           None))
     if chosen is not None:
         chosen.is_exe = True
