@@ -286,6 +286,11 @@ def parse_siginfo(desc: bytes) -> SigInfo:
     return SigInfo(*SIGINFO_HEAD.unpack_from(desc))
 
 
+def pack_siginfo(si: SigInfo) -> bytes:
+    head = SIGINFO_HEAD.pack(si.signo, si.errno, si.code, si.addr & 0xFFFFFFFFFFFFFFFF)
+    return head + bytes(SIGINFO_SIZE - len(head))
+
+
 def parse_nt_file(desc: bytes, limit: int) -> list[FileEntry]:
     """NT_FILE: count, page size, count x (start, end, page offset), then count paths."""
     _need(desc, 16, "NT_FILE")

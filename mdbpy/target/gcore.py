@@ -1,0 +1,179 @@
+"""The core writer: any Target (a live process, a core, synthetic bytes) to an ELF64 ET_CORE
+that mdbpy and gdb both open.
+
+Layout: ELF header, program headers (PT_NOTE first, then one PT_LOAD per readable mapping),
+the notes (per thread NT_PRSTATUS; NT_PRPSINFO, NT_SIGINFO when known, NT_AUXV and NT_FILE
+after the first thread's, as the kernel orders them), then each mapping's bytes page-aligned.
+Memory is read in large blocks; all-zero blocks become holes (a seek), so a process with big,
+mostly untouched stacks and heaps gives a sparse file. Pages the target cannot read are left as
+holes too, which read back as zeros.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from mdbpy.errors import MdbError, ReadError
+from mdbpy.target import elfcore as ec
+from mdbpy.target.base import Mapping, Target, Thread
+
+BLOCK = 1 << 20  # bytes per read and per hole decision
+
+
+def write_core(target: Target, path: str,
+               progress: Callable[[int, int], None] | None = None) -> int:
+    """Write `target` as a core file at `path` (mode 0600: cores hold secrets).
+
+    progress(done, total), when given, is called after each block with bytes of memory done.
+    Returns the size of the file written. A failure removes the partial file and raises a
+    one-line MdbError.
+    """
+    maps = [m for m in sorted(target.mappings(), key=lambda m: m.start) if m.readable]
+    notes = _notes(target, target.threads(), target.mappings())
+    phnum = 1 + len(maps)
+    xnum = phnum >= ec.PN_XNUM
+    note_off = ec.EHDR.size + phnum * ec.PHDR.size + (ec.SHDR.size if xnum else 0)
+    data_off = _page_up(note_off + len(notes))
+    phdrs = [ec.Phdr(ec.PT_NOTE, 0, note_off, 0, len(notes), 0, 4)]
+    off = data_off
+    for m in maps:
+        phdrs.append(ec.Phdr(ec.PT_LOAD, ec.flags_from_perms(m.perms), off, m.start, m.size,
+                             m.size, ec.PAGE))
+        off += _page_up(m.size)
+    total = sum(m.size for m in maps)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise MdbError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(ec.pack_ehdr(ec.ET_CORE, phnum))
+            f.write(b"".join(ec.pack_phdr(p) for p in phdrs))
+            if xnum:  # section header 0 carries the real program header count
+                f.write(ec.SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
+            f.write(notes)
+            done = 0
+            for m, ph in zip(maps, phdrs[1:]):
+                f.seek(ph.offset)
+                for chunk_len, data in _contents(target, m):
+                    if data is None:
+                        f.seek(chunk_len, os.SEEK_CUR)
+                    else:
+                        f.write(data)
+                    done += chunk_len
+                    if progress is not None:
+                        progress(done, total)
+            f.truncate(off)
+    except OSError as e:
+        _remove(path)
+        raise MdbError(f"cannot write {path}: {e.strerror}") from None
+    except BaseException:
+        _remove(path)
+        raise
+    return off
+
+
+def _page_up(n: int) -> int:
+    return -(-n // ec.PAGE) * ec.PAGE
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _contents(target: Target, m: Mapping):
+    """(length, bytes or None for a hole) covering the mapping, block by block; a block that
+    fails to read is retried page by page and its unreadable pages become holes."""
+    zero = bytes(BLOCK)
+    cur = m.start
+    while cur < m.end:
+        n = min(BLOCK, m.end - cur)
+        try:
+            data = target.read(cur, n)
+        except ReadError:
+            yield from _pages(target, cur, n)
+        else:
+            yield n, (None if data == zero[:n] else data)
+        cur += n
+
+
+def _pages(target: Target, start: int, n: int):
+    zero = bytes(ec.PAGE)
+    cur, end = start, start + n
+    while cur < end:
+        k = min(ec.PAGE - cur % ec.PAGE, end - cur)
+        try:
+            data = target.read(cur, k)
+        except ReadError:
+            data = None
+        yield k, (None if data is None or data == zero[:k] else data)
+        cur += k
+
+
+# -- notes ----------------------------------------------------------------------------------
+def _notes(target: Target, threads: list[Thread], maps: list[Mapping]) -> bytes:
+    ps = process_info(target)
+    files = [ec.FileEntry(m.start, m.end, m.offset, m.path) for m in maps if m.is_file]
+    process = [ec.pack_note(b"CORE", ec.NT_PRPSINFO, ec.pack_prpsinfo(ps))]
+    si = getattr(target, "siginfo", None)
+    if isinstance(si, ec.SigInfo):
+        process.append(ec.pack_note(b"CORE", ec.NT_SIGINFO, ec.pack_siginfo(si)))
+    process.append(ec.pack_note(b"CORE", ec.NT_AUXV, ec.pack_auxv(target.auxv())))
+    if files:
+        process.append(ec.pack_note(b"CORE", ec.NT_FILE, ec.pack_nt_file(files)))
+    out = []
+    for t in threads:
+        desc = ec.pack_prstatus(t.tid, _signal_of(t), t.regs, ps.pid, ps.ppid)
+        out.append(ec.pack_note(b"CORE", ec.NT_PRSTATUS, desc))
+        if len(out) == 1:
+            out += process
+    if not threads:
+        out += process
+    return b"".join(out)
+
+
+def _signal_of(t: Thread) -> int:
+    """A thread's pending signal: cores name it in Thread.state ('SIGSEGV'); live threads
+    carry a run state there instead, which means no signal."""
+    try:
+        return int(signal.Signals[t.state]) if t.state.startswith("SIG") else 0
+    except KeyError:
+        return 0
+
+
+def process_info(target: Target) -> ec.PsInfo:
+    """NT_PRPSINFO's facts: a core's own, a live process's from /proc, else from the exe."""
+    ps = getattr(target, "psinfo", None)
+    if isinstance(ps, ec.PsInfo):
+        return ps
+    pid = target.pid or 0
+    if target.kind == "live" and pid:
+        return _proc_psinfo(pid)
+    exe = target.exe_path() or target.describe()
+    return ec.PsInfo(pid, os.path.basename(exe)[:15], exe[:80])
+
+
+def _proc_psinfo(pid: int) -> ec.PsInfo:
+    def read(name: str, limit: int = 4096) -> bytes:
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                return f.read(limit)
+        except OSError:
+            return b""
+
+    comm = read("comm").decode(errors="replace").strip()
+    args = read("cmdline").rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    stat = read("stat").rsplit(b")", 1)[-1].split()
+    state = stat[0].decode() if stat else "R"
+    ppid = int(stat[1]) if len(stat) > 1 else 0
+    try:
+        st = os.stat(f"/proc/{pid}")
+        uid, gid = st.st_uid, st.st_gid
+    except OSError:
+        uid = gid = 0
+    return ec.PsInfo(pid, comm[:15], args[:80], ppid, state, uid, gid)
