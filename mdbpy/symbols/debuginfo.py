@@ -11,6 +11,7 @@ stale debug file from another build is never used.
 from __future__ import annotations
 
 import os
+import struct
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -66,6 +67,17 @@ def by_debuglink(obj_path: str, link: str, crc: int, dirs: Iterable[str]) -> str
         if file_crc32(p) == crc:
             return p
     return None
+
+
+def parse_debuglink(data: bytes) -> tuple[str, int] | None:
+    """(file name, CRC32) from a .gnu_debuglink section: the name, NUL, padding to 4, CRC."""
+    nul = data.find(b"\0")
+    if nul <= 0:
+        return None
+    crc_at = (nul + 4) & ~3
+    if crc_at + 4 > len(data):
+        return None
+    return data[:nul].decode("utf-8", "replace"), struct.unpack_from("<I", data, crc_at)[0]
 
 
 def file_crc32(path: str) -> int | None:

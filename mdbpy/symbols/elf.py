@@ -119,7 +119,7 @@ def parse_symbol_sections(path: str) -> tuple[dict[str, cache.Columns], tuple[st
             if kind and sec["sh_entsize"] == SYM.size and kind not in tables:
                 tables[kind] = _columns(sec.data(), elf.get_section(sec["sh_link"]).data())
             elif sec.name == ".gnu_debuglink" and sec["sh_type"] != "SHT_NOBITS":
-                link = _debuglink(sec.data())
+                link = debuginfo.parse_debuglink(sec.data())
     return tables, link
 
 
@@ -135,16 +135,6 @@ def _columns(data: bytes, strtab: bytes) -> cache.Columns:
 def _cstr(blob: bytes, off: int) -> str:
     end = blob.find(b"\0", off)
     return blob[off:end if end >= 0 else len(blob)].decode("utf-8", "replace")
-
-
-def _debuglink(data: bytes) -> tuple[str, int] | None:
-    nul = data.find(b"\0")
-    if nul <= 0:
-        return None
-    crc_at = (nul + 4) & ~3
-    if crc_at + 4 > len(data):
-        return None
-    return data[:nul].decode("utf-8", "replace"), struct.unpack_from("<I", data, crc_at)[0]
 
 
 def make_symbols(cols: cache.Columns, bias: int, obj: str,

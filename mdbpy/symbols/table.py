@@ -41,7 +41,18 @@ class LoadObject:
             # prefer global over weak over local, then sized over unsized
             if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
                 by_name[s.name] = s
+        # `stdout` also finds `stdout@GLIBC_2.2.5`: newer linkers keep versions in .symtab names
+        for s in self.symbols:
+            base = s.name.split("@", 1)[0]
+            if base != s.name and base:
+                by_name.setdefault(base, s)
         self._by_name = by_name
+
+    def table(self, which: str = "symtab") -> list[Symbol]:
+        """The symbol table in file order, as ::nm lists it (ELF objects override this to
+        give .symtab or .dynsym with undefined and section entries; a synthetic object has
+        one table)."""
+        return self.symbols
 
     def read_file(self, addr: int, n: int) -> bytes:
         """The object-file bytes behind [addr, addr+n) (ELF objects override this)."""

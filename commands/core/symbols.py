@@ -1,0 +1,252 @@
+"""::nm, ::mappings ($m), ::objects and ::status: what the target maps and which symbols it has.
+
+Output follows mdb's mdb_nm.c and mdb_cmds.c: ::nm prints its header with spaces but separates
+row fields with `|`, values as `0x%016llx` in hex mode; ::mappings and ::objects print
+`BASE LIMIT SIZE NAME` with %?p columns. ::status is the start-up benchmark
+(`mdbpy -p PID -e ::status`), so it reads no symbols and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import Invocation, dcmd
+from mdbpy.errors import MdbError, UsageError
+from mdbpy.output import ptrpad, radix_str
+from mdbpy.symbols.base import Symbol
+
+# ::nm -f columns in mdb's print order, with their header text and width (None: unpadded)
+NM_FIELDS = ("ndx", "obj", "val", "sz", "type", "bind", "oth", "shndx", "ctype", "name")
+NM_DEFAULT = ("val", "sz", "type", "bind", "oth", "shndx", "name")
+NM_TYPES = {"noty": "notype", "objt": "object", "func": "func", "sect": "section",
+            "file": "file", "comm": "common", "tls": "tls"}
+TYPE_STR = {"notype": "NOTY", "object": "OBJT", "func": "FUNC", "section": "SECT",
+            "file": "FILE", "common": "COMM", "tls": "TLS"}
+BIND_STR = {"local": "LOCL", "global": "GLOB", "weak": "WEAK"}
+# radix -> (value format, `Other` format, header width), as mdb's nii_pfmt / nii_ofmt
+NM_RADIX = {16: (lambda v: f"0x{v:016x}", lambda v: f"0x{v:<3x}", 18),
+            10: (lambda v: f"{v:<20d}", lambda v: f"{v:<5d}", 20),
+            8: (lambda v: f"{v:<22o}", lambda v: f"{v:<5o}", 22)}
+
+NM_HELP = """\
+-D         print .dynsym instead of .symtab
+-P         print the private symbol table (symbols added by modules and tests)
+-d         print value and size in decimal
+-g         only print global symbols
+-h         suppress header line
+-n         sort symbols by name
+-o         print value and size in octal
+-p         print symbols as a series of ::nmadd commands
+-u         only print undefined symbols
+-v         sort symbols by value
+-x         print value and size in hexadecimal
+-f format  use specified format
+           ndx, val, sz, type, bind, oth, shndx, name, ctype, obj
+-t types   display symbols with the specified types
+           noty, objt, func, sect, file, comm, tls
+obj        specify object whose symbol table should be used
+
+Values are runtime addresses (the file's st_value plus the object's load bias). With an
+address, ::nm prints the one symbol containing it. Without an object, every load object's
+table is printed, the executable first. .symtab comes from the file or from its separate
+debug file (found by build-id or .gnu_debuglink); an object without one falls back to .dynsym."""
+
+
+def _subopts(value: str, table, what: str) -> set[str]:
+    words = {w for w in value.split(",") if w}
+    bad = sorted(words - set(table))
+    if bad or not words:
+        raise UsageError(f"invalid {what} '{bad[0] if bad else value}' (one of: "
+                         f"{', '.join(table)})")
+    return words
+
+
+def _nm_rows(inv: Invocation, opts: dict, rest: list) -> list[tuple[int, str, Symbol]]:
+    """(index, object name, symbol) for every symbol ::nm was asked about."""
+    syms = inv.session.symbols
+    if inv.has_addr:
+        if rest:
+            raise UsageError("an address and an object cannot be combined")
+        hit = syms.lookup_addr(inv.addr)
+        if hit is None:
+            raise MdbError(f"{inv.addr:x}: no symbol corresponds to address")
+        o = syms.object_for_addr(inv.addr)
+        return [(0, o.path or o.name, hit[0])]
+    if len(rest) > 1 or (rest and not isinstance(rest[0], str)):
+        raise UsageError("::nm takes at most one object name")
+    if opts.get("P"):
+        if rest:
+            raise UsageError("-P/object options are mutually exclusive")
+        objs = [o for o in syms.objects() if not o.path]
+    elif rest:
+        o = syms.object_named(rest[0])
+        if o is None:
+            raise MdbError(f"unknown object '{rest[0]}' (see ::objects)")
+        objs = [o]
+    else:
+        objs = sorted(syms.objects(), key=lambda o: (not o.is_exe, o.base))
+    which = "dynsym" if opts.get("D") else "symtab"
+    rows = []
+    for o in objs:
+        rows += [(i, o.path or o.name, s) for i, s in enumerate(o.table(which))]
+    return rows
+
+
+def _nm_filter(rows, opts: dict, types: set[str]):
+    out = []
+    for row in rows:
+        s = row[2]
+        if s.type not in types and not (s.type.startswith("stt") and "noty" in types):
+            continue
+        if opts.get("g") and s.bind != "global":
+            continue
+        if opts.get("u") and s.shndx != "UNDEF":
+            continue
+        out.append(row)
+    if opts.get("n") or opts.get("v"):
+        if opts.get("n"):
+            out.sort(key=lambda r: r[2].name)
+        else:
+            out.sort(key=lambda r: r[2].addr)
+    return out
+
+
+@dcmd("nm", "print symbols", usage="?[-DPdghnopuvx] [-f format] [-t types] [object]",
+      help=NM_HELP, example="::nm -g a.out")
+def nm(inv: Invocation):
+    opts, rest = inv.getopt("DPdghnopuvxf:t:")
+    radix_opts = [r for r, k in ((10, "d"), (8, "o"), (16, "x")) if opts.get(k)]
+    if len(radix_opts) > 1:
+        raise UsageError("-d/-o/-x options are mutually exclusive")
+    radix = radix_opts[0] if radix_opts else (inv.session.radix
+                                              if inv.session.radix in (8, 10) else 16)
+    if opts.get("P") and inv.has_addr:
+        raise UsageError("-P/address options are mutually exclusive")
+    fields = (_subopts(opts["f"], NM_FIELDS, "format") if "f" in opts else set(NM_DEFAULT))
+    types = {NM_TYPES[t] for t in _subopts(opts.get("t", ",".join(NM_TYPES)), NM_TYPES,
+                                            "type")}
+    rows = _nm_filter(_nm_rows(inv, opts, rest), opts, types)
+    if opts.get("p"):
+        for _i, _obj, s in rows:
+            kind = {"func": "-f ", "object": "-o "}.get(s.type, "")
+            inv.print(f"{radix_str(s.addr, radix, True)}::nmadd {kind}-s "
+                      f"{radix_str(s.size, radix, True)} {s.name}")
+        return 0
+    pfmt, ofmt, width = NM_RADIX[radix]
+    cols = [f for f in NM_FIELDS if f in fields]
+    if not opts.get("h") and inv.header:
+        head = {"ndx": "Index", "obj": f"{'Object':<15}", "val": f"{'Value':<{width}}",
+                "sz": f"{'Size':<{width}}", "type": f"{'Type':<5}", "bind": f"{'Bind':<5}",
+                "oth": f"{'Other':<5}", "shndx": f"{'Shndx':<8}", "ctype": f"{'C Type':<50}",
+                "name": "Name"}
+        inv.print(" ".join(head[c] for c in cols))
+    for i, obj, s in rows:
+        cell = {"ndx": f"{i:5d}", "obj": f"{obj:<15}", "val": pfmt(s.addr),
+                "sz": pfmt(s.size), "type": f"{TYPE_STR.get(s.type, '?'):<5}",
+                "bind": f"{BIND_STR.get(s.bind, '?'):<5}", "oth": ofmt(s.other),
+                "shndx": f"{s.shndx:<8}", "ctype": f"{'<unknown type>':<50}", "name": s.name}
+        inv.print("|".join(cell[c] for c in cols))
+    return 0
+
+
+# -- mappings and objects -----------------------------------------------------------------------
+def map_name(m) -> str:
+    """The NAME column: the file's path, or mdb's bracketed names for anonymous memory."""
+    p = m.path
+    if not p or p.startswith("[anon"):
+        return "[ shmem ]" if m.shared else "[ anon ]"
+    if p.startswith("[stack"):
+        return "[ stack ]"
+    if p.startswith("[") and p.endswith("]"):
+        return f"[ {p[1:-1]} ]"
+    return p
+
+
+def _map_line(base: int, limit: int, name: str) -> str:
+    return f"{ptrpad(base)} {ptrpad(limit)} {ptrpad(limit - base)} {name}"
+
+
+MAP_HEADER = f"{'BASE':>16} {'LIMIT':>16} {'SIZE':>16} NAME"
+
+
+def _named_mappings(inv: Invocation, name: str):
+    """Mappings whose name, path or basename is `name`, or that belong to the load object
+    `name` (a.out, libc, libc.so.6)."""
+    o = inv.session.symbols.object_named(name)
+    want = {name, o.path} if o is not None else {name}
+    return [m for m in inv.session.mem.mappings()
+            if {m.path, m.path.rsplit("/", 1)[-1], map_name(m)} & want]
+
+
+@dcmd("mappings", "print address space mappings", usage="?[name]", aliases=("$m",),
+      help="One line per mapping: BASE LIMIT SIZE NAME, where NAME is the mapped file's path "
+           "or [ heap ], [ stack ], [ anon ], [ shmem ], [ vdso ]. With an address (or a "
+           "numeric argument), only the mapping containing it; with a name (a path, a file "
+           "name, a load object such as a.out or libc), only that object's mappings. When "
+           "piped, prints the base addresses.",
+      example="::mappings libc.so.6")
+def mappings(inv: Invocation):
+    if len(inv.args) > 1 or (inv.args and inv.has_addr):
+        raise UsageError("usage: [addr]::mappings [name]")
+    mem = inv.session.mem
+    if inv.has_addr or (inv.args and isinstance(inv.args[0], int)):
+        addr = inv.addr if inv.has_addr else inv.args[0]
+        m = mem.mapping_at(addr)
+        if m is None:
+            raise MdbError(f"failed to obtain mapping: no mapping contains {addr:x}")
+        maps = [m]
+    elif inv.args:
+        maps = _named_mappings(inv, inv.args[0])
+        if not maps:
+            raise MdbError(f"failed to obtain mapping: no mapping named {inv.args[0]}")
+    else:
+        maps = mem.mappings()
+    if inv.piped_out:
+        for m in maps:
+            inv.print(radix_str(m.start, inv.session.radix, True))
+        return 0
+    if inv.header:
+        inv.print(MAP_HEADER)
+    for m in maps:
+        inv.print(_map_line(m.start, m.end, map_name(m)))
+    return 0
+
+
+@dcmd("objects", "print load objects information", usage="[-v]",
+      help="One line per load object (the executable and each mapped shared library): "
+           "BASE LIMIT SIZE NAME, the range covering all its segments including bss, and "
+           "the path it is mapped from. -v prints NAME and VERSION instead, where the version "
+           "is the object's build-id (mdb printed a CTF label, which Linux objects lack).",
+      example="::objects")
+def objects(inv: Invocation):
+    opts, rest = inv.getopt("v")
+    if rest or inv.has_addr:
+        raise UsageError("usage: ::objects [-v]")
+    objs = inv.session.symbols.objects()
+    if opts.get("v"):
+        inv.print(f"{'NAME':<28} VERSION")
+        for o in objs:
+            info = getattr(o, "info", None)
+            inv.print(f"{o.path or o.name:<28} {(info and info.build_id) or 'Unknown'}")
+        return 0
+    inv.print(MAP_HEADER)
+    for o in objs:
+        inv.print(_map_line(o.base, o.end, o.path or o.name))
+    return 0
+
+
+@dcmd("status", "print summary of current target",
+      help="What is being debugged: the target's own lines (process id or core file, the "
+           "executable, initial arguments, threading model, why it stopped), then the "
+           "session's settings that change what mdbpy reads (sysroot, debug directories).",
+      example="::status")
+def status(inv: Invocation):
+    if inv.args:
+        raise UsageError("::status takes no arguments")
+    s = inv.session
+    lines = s.target.status_lines() or [f"debugging {s.target.describe()} (64-bit)"]
+    if s.sysroot:
+        lines.append(f"sysroot: {s.sysroot}")
+    if s.debug_dirs:
+        lines.append(f"debug directories: {', '.join(s.debug_dirs)}")
+    for line in lines:
+        inv.print(line)
+    return 0
