@@ -1,0 +1,217 @@
+"""Registers, threads and stacks: $c / ::stack, $C, $r / ::regs, ::threads, ::thread, ::stacks.
+
+The stacks come from mdbpy.unwind (DWARF CFI with a frame-pointer fallback). Frames print as mdb
+prints them on amd64: `%a()` per frame, with an empty argument list because amd64 passes
+arguments in registers that frames do not keep. A stack the unwinder could not follow to its end
+prints up to the last frame it trusts, followed by a warning on stderr naming the reason.
+"""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import Invocation, dcmd, to_number
+from mdbpy.errors import MdbError, UsageError
+from mdbpy.output import radix_str
+from mdbpy.unwind import Frame, unwind, unwind_from_fp
+
+FLAG_BITS = (("OF", 11), ("DF", 10), ("IF", 9), ("TF", 8), ("SF", 7), ("ZF", 6), ("AF", 4),
+             ("PF", 2), ("CF", 0))
+# (name, shift, mask) of the rflags system fields, in mdb's order
+FLAG_FIELDS = (("id", 21, 1), ("vip", 20, 1), ("vif", 19, 1), ("ac", 18, 1), ("vm", 17, 1),
+               ("rf", 16, 1), ("nt", 14, 1))
+
+
+def _thread(inv: Invocation, tid: int | None = None):
+    """The thread `tid`, or the current one; a one-line error when there is none."""
+    s = inv.session
+    threads = s.target.threads()
+    if not threads:
+        raise MdbError(f"{s.target.describe()} has no threads")
+    if tid is None:
+        return s.current_thread()
+    for t in threads:
+        if t.tid == tid:
+            return t
+    raise MdbError(f"no thread 0x{tid:x} (0t{tid}) in this target: see ::threads")
+
+
+def _count_arg(inv: Invocation) -> None:
+    """mdb's `$c cnt` caps the arguments printed per frame. amd64 frames carry no arguments,
+    so the count is only checked for being a number."""
+    if len(inv.args) > 1:
+        raise UsageError(f"{inv.name or '$c'} takes at most one argument (an argument count)")
+    for a in inv.args:
+        to_number(a, inv.session.radix)
+
+
+def _frames(inv: Invocation) -> tuple[list[Frame], str]:
+    """The frames $c / $C print: from a frame pointer when an address is given, else the
+    current thread's; and how to name the stack in a warning."""
+    if inv.has_addr:
+        return unwind_from_fp(inv.session, inv.addr, _thread(inv)), f"frame 0x{inv.addr:x}"
+    t = _thread(inv)
+    return unwind(inv.session, t), f"thread {t.tid}"
+
+
+def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool) -> None:
+    s = inv.session
+    for f in frames:
+        if inv.piped_out:
+            inv.print(radix_str(f.pc, s.radix, prefix=True))
+        elif with_fp:
+            inv.print(f"{radix_str(f.fp, s.radix).zfill(16)} {s.format_addr(f.pc)}()")
+        else:
+            inv.print(f"{s.format_addr(f.pc)}()")
+    last = frames[-1] if frames else None
+    if last is not None and last.truncated:
+        s.warn(f"stack of {what} stops early: {last.truncated}")
+
+
+@dcmd("stack", "print stack backtrace", usage="?[cnt]", aliases=("$c",),
+      help="Print the current thread's call stack, innermost frame first, one `sym+off()` per "
+           "frame: frame 0 at its pc, the others at their return addresses. Given an address, "
+           "start from that frame pointer instead (as $C prints it): the walk begins with the "
+           "caller of that frame. Frames are found with the DWARF call-frame information of "
+           ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
+           "back to the frame-pointer chain where none exists, so optimized code and glibc "
+           "unwind. Arguments are not shown: amd64 passes them in registers that the frames do "
+           "not keep, so `cnt` (mdb's limit on arguments per frame) changes nothing. If the "
+           "stack cannot be followed to its end (unreadable memory, a cycle, 1024 frames), "
+           "the frames found are printed and a warning names the reason. Piped, the frames' "
+           "pcs are passed on. Select another thread with `tid::thread`.",
+      example="$c")
+def stack(inv: Invocation):
+    _count_arg(inv)
+    frames, what = _frames(inv)
+    _print_frames(inv, frames, what, with_fp=False)
+
+
+@dcmd("$C", "print stack backtrace with frame pointers", usage="?[cnt]",
+      help="As $c, with each frame's frame pointer in front: the CFA minus 16, which is where "
+           "a conventional prologue saves %rbp and so equals %rbp in frame-pointer code. "
+           "`addr$c` accepts these values and continues with the caller of that frame.",
+      example="$C")
+def stack_fp(inv: Invocation):
+    _count_arg(inv)
+    frames, what = _frames(inv)
+    _print_frames(inv, frames, what, with_fp=True)
+
+
+@dcmd("stacks", "print the stack of every thread", usage="[-v]",
+      help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by its stack as $c prints "
+           "it (with -v, as $C prints it, frame pointers in front), and a blank line. A thread "
+           "whose stack cannot be read gets a one-line reason instead of frames; the others "
+           "still print.",
+      example="::stacks -v")
+def stacks(inv: Invocation):
+    opts, rest = inv.getopt("v")
+    if rest:
+        raise UsageError("::stacks takes only -v")
+    s = inv.session
+    threads = s.target.threads()
+    if not threads:
+        raise MdbError(f"{s.target.describe()} has no threads")
+    for t in threads:
+        inv.print(f"THREAD {t.tid} ({t.name})" if t.name else f"THREAD {t.tid}")
+        try:
+            frames = unwind(s, t)
+        except MdbError as e:
+            s.warn(f"thread {t.tid}: {e}")
+        else:
+            _print_frames(inv, frames, f"thread {t.tid}", with_fp=bool(opts.get("v")))
+        inv.print("")
+
+
+@dcmd("regs", "print general-purpose registers", usage="?", aliases=("$r",),
+      help="Print the current thread's registers in mdb's amd64 layout: the general registers "
+           "in pairs, the segment registers, %rip with its symbol, %rbp, %rsp, %rflags with "
+           "its fields and status flags (upper case when set), then %gsbase and %fsbase. "
+           "Given an address, print the registers of the thread with that id (0tTID in "
+           "decimal). Each register is also a variable: `<rip`, `<rsp`, ...",
+      example="$r")
+def regs(inv: Invocation):
+    if inv.args:
+        raise UsageError("$r takes no arguments")
+    s = inv.session
+    t = _thread(inv, inv.addr if inv.has_addr else None)
+
+    def reg(name: str) -> int:
+        try:
+            return t.regs[name]
+        except KeyError:
+            raise MdbError(f"thread {t.tid} has no %{name}") from None
+
+    def q(name: str) -> str:
+        return f"0x{reg(name):016x}"
+
+    def w(name: str) -> str:
+        return f"0x{reg(name):04x}"
+
+    pairs = (("rax", "r8 "), ("rbx", "r9 "), ("rcx", "r10"), ("rdx", "r11"), ("rsi", "r12"),
+             ("rdi", "r13"))
+    out = [f"%{a} = {q(a)}\t%{b} = {q(b.strip())}" for a, b in pairs]
+    out += [f"{'':25}\t%r14 = {q('r14')}", f"{'':25}\t%r15 = {q('r15')}", ""]
+    out += [f"%cs = {w('cs')}\t%fs = {w('fs')}\t%gs = {w('gs')}",
+            f"%ds = {w('ds')}\t%es = {w('es')}\t%ss = {w('ss')}", ""]
+    rip = reg("rip")
+    out += [f"%rip = {q('rip')} {s.format_addr(rip) if s.symbols.lookup_addr(rip) else ''}"
+            .rstrip(),
+            f"%rbp = {q('rbp')}", f"%rsp = {q('rsp')}", ""]
+    fl = reg("eflags")
+    fields = " ".join(f"{n}={(fl >> sh) & m}" for n, sh, m in FLAG_FIELDS)
+    status = ",".join(n if fl >> bit & 1 else n.lower() for n, bit in FLAG_BITS)
+    out += [f"%rflags = 0x{fl:08x}", f"  {fields} iopl=0x{(fl >> 12) & 3:x}",
+            f"  status=<{status}>", ""]
+    out += [f"%gsbase = {q('gs_base')}", f"%fsbase = {q('fs_base')}"]
+    for line in out:
+        inv.print(line)
+
+
+def _thread_row(inv: Invocation, t, current: bool) -> str:
+    try:
+        pc = inv.session.format_addr(t.regs["rip"])
+    except (KeyError, MdbError):
+        pc = "?"
+    return f"{'*' if current else ' '}{t.tid:>7} {t.name or '-':<16} {t.state or '-':<16} {pc}"
+
+
+THREADS_HEADER = f" {'TID':>7} {'NAME':<16} {'STATE':<16} PC"
+
+
+@dcmd("threads", "list the threads of the target", usage="",
+      help="One line per thread: its id (decimal, as /proc and gdb show it), its name, its "
+           "state (live: the scheduler state seen before mdbpy stopped the process; core: as "
+           "recorded) and its pc as sym+off. A `*` marks the current thread, whose registers "
+           "$r, $c and the register variables (<rip, ...) use; select another with "
+           "`0tTID::thread`. Piped, the thread ids are passed on.",
+      example="::threads")
+def threads(inv: Invocation):
+    if inv.args:
+        raise UsageError("::threads takes no arguments")
+    s = inv.session
+    cur = s.current_thread()
+    ts = s.target.threads()
+    if inv.piped_out:
+        for t in ts:
+            inv.print(radix_str(t.tid, s.radix, prefix=True))
+        return
+    inv.print(THREADS_HEADER)
+    for t in ts:
+        inv.print(_thread_row(inv, t, cur is not None and t.tid == cur.tid))
+
+
+@dcmd("thread", "select the current thread, or show it", usage="?",
+      help="With an address, make the thread with that id current: $r, $c, $C and the "
+           "register variables (<rip, <rsp, ...) then use its registers. Thread ids are "
+           "numbers like any other, in the current radix: type 0t7201 for decimal 7201. "
+           "Without an address, print the current thread as ::threads does.",
+      example="0t7201::thread")
+def thread(inv: Invocation):
+    if inv.args:
+        raise UsageError("::thread takes no arguments")
+    s = inv.session
+    if inv.has_addr:
+        s.thread = _thread(inv, inv.addr).tid
+        return
+    t = _thread(inv)
+    inv.print(THREADS_HEADER)
+    inv.print(_thread_row(inv, t, True))
