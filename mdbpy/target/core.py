@@ -26,6 +26,7 @@ from mdbpy.target.base import Mapping, Target, Thread
 
 MAX_PHDRS = 1 << 18  # far above any real process (vm.max_map_count is 65530 by default)
 MAX_FILES = 1 << 18
+MAX_DISK_FILES = 4096  # distinct mapped files looked up on disk for pages a core left out
 NOT_IN_CORE = "not in core file"
 
 
@@ -338,8 +339,15 @@ class CoreTarget(_ImageTarget):
         segs += [self._omitted(fe, a, b) for fe in self.files
                  for a, b in _gaps(fe, segs, starts)]
         self._set_segments(segs)
-        for p in sorted({s.path for s in self._segs if s.path and s.avail < s.end - s.start}):
+        self._entries_of: dict[str, list[ec.FileEntry]] = {}
+        for fe in self.files:
+            self._entries_of.setdefault(fe.path, []).append(fe)
+        needed = sorted({s.path for s in self._segs if s.path and s.avail < s.end - s.start})
+        for p in needed[:MAX_DISK_FILES]:
             self._disk_file(p)
+        if len(needed) > MAX_DISK_FILES:
+            self._warn(f"core file {self.path} maps {len(needed)} files; pages of all but the "
+                       f"first {MAX_DISK_FILES} that are not in the core are unreadable")
         for s in self._segs:
             if s.path and s.avail == 0 and s.claimed == 0 and s.perms == "?":
                 s.perms = self._file_perms(s)
@@ -372,7 +380,7 @@ class CoreTarget(_ImageTarget):
     # -- files the core maps --------------------------------------------------------------
     def _core_build_id(self, path: str) -> bytes | None:
         """The build-id in the core's own copy of `path` (its first page is normally there)."""
-        entries = [e for e in self.files if e.path == path]
+        entries = self._entries_of.get(path, [])
 
         def read_at(off: int, n: int) -> bytes:
             for e in entries:
