@@ -51,6 +51,10 @@ class Session:
         self.thread: int | None = None  # the current thread's tid (None: the first thread)
         # Set by the language engine so dcmds such as ::eval can run mdb commands.
         self.evaluate = None
+        # The language engine itself (mdbpy.lang.engine.Engine), for $< / $<< macro files.
+        self.engine = None
+        # ::typeset -t tags variables; ::vars -t lists only the tagged ones.
+        self.var_tags: set[str] = set()
         if load_builtin:
             self.load_dmod("core")
 
