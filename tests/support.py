@@ -50,8 +50,11 @@ class Running:
     def thread_states(self) -> list[str]:
         states = []
         for tid in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
-                states.append(f.read().rsplit(")", 1)[1].split()[0])
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, ProcessLookupError):  # a thread ended meanwhile
+                continue
         return states
 
     def assert_untouched(self, timeout: float = 10.0) -> None:

@@ -330,8 +330,15 @@ class LiveTarget(Target):
         self._maps = None
         self._threads = None
 
-    def release(self) -> None:
-        """Detach now and let the process run; later reads fail saying so (mdb's ::release)."""
+    def release(self, leave_stopped: bool = False) -> None:
+        """Detach now and let the process run; later reads fail saying so (mdb's ::release).
+
+        leave_stopped (::release -a) queues a SIGSTOP first: the threads dequeue it as soon as
+        they are detached, so the process ends up in an ordinary job-control stop.
+        """
+        self._check()
+        if leave_stopped:
+            os.kill(self.pid, signal.SIGSTOP)
         self.close()
         self._gone = (f"no process active: process {self.pid} was released; "
                       f"attach again with mdbpy -p {self.pid}")

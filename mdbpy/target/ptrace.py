@@ -201,8 +201,9 @@ class Freezer:
 
         gone: set[int] = set()
         for _ in range(MAX_ROUNDS):
-            new = [(t, s) for t, s in task_states(self.pid)
-                   if t not in self._seized and t not in gone and s not in "ZX"]
+            new = sorted(((t, s) for t, s in task_states(self.pid)
+                          if t not in self._seized and t not in gone and s not in "ZX"),
+                         key=lambda ts: (ts[0] != self.pid, ts[0]))  # the leader first
             if not new:
                 if not self.stops:
                     raise ProcessLookupError(errno.ESRCH, "process has exited")
@@ -212,9 +213,12 @@ class Freezer:
                 try:
                     seize(tid)
                 except OSError as e:
-                    if e.errno != errno.ESRCH or tid == self.pid:
+                    if tid == self.pid or e.errno not in (errno.ESRCH, errno.EPERM):
                         raise
-                    gone.add(tid)  # exited between listing and seizing
+                    # The leader was allowed, so a refused thread is exiting: forget it once it
+                    # is gone, else try it again next round.
+                    if task_state(self.pid, tid) in ("", "Z", "X"):
+                        gone.add(tid)
                     continue
                 self._seized.add(tid)
                 try:
@@ -234,8 +238,8 @@ class Freezer:
                 else:
                     self._seized.discard(tid)
                     gone.add(tid)
-        raise TargetError(f"process {self.pid} keeps creating threads faster than they can be "
-                          f"stopped; try -o nostop")
+        raise TargetError(f"cannot stop every thread of process {self.pid} (threads keep "
+                          f"appearing, or one refuses ptrace); try -o nostop")
 
     def release(self) -> None:
         """Detach every thread, handing back any signal that arrived while we held it.
