@@ -216,14 +216,14 @@ class ObjectCFI:
 
     def row(self, pc: int) -> Row | None:
         if self._own is None:
-            self._own = _read_sections(self.path)
+            self._own = read_sections(self.path)
         for sec in self._own:
             r = sec.row(pc)
             if r is not None:
                 return r
         if self._debug is None:
             found = self._find_debug()
-            self._debug = _read_sections(found) if found else []
+            self._debug = read_sections(found) if found else []
         for sec in self._debug:
             r = sec.row(pc)
             if r is not None:
@@ -231,7 +231,7 @@ class ObjectCFI:
         return None
 
 
-def _read_sections(path: str) -> list[_Section]:
+def read_sections(path: str) -> list[_Section]:
     """The CFI sections of an ELF file, .eh_frame first.
 
     A file that cannot be read or parsed has no CFI: the unwinder then falls back to frame

@@ -1,0 +1,267 @@
+"""The unwinder against gdb, on a core and on the live process, and on hostile stacks.
+
+The stacks fixture is built with -O2 -fomit-frame-pointer, so its frames and glibc's can only be
+found through CFI. gdb's `thread apply all bt` on the core is the oracle: for every thread, the
+pcs mdbpy finds must be gdb's, and the function names `::stacks` prints must be gdb's, up to
+aliases (glibc's `pause` is gdb's `__libc_pause`: the same address).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import time
+
+import pytest
+from support import compile_fixture, gcore, run_mdbpy, start_fixture
+
+from mdbpy.session import Session
+from mdbpy.symbols.base import Symbol
+from mdbpy.target.base import Thread
+from mdbpy.target.synthetic import SyntheticTarget
+from mdbpy.unwind import unwind
+
+STACKS_FLAGS = ("-O2", "-fomit-frame-pointer", "-g")
+SYS_READ, SYS_PAUSE = 0, 34
+MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"]
+
+
+def wait_parked(pid: int, want: dict[int, int], timeout: float = 20.0) -> None:
+    """Until each thread tid of `want` sits in the system call numbered want[tid]."""
+    deadline = time.time() + timeout
+    while True:
+        now = {}
+        for tid in want:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                now[tid] = f.read().split()[0]
+        if all(now[t] == str(n) for t, n in want.items()):
+            return
+        assert time.time() < deadline, f"threads not parked: {now}"
+        time.sleep(0.01)
+
+
+def start_parked(exe):
+    r = start_fixture(exe)
+    wait_parked(r.pid, {r.pid: SYS_PAUSE, int(r.info["reader"]): SYS_READ})
+    return r
+
+
+@pytest.fixture(scope="module")
+def stacks_exe(build_dir):
+    return compile_fixture("stacks", build_dir, flags=STACKS_FLAGS)
+
+
+@pytest.fixture(scope="module")
+def parked(stacks_exe, build_dir):
+    """The running fixture with both threads parked, and a gcore of it in that state."""
+    r = start_parked(stacks_exe)
+    try:
+        core = gcore(r.pid, build_dir / "stacks-gcore")
+        yield r, core
+    finally:
+        r.stop()
+
+
+def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
+    """{tid: [(pc, function)]} from gdb, every frame with its address, past main, and inlined
+    frames folded into the real frame that holds them (they share its pc)."""
+    out = subprocess.run(
+        ["gdb", "-batch", "-nx", "-ex", "set backtrace past-main on",
+         "-ex", "set print frame-info location-and-address",
+         "-ex", "thread apply all bt", str(exe), str(core)],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    stacks: dict[int, list[tuple[int, str]]] = {}
+    cur = None
+    for line in out.splitlines():
+        m = re.match(r"Thread \d+ \(.*\(LWP (\d+)\)\)", line)
+        if m:
+            cur = stacks.setdefault(int(m.group(1)), [])
+            continue
+        m = re.match(r"#\d+\s+0x([0-9a-f]+) in (\S+) \(", line)
+        if m and cur is not None:
+            pc, name = int(m.group(1), 16), m.group(2)
+            if cur and cur[-1][0] == pc:
+                cur.pop()
+            cur.append((pc, name))
+    return stacks
+
+
+def printed_stacks(text: str) -> dict[int, list[str]]:
+    """{tid: [symbol as printed]} from ::stacks output."""
+    out: dict[int, list[str]] = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"THREAD (\d+)", line)
+        if m:
+            cur = out.setdefault(int(m.group(1)), [])
+        elif line.endswith("()") and cur is not None:
+            cur.append(re.sub(r"\+0x[0-9a-f]+$", "", line[:-2]))
+    return out
+
+
+def same_function(session, gdb_name: str, shown: str) -> bool:
+    """`shown` (obj`sym) names the function gdb calls gdb_name: the same name, or an alias at
+    the same address in the same object."""
+    obj, _, sym = shown.rpartition("`")
+    if sym == gdb_name:
+        return True
+    a = session.symbols.lookup(gdb_name, obj or "a.out")
+    b = session.symbols.lookup(sym, obj or "a.out")
+    return a is not None and b is not None and a.addr == b.addr
+
+
+def check_against_gdb(session, printed: dict[int, list[str]], gdb) -> None:
+    assert sorted(printed) == sorted(gdb)
+    for t in session.target.threads():
+        frames = unwind(session, t)
+        assert [f.truncated for f in frames] == [None] * len(frames)
+        assert [f.pc for f in frames] == [pc for pc, _ in gdb[t.tid]], t.tid
+        names = printed[t.tid]
+        assert len(names) == len(gdb[t.tid])
+        for shown, (_, want) in zip(names, gdb[t.tid]):
+            assert same_function(session, want, shown), (t.tid, shown, want)
+
+
+def test_core_stacks_match_gdb(parked, stacks_exe):
+    r, core = parked
+    gdb = gdb_stacks(stacks_exe, core)
+    main = [n for _, n in gdb[r.pid]]
+    assert main[1:6] == MAIN_CHAIN and main[-1] == "_start"
+    reader = [n for _, n in gdb[int(r.info["reader"])]]
+    assert reader[1:5] == ["reader_level3", "reader_level2", "reader_level1", "reader_top"]
+    assert reader[-1] == "clone3"
+
+    res = run_mdbpy(core, "-e", "::stacks")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    from mdbpy.target.core import open_file_target
+
+    with open_file_target(str(core)) as target:
+        check_against_gdb(Session(target), printed_stacks(res.stdout), gdb)
+
+
+def test_live_stacks_match_gdb(parked, stacks_exe):
+    r, core = parked
+    gdb = gdb_stacks(stacks_exe, core)
+    from mdbpy.target.live import LiveTarget
+
+    with LiveTarget(r.pid) as target:
+        s = Session(target, out=io.StringIO())
+        from mdbpy.lang.engine import Engine
+
+        assert Engine(s).run_string("::stacks") == 0
+        check_against_gdb(s, printed_stacks(s.out.getvalue()), gdb)
+    r.assert_untouched()
+
+
+def test_dollar_c_and_frame_pointers(parked):
+    """$c is the current thread's stack; addr$c, given a $C frame pointer, continues with the
+    caller of that frame."""
+    r, core = parked
+    res = run_mdbpy(core, "-e", "$c; $C")
+    lines = res.stdout.splitlines()
+    n = len(lines) // 2
+    c, big_c = lines[:n], lines[n:]
+    assert [ln.split("+")[0] for ln in c[1:6]] == MAIN_CHAIN
+    assert [ln.split(" ", 1)[1] for ln in big_c] == c
+    fp = big_c[2].split()[0]  # main_level3's frame
+    res = run_mdbpy(core, "-e", f"0x{fp}$c")
+    assert res.stdout.splitlines() == c[3:]
+
+
+def test_debug_frame_only(build_dir):
+    """Code without .eh_frame entries unwinds through .debug_frame."""
+    exe = compile_fixture("stacks", build_dir, out_name="stacks-df",
+                          flags=STACKS_FLAGS + ("-fno-asynchronous-unwind-tables",))
+    from mdbpy.unwind.cfi import read_sections
+
+    r = start_parked(exe)
+    try:
+        from mdbpy.target.live import LiveTarget
+
+        with LiveTarget(r.pid) as target:
+            s = Session(target)
+            lo = s.symbols.object_named("a.out")
+            sym = s.symbols.lookup("main_level4")
+            eh, debug = read_sections(lo.file)
+            assert eh.row(sym.value) is None and debug.row(sym.value) is not None
+            main = s.current_thread()
+            names = [s.format_addr(f.pc).split("+")[0] for f in unwind(s, main)]
+    finally:
+        r.stop()
+    assert names[1:6] == MAIN_CHAIN and names[-1] == "_start"
+
+
+# -- hostile stacks: synthetic memory, no CFI ----------------------------------------------------
+CODE = 0x400000
+STACK = 0x70000000
+
+
+def hostile_session(regs: dict, stack: bytes = b"") -> tuple[Session, io.StringIO]:
+    target = SyntheticTarget([(CODE, bytes(0x1000), "r-xp"), (STACK, stack or bytes(0x1000))],
+                             threads=[Thread(1, "t1", regs)])
+    err = io.StringIO()
+    s = Session(target, out=io.StringIO(), err=err)
+    s.symbols.add_symbols("a.out", [Symbol("func", CODE, 0x100)], is_exe=True)
+    return s, err
+
+
+def words(*pairs) -> bytes:
+    """Stack bytes with little-endian words (offset, value) set."""
+    buf = bytearray(0x1000 * 0x20)
+    for off, val in pairs:
+        buf[off:off + 8] = val.to_bytes(8, "little")
+    return bytes(buf)
+
+
+def test_garbage_stack_pointer():
+    s, err = hostile_session({"rip": CODE + 0x10, "rsp": 0xDEAD0000, "rbp": 0xDEAD0000})
+    frames = unwind(s, s.current_thread())
+    assert len(frames) == 1 and frames[0].truncated == "cannot read the stack at 0xdead0000"
+    from mdbpy.lang.engine import Engine
+
+    assert Engine(s).run_string("$c") == 0
+    assert s.out.getvalue() == "func+0x10()\n"
+    assert err.getvalue() == ("mdbpy: stack of thread 1 stops early: cannot read the stack at "
+                              "0xdead0000\n")
+
+
+def test_garbage_pc():
+    s, _ = hostile_session({"rip": 0x1234, "rsp": STACK + 0x100, "rbp": 0})
+    frames = unwind(s, s.current_thread())
+    assert [(f.pc, f.truncated) for f in frames] == [
+        (0x1234, "pc 0x1234 is not in executable memory")]
+
+
+def test_frame_pointer_cycle():
+    a, b = STACK + 0x100, STACK + 0x200
+    stack = words((0x100, b), (0x108, CODE + 0x20), (0x200, a), (0x208, CODE + 0x30))
+    s, _ = hostile_session({"rip": CODE + 0x10, "rsp": STACK + 0x80, "rbp": a}, stack)
+    frames = unwind(s, s.current_thread())
+    assert [f.pc for f in frames] == [CODE + 0x10, CODE + 0x20, CODE + 0x30]
+    assert frames[-1].truncated == (f"frame address 0x{a + 16:x} does not increase: corrupt "
+                                    f"stack or a cycle")
+    assert [f.truncated for f in frames[:-1]] == [None, None]
+
+
+def test_maximum_depth():
+    """A well-formed chain longer than the limit ends in a truncated frame at the limit."""
+    n = 1100
+    pairs = []
+    for i in range(n):
+        pairs += [(0x100 + 16 * i, STACK + 0x100 + 16 * (i + 1)), (0x108 + 16 * i, CODE + 0x40)]
+    s, _ = hostile_session({"rip": CODE + 0x10, "rsp": STACK, "rbp": STACK + 0x100},
+                           words(*pairs))
+    frames = unwind(s, s.current_thread())
+    assert len(frames) == 1024
+    assert frames[-1].truncated == "stopped at the maximum depth of 1024 frames"
+    assert all(f.truncated is None for f in frames[:-1])
+
+
+def test_end_of_frame_pointer_chain():
+    """rbp 0 in the outermost frame (as _start leaves it) ends the stack cleanly."""
+    stack = words((0x100, 0), (0x108, CODE + 0x50))
+    s, _ = hostile_session({"rip": CODE + 0x10, "rsp": STACK + 0x80, "rbp": STACK + 0x100},
+                           stack)
+    frames = unwind(s, s.current_thread())
+    assert [(f.pc, f.truncated) for f in frames] == [(CODE + 0x10, None), (CODE + 0x50, None)]
