@@ -118,6 +118,27 @@ def gcore(pid: int, prefix: Path) -> Path:
     return Path(f"{prefix}.{pid}")
 
 
+def proc_maps(pid: int) -> list[tuple[int, int, str, int, str]]:
+    """(start, end, perms, offset, path) for each line of /proc/PID/maps: the oracle for
+    mapping and load-bias assertions."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            a, b = (int(x, 16) for x in parts[0].split("-"))
+            out.append((a, b, parts[1], int(parts[2], 16),
+                        parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def mapped_base(pid: int, path) -> int:
+    """Start of the file's offset-0 mapping: the load bias of an object whose first PT_LOAD
+    is at vaddr 0 (PIE executables, shared libraries)."""
+    real = os.path.realpath(path)
+    return min(a for a, _b, _perms, off, p in proc_maps(pid)
+               if off == 0 and p and os.path.realpath(p) == real)
+
+
 def mdbpy_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "mdbpy", *map(str, args)]
 

@@ -16,6 +16,7 @@ from mdbpy.session import Session
 from mdbpy.symbols.base import Symbol
 from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
+from support import mapped_base, proc_maps
 
 READELF_TYPE = {"NOTYPE": "NOTY", "OBJECT": "OBJT", "FUNC": "FUNC", "SECTION": "SECT",
                 "FILE": "FILE", "TLS": "TLS", "IFUNC": "FUNC", "COMMON": "COMM"}
@@ -61,22 +62,12 @@ def readelf_symtab(path) -> list[tuple[int, int, str, str, int, str, str]]:
     return rows
 
 
-def exe_bias(pid: int, exe) -> int:
-    real = os.path.realpath(exe)
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split()
-            if parts[2] == "00000000" and len(parts) > 5 and os.path.realpath(parts[5]) == real:
-                return int(parts[0].split("-")[0], 16)
-    raise AssertionError("executable not mapped")
-
-
 def nm_line(value, size, typ, bind, other, ndx, name) -> str:
     return f"0x{value:016x}|0x{size:016x}|{typ:<5}|{bind:<5}|0x{other:<3x}|{ndx:<8}|{name}"
 
 
 def expected_nm(pid, exe, keep=lambda row: True) -> list[str]:
-    bias = exe_bias(pid, exe)
+    bias = mapped_base(pid, exe)
     lines = []
     for value, size, typ, bind, other, ndx, name in readelf_symtab(exe):
         if not keep((value, size, typ, bind, other, ndx, name)):
@@ -134,16 +125,6 @@ def test_nm_errors(session):
         run(session, "nm", addr=0x10)
 
 
-def proc_maps(pid: int) -> list[tuple[int, int, str, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(None, 5)
-            a, b = (int(x, 16) for x in parts[0].split("-"))
-            out.append((a, b, parts[1], parts[5].strip() if len(parts) > 5 else ""))
-    return out
-
-
 def display(perms: str, path: str) -> str:
     if not path:
         return "[ shmem ]" if perms[3] == "s" else "[ anon ]"
@@ -156,7 +137,7 @@ def test_mappings_equal_proc_maps(session, basic_proc):
     lines = run(session, "mappings")
     assert lines[0] == "            BASE            LIMIT             SIZE NAME"
     want = [f"{a:>16x} {b:>16x} {b - a:>16x} {display(perms, p)}"
-            for a, b, perms, p in proc_maps(basic_proc.pid)]
+            for a, b, perms, _off, p in proc_maps(basic_proc.pid)]
     assert lines[1:] == want
     assert run(session, "$m") == lines
     heap = next(line for line in want if line.endswith("[ heap ]"))
@@ -173,11 +154,11 @@ def test_objects(session, basic_proc, basic_exe):
     lines = run(session, "objects")
     assert lines[0] == "            BASE            LIMIT             SIZE NAME"
     maps = proc_maps(basic_proc.pid)
-    exe_maps = [i for i, m in enumerate(maps) if m[3] == str(basic_exe)]
+    exe_maps = [i for i, m in enumerate(maps) if m[4] == str(basic_exe)]
     start = maps[exe_maps[0]][0]
     # the executable's range runs over its bss, the anonymous mapping after its file pages
     bss = maps[exe_maps[-1] + 1]
-    assert bss[3] == "" and bss[0] == maps[exe_maps[-1]][1]
+    assert bss[4] == "" and bss[0] == maps[exe_maps[-1]][1]
     assert lines[1] == f"{start:>16x} {bss[1]:>16x} {bss[1] - start:>16x} {basic_exe}"
     names = [line.split()[-1] for line in lines[1:]]
     assert [os.path.basename(n) for n in names] == ["basic", "libc.so.6",

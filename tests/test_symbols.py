@@ -17,7 +17,7 @@ from mdbpy.symbols import cache, elf
 from mdbpy.target.core import open_file_target
 from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
-from support import compile_fixture, start_fixture
+from support import compile_fixture, mapped_base, proc_maps, start_fixture
 
 LIBC_DEBUG = "/usr/lib/debug/.build-id"
 
@@ -27,25 +27,6 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "symcache"
     monkeypatch.setenv("MDBPY_CACHE_DIR", str(d))
     return d
-
-
-def maps_of(pid: int) -> list[tuple[int, int, int, str]]:
-    """(start, end, offset, path) of every line of /proc/PID/maps."""
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(None, 5)
-            a, b = (int(x, 16) for x in parts[0].split("-"))
-            out.append((a, b, int(parts[2], 16), parts[5].strip() if len(parts) > 5 else ""))
-    return out
-
-
-def base_of(pid: int, path: str) -> int:
-    """Start of the file's offset-0 mapping: the bias of objects whose first PT_LOAD is at
-    vaddr 0 (PIE executables and shared libraries)."""
-    real = os.path.realpath(path)
-    return min(a for a, _b, off, p in maps_of(pid)
-               if off == 0 and p and os.path.realpath(p) == real)
 
 
 def nm_values(path: Path | str, dynamic: bool = False) -> dict[str, tuple[int, int]]:
@@ -63,7 +44,7 @@ def nm_values(path: Path | str, dynamic: bool = False) -> dict[str, tuple[int, i
 
 
 def libc_path(pid: int) -> str:
-    return next(p for _a, _b, _o, p in maps_of(pid) if os.path.basename(p) == "libc.so.6")
+    return next(p for *_rest, p in proc_maps(pid) if os.path.basename(p) == "libc.so.6")
 
 
 def live_session(pid: int, **kw) -> Session:
@@ -72,7 +53,7 @@ def live_session(pid: int, **kw) -> Session:
 
 def test_pie_executable_symbols(basic_proc, basic_exe):
     s = live_session(basic_proc.pid)
-    bias = base_of(basic_proc.pid, basic_exe)
+    bias = mapped_base(basic_proc.pid, basic_exe)
     expect = nm_values(basic_exe)
     exe = s.symbols.object_named("a.out")
     assert exe.is_exe and exe.name == "a.out" and exe.bias == bias
@@ -97,7 +78,7 @@ def test_libc_symbols_and_debug_file(basic_proc):
     pid = basic_proc.pid
     s = live_session(pid)
     libc = libc_path(pid)
-    bias = base_of(pid, libc)
+    bias = mapped_base(pid, libc)
     o = s.symbols.object_named("libc.so.6")
     assert o.bias == bias and o.name == "libc.so.6" and not o.is_exe
     assert s.symbols.object_named("libc") is o
@@ -166,7 +147,7 @@ def test_stripped_exe_debug_file_by_build_id(stripped, tmp_path):
         (dbgdir / ".build-id" / bid[:2]).mkdir(parents=True)
         shutil.copy(debug, dbgdir / ".build-id" / bid[:2] / f"{bid[2:]}.debug")
         s = live_session(r.pid, debug_dirs=[str(dbgdir)])
-        bias = base_of(r.pid, exe)
+        bias = mapped_base(r.pid, exe)
         expect = nm_values(full)
         for name in ("main", "static_counter", "checksum"):
             assert s.symbols.lookup(name).addr == expect[name][0] + bias, name
@@ -190,7 +171,7 @@ def test_stripped_exe_debug_file_by_debuglink(stripped, tmp_path):
         s = live_session(r.pid)
         o = s.symbols.object_named("a.out")
         assert o.info.build_id is None
-        bias = base_of(r.pid, exe)
+        bias = mapped_base(r.pid, exe)
         assert s.symbols.lookup("static_counter").addr == (
             nm_values(full)["static_counter"][0] + bias)
         assert o.debug_file == str(work / "prog.debug")
