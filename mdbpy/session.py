@@ -24,6 +24,9 @@ DEFAULT_OPTIONS = {
     "color": True,  # colour on a terminal (NO_COLOR and non-terminals turn it off)
 }
 
+# mdb's names for registers that Linux's user_regs_struct (X86_64_REGS) names otherwise
+MDB_REG_ALIASES = (("rflags", "eflags"), ("fsbase", "fs_base"), ("gsbase", "gs_base"))
+
 
 class Session:
     def __init__(self, target: Target, *, sysroot: str | None = None,
@@ -81,9 +84,14 @@ class Session:
         return threads[0] if threads else None
 
     def register_vars(self) -> dict[str, int]:
-        """The current thread's registers, readable in expressions as `<rip`, `<rsp`, ..."""
+        """The current thread's registers, readable in expressions as `<rip`, `<rsp`, ...;
+        also under the names mdb's $r prints (`<rflags`, `<fsbase`, `<gsbase`)."""
         t = self.current_thread()
-        return dict(t.regs) if t is not None else {}
+        regs = dict(t.regs) if t is not None else {}
+        for mdb_name, name in MDB_REG_ALIASES:
+            if name in regs:
+                regs[mdb_name] = regs[name]
+        return regs
 
     # -- modules ----------------------------------------------------------------------------
     def load_dmod(self, spec: str):
