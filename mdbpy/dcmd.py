@@ -120,6 +120,7 @@ class Invocation:
     out: Any  # a text stream: write() only
     pipe: list[int] | None = None  # the whole address list, for pipe_all dcmds
     name: str = ""
+    count: int = 1  # the repeat count of `addr,count::name` (mdb's m_dcount; ::dump's length)
 
     @property
     def has_addr(self) -> bool:
