@@ -108,6 +108,16 @@ def test_lookup_by_address_touches_one_object(basic_proc):
     assert [o for o in objs if o._symbols is not None] == [s.symbols.object_named("a.out")]
 
 
+def test_refresh_keeps_symbols_already_read(basic_proc):
+    s = live_session(basic_proc.pid)
+    libc = s.symbols.object_named("libc")
+    malloc = s.symbols.lookup("malloc", "libc")
+    s.invalidate()
+    assert s.symbols.object_named("libc") is libc
+    assert s.symbols.lookup("malloc", "libc") is malloc
+    assert len(s.symbols.objects()) == 3
+
+
 def test_non_pie_executable(tmp_path):
     exe = compile_fixture("basic", tmp_path, flags=("-g", "-O0", "-no-pie"), out_name="nopie")
     r = start_fixture(exe)

@@ -284,8 +284,10 @@ class ElfObject(LoadObject):
         return bytes(out)
 
 
-def load_objects(session: Session) -> list[LoadObject]:
-    """One ElfObject per mapped ELF file (or per mapped file that is absent here)."""
+def load_objects(session: Session, previous: list[LoadObject] = ()) -> list[LoadObject]:
+    """One ElfObject per mapped ELF file (or per mapped file that is absent here). An object
+    of `previous` mapped from the same path at the same place is kept with what it has read."""
+    known = {(o.path, o.base): o for o in previous if isinstance(o, ElfObject)}
     target = session.target
     groups: dict[str, list[Mapping]] = {}
     for m in session.mem.mappings():
@@ -294,7 +296,9 @@ def load_objects(session: Session) -> list[LoadObject]:
     dirs = debuginfo.debug_dirs(session.debug_dirs, session.sysroot)
     objs = []
     for path, maps in groups.items():
-        o = _make_object(session, path, maps, dirs)
+        o = known.get((path, min(m.start for m in maps)))
+        if o is None:
+            o = _make_object(session, path, maps, dirs)
         if o is not None:
             objs.append(o)
     _mark_exe(objs, target.exe_path())

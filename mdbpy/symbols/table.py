@@ -92,8 +92,14 @@ class SymbolTable:
         self.session = session
         self._objects: list[LoadObject] | None = None
         self._synthetic: list[LoadObject] = []
+        self._previous: list[LoadObject] = []  # reused by the next load when unchanged
 
     def refresh(self) -> None:
+        """The mappings may have changed: rebuild the object list on next use, keeping the
+        already-read symbols of every object that is still mapped at the same place."""
+        if self._objects is not None:
+            synthetic = {id(o) for o in self._synthetic}
+            self._previous = [o for o in self._objects if id(o) not in synthetic]
         self._objects = None
 
     # -- objects ----------------------------------------------------------------------------
@@ -107,7 +113,9 @@ class SymbolTable:
         """The ELF load objects of the target's mappings (see elf.py)."""
         from mdbpy.symbols.elf import load_objects
 
-        return load_objects(self.session)
+        objs = load_objects(self.session, self._previous)
+        self._previous = []
+        return objs
 
     def add_symbols(self, name: str, symbols, is_exe: bool = False) -> LoadObject:
         """Add a synthetic load object with the given Symbols (runtime addresses)."""
