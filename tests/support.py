@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -137,6 +138,51 @@ def mapped_base(pid: int, path) -> int:
     real = os.path.realpath(path)
     return min(a for a, _b, _perms, off, p in proc_maps(pid)
                if off == 0 and p and os.path.realpath(p) == real)
+
+
+# The basic fixture's heap list: (value, tag) of each node, in list order.
+BASIC_NODES = [(0x1000 + i, f"node{i}") for i in range(5)]
+
+
+def basic_list(target, head: int) -> list[tuple[int, str]]:
+    """(value, tag) of each `struct node` from head, following next pointers in `target`."""
+    out = []
+    while head and len(out) < 100:
+        nxt, value, tag = struct.unpack("<QQ16s", target.read(head, 32))
+        out.append((value, tag.rstrip(b"\0").decode()))
+        head = nxt
+    return out
+
+
+def wait_syscalls(pid: int, want: dict[int, int], timeout: float = 20.0) -> None:
+    """Until each thread tid of `want` sits in the system call numbered want[tid] (from
+    /proc/PID/task/TID/syscall): a fixture that prints READY just before blocking is then
+    known to be blocked, so its stacks are the same in every look at it."""
+    deadline = time.time() + timeout
+    while True:
+        now = {}
+        for tid in want:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                now[tid] = f.read().split()[0]
+        if all(now[t] == str(n) for t, n in want.items()):
+            return
+        assert time.time() < deadline, f"threads not parked in their system calls: {now}"
+        time.sleep(0.01)
+
+
+STACKS_FLAGS = ("-O2", "-fomit-frame-pointer", "-g")  # only CFI can unwind this code
+SYS_READ, SYS_PAUSE = 0, 34
+
+
+def start_stacks(exe: Path) -> Running:
+    """A `stacks` fixture with its main thread in pause() and its reader thread in read()."""
+    r = start_fixture(exe)
+    try:
+        wait_syscalls(r.pid, {r.pid: SYS_PAUSE, int(r.info["reader"]): SYS_READ})
+    except BaseException:
+        r.stop()
+        raise
+    return r
 
 
 def mdbpy_cmd(*args) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import compile_fixture, read_line, run_mdbpy
+from support import BASIC_NODES, basic_list, compile_fixture, read_line, run_mdbpy
 
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.target import elfcore as ec
@@ -103,16 +103,7 @@ def gdb_threads(exe: Path, core: Path) -> dict[int, tuple[int, int]]:
     return regs
 
 
-def walk_list(t, head: int) -> list[tuple[int, str]]:
-    out = []
-    while head and len(out) < 100:
-        nxt, value, tag = struct.unpack("<QQ16s", t.read(head, 32))
-        out.append((value, tag.rstrip(b"\0").decode()))
-        head = nxt
-    return out
 
-
-NODES = [(0x1000 + i, f"node{i}") for i in range(5)]
 
 
 def file_maps(maps_text: str) -> set[tuple[int, int, int, str]]:
@@ -164,7 +155,7 @@ def test_gdb_core_threads_registers_and_memory(basic_exe, basic_gcore):
         assert len(threads) == 4 and threads[0].tid == t.pid
         assert {th.tid: (th.regs["rip"], th.regs["rsp"]) for th in threads} == \
             gdb_threads(basic_exe, core)
-        assert walk_list(t, int(info["list_head"], 16)) == NODES
+        assert basic_list(t, int(info["list_head"], 16)) == BASIC_NODES
         syms = nm(basic_exe)
         base = exe_base(t, basic_exe)
         assert t.read(base + syms["global_int"], 4) == struct.pack("<i", 0x1234)
@@ -200,7 +191,7 @@ def test_kernel_core_matches_the_process(basic_exe, kcore):
         got = {(m.start, m.end, m.offset, m.path) for m in t.mappings() if m.path}
         assert got == file_maps(kcore["maps"])
         assert [f.path for f in t.files if f.path == str(basic_exe)] == [str(basic_exe)] * 5
-        assert walk_list(t, int(kcore["info"]["list_head"], 16)) == NODES
+        assert basic_list(t, int(kcore["info"]["list_head"], 16)) == BASIC_NODES
         assert t.auxv()[ec.AT_PHDR] == exe_base(t, basic_exe) + 64
         assert t.status_lines() == [
             f"debugging core file of basic (64-bit) from {kcore['core']}",
@@ -263,7 +254,7 @@ def test_sysroot_and_build_id_mismatch(tmp_path):
         assert t.exe_path() == str(root / str(exe).lstrip("/"))
         assert t.file_path(libc) == str(root / libc.lstrip("/"))
         assert t.read(libc_text.start + 16, 1)[0] == patched[libc_text.offset + 16]
-        assert walk_list(t, int(facts["info"]["list_head"], 16)) == NODES
+        assert basic_list(t, int(facts["info"]["list_head"], 16)) == BASIC_NODES
         moved = Path(str(exe) + ".moved")
         off = file_offset(moved, syms["main"])
         assert t.read(exe_base(t, exe) + syms["main"], 8) == moved.read_bytes()[off:off + 8]
@@ -276,7 +267,7 @@ def test_sysroot_and_build_id_mismatch(tmp_path):
             t.read(exe_base(t, exe) + syms["main"], 4)
         data = next(m for m in t.mappings() if m.path == str(exe) and m.writable)
         assert t.read(data.start, 8)  # what the core holds still reads
-        assert walk_list(t, int(facts["info"]["list_head"], 16)) == NODES
+        assert basic_list(t, int(facts["info"]["list_head"], 16)) == BASIC_NODES
 
 
 def test_exe_argument_names_the_executable(basic_exe, basic_gcore, tmp_path):

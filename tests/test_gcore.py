@@ -10,7 +10,7 @@ import struct
 import subprocess
 
 import pytest
-from support import run_mdbpy
+from support import BASIC_NODES, basic_list, run_mdbpy
 
 from mdbpy.dcmd import Invocation
 from mdbpy.errors import MdbError, ReadError, UsageError
@@ -23,7 +23,6 @@ from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
 from mdbpy_commands.core.gcore import gcore
 
-NODES = [(0x1000 + i, f"node{i}") for i in range(5)]
 HOLE = 0x601000  # one unreadable page inside the heap mapping of the synthetic target
 
 
@@ -48,14 +47,6 @@ def synthetic() -> HoleyTarget:
                Thread(101, regs={**regs, "rip": 0x400123})]
     return HoleyTarget(segs, threads=threads, auxv={ec.AT_PHDR: 0x400040, 6: 4096, 25: 0x600010})
 
-
-def walk_list(t, head: int) -> list[tuple[int, str]]:
-    out = []
-    while head and len(out) < 100:
-        nxt, value, tag = struct.unpack("<QQ16s", t.read(head, 32))
-        out.append((value, tag.rstrip(b"\0").decode()))
-        head = nxt
-    return out
 
 
 def gdb_batch(exe, core) -> str:
@@ -112,7 +103,7 @@ def test_core_to_core_is_faithful_and_gdb_reads_it(basic_exe, basic_gcore, tmp_p
                 [(th.tid, th.regs) for th in src.threads()]
             assert t.auxv() == src.auxv() and t.psinfo == src.psinfo
             assert t.status_lines()[1:] == src.status_lines()[1:]
-            assert walk_list(t, int(info["list_head"], 16)) == NODES
+            assert basic_list(t, int(info["list_head"], 16)) == BASIC_NODES
     assert_gdb_reads(basic_exe, out, [th.tid for th in t.threads()])
 
 
@@ -138,7 +129,7 @@ def test_gcore_of_a_live_process(basic_exe, basic_proc, tmp_path):
         assert t.warnings == []
         assert sorted(th.tid for th in t.threads()) == tids
         assert {th.tid: th.regs["rip"] for th in t.threads()} == live_regs
-        assert walk_list(t, basic_proc.addr("list_head")) == NODES
+        assert basic_list(t, basic_proc.addr("list_head")) == BASIC_NODES
         assert (t.psinfo.pid, t.psinfo.fname, t.psinfo.psargs) == \
             (basic_proc.pid, "basic", str(basic_exe))
         assert t.exe_path() == str(basic_exe)
