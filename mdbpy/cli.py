@@ -216,6 +216,8 @@ def _run(args: Args, target) -> int:
     from mdbpy.session import Session
 
     session = Session(target, sysroot=args.sysroot, options=args.options)
+    for warning in getattr(target, "warnings", ()):  # e.g. a core's missing or mismatched files
+        session.warn(warning)
     if args.macro_path:
         session.macro_path = args.macro_path
     if args.prompt is not None:

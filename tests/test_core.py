@@ -259,6 +259,13 @@ def test_sysroot_and_build_id_mismatch(tmp_path):
         off = file_offset(moved, syms["main"])
         assert t.read(exe_base(t, exe) + syms["main"], 8) == moved.read_bytes()[off:off + 8]
 
+    r = run_mdbpy(core, "-e", "::status")  # the CLI passes the warnings on
+    assert r.stderr == f"mdbpy: {exe}: No such file or directory; its pages not in the core " \
+        "are unreadable\n"
+    r = run_mdbpy("--sysroot", root, core, "-e", "::status")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert f"file: {root / str(exe).lstrip('/')}" in r.stdout.splitlines()
+
     other = compile_fixture("basic", build, flags=("-O1",), out_name="basic")  # new build-id
     with open_file_target(core) as t:
         (msg,) = t.warnings
@@ -295,6 +302,14 @@ def test_file_target_reads_segments(basic_exe):
                                     f"executable file: {basic_exe}", "status: idle"]
         with pytest.raises(MdbError, match="read-only"):
             t.write(syms["global_int"], b"\0")
+
+
+def test_cli_reads_an_executable_alone(basic_exe):
+    r = run_mdbpy(basic_exe, "-e", "main/4X")
+    off = file_offset(basic_exe, nm(basic_exe)["main"])
+    words = struct.unpack("<4I", basic_exe.read_bytes()[off:off + 16])
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.split()[-4:] == [f"{w:x}" for w in words]
 
 
 def _patched(src: Path, dst: Path, offset: int, data: bytes) -> str:
