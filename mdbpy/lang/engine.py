@@ -315,7 +315,8 @@ class Engine:
     def _loop(self, cmd: Command, addr: int, count: int, flags: int, out) -> int:
         """The first stage: `count` calls, dot advancing by the increment between them. The
         loop stops at the first failure (a count is often a guess; errors would repeat)."""
-        if count == 0:
+        if count == 0:  # nothing runs, but dot still moves to the address
+            self.session.dot = self.session.last_dot = addr & MASK64
             return OK
         if flags & LOOP:
             flags |= LOOPFIRST
