@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import Running, compile_fixture, gcore, start_fixture  # noqa: E402
+from support import (STACKS_FLAGS, Running, compile_fixture, gcore,  # noqa: E402
+                     start_fixture, start_stacks)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,19 @@ def basic_gcore(basic_exe, build_dir):
     finally:
         r.stop()
     return info, core
+
+
+@pytest.fixture(scope="session")
+def stacks_exe(build_dir) -> Path:
+    return compile_fixture("stacks", build_dir, flags=STACKS_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def stacks_parked(stacks_exe, build_dir):
+    """(Running, core path): a parked `stacks` fixture, left running, and a gcore of it taken
+    in that state, so live and core views of the same stacks can be compared."""
+    r = start_stacks(stacks_exe)
+    try:
+        yield r, gcore(r.pid, build_dir / "stacks-gcore")
+    finally:
+        r.stop()

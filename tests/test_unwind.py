@@ -11,56 +11,20 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import time
 
-import pytest
-from support import compile_fixture, gcore, run_mdbpy, start_fixture
+from support import STACKS_FLAGS, compile_fixture, run_mdbpy, start_stacks
 
+from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
 from mdbpy.symbols.base import Symbol
 from mdbpy.target.base import Thread
+from mdbpy.target.core import open_file_target
+from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
 from mdbpy.unwind import unwind
+from mdbpy.unwind.cfi import read_sections
 
-STACKS_FLAGS = ("-O2", "-fomit-frame-pointer", "-g")
-SYS_READ, SYS_PAUSE = 0, 34
 MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"]
-
-
-def wait_parked(pid: int, want: dict[int, int], timeout: float = 20.0) -> None:
-    """Until each thread tid of `want` sits in the system call numbered want[tid]."""
-    deadline = time.time() + timeout
-    while True:
-        now = {}
-        for tid in want:
-            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
-                now[tid] = f.read().split()[0]
-        if all(now[t] == str(n) for t, n in want.items()):
-            return
-        assert time.time() < deadline, f"threads not parked: {now}"
-        time.sleep(0.01)
-
-
-def start_parked(exe):
-    r = start_fixture(exe)
-    wait_parked(r.pid, {r.pid: SYS_PAUSE, int(r.info["reader"]): SYS_READ})
-    return r
-
-
-@pytest.fixture(scope="module")
-def stacks_exe(build_dir):
-    return compile_fixture("stacks", build_dir, flags=STACKS_FLAGS)
-
-
-@pytest.fixture(scope="module")
-def parked(stacks_exe, build_dir):
-    """The running fixture with both threads parked, and a gcore of it in that state."""
-    r = start_parked(stacks_exe)
-    try:
-        core = gcore(r.pid, build_dir / "stacks-gcore")
-        yield r, core
-    finally:
-        r.stop()
 
 
 def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
@@ -123,8 +87,8 @@ def check_against_gdb(session, printed: dict[int, list[str]], gdb) -> None:
             assert same_function(session, want, shown), (t.tid, shown, want)
 
 
-def test_core_stacks_match_gdb(parked, stacks_exe):
-    r, core = parked
+def test_core_stacks_match_gdb(stacks_parked, stacks_exe):
+    r, core = stacks_parked
     gdb = gdb_stacks(stacks_exe, core)
     main = [n for _, n in gdb[r.pid]]
     assert main[1:6] == MAIN_CHAIN and main[-1] == "_start"
@@ -134,30 +98,24 @@ def test_core_stacks_match_gdb(parked, stacks_exe):
 
     res = run_mdbpy(core, "-e", "::stacks")
     assert res.returncode == 0 and res.stderr == "", res.stderr
-    from mdbpy.target.core import open_file_target
-
     with open_file_target(str(core)) as target:
         check_against_gdb(Session(target), printed_stacks(res.stdout), gdb)
 
 
-def test_live_stacks_match_gdb(parked, stacks_exe):
-    r, core = parked
+def test_live_stacks_match_gdb(stacks_parked, stacks_exe):
+    r, core = stacks_parked
     gdb = gdb_stacks(stacks_exe, core)
-    from mdbpy.target.live import LiveTarget
-
     with LiveTarget(r.pid) as target:
         s = Session(target, out=io.StringIO())
-        from mdbpy.lang.engine import Engine
-
         assert Engine(s).run_string("::stacks") == 0
         check_against_gdb(s, printed_stacks(s.out.getvalue()), gdb)
     r.assert_untouched()
 
 
-def test_dollar_c_and_frame_pointers(parked):
+def test_dollar_c_and_frame_pointers(stacks_parked):
     """$c is the current thread's stack; addr$c, given a $C frame pointer, continues with the
     caller of that frame."""
-    r, core = parked
+    r, core = stacks_parked
     res = run_mdbpy(core, "-e", "$c; $C")
     lines = res.stdout.splitlines()
     n = len(lines) // 2
@@ -173,12 +131,8 @@ def test_debug_frame_only(build_dir):
     """Code without .eh_frame entries unwinds through .debug_frame."""
     exe = compile_fixture("stacks", build_dir, out_name="stacks-df",
                           flags=STACKS_FLAGS + ("-fno-asynchronous-unwind-tables",))
-    from mdbpy.unwind.cfi import read_sections
-
-    r = start_parked(exe)
+    r = start_stacks(exe)
     try:
-        from mdbpy.target.live import LiveTarget
-
         with LiveTarget(r.pid) as target:
             s = Session(target)
             lo = s.symbols.object_named("a.out")
@@ -218,8 +172,6 @@ def test_garbage_stack_pointer():
     s, err = hostile_session({"rip": CODE + 0x10, "rsp": 0xDEAD0000, "rbp": 0xDEAD0000})
     frames = unwind(s, s.current_thread())
     assert len(frames) == 1 and frames[0].truncated == "cannot read the stack at 0xdead0000"
-    from mdbpy.lang.engine import Engine
-
     assert Engine(s).run_string("$c") == 0
     assert s.out.getvalue() == "func+0x10()\n"
     assert err.getvalue() == ("mdbpy: stack of thread 1 stops early: cannot read the stack at "
