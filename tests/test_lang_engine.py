@@ -485,3 +485,14 @@ def test_overlong_line_is_refused(h, monkeypatch):
     out = h.stream("::echo " + "x" * 40 + "\n::echo ok\n")
     assert out == "ok \n"
     assert "is too long" in h.errors()
+
+
+def test_format_verbs_take_counts_dot_and_pipes(h):
+    out = h.run("main,3/J")
+    assert [line.split() for line in out.splitlines()] == [["main:"], ["main:", "1020"], ["1"],
+                                                           ["0"]]
+    assert (h.session.dot, h.session.incr) == (0x1010, 8)
+    h.run("main/J")
+    assert h.run("+/J").split() == ["main+0x8:", "1"]
+    assert h.run("::walk list | ::map *(.+8) | =D").split() == ["1", "2", "3"]
+    assert h.run("main/K ! wc -l").strip() == "2"
