@@ -392,6 +392,20 @@ def test_truncated_real_core_at_many_points(basic_gcore, tmp_path):
         assert any("is truncated" in w for w in t.warnings)
 
 
+def test_writable_core_changes_the_file(small_core, tmp_path):
+    (tmp_path / "c").write_bytes(small_core)
+    with open_file_target(str(tmp_path / "c")) as t:
+        with pytest.raises(MdbError, match="read-only"):
+            t.write(0x600000, b"x")
+    with open_file_target(str(tmp_path / "c"), writable=True) as t:
+        t.write(0x600ff0, b"abcd")
+        with pytest.raises(MdbError, match="no mapping"):
+            t.write(0x600ffe, b"abcd")  # runs off the segment: nothing is written
+    with open_file_target(str(tmp_path / "c")) as t:
+        assert t.read(0x600fee, 8) == bytes([0xee, 0xef]) + b"abcd" + bytes([0xf4, 0xf5])
+        assert t.read(0x600ffe, 2) == bytes([0xfe, 0xff])
+
+
 def test_truncated_core_reads_report_truncation(small_core, tmp_path):
     (tmp_path / "c").write_bytes(small_core[:-100])
     with open_file_target(str(tmp_path / "c")) as t:

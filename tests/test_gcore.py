@@ -16,7 +16,7 @@ from mdbpy.dcmd import Invocation
 from mdbpy.errors import MdbError, ReadError, UsageError
 from mdbpy.session import Session
 from mdbpy.target import elfcore as ec
-from mdbpy.target.base import Mapping, Thread
+from mdbpy.target.base import Mapping, Target, Thread
 from mdbpy.target.core import open_file_target
 from mdbpy.target.gcore import write_core
 from mdbpy.target.live import LiveTarget
@@ -47,6 +47,21 @@ def synthetic() -> HoleyTarget:
                Thread(101, regs={**regs, "rip": 0x400123})]
     return HoleyTarget(segs, threads=threads, auxv={ec.AT_PHDR: 0x400040, 6: 4096, 25: 0x600010})
 
+
+
+class ManyMappings(Target):
+    """More mappings than e_phnum can count: 70000 pages, each starting with its address."""
+
+    COUNT = 70000
+
+    def mappings(self) -> list[Mapping]:
+        return [Mapping(a, a + ec.PAGE, "rw-p") for a in range(0x10000000, 0x10000000 +
+                                                                   self.COUNT * 2 * ec.PAGE,
+                                                                   2 * ec.PAGE)]
+
+    def read(self, addr: int, size: int) -> bytes:
+        page = addr - addr % ec.PAGE
+        return (struct.pack("<Q", page) + bytes(ec.PAGE - 8))[addr - page:addr - page + size]
 
 
 def gdb_batch(exe, core) -> str:
@@ -87,6 +102,18 @@ def test_synthetic_target_round_trip(tmp_path):
         assert (t.psinfo.pid, t.psinfo.fname) == (0, "synthetic")
         assert t.status_lines()[-1] == \
             "status: process terminated by SIGSEGV (Segmentation fault)"
+
+
+def test_more_than_65535_mappings(tmp_path):
+    """e_phnum overflows at 0xffff: the real count goes to section header 0 (PN_XNUM)."""
+    path = tmp_path / "many"
+    write_core(ManyMappings(), str(path))
+    assert ec.parse_ehdr(path.read_bytes()[:64]).phnum == ec.PN_XNUM
+    with open_file_target(str(path)) as t:
+        maps = t.mappings()
+        assert len(maps) == ManyMappings.COUNT
+        last = maps[-1].start
+        assert t.read(last, 16) == struct.pack("<QQ", last, 0)
 
 
 def test_core_to_core_is_faithful_and_gdb_reads_it(basic_exe, basic_gcore, tmp_path):

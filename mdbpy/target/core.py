@@ -485,6 +485,13 @@ class CoreTarget(_ImageTarget):
     def describe(self) -> str:
         return f"core file {self.path}"
 
+    def close(self) -> None:
+        for df in self._disk.values():
+            if df.mm is not None:
+                df.mm.close()
+                df.mm = None
+        super().close()
+
     def cursig(self) -> int:
         """The signal that ended the process: the first thread's pr_cursig, as mdb reads the
         representative LWP's (0 for a core taken from a live process by gcore)."""

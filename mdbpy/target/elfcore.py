@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mdbpy.target.base import X86_64_REGS
 
@@ -75,8 +76,9 @@ class ElfHeader:
     shnum: int
 
 
-@dataclass(frozen=True)
-class Phdr:
+class Phdr(NamedTuple):
+    """One program header (a tuple: cores can have hundreds of thousands of them)."""
+
     type: int
     flags: int
     offset: int
@@ -166,17 +168,16 @@ def phdr_count(eh: ElfHeader, read_at: Callable[[int, int], bytes]) -> int:
 
 
 def parse_phdrs(data: bytes, count: int) -> list[Phdr]:
-    out = []
-    for i in range(min(count, len(data) // PHDR.size)):
-        ptype, flags, off, vaddr, _paddr, filesz, memsz, align = PHDR.unpack_from(data,
-                                                                                 i * PHDR.size)
-        out.append(Phdr(ptype, flags, off, vaddr, filesz, memsz, align))
-    return out
+    """The first `count` program headers in data (fewer if data is shorter)."""
+    n = min(count, len(data) // PHDR.size)
+    return [Phdr(t, f, off, va, fs, ms, al)
+            for t, f, off, va, _pa, fs, ms, al in PHDR.iter_unpack(data[:n * PHDR.size])]
 
 
-def pack_ehdr(etype: int, phnum: int) -> bytes:
+def pack_ehdr(etype: int, phnum: int, shoff: int = 0, shnum: int = 0) -> bytes:
+    """An ELF64 x86_64 header; with PN_XNUM or more program headers the caller writes section
+    header 0 at shoff holding the real count (see phdr_count)."""
     ident = ELF_MAGIC + bytes([ELFCLASS64, ELFDATA2LSB, EV_CURRENT]) + bytes(9)
-    shoff, shnum = 0, 0
     return EHDR.pack(ident, etype, EM_X86_64, EV_CURRENT, 0, EHDR.size if phnum else 0, shoff,
                      0, EHDR.size, PHDR.size, min(phnum, PN_XNUM), SHDR.size, shnum, 0)
 

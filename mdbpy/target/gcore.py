@@ -49,15 +49,17 @@ def write_core(target: Target, path: str,
         raise MdbError(f"cannot create {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(ec.pack_ehdr(ec.ET_CORE, phnum))
+            shoff = ec.EHDR.size + phnum * ec.PHDR.size
+            f.write(ec.pack_ehdr(ec.ET_CORE, phnum, shoff if xnum else 0, 1 if xnum else 0))
             f.write(b"".join(ec.pack_phdr(p) for p in phdrs))
             if xnum:  # section header 0 carries the real program header count
                 f.write(ec.SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
             f.write(notes)
             done = 0
+            zero = bytes(BLOCK)
             for m, ph in zip(maps, phdrs[1:]):
                 f.seek(ph.offset)
-                for chunk_len, data in _contents(target, m):
+                for chunk_len, data in _contents(target, m, zero):
                     if data is None:
                         f.seek(chunk_len, os.SEEK_CUR)
                     else:
@@ -86,24 +88,23 @@ def _remove(path: str) -> None:
         pass
 
 
-def _contents(target: Target, m: Mapping):
+def _contents(target: Target, m: Mapping, zero: bytes):
     """(length, bytes or None for a hole) covering the mapping, block by block; a block that
-    fails to read is retried page by page and its unreadable pages become holes."""
-    zero = bytes(BLOCK)
+    fails to read is retried page by page and its unreadable pages become holes. `zero` is
+    BLOCK zero bytes to compare with."""
     cur = m.start
     while cur < m.end:
         n = min(BLOCK, m.end - cur)
         try:
             data = target.read(cur, n)
         except ReadError:
-            yield from _pages(target, cur, n)
+            yield from _pages(target, cur, n, zero)
         else:
             yield n, (None if data == zero[:n] else data)
         cur += n
 
 
-def _pages(target: Target, start: int, n: int):
-    zero = bytes(ec.PAGE)
+def _pages(target: Target, start: int, n: int, zero: bytes):
     cur, end = start, start + n
     while cur < end:
         k = min(ec.PAGE - cur % ec.PAGE, end - cur)
