@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 from dataclasses import dataclass
 
 from mdbpy.dcmd import ADDRSPEC, LOOP, LOOPFIRST, PIPE, PIPE_OUT, Dcmd, Invocation
@@ -412,6 +411,8 @@ class Engine:
     def _shell(self, command: str, stdin_text: str | None) -> int:
         """`!cmd` or `pipeline ! cmd`: run `$SHELL -c cmd`, feeding it the pipeline's output,
         and copy its standard output to the session's output."""
+        import subprocess
+
         s = self.session
         shell = os.environ.get("SHELL") or "/bin/sh"
         s.out.flush()
