@@ -175,10 +175,12 @@ SYS_READ, SYS_PAUSE = 0, 34
 
 
 def start_stacks(exe: Path) -> Running:
-    """A `stacks` fixture with its main thread in pause() and its reader thread in read()."""
+    """A `stacks` fixture with its main thread in pause() and its reader thread and its
+    signalled thread (inside a signal handler) in read()."""
     r = start_fixture(exe)
     try:
-        wait_syscalls(r.pid, {r.pid: SYS_PAUSE, int(r.info["reader"]): SYS_READ})
+        wait_syscalls(r.pid, {r.pid: SYS_PAUSE, int(r.info["reader"]): SYS_READ,
+                              int(r.info["signalled"]): SYS_READ})
     except BaseException:
         r.stop()
         raise

@@ -57,7 +57,7 @@ def test_regs_equal_gdb(stacks_parked, stacks_exe):
     r, core = stacks_parked
     want = gdb_registers(stacks_exe, core)
     flags = gdb_flags(stacks_exe, core)
-    assert sorted(want) == sorted([r.pid, int(r.info["reader"])])
+    assert sorted(want) == sorted([r.pid, int(r.info["reader"]), int(r.info["signalled"])])
     for tid, gdb in want.items():
         res = run_mdbpy(core, "-e", f"0t{tid}::thread; $r")
         assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -25,6 +25,7 @@ from mdbpy.unwind import unwind
 from mdbpy.unwind.cfi import read_sections
 
 MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"]
+SIGNAL_FRAME = "__restore_rt"  # glibc's signal trampoline: where a handler returns to
 
 
 def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
@@ -41,6 +42,9 @@ def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
         m = re.match(r"Thread \d+ \(.*\(LWP (\d+)\)\)", line)
         if m:
             cur = stacks.setdefault(int(m.group(1)), [])
+            continue
+        if re.match(r"#\d+\s+<signal handler called>", line) and cur is not None:
+            cur.append((None, SIGNAL_FRAME))  # gdb shows neither pc nor name for it
             continue
         m = re.match(r"#\d+\s+0x([0-9a-f]+) in (\S+) \(", line)
         if m and cur is not None:
@@ -80,7 +84,10 @@ def check_against_gdb(session, printed: dict[int, list[str]], gdb) -> None:
     for t in session.target.threads():
         frames = unwind(session, t)
         assert [f.truncated for f in frames] == [None] * len(frames)
-        assert [f.pc for f in frames] == [pc for pc, _ in gdb[t.tid]], t.tid
+        assert len(frames) == len(gdb[t.tid]), t.tid
+        assert [f.pc if pc else None for f, (pc, _) in zip(frames, gdb[t.tid])] == [
+            pc for pc, _ in gdb[t.tid]], t.tid
+        assert [f.signal for f in frames] == [n == SIGNAL_FRAME for _, n in gdb[t.tid]]
         names = printed[t.tid]
         assert len(names) == len(gdb[t.tid])
         for shown, (_, want) in zip(names, gdb[t.tid]):
@@ -95,6 +102,9 @@ def test_core_stacks_match_gdb(stacks_parked, stacks_exe):
     reader = [n for _, n in gdb[int(r.info["reader"])]]
     assert reader[1:5] == ["reader_level3", "reader_level2", "reader_level1", "reader_top"]
     assert reader[-1] == "clone3"
+    signalled = [n for _, n in gdb[int(r.info["signalled"])]]
+    assert signalled[1:8] == ["handler_level1", "on_usr1", SIGNAL_FRAME, "__GI___sigsuspend",
+                              "signalled_level1", "signalled_top", "start_thread"]
 
     res = run_mdbpy(core, "-e", "::stacks")
     assert res.returncode == 0 and res.stderr == "", res.stderr
