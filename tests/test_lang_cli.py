@@ -56,10 +56,11 @@ def test_expressions_over_symbols_and_memory(basic_proc):
     head = basic_proc.addr("list_head")
     r = run_mdbpy("-p", basic_proc.pid, "-e",
                   "::echo $[*/i/global_int] $[*global_long] $[*list_head] $[*/c/global_str]; "
-                  "global_str>s; 0t10$d; ::echo $[*/i/global_int] $[<s==global_str]")
+                  "global_str>s; 0t10$d; ::echo $[*/i/global_int] $[<s==global_str]; "
+                  "::echo $[%/i/global_int] $[<rip!=0] $[<rsp==<rsp]")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == f"1234 1122334455667788 {head:x} 68 "
-    assert r.stdout.splitlines()[-1] == "4660 1 "
+    assert r.stdout.splitlines()[1:] == ["radix = 10 base ten", "4660 1 ", "4660 1 1 "]
     basic_proc.assert_untouched()
 
 

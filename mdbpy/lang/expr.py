@@ -90,13 +90,6 @@ class ExprParser:
     def peek(self) -> Token:
         return scan_token(self.text, skip_blanks(self.text, self.pos), self.radix)
 
-    def starts_operand(self) -> bool:
-        """Whether an expression begins here (the statement parser asks before parsing one)."""
-        t = self.peek()
-        if t.kind in ("num", "sym", "var", "deref"):
-            return True
-        return t.kind == "op" and t.value in ("(", "-", "~", "#", "*", "%", "&", "+", "^")
-
     def parse(self, min_prec: int = 1) -> Node:
         left = self.unary()
         while True:

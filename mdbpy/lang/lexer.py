@@ -136,7 +136,7 @@ def _quoted_end(text: str, pos: int, q: str) -> int:
     raise syntax_error(text, pos, f"syntax error: {q} unmatched", resume=i)
 
 
-def to_number(digits: str, radix: int, text: str, pos: int) -> int:
+def _to_number(digits: str, radix: int, text: str, pos: int) -> int:
     try:
         return int(digits, radix) & MASK64
     except ValueError:
@@ -178,7 +178,7 @@ def scan_token(text: str, pos: int, radix: int) -> Token:
                     value = int(m.group(1), base)
                 return Token("num", value & MASK64, pos, m.end())
         m = _HEXRUN.match(text, pos)
-        return Token("num", to_number(m.group(), radix, text, pos), pos, m.end())
+        return Token("num", _to_number(m.group(), radix, text, pos), pos, m.end())
     m = SYMBOL_RE.match(text, pos)
     if m:
         hexrun = _HEXRUN.match(text, pos)
