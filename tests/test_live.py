@@ -290,6 +290,32 @@ def test_zombie_is_refused():
         p.wait()
 
 
+def test_kernel_thread_is_refused():
+    pf_kthread = 0x00200000
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                flags = int(f.read().rsplit(")", 1)[1].split()[6])
+        except (OSError, ValueError, IndexError):
+            continue
+        if flags & pf_kthread:
+            break
+    else:
+        pytest.skip("no kernel thread visible in this pid namespace")
+    with pytest.raises(TargetError) as e:
+        LiveTarget(int(name), stop=False)
+    assert str(e.value) == f"process {name} is a kernel thread; mdbpy debugs user processes"
+
+
+def test_nostop_process_exiting_mid_session(basic_proc):
+    with LiveTarget(basic_proc.pid, stop=False) as t:
+        basic_proc.proc.kill()
+        basic_proc.proc.wait()  # reaped by its parent: /proc/PID is gone
+        with pytest.raises(TargetError) as e:
+            t.read(basic_proc.addr("list_head"), 8)
+        assert str(e.value) == f"process {basic_proc.pid} has exited"
+
+
 def test_thread_id_names_its_process(basic_proc):
     tid = max(task_states(basic_proc.pid))
     with pytest.raises(TargetError) as e:

@@ -83,6 +83,9 @@ class LiveTarget(Target):
         if status.get("State", "").startswith(("Z", "X")):
             raise TargetError(f"process {self.pid} is a zombie (it has exited and its parent has "
                               f"not reaped it); there is nothing left to debug")
+        if "VmSize" not in status:  # no address space: a kernel thread
+            raise TargetError(f"process {self.pid} is a kernel thread; mdbpy debugs user "
+                              f"processes")
         if self.stop and self.pid == os.getpid():
             raise TargetError("mdbpy cannot stop itself; use -o nostop")
 
