@@ -293,6 +293,9 @@ def test_searches(s):
     assert show(s, "/", DATA + 1, "L 10123456") == "data+0x5\n"  # steps from dot, unaligned
     with pytest.raises(MdbError, match="no 4-byte value 0x55555555"):
         show(s, "/", DATA, "L 55555555")
+    with pytest.raises(MdbError, match="no 4-byte value 0xe5894855"):  # only dot's mapping
+        show(s, "/", DATA, "L e5894855")
+    assert show(s, "/", CODE, "L e5894855") == "main\n"
     with pytest.raises(MdbError, match="only value and mask"):
         show(s, "/", DATA, "L 1 2 3")
 

@@ -353,6 +353,8 @@ class _Run:
 
 @dataclass(frozen=True)
 class FormatChar:
+    """One row of mdb's format table: what the character consumes, prints and means."""
+
     char: str
     size: int | None  # bytes per repetition; 0 variable; None: does not move dot
     help: str
@@ -389,6 +391,7 @@ def _number(size: int, width, conv: Callable, stored: Callable | None = lambda r
 
 
 def _hex64_width(raw: int) -> int:
+    """J, K, Z: %-16llx, widened to 17 when the top nibble is set (mdb's fmt_hex64)."""
     return 17 if raw >> 60 else 16
 
 
