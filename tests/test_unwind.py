@@ -22,7 +22,7 @@ from mdbpy.target.core import open_file_target
 from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
 from mdbpy.unwind import unwind
-from mdbpy.unwind.cfi import read_sections
+from mdbpy.unwind.cfi import eval_expr, read_sections
 
 MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"]
 SIGNAL_FRAME = "__restore_rt"  # glibc's signal trampoline: where a handler returns to
@@ -227,3 +227,48 @@ def test_end_of_frame_pointer_chain():
                            stack)
     frames = unwind(s, s.current_thread())
     assert [(f.pc, f.truncated) for f in frames] == [(CODE + 0x10, None), (CODE + 0x50, None)]
+
+
+def test_plt_cfa_expression(stacks_exe):
+    """The linker's CFA expression for .plt entries: rsp+8 before the entry pushes its
+    relocation index (offsets 0-10 of a 16-byte entry), rsp+16 after."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(stacks_exe, "rb") as f:
+        plt = ELFFile(f).get_section_by_name(".plt")["sh_addr"]
+    eh = read_sections(str(stacks_exe))[0]
+    rsp = 0x7FFF0000
+    for off, cfa in ((0x10, rsp + 8), (0x1A, rsp + 8), (0x1B, rsp + 16), (0x1F, rsp + 16)):
+        row = eh.row(plt + off)
+        regs = {7: rsp, 16: plt + off}
+        assert eval_expr(row.cfa_expr, regs.__getitem__, None) == cfa, hex(off)
+
+
+def test_malformed_cfi_is_an_unwind_error(stacks_exe, tmp_path):
+    """Target files are untrusted: a corrupted .eh_frame answers None or UnwindError for every
+    pc, never another exception."""
+    import random
+
+    from elftools.elf.elffile import ELFFile
+
+    from mdbpy.unwind.cfi import UnwindError
+
+    data = bytearray(stacks_exe.read_bytes())
+    with open(stacks_exe, "rb") as f:
+        elf = ELFFile(f)
+        eh, text = elf.get_section_by_name(".eh_frame"), elf.get_section_by_name(".text")
+        off, size = eh["sh_offset"], eh["sh_size"]
+        lo, hi = text["sh_addr"], text["sh_addr"] + text["sh_size"]
+    rng = random.Random(4)
+    for seed_off in range(off + 4, off + size, 7):
+        data[seed_off] = rng.randrange(256)
+    bad = tmp_path / "corrupt"
+    bad.write_bytes(bytes(data))
+    outcomes = set()
+    for sec in read_sections(str(bad)):
+        for pc in range(lo, hi, 3):
+            try:
+                outcomes.add(type(sec.row(pc)).__name__)
+            except UnwindError:
+                outcomes.add("UnwindError")
+    assert outcomes <= {"NoneType", "Row", "UnwindError"} and "UnwindError" in outcomes

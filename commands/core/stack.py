@@ -8,10 +8,14 @@ prints up to the last frame it trusts, followed by a warning on stderr naming th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mdbpy.dcmd import Invocation, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import radix_str
-from mdbpy.unwind import Frame, unwind, unwind_from_fp
+
+if TYPE_CHECKING:
+    from mdbpy.unwind import Frame
 
 FLAG_BITS = (("OF", 11), ("DF", 10), ("IF", 9), ("TF", 8), ("SF", 7), ("ZF", 6), ("AF", 4),
              ("PF", 2), ("CF", 0))
@@ -46,6 +50,8 @@ def _count_arg(inv: Invocation) -> None:
 def _frames(inv: Invocation) -> tuple[list[Frame], str]:
     """The frames $c / $C print: from a frame pointer when an address is given, else the
     current thread's; and how to name the stack in a warning."""
+    from mdbpy.unwind import unwind, unwind_from_fp  # on first use: keeps start-up fast
+
     if inv.has_addr:
         return unwind_from_fp(inv.session, inv.addr, _thread(inv)), f"frame 0x{inv.addr:x}"
     t = _thread(inv)
@@ -106,6 +112,8 @@ def stacks(inv: Invocation):
     opts, rest = inv.getopt("v")
     if rest:
         raise UsageError("::stacks takes only -v")
+    from mdbpy.unwind import unwind
+
     s = inv.session
     threads = s.target.threads()
     if not threads:

@@ -162,16 +162,27 @@ class _Section:
         return self._cfi._parse_entry_at(self._table[i][1])
 
     def row(self, pc: int) -> Row | None:
+        """The row in force at file address pc, or None when no FDE covers it; UnwindError
+        when the covering FDE cannot be parsed."""
         if self._starts is None:
-            self._index()
+            try:
+                self._index()
+            except Exception as e:  # a malformed section: treated as absent from now on
+                self._starts = []
+                raise UnwindError(f"malformed CFI section: {type(e).__name__}") from None
         i = bisect.bisect_right(self._starts, pc) - 1
         if i < 0:
             return None
         entry = self._rows.get(i)
         if entry is None:
-            fde = self._fde(i)
-            end = fde.header.initial_location + fde.header.address_range
-            entry = self._rows[i] = (end, *self._decode(fde))
+            try:
+                fde = self._fde(i)
+                end = fde.header.initial_location + fde.header.address_range
+                entry = self._rows[i] = (end, *self._decode(fde))
+            except UnwindError:
+                raise
+            except Exception as e:  # the file is target data: any malformation ends the walk
+                raise UnwindError(f"malformed CFI for 0x{pc:x}: {type(e).__name__}") from None
         end, pcs, rows = entry
         if pc >= end:
             return None

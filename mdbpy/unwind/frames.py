@@ -150,8 +150,10 @@ def _step(session, regs: dict, exact: bool):
 
     if row.cfa_expr is not None:
         cfa = eval_expr(row.cfa_expr, reg, mem.read_u64)
-    else:
+    elif row.cfa_reg is not None:
         cfa = (reg(row.cfa_reg) + row.cfa_offset) & MASK
+    else:
+        raise UnwindError(f"the CFI for 0x{pc:x} defines no CFA")
     ra = row.rules.get(RA)
     if ra is None or ra[0] == "undefined":
         return cfa, None, row.signal
