@@ -13,6 +13,17 @@ from support import (STACKS_FLAGS, Running, compile_fixture, gcore,  # noqa: E40
                      start_fixture, start_stacks)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def symbol_cache_dir(tmp_path_factory):
+    """Every test (and every mdbpy it starts) caches symbol tables in a temp dir, never in
+    the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    d = tmp_path_factory.mktemp("symcache")
+    mp.setenv("MDBPY_CACHE_DIR", str(d))
+    yield d
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("build")
