@@ -18,7 +18,6 @@ import bisect
 import mmap
 import os
 import signal
-from dataclasses import dataclass
 
 from mdbpy.errors import ReadError, TargetError, WriteError
 from mdbpy.target import elfcore as ec
@@ -30,18 +29,20 @@ MAX_DISK_FILES = 4096  # distinct mapped files looked up on disk for pages a cor
 NOT_IN_CORE = "not in core file"
 
 
-@dataclass
 class _Segment:
-    """[start, end) of the target; its first `avail` bytes are in the image at `off`."""
+    """[start, end) of the target; its first `avail` bytes are in the image at `off`.
 
-    start: int
-    end: int
-    perms: str
-    off: int = 0
-    avail: int = 0
-    claimed: int = 0  # bytes the header says the image holds (more than avail if truncated)
-    path: str = ""
-    foff: int = 0  # offset in `path` of `start`
+    claimed: the bytes the header says the image holds (more than avail if truncated);
+    path, foff: the mapped file and the offset in it of `start`, when known.
+    """
+
+    __slots__ = ("start", "end", "perms", "off", "avail", "claimed", "path", "foff")
+
+    def __init__(self, start: int, end: int, perms: str, off: int = 0, avail: int = 0,
+                 claimed: int = 0, path: str = "", foff: int = 0):
+        self.start, self.end, self.perms = start, end, perms
+        self.off, self.avail, self.claimed = off, avail, claimed
+        self.path, self.foff = path, foff
 
     def mapping(self) -> Mapping:
         return Mapping(self.start, self.end, self.perms, self.foff if self.path else 0,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from mdbpy.target.base import X86_64_REGS
@@ -66,8 +65,7 @@ SIGINFO_SIZE = 128
 MAX_NOTE_DESC = 64 << 20  # no legitimate core note is this large; larger ones are corruption
 
 
-@dataclass(frozen=True)
-class ElfHeader:
+class ElfHeader(NamedTuple):
     type: int
     machine: int
     phoff: int
@@ -88,16 +86,14 @@ class Phdr(NamedTuple):
     align: int = PAGE
 
 
-@dataclass(frozen=True)
-class PrStatus:
+class PrStatus(NamedTuple):
     tid: int
     cursig: int
     ppid: int
     regs: dict
 
 
-@dataclass(frozen=True)
-class PsInfo:
+class PsInfo(NamedTuple):
     """What NT_PRPSINFO records about the process (and what the writer must supply)."""
 
     pid: int
@@ -109,8 +105,7 @@ class PsInfo:
     gid: int = 0
 
 
-@dataclass(frozen=True)
-class SigInfo:
+class SigInfo(NamedTuple):
     signo: int
     errno: int
     code: int
@@ -125,8 +120,7 @@ class SigInfo:
         return self.signo in faults and self.code > 0
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):
     """One NT_FILE record: [start, end) maps `path` from byte offset `offset`."""
 
     start: int
