@@ -21,7 +21,7 @@ from mdbpy.target.base import Thread
 from mdbpy.target.core import open_file_target
 from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
-from mdbpy.unwind import unwind
+from mdbpy.unwind import unwind, unwind_regs
 from mdbpy.unwind.cfi import eval_expr, read_sections
 
 MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"]
@@ -272,3 +272,22 @@ def test_malformed_cfi_is_an_unwind_error(stacks_exe, tmp_path):
             except UnwindError:
                 outcomes.add("UnwindError")
     assert outcomes <= {"NoneType", "Row", "UnwindError"} and "UnwindError" in outcomes
+
+
+def test_vdso_frames(stacks_parked):
+    """A frame in the kernel's vDSO (no file: its CFI is read from the target's memory) unwinds
+    into its caller: here a call to clock_gettime planted on main's real stack."""
+    from elftools.elf.elffile import ELFFile
+
+    _, core = stacks_parked
+    with open_file_target(str(core)) as target:
+        s = Session(target)
+        frames = unwind(s, s.current_thread())
+        base = target.auxv()[33]  # AT_SYSINFO_EHDR
+        vdso = ELFFile(io.BytesIO(s.mem.read(base, s.mem.mapping_at(base).size)))
+        sym = vdso.get_section_by_name(".dynsym").get_symbol_by_name("__vdso_clock_gettime")[0]
+        entry = base + sym["st_value"]
+        regs = dict(frames[0].regs, rip=entry, rsp=frames[0].cfa - 8)
+        planted = unwind_regs(s, regs)
+    assert [f.pc for f in planted] == [entry] + [f.pc for f in frames[1:]]
+    assert all(f.truncated is None for f in planted)

@@ -214,20 +214,20 @@ class _Section:
 
 
 class ObjectCFI:
-    """The CFI of one ELF file: its own .eh_frame and .debug_frame, then the .debug_frame of its
-    separate debug file, which `find_debug()` names and which is looked for only when the file
+    """The CFI of one ELF file (a path, or an image read from memory): its own .eh_frame and
+    .debug_frame, then the .debug_frame of its separate debug file, which `find_debug()` names and which is looked for only when the file
     itself has no answer for a pc. Addresses are file addresses (runtime address - load bias).
     """
 
-    def __init__(self, path: str, find_debug: Callable[[], str | None]):
-        self.path = path
+    def __init__(self, source: str | bytes, find_debug: Callable[[], str | None]):
+        self.source = source
         self._find_debug = find_debug
         self._own: list[_Section] | None = None
         self._debug: list[_Section] | None = None
 
     def row(self, pc: int) -> Row | None:
         if self._own is None:
-            self._own = read_sections(self.path)
+            self._own = read_sections(self.source)
         for sec in self._own:
             r = sec.row(pc)
             if r is not None:
@@ -242,8 +242,8 @@ class ObjectCFI:
         return None
 
 
-def read_sections(path: str) -> list[_Section]:
-    """The CFI sections of an ELF file, .eh_frame first.
+def read_sections(source: str | bytes) -> list[_Section]:
+    """The CFI sections of an ELF file (a path, or the image itself), .eh_frame first.
 
     A file that cannot be read or parsed has no CFI: the unwinder then falls back to frame
     pointers, so a missing or damaged file degrades the stack instead of failing the command.
@@ -254,7 +254,7 @@ def read_sections(path: str) -> list[_Section]:
     from elftools.elf.elffile import ELFFile
 
     try:
-        with open(path, "rb") as f:
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:
             elf = ELFFile(f)
             structs = DWARFStructs(little_endian=elf.little_endian, dwarf_format=32,
                                    address_size=elf.elfclass // 8)
@@ -328,3 +328,31 @@ def _debug_file(obj) -> str | None:
         return obj.debug_file
     bid = obj.info.build_id if obj.info else None
     return debuginfo.by_build_id(bid, obj.debug_dirs, build_id_of) if bid else None
+
+
+AT_SYSINFO_EHDR = 33  # auxv: where the kernel mapped the vDSO
+MAX_VDSO = 1 << 20  # the vDSO is two pages; a larger mapping at that address is not trusted
+
+
+def vdso_cfi(session, addr: int) -> tuple[ObjectCFI, int] | None:
+    """(CFI, load bias) of the kernel's vDSO when addr is inside it. The vDSO is no file: its
+    ELF image (with .eh_frame) is read from the target's memory at the auxv's
+    AT_SYSINFO_EHDR, which live processes and cores both record."""
+    base = session.target.auxv().get(AT_SYSINFO_EHDR)
+    m = session.mem.mapping_at(base) if base else None
+    if m is None or not m.contains(addr) or m.size > MAX_VDSO:
+        return None
+    key = ("unwind.cfi", "[vdso]", m.start)
+    hit = session.cache.get(key)
+    if hit is None:
+        from mdbpy.symbols.elf import load_bias, parse_elf_info
+
+        try:
+            image = session.mem.read(m.start, m.size)
+        except MdbError:
+            image = b""
+        info = parse_elf_info(lambda off, n: image[off:off + n]) if image else None
+        bias = load_bias([m], info) if info else None
+        hit = session.cache[key] = (ObjectCFI(image, lambda: None), m.start if bias is None
+                                    else bias)
+    return hit

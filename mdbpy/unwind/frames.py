@@ -1,7 +1,8 @@
 """The unwinder: a thread's registers -> its call frames, innermost first.
 
 Each step looks up the CFI row for the frame's pc in the load object that contains it
-(session.symbols.object_for_addr) and computes the CFA and the caller's registers from it. Where
+(session.symbols.object_for_addr; the kernel's vDSO, which is no file, from the target's memory)
+and computes the CFA and the caller's registers from it. Where
 no CFI covers a pc it follows the frame-pointer chain instead ([rbp] is the caller's rbp,
 [rbp+8] the return address). For every frame but the innermost, and except right above a signal
 frame, the pc is a return address, so the row is looked up at pc-1: a call that ends a function
@@ -18,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError, ReadError
-from mdbpy.unwind.cfi import DWARF_REGS, MASK, RA, UnwindError, cfi_for, eval_expr
+from mdbpy.unwind.cfi import (DWARF_REGS, MASK, RA, UnwindError, cfi_for, eval_expr,
+                              vdso_cfi)
 
 MAX_DEPTH = 1024
 CALLEE_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # preserved across calls (psABI)
@@ -126,10 +128,11 @@ def _implausible(f: Frame, prev: Frame | None, seen: set) -> str | None:
 
 def _row(session, addr: int):
     obj = session.symbols.object_for_addr(addr)
-    if obj is None:
-        return None
-    cfi = cfi_for(session, obj)
-    return cfi.row((addr - obj.bias) & MASK) if cfi is not None else None
+    if obj is not None:
+        cfi, bias = cfi_for(session, obj), obj.bias
+    else:
+        cfi, bias = vdso_cfi(session, addr) or (None, 0)
+    return cfi.row((addr - bias) & MASK) if cfi is not None else None
 
 
 def _step(session, regs: dict, exact: bool):
