@@ -472,6 +472,26 @@ def test_absurd_sizes_and_overlaps(small_core, tmp_path, data):
     exercise(str(tmp_path / "c"))
 
 
+def test_fifos_never_block(tmp_path):
+    """A FIFO named as the core, or as a file the core maps, is refused instead of opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(MdbError) as e:
+        open_file_target(str(fifo))
+    assert str(e.value) == f"cannot open {fifo}: not a regular file"
+    t = SyntheticTarget([(Mapping(0x400000, 0x401000, "r--p", 0, path=str(fifo)), b"x")])
+    write_core(t, str(tmp_path / "c"))
+    raw = bytearray((tmp_path / "c").read_bytes())
+    eh = ec.parse_ehdr(raw)
+    struct.pack_into("<Q", raw, eh.phoff + ec.PHDR.size + 32, 0)  # its PT_LOAD holds nothing
+    (tmp_path / "c").write_bytes(raw)
+    with open_file_target(str(tmp_path / "c")) as core:
+        assert core.warnings == [f"{fifo}: not a regular file; its pages not in the core are "
+                                 f"unreadable"]
+        with pytest.raises(ReadError, match="not in core file"):
+            core.read(0x400000, 1)
+
+
 def test_huge_segment_costs_nothing(small_core, tmp_path):
     raw = bytearray(small_core)
     eh = ec.parse_ehdr(raw)

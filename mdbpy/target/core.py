@@ -15,9 +15,11 @@ otherwise those pages stay unreadable and a warning says why.
 from __future__ import annotations
 
 import bisect
+import errno
 import mmap
 import os
 import signal
+import stat
 
 from mdbpy.errors import ReadError, TargetError, WriteError
 from mdbpy.target import elfcore as ec
@@ -67,10 +69,18 @@ def _clip_overlaps(segs: list[_Segment]) -> list[_Segment]:
     return out
 
 
+def _open_regular(path: str, mode: str = "rb"):
+    """open() for regular files only: a FIFO or device named by a hostile core (or a user's
+    typo) would block or never end. Raises OSError."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    return open(path, mode)
+
+
 def _open_image(path: str, writable: bool):
     """(file object, mmap, size) of a file, or a one-line TargetError naming it."""
     try:
-        f = open(path, "r+b" if writable else "rb")
+        f = _open_regular(path, "r+b" if writable else "rb")
     except OSError as e:
         raise TargetError(f"cannot open {path}: {e.strerror}") from None
     try:
@@ -268,6 +278,7 @@ class CoreTarget(_ImageTarget):
         self._auxv: dict[int, int] = {}
         self.files: list[ec.FileEntry] = []
         self._file_starts: list[int] = []
+        self._entries_of: dict[str, list[ec.FileEntry]] = {}
         self._disk: dict[str, _DiskFile] = {}
         try:
             eh = self._header()
@@ -311,6 +322,8 @@ class CoreTarget(_ImageTarget):
             elif ntype == ec.NT_FILE and not self.files:
                 self.files = sorted(ec.parse_nt_file(desc, MAX_FILES), key=lambda e: e.start)
                 self._file_starts = [e.start for e in self.files]
+                for fe in self.files:
+                    self._entries_of.setdefault(fe.path, []).append(fe)
             elif ntype == ec.NT_SIGINFO and self.siginfo is None:
                 self.siginfo = ec.parse_siginfo(desc)
         except ValueError as e:
@@ -340,17 +353,14 @@ class CoreTarget(_ImageTarget):
         segs += [self._omitted(fe, a, b) for fe in self.files
                  for a, b in _gaps(fe, segs, starts)]
         self._set_segments(segs)
-        self._entries_of: dict[str, list[ec.FileEntry]] = {}
-        for fe in self.files:
-            self._entries_of.setdefault(fe.path, []).append(fe)
         needed = sorted({s.path for s in self._segs if s.path and s.avail < s.end - s.start})
         for p in needed[:MAX_DISK_FILES]:
-            self._disk_file(p)
+            self._check_disk_file(p)
         if len(needed) > MAX_DISK_FILES:
             self._warn(f"core file {self.path} maps {len(needed)} files; pages of all but the "
                        f"first {MAX_DISK_FILES} that are not in the core are unreadable")
         for s in self._segs:
-            if s.path and s.avail == 0 and s.claimed == 0 and s.perms == "?":
+            if s.perms == "?":
                 s.perms = self._file_perms(s)
 
     def _omitted(self, fe: ec.FileEntry, start: int, end: int) -> _Segment:
@@ -399,23 +409,20 @@ class CoreTarget(_ImageTarget):
         rel = addr - seg.start
         return self._mm[seg.off + rel:seg.off + min(seg.avail, rel + n)]
 
-    def _disk_file(self, path: str) -> _DiskFile:
-        """Open and check the disk copy of a mapped file once; warn once when it cannot serve."""
-        df = self._disk.get(path)
-        if df is not None:
-            return df
+    def _check_disk_file(self, path: str) -> None:
+        """Open and check the disk copy of a mapped file; warn when it cannot serve."""
         local = self.file_path(path)
         df = self._disk[path] = _DiskFile(local, None, 0)
         try:
-            with open(local, "rb") as f:
+            with _open_regular(local) as f:
                 df.size = os.fstat(f.fileno()).st_size
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if df.size else None
         except OSError as e:
             self._warn(f"{local}: {e.strerror}; its pages not in the core are unreadable")
-            return df
+            return
         if mm is None:
             self._warn(f"{local}: empty file; its pages not in the core are unreadable")
-            return df
+            return
         want = self._core_build_id(path)
         have = ec.gnu_build_id(lambda off, n: mm[off:off + min(n, 1 << 16)])
         if want is None:
@@ -425,9 +432,8 @@ class CoreTarget(_ImageTarget):
             got = have.hex() if have else "none"
             self._warn(f"{local}: build-id {got} does not match the core's {want.hex()}; its "
                        f"pages not in the core are unreadable")
-            return df
+            return
         df.mm = mm
-        return df
 
     def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
         df = self._disk.get(seg.path) if seg.path else None
