@@ -201,3 +201,7 @@ def test_write_errors_are_one_line(tmp_path):
         write_core(synthetic(), str(tmp_path / "no" / "such" / "dir"))
     assert str(e.value) == \
         f"cannot create {tmp_path / 'no' / 'such' / 'dir'}: No such file or directory"
+    os.symlink(tmp_path / "victim", tmp_path / "link")
+    with pytest.raises(MdbError, match="^cannot create .*/link: Too many levels of symbolic"):
+        write_core(synthetic(), str(tmp_path / "link"))
+    assert not (tmp_path / "victim").exists()

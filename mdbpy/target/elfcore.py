@@ -26,7 +26,6 @@ PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
 
 NT_PRSTATUS = 1
-NT_FPREGSET = 2
 NT_PRPSINFO = 3
 NT_AUXV = 6
 NT_GNU_BUILD_ID = 3  # in a "GNU" note, not a "CORE" one

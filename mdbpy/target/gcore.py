@@ -44,7 +44,8 @@ def write_core(target: Target, path: str,
         off += _page_up(m.size)
     total = sum(m.size for m in maps)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # no following a symlink planted at the name: a core must not overwrite another file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
         raise MdbError(f"cannot create {path}: {e.strerror}") from None
     try:
