@@ -278,7 +278,7 @@ class Freezer:
         """After SIGKILL: collect every thread's exit so the real parent can reap the process."""
         for tid in sorted(self._seized, key=lambda t: (t == self.pid, t)):
             deadline = time.monotonic() + timeout
-            while True:
+            for _ in range(16):  # a stop already queued before the kill may come first
                 ev = wait_stop(tid, max(0.0, deadline - time.monotonic()))
                 if ev is None or not ev.stopped:
                     break
