@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prompt_toolkit.document import Document
 from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String,
                             Whitespace)
 
+from mdbpy.errors import MdbError, QuitSession
 from mdbpy.repl import app
 from mdbpy.repl.complete import MAX_SYMBOLS, MdbCompleter
 from mdbpy.repl.lexer import MdbLexer
@@ -272,3 +272,182 @@ def test_history_path_honours_environment(monkeypatch, tmp_path):
     assert app.history_path() == str(tmp_path / "h")
     monkeypatch.delenv("MDBPY_HISTORY")
     assert app.history_path() == os.path.expanduser("~/.mdbpy_history")
+
+
+# -- a real terminal (tmux) --------------------------------------------------------------------
+
+
+class Tmux:
+    """One command running in a detached tmux pane on a private server; the screen is read
+    with capture-pane, so tests wait for what a user would see."""
+
+    def __init__(self, tmp: Path, argv: list[str], env: dict[str, str], rows: int = 40,
+                 cols: int = 120):
+        self.server = ["tmux", "-L", f"mdbpy-test-{os.getpid()}-{tmp.name}", "-f", "/dev/null"]
+        envs = " ".join(f"{k}={_sh(v)}" for k, v in env.items())
+        # The shell prints the exit status on the screen: tmux's own #{pane_dead_status} is
+        # sometimes left empty when the pty closes before the child is reaped.
+        cmd = (f"cd {_sh(str(tmp))} && env {envs} {' '.join(map(_sh, argv))}; "
+               f"echo \"[exit $?]\"")
+        subprocess.run(self.server + ["new-session", "-d", "-s", "t", "-x", str(cols), "-y",
+                                      str(rows), cmd], check=True)
+        subprocess.run(self.server + ["set-option", "-t", "t", "remain-on-exit", "on"],
+                       check=True, capture_output=True)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(self.server + ["send-keys", "-t", "t", *keys], check=True)
+
+    def type(self, text: str) -> None:
+        subprocess.run(self.server + ["send-keys", "-t", "t", "-l", text], check=True)
+
+    def screen(self) -> list[str]:
+        r = subprocess.run(self.server + ["capture-pane", "-p", "-t", "t"], check=True,
+                           capture_output=True, text=True)
+        return r.stdout.rstrip("\n").split("\n")
+
+    def wait(self, check, what: str, timeout: float = 30.0) -> list[str]:
+        """Poll the screen until check(lines) is true; fail showing the screen otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.screen()
+            if check(lines):
+                return lines
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}; screen:\n" + "\n".join(lines))
+            time.sleep(0.05)
+
+    def wait_prompt(self) -> list[str]:
+        """The last non-blank line is an empty prompt."""
+        return self.wait(lambda ls: _last(ls) == ">", "an empty prompt")
+
+    def exit_status(self, timeout: float = 30.0) -> int:
+        def ended(lines):
+            return [ln for ln in lines if ln.startswith("[exit ")]
+
+        return int(ended(self.wait(ended, "mdbpy to exit", timeout))[-1][6:-1])
+
+    def close(self) -> None:
+        subprocess.run(self.server + ["kill-server"], capture_output=True)
+
+
+def _sh(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def _last(lines: list[str]) -> str:
+    filled = [ln for ln in lines if ln.strip()]
+    return filled[-1].rstrip() if filled else ""
+
+
+def repl_env(tmp: Path) -> dict[str, str]:
+    return {"MDBPY_HISTORY": str(tmp / "history"), "HOME": str(tmp), "TERM": "xterm"}
+
+
+def _needs(*modules: str) -> None:
+    import importlib.util
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    for m in modules:
+        if importlib.util.find_spec(m) is None:
+            pytest.skip(f"{m} does not exist yet")
+
+
+@pytest.fixture
+def core_repl(tmp_path, request):
+    """mdbpy on a gcore of the basic fixture, in a 40x120 terminal; (Tmux, fixture info)."""
+    _needs("mdbpy.lang.engine", "mdbpy.target.core")
+    info, core = request.getfixturevalue("basic_gcore")
+    term = Tmux(tmp_path, mdbpy_cmd("-S", core), repl_env(tmp_path))
+    try:
+        yield term, info
+    finally:
+        term.close()
+
+
+def test_terminal_session_end_to_end(core_repl, tmp_path):
+    term, info = core_repl
+    term.wait_prompt()
+
+    # a command and its output
+    term.type("list_head/J")
+    term.keys("Enter")
+    value = f"{int(info['list_head'], 16):x}"
+    term.wait(lambda ls: any(ln.startswith("list_head:") and value in ln for ln in ls),
+              "the value of list_head")
+    term.wait_prompt()
+
+    # TAB completes a dcmd name; Ctrl-C at the prompt drops the line
+    term.type("::dcm")
+    term.keys("Tab")
+    term.wait(lambda ls: _last(ls) == "> ::dcmds", "::dcm completed to ::dcmds")
+    term.keys("C-c")
+    term.wait_prompt()
+
+    # long output stops at the More prompt; space pages on, q ends the command
+    term.type("list_head,0t100/J")
+    term.keys("Enter")
+    lines = term.wait(lambda ls: _last(ls) == MORE_PROMPT.rstrip(), "the More prompt")
+    assert len(lines) == 40 and lines[0].startswith("list_head:")  # 39 rows of output
+    term.keys("Space")
+    term.wait(lambda ls: _last(ls) == MORE_PROMPT.rstrip() and ls[0] != lines[0],
+              "the second page")
+    term.keys("q")
+    term.wait_prompt()
+
+    # Ctrl-C at the More prompt interrupts the command; the session goes on
+    term.type("list_head,0t100/J")
+    term.keys("Enter")
+    term.wait(lambda ls: _last(ls) == MORE_PROMPT.rstrip(), "the More prompt")
+    term.keys("C-c")
+    term.wait(lambda ls: "mdbpy: interrupted" in ls, "the interrupt message")
+    term.wait_prompt()
+
+    # $q leaves with status 0 and the history holds what was typed
+    term.type("$q")
+    term.keys("Enter")
+    assert term.exit_status() == 0
+    history = (tmp_path / "history").read_text().splitlines()
+    assert [ln for ln in history if ln.startswith("+")] == [
+        "+list_head/J", "+list_head,0t100/J", "+$q"]  # a repeated line is stored once
+
+
+# -- one command line: containment of whatever the engine raises -------------------------------
+
+
+class ScriptedEngine:
+    """Stands in for the language engine: run_line raises or returns what the test scripted,
+    so the REPL's handling of each outcome is checked exactly."""
+
+    def __init__(self, session, outcome):
+        self.session = session
+        self.outcome = outcome
+
+    def run_line(self, line: str) -> int:
+        self.session.out.write(f"ran {line}\n")
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize("outcome,status,err", [
+    (0, 0, ""),
+    (1, 1, ""),
+    (KeyboardInterrupt(), 1, "mdbpy: interrupted\n"),
+    (PagerQuit(0), 0, ""),
+    (PagerQuit(1), 1, ""),
+    (MdbError("no such thing"), 1, "mdbpy: no such thing\n"),
+    (ZeroDivisionError("division by zero"), 1,
+     "mdbpy: internal error: ZeroDivisionError: division by zero\n"),
+])
+def test_run_command_contains_every_outcome(session, outcome, status, err):
+    session.out, session.err = io.StringIO(), io.StringIO()
+    assert app.run_command(ScriptedEngine(session, outcome), "::x") == status
+    assert (session.out.getvalue(), session.err.getvalue()) == ("ran ::x\n", err)
+
+
+def test_run_command_lets_quit_through(session):
+    session.out = io.StringIO()
+    with pytest.raises(QuitSession) as q:
+        app.run_command(ScriptedEngine(session, QuitSession(3)), "$q")
+    assert q.value.status == 3

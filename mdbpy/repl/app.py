@@ -51,7 +51,10 @@ def run_repl(engine) -> int:
             continue
         except EOFError:
             return status
-        status = run_command(engine, line)
+        try:
+            status = run_command(engine, line)
+        except QuitSession as q:
+            return q.status
 
 
 def run_command(engine, line: str) -> int:

@@ -88,23 +88,27 @@ class Pager:
     def _more(self) -> None:
         self.out.write(MORE_PROMPT)
         self.out.flush()
+        try:
+            self._answer()
+        finally:  # also on PagerQuit and Ctrl-C: the next output starts on a clean row
+            self.out.write(_ERASE)
+        self._used = 0
+
+    def _answer(self) -> None:
+        """Read keys until one means something; unknown keys are ignored, as mdb does."""
         while True:
             key = self.read_key()
             if key in (" ", "c", "C"):
                 self._budget = self.rows - 1
                 self.paging = key == " "
-                break
+                return
             if key in ("\r", "\n", "n", "N"):
                 self._budget = 1
-                break
+                return
             if key in ("", "q", "Q", "\x03", "\x1c"):
-                self.out.write(_ERASE)
                 raise PagerQuit(0)
             if key in ("a", "A"):
-                self.out.write(_ERASE)
                 raise PagerQuit(1)
-        self.out.write(_ERASE)
-        self._used = 0
 
 
 def read_tty_key(fd: int) -> str:
