@@ -188,7 +188,7 @@ def test_kernel_core_matches_the_process(basic_exe, kcore):
         assert all(th.state == "SIGABRT" for th in t.threads())
         assert {th.tid: (th.regs["rip"], th.regs["rsp"]) for th in t.threads()} == \
             gdb_threads(basic_exe, kcore["core"])
-        got = {(m.start, m.end, m.offset, m.path) for m in t.mappings() if m.path}
+        got = {(m.start, m.end, m.offset, m.path) for m in t.mappings() if m.is_file}
         assert got == file_maps(kcore["maps"])
         assert [f.path for f in t.files if f.path == str(basic_exe)] == [str(basic_exe)] * 5
         assert basic_list(t, int(kcore["info"]["list_head"], 16)) == BASIC_NODES

@@ -90,7 +90,8 @@ def test_synthetic_target_round_trip(tmp_path):
         assert t.warnings == []
         assert [(m.start, m.end, m.perms, m.offset, m.path) for m in t.mappings()] == [
             (0x400000, 0x402000, "r-xp", 0x1000, "/opt/app/bin"),
-            (0x600000, 0x603000, "rw-p", 0, ""), (0x800000, 0xC00000, "rw-p", 0, "")]
+            (0x600000, 0x603000, "rw-p", 0, ""), (0x700000, 0x701000, "---p", 0, ""),
+            (0x800000, 0xC00000, "rw-p", 0, "")]
         assert t.read(0x400000, 0x2000) == src.read(0x400000, 0x2000)
         assert t.read(0x600000, 0x1000) == src.read(0x600000, 0x1000)
         assert t.read(HOLE, ec.PAGE) == bytes(ec.PAGE)  # unreadable page: written as zeros

@@ -280,6 +280,7 @@ class CoreTarget(_ImageTarget):
         self._file_starts: list[int] = []
         self._entries_of: dict[str, list[ec.FileEntry]] = {}
         self._disk: dict[str, _DiskFile] = {}
+        self._names: dict[tuple[int, int], str] | None = None  # from mdbpy's own note
         try:
             eh = self._header()
             if eh.type != ec.ET_CORE:
@@ -305,6 +306,8 @@ class CoreTarget(_ImageTarget):
                 for name, ntype, desc in ec.iter_notes(buf):
                     if name == b"CORE":
                         self._note(ntype, desc)
+                    elif name == b"MDBPY" and ntype == ec.NT_MDBPY_NAMES:
+                        self._names = ec.parse_names(desc, MAX_FILES)
             except ValueError as e:
                 self._warn(f"core file {self.path}: damaged note ({e}); later notes ignored")
 
@@ -362,6 +365,37 @@ class CoreTarget(_ImageTarget):
         for s in self._segs:
             if s.perms == "?":
                 s.perms = self._file_perms(s)
+        self._name_anonymous()
+
+    def _name_anonymous(self) -> None:
+        """Give anonymous mappings the pseudo-names /proc/PID/maps showed, so ::mappings reads
+        the same on a core as on the live process: from mdbpy's own note when the core has
+        one, else from what the kernel's layout implies (the main thread's stack pointer, the
+        vDSO address in auxv, the fixed vsyscall page, brk within 1 GiB past the exe)."""
+        anon = [s for s in self._segs if not s.path]
+        if self._names is not None:
+            for s in anon:
+                s.path = self._names.get((s.start, s.end), "")
+            return
+        named: dict[int, str] = {}
+        main = next((t for t in self._threads if t.tid == self.pid), None)
+        sp = main.regs.get("rsp") if main is not None else None
+        exe = self._recorded_exe()
+        exe_end = max((s.end for s in self._segs if exe and s.path == exe), default=None)
+        for s in anon:
+            if sp is not None and s.start <= sp < s.end:
+                named[s.start] = "[stack]"
+            elif s.start == self._auxv.get(ec.AT_SYSINFO_EHDR):
+                named[s.start] = "[vdso]"
+            elif s.start == ec.VSYSCALL_ADDR:
+                named[s.start] = "[vsyscall]"
+        if exe_end is not None:
+            brk = [s for s in anon if s.start not in named and "w" in s.perms
+                   and exe_end < s.start <= exe_end + ec.BRK_RANDOM_RANGE]
+            if brk:
+                named[brk[0].start] = "[heap]"
+        for s in anon:
+            s.path = named.get(s.start, "")
 
     def _omitted(self, fe: ec.FileEntry, start: int, end: int) -> _Segment:
         return _Segment(start, end, "?", path=fe.path, foff=fe.offset + (start - fe.start))

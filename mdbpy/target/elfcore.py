@@ -34,7 +34,30 @@ NT_FILE = 0x46494C45
 
 AT_NULL = 0
 AT_PHDR = 3
+AT_SYSINFO_EHDR = 33
 AT_EXECFN = 31
+
+# mdbpy's own note (name "MDBPY"): the pseudo-names of anonymous mappings ([heap], [stack],
+# [vvar], ...), which no standard core note records. Readers that do not know it skip it.
+NT_MDBPY_NAMES = 1
+VSYSCALL_ADDR = 0xFFFFFFFFFF600000
+BRK_RANDOM_RANGE = 1 << 30  # x86_64 kernels randomize brk within 1 GiB past bss (32 MiB before 5.18)
+
+
+def pack_names(names: list[tuple[int, int, str]]) -> bytes:
+    return "".join(f"{a:x} {b:x} {n}\n" for a, b, n in names).encode()
+
+
+def parse_names(desc: bytes, limit: int) -> dict[tuple[int, int], str]:
+    out = {}
+    for line in desc.decode("utf-8", "replace").splitlines()[:limit]:
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[2].startswith("["):
+            try:
+                out[(int(parts[0], 16), int(parts[1], 16))] = parts[2][:64]
+            except ValueError:
+                continue
+    return out
 
 PAGE = 4096
 

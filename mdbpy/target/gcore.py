@@ -30,8 +30,10 @@ def write_core(target: Target, path: str,
     Returns the size of the file written. A failure removes the partial file and raises a
     one-line MdbError.
     """
-    maps = [m for m in sorted(target.mappings(), key=lambda m: m.start) if m.readable]
-    notes = _notes(target, target.threads(), target.mappings())
+    # Every mapping gets a PT_LOAD, as the kernel and gdb write them: unreadable ones (guard
+    # pages) with no bytes in the file, so the core lists the same mappings as the process.
+    maps = sorted(target.mappings(), key=lambda m: m.start)
+    notes = _notes(target, target.threads(), maps)
     phnum = 1 + len(maps)
     xnum = phnum >= ec.PN_XNUM
     note_off = ec.EHDR.size + phnum * ec.PHDR.size + (ec.SHDR.size if xnum else 0)
@@ -39,10 +41,11 @@ def write_core(target: Target, path: str,
     phdrs = [ec.Phdr(ec.PT_NOTE, 0, note_off, 0, len(notes), 0, 4)]
     off = data_off
     for m in maps:
-        phdrs.append(ec.Phdr(ec.PT_LOAD, ec.flags_from_perms(m.perms), off, m.start, m.size,
+        filesz = m.size if m.readable else 0
+        phdrs.append(ec.Phdr(ec.PT_LOAD, ec.flags_from_perms(m.perms), off, m.start, filesz,
                              m.size, ec.PAGE))
-        off += _page_up(m.size)
-    total = sum(m.size for m in maps)
+        off += _page_up(filesz)
+    total = sum(m.size for m in maps if m.readable)
     try:
         # no following a symlink planted at the name: a core must not overwrite another file
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -59,6 +62,8 @@ def write_core(target: Target, path: str,
             done = 0
             zero = bytes(BLOCK)
             for m, ph in zip(maps, phdrs[1:]):
+                if not ph.filesz:
+                    continue
                 f.seek(ph.offset)
                 for chunk_len, data in _contents(target, m, zero):
                     if data is None:
@@ -128,6 +133,8 @@ def _notes(target: Target, threads: list[Thread], maps: list[Mapping]) -> bytes:
     process.append(ec.pack_note(b"CORE", ec.NT_AUXV, ec.pack_auxv(target.auxv())))
     if files:
         process.append(ec.pack_note(b"CORE", ec.NT_FILE, ec.pack_nt_file(files)))
+    names = [(m.start, m.end, m.path) for m in maps if m.path and not m.is_file]
+    process.append(ec.pack_note(b"MDBPY", ec.NT_MDBPY_NAMES, ec.pack_names(names)))
     out = []
     for t in threads:
         desc = ec.pack_prstatus(t.tid, _signal_of(t), t.regs, ps.pid, ps.ppid)

@@ -1,0 +1,65 @@
+"""Generic walkers: the target's threads, and singly linked lists through a next pointer.
+
+Lists in a broken program can be cyclic or run into wild pointers, so a walk stops at a NULL,
+at its starting element (circular lists), at the first repeated element, after `LIST_MAX`
+elements, or with a one-line error at the first next pointer it cannot read.
+"""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import dcmd, walker
+from mdbpy.errors import MdbError, ReadError, UsageError
+from mdbpy.output import radix_str
+
+LIST_MAX = 1 << 20
+
+
+def follow_list(session, start: int, offset: int = 0, limit: int | None = None):
+    """Yield start and each element reached through the pointer at `offset`: at most `limit`
+    elements when given, else an error past LIST_MAX (a list that long is a corrupt one)."""
+    seen = set()
+    cur = start
+    while cur and cur not in seen:
+        if limit is not None and len(seen) >= limit:
+            return
+        if len(seen) >= LIST_MAX:
+            raise MdbError(f"list at 0x{start:x}: stopped after {LIST_MAX} elements")
+        seen.add(cur)
+        yield cur
+        try:
+            cur = session.mem.read_ptr(cur + offset)
+        except ReadError as e:
+            raise MdbError(f"list at 0x{start:x}: element 0x{cur:x}: {e}") from None
+
+
+@walker("list", "walk a singly linked list whose next pointer is its first word",
+        needs_addr=True, help="""\
+addr::walk list yields addr and every element reached by following the pointer stored in the
+first word of each element, until NULL, a return to an element already seen (circular or
+corrupted lists), or an unreadable pointer. For a next pointer at another offset use
+`addr::list -o OFFSET`.""")
+def walk_list(session, addr):
+    return follow_list(session, addr)
+
+
+@walker("thread", "walk the target's threads (their thread ids)")
+def walk_thread(session, addr):
+    """Each thread's id, in the target's order (the first is the main thread in a core)."""
+    for t in session.target.threads():
+        yield t.tid
+
+
+@dcmd("list", "walk a linked list through the next pointer at an offset",
+      usage=":[-o offset] [-n max]", example="*list_head::list -o 0 | ::eval './J'", help="""\
+Print addr and every element of the singly linked list that starts there, following the
+pointer at byte offset -o (default 0) of each element. -n caps the number of elements. The
+walk stops at NULL, at an element already visited, or at an unreadable pointer (an error).
+Piped, each address is passed on.""")
+def list_dcmd(inv):
+    if not inv.has_addr:
+        raise UsageError("::list needs a starting address")
+    opts, rest = inv.getopt("o:n:", numeric="on")
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    for a in follow_list(inv.session, inv.addr, opts.get("o", 0), opts.get("n")):
+        inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")
