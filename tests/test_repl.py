@@ -334,9 +334,13 @@ def _sh(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
+def _tail(lines: list[str], n: int = 2) -> list[str]:
+    """The last n non-blank lines."""
+    return [ln.rstrip() for ln in lines if ln.strip()][-n:]
+
+
 def _last(lines: list[str]) -> str:
-    filled = [ln for ln in lines if ln.strip()]
-    return filled[-1].rstrip() if filled else ""
+    return "".join(_tail(lines, 1))
 
 
 def repl_env(tmp: Path) -> dict[str, str]:
@@ -384,6 +388,13 @@ def test_terminal_session_end_to_end(core_repl, tmp_path):
     term.keys("C-c")
     term.wait_prompt()
 
+    # Ctrl-C while a command runs cancels it, on a row of its own
+    term.type("!touch started && sleep 60")
+    term.keys("Enter")
+    term.wait(lambda ls: (tmp_path / "started").exists(), "the shell command to start")
+    term.keys("C-c")
+    term.wait(lambda ls: _tail(ls) == ["mdbpy: interrupted", ">"], "the interrupt message")
+
     # long output stops at the More prompt; space pages on, q ends the command
     term.type("list_head,0t100/J")
     term.keys("Enter")
@@ -400,8 +411,7 @@ def test_terminal_session_end_to_end(core_repl, tmp_path):
     term.keys("Enter")
     term.wait(lambda ls: _last(ls) == MORE_PROMPT.rstrip(), "the More prompt")
     term.keys("C-c")
-    term.wait(lambda ls: "mdbpy: interrupted" in ls, "the interrupt message")
-    term.wait_prompt()
+    term.wait(lambda ls: _tail(ls) == ["mdbpy: interrupted", ">"], "the interrupt message")
 
     # $q leaves with status 0 and the history holds what was typed
     term.type("$q")
@@ -409,7 +419,7 @@ def test_terminal_session_end_to_end(core_repl, tmp_path):
     assert term.exit_status() == 0
     history = (tmp_path / "history").read_text().splitlines()
     assert [ln for ln in history if ln.startswith("+")] == [
-        "+list_head/J", "+list_head,0t100/J", "+$q"]  # a repeated line is stored once
+        "+list_head/J", "+!touch started && sleep 60", "+list_head,0t100/J", "+$q"]  # a repeated line is stored once
 
 
 # -- one command line: containment of whatever the engine raises -------------------------------

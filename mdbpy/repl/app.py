@@ -14,7 +14,9 @@ History persists in ~/.mdbpy_history, or in $MDBPY_HISTORY when set (tests point
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 from mdbpy.errors import MdbError, QuitSession
 from mdbpy.repl.pager import PagerQuit, terminal_pager
@@ -52,7 +54,8 @@ def run_repl(engine) -> int:
         except EOFError:
             return status
         try:
-            status = run_command(engine, line)
+            with _no_control_echo():
+                status = run_command(engine, line)
         except QuitSession as q:
             return q.status
 
@@ -153,6 +156,27 @@ def _apply_color(prompt, color: bool) -> None:
 
     prompt.lexer = PygmentsLexer(MdbLexer) if color else None
     prompt.color_depth = None if color else ColorDepth.MONOCHROME
+
+
+@contextlib.contextmanager
+def _no_control_echo():
+    """While a command runs, the terminal does not echo ^C, so `mdbpy: interrupted` starts the
+    row instead of following a stray `^C`."""
+    import termios
+
+    try:
+        fd = sys.stdin.fileno()
+        old = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):
+        yield
+        return
+    quiet = list(old)
+    quiet[3] &= ~termios.ECHOCTL
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, old)
 
 
 def _report(session, msg: str) -> None:
