@@ -359,18 +359,25 @@ def _needs(*modules: str) -> None:
 
 @pytest.fixture
 def core_repl(tmp_path, request):
-    """mdbpy on a gcore of the basic fixture, in a 40x120 terminal; (Tmux, fixture info)."""
+    """A function starting mdbpy (with extra arguments) on a gcore of the basic fixture in a
+    40x120 terminal; it returns (Tmux, fixture info)."""
     _needs("mdbpy.lang.engine", "mdbpy.target.core")
     info, core = request.getfixturevalue("basic_gcore")
-    term = Tmux(tmp_path, mdbpy_cmd("-S", core), repl_env(tmp_path))
+    started = []
+
+    def start(*args):
+        started.append(Tmux(tmp_path, mdbpy_cmd("-S", *args, core), repl_env(tmp_path)))
+        return started[-1], info
+
     try:
-        yield term, info
+        yield start
     finally:
-        term.close()
+        for term in started:
+            term.close()
 
 
 def test_terminal_session_end_to_end(core_repl, tmp_path):
-    term, info = core_repl
+    term, info = core_repl()
     term.wait_prompt()
 
     # a command and its output
@@ -461,3 +468,26 @@ def test_run_command_lets_quit_through(session):
     with pytest.raises(QuitSession) as q:
         app.run_command(ScriptedEngine(session, QuitSession(3)), "$q")
     assert q.value.status == 3
+
+
+def test_terminal_eof_leaves_with_last_status_unless_ignoreeof(core_repl):
+    term, info = core_repl("-o", "ignoreeof")
+    term.wait_prompt()
+    term.keys("C-d")  # ignored: the session goes on
+    term.type("::nosuchdcmd")
+    term.keys("Enter")
+    term.wait(lambda ls: _tail(ls) == ["mdbpy: invalid command '::nosuchdcmd'", ">"],
+              "the error")
+    term.type("$q")
+    term.keys("Enter")
+    assert term.exit_status() == 0
+    term.close()
+
+    term, info = core_repl()
+    term.wait_prompt()
+    term.type("::nosuchdcmd")
+    term.keys("Enter")
+    term.wait(lambda ls: _tail(ls) == ["mdbpy: invalid command '::nosuchdcmd'", ">"],
+              "the error")
+    term.keys("C-d")
+    assert term.exit_status() == 1  # the last command failed
