@@ -51,7 +51,7 @@ def run_repl(engine) -> int:
             line = prompt.prompt(session.prompt)
         except KeyboardInterrupt:
             continue
-        except EOFError:
+        except (EOFError, OSError):  # Ctrl-D, or the terminal has gone away (EIO)
             return status
         try:
             with _no_control_echo():
