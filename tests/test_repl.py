@@ -283,7 +283,8 @@ class Tmux:
 
     def __init__(self, tmp: Path, argv: list[str], env: dict[str, str], rows: int = 40,
                  cols: int = 120):
-        self.server = ["tmux", "-L", f"mdbpy-test-{os.getpid()}-{tmp.name}", "-f", "/dev/null"]
+        # A private server whose socket lives (and is cleaned up) with the test's directory.
+        self.server = ["tmux", "-S", str(tmp / "tmux.sock"), "-f", "/dev/null"]
         envs = " ".join(f"{k}={_sh(v)}" for k, v in env.items())
         # The shell prints the exit status on the screen: tmux's own #{pane_dead_status} is
         # sometimes left empty when the pty closes before the child is reaped.
