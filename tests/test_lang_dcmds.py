@@ -53,7 +53,7 @@ def test_dcmds_and_walkers_listings(h):
     assert "$q                       - quit the debugger\n" in out
     assert "gone" not in out  # disabled dcmds are hidden
     assert h.run("::dcmds -n calls") == ""
-    assert h.run("::walkers list") == ("list                     - walk the list\n")
+    assert h.run("::walkers -n tlist") == ("tlist                    - walk the list\n")
     assert h.run("::walkers -n address") == ""
     assert h.run("::walkers address") == "local                    - needs an address\n"
     assert h.run("::walkers '('") == ""
@@ -69,7 +69,7 @@ def test_help(h):
     assert h.run("::help ::walk") == out
     assert "NAME\n  $< - replace input with macro\n" in h.run("::help '$<'")
     assert "Interface Stability: Unstable" in h.run("::help rec")
-    assert h.run("::help list").startswith("\nNAME\n  list - walk the list (walker)\n")
+    assert h.run("::help tlist").startswith("\nNAME\n  tlist - walk the list (walker)\n")
     overview = h.run("::help")
     assert "[ address [, count]] verb [ arguments ... ]" in overview
     assert "::dcmds" in overview and "::walkers" in overview and "::formats" in overview

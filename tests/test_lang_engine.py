@@ -79,7 +79,7 @@ class Harness:
                   Dcmd("fail", fail, "fail", usage=":[abort|usage]"),
                   Dcmd("gone", rec, "disabled", enabled=lambda s: "libgone not found")):
             reg.add_dcmd(d, "test")
-        for w in (Walker("list", walk_list, "walk the list"),
+        for w in (Walker("tlist", walk_list, "walk the list"),
                   Walker("empty", lambda s, a: iter(()), "walk nothing"),
                   Walker("broken", walk_broken, "walk and fail"),
                   Walker("local", walk_list, "needs an address", needs_addr=True)):
@@ -277,8 +277,8 @@ def test_assignment_and_casts(h):
 # -- pipelines and walks -----------------------------------------------------------------
 
 def test_walk_prints_addresses(h):
-    assert h.run("::walk list") == "0x1000\n0x1020\n0x1040\n"
-    assert h.run("1020::walk list") == "0x1020\n0x1040\n"
+    assert h.run("::walk tlist") == "0x1000\n0x1020\n0x1040\n"
+    assert h.run("1020::walk tlist") == "0x1020\n0x1040\n"
     assert h.run("1020::walk local") == "0x1020\n0x1040\n"
     assert h.run("::walk local") == ""
     assert h.errors() == ("mdbpy: walker 'local' needs an address to start from\n"
@@ -296,7 +296,7 @@ def test_walk_failures(h):
 
 
 def test_pipeline_flags_and_addresses(h):
-    h.run("::walk list | ::rec")
+    h.run("::walk tlist | ::rec")
     assert h.calls == [(0x1000, ADDRSPEC | LOOP | PIPE | LOOPFIRST, [], None),
                        (0x1020, ADDRSPEC | LOOP | PIPE, [], None),
                        (0x1040, ADDRSPEC | LOOP | PIPE, [], None)]
@@ -307,7 +307,7 @@ def test_pipeline_flags_and_addresses(h):
 
 
 def test_pipe_all_gets_the_whole_list(h):
-    h.run("::walk list | ::recall")
+    h.run("::walk tlist | ::recall")
     assert h.calls == [(0x1000, ADDRSPEC | LOOP | PIPE | LOOPFIRST, [],
                         [0x1000, 0x1020, 0x1040])]
 
@@ -318,23 +318,23 @@ def test_empty_pipe_does_not_run_the_right_side(h):
 
 
 def test_walk_variable_follows_each_element(h):
-    out = h.run("::walk list n | ::map *. | ::eval '::echo $[<n] $[.]'")
+    out = h.run("::walk tlist n | ::map *. | ::eval '::echo $[<n] $[.]'")
     assert out == "1000 1020 \n1020 1040 \n1040 0 \n"
     assert h.errors() == ""
-    assert h.run("::walk list n") == "0x1000\n0x1020\n0x1040\n"
+    assert h.run("::walk tlist n") == "0x1000\n0x1020\n0x1040\n"
     assert h.session.vars["n"] == 0x1040
 
 
 def test_map_grep_head(h):
-    assert h.run("::walk list | ::map *(.+8)") == "1\n2\n3\n"
-    assert h.run("::walk list | ::grep *(.+8)==2") == "1020\n"
+    assert h.run("::walk tlist | ::map *(.+8)") == "1\n2\n3\n"
+    assert h.run("::walk tlist | ::grep *(.+8)==2") == "1020\n"
     # `!` in arguments starts a shell pipe, so this operator must be quoted
-    assert h.run("::walk list | ::grep '*(.+8)!=2' | ::map .+1") == "1001\n1041\n"
-    assert h.run("::walk list | ::head -2") == "1000\n1020\n"
-    assert h.run("::walk list | ::head -n 1 | ::rec") == ""
+    assert h.run("::walk tlist | ::grep '*(.+8)!=2' | ::map .+1") == "1001\n1041\n"
+    assert h.run("::walk tlist | ::head -2") == "1000\n1020\n"
+    assert h.run("::walk tlist | ::head -n 1 | ::rec") == ""
     assert [c[0] for c in h.calls] == [0x1000]
-    assert h.run("::walk list | ::head") == "1000\n1020\n1040\n"
-    assert h.run("::walk list | ::head -x") == ""
+    assert h.run("::walk tlist | ::head") == "1000\n1020\n1040\n"
+    assert h.run("::walk tlist | ::head -x") == ""
     assert "Usage: ::head -num | -n num" in h.errors()
 
 
@@ -355,12 +355,12 @@ def test_pipe_input_must_be_expressions(h):
 
 
 def test_pipeline_stops_on_usage_and_abort(h):
-    h.run("::walk list | ::fail usage | ::rec")
+    h.run("::walk tlist | ::fail usage | ::rec")
     assert h.calls == []
     assert h.errors().count("Usage: address::fail [abort|usage]") == 1
-    h.run("::walk list | ::fail abort")
+    h.run("::walk tlist | ::fail abort")
     assert h.errors() == "mdbpy: stop here\n"
-    h.run("::walk list | ::fail")  # plain failures are per address (mdb's DCMD_ERR)
+    h.run("::walk tlist | ::fail")  # plain failures are per address (mdb's DCMD_ERR)
     assert h.errors() == "mdbpy: it failed\n" * 3
     assert h.status == 1
 
@@ -382,8 +382,8 @@ def test_dcmd_errors_are_one_line(h):
 def test_shell_escapes(h):
     assert h.run("::echo 1 2 ! wc -w").strip() == "2"
     assert h.run("!echo hi; ::echo after") == "hi\nafter \n"
-    assert h.run("::walk list ! sort -r") == "0x1040\n0x1020\n0x1000\n"
-    assert h.run("::walk list | ::map .+1 ! tr a-f A-F") == "1001\n1021\n1041\n"
+    assert h.run("::walk tlist ! sort -r") == "0x1040\n0x1020\n0x1000\n"
+    assert h.run("::walk tlist | ::map .+1 ! tr a-f A-F") == "1001\n1021\n1041\n"
     h.run("!exit 3")
     assert h.status == 1
 
@@ -494,5 +494,5 @@ def test_format_verbs_take_counts_dot_and_pipes(h):
     assert (h.session.dot, h.session.incr) == (0x1010, 8)
     h.run("main/J")
     assert h.run("+/J").split() == ["main+0x8:", "1"]
-    assert h.run("::walk list | ::map *(.+8) | =D").split() == ["1", "2", "3"]
+    assert h.run("::walk tlist | ::map *(.+8) | =D").split() == ["1", "2", "3"]
     assert h.run("main/K ! wc -l").strip() == "2"

@@ -186,6 +186,8 @@ class Engine:
                 if line is None:
                     break
                 self._run_text(line, frame)
+                # a program driving mdbpy through a pipe sees each command's output at once
+                self.session.out.flush()
                 if frame.replacement is not None:
                     if frame.owned:
                         frame.stream.close()
@@ -322,11 +324,11 @@ class Engine:
         if cmd.stage.name == "$<" and not cmd.stage.is_format:
             self.session.vars["9"] = count  # `$<` sees its count in variable 9 and runs once
             count = 1
-        status = self._invoke(cmd, addr, flags, out)
+        status = self._invoke(cmd, addr, flags, out, count=count)
         flags &= ~LOOPFIRST
         done = 1
         while done < count and status == OK:
-            status = self._invoke(cmd, dot_incr(self.session, ","), flags, out)
+            status = self._invoke(cmd, dot_incr(self.session, ","), flags, out, count=count)
             done += 1
         return status
 
@@ -367,7 +369,8 @@ class Engine:
         return items
 
     # -- one dcmd call ----------------------------------------------------------------------
-    def _invoke(self, cmd: Command, addr: int, flags: int, out, pipe=None) -> int:
+    def _invoke(self, cmd: Command, addr: int, flags: int, out, pipe=None,
+                count: int = 1) -> int:
         s = self.session
         s.dot = addr & MASK64
         s.last_dot = s.dot
@@ -381,7 +384,8 @@ class Engine:
             reason = cmd.dcmd.enabled(s) if cmd.dcmd.enabled is not None else None
             if reason:
                 raise MdbError(reason)
-            inv = Invocation(s, s.dot, flags, list(cmd.args), out, pipe, name=cmd.dcmd.name)
+            inv = Invocation(s, s.dot, flags, list(cmd.args), out, pipe, name=cmd.dcmd.name,
+                             count=count)
             return ERR if cmd.dcmd.func(inv) else OK
         except UsageError as e:
             if str(e):
