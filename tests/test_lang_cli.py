@@ -68,7 +68,7 @@ def test_batch_stdin_recovers_and_reports_last_status(basic_proc):
     r = run_mdbpy("-p", basic_proc.pid,
                   input="::echo $[*/i/global_int]\n::echo $[(\n::echo ok\n::nosuch\n")
     assert r.stdout == "1234 \nok \n"
-    assert r.stderr.splitlines() == ['mdbpy: syntax error near "\\n"',
+    assert r.stderr.splitlines() == ['mdbpy: syntax error at end of command',
                                      "mdbpy: invalid command '::nosuch'"]
     assert r.returncode == 1
     basic_proc.assert_untouched()

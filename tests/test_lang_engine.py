@@ -425,7 +425,7 @@ def test_recursive_macro_is_bounded(h):
 
 def test_macro_syntax_error_names_the_line(h):
     assert h.run("$<< broken.mdb") == "recovered \nsame line \n"
-    assert h.errors() == 'mdbpy: syntax error on line 2 of broken.mdb near "\\n"\n'
+    assert h.errors() == 'mdbpy: syntax error on line 2 of broken.mdb at end of command\n'
 
 
 def test_macro_path_with_directory_name(h):

@@ -239,8 +239,8 @@ class Engine:
 
     def _syntax_error(self, e: ParseError, frame: _Frame) -> None:
         if frame.mode == FILE and frame.name != "<stdin>" and hasattr(e, "what"):
-            self.session.warn(f'{e.what} on line {frame.lineno} of {frame.name} '
-                              f'near "{e.near}"')
+            where = f'near "{e.near}"' if e.near else "at end of command"
+            self.session.warn(f"{e.what} on line {frame.lineno} of {frame.name} {where}")
         else:
             self.session.warn(str(e))
 

@@ -55,9 +55,9 @@ def syntax_error(text: str, pos: int, what: str = "syntax error",
     while i < len(text) and text[i] not in BLANKS + TERMINATORS and len(near) < 24:
         near += text[i]
         i += 1
-    if not near and pos < len(text):
-        near = text[pos].replace("\n", "\\n")
-    err = ParseError(f'{what} near "{near}"')
+    if not near and pos < len(text) and text[pos] != "\n":
+        near = text[pos]
+    err = ParseError(f'{what} near "{near}"' if near else f"{what} at end of command")
     err.what, err.near = what, near
     err.pos = pos if resume is None else resume
     return err
