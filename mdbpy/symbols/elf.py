@@ -251,6 +251,14 @@ class ElfObject(LoadObject):
                               "debug_file": self.debug_file}, tables)
         return tables
 
+    def find_debug_file(self) -> str | None:
+        """The separate debug file (for .debug_frame and DWARF as well as symbols): the one the
+        symbol tables came from, else the one the build-id names."""
+        self.columns()  # reading the symbol tables finds the debug file when they need one
+        if self.debug_file is None and self.info and self.info.build_id:
+            return self._find_debug(self.info.build_id, None)
+        return self.debug_file
+
     def _find_debug(self, build_id: str | None, link) -> str | None:
         dbg = debuginfo.by_build_id(build_id, self.debug_dirs, build_id_of) if build_id else None
         if dbg is None and link:

@@ -314,20 +314,8 @@ def cfi_for(session, obj) -> ObjectCFI | None:
     key = ("unwind.cfi", bid or obj.file)
     cfi = session.cache.get(key)
     if cfi is None:
-        cfi = session.cache[key] = ObjectCFI(obj.file, lambda: _debug_file(obj))
+        cfi = session.cache[key] = ObjectCFI(obj.file, obj.find_debug_file)
     return cfi
-
-
-def _debug_file(obj) -> str | None:
-    """The object's separate debug file: the one its symbols came from, else by build-id."""
-    from mdbpy.symbols import debuginfo
-    from mdbpy.symbols.elf import build_id_of
-
-    obj.columns()  # reading the symbol tables finds the debug file when the object needs one
-    if obj.debug_file:
-        return obj.debug_file
-    bid = obj.info.build_id if obj.info else None
-    return debuginfo.by_build_id(bid, obj.debug_dirs, build_id_of) if bid else None
 
 
 AT_SYSINFO_EHDR = 33  # auxv: where the kernel mapped the vDSO
