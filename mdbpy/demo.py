@@ -21,9 +21,28 @@ SOURCE = Path(__file__).resolve().parents[1] / "fixtures" / "basic.c"
 
 HINT = """\
 mdbpy demo: attached to PID {pid}, a small C program ({src}) with globals, a linked list
-on the heap at {head} and four threads. Try:  ::status   ::mappings   ::nm -g
-list_head/J   *list_head/J2s   0t10*4=D   ::walk thread   ::dcmds   ::help nm   $q
+on the heap at {head} (struct node: next, value, char tag[16]) and four threads. Try:
+  ::status   ::mappings   ::threads   ::stacks   ::nm -g   main/5i
+  list_head/J   *list_head/JJs   *list_head::walk list | ::eval '.+8/J'   0t10*4=D
+  ::dcmds   ::help walk   $q
 """
+SYS_RT_SIGTIMEDWAIT = 128  # x86_64: where the example's main thread waits
+
+
+def _wait_parked(pid: int, timeout: float = 5.0) -> None:
+    """Wait until the example's main thread sits in sigwait, so the demo starts from a quiet
+    process (its threads are already parked when it prints READY)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                if f.read().split(" ", 1)[0] == str(SYS_RT_SIGTIMEDWAIT):
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def _build(workdir: str) -> str:
@@ -63,6 +82,7 @@ def open_demo_target():
                     proc.wait()
                 shutil.rmtree(workdir, ignore_errors=True)
 
+    _wait_parked(proc.pid)
     try:
         target = DemoTarget(proc.pid)
     except BaseException:
