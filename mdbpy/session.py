@@ -12,8 +12,12 @@ import sys
 from typing import Any
 
 from mdbpy.dcmd import Registry, import_dmod
+from mdbpy.errors import MdbError
 from mdbpy.memory import AddressSpace
 from mdbpy.target.base import Target
+
+# the bundled allocator dmods, in the order detection tries them
+ALLOCATOR_DMODS = ("sim", "umem", "ptmalloc")
 
 # mdb's debugger options (::set -o / -o on the command line) that mdbpy understands.
 DEFAULT_OPTIONS = {
@@ -51,6 +55,7 @@ class Session:
         self.macro_path: list[str] = ["."]
         self.cache: dict[Any, Any] = {}
         self._symbols = None
+        self._autoloaded = False
         self.thread: int | None = None  # the current thread's tid (None: the first thread)
         # Set by the language engine so dcmds such as ::eval can run mdb commands.
         self.evaluate = None
@@ -101,6 +106,67 @@ class Session:
         if hook is not None:
             hook(self)
         return dm
+
+    def autoload(self) -> list[str]:
+        """Load the bundled allocator dmods present in this target (once per session).
+
+        Detection may read symbols, so it runs when a heap command or an unknown command name
+        first needs it, never at start-up."""
+        if self._autoloaded:
+            return []
+        self._autoloaded = True
+        import importlib
+
+        loaded = []
+        for name in ALLOCATOR_DMODS:
+            try:
+                mod = importlib.import_module(f"mdbpy_commands.{name}")
+            except ModuleNotFoundError:
+                continue
+            if getattr(mod, "DMOD_NAME", name) in self.registry.dmods:
+                continue
+            try:
+                present = mod.detect(self)
+            except MdbError as e:
+                self.warn(f"{name}: detection failed: {e}")
+                continue
+            if present:
+                self.load_dmod(name)
+                loaded.append(name)
+        return loaded
+
+    def find_dcmd(self, name: str):
+        """A dcmd by name, loading the target's allocator dmods first if it is not known."""
+        try:
+            return self.registry.dcmd(name)
+        except MdbError:
+            if not self.autoload():
+                raise
+            return self.registry.dcmd(name)
+
+    def find_walker(self, name: str):
+        """A walker by name, loading the target's allocator dmods first if it is not known."""
+        try:
+            return self.registry.walker(name)
+        except MdbError:
+            if not self.autoload():
+                raise
+            return self.registry.walker(name)
+
+    def allocators(self) -> list:
+        """The allocators found in the target, from the loaded allocator dmods."""
+        self.autoload()
+        found = self.cache.get("allocators")
+        if found is None:
+            found = []
+            for dm in self.registry.dmods.values():
+                cls = getattr(dm.pymodule, "ALLOCATOR", None)
+                if cls is not None:
+                    a = cls.detect(self)
+                    if a is not None:
+                        found.append(a)
+            self.cache["allocators"] = found
+        return found
 
     # -- state changes ----------------------------------------------------------------------
     def invalidate(self) -> None:

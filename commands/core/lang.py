@@ -47,7 +47,7 @@ def walk(inv: Invocation):
     args = _strings(inv, 1, 2)
     s = inv.session
     try:
-        w = s.registry.walker(args[0])
+        w = s.find_walker(args[0])
     except MdbError as e:
         raise MdbError(f"failed to perform walk: {e}") from None
     reason = w.enabled(s) if w.enabled is not None else None
@@ -342,6 +342,7 @@ def _filter(inv: Invocation):
 def dcmds(inv: Invocation):
     keep = _filter(inv)
     s = inv.session
+    s.autoload()  # list the dcmds of the allocators in this target too
     for name in sorted(s.registry.dcmds):
         d = s.registry.dcmds[name]
         if (d.enabled is None or d.enabled(s) is None) and keep(name, d.descr):
@@ -356,6 +357,7 @@ def dcmds(inv: Invocation):
       example="::walkers cache")
 def walkers(inv: Invocation):
     keep = _filter(inv)
+    inv.session.autoload()
     for w in inv.session.registry.visible_walkers(inv.session):
         if keep(w.name, w.descr):
             inv.out.write(f"{w.name:<24} - {w.descr}\n")

@@ -286,7 +286,7 @@ class Engine:
 
     def _bind(self, stage: Stage) -> Command:
         args = [self.evaluator.eval(a) if not isinstance(a, str) else a for a in stage.args]
-        dcmd = None if stage.is_format else self.session.registry.dcmd(stage.name)
+        dcmd = None if stage.is_format else self.session.find_dcmd(stage.name)
         return Command(stage, dcmd, args)
 
     # -- pipelines --------------------------------------------------------------------------
