@@ -137,21 +137,19 @@ class Session:
 
     def find_dcmd(self, name: str):
         """A dcmd by name, loading the target's allocator dmods first if it is not known."""
-        try:
-            return self.registry.dcmd(name)
-        except MdbError:
-            if not self.autoload():
-                raise
-            return self.registry.dcmd(name)
+        return self._autoloading(self.registry.dcmd, name)
 
     def find_walker(self, name: str):
         """A walker by name, loading the target's allocator dmods first if it is not known."""
+        return self._autoloading(self.registry.walker, name)
+
+    def _autoloading(self, lookup, name: str):
         try:
-            return self.registry.walker(name)
+            return lookup(name)
         except MdbError:
             if not self.autoload():
                 raise
-            return self.registry.walker(name)
+            return lookup(name)
 
     def allocators(self) -> list:
         """The allocators found in the target, from the loaded allocator dmods."""
