@@ -14,17 +14,20 @@ resolve to nothing get no suffix, so the text is exactly capstone's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
-from mdbpy.errors import ReadError
+from mdbpy.errors import MdbError, ReadError
 
 if TYPE_CHECKING:
     from mdbpy.session import Session
 
 MAX_INSN = 15  # the longest x86 instruction, in bytes
 CHUNK = 64 << 10  # most bytes read at once while decoding
+MAX_RANGE = 1 << 20  # most bytes one disassemble_range() decodes (a function, a window)
+MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -100,31 +103,86 @@ def _bad(addr: int, byte: bytes) -> Insn:
     return Insn(addr, 1, byte, "(bad)", "", "(bad)")
 
 
+def _stream(session: Session, addr: int, read: Callable[[int, int], bytes],
+            first: int) -> Iterator[Insn]:
+    """Instructions from addr for as long as memory is readable (the caller stops taking).
+    The first read asks for `first` bytes, later ones for twice as many up to CHUNK, so a
+    short request reads little and a long one reads in big blocks."""
+    cs = _engine(session)
+    cur = addr & MASK
+    want = max(first, 2 * MAX_INSN)
+    while True:
+        data = read_available(read, cur, want)
+        if not data:
+            return
+        end_of_memory = len(data) < want
+        pos = cur
+        for ci in cs.disasm(data, cur):
+            yield _render(session, ci)
+            pos = ci.address + ci.size
+        left = len(data) - (pos - cur)
+        if left >= MAX_INSN or (left and end_of_memory):
+            # capstone stopped at bytes that are not an instruction (or that memory cuts off)
+            yield _bad(pos, data[pos - cur:pos - cur + 1])
+            pos += 1
+        if pos == cur:
+            return
+        cur = pos
+        want = min(CHUNK, want * 2)
+
+
 def disassemble(session: Session, addr: int, count: int, *,
                 read: Callable[[int, int], bytes] | None = None) -> list[Insn]:
     """Up to `count` instructions from addr, read through `read(addr, n)` (default: virtual
     memory). Fewer come back when readable bytes run out; none means addr itself is unreadable.
     Bytes capstone cannot decode become one-byte `(bad)` entries."""
-    read = read or session.mem.read
-    cs = _engine(session)
-    out: list[Insn] = []
-    cur = addr & ((1 << 64) - 1)
-    while len(out) < count:
-        want = min(CHUNK, (count - len(out)) * 8 + 2 * MAX_INSN)
-        data = read_available(read, cur, want)
-        if not data:
+    if count <= 0:
+        return []
+    stream = _stream(session, addr, read or session.mem.read, min(CHUNK, count * 8))
+    return list(islice(stream, count))
+
+
+def disassemble_range(session: Session, start: int, end: int, *,
+                      read: Callable[[int, int], bytes] | None = None) -> list[Insn]:
+    """The instructions that begin in [start, end): a whole function from its symbol's start
+    and size. The last one may run past `end`. At most MAX_RANGE bytes are decoded."""
+    if end - start > MAX_RANGE:
+        raise MdbError(f"refusing to disassemble 0x{end - start:x} bytes "
+                       f"(at most 0x{MAX_RANGE:x})")
+    out = []
+    for insn in _stream(session, start, read or session.mem.read, min(CHUNK, end - start)):
+        if insn.address >= end:
             break
-        end_of_memory = len(data) < want
-        pos = cur
-        for ci in cs.disasm(data, cur):
-            out.append(_render(session, ci))
-            pos = ci.address + ci.size
-            if len(out) == count:
-                return out
-        left = len(data) - (pos - cur)
-        if left >= MAX_INSN or (left and end_of_memory):
-            # capstone stopped at bytes that are not an instruction (or that memory cuts off)
-            out.append(_bad(pos, data[pos - cur:pos - cur + 1]))
-            pos += 1
-        cur = pos
+        out.append(insn)
     return out
+
+
+def previous(session: Session, addr: int, count: int, *,
+             read: Callable[[int, int], bytes] | None = None) -> int:
+    """The address of the instruction `count` instructions before addr (addr itself when none
+    can be found), for ::dis's window.
+
+    x86 instructions have no fixed length, so decoding backwards is guesswork. When addr lies
+    inside a function symbol, the function is decoded forward from its start, which is exact.
+    Otherwise decoding starts at up to MAX_INSN different guesses `count * MAX_INSN` bytes
+    back; x86 code resynchronizes after a few instructions, and the first guess whose decoding
+    lands exactly on addr with `count` valid instructions before it is taken.
+    """
+    if count <= 0:
+        return addr
+    read = read or session.mem.read
+    hit = session.symbols.lookup_addr(addr)
+    if hit is not None and hit[0].type == "func" and 0 < hit[1] <= MAX_RANGE:
+        before = [i.address for i in disassemble_range(session, hit[0].addr, addr, read=read)]
+        return before[-count] if len(before) >= count else (before[0] if before else addr)
+    span = count * MAX_INSN
+    for extra in range(MAX_INSN):
+        lo = addr - span - extra
+        if lo < 0:
+            break
+        insns = disassemble_range(session, lo, addr, read=read)
+        tail = insns[-count:]
+        if (len(tail) == count and tail[-1].address + tail[-1].size == addr
+                and all(i.mnemonic != "(bad)" for i in tail)):
+            return tail[0].address
+    return addr

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.symbols import cache, debuginfo
 from mdbpy.symbols.base import Symbol
+from mdbpy.symbols.plt import plt_columns
 from mdbpy.symbols.table import LoadObject
 from mdbpy.target import elfcore as ec
 
@@ -208,7 +209,8 @@ class ElfObject(LoadObject):
         return self._tables[which]
 
     def _lookup_symbols(self) -> list[Symbol]:
-        """Defined, named symbols for lookups: the full table plus .dynsym names it lacks."""
+        """Defined, named symbols for lookups: the full table plus .dynsym names it lacks,
+        plus the synthesized PLT stub names."""
         main = self.table("symtab")
         cols = self.columns()
         extra = []
@@ -216,6 +218,8 @@ class ElfObject(LoadObject):
             names = set(cols["symtab"].names)
             extra = make_symbols(cols["dynsym"], self.bias, self.name,
                                  lambda n: n not in names)
+        if "plt" in cols:  # `malloc@plt` stubs (plt.py)
+            extra += make_symbols(cols["plt"], self.bias, self.name)
         return [s for s in main + extra
                 if s.shndx != "UNDEF" and s.name and s.type in LOOKUP_TYPES]
 
@@ -236,9 +240,11 @@ class ElfObject(LoadObject):
             meta, tables = hit
             self.debug_file = meta.get("debug_file")
             link = meta.get("debuglink")
-            if "symtab" in tables or self._find_debug(bid, link) is None:
+            # an entry without "plt" predates PLT stub names: parse the file again
+            if "plt" in tables and ("symtab" in tables or self._find_debug(bid, link) is None):
                 return tables
         tables, link = parse_symbol_sections(self.file)
+        tables["plt"] = plt_columns(self.file)
         if "symtab" not in tables:
             dbg = self._find_debug(bid, link)
             if dbg is not None:

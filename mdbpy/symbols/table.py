@@ -42,9 +42,10 @@ class LoadObject:
             if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
                 by_name[s.name] = s
         # `stdout` also finds `stdout@GLIBC_2.2.5`: newer linkers keep versions in .symtab names
+        # (but `malloc` is never the PLT stub `malloc@plt`, which only calls it)
         for s in self.symbols:
             base = s.name.split("@", 1)[0]
-            if base != s.name and base:
+            if base != s.name and base and not s.name.endswith("@plt"):
                 by_name.setdefault(base, s)
         self._by_name = by_name
 
