@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mdbpy.heap.model import KIND_BUFFER, AllocRecord, Allocator, BufferTable
 from mdbpy.heap.roots import collect_roots
-from mdbpy.heap.scan import Reach, reachability
+from mdbpy.heap.scan import Reach, candidate_extents, reachability
 
 
 @dataclass
@@ -92,8 +92,10 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
         keep = np.ones(len(table), bool)
         keep[b] = False
         table = table.select(keep)
-    exclude = alloc.heap_regions() + alloc.metadata_regions()
-    exclude += [(int(b), int(b + s)) for b, s in zip(table.base, table.size)]
+    # Heap memory is never a root: the allocator's heap regions cover its buffers, and the
+    # other candidates (unaccounted mappings, brk remainder) are cut out one by one.
+    regions = table.select(table.kind != KIND_BUFFER)
+    exclude = alloc.heap_regions() + alloc.metadata_regions() + candidate_extents(regions)
     roots, w = collect_roots(session, exclude)
     warnings += w
     reach = reachability(session.mem, table, roots, progress)

@@ -141,7 +141,8 @@ class Allocator:
         return []
 
     def heap_regions(self) -> list[tuple[int, int]]:
-        """[start, end) ranges where buffers live (heap memory is never a root)."""
+        """[start, end) ranges where buffers live; together they must cover every buffer
+        (heap memory is never a root, and findleaks cuts exactly these out of the roots)."""
         return []
 
     def record(self, table: BufferTable, i: int) -> AllocRecord | None:

@@ -14,26 +14,36 @@ TLS_BELOW = 64 << 10  # static TLS lies below the thread pointer (x86_64 variant
 TLS_ABOVE = 4 << 10  # the TCB lies above it
 
 
-def subtract(ranges: list[Root], holes: list[tuple[int, int]]) -> list[Root]:
+def merge_ranges(ranges) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-empty [start, end) ranges covering the same addresses."""
+    out: list[list[int]] = []
+    for a, b in sorted(r for r in ranges if r[0] < r[1]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def subtract(ranges: list[Root], holes) -> list[Root]:
     """The parts of the root ranges outside every hole."""
-    holes = sorted(h for h in holes if h[0] < h[1])
+    import bisect
+
+    holes = merge_ranges(holes)
+    starts = [h[0] for h in holes]
     out = []
     for r in ranges:
-        pieces = [(r.start, r.end)]
-        for hs, he in holes:
-            if he <= r.start or hs >= r.end:
-                continue
-            nxt = []
-            for a, b in pieces:
-                if he <= a or hs >= b:
-                    nxt.append((a, b))
-                    continue
-                if a < hs:
-                    nxt.append((a, hs))
-                if he < b:
-                    nxt.append((he, b))
-            pieces = nxt
-        out.extend(Root(a, b, r.label) for a, b in pieces if a < b)
+        cur = r.start
+        i = max(bisect.bisect_right(starts, r.start) - 1, 0)
+        while i < len(holes) and holes[i][0] < r.end and cur < r.end:
+            hs, he = holes[i]
+            if he > cur:
+                if hs > cur:
+                    out.append(Root(cur, hs, r.label))
+                cur = max(cur, he)
+            i += 1
+        if cur < r.end:
+            out.append(Root(cur, r.end, r.label))
     return out
 
 

@@ -73,17 +73,27 @@ def _locate(table: BufferTable, ends, values):
     return idx, ok
 
 
-def _merged_regions(table: BufferTable, ends) -> list[tuple[int, int]]:
+def candidate_extents(table: BufferTable) -> list[tuple[int, int]]:
+    """The candidates as few [start, end) ranges: runs of touching buffers merged."""
+    return _merged_regions(table, table.base + table.size, gap=0)
+
+
+def _merged_regions(table: BufferTable, ends, gap: int = MERGE_GAP) -> list[tuple[int, int]]:
+    """Runs of candidates whose gaps are at most `gap` bytes, as [first base, last end)."""
     import numpy as np
 
     if not len(table):
         return []
     starts = table.base
     gaps = starts[1:] - ends[:-1]
-    breaks = np.nonzero(gaps > MERGE_GAP)[0]
+    breaks = np.nonzero(gaps > gap)[0]
     firsts = np.concatenate(([0], breaks + 1))
     lasts = np.concatenate((breaks, [len(table) - 1]))
     return [(int(starts[a]), int(ends[b])) for a, b in zip(firsts, lasts)]
+
+
+def _import_csgraph() -> None:
+    import scipy.sparse.csgraph  # noqa: F401
 
 
 def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
@@ -137,10 +147,13 @@ def scan_range(mem, table: BufferTable, ends, start: int, end: int, stats: ScanS
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
     """Mark every candidate reachable from the roots (transitively), vectorized."""
-    import numpy as np
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import breadth_first_order
+    import threading
 
+    import numpy as np
+
+    # scipy takes ~0.3 s to import: do it while numpy (which releases the GIL) scans memory
+    importer = threading.Thread(target=_import_csgraph, daemon=True)
+    importer.start()
     n = len(table)
     stats = ScanStats(buffers=n)
     if n == 0:
@@ -155,9 +168,8 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
         for _slots, dst, src in scan_range(mem, table, ends, start, end, stats, True):
             keep = src != dst
             if keep.any():
-                pair = np.unique((src[keep].astype(np.int64) << 32) | dst[keep])
-                src_parts.append((pair >> 32).astype(np.int32))
-                dst_parts.append((pair & 0xFFFFFFFF).astype(np.int32))
+                src_parts.append(src[keep].astype(np.int32))
+                dst_parts.append(dst[keep].astype(np.int32))
         if progress:
             progress(k + 1, len(regions) + 1)
 
@@ -176,7 +188,11 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     if progress:
         progress(len(regions) + 1, len(regions) + 1)
 
-    # 3. breadth-first search from a virtual root node n
+    # 3. breadth-first search from a virtual root node n (duplicate edges are summed away)
+    importer.join()
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
     src = np.concatenate(src_parts + [np.full(len(rooted), n, np.int32)])
     dst = np.concatenate(dst_parts + [rooted])
