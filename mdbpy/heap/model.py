@@ -34,6 +34,57 @@ class AllocRecord:
 
 
 @dataclass
+class Buffer:
+    """One buffer as ::whatis reports it: where it is, whether it is allocated, its group (and
+    the group's address, e.g. the cache), its control address and its last record."""
+
+    base: int
+    size: int
+    state: int  # ALLOC or FREE
+    group: str
+    group_addr: int = 0
+    ctl: int = 0
+    record: AllocRecord | None = None
+
+
+@dataclass
+class Problem:
+    """One integrity failure found by Allocator.verify(), in the allocator's own words.
+
+    kind is the allocator's message ('Redzone overwritten'); [bad, bad_end) the bytes found
+    wrong, with the first one's value and the value expected there; records the stacks that
+    explain it, as (label, record) pairs such as ('Allocated', ...), ('Freed', ...).
+    """
+
+    kind: str
+    group: str
+    addr: int  # the buffer (object) concerned
+    size: int = 0
+    bad: int | None = None
+    bad_end: int | None = None
+    found: int | None = None
+    expected: int | None = None
+    note: str = ""
+    records: list = field(default_factory=list)
+
+
+@dataclass
+class HeapStat:
+    """One row of ::heap_stats: a group (cache, arena, size class) and what it holds."""
+
+    group: str
+    bufsize: int
+    total: int  # buffers the group has room for
+    inuse: int  # allocated buffers
+    memory: int  # bytes the group takes from the system (slabs, arena memory)
+    addr: int = 0  # the group's descriptor (cache address), 0 if it has none
+
+    @property
+    def free(self) -> int:
+        return self.total - self.inuse
+
+
+@dataclass
 class BufferTable:
     """Column-wise buffers: numpy arrays of equal length, sorted by base, not overlapping.
 
@@ -156,3 +207,42 @@ class Allocator:
     def stack_skip(self, pc: int) -> bool:
         """True for frames inside the allocator itself (skipped when naming a caller)."""
         return False
+
+    # -- hooks of the generic dcmds (::whatis, ::findleaks, ::heap_verify, ::heap_stats,
+    # ::layout); the defaults derive what they can from buffers()
+    record_name = "bufctl"  # what ::whatis -q calls the control address (umem's word)
+    binder = None  # the mdbpy.layout.bind.Binder the module reads the target through
+
+    def group_addr(self, table: BufferTable, i: int) -> int:
+        """The address of buffer i's group descriptor (the cache), or 0."""
+        return 0
+
+    def whatis(self, addr: int) -> Buffer | None:
+        """The buffer containing addr, allocated or free, or None."""
+        t = self.buffers()
+        i = t.find(addr)
+        if i is None:
+            return None
+        return Buffer(int(t.base[i]), int(t.size[i]), int(t.state[i]), self.group_name(t, i),
+                      self.group_addr(t, i), int(t.ctl[i]), self.record(t, i))
+
+    def verify(self, progress=None) -> list[Problem]:
+        """Every integrity problem of the heap (an allocator without checks finds none)."""
+        return []
+
+    def stats(self) -> list[HeapStat]:
+        """Per-group counts, derived from buffers() unless the allocator knows better."""
+        import numpy as np
+
+        t = self.buffers()
+        rows = []
+        for g, name in enumerate(t.groups):
+            sel = t.group == g
+            n = int(sel.sum())
+            if not n:
+                continue
+            sizes = t.size[sel]
+            inuse = int((t.state[sel] == ALLOC).sum())
+            rows.append(HeapStat(str(name), int(sizes.max()), n, inuse,
+                                 int(sizes.sum(dtype=np.uint64))))
+        return rows
