@@ -125,6 +125,8 @@ class Session:
                 continue
             if getattr(mod, "DMOD_NAME", name) in self.registry.dmods:
                 continue
+            if not callable(getattr(mod, "detect", None)):
+                continue  # not (yet) an allocator dmod: nothing to detect with
             try:
                 present = mod.detect(self)
             except MdbError as e:

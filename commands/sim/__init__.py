@@ -6,11 +6,29 @@ An allocator dmod exports `detect(session) -> bool` (is this allocator in the ta
 says yes.
 """
 
+from mdbpy.errors import MdbError
 from mdbpy.sim.layouts import SIM_ALLOCATOR_SYMBOL
 
+from .heap import SimAllocator
+
 DMOD_NAME = "sim"
+ALLOCATOR = SimAllocator
 
 
 def detect(session) -> bool:
     """The simulated program exports its allocator's root as a symbol."""
     return session.symbols.lookup(SIM_ALLOCATOR_SYMBOL) is not None
+
+
+def on_load(session) -> None:
+    """Add one walker per cache of the target's simulated heap (none without one). The heap
+    is detected here directly: session.allocators() may not be asked while autoload() is
+    still loading the other allocator modules."""
+    from .dcmds import register_cache_walkers
+
+    try:
+        sim = SimAllocator.detect(session) if detect(session) else None
+        if sim is not None:
+            register_cache_walkers(session, sim, DMOD_NAME)
+    except MdbError as e:
+        session.warn(f"sim: cache walkers not added: {e}")
