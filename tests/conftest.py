@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import (STACKS_FLAGS, Running, compile_fixture, gcore,  # noqa: E402
-                     start_fixture, start_stacks)
+from support import (STACKS_FLAGS, SYS_PAUSE, Running, compile_fixture, gcore,  # noqa: E402
+                     start_fixture, start_stacks, wait_syscalls)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,5 +68,24 @@ def stacks_parked(stacks_exe, build_dir):
     r = start_stacks(stacks_exe)
     try:
         yield r, gcore(r.pid, build_dir / "stacks-gcore")
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="session")
+def calls_exe(build_dir) -> Path:
+    """fixtures/calls.c (main calling a local function and libc through the PLT), built like
+    stacks: optimized, no frame pointer, with DWARF."""
+    return compile_fixture("calls", build_dir, flags=STACKS_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def calls_parked(calls_exe, build_dir):
+    """(Running, core path): a `calls` fixture parked in pause(), left running, and a gcore
+    of it in that state."""
+    r = start_fixture(calls_exe)
+    try:
+        wait_syscalls(r.pid, {r.pid: SYS_PAUSE})
+        yield r, gcore(r.pid, build_dir / "calls-gcore")
     finally:
         r.stop()

@@ -38,13 +38,16 @@ def _thread(inv: Invocation, tid: int | None = None):
     raise MdbError(f"no thread 0x{tid:x} (0t{tid}) in this target: see ::threads")
 
 
-def _count_arg(inv: Invocation) -> None:
+def _count_arg(inv: Invocation) -> bool:
     """mdb's `$c cnt` caps the arguments printed per frame. amd64 frames carry no arguments,
-    so the count is only checked for being a number."""
-    if len(inv.args) > 1:
+    so the count is only checked for being a number. Returns whether -l (source lines) was
+    given."""
+    opts, rest = inv.getopt("l")
+    if len(rest) > 1:
         raise UsageError(f"{inv.name or '$c'} takes at most one argument (an argument count)")
-    for a in inv.args:
+    for a in rest:
         to_number(a, inv.session.radix)
+    return bool(opts.get("l"))
 
 
 def _frames(inv: Invocation) -> tuple[list[Frame], str]:
@@ -58,21 +61,36 @@ def _frames(inv: Invocation) -> tuple[list[Frame], str]:
     return unwind(inv.session, t), f"thread {t.tid}"
 
 
-def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool) -> None:
+def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool,
+                  lines: bool = False) -> None:
     s = inv.session
-    for f in frames:
+    for i, f in enumerate(frames):
         if inv.piped_out:
             inv.print(radix_str(f.pc, s.radix, prefix=True))
-        elif with_fp:
-            inv.print(f"{radix_str(f.fp, s.radix).zfill(16)} {s.format_addr(f.pc)}()")
-        else:
-            inv.print(f"{s.format_addr(f.pc)}()")
+            continue
+        text = f"{s.format_addr(f.pc)}()"
+        if with_fp:
+            text = f"{radix_str(f.fp, s.radix).zfill(16)} {text}"
+        if lines:
+            text += _source_suffix(inv, frames, i)
+        inv.print(text)
     last = frames[-1] if frames else None
     if last is not None and last.truncated:
         s.warn(f"stack of {what} stops early: {last.truncated}")
 
 
-@dcmd("stack", "print stack backtrace", usage="?[cnt]", aliases=("$c",),
+def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
+    """` at file:line` for frame i, where the line tables know it. A caller's pc is a return
+    address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame
+    and a frame interrupted by a signal are at their exact pc."""
+    from mdbpy.symbols.lines import source_line_or_none
+
+    exact = i == 0 or frames[i - 1].signal
+    where = source_line_or_none(inv.session, frames[i].pc - (0 if exact else 1))
+    return f" at {where[0]}:{where[1]}" if where else ""
+
+
+@dcmd("stack", "print stack backtrace", usage="?[-l] [cnt]", aliases=("$c",),
       help="Print the current thread's call stack, innermost frame first, one `sym+off()` per "
            "frame: frame 0 at its pc, the others at their return addresses. Given an address, "
            "start from that frame pointer instead (as $C prints it): the walk begins with the "
@@ -83,35 +101,38 @@ def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool
            "not keep, so `cnt` (mdb's limit on arguments per frame) changes nothing. If the "
            "stack cannot be followed to its end (unreadable memory, a cycle, 1024 frames), "
            "the frames found are printed and a warning names the reason. Piped, the frames' "
-           "pcs are passed on. Select another thread with `tid::thread`.",
+           "pcs are passed on. Select another thread with `tid::thread`. With -l, each frame "
+           "ends with ` at file:line` where the DWARF line tables know it (the line of the "
+           "call for callers, as gdb's bt shows it; see ::whereis).",
       example="$c")
 def stack(inv: Invocation):
-    _count_arg(inv)
+    lines = _count_arg(inv)
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=False)
+    _print_frames(inv, frames, what, with_fp=False, lines=lines)
 
 
-@dcmd("$C", "print stack backtrace with frame pointers", usage="?[cnt]",
+@dcmd("$C", "print stack backtrace with frame pointers", usage="?[-l] [cnt]",
       help="As $c, with each frame's frame pointer in front: the CFA minus 16, which is where "
            "a conventional prologue saves %rbp and so equals %rbp in frame-pointer code. "
-           "`addr$c` accepts these values and continues with the caller of that frame.",
+           "`addr$c` accepts these values and continues with the caller of that frame. -l adds "
+           "source lines as for $c.",
       example="$C")
 def stack_fp(inv: Invocation):
-    _count_arg(inv)
+    lines = _count_arg(inv)
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=True)
+    _print_frames(inv, frames, what, with_fp=True, lines=lines)
 
 
-@dcmd("stacks", "print the stack of every thread", usage="[-v]",
+@dcmd("stacks", "print the stack of every thread", usage="[-lv]",
       help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by its stack as $c prints "
            "it (with -v, as $C prints it, frame pointers in front), and a blank line. A thread "
            "whose stack cannot be read gets a one-line reason instead of frames; the others "
-           "still print.",
+           "still print. With -l, frames end with their source lines as $c -l prints them.",
       example="::stacks -v")
 def stacks(inv: Invocation):
-    opts, rest = inv.getopt("v")
+    opts, rest = inv.getopt("lv")
     if rest:
-        raise UsageError("::stacks takes only -v")
+        raise UsageError("::stacks takes only -l and -v")
     from mdbpy.unwind import unwind
 
     s = inv.session
@@ -125,7 +146,8 @@ def stacks(inv: Invocation):
         except MdbError as e:
             s.warn(f"thread {t.tid}: {e}")
         else:
-            _print_frames(inv, frames, f"thread {t.tid}", with_fp=bool(opts.get("v")))
+            _print_frames(inv, frames, f"thread {t.tid}", with_fp=bool(opts.get("v")),
+                          lines=bool(opts.get("l")))
         inv.print("")
 
 

@@ -182,6 +182,8 @@ class ElfObject(LoadObject):
         self.error: str | None = None  # why the symbol tables could not be read
         self._columns: dict[str, cache.Columns] | None = None
         self._tables: dict[str, list[Symbol]] = {}
+        # lines.LineTable, or the MdbError saying why there is none (lines.py, on first use)
+        self.line_table = None
 
     def __repr__(self) -> str:
         return f"ElfObject({self.name!r}, {self.path!r}, 0x{self.base:x}-0x{self.end:x})"
