@@ -1,0 +1,217 @@
+"""PtmallocAllocator: glibc malloc seen through the generic heap interface.
+
+Buffers are chunks as the program sees them: [chunk + 16, chunk + size + 8) for heap chunks
+(an in-use chunk owns the next chunk's prev_size word), [chunk + 16, chunk + size) for mmapped
+ones. A chunk is in use when the next header's PREV_INUSE bit says so, except that tcache and
+fastbin chunks keep that bit set while free: list membership makes them FREE. Each thread's
+tcache_perthread_struct is allocator metadata, never a leak. Leaks are grouped by chunk size,
+with a type hint: a C++ vtable pointer at the start names its class, a printable prefix is
+shown as a string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdbpy.heap.model import ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable
+
+from .bins import Walker
+from .chunks import mmapped_chunks, walk_heap
+from .locate import locate
+
+# chunk roles, beyond ALLOC / FREE, for listings
+ROLE_TOP = 3
+ROLE_TCACHE_STRUCT = 4
+HINT_BYTES = 32
+
+
+@dataclass
+class ChunkTable:
+    """Every chunk found: numpy columns in address order, plus where free ones are listed."""
+
+    addr: object  # uint64
+    size: object  # uint64
+    flags: object  # uint8
+    state: object  # uint8: ALLOC, FREE, ROLE_TOP, ROLE_TCACHE_STRUCT
+    arena: object  # int32: index into state.arenas, -1 for mmapped chunks
+    mmapped: object  # bool
+    bad: object  # bool: the header was unusable (size up to the resync point)
+    where: dict  # chunk address -> bin name ('tcache[2]', 'fastbin[0]', 'unsorted', ...)
+    problems: list  # [(address, message)] from the walk and the lists
+    bins: list  # BinList of every non-empty list
+
+
+def chunk_table(session) -> ChunkTable:
+    """The chunk table of the target (cached per stop)."""
+    t = session.cache.get("ptmalloc.chunks")
+    if t is None:
+        t = _build(session)
+        session.cache["ptmalloc.chunks"] = t
+    return t
+
+
+def _build(session) -> ChunkTable:
+    import numpy as np
+
+    st = locate(session)
+    cols = {k: [] for k in ("addr", "size", "flags", "state", "arena", "mmapped", "bad")}
+    problems: list = []
+    for a in st.arenas:
+        for h in a.heaps:
+            w = walk_heap(session.mem, h.first, h.end, h.top)
+            problems += w.problems
+            state = np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8)
+            cols["addr"].append(w.addr)
+            cols["size"].append(w.size)
+            cols["flags"].append(w.flags)
+            cols["state"].append(state)
+            cols["arena"].append(np.full(len(w.addr), a.index, np.int32))
+            cols["mmapped"].append(np.zeros(len(w.addr), bool))
+            cols["bad"].append(w.bad)
+            if h.top is not None:
+                tsize = session.mem.read_u64(h.top + 8) & ~7
+                cols["addr"].append(np.asarray([h.top], np.uint64))
+                cols["size"].append(np.asarray([tsize], np.uint64))
+                cols["flags"].append(np.asarray([session.mem.read_u8(h.top + 8) & 7], np.uint8))
+                cols["state"].append(np.asarray([ROLE_TOP], np.uint8))
+                cols["arena"].append(np.asarray([a.index], np.int32))
+                cols["mmapped"].append(np.zeros(1, bool))
+                cols["bad"].append(np.zeros(1, bool))
+    mm = mmapped_chunks(session.mem, st.heap_ranges())
+    if mm:
+        cols["addr"].append(np.asarray([c.addr for c in mm], np.uint64))
+        cols["size"].append(np.asarray([c.size for c in mm], np.uint64))
+        cols["flags"].append(np.full(len(mm), 2, np.uint8))
+        cols["state"].append(np.full(len(mm), ALLOC, np.uint8))
+        cols["arena"].append(np.full(len(mm), -1, np.int32))
+        cols["mmapped"].append(np.ones(len(mm), bool))
+        cols["bad"].append(np.zeros(len(mm), bool))
+    dtypes = {"addr": np.uint64, "size": np.uint64, "flags": np.uint8, "state": np.uint8,
+              "arena": np.int32, "mmapped": bool, "bad": bool}
+    c = {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])) for k, v in cols.items()}
+    order = np.argsort(c["addr"], kind="stable")
+    c = {k: v[order] for k, v in c.items()}
+
+    lists = Walker(session, st).all()
+    where: dict[int, str] = {}
+    cached = []
+    for lst in lists:
+        problems += lst.problems
+        for ch in lst.chunks:
+            where.setdefault(ch, lst.name)
+        if lst.kind in ("tcache", "fastbin"):
+            cached += lst.chunks
+    if cached:
+        hit = np.isin(c["addr"], np.asarray(cached, np.uint64))
+        c["state"][hit & (c["state"] == ALLOC)] = FREE
+    if st.tcaches:
+        tc = np.isin(c["addr"], np.asarray([t.addr - 16 for t in st.tcaches], np.uint64))
+        c["state"][tc] = ROLE_TCACHE_STRUCT
+    return ChunkTable(c["addr"], c["size"], c["flags"], c["state"], c["arena"], c["mmapped"],
+                      c["bad"], where, problems, lists)
+
+
+class PtmallocAllocator(Allocator):
+    name = "ptmalloc"
+
+    def __init__(self, session):
+        super().__init__(session)
+        self.state = locate(session)
+        self.version = self.state.version
+
+    @classmethod
+    def detect(cls, session):
+        from mdbpy.errors import MdbError
+
+        try:
+            return cls(session)
+        except MdbError as e:
+            session.warn(str(e))
+            return None
+
+    def chunks(self) -> ChunkTable:
+        return chunk_table(self.session)
+
+    def buffers(self) -> BufferTable:
+        """Every chunk but the tops and the tcache structs, as the program's buffers."""
+        import numpy as np
+
+        t = self.chunks()
+        keep = (t.state == ALLOC) | (t.state == FREE)
+        addr, size = t.addr[keep], t.size[keep]
+        mm = t.mmapped[keep]
+        base = addr + np.uint64(16)
+        usable = np.where(mm, size - np.uint64(16), size - np.uint64(8))
+        sizes, group = np.unique(size, return_inverse=True)
+        return BufferTable.from_columns(
+            base, usable, t.state[keep], group.astype(np.int32), addr,
+            np.where(mm, KIND_OVERSIZE, KIND_BUFFER).astype(np.uint8),
+            groups=[int(s) for s in sizes], sort=False)
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        t = self.chunks()
+        out = list(self.state.heap_ranges())
+        mm = t.mmapped
+        out += [(int(a), int(a + s)) for a, s in zip(t.addr[mm], t.size[mm])]
+        return out
+
+    def metadata_regions(self) -> list[tuple[int, int]]:
+        """The tcache structs and the thread arenas' headers (heap_info, malloc_state)."""
+        st = self.state
+        out = [(t.addr - 16, t.addr - 16 + st.tcache_chunk_size) for t in st.tcaches]
+        for a in st.arenas:
+            for h in a.heaps:
+                if h.info is not None:
+                    out.append((h.info, h.first))
+        return out
+
+    def group_name(self, table: BufferTable, i: int) -> str:
+        size = table.groups[int(table.group[i])] if table.groups else 0
+        hint = type_hint(self.session, int(table.base[i]), int(table.size[i]))
+        return f"chunk 0x{size:x}" + (f" {hint}" if hint else "")
+
+
+def type_hint(session, addr: int, size: int) -> str:
+    """'Widget' for a C++ object whose first word is a vtable of class Widget, '"text..."'
+    for a printable prefix, else ''."""
+    from mdbpy.errors import ReadError
+
+    try:
+        data = session.mem.read(addr, min(size, HINT_BYTES))
+    except ReadError:
+        return ""
+    if len(data) >= 8:
+        word = int.from_bytes(data[:8], "little")
+        hit = session.symbols.lookup_addr(word) if word else None
+        if hit is not None and hit[0].name.startswith("_ZTV"):
+            name = demangle_vtable(hit[0].name)
+            if name:
+                return name
+    text = data.split(b"\0", 1)[0]
+    if len(text) >= 4 and all(32 <= b < 127 for b in text):
+        more = "..." if len(text) == len(data) and size > len(data) else ""
+        return '"' + text.decode("ascii") + more + '"'
+    return ""
+
+
+def demangle_vtable(sym: str) -> str | None:
+    """The class of an Itanium `_ZTV` vtable symbol: `_ZTV6Widget` -> Widget,
+    `_ZTVN2ns6WidgetE` -> ns::Widget."""
+    s = sym[4:]
+    nested = s.startswith("N")
+    if nested:
+        s = s[1:]
+    parts = []
+    while s and s[0].isdigit():
+        n = 0
+        while s and s[0].isdigit():
+            n, s = n * 10 + int(s[0]), s[1:]
+        if n > len(s):
+            return None
+        parts.append(s[:n])
+        s = s[n:]
+        if not nested:
+            break
+    if not parts or (nested and not s.startswith("E")):
+        return None
+    return "::".join(parts)

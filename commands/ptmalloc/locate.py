@@ -1,0 +1,488 @@
+"""Finding glibc malloc's state in a target: arenas, their heaps, mp_ and each thread's tcache.
+
+From symbols when libc's debug file is present (`main_arena`, `mp_`, the TLS `tcache`), else by
+heuristics that verify what they find: an arena candidate in libc's data must have a `next`
+ring that returns to it and a `top` inside a heap; an mp_ candidate must have a sane tcache
+configuration and an `sbrk_base` under the main arena's top; a tcache candidate must sit in a
+chunk of exactly its struct's size with counts within mp_.tcache_count. The setting
+`ptmalloc.locate` (auto | symbols | heuristic; ::ptmalloc -m) chooses, and `found` records
+what each part came from, for ::ptmalloc to show. Nothing here depends on mapping names:
+cores have no `[heap]`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mdbpy.errors import MdbError, ReadError
+from mdbpy.layout.bind import X86_64, Binder
+
+from . import tls
+from .layouts import HEAP_MAX_SIZE, PTMALLOC_LAYOUTS, V_NUM_SLOTS, V_SAFE_LINKING, tcache_bins
+from .version import find_libc, glibc_version
+
+MODES = ("auto", "symbols", "heuristic")
+SETTING = "ptmalloc.locate"
+ENV_SETTING = "MDBPY_PTMALLOC_LOCATE"
+MAX_ARENAS = 1024
+MAX_HEAPS = 4096
+MALLOC_ALIGNMENT = 16
+MINSIZE = 32
+
+
+def locate_mode(session) -> str:
+    """The setting in force: the session's, else $MDBPY_PTMALLOC_LOCATE, else auto."""
+    mode = getattr(session, "settings", {}).get(SETTING) or os.environ.get(ENV_SETTING) or "auto"
+    if mode not in MODES:
+        raise MdbError(f"ptmalloc: locate mode '{mode}' is not one of {', '.join(MODES)}")
+    return mode
+
+
+@dataclass
+class Heap:
+    """One contiguous run of chunks: [first, end) walked, `top` its top chunk or None."""
+
+    first: int
+    end: int  # the top chunk's address (top heap) or the end of the heap's memory
+    region: tuple[int, int]  # the memory the heap occupies
+    info: int | None = None  # the heap_info header (non-main arenas)
+    top: int | None = None
+
+
+@dataclass
+class Arena:
+    addr: int
+    index: int
+    state: object  # View of malloc_state
+    heaps: list[Heap] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+
+@dataclass
+class Tcache:
+    addr: int
+    tid: int | None  # the owning thread, when known
+    how: str  # 'symbols', 'TLS slot', 'TLS scan', 'first chunk'
+
+
+@dataclass
+class State:
+    """Everything located, for one session and one stop of the target."""
+
+    version: tuple
+    structs: Binder
+    libc: object
+    main_arena: int
+    mp: object  # View of malloc_par, or None
+    arenas: list[Arena]
+    tcaches: list[Tcache]
+    safe_linking: bool
+    tcache_key: int | None  # 2.34+: libc's random key (None when unknown)
+    perturb: int | None  # glibc.malloc.perturb, when known
+    found: dict[str, str]  # part -> 'symbols' | 'heuristic' | ...
+    mode: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tcache_chunk_size(self) -> int:
+        return _request2size(self.structs["tcache_perthread_struct"].size)
+
+    def heap_ranges(self) -> list[tuple[int, int]]:
+        return [h.region for a in self.arenas for h in a.heaps]
+
+
+def _request2size(n: int) -> int:
+    return max(MINSIZE, (n + 8 + 15) & ~15)
+
+
+def _sym(session, libc, name: str):
+    s = session.symbols.lookup(name, obj=libc.name)
+    return s if s is not None and s.type != "undefined" else None
+
+
+# -- arenas ------------------------------------------------------------------------------------
+def _readable(session, addr: int) -> bool:
+    m = session.mem.mapping_at(addr)
+    return m is not None and m.readable
+
+
+def arena_ring(session, structs, start: int) -> list[int] | None:
+    """The arena addresses of the `next` ring from start, or None if it does not return."""
+    ring, cur = [], start
+    seen = set()
+    for _ in range(MAX_ARENAS):
+        if cur in seen:
+            return None
+        seen.add(cur)
+        ring.append(cur)
+        try:
+            cur = session.mem.read_ptr(cur + structs["malloc_state"].offset("next"))
+        except ReadError:
+            return None
+        if cur == start:
+            return ring
+    return None
+
+
+def _main_heap(session, st, mp) -> Heap | None:
+    top = st.top
+    m = session.mem.mapping_at(top)
+    if m is None or not m.writable or (m.is_file and m.path):
+        return None  # no heap yet (top is the unsorted bin inside libc), or not a heap
+    first = mp.sbrk_base if mp is not None and mp.sbrk_base else m.start
+    if not first <= top < m.end:
+        first = m.start
+    first = (first + MALLOC_ALIGNMENT - 1) & ~(MALLOC_ALIGNMENT - 1)
+    return Heap(first, top, (first, m.end), None, top)
+
+
+def _thread_heaps(session, structs, arena: int, top: int) -> list[Heap]:
+    """The heaps of a non-main arena, oldest first, from the heap holding its top."""
+    hi = structs["_heap_info"]
+    ms = structs["malloc_state"]
+    out = []
+    h = top & ~(HEAP_MAX_SIZE - 1)
+    seen = set()
+    while h and h not in seen and len(out) < MAX_HEAPS:
+        seen.add(h)
+        v = hi.view(session.mem, h)
+        if v.ar_ptr != arena or not 0 < v.size <= HEAP_MAX_SIZE:
+            break
+        first = h + hi.size
+        if arena == first:  # the arena's first heap also holds its malloc_state
+            first = arena + ms.size
+        first = (first + MALLOC_ALIGNMENT - 1) & ~(MALLOC_ALIGNMENT - 1)
+        is_top = h <= top < h + v.size
+        out.append(Heap(first, top if is_top else h + v.size, (h, h + v.size), h,
+                        top if is_top else None))
+        h = v.prev
+    out.reverse()
+    return out
+
+
+def _arenas(session, structs, main: int, mp) -> list[Arena]:
+    ring = arena_ring(session, structs, main)
+    if ring is None:
+        raise MdbError(f"ptmalloc: the arena ring from 0x{main:x} does not return to it")
+    ms = structs["malloc_state"]
+    out = []
+    for i, a in enumerate(ring):
+        st = ms.view(session.mem, a)
+        arena = Arena(a, i, st)
+        if i == 0:
+            h = _main_heap(session, st, mp)
+            arena.heaps = [h] if h else []
+        else:
+            arena.heaps = _thread_heaps(session, structs, a, st.top)
+        out.append(arena)
+    return out
+
+
+def _libc_data(session, libc) -> list[tuple[int, int]]:
+    """libc's writable mappings plus the anonymous one right after them (the rest of .bss)."""
+    out = []
+    maps = session.mem.mappings()
+    for k, m in enumerate(maps):
+        if not (m.readable and m.writable):
+            continue
+        if libc.base <= m.start < libc.end:
+            out.append((m.start, m.end))
+        elif out and out[-1][1] == m.start and not m.path:
+            out.append((m.start, m.end))
+    return out
+
+
+def _top_in_heap(session, structs, arena: int, top: int, is_main: bool) -> bool:
+    m = session.mem.mapping_at(top)
+    if m is None or not m.writable:
+        return False
+    if is_main:
+        # before the first malloc, top is the main arena's own unsorted bin
+        unsorted = arena + structs["malloc_state"].offset("bins") - 16
+        return top == unsorted or not (m.is_file and m.path)
+    try:
+        return session.mem.read_ptr(top & ~(HEAP_MAX_SIZE - 1)) == arena
+    except ReadError:
+        return False
+
+
+def find_main_arena_heuristic(session, structs, libc) -> int | None:
+    """The malloc_state in libc's data whose next ring returns and whose arenas' tops lie in
+    heaps; the ring's members must all be outside libc except the main arena itself."""
+    import numpy as np
+
+    ms = structs["malloc_state"]
+    nxt = ms.offset("next") // 8
+    top = ms.offset("top") // 8
+    hinfo = structs["_heap_info"].size
+    for start, end in _libc_data(session, libc):
+        try:
+            words = session.mem.words(start, (end - start) // 8)
+        except ReadError:
+            continue
+        n = len(words) - nxt
+        if n <= 0:
+            continue
+        addrs = np.uint64(start) + np.arange(n, dtype=np.uint64) * np.uint64(8)
+        # the main arena's next is itself, or a thread arena right after its heap_info
+        link = words[nxt:nxt + n]
+        hits = np.nonzero((link == addrs) | (
+            (words[top:top + n] != 0)
+            & ((link & np.uint64(HEAP_MAX_SIZE - 1)) == np.uint64(hinfo))))[0]
+        for i in hits.tolist():
+            cand = start + 8 * i
+            ring = arena_ring(session, structs, cand)
+            if ring is None:
+                continue
+            ok = True
+            for k, a in enumerate(ring):
+                t = session.mem.read_ptr(a + ms.offset("top"))
+                if not _top_in_heap(session, structs, a, t, k == 0):
+                    ok = False
+                    break
+                if k and libc.base <= a < libc.end:
+                    ok = False
+                    break
+            if ok:
+                return cand
+    return None
+
+
+def find_mp_heuristic(session, structs, libc, main_state, version) -> int | None:
+    """malloc_par in libc's data: a sane tcache configuration and mmap counters, and an
+    sbrk_base at or below the main arena's top in the same mapping."""
+    import numpy as np
+
+    mp = structs["malloc_par"]
+    dt = mp.dtype()
+    top = main_state.top
+    heap_map = session.mem.mapping_at(top)
+    best = None
+    for start, end in _libc_data(session, libc):
+        try:
+            raw = session.mem.read(start, end - start)
+        except ReadError:
+            continue
+        for shift in range(0, 16, 8):
+            n = (len(raw) - shift) // dt.itemsize
+            if n <= 0:
+                continue
+            for phase in range(0, dt.itemsize, 16):
+                off = shift + phase
+                cnt = (len(raw) - off) // dt.itemsize
+                if cnt <= 0:
+                    continue
+                a = np.frombuffer(raw, dtype=dt, count=cnt, offset=off)
+                ok = ((a["tcache_bins"] <= tcache_bins(version))
+                      & (a["tcache_count"] <= 0xFFFF)
+                      & (a["tcache_max_bytes"] <= 4 << 20)
+                      & (a["n_mmaps"] >= 0) & (a["n_mmaps"] <= a["max_n_mmaps"])
+                      & (a["n_mmaps_max"] >= 0)
+                      & (a["mmapped_mem"] <= a["max_mmapped_mem"])
+                      & (a["mmap_threshold"] >= 4096) & (a["mmap_threshold"] <= 64 << 20)
+                      & (a["arena_test"] > 0) & (a["arena_test"] <= 1 << 16))
+                if heap_map is not None:
+                    ok &= (a["sbrk_base"] >= heap_map.start) & (a["sbrk_base"] <= top)
+                for i in np.nonzero(ok)[0].tolist():
+                    cand = start + off + i * dt.itemsize
+                    if best is not None and best != cand:
+                        return None  # ambiguous: refuse to guess
+                    best = cand
+    return best
+
+
+# -- tcaches ---------------------------------------------------------------------------------
+def _tcache_ok(session, structs, addr: int, limit: int, version) -> bool:
+    """A plausible tcache_perthread_struct at addr: its chunk has exactly the struct's size
+    and every count is within limit, nonzero exactly where the bin has entries."""
+    if not addr or addr & 15 or not _readable(session, addr):
+        return False
+    tp = structs["tcache_perthread_struct"]
+    try:
+        size = session.mem.read_u64(addr - 8) & ~7
+        v = tp.view(session.mem, addr)
+    except ReadError:
+        return False
+    if size != _request2size(tp.size):
+        return False
+    counts = v.num_slots if version >= V_NUM_SLOTS else v.counts
+    bad = 0
+    for c, e in zip(counts, v.entries):
+        if c > limit:
+            return False
+        if version < V_NUM_SLOTS and (c == 0) != (e == 0):
+            bad += 1
+    return bad <= 2
+
+
+def _tcaches(session, structs, libc, mode, limit, version, found, arenas) -> list[Tcache]:
+    out: list[Tcache] = []
+    threads = [t for t in session.target.threads() if t.regs.get("fs_base")]
+    sym = _sym(session, libc, "tcache") if mode != "heuristic" else None
+    block = tls.block_offset(session, libc) if threads else None
+    for t in threads:
+        fs = t.regs["fs_base"]
+        ptr, how = None, None
+        if sym is not None and block is not None:
+            try:
+                ptr, how = session.mem.read_ptr(fs + block + sym.value), "symbols"
+            except ReadError:
+                ptr = None
+        if ptr is None and mode != "symbols":
+            for _value, tp in tls.slot_offsets(session, libc):
+                try:
+                    cand = session.mem.read_ptr(fs + tp)
+                except ReadError:
+                    continue
+                if _tcache_ok(session, structs, cand, limit, version):
+                    ptr, how = cand, "TLS slot"
+                    break
+        if ptr is None and mode != "symbols":
+            ptr = _scan_tls(session, structs, fs, limit, version)
+            how = "TLS scan" if ptr else None
+        if ptr:
+            out.append(Tcache(ptr, t.tid, how))
+    if not out and mode != "symbols":
+        # no thread pointer to go by: the first chunk of each arena's first heap
+        for a in arenas:
+            if a.heaps and _tcache_ok(session, structs, a.heaps[0].first + 16, limit, version):
+                out.append(Tcache(a.heaps[0].first + 16, None, "first chunk"))
+    if out:
+        found["tcache"] = ", ".join(sorted({t.how for t in out}))
+    seen, uniq = set(), []
+    for t in out:
+        if t.addr not in seen:
+            seen.add(t.addr)
+            uniq.append(t)
+    return uniq
+
+
+TLS_SCAN = 0x2000
+
+
+def _scan_tls(session, structs, fs: int, limit: int, version) -> int | None:
+    """A verified tcache pointer among the words of static TLS below the thread pointer."""
+    lo = fs - TLS_SCAN
+    m = session.mem.mapping_at(lo)
+    if m is None:
+        return None
+    try:
+        words = session.mem.words(lo, TLS_SCAN // 8).tolist()
+    except ReadError:
+        return None
+    for w in reversed(words):
+        if w and not w & 15 and _tcache_ok(session, structs, w, limit, version):
+            return w
+    return None
+
+
+# -- safe-linking --------------------------------------------------------------------------
+def decide_safe_linking(session, structs, tcaches, heaps, version) -> bool:
+    """Whether tcache links are protected, from the first entry of every non-empty bin: a
+    stored link is plain when it is 0 or a heap address, protected when it decodes to one."""
+    def in_heap(p):
+        return any(a <= p < b for a, b in heaps)
+
+    plain = prot = 0
+    tp = structs["tcache_perthread_struct"]
+    for t in tcaches:
+        try:
+            v = tp.view(session.mem, t.addr)
+        except ReadError:
+            continue
+        for e in v.entries:
+            if not e:
+                continue
+            try:
+                s = session.mem.read_ptr(e)
+            except ReadError:
+                continue
+            d = s ^ (e >> 12)
+            plain += s == 0 or (in_heap(s) and not s & 15)
+            prot += d == 0 or (in_heap(d) and not d & 15)
+    if plain != prot:
+        return prot > plain
+    return version >= V_SAFE_LINKING
+
+
+# -- the whole state ---------------------------------------------------------------------------
+def bind_structs(version, dwarf_file: str | None = None) -> Binder:
+    """The descriptors bound for x86_64 and this version; with a debug file, DWARF's offsets."""
+    dwarf = {}
+    if dwarf_file:
+        from mdbpy.layout.dwarf import find_struct
+
+        from .layouts import DWARF_CU_HINT
+
+        for name in PTMALLOC_LAYOUTS.structs:
+            d = find_struct(dwarf_file, name, DWARF_CU_HINT)
+            if d is not None:
+                dwarf[name] = d
+    return Binder(PTMALLOC_LAYOUTS, X86_64, version, dwarf)
+
+
+def locate(session) -> State:
+    """The located malloc state (cached per stop of the target)."""
+    st = session.cache.get("ptmalloc.state")
+    if st is None:
+        st = _locate(session)
+        session.cache["ptmalloc.state"] = st
+    return st
+
+
+def _locate(session) -> State:
+    mode = locate_mode(session)
+    version = glibc_version(session)
+    libc = find_libc(session)
+    structs = bind_structs(version)
+    found: dict[str, str] = {}
+    main = mp_addr = None
+    if mode != "heuristic":
+        s = _sym(session, libc, "main_arena")
+        main = s.addr if s else None
+        s = _sym(session, libc, "mp_")
+        mp_addr = s.addr if s else None
+        if main:
+            found["main_arena"] = "symbols"
+        if mp_addr:
+            found["mp_"] = "symbols"
+        if mode == "symbols" and main is None:
+            raise MdbError("ptmalloc: main_arena has no symbol (no libc debug file?); "
+                           "try ::ptmalloc -m heuristic")
+    if main is None:
+        main = find_main_arena_heuristic(session, structs, libc)
+        if main is None:
+            raise MdbError("ptmalloc: no arena found in libc's data")
+        found["main_arena"] = "heuristic"
+    main_state = structs["malloc_state"].view(session.mem, main)
+    if mp_addr is None and mode != "symbols":
+        mp_addr = find_mp_heuristic(session, structs, libc, main_state, version)
+        if mp_addr:
+            found["mp_"] = "heuristic"
+    mp = structs["malloc_par"].view(session.mem, mp_addr) if mp_addr else None
+    arenas = _arenas(session, structs, main, mp)
+    limit = mp.tcache_count if mp is not None else 0xFFFF
+    tcaches = _tcaches(session, structs, libc, mode, limit, version, found, arenas)
+    heaps = [h.region for a in arenas for h in a.heaps]
+    safe = decide_safe_linking(session, structs, tcaches, heaps, version)
+    key = None
+    if version >= (2, 34) and mode != "heuristic":
+        s = _sym(session, libc, "tcache_key")
+        if s is not None:
+            try:
+                key = session.mem.read_u64(s.addr)
+            except ReadError:
+                key = None
+    perturb = None
+    s = _sym(session, libc, "perturb_byte") if mode != "heuristic" else None
+    if s is not None:
+        try:
+            perturb = session.mem.read_int(s.addr, 4)
+        except ReadError:
+            perturb = None
+    return State(version, structs, libc, main, mp, arenas, tcaches, safe, key, perturb, found,
+                 mode)

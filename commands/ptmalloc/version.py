@@ -1,0 +1,75 @@
+"""Which glibc the target runs, read from the libc's own release string.
+
+Every glibc carries `GNU C Library (<vendor>) <stable|development> release version X.Y` in its
+.rodata (what `libc.so.6` prints when run). File names lie (libc.so.6 is every release, and a
+fixture run through another release's loader maps a file of any name), so the string decides:
+read from the libc file when it is on this machine, else from the target's read-only mappings
+of libc (a core from elsewhere).
+"""
+
+from __future__ import annotations
+
+import re
+
+from mdbpy.errors import MdbError, ReadError
+
+RELEASE_RE = re.compile(rb"GNU C Library [^\n\0]{0,200}?release version (\d+)\.(\d+)")
+MAX_SCAN = 8 << 20  # bytes of a libc file or mapping searched for the string
+READ_STEP = 1 << 20
+
+
+def find_libc(session):
+    """The load object of the target's C library, or None (a static binary, no libc)."""
+    for o in session.symbols.objects():
+        base = o.name.split("/")[-1]
+        if base.startswith("libc.so") or re.match(r"libc-2\.\d+\.so$", base):
+            return o
+    return None
+
+
+def parse_release(data: bytes) -> tuple[int, int] | None:
+    m = RELEASE_RE.search(data)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _from_file(path: str) -> tuple[int, int] | None:
+    try:
+        with open(path, "rb") as f:
+            return parse_release(f.read(MAX_SCAN))
+    except OSError:
+        return None
+
+
+def _from_memory(session, libc) -> tuple[int, int] | None:
+    tail = b""
+    for m in session.mem.mappings():
+        if not (m.readable and libc.base <= m.start < libc.end) or m.writable:
+            continue
+        for addr, data in session.mem.blocks(m.start, min(m.end, m.start + MAX_SCAN),
+                                             READ_STEP):
+            hit = parse_release(tail + data)
+            if hit:
+                return hit
+            tail = data[-256:]
+    return None
+
+
+def glibc_version(session) -> tuple[int, int]:
+    """(major, minor) of the target's glibc; MdbError when there is no recognisable libc."""
+    cached = session.cache.get("ptmalloc.version")
+    if cached is not None:
+        return cached
+    libc = find_libc(session)
+    if libc is None:
+        raise MdbError("ptmalloc: no C library is mapped in the target")
+    path = getattr(libc, "file", None)
+    ver = _from_file(path) if path else None
+    if ver is None:
+        try:
+            ver = _from_memory(session, libc)
+        except ReadError:
+            ver = None
+    if ver is None:
+        raise MdbError(f"ptmalloc: {libc.name} has no glibc release string")
+    session.cache["ptmalloc.version"] = ver
+    return ver
