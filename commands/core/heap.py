@@ -1,0 +1,321 @@
+"""The generic heap dcmds, written once over the allocator interface (mdbpy.heap.model) and
+answered by whichever allocator modules found their allocator in the target: ::findleaks with
+the leak and leakbuf walkers, ::whyalive, ::whatis, ::heap_verify, ::heap_stats and ::layout."""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import dcmd, walker
+from mdbpy.errors import CommandAbort, MdbError, UsageError
+from mdbpy.heap.model import FREE
+from mdbpy.output import human_size, radix_str
+
+from .symbols import map_name
+
+NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
+                "own simulator; see ::dmods)")
+LEAKS_KEY = ("heap", "findleaks")
+
+
+def allocators(session) -> list:
+    found = session.allocators()
+    if not found:
+        raise MdbError(NO_ALLOCATOR)
+    return found
+
+
+# -- findleaks ------------------------------------------------------------------------------
+def run_findleaks(session, force: bool = False):
+    """(reports, statistics lines, fresh): the cached result, or a new scan of every
+    allocator. Ctrl-C stops the scan and leaves the cache as it was."""
+    from mdbpy.heap.leaks import find_leaks
+    from mdbpy.heap.report import Progress, statistics
+
+    cached = session.cache.get(LEAKS_KEY)
+    if cached is not None and not force:
+        return cached[0], cached[1], False
+    allocs = allocators(session)
+    progress = Progress(session, "findleaks: scanning")
+    try:
+        maximum = sum(len(a.buffers()) for a in allocs)
+        reports = [find_leaks(session, a, progress) for a in allocs]
+    except KeyboardInterrupt:
+        raise CommandAbort("findleaks: interrupted; no results kept") from None
+    finally:
+        progress.close()
+    for r in reports:
+        for w in r.warnings:
+            session.warn(f"findleaks: {w}")
+    stats = statistics(reports, maximum)
+    session.cache[LEAKS_KEY] = (reports, stats)
+    return reports, stats, True
+
+
+def last_reports(session):
+    cached = session.cache.get(LEAKS_KEY)
+    if cached is None:
+        raise MdbError("::findleaks must be run before leaks can be walked")
+    return cached[0]
+
+
+@dcmd("findleaks", "search for potential memory leaks", usage="?[-dfv]",
+      example="::findleaks -d", help="""\
+A conservative garbage collection of the heap: every allocated buffer (and region the allocator
+module offers) that no root reaches, transitively, is a leak. Roots are the writable data and
+bss of every loaded object, every thread's registers, and every thread's stack from its stack
+pointer up; a word pointing anywhere inside a buffer counts. Leaks with the same kind, cache
+and allocation stack are coalesced, the oldest as representative, and printed in mdb's three
+tables (oversized/mapped, buffers without and with allocation records) with their Total lines.
+The result is cached until -f or until the target changes.
+
+With an address (a pc or a function), only leaks whose stack contains it are shown.
+
+  -d    detail each representative leak (long); ends with the group's unreferenced members,
+        the leaked buffers no other leaked buffer points to (heads of leaked structures)
+  -f    throw away cached state, and do a full run
+  -v    report verbose information about the findleaks run
+
+The 'leak' and 'leakbuf' walkers walk the last result; ::whyalive explains what keeps a buffer
+alive.""")
+def findleaks(inv):
+    from mdbpy.heap.report import entries, long_form, tables
+
+    opts, rest = inv.getopt("dfv")
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    s = inv.session
+    reports, stats, fresh = run_findleaks(s, opts.get("f", False))
+    if opts.get("v"):
+        for line in stats if fresh else [
+                "findleaks: using cached results (use '-f' to force a full run)"]:
+            inv.print(line)
+    filt = inv.addr if inv.has_addr else None
+    ents = entries(s, reports, filt)
+    if not ents:
+        inv.print(f"findleaks: no memory leaks matching {s.format_addr(filt)} found"
+                  if filt is not None else "findleaks: no memory leaks detected")
+        return 0
+    for line in tables(s, ents):
+        inv.print(line)
+    if opts.get("d"):
+        inv.print("")
+        for e in ents:
+            for line in long_form(s, e):
+                inv.print(line)
+    return 0
+
+
+def _walk_leaks(session, addr, buffers: bool):
+    from mdbpy.heap.report import ctl_addr
+
+    groups = [g for r in last_reports(session) for g in r.groups]
+    if addr:
+        hit = [g for g in groups if ctl_addr(g.rep) == addr] or \
+              [g for g in groups if any(ctl_addr(m) == addr for m in g.members)]
+        if not hit:
+            raise MdbError(f"{addr:x} is not a leaked ctl address")
+        groups = hit[:1]
+    for g in groups:
+        for m in g.members:
+            yield m.addr if buffers else ctl_addr(m)
+
+
+@walker("leak", "walk the leaks of the last ::findleaks (their control addresses)", help="""\
+Every leak of the last ::findleaks: the allocation record's address (bufctl, track) where the
+allocator keeps one, else the buffer or region. Started at a leak's control address, only the
+members of its group.""")
+def walk_leak(session, addr):
+    return _walk_leaks(session, addr, False)
+
+
+@walker("leakbuf", "walk the leaked buffers of the last ::findleaks", help="""\
+As the leak walker, but yields the addresses of the leaked buffers themselves.""")
+def walk_leakbuf(session, addr):
+    return _walk_leaks(session, addr, True)
+
+
+# -- whyalive -------------------------------------------------------------------------------
+def link_offset(mem, src: int, size: int, dst: int, dst_size: int) -> int | None:
+    """Offset of the first aligned word in [src, src+size) pointing into [dst, dst+dst_size)."""
+    import numpy as np
+
+    words = np.frombuffer(mem.read(src, size - size % 8), "<u8")
+    hit = np.nonzero((words >= np.uint64(dst)) & (words < np.uint64(dst + dst_size)))[0]
+    return int(hit[0]) * 8 if len(hit) else None
+
+
+@dcmd("whyalive", "explain what keeps a heap buffer alive", usage=":[-f]",
+      example="0x7f0000201010::whyalive", help="""\
+The chain of references from a root to the buffer containing addr, as the last ::findleaks
+marked it (it runs one if needed; -f forces a fresh one): first the root slot (a global as
+symbol+offset, a thread's stack slot, or a thread's register), then each buffer on the way
+with the offset inside it of the pointer to the next. A buffer nothing reaches is reported
+as leaked.""")
+def whyalive(inv):
+    from mdbpy.heap.leaks import explain
+
+    if not inv.has_addr:
+        raise UsageError("usage: addr::whyalive [-f]")
+    opts, rest = inv.getopt("f")
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    s = inv.session
+    reports, _, _ = run_findleaks(s, opts.get("f", False))
+    for r in reports:
+        i = r.table.find(inv.addr)
+        if i is None:
+            continue
+        base, size = int(r.table.base[i]), int(r.table.size[i])
+        group = r.allocator.group_name(r.table, i)
+        head = f"{inv.addr:x} is " + (f"{base:x}+{inv.addr - base:x}, " if inv.addr != base
+                                       else "") + f"allocated from {group}"
+        chain = explain(r, inv.addr)
+        if chain is None:
+            inv.print(f"{head}: leaked (no path from any root)")
+            return 0
+        inv.print(f"{head}, reachable through:")
+        _, slot, label = chain[0]
+        root = f"{s.format_addr(slot)} ({label})" if slot is not None else label
+        prev = None
+        for b, _, g in chain[1:]:
+            if prev is None:
+                via = root
+            else:
+                j = r.table.find(prev)
+                off = link_offset(s.mem, prev, int(r.table.size[j]), b, int(r.table.size[
+                    r.table.find(b)]))
+                via = f"{prev:x}+{off:x}" if off is not None else f"{prev:x}"
+            inv.print(f"    {via:<40s} -> {b:x} ({g})")
+            prev = b
+        return 0
+    raise MdbError(f"{inv.addr:x} is not in an allocated heap buffer")
+
+
+# -- whatis ---------------------------------------------------------------------------------
+@dcmd("whatis", "given an address, return information", usage=":[-akqv]", pipe_all=True,
+      example="0x7f0000201010::whatis", help="""\
+Report where an address comes from: the heap buffer containing it (`<addr> is <base>+<off>,
+allocated from <cache>` or `freed from`, followed by its allocation record unless -q), else the
+symbol and mapping containing it (`<addr> is sym+off, in <mapping> [base,limit)`), else
+`unknown`. Fed from a pipeline, addresses are reported source by source in sorted order.
+
+  -a  report all information about each address, not just the first source's
+  -k  do not re-order the input
+  -q  quiet; don't print multi-line reports (the record's address is named instead)
+  -v  verbose; show each source as it is searched""")
+def whatis(inv):
+    from mdbpy.heap.whatis import WhatisOptions
+    from mdbpy.heap.whatis import whatis as run
+
+    if inv.piped_out:
+        raise MdbError("whatis: cannot be output into a pipe")
+    if not inv.has_addr:
+        raise UsageError("usage: addr::whatis [-akqv]")
+    opts, rest = inv.getopt("akqv")
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    wo = WhatisOptions(opts.get("a", False), opts.get("q", False), opts.get("v", False))
+    addrs = list(inv.pipe) if inv.pipe else [inv.addr]
+    if opts.get("k"):
+        for a in addrs:
+            for line in run(inv.session, [a], wo, map_name):
+                inv.print(line)
+        return 0
+    for line in run(inv.session, sorted(addrs), wo, map_name):
+        inv.print(line)
+    return 0
+
+
+# -- verify and statistics ------------------------------------------------------------------
+@dcmd("heap_verify", "check the heap's integrity with the allocator's own checks",
+      usage="[-q]", example="::heap_verify", help="""\
+Every allocator in the target checks its heap as its debugging features allow (red zones,
+poisoning of free buffers, padding, free lists) and reports each damaged buffer in its own
+words (the simulator in slub_debug's: Redzone overwritten, Poison overwritten, Object already
+free, Object padding overwritten), with the bad bytes, the first one's value and the expected
+one, and the stacks that allocated and freed the buffer. -q omits the stacks. Ends with one
+summary line per allocator.""")
+def heap_verify(inv):
+    from mdbpy.heap.report import Progress
+    from mdbpy.heap.verify import format_problem
+
+    opts, rest = inv.getopt("q")
+    if rest or inv.has_addr:
+        raise UsageError("usage: ::heap_verify [-q]")
+    s = inv.session
+    for a in allocators(s):
+        progress = Progress(s, f"heap_verify: {a.name}")
+        try:
+            problems = a.verify(progress)
+        except KeyboardInterrupt:
+            raise CommandAbort("heap_verify: interrupted") from None
+        finally:
+            progress.close()
+        for p in problems:
+            for line in format_problem(s, p, stacks=not opts.get("q")):
+                inv.print(line)
+            inv.print("")
+        objs = len({p.addr for p in problems})
+        inv.print(f"{a.name}: {len(problems)} problem{'' if len(problems) == 1 else 's'}"
+                  f" in {objs} buffer{'' if objs == 1 else 's'}" if problems
+                  else f"{a.name}: heap is clean")
+    return 0
+
+
+@dcmd("heap_stats", "print per-cache heap statistics of every allocator", usage="",
+      example="::heap_stats", help="""\
+One line per cache, arena or size class of each allocator in the target: its name, buffer
+size, buffers in total, in use and free, and the memory it holds (%H, as mdb's ::umastat),
+then a total line per allocator. Piped, the group descriptors' addresses.""")
+def heap_stats(inv):
+    if inv.args or inv.has_addr:
+        raise UsageError("::heap_stats takes no arguments")
+    for a in allocators(inv.session):
+        rows = a.stats()
+        if inv.piped_out:
+            for r in rows:
+                if r.addr:
+                    inv.print(radix_str(r.addr, prefix=True))
+            continue
+        inv.print(f"{a.name + ' cache':<25s} {'buf':>7s} {'buf':>8s} {'buf':>8s} {'buf':>8s} "
+                  f"{'memory':>8s}")
+        inv.print(f"{'name':<25s} {'size':>7s} {'total':>8s} {'in use':>8s} {'free':>8s} "
+                  f"{'total':>8s}")
+        inv.print(f"{'-' * 25} {'-' * 7} {'-' * 8} {'-' * 8} {'-' * 8} {'-' * 8}")
+        for r in rows:
+            inv.print(f"{r.group:<25s} {r.bufsize:7d} {r.total:8d} {r.inuse:8d} {r.free:8d} "
+                      f"{human_size(r.memory):>8s}")
+        inv.print(f"{'-' * 25} {'-' * 7} {'-' * 8} {'-' * 8} {'-' * 8} {'-' * 8}")
+        tot = [sum(getattr(r, k) for r in rows) for k in ("total", "inuse", "free", "memory")]
+        inv.print(f"{'Total':<25s} {'':7s} {tot[0]:8d} {tot[1]:8d} {tot[2]:8d} "
+                  f"{human_size(tot[3]):>8s}")
+    return 0
+
+
+# -- layout ---------------------------------------------------------------------------------
+@dcmd("layout", "list the allocator structures mdbpy reads, or print one", usage="[name]",
+      example="::layout sim_kmem_cache", help="""\
+Without a name, every struct of the loaded allocator modules' layouts with its size and where
+its offsets come from (a builtin variant for an ABI and allocator version, or the target's
+DWARF). With a name (or module`name), the bound struct: each field's offset, size and type, its
+aliases and derived fields, and the allocator source the descriptor follows.""")
+def layout(inv):
+    from mdbpy.layout.bind import format_layout
+
+    if inv.has_addr or len(inv.args) > 1:
+        raise UsageError("usage: ::layout [name]")
+    binders = [(a.name, a.binder) for a in allocators(inv.session) if a.binder is not None]
+    if not inv.args:
+        inv.print(f"{'MODULE':<10s} {'STRUCT':<24s} {'SIZE':>6s} ORIGIN")
+        for mod, b in binders:
+            for name in b.names():
+                st = b[name]
+                inv.print(f"{mod:<10s} {name:<24s} {st.size:#6x} {st.origin}")
+        return 0
+    want = str(inv.args[0])
+    mod, _, name = want.rpartition("`")
+    for m, b in binders:
+        if (not mod or mod == m) and name in b.names():
+            for line in format_layout(b[name]).splitlines():
+                inv.print(line)
+            return 0
+    raise MdbError(f"no layout named {want} (see ::layout)")

@@ -1,0 +1,241 @@
+"""The text of ::findleaks: mdb's three leak tables (leaky_subr.c), the -d long forms, the -v
+statistics (leaky.c), and a progress bar for long scans.
+
+Leak groups fall into mdb's leak types, printed in this order: MMAP, SBRK and oversize (one
+table, `BYTES LEAKED VMEM_SEG CALLER`), buffers without an allocation record (`CACHE LEAKED
+BUFFER CALLER`, caller `?`), buffers with one (`CACHE LEAKED BUFCTL CALLER`, the record address
+as BUFCTL and the first frame outside the allocator as caller). Within a type, groups sort by the
+caller's name, then its pc, then the cache (mdb's leaky_subr_bufctl_cmp).
+
+mdbpy's addition: each -d long form ends with the group's *unreferenced* members, the leaked
+buffers no other leaked buffer points to: the heads of leaked structures, where a fix starts.
+"""
+
+from __future__ import annotations
+
+from mdbpy.heap.leaks import Leak, LeakGroup, LeakReport
+from mdbpy.heap.model import KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
+
+T_MMAP, T_SBRK, T_VMEM, T_CACHE, T_UMEM = range(5)
+RULE = "-" * 72
+HEADS_SHOWN = 16  # unreferenced members listed per group in -d
+
+
+def leak_type(g: LeakGroup) -> int:
+    if g.kind == KIND_MMAP:
+        return T_MMAP
+    if g.kind == KIND_SBRK:
+        return T_SBRK
+    if g.kind == KIND_OVERSIZE:
+        return T_VMEM
+    return T_UMEM if g.rep.record is not None else T_CACHE
+
+
+def ctl_addr(leak: Leak) -> int:
+    """What mdb calls the leak's control address: the record (bufctl, track), else the buffer."""
+    if leak.record is not None and leak.record.addr:
+        return leak.record.addr
+    return leak.ctl or leak.addr
+
+
+def caller(report: LeakReport, stack) -> int:
+    """The first frame not inside the allocator; the last frame if all are; 0 without one."""
+    for pc in stack:
+        if not report.allocator.stack_skip(pc):
+            return pc
+    return stack[-1] if stack else 0
+
+
+class Entry:
+    """A leak group with what the tables print about it."""
+
+    def __init__(self, session, report: LeakReport, group: LeakGroup):
+        self.report = report
+        self.group = group
+        self.type = leak_type(group)
+        rep = group.rep
+        self.stack = rep.record.stack if rep.record is not None else ()
+        self.caller = caller(report, self.stack)
+        self.caller_name = session.format_addr(self.caller).split("+", 1)[0] if self.caller \
+            else ""
+        t = report.table
+        self.cache_addr = report.allocator.group_addr(t, rep.index) if len(t) else 0
+
+    def sort_key(self):
+        data = self.cache_addr if self.type in (T_CACHE, T_UMEM) else self.group.rep.size
+        return (self.type, self.caller_name, self.caller, data, self.group.rep.addr)
+
+    def matches(self, session, addr: int | None) -> bool:
+        """addr::findleaks: a pc of the stack, or the start of a frame's function."""
+        if addr is None:
+            return True
+        for pc in self.stack:
+            if pc == addr:
+                return True
+            hit = session.symbols.lookup_addr(pc)
+            if hit is not None and hit[0].addr == addr:
+                return True
+        return False
+
+
+def entries(session, reports: list[LeakReport], addr: int | None = None) -> list[Entry]:
+    out = [Entry(session, r, g) for r in reports for g in r.groups]
+    out = [e for e in out if e.matches(session, addr)]
+    out.sort(key=Entry.sort_key)
+    return out
+
+
+def _total(n: int, noun: str, nbytes: int) -> str:
+    return (f"{'Total':>16s} {n:7d} {noun}{'' if n == 1 else 's'}, "
+            f"{nbytes} byte{'' if nbytes == 1 else 's'}")
+
+
+def tables(session, ents: list[Entry]) -> list[str]:
+    """The three tables (each only when it has rows), separated by blank lines."""
+    fmt = session.format_addr
+    lines: list[str] = []
+    big = [e for e in ents if e.type in (T_MMAP, T_SBRK, T_VMEM)]
+    if big:
+        lines.append(f"{'BYTES':<16s} {'LEAKED':>7s} {'VMEM_SEG':>16s} CALLER")
+        n = nbytes = 0
+        for e in big:
+            g = e.group
+            if e.type == T_VMEM:
+                sizes = [m.size for m in g.members]
+                sz = str(min(sizes)) if min(sizes) == max(sizes) else \
+                    f"{min(sizes)}-{max(sizes)}"
+                lines.append(f"{sz:<16s} {g.count:7d} {ctl_addr(g.rep):16x} {fmt(e.caller)}")
+            else:
+                nm = "MMAP" if e.type == T_MMAP else "SBRK"
+                for k, m in enumerate(g.members):  # mdb's quirk: a row per member
+                    lines.append(f"{m.size:<16d} {g.count if k == 0 else 1:7d} "
+                                 f"{m.addr:16x} {nm}")
+            n += g.count
+            nbytes += g.bytes
+        lines += [RULE, _total(n, "oversized leak", nbytes)]
+    for typ, col in ((T_CACHE, "BUFFER"), (T_UMEM, "BUFCTL")):
+        rows = [e for e in ents if e.type == typ]
+        if not rows:
+            continue
+        if lines:
+            lines.append("")
+        lines.append(f"{'CACHE':<16s} {'LEAKED':>7s} {col:>16s} CALLER")
+        n = nbytes = 0
+        for e in rows:
+            g = e.group
+            who = fmt(e.caller) if typ == T_UMEM or e.caller else "?"
+            shown = g.rep.addr if typ == T_CACHE else ctl_addr(g.rep)
+            lines.append(f"{e.cache_addr:016x} {g.count:7d} {shown:016x} {who}")
+            n += g.count
+            nbytes += g.bytes
+        lines += [RULE, _total(n, "buffer", nbytes)]
+    return lines
+
+
+def record_block(session, rec: AllocRecord, buf: int, cache: int) -> list[str]:
+    """A record in the shape of mdb's `::bufctl -v`: two header lines, two value lines, the
+    stack indented 17 columns, a blank line."""
+    ts = f"{rec.timestamp:x}" if rec.timestamp is not None else "-"
+    thread = str(rec.thread) if rec.thread is not None else "-"
+    cpu = str(rec.cpu) if rec.cpu is not None else "-"
+    lines = [f"{'ADDR':>16s} {'BUFADDR':>16s} {'TIMESTAMP':>16s} {'THREAD':>16s}",
+             f"{'':16s} {'CACHE':>16s} {'CPU':>16s}",
+             f"{rec.addr or 0:16x} {buf:16x} {ts:>16s} {thread:>16s}",
+             f"{'':16s} {cache:16x} {cpu:>16s}"]
+    lines += [" " * 17 + session.format_addr(pc) for pc in rec.stack]
+    lines.append("")
+    return lines
+
+
+def long_form(session, e: Entry) -> list[str]:
+    """-d: one representative in long form, then its group's unreferenced members."""
+    g = e.group
+    rep = g.rep
+    n, nbytes = g.count, g.bytes
+    if e.type in (T_MMAP, T_SBRK):
+        nm = "mmap(2)" if e.type == T_MMAP else "sbrk(2)"
+        lines = [f"{nm} leak: [{m.addr:x}, {m.addr + m.size:x}), {m.size} bytes"
+                 for m in g.members]
+    else:
+        name = "oversize" if e.type == T_VMEM else g.group
+        unit = "vmem_seg" if e.type == T_VMEM else "buffer"
+        if n == 1:
+            head = f"{name} leak: 1 {unit}, {nbytes} bytes"
+        else:
+            head = (f"{name} leak: {n} {unit}s, {rep.size} bytes each, {nbytes} bytes total")
+        if e.type == T_CACHE:
+            who = f"caller {session.format_addr(e.caller)}, " if e.caller else ""
+            lines = [head + ",", f"    {who}sample addr {rep.addr:x}"]
+        else:
+            lines = [head] + record_block(session, rep.record, rep.addr, e.cache_addr)
+    heads = [m.addr for m in g.members if m.unreferenced]
+    lines.append(f"    unreferenced (heads of leaked structures): {len(heads)} of {n}")
+    lines += [f"        {a:x}" for a in heads[:HEADS_SHOWN]]
+    if len(heads) > HEADS_SHOWN:
+        lines.append(f"        ... {len(heads) - HEADS_SHOWN} more (::walk leakbuf)")
+    return lines
+
+
+def _perc(label: str, v: int, total: int) -> str:
+    perc = v * 100 // total if total else 0
+    tenths = (v * 1000 // total) % 10 if total else 0
+    return f"findleaks: {label:>30s} => {v:<13d} ({perc:2d}.{tenths:1d}%)"
+
+
+def statistics(reports: list[LeakReport], maximum: int) -> list[str]:
+    """-v: leaky.c's statistics lines. dups are the words that hit an already marked buffer
+    (hits minus follows), so the four counts add up to the potential pointers, as in mdb."""
+    import resource
+
+    def line(label, v):
+        return f"findleaks: {label:>30s} => {v}"
+
+    st = [r.reach.stats for r in reports]
+    dismissals = sum(s.dismissals for s in st)
+    misses = sum(s.misses for s in st)
+    follows = sum(s.follows for s in st)
+    dups = max(sum(s.hits for s in st) - follows, 0)
+    total = dismissals + misses + dups + follows
+    wall = sum(r.wall for r in reports)
+    cpu = sum(r.cpu for r in reports)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return [line("maximum buffers", maximum),
+            line("actual buffers", sum(len(r.table) for r in reports)),
+            "findleaks: ",
+            line("potential pointers", total),
+            _perc("dismissals", dismissals, total), _perc("misses", misses, total),
+            _perc("dups", dups, total), _perc("follows", follows, total),
+            "findleaks: ",
+            f"findleaks: {'peak memory usage':>30s} => {peak} kB",
+            f"findleaks: {'elapsed CPU time':>30s} => {cpu:.1f} seconds",
+            f"findleaks: {'elapsed wall time':>30s} => {wall:.1f} seconds",
+            "findleaks: "]
+
+
+class Progress:
+    """A one-line progress bar on a terminal's stderr (nothing elsewhere): `label [####  ] 40%`,
+    erased when done. Used as the progress(done, total) callback of the scans."""
+
+    WIDTH = 30
+
+    def __init__(self, session, label: str):
+        err = session.err
+        self.err = err if hasattr(err, "isatty") and err.isatty() else None
+        self.label = label
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.err is None or total <= 0:
+            return
+        pct = done * 100 // total
+        if pct == self.last:
+            return
+        self.last = pct
+        fill = self.WIDTH * done // total
+        self.err.write(f"\r{self.label} [{'#' * fill}{' ' * (self.WIDTH - fill)}] {pct:3d}%")
+        self.err.flush()
+
+    def close(self) -> None:
+        if self.err is not None and self.last >= 0:
+            self.err.write("\r" + " " * (len(self.label) + self.WIDTH + 8) + "\r")
+            self.err.flush()

@@ -1,0 +1,297 @@
+"""The generic heap dcmds (commands/core/heap.py) on the hand-laid simulated heap of
+test_sim_dmod (exact leaks, chains and records), and on a toy allocator dmod loaded by path for
+mdb's first table (mapped and oversized leaks)."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+
+import pytest
+from test_sim_dmod import DATA, META, RSP, Harness
+
+from mdbpy.lang.engine import Engine
+from mdbpy.session import Session
+from mdbpy.symbols.base import Symbol
+from mdbpy.target.base import Mapping, Thread
+from mdbpy.target.synthetic import SyntheticTarget
+
+RULE = "-" * 72
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def tracks(h, name):
+    return h.objs[name] + h.heap.kc.track_offset
+
+
+def test_findleaks_tables_golden(h):
+    o = h.objs
+    expected = (
+        "CACHE             LEAKED           BUFFER CALLER\n"
+        f"{META + 0x80:016x}       1 {o['I0']:016x} ?\n"
+        f"{RULE}\n"
+        "           Total       1 buffer, 32 bytes\n"
+        "\n"
+        "CACHE             LEAKED           BUFCTL CALLER\n"
+        f"{META:016x}       1 {tracks(h, 'L3'):016x} main+0x25\n"
+        f"{META:016x}       2 {tracks(h, 'L2'):016x} parse_config+0x10\n"
+        f"{RULE}\n"
+        "           Total       3 buffers, 192 bytes\n")
+    assert h.run("::findleaks") == expected
+    assert h.run("::findleaks -v") == (
+        "findleaks: using cached results (use '-f' to force a full run)\n" + expected)
+    out = h.run("::findleaks -fv").splitlines()
+    labels = [line[:45] for line in out[:13]]
+    assert labels == [
+        "findleaks:                maximum buffers => ",
+        "findleaks:                 actual buffers => ",
+        "findleaks: ",
+        "findleaks:             potential pointers => ",
+        "findleaks:                     dismissals => ",
+        "findleaks:                         misses => ",
+        "findleaks:                           dups => ",
+        "findleaks:                        follows => ",
+        "findleaks: ",
+        "findleaks:              peak memory usage => ",
+        "findleaks:               elapsed CPU time => ",
+        "findleaks:              elapsed wall time => ",
+        "findleaks: "]
+    assert out[0].endswith("=> 16") and out[1].endswith("=> 11")
+    assert out[7].startswith("findleaks:                        follows => 7   ")
+    assert "\n".join(out[13:]) + "\n" == expected
+
+
+def test_findleaks_detail_marks_heads(h):
+    o = h.objs
+    out = h.run("::findleaks -d")
+    detail = out.split(f"{RULE}\n           Total       3 buffers, 192 bytes\n\n", 1)[1]
+    assert detail == textwrap.dedent(f"""\
+        inode_cache leak: 1 buffer, 32 bytes,
+            sample addr {o['I0']:x}
+            unreferenced (heads of leaked structures): 1 of 1
+                {o['I0']:x}
+        kmalloc-64 leak: 1 buffer, 64 bytes
+                    ADDR          BUFADDR        TIMESTAMP           THREAD
+                                    CACHE              CPU
+        {tracks(h, 'L3'):16x} {o['L3']:16x}               17              101
+                         {META:16x}                1
+                         main+0x25
+                         _start+0x5
+
+            unreferenced (heads of leaked structures): 1 of 1
+                {o['L3']:x}
+        kmalloc-64 leak: 2 buffers, 64 bytes each, 128 bytes total
+                    ADDR          BUFADDR        TIMESTAMP           THREAD
+                                    CACHE              CPU
+        {tracks(h, 'L2'):16x} {o['L2']:16x}               15              101
+                         {META:16x}                1
+                         parse_config+0x10
+                         main+0x15
+                         _start+0x5
+
+            unreferenced (heads of leaked structures): 1 of 2
+                {o['L1']:x}
+        """)
+
+
+def test_findleaks_filter_and_walkers(h):
+    o = h.objs
+    h.run("::walk leak")
+    assert h.errors() == ("mdbpy: failed to perform walk: ::findleaks must be run before "
+                          "leaks can be walked\n")
+    out = h.run("parse_config::findleaks")
+    assert out.splitlines()[1:2] == [f"{META:016x}       2 {tracks(h, 'L2'):016x} "
+                                     "parse_config+0x10"]
+    assert h.run(f"{0x401020 + 0x25:x}::findleaks").count("main+0x25") == 1
+    assert h.run("kmalloc::findleaks") == "findleaks: no memory leaks matching kmalloc found\n"
+
+    def walk(cmd):
+        return [int(x, 16) for x in h.run(cmd).split()]
+
+    assert walk("::walk leakbuf") == [o["I0"], o["L2"], o["L1"], o["L3"]]
+    assert walk("::walk leak") == [o["I0"], tracks(h, "L2"), tracks(h, "L1"), tracks(h, "L3")]
+    assert walk(f"{tracks(h, 'L1'):x}::walk leakbuf") == [o["L2"], o["L1"]]
+    h.run("1234::walk leak")
+    assert h.errors() == "mdbpy: failed to perform walk: 1234 is not a leaked ctl address\n"
+
+
+def test_whyalive_chain_and_leaked(h):
+    o = h.objs
+    assert h.run(f"{o['C'] + 4:x}::whyalive") == (
+        f"{o['C'] + 4:x} is {o['C']:x}+4, allocated from kmalloc-64, reachable through:\n"
+        f"    {'global_head (prog data)':<40s} -> {o['A']:x} (kmalloc-64)\n"
+        f"    {o['A']:x}+8{'':26s} -> {o['B']:x} (kmalloc-64)\n"
+        f"    {o['B']:x}+10{'':25s} -> {o['C']:x} (kmalloc-64)\n")
+    assert h.run(f"{o['S']:x}::whyalive").splitlines()[1] == (
+        f"    {f'0x{RSP + 0x40:x} (thread 101 stack)':<40s} -> {o['S']:x} (kmalloc-64)")
+    assert h.run(f"{o['L1']:x}::whyalive") == (
+        f"{o['L1']:x} is allocated from kmalloc-64: leaked (no path from any root)\n")
+    h.run(f"{o['U']:x}::whyalive")
+    assert h.errors() == f"mdbpy: {o['U']:x} is not in an allocated heap buffer\n"
+
+
+def test_whatis_sources(h):
+    o = h.objs
+    assert h.run(f"{o['C'] + 4:x}::whatis") == textwrap.dedent(f"""\
+        {o['C'] + 4:x} is {o['C']:x}+4, allocated from kmalloc-64:
+                    ADDR          BUFADDR        TIMESTAMP           THREAD
+                                    CACHE              CPU
+        {tracks(h, 'C'):16x} {o['C']:16x}                c              101
+                         {META:16x}                1
+                         main+0x25
+                         _start+0x5
+
+        """)
+    free_track = tracks(h, "U") + 144
+    assert h.run(f"{o['U']:x}::whatis -q") == (
+        f"{o['U']:x} is track {free_track:x} freed from kmalloc-64\n")
+    assert h.run(f"{o['I0'] + 8:x}::whatis -q") == (
+        f"{o['I0'] + 8:x} is {o['I0']:x}+8, allocated from inode_cache\n")
+    assert h.run(f"{DATA + 0x10c:x}::whatis") == (
+        f"{DATA + 0x10c:x} is config+0x4, in /sim/prog [600000,601000)\n")
+    stack = RSP + 0x40
+    assert h.run(f"{stack:x}::whatis") == (
+        f"{stack:x} is in [ stack ] [7ffcffff0000,7ffd00000000)\n")
+    assert h.run("10::whatis") == "10 is unknown\n"
+    # a pipe is answered source by source, in address order unless -k; -v names the sources
+    h.run("::findleaks")
+    t = {k: tracks(h, k) for k in ("L1", "L2", "L3")}
+    lines = [f"{o[k]:x} is track {t[k]:x} allocated from kmalloc-64" for k in ("L1", "L2", "L3")]
+    lines.append(f"{o['I0']:x} is allocated from inode_cache")
+    assert h.run("::walk leakbuf | ::whatis -qv") == "\n".join(["Searching sim`sim..."]
+                                                                + lines) + "\n"
+    assert h.run("::walk leakbuf | ::whatis -qk") == "\n".join(
+        [lines[3], lines[1], lines[0], lines[2]]) + "\n"
+    # -a: every source that knows the address
+    assert h.run(f"{o['I0']:x}::whatis -aq") == (
+        f"{o['I0']:x} is allocated from inode_cache\n"
+        f"{o['I0']:x} is in [ anon ] [7f4000000000,7f4000003000)\n")
+
+
+def test_heap_stats_and_layout_golden(h):
+    assert h.run("::heap_stats") == textwrap.dedent("""\
+        sim cache                     buf      buf      buf      buf   memory
+        name                         size    total   in use     free    total
+        ------------------------- ------- -------- -------- -------- --------
+        kmalloc-64                     64       12        9        3       8K
+        inode_cache                    32        4        2        2       4K
+        ------------------------- ------- -------- -------- -------- --------
+        Total                                   16       11        5      12K
+        """)
+    assert h.run("::layout") == textwrap.dedent("""\
+        MODULE     STRUCT                     SIZE ORIGIN
+        sim        sim_track                  0x90 builtin x86_64
+        sim        sim_slab                   0x28 builtin x86_64
+        sim        sim_kmem_cache             0x68 builtin x86_64
+        sim        sim_allocator              0x48 builtin x86_64
+        """)
+    assert h.run("::layout sim`sim_kmem_cache") == textwrap.dedent("""\
+        struct sim_kmem_cache (size 0x68, align 8) from builtin x86_64
+          source: mdbpy simulator, modelled on Linux mm/slub.c with slub_debug
+          OFFSET   SIZE  TYPE                     NAME
+          0x0000   0x20  char[32]                 name
+          0x0020    0x4  uint32_t                 flags
+          0x0024    0x4  uint32_t                 object_size
+          0x0028    0x4  uint32_t                 size
+          0x002c    0x4  uint32_t                 offset
+          0x0030    0x4  uint32_t                 inuse
+          0x0034    0x4  uint32_t                 red_left_pad
+          0x0038    0x4  uint32_t                 track_offset
+          0x003c    0x4  uint32_t                 objects_per_slab
+          0x0040    0x8  uint64_t                 slab_size
+          0x0048    0x8  uint64_t                 nr_slabs
+          0x0050    0x8  uint64_t                 total_objects
+          0x0058    0x8  void *                   next
+          0x0060    0x8  void *                   slabs
+                         (derived)                debug = flags & (RED_ZONE | POISON | STORE_USER)
+        """)
+    h.run("::layout nope")
+    assert h.errors() == "mdbpy: no layout named nope (see ::layout)\n"
+
+
+def test_no_allocator_says_what_is_missing():
+    s = Session(SyntheticTarget([(0x1000, bytes(0x100))]), out=io.StringIO(),
+                err=io.StringIO())
+    e = Engine(s)
+    for cmd in ("::findleaks", "::heap_verify", "::heap_stats", "::layout"):
+        s.err.seek(0)
+        s.err.truncate()
+        e.run_string(cmd)
+        assert s.err.getvalue() == (
+            "mdbpy: no allocator found in this target (mdbpy knows libumem, glibc malloc and "
+            "its own simulator; see ::dmods)\n"), cmd
+    e.run_string("1010::whatis")
+    assert s.out.getvalue() == "1010 is in [ anon ] [1000,1100)\n"
+
+
+TOY = '''
+"""A toy allocator dmod: two anonymous regions and one oversize segment with a record."""
+from mdbpy.heap.model import (KIND_MMAP, KIND_OVERSIZE, ALLOC, AllocRecord, Allocator,
+                              BufferTable)
+
+DMOD_NAME = "toy"
+
+
+class Toy(Allocator):
+    name = "toy"
+
+    @classmethod
+    def detect(cls, session):
+        return cls(session)
+
+    def buffers(self):
+        base = [0x7f0000100000, 0x7f0000200000, 0x7f0000300000, 0x7f0000400000]
+        return BufferTable.from_columns(base, [0x1000, 0x1000, 0x2000, 0x1000], [ALLOC] * 4,
+                                        ctl=[0, 0, 0x7f0000500000, 0],
+                                        kind=[KIND_MMAP, KIND_MMAP, KIND_OVERSIZE, KIND_MMAP],
+                                        groups=["anon"])
+
+    def record(self, table, i):
+        if int(table.kind[i]) == KIND_OVERSIZE:
+            return AllocRecord((0x401005,), 7, 1, 0x7f0000500000)
+        return None
+
+
+ALLOCATOR = Toy
+'''
+
+
+def test_first_table_through_a_dmod_loaded_by_path(tmp_path):
+    path = tmp_path / "toy.py"
+    path.write_text(TOY)
+    data = bytearray(0x1000)
+    data[8:16] = (0x7f0000400010).to_bytes(8, "little")  # keeps the fourth region alive
+    segs = [(Mapping(0x600000, 0x601000, "rw-p", 0, "08:01", 3, "/toy/prog"), data)]
+    segs += [(Mapping(b, b + n, "rw-p"), b"") for b, n in (
+        (0x7f0000100000, 0x1000), (0x7f0000200000, 0x1000), (0x7f0000300000, 0x2000),
+        (0x7f0000400000, 0x1000))]
+    s = Session(SyntheticTarget(segs, threads=[Thread(7, "main", {"rsp": 0x600800})]),
+                out=io.StringIO(), err=io.StringIO())
+    s.symbols.add_symbols("a.out", [Symbol("main", 0x401000, 0x20)], is_exe=True)
+    e = Engine(s)
+    e.run_string(f"::load {path}; ::findleaks -d")
+    assert s.out.getvalue() == (
+        "BYTES             LEAKED         VMEM_SEG CALLER\n"
+        "4096                   2     7f0000100000 MMAP\n"
+        "4096                   1     7f0000200000 MMAP\n"
+        "8192                   1     7f0000500000 main+0x5\n"
+        f"{RULE}\n"
+        "           Total       3 oversized leaks, 16384 bytes\n"
+        "\n"
+        "mmap(2) leak: [7f0000100000, 7f0000101000), 4096 bytes\n"
+        "mmap(2) leak: [7f0000200000, 7f0000201000), 4096 bytes\n"
+        "    unreferenced (heads of leaked structures): 2 of 2\n"
+        "        7f0000100000\n        7f0000200000\n"
+        "oversize leak: 1 vmem_seg, 8192 bytes\n"
+        "            ADDR          BUFADDR        TIMESTAMP           THREAD\n"
+        "                            CACHE              CPU\n"
+        "    7f0000500000     7f0000300000                1                7\n"
+        "                                0                -\n"
+        "                 main+0x5\n"
+        "\n"
+        "    unreferenced (heads of leaked structures): 1 of 1\n"
+        "        7f0000300000\n")
