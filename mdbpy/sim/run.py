@@ -159,7 +159,7 @@ class Simulation:
     # -- statements ---------------------------------------------------------------------
     def run(self, stmts: list[Stmt]) -> None:
         for st in stmts:
-            fn = getattr(self, "_" + st.op, None)
+            fn = getattr(self, "_op_" + st.op, None)
             if fn is None:  # header, cache and global statements were planned
                 continue
             try:
@@ -174,17 +174,17 @@ class Simulation:
         self.slub.finish(self.data, self.global_addr[SIM_ALLOCATOR_SYMBOL], self.clock,
                          self.cpus)
 
-    def _thread(self, line, name, cpu):
+    def _op_thread(self, line, name, cpu):
         self.cur = self.threads[name]
 
-    def _call(self, line, func):
+    def _op_call(self, line, func):
         t = self.cur
         t.push(func, self.code.ret_addr(t.top.func, line))
 
-    def _ret(self, line):
+    def _op_ret(self, line):
         self.cur.pop()
 
-    def _alloc(self, line, name, how, arg):
+    def _op_alloc(self, line, name, how, arg):
         if name in self.global_addr:
             raise ValueError(f"{name} is a global")
         if how == "cache":
@@ -202,7 +202,7 @@ class Simulation:
         self.objects[obj] = ObjInfo(name, cache.name, size, t.name, self._stack_names())
         self._put(t.slot(name), obj.to_bytes(8, "little"))
 
-    def _free(self, line, name):
+    def _op_free(self, line, name):
         obj = self._handle(name)
         info = self.objects[obj]
         first = info.free_stack
@@ -213,14 +213,14 @@ class Simulation:
                                       "free_stack": info.free_stack, "line": line})
         info.freed = True
 
-    def _store(self, line, dest, src):
+    def _op_store(self, line, dest, src):
         value = src if isinstance(src, int) else self._value(src)
         self._put(self._place(dest), value.to_bytes(8, "little"))
 
-    def _write(self, line, dest, data):
+    def _op_write(self, line, dest, data):
         self._put(self._place(dest), data)
 
-    def _memset(self, line, dest, byte, count):
+    def _op_memset(self, line, dest, byte, count):
         self._put(self._place(dest), bytes([byte]) * count)
 
     # -- helpers ------------------------------------------------------------------------
@@ -230,16 +230,29 @@ class Simulation:
             raise ValueError(f"no object named {name}")
         return obj
 
+    def _global(self, name: str) -> int | None:
+        return None if name == SIM_ALLOCATOR_SYMBOL else self.global_addr.get(name)
+
     def _value(self, ref: Ref) -> int:
-        base = self.global_addr.get(ref.name)
-        if base is None or ref.name == SIM_ALLOCATOR_SYMBOL:
+        """A source: the pointer an object name or a global holds (+offset), or `&global`."""
+        g = self._global(ref.name)
+        if ref.address:
+            if g is None:
+                raise ValueError(f"no global named {ref.name}")
+            base = g
+        elif g is not None:
+            base = int.from_bytes(self.data.view(g, 8), "little")
+        else:
             base = self._handle(ref.name)
         return (base + ref.offset) & ((1 << 64) - 1)
 
     def _place(self, ref: Ref) -> int:
+        """A destination: a stack slot, a global's bytes, or the bytes of an object."""
         if ref.local:
             return self.cur.slot(ref.name)
-        return self._value(ref)
+        g = self._global(ref.name)
+        base = g if g is not None else self._handle(ref.name)
+        return (base + ref.offset) & ((1 << 64) - 1)
 
     def _put(self, addr: int, data: bytes) -> None:
         """Write program bytes: into the data, a stack or the slab area, nowhere else."""

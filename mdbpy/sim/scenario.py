@@ -15,7 +15,8 @@ simulator can lay out the program's code (one call site per statement) before ru
     NAME = alloc CACHE        `alloc` takes a cache by name. The pointer is kept in the
                               current frame's stack slot NAME (a C local variable)
     free NAME                 kfree the object NAME was bound to
-    store DEST = SRC          write a pointer: SRC is NAME[+-OFF] (an object's or a global's
+    store DEST = SRC          write a pointer: SRC is NAME[+-OFF] (the pointer an object name
+                              or a global holds, plus OFF), &GLOBAL[+-OFF] (a global's
                               address), null, or a number
     write DEST "text"         write bytes (Python byte-string escapes) ...
     write DEST u64 N          ... or an integer (u8, u16, u32, u64, little-endian)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from typing import NamedTuple
 
 from mdbpy.errors import MdbError
@@ -52,11 +54,13 @@ class ScenarioError(MdbError):
 
 
 class Ref(NamedTuple):
-    """A place or a value: the object or global `name` plus `offset`, or a stack slot."""
+    """A place or a value: the object or global `name` plus `offset`, a stack slot (`local`),
+    or a global's own address (`address`: `&NAME` as a source)."""
 
     name: str
     offset: int = 0
     local: bool = False
+    address: bool = False
 
 
 class Stmt(NamedTuple):
@@ -193,14 +197,18 @@ def _source(tok: str, n: int) -> Ref | int:
         return 0
     if tok[:1].isdigit():
         return _number(tok, n, "value")
+    if tok.startswith("&"):
+        return _ref(tok[1:], n)._replace(address=True)
     return _ref(tok, n)
 
 
 def _data(rest: list[str], n: int) -> bytes:
     if len(rest) == 1 and rest[0].startswith('"'):
         try:
-            data = ast.literal_eval("b" + rest[0])
-        except (SyntaxError, ValueError):
+            with warnings.catch_warnings():  # an unknown escape such as \q is an error here
+                warnings.simplefilter("error")
+                data = ast.literal_eval("b" + rest[0])
+        except (SyntaxError, ValueError, Warning):
             raise ScenarioError(n, f"bad string {rest[0]} (bytes only: use \\x escapes)") from None
         if not data:
             raise ScenarioError(n, "empty string")
