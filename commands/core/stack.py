@@ -81,11 +81,11 @@ def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool
 
 def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
     """` at file:line` for frame i, where the line tables know it. A caller's pc is a return
-    address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame
-    and a frame interrupted by a signal are at their exact pc."""
+    address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame,
+    a signal trampoline and the frame a signal interrupted are at their exact pc."""
     from mdbpy.symbols.lines import source_line_or_none
 
-    exact = i == 0 or frames[i - 1].signal
+    exact = i == 0 or frames[i].signal or frames[i - 1].signal
     where = source_line_or_none(inv.session, frames[i].pc - (0 if exact else 1))
     return f" at {where[0]}:{where[1]}" if where else ""
 
