@@ -289,3 +289,27 @@ def test_colour_only_on_a_terminal(core_session, main_ref, monkeypatch):
         line for i, line in enumerate(plain.splitlines()) if i != 2]
     assert lines[2] == "\x1b[1m" + plain.splitlines()[2][:32] + "\x1b[0m" + plain.splitlines()[
         2][32:]
+
+
+def patched_copy(src, dst, section: str, field_at: int, value: bytes):
+    """A copy of an ELF file with bytes at `field_at` of one section header replaced."""
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray(open(src, "rb").read())
+    with open(src, "rb") as f:
+        elf = ELFFile(f)
+        index = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == section)
+        at = elf["e_shoff"] + index * elf["e_shentsize"] + field_at
+    data[at:at + len(value)] = value
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_damaged_plt_relocations_cost_only_stub_names(calls_exe, tmp_path):
+    from mdbpy.symbols.elf import parse_symbol_sections
+
+    bad = patched_copy(calls_exe, tmp_path / "calls-bad", ".rela.plt", 40,
+                       (0x7FFF).to_bytes(4, "little"))  # sh_link: no such section
+    assert plt_columns(str(bad)).names == []
+    tables, _ = parse_symbol_sections(str(bad))
+    assert "main" in tables["symtab"].names

@@ -186,3 +186,22 @@ def test_stack_lines_equal_gdb_bt(stacks_parked, stacks_exe):
         cc = run(s, "$C -l").splitlines()
     assert [line.split(" ", 1)[1] for line in cc] == c
     assert [m.group(2) is not None for m in map(FRAME.match, c)].count(True) >= 5
+
+
+def test_damaged_line_program_is_one_line_error(calls_exe, tmp_path):
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray(calls_exe.read_bytes())
+    with open(calls_exe, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".debug_line")
+        off, size = sec["sh_offset"], sec["sh_size"]
+    data[off + 4:off + size] = b"\xff" * (size - 4)  # the unit length kept, the rest garbage
+    bad = tmp_path / "calls-badlines"
+    bad.write_bytes(bytes(data))
+    with open_file_target(str(bad)) as target:
+        s = Session(target, out=io.StringIO(), err=io.StringIO())
+        main = s.symbols.lookup("main").addr
+        assert Engine(s).run_string(f"0x{main:x}::whereis") == 1
+        err = s.err.getvalue()
+        assert err.startswith("mdbpy: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err and s.out.getvalue() == ""

@@ -223,7 +223,12 @@ def source_line(session, addr: int) -> tuple[str, int]:
     obj = session.symbols.object_for_addr(addr)
     if obj is None:
         raise MdbError(f"0x{addr:x} is in no load object")
-    hit = line_table(obj).lookup((addr - obj.bias) & ((1 << 64) - 1))
+    table = line_table(obj)
+    try:
+        hit = table.lookup((addr - obj.bias) & ((1 << 64) - 1))
+    except Exception as e:  # a damaged line program: pyelftools raises many kinds of error
+        raise MdbError(f"{obj.name}: cannot read its line table: {type(e).__name__}: {e}") \
+            from None
     if hit is None:
         raise MdbError(f"no source line for 0x{addr:x} in {obj.name}")
     return hit

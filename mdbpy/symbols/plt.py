@@ -87,11 +87,23 @@ def _sym_name(syms: bytes, strs: bytes, index: int) -> str:
 
 def plt_columns(path: str) -> Columns:
     """The synthesized stub symbols of an ELF file, as a symbol-table Columns (values are
-    file addresses; sizes the entry sizes; local functions in their PLT section)."""
+    file addresses; sizes the entry sizes; local functions in their PLT section). A file
+    whose sections or relocations cannot be parsed has none: its real symbols still count."""
+    try:
+        stubs = _stubs(path)
+    except Exception:  # pyelftools' many parse errors on a damaged file: no stub names
+        stubs = []
+    n = len(stubs)
+    return Columns([name for name, _, _, _ in stubs], array("Q", [s[1] for s in stubs]),
+                   array("Q", [s[2] for s in stubs]), array("B", [STT_FUNC_LOCAL] * n),
+                   array("B", bytes(n)), array("H", [s[3] for s in stubs]))
+
+
+def _stubs(path: str) -> list[tuple[str, int, int, int]]:
+    """(name, file address, entry size, section index) of each named PLT entry."""
     from elftools.elf.elffile import ELFFile
 
-    names: list[str] = []
-    value, size, shndx = array("Q"), array("Q"), array("H")
+    out = []
     with open(path, "rb") as f:
         elf = ELFFile(f)
         secs = [(i, s) for i, s in enumerate(elf.iter_sections())
@@ -104,10 +116,5 @@ def plt_columns(path: str) -> Columns:
             for at in range(0, min(len(data), MAX_ENTRIES * step), step):
                 name = slots.get(stub_slot(data[at:at + step], base + at))
                 if name is not None:
-                    names.append(name)
-                    value.append(base + at)
-                    size.append(step)
-                    shndx.append(index)
-    n = len(names)
-    return Columns(names, value, size, array("B", [STT_FUNC_LOCAL] * n), array("B", bytes(n)),
-                   shndx)
+                    out.append((name, base + at, step, index))
+    return out
