@@ -28,7 +28,8 @@ targets:
   core              an ELF core file (from gcore, the kernel, or ::gcore); the executable is
                     found from the core's file notes
   object core       an executable and its core file
-  --demo            build and start the bundled example program and attach to it
+  --demo            build the bundled simulated program (a heap with planted bugs)
+                    and open its core
 
 options:
   -e CMDS           run CMDS (mdb syntax, ';' or newlines between commands) and exit
@@ -145,7 +146,7 @@ def open_target(a: Args):
 
         return LiveTarget(a.pid, stop=not a.options.get("nostop", False), writable=a.writable)
     if a.demo:
-        from mdbpy.demo import open_demo_target
+        from mdbpy.sim.demo import open_demo_target
 
         return open_demo_target()
     from mdbpy.target.core import open_file_target
