@@ -15,10 +15,13 @@ terminal the window's own address is bold; anything else (pipes, files, tests) g
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from mdbpy.dcmd import LOOP, Invocation, dcmd, to_number
-from mdbpy.disasm import Insn, disassemble, disassemble_range, previous
 from mdbpy.errors import MdbError, UsageError
+
+if TYPE_CHECKING:
+    from mdbpy.disasm import Insn
 
 DEFAULT_COUNT = 10
 MAX_COUNT = 1 << 16  # -n larger than this is a typo, not a request
@@ -48,6 +51,8 @@ just past the last instruction, so a bare ::dis continues.
 @dcmd("dis", "disassemble near addr", usage="?[-abflw] [-n cnt] [addr]", help=DIS_HELP,
       example="main::dis")
 def dis(inv: Invocation):
+    from mdbpy.disasm import disassemble, disassemble_range, previous  # on first use
+
     opts, rest = inv.getopt("abflwn:", numeric="n")
     s = inv.session
     addr = _address(inv, rest)
