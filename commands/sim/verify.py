@@ -1,8 +1,8 @@
 """slub_debug's consistency checks on a simulated cache (Linux mm/slub.c check_object and
 check_pad_bytes), one slab at a time and vectorized over its slots.
 
-Per slot, in the kernel's order (only the first failure of an object is reported, as the kernel
-stops at it):
+Per slot, in the kernel's order, each damaged area reported once with its first bad byte (the
+kernel stops at an object's first failure; a post-mortem check shows them all):
   - red zones, left [slot, object) and right [object + object_size, object + inuse): 0xcc while
     the object is allocated, 0xbb while it is free (`Redzone overwritten`);
   - a free object's poison: 0x6b bytes ending in 0xa5 (`Poison overwritten`);
@@ -24,6 +24,7 @@ from mdbpy.sim.layouts import (SIM_PADDING_BYTE, SIM_POISON, SIM_POISON_END, SIM
 REDZONE = "Redzone overwritten"
 POISON = "Poison overwritten"
 PADDING = "Object padding overwritten"
+KIND_ORDER = {REDZONE: 0, POISON: 1, PADDING: 2}
 
 
 def slot_regions(alloc, c) -> dict:
@@ -55,7 +56,7 @@ def check_cache(alloc, c) -> list[Problem]:
     poison = np.full(max(phi - plo, 0), SIM_POISON_FREE, np.uint8)
     if phi == v.red_left_pad + v.object_size and len(poison):
         poison[-1] = SIM_POISON_END
-    found: dict[int, Problem] = {}  # slot -> its first problem, in the kernel's order
+    found: dict[tuple, Problem] = {}  # (slot, kind) -> the first bad byte of that area
     for slab in c.slabs:
         try:
             data = alloc.session.mem.read(slab.base, slab.objects * v.size)
@@ -73,22 +74,19 @@ def check_cache(alloc, c) -> list[Problem]:
         if flags & SIM_POISON:
             checks.append((POISON, reg["poison"], poison, rows_free))
             checks.append((PADDING, reg["padding"], SIM_PADDING_BYTE, None))
-        slab_found: dict[int, Problem] = {}
         for kind, (lo, hi), want, rows in checks:
             if rows is not None and not len(rows):
                 continue
             idx, first, last = mismatches(slots, lo, hi, want, rows)
             for k, a, b in zip(idx.tolist(), first.tolist(), last.tolist()):
-                if k in slab_found:
+                slot = slab.base + k * v.size
+                key = (slot, KIND_ORDER[kind])
+                if key in found:  # the right red zone after the left one
                     continue
-                obj = c.object_at(slab, k)
                 exp = int(want if np.isscalar(want) else want[a - lo])
-                slab_found[k] = Problem(kind, c.name, obj, v.object_size, slab.base + k * v.size
-                                        + a, slab.base + k * v.size + b + 1,
-                                        int(slots[k, a]), exp)
-        for k, p in slab_found.items():
-            found[slab.base + k * v.size] = p
-    problems = [found[a] for a in sorted(found)]
+                found[key] = Problem(kind, c.name, c.object_at(slab, k), v.object_size,
+                                     slot + a, slot + b + 1, int(slots[k, a]), exp)
+    problems = [found[key] for key in sorted(found)]
     for p in problems:
         p.records = alloc.records_at(c, p.addr)
     return problems
