@@ -54,6 +54,8 @@ class Session:
         self.prompt = "> "
         self.macro_path: list[str] = ["."]
         self.cache: dict[Any, Any] = {}
+        # string-valued settings of dmods, kept across stops (e.g. 'ptmalloc.locate': 'auto')
+        self.settings: dict[str, str] = {}
         self._symbols = None
         self._autoloaded = False
         self.thread: int | None = None  # the current thread's tid (None: the first thread)

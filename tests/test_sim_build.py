@@ -95,12 +95,11 @@ def test_allocator_root_and_cache_geometry(demo):
     assert root.metadata <= root.caches < root.metadata_end
 
 
-def test_every_slot_byte_for_byte(demo):
-    r, s = demo
+def scan_slots(s):
+    """Every slot of every cache checked against what slub_debug writes: (damaged (object,
+    kind) pairs, allocated objects). Free lists must hold each free object exactly once."""
     _, cs = caches(s)
-    _, _, live = live_objects(s, r)
-    truth = {(c["address"], c["kind"]): c for c in r.truth["corrupt"]}
-    seen_live, bad = set(), []
+    live, bad = set(), []
     for name, c in cs.items():
         for sl in slabs(s, c):
             free = freelist(s, c, sl)
@@ -120,13 +119,20 @@ def test_every_slot_byte_for_byte(demo):
                     areas["poison"] = raw[o:o + c.object_size]
                     want["poison"] = b"\x6b" * (c.object_size - 1) + b"\xa5"
                 else:
-                    seen_live.add(obj)
+                    live.add(obj)
                 for kind in areas:
                     if areas[kind] != want[kind]:
                         bad.append((obj, kind))
             tail = s.mem.read(sl.base + sl.objects * c.size, c.slab_size - sl.objects * c.size)
             assert tail == b"\x5a" * len(tail)
-    assert seen_live == live
+    return bad, live
+
+
+def test_every_slot_byte_for_byte(demo):
+    r, s = demo
+    bad, live = scan_slots(s)
+    assert live == live_objects(s, r)[2]
+    truth = [(c["address"], c["kind"]) for c in r.truth["corrupt"]]
     assert sorted(bad) == sorted(k for k in truth if k[1] != "double free")
 
 
@@ -228,3 +234,34 @@ def test_gdb_opens_the_core(written):
     assert "LWP 4242" in res.stdout and "LWP 4243" in res.stdout
     assert "in serve ()" in res.stdout and "in worker_loop ()" in res.stdout
     assert "#1  0x" in res.stdout and "in main ()" in res.stdout
+
+
+def test_generator_sizes_leaks_and_shapes():
+    from mdbpy.sim.generate import generate
+
+    r = generate(10_000, 0.02, seed=5, list_len=1500, tree_nodes=700, fanout=64, check=True)
+    counts = r.truth["caches"]
+    assert sum(c["allocated"] for c in counts.values()) == 10_000
+    assert len(r.truth["leaks"]) == 200 == counts["kmalloc-64"]["leaked"]
+    assert counts["kmalloc-32"]["allocated"] == 1500 and counts["tree_node"]["allocated"] == 700
+    # 7600 items and arrays: ceil(7600 / 65) arrays of 64 pointers
+    assert counts["kmalloc-512"]["allocated"] == 117
+    assert counts["kmalloc-64"]["allocated"] == 7600 - 117 + 200
+    s = Session(r.target, out=open("/dev/null", "w"))
+    r.add_symbols(s)
+    bad, live = scan_slots(s)
+    assert bad == [] and len(live) == 10_000
+    n, seen = s.mem.read_u64(r.globals["list_head"]), 0
+    while n:
+        seen += 1
+        n = s.mem.read_u64(n)
+    assert seen == 1500
+    _, cs = caches(s)
+    leak = r.truth["leaks"][0]["address"]
+    stack = track(s, cs["kmalloc-64"], leak, "alloc")[0]
+    assert stack == ["parse_header+0x9", "handle_request+0x9", "main+0x18", "_start+0x9"]
+    # the same seed builds the same heap
+    again = generate(10_000, 0.02, seed=5, list_len=1500, tree_nodes=700, fanout=64)
+    assert again.truth == r.truth
+    assert [again.target.read(m.start, m.size) for m in again.target.mappings()] == [
+        r.target.read(m.start, m.size) for m in r.target.mappings()]

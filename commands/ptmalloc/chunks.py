@@ -87,17 +87,17 @@ def walk_heap(mem, first: int, end: int, top: int | None) -> HeapWalk:
                 break  # the fencepost pair that closes an old thread heap
             size = rawk & ~SIZE_BITS
             addr = first + 16 * k
-            why = ("size 0x%x runs past the %s at 0x%x" % (size, "top chunk" if top else
-                                                            "heap end", end)
-                   if size >= MINSIZE and not size & 15 else
-                   "bad size 0x%x (smashed header?)" % rawk)
-            problems.append((addr, why))
+            why = (f"chunk 0x{addr:x}: size 0x{size:x} runs past the "
+                   f"{'top chunk' if top else 'heap end'} at 0x{end:x}"
+                   if MINSIZE <= size <= span and not size & 15 else
+                   f"chunk 0x{addr:x}: bad size 0x{rawk:x} (smashed header?)")
             k2 = _resync(nxt, k, nslots)
+            if k2 < nslots:
+                why += f"; walk resumes at 0x{first + 16 * k2:x}"
+            problems.append((addr, why))
             bad_slots.append(len(order))
             add(k)
             k = k2
-            if k < nslots:
-                problems.append((first + 16 * k, "walk resumes here"))
             continue
         add(k)
         k = k2

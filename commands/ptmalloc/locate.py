@@ -33,7 +33,7 @@ MINSIZE = 32
 
 def locate_mode(session) -> str:
     """The setting in force: the session's, else $MDBPY_PTMALLOC_LOCATE, else auto."""
-    mode = getattr(session, "settings", {}).get(SETTING) or os.environ.get(ENV_SETTING) or "auto"
+    mode = session.settings.get(SETTING) or os.environ.get(ENV_SETTING) or "auto"
     if mode not in MODES:
         raise MdbError(f"ptmalloc: locate mode '{mode}' is not one of {', '.join(MODES)}")
     return mode

@@ -87,8 +87,11 @@ def thread_roots(session) -> tuple[list[Root], list[tuple[int, str]], list[str]]
         fs = regs.get("fs_base")
         tm = mem.mapping_at(fs) if fs else None
         if tm is not None:
-            ranges.append(Root(max(tm.start, fs - TLS_BELOW), min(tm.end, fs + TLS_ABOVE),
-                               f"thread {t.tid} TLS"))
+            lo = max(tm.start, fs - TLS_BELOW)
+            if sp is not None and lo <= sp < fs:
+                # a thread's TLS sits above its own stack: below the stack pointer is dead
+                lo = sp & ~7
+            ranges.append(Root(lo, min(tm.end, fs + TLS_ABOVE), f"thread {t.tid} TLS"))
     if not threads:
         # without threads (e.g. registers unavailable) the main stack is still a root
         for m in mem.mappings():

@@ -167,8 +167,9 @@ class Slub:
 
     # -- slabs --------------------------------------------------------------------------
     def new_slabs(self, cache: SimCache, count: int, chain: bool = True) -> list[Slab]:
-        """Carve `count` slabs of free slots (naturally aligned) for `cache`. With `chain`,
-        each slab's free pointers link its objects in address order (a fresh slab's list)."""
+        """Carve `count` contiguous slabs of free slots (naturally aligned) for `cache`. With
+        `chain`, each slab's free pointers link its objects in address order (a fresh slab's
+        list); without, the caller fills the slabs and sets their free lists (the generator)."""
         g = cache.geom
         area = self.slab_area
         base = _align(area.end, g.slab_size)
@@ -180,8 +181,8 @@ class Slub:
         descs = self._meta(self.b["sim_slab"].size * count)
         for k in range(count):
             s = Slab(descs + k * self.b["sim_slab"].size, base + k * g.slab_size, cache)
-            objs = [s.base + i * g.size + g.red_left_pad for i in range(g.objects)]
             if chain:
+                objs = [s.base + i * g.size + g.red_left_pad for i in range(g.objects)]
                 for obj, nxt in zip(objs, objs[1:] + [0]):
                     self.put_word(obj + g.offset, nxt)
                 s.free = objs[::-1]

@@ -16,6 +16,9 @@ import zlib
 from collections.abc import Callable, Iterable
 
 SYSTEM_DEBUG_DIRS = ("/usr/lib/debug",)
+# colon-separated directories replacing SYSTEM_DEBUG_DIRS (empty: none, to see a target as a
+# machine without debug packages sees it)
+SYSTEM_DEBUG_ENV = "MDBPY_SYSTEM_DEBUG_DIRS"
 CRC_CHUNK = 1 << 20
 
 
@@ -25,7 +28,9 @@ def debug_dirs(user_dirs: Iterable[str] | None, sysroot: str | None) -> list[str
     out: list[str] = []
     for d in list(user_dirs or []):
         out.append(d)
-    for d in SYSTEM_DEBUG_DIRS:
+    env = os.environ.get(SYSTEM_DEBUG_ENV)
+    system = SYSTEM_DEBUG_DIRS if env is None else [d for d in env.split(":") if d]
+    for d in system:
         if sysroot:
             out.append(os.path.join(sysroot, d.lstrip("/")))
         out.append(d)

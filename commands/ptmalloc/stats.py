@@ -1,0 +1,84 @@
+"""Statistics exactly as glibc computes them: int_mallinfo() per arena, summed by mallinfo2(3),
+and printed per arena by malloc_stats(3). Tcache chunks count as in use there (glibc does not
+look into the tcache), so the numbers match what the process would print of itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bins import Walker
+
+MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                   "uordblks", "fordblks", "keepcost")
+
+
+@dataclass
+class Mallinfo:
+    arena: int = 0
+    ordblks: int = 0
+    smblks: int = 0
+    hblks: int = 0
+    hblkhd: int = 0
+    usmblks: int = 0
+    fsmblks: int = 0
+    uordblks: int = 0
+    fordblks: int = 0
+    keepcost: int = 0
+
+
+def arena_info(session, state, arena) -> Mallinfo:
+    """int_mallinfo() of one arena."""
+    w = Walker(session, state)
+    avail = session.mem.read_u64(arena.state.top + 8) & ~7
+    nblocks = 1
+    fast = w.fastbins(arena)
+    nfast = sum(len(b.chunks) for b in fast)
+    fastavail = sum(session.mem.read_u64(c + 8) & ~7 for b in fast for c in b.chunks)
+    avail += fastavail
+    for i in range(1, 127):
+        lst = w.doubly(arena, i)
+        if lst is not None:
+            nblocks += len(lst.chunks)
+            avail += sum(session.mem.read_u64(c + 8) & ~7 for c in lst.chunks)
+    system = arena.state.system_mem
+    m = Mallinfo(arena=system, ordblks=nblocks, smblks=nfast, fsmblks=fastavail,
+                 uordblks=system - avail, fordblks=avail)
+    if arena.is_main:
+        mp = state.mp
+        if mp is not None:
+            m.hblks, m.hblkhd = mp.n_mmaps, mp.mmapped_mem
+        m.keepcost = session.mem.read_u64(arena.state.top + 8) & ~7
+    return m
+
+
+def mallinfo2(session, state) -> Mallinfo:
+    total = Mallinfo()
+    for a in state.arenas:
+        m = arena_info(session, state, a)
+        for f in MALLINFO_FIELDS:
+            if f in ("hblks", "hblkhd", "usmblks", "keepcost"):
+                if a.is_main:
+                    setattr(total, f, getattr(m, f))
+            else:
+                setattr(total, f, getattr(total, f) + getattr(m, f))
+    return total
+
+
+def malloc_stats_text(session, state) -> str:
+    """malloc_stats(3)'s report, byte for byte."""
+    mp = state.mp
+    mmapped = mp.mmapped_mem if mp is not None else 0
+    system_b = in_use_b = mmapped
+    lines = []
+    for a in state.arenas:
+        m = arena_info(session, state, a)
+        lines += [f"Arena {a.index}:", f"system bytes     = {m.arena & 0xFFFFFFFF:10d}",
+                  f"in use bytes     = {m.uordblks & 0xFFFFFFFF:10d}"]
+        system_b += m.arena
+        in_use_b += m.uordblks
+    lines += ["Total (incl. mmap):", f"system bytes     = {system_b & 0xFFFFFFFF:10d}",
+              f"in use bytes     = {in_use_b & 0xFFFFFFFF:10d}",
+              f"max mmap regions = {(mp.max_n_mmaps if mp is not None else 0):10d}",
+              f"max mmap bytes   = {(mp.max_mmapped_mem if mp is not None else 0):10d}"]
+    return "\n".join(lines) + "\n"
