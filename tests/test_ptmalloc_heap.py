@@ -28,47 +28,38 @@ def gh_exe(build_dir):
 
 
 def _planted(exe, build_dir, mode, tunables=None):
+    """Yield (Running, malloc_stats text, gcore path, exe) of a fixture run; kill it after."""
     env = dict(os.environ)
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     r = start_fixture(exe, mode, env=env)
-    stats = ""
-    if mode != "fastdup":
-        # printed right after READY, so these reads never wait (and READY's read may have
-        # buffered them already, which a select() on the pipe would not see)
-        for _ in range(64):
-            stats += r.proc.stdout.readline()
-            if "max mmap bytes" in stats:
-                break
-    core = gcore(r.pid, build_dir / f"glibc-{mode}")
-    return r, stats, core
+    try:
+        stats = ""
+        if mode != "fastdup":
+            # printed right after READY, so these reads never wait (and READY's read may
+            # have buffered them already, which a select() on the pipe would not see)
+            for _ in range(64):
+                stats += r.proc.stdout.readline()
+                if "max mmap bytes" in stats:
+                    break
+        yield r, stats, gcore(r.pid, build_dir / f"glibc-{mode}"), exe
+    finally:
+        r.stop()
 
 
 @pytest.fixture(scope="module")
 def leaks(gh_exe, build_dir):
-    r, stats, core = _planted(gh_exe, build_dir, "leaks")
-    try:
-        yield r, stats, core, gh_exe
-    finally:
-        r.stop()
+    yield from _planted(gh_exe, build_dir, "leaks")
 
 
 @pytest.fixture(scope="module")
 def corrupt(gh_exe, build_dir):
-    r, stats, core = _planted(gh_exe, build_dir, "corrupt", "glibc.malloc.perturb=90")
-    try:
-        yield r, stats, core, gh_exe
-    finally:
-        r.stop()
+    yield from _planted(gh_exe, build_dir, "corrupt", "glibc.malloc.perturb=90")
 
 
 @pytest.fixture(scope="module")
 def fastdup(gh_exe, build_dir):
-    r, stats, core = _planted(gh_exe, build_dir, "fastdup", "glibc.malloc.tcache_count=0")
-    try:
-        yield r, stats, core, gh_exe
-    finally:
-        r.stop()
+    yield from _planted(gh_exe, build_dir, "fastdup", "glibc.malloc.tcache_count=0")
 
 
 @contextmanager
