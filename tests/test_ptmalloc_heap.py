@@ -214,3 +214,16 @@ def test_without_debug_files_auto_falls_back_to_heuristics(leaks, tmp_path, monk
                   env={"MDBPY_SYSTEM_DEBUG_DIRS": "", "MDBPY_CACHE_DIR": str(tmp_path)})
     assert p.returncode == 0, p.stderr
     assert "(heuristic)" in p.stdout and p.stdout.endswith(stats)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generic_heap_dcmds_see_glibc(corrupt, kind):
+    r = corrupt[0]
+    with opened(corrupt, kind) as s:
+        out = run(s, "::heap_verify -q")
+        assert out.splitlines()[-1] == "ptmalloc: 3 problems in 3 buffers"
+        assert f"INFO: Object 0x{r.addr('smashed'):x}" in out
+        live = r.addr("live_list")
+        assert run(s, f"0x{live + 8:x}::whatis") == (f"{live + 8:x} is {live:x}+8, allocated "
+                                                     "from chunk 0x30\n")
+        assert "struct malloc_state" in run(s, "::layout malloc_state")

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdbpy.heap.model import ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable
+from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
+                              Problem)
 
 from .bins import Walker
 from .chunks import mmapped_chunks, walk_heap
@@ -113,11 +114,13 @@ def _build(session) -> ChunkTable:
 
 class PtmallocAllocator(Allocator):
     name = "ptmalloc"
+    record_name = "chunk"  # a buffer's control address is its chunk header
 
     def __init__(self, session):
         super().__init__(session)
         self.state = locate(session)
         self.version = self.state.version
+        self.binder = self.state.structs
 
     @classmethod
     def detect(cls, session):
@@ -164,6 +167,22 @@ class PtmallocAllocator(Allocator):
                 if h.info is not None:
                     out.append((h.info, h.first))
         return out
+
+    def group_addr(self, table: BufferTable, i: int) -> int:
+        """The arena of buffer i (0 for an mmapped chunk, which belongs to none)."""
+        import numpy as np
+
+        t = self.chunks()
+        k = int(np.searchsorted(t.addr, table.ctl[i]))
+        if k >= len(t.addr) or t.addr[k] != table.ctl[i] or t.arena[k] < 0:
+            return 0
+        return self.state.arenas[int(t.arena[k])].addr
+
+    def verify(self, progress=None) -> list[Problem]:
+        """The problems ::ptmalloc_verify prints, for the generic ::heap_verify."""
+        from .verify import verify
+
+        return [Problem(msg, "ptmalloc", addr) for addr, msg in verify(self.session)]
 
     def group_name(self, table: BufferTable, i: int) -> str:
         size = table.groups[int(table.group[i])] if table.groups else 0
