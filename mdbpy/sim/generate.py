@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from mdbpy.sim import truth as T
 from mdbpy.sim.build import SimResult, result_of, roots
-from mdbpy.sim.run import CLOCK_START, Simulation, plan
+from mdbpy.sim.run import Simulation, plan
 from mdbpy.sim.scenario import parse
 from mdbpy.sim.slub import SimCache, Slub
 

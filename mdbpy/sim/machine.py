@@ -109,12 +109,6 @@ class Code:
         """Where a thread sitting in `func` is stopped: right after the prologue."""
         return self.addr[func] + len(PROLOGUE)
 
-    def function_at(self, pc: int) -> str | None:
-        for name, a in self.addr.items():
-            if a <= pc < a + self.size[name]:
-                return name
-        return None
-
 
 @dataclass
 class Frame:

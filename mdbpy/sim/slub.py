@@ -222,7 +222,7 @@ class Slub:
     def free(self, obj: int, track: bytes) -> str:
         """kfree: 'freed', or 'double' when the object is already free (slub_debug refuses the
         free, so the free list is unchanged, but the free track records this caller)."""
-        slab, k = self.locate(obj)
+        slab, _ = self.locate(obj)
         g = slab.cache.geom
         t = obj + g.track_offset + g.track_size
         self.slab_area.view(t, len(track))[:] = track
@@ -233,16 +233,6 @@ class Slub:
         self.put_word(obj + g.offset, slab.free[-1] if slab.free else 0)
         slab.free.append(obj)
         return "freed"
-
-    def object_at(self, addr: int) -> tuple[SimCache, int, bool] | None:
-        """(cache, object address, allocated) for an address that is an object's start."""
-        hit = self.locate(addr)
-        if hit is None:
-            return None
-        slab, k = hit
-        g = slab.cache.geom
-        obj = slab.base + k * g.size + g.red_left_pad
-        return (slab.cache, obj, obj not in slab.free) if obj == addr else None
 
     def _redzones(self, obj: int, g: Geometry, byte: int) -> None:
         left = g.red_left_pad
