@@ -295,3 +295,28 @@ def test_first_table_through_a_dmod_loaded_by_path(tmp_path):
         "\n"
         "    unreferenced (heads of leaked structures): 1 of 1\n"
         "        7f0000300000\n")
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(h):
+    from mdbpy.heap.report import Progress
+
+    h.session.err = Tty()
+    p = Progress(h.session, "scan")
+    p(1, 4)
+    p(1, 4)  # unchanged: not redrawn
+    p(4, 4)
+    p.close()
+    assert h.session.err.getvalue() == (
+        "\rscan [#######                       ]  25%"
+        "\rscan [##############################] 100%"
+        "\r" + " " * 42 + "\r")
+    h.session.err = io.StringIO()
+    quiet = Progress(h.session, "scan")
+    quiet(1, 2)
+    quiet.close()
+    assert h.session.err.getvalue() == ""

@@ -119,7 +119,7 @@ def _walk_leaks(session, addr, buffers: bool):
             yield m.addr if buffers else ctl_addr(m)
 
 
-@walker("leak", "walk the leaks of the last ::findleaks (their control addresses)", help="""\
+@walker("leak", "walk the leaks of the last ::findleaks (their records, bufctls)", help="""\
 Every leak of the last ::findleaks: the allocation record's address (bufctl, track) where the
 allocator keeps one, else the buffer or region. Started at a leak's control address, only the
 members of its group.""")
@@ -141,6 +141,10 @@ def link_offset(mem, src: int, size: int, dst: int, dst_size: int) -> int | None
     words = np.frombuffer(mem.read(src, size - size % 8), "<u8")
     hit = np.nonzero((words >= np.uint64(dst)) & (words < np.uint64(dst + dst_size)))[0]
     return int(hit[0]) * 8 if len(hit) else None
+
+
+def _size(table, base: int) -> int:
+    return int(table.size[table.find(base)])
 
 
 @dcmd("whyalive", "explain what keeps a heap buffer alive", usage=":[-f]",
@@ -175,17 +179,13 @@ def whyalive(inv):
         inv.print(f"{head}, reachable through:")
         _, slot, label = chain[0]
         root = f"{s.format_addr(slot)} ({label})" if slot is not None else label
-        prev = None
-        for b, _, g in chain[1:]:
-            if prev is None:
-                via = root
-            else:
-                j = r.table.find(prev)
-                off = link_offset(s.mem, prev, int(r.table.size[j]), b, int(r.table.size[
-                    r.table.find(b)]))
-                via = f"{prev:x}+{off:x}" if off is not None else f"{prev:x}"
+        via = root
+        for k, (b, _, g) in enumerate(chain[1:]):
             inv.print(f"    {via:<40s} -> {b:x} ({g})")
-            prev = b
+            if k + 2 < len(chain):
+                nxt = chain[k + 2][0]
+                off = link_offset(s.mem, b, _size(r.table, b), nxt, _size(r.table, nxt))
+                via = f"{b:x}+{off:x}" if off is not None else f"{b:x}"
         return 0
     raise MdbError(f"{inv.addr:x} is not in an allocated heap buffer")
 
@@ -226,6 +226,14 @@ def whatis(inv):
 
 
 # -- verify and statistics ------------------------------------------------------------------
+def summary(problems) -> str:
+    """`N problems in M buffers`, or `heap is clean`."""
+    if not problems:
+        return "heap is clean"
+    n, objs = len(problems), len({p.addr for p in problems})
+    return f"{n} problem{'' if n == 1 else 's'} in {objs} buffer{'' if objs == 1 else 's'}"
+
+
 @dcmd("heap_verify", "check the heap's integrity with the allocator's own checks",
       usage="[-q]", example="::heap_verify", help="""\
 Every allocator in the target checks its heap as its debugging features allow (red zones,
@@ -254,10 +262,7 @@ def heap_verify(inv):
             for line in format_problem(s, p, stacks=not opts.get("q")):
                 inv.print(line)
             inv.print("")
-        objs = len({p.addr for p in problems})
-        inv.print(f"{a.name}: {len(problems)} problem{'' if len(problems) == 1 else 's'}"
-                  f" in {objs} buffer{'' if objs == 1 else 's'}" if problems
-                  else f"{a.name}: heap is clean")
+        inv.print(f"{a.name}: {summary(problems)}")
     return 0
 
 
