@@ -1,0 +1,241 @@
+"""UmemAllocator: libumem for the generic heap engines (::findleaks, ::whatis, ::heap_verify,
+::heap_stats), following mdb's leaky_subr.c for what is a candidate:
+
+- cache buffers: the allocated buffers of every cache (for findleaks only those whose arena is
+  umem_default or umem_firewall, i.e. not libumem's own metadata caches); audit caches give
+  each its bufctl, whose record (stack, thread, time) groups the leaks;
+- oversized allocations: the ALLOC segments of the umem_oversize and umem_memalign arenas;
+- MMAP: private, unnamed, writable mappings outside every umem heap span (the spans of the top
+  ancestor of heap_arena), minus those holding a thread's stack or thread pointer and the bss
+  that follows a loaded object;
+- SBRK: the parts of [heap] (brk) no umem span covers.
+
+Heap memory is never a root: the umem spans are the heap regions, and libumem's own data
+(umem_null_cache, vmem0, the alloc table) is metadata, as mdb ignores "part of umem" mappings.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mdbpy.errors import MdbError
+from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK,
+                              AllocRecord, Allocator, BufferTable, HeapStat, Problem)
+from mdbpy.heap.roots import merge_ranges
+
+from mdbpy_commands.umem import layouts as L
+from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.state import Umem
+from mdbpy_commands.umem.verify import verify_cache
+
+LEAK_ARENAS = ("umem_default", "umem_firewall")  # caches whose buffers findleaks reports
+OVERSIZE_ARENAS = ("umem_oversize", "umem_memalign")
+
+
+class UmemAllocator(Allocator):
+    name = "umem"
+
+    def __init__(self, session, umem: Umem):
+        super().__init__(session)
+        self.umem = umem
+        self.version = umem.version
+        self.binder = umem.layouts
+        self._buffers = None
+        self._segs = None
+
+    @classmethod
+    def detect(cls, session):
+        try:
+            umem = Umem.get(session)
+        except MdbError:
+            return None
+        if umem.ready != L.UMEM_READY:
+            return None
+        return cls(session, umem)
+
+    # -- buffers ----------------------------------------------------------------------------
+    def _cache_tables(self, alloc_only: bool, leak_caches: bool) -> list[BufferTable]:
+        import numpy as np
+
+        out = []
+        for c in self.umem.caches():
+            if c.cache_cflags & L.UMC_NOTOUCH:
+                continue  # their "buffers" are other caches' slabs
+            if leak_caches and self._arena_name(c.cache_arena) not in LEAK_ARENAS:
+                continue
+            ct = cache_contents(self.umem, c)
+            sel = ct.alloc if alloc_only else slice(None)
+            n = int(np.count_nonzero(ct.alloc)) if alloc_only else len(ct.bufs)
+            audit = bool(c.cache_flags & L.UMF_AUDIT)
+            out.append(BufferTable.from_columns(
+                ct.bufs[sel], np.full(n, c.cache_bufsize, np.uint64),
+                np.where(ct.alloc[sel], ALLOC, FREE).astype(np.uint8), np.zeros(n, np.int32),
+                ct.ctl[sel] if audit else np.zeros(n, np.uint64), np.zeros(n, np.uint8),
+                groups=[(c.cstr("cache_name"), c.addr)], sort=False))
+        return out
+
+    def _arena_name(self, addr: int) -> str:
+        if not addr:
+            return ""
+        key = ("umem_arena_name", addr)
+        name = self.session.cache.get(key)
+        if name is None:
+            name = self.umem.view("vmem", addr).cstr("vm_name")
+            self.session.cache[key] = name
+        return name
+
+    def oversize_segs(self) -> list:
+        """ALLOC segments of the oversize and memalign arenas (views)."""
+        if self._segs is None:
+            segs = []
+            try:
+                for name in OVERSIZE_ARENAS:
+                    a = self.umem.arena_named(name)
+                    if a is not None:
+                        segs += [(name, s) for s in self.umem.segs(a.addr)
+                                 if s.vs_type == L.VMEM_ALLOC]
+            except MdbError as e:
+                self.session.warn(f"umem: oversized allocations skipped: {e}")
+            self._segs = segs
+        return self._segs
+
+    def _oversize_table(self) -> BufferTable:
+        segs = self.oversize_segs()
+        names = sorted({n for n, _s in segs})
+        return BufferTable.from_columns(
+            [s.vs_start for _n, s in segs], [s.vs_end - s.vs_start for _n, s in segs],
+            [ALLOC] * len(segs), [names.index(n) for n, _s in segs], [s.addr for _n, s in segs],
+            [KIND_OVERSIZE] * len(segs), groups=[(n, 0) for n in names])
+
+    def buffers(self) -> BufferTable:
+        if self._buffers is None:
+            self._buffers = BufferTable.concat(self._cache_tables(False, False) +
+                                               [self._oversize_table()])
+        return self._buffers
+
+    def candidates(self) -> BufferTable:
+        regions = self._regions()
+        extra = BufferTable.from_columns([a for a, _b, _k in regions],
+                                         [b - a for a, b, _k in regions],
+                                         [ALLOC] * len(regions), kind=[k for *_r, k in regions],
+                                         groups=[("", 0)])
+        return BufferTable.concat(self._cache_tables(True, True) + [self._oversize_table(),
+                                                                    extra])
+
+    # -- regions ----------------------------------------------------------------------------
+    def spans(self) -> list[tuple[int, int]]:
+        """The umem heap spans: SPAN segments of the top ancestor of heap_arena."""
+        key = "umem_spans"
+        got = self.session.cache.get(key)
+        if got is None:
+            top = self.umem.mem.read_ptr(self.umem.addr_of("heap_arena"))
+            for _ in range(64):
+                src = self.umem.view("vmem", top).vm_source
+                if not src:
+                    break
+                top = src
+            got = merge_ranges((s.vs_start, s.vs_end) for s in self.umem.segs(top)
+                               if s.vs_type == L.VMEM_SPAN)
+            self.session.cache[key] = got
+        return got
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        return self.spans()
+
+    def metadata_regions(self) -> list[tuple[int, int]]:
+        """libumem's own writable data (its mappings and their bss), or, linked statically,
+        its big globals."""
+        obj = self.umem.obj
+        out = []
+        maps = self.session.mem.mappings()
+        names = {obj.name, os.path.basename(obj.path)} - {""}
+        for k, m in enumerate(maps):
+            mine = m.is_file and os.path.basename(m.path) in names and not obj.is_exe
+            bss = (not m.path and k and maps[k - 1].end == m.start and maps[k - 1].is_file
+                   and os.path.basename(maps[k - 1].path) in names and not obj.is_exe)
+            if m.writable and (mine or bss):
+                out.append((m.start, m.end))
+        if obj.is_exe:
+            for name in ("umem_null_cache", "vmem0", "umem_alloc_table", "umem_cpus"):
+                s = self.umem.sym(name)
+                if s is not None:
+                    out.append((s.addr, s.addr + max(s.size, 8)))
+        return out
+
+    def _regions(self) -> list[tuple[int, int, int]]:
+        """(start, end, kind) of the MMAP and SBRK candidates."""
+        from mdbpy.heap.roots import subtract
+        from mdbpy.heap.scan import Root
+
+        spans = self.spans()
+        maps = self.session.mem.mappings()
+        pins = [v for t in self.session.target.threads()
+                for k, v in t.regs.items() if k in ("rsp", "fs_base") and v]
+        out = []
+        for k, m in enumerate(maps):
+            if not (m.readable and m.writable) or m.shared:
+                continue
+            if m.path == "[heap]":
+                kind = KIND_SBRK
+            elif m.path:
+                continue
+            else:
+                kind = KIND_MMAP
+                if k and maps[k - 1].end == m.start and maps[k - 1].is_file:
+                    continue  # a loaded object's bss
+                if any(m.start <= p < m.end for p in pins):
+                    continue  # a thread's stack or thread pointer area
+            out += [(r.start, r.end, kind) for r in subtract([Root(m.start, m.end, "")], spans)]
+        return out
+
+    # -- records ----------------------------------------------------------------------------
+    def record(self, table: BufferTable, i: int) -> AllocRecord | None:
+        ctl = int(table.ctl[i])
+        if not ctl:
+            return None
+        kind = int(table.kind[i])
+        if kind == KIND_OVERSIZE:
+            s = self.umem.view("vmem_seg", ctl)
+            stack = self.umem.seg_stack(s)
+            return AllocRecord(stack, s.vs_thread, s.vs_timestamp, ctl)
+        if kind != KIND_BUFFER:
+            return None
+        bc = self.umem.bufctl(ctl)
+        return AllocRecord(self.umem.stack(bc), bc.bc_thread, bc.bc_timestamp, ctl)
+
+    def group_name(self, table: BufferTable, i: int) -> str:
+        g = table.groups[int(table.group[i])] if table.groups else ("", 0)
+        return g[0] if isinstance(g, tuple) else str(g)
+
+    def group_addr(self, table: BufferTable, i: int) -> int:
+        g = table.groups[int(table.group[i])] if table.groups else ("", 0)
+        return g[1] if isinstance(g, tuple) else 0
+
+    def stack_skip(self, pc: int) -> bool:
+        """Frames inside libumem (and its malloc library) name no caller."""
+        return self.umem.in_allocator(pc)
+
+    # -- verify and stats -------------------------------------------------------------------
+    def verify(self, progress=None) -> list[Problem]:
+        out = []
+        for c in self.umem.caches():
+            name = c.cstr("cache_name")
+            for bad in verify_cache(self.umem, c):
+                out.append(Problem(bad.message().split(") ", 1)[1], name, bad.buf,
+                                   c.cache_bufsize, bad.at, None if bad.at is None
+                                   else bad.at + 8, note=bad.state))
+        return out
+
+    def stats(self) -> list[HeapStat]:
+        import numpy as np
+
+        rows = []
+        for c in self.umem.caches():
+            if c.cache_cflags & L.UMC_NOTOUCH:
+                continue
+            ct = cache_contents(self.umem, c)
+            rows.append(HeapStat(c.cstr("cache_name"), c.cache_bufsize, len(ct.bufs),
+                                 int(np.count_nonzero(ct.alloc)),
+                                 (c.cache_slab_create - c.cache_slab_destroy) *
+                                 c.cache_slabsize, c.addr))
+        return rows

@@ -1,0 +1,375 @@
+"""libumem's cache-level dcmds: ::umem_status, ::umem_cache, ::umastat, ::umem_verify,
+::umem_malloc_dist and ::umem_malloc_info, shaped as mdb's libumem module prints them."""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import dcmd
+from mdbpy.errors import MdbError, UsageError
+from mdbpy.output import human_size
+
+from mdbpy_commands.umem import layouts as L
+from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.state import Umem, missing
+from mdbpy_commands.umem.verify import verifiable, verify_cache
+
+READY_STATES = {L.UMEM_READY_INIT_FAILED: "initialization failed",
+                L.UMEM_READY_STARTUP: "uninitialized",
+                L.UMEM_READY_INITING: "initialization in process",
+                L.UMEM_READY: "ready and active", 0: "not loaded into address space"}
+
+
+def _log_size(umem, name: str, label: str) -> str:
+    ptr = umem.readvar(name, default=0)
+    if not ptr:
+        return ""
+    lh = umem.view("umem_log_header", ptr)
+    size = lh.lh_chunksize * lh.lh_nchunks
+    if size % (1 << 20) == 0:
+        return f"{label}={size >> 20}m "
+    if size % 1024 == 0:
+        return f"{label}={size >> 10}k "
+    return f"{label}={size} "
+
+
+def message_buffer(umem) -> str:
+    """libumem's error ring (umem_error_buffer from umem_error_begin), oldest first."""
+    s = umem.sym("umem_error_buffer")
+    if s is None:
+        raise MdbError("unable to look up umem_error_buffer")
+    raw = umem.mem.read(s.addr, min(s.size, 1 << 20))
+    begin = umem.readvar("umem_error_begin", default=0) % max(len(raw), 1)
+    text = raw[begin:] + raw[:begin]
+    return text.replace(b"\0", b"").decode("latin-1")
+
+
+@dcmd("umem_status", "Print umem status and message buffer", enabled=missing,
+      example="::umem_status", help="""\
+The state of libumem (umem_ready), its concurrency (CPU caches per cache), the sizes of the
+active logs (transaction, content, fail, slab; `(inactive)` when UMEM_LOGGING is off) and the
+message buffer where libumem writes why it aborted.""")
+def umem_status(inv):
+    umem = Umem.get(inv.session)
+    if inv.args or inv.has_addr:
+        raise UsageError("::umem_status takes no address or arguments")
+    out = inv.out
+    out.write(f"Status:\t\t{READY_STATES.get(umem.ready, 'unknown (umem_ready invalid)')}\n")
+    if umem.ready == 0:
+        return 0
+    out.write(f"Concurrency:\t{umem.ncpus}\n")
+    logs = "".join(_log_size(umem, f"umem_{n}_log", label) for n, label in (
+        ("transaction", "transaction"), ("content", "content"), ("failure", "fail"),
+        ("slab", "slab")))
+    if not umem.readvar("umem_logging", default=0):
+        logs += "(inactive)"
+    out.write(f"Logs:\t\t{logs}\n")
+    out.write("Message buffer:\n")
+    out.write(message_buffer(umem) + "\n")
+    return 0
+
+
+def cache_row(c) -> str:
+    return (f"{c.addr:016x} {c.cstr('cache_name'):<25s} {c.cache_flags & 0xFFFFFFFF:04x} "
+            f"{c.cache_cflags & 0xFFFFFFFF:08x} {c.cache_bufsize:8d} {c.cache_buftotal:8d}")
+
+
+@dcmd("umem_cache", "print a umem cache", usage="?", enabled=missing,
+      example="::umem_cache", help="""\
+One line per cache: address, name, flags (UMF_*), creation flags (UMC_*), buffer size and the
+number of buffers its slabs hold. With an address, that cache only.""")
+def umem_cache(inv):
+    umem = Umem.get(inv.session)
+    if inv.args:
+        raise UsageError("::umem_cache takes no arguments")
+    caches = [umem.cache(inv.addr)] if inv.has_addr else umem.caches()
+    if inv.header:
+        inv.out.write(f"{'ADDR':<16s} {'NAME':<25s} {'FLAG':>4s} {'CFLAG':>8s} "
+                      f"{'BUFSIZE':>8s} {'BUFTOTL':>8s}\n")
+    for c in caches:
+        inv.out.write(cache_row(c) + "\n")
+    return 0
+
+
+def cache_available(umem, c) -> int:
+    """Free buffers as umastat counts them: full depot magazines, CPU-loaded rounds and the
+    free chunks of partial slabs."""
+    avail = c.cache_full.ml_total * umem.magsize(c)
+    for cc in umem.cpu_caches(c):
+        avail += max(cc.cc_rounds, 0) + max(cc.cc_prounds, 0)
+    for s in umem.slabs(c, partial=True):
+        avail += s.slab_chunks - s.slab_refcnt
+    return avail
+
+
+UMASTAT_CACHE_HDR = (
+    "cache                        buf     buf     buf     buf  memory     alloc alloc\n"
+    "name                        size  in use  in ptc   total  in use   succeed  fail\n")
+CACHE_DASHES = "------------------------- ------ ------- ------- ------- ------- --------- -----"
+UMASTAT_VMEM_HDR = (
+    "vmem                         memory     memory    memory     alloc alloc \n"
+    "name                         in use      total    import   succeed  fail \n")
+VMEM_DASHES = "------------------------- --------- ---------- --------- --------- ----- "
+
+
+@dcmd("umastat", "umem allocator stats", enabled=missing, example="::umastat", help="""\
+Per cache: buffer size, buffers in use (total minus those free in magazines and partial
+slabs), buffers in per-thread caches ('-': portable libumem has none), total buffers, memory
+in use (live slabs times slab size), successful and failed allocations; a total per arena;
+then every vmem arena (indented under its source) with its memory in use, total, imported,
+and its allocation counts.""")
+def umastat(inv):
+    umem = Umem.get(inv.session)
+    if inv.args:
+        raise UsageError("::umastat takes no arguments")
+    out = inv.out
+    out.write(UMASTAT_CACHE_HDR + CACHE_DASHES + "\n")
+    per_arena: dict[int, list[int]] = {}
+    for c in umem.caches():
+        alloc = c.cache_slab_alloc + c.cache_full.ml_alloc
+        for cc in umem.cpu_caches(c):
+            alloc += cc.cc_alloc
+        total = c.cache_buftotal
+        inuse = total - cache_available(umem, c)
+        mem = (c.cache_slab_create - c.cache_slab_destroy) * c.cache_slabsize
+        ptc = "-"
+        if c.cache_flags & L.UMF_PTC and umem.version >= L.ILLUMOS_2016:
+            ptc = "0"
+        kv = per_arena.setdefault(c.cache_arena, [0, 0, 0])
+        kv[0] += mem
+        kv[1] += alloc
+        kv[2] += c.cache_alloc_fail
+        out.write(f"{c.cstr('cache_name'):<25s} {c.cache_bufsize:6d} {inuse:7d} {ptc:>7s} "
+                  f"{total:7d} {human_size(mem):>7s} {alloc:9d} {c.cache_alloc_fail:5d}\n")
+    out.write(CACHE_DASHES + "\n")
+    arenas = umem.arenas_prefix()
+    for v in arenas:
+        kv = per_arena.get(v.addr)
+        if kv is None or kv[1] == 0:
+            continue
+        name = v.cstr("vm_name")
+        out.write(f"Total [{name}]{'':{max(17 - len(name), 0)}s} {'':6s} {'':7s} {'':7s} "
+                  f"{'':7s} {human_size(kv[0]):>7s} {kv[1]:9d} {kv[2]:5d}\n")
+    out.write(CACHE_DASHES + " \n\n")
+    out.write(UMASTAT_VMEM_HDR + VMEM_DASHES + "\n")
+    for v in arenas:
+        ind = 4 * umem.depth(v)
+        k = v.vm_kstat
+        out.write(f"{'':{ind}s}{v.cstr('vm_name'):<{max(25 - ind, 0)}s} "
+                  f"{human_size(k.vk_mem_inuse):>9s} {human_size(k.vk_mem_total):>10s} "
+                  f"{human_size(k.vk_mem_import):>9s} {k.vk_alloc:9d} {k.vk_fail:5d} \n")
+    out.write(VMEM_DASHES + "\n")
+    return 0
+
+
+@dcmd("umem_verify", "check integrity of umem-managed memory", usage="?", enabled=missing,
+      example="::umem_verify", help="""\
+Without an address, one line per cache with redzone checking: clean, or how many buffers are
+corrupt. With a cache address, each corrupt buffer is named: a free buffer whose free pattern
+was overwritten (with the first bad word), or whose redzone or buftag is corrupt; an allocated
+buffer whose redzone size encoding, redzone signature or buftag is corrupt.""")
+def umem_verify(inv):
+    umem = Umem.get(inv.session)
+    if inv.args:
+        raise UsageError("::umem_verify takes no arguments")
+    out = inv.out
+    if not inv.has_addr:
+        out.write(f"{'Cache Name':<31s} {'Addr':<16s} {'Cache Integrity':<20s}\n")
+        for c in umem.caches():
+            if not verifiable(c):
+                continue
+            bad = verify_cache(umem, c)
+            state = "clean" if not bad else \
+                f"{len(bad)} corrupt buffer{'s' if len(bad) > 1 else ''}"
+            out.write(f"{c.cstr('cache_name'):<31s} {c.addr:>16x} {state}\n")
+        return 0
+    c = umem.cache(inv.addr)
+    if not verifiable(c):
+        raise MdbError(f"cache {inv.addr:x} ({c.cstr('cache_name')}) does not have redzone "
+                       "checking enabled")
+    out.write(f"Summary for cache '{c.cstr('cache_name')}'\n")
+    bad = verify_cache(umem, c)
+    for b in bad:
+        out.write(f"  {b.message()}\n")
+    if not bad:
+        out.write("  clean\n")
+    return 0
+
+
+# -- malloc ---------------------------------------------------------------------------------
+def malloc_sizes(umem, c):
+    """The requested sizes of the malloc'd buffers of a umem_alloc_* cache (a header that
+    decodes to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers over 16 bytes)
+    and the overhead each carries, as numpy arrays."""
+    import numpy as np
+
+    from mdbpy_commands.umem.gather import Gather
+
+    bufs = cache_contents(umem, c).allocated()
+    second = c.cache_bufsize > L.UMEM_SECOND_ALIGN
+    head = L.MALLOC_DATA_SIZE * (2 if second else 1)
+    at = bufs + np.uint64(L.MALLOC_DATA_SIZE if second else 0)
+    g = Gather(umem.mem)
+    size = g.read(at, 4, "<u4").astype(np.uint64)
+    stat = g.read(at + np.uint64(4), 4, "<u4").astype(np.uint64)
+    magic = (stat + size) & np.uint64(0xFFFFFFFF)
+    ok = (magic == L.MALLOC_MAGIC) | (magic == L.MALLOC_SECOND_MAGIC)
+    ok &= size >= np.uint64(head)
+    mallocsz = size[ok] - np.uint64(head)
+    overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]
+    return mallocsz, overhead
+
+
+def max_bucket(umem) -> int:
+    return umem.maxbuf - 2 * L.MALLOC_DATA_SIZE
+
+
+def distribution(out, counts, lo: int, hi: int, maxbins: int, minbinsize: int,
+                 geometric: bool) -> None:
+    """mdb's dist.c histogram of counts[lo..hi] with its header."""
+    import math
+
+    nbucks = buckets = hi - lo + 1
+    total = int(sum(counts[lo:hi + 1])) or 1
+    if maxbins:
+        buckets = min(buckets, maxbins)
+    if minbinsize > 1:
+        buckets = min(buckets, nbucks // minbinsize)
+        if buckets == 0:
+            buckets, minbinsize = 1, nbucks
+    if geometric and buckets > 1:
+        beg = lo or 1
+        r = math.exp(math.log((hi + 1) / beg) / buckets)
+        b, last = float(beg), 0 if lo == 0 else beg
+        bounds = []
+        step = max(minbinsize, 1)
+        for _ in range(buckets):
+            bounds.append(last)
+            b *= r
+            nxt = int(b)
+            last = nxt if nxt > last + step - 1 else last + step
+        bounds.append(hi + 1)
+    else:
+        bounds = [lo + (i * nbucks) // buckets for i in range(buckets)] + [hi + 1]
+    dashes = "-" * 18
+    out.write(f"{'malloc size':>11s}  {dashes} Distribution {dashes} count\n")
+    for i in range(buckets):
+        bb, be = bounds[i], bounds[i + 1] - 1
+        n = int(sum(counts[bb:be + 1]))
+        ats = 50 * n // total
+        rng = str(bb) if bb == be else f"{bb}-{be}"
+        out.write(f"{rng:>11s} |{'@' * ats}{' ' * (50 - ats)} {n}\n")
+
+
+def _dist_opts(inv):
+    opts, rest = inv.getopt("dgb:B:", numeric="bB")
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    return opts
+
+
+@dcmd("umem_malloc_dist", "report distribution of outstanding malloc()s",
+      usage="[-dg] [-b maxbins] [-B minbinsize]", enabled=missing,
+      example="::umem_malloc_dist -b 16", help="""\
+A histogram of the sizes passed to malloc() of every outstanding malloc'd buffer in the
+umem_alloc_* caches (oversized allocations are not included). Without -b or -B every size has
+its own line. -b caps the number of bins, -B sets the smallest bin width, -g uses geometric
+bins, -d prints raw `size<TAB>count` lines.""")
+def umem_malloc_dist(inv):
+    import numpy as np
+
+    umem = Umem.get(inv.session)
+    if inv.has_addr:
+        raise UsageError("::umem_malloc_dist takes no address")
+    opts = _dist_opts(inv)
+    top = max_bucket(umem)
+    counts = np.zeros(top + 1, np.int64)
+    for c in umem.caches():
+        if c.cstr("cache_name").startswith("umem_alloc_"):
+            sizes, _ov = malloc_sizes(umem, c)
+            sizes = sizes[sizes <= np.uint64(top)].astype(np.int64)
+            counts += np.bincount(sizes, minlength=top + 1)[:top + 1]
+    if opts.get("d"):
+        inv.out.write("".join(f"{i}\t{int(n)}\n" for i, n in enumerate(counts.tolist())))
+        return 0
+    distribution(inv.out, counts.tolist(), 0, top, opts.get("b", 0), opts.get("B", 0),
+                 bool(opts.get("g")))
+    inv.out.write("\n")
+    return 0
+
+
+@dcmd("umem_malloc_info", "report information about malloc()s by cache",
+      usage="?[-dg] [-b maxbins] [-B minbinsize]", enabled=missing,
+      example="::umem_malloc_info", help="""\
+Per umem_alloc_* cache: buffer size, the largest malloc it serves, how many of its buffers are
+malloc'd, their average and total requested size, the overhead (malloc's tag, round-off, the
+debug buftag and a per-slab share) and that overhead as a percentage of the requested bytes.
+Any of -d, -g, -b, -B adds the cache's size histogram (see ::umem_malloc_dist).""")
+def umem_malloc_info(inv):
+    import numpy as np
+
+    umem = Umem.get(inv.session)
+    opts = _dist_opts(inv)
+    verbose = bool(opts)
+    caches = [umem.cache(inv.addr)] if inv.has_addr else umem.caches()
+    first = True
+    for c in caches:
+        name = c.cstr("cache_name")
+        skip = not name.startswith("umem_alloc_")
+        if skip and inv.has_addr:
+            inv.session.warn(f'umem_malloc_info: cache "{name}" is not used by malloc()')
+        if (not verbose and first and inv.header) or (verbose and not skip):
+            inv.out.write(f"{'CACHE':<16s} {'BUFSZ':>6s} {'MAXMAL':>6s} {'BUFMALLC':>8s} "
+                          f"{'AVG_MAL':>8s} {'MALLOCED':>10s} {'OVERHEAD':>10s} {'%OVER':>6s}\n")
+        first = False
+        if skip:
+            continue
+        maxmal = c.cache_bufsize - L.MALLOC_DATA_SIZE * (
+            2 if c.cache_bufsize > L.UMEM_SECOND_ALIGN else 1)
+        sizes, ov = malloc_sizes(umem, c)
+        n = len(sizes)
+        allocated = int(sizes.sum())
+        overhead = int(ov.sum())
+        avg = (allocated + (n - 1) // 2) // n if n else 0
+        slabs = umem.slabs(c)
+        if n and slabs:
+            chunks = slabs[0].slab_chunks
+            if chunks and c.cache_chunksize and chunks <= c.cache_slabsize // c.cache_chunksize:
+                perslab = c.cache_slabsize - c.cache_chunksize * chunks
+                if c.cache_flags & L.UMF_HASH:
+                    perslab += umem.layouts["umem_slab"].size + chunks * (
+                        umem.layouts["umem_bufctl_audit"].size if c.cache_flags & L.UMF_AUDIT
+                        else umem.layouts["umem_bufctl"].size)
+                overhead += perslab * n // chunks
+        pct = 1000 * overhead // allocated if allocated else 0
+        inv.out.write(f"{c.addr:016x} {c.cache_bufsize:6d} {maxmal:6d} {n:8d} {avg:8d} "
+                      f"{allocated:10d} {overhead:10d} {pct // 10:3d}.{pct % 10}%\n")
+        if not verbose:
+            continue
+        counts = np.bincount(sizes.astype(np.int64), minlength=maxmal + 1).tolist()
+        lower = [s for s in umem_alloc_sizes(umem) if s < c.cache_bufsize]
+        lo = 0
+        if lower:
+            lo = lower[-1] - L.MALLOC_DATA_SIZE * (2 if lower[-1] > L.UMEM_SECOND_ALIGN
+                                                   else 1) + 1
+        if opts.get("d"):
+            inv.out.write("".join(f"{i}\t{counts[i]}\n" for i in range(lo, maxmal + 1)) + "\n")
+        else:
+            inv.out.write("\n")
+            distribution(inv.out, counts, lo, maxmal, opts.get("b", 0), opts.get("B", 0),
+                         bool(opts.get("g")))
+            inv.out.write("\n")
+    return 0
+
+
+def umem_alloc_sizes(umem) -> list[int]:
+    """umem_alloc_sizes[]: the umem_alloc_* buffer sizes (0-terminated)."""
+    s = umem.sym("umem_alloc_sizes")
+    if s is None:
+        umem.addr_of("umem_alloc_sizes")
+    raw = umem.mem.read(s.addr, min(s.size, 4096))
+    out = []
+    for i in range(0, len(raw) - 3, 4):
+        v = int.from_bytes(raw[i:i + 4], "little")
+        if not v:
+            break
+        out.append(v)
+    return out

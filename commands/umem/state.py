@@ -1,0 +1,378 @@
+"""The libumem found in a target: its load object, globals, bound layouts, caches and arenas.
+
+mdb's libumem dmod reads libumem's globals by name from the object whose name starts with
+`libumem.so` (or from the executable when libumem is linked in statically). Some of them are
+static (umem_cpus, vmem_list, umem_alloc_table, umem_magtype, ...) and live only in .symtab: an
+unstripped library (or its debug file) is needed for those, and commands that need one say so.
+
+One Umem per session is kept in session.cache (dropped whenever the target changes).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mdbpy.errors import MdbError, ReadError
+from mdbpy.layout.bind import Binder
+
+from mdbpy_commands.umem import layouts as L
+
+MAX_CACHES = 4096  # real processes have about 60
+MAX_ARENAS = 1024
+MAX_SLABS = 1 << 24
+MAX_SEGS = 1 << 24
+MAX_STACK = 256  # frames read from one record, whatever its depth says
+
+# globals of the mdb port's list that the dmod reads; the dynamic ones identify libumem
+IDENTIFYING = "umem_null_cache"
+STATIC_GLOBALS = ("umem_cpus", "vmem_list", "umem_alloc_table", "umem_alloc_sizes",
+                  "umem_magtype", "heap_arena")
+
+
+class NoUmem(MdbError):
+    """libumem is not in the target (or not usable)."""
+
+
+def find_object(session):
+    """The load object holding libumem's globals: a libumem.so*, else the executable (static
+    link); None when neither has umem_null_cache."""
+    objs = session.symbols.objects()
+    ordered = ([o for o in objs if o.name.startswith("libumem.so")] +
+               [o for o in objs if o.is_exe])
+    for o in ordered:
+        s = o.lookup(IDENTIFYING)
+        if s is not None and s.type != "undefined" and s.addr:
+            return o
+    return None
+
+
+def _dwarf_layouts(path: str) -> dict:
+    """DWARF layouts of libumem's structs when the library file has debug info ({} if not)."""
+    from mdbpy.layout.dwarf import find_struct
+
+    out = {}
+    for name in L.STRUCT_NAMES:
+        hint = "vmem.c" if name.startswith("vmem") else "malloc.c" if name == "malloc_data" \
+            else "umem.c"
+        dw = find_struct(path, name, cu_hint=hint)
+        if dw is None and not out:
+            return {}  # no DWARF at all (or not for libumem): builtin layouts
+        if dw is not None:
+            out[name] = dw
+    return out
+
+
+def _has_debug_info(path: str) -> bool:
+    """True when the ELF file has a .debug_info section (checked without pyelftools' DWARF)."""
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            return ELFFile(f).get_section_by_name(".debug_info") is not None
+    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
+        return False
+
+
+class Umem:
+    """libumem in one session: globals by name, layouts, and the structures reached from them."""
+
+    def __init__(self, session, obj):
+        self.session = session
+        self.mem = session.mem
+        self.obj = obj
+        self.version = L.ILLUMOS_2016 if obj.lookup("umem_ptc_size") else L.CLASSIC
+        path = session.target.file_path(obj.path) if obj.path else ""
+        dwarf = _dwarf_layouts(path) if path and os.path.isfile(path) and \
+            _has_debug_info(path) else {}
+        self.layouts = Binder(L.UMEM_LAYOUTS, version=self.version, dwarf=dwarf)
+        self.ready = self.readvar("umem_ready", signed=True)
+        ncpus = self.sym("umem_max_ncpus") or self.sym("max_ncpus")
+        self.ncpus = min(max(self.mem.read_u32(ncpus.addr), 0), 1024) if ncpus else 1
+        self.stack_depth = min(self.readvar("umem_stack_depth", default=0), MAX_STACK)
+        self.flags = self.readvar("umem_flags", default=0)
+        self.maxbuf = L.maxbuf(self.version)
+
+    # -- the session's Umem -----------------------------------------------------------------
+    @classmethod
+    def get(cls, session) -> Umem:
+        """The session's libumem, or NoUmem with the reason."""
+        u = session.cache.get("umem")
+        if u is None:
+            obj = find_object(session)
+            if obj is None:
+                raise NoUmem("libumem is not loaded in this target (no umem_null_cache)")
+            u = cls(session, obj)
+            session.cache["umem"] = u
+        return u
+
+    def check_ready(self) -> None:
+        """Refuse commands that walk caches before libumem has initialised."""
+        if self.ready != L.UMEM_READY:
+            state = {0: "not loaded into address space", L.UMEM_READY_STARTUP: "uninitialized",
+                     L.UMEM_READY_INITING: "initialization in process",
+                     L.UMEM_READY_INIT_FAILED: "initialization failed"}.get(
+                self.ready, "unknown (umem_ready invalid)")
+            raise MdbError(f"libumem is not ready: {state}")
+
+    # -- globals ----------------------------------------------------------------------------
+    def sym(self, name: str):
+        s = self.obj.lookup(name)
+        return s if s is not None and s.type != "undefined" and s.addr else None
+
+    def addr_of(self, name: str) -> int:
+        """A libumem global's address; a clear error when the library is stripped of it."""
+        s = self.sym(name)
+        if s is None:
+            hint = (" (a static symbol: the library is stripped; use an unstripped libumem or "
+                    "install its debug file)" if name in STATIC_GLOBALS or
+                    name.endswith("_arena") else "")
+            raise MdbError(f"{self.obj.name} has no symbol {name}{hint}")
+        return s.addr
+
+    def readvar(self, name: str, size: int | None = None, signed: bool = False,
+                default: int | None = None) -> int:
+        """A global's value (its symbol size, 4 or 8 bytes, unless size is given)."""
+        s = self.sym(name)
+        if s is None:
+            if default is not None:
+                return default
+            self.addr_of(name)  # raises the explanation
+        n = size or (s.size if s.size in (1, 2, 4, 8) else 8)
+        return int.from_bytes(self.mem.read(s.addr, n), "little", signed=signed)
+
+    def view(self, struct: str, addr: int):
+        return self.layouts[struct].view(self.mem, addr)
+
+    # -- caches -----------------------------------------------------------------------------
+    def cache_addrs(self) -> list[int]:
+        """Every cache, in umem_null_cache's list order (cache_next), bounded and cycle-safe."""
+        self.check_ready()
+        got = self.session.cache.get("umem_caches")
+        if got is not None:
+            return got
+        head = self.addr_of("umem_null_cache")
+        off = self.layouts["umem_cache"].offset("cache_next")
+        out, seen = [], {head}
+        cur = self.mem.read_ptr(head + off)
+        while cur and cur not in seen:
+            if len(out) >= MAX_CACHES:
+                raise MdbError(f"umem cache list: more than {MAX_CACHES} caches (corrupt?)")
+            seen.add(cur)
+            out.append(cur)
+            cur = self.mem.read_ptr(cur + off)
+        if cur != head:
+            self.session.warn(f"umem cache list ends at 0x{cur:x}, not at umem_null_cache")
+        self.session.cache["umem_caches"] = out
+        return out
+
+    def cache(self, addr: int):
+        """A view of the cache at addr (read once per session state)."""
+        key = ("umem_cache", addr)
+        v = self.session.cache.get(key)
+        if v is None:
+            v = self.view("umem_cache", addr)
+            self.session.cache[key] = v
+        return v
+
+    def caches(self) -> list:
+        return [self.cache(a) for a in self.cache_addrs()]
+
+    def cache_named(self, name: str):
+        for c in self.caches():
+            if c.cstr("cache_name") == name:
+                return c
+        return None
+
+    def cpu_caches(self, cache) -> list:
+        """cache_cpu[0 .. umem_max_ncpus) of a cache."""
+        cc = self.layouts["umem_cpu_cache"]
+        base = cache.addr_of("cache_cpu")
+        return [cc.view(self.mem, base + i * cc.size) for i in range(self.ncpus)]
+
+    def magsize(self, cache) -> int:
+        """Rounds per magazine: CPU 0's cc_magsize, else the cache's magtype (mdb's rule)."""
+        n = self.cpu_caches(cache)[0].cc_magsize if self.ncpus else 0
+        if n or cache.cache_flags & L.UMF_NOMAGAZINE or not cache.cache_magtype:
+            return max(n, 0)
+        try:
+            return max(self.view("umem_magtype", cache.cache_magtype).mt_magsize, 0)
+        except ReadError:
+            return 0
+
+    def magazine_rounds(self, cache) -> list[int]:
+        """Buffers held in the magazine layer: full depot magazines and each CPU's loaded and
+        previously loaded rounds (free as far as users are concerned)."""
+        magsize = self.magsize(cache)
+        if magsize <= 0:
+            return []
+        if magsize > 4096:
+            raise MdbError(f"cache 0x{cache.addr:x}: magazine size {magsize} is unreasonable")
+        rounds: list[int] = []
+        round0 = self.layouts["umem_magazine"].offset("mag_round")
+
+        def read(mag, n):
+            rounds.extend(self.words(mag + round0, n))
+
+        full = cache.cache_full
+        limit = full.ml_total + 2 * self.ncpus + 100
+        mag, seen = full.ml_list, set()
+        while mag and mag not in seen and len(seen) < limit:
+            seen.add(mag)
+            read(mag, magsize)
+            mag = self.mem.read_ptr(mag)
+        for cc in self.cpu_caches(cache):
+            if cc.cc_rounds > 0 and cc.cc_loaded:
+                read(cc.cc_loaded, min(cc.cc_rounds, magsize))
+            if cc.cc_prounds > 0 and cc.cc_ploaded:
+                read(cc.cc_ploaded, min(cc.cc_prounds, magsize))
+        return rounds
+
+    def slabs(self, cache, partial: bool = False) -> list:
+        """The cache's slabs (views), from cache_nullslab; partial: from cache_freelist (or the
+        last full slab when no slab is partial, as mdb's umem_slab_partial does)."""
+        anchor = cache.addr_of("cache_nullslab")
+        first = cache.cache_nullslab.slab_next
+        if partial:
+            first = cache.cache_freelist
+            if first == anchor:
+                first = cache.cache_nullslab.slab_prev
+        out, seen = [], set()
+        cur = first
+        while cur and cur != anchor and cur not in seen:
+            if len(out) >= MAX_SLABS:
+                raise MdbError(f"cache 0x{cache.addr:x}: slab list too long (corrupt?)")
+            seen.add(cur)
+            s = self.view("umem_slab", cur)
+            if s.slab_cache != cache.addr:
+                raise MdbError(f"slab {cur:x} isn't in cache {cache.addr:x} "
+                               f"(in cache {s.slab_cache:x})")
+            out.append(s)
+            cur = s.slab_next
+        return out
+
+    # -- audit records ----------------------------------------------------------------------
+    def bufctl(self, addr: int):
+        """A umem_bufctl_audit_t view (with its stack slots read)."""
+        b = self.layouts["umem_bufctl_audit"]
+        return b.from_bytes(self.mem.read(addr, L.audit_size(self.stack_depth)), addr, self.mem)
+
+    def stack(self, bc) -> tuple[int, ...]:
+        """The recorded pcs of an audit record (at most umem_stack_depth)."""
+        depth = max(min(bc.bc_depth, self.stack_depth), 0)
+        return self.words(bc.addr_of("bc_stack"), depth)
+
+    def words(self, addr: int, n: int) -> tuple[int, ...]:
+        """n pointer-sized words at addr (arrays C declares with one element)."""
+        return tuple(self.mem.words(addr, n).tolist()) if n else ()
+
+    def in_allocator(self, pc: int) -> bool:
+        """True for a pc inside libumem (libumem.so*, libumem_malloc.so*), or, linked
+        statically, inside a umem_*/vmem_* function."""
+        o = self.session.symbols.object_for_addr(pc)
+        if o is None:
+            return False
+        if o.name.startswith("libumem"):
+            return True
+        hit = o.lookup_addr(pc) if o is self.obj else None
+        return hit is not None and hit.name.startswith(("umem_", "vmem_"))
+
+    def cache_name(self, addr: int) -> str:
+        try:
+            return self.cache(addr).cstr("cache_name")
+        except ReadError:
+            return self.session.format_addr(addr)
+
+    # -- vmem -------------------------------------------------------------------------------
+    def arenas(self) -> list:
+        """Every vmem arena, in vmem_list order."""
+        got = self.session.cache.get("umem_arenas")
+        if got is not None:
+            return got
+        cur = self.mem.read_ptr(self.addr_of("vmem_list"))
+        out, seen = [], set()
+        while cur and cur not in seen:
+            if len(out) >= MAX_ARENAS:
+                raise MdbError("vmem_list: too many arenas (corrupt?)")
+            seen.add(cur)
+            v = self.view("vmem", cur)
+            out.append(v)
+            cur = v.vm_next
+        self.session.cache["umem_arenas"] = out
+        return out
+
+    def arena(self, addr: int):
+        for v in self.arenas():
+            if v.addr == addr:
+                return v
+        return self.view("vmem", addr)
+
+    def arena_named(self, name: str):
+        for v in self.arenas():
+            if v.cstr("vm_name") == name:
+                return v
+        return None
+
+    def depth(self, arena) -> int:
+        """Number of ancestors (vm_source links) of an arena."""
+        n, cur, seen = 0, arena.vm_source, set()
+        while cur and cur not in seen and n < MAX_ARENAS:
+            seen.add(cur)
+            n += 1
+            cur = self.arena(cur).vm_source
+        return n
+
+    def arenas_prefix(self, postfix: bool = False) -> list:
+        """Arenas as a tree walk: parents before children (children in vmem_list order), or
+        children before parents with postfix."""
+        arenas = self.arenas()
+        children: dict[int, list] = {}
+        known = {v.addr for v in arenas}
+        roots = []
+        for v in arenas:
+            if v.vm_source and v.vm_source in known:
+                children.setdefault(v.vm_source, []).append(v)
+            else:
+                roots.append(v)
+        out: list = []
+
+        def visit(v, depth):
+            if depth > MAX_ARENAS:
+                return
+            if not postfix:
+                out.append(v)
+            for c in children.get(v.addr, []):
+                visit(c, depth + 1)
+            if postfix:
+                out.append(v)
+
+        for r in roots:
+            visit(r, 0)
+        return out
+
+    def segs(self, arena_addr: int) -> list:
+        """The arena's segments (views) in its vs_anext ring, starting with vm_seg0."""
+        seg = self.layouts["vmem_seg"]
+        start = arena_addr + self.layouts["vmem"].offset("vm_seg0")
+        out, cur = [], start
+        while True:
+            v = seg.view(self.mem, cur)
+            out.append(v)
+            cur = v.vs_anext
+            if cur == start or not cur or len(out) >= MAX_SEGS:
+                break
+        return out
+
+    def seg_stack(self, seg) -> tuple[int, ...]:
+        depth = seg.vs_depth
+        if seg.vs_type != L.VMEM_ALLOC or not 0 < depth <= L.VMEM_STACK_DEPTH:
+            return ()
+        return seg.vs_stack[:depth]
+
+
+def missing(session) -> str | None:
+    """The dcmds' enabled() predicate: None when libumem is usable, else why not."""
+    try:
+        Umem.get(session)
+    except MdbError as e:
+        return str(e)
+    return None

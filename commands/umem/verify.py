@@ -1,0 +1,94 @@
+"""libumem's integrity checks, as mdb's ::umem_verify makes them, over whole caches at once.
+
+Allocated buffers of a redzone cache must carry either the redzone pattern in the buftag, or a
+valid size encoding (UMEM_SIZE_ENCODE in the high half of the redzone word) pointing at a 0xbb
+byte just past the bytes in use; and a buftag whose bxstat is bufctl ^ UMEM_BUFTAG_ALLOC. Free
+buffers of a DEADBEEF cache must hold 0xdeadbeefdeadbeef over cache_verify bytes, the redzone
+pattern (hash caches: others keep their free-list link there), and bufctl ^ UMEM_BUFTAG_FREE.
+The buftag words of every buffer are gathered in one pass and checked with numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdbpy_commands.umem import layouts as L
+from mdbpy_commands.umem.contents import cache_contents
+
+LOW32 = 0xFFFFFFFF
+
+
+@dataclass
+class Corruption:
+    buf: int
+    state: str  # 'allocated' or 'free'
+    what: str  # mdb's message after "buffer %p (state) "
+    at: int | None = None  # the first bad word (free pattern)
+
+    def message(self) -> str:
+        if self.at is not None:
+            return f"buffer {self.buf:x} ({self.state}) seems corrupted, at {self.at:x}"
+        return f"buffer {self.buf:x} ({self.state}) {self.what}"
+
+
+def verifiable(cache) -> bool:
+    return bool(cache.cache_flags & L.UMF_REDZONE)
+
+
+def verify_cache(umem, cache) -> list[Corruption]:
+    """Every corrupt buffer of a redzone cache, allocated ones first, in address order."""
+    import numpy as np
+
+    from mdbpy_commands.umem.gather import Gather
+
+    if not verifiable(cache):
+        return []
+    ct = cache_contents(umem, cache)
+    g = Gather(umem.mem)
+    tag = np.uint64(cache.cache_buftag)
+    out: list[Corruption] = []
+
+    bufs = ct.bufs[ct.alloc]
+    redzone = g.u64(bufs + tag)
+    bufctl = g.u64(bufs + tag + np.uint64(8))
+    bxstat = g.u64(bufs + tag + np.uint64(16))
+    hi = redzone >> np.uint64(32)
+    pattern_ok = redzone == np.uint64(L.UMEM_REDZONE_PATTERN)
+    valid = hi % np.uint64(251) == np.uint64(1)
+    where = np.minimum(hi // np.uint64(251), tag + np.uint64(7))
+    byte_ok = g.read(bufs + where, 1, "u1") == L.UMEM_REDZONE_BYTE
+    size_bad = ~pattern_ok & ~(valid & byte_ok & (hi // np.uint64(251) < tag + np.uint64(8)))
+    tag_bad = bxstat != (bufctl ^ np.uint64(L.UMEM_BUFTAG_ALLOC))
+    for i in np.nonzero(size_bad | tag_bad)[0].tolist():
+        what = "has a corrupt redzone size encoding" if size_bad[i] else "has a corrupt buftag"
+        out.append(Corruption(int(bufs[i]), "allocated", what))
+
+    if not cache.cache_flags & L.UMF_DEADBEEF:
+        return out
+    bufs = ct.bufs[~ct.alloc]
+    nwords = int(cache.cache_verify) // 8
+    first_bad = np.full(len(bufs), -1, np.int64)
+    if nwords and len(bufs):
+        for lo in range(0, len(bufs), 4096):  # bounded memory for big caches
+            part = bufs[lo:lo + 4096]
+            words = g.read(np.repeat(part, nwords) +
+                           np.tile(np.arange(nwords, dtype=np.uint64) * np.uint64(8), len(part)),
+                           8, "<u8").reshape(len(part), nwords)
+            bad = words != np.uint64(L.UMEM_FREE_PATTERN)
+            anyb = bad.any(axis=1)
+            first_bad[lo:lo + 4096][anyb] = bad[anyb].argmax(axis=1)
+    redzone = g.u64(bufs + tag)
+    bufctl = g.u64(bufs + tag + np.uint64(8))
+    bxstat = g.u64(bufs + tag + np.uint64(16))
+    rz_bad = (redzone != np.uint64(L.UMEM_REDZONE_PATTERN)) & bool(
+        cache.cache_flags & L.UMF_HASH)
+    tag_bad = bxstat != (bufctl ^ np.uint64(L.UMEM_BUFTAG_FREE))
+    for i in np.nonzero((first_bad >= 0) | rz_bad | tag_bad)[0].tolist():
+        b = int(bufs[i])
+        if first_bad[i] >= 0:
+            out.append(Corruption(b, "free", "", b + 8 * int(first_bad[i])))
+        elif rz_bad[i]:
+            out.append(Corruption(b, "free", "seems to have a corrupt redzone pattern"))
+        else:
+            out.append(Corruption(b, "free", "has a corrupt buftag"))
+    return out

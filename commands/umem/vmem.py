@@ -1,0 +1,106 @@
+"""::vmem and ::vmem_seg: libumem's vmem arenas and their segments, as mdb prints them."""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import dcmd
+from mdbpy.errors import MdbError, UsageError
+
+from mdbpy_commands.umem import layouts as L
+from mdbpy_commands.umem.audit import caller, matches_caller, number, piped
+from mdbpy_commands.umem.state import Umem, missing
+
+NAME_WIDTH = 22  # mdb's VMEM_NAMEWIDTH: the indented name is cut to 21 characters
+SEG_TYPES = {"ALLC": L.VMEM_ALLOC, "ALLOC": L.VMEM_ALLOC, "FREE": L.VMEM_FREE,
+             "SPAN": L.VMEM_SPAN, "ROTR": L.VMEM_ROTOR, "ROTOR": L.VMEM_ROTOR,
+             "WLKR": L.VMEM_WALKER, "WALKER": L.VMEM_WALKER}
+
+
+@dcmd("vmem", "print a vmem_t", usage="?", enabled=missing, example="::vmem", help="""\
+One line per arena (parents before children, names indented two spaces per ancestor): its
+address, name, bytes in use, total bytes, and successful and failed allocations. With an
+address, that arena only.""")
+def vmem(inv):
+    umem = Umem.get(inv.session)
+    if inv.args:
+        raise UsageError("::vmem takes no arguments")
+    arenas = [umem.arena(inv.addr)] if inv.has_addr else umem.arenas_prefix()
+    if inv.header:
+        inv.out.write(f"{'ADDR':<16s} {'NAME':<{NAME_WIDTH}s} {'INUSE':>10s} {'TOTAL':>12s} "
+                      f"{'SUCCEED':>9s} {'FAIL':>5s}\n")
+    for v in arenas:
+        name = (" " * (2 * umem.depth(v)) + v.cstr("vm_name"))[:NAME_WIDTH - 1]
+        k = v.vm_kstat
+        inv.out.write(f"{v.addr:016x} {name:<{NAME_WIDTH}s} {k.vk_mem_inuse:10d} "
+                      f"{k.vk_mem_total:12d} {k.vk_alloc:9d} {k.vk_fail:5d}\n")
+    return 0
+
+
+@dcmd("vmem_seg", "print or filter a vmem_seg", enabled=missing,
+      usage=":[-sv] [-c caller] [-e earliest] [-l latest] [-m minsize] [-M maxsize] "
+            "[-t thread] [-T type]",
+      example="<arena>::walk vmem_alloc | ::vmem_seg -v", help="""\
+Print the segment at addr: type (ALLC, FREE, SPAN, ROTR, WLKR), start, end (-s: size) and the
+first caller outside vmem_*. -v adds the size, thread, timestamp and the stack. Filters: -T a
+type, -m / -M minimum and maximum size, and -c caller, -t thread, -e earliest, -l latest,
+which only ALLOC segments with a recorded stack can satisfy. Piped, the addresses kept pass
+on.""")
+def vmem_seg(inv):
+    if not inv.has_addr:
+        raise UsageError("::vmem_seg needs a segment address")
+    opts, rest = inv.getopt("svc:e:l:m:M:t:T:", numeric="elmMt")
+    if "c" in opts:
+        opts["c"] = number(inv.session, opts["c"])
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    s = inv.session
+    umem = Umem.get(s)
+    if inv.header and not inv.piped_out:
+        if opts.get("v"):
+            inv.out.write(f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} {'END':>16s} "
+                          f"{'SIZE':>16s}\n{'':16s} {'':4s} {'THREAD':>16s} "
+                          f"{'TIMESTAMP':>16s} {'':16s}\n")
+        else:
+            inv.out.write(f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} "
+                          f"{'SIZE' if opts.get('s') else 'END':>16s} WHO\n")
+    seg = umem.view("vmem_seg", inv.addr)
+    if "T" in opts:
+        want = SEG_TYPES.get(str(opts["T"]))
+        if want is None:
+            raise MdbError(f'"{opts["T"]}" is not a recognized vmem_seg type')
+        if seg.vs_type != want:
+            return 0
+    size = (seg.vs_end - seg.vs_start) & ((1 << 64) - 1)
+    if opts.get("m") and size < opts["m"] or opts.get("M") and size > opts["M"]:
+        return 0
+    stack = umem.seg_stack(seg)
+    if not stack:
+        if any(opts.get(k) for k in "ctel"):
+            return 0
+    else:
+        if opts.get("c") and not matches_caller(s, stack, opts["c"]):
+            return 0
+        if opts.get("t") and seg.vs_thread != opts["t"]:
+            return 0
+        if opts.get("e") and seg.vs_timestamp < opts["e"]:
+            return 0
+        if opts.get("l") and seg.vs_timestamp > opts["l"]:
+            return 0
+    if inv.piped_out:
+        piped(inv, inv.addr)
+        return 0
+    kind = L.VMEM_SEG_TYPES.get(seg.vs_type, "????")
+    if opts.get("v"):
+        inv.out.write(f"{inv.addr:16x} {kind:>4s} {seg.vs_start:16x} {seg.vs_end:16x} "
+                      f"{size:16d}\n")
+        if stack:
+            inv.out.write(f"{'':16s} {'':4s} {seg.vs_thread:16x} {seg.vs_timestamp:16x}\n")
+            inv.out.write("".join(" " * 17 + s.format_addr(pc) + "\n" for pc in stack))
+            inv.out.write("\n")
+        return 0
+    end = size if opts.get("s") else seg.vs_end
+    who = ""
+    if stack:
+        pc = caller(s, stack)
+        who = " " + s.format_addr(pc if pc is not None else stack[-1])
+    inv.out.write(f"{inv.addr:016x} {kind:>4s} {seg.vs_start:016x} {end:016x}{who}\n")
+    return 0

@@ -1,0 +1,712 @@
+"""A builder of synthetic libumem heaps, laid out through the umem dmod's own descriptors.
+
+SynthUmem plays libumem's part in miniature: it creates caches (hashed audit caches like
+umem_alloc_*, a plain non-hash cache), slabs with their freelists, bufctl_audit records with
+stacks, a transaction log, magazines (CPU-loaded and in the depot), vmem arenas with span, alloc
+and free segments, and malloc's hidden headers, redzones and buftags, exactly as the real
+allocator writes them (the constants and formulas of umem.c and malloc.c). A test then asks the
+dcmds about the heap and compares with what the builder knows to be true.
+
+Every structure is written through the bound layouts of mdbpy_commands.umem.layouts, so the
+builder and the dmod can only disagree if a layout is wrong for both, which the layout test
+(checked against the measured offsets) rules out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mdbpy.layout.bind import Binder
+from mdbpy.session import Session
+from mdbpy.symbols.base import Symbol
+from mdbpy.target.base import Mapping, Thread
+from mdbpy.target.synthetic import SyntheticTarget
+from mdbpy_commands.umem import layouts as L
+
+LIB = "libumem.so.0"
+LIB_PATH = "/usr/lib/x86_64-linux-gnu/libumem.so.0"
+LIB_TEXT = 0x7F3A40010000  # libumem's code (function symbols for stack frames)
+LIB_DATA = 0x7F3A40040000  # libumem's .data/.bss: its globals
+EXE_TEXT = 0x555555555000
+EXE_DATA = 0x555555558000  # the program's data: roots
+HEAP = 0x7F3A40400000  # mmap'd memory libumem manages (the mmap_top span)
+HEAP_SIZE = 0x200000
+STACK = 0x7FFC12340000
+STACK_SIZE = 0x4000
+ANON = 0x7F3A40800000  # an anonymous mapping no one references: an MMAP leak
+BRK = 0x555555600000  # [heap]: sbrk memory outside umem
+PAGE = 0x1000
+T0 = (0x6B03E595 << 32) | 0x469FB  # gethrtime() on Linux: seconds << 32 | microseconds
+THREAD1 = 0x7FCC7AE58740
+THREAD2 = 0x7FCC7A657640
+
+LIB_FUNCS = ["umem_cache_alloc", "umem_alloc", "umem_free", "vmem_alloc", "vmem_xalloc",
+             "malloc", "free"]
+EXE_FUNCS = ["main", "make_node", "make_table", "leak_some", "read_config"]
+
+
+def _highbit(v: int) -> int:
+    return v.bit_length()
+
+
+def _round(v: int, a: int) -> int:
+    return (v + a - 1) // a * a
+
+
+def lib_pc(name: str, off: int = 0x20) -> int:
+    return LIB_TEXT + 0x100 * LIB_FUNCS.index(name) + off
+
+
+def exe_pc(name: str, off: int = 0x10) -> int:
+    return EXE_TEXT + 0x100 * EXE_FUNCS.index(name) + off
+
+
+@dataclass
+class SynthCache:
+    addr: int
+    name: str
+    bufsize: int
+    chunk: int
+    slabsize: int
+    flags: int
+    hashed: bool
+    bufctl_off: int
+    buftag_off: int
+    verify: int
+    slabs: list = field(default_factory=list)  # (slab addr, base, nchunks)
+    bufctl: dict = field(default_factory=dict)  # buffer -> bufctl
+    free_list: dict = field(default_factory=dict)  # slab -> [bufctl, ...] (head first)
+    allocated: set = field(default_factory=set)
+    magazine: list = field(default_factory=list)  # buffers in the magazine layer
+    depot: list = field(default_factory=list)  # buffers in full depot magazines
+    arena: int = 0
+
+
+class Memory:
+    """Bytes of the synthetic mappings, written field by field through bound layouts."""
+
+    def __init__(self, layouts):
+        self.layouts = layouts
+        self.segs: dict[int, bytearray] = {}
+
+    def add(self, start: int, size: int) -> None:
+        self.segs[start] = bytearray(size)
+
+    def _seg(self, addr: int, n: int):
+        for s, data in self.segs.items():
+            if s <= addr and addr + n <= s + len(data):
+                return data, addr - s
+        raise ValueError(f"synthetic write outside the mappings at 0x{addr:x}")
+
+    def write(self, addr: int, raw: bytes) -> None:
+        data, off = self._seg(addr, len(raw))
+        data[off:off + len(raw)] = raw
+
+    def read(self, addr: int, n: int) -> bytes:
+        data, off = self._seg(addr, n)
+        return bytes(data[off:off + n])
+
+    def u64(self, addr: int, v: int) -> None:
+        self.write(addr, (v & (1 << 64) - 1).to_bytes(8, "little"))
+
+    def u32(self, addr: int, v: int) -> None:
+        self.write(addr, (v & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def get64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def put(self, struct: str, addr: int, **values) -> None:
+        """Write the named fields of `struct` at addr (bytes for char arrays, sequences for
+        arrays of scalars)."""
+        b = self.layouts[struct]
+        for name, v in values.items():
+            f = b.field(name)
+            a = addr + f.offset
+            if f.kind == "array" and f.elem_kind == "char":
+                self.write(a, v.encode() if isinstance(v, str) else v)
+            elif f.kind == "array":
+                for i, x in enumerate(v):
+                    self.write(a + i * f.elem_size,
+                               (x & (1 << 8 * f.elem_size) - 1).to_bytes(f.elem_size, "little"))
+            else:
+                self.write(a, (v & (1 << 8 * f.size) - 1).to_bytes(f.size, "little"))
+
+    def fill64(self, addr: int, n: int, pattern: int) -> None:
+        self.write(addr, pattern.to_bytes(8, "little") * (n // 8))
+
+
+class SynthUmem:
+    """A libumem heap under construction. `session()` gives a Session over it."""
+
+    def __init__(self, ncpus: int = 2, version=L.CLASSIC, stack_depth: int = 15,
+                 flags: int = L.UMF_AUDIT | L.UMF_DEADBEEF | L.UMF_REDZONE | L.UMF_CONTENTS):
+        self.layouts = Binder(L.UMEM_LAYOUTS, version=version)
+        self.version = version
+        self.ncpus = ncpus
+        self.stack_depth = stack_depth
+        self.flags = flags
+        self.m = Memory(self.layouts)
+        for start, size in ((LIB_DATA, 0x40000), (EXE_DATA, 0x1000), (HEAP, HEAP_SIZE),
+                            (STACK, STACK_SIZE), (ANON, 0x3000), (BRK, 0x21000)):
+            self.m.add(start, size)
+        self.lib_syms: list[Symbol] = []
+        self._lib_next = LIB_DATA
+        self._heap_next = HEAP
+        self.clock = T0
+        self.caches: list[SynthCache] = []
+        self.arenas: dict[str, int] = {}
+        self.oversize: dict[int, int] = {}  # buffer -> vmem_seg
+        self.threads = [Thread(4242, "prog", {})]
+        self._globals()
+
+    # -- memory -----------------------------------------------------------------------------
+    def global_(self, name: str, size: int, value: int | None = None, align: int = 8,
+                bind: str = "global") -> int:
+        a = _round(self._lib_next, align)
+        self._lib_next = a + size
+        self.lib_syms.append(Symbol(name, a, size, "object", bind))
+        if value is not None:
+            self.m.write(a, value.to_bytes(size, "little", signed=value < 0))
+        return a
+
+    def heap(self, size: int, align: int = 16) -> int:
+        a = _round(self._heap_next, align)
+        self._heap_next = a + size
+        if self._heap_next > HEAP + HEAP_SIZE:
+            raise ValueError("synthetic umem heap is full")
+        return a
+
+    def tick(self, usec: int = 1500) -> int:
+        sec, us = self.clock >> 32, (self.clock & 0xFFFFFFFF) + usec
+        self.clock = ((sec + us // 1000000) << 32) | (us % 1000000)
+        return self.clock
+
+    # -- libumem's globals ------------------------------------------------------------------
+    def _globals(self) -> None:
+        g = self.global_
+        self.null_cache = g("umem_null_cache", self.layouts["umem_cache"].size)
+        off = self.layouts["umem_cache"].offset
+        self.m.u64(self.null_cache + off("cache_next"), self.null_cache)
+        self.m.u64(self.null_cache + off("cache_prev"), self.null_cache)
+        g("umem_ready", 4, L.UMEM_READY)
+        g("umem_flags", 4, self.flags)
+        g("umem_logging", 4, 1)
+        g("umem_stack_depth", 4, self.stack_depth)
+        g("umem_max_ncpus", 4, self.ncpus)
+        g("pagesize", 8, PAGE)
+        g("vmem_seg_size", 8, self.layouts["vmem_seg"].size)
+        self.log_ptr = g("umem_transaction_log", 8, 0)
+        g("umem_content_log", 8, 0)
+        g("umem_failure_log", 8, 0)
+        g("umem_slab_log", 8, 0)
+        g("umem_transaction_log_size", 8, 0x8000)
+        g("umem_error_begin", 4, 0, bind="local")
+        if self.version >= L.ILLUMOS_2016:
+            g("umem_ptc_size", 8, 0)
+        cpus = g("umem_cpus_array", 8 * self.ncpus, bind="local")
+        cc0 = off("cache_cpu")
+        for i in range(self.ncpus):
+            self.m.put("umem_cpu", cpus + 8 * i, cpu_cache_offset=cc0 + 128 * i, cpu_number=i)
+        g("umem_cpus", 8, cpus, bind="local")
+        self.sizes = [8, 16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448,
+                      512, 640, 768, 896, 1024, 1152, 1344, 1600, 2048, 2688, 4096, 5440, 8192,
+                      9216, 12288, 16384]
+        sizes = g("umem_alloc_sizes", 4 * 56, bind="local")
+        for i, s in enumerate(self.sizes):
+            self.m.u32(sizes + 4 * i, s)
+        self.alloc_table = g("umem_alloc_table", 8 * (L.maxbuf(self.version) >> 3),
+                             bind="local")
+        mt = self.layouts["umem_magtype"]
+        self.magtype = g("umem_magtype", 9 * mt.size, bind="local")
+        for i, (n, lo, hi) in enumerate(((1, 8, 3200), (3, 16, 256), (7, 32, 64),
+                                         (15, 64, 0), (31, 64, 0), (47, 64, 0), (63, 64, 0),
+                                         (95, 64, 0), (143, 64, 0))):
+            self.m.put("umem_magtype", self.magtype + i * mt.size, mt_magsize=n, mt_align=lo,
+                       mt_minbuf=hi, mt_maxbuf=0)
+        self.vmem_list = g("vmem_list", 8, 0, bind="local")
+        self._vmem0 = g("vmem0", 6 * self.layouts["vmem"].size, bind="local")
+        self._vmem_used = 0
+
+    # -- vmem -------------------------------------------------------------------------------
+    def arena(self, name: str, source: str | None = None, quantum: int = PAGE) -> int:
+        """A vmem arena (the first six in the static vmem0[], the rest on the heap), appended
+        to vmem_list, with an empty segment ring anchored at vm_seg0."""
+        size = self.layouts["vmem"].size
+        if self._vmem_used < 6:
+            a = self._vmem0 + self._vmem_used * size
+            self._vmem_used += 1
+        else:
+            a = self.heap(size, 64)
+        seg0 = a + self.layouts["vmem"].offset("vm_seg0")
+        self.m.put("vmem", a, vm_name=name, vm_quantum=quantum, vm_id=len(self.arenas),
+                   vm_source=self.arenas[source] if source else 0)
+        self.m.put("vmem_seg", seg0, vs_anext=seg0, vs_aprev=seg0)
+        # append to vmem_list
+        link = self.vmem_list
+        nxt = self.layouts["vmem"].offset("vm_next")
+        while self.m.get64(link):
+            link = self.m.get64(link) + nxt
+        self.m.u64(link, a)
+        self.arenas[name] = a
+        return a
+
+    def seg(self, arena: str, start: int, end: int, vtype: int, stack=(), thread: int = 0,
+            when: int = 0) -> int:
+        """A segment appended to the arena's ring, with kstat kept as vmem does."""
+        a = self.arenas[arena]
+        vo = self.layouts["vmem"].offset
+        seg0 = a + vo("vm_seg0")
+        s = self.heap(self.layouts["vmem_seg"].size, 8)
+        last = self.m.get64(seg0 + self.layouts["vmem_seg"].offset("vs_aprev"))
+        so = self.layouts["vmem_seg"].offset
+        self.m.put("vmem_seg", s, vs_start=start, vs_end=end, vs_type=vtype, vs_anext=seg0,
+                   vs_aprev=last, vs_depth=len(stack), vs_stack=list(stack), vs_thread=thread,
+                   vs_timestamp=when)
+        self.m.u64(last + so("vs_anext"), s)
+        self.m.u64(seg0 + so("vs_aprev"), s)
+        k = a + vo("vm_kstat")
+        ko = self.layouts["vmem_kstat"].offset
+        size = end - start
+        if vtype == L.VMEM_SPAN:
+            self.m.u64(k + ko("vk_mem_total"), self.m.get64(k + ko("vk_mem_total")) + size)
+        elif vtype == L.VMEM_ALLOC:
+            self.m.u64(k + ko("vk_mem_inuse"), self.m.get64(k + ko("vk_mem_inuse")) + size)
+            self.m.u64(k + ko("vk_alloc"), self.m.get64(k + ko("vk_alloc")) + 1)
+        return s
+
+    def standard_arenas(self) -> None:
+        """The arena tree of a Linux libumem: mmap_top > mmap_heap > internal arenas."""
+        self.arena("mmap_top")
+        self.arena("mmap_heap", "mmap_top")
+        self.arena("umem_internal", "mmap_heap")
+        self.arena("umem_cache", "umem_internal", quantum=64)
+        self.arena("umem_log", "mmap_heap")
+        self.arena("umem_oversize", "mmap_heap")
+        self.arena("umem_memalign", "mmap_heap")
+        self.arena("umem_default", "mmap_heap")
+        self.seg("mmap_top", HEAP, HEAP + HEAP_SIZE, L.VMEM_SPAN)
+        self.seg("mmap_top", HEAP, HEAP + HEAP_SIZE, L.VMEM_ALLOC)
+        self.seg("mmap_heap", HEAP, HEAP + HEAP_SIZE, L.VMEM_SPAN)
+        self.global_("heap_arena", 8, self.arenas["mmap_heap"], bind="local")
+        for name in ("umem_internal", "umem_cache", "umem_log", "umem_oversize",
+                     "umem_memalign", "umem_default"):
+            self.global_(f"{name}_arena", 8, self.arenas[name], bind="local")
+
+    def oversize_alloc(self, size: int, stack=(), thread: int = THREAD1) -> int:
+        """A malloc larger than UMEM_MAXBUF: a page-rounded vmem segment of umem_oversize
+        (malloc's 16-byte MALLOC_OVERSIZE_MAGIC header at its start)."""
+        n = _round(size + 16, PAGE)
+        a = self.heap(n, PAGE)
+        self.seg("umem_oversize", a, a + n, L.VMEM_SPAN)
+        s = self.seg("umem_oversize", a, a + n, L.VMEM_ALLOC, stack, thread, self.tick())
+        self.m.u32(a + 8, size + 16)
+        self.m.u32(a + 12, L.MALLOC_OVERSIZE_MAGIC - (size + 16))
+        self.oversize[a] = s
+        return a
+
+    # -- caches -----------------------------------------------------------------------------
+    def cache(self, name: str, bufsize: int, flags: int | None = None, cflags: int = 0,
+              align: int = 8, arena: str = "umem_default", color: int = 0) -> SynthCache:
+        """umem_cache_create: the chunk layout, slab size and hashing as umem.c computes
+        them; the cache goes at the end of the umem_null_cache list."""
+        flags = self.flags if flags is None else flags
+        chunk = _round(bufsize, 8)
+        bufctl_off = chunk - 8
+        buftag_off = 0
+        if flags & L.UMF_BUFTAG:
+            bufctl_off = buftag_off = chunk
+            chunk += self.layouts["umem_buftag"].size
+        verify = buftag_off if flags & L.UMF_DEADBEEF else 0
+        chunk = _round(chunk, align)
+        hashed = bool(flags & L.UMF_AUDIT) or chunk >= PAGE // 8
+        if hashed:
+            flags |= L.UMF_HASH
+            slabsize = PAGE if chunk <= PAGE // 8 else _round(chunk * 8, PAGE)
+        else:
+            slabsize = PAGE
+        cs = self.layouts["umem_cache"]
+        size = cs.offset("cache_cpu") + self.ncpus * self.layouts["umem_cpu_cache"].size
+        # libumem places caches so that cache_cpu is 128-byte aligned (addresses end in 0x48)
+        a = self.heap(size + 128, 128)
+        a += (-(a + cs.offset("cache_cpu"))) % 128
+        c = SynthCache(a, name, bufsize, chunk, slabsize, flags, hashed, bufctl_off,
+                       buftag_off, verify, arena=self.arenas.get(arena, 0))
+        nslab = a + cs.offset("cache_nullslab")
+        magtype = self.magtype + 2 * self.layouts["umem_magtype"].size
+        hash_table = 0
+        if hashed:
+            hash_table = self.heap(64 * 8, 64)
+        self.m.put("umem_cache", a, cache_name=name, cache_bufsize=bufsize,
+                   cache_align=align, cache_arena=c.arena, cache_cflags=cflags,
+                   cache_flags=flags, cache_chunksize=chunk, cache_slabsize=slabsize,
+                   cache_bufctl=bufctl_off, cache_buftag=buftag_off, cache_verify=verify,
+                   cache_contents=min(bufctl_off, 256), cache_color=color,
+                   cache_maxcolor=64 if hashed else (slabsize - 56) % chunk,
+                   cache_hash_shift=_highbit(chunk) - 1 if hashed else 0,
+                   cache_hash_mask=63 if hashed else 0, cache_hash_table=hash_table,
+                   cache_freelist=nslab, cache_magtype=magtype)
+        self.m.put("umem_slab", nslab, slab_cache=a, slab_next=nslab, slab_prev=nslab)
+        for i in range(self.ncpus):
+            cc = a + cs.offset("cache_cpu") + i * self.layouts["umem_cpu_cache"].size
+            self.m.put("umem_cpu_cache", cc, cc_magsize=7, cc_rounds=-1, cc_prounds=-1)
+        # link at the end of the cache list
+        prev = self.m.get64(self.null_cache + cs.offset("cache_prev"))
+        self.m.put("umem_cache", a, cache_next=self.null_cache, cache_prev=prev)
+        self.m.u64(prev + cs.offset("cache_next"), a)
+        self.m.u64(self.null_cache + cs.offset("cache_prev"), a)
+        self.caches.append(c)
+        if name.startswith("umem_alloc_"):
+            lo = max([s for s in self.sizes if s < bufsize], default=0)
+            for k in range(lo, bufsize, 8):
+                self.m.u64(self.alloc_table + 8 * (k >> 3), a)
+        return c
+
+    def _cget(self, c: SynthCache, name: str) -> int:
+        f = self.layouts["umem_cache"].field(name)
+        return int.from_bytes(self.m.read(c.addr + f.offset, f.size), "little")
+
+    def _cset(self, c: SynthCache, **values) -> None:
+        self.m.put("umem_cache", c.addr, **values)
+
+    def grow(self, c: SynthCache) -> int:
+        """umem_slab_create: a new slab, every buffer on its freelist (free-patterned with a
+        free buftag in debug caches), linked at the end of the slab list."""
+        slab_mem = self.heap(c.slabsize, c.slabsize if not c.hashed else PAGE)
+        color = self._cget(c, "cache_color")
+        base = slab_mem + color
+        if c.hashed:
+            nchunks = (c.slabsize - color) // c.chunk
+            sp = self.heap(self.layouts["umem_slab"].size, 8)
+        else:
+            nchunks = (c.slabsize - self.layouts["umem_slab"].size - color) // c.chunk
+            sp = slab_mem + c.slabsize - self.layouts["umem_slab"].size
+        if c.flags & L.UMF_DEADBEEF:
+            self.m.fill64(slab_mem, c.slabsize - (0 if c.hashed else 56),
+                          L.UMEM_UNINITIALIZED_PATTERN)
+        head = 0
+        chain = []
+        audit = L.audit_size(self.stack_depth)
+        for i in range(nchunks):
+            buf = base + i * c.chunk
+            if c.hashed:
+                bcp = self.heap(audit if c.flags & L.UMF_AUDIT else 24, 32)
+                if c.flags & L.UMF_AUDIT:
+                    self.m.put("umem_bufctl_audit", bcp, bc_cache=c.addr)
+                self.m.put("umem_bufctl", bcp, bc_addr=buf, bc_slab=sp)
+            else:
+                bcp = buf + c.bufctl_off
+            if c.flags & L.UMF_BUFTAG:
+                self.m.put("umem_buftag", buf + c.buftag_off, bt_redzone=L.UMEM_REDZONE_PATTERN,
+                           bt_bufctl=bcp, bt_bxstat=bcp ^ L.UMEM_BUFTAG_FREE)
+                if c.flags & L.UMF_DEADBEEF:
+                    self.m.fill64(buf, c.verify, L.UMEM_FREE_PATTERN)
+            self.m.u64(bcp, head)  # bc_next
+            head = bcp
+            chain.insert(0, bcp)
+            c.bufctl[buf] = bcp
+        nslab = c.addr + self.layouts["umem_cache"].offset("cache_nullslab")
+        so = self.layouts["umem_slab"].offset
+        last = self.m.get64(nslab + so("slab_prev"))
+        self.m.put("umem_slab", sp, slab_cache=c.addr, slab_base=base, slab_head=head,
+                   slab_refcnt=0, slab_chunks=nchunks, slab_next=nslab, slab_prev=last)
+        self.m.u64(last + so("slab_next"), sp)
+        self.m.u64(nslab + so("slab_prev"), sp)
+        if self._cget(c, "cache_freelist") == nslab:
+            self._cset(c, cache_freelist=sp)
+        self._cset(c, cache_slab_create=self._cget(c, "cache_slab_create") + 1,
+                   cache_buftotal=self._cget(c, "cache_buftotal") + nchunks)
+        c.slabs.append((sp, base, nchunks))
+        c.free_list[sp] = chain
+        return sp
+
+    def _slab_of(self, c: SynthCache, buf: int) -> int:
+        for sp, base, n in c.slabs:
+            if base <= buf < base + n * c.chunk:
+                return sp
+        raise ValueError(f"0x{buf:x} is in no slab of {c.name}")
+
+    def _audit(self, c: SynthCache, bcp: int, stack, thread: int) -> None:
+        """UMEM_AUDIT: timestamp, thread, stack, and a copy into the transaction log."""
+        if not c.flags & L.UMF_AUDIT:
+            return
+        self.m.put("umem_bufctl_audit", bcp, bc_timestamp=self.tick(), bc_thread=thread,
+                   bc_depth=len(stack))
+        bstack = self.layouts["umem_bufctl_audit"].offset("bc_stack")
+        for i, pc in enumerate(stack):
+            self.m.u64(bcp + bstack + 8 * i, pc)
+        self.m.put("umem_bufctl_audit", bcp, bc_lastlog=self._log(bcp))
+
+    def alloc(self, c: SynthCache, size: int | None = None, stack=(), thread: int = THREAD1,
+              malloc: bool = True) -> int:
+        if size is not None and size + 8 + (8 if size + 8 > L.UMEM_SECOND_ALIGN else 0) > \
+                c.bufsize:
+            raise ValueError(f"malloc({size}) does not fit {c.name}")
+        """umem_cache_alloc (+ malloc's header and umem_alloc's redzone when `size` is given):
+        the buffer's address. Takes from the first slab with a free buffer."""
+        for sp, _base, _n in c.slabs:
+            if c.free_list[sp]:
+                break
+        else:
+            sp = self.grow(c)
+        bcp = c.free_list[sp].pop(0)
+        so = self.layouts["umem_slab"].offset
+        self.m.u64(sp + so("slab_head"), c.free_list[sp][0] if c.free_list[sp] else 0)
+        self.m.u64(sp + so("slab_refcnt"), self.m.get64(sp + so("slab_refcnt")) + 1)
+        buf = self.m.get64(bcp + 8) if c.hashed else bcp - c.bufctl_off
+        if c.hashed:
+            shift, table = self._cget(c, "cache_hash_shift"), self._cget(c, "cache_hash_table")
+            bucket = table + 8 * ((buf >> shift) & 63)
+            self.m.u64(bcp, self.m.get64(bucket))
+            self.m.u64(bucket, bcp)
+        self._cset(c, cache_slab_alloc=self._cget(c, "cache_slab_alloc") + 1)
+        self._audit(c, bcp, stack, thread)
+        if c.flags & L.UMF_BUFTAG:
+            if c.flags & L.UMF_DEADBEEF:
+                self.m.fill64(buf, c.verify, L.UMEM_UNINITIALIZED_PATTERN)
+            redzone = L.UMEM_REDZONE_PATTERN
+            n = 0
+            if size is not None:
+                n = size + 8 + (8 if size + 8 > L.UMEM_SECOND_ALIGN else 0)
+                redzone = (L.size_encode(n) << 32) | (L.UMEM_REDZONE_PATTERN & 0xFFFFFFFF)
+            self.m.put("umem_buftag", buf + c.buftag_off, bt_redzone=redzone,
+                       bt_bxstat=bcp ^ L.UMEM_BUFTAG_ALLOC)
+            if n:  # a buffer used to its end gets the 0xbb in the redzone word's first byte
+                self.m.write(buf + n, bytes([L.UMEM_REDZONE_BYTE]))
+        c.allocated.add(buf)
+        if size is not None and malloc:
+            return self._malloc_header(buf, size)
+        return buf
+
+    @staticmethod
+    def user_ptr(buf: int, size: int) -> int:
+        return buf + (8 if size + 8 <= L.UMEM_SECOND_ALIGN else 16)
+
+    def _malloc_header(self, buf: int, size: int) -> int:
+        n = size + 8
+        if n <= L.UMEM_SECOND_ALIGN:
+            self.m.put("malloc_data", buf, malloc_size=n, malloc_stat=L.MALLOC_MAGIC - n)
+            return buf
+        n += 8
+        self.m.put("malloc_data", buf + 8, malloc_size=n, malloc_stat=L.MALLOC_SECOND_MAGIC - n)
+        return buf
+
+    def free(self, c: SynthCache, buf: int, where: str = "slab", stack=(),
+             thread: int = THREAD1) -> None:
+        """umem_cache_free: the buffer is free-patterned with a free buftag, then goes to CPU 0's
+        loaded magazine ('magazine'), a full depot magazine ('depot'), or back to its slab."""
+        bcp = c.bufctl[buf]
+        c.allocated.discard(buf)
+        self._audit(c, bcp, stack, thread)
+        if c.flags & L.UMF_BUFTAG:
+            if c.flags & L.UMF_DEADBEEF:
+                self.m.fill64(buf, c.verify, L.UMEM_FREE_PATTERN)
+            self.m.put("umem_buftag", buf + c.buftag_off, bt_redzone=L.UMEM_REDZONE_PATTERN,
+                       bt_bxstat=bcp ^ L.UMEM_BUFTAG_FREE)
+        if where == "magazine":
+            c.magazine.append(buf)
+            return
+        if where == "depot":
+            c.depot.append(buf)
+            return
+        sp = self._slab_of(c, buf)
+        if c.hashed:
+            shift, table = self._cget(c, "cache_hash_shift"), self._cget(c, "cache_hash_table")
+            link = table + 8 * ((buf >> shift) & 63)
+            while self.m.get64(link) != bcp:
+                link = self.m.get64(link)
+            self.m.u64(link, self.m.get64(bcp))
+        so = self.layouts["umem_slab"].offset
+        self.m.u64(bcp, self.m.get64(sp + so("slab_head")))
+        self.m.u64(sp + so("slab_head"), bcp)
+        self.m.u64(sp + so("slab_refcnt"), self.m.get64(sp + so("slab_refcnt")) - 1)
+        c.free_list[sp].insert(0, bcp)
+        self._cset(c, cache_slab_free=self._cget(c, "cache_slab_free") + 1)
+
+    def _magazines(self, c: SynthCache) -> None:
+        """Write the magazine layer: CPU 0's loaded magazine and the depot's full magazines
+        (magsize 7, umem_magtype[2])."""
+        mag = self.layouts["umem_magazine"]
+        cc = c.addr + self.layouts["umem_cache"].offset("cache_cpu")
+        if c.magazine:
+            m = self.heap(mag.offset("mag_round") + 8 * 7, 64)
+            for i, b in enumerate(c.magazine):
+                self.m.u64(m + 8 + 8 * i, b)
+            self.m.put("umem_cpu_cache", cc, cc_loaded=m, cc_rounds=len(c.magazine),
+                       cc_alloc=len(c.magazine) + 3, cc_free=len(c.magazine))
+        if c.depot:
+            assert len(c.depot) % 7 == 0, "depot magazines are full: 7 rounds each"
+            head = 0
+            for k in range(len(c.depot) // 7):
+                m = self.heap(mag.offset("mag_round") + 8 * 7, 64)
+                self.m.u64(m, head)
+                for i, b in enumerate(c.depot[7 * k:7 * k + 7]):
+                    self.m.u64(m + 8 + 8 * i, b)
+                head = m
+            self.m.put("umem_maglist", c.addr + self.layouts["umem_cache"].offset("cache_full"),
+                       ml_list=head, ml_total=len(c.depot) // 7, ml_alloc=2)
+
+    # -- the transaction log ----------------------------------------------------------------
+    def start_log(self, chunksize: int = PAGE) -> int:
+        lh = self.layouts["umem_log_header"]
+        clh = self.layouts["umem_cpu_log_header"]
+        nchunks = 4 * self.ncpus
+        hdr = self.heap(lh.offset("lh_cpu") + self.ncpus * clh.size, 64)
+        base = self.heap(chunksize * nchunks, PAGE)
+        free = self.heap(4 * nchunks, 8)
+        for i in range(self.ncpus, nchunks):
+            self.m.u32(free + 4 * i, i)
+        self.m.put("umem_log_header", hdr, lh_base=base, lh_free=free, lh_chunksize=chunksize,
+                   lh_nchunks=nchunks, lh_head=self.ncpus, lh_tail=0)
+        for i in range(self.ncpus):
+            self.m.put("umem_cpu_log_header", hdr + lh.offset("lh_cpu") + i * clh.size,
+                       clh_current=base + i * chunksize, clh_avail=chunksize, clh_chunk=i)
+        self.m.u64(self.log_ptr, hdr)
+        self.log = hdr
+        return hdr
+
+    def _log(self, bcp: int) -> int:
+        """umem_log_enter on CPU 0: copy the audit record into the current chunk (taking the
+        next free chunk when it is full)."""
+        if not getattr(self, "log", 0):
+            return 0
+        lh = self.layouts["umem_log_header"]
+        hdr = self.log
+        clh = hdr + lh.offset("lh_cpu")
+        co = self.layouts["umem_cpu_log_header"].offset
+        ho = lh.offset
+        size = L.audit_size(self.stack_depth)
+        avail = self.m.get64(clh + co("clh_avail"))
+        chunksize = self.m.get64(hdr + ho("lh_chunksize"))
+        if size > avail:
+            nchunks = int.from_bytes(self.m.read(hdr + ho("lh_nchunks"), 4), "little")
+            head = int.from_bytes(self.m.read(hdr + ho("lh_head"), 4), "little")
+            tail = int.from_bytes(self.m.read(hdr + ho("lh_tail"), 4), "little")
+            free = self.m.get64(hdr + ho("lh_free"))
+            chunk = int.from_bytes(self.m.read(clh + co("clh_chunk"), 4), "little")
+            self.m.u32(free + 4 * tail, chunk)
+            chunk = int.from_bytes(self.m.read(free + 4 * head, 4), "little")
+            self.m.put("umem_log_header", hdr, lh_tail=(tail + 1) % nchunks,
+                       lh_head=(head + 1) % nchunks)
+            self.m.put("umem_cpu_log_header", clh, clh_chunk=chunk, clh_avail=chunksize,
+                       clh_current=self.m.get64(hdr + ho("lh_base")) + chunk * chunksize)
+            avail = chunksize
+        cur = self.m.get64(clh + co("clh_current"))
+        self.m.write(cur, self.m.read(bcp, size))
+        self.m.put("umem_cpu_log_header", clh, clh_current=cur + size, clh_avail=avail - size)
+        return cur
+
+    # -- the program around the heap --------------------------------------------------------
+    def root(self, offset: int, value: int) -> int:
+        """A pointer in the program's data (a root); returns the slot's address."""
+        self.m.u64(EXE_DATA + offset, value)
+        return EXE_DATA + offset
+
+    def stack_slot(self, offset: int, value: int) -> int:
+        """A word in the main thread's stack, `offset` bytes above its stack pointer."""
+        a = STACK + STACK_SIZE // 2 + offset
+        self.m.u64(a, value)
+        return a
+
+    def set_registers(self, **regs) -> None:
+        r = {"rsp": STACK + STACK_SIZE // 2, "rip": exe_pc("main", 0x40)}
+        r.update(regs)
+        self.threads[0].regs = r
+
+    # -- result -----------------------------------------------------------------------------
+    def finish(self) -> None:
+        for c in self.caches:
+            self._magazines(c)
+        if not self.threads[0].regs:
+            self.set_registers()
+
+    def target(self) -> SyntheticTarget:
+        self.finish()
+        segs = [
+            (Mapping(LIB_TEXT, LIB_TEXT + 0x10000, "r-xp", 0, "fe:00", 11, LIB_PATH), b""),
+            (Mapping(LIB_DATA, LIB_DATA + 0x40000, "rw-p", 0x30000, "fe:00", 11, LIB_PATH),
+             self.m.segs[LIB_DATA]),
+            (Mapping(EXE_TEXT - 0x1000, EXE_TEXT, "r--p", 0, "fe:00", 12, "/usr/bin/prog"),
+             b""),
+            (Mapping(EXE_TEXT, EXE_TEXT + 0x1000, "r-xp", 0x1000, "fe:00", 12, "/usr/bin/prog"),
+             b""),
+            (Mapping(EXE_DATA, EXE_DATA + 0x1000, "rw-p", 0x3000, "fe:00", 12, "/usr/bin/prog"),
+             self.m.segs[EXE_DATA]),
+            (Mapping(BRK, BRK + 0x21000, "rw-p", path="[heap]"), self.m.segs[BRK]),
+            (Mapping(HEAP, HEAP + HEAP_SIZE, "rw-p"), self.m.segs[HEAP]),
+            (Mapping(ANON, ANON + 0x3000, "rw-p"), self.m.segs[ANON]),
+            (Mapping(STACK, STACK + STACK_SIZE, "rw-p", path="[stack]"), self.m.segs[STACK]),
+        ]
+        return SyntheticTarget(segs, threads=self.threads, name="synthetic libumem")
+
+    def symbols(self) -> tuple[list[Symbol], list[Symbol]]:
+        lib = list(self.lib_syms) + [Symbol(n, LIB_TEXT + 0x100 * i, 0x100)
+                                     for i, n in enumerate(LIB_FUNCS)]
+        exe = [Symbol(n, EXE_TEXT + 0x100 * i, 0x100) for i, n in enumerate(EXE_FUNCS)]
+        exe.append(Symbol("list_head", EXE_DATA, 8, "object"))
+        return lib, exe
+
+    def session(self, **kw) -> Session:
+        s = Session(self.target(), **kw)
+        lib, exe = self.symbols()
+        s.symbols.add_symbols(LIB, lib)
+        s.symbols.add_symbols("a.out", exe, is_exe=True)
+        return s
+
+
+def leaky_heap() -> tuple[SynthUmem, dict]:
+    """The scenario of the umem tests: a small program's heap with live, leaked, freed,
+    cached and corrupted buffers, and the truth about each (name -> address)."""
+    u = SynthUmem()
+    u.standard_arenas()
+    u.start_log()
+    c16 = u.cache("umem_alloc_16", 16, align=16)
+    c32 = u.cache("umem_alloc_32", 32, align=16)
+    c80 = u.cache("umem_alloc_80", 80, align=16)
+    objs = u.cache("my_objs", 40, flags=0)
+    u.cache("umem_bufctl_audit_cache", 192, flags=0xE, cflags=0x80080000,
+            arena="umem_internal")
+
+    def st(fn, *more):
+        return [lib_pc("umem_cache_alloc"), lib_pc("umem_alloc"), lib_pc("malloc"),
+                exe_pc(fn), *more, exe_pc("main", 0x40)]
+
+    t = {}
+    t["A"] = u.alloc(c80, 50, st("make_node"))
+    t["B"] = u.alloc(c80, 50, st("make_node"))
+    t["L1"] = u.alloc(c32, 16, st("leak_some"), THREAD2)
+    t["L2"] = u.alloc(c32, 16, st("leak_some"), THREAD2)
+    t["L3"] = u.alloc(c80, 60, st("read_config"))
+    t["S"] = u.alloc(c32, 10, st("make_table"))
+    t["R"] = u.alloc(c16, 4, st("make_table"))
+    t["C1"] = u.alloc(c80, 40, st("read_config"))
+    t["F"] = u.alloc(c80, 64, st("read_config"))
+    u.free(c80, t["F"], stack=[lib_pc("umem_free"), lib_pc("free"), exe_pc("read_config")])
+    u.m.write(u.user_ptr(t["F"], 64), b"\x01")  # a write after free
+    u.m.write(t["C1"] + 16 + 40, b"\x00")  # overwrites the 0xbb redzone byte
+    t["M1"] = u.alloc(c32, 12, st("make_table"))
+    t["M2"] = u.alloc(c32, 12, st("make_table"))
+    u.free(c32, t["M1"], "magazine", [lib_pc("umem_free")], THREAD2)
+    u.free(c32, t["M2"], "magazine", [lib_pc("umem_free")], THREAD2)
+    t["D"] = [u.alloc(c16, 8, st("make_table")) for _ in range(7)]
+    for b in t["D"]:
+        u.free(c16, b, "depot", [lib_pc("umem_free")])
+    t["P1"] = u.alloc(objs)
+    t["P2"] = u.alloc(objs)
+    t["P3"] = u.alloc(objs)
+    u.free(objs, t["P3"])
+    t["O1"] = u.oversize_alloc(20000, [lib_pc("vmem_xalloc"), lib_pc("vmem_alloc"),
+                                       lib_pc("malloc"), exe_pc("leak_some", 0x30)])
+    t["O2"] = u.oversize_alloc(30000, [lib_pc("vmem_xalloc"), lib_pc("vmem_alloc"),
+                                       lib_pc("malloc"), exe_pc("make_table", 0x30)])
+    # references: list_head -> A -> B (user pointers, 16 bytes in), C1, P2, O2 from data
+    u.root(0, u.user_ptr(t["A"], 50))
+    u.m.u64(u.user_ptr(t["A"], 50), u.user_ptr(t["B"], 50))
+    u.root(8, u.user_ptr(t["C1"], 40))
+    u.root(16, t["P2"])
+    u.root(24, t["O2"] + 16)
+    u.stack_slot(0x40, u.user_ptr(t["S"], 10))  # live stack: above rsp
+    u.stack_slot(-0x40, u.user_ptr(t["L3"], 60))  # dead stack: below rsp
+    u.set_registers(rax=u.user_ptr(t["R"], 4))
+    t["caches"] = {"umem_alloc_16": c16, "umem_alloc_32": c32, "umem_alloc_80": c80,
+                   "my_objs": objs}
+    return u, t
