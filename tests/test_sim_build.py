@@ -265,3 +265,32 @@ def test_generator_sizes_leaks_and_shapes():
     assert again.truth == r.truth
     assert [again.target.read(m.start, m.size) for m in again.target.mappings()] == [
         r.target.read(m.start, m.size) for m in r.target.mappings()]
+
+
+def test_leak_kinds_and_underflows():
+    r = build("""
+global keep
+call main
+a = kmalloc 64
+a = kmalloc 64
+store keep = a
+b = kmalloc 64
+store keep = b
+call helper
+c = kmalloc 64
+store local spare = c
+ret
+d = kmalloc 64
+e = kmalloc 64
+write e-1 u8 0
+write e-12 u8 0
+""")
+    leaks = {x["address"] for x in r.truth["leaks"]}
+    # the first `a` lost its stack slot to the second (which the slot still holds, though
+    # `keep` moved on to b); c's only reference died when helper returned
+    (first_a,) = leaks - {r.names["c"]}
+    assert len(leaks) == 2 and first_a not in r.names.values()
+    assert first_a + 384 == r.names["a"]  # the next kmalloc-64 slot
+    kinds = {(x["address"], x["kind"], x["first_bad"]) for x in r.truth["corrupt"]}
+    assert kinds == {(r.names["e"], "redzone", r.names["e"] - 1),
+                     (r.names["d"], "padding", r.names["e"] - 12)}
