@@ -15,6 +15,7 @@ object).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.model import (ALLOC, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
@@ -31,9 +32,32 @@ ALREADY_FREE = "Object already free"
 FREECHAIN = "Freechain corrupt"
 
 
+def decoded(view) -> SimpleNamespace:
+    """Every field of a view decoded once, as plain attributes: the walks below read cache
+    fields per slab and per object, where decoding on each access would dominate."""
+    return SimpleNamespace(addr=view.addr, **{n: getattr(view, n) for n in view.struct.fields})
+
+
+def unpacker(bound):
+    """(struct.Struct, field names) decoding every integer field of a bound struct in one
+    unpack, at the offsets the binding computed: tens of thousands of slab descriptors are read
+    this way instead of through views."""
+    import struct
+
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    fmt, names, pos = "<", [], 0
+    for f in sorted(bound.fields.values(), key=lambda f: f.offset):
+        if f.kind not in ("int", "ptr") or f.size not in codes or f.offset < pos:
+            continue
+        fmt += "x" * (f.offset - pos) + (codes[f.size].lower() if f.signed else codes[f.size])
+        names.append(f.name)
+        pos = f.offset + f.size
+    return struct.Struct(fmt + "x" * (bound.size - pos)), names
+
+
 @dataclass
 class SimSlab:
-    view: object  # sim_slab
+    view: object  # sim_slab, decoded
     base: int
     objects: int
     free: list[int] = field(default_factory=list)  # slot indexes on the free list, in order
@@ -41,7 +65,7 @@ class SimSlab:
 
 @dataclass
 class SimCache:
-    view: object  # sim_kmem_cache
+    view: object  # sim_kmem_cache, decoded
     name: str
     index: int
     slabs: list[SimSlab] = field(default_factory=list)
@@ -130,7 +154,7 @@ class SimAllocator(Allocator):
                 v = kc.view(mem, cur)
             except ReadError as e:
                 raise MdbError(f"sim: cache list broken at 0x{cur:x}: {e}") from None
-            c = SimCache(v, v.cstr("name"), len(out))
+            c = SimCache(decoded(v), v.cstr("name"), len(out))
             self._read_slabs(c)
             out.append(c)
             cur = v.next
@@ -139,6 +163,7 @@ class SimAllocator(Allocator):
     def _read_slabs(self, c: SimCache) -> None:
         mem = self.session.mem
         ks = self.binder["sim_slab"]
+        fmt, names = unpacker(ks)
         v = c.view
         lo, hi = self.root.slab_area, self.root.slab_area_end
         limit = min(v.nr_slabs, MAX_SLABS)
@@ -150,7 +175,8 @@ class SimAllocator(Allocator):
                 break
             seen.add(cur)
             try:
-                s = ks.view(mem, cur)
+                s = SimpleNamespace(addr=cur, **dict(zip(names, fmt.unpack(
+                    mem.read(cur, fmt.size)))))
             except ReadError as e:
                 self._problem(FREECHAIN, c, cur, note=f"slab list broken: {e}")
                 break
@@ -171,8 +197,8 @@ class SimAllocator(Allocator):
         import numpy as np
 
         v = c.view
-        if not slab.objects:
-            return
+        if not slab.objects or not slab.view.freelist:
+            return  # a full slab: nothing to read
         size = v.size
         try:
             data = self.session.mem.read(slab.base, slab.objects * size)
@@ -217,27 +243,30 @@ class SimAllocator(Allocator):
     def _build_table(self) -> BufferTable:
         import numpy as np
 
-        bases, states, groups, ctls = [], [], [], []
-        sizes = []
+        cols: list[list] = [[], [], [], [], []]  # base, size, state, group, ctl
         for c in self.caches():
+            if not c.slabs:
+                continue
             v = c.view
-            for slab in c.slabs:
-                objs = (np.uint64(slab.base + v.red_left_pad)
-                        + np.arange(slab.objects, dtype=np.uint64) * np.uint64(v.size))
-                st = np.full(slab.objects, ALLOC, np.uint8)
-                st[slab.free] = FREE
-                bases.append(objs)
-                states.append(st)
-                sizes.append(np.full(slab.objects, v.object_size, np.uint64))
-                groups.append(np.full(slab.objects, c.index, np.int32))
-                ctls.append(objs + np.uint64(v.track_offset) if c.has_tracks
-                            else np.zeros(slab.objects, np.uint64))
-        if not bases:
-            return BufferTable.from_columns([], [], [], groups=[c.name for c in self.caches()])
-        return BufferTable.from_columns(np.concatenate(bases), np.concatenate(sizes),
-                                        np.concatenate(states), np.concatenate(groups),
-                                        np.concatenate(ctls),
-                                        groups=[c.name for c in self.caches()])
+            counts = np.array([s.objects for s in c.slabs], np.int64)
+            first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            n = int(counts.sum())
+            k = np.arange(n, dtype=np.int64) - np.repeat(first, counts)  # slot in its slab
+            starts = np.array([s.base + v.red_left_pad for s in c.slabs], np.uint64)
+            objs = np.repeat(starts, counts) + k.astype(np.uint64) * np.uint64(v.size)
+            st = np.full(n, ALLOC, np.uint8)
+            free = [f + int(first[j]) for j, s in enumerate(c.slabs) for f in s.free]
+            st[free] = FREE
+            cols[0].append(objs)
+            cols[1].append(np.full(n, v.object_size, np.uint64))
+            cols[2].append(st)
+            cols[3].append(np.full(n, c.index, np.int32))
+            cols[4].append(objs + np.uint64(v.track_offset) if c.has_tracks
+                           else np.zeros(n, np.uint64))
+        names = [c.name for c in self.caches()]
+        if not cols[0]:
+            return BufferTable.from_columns([], [], [], groups=names)
+        return BufferTable.from_columns(*(np.concatenate(x) for x in cols), groups=names)
 
     def metadata_regions(self) -> list[tuple[int, int]]:
         """The cache and slab descriptors, and sim_allocator itself (its pointers lead to the
