@@ -520,3 +520,22 @@ def test_cli_on_written_files(tmp_path):
         "      1 helper+0x13"]
     assert lines[5:] == ["-" * 72, "           Total       4 buffers, 232 bytes",
                          "sim: heap is clean"]
+
+
+def test_corrupt_lists_are_bounded():
+    heap = HandHeap()
+    session = heap.build()
+    kc, ic = heap.kc, heap.ic
+    tgt = session.target
+    tgt.writable = True
+    nxt = B["sim_kmem_cache"].offset("next")
+    tgt.write(ic.addr + nxt, META.to_bytes(8, "little"))  # cache list loops back
+    tgt.write(kc.slab_desc, kc.slab_desc.to_bytes(8, "little"))  # slab points to itself
+    tgt.write(ic.obj(2), (0x1234).to_bytes(8, "little"))  # wild free pointer
+    (sim,) = session.allocators()
+    assert [c.name for c in sim.caches()] == ["kmalloc-64", "inode_cache"]
+    assert [len(c.slabs) for c in sim.caches()] == [1, 1]
+    assert [int(s) for s in sim.buffers().state[12:]] == [1, 1, 2, 1]
+    kinds = [(p.kind, p.addr, p.note) for p in sim.verify() if p.group == "inode_cache"]
+    assert kinds == [("Freechain corrupt", 0x1234,
+                      f"free pointer 0x1234 in slab 0x{ic.slab_desc:x} points to no object")]
