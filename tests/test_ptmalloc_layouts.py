@@ -1,0 +1,106 @@
+"""ptmalloc's descriptors and pure helpers: the built-in layouts equal DWARF (libc6-dbg) for
+the running glibc, the version string parser, size classes, vtable names, and the chunk walk's
+recovery on synthetic heaps."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from mdbpy.session import Session
+from mdbpy.target.synthetic import SyntheticTarget
+from mdbpy_commands.ptmalloc.allocator import demangle_vtable
+from mdbpy_commands.ptmalloc.bins import largebin_index
+from mdbpy_commands.ptmalloc.chunks import walk_heap
+from mdbpy_commands.ptmalloc.layouts import PTMALLOC_LAYOUTS
+from mdbpy_commands.ptmalloc.locate import bind_structs
+from mdbpy_commands.ptmalloc.version import parse_release
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+def _debug_file():
+    from mdbpy.symbols import debuginfo
+    from mdbpy.symbols.elf import build_id_of
+
+    bid = build_id_of(LIBC)
+    return debuginfo.by_build_id(bid, ["/usr/lib/debug"], build_id_of) if bid else None
+
+
+def test_builtin_layouts_equal_dwarf():
+    """The DWARF oracle: every struct, every field, offset and size."""
+    from mdbpy_commands.ptmalloc.version import _from_file
+
+    dbg = _debug_file()
+    if dbg is None:
+        pytest.skip("libc6-dbg is not installed")
+    version = _from_file(LIBC)
+    builtin, dwarf = bind_structs(version), bind_structs(version, dbg)
+    for name in PTMALLOC_LAYOUTS.structs:
+        b, d = builtin[name], dwarf[name]
+        assert d.origin.startswith("DWARF"), name
+        assert b.size == d.size, name
+        assert {f: (x.offset, x.size) for f, x in b.fields.items()} == \
+               {f: (x.offset, x.size) for f, x in d.fields.items()}, name
+
+
+@pytest.mark.parametrize("version,sizes", [
+    ((2, 27), {"tcache_perthread_struct": 0x240, "tcache_entry": 8, "_heap_info": 0x20,
+               "malloc_par": 0x70, "malloc_state": 0x898}),
+    ((2, 31), {"tcache_perthread_struct": 0x280, "tcache_entry": 16, "_heap_info": 0x20,
+               "malloc_par": 0x70}),
+    ((2, 36), {"tcache_perthread_struct": 0x280, "_heap_info": 0x30, "malloc_par": 0x88}),
+    ((2, 42), {"tcache_perthread_struct": 76 * 2 + 76 * 8}),
+])
+def test_sizes_follow_the_version(version, sizes):
+    b = bind_structs(version)
+    assert {n: b[n].size for n in sizes} == sizes
+
+
+def test_release_string():
+    assert parse_release(b"\0GNU C Library (Debian GLIBC 2.36-9+deb12u14) stable release "
+                         b"version 2.36.\n") == (2, 36)
+    assert parse_release(b"GNU C Library (GNU libc) development release version 2.42.9000.") \
+        == (2, 42)
+    assert parse_release(b"libc.so.6 version 2.36") is None
+
+
+def test_size_classes_and_names():
+    assert [largebin_index(s) for s in (0x400, 0x610, 0x1010, 0x20000, 0x100000)] == \
+           [64, 72, 99, 123, 126]
+    assert demangle_vtable("_ZTV6Widget") == "Widget"
+    assert demangle_vtable("_ZTVN2ns6WidgetE") == "ns::Widget"
+    assert demangle_vtable("_ZTV9") is None
+
+
+def _heap(chunks: list[tuple[int, int]], top: int) -> bytes:
+    """Headers (prev_size, size|flags) laid end to end, then the top chunk's header."""
+    out = bytearray()
+    for size, raw in chunks:
+        out += struct.pack("<QQ", 0, raw) + bytes(size - 16)
+    return bytes(out + struct.pack("<QQ", 0, top))
+
+
+def test_walk_resyncs_past_a_smashed_header():
+    base = 0x10000
+    data = _heap([(0x20, 0x21), (0x30, 0x4141414141414141), (0x40, 0x41), (0x20, 0x21)],
+                 0x1001)
+    s = Session(SyntheticTarget([(base, data + bytes(0x1000))]), load_builtin=False)
+    w = walk_heap(s.mem, base, base + 0xB0, base + 0xB0)
+    assert [int(a) - base for a in w.addr] == [0, 0x20, 0x50, 0x90]
+    assert [int(x) for x in w.size] == [0x20, 0x30, 0x40, 0x20]
+    assert w.problems == [(base + 0x20, f"chunk 0x{base + 0x20:x}: bad size 0x4141414141414141"
+                                        f" (smashed header?); walk resumes at 0x{base + 0x50:x}")]
+    assert list(w.bad) == [False, True, False, False]
+    assert list(w.next_prev_inuse) == [True, True, True, True]
+
+
+def test_walk_reports_a_size_running_past_top():
+    base = 0x10000
+    data = _heap([(0x20, 0x21), (0x20, 0x41)], 0x1001)
+    s = Session(SyntheticTarget([(base, data + bytes(0x1000))]), load_builtin=False)
+    w = walk_heap(s.mem, base, base + 0x40, base + 0x40)
+    assert [int(a) - base for a in w.addr] == [0, 0x20]
+    assert w.problems == [(base + 0x20, f"chunk 0x{base + 0x20:x}: size 0x40 runs past the "
+                                        f"top chunk at 0x{base + 0x40:x}")]
