@@ -14,7 +14,7 @@ from support import compile_fixture, gcore, run_mdbpy, start_fixture
 from mdbpy.heap.leaks import find_leaks
 from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
-from mdbpy_commands.ptmalloc.version import _from_file
+from mdbpy_commands.ptmalloc.version import release_of_file
 
 FLAGS = ("-g", "-O0", "-Wno-use-after-free")
 KINDS = ("live", "core")
@@ -101,7 +101,7 @@ def test_structures_found_and_shown(leaks, kind, mode):
     with opened(leaks, kind, mode) as s:
         out = run(s, "::ptmalloc")
         how = "symbols" if mode == "auto" else "heuristic"
-        major, minor = _from_file("/lib/x86_64-linux-gnu/libc.so.6")
+        major, minor = release_of_file("/lib/x86_64-linux-gnu/libc.so.6")
         assert out.splitlines()[0] == (f"glibc {major}.{minor} (libc.so.6), locate mode "
                                        f"{mode}, safe-linking on")
         assert f"({how})" in out.splitlines()[1] and f"({how})" in out.splitlines()[2]

@@ -30,12 +30,12 @@ def _debug_file():
 
 def test_builtin_layouts_equal_dwarf():
     """The DWARF oracle: every struct, every field, offset and size."""
-    from mdbpy_commands.ptmalloc.version import _from_file
+    from mdbpy_commands.ptmalloc.version import release_of_file
 
     dbg = _debug_file()
     if dbg is None:
         pytest.skip("libc6-dbg is not installed")
-    version = _from_file(LIBC)
+    version = release_of_file(LIBC)
     builtin, dwarf = bind_structs(version), bind_structs(version, dbg)
     for name in PTMALLOC_LAYOUTS.structs:
         b, d = builtin[name], dwarf[name]

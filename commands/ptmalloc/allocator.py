@@ -51,45 +51,40 @@ def chunk_table(session) -> ChunkTable:
     return t
 
 
+COLUMNS = {"addr": "uint64", "size": "uint64", "flags": "uint8", "state": "uint8",
+           "arena": "int32", "mmapped": "bool", "bad": "bool"}
+
+
 def _build(session) -> ChunkTable:
     import numpy as np
 
     st = locate(session)
-    cols = {k: [] for k in ("addr", "size", "flags", "state", "arena", "mmapped", "bad")}
+    parts: list[dict] = []
     problems: list = []
+
+    def add(addr, size, flags, state, arena, mmapped=False, bad=None):
+        n = len(addr)
+        parts.append({"addr": addr, "size": size, "flags": flags, "state": state,
+                      "arena": np.full(n, arena, np.int32), "mmapped": np.full(n, mmapped),
+                      "bad": np.zeros(n, bool) if bad is None else bad})
+
     for a in st.arenas:
         for h in a.heaps:
             w = walk_heap(session.mem, h.first, h.end, h.top)
             problems += w.problems
-            state = np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8)
-            cols["addr"].append(w.addr)
-            cols["size"].append(w.size)
-            cols["flags"].append(w.flags)
-            cols["state"].append(state)
-            cols["arena"].append(np.full(len(w.addr), a.index, np.int32))
-            cols["mmapped"].append(np.zeros(len(w.addr), bool))
-            cols["bad"].append(w.bad)
+            add(w.addr, w.size, w.flags,
+                np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8), a.index, bad=w.bad)
             if h.top is not None:
-                tsize = session.mem.read_u64(h.top + 8) & ~7
-                cols["addr"].append(np.asarray([h.top], np.uint64))
-                cols["size"].append(np.asarray([tsize], np.uint64))
-                cols["flags"].append(np.asarray([session.mem.read_u8(h.top + 8) & 7], np.uint8))
-                cols["state"].append(np.asarray([ROLE_TOP], np.uint8))
-                cols["arena"].append(np.asarray([a.index], np.int32))
-                cols["mmapped"].append(np.zeros(1, bool))
-                cols["bad"].append(np.zeros(1, bool))
+                raw = session.mem.read_u64(h.top + 8)
+                add(np.asarray([h.top], np.uint64), np.asarray([raw & ~7], np.uint64),
+                    np.asarray([raw & 7], np.uint8), np.asarray([ROLE_TOP], np.uint8), a.index)
     mm = mmapped_chunks(session.mem, st.heap_ranges())
     if mm:
-        cols["addr"].append(np.asarray([c.addr for c in mm], np.uint64))
-        cols["size"].append(np.asarray([c.size for c in mm], np.uint64))
-        cols["flags"].append(np.full(len(mm), 2, np.uint8))
-        cols["state"].append(np.full(len(mm), ALLOC, np.uint8))
-        cols["arena"].append(np.full(len(mm), -1, np.int32))
-        cols["mmapped"].append(np.ones(len(mm), bool))
-        cols["bad"].append(np.zeros(len(mm), bool))
-    dtypes = {"addr": np.uint64, "size": np.uint64, "flags": np.uint8, "state": np.uint8,
-              "arena": np.int32, "mmapped": bool, "bad": bool}
-    c = {k: (np.concatenate(v) if v else np.zeros(0, dtypes[k])) for k, v in cols.items()}
+        add(np.asarray([c.addr for c in mm], np.uint64), np.asarray([c.size for c in mm],
+                                                                   np.uint64),
+            np.full(len(mm), 2, np.uint8), np.full(len(mm), ALLOC, np.uint8), -1, True)
+    c = {k: (np.concatenate([p[k] for p in parts]).astype(t) if parts else np.zeros(0, t))
+         for k, t in COLUMNS.items()}
     order = np.argsort(c["addr"], kind="stable")
     c = {k: v[order] for k, v in c.items()}
 

@@ -484,5 +484,10 @@ def _locate(session) -> State:
             perturb = session.mem.read_int(s.addr, 4)
         except ReadError:
             perturb = None
+    warnings = []
+    if mp is None:
+        warnings.append("mp_ not found: no sbrk_base, mmap counters or tcache_count")
+    if not tcaches and session.target.threads():
+        warnings.append("no thread's tcache found: tcache chunks count as in use")
     return State(version, structs, libc, main, mp, arenas, tcaches, safe, key, perturb, found,
-                 mode)
+                 mode, warnings)

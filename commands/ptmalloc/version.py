@@ -32,7 +32,7 @@ def parse_release(data: bytes) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def _from_file(path: str) -> tuple[int, int] | None:
+def release_of_file(path: str) -> tuple[int, int] | None:
     try:
         with open(path, "rb") as f:
             return parse_release(f.read(MAX_SCAN))
@@ -63,7 +63,7 @@ def glibc_version(session) -> tuple[int, int]:
     if libc is None:
         raise MdbError("ptmalloc: no C library is mapped in the target")
     path = getattr(libc, "file", None)
-    ver = _from_file(path) if path else None
+    ver = release_of_file(path) if path else None
     if ver is None:
         try:
             ver = _from_memory(session, libc)
