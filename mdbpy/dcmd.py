@@ -142,6 +142,13 @@ class Invocation:
         """mdb_getopts: see parse_options()."""
         return parse_options(self.args, spec, numeric, self.session.radix)
 
+    def options(self, spec: str, numeric: str = "") -> dict:
+        """getopt() for dcmds that take options only: a leftover word is a usage error."""
+        opts, rest = self.getopt(spec, numeric)
+        if rest:
+            raise UsageError(f"unexpected argument '{rest[0]}'")
+        return opts
+
 
 def to_number(word, radix: int = 16) -> int:
     """mdb_strtoull: 0x/0t/0o/0i prefixes, else the current radix; ints pass through."""

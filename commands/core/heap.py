@@ -79,9 +79,7 @@ alive.""")
 def findleaks(inv):
     from mdbpy.heap.report import entries, long_form, tables
 
-    opts, rest = inv.getopt("dfv")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("dfv")
     s = inv.session
     reports, stats, fresh = run_findleaks(s, opts.get("f", False))
     if opts.get("v"):
@@ -159,9 +157,7 @@ def whyalive(inv):
 
     if not inv.has_addr:
         raise UsageError("usage: addr::whyalive [-f]")
-    opts, rest = inv.getopt("f")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("f")
     s = inv.session
     reports, _, _ = run_findleaks(s, opts.get("f", False))
     for r in reports:
@@ -210,9 +206,7 @@ def whatis(inv):
         raise MdbError("whatis: cannot be output into a pipe")
     if not inv.has_addr:
         raise UsageError("usage: addr::whatis [-akqv]")
-    opts, rest = inv.getopt("akqv")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("akqv")
     wo = WhatisOptions(opts.get("a", False), opts.get("q", False), opts.get("v", False))
     addrs = list(inv.pipe) if inv.pipe else [inv.addr]
     if opts.get("k"):

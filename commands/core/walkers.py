@@ -58,8 +58,6 @@ Piped, each address is passed on.""")
 def list_dcmd(inv):
     if not inv.has_addr:
         raise UsageError("::list needs a starting address")
-    opts, rest = inv.getopt("o:n:", numeric="on")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("o:n:", numeric="on")
     for a in follow_list(inv.session, inv.addr, opts.get("o", 0), opts.get("n")):
         inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")

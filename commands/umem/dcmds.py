@@ -265,9 +265,7 @@ def distribution(out, counts, lo: int, hi: int, maxbins: int, minbinsize: int,
 
 
 def _dist_opts(inv):
-    opts, rest = inv.getopt("dgb:B:", numeric="bB")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("dgb:B:", numeric="bB")
     return opts
 
 

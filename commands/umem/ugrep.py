@@ -30,9 +30,7 @@ def ugrep(inv):
 
     if not inv.has_addr:
         raise UsageError("::ugrep needs the value to search for")
-    opts, rest = inv.getopt("vd:m:M:a:A:s:", numeric="dmMaAs")
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+    opts = inv.options("vd:m:M:a:A:s:", numeric="dmMaAs")
     if sum(k in opts for k in "dmM") > 1:
         raise UsageError("only one of -d, -m and -M may be specified")
     size = opts.get("s", 8)
