@@ -73,7 +73,7 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
 
     t0, c0 = time.perf_counter(), time.process_time()
     table = alloc.candidates()
-    warnings: list[str] = []
+    warnings: list[str] = [f"[{a:x}, {b:x}) not trusted: {why}" for a, b, why in alloc.untrusted()]
     # a candidate region that holds a thread's stack pointer is that thread's stack, not a leak
     sps = [t.regs["rsp"] for t in session.target.threads() if "rsp" in t.regs]
     if sps and len(table):

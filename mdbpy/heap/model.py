@@ -200,6 +200,13 @@ class Allocator:
         """The allocation record of buffer i, where the allocator keeps one."""
         return None
 
+    def untrusted(self) -> list[tuple[int, int, str]]:
+        """[start, end) regions whose metadata the walks met as garbage, and why (a cycle, a
+        wild pointer, a smashed header). Damaged heaps are the normal case for a debugger: the
+        walks keep what they can still trust, and findleaks names these regions in its warnings
+        so that a leak count is never silently incomplete."""
+        return []
+
     def group_name(self, table: BufferTable, i: int) -> str:
         g = table.groups[int(table.group[i])] if table.groups else ""
         return str(g)
