@@ -26,6 +26,7 @@ DEFAULT_OPTIONS = {
     "repeatlast": False,  # an empty line repeats the last command
     "ignoreeof": False,
     "color": True,  # colour on a terminal (NO_COLOR and non-terminals turn it off)
+    "json": False,  # JSON-capable dcmds print one JSON document (mdbpy.jsonout)
 }
 
 # mdb's names for registers that Linux's user_regs_struct (X86_64_REGS) names otherwise

@@ -525,8 +525,8 @@ def _print_settings(inv: Invocation) -> None:
 
 @dcmd("set", "get/set debugger properties", usage="[+/-o opt] [-I path] [-P prompt]",
       help="Change debugger settings: -o OPT turns a debugger option on and +o OPT turns it "
-           "off (options: nostop, pager, repeatlast, ignoreeof, color; several may be given "
-           "separated by commas), -I sets the macro path (colon-separated), -P the prompt. "
+           "off (options: nostop, pager, repeatlast, ignoreeof, color, json; several may be "
+           "given separated by commas), -I sets the macro path (colon-separated), -P the prompt. "
            "With no arguments, print the current settings.",
       example="::set -o repeatlast")
 def set_(inv: Invocation):
