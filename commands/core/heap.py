@@ -7,7 +7,8 @@ from __future__ import annotations
 from mdbpy.dcmd import dcmd, walker
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.model import FREE
-from mdbpy.output import human_size, radix_str
+from mdbpy.jsonout import Table, cells, emit, wants_json
+from mdbpy.output import radix_str
 
 from .symbols import map_name
 
@@ -88,6 +89,13 @@ def findleaks(inv):
             inv.print(line)
     filt = inv.addr if inv.has_addr else None
     ents = entries(s, reports, filt)
+    if wants_json(inv):
+        from mdbpy.results import leak_groups, leak_totals
+
+        groups = leak_groups(s, ents)
+        emit(inv, "findleaks", leaks=[g.as_dict(members=bool(opts.get("d"))) for g in groups],
+             totals=leak_totals(groups), fresh=fresh)
+        return 0
     if not ents:
         inv.print(f"findleaks: no memory leaks matching {s.format_addr(filt)} found"
                   if filt is not None else "findleaks: no memory leaks detected")
@@ -209,6 +217,13 @@ def whatis(inv):
     opts = inv.options("akqv")
     wo = WhatisOptions(opts.get("a", False), opts.get("q", False), opts.get("v", False))
     addrs = list(inv.pipe) if inv.pipe else [inv.addr]
+    if wants_json(inv):
+        from mdbpy.results import whatis_hits
+
+        order = addrs if opts.get("k") else sorted(addrs)
+        emit(inv, "whatis", hits=[h.as_dict() for a in order for h in whatis_hits(
+            inv.session, a, wo.all, map_name)])
+        return 0
     if opts.get("k"):
         for a in addrs:
             for line in run(inv.session, [a], wo, map_name):
@@ -244,6 +259,8 @@ def heap_verify(inv):
     if rest or inv.has_addr:
         raise UsageError("usage: ::heap_verify [-q]")
     s = inv.session
+    as_json = wants_json(inv)
+    found = []
     for a in allocators(s):
         progress = Progress(s, f"heap_verify: {a.name}")
         try:
@@ -252,11 +269,19 @@ def heap_verify(inv):
             raise CommandAbort("heap_verify: interrupted") from None
         finally:
             progress.close()
+        if as_json:
+            from mdbpy.results import Problem
+
+            found.append({"allocator": a.name, "summary": summary(problems), "problems": [
+                Problem.of(s, a.name, p).as_dict() for p in problems]})
+            continue
         for p in problems:
             for line in format_problem(s, p, stacks=not opts.get("q")):
                 inv.print(line)
             inv.print("")
         inv.print(f"{a.name}: {summary(problems)}")
+    if as_json:
+        emit(inv, "heap_verify", allocators=found)
     return 0
 
 
@@ -266,8 +291,12 @@ One line per cache, arena or size class of each allocator in the target: its nam
 size, buffers in total, in use and free, and the memory it holds (%H, as mdb's ::umastat),
 then a total line per allocator. Piped, the group descriptors' addresses.""")
 def heap_stats(inv):
+    from mdbpy.results import HeapStat
+
     if inv.args or inv.has_addr:
         raise UsageError("::heap_stats takes no arguments")
+    as_json = wants_json(inv)
+    found = []
     for a in allocators(inv.session):
         rows = a.stats()
         if inv.piped_out:
@@ -275,18 +304,23 @@ def heap_stats(inv):
                 if r.addr:
                     inv.print(radix_str(r.addr, prefix=True))
             continue
-        inv.print(f"{a.name + ' cache':<25s} {'buf':>7s} {'buf':>8s} {'buf':>8s} {'buf':>8s} "
-                  f"{'memory':>8s}")
-        inv.print(f"{'name':<25s} {'size':>7s} {'total':>8s} {'in use':>8s} {'free':>8s} "
-                  f"{'total':>8s}")
-        inv.print(f"{'-' * 25} {'-' * 7} {'-' * 8} {'-' * 8} {'-' * 8} {'-' * 8}")
+        rule = f"{'-' * 25} {'-' * 7} {'-' * 8} {'-' * 8} {'-' * 8} {'-' * 8}"
+        t = Table("{group:<25s} {bufsize:7d} {total:8d} {inuse:8d} {free:8d} {memory!H:>8s}",
+                  head=[f"{a.name + ' cache':<25s} {'buf':>7s} {'buf':>8s} {'buf':>8s} "
+                        f"{'buf':>8s} {'memory':>8s}",
+                        f"{'name':<25s} {'size':>7s} {'total':>8s} {'in use':>8s} "
+                        f"{'free':>8s} {'total':>8s}", rule])
         for r in rows:
-            inv.print(f"{r.group:<25s} {r.bufsize:7d} {r.total:8d} {r.inuse:8d} {r.free:8d} "
-                      f"{human_size(r.memory):>8s}")
-        inv.print(f"{'-' * 25} {'-' * 7} {'-' * 8} {'-' * 8} {'-' * 8} {'-' * 8}")
-        tot = [sum(getattr(r, k) for r in rows) for k in ("total", "inuse", "free", "memory")]
-        inv.print(f"{'Total':<25s} {'':7s} {tot[0]:8d} {tot[1]:8d} {tot[2]:8d} "
-                  f"{human_size(tot[3]):>8s}")
+            t.add(**HeapStat.of(a.name, r).as_dict())
+        total = {k: sum(r[k] for r in t.rows) for k in ("total", "inuse", "free", "memory")}
+        t.foot = [rule, cells("{0:<25s} {1:7s} {total:8d} {inuse:8d} {free:8d} {memory!H:>8s}",
+                              "Total", "", **total)]
+        if as_json:
+            found.append({"allocator": a.name, "rows": t.rows, "total": total})
+        else:
+            t.print(inv)
+    if as_json:
+        emit(inv, "heap_stats", allocators=found)
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mdbpy.dcmd import Invocation, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
+from mdbpy.jsonout import emit, wants_json
 from mdbpy.output import radix_str
 
 if TYPE_CHECKING:
@@ -80,14 +81,37 @@ def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool
 
 
 def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
-    """` at file:line` for frame i, where the line tables know it. A caller's pc is a return
+    where = source_of(inv.session, frames, i)
+    return f" at {where[0]}:{where[1]}" if where else ""
+
+
+def source_of(session, frames: list[Frame], i: int) -> tuple[str, int] | None:
+    """(file, line) of frame i, where the line tables know it. A caller's pc is a return
     address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame,
     a signal trampoline and the frame a signal interrupted are at their exact pc."""
     from mdbpy.symbols.lines import source_line_or_none
 
     exact = i == 0 or frames[i].signal or frames[i - 1].signal
-    where = source_line_or_none(inv.session, frames[i].pc - (0 if exact else 1))
-    return f" at {where[0]}:{where[1]}" if where else ""
+    return source_line_or_none(session, frames[i].pc - (0 if exact else 1))
+
+
+def thread_stack(session, t, lines: bool = False):
+    """A thread's stack as data (mdbpy.results.ThreadStack): what ::stacks prints of it, for
+    JSON output and the Python API. A stack that cannot be read has error set instead."""
+    from mdbpy.results import Frame as FrameResult
+    from mdbpy.results import ThreadStack
+    from mdbpy.unwind import unwind
+
+    try:
+        frames = unwind(session, t)
+    except MdbError as e:
+        return ThreadStack(t.tid, t.name, [], error=str(e))
+    out = []
+    for i, f in enumerate(frames):
+        where = source_of(session, frames, i) if lines else None
+        out.append(FrameResult(f.pc, f.fp, session.format_addr(f.pc),
+                               *(where if where else (None, None))))
+    return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
 
 @dcmd("stack", "print stack backtrace", usage="?[-l] [cnt]", aliases=("$c",),
@@ -139,6 +163,10 @@ def stacks(inv: Invocation):
     threads = s.target.threads()
     if not threads:
         raise MdbError(f"{s.target.describe()} has no threads")
+    if wants_json(inv):
+        emit(inv, "stacks", threads=[thread_stack(s, t, bool(opts.get("l"))).as_dict()
+                                     for t in threads])
+        return
     for t in threads:
         inv.print(f"THREAD {t.tid} ({t.name})" if t.name else f"THREAD {t.tid}")
         try:
