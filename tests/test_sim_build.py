@@ -46,8 +46,9 @@ def slabs(s, cache):
 
 
 def freelist(s, cache, slab):
+    """The slab's free list up to its end or its first repeated object."""
     out, o = [], slab.freelist
-    while o and len(out) <= slab.objects:
+    while o and o not in out:
         out.append(o)
         o = s.mem.read_u64(o + cache.offset)
     return out
@@ -95,14 +96,21 @@ def test_allocator_root_and_cache_geometry(demo):
     assert root.metadata <= root.caches < root.metadata_end
 
 
-def scan_slots(s):
+def scan_slots(s, double_freed: int | None):
     """Every slot of every cache checked against what slub_debug writes: (damaged (object,
-    kind) pairs, allocated objects). Free lists must hold each free object exactly once."""
+    kind) pairs, allocated objects). Free lists must hold each free object exactly once, but for
+    the one a double free cut."""
     _, cs = caches(s)
     live, bad = set(), []
     for name, c in cs.items():
         for sl in slabs(s, c):
             free = freelist(s, c, sl)
+            if double_freed in free:
+                # freed twice in a row: its free pointer points at itself, and the slab's
+                # other free objects are cut off the list (here: all of them)
+                assert free == [double_freed] and sl.inuse == 0
+                assert s.mem.read_u64(double_freed + c.offset) == double_freed
+                free = [sl.base + i * c.size + c.red_left_pad for i in range(sl.objects)]
             assert len(free) == len(set(free)) == sl.objects - sl.inuse
             for i in range(sl.objects):
                 slot = sl.base + i * c.size
@@ -130,7 +138,7 @@ def scan_slots(s):
 
 def test_every_slot_byte_for_byte(demo):
     r, s = demo
-    bad, live = scan_slots(s)
+    bad, live = scan_slots(s, r.names["req"])
     assert live == live_objects(s, r)[2]
     truth = [(c["address"], c["kind"]) for c in r.truth["corrupt"]]
     assert sorted(bad) == sorted(k for k in truth if k[1] != "double free")
@@ -249,7 +257,7 @@ def test_generator_sizes_leaks_and_shapes():
     assert counts["kmalloc-64"]["allocated"] == 7600 - 117 + 200
     s = Session(r.target, out=open("/dev/null", "w"))
     r.add_symbols(s)
-    bad, live = scan_slots(s)
+    bad, live = scan_slots(s, None)
     assert bad == [] and len(live) == 10_000
     n, seen = s.mem.read_u64(r.globals["list_head"]), 0
     while n:

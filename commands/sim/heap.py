@@ -5,7 +5,9 @@ Everything is reached from the `sim_allocator` global through the descriptors of
 mdbpy/sim/layouts.py. The target is untrusted: every list (caches, slabs, free lists) is bounded
 by the count its owner claims and by a hard cap, stops at the first repeated element, and every
 slab must lie inside the allocator's slab area. What does not hold together is kept as a
-Problem for ::heap_verify rather than raised, so a corrupt heap can still be examined.
+Problem for ::heap_verify rather than raised, so a corrupt heap can still be examined. A free
+list cut short (a double free's cycle, a wild free pointer) loses the free objects after the
+cut; with red zones on, their inactive red zones still say they are free.
 
 A slab's slots are read in one read; its free pointers are picked out of that block with a
 strided numpy view, so only the free-list walk itself is a Python loop (one step per free
@@ -22,7 +24,10 @@ from mdbpy.heap.model import (ALLOC, FREE, AllocRecord, Allocator, Buffer, Buffe
                               Problem)
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM_POISON,
-                               SIM_RED_ZONE, SIM_STORE_USER)
+                               SIM_RED_ZONE, SIM_REDZONE_ACTIVE, SIM_REDZONE_INACTIVE,
+                               SIM_STORE_USER)
+
+from .verify import check_cache, slot_regions
 
 MAX_CACHES = 4096
 MAX_SLABS = 1 << 24
@@ -193,7 +198,9 @@ class SimAllocator(Allocator):
 
     def _walk_freelist(self, c: SimCache, slab: SimSlab) -> None:
         """Follow the slab's free list through the free pointers of its slots (read in one
-        block); a repeated object is a double free, a pointer to no slot ends the walk."""
+        block). At most one step per slot: a repeated object is a double free (the list cycles
+        from there, so it is reported once and the walk stops), a pointer to no slot ends the
+        walk. Either way the rest of the list is cut off; `_cut_off` finds those objects."""
         import numpy as np
 
         v = c.view
@@ -221,12 +228,38 @@ class SimAllocator(Allocator):
                               f"0x{slab.view.addr:x} points to no object")
                 break
             if k in on_list:
+                lost = self._cut_off(c, slab, data)
                 self._problem(ALREADY_FREE, c, cur, size=v.object_size,
-                              note="the object is on its slab's free list twice")
-                break
+                              note="the object is on its slab's free list twice" + (
+                                  f"; {lost} free object{'s' if lost > 1 else ''} after it "
+                                  "cut off the list (known by their inactive red zones)"
+                                  if lost else ""))
+                return
             on_list.add(k)
             slab.free.append(k)
             cur = int(fps[k])
+        if cur:
+            self._cut_off(c, slab, data)
+
+    def _cut_off(self, c: SimCache, slab: SimSlab, data: bytes) -> int:
+        """Add to slab.free the slots off the list that slub_debug's red zones mark free
+        (more 0xbb than 0xcc bytes: an overflow into a zone does not change its verdict);
+        returns how many. Without red zones nothing tells, and they stay allocated."""
+        import numpy as np
+
+        v = c.view
+        if not v.flags & SIM_RED_ZONE:
+            return 0
+        slots = np.frombuffer(data, np.uint8).reshape(slab.objects, v.size)
+        reg = slot_regions(self, c)
+        zones = np.concatenate([slots[:, lo:hi] for lo, hi in (reg["left"], reg["right"])],
+                               axis=1)
+        free = (zones == SIM_REDZONE_INACTIVE).sum(axis=1) > \
+            (zones == SIM_REDZONE_ACTIVE).sum(axis=1)
+        free[slab.free] = False
+        lost = np.flatnonzero(free).tolist()
+        slab.free += lost
+        return len(lost)
 
     def _problem(self, kind: str, c: SimCache, addr: int, size: int = 0, note: str = ""):
         p = Problem(kind, c.name, addr, size, note=note)
@@ -342,8 +375,6 @@ class SimAllocator(Allocator):
         return rows
 
     def verify(self, progress=None) -> list[Problem]:
-        from .verify import check_cache
-
         self.caches()
         problems = list(self.walk_problems)
         caches = self.caches()

@@ -119,7 +119,8 @@ class Slab:
 
     @property
     def inuse(self) -> int:
-        return self.cache.geom.objects - len(self.free)
+        """Allocated objects: a double-freed object is on `free` twice but counts once."""
+        return self.cache.geom.objects - len(set(self.free))
 
 
 @dataclass
@@ -220,19 +221,20 @@ class Slub:
         return obj
 
     def free(self, obj: int, track: bytes) -> str:
-        """kfree: 'freed', or 'double' when the object is already free (slub_debug refuses the
-        free, so the free list is unchanged, but the free track records this caller)."""
+        """kfree: 'freed', or 'double' when the object is already free. A double free is not
+        refused (as when slub_debug's consistency checks are off): the object is poisoned and
+        pushed again, so the damage is in the image. Freed twice in a row, its free pointer
+        points at itself and the rest of the slab's list is cut off."""
         slab, _ = self.locate(obj)
         g = slab.cache.geom
         t = obj + g.track_offset + g.track_size
         self.slab_area.view(t, len(track))[:] = track
-        if obj in slab.free:
-            return "double"
+        again = obj in slab.free
         self.slab_area.view(obj, g.object_size)[:] = poison(g.object_size)
         self._redzones(obj, g, L.SIM_REDZONE_INACTIVE)
         self.put_word(obj + g.offset, slab.free[-1] if slab.free else 0)
         slab.free.append(obj)
-        return "freed"
+        return "double" if again else "freed"
 
     def _redzones(self, obj: int, g: Geometry, byte: int) -> None:
         left = g.red_left_pad

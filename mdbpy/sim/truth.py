@@ -7,7 +7,8 @@ allocated, where the roots are), never from the structures a reader walks:
   conservative scanner counts them: any aligned word whose value lies inside an allocated
   object, read from the roots and from the objects (object_size bytes, not slot metadata);
 - a corrupt slot is one whose red zones, poison (free slots) or padding differ from what
-  slub_debug wrote there; double frees are events the simulator saw, reported with them.
+  slub_debug wrote there; double frees are events the simulator saw, reported with them (the
+  object is on its slab's free list twice, and counts once as free).
 Everything is vectorized (numpy, scipy's graph search) so a generated heap of a million
 objects is checked in seconds.
 """
@@ -161,7 +162,7 @@ def cache_counts(slub: Slub) -> dict[str, dict[str, int]]:
     for c in slub.caches:
         if not c.slabs:
             continue
-        free = sum(len(s.free) for s in c.slabs)
+        free = sum(len(set(s.free)) for s in c.slabs)  # a double free is on a list twice
         total = len(c.slabs) * c.geom.objects
         out[c.name] = {"slabs": len(c.slabs), "objects": total, "allocated": total - free,
                        "free": free}
