@@ -7,49 +7,27 @@ is closed on the way out, which resumes and detaches a live process.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import stat
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from mdbpy import __version__
 from mdbpy.errors import MdbError, QuitSession, UsageError
+
+RC_NAME = ".mdbpyrc"  # in the user's home; mdb's is ~/.mdbrc
+RC_MAX_BYTES = 1 << 20
 
 USAGE = """\
 usage: mdbpy [-wS] [-o opt[,opt...]] [+o opt] [-R|--sysroot DIR] [-e cmds] [-f file]
              [-P prompt] [-I path] [-p pid | object [core] | core | --demo]"""
 
-HELP = USAGE + """
-
-Inspect a live process (-p PID) or a core file with the mdb command language.
-
-targets:
-  -p PID            attach to a running process; it is stopped while mdbpy looks at it and
-                    resumed and detached on exit (see -o nostop)
-  core              an ELF core file (from gcore, the kernel, or ::gcore); the executable is
-                    found from the core's file notes
-  object core       an executable and its core file
-  --demo            build the bundled simulated program (a heap with planted bugs)
-                    and open its core
-
-options:
-  -e CMDS           run CMDS (mdb syntax, ';' or newlines between commands) and exit
-  -f FILE           run the commands in FILE and exit
-  -w                open the target for writing (/v /w /W /Z writes); read-only otherwise
-  -o OPT[,OPT]      turn debugger options on (nostop, pager, repeatlast, ignoreeof, color)
-  +o OPT            turn a debugger option off
-  -R, --sysroot DIR find a core's mapped files under DIR (a core from another machine)
-  -I PATH           macro file search path for $< and $<< (colon-separated)
-  -P PROMPT         the interactive prompt (default "> ")
-  -S                do not read ~/.mdbpyrc
-  -V, --version     print the version and exit
-  -h, --help        print this help and exit
-
-With no -e or -f, commands are read from standard input: interactively with line editing,
-history and completion on a terminal, as a batch with no prompt otherwise. Exit status is 0, 1
-when the last command failed, 2 for bad usage."""
-
 
 class Args:
+    """What the command line asked for; filled in by the actions of OPTIONS."""
+
     def __init__(self):
         self.pid: int | None = None
         self.commands: str | None = None
@@ -64,63 +42,184 @@ class Args:
         self.positional: list[str] = []
 
 
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: its spellings, the name of its value (None for a flag), the
+    --help group it is listed in, its help text, and what it does to Args. The parser and
+    --help are both made from OPTIONS, so the help cannot miss an option the parser knows."""
+
+    flags: tuple[str, ...]
+    metavar: str | None
+    group: str
+    help: str
+    apply: Callable[[Args, str], None]
+
+
+def _pid(a: Args, v: str) -> None:
+    if not v.isdigit():
+        raise UsageError(f"invalid process id '{v}'")
+    a.pid = int(v)
+
+
+def _debugger_options(on: bool) -> Callable[[Args, str], None]:
+    def apply(a: Args, v: str) -> None:
+        from mdbpy.session import DEFAULT_OPTIONS
+
+        for opt in v.split(","):
+            if opt not in DEFAULT_OPTIONS:
+                raise UsageError(f"unknown option '{opt}' (known: "
+                                 f"{', '.join(sorted(DEFAULT_OPTIONS))})")
+            a.options[opt] = on
+    return apply
+
+
+def _set_option(name: str) -> Callable[[Args, str], None]:
+    """The action of a flag that is a shorthand for `-o name`."""
+    return lambda a, v: a.options.__setitem__(name, True)
+
+
+def _help(a: Args, v: str) -> None:
+    raise SystemExit(_print(help_text(), 0))
+
+
+def _version(a: Args, v: str) -> None:
+    raise SystemExit(_print(f"mdbpy {package_version()}", 0))
+
+
+def _set(attr: str, value=None) -> Callable[[Args, str], None]:
+    """The action storing the option's value (or a constant, for a flag) in Args.attr."""
+    return lambda a, v: setattr(a, attr, v if value is None else value)
+
+
+TARGETS, COMMANDS, ACCESS, SESSION, INFO = ("targets", "commands", "target access",
+                                            "session", "information")
+OPTIONS = (
+    Option(("-p",), "PID", TARGETS,
+           "attach to a running process; it is stopped while mdbpy looks at it and resumed "
+           "and detached on exit (see -o nostop)", _pid),
+    Option(("--demo",), None, TARGETS,
+           "build the bundled simulated program (a heap with planted bugs) and open its core",
+           _set("demo", True)),
+    Option(("-e",), "CMDS", COMMANDS,
+           "run CMDS (mdb syntax, ';' or newlines between commands) and exit",
+           _set("commands")),
+    Option(("-f",), "FILE", COMMANDS, "run the commands in FILE (a batch file) and exit",
+           _set("command_file")),
+    Option(("-w",), None, ACCESS,
+           "open the target for writing (/v /w /W /Z writes); read-only otherwise",
+           _set("writable", True)),
+    Option(("-R", "--sysroot"), "DIR", ACCESS,
+           "find a core's mapped files under DIR (a core from another machine)",
+           _set("sysroot")),
+    Option(("-o",), "OPT[,OPT]", SESSION,
+           "turn debugger options on (nostop, pager, repeatlast, ignoreeof, color, ...: the "
+           "list is ::set's)", _debugger_options(True)),
+    Option(("+o",), "OPT[,OPT]", SESSION, "turn debugger options off",
+           _debugger_options(False)),
+    Option(("--json",), None, SESSION,
+           "the heap dcmds print JSON documents instead of tables (as ::set -o json)",
+           _set_option("json")),
+    Option(("-I",), "PATH", SESSION, "macro file search path for $< and $<< (colon-separated)",
+           lambda a, v: setattr(a, "macro_path", v.split(":"))),
+    Option(("-P",), "PROMPT", SESSION, 'the interactive prompt (default "> ")',
+           _set("prompt")),
+    Option(("-S",), None, SESSION, f"do not read ~/{RC_NAME} (the commands run at start)",
+           _set("no_rc", True)),
+    Option(("-V", "--version"), None, INFO, "print the version and exit", _version),
+    Option(("-h", "--help"), None, INFO, "print this help and exit", _help),
+)
+_BY_FLAG = {f: o for o in OPTIONS for f in o.flags}
+
+HELP_INTRO = """\
+Inspect a live process or a core file with the mdb command language. Two ways to start:
+
+  mdbpy [options] -p PID            a running process
+  mdbpy [options] [object] core     a core file (gcore, the kernel, ::gcore), with its
+                                    executable when the core's file notes cannot name it
+"""
+
+HELP_END = f"""\
+Commands come from -e, -f, or standard input: interactively with line editing, history and
+completion on a terminal, as a batch with no prompt otherwise. ~/{RC_NAME} runs first (mdb's
+~/.mdbrc; skipped with -S). Colour is used only on a terminal, with option color on and
+NO_COLOR unset. Exit status is 0, 1 when the last command failed or the target could not be
+opened, 2 for bad usage.
+
+examples:
+  mdbpy --demo                                  the demo heap: try ::findleaks, ::heap_verify
+  mdbpy -p 1234 -e '::status; $c'               look at a process once and let it run on
+  mdbpy -p 1234 -e '::findleaks -d' --json      leaks as JSON, for a script
+  mdbpy ./prog core.1234                        a core and its executable
+  mdbpy -R /srv/otherhost core.1234             a core taken on another machine
+  mdbpy -f checks.mdb core.1234                 a batch file of mdb commands
+  echo '::walk thread' | mdbpy core.1234        commands on standard input
+  python -m mdbpy ...                           the same as the mdbpy command
+
+Inside: ::dcmds, ::walkers and ::help NAME. Docs: docs/getting-started.md."""
+
+
+def help_text() -> str:
+    """--help: the usage, the two ways to start, every option of OPTIONS by group, examples."""
+    parts = [USAGE, "", HELP_INTRO]
+    for group in (TARGETS, COMMANDS, ACCESS, SESSION, INFO):
+        parts.append(f"{group}:")
+        if group == TARGETS:
+            parts.append(_help_entry("object core", "an executable and its core file"))
+            parts.append(_help_entry("core", "a core file; the executable is found from its "
+                                             "file notes"))
+        for o in OPTIONS:
+            if o.group == group:
+                name = ", ".join(o.flags) + (f" {o.metavar}" if o.metavar else "")
+                parts.append(_help_entry(name, o.help))
+        parts.append("")
+    parts.append(HELP_END)
+    return "\n".join(parts)
+
+
+def _help_entry(name: str, text: str) -> str:
+    import textwrap
+
+    lines = textwrap.wrap(text, 96 - 22)
+    head = f"  {name:<19} " if len(name) <= 19 else f"  {name}\n" + " " * 22
+    return head + ("\n" + " " * 22).join(lines)
+
+
+def package_version() -> str:
+    """The installed distribution's version (what pip sees); the source tree's when mdbpy runs
+    uninstalled."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mdbpy")
+    except PackageNotFoundError:
+        from mdbpy import __version__
+
+        return __version__
+
+
 def parse_args(argv: list[str]) -> Args:
+    """getopt rules as mdb's: flags combine (-wS), a value may be attached (-p1234) or the
+    next word, long options take `--opt VALUE` or `--opt=VALUE`, `--` ends the options."""
     a = Args()
-    i = 0
-
-    def value(opt: str) -> str:
-        nonlocal i
-        i += 1
-        if i >= len(argv):
-            raise UsageError(f"option {opt} requires an argument")
-        return argv[i]
-
-    while i < len(argv):
-        w = argv[i]
-        if w in ("-h", "--help"):
-            raise SystemExit(_print(HELP, 0))
-        if w in ("-V", "--version"):
-            raise SystemExit(_print(f"mdbpy {__version__}", 0))
-        if w == "-p":
-            v = value(w)
-            if not v.isdigit():
-                raise UsageError(f"invalid process id '{v}'")
-            a.pid = int(v)
-        elif w == "-e":
-            a.commands = value(w)
-        elif w == "-f":
-            a.command_file = value(w)
-        elif w == "-w":
-            a.writable = True
-        elif w == "-S":
-            a.no_rc = True
-        elif w == "--demo":
-            a.demo = True
-        elif w in ("-R", "--sysroot"):
-            a.sysroot = value(w)
-        elif w.startswith("--sysroot="):
-            a.sysroot = w.split("=", 1)[1]
-        elif w == "-I":
-            a.macro_path = value(w).split(":")
-        elif w == "-P":
-            a.prompt = value(w)
-        elif w in ("-o", "+o"):
-            on = w == "-o"
-            from mdbpy.session import DEFAULT_OPTIONS
-
-            for opt in value(w).split(","):
-                if opt not in DEFAULT_OPTIONS:
-                    raise UsageError(f"unknown option '{opt}' (known: "
-                                     f"{', '.join(sorted(DEFAULT_OPTIONS))})")
-                a.options[opt] = on
-        elif w == "--":
-            a.positional.extend(argv[i + 1:])
+    words = iter(argv)
+    for w in words:
+        if w == "--":
+            a.positional.extend(words)
             break
+        if w.startswith("--"):
+            name, eq, attached = w.partition("=")
+            _take(a, name, attached if eq else None, words)
+        elif w == "+o":
+            _take(a, w, None, words)
         elif w.startswith("-") and len(w) > 1:
-            raise UsageError(f"unknown option '{w}'")
+            for i in range(1, len(w)):
+                opt = _BY_FLAG.get("-" + w[i])
+                if opt is not None and opt.metavar is not None:
+                    _take(a, "-" + w[i], w[i + 1:] or None, words)
+                    break
+                _take(a, "-" + w[i], None, words)
         else:
             a.positional.append(w)
-        i += 1
     if a.pid is not None and a.positional:
         raise UsageError("-p cannot be combined with object or core file arguments")
     if len(a.positional) > 2:
@@ -132,6 +231,22 @@ def parse_args(argv: list[str]) -> Args:
     if a.commands is not None and a.command_file is not None:
         raise UsageError("-e and -f cannot be combined")
     return a
+
+
+def _take(a: Args, flag: str, attached: str | None, words) -> None:
+    """Apply one option; its value is `attached` or the next word."""
+    opt = _BY_FLAG.get(flag)
+    if opt is None:
+        raise UsageError(f"unknown option '{flag}'")
+    if opt.metavar is None:
+        if attached is not None:
+            raise UsageError(f"option {flag} takes no argument")
+        opt.apply(a, "")
+        return
+    value = attached if attached is not None else next(words, None)
+    if value is None:
+        raise UsageError(f"option {flag} requires an argument")
+    opt.apply(a, value)
 
 
 def _print(text: str, status: int) -> int:
@@ -246,15 +361,59 @@ def _run(args: Args, target) -> int:
 
 
 def _run_rc(engine) -> None:
-    """~/.mdbpyrc: read only from the user's own home, as mdb reads ~/.mdbrc."""
-    home = os.path.expanduser("~")
-    rc = os.path.join(home, ".mdbpyrc")
+    """Run ~/.mdbpyrc, one command per line, as mdb runs ~/.mdbrc. An error is one line naming
+    the file and line, and the next line runs; nothing here ends the session except $q."""
+    session = engine.session
+    path = rc_path()
+    text = read_rc(path, session.warn)
+    if text is None:
+        return
     try:
-        st = os.stat(rc)
-    except OSError:
-        return
-    if st.st_uid != os.getuid():
-        engine.session.warn(f"ignoring {rc}: not owned by you")
-        return
-    with open(rc) as f:
-        engine.run_stream(f)
+        for lineno, line in enumerate(text.splitlines(), 1):
+            session.warn_context = f"{path}:{lineno}"
+            engine.run_stream(io.StringIO(line + "\n"))
+    finally:
+        session.warn_context = None
+
+
+def rc_path() -> str:
+    """~/.mdbpyrc of the user running mdbpy: $HOME as every Unix tool takes it, else the real
+    uid's passwd entry. Never the current directory or a core's directory: a file there may be
+    someone else's, and its commands (`!` runs a shell) would run as this user."""
+    home = os.environ.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return os.path.join(home, RC_NAME)
+
+
+def read_rc(path: str, warn) -> str | None:
+    """The rc file's text, or None when there is none or it is not safe to run: it must be a
+    regular file (a FIFO would hang the start), owned by the real uid (root with another
+    user's HOME must not run that user's commands), not world-writable, and at most 1 MiB.
+    Checked on the open descriptor, so the file checked is the file read (a symbolic link, as
+    dotfile managers make, is followed and its target checked)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        warn(f"ignoring {path}: {e.strerror}")
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        why = None
+        if not stat.S_ISREG(st.st_mode):
+            why = "not a regular file"
+        elif st.st_uid != os.getuid():
+            why = f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+        elif st.st_mode & stat.S_IWOTH:
+            why = "writable by everyone (chmod o-w to use it)"
+        elif st.st_size > RC_MAX_BYTES:
+            why = f"larger than {RC_MAX_BYTES} bytes"
+        if why is not None:
+            warn(f"ignoring {path}: {why}")
+            return None
+        return f.read(RC_MAX_BYTES).decode(errors="replace")

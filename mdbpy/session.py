@@ -66,6 +66,9 @@ class Session:
         self.engine = None
         # ::typeset -t tags variables; ::vars -t lists only the tagged ones.
         self.var_tags: set[str] = set()
+        # Where the commands being run come from, when it is not the user's input (e.g.
+        # "~/.mdbpyrc:3"): warnings name it so an error in a start-up file can be found.
+        self.warn_context: str | None = None
         if load_builtin:
             self.load_dmod("core")
 
@@ -180,6 +183,8 @@ class Session:
             self._symbols.refresh()
 
     def warn(self, msg: str) -> None:
+        if self.warn_context:
+            msg = f"{self.warn_context}: {msg}"
         self.err.write(f"mdbpy: {msg}\n")
         self.err.flush()
 
