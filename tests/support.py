@@ -200,3 +200,88 @@ def run_mdbpy(*args, input: str | None = None, timeout: float = 120, env=None):
     return subprocess.run(mdbpy_cmd(*args), input=input, capture_output=True, text=True,
                           timeout=timeout, env=e, stdin=None if input is not None else
                           subprocess.DEVNULL)
+
+
+# -- an mdbpy session driven through pipes (exit-path and target-safety tests) ----------------
+
+STOPPED = "status: process is stopped by mdbpy"
+
+
+def one_line_stderr(stderr: str) -> str:
+    """The single line mdbpy may print on stderr ('' for none); fails on a traceback or more."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) <= 1, stderr
+    return lines[0] if lines else ""
+
+
+class PipedSession:
+    """mdbpy reading commands from a pipe, with unbuffered output to synchronise on.
+
+    Tests that signal mdbpy synchronise on what it prints (the `status:` line of ::status proves
+    it has attached and is back reading stdin) or on how much it has read (read_bytes()), never
+    on sleeps.
+    """
+
+    def __init__(self, *args, env=None):
+        e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(mdbpy_cmd("-S", *args), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                                     env=e)
+        self.pending = b""  # stdout read but not yet consumed as lines
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode())
+
+    def wait_for(self, prefix: str) -> str:
+        """Read stdout lines until one starts with prefix (each wait bounded by a timeout).
+
+        Reads the pipe directly: a buffered reader could hold lines that select() cannot see.
+        """
+        import select
+
+        fd = self.proc.stdout.fileno()
+        for _ in range(1 << 20):
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                if line.decode().startswith(prefix):
+                    return line.decode()
+            ready, _, _ = select.select([fd], [], [], 60)
+            assert ready, f"mdbpy printed no {prefix!r} line in time"
+            chunk = os.read(fd, 65536)
+            assert chunk, f"mdbpy ended before printing {prefix!r}: {self.proc.stderr.read()}"
+            self.pending += chunk
+        raise AssertionError(f"no line starting with {prefix!r}")
+
+    def attached(self) -> None:
+        self.send("::status\n")
+        assert self.wait_for("status:") == STOPPED
+
+    def read_bytes(self) -> int:
+        """Bytes mdbpy has read with read(2)/pread(2) so far (rchar of /proc/PID/io): a live
+        target's memory is read that way, so this shows how far a scan has got."""
+        with open(f"/proc/{self.proc.pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+        raise AssertionError("no rchar in /proc/PID/io")
+
+    def wait_read(self, nbytes: int, timeout: float = 120) -> None:
+        """Until mdbpy has read nbytes more than it had when called (it must still be running)."""
+        base = self.read_bytes()
+        deadline = time.time() + timeout
+        while self.read_bytes() - base < nbytes:
+            assert self.proc.poll() is None, f"mdbpy ended first: {self.proc.stderr.read()}"
+            assert time.time() < deadline, "mdbpy did not read enough in time"
+            time.sleep(0.002)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        """Close stdin, drain stdout, wait for the exit; (exit status, the stderr line or '')."""
+        # communicate() closes stdin and drains stdout, so a big output cannot block the exit
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, one_line_stderr(err.decode())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -9,83 +9,25 @@ proves it has attached and is back reading stdin), never on sleeps.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 
 import pytest
 
-from support import mdbpy_cmd, run_mdbpy
-
-STOPPED = "status: process is stopped by mdbpy"
+from support import STOPPED, PipedSession, one_line_stderr, run_mdbpy
 
 
-def one_line_stderr(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) <= 1, stderr
-    return lines[0] if lines else ""
-
-
-class Session:
-    """mdbpy -p PID reading commands from a pipe, with unbuffered output to synchronise on."""
-
-    def __init__(self, pid: int, *args):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(mdbpy_cmd("-S", "-p", pid, *args), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                                     env=env)
-        self.pending = b""  # stdout read but not yet consumed as lines
-
-    def send(self, text: str) -> None:
-        self.proc.stdin.write(text.encode())
-
-    def wait_for(self, prefix: str) -> str:
-        """Read stdout lines until one starts with prefix (each wait bounded by a timeout).
-
-        Reads the pipe directly: a buffered reader could hold lines that select() cannot see.
-        """
-        fd = self.proc.stdout.fileno()
-        for _ in range(10000):
-            while b"\n" in self.pending:
-                line, self.pending = self.pending.split(b"\n", 1)
-                if line.decode().startswith(prefix):
-                    return line.decode()
-            ready, _, _ = select.select([fd], [], [], 60)
-            assert ready, f"mdbpy printed no {prefix!r} line in time"
-            chunk = os.read(fd, 65536)
-            assert chunk, f"mdbpy ended before printing {prefix!r}: {self.proc.stderr.read()}"
-            self.pending += chunk
-        raise AssertionError(f"no line starting with {prefix!r}")
-
-    def attached(self) -> None:
-        self.send("::status\n")
-        assert self.wait_for("status:") == STOPPED
-
-    def finish(self, timeout: float = 60) -> tuple[int, str]:
-        """Close stdin, wait for the exit; (exit status, the single stderr line or '')."""
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        status = self.proc.wait(timeout=timeout)
-        err = self.proc.stderr.read().decode()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        return status, one_line_stderr(err)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def piped(pid: int, *args) -> PipedSession:
+    """mdbpy -p PID (and args) reading commands from a pipe."""
+    return PipedSession("-p", pid, *args)
 
 
 @pytest.fixture
 def session_for(basic_proc):
     started = []
 
-    def start(*args) -> Session:
-        s = Session(basic_proc.pid, *args)
+    def start(*args) -> PipedSession:
+        s = piped(basic_proc.pid, *args)
         started.append(s)
         return s
 
@@ -206,7 +148,7 @@ def test_attach_errors_exit_1_with_one_line(basic_proc):
     assert (r.returncode, one_line_stderr(r.stderr)) == (1, f"mdbpy: process {p.pid} not found")
     assert r.stdout == ""
     # a second debugger while one holds the process: refused, naming the holder
-    s = Session(basic_proc.pid)
+    s = piped(basic_proc.pid)
     try:
         s.attached()
         r = run_mdbpy("-S", "-p", basic_proc.pid, "-e", "::status")
