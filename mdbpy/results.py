@@ -49,8 +49,9 @@ class LeakGroup(_Dict):
 
     table is the mdb table the row is in: 'oversized' (mmap, sbrk, oversize), 'buffer' (no
     allocation record) or 'bufctl' (with one); ctl is what the row's BUFFER/BUFCTL/VMEM_SEG
-    column shows. members are every leaked buffer of the group, the representative first;
-    unreferenced those no other leaked buffer points to (heads of leaked structures)."""
+    column shows. members are every leaked buffer of the group, the representative first, and
+    member_sizes their sizes; unreferenced those no other leaked buffer points to (heads of
+    leaked structures)."""
 
     table: str
     kind: str
@@ -65,6 +66,7 @@ class LeakGroup(_Dict):
     caller_name: str
     record: Record | None
     members: list[int] = field(default_factory=list)
+    member_sizes: list[int] = field(default_factory=list)
     unreferenced: list[int] = field(default_factory=list)
 
     @classmethod
@@ -75,16 +77,19 @@ class LeakGroup(_Dict):
         rep = g.rep
         table = {T_CACHE: "buffer", T_UMEM: "bufctl"}.get(entry.type, "oversized")
         shown = rep.addr if entry.type == T_CACHE else ctl_addr(rep)
-        who = session.format_addr(entry.caller) if entry.caller else "?"
+        # as the tables print it: `?` for a buffer without a caller, else mdb's %a
+        who = session.format_addr(entry.caller) if entry.caller or table != "buffer" else "?"
         return cls(table, KIND_NAMES.get(g.kind, str(g.kind)), g.group, entry.cache_addr,
                    g.count, g.bytes, rep.size, rep.addr, shown, entry.caller, who,
                    Record.of(session, rep.record), [m.addr for m in g.members],
-                   [m.addr for m in g.members if m.unreferenced])
+                   [m.size for m in g.members], [m.addr for m in g.members if m.unreferenced])
 
     def as_dict(self, members: bool = True) -> dict:
+        """members False leaves the member lists out (::findleaks without -d), except for mmap
+        and sbrk leaks, whose table has a row per member."""
         d = dataclasses.asdict(self)
-        if not members:
-            del d["members"], d["unreferenced"]
+        if not members and self.kind not in ("mmap", "sbrk"):
+            del d["members"], d["member_sizes"], d["unreferenced"]
         return d
 
 

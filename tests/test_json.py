@@ -1,0 +1,250 @@
+"""JSON output (`--json`, `::set -o json`): each JSON-capable dcmd is run in text and in JSON
+mode on the same target (the demo core, the synthetic libumem heap, a gcore of the glibc_heap
+fixture), and the parsed document is checked against the text, row by row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import compile_fixture, gcore, run_mdbpy, start_fixture
+from umem_synth import leaky_heap
+
+import mdbpy
+from mdbpy.output import human_size
+
+
+class Both:
+    """A Debugger that runs a command twice: as text, and with ::set -o json as a document."""
+
+    def __init__(self, dbg):
+        self.dbg = dbg
+
+    def text(self, cmd: str) -> str:
+        return self.dbg.run(cmd)
+
+    def doc(self, cmd: str) -> dict:
+        self.dbg.run("::set -o json")
+        try:
+            out = self.dbg.run(cmd)
+        finally:
+            self.dbg.run("::set +o json")
+        assert out.count("\n") == 1, out  # one document, one line
+        return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with mdbpy.demo() as dbg:
+        yield Both(dbg)
+
+
+@pytest.fixture(scope="module")
+def umem():
+    u, truth = leaky_heap()
+    with mdbpy.Debugger(u.session()) as dbg:
+        yield Both(dbg)
+
+
+@pytest.fixture(scope="module")
+def glibc_exe(build_dir):
+    return compile_fixture("glibc_heap", build_dir, flags=("-g", "-O0", "-Wno-use-after-free"))
+
+
+def _glibc_core(exe, build_dir, mode, env=None):
+    r = start_fixture(exe, mode, env=env)
+    try:
+        core = gcore(r.pid, Path(build_dir) / f"json-glibc-{mode}")
+    finally:
+        r.stop()
+    with mdbpy.open_core(str(core), str(exe)) as dbg:
+        yield Both(dbg)
+
+
+@pytest.fixture(scope="module")
+def glibc(glibc_exe, build_dir):
+    """The fixture's leaks mode: leaks, every kind of free list, two arenas."""
+    yield from _glibc_core(glibc_exe, build_dir, "leaks")
+
+
+@pytest.fixture(scope="module")
+def glibc_corrupt(glibc_exe, build_dir):
+    """The fixture's corrupt mode: a use after free in tcache and fastbin, a smashed header."""
+    yield from _glibc_core(glibc_exe, build_dir, "corrupt",
+                           {"GLIBC_TUNABLES": "glibc.malloc.perturb=90"})
+
+
+TARGETS = ("demo", "umem", "glibc")
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.getfixturevalue(request.param)
+
+
+# -- findleaks --------------------------------------------------------------------------------
+def leak_tables(text: str):
+    """The rows (split into words) and the Total lines of ::findleaks' tables, by table."""
+    rows, totals, table = [], {}, None
+    for line in text.splitlines():
+        words = line.split()
+        if not words or line.startswith("-" * 10):
+            continue
+        if words[0] == "BYTES":
+            table = "oversized"
+        elif words[0] == "CACHE":
+            table = "buffer" if words[2] == "BUFFER" else "bufctl"
+        elif words[0] == "Total":
+            totals[table] = {"leaks": int(words[1]), "bytes": int(words[-2])}
+        else:
+            rows.append((table, words))
+    return rows, totals
+
+
+def expected_rows(g: dict) -> list:
+    """The text rows of one JSON leak group."""
+    if g["table"] != "oversized":
+        return [(g["table"], [f"{g['cache_addr']:016x}", str(g["count"]), f"{g['ctl']:016x}",
+                              g["caller_name"]])]
+    if g["kind"] == "oversize":
+        return [("oversized", [str(g["size"]), str(g["count"]), f"{g['ctl']:x}",
+                               g["caller_name"]])]
+    name = g["kind"].upper()
+    sizes = g["member_sizes"]
+    return [("oversized", [str(sizes[k]), str(g["count"] if k == 0 else 1), f"{a:x}", name])
+            for k, a in enumerate(g["members"])]
+
+
+def test_findleaks(target):
+    text = target.text("::findleaks -f")
+    doc = target.doc("::findleaks -d")
+    assert doc["command"] == "findleaks" and doc["fresh"] is False
+    rows, totals = leak_tables(text)
+    assert doc["leaks"], "every target has leaks"
+    for g in doc["leaks"]:
+        assert g["members"][0] == g["addr"] and set(g["unreferenced"]) <= set(g["members"])
+        if g["record"]:
+            assert len(g["record"]["stack"]) == len(g["record"]["stack_names"])
+    assert rows == [r for g in doc["leaks"] for r in expected_rows(g)]
+    assert totals == {k: v for k, v in doc["totals"].items()}
+    # without -d the members are left out; the groups are the same
+    brief = target.doc("::findleaks")["leaks"]
+    lists = ("members", "unreferenced", "member_sizes")
+    assert [{k: v for k, v in g.items() if k not in lists or g["kind"] in ("mmap", "sbrk")}
+            for g in doc["leaks"]] == brief
+
+
+# -- whatis -----------------------------------------------------------------------------------
+def whatis_line(h: dict) -> str:
+    a = h["addr"]
+    if h["source"] is None:
+        return f"{a:x} is unknown"
+    if h["source"] == "mappings":
+        sym = f"{h['symbol']}, " if h["symbol"] else ""
+        return f"{a:x} is {sym}in {h['mapping']} [{h['start']:x},{h['end']:x})"
+    where = f"{a:x} is " + (f"{h['base']:x}+{h['offset']:x}, " if h["offset"] else "")
+    return f"{where}{h['state']} from {h['cache']}" + (":" if h["record"] else "")
+
+
+def test_whatis(target):
+    leaked = next(g["addr"] for g in target.doc("::findleaks")["leaks"]
+                  if g["table"] != "oversized")  # an allocator's buffer
+    sym = target.dbg.symbol("main").addr
+    addrs = [leaked, leaked + 5, sym + 1, 0x10]
+    piped = target.doc("::walk leakbuf | ::whatis")["hits"]
+    assert leaked in [h["addr"] for h in piped]
+    for a in addrs:
+        text = target.text(f"0x{a:x}::whatis").splitlines()
+        (hit,) = target.doc(f"0x{a:x}::whatis")["hits"]
+        assert hit["addr"] == a
+        assert text[0] == whatis_line(hit)
+        if hit["record"]:
+            rec = hit["record"]
+            assert text[-1 - len(rec["stack"]):-1] == [" " * 17 + n for n in rec["stack_names"]]
+    kinds = [target.doc(f"0x{a:x}::whatis")["hits"][0]["source"] for a in addrs]
+    assert kinds[2:] == ["mappings", None] and kinds[0] == kinds[1] != "mappings"
+    every = target.doc(f"0x{leaked:x}::whatis -a")["hits"]
+    assert [h["source"] for h in every][-1] == "mappings"
+    assert target.text(f"0x{leaked:x}::whatis -a").count(f"{leaked:x} is ") == len(every)
+
+
+# -- heap_verify, heap_stats ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ("demo", "umem", "glibc_corrupt"))
+def test_heap_verify(request, name):
+    target = request.getfixturevalue(name)
+    text = target.text("::heap_verify").splitlines()
+    doc = target.doc("::heap_verify")
+    bugs = [line for line in text if line.startswith("BUG ")]
+    objs = [line.split()[2] for line in text if line.startswith("INFO: Object ")]
+    problems = [p for a in doc["allocators"] for p in a["problems"]]
+    assert problems, "every target has planted damage"
+    assert bugs == [f"BUG {p['group']}: {p['kind']}" for p in problems]
+    assert objs == [f"0x{p['addr']:x}" for p in problems]
+    summaries = [line for line in text if line.startswith(tuple(
+        a["allocator"] + ": " for a in doc["allocators"]))]
+    assert summaries == [f"{a['allocator']}: {a['summary']}" for a in doc["allocators"]]
+    for p in problems:
+        for r in p["records"]:
+            assert r["label"] and len(r["stack"]) == len(r["stack_names"])
+
+
+def test_heap_stats(target):
+    text = target.text("::heap_stats").splitlines()
+    doc = target.doc("::heap_stats")
+    for a in doc["allocators"]:
+        start = text.index(f"{a['allocator'] + ' cache':<25s}" + text[0][25:])
+        body = text[start + 3:start + 3 + len(a["rows"])]
+        assert [[line[:25].rstrip()] + line[26:].split() for line in body] == [
+            [r["group"], str(r["bufsize"]), str(r["total"]), str(r["inuse"]), str(r["free"]),
+             human_size(r["memory"])] for r in a["rows"]]
+        t = a["total"]
+        assert text[start + 4 + len(a["rows"])].split() == [
+            "Total", str(t["total"]), str(t["inuse"]), str(t["free"]), human_size(t["memory"])]
+        assert t["inuse"] == sum(r["inuse"] for r in a["rows"])
+
+
+# -- stacks -----------------------------------------------------------------------------------
+def test_stacks(target):
+    text = target.text("::stacks")
+    doc = target.doc("::stacks")
+    shown = []
+    for t in doc["threads"]:
+        shown.append(f"THREAD {t['tid']} ({t['name']})" if t["name"] else f"THREAD {t['tid']}")
+        shown += [f"{f['name']}()" for f in t["frames"]]
+        shown.append("")
+    assert text == "\n".join(shown) + "\n"
+    assert [t.tid for t in target.dbg.threads()] == [t["tid"] for t in doc["threads"]]
+
+
+def test_stacks_with_lines_and_frame_pointers(demo):
+    text = demo.text("::stacks -v").splitlines()
+    doc = demo.doc("::stacks -l")
+    frames = [f for t in doc["threads"] for f in t["frames"]]
+    assert [line for line in text if line and not line.startswith("THREAD")] == [
+        f"{f['fp']:016x} {f['name']}()" for f in frames]
+
+
+# -- the mode itself --------------------------------------------------------------------------
+def test_pipes_stay_text_and_other_dcmds_print_text(demo):
+    demo.dbg.run("::set -o json")
+    try:
+        assert demo.dbg.run("::walk leakbuf | ::whatis -q").startswith("{")
+        assert demo.dbg.run("::heap_stats | ::head -n 1") == demo.dbg.run(
+            "::set +o json; ::heap_stats | ::head -n 1")
+    finally:
+        demo.dbg.run("::set +o json")
+    assert demo.dbg.run("::set").count("json") == 0
+
+
+def test_cli_json_flag_one_document_per_command():
+    p = run_mdbpy("-S", "--demo", "--json", "-e", "::findleaks; ::heap_stats; ::status")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    docs = [json.loads(line) for line in lines[:2]]
+    assert [d["command"] for d in docs] == ["findleaks", "heap_stats"]
+    assert docs[0]["leaks"][0]["caller_name"] == "parse_line+0x9"
+    assert lines[2].startswith("debugging core file of confsrv")  # not JSON-capable: text
+    p = run_mdbpy("-S", "--demo", "-o", "json", "-e", "::set")
+    (opts,) = [line for line in p.stdout.splitlines() if "debugger options:" in line]
+    assert "json" in opts.split(":")[1].replace(",", " ").split()
