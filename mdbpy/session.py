@@ -108,6 +108,8 @@ class Session:
     def load_dmod(self, spec: str):
         name, mod = import_dmod(spec)
         dm = self.registry.load_module(name, mod)
+        if getattr(mod, "ALLOCATOR", None) is not None:
+            self.cache.pop("allocators", None)  # a module loaded later is an allocator too
         hook = getattr(mod, "on_load", None)
         if hook is not None:
             hook(self)
