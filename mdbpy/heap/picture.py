@@ -173,17 +173,26 @@ def by_buffer(title: str, table: model.BufferTable, states, width: int) -> Pictu
                    [group_label(g) for g in table.groups])
 
 
-def _segments(ranges, unit: int, gap: int) -> list[tuple[int, int]]:
-    """Ranges widened to whole cells, joined where less than `gap` bytes part them (a range
-    from a damaged heap ending near 2**64 is cut short so cell addresses cannot wrap)."""
-    top = (1 << 64) - 2 * unit
-    out: list[list[int]] = []
-    for a, b in merge_ranges((a - a % unit, min(b + (-b) % unit, top)) for a, b in ranges):
-        if out and a - out[-1][1] < gap:
-            out[-1][1] = b
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+def _segments(starts, ends, unit: int, gap: int) -> list[tuple[int, int]]:
+    """[start, end) ranges (uint64 arrays) widened to whole cells and joined where less than
+    `gap` bytes part them (a range from a damaged heap that ends near 2**64 is cut short so
+    cell addresses cannot wrap)."""
+    import numpy as np
+
+    u = np.uint64(unit)
+    a = starts - starts % u
+    b = np.minimum(ends + (u - ends % u) % u, np.uint64((1 << 64) - 2 * unit))
+    keep = a < b
+    order = np.argsort(a[keep], kind="stable")
+    a, b = a[keep][order], b[keep][order]
+    if not len(a):
+        return []
+    reach = np.maximum.accumulate(b)
+    new = np.ones(len(a), bool)
+    new[1:] = (a[1:] > reach[:-1]) & (a[1:] - reach[:-1] >= np.uint64(gap))
+    first = np.flatnonzero(new)
+    last = np.append(first[1:] - 1, len(a) - 1)
+    return list(zip(a[first].tolist(), reach[last].tolist()))
 
 
 def _arrays(ranges):
@@ -217,8 +226,9 @@ def by_bytes(title: str, table: model.BufferTable, states, regions, unit: int, w
     import numpy as np
 
     ends = table.base + table.size
-    segs = _segments(list(regions) + list(zip(table.base.tolist(), ends.tolist())),
-                     unit, width * unit)
+    rs, re_ = _arrays(regions)
+    segs = _segments(np.concatenate([rs, table.base]), np.concatenate([re_, ends]), unit,
+                     width * unit)
     counts = [(b - a) // unit for a, b in segs]
     n = sum(counts)
     if n > MAX_CELLS:
