@@ -13,8 +13,6 @@ the walk with a warning instead of an exception.
 
 from __future__ import annotations
 
-import struct
-
 from mdbpy.dcmd import dcmd, walker
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.model import ALLOC, FREE, AllocRecord, Allocator, BufferTable
@@ -79,21 +77,20 @@ class BumpAllocator(Allocator):
         hdr = self.binder["bump_hdr"]
         base, end = self.arena.base, self.arena.cursor
         data = self.session.mem.read(base, end - base)
-        fmt = "<" + "Q" * 4  # the bound struct's fields are four 8-byte words
-        assert hdr.size == struct.calcsize(fmt)
         bases, sizes, states, ctls = [], [], [], []
         off = 0
         while off + hdr.size <= len(data):  # each step moves forward: bounded by the read
-            magic, size, state, caller = struct.unpack_from(fmt, data, off)
-            if magic != HDR_MAGIC or state not in STATES or size > len(data) - off - hdr.size:
+            h = hdr.from_bytes(data[off:off + hdr.size], base + off)  # fields by name
+            if h.magic != HDR_MAGIC or h.state not in STATES or \
+                    h.size > len(data) - off - hdr.size:
                 self.session.warn(f"bumpalloc: bad header at 0x{base + off:x}; walk stopped")
                 break
             bases.append(base + off + hdr.size)
-            sizes.append(size)
-            states.append(STATES[state])
+            sizes.append(h.size)
+            states.append(STATES[h.state])
             ctls.append(base + off)
-            self._callers[base + off] = caller
-            off += hdr.size + size
+            self._callers[base + off] = h.caller
+            off += hdr.size + h.size
         return BufferTable.from_columns(bases, sizes, states, ctl=ctls, groups=["bump"])
 
     def heap_regions(self) -> list[tuple[int, int]]:
