@@ -9,6 +9,7 @@ from mdbpy.dcmd import Walker, dcmd, walker
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.heap.model import FREE
 from mdbpy.heap.verify import format_record
+from mdbpy.jsonout import Table, emit, wants_json
 from mdbpy.output import ptr0, radix_str
 from mdbpy.sim.layouts import SIM_POISON, SIM_RED_ZONE, SIM_STORE_USER
 
@@ -64,15 +65,21 @@ def slabinfo(inv):
         for c in sim.caches():
             inv.print(radix_str(c.addr, prefix=True))
         return 0
-    inv.print(SLABINFO_HEADER)
+    t = Table("{name:<17s} {active_objs:6d} {num_objs:6d} {objsize:6d} {objperslab:4d} "
+              "{pagesperslab:4d} : slabdata {active_slabs:6d} {num_slabs:6d}",
+              head=[SLABINFO_HEADER])
     for c in sim.caches():
         v = c.view
         num = sum(s.objects for s in c.slabs)
-        active = num - sum(len(s.free) for s in c.slabs)
-        active_slabs = sum(1 for s in c.slabs if len(s.free) < s.objects)
-        inv.print(f"{c.name:<17s} {active:6d} {num:6d} {v.object_size:6d} "
-                  f"{v.objects_per_slab:4d} {v.slab_size // 4096:4d} : slabdata "
-                  f"{active_slabs:6d} {len(c.slabs):6d}")
+        t.add(name=c.name, addr=c.addr, active_objs=num - sum(len(s.free) for s in c.slabs),
+              num_objs=num, objsize=v.object_size, objperslab=v.objects_per_slab,
+              pagesperslab=v.slab_size // 4096,
+              active_slabs=sum(1 for s in c.slabs if len(s.free) < s.objects),
+              num_slabs=len(c.slabs))
+    if wants_json(inv):
+        emit(inv, "slabinfo", caches=t.rows)
+    else:
+        t.print(inv)
     return 0
 
 
@@ -97,16 +104,21 @@ def kmem_cache(inv):
         for c in caches:
             inv.print(radix_str(c.addr, prefix=True))
         return 0
-    if inv.has_addr:
+    as_json = wants_json(inv)
+    if inv.has_addr and not as_json:
         _cache_detail(inv, sim, caches[0])
         return 0
-    if inv.header:
-        inv.print(KMEM_CACHE_HEADER)
+    t = Table("{addr:016x} {name:<20s} {flag_names:<24s} {object_size:7d} {size:6d} "
+              "{slabs:6d} {objects:8d}", head=[KMEM_CACHE_HEADER] if inv.header else [])
     for c in caches:
         v = c.view
-        inv.print(f"{ptr0(c.addr)} {c.name:<20s} {flag_names(v.flags):<24s} "
-                  f"{v.object_size:7d} {v.size:6d} {len(c.slabs):6d} "
-                  f"{sum(s.objects for s in c.slabs):8d}")
+        t.add(addr=c.addr, name=c.name, flags=v.flags, flag_names=flag_names(v.flags),
+              **{f: getattr(v, f) for f in DETAIL_FIELDS}, slabs=len(c.slabs),
+              objects=sum(s.objects for s in c.slabs))
+    if as_json:
+        emit(inv, "kmem_cache", caches=t.rows)
+    else:
+        t.print(inv)
     return 0
 
 
