@@ -91,7 +91,9 @@ class Picture:
         a, b = int(self.start[k]), int(self.end[k])
         what = STYLES[int(self.state[k])].name
         if self.per_buffer:
-            return f"{a:#x}, {b - a} bytes, {self.groups[int(self.group[k])]}: {what}"
+            g = int(self.group[k])
+            name = self.groups[g] if 0 <= g < len(self.groups) else "?"
+            return f"{a:#x}, {b - a} bytes, {name}: {what}"
         return f"[{a:#x}, {b:#x}): {what}"
 
 
