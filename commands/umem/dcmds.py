@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import io
+
 from mdbpy.dcmd import dcmd
 from mdbpy.errors import MdbError, UsageError
+from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import human_size
 
 from mdbpy_commands.umem import layouts as L
@@ -72,9 +75,7 @@ def umem_status(inv):
     return 0
 
 
-def cache_row(c) -> str:
-    return (f"{c.addr:016x} {c.cstr('cache_name'):<25s} {c.cache_flags & 0xFFFFFFFF:04x} "
-            f"{c.cache_cflags & 0xFFFFFFFF:08x} {c.cache_bufsize:8d} {c.cache_buftotal:8d}")
+CACHE_ROW = "{addr:016x} {name:<25s} {flags:04x} {cflags:08x} {bufsize:8d} {buftotal:8d}"
 
 
 @dcmd("umem_cache", "print a umem cache", usage="?", enabled=missing,
@@ -86,11 +87,16 @@ def umem_cache(inv):
     if inv.args:
         raise UsageError("::umem_cache takes no arguments")
     caches = [umem.cache(inv.addr)] if inv.has_addr else umem.caches()
-    if inv.header:
-        inv.out.write(f"{'ADDR':<16s} {'NAME':<25s} {'FLAG':>4s} {'CFLAG':>8s} "
-                      f"{'BUFSIZE':>8s} {'BUFTOTL':>8s}\n")
+    t = Table(CACHE_ROW, head=[f"{'ADDR':<16s} {'NAME':<25s} {'FLAG':>4s} {'CFLAG':>8s} "
+                               f"{'BUFSIZE':>8s} {'BUFTOTL':>8s}"] if inv.header else [])
     for c in caches:
-        inv.out.write(cache_row(c) + "\n")
+        t.add(addr=c.addr, name=c.cstr("cache_name"), flags=c.cache_flags & 0xFFFFFFFF,
+              cflags=c.cache_cflags & 0xFFFFFFFF, bufsize=c.cache_bufsize,
+              buftotal=c.cache_buftotal)
+    if wants_json(inv):
+        emit(inv, "umem_cache", caches=t.rows)
+    else:
+        t.print(inv)
     return 0
 
 
@@ -125,8 +131,10 @@ def umastat(inv):
     umem = Umem.get(inv.session)
     if inv.args:
         raise UsageError("::umastat takes no arguments")
-    out = inv.out
+    out = io.StringIO() if wants_json(inv) else inv.out
     out.write(UMASTAT_CACHE_HDR + CACHE_DASHES + "\n")
+    t = Table("{name:<25s} {bufsize:6d} {inuse:7d} {ptc:>7s} {total:7d} {memory!H:>7s} "
+              "{alloc:9d} {fail:5d}")
     per_arena: dict[int, list[int]] = {}
     for c in umem.caches():
         alloc = c.cache_slab_alloc + c.cache_full.ml_alloc
@@ -142,8 +150,9 @@ def umastat(inv):
         kv[0] += mem
         kv[1] += alloc
         kv[2] += c.cache_alloc_fail
-        out.write(f"{c.cstr('cache_name'):<25s} {c.cache_bufsize:6d} {inuse:7d} {ptc:>7s} "
-                  f"{total:7d} {human_size(mem):>7s} {alloc:9d} {c.cache_alloc_fail:5d}\n")
+        out.write(cells(t.row, **t.add(
+            name=c.cstr("cache_name"), addr=c.addr, bufsize=c.cache_bufsize, inuse=inuse,
+            ptc=ptc, total=total, memory=mem, alloc=alloc, fail=c.cache_alloc_fail)) + "\n")
     out.write(CACHE_DASHES + "\n")
     arenas = umem.arenas_prefix()
     for v in arenas:
@@ -162,6 +171,8 @@ def umastat(inv):
                   f"{human_size(k.vk_mem_inuse):>9s} {human_size(k.vk_mem_total):>10s} "
                   f"{human_size(k.vk_mem_import):>9s} {k.vk_alloc:9d} {k.vk_fail:5d} \n")
     out.write(VMEM_DASHES + "\n")
+    if out is not inv.out:  # JSON: the cache table's rows
+        emit(inv, "umastat", caches=t.rows)
     return 0
 
 
