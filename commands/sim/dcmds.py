@@ -189,7 +189,7 @@ def walk_slab(session, addr):
     sim = sim_of(session)
     for c in [_cache_arg(sim, addr)] if addr else sim.caches():
         for s in c.slabs:
-            yield s.view.addr
+            yield s.addr
 
 
 def objects(session, addr, want_free: bool):
@@ -220,7 +220,7 @@ def register_cache_walkers(session, sim: SimAllocator, module: str) -> None:
     """One walker per cache, named after it (`::walk kmalloc-64`), yielding its allocated
     objects; a cache whose name is already a walker keeps only `::walk sim_obj`."""
     reg = session.registry
-    for c in sim.caches():
+    for c in sim.cache_list():
         if not c.name or c.name in reg.walkers:
             continue
 

@@ -32,6 +32,7 @@ from .verify import check_cache, slot_regions
 MAX_CACHES = 4096
 MAX_SLABS = 1 << 24
 MAX_SLAB_BYTES = 1 << 30  # one slab larger than this is corrupt
+MAX_METADATA = 256 << 20  # a larger metadata region is not read in one piece
 
 ALREADY_FREE = "Object already free"
 FREECHAIN = "Freechain corrupt"
@@ -43,28 +44,12 @@ def decoded(view) -> SimpleNamespace:
     return SimpleNamespace(addr=view.addr, **{n: getattr(view, n) for n in view.struct.fields})
 
 
-def unpacker(bound):
-    """(struct.Struct, field names) decoding every integer field of a bound struct in one
-    unpack, at the offsets the binding computed: tens of thousands of slab descriptors are read
-    this way instead of through views."""
-    import struct
-
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fmt, names, pos = "<", [], 0
-    for f in sorted(bound.fields.values(), key=lambda f: f.offset):
-        if f.kind not in ("int", "ptr") or f.size not in codes or f.offset < pos:
-            continue
-        fmt += "x" * (f.offset - pos) + (codes[f.size].lower() if f.signed else codes[f.size])
-        names.append(f.name)
-        pos = f.offset + f.size
-    return struct.Struct(fmt + "x" * (bound.size - pos)), names
-
-
 @dataclass
 class SimSlab:
-    view: object  # sim_slab, decoded
+    addr: int  # its sim_slab descriptor
     base: int
     objects: int
+    freelist: int  # the first free object, 0 when full
     free: list[int] = field(default_factory=list)  # slot indexes on the free list, in order
 
 
@@ -101,7 +86,9 @@ class SimAllocator(Allocator):
         self.binder = session.cache.get(("sim", "binder")) or Binder(SIM_LAYOUTS, X86_64)
         session.cache[("sim", "binder")] = self.binder
         self.version = (root.version,)
+        self._list: list[SimCache] | None = None
         self._caches: list[SimCache] | None = None
+        self._meta: tuple[int, bytes] | None = None
         self._table: BufferTable | None = None
         self.walk_problems: list[Problem] = []
 
@@ -124,10 +111,19 @@ class SimAllocator(Allocator):
         return cls(session, root)
 
     # -- walking the structures ---------------------------------------------------------------
+    def cache_list(self) -> list[SimCache]:
+        """Every cache's descriptor, its slabs not read yet: enough to name the caches."""
+        if self._list is None:
+            self._list = self._read_cache_list()
+        return self._list
+
     def caches(self) -> list[SimCache]:
         """Every cache with its slabs and free lists (read once per session state)."""
         if self._caches is None:
-            self._caches = self._read_caches()
+            caches = self.cache_list()
+            for c in caches:
+                self._read_slabs(c)
+            self._caches = caches
         return self._caches
 
     def cache_named(self, name: str) -> SimCache | None:
@@ -142,7 +138,7 @@ class SimAllocator(Allocator):
                 return c
         return None
 
-    def _read_caches(self) -> list[SimCache]:
+    def _read_cache_list(self) -> list[SimCache]:
         mem = self.session.mem
         kc = self.binder["sim_kmem_cache"]
         limit = min(self.root.ncaches, MAX_CACHES)
@@ -159,42 +155,83 @@ class SimAllocator(Allocator):
                 v = kc.view(mem, cur)
             except ReadError as e:
                 raise MdbError(f"sim: cache list broken at 0x{cur:x}: {e}") from None
-            c = SimCache(decoded(v), v.cstr("name"), len(out))
-            self._read_slabs(c)
-            out.append(c)
+            out.append(SimCache(decoded(v), v.cstr("name"), len(out)))
             cur = v.next
         return out
 
+    def _metadata(self) -> tuple[int, bytes]:
+        """(start, bytes) of the metadata region the root names, read once: the slab
+        descriptors are unpacked from it rather than read one by one (b"" when it is
+        unreadable or implausibly large, and then they are)."""
+        if self._meta is None:
+            lo, hi = self.root.metadata, self.root.metadata_end
+            data = b""
+            if 0 < hi - lo <= MAX_METADATA:
+                try:
+                    data = self.session.mem.read(lo, hi - lo)
+                except ReadError:
+                    pass
+            self._meta = (lo, data)
+        return self._meta
+
     def _read_slabs(self, c: SimCache) -> None:
-        mem = self.session.mem
+        """The cache's slab list, bounded by nr_slabs and cycle-safe; descriptors outside the
+        slab area or claiming too many objects are reported and skipped."""
         ks = self.binder["sim_slab"]
-        fmt, names = unpacker(ks)
         v = c.view
         lo, hi = self.root.slab_area, self.root.slab_area_end
         limit = min(v.nr_slabs, MAX_SLABS)
-        seen = set()
+        seen: set[int] = set()
         cur = v.slabs
-        while cur and cur not in seen:
-            if len(c.slabs) >= limit:
+        while cur:
+            if len(seen) >= limit:
                 self._problem(FREECHAIN, c, cur, note=f"more slabs than nr_slabs ({limit})")
                 break
-            seen.add(cur)
             try:
-                s = SimpleNamespace(addr=cur, **dict(zip(names, fmt.unpack(
-                    mem.read(cur, fmt.size)))))
+                run = self._slab_run(cur, limit - len(seen))
             except ReadError as e:
                 self._problem(FREECHAIN, c, cur, note=f"slab list broken: {e}")
                 break
-            nbytes = s.objects * v.size
-            if (s.objects > v.objects_per_slab or nbytes > MAX_SLAB_BYTES
-                    or not lo <= s.base <= s.base + nbytes <= hi):
-                self._problem(FREECHAIN, c, cur, note=f"slab 0x{cur:x} lies outside the slab "
-                              f"area or claims {s.objects} objects; skipped")
-            else:
-                slab = SimSlab(s, s.base, s.objects)
-                self._walk_freelist(c, slab)
+            addrs = range(cur, cur + len(run) * ks.size, ks.size)
+            if not seen.isdisjoint(addrs):  # the list runs into itself: stop at the repeat
+                run = run[:next(i for i, a in enumerate(addrs) if a in seen)]
+                addrs = addrs[:len(run)]
+            seen.update(addrs)
+            nbytes = run["objects"].astype(object) * v.size
+            bad = ((run["objects"] > v.objects_per_slab) | (nbytes > MAX_SLAB_BYTES)
+                   | (run["base"] < lo) | (run["base"] + nbytes > hi))
+            cols = (addrs, run["base"].tolist(), run["objects"].tolist(),
+                    run["freelist"].tolist(), bad.tolist())
+            for addr, base, objects, freelist, wrong in zip(*cols):
+                if wrong:
+                    self._problem(FREECHAIN, c, addr, note=f"slab 0x{addr:x} lies outside the "
+                                  f"slab area or claims {objects} objects; skipped")
+                    continue
+                slab = SimSlab(addr, base, objects, freelist)
+                if freelist:
+                    self._walk_freelist(c, slab)
                 c.slabs.append(slab)
-            cur = s.next
+            cur = int(run["next"][-1]) if len(run) else 0
+            if cur in seen:
+                break
+
+    def _slab_run(self, addr: int, most: int):
+        """The sim_slab descriptors from addr on that follow each other in memory and in the
+        list (each one's `next` is the one after it), at least one and at most `most`, as a
+        numpy record array. The simulator carves slab descriptors in runs, so a list of tens
+        of thousands of slabs is decoded in a few steps, while every link is still checked."""
+        import numpy as np
+
+        ks = self.binder["sim_slab"]
+        meta_lo, meta = self._metadata()
+        off = addr - meta_lo
+        if off < 0 or off % 8 or off + ks.size > len(meta):
+            return np.frombuffer(self.session.mem.read(addr, ks.size), ks.dtype())
+        n = min(most, (len(meta) - off) // ks.size)
+        run = np.ndarray((n,), ks.dtype(), buffer=meta, offset=off)
+        step = addr + ks.size * np.arange(1, n + 1, dtype=np.uint64)
+        breaks = np.flatnonzero(run["next"] != step)
+        return run[:int(breaks[0]) + 1 if len(breaks) else n]
 
     def _walk_freelist(self, c: SimCache, slab: SimSlab) -> None:
         """Follow the slab's free list through the free pointers of its slots (read in one
@@ -204,8 +241,8 @@ class SimAllocator(Allocator):
         import numpy as np
 
         v = c.view
-        if not slab.objects or not slab.view.freelist:
-            return  # a full slab: nothing to read
+        if not slab.objects:
+            return
         size = v.size
         try:
             data = self.session.mem.read(slab.base, slab.objects * size)
@@ -220,12 +257,12 @@ class SimAllocator(Allocator):
                          strides=(size,))
         first = slab.base + v.red_left_pad
         on_list = set()
-        cur = slab.view.freelist
+        cur = slab.freelist
         while cur:
             k, rem = divmod(cur - first, size)
             if cur < first or rem or k >= slab.objects:
                 self._problem(FREECHAIN, c, cur, note=f"free pointer 0x{cur:x} in slab "
-                              f"0x{slab.view.addr:x} points to no object")
+                              f"0x{slab.addr:x} points to no object")
                 break
             if k in on_list:
                 lost = self._cut_off(c, slab, data)
@@ -317,20 +354,34 @@ class SimAllocator(Allocator):
         ctl = int(table.ctl[i])
         return self.track(ctl) if ctl else None
 
+    def records(self, table: BufferTable, indexes) -> list[AllocRecord | None]:
+        import numpy as np
+
+        ctl = table.ctl[np.asarray(indexes, dtype=np.int64)]
+        recs = self.tracks_at(ctl[ctl != 0])
+        it = iter(recs)
+        return [next(it) if c else None for c in ctl.tolist()]
+
     def track(self, addr: int) -> AllocRecord | None:
         """The sim_track at addr as a record (None for a track never written)."""
-        try:
-            t = self.binder["sim_track"].view(self.session.mem, addr)
-        except ReadError:
-            return None
-        stack = []
-        for pc in t.addrs:
-            if not pc:
-                break
-            stack.append(pc)
-        if not stack and not t.when:
-            return None
-        return AllocRecord(tuple(stack), t.pid, t.when, addr, t.pid, t.cpu)
+        return self.tracks_at([addr])[0]
+
+    def tracks_at(self, addrs) -> list[AllocRecord | None]:
+        """The sim_tracks at many addresses, read in clusters and decoded in one step."""
+        import numpy as np
+
+        from mdbpy.heap.bulk import gather
+
+        st = self.binder["sim_track"]
+        rows, ok = gather(self.session.mem, addrs, st.size)
+        t = rows.view(st.dtype()).reshape(len(rows))
+        pcs = t["addrs"]
+        depth = np.where((pcs == 0).any(axis=1), (pcs == 0).argmax(axis=1), pcs.shape[1])
+        ok &= (depth > 0) | (t["when"] != 0)
+        cols = zip(ok.tolist(), pcs.tolist(), depth.tolist(), t["pid"].tolist(),
+                   t["cpu"].tolist(), t["when"].tolist(), np.asarray(addrs).tolist())
+        return [AllocRecord(tuple(stack[:n]), pid, when, addr, pid, cpu) if good else None
+                for good, stack, n, pid, cpu, when, addr in cols]
 
     def tracks(self, c: SimCache, obj: int) -> tuple[AllocRecord | None, AllocRecord | None]:
         """(alloc, free) tracks of an object of cache c."""

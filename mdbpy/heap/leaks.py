@@ -110,10 +110,10 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
         referenced[reach.edges_dst[from_leak]] = True
 
     groups: dict[tuple, LeakGroup] = {}
-    for i in leaked.tolist():
+    records = alloc.records(table, leaked)
+    for i, rec in zip(leaked.tolist(), records):
         leak = Leak(i, int(table.base[i]), int(table.size[i]), int(table.kind[i]),
-                    alloc.group_name(table, i), int(table.ctl[i]), alloc.record(table, i),
-                    not referenced[i])
+                    alloc.group_name(table, i), int(table.ctl[i]), rec, not referenced[i])
         key = _leak_key(alloc, leak)
         g = groups.get(key)
         if g is None:

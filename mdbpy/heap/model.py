@@ -200,6 +200,12 @@ class Allocator:
         """The allocation record of buffer i, where the allocator keeps one."""
         return None
 
+    def records(self, table: BufferTable, indexes) -> list[AllocRecord | None]:
+        """The records of many buffers (findleaks asks for every leak's at once). Allocators
+        that keep records at fixed places override this to read them in bulk
+        (mdbpy.heap.bulk.gather)."""
+        return [self.record(table, int(i)) for i in indexes]
+
     def untrusted(self) -> list[tuple[int, int, str]]:
         """[start, end) regions whose metadata the walks met as garbage, and why (a cycle, a
         wild pointer, a smashed header). Damaged heaps are the normal case for a debugger: the

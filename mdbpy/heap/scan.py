@@ -2,8 +2,8 @@
 
 mdb's leaky.c walks word by word with an explicit stack. Here the same algorithm is done in bulk:
 every candidate's memory is read in large blocks and viewed as numpy words; words that fall in
-[lowest base, highest limit) are located with searchsorted against the sorted buffer starts,
-giving the edges (source buffer -> target buffer) of the whole heap at once; the roots' words
+[lowest base, highest limit) are located with a granule index over the sorted buffer starts
+(locate.py), giving the edges (source buffer -> target buffer) of the whole heap at once; the roots' words
 give the first marks; and one breadth-first search over the sparse graph (scipy) marks
 everything transitively reachable, keeping a predecessor for each buffer so liveness can be
 explained. A pointer anywhere inside a buffer counts, as in mdb.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mdbpy.heap.locate import Locator
 from mdbpy.heap.model import BufferTable
 
 MERGE_GAP = 64 << 10  # candidates closer than this are read as one region
@@ -62,17 +63,6 @@ def _word_view(addr: int, data: bytes):
     return addr + skip, np.frombuffer(data, dtype="<u8", count=max(n, 0), offset=skip)
 
 
-def _locate(table: BufferTable, ends, values):
-    """(indexes, valid mask): the candidate containing each value."""
-    import numpy as np
-
-    idx = np.searchsorted(table.base, values, side="right").astype(np.int64) - 1
-    ok = idx >= 0
-    idx[~ok] = 0
-    ok &= values < ends[idx]
-    return idx, ok
-
-
 def candidate_extents(table: BufferTable) -> list[tuple[int, int]]:
     """The candidates as few [start, end) ranges: runs of touching buffers merged."""
     return _merged_regions(table, table.base + table.size, gap=0)
@@ -90,6 +80,12 @@ def _merged_regions(table: BufferTable, ends, gap: int = MERGE_GAP) -> list[tupl
     firsts = np.concatenate(([0], breaks + 1))
     lasts = np.concatenate((breaks, [len(table) - 1]))
     return [(int(starts[a]), int(ends[b])) for a, b in zip(firsts, lasts)]
+
+
+def scan_regions(mem, table: BufferTable) -> list[tuple[int, int]]:
+    """What reachability() reads of the candidates: runs less than MERGE_GAP apart (slack
+    is cheaper to read than a seek), clipped to the readable mappings."""
+    return clip_to_mappings(mem, _merged_regions(table, table.base + table.size))
 
 
 def _import_csgraph() -> None:
@@ -114,32 +110,29 @@ def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
     return out
 
 
-def scan_range(mem, table: BufferTable, ends, start: int, end: int, stats: ScanStats,
-               sources: bool):
+def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats, sources: bool):
     """Yield (word addresses, target indexes) of the words in [start, end) that point into a
     candidate; with `sources`, also the index of the candidate holding each such word."""
     import numpy as np
 
-    lo = table.base[0]
-    hi = ends.max()
     for baddr, data in mem.blocks(start, end, BLOCK, failed=stats.unreadable):
         waddr0, words = _word_view(baddr, data)
         if not len(words):
             continue
         stats.words += len(words)
-        inrange = (words >= lo) & (words < hi)
+        inrange = (words >= loc.lo) & (words < loc.hi)
         pos = np.nonzero(inrange)[0]
         stats.dismissals += len(words) - len(pos)
         if not len(pos):
             continue
         vals = words[pos]
-        dst, ok = _locate(table, ends, vals)
+        dst, ok = loc(vals)
         stats.misses += int(len(pos) - ok.sum())
         pos, dst = pos[ok], dst[ok]
         stats.hits += len(pos)
         slots = np.uint64(waddr0) + pos.astype(np.uint64) * np.uint64(8)
         if sources:
-            src, sok = _locate(table, ends, slots)
+            src, sok = loc(slots)
             yield slots[sok], dst[sok], src[sok]
         else:
             yield slots, dst, None
@@ -159,13 +152,13 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     if n == 0:
         empty = np.zeros(0, bool)
         return Reach(empty, np.zeros(0, np.int32), {}, stats)
-    ends = table.base + table.size
+    loc = Locator(table.base, table.base + table.size)
 
     # 1. edges between candidates, from their own contents
     src_parts, dst_parts = [], []
-    regions = clip_to_mappings(mem, _merged_regions(table, ends))
+    regions = scan_regions(mem, table)
     for k, (start, end) in enumerate(regions):
-        for _slots, dst, src in scan_range(mem, table, ends, start, end, stats, True):
+        for _slots, dst, src in scan_range(mem, loc, start, end, stats, True):
             keep = src != dst
             if keep.any():
                 src_parts.append(src[keep].astype(np.int32))
@@ -180,7 +173,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
         if i is not None:
             root_slot.setdefault(i, (None, label))
     for r in roots.ranges:
-        for slots, dst, _ in scan_range(mem, table, ends, r.start, r.end, stats, False):
+        for slots, dst, _ in scan_range(mem, loc, r.start, r.end, stats, False):
             uniq, first = np.unique(dst, return_index=True)
             for i, j in zip(uniq.tolist(), first.tolist()):
                 if i not in root_slot:
