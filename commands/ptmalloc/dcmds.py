@@ -10,6 +10,7 @@ from __future__ import annotations
 from mdbpy.dcmd import Invocation, dcmd, walker
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.heap.model import ALLOC, FREE
+from mdbpy.jsonout import Table, emit, wants_json
 
 from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP, chunk_table
 from .bins import Walker
@@ -78,12 +79,17 @@ def arenas(inv: Invocation):
         for a in st.arenas:
             inv.print(f"{a.addr:x}")
         return 0
-    inv.print(f"{'ADDR':16s} {'INDEX':>5s} {'HEAPS':>5s} {'TOP':16s} {'SYSTEM':>10s} "
-              f"{'THREADS':>7s}")
+    t = Table("{addr:016x} {index:5d} {heaps:5d} {top:016x} {system_mem:10d} "
+              "{attached_threads:7d}", head=[f"{'ADDR':16s} {'INDEX':>5s} {'HEAPS':>5s} "
+                                             f"{'TOP':16s} {'SYSTEM':>10s} {'THREADS':>7s}"])
     for a in st.arenas:
         s = a.state
-        inv.print(f"{a.addr:016x} {a.index:5d} {len(a.heaps):5d} {s.top:016x} "
-                  f"{s.system_mem:10d} {s.attached_threads:7d}")
+        t.add(addr=a.addr, index=a.index, heaps=len(a.heaps), top=s.top,
+              system_mem=s.system_mem, attached_threads=s.attached_threads)
+    if wants_json(inv):
+        emit(inv, "arenas", arenas=t.rows)
+    else:
+        t.print(inv)
     return 0
 
 
@@ -200,6 +206,11 @@ def _print_lists(inv: Invocation, lists) -> None:
 def tcachebins(inv: Invocation):
     st = _state(inv)
     w = Walker(inv.session, st)
+    if wants_json(inv):
+        emit(inv, "tcachebins", tcaches=[{"addr": tc.addr, "tid": tc.tid,
+                                          "bins": _lists_json(w.tcache(tc))}
+                                         for tc in st.tcaches])
+        return 0
     for tc in st.tcaches:
         if not inv.piped_out:
             owner = f"thread {tc.tid}" if tc.tid is not None else "thread unknown"
@@ -208,8 +219,20 @@ def tcachebins(inv: Invocation):
     return 0
 
 
+def _lists_json(lists) -> list[dict]:
+    """The bins as JSON: name, kind, glibc's count (tcache) and the chunks in list order."""
+    return [{"name": lst.name, "kind": lst.kind, "count": lst.count,
+             "chunks": list(lst.chunks)} for lst in lists]
+
+
 def _arena_lists(inv: Invocation, kinds) -> int:
     w = Walker(inv.session, _state(inv))
+    if wants_json(inv):
+        emit(inv, inv.name, arenas=[
+            {"addr": a.addr, "bins": _lists_json(lst for lst in w.arena_bins(a)
+                                                 if lst.kind in kinds)}
+            for a in _arena(inv, inv.addr if inv.has_addr else None)])
+        return 0
     for a in _arena(inv, inv.addr if inv.has_addr else None):
         lists = [lst for lst in w.arena_bins(a) if lst.kind in kinds]
         if not inv.piped_out:
