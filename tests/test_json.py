@@ -248,3 +248,69 @@ def test_cli_json_flag_one_document_per_command():
     p = run_mdbpy("-S", "--demo", "-o", "json", "-e", "::set")
     (opts,) = [line for line in p.stdout.splitlines() if "debugger options:" in line]
     assert "json" in opts.split(":")[1].replace(",", " ").split()
+
+
+# -- the allocators' listings -----------------------------------------------------------------
+def rows_of(text: str, skip: int = 1) -> list[list[str]]:
+    return [line.split() for line in text.splitlines()[skip:]]
+
+
+def test_sim_listings(demo):
+    caches = demo.doc("::slabinfo")["caches"]
+    assert rows_of(demo.text("::slabinfo")) == [
+        [c["name"], *map(str, (c["active_objs"], c["num_objs"], c["objsize"], c["objperslab"],
+                               c["pagesperslab"])), ":", "slabdata", str(c["active_slabs"]),
+         str(c["num_slabs"])] for c in caches]
+    rows = demo.doc("::kmem_cache")["caches"]
+    assert [r["addr"] for r in rows] == [c["addr"] for c in caches]
+    assert rows_of(demo.text("::kmem_cache")) == [
+        [f"{r['addr']:016x}", r["name"], r["flag_names"], *map(str, (
+            r["object_size"], r["size"], r["slabs"], r["objects"]))] for r in rows]
+    one = demo.doc(f"0x{rows[5]['addr']:x}::kmem_cache")["caches"]
+    assert one == [rows[5]]
+
+
+def test_umem_listings(umem):
+    caches = umem.doc("::umem_cache")["caches"]
+    assert rows_of(umem.text("::umem_cache")) == [
+        [f"{c['addr']:016x}", c["name"], f"{c['flags']:04x}", f"{c['cflags']:08x}",
+         str(c["bufsize"]), str(c["buftotal"])] for c in caches]
+    stat = umem.doc("::umastat")["caches"]
+    text = umem.text("::umastat").splitlines()[3:3 + len(stat)]
+    assert [line.split() for line in text] == [
+        [c["name"], str(c["bufsize"]), str(c["inuse"]), c["ptc"], str(c["total"]),
+         human_size(c["memory"]), str(c["alloc"]), str(c["fail"])] for c in stat]
+    assert [c["addr"] for c in stat] == [c["addr"] for c in caches]
+
+
+def bins_text(lists: list) -> list[str]:
+    return [f"{b['name']}{'' if b['count'] is None else ' count=' + str(b['count'])} "
+            f"[{len(b['chunks'])}]: " + " -> ".join(f"0x{c:x}" for c in b["chunks"])
+            for b in lists]
+
+
+@pytest.mark.parametrize("cmd", ("::fastbins", "::unsortedbin", "::smallbins", "::largebins",
+                                 "::tcachebins"))
+def test_ptmalloc_bins(glibc, cmd):
+    text = [line for line in glibc.text(cmd).splitlines() if not line.startswith("    ")]
+    doc = glibc.doc(cmd)
+    shown = []
+    if cmd == "::tcachebins":
+        for tc in doc["tcaches"]:
+            shown.append(f"tcache 0x{tc['addr']:x} (thread {tc['tid']})")
+            shown += bins_text(tc["bins"])
+    else:
+        for a in doc["arenas"]:
+            shown.append(f"arena 0x{a['addr']:x}")
+            shown += bins_text(a["bins"])
+    assert text == shown
+    assert any(b["chunks"] for group in doc.get("tcaches", doc.get("arenas"))
+               for b in group["bins"]) or cmd == "::largebins"
+
+
+def test_ptmalloc_arenas(glibc):
+    arenas = glibc.doc("::arenas")["arenas"]
+    assert len(arenas) == 2
+    assert rows_of(glibc.text("::arenas")) == [
+        [f"{a['addr']:016x}", str(a["index"]), str(a["heaps"]), f"{a['top']:016x}",
+         str(a["system_mem"]), str(a["attached_threads"])] for a in arenas]
