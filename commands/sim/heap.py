@@ -49,20 +49,44 @@ class SimSlab:
     addr: int  # its sim_slab descriptor
     base: int
     objects: int
-    freelist: int  # the first free object, 0 when full
     free: list[int] = field(default_factory=list)  # slot indexes on the free list, in order
 
 
 @dataclass
 class SimCache:
+    """A cache and its slabs, kept column-wise (numpy arrays in list order, one entry per
+    slab) so that a heap of tens of thousands of slabs becomes a buffer table without a
+    Python object per slab; `slabs` makes those objects for the commands that want them."""
+
     view: object  # sim_kmem_cache, decoded
     name: str
     index: int
-    slabs: list[SimSlab] = field(default_factory=list)
+    slab_addr: object = None  # np.ndarray uint64: the sim_slab descriptors
+    slab_base: object = None  # np.ndarray uint64: their first slots
+    slab_objects: object = None  # np.ndarray int64
+    free: dict = field(default_factory=dict)  # slab position -> free slot indexes, in order
+    _slabs: list | None = None
 
     @property
     def addr(self) -> int:
         return self.view.addr
+
+    @property
+    def slabs(self) -> list[SimSlab]:
+        if self._slabs is None:
+            cols = zip(self.slab_addr.tolist(), self.slab_base.tolist(),
+                       self.slab_objects.tolist())
+            self._slabs = [SimSlab(a, b, n, self.free.get(i, []))
+                           for i, (a, b, n) in enumerate(cols)]
+        return self._slabs
+
+    @property
+    def total(self) -> int:
+        return int(self.slab_objects.sum())
+
+    @property
+    def nfree(self) -> int:
+        return sum(len(f) for f in self.free.values())
 
     def object_at(self, slab: SimSlab, k: int) -> int:
         """The object (what the program got from malloc) of slot k."""
@@ -175,13 +199,17 @@ class SimAllocator(Allocator):
         return self._meta
 
     def _read_slabs(self, c: SimCache) -> None:
-        """The cache's slab list, bounded by nr_slabs and cycle-safe; descriptors outside the
-        slab area or claiming too many objects are reported and skipped."""
+        """The cache's slab list, bounded by nr_slabs and cycle-safe, into c's columns; a
+        descriptor outside the slab area or claiming too many objects is reported and skipped.
+        Only the slabs with a free list are visited one by one."""
+        import numpy as np
+
         ks = self.binder["sim_slab"]
         v = c.view
         lo, hi = self.root.slab_area, self.root.slab_area_end
         limit = min(v.nr_slabs, MAX_SLABS)
         seen: set[int] = set()
+        runs = []
         cur = v.slabs
         while cur:
             if len(seen) >= limit:
@@ -197,23 +225,28 @@ class SimAllocator(Allocator):
                 run = run[:next(i for i, a in enumerate(addrs) if a in seen)]
                 addrs = addrs[:len(run)]
             seen.update(addrs)
+            addr = np.arange(cur, cur + len(run) * ks.size, ks.size, dtype=np.uint64)
             nbytes = run["objects"].astype(object) * v.size
             bad = ((run["objects"] > v.objects_per_slab) | (nbytes > MAX_SLAB_BYTES)
-                   | (run["base"] < lo) | (run["base"] + nbytes > hi))
-            cols = (addrs, run["base"].tolist(), run["objects"].tolist(),
-                    run["freelist"].tolist(), bad.tolist())
-            for addr, base, objects, freelist, wrong in zip(*cols):
-                if wrong:
-                    self._problem(FREECHAIN, c, addr, note=f"slab 0x{addr:x} lies outside the "
-                                  f"slab area or claims {objects} objects; skipped")
-                    continue
-                slab = SimSlab(addr, base, objects, freelist)
-                if freelist:
-                    self._walk_freelist(c, slab)
-                c.slabs.append(slab)
+                   | (run["base"] < lo) | (run["base"] + nbytes > hi)).astype(bool)
+            for i in np.flatnonzero(bad).tolist():
+                self._problem(FREECHAIN, c, int(addr[i]), note=f"slab 0x{int(addr[i]):x} lies "
+                              f"outside the slab area or claims {int(run['objects'][i])} "
+                              "objects; skipped")
+            runs.append((addr[~bad], run[~bad]))
             cur = int(run["next"][-1]) if len(run) else 0
             if cur in seen:
                 break
+        c.slab_addr = np.concatenate([a for a, _ in runs] or [np.zeros(0, np.uint64)])
+        c.slab_base = np.concatenate([r["base"] for _, r in runs] or [np.zeros(0, np.uint64)])
+        c.slab_objects = np.concatenate([r["objects"] for _, r in runs]
+                                        or [np.zeros(0, np.uint32)]).astype(np.int64)
+        freelist = np.concatenate([r["freelist"] for _, r in runs] or [np.zeros(0, np.uint64)])
+        for i in np.flatnonzero(freelist).tolist():
+            free = self._walk_freelist(c, int(c.slab_addr[i]), int(c.slab_base[i]),
+                                       int(c.slab_objects[i]), int(freelist[i]))
+            if free:
+                c.free[i] = free
 
     def _slab_run(self, addr: int, most: int):
         """The sim_slab descriptors from addr on that follow each other in memory and in the
@@ -233,69 +266,71 @@ class SimAllocator(Allocator):
         breaks = np.flatnonzero(run["next"] != step)
         return run[:int(breaks[0]) + 1 if len(breaks) else n]
 
-    def _walk_freelist(self, c: SimCache, slab: SimSlab) -> None:
-        """Follow the slab's free list through the free pointers of its slots (read in one
-        block). At most one step per slot: a repeated object is a double free (the list cycles
-        from there, so it is reported once and the walk stops), a pointer to no slot ends the
-        walk. Either way the rest of the list is cut off; `_cut_off` finds those objects."""
+    def _walk_freelist(self, c: SimCache, addr: int, base: int, objects: int,
+                       cur: int) -> list[int]:
+        """The free slot indexes of the slab at `addr`, following its free list from `cur`
+        through the free pointers of its slots (read in one block). At most one step per slot:
+        a repeated object is a double free (the list cycles from there, so it is reported once
+        and the walk stops), a pointer to no slot ends the walk. Either way the rest of the
+        list is cut off; `_cut_off` finds those objects."""
         import numpy as np
 
         v = c.view
-        if not slab.objects:
-            return
         size = v.size
+        if not objects:
+            return []
         try:
-            data = self.session.mem.read(slab.base, slab.objects * size)
+            data = self.session.mem.read(base, objects * size)
         except ReadError as e:
-            self._problem(FREECHAIN, c, slab.base, note=f"slab unreadable: {e}")
-            return
+            self._problem(FREECHAIN, c, base, note=f"slab unreadable: {e}")
+            return []
         fpoff = v.red_left_pad + v.offset
         if fpoff + 8 > size:
-            self._problem(FREECHAIN, c, slab.base, note="free pointer lies outside the slot")
-            return
-        fps = np.ndarray((slab.objects,), dtype="<u8", buffer=data, offset=fpoff,
-                         strides=(size,))
-        first = slab.base + v.red_left_pad
+            self._problem(FREECHAIN, c, base, note="free pointer lies outside the slot")
+            return []
+        fps = np.ndarray((objects,), dtype="<u8", buffer=data, offset=fpoff, strides=(size,))
+        first = base + v.red_left_pad
+        free: list[int] = []
         on_list = set()
-        cur = slab.freelist
         while cur:
             k, rem = divmod(cur - first, size)
-            if cur < first or rem or k >= slab.objects:
+            if cur < first or rem or k >= objects:
                 self._problem(FREECHAIN, c, cur, note=f"free pointer 0x{cur:x} in slab "
-                              f"0x{slab.addr:x} points to no object")
+                              f"0x{addr:x} points to no object")
                 break
             if k in on_list:
-                lost = self._cut_off(c, slab, data)
+                lost = self._cut_off(c, data, free)
                 self._problem(ALREADY_FREE, c, cur, size=v.object_size,
                               note="the object is on its slab's free list twice" + (
                                   f"; {lost} free object{'s' if lost > 1 else ''} after it "
                                   "cut off the list (known by their inactive red zones)"
                                   if lost else ""))
-                return
+                return free
             on_list.add(k)
-            slab.free.append(k)
+            free.append(k)
             cur = int(fps[k])
         if cur:
-            self._cut_off(c, slab, data)
+            self._cut_off(c, data, free)
+        return free
 
-    def _cut_off(self, c: SimCache, slab: SimSlab, data: bytes) -> int:
-        """Add to slab.free the slots off the list that slub_debug's red zones mark free
-        (more 0xbb than 0xcc bytes: an overflow into a zone does not change its verdict);
-        returns how many. Without red zones nothing tells, and they stay allocated."""
+    def _cut_off(self, c: SimCache, data: bytes, free: list[int]) -> int:
+        """Add to `free` the slots of a slab (its bytes) off the list that slub_debug's red
+        zones mark free (more 0xbb than 0xcc bytes: an overflow into a zone does not change
+        its verdict); returns how many. Without red zones nothing tells: they stay allocated."""
         import numpy as np
 
         v = c.view
         if not v.flags & SIM_RED_ZONE:
             return 0
-        slots = np.frombuffer(data, np.uint8).reshape(slab.objects, v.size)
+        slots = np.frombuffer(data, np.uint8).reshape(-1, v.size)
         reg = slot_regions(self, c)
         zones = np.concatenate([slots[:, lo:hi] for lo, hi in (reg["left"], reg["right"])],
                                axis=1)
-        free = (zones == SIM_REDZONE_INACTIVE).sum(axis=1) > \
+        marked = (zones == SIM_REDZONE_INACTIVE).sum(axis=1) > \
             (zones == SIM_REDZONE_ACTIVE).sum(axis=1)
-        free[slab.free] = False
-        lost = np.flatnonzero(free).tolist()
-        slab.free += lost
+        marked[free] = False
+        lost = np.flatnonzero(marked).tolist()
+        free += lost
         return len(lost)
 
     def _problem(self, kind: str, c: SimCache, addr: int, size: int = 0, note: str = ""):
@@ -311,32 +346,48 @@ class SimAllocator(Allocator):
         return self._table
 
     def _build_table(self) -> BufferTable:
+        """The objects of every slab, built from the slab columns: the slabs are sorted by
+        address (slabs never overlap, so their slots come out sorted too) and expanded into
+        slots with numpy, the free slots marked from the free lists."""
         import numpy as np
 
-        cols: list[list] = [[], [], [], [], []]  # base, size, state, group, ctl
-        for c in self.caches():
-            if not c.slabs:
-                continue
-            v = c.view
-            counts = np.array([s.objects for s in c.slabs], np.int64)
-            first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-            n = int(counts.sum())
-            k = np.arange(n, dtype=np.int64) - np.repeat(first, counts)  # slot in its slab
-            starts = np.array([s.base + v.red_left_pad for s in c.slabs], np.uint64)
-            objs = np.repeat(starts, counts) + k.astype(np.uint64) * np.uint64(v.size)
-            st = np.full(n, ALLOC, np.uint8)
-            free = [f + int(first[j]) for j, s in enumerate(c.slabs) for f in s.free]
-            st[free] = FREE
-            cols[0].append(objs)
-            cols[1].append(np.full(n, v.object_size, np.uint64))
-            cols[2].append(st)
-            cols[3].append(np.full(n, c.index, np.int32))
-            cols[4].append(objs + np.uint64(v.track_offset) if c.has_tracks
-                           else np.zeros(n, np.uint64))
+        caches = [c for c in self.caches() if len(c.slab_base)]
         names = [c.name for c in self.caches()]
-        if not cols[0]:
+        if not caches:
             return BufferTable.from_columns([], [], [], groups=names)
-        return BufferTable.from_columns(*(np.concatenate(x) for x in cols), groups=names)
+
+        def per_slab(f):
+            return np.concatenate([np.full(len(c.slab_base), f(c), np.uint64) for c in caches])
+
+        slab_base = np.concatenate([c.slab_base for c in caches])
+        counts = np.concatenate([c.slab_objects for c in caches])
+        first_obj = slab_base + per_slab(lambda c: c.view.red_left_pad)
+        stride = per_slab(lambda c: c.view.size)
+        osize = per_slab(lambda c: c.view.object_size)
+        track = per_slab(lambda c: c.view.track_offset)
+        tracked = per_slab(lambda c: c.has_tracks).astype(bool)
+        group = per_slab(lambda c: c.index).astype(np.int32)
+        order = np.argsort(slab_base, kind="stable")
+        counts = counts[order]
+        start = np.concatenate(([0], np.cumsum(counts)[:-1]))  # each sorted slab's first row
+        n = int(counts.sum())
+        k = (np.arange(n, dtype=np.int64) - np.repeat(start, counts)).astype(np.uint64)
+        objs = np.repeat(first_obj[order], counts) + k * np.repeat(stride[order], counts)
+        ctl = np.where(np.repeat(tracked[order], counts),
+                       objs + np.repeat(track[order], counts), np.uint64(0))
+        state = np.full(n, ALLOC, np.uint8)
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        pos, offset = [], 0  # rows of the free slots
+        for c in caches:
+            for i, slots in c.free.items():
+                pos.append(start[rank[offset + i]] + np.asarray(slots, np.int64))
+            offset += len(c.slab_base)
+        if pos:
+            state[np.concatenate(pos)] = FREE
+        return BufferTable.from_columns(objs, np.repeat(osize[order], counts), state,
+                                        np.repeat(group[order], counts), ctl, groups=names,
+                                        sort=False)
 
     def metadata_regions(self) -> list[tuple[int, int]]:
         """The cache and slab descriptors, and sim_allocator itself (its pointers lead to the
@@ -396,11 +447,15 @@ class SimAllocator(Allocator):
 
     def locate(self, addr: int) -> tuple[SimCache, SimSlab, int] | None:
         """(cache, slab, slot index) of the slot containing addr, metadata included."""
+        import numpy as np
+
         for c in self.caches():
             size = c.view.size
-            for s in c.slabs:
-                if s.base <= addr < s.base + s.objects * size:
-                    return c, s, (addr - s.base) // size
+            hit = np.flatnonzero((c.slab_base <= np.uint64(addr)) & (
+                np.uint64(addr) < c.slab_base + c.slab_objects.astype(np.uint64) * size))
+            if len(hit):
+                s = c.slabs[int(hit[0])]
+                return c, s, (addr - s.base) // size
         return None
 
     def whatis(self, addr: int) -> Buffer | None:
@@ -419,10 +474,9 @@ class SimAllocator(Allocator):
         rows = []
         for c in self.caches():
             v = c.view
-            total = sum(s.objects for s in c.slabs)
-            free = sum(len(s.free) for s in c.slabs)
-            rows.append(HeapStat(c.name, v.object_size, total, total - free,
-                                 len(c.slabs) * v.slab_size, c.addr))
+            total = c.total
+            rows.append(HeapStat(c.name, v.object_size, total, total - c.nfree,
+                                 len(c.slab_base) * v.slab_size, c.addr))
         return rows
 
     def verify(self, progress=None) -> list[Problem]:
