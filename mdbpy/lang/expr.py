@@ -25,8 +25,9 @@ BINARY_PRECEDENCE = {
     "+": 6, "-": 6, "*": 7, "%": 7, "#": 7, "%%": 8,
 }
 SIGN = 1 << 63
-# nested parentheses and unary operators are recursion: bound them (target of a hostile macro)
-MAX_DEPTH = 200
+# nested parentheses and unary operators are recursion (three Python frames a level, on top of
+# up to 32 nested macro files): bound them well below the interpreter's limit
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,25 @@ class ExprParser:
     def peek(self) -> Token:
         return scan_token(self.text, skip_blanks(self.text, self.pos), self.radix)
 
-    def parse(self, min_prec: int = 1) -> Node:
-        left = self.unary()
+    def parse(self) -> Node:
+        """Operator precedence with explicit stacks, so a long chain such as `1+1+...+1`
+        costs no Python recursion; only parentheses and unary operators recurse (bounded by
+        MAX_DEPTH)."""
+        operands = [self.unary()]
+        ops: list[tuple[int, str]] = []
         while True:
             t = self.peek()
             prec = BINARY_PRECEDENCE.get(t.value) if t.kind == "op" else None
-            if prec is None or prec < min_prec:
-                return left
+            if prec is None:
+                break
             self.pos = t.end
-            right = self.parse(prec + 1)
-            left = Binary(t.value, left, right)
+            while ops and ops[-1][0] >= prec:  # all operators are left-associative
+                _reduce(ops, operands)
+            ops.append((prec, t.value))
+            operands.append(self.unary())
+        while ops:
+            _reduce(ops, operands)
+        return operands[0]
 
     def unary(self) -> Node:
         self.depth += 1
@@ -142,6 +152,12 @@ class ExprParser:
         raise syntax_error(self.text, t.start)
 
 
+def _reduce(ops: list[tuple[int, str]], operands: list[Node]) -> None:
+    """Replace the top two operands by the top operator applied to them."""
+    right = operands.pop()
+    operands[-1] = Binary(ops.pop()[1], operands[-1], right)
+
+
 def parse_expression(text: str, radix: int = 16) -> Node:
     """The whole of `text` as one expression (pipe input lines, ::eval-free uses)."""
     p = ExprParser(text, 0, radix)
@@ -169,18 +185,35 @@ class Evaluator:
         self.session = session
 
     def eval(self, node: Node) -> int:
-        return self._eval(node) & MASK64
+        """The value of a tree, evaluated left to right with an explicit stack: a tree may be
+        thousands of operators deep (`1+1+...+1`) and must not meet the recursion limit."""
+        todo: list[tuple[Node, bool]] = [(node, False)]
+        values: list[int] = []
+        while todo:
+            n, operands_done = todo.pop()
+            if isinstance(n, Binary):
+                if operands_done:
+                    right = values.pop()
+                    values[-1] = self._binary(n.op, values[-1], right) & MASK64
+                else:
+                    todo += ((n, True), (n.right, False), (n.left, False))
+            elif isinstance(n, (Unary, Deref)):
+                if operands_done:
+                    values[-1] = self._unary(n, values[-1]) & MASK64
+                else:
+                    todo += ((n, True), (n.operand, False))
+            else:
+                values.append(self._leaf(n) & MASK64)
+        return values[0]
 
-    def _eval(self, node: Node) -> int:
+    def _unary(self, node: Unary | Deref, v: int) -> int:
+        if isinstance(node, Deref):
+            return self._read(node.space, v, node.size)
+        return {"-": -v, "~": ~v, "#": int(v == 0)}[node.op]
+
+    def _leaf(self, node: Node) -> int:
         if isinstance(node, Num):
             return node.value
-        if isinstance(node, Binary):
-            return self._binary(node.op, self.eval(node.left), self.eval(node.right))
-        if isinstance(node, Unary):
-            v = self.eval(node.operand)
-            return {"-": -v, "~": ~v, "#": int(v == 0)}[node.op]
-        if isinstance(node, Deref):
-            return self._read(node.space, self.eval(node.operand), node.size)
         if isinstance(node, DotWord):
             return self._dotword(node.word)
         if isinstance(node, Var):

@@ -676,6 +676,8 @@ def parse_format_list(text: str, count_eval: Callable[[str], int]) -> list[tuple
             i = j + 1
         elif c.isdigit():
             m = re.compile(r"[0-9]+").match(text, i)
+            if m.end() - i > 20:  # past 64 bits (and past what int() converts, at 4300)
+                raise MdbError(f"repeat count {m.group()[:20]}... is too large")
             items.append(("count", int(m.group())))
             i = m.end()
         else:

@@ -136,7 +136,13 @@ def _quoted_end(text: str, pos: int, q: str) -> int:
     raise syntax_error(text, pos, f"syntax error: {q} unmatched", resume=i)
 
 
+# no 64-bit value needs more digits, and CPython refuses to convert decimal strings of 4300
+MAX_DIGITS = 4000
+
+
 def _to_number(digits: str, radix: int, text: str, pos: int) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise syntax_error(text, pos, f"number with more than {MAX_DIGITS} digits")
     try:
         return int(digits, radix) & MASK64
     except ValueError:
@@ -175,7 +181,7 @@ def scan_token(text: str, pos: int, radix: int) -> Token:
                     whole, frac = m.group(1), m.group(2)
                     value = struct.unpack("<Q", struct.pack("<d", float(f"{whole}.{frac}")))[0]
                 else:
-                    value = int(m.group(1), base)
+                    value = _to_number(m.group(1), base, text, pos)
                 return Token("num", value & MASK64, pos, m.end())
         m = _HEXRUN.match(text, pos)
         return Token("num", _to_number(m.group(), radix, text, pos), pos, m.end())
@@ -185,8 +191,8 @@ def scan_token(text: str, pos: int, radix: int) -> Token:
         if hexrun and hexrun.end() >= m.end():
             # a hex-looking word is a symbol first, else a number in the current radix
             try:
-                number = int(hexrun.group(), radix)
-            except ValueError:
+                number = _to_number(hexrun.group(), radix, text, pos)
+            except ParseError:
                 number = None
             return Token("sym", (hexrun.group(), number), pos, hexrun.end())
         return Token("sym", (m.group(), None), pos, m.end())
