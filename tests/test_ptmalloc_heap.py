@@ -196,8 +196,11 @@ def test_fastbin_double_free_is_found_without_looping(fastdup, kind, mode):
     r = fastdup[0]
     a, b = r.addr("dup_a"), r.addr("dup_b")
     with opened(fastdup, kind, mode) as s:
+        main = int(run(s, "::walk ptmalloc_arena").split()[0], 16)
         assert run(s, "::ptmalloc_verify").splitlines() == [
-            f"0x{a:x}: fastbin[1]: chunk 0x{a:x} is in the list twice (double free)"]
+            f"0x{a:x}: arena 0x{main:x} fastbin[1]: cycle at 0x{a:x} (double free?)"]
+        assert s.err.getvalue() == (f"mdbpy: ptmalloc: arena 0x{main:x} fastbin[1]: cycle at "
+                                    f"0x{a:x} (double free?)\n")
         assert run(s, "::fastbins").splitlines()[1] == f"fastbin[1] [2]: 0x{a:x} -> 0x{b:x}"
 
 

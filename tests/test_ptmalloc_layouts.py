@@ -90,7 +90,7 @@ def test_walk_resyncs_past_a_smashed_header():
     w = walk_heap(s.mem, base, base + 0xB0, base + 0xB0)
     assert [int(a) - base for a in w.addr] == [0, 0x20, 0x50, 0x90]
     assert [int(x) for x in w.size] == [0x20, 0x30, 0x40, 0x20]
-    assert w.problems == [(base + 0x20, f"chunk 0x{base + 0x20:x}: bad size 0x4141414141414141"
+    assert w.problems == [(base + 0x20, base + 0x50, f"chunk 0x{base + 0x20:x}: bad size 0x4141414141414141"
                                         f" (smashed header?); walk resumes at 0x{base + 0x50:x}")]
     assert list(w.bad) == [False, True, False, False]
     assert list(w.next_prev_inuse) == [True, True, True, True]
@@ -102,5 +102,5 @@ def test_walk_reports_a_size_running_past_top():
     s = Session(SyntheticTarget([(base, data + bytes(0x1000))]), load_builtin=False)
     w = walk_heap(s.mem, base, base + 0x40, base + 0x40)
     assert [int(a) - base for a in w.addr] == [0, 0x20]
-    assert w.problems == [(base + 0x20, f"chunk 0x{base + 0x20:x}: size 0x40 runs past the "
+    assert w.problems == [(base + 0x20, base + 0x40, f"chunk 0x{base + 0x20:x}: size 0x40 runs past the "
                                         f"top chunk at 0x{base + 0x40:x}")]

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
 from .bins import Walker
 from .chunks import mmapped_chunks, walk_heap
-from .locate import locate
+from .damage import Damage, arena_owner, report
+from .locate import WARNED, locate
 
 # chunk roles, beyond ALLOC / FREE, for listings
 ROLE_TOP = 3
@@ -38,16 +40,18 @@ class ChunkTable:
     mmapped: object  # bool
     bad: object  # bool: the header was unusable (size up to the resync point)
     where: dict  # chunk address -> bin name ('tcache[2]', 'fastbin[0]', 'unsorted', ...)
-    problems: list  # [(address, message)] from the walk and the lists
+    damage: list  # [Damage] met finding the arenas, walking the heaps and the lists
     bins: list  # BinList of every non-empty list
 
 
 def chunk_table(session) -> ChunkTable:
-    """The chunk table of the target (cached per stop)."""
+    """The chunk table of the target (cached per stop); the damage met building it is
+    printed as warnings, once."""
     t = session.cache.get("ptmalloc.chunks")
     if t is None:
         t = _build(session)
         session.cache["ptmalloc.chunks"] = t
+        report(session, t.damage, WARNED)
     return t
 
 
@@ -60,7 +64,7 @@ def _build(session) -> ChunkTable:
 
     st = locate(session)
     parts: list[dict] = []
-    problems: list = []
+    damage: list = list(st.damage)
 
     def add(addr, size, flags, state, arena, mmapped=False, bad=None):
         n = len(addr)
@@ -69,14 +73,25 @@ def _build(session) -> ChunkTable:
                       "bad": np.zeros(n, bool) if bad is None else bad})
 
     for a in st.arenas:
+        owner = arena_owner(a.addr)
         for h in a.heaps:
-            w = walk_heap(session.mem, h.first, h.end, h.top)
-            problems += w.problems
+            try:
+                w = walk_heap(session.mem, h.first, h.end, h.top)
+            except ReadError as e:
+                damage.append(Damage(owner, h.first, f"heap 0x{h.first:x}: unreadable ({e}); "
+                                     "not walked", h.first, h.region[1]))
+                continue
+            damage += [Damage(owner, addr, why, addr, end) for addr, end, why in w.problems]
             add(w.addr, w.size, w.flags,
                 np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8), a.index, bad=w.bad)
             if h.top is not None:
-                raw = session.mem.read_u64(h.top + 8)
-                add(np.asarray([h.top], np.uint64), np.asarray([raw & ~7], np.uint64),
+                # the top's extent, as far as its heap allows (its size may be smashed)
+                try:
+                    raw = session.mem.read_u64(h.top + 8)
+                except ReadError:
+                    raw = 0
+                size = min(raw & ~7, max(h.region[1] - h.top, 0))
+                add(np.asarray([h.top], np.uint64), np.asarray([size], np.uint64),
                     np.asarray([raw & 7], np.uint8), np.asarray([ROLE_TOP], np.uint8), a.index)
     mm = mmapped_chunks(session.mem, st.heap_ranges())
     if mm:
@@ -88,11 +103,12 @@ def _build(session) -> ChunkTable:
     order = np.argsort(c["addr"], kind="stable")
     c = {k: v[order] for k, v in c.items()}
 
-    lists = Walker(session, st).all()
+    walker = Walker(session, st)
+    lists = walker.all()
     where: dict[int, str] = {}
     cached = []
     for lst in lists:
-        problems += lst.problems
+        damage += lst.problems
         for ch in lst.chunks:
             where.setdefault(ch, lst.name)
         if lst.kind in ("tcache", "fastbin"):
@@ -103,8 +119,9 @@ def _build(session) -> ChunkTable:
     if st.tcaches:
         tc = np.isin(c["addr"], np.asarray([t.addr - 16 for t in st.tcaches], np.uint64))
         c["state"][tc] = ROLE_TCACHE_STRUCT
+    damage += walker.tcache_keys(lists)
     return ChunkTable(c["addr"], c["size"], c["flags"], c["state"], c["arena"], c["mmapped"],
-                      c["bad"], where, problems, lists)
+                      c["bad"], where, damage, lists)
 
 
 class PtmallocAllocator(Allocator):
@@ -154,14 +171,22 @@ class PtmallocAllocator(Allocator):
         return out
 
     def metadata_regions(self) -> list[tuple[int, int]]:
-        """The tcache structs and the thread arenas' headers (heap_info, malloc_state)."""
+        """The tcache structs, the main arena (in libc's data: its top and bin pointers are
+        chunk headers, which lie inside the buffer before them) and the thread arenas'
+        headers (heap_info, malloc_state)."""
         st = self.state
         out = [(t.addr - 16, t.addr - 16 + st.tcache_chunk_size) for t in st.tcaches]
+        out.append((st.main_arena, st.main_arena + st.structs["malloc_state"].size))
         for a in st.arenas:
             for h in a.heaps:
                 if h.info is not None:
                     out.append((h.info, h.first))
         return out
+
+    def untrusted(self) -> list[tuple[int, int, str]]:
+        """The memory each damage left unwalked or suspect (see damage.py)."""
+        return [(d.start, d.end, d.warning.removeprefix("ptmalloc: ")) for d in
+                self.chunks().damage if d.end > d.start]
 
     def group_addr(self, table: BufferTable, i: int) -> int:
         """The arena of buffer i (0 for an mmapped chunk, which belongs to none)."""

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections import Counter
+
 from mdbpy.errors import ReadError
 
-from .layouts import NBINS, NFASTBINS, NSMALLBINS, SIZE_BITS, TCACHE_SMALL_BINS, V_NUM_SLOTS
+from .damage import Damage, arena_owner, pointer_fault, tcache_owner
+from .layouts import (NBINS, NFASTBINS, NSMALLBINS, SIZE_BITS, TCACHE_SMALL_BINS, V_NUM_SLOTS,
+                      V_RANDOM_KEY, V_TCACHE_KEY)
 
 MAX_LIST = 1 << 20  # chunks followed in one list at most
+MINSIZE = 32
+MAX_CHUNK = 1 << 40  # no heap chunk is larger: a size beyond is garbage
 
 
 @dataclass
@@ -28,7 +34,7 @@ class BinList:
     chunks: list[int] = field(default_factory=list)
     count: int | None = None  # what glibc's own counter says (tcache)
     owner: int = 0  # the tcache or arena address
-    problems: list = field(default_factory=list)  # [(chunk or slot address, message)]
+    problems: list = field(default_factory=list)  # [Damage] met on the walk
 
     @property
     def name(self) -> str:
@@ -78,38 +84,54 @@ class Walker:
     def _size(self, chunk: int) -> int:
         return self.mem.read_u64(chunk + 8) & ~SIZE_BITS
 
+    def _extent(self, chunk: int) -> tuple[int, int]:
+        """[chunk, chunk + size) as far as a link walk may trust its size, else its header
+        and links (32 bytes)."""
+        try:
+            size = self._size(chunk)
+        except ReadError:
+            size = 0
+        ok = MINSIZE <= size <= MAX_CHUNK and not size & 15 and self.in_heap(chunk + size - 1)
+        return chunk, chunk + (size if ok else MINSIZE)
+
+    def _damage(self, lst: BinList, addr: int, text: str, holder: int | None) -> None:
+        """Record one problem of lst; holder is the chunk whose link or header is at fault
+        (None: the list head), the memory that is not trusted."""
+        start, end = (lst.head, lst.head + 8) if holder is None else self._extent(holder)
+        owner = tcache_owner(lst.owner) if lst.kind == "tcache" else arena_owner(lst.owner)
+        lst.problems.append(Damage(owner, addr, f"{lst.name}: {text}", start, end))
+
     def _single(self, lst: BinList, first: int, user: bool, limit: int) -> BinList:
-        """Follow a singly linked list (tcache: links to user memory; fastbin: to chunks)."""
+        """Follow a singly linked list (tcache: links to user memory; fastbin: to chunks),
+        at most limit chunks, each once."""
         seen = set()
-        cur = first
+        cur, holder = first, None
         cls = chunk_size_class(lst.kind, lst.index)
         while cur and len(lst.chunks) < limit:
             chunk = cur - 16 if user else cur
-            if cur & 15:
-                lst.problems.append((chunk, f"{lst.name}: misaligned link 0x{cur:x}"))
-                break
-            if not self.in_heap(chunk):
-                lst.problems.append((chunk, f"{lst.name}: link 0x{cur:x} points outside "
-                                            "the heaps"))
-                break
+            fault = pointer_fault(self.mem, chunk, self.heaps)
+            if fault:
+                self._damage(lst, holder or lst.head, f"link 0x{cur:x} {fault}", holder)
+                return lst
             if chunk in seen:
-                lst.problems.append((chunk, f"{lst.name}: chunk 0x{chunk:x} is in the list "
-                                            "twice (double free)"))
-                break
+                self._damage(lst, chunk, f"cycle at 0x{chunk:x} (double free?)", holder)
+                return lst
             seen.add(chunk)
             try:
                 size = self._size(chunk)
                 stored = self.mem.read_ptr(chunk + 16)
             except ReadError:
-                lst.problems.append((chunk, f"{lst.name}: chunk 0x{chunk:x} is unreadable"))
-                break
+                self._damage(lst, chunk, f"chunk 0x{chunk:x} is unreadable", holder)
+                return lst
             lst.chunks.append(chunk)
             if cls and not cls[0] <= size < cls[1]:
-                lst.problems.append((chunk, f"{lst.name}: chunk size 0x{size:x} does not "
-                                            f"belong in this bin (0x{cls[0]:x})"))
-            cur = self._reveal(chunk + 16, stored)
+                self._damage(lst, chunk, f"chunk size 0x{size:x} does not belong in this bin "
+                                         f"(0x{cls[0]:x})", chunk)
+            holder, cur = chunk, self._reveal(chunk + 16, stored)
+        if cur and lst.count is None:
+            self._damage(lst, holder, f"longer than {limit} chunks; the rest is not walked",
+                         holder)
         return lst
-
     def tcache(self, tc) -> list[BinList]:
         """The bins of the tcache_perthread_struct at tc.addr (non-empty or miscounted)."""
         st = self.state
@@ -131,8 +153,8 @@ class Walker:
             self._single(lst, head, True, min((cnt or 0) + 1, MAX_LIST) if cnt is not None
                          else MAX_LIST)
             if cnt is not None and len(lst.chunks) != cnt and not lst.problems:
-                lst.problems.append((lst.head, f"{lst.name}: count says {cnt} but the list "
-                                               f"has {len(lst.chunks)}"))
+                self._damage(lst, lst.head, f"count says {cnt} but the list has "
+                                            f"{len(lst.chunks)}", None)
             out.append(lst)
         return out
 
@@ -153,44 +175,79 @@ class Walker:
 
     def doubly(self, arena, i: int) -> BinList | None:
         """Bin i (1: unsorted, 2..63 small, 64..126 large) of an arena, fd order, checking
-        each chunk's bk against its predecessor."""
+        each chunk's bk against its predecessor. When the fd walk meets damage, the rest is
+        recovered backwards along bk from the bin, up to a chunk already seen."""
         bins = arena.state.bins
         b = self.bin_at(arena, i)
-        fd = bins[2 * i - 2]
-        if fd == b:
-            return None
+        fd, bk = bins[2 * i - 2], bins[2 * i - 1]
         kind = "unsorted" if i == 1 else "smallbin" if i < NSMALLBINS else "largebin"
         lst = BinList(kind, i, b, owner=arena.addr)
+        if fd == b:
+            if bk != b:
+                self._damage(lst, b, f"fd says empty but bk is 0x{bk:x}", None)
+                return lst
+            return None
+        seen: set[int] = set()
+        if not self._forward(lst, b, fd, seen):
+            tail = self._backward(lst, b, bk, seen)
+            lst.chunks += tail[::-1]
+        return lst
+
+    def _forward(self, lst: BinList, b: int, fd: int, seen: set) -> bool:
+        """Walk fd from the bin; True when it came back to the bin."""
         prev, cur = b, fd
-        seen = set()
-        cls = chunk_size_class(kind, i)
-        while cur != b and len(lst.chunks) < MAX_LIST:
+        cls = chunk_size_class(lst.kind, lst.index)
+        holder = None
+        while cur != b:
+            if len(lst.chunks) >= MAX_LIST:
+                self._damage(lst, prev, f"longer than {MAX_LIST} chunks; the rest is not "
+                                        "walked", holder)
+                return False
             if cur in seen:
-                lst.problems.append((cur, f"{lst.name}: chunk 0x{cur:x} is in the list twice"))
-                break
-            if cur & 15 or not self.in_heap(cur):
-                lst.problems.append((prev, f"{lst.name}: fd 0x{cur:x} points outside the "
-                                           "heaps"))
-                break
+                self._damage(lst, cur, f"cycle at 0x{cur:x}", holder)
+                return False
+            fault = pointer_fault(self.mem, cur, self.heaps)
+            if fault:
+                what = f"the bin's fd 0x{cur:x}" if holder is None else \
+                    f"fd 0x{cur:x} of chunk 0x{prev:x}"
+                self._damage(lst, prev, f"{what} {fault}", holder)
+                return False
             seen.add(cur)
             try:
                 size = self._size(cur)
                 nfd, nbk = self.mem.unpack("QQ", cur + 16)
             except ReadError:
-                lst.problems.append((cur, f"{lst.name}: chunk 0x{cur:x} is unreadable"))
-                break
+                self._damage(lst, cur, f"chunk 0x{cur:x} is unreadable", holder)
+                return False
             lst.chunks.append(cur)
             if nbk != prev:
-                lst.problems.append((cur, f"{lst.name}: bk 0x{nbk:x} should be 0x{prev:x} "
-                                          "(broken double link)"))
+                self._damage(lst, cur, f"bk 0x{nbk:x} should be 0x{prev:x} (broken double "
+                                       "link)", cur)
             if cls and not cls[0] <= size < cls[1]:
-                lst.problems.append((cur, f"{lst.name}: chunk size 0x{size:x} does not "
-                                          "belong in this bin"))
-            if kind == "largebin" and largebin_index(size) != i:
-                lst.problems.append((cur, f"{lst.name}: chunk size 0x{size:x} belongs in "
-                                          f"largebin[{largebin_index(size)}]"))
-            prev, cur = cur, nfd
-        return lst
+                self._damage(lst, cur, f"chunk size 0x{size:x} does not belong in this bin",
+                             cur)
+            if lst.kind == "largebin" and largebin_index(size) != lst.index:
+                self._damage(lst, cur, f"chunk size 0x{size:x} belongs in "
+                                       f"largebin[{largebin_index(size)}]", cur)
+            prev, cur, holder = cur, nfd, cur
+        return True
+
+    def _backward(self, lst: BinList, b: int, bk: int, seen: set) -> list[int]:
+        """The chunks reached along bk from the bin before one already seen or one that
+        cannot be a chunk (that stop needs no report: the fd walk has reported the damage)."""
+        out = []
+        cur = bk
+        while cur != b and cur not in seen and len(lst.chunks) + len(out) < MAX_LIST:
+            if pointer_fault(self.mem, cur, self.heaps):
+                break
+            try:
+                cur_bk = self.mem.read_ptr(cur + 24)
+            except ReadError:
+                break
+            seen.add(cur)
+            out.append(cur)
+            cur = cur_bk
+        return out
 
     def arena_bins(self, arena) -> list[BinList]:
         out = self.fastbins(arena)
@@ -206,8 +263,40 @@ class Walker:
             try:
                 out += self.tcache(tc)
             except ReadError as e:
-                out.append(BinList("tcache", -1, tc.addr, owner=tc.addr,
-                                   problems=[(tc.addr, f"tcache unreadable: {e}")]))
+                out.append(BinList("tcache", -1, tc.addr, owner=tc.addr, problems=[
+                    Damage(tcache_owner(tc.addr), tc.addr, f"unreadable: {e}", tc.addr,
+                           tc.addr + self.state.tcache_chunk_size - 16)]))
         for a in self.state.arenas:
             out += self.arena_bins(a)
+        return out
+
+    def tcache_keys(self, lists: list[BinList]) -> list[Damage]:
+        """Each tcache entry's key must be the tcache's address (2.29 .. 2.33) or libc's
+        random tcache_key (2.34+; without symbols, the key most entries hold): another value
+        is a write into a free chunk."""
+        st = self.state
+        if st.version < V_TCACHE_KEY:
+            return []
+        keys = {}
+        for lst in lists:
+            if lst.kind != "tcache":
+                continue
+            for c in lst.chunks:
+                try:
+                    keys[c] = (self.mem.read_u64(c + 24), lst)
+                except ReadError:
+                    continue
+        common = st.tcache_key
+        if st.version >= V_RANDOM_KEY and common is None and keys:
+            common = Counter(k for k, _ in keys.values()).most_common(1)[0][0]
+        out = []
+        for c, (key, lst) in keys.items():
+            want = common if st.version >= V_RANDOM_KEY else lst.owner
+            if want is None or key == want:
+                continue
+            diff = next(i for i in range(8) if (key >> 8 * i) & 0xFF != (want >> 8 * i) & 0xFF)
+            start, end = self._extent(c)
+            out.append(Damage(tcache_owner(lst.owner), c,
+                              f"chunk 0x{c:x} in {lst.name}: tcache key overwritten (use "
+                              f"after free?), first bad byte at 0x{c + 24 + diff:x}", start, end))
         return out

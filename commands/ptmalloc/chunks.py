@@ -20,6 +20,7 @@ from .layouts import IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE, SIZE_BITS
 MINSIZE = 32
 PAGE = 4096
 MAX_MMAP_SCAN_PAGES = 1 << 16  # page starts probed per anonymous mapping
+MAX_CHUNK = 1 << 40  # no heap chunk is larger: a size beyond is garbage
 
 
 @dataclass
@@ -30,7 +31,7 @@ class HeapWalk:
     size: object  # np.ndarray uint64: chunk sizes (for a damaged chunk, up to the resync)
     flags: object  # np.ndarray uint8: the size field's low 3 bits
     next_prev_inuse: object  # np.ndarray bool: the following header's PREV_INUSE bit
-    problems: list = field(default_factory=list)  # [(chunk address, message)]
+    problems: list = field(default_factory=list)  # [(chunk, resume address, message)]
     bad: object = None  # np.ndarray bool: chunks whose size field was not usable
 
 
@@ -42,7 +43,7 @@ def _next_slots(words, nslots: int, end_slot: int):
     size = raw & np.uint64(~SIZE_BITS & 0xFFFFFFFFFFFFFFFF)
     steps = (size >> np.uint64(4)).astype(np.int64)
     nxt = np.arange(nslots, dtype=np.int64) + steps
-    bad = (size < MINSIZE) | ((size & np.uint64(15)) != 0) | (size > np.uint64(1 << 40))
+    bad = (size < MINSIZE) | ((size & np.uint64(15)) != 0) | (size > np.uint64(MAX_CHUNK))
     bad |= nxt > end_slot
     nxt[bad] = -1
     return nxt, raw
@@ -66,7 +67,7 @@ def walk_heap(mem, first: int, end: int, top: int | None) -> HeapWalk:
     arena), the walk stops at the fenceposts glibc leaves at the heap's end."""
     import numpy as np
 
-    span = end - first
+    span = max(end - first, 0) & ~15
     data = mem.read(first, span + (16 if top is not None else 0))
     nslots = span // 16
     words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
@@ -74,7 +75,7 @@ def walk_heap(mem, first: int, end: int, top: int | None) -> HeapWalk:
     nv = memoryview(nxt)
     order: list[int] = []
     add = order.append
-    problems: list[tuple[int, str]] = []
+    problems: list[tuple[int, int, str]] = []
     bad_slots: list[int] = []
     k = 0
     guard = nslots + 1
@@ -89,12 +90,12 @@ def walk_heap(mem, first: int, end: int, top: int | None) -> HeapWalk:
             addr = first + 16 * k
             why = (f"chunk 0x{addr:x}: size 0x{size:x} runs past the "
                    f"{'top chunk' if top else 'heap end'} at 0x{end:x}"
-                   if MINSIZE <= size <= span and not size & 15 else
+                   if MINSIZE <= size <= MAX_CHUNK and not size & 15 else
                    f"chunk 0x{addr:x}: bad size 0x{rawk:x} (smashed header?)")
             k2 = _resync(nxt, k, nslots)
             if k2 < nslots:
                 why += f"; walk resumes at 0x{first + 16 * k2:x}"
-            problems.append((addr, why))
+            problems.append((addr, first + 16 * k2, why))
             bad_slots.append(len(order))
             add(k)
             k = k2

@@ -195,8 +195,8 @@ def _print_lists(inv: Invocation, lists) -> None:
         count = "" if lst.count is None else f" count={lst.count}"
         chain = " -> ".join(f"0x{c:x}" for c in lst.chunks)
         inv.print(f"{lst.name}{count} [{len(lst.chunks)}]: {chain}")
-        for addr, msg in lst.problems:
-            inv.print(f"    0x{addr:x}: {msg}")
+        for d in lst.problems:
+            inv.print(f"    0x{d.addr:x}: {d.text}")
 
 
 @dcmd("tcachebins", "list each thread's glibc tcache bins", usage="",

@@ -19,10 +19,12 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.layout.bind import X86_64, Binder
 
 from . import tls
+from .damage import Damage, arena_owner, report
 from .layouts import HEAP_MAX_SIZE, PTMALLOC_LAYOUTS, V_NUM_SLOTS, V_SAFE_LINKING, tcache_bins
 from .version import find_libc, glibc_version
 
 MODES = ("auto", "symbols", "heuristic")
+WARNED = "ptmalloc.warned"  # cache key: the damage warnings printed in this stop
 SETTING = "ptmalloc.locate"
 ENV_SETTING = "MDBPY_PTMALLOC_LOCATE"
 MAX_ARENAS = 1024
@@ -86,6 +88,7 @@ class State:
     found: dict[str, str]  # part -> 'symbols' | 'heuristic' | ...
     mode: str
     warnings: list[str] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)  # met finding arenas and heaps
 
     @property
     def tcache_chunk_size(self) -> int:
@@ -110,29 +113,86 @@ def _readable(session, addr: int) -> bool:
     return m is not None and m.readable
 
 
-def arena_ring(session, structs, start: int) -> list[int] | None:
-    """The arena addresses of the `next` ring from start, or None if it does not return."""
-    ring, cur = [], start
-    seen = set()
-    for _ in range(MAX_ARENAS):
-        if cur in seen:
-            return None
-        seen.add(cur)
-        ring.append(cur)
+def _arena_fault(session, structs, addr: int) -> str | None:
+    """Why addr cannot be a thread arena, or None: a thread arena's malloc_state sits right
+    after the heap_info that opens its first heap, and that heap_info names it."""
+    if addr & 15:
+        return "is misaligned"
+    if session.mem.mapping_at(addr) is None:
+        return "points to unmapped memory"
+    h = addr & ~(HEAP_MAX_SIZE - 1)
+    try:
+        ok = addr - h == structs["_heap_info"].size and session.mem.read_ptr(h) == addr
+    except ReadError:
+        ok = False
+    return None if ok else "is not an arena (no heap_info of its own)"
+
+
+def arena_ring(session, structs, start: int) -> tuple[list[int], Damage | None]:
+    """The arenas along `next` from start, and the damage that cut the ring before it came
+    back to start (None when it did). Bounded by MAX_ARENAS, each arena once."""
+    off = structs["malloc_state"].offset("next")
+    ring, seen, cur = [start], {start}, start
+    while True:
         try:
-            cur = session.mem.read_ptr(cur + structs["malloc_state"].offset("next"))
+            nxt = session.mem.read_ptr(cur + off)
         except ReadError:
-            return None
-        if cur == start:
-            return ring
-    return None
+            return ring, Damage(arena_owner(cur), cur + off, "next is unreadable", cur + off,
+                                cur + off + 8)
+        if nxt == start:
+            return ring, None
+        if nxt in seen:
+            why = f"next: cycle at 0x{nxt:x}"
+        elif len(ring) >= MAX_ARENAS:
+            why = f"next: more than {MAX_ARENAS} arenas"
+        else:
+            fault = _arena_fault(session, structs, nxt)
+            why = f"next 0x{nxt:x} {fault}" if fault else None
+        if why:
+            return ring, Damage(arena_owner(cur), cur + off, why + "; the arena ring is cut "
+                                "there", cur + off, cur + off + 8)
+        ring.append(nxt)
+        seen.add(nxt)
+        cur = nxt
 
 
-def _main_heap(session, st, mp) -> Heap | None:
+def _stray_arenas(session, structs, known) -> list[tuple[int, int]]:
+    """(arena, heap) of the thread arenas a cut ring lost: at each HEAP_MAX_SIZE-aligned
+    address of a writable anonymous mapping, a heap_info whose ar_ptr is the malloc_state
+    right after it, whose top lies in a heap of its own."""
+    hinfo = structs["_heap_info"].size
+    top = structs["malloc_state"].offset("top")
+    out = []
+    probes = 0
+    for m in session.mem.mappings():
+        if not (m.readable and m.writable) or (m.is_file and m.path):
+            continue
+        h = (m.start + HEAP_MAX_SIZE - 1) & ~(HEAP_MAX_SIZE - 1)
+        while h + hinfo <= m.end and probes < MAX_HEAPS:
+            probes += 1
+            try:
+                a = session.mem.read_ptr(h)
+                ok = (a == h + hinfo and a not in known
+                      and _top_in_heap(session, structs, a, session.mem.read_ptr(a + top),
+                                       False))
+            except ReadError:
+                ok = False
+            if ok:
+                out.append((a, h))
+            h += HEAP_MAX_SIZE
+    return out
+
+
+def _main_heap(session, st, mp, damage: list) -> Heap | None:
     top = st.top
     m = session.mem.mapping_at(top)
     if m is None or not m.writable or (m.is_file and m.path):
-        return None  # no heap yet (top is the unsorted bin inside libc), or not a heap
+        unsorted = st.addr + st.struct.offset("bins") - 16
+        if top != unsorted:  # before the first malloc, top is the arena's own unsorted bin
+            slot = st.addr + st.struct.offset("top")
+            damage.append(Damage(arena_owner(st.addr), slot, f"top 0x{top:x} is not in a "
+                                 "heap; its heap is not walked", slot, slot + 8))
+        return None
     first = mp.sbrk_base if mp is not None and mp.sbrk_base else m.start
     if not first <= top < m.end:
         first = m.start
@@ -140,17 +200,36 @@ def _main_heap(session, st, mp) -> Heap | None:
     return Heap(first, top, (first, m.end), None, top)
 
 
-def _thread_heaps(session, structs, arena: int, top: int) -> list[Heap]:
-    """The heaps of a non-main arena, oldest first, from the heap holding its top."""
+def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[Heap]:
+    """The heaps of a non-main arena, oldest first, from the heap holding its top along each
+    heap_info's prev (bounded, each once); where the chain breaks, the older heaps are lost
+    and the damage says so."""
     hi = structs["_heap_info"]
     ms = structs["malloc_state"]
     out = []
     h = top & ~(HEAP_MAX_SIZE - 1)
     seen = set()
-    while h and h not in seen and len(out) < MAX_HEAPS:
+    holder = None  # the heap_info whose prev led to h (None: the arena's top did)
+
+    def cut(why: str) -> None:
+        at = arena + ms.offset("top") if holder is None else holder + hi.offset("prev")
+        damage.append(Damage(arena_owner(arena), at, why, at, at + 8))
+
+    while h:
+        if h in seen:
+            cut(f"heap_info 0x{holder:x}: prev cycle at 0x{h:x}")
+            break
+        if len(out) >= MAX_HEAPS:
+            cut(f"more than {MAX_HEAPS} heaps; the older ones are not walked")
+            break
         seen.add(h)
-        v = hi.view(session.mem, h)
-        if v.ar_ptr != arena or not 0 < v.size <= HEAP_MAX_SIZE:
+        try:
+            v = hi.view(session.mem, h)
+        except ReadError:
+            v = None
+        if v is None or v.ar_ptr != arena or not 0 < v.size <= HEAP_MAX_SIZE:
+            cut(f"top 0x{top:x} is in no heap of this arena" if holder is None else
+                f"heap_info 0x{holder:x}: prev 0x{h:x} is not a heap of this arena")
             break
         first = h + hi.size
         if arena == first:  # the arena's first heap also holds its malloc_state
@@ -159,27 +238,61 @@ def _thread_heaps(session, structs, arena: int, top: int) -> list[Heap]:
         is_top = h <= top < h + v.size
         out.append(Heap(first, top if is_top else h + v.size, (h, h + v.size), h,
                         top if is_top else None))
-        h = v.prev
+        holder, h = h, v.prev
     out.reverse()
     return out
 
 
-def _arenas(session, structs, main: int, mp) -> list[Arena]:
-    ring = arena_ring(session, structs, main)
-    if ring is None:
-        raise MdbError(f"ptmalloc: the arena ring from 0x{main:x} does not return to it")
+def _top_damage(session, arena: int, heap: Heap) -> Damage | None:
+    """The top chunk must end inside its heap (a smashed top size, as in the House of Force,
+    would let malloc hand out any address)."""
+    try:
+        raw = session.mem.read_u64(heap.top + 8)
+    except ReadError:
+        return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x} is "
+                      "unreadable", heap.top, heap.region[1])
+    size, end = raw & ~7, heap.region[1]
+    if MINSIZE <= size and not size & 15 and heap.top + size <= end:
+        return None
+    why = (f"size 0x{size:x} runs past the heap end 0x{end:x}" if size >= MINSIZE
+           and not size & 15 else f"bad size 0x{raw:x}")
+    return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x}: {why}",
+                  heap.top, end)
+
+
+def _arenas(session, structs, main: int, mp) -> tuple[list[Arena], list[Damage]]:
+    """Every arena: the ring from main and, when the ring is cut, the thread arenas found by
+    their heaps; and the damage met on the way."""
+    ring, cut = arena_ring(session, structs, main)
+    damage: list[Damage] = []
+    if cut is not None:
+        damage.append(cut)
+        for a, h in _stray_arenas(session, structs, set(ring)):
+            damage.append(Damage(arena_owner(a), a, f"is not on the arena ring (found by its "
+                                 f"heap 0x{h:x})", a, a))
+            ring.append(a)
     ms = structs["malloc_state"]
     out = []
     for i, a in enumerate(ring):
-        st = ms.view(session.mem, a)
-        arena = Arena(a, i, st)
+        try:
+            st = ms.view(session.mem, a)
+        except ReadError as e:
+            if i == 0:
+                raise MdbError(f"ptmalloc: the main arena is unreadable: {e}") from None
+            damage.append(Damage(arena_owner(a), a, "is unreadable", a, a + ms.size))
+            continue
+        arena = Arena(a, len(out), st)
         if i == 0:
-            h = _main_heap(session, st, mp)
+            h = _main_heap(session, st, mp, damage)
             arena.heaps = [h] if h else []
         else:
-            arena.heaps = _thread_heaps(session, structs, a, st.top)
+            arena.heaps = _thread_heaps(session, structs, a, st.top, damage)
+        for h in arena.heaps:
+            d = _top_damage(session, a, h) if h.top is not None else None
+            if d is not None:
+                damage.append(d)
         out.append(arena)
-    return out
+    return out, damage
 
 
 def _libc_data(session, libc) -> list[tuple[int, int]]:
@@ -219,6 +332,7 @@ def find_main_arena_heuristic(session, structs, libc) -> int | None:
     nxt = ms.offset("next") // 8
     top = ms.offset("top") // 8
     hinfo = structs["_heap_info"].size
+    partial = None  # the first candidate whose verified ring was cut (a damaged ring)
     for start, end in _libc_data(session, libc):
         try:
             words = session.mem.words(start, (end - start) // 8)
@@ -235,8 +349,8 @@ def find_main_arena_heuristic(session, structs, libc) -> int | None:
             & ((link & np.uint64(HEAP_MAX_SIZE - 1)) == np.uint64(hinfo))))[0]
         for i in hits.tolist():
             cand = start + 8 * i
-            ring = arena_ring(session, structs, cand)
-            if ring is None:
+            ring, cut = arena_ring(session, structs, cand)
+            if cut is not None and (len(ring) < 2 or partial is not None):
                 continue
             ok = True
             for k, a in enumerate(ring):
@@ -247,9 +361,11 @@ def find_main_arena_heuristic(session, structs, libc) -> int | None:
                 if k and libc.base <= a < libc.end:
                     ok = False
                     break
-            if ok:
+            if ok and cut is None:
                 return cand
-    return None
+            if ok:
+                partial = cand
+    return partial
 
 
 def find_mp_heuristic(session, structs, libc, main_state, version) -> int | None:
@@ -431,6 +547,7 @@ def locate(session) -> State:
     if st is None:
         st = _locate(session)
         session.cache["ptmalloc.state"] = st
+        report(session, st.damage, WARNED)
     return st
 
 
@@ -464,7 +581,7 @@ def _locate(session) -> State:
         if mp_addr:
             found["mp_"] = "heuristic"
     mp = structs["malloc_par"].view(session.mem, mp_addr) if mp_addr else None
-    arenas = _arenas(session, structs, main, mp)
+    arenas, damage = _arenas(session, structs, main, mp)
     limit = mp.tcache_count if mp is not None else 0xFFFF
     tcaches = _tcaches(session, structs, libc, mode, limit, version, found, arenas)
     heaps = [h.region for a in arenas for h in a.heaps]
@@ -490,4 +607,4 @@ def _locate(session) -> State:
     if not tcaches and session.target.threads():
         warnings.append("no thread's tcache found: tcache chunks count as in use")
     return State(version, structs, libc, main, mp, arenas, tcaches, safe, key, perturb, found,
-                 mode, warnings)
+                 mode, warnings, damage)

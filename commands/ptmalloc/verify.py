@@ -15,7 +15,6 @@ from collections import Counter
 
 from mdbpy.errors import ReadError
 from .allocator import ROLE_TOP, chunk_table
-from .layouts import V_RANDOM_KEY, V_TCACHE_KEY
 from .locate import locate
 
 MAX_FILL_CHECK = 1 << 16  # bytes of one free chunk compared with the fill byte
@@ -25,10 +24,10 @@ def verify(session) -> list[tuple[int, str]]:
     """[(address, message)] of every problem found, sorted by address."""
     st = locate(session)
     t = chunk_table(session)
-    out = list(t.problems)
+    out = [(d.addr, d.text if d.text.startswith("chunk ") else f"{d.owner} {d.text}")
+           for d in t.damage]
     out += _inuse_bits(session, t)
     out += _double_listed(t)
-    out += _tcache_keys(session, st, t)
     out += _fill(session, st, t)
     seen = set()
     uniq = []
@@ -75,31 +74,6 @@ def _double_listed(t) -> list[tuple[int, str]]:
             where.setdefault(c, []).append(lst.name)
     return [(c, f"chunk 0x{c:x} is in {' and '.join(ws)} (double free)")
             for c, ws in where.items() if len(ws) > 1]
-
-
-def _tcache_keys(session, st, t) -> list[tuple[int, str]]:
-    if st.version < V_TCACHE_KEY:
-        return []
-    lists = [lst for lst in t.bins if lst.kind == "tcache"]
-    keys = {}
-    for lst in lists:
-        for c in lst.chunks:
-            try:
-                keys[c] = (session.mem.read_u64(c + 24), lst)
-            except ReadError:
-                continue
-    expected_common = st.tcache_key
-    if st.version >= V_RANDOM_KEY and expected_common is None and keys:
-        expected_common = Counter(k for k, _ in keys.values()).most_common(1)[0][0]
-    out = []
-    for c, (key, lst) in keys.items():
-        want = expected_common if st.version >= V_RANDOM_KEY else lst.owner
-        if want is None or key == want:
-            continue
-        diff = next(i for i in range(8) if (key >> 8 * i) & 0xFF != (want >> 8 * i) & 0xFF)
-        out.append((c, f"chunk 0x{c:x} in {lst.name}: tcache key overwritten (use after "
-                       f"free?), first bad byte at 0x{c + 24 + diff:x}"))
-    return out
 
 
 def perturb_byte(session, st, t) -> int | None:
