@@ -428,6 +428,7 @@ class SimAllocator(Allocator):
         t = rows.view(st.dtype()).reshape(len(rows))
         pcs = t["addrs"]
         depth = np.where((pcs == 0).any(axis=1), (pcs == 0).argmax(axis=1), pcs.shape[1])
+        pcs = pcs[:, :int(depth.max(initial=0))]  # only the frames some record has
         ok &= (depth > 0) | (t["when"] != 0)
         cols = zip(ok.tolist(), pcs.tolist(), depth.tolist(), t["pid"].tolist(),
                    t["cpu"].tolist(), t["when"].tolist(), np.asarray(addrs).tolist())

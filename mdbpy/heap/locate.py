@@ -16,7 +16,7 @@ whose buffers crowd more than MAX_STEPS starts into one granule is located by bi
 from __future__ import annotations
 
 ISLAND_GAP = 1 << 20
-INDEX_PER_BUFFER = 4
+INDEX_PER_BUFFER = 2
 MAX_STEPS = 8
 
 

@@ -11,13 +11,15 @@ explained. A pointer anywhere inside a buffer counts, as in mdb.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from mdbpy.heap.locate import Locator
 from mdbpy.heap.model import BufferTable
 
 MERGE_GAP = 64 << 10  # candidates closer than this are read as one region
-BLOCK = 4 << 20
+BLOCK = 4 << 20  # a read and a scan step (the filter's temporaries stay in the cache)
+SCAN_THREADS = min(os.cpu_count() or 1, 4)
 
 
 @dataclass
@@ -110,32 +112,83 @@ def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
     return out
 
 
-def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats, sources: bool):
-    """Yield (word addresses, target indexes) of the words in [start, end) that point into a
-    candidate; with `sources`, also the index of the candidate holding each such word."""
+def _scan_block(loc: Locator, addr: int, data: bytes, sources: bool):
+    """(word addresses, target indexes, source indexes or None, (words, dismissals, misses,
+    hits)) of the words of one block that point into a candidate."""
     import numpy as np
 
+    waddr0, words = _word_view(addr, data)
+    pos = np.nonzero((words >= loc.lo) & (words < loc.hi))[0]
+    dst, ok = loc(words[pos])
+    hits = int(ok.sum())
+    counts = (len(words), len(words) - len(pos), len(pos) - hits, hits)
+    pos, dst = pos[ok], dst[ok]
+    slots = np.uint64(waddr0) + pos.astype(np.uint64) * np.uint64(8)
+    if not sources:
+        return slots, dst, None, counts
+    src, sok = loc(slots)
+    return slots[sok], dst[sok], src[sok], counts
+
+
+def _count(stats: ScanStats, counts) -> None:
+    stats.words += counts[0]
+    stats.dismissals += counts[1]
+    stats.misses += counts[2]
+    stats.hits += counts[3]
+
+
+def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats):
+    """Yield (word addresses, target indexes) of the words in [start, end) that point into a
+    candidate."""
     for baddr, data in mem.blocks(start, end, BLOCK, failed=stats.unreadable):
-        waddr0, words = _word_view(baddr, data)
-        if not len(words):
-            continue
-        stats.words += len(words)
-        inrange = (words >= loc.lo) & (words < loc.hi)
-        pos = np.nonzero(inrange)[0]
-        stats.dismissals += len(words) - len(pos)
-        if not len(pos):
-            continue
-        vals = words[pos]
-        dst, ok = loc(vals)
-        stats.misses += int(len(pos) - ok.sum())
-        pos, dst = pos[ok], dst[ok]
-        stats.hits += len(pos)
-        slots = np.uint64(waddr0) + pos.astype(np.uint64) * np.uint64(8)
-        if sources:
-            src, sok = loc(slots)
-            yield slots[sok], dst[sok], src[sok]
-        else:
-            yield slots, dst, None
+        slots, dst, _, counts = _scan_block(loc, baddr, data, False)
+        _count(stats, counts)
+        if len(slots):
+            yield slots, dst
+
+
+def _edge_block(mem, loc: Locator, start: int, end: int):
+    """(src, dst, counts, unreadable) of one block of candidate memory: the edges between
+    distinct candidates its words make (run in a worker thread: numpy and the reads release
+    the GIL)."""
+    import numpy as np
+
+    failed: list = []
+    src_parts, dst_parts, total = [], [], [0, 0, 0, 0]
+    for baddr, data in mem.blocks(start, end, BLOCK, failed=failed):
+        _, dst, src, counts = _scan_block(loc, baddr, data, True)
+        keep = src != dst
+        src_parts.append(src[keep].astype(np.int32))
+        dst_parts.append(dst[keep].astype(np.int32))
+        total = [t + c for t, c in zip(total, counts)]
+    return src_parts, dst_parts, total, failed
+
+
+def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
+    """Every edge between candidates, scanning the regions block by block in SCAN_THREADS
+    threads; results are taken in block order, so the graph never depends on timing. On
+    KeyboardInterrupt the blocks not started are dropped and the running ones finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = [(a, min(a + BLOCK, end)) for start, end in regions
+              for a in range(start, end, BLOCK)]
+    total = sum(b - a for a, b in blocks) + 1
+    src_parts, dst_parts, done = [], [], 0
+    pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="mdbpy-scan")
+    try:
+        futures = [pool.submit(_edge_block, mem, loc, a, b) for a, b in blocks]
+        for (a, b), f in zip(blocks, futures):
+            src, dst, counts, failed = f.result()
+            src_parts += src
+            dst_parts += dst
+            _count(stats, counts)
+            stats.unreadable += failed
+            done += b - a
+            if progress:
+                progress(done, total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return src_parts, dst_parts, total
 
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
@@ -155,16 +208,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     loc = Locator(table.base, table.base + table.size)
 
     # 1. edges between candidates, from their own contents
-    src_parts, dst_parts = [], []
-    regions = scan_regions(mem, table)
-    for k, (start, end) in enumerate(regions):
-        for _slots, dst, src in scan_range(mem, loc, start, end, stats, True):
-            keep = src != dst
-            if keep.any():
-                src_parts.append(src[keep].astype(np.int32))
-                dst_parts.append(dst[keep].astype(np.int32))
-        if progress:
-            progress(k + 1, len(regions) + 1)
+    src_parts, dst_parts, total = _edges(mem, loc, scan_regions(mem, table), stats, progress)
 
     # 2. root marks: register values and root memory
     root_slot: dict[int, tuple[int | None, str]] = {}
@@ -173,13 +217,13 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
         if i is not None:
             root_slot.setdefault(i, (None, label))
     for r in roots.ranges:
-        for slots, dst, _ in scan_range(mem, loc, r.start, r.end, stats, False):
+        for slots, dst in scan_range(mem, loc, r.start, r.end, stats):
             uniq, first = np.unique(dst, return_index=True)
             for i, j in zip(uniq.tolist(), first.tolist()):
                 if i not in root_slot:
                     root_slot[i] = (int(slots[j]), r.label)
     if progress:
-        progress(len(regions) + 1, len(regions) + 1)
+        progress(total, total)
 
     # 3. breadth-first search from a virtual root node n (duplicate edges are summed away)
     importer.join()
