@@ -193,7 +193,7 @@ def test_gcore_default_prefix_and_refusals(basic_proc, basic_gcore, tmp_path, mo
 def test_gcore_is_registered_with_help():
     session = Session(SyntheticTarget([]), out=io.StringIO(), err=io.StringIO())
     d = session.registry.dcmd("gcore")
-    assert (d.usage, d.example) == ("[-o prefix]", "::gcore -o /tmp/myprog")
+    assert (d.usage, d.example) == ("[-o prefix] [-m size]", "::gcore -o /tmp/myprog -m 512m")
     assert d.descr and "dumped" in d.help
 
 

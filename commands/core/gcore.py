@@ -2,27 +2,44 @@
 
 from __future__ import annotations
 
+import re
+
 from mdbpy.dcmd import dcmd
 from mdbpy.errors import MdbError, UsageError
 
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
-@dcmd("gcore", "produce a core file for the attached process", usage="[-o prefix]",
+
+def parse_size(text: str) -> int:
+    """A byte count written as decimal digits with an optional k, m or g (binary units)."""
+    found = re.fullmatch(r"(\d{1,15})([kmg]?)", text.strip().lower())
+    if found is None:
+        raise UsageError(f"::gcore: bad size '{text}' (decimal bytes, or with k, m or g)")
+    return int(found.group(1)) * UNITS[found.group(2)]
+
+
+@dcmd("gcore", "produce a core file for the attached process", usage="[-o prefix] [-m size]",
       help="Write an ELF core file of the live process to <prefix>.<pid> (prefix defaults to\n"
            "'core') and print '<file> dumped'. The core holds every readable mapping, each\n"
            "thread's registers, the auxiliary vector and the mapped-file table, so mdbpy and\n"
            "gdb can open it later; all-zero memory is left as holes, so the file is sparse.\n"
+           "Anonymous mappings (heap, stacks, [ anon ]) are written up to -m bytes each\n"
+           "(default 4g; k, m and g are binary units; -m 0 writes them whole); a mapping cut\n"
+           "short is named in a note, and its rest reads as not in the core.\n"
            "Only live processes (-p PID) can be dumped.",
-      example="::gcore -o /tmp/myprog")
+      example="::gcore -o /tmp/myprog -m 512m")
 def gcore(inv):
-    opts, rest = inv.getopt("o:")
+    opts, rest = inv.getopt("o:m:")
     if rest or inv.has_addr:
-        raise UsageError("usage: ::gcore [-o prefix]")
+        raise UsageError("usage: ::gcore [-o prefix] [-m size]")
     target = inv.session.target
     if target.kind != "live":
         raise MdbError(f"::gcore: only a live process can be dumped (target is "
                        f"{target.describe()})")
-    from mdbpy.target.gcore import write_core
+    from mdbpy.target.gcore import ANON_LIMIT, write_core
 
+    limit = parse_size(opts["m"]) if "m" in opts else ANON_LIMIT
     path = f"{opts.get('o', 'core')}.{target.pid}"
-    write_core(target, path)
+    write_core(target, path, max_anon=limit,
+               note=lambda msg: inv.session.warn(f"::gcore: {msg}; -m 0 writes it all"))
     inv.print(f"{path} dumped")

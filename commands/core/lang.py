@@ -14,6 +14,8 @@ from mdbpy.dcmd import PIPE, Invocation, dcmd
 from mdbpy.errors import CommandAbort, MdbError, QuitSession, UsageError
 from mdbpy.output import radix_str
 
+from .walkers import WALKLIMIT, capped, walk_limit
+
 MASK64 = (1 << 64) - 1
 CASTS = {"c": 0xFF, "s": 0xFFFF, "i": 0xFFFFFFFF, "l": MASK64}
 # characters mdb's strbadid() refuses in variable names
@@ -63,7 +65,7 @@ def walk(inv: Invocation):
         if bind is not None:
             bind(var)
     try:
-        for addr in w.func(s, inv.addr if inv.has_addr else None):
+        for addr in capped(s, w.func(s, inv.addr if inv.has_addr else None)):
             if var is not None:
                 s.vars[var] = addr
             inv.out.write(radix_str(addr, s.radix, prefix=True) + "\n")
@@ -519,14 +521,30 @@ def _print_settings(inv: Invocation) -> None:
     rows = (("macro path:", ":".join(s.macro_path)),
             ("command prompt:", f'"{s.prompt}"'),
             ("debugger options:", ", ".join(on) if on else "none"),
+            ("walk limit:", walk_limit(s) or "none"),
             ("output radix:", f"{s.radix} base ten"))
     inv.out.write("\n" + "".join(f"{label:>18} {value}\n" for label, value in rows))
+
+
+def _valued_option(opt: str, flag: str) -> tuple[str, str]:
+    """(setting, value) of `-o name=value`; mdb's valued options are limits (array_mem_limit=),
+    and mdbpy's one is walklimit=N: at most N addresses per walk, 0 for no limit."""
+    name, _, value = opt.partition("=")
+    if name != WALKLIMIT:
+        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N)")
+    if flag == "+o":
+        raise UsageError(f"{WALKLIMIT}= takes a value: use -o {WALKLIMIT}=0 for no limit")
+    if not (value.isascii() and value.isdigit()):
+        raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
+    return name, str(int(value))
 
 
 @dcmd("set", "get/set debugger properties", usage="[+/-o opt] [-I path] [-P prompt]",
       help="Change debugger settings: -o OPT turns a debugger option on and +o OPT turns it "
            "off (options: nostop, pager, repeatlast, ignoreeof, color, json; several may be "
-           "given separated by commas), -I sets the macro path (colon-separated), -P the prompt. "
+           "given separated by commas; -o walklimit=N caps every walk at N addresses, with a "
+           "note when it cuts one, 0 for no limit), -I sets the macro path (colon-separated), "
+           "-P the prompt. "
            "With no arguments, print the current settings.",
       example="::set -o repeatlast")
 def set_(inv: Invocation):
@@ -551,6 +569,9 @@ def set_(inv: Invocation):
             raise UsageError(f"illegal option -- {flag}")
         if flag in ("-o", "+o"):
             for opt in value.split(","):
+                if "=" in opt:
+                    changes.append(("=", *_valued_option(opt, flag)))
+                    continue
                 if opt not in s.options:
                     raise MdbError(f"unknown option '{opt}' (known: "
                                    f"{', '.join(sorted(s.options))})")
@@ -560,6 +581,8 @@ def set_(inv: Invocation):
     for kind, value, on in changes:
         if kind == "o":
             s.options[value] = on
+        elif kind == "=":
+            s.settings[value] = on
         elif kind == "I":
             s.macro_path = value.split(":")
         else:

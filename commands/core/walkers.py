@@ -12,6 +12,25 @@ from mdbpy.errors import MdbError, ReadError, UsageError
 from mdbpy.output import radix_str
 
 LIST_MAX = 1 << 20
+# ::set -o walklimit=N caps how many addresses one walk prints (0, the default: no cap), so a
+# walk over a huge or looping structure cannot flood a terminal or a pipeline.
+WALKLIMIT = "walklimit"
+
+
+def walk_limit(session) -> int:
+    """The session's walk cap (0 when there is none)."""
+    return int(session.settings.get(WALKLIMIT, "0"))
+
+
+def capped(session, addrs):
+    """addrs, cut after the session's walk limit with a one-line note saying how to lift it."""
+    limit = walk_limit(session)
+    for n, addr in enumerate(addrs):
+        if limit and n == limit:
+            session.warn(f"walk stopped after {limit} elements (walklimit; "
+                         f"::set -o walklimit=0 lifts it)")
+            return
+        yield addr
 
 
 def follow_list(session, start: int, offset: int = 0, limit: int | None = None):
@@ -52,12 +71,13 @@ def walk_thread(session, addr):
 @dcmd("list", "walk a linked list through the next pointer at an offset",
       usage=":[-o offset] [-n max]", example="*list_head::list -o 0 | ::eval './J'", help="""\
 Print addr and every element of the singly linked list that starts there, following the
-pointer at byte offset -o (default 0) of each element. -n caps the number of elements. The
-walk stops at NULL, at an element already visited, or at an unreadable pointer (an error).
-Piped, each address is passed on.""")
+pointer at byte offset -o (default 0) of each element. -n caps the number of elements
+(without it, ::set -o walklimit=N does, with a note). The walk stops at NULL, at an element
+already visited, or at an unreadable pointer (an error). Piped, each address is passed on.""")
 def list_dcmd(inv):
     if not inv.has_addr:
         raise UsageError("::list needs a starting address")
     opts = inv.options("o:n:", numeric="on")
-    for a in follow_list(inv.session, inv.addr, opts.get("o", 0), opts.get("n")):
+    elements = follow_list(inv.session, inv.addr, opts.get("o", 0), opts.get("n"))
+    for a in elements if "n" in opts else capped(inv.session, elements):
         inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")

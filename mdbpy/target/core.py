@@ -29,6 +29,9 @@ MAX_PHDRS = 1 << 18  # far above any real process (vm.max_map_count is 65530 by 
 MAX_FILES = 1 << 18
 MAX_DISK_FILES = 4096  # distinct mapped files looked up on disk for pages a core left out
 NOT_IN_CORE = "not in core file"
+# Reads this big come through pread(2), not the mmap: pages touched through a mapping count in
+# mdbpy's RSS until unmapped, so scanning a 4 GiB core through it would hold 4 GiB.
+PREAD_MIN = 64 << 10
 
 
 class _Segment:
@@ -158,8 +161,7 @@ class _ImageTarget(Target):
     def read(self, addr: int, size: int) -> bytes:
         seg = self._locate(addr)
         if seg is not None and addr + size <= seg.start + seg.avail:  # the common case
-            off = seg.off + addr - seg.start
-            return self._mm[off:off + size]
+            return self._image(seg.off + addr - seg.start, size)
         out = bytearray()
         cur, end = addr, addr + size
         while cur < end:
@@ -170,7 +172,7 @@ class _ImageTarget(Target):
             rel = cur - seg.start
             if rel < seg.avail:
                 n = min(n, seg.avail - rel)
-                out += self._mm[seg.off + rel:seg.off + rel + n]
+                out += self._image(seg.off + rel, n)
             elif rel < seg.claimed:
                 raise ReadError(cur, end - cur, "core file is truncated")
             else:
@@ -179,6 +181,21 @@ class _ImageTarget(Target):
                 out += chunk
             cur += n
         return bytes(out)
+
+    def _image(self, off: int, n: int) -> bytes:
+        """n bytes of the file at off (inside it: segments are clipped to the file's size)."""
+        if n < PREAD_MIN:
+            return self._mm[off:off + n]
+        data = b""
+        try:
+            while len(data) < n:  # one call returns at most ~2 GiB
+                got = os.pread(self._file.fileno(), n - len(data), off + len(data))
+                if not got:
+                    raise TargetError(f"{self.path}: the file shrank while open")
+                data = got if not data else data + got
+        except OSError as e:
+            raise TargetError(f"{self.path}: read failed: {e.strerror}") from None
+        return data
 
     def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
         """Bytes at [addr, addr+n) of seg that its image does not hold (at least one byte)."""

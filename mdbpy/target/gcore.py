@@ -7,6 +7,12 @@ after the first thread's, as the kernel orders them), then each mapping's bytes 
 Memory is read in large blocks; all-zero blocks become holes (a seek), so a process with big,
 mostly untouched stacks and heaps gives a sparse file. Pages the target cannot read are left as
 holes too, which read back as zeros.
+
+Anonymous mappings (heap, stacks, [anon]) are written up to `max_anon` bytes each, like the
+kernel's coredump_filter leaves memory out: a process that reserved tens of GiB of readable
+address space (JVMs, Go, sanitizers) must not produce a core that takes minutes and the disk.
+The rest of such a mapping keeps its PT_LOAD (p_memsz) without bytes (p_filesz), so a reader
+reports it as not in the core instead of inventing zeros; the caller is told through `note`.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from mdbpy.target import elfcore as ec
 from mdbpy.target.base import Mapping, Target, Thread
 
 BLOCK = 1 << 20  # bytes per read and per hole decision
+ANON_LIMIT = 4 << 30  # default cap per anonymous mapping (::gcore -m overrides, 0: no cap)
 
 
 def write_core(target: Target, path: str,
-               progress: Callable[[int, int], None] | None = None) -> int:
+               progress: Callable[[int, int], None] | None = None,
+               max_anon: int = ANON_LIMIT, note: Callable[[str], None] | None = None) -> int:
     """Write `target` as a core file at `path` (mode 0600: cores hold secrets).
 
     progress(done, total), when given, is called after each block with bytes of memory done.
-    Returns the size of the file written. A failure removes the partial file and raises a
-    one-line MdbError.
+    Anonymous mappings are cut after `max_anon` bytes (0: never), and note(message) is called
+    once per mapping cut. Returns the size of the file written. A failure removes the partial
+    file and raises a one-line MdbError.
     """
     # Every mapping gets a PT_LOAD, as the kernel and gdb write them: unreadable ones (guard
     # pages) with no bytes in the file, so the core lists the same mappings as the process.
@@ -41,11 +50,11 @@ def write_core(target: Target, path: str,
     phdrs = [ec.Phdr(ec.PT_NOTE, 0, note_off, 0, len(notes), 0, 4)]
     off = data_off
     for m in maps:
-        filesz = m.size if m.readable else 0
+        filesz = _kept(m, max_anon, note)
         phdrs.append(ec.Phdr(ec.PT_LOAD, ec.flags_from_perms(m.perms), off, m.start, filesz,
                              m.size, ec.PAGE))
         off += _page_up(filesz)
-    total = sum(m.size for m in maps if m.readable)
+    total = sum(ph.filesz for ph in phdrs[1:])
     try:
         # no following a symlink planted at the name: a core must not overwrite another file
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -65,7 +74,7 @@ def write_core(target: Target, path: str,
                 if not ph.filesz:
                     continue
                 f.seek(ph.offset)
-                for chunk_len, data in _contents(target, m, zero):
+                for chunk_len, data in _contents(target, m.start, m.start + ph.filesz, zero):
                     if data is None:
                         f.seek(chunk_len, os.SEEK_CUR)
                     else:
@@ -94,13 +103,32 @@ def _remove(path: str) -> None:
         pass
 
 
-def _contents(target: Target, m: Mapping, zero: bytes):
-    """(length, bytes or None for a hole) covering the mapping, block by block; a block that
+def _kept(m: Mapping, max_anon: int, note: Callable[[str], None] | None) -> int:
+    """How many bytes of the mapping go into the core: none when unreadable (guard pages), the
+    first max_anon of a bigger anonymous mapping (saying so), else all of it."""
+    if not m.readable:
+        return 0
+    if m.is_file or not max_anon or m.size <= _page_up(max_anon):
+        return m.size
+    kept = _page_up(max_anon)
+    if note is not None:
+        note(f"{m.path or '[ anon ]'} [0x{m.start:x}, 0x{m.end:x}): only the first "
+             f"{_mib(kept)} of {_mib(m.size)} written (limit {_mib(kept)} per anonymous "
+             f"mapping)")
+    return kept
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.4g} MiB"
+
+
+def _contents(target: Target, start: int, end: int, zero: bytes):
+    """(length, bytes or None for a hole) covering [start, end), block by block; a block that
     fails to read is retried page by page and its unreadable pages become holes. `zero` is
     BLOCK zero bytes to compare with."""
-    cur = m.start
-    while cur < m.end:
-        n = min(BLOCK, m.end - cur)
+    cur = start
+    while cur < end:
+        n = min(BLOCK, end - cur)
         try:
             data = target.read(cur, n)
         except ReadError:
