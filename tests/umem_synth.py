@@ -614,6 +614,11 @@ class SynthUmem:
 
     # -- result -----------------------------------------------------------------------------
     def finish(self) -> None:
+        """Write what is kept until the end (the magazine layer), once: a test may damage the
+        finished heap and build another session over it."""
+        if getattr(self, "_finished", False):
+            return
+        self._finished = True
         for c in self.caches:
             self._magazines(c)
         if not self.threads[0].regs:

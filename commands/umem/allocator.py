@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 
-from mdbpy.errors import MdbError
+from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK,
                               AllocRecord, Allocator, BufferTable, HeapStat, Problem)
 from mdbpy.heap.roots import merge_ranges
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.contents import cache_contents
-from mdbpy_commands.umem.state import Umem
+from mdbpy_commands.umem.damage import damage
+from mdbpy_commands.umem.state import MAX_DEPTH, Umem
 from mdbpy_commands.umem.verify import verify_cache
 
 LEAK_ARENAS = ("umem_default", "umem_firewall")  # caches whose buffers findleaks reports
@@ -80,7 +81,10 @@ class UmemAllocator(Allocator):
         key = ("umem_arena_name", addr)
         name = self.session.cache.get(key)
         if name is None:
-            name = self.umem.view("vmem", addr).cstr("vm_name")
+            try:
+                name = self.umem.view("vmem", addr).cstr("vm_name")
+            except ReadError:
+                name = ""  # a wild cache_arena: not one of the arenas findleaks reports
             self.session.cache[key] = name
         return name
 
@@ -129,13 +133,14 @@ class UmemAllocator(Allocator):
         got = self.session.cache.get(key)
         if got is None:
             top = self.umem.mem.read_ptr(self.umem.addr_of("heap_arena"))
-            for _ in range(64):
-                src = self.umem.view("vmem", top).vm_source
+            known = {v.addr: v for v in self.umem.arenas()}
+            for _ in range(MAX_DEPTH):
+                src = known[top].vm_source if top in known else 0
                 if not src:
                     break
                 top = src
             got = merge_ranges((s.vs_start, s.vs_end) for s in self.umem.segs(top)
-                               if s.vs_type == L.VMEM_SPAN)
+                               if s.vs_type == L.VMEM_SPAN and s.vs_start < s.vs_end)
             self.session.cache[key] = got
         return got
 
@@ -194,14 +199,21 @@ class UmemAllocator(Allocator):
         if not ctl:
             return None
         kind = int(table.kind[i])
-        if kind == KIND_OVERSIZE:
-            s = self.umem.view("vmem_seg", ctl)
-            stack = self.umem.seg_stack(s)
-            return AllocRecord(stack, s.vs_thread, s.vs_timestamp, ctl)
-        if kind != KIND_BUFFER:
-            return None
-        bc = self.umem.bufctl(ctl)
-        return AllocRecord(self.umem.stack(bc), bc.bc_thread, bc.bc_timestamp, ctl)
+        try:
+            if kind == KIND_OVERSIZE:
+                s = self.umem.view("vmem_seg", ctl)
+                stack = self.umem.seg_stack(s)
+                return AllocRecord(stack, s.vs_thread, s.vs_timestamp, ctl)
+            if kind != KIND_BUFFER:
+                return None
+            bc = self.umem.bufctl(ctl)
+            return AllocRecord(self.umem.stack(bc), bc.bc_thread, bc.bc_timestamp, ctl)
+        except ReadError:
+            return None  # a wild bufctl: the buffer is reported without its record
+
+    def untrusted(self) -> list[tuple[int, int, str]]:
+        """The damage the walks reported (umem/damage.py), as findleaks names it."""
+        return damage(self.session).regions()
 
     def group_name(self, table: BufferTable, i: int) -> str:
         g = table.groups[int(table.group[i])] if table.groups else ("", 0)

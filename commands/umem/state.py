@@ -16,12 +16,15 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.layout.bind import Binder
 
 from mdbpy_commands.umem import layouts as L
+from mdbpy_commands.umem.damage import damage, walk_chain, walk_ring
 
 MAX_CACHES = 4096  # real processes have about 60
 MAX_ARENAS = 1024
+MAX_DEPTH = 64  # arena ancestry (real trees are 4 deep)
 MAX_SLABS = 1 << 24
 MAX_SEGS = 1 << 24
 MAX_STACK = 256  # frames read from one record, whatever its depth says
+MAX_MAGSIZE = 4096  # rounds per magazine (libumem's largest magtype has 143)
 
 # globals of the mdb port's list that the dmod reads; the dynamic ones identify libumem
 IDENTIFYING = "umem_null_cache"
@@ -145,23 +148,17 @@ class Umem:
 
     # -- caches -----------------------------------------------------------------------------
     def cache_addrs(self) -> list[int]:
-        """Every cache, in umem_null_cache's list order (cache_next), bounded and cycle-safe."""
+        """Every cache, in umem_null_cache's list order (cache_next); a break in the list is
+        reported and the caches behind it are found from the other end (cache_prev)."""
         self.check_ready()
         got = self.session.cache.get("umem_caches")
         if got is not None:
             return got
-        head = self.addr_of("umem_null_cache")
-        off = self.layouts["umem_cache"].offset("cache_next")
-        out, seen = [], {head}
-        cur = self.mem.read_ptr(head + off)
-        while cur and cur not in seen:
-            if len(out) >= MAX_CACHES:
-                raise MdbError(f"umem cache list: more than {MAX_CACHES} caches (corrupt?)")
-            seen.add(cur)
-            out.append(cur)
-            cur = self.mem.read_ptr(cur + off)
-        if cur != head:
-            self.session.warn(f"umem cache list ends at 0x{cur:x}, not at umem_null_cache")
+        views = walk_ring(self, "cache list", self.addr_of("umem_null_cache"), "umem_cache",
+                          "cache_next", "cache_prev", MAX_CACHES, "cache")
+        for v in views:
+            self.session.cache[("umem_cache", v.addr)] = v
+        out = [v.addr for v in views]
         self.session.cache["umem_caches"] = out
         return out
 
@@ -202,53 +199,65 @@ class Umem:
     def magazine_rounds(self, cache) -> list[int]:
         """Buffers held in the magazine layer: full depot magazines and each CPU's loaded and
         previously loaded rounds (free as far as users are concerned)."""
-        magsize = self.magsize(cache)
+        what = f"cache 0x{cache.addr:x}"
+        try:
+            ccs = self.cpu_caches(cache)
+            magsize = self.magsize(cache)
+        except ReadError:
+            damage(self.session).report(cache.addr, cache.addr + 8,
+                                        f"{what}: CPU caches unreadable")
+            return []
         if magsize <= 0:
             return []
-        if magsize > 4096:
-            raise MdbError(f"cache 0x{cache.addr:x}: magazine size {magsize} is unreasonable")
+        if magsize > MAX_MAGSIZE:
+            damage(self.session).report(cache.addr, cache.addr + 8, f"{what} magazines: "
+                                        f"magazine size {magsize} is unreasonable")
+            return []
         rounds: list[int] = []
         round0 = self.layouts["umem_magazine"].offset("mag_round")
 
-        def read(mag, n):
-            rounds.extend(self.words(mag + round0, n))
+        def read(mag, n, kind):
+            try:
+                rounds.extend(self.words(mag + round0, n))
+            except ReadError:
+                damage(self.session).report(mag, mag + 8, f"{what} {kind}: unreadable "
+                                            f"magazine 0x{mag:x}")
 
         full = cache.cache_full
-        limit = full.ml_total + 2 * self.ncpus + 100
-        mag, seen = full.ml_list, set()
-        while mag and mag not in seen and len(seen) < limit:
-            seen.add(mag)
-            read(mag, magsize)
-            mag = self.mem.read_ptr(mag)
-        for cc in self.cpu_caches(cache):
+        limit = min(max(full.ml_total, 0), MAX_SLABS) + 2 * self.ncpus + 100
+        for mag in walk_chain(self, f"{what} depot", full.ml_list, "umem_magazine",
+                              "mag_next", limit, "magazine"):
+            read(mag.addr, magsize, "depot")
+        for cc in ccs:
             if cc.cc_rounds > 0 and cc.cc_loaded:
-                read(cc.cc_loaded, min(cc.cc_rounds, magsize))
+                read(cc.cc_loaded, min(cc.cc_rounds, magsize), f"CPU cache 0x{cc.addr:x}")
             if cc.cc_prounds > 0 and cc.cc_ploaded:
-                read(cc.cc_ploaded, min(cc.cc_prounds, magsize))
+                read(cc.cc_ploaded, min(cc.cc_prounds, magsize), f"CPU cache 0x{cc.addr:x}")
         return rounds
 
     def slabs(self, cache, partial: bool = False) -> list:
-        """The cache's slabs (views), from cache_nullslab; partial: from cache_freelist (or the
-        last full slab when no slab is partial, as mdb's umem_slab_partial does)."""
-        anchor = cache.addr_of("cache_nullslab")
-        first = cache.cache_nullslab.slab_next
-        if partial:
-            first = cache.cache_freelist
-            if first == anchor:
-                first = cache.cache_nullslab.slab_prev
-        out, seen = [], set()
-        cur = first
-        while cur and cur != anchor and cur not in seen:
-            if len(out) >= MAX_SLABS:
-                raise MdbError(f"cache 0x{cache.addr:x}: slab list too long (corrupt?)")
-            seen.add(cur)
-            s = self.view("umem_slab", cur)
-            if s.slab_cache != cache.addr:
-                raise MdbError(f"slab {cur:x} isn't in cache {cache.addr:x} "
-                               f"(in cache {s.slab_cache:x})")
-            out.append(s)
-            cur = s.slab_next
-        return out
+        """The cache's slabs (views), from cache_nullslab (a damaged list is reported and
+        recovered from its other end); partial: from cache_freelist on (or the last slab when
+        no slab is partial, as mdb's umem_slab_partial does)."""
+        key = ("umem_slabs", cache.addr)
+        out = self.session.cache.get(key)
+        if out is None:
+            out = walk_ring(self, f"cache 0x{cache.addr:x} slab list",
+                            cache.addr_of("cache_nullslab"), "umem_slab", "slab_next",
+                            "slab_prev", MAX_SLABS, "slab", ("slab_cache", cache.addr))
+            self.session.cache[key] = out
+        if not partial:
+            return out
+        first = cache.cache_freelist
+        if first == cache.addr_of("cache_nullslab"):
+            return out[-1:]
+        for i, s in enumerate(out):
+            if s.addr == first:
+                return out[i:]
+        damage(self.session).report(cache.addr, cache.addr + 8,
+                                    f"cache 0x{cache.addr:x}: cache_freelist 0x{first:x} "
+                                    "is not one of its slabs")
+        return []
 
     # -- audit records ----------------------------------------------------------------------
     def bufctl(self, addr: int):
@@ -288,15 +297,8 @@ class Umem:
         got = self.session.cache.get("umem_arenas")
         if got is not None:
             return got
-        cur = self.mem.read_ptr(self.addr_of("vmem_list"))
-        out, seen = [], set()
-        while cur and cur not in seen:
-            if len(out) >= MAX_ARENAS:
-                raise MdbError("vmem_list: too many arenas (corrupt?)")
-            seen.add(cur)
-            v = self.view("vmem", cur)
-            out.append(v)
-            cur = v.vm_next
+        out = walk_chain(self, "vmem_list", self.mem.read_ptr(self.addr_of("vmem_list")),
+                         "vmem", "vm_next", MAX_ARENAS, "arena")
         self.session.cache["umem_arenas"] = out
         return out
 
@@ -313,12 +315,14 @@ class Umem:
         return None
 
     def depth(self, arena) -> int:
-        """Number of ancestors (vm_source links) of an arena."""
+        """Number of ancestors (vm_source links) of an arena, through the arenas of
+        vmem_list only (a wild vm_source ends the count)."""
+        known = {v.addr: v for v in self.arenas()}
         n, cur, seen = 0, arena.vm_source, set()
-        while cur and cur not in seen and n < MAX_ARENAS:
+        while cur in known and cur not in seen and n < MAX_DEPTH:
             seen.add(cur)
             n += 1
-            cur = self.arena(cur).vm_source
+            cur = known[cur].vm_source
         return n
 
     def arenas_prefix(self, postfix: bool = False) -> list:
@@ -336,7 +340,7 @@ class Umem:
         out: list = []
 
         def visit(v, depth):
-            if depth > MAX_ARENAS:
+            if depth > MAX_DEPTH:
                 return
             if not postfix:
                 out.append(v)
@@ -350,16 +354,15 @@ class Umem:
         return out
 
     def segs(self, arena_addr: int) -> list:
-        """The arena's segments (views) in its vs_anext ring, starting with vm_seg0."""
-        seg = self.layouts["vmem_seg"]
-        start = arena_addr + self.layouts["vmem"].offset("vm_seg0")
-        out, cur = [], start
-        while True:
-            v = seg.view(self.mem, cur)
-            out.append(v)
-            cur = v.vs_anext
-            if cur == start or not cur or len(out) >= MAX_SEGS:
-                break
+        """The arena's segments (views) in address order: its vs_anext ring without the
+        vm_seg0 anchor (mdb skips it too), recovered from the other end when damaged."""
+        key = ("umem_segs", arena_addr)
+        out = self.session.cache.get(key)
+        if out is None:
+            out = walk_ring(self, f"arena 0x{arena_addr:x} segment list",
+                            arena_addr + self.layouts["vmem"].offset("vm_seg0"), "vmem_seg",
+                            "vs_anext", "vs_aprev", MAX_SEGS, "segment")
+            self.session.cache[key] = out
         return out
 
     def seg_stack(self, seg) -> tuple[int, ...]:

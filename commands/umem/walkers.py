@@ -9,10 +9,11 @@ Walks of a cache yield addresses in address order.
 from __future__ import annotations
 
 from mdbpy.dcmd import walker
-from mdbpy.errors import MdbError
+from mdbpy.errors import MdbError, ReadError
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.contents import MAX_BUCKETS, cache_contents
+from mdbpy_commands.umem.damage import damage, walk_chain
 from mdbpy_commands.umem.state import Umem, missing
 
 
@@ -93,7 +94,12 @@ def walk_bufctl_history(session, addr):
     for _ in range(1 << 16):
         if not nxt:
             return
-        b = umem.bufctl(nxt)
+        try:
+            b = umem.bufctl(nxt)
+        except ReadError:
+            damage(session).report(addr, addr + 8, f"bufctl 0x{addr:x} history: unreadable "
+                                   f"record 0x{nxt:x}")
+            return
         if (b.bc_addr != bc.bc_addr or b.bc_cache != bc.bc_cache or b.bc_slab != bc.bc_slab
                 or (last_ts and b.bc_timestamp >= last_ts)):
             return
@@ -150,15 +156,16 @@ def walk_umem_hash(session, addr):
         session.warn(f"cache {addr:x} doesn't have a hash table")
         return
     n = c.cache_hash_mask + 1
-    if not 0 < n <= 1 << 26:
+    if not 0 < n <= MAX_BUCKETS:
         raise MdbError(f"cache {addr:x}: hash mask {c.cache_hash_mask:#x} is unreasonable")
-    limit = max(c.cache_buftotal, 1) + 1
-    for head in umem.mem.words(c.cache_hash_table, n).tolist():
-        cur, k = head, 0
-        while cur and k < limit:
-            yield cur
-            cur = umem.mem.read_ptr(cur)
-            k += 1
+    limit = min(max(c.cache_buftotal, 1), MAX_BUCKETS) + 1
+    for k, head in enumerate(umem.mem.words(c.cache_hash_table, n).tolist()):
+        for bc in walk_chain(umem, f"cache 0x{addr:x} hash bucket {k}", head, "umem_bufctl",
+                             "bc_next", limit, "bufctl"):
+            yield bc.addr
+
+
+MAX_LOG = 1 << 28  # bytes of one log (UMEM_LOGGING's default transaction log is 64k)
 
 
 def log_records(umem, header: int | None = None) -> list[tuple[int, object]]:
@@ -171,7 +178,7 @@ def log_records(umem, header: int | None = None) -> list[tuple[int, object]]:
     size = L.audit_size(umem.stack_depth)
     per = lh.lh_chunksize // size  # mdb reads one slot less per chunk and misses records
     total = lh.lh_chunksize * lh.lh_nchunks
-    if not 0 < total <= 1 << 30 or per <= 0:
+    if not 0 < total <= MAX_LOG or per <= 0:
         raise MdbError(f"log header at {header:x} is unreasonable")
     data = umem.mem.read(lh.lh_base, total)
     b = umem.layouts["umem_bufctl_audit"]
