@@ -5,6 +5,8 @@ mdb's first table (mapped and oversized leaks)."""
 from __future__ import annotations
 
 import io
+import os
+import sys
 import textwrap
 
 import pytest
@@ -297,26 +299,97 @@ def test_first_table_through_a_dmod_loaded_by_path(tmp_path):
         "        7f0000300000\n")
 
 
-class Tty(io.StringIO):
-    def isatty(self):
-        return True
+def read_until(fd: int, want: bytes, limit: float = 20.0) -> bytes:
+    """What a pty's master side shows until `want` appears (or nothing more comes within
+    `limit` seconds: a bound against hanging, not a timing the test relies on)."""
+    import select
+
+    out = b""
+    while want not in out and select.select([fd], [], [], limit)[0]:
+        out += os.read(fd, 65536)
+    return out
 
 
-def test_progress_bar_only_on_a_terminal(h):
+def test_progress_bar_only_on_a_terminal(h, monkeypatch):
     from mdbpy.heap.report import Progress
 
-    h.session.err = Tty()
-    p = Progress(h.session, "scan")
-    p(1, 4)
-    p(1, 4)  # unchanged: not redrawn
-    p(4, 4)
-    p.close()
-    assert h.session.err.getvalue() == (
-        "\rscan [#######                       ]  25%"
-        "\rscan [##############################] 100%"
-        "\r" + " " * 42 + "\r")
+    master, slave = os.openpty()
+    try:
+        tty = open(slave, "w", closefd=False)
+        monkeypatch.setattr(sys, "stdin", open(slave, closefd=False))
+        monkeypatch.setattr(Progress, "DELAY", 0)
+        h.session.err = tty
+        p = Progress(h.session, "scan")
+        p(1, 4)
+        shown = read_until(master, b"25.0%")
+        p(4, 4)
+        p.close()
+        shown += read_until(master, b"\x1b[?2004l")  # the bar's application has ended
+        assert b"scan  25.0% [" in shown and b"] eta " in shown
+        assert shown.endswith(b"\x1b[J\x1b[J\x1b[?7h\x1b[0m\x1b[?2004l\x1b[?12l\x1b[?25h")
+    finally:
+        os.close(master)
+        os.close(slave)
     h.session.err = io.StringIO()
     quiet = Progress(h.session, "scan")
     quiet(1, 2)
     quiet.close()
     assert h.session.err.getvalue() == ""
+
+
+def test_ctrl_c_on_the_bar_interrupts_the_scan(h, monkeypatch):
+    """While the bar is shown the terminal is in raw mode: Ctrl-C arrives as a key, and the
+    bar turns it into KeyboardInterrupt in the main thread."""
+    import threading
+
+    from mdbpy.heap.report import Progress
+
+    master, slave = os.openpty()
+    try:
+        monkeypatch.setattr(sys, "stdin", open(slave, closefd=False))
+        monkeypatch.setattr(Progress, "DELAY", 0)
+        h.session.err = open(slave, "w", closefd=False)
+        p = Progress(h.session, "scan")
+        p(1, 4)
+        read_until(master, b"25.0%")
+        os.write(master, b"\x03")
+        with pytest.raises(KeyboardInterrupt):
+            threading.Event().wait(20)  # a scan's main thread, waiting on its workers
+        p.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_ctrl_c_stops_findleaks_and_keeps_nothing(tmp_path):
+    """SIGINT delivered while findleaks reads the heap (sent from inside its first block
+    read, so the scan is certainly under way) aborts it; nothing is cached, and the next run
+    finds exactly the planted leaks."""
+    import signal
+
+    from mdbpy.errors import CommandAbort
+    from mdbpy.sim.build import write
+    from mdbpy.sim.generate import generate
+    from mdbpy.target.core import CoreTarget
+    from mdbpy_commands.core.heap import LEAKS_KEY, run_findleaks
+
+    r = generate(20_000, 0.01, seed=3)
+    prog, core, _ = write(r, str(tmp_path))
+    s = Session(CoreTarget(core, exe=prog), out=io.StringIO(), err=io.StringIO())
+    blocks = s.mem.blocks
+    sent = []
+
+    def interrupting(start, end, *args, **kw):
+        if not sent:
+            sent.append(start)
+            os.kill(os.getpid(), signal.SIGINT)
+        return blocks(start, end, *args, **kw)
+
+    s.mem.blocks = interrupting
+    with pytest.raises(CommandAbort, match="^findleaks: interrupted; no results kept$"):
+        run_findleaks(s)
+    assert sent and LEAKS_KEY not in s.cache
+    reports, _, fresh = run_findleaks(s)
+    assert fresh and {leak.addr for leak in reports[0].leaks} == {
+        x["address"] for x in r.truth["leaks"]}
+    assert len(r.truth["leaks"]) == 200

@@ -1,5 +1,5 @@
 """The text of ::findleaks: mdb's three leak tables (leaky_subr.c), the -d long forms, the -v
-statistics (leaky.c), and a progress bar for long scans.
+statistics (leaky.c), and a progress bar for long scans (prompt_toolkit's).
 
 Leak groups fall into mdb's leak types, printed in this order: MMAP, SBRK and oversize (one
 table, `BYTES LEAKED VMEM_SEG CALLER`), buffers without an allocation record (`CACHE LEAKED
@@ -12,6 +12,9 @@ buffers no other leaked buffer points to: the heads of leaked structures, where 
 """
 
 from __future__ import annotations
+
+import sys
+import time
 
 from mdbpy.heap.leaks import Leak, LeakGroup, LeakReport
 from mdbpy.heap.model import KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
@@ -213,29 +216,56 @@ def statistics(reports: list[LeakReport], maximum: int) -> list[str]:
 
 
 class Progress:
-    """A one-line progress bar on a terminal's stderr (nothing elsewhere): `label [####  ] 40%`,
-    erased when done. Used as the progress(done, total) callback of the scans."""
+    """The progress(done, total) callback of long scans (findleaks, verify): prompt_toolkit's
+    ProgressBar on the terminal stderr goes to, nothing when stderr is not a terminal. The bar
+    appears once a scan has run DELAY seconds, so quick commands never flash one, and is
+    removed when the scan ends.
 
-    WIDTH = 30
+    The bar is a prompt_toolkit application of its own, run in a thread. That works in the
+    REPL too, because the REPL runs a command only after its prompt application has returned:
+    the two applications never run at once. While the bar is shown it owns the keyboard (the
+    terminal is in raw mode, so Ctrl-C is a key, not a signal): its cancel callback sends
+    SIGINT to the process, which raises KeyboardInterrupt in the scanning main thread, and the
+    dcmds turn that into CommandAbort. Without a terminal on stdin, Ctrl-C stays a signal."""
+
+    DELAY = 0.5
 
     def __init__(self, session, label: str):
         err = session.err
         self.err = err if hasattr(err, "isatty") and err.isatty() else None
         self.label = label
-        self.last = -1
+        self.start = time.monotonic()
+        self.bar = None
+        self.counter = None
 
     def __call__(self, done: int, total: int) -> None:
         if self.err is None or total <= 0:
             return
-        pct = done * 100 // total
-        if pct == self.last:
-            return
-        self.last = pct
-        fill = self.WIDTH * done // total
-        self.err.write(f"\r{self.label} [{'#' * fill}{' ' * (self.WIDTH - fill)}] {pct:3d}%")
-        self.err.flush()
+        if self.bar is None:
+            if time.monotonic() - self.start < self.DELAY:
+                return
+            self._open()
+        self.counter.total = total
+        self.counter.items_completed = min(done, total)
+        self.bar.invalidate()
+
+    def _open(self) -> None:
+        from prompt_toolkit.input import DummyInput, create_input
+        from prompt_toolkit.output import create_output
+        from prompt_toolkit.shortcuts import ProgressBar
+        from prompt_toolkit.shortcuts.progress_bar import formatters as F
+
+        keys = create_input(sys.stdin) if sys.stdin is not None and sys.stdin.isatty() \
+            else DummyInput()
+        shown = [F.Label(), F.Percentage(), F.Text(" "), F.Bar(), F.Text(" eta "),
+                 F.TimeLeft()]  # no item counts: a scan counts bytes
+        self.bar = ProgressBar(formatters=shown, output=create_output(stdout=self.err),
+                               input=keys)
+        self.bar.__enter__()
+        self.counter = self.bar(label=self.label + " ", remove_when_done=True)
 
     def close(self) -> None:
-        if self.err is not None and self.last >= 0:
-            self.err.write("\r" + " " * (len(self.label) + self.WIDTH + 8) + "\r")
-            self.err.flush()
+        if self.bar is not None:
+            self.counter.done = True
+            self.bar.__exit__(None, None, None)
+            self.bar = None
