@@ -4,13 +4,11 @@ exactly the results of the undamaged heap (and name the regions they could not t
 
 from __future__ import annotations
 
-import io
-
 import pytest
+import umem_synth
 from umem_synth import HEAP, leaky_heap
 
 from mdbpy.heap.leaks import find_leaks
-from mdbpy.lang.engine import Engine
 
 WILD = 0xDEAD0000  # unmapped
 
@@ -31,19 +29,7 @@ def heap():
     return u, t
 
 
-class Run:
-    def __init__(self, u):
-        self.out, self.err = io.StringIO(), io.StringIO()
-        self.session = u.session(out=self.out, err=self.err)
-        self.engine = Engine(self.session)
-
-    def __call__(self, cmd: str) -> tuple[str, str]:
-        for f in (self.out, self.err):
-            f.seek(0)
-            f.truncate()
-        self.engine.run_string(cmd)
-        return self.out.getvalue(), self.err.getvalue()
-
+class Run(umem_synth.Run):
     def leaks(self):
         report = find_leaks(self.session, self.session.allocators()[0])
         return sorted(m.addr for m in report.leaks), report.warnings

@@ -545,6 +545,23 @@ class SynthUmem:
             self.m.put("umem_maglist", c.addr + self.layouts["umem_cache"].offset("cache_full"),
                        ml_list=head, ml_total=len(c.depot) // 7, ml_alloc=2)
 
+    def per_thread(self, c: SynthCache, bufs: list[int], tp: int, tmem_off: int = 0x80) -> None:
+        """A 2016 libumem's per-thread cache (UMF_PTC on the cache, umem_ptc_enabled): the
+        buffers (allocated from the cache, as ptcmalloc's refills take them) go on the list of
+        thread pointer `tp` (the main thread's fs_base) in the tm_roots slot of c's size,
+        linked through each buffer's first word."""
+        assert self.version >= L.ILLUMOS_2016, "per-thread caches came with the 2016 libumem"
+        if not any(s.name == "umem_tmem_off" for s in self.lib_syms):
+            self.global_("umem_ptc_enabled", 4, 1)
+            self.global_("umem_tmem_off", 8, tmem_off)
+        self._cset(c, cache_flags=self._cget(c, "cache_flags") | L.UMF_PTC)
+        head = 0
+        for b in reversed(bufs):
+            self.m.u64(b, head)
+            head = b
+        self.m.u64(tp + tmem_off + 8 + 8 * self.sizes.index(c.bufsize), head)
+        self.set_registers(fs_base=tp)
+
     # -- the transaction log ----------------------------------------------------------------
     def start_log(self, chunksize: int = PAGE) -> int:
         lh = self.layouts["umem_log_header"]
@@ -656,6 +673,26 @@ class SynthUmem:
         s.symbols.add_symbols(LIB, lib)
         s.symbols.add_symbols("a.out", exe, is_exe=True)
         return s
+
+
+class Run:
+    """An mdb language engine over a synthetic heap: run(cmd) -> (stdout, stderr) text."""
+
+    def __init__(self, u: SynthUmem):
+        import io
+
+        from mdbpy.lang.engine import Engine
+
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.session = u.session(out=self.out, err=self.err)
+        self.engine = Engine(self.session)
+
+    def __call__(self, cmd: str) -> tuple[str, str]:
+        for f in (self.out, self.err):
+            f.seek(0)
+            f.truncate()
+        self.engine.run_string(cmd)
+        return self.out.getvalue(), self.err.getvalue()
 
 
 def leaky_heap() -> tuple[SynthUmem, dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from mdbpy.dcmd import Walker
 from mdbpy.errors import MdbError
 
+from mdbpy_commands.umem import ptc
 from mdbpy_commands.umem.allocator import UmemAllocator
 from mdbpy_commands.umem.layouts import UMEM_READY
 from mdbpy_commands.umem.state import Umem, find_object
@@ -26,7 +27,8 @@ def detect(session) -> bool:
 
 
 def on_load(session) -> None:
-    """Register one walker per cache, named after it (when libumem is ready)."""
+    """Register one walker per cache, named after it, and the per-thread cache walkers
+    (when libumem is ready)."""
     try:
         umem = Umem.get(session)
         if umem.ready != UMEM_READY:
@@ -42,6 +44,7 @@ def on_load(session) -> None:
             continue
         reg.add_walker(Walker(name, _cache_walker(c.addr), f"walk the {name} cache",
                               needs_addr=False), DMOD_NAME)
+    ptc.register(session, umem, DMOD_NAME)
 
 
 def _cache_walker(addr: int):

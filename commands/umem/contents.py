@@ -23,6 +23,7 @@ from mdbpy.errors import ReadError
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
 from mdbpy_commands.umem.gather import Gather
+from mdbpy_commands.umem.ptc import ptc_buffers
 
 MAX_SLABSIZE = 1 << 26  # libumem's slabs are at most a few pages per chunk
 MAX_BUCKETS = 1 << 22
@@ -35,7 +36,7 @@ class Contents:
     bufs: object  # np.ndarray uint64, sorted
     alloc: object  # np.ndarray bool
     ctl: object  # np.ndarray uint64: bufctl address or 0
-    in_mag: object  # np.ndarray bool: free in the magazine layer
+    in_mag: object  # np.ndarray bool: free in the magazine layer or a per-thread cache
 
     def allocated(self):
         return self.bufs[self.alloc]
@@ -168,6 +169,8 @@ def _compute(umem, cache) -> Contents:
     if geo is None:
         return _empty(cache.addr)
     chunk, per_slab, slabs = geo
+    umem.debug(f"walking {cache.addr:x} ({cache.cstr('cache_name')}): {len(slabs)} slabs, "
+               f"buf total is {cache.cache_buftotal}")
     g = gather(umem)
     dmg = damage(umem.session)
     what = f"cache 0x{cache.addr:x}"
@@ -213,6 +216,7 @@ def _compute(umem, cache) -> Contents:
     free = np.zeros(total, bool)
     i, _ok = locate(fbuf)
     free[i] = True
+    umem.debug(f"slab freelists: {len(fbuf)} buffers")
     bad_slabs = sorted({k for k, _e, _w in broken})
     for k, _e, why in broken:
         s = slabs[k]
@@ -226,6 +230,12 @@ def _compute(umem, cache) -> Contents:
     rounds = np.array(umem.magazine_rounds(cache), np.uint64)
     i, ok = locate(rounds)
     in_mag[i[ok]] = True
+    umem.debug(f"magazine layer: {int(ok.sum())} buffers")
+    cached = np.array(ptc_buffers(umem, cache), np.uint64)
+    if len(cached):
+        i, ok = locate(cached)
+        in_mag[i[ok]] = True
+        umem.debug(f"per-thread caches: {int(ok.sum())} buffers")
     if bad_slabs:
         _classify(umem, cache, g, np.isin(slab_of, bad_slabs), bufs, free, on_hash, hashed)
     return Contents(cache.addr, bufs, ~free & ~in_mag, ctl, in_mag)

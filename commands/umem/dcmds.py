@@ -12,6 +12,7 @@ from mdbpy.output import human_size
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.ptc import ptc_buffers
 from mdbpy_commands.umem.state import Umem, missing
 from mdbpy_commands.umem.verify import verifiable, verify_cache
 
@@ -43,6 +44,22 @@ def message_buffer(umem) -> str:
     begin = umem.readvar("umem_error_begin", default=0) % max(len(raw), 1)
     text = raw[begin:] + raw[:begin]
     return text.replace(b"\0", b"").decode("latin-1")
+
+
+@dcmd("umem_debug", "toggle umem dcmd/walk debugging", enabled=missing,
+      example="::umem_debug", help="""\
+Switch the umem module's tracing on or off. While it is on, the walks say what they read as
+lines starting with `umem debug: ` (each cache walked, its slabs and buffer total, how many
+buffers its freelists, magazines and per-thread caches hold). The setting outlasts stops and
+resumes.""")
+def umem_debug(inv):
+    if inv.args or inv.has_addr:
+        raise UsageError("::umem_debug takes no address or arguments")
+    s = inv.session
+    on = s.settings.get("umem.debug") != "on"
+    s.settings["umem.debug"] = "on" if on else "off"
+    inv.out.write(f"umem: debugging is now {'on' if on else 'off'}\n")
+    return 0
 
 
 @dcmd("umem_status", "Print umem status and message buffer", enabled=missing,
@@ -145,7 +162,7 @@ def umastat(inv):
         mem = (c.cache_slab_create - c.cache_slab_destroy) * c.cache_slabsize
         ptc = "-"
         if c.cache_flags & L.UMF_PTC and umem.version >= L.ILLUMOS_2016:
-            ptc = "0"
+            ptc = str(len(ptc_buffers(umem, c)))
         kv = per_arena.setdefault(c.cache_arena, [0, 0, 0])
         kv[0] += mem
         kv[1] += alloc

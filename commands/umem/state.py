@@ -143,6 +143,11 @@ class Umem:
         n = size or (s.size if s.size in (1, 2, 4, 8) else 8)
         return int.from_bytes(self.mem.read(s.addr, n), "little", signed=signed)
 
+    def debug(self, msg: str) -> None:
+        """mdb's dprintf: a `umem debug: ` trace line while ::umem_debug has it on."""
+        if self.session.settings.get("umem.debug") == "on":
+            self.session.out.write(f"umem debug: {msg}\n")
+
     def view(self, struct: str, addr: int):
         return self.layouts[struct].view(self.mem, addr)
 
