@@ -17,7 +17,7 @@ import sys
 import time
 
 from mdbpy.heap.leaks import Leak, LeakGroup, LeakReport
-from mdbpy.heap.model import KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
+from mdbpy.heap.model import KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
 
 T_MMAP, T_SBRK, T_VMEM, T_CACHE, T_UMEM = range(5)
 RULE = "-" * 72
