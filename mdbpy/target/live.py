@@ -130,7 +130,16 @@ class LiveTarget(Target):
 
     # -- liveness ---------------------------------------------------------------------------
     def _alive(self) -> bool:
-        return ptrace.task_state(self.pid, self.pid) not in ("", "Z", "X")
+        """The process exists and still has its address space. A killed process drops its
+        memory before it turns Z, and reads fail in between: that is an exit too, not a bad
+        address (statm is all zeros once the memory is gone)."""
+        if ptrace.task_state(self.pid, self.pid) in ("", "Z", "X"):
+            return False
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return f.read(256).split()[0] != "0"
+        except (OSError, IndexError):
+            return False
 
     def _check(self) -> None:
         """Raise the reason the process cannot be read, if there is one."""
