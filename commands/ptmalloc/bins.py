@@ -74,6 +74,7 @@ class Walker:
         self.mem = session.mem
         self.state = state
         self.heaps = sorted(state.heap_ranges())
+        self._bins: dict[int, tuple] = {}  # arena -> its bins[] (decoded once)
 
     def in_heap(self, addr: int) -> bool:
         return any(a <= addr < b for a, b in self.heaps)
@@ -177,7 +178,9 @@ class Walker:
         """Bin i (1: unsorted, 2..63 small, 64..126 large) of an arena, fd order, checking
         each chunk's bk against its predecessor. When the fd walk meets damage, the rest is
         recovered backwards along bk from the bin, up to a chunk already seen."""
-        bins = arena.state.bins
+        bins = self._bins.get(arena.addr)
+        if bins is None:
+            bins = self._bins[arena.addr] = arena.state.bins
         b = self.bin_at(arena, i)
         fd, bk = bins[2 * i - 2], bins[2 * i - 1]
         kind = "unsorted" if i == 1 else "smallbin" if i < NSMALLBINS else "largebin"

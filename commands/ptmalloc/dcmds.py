@@ -307,10 +307,14 @@ def mallinfo(inv: Invocation):
 
 @dcmd("ptmalloc_verify", "check the integrity of glibc malloc's heaps", usage="",
       help="Walks every arena and list and prints one line per problem with its address: "
-           "bad sizes and smashed headers (the walk resumes past them), PREV_INUSE and "
-           "prev_size disagreements, broken double links, chunks in the wrong bin or listed "
-           "twice (double free), overwritten tcache keys and, under glibc.malloc.perturb, "
-           "free chunks whose fill was written (use after free).",
+           "bad sizes and smashed headers (the walk resumes past them), a smashed top size, "
+           "PREV_INUSE and prev_size disagreements, broken double links, cycles and links "
+           "into unmapped memory or outside the heaps, chunks in the wrong bin or listed "
+           "twice (double free), overwritten tcache keys, a cut arena ring or heap_info "
+           "chain and, under glibc.malloc.perturb, free chunks whose fill was written (use "
+           "after free). Every walk is bounded and goes on past the damage with what it can "
+           "still trust; the damage is also printed once as a warning, and ::findleaks names "
+           "the memory it could not trust.",
       example="::ptmalloc_verify")
 def ptmalloc_verify(inv: Invocation):
     problems = verify(inv.session)
