@@ -27,6 +27,8 @@ from mdbpy.target.base import Mapping, Target, Thread
 
 MAX_PHDRS = 1 << 18  # far above any real process (vm.max_map_count is 65530 by default)
 MAX_FILES = 1 << 18
+MAX_NOTES = 1 << 20  # a core of 65,000 threads holds about 400,000
+MAX_THREADS = 1 << 16  # NT_PRSTATUS notes kept (each thread costs ~2 KB of registers)
 MAX_DISK_FILES = 4096  # distinct mapped files looked up on disk for pages a core left out
 NOT_IN_CORE = "not in core file"
 # Reads this big come through pread(2), not the mmap: pages touched through a mapping count in
@@ -276,6 +278,7 @@ class _DiskFile:
         self.path = path
         self.mm = mm
         self.size = size
+        self.loads: list[ec.Phdr] | None = None  # its PT_LOADs, read on first use
 
 
 class CoreTarget(_ImageTarget):
@@ -315,22 +318,38 @@ class CoreTarget(_ImageTarget):
             self.warnings.append(msg)
 
     def _read_notes(self, notes: list[ec.Phdr]) -> None:
-        for ph in notes:
-            buf = self._slice(ph.offset, ph.filesz)
-            if len(buf) < ph.filesz:
-                self._warn(f"core file {self.path} is truncated: notes cut short")
-            try:
-                for name, ntype, desc in ec.iter_notes(buf):
-                    if name == b"CORE":
-                        self._note(ntype, desc)
-                    elif name == b"MDBPY" and ntype == ec.NT_MDBPY_NAMES:
-                        self._names = ec.parse_names(desc, MAX_FILES)
-            except ValueError as e:
-                self._warn(f"core file {self.path}: damaged note ({e}); later notes ignored")
+        """The notes of every PT_NOTE segment, parsed in place through a view of the mapping
+        (a hostile note segment may claim the whole file) and at most MAX_NOTES of them
+        (zeroed bytes read as a stream of empty notes)."""
+        seen = 0
+        with memoryview(self._mm) as image:
+            for ph in notes:
+                if ph.offset + ph.filesz > self.file_size:
+                    self._warn(f"core file {self.path} is truncated: notes cut short")
+                buf = image[min(ph.offset, self.file_size):ph.offset + ph.filesz]
+                try:
+                    for name, ntype, desc in ec.iter_notes(buf):
+                        seen += 1
+                        if seen > MAX_NOTES:
+                            self._warn(f"core file {self.path} has more than {MAX_NOTES} "
+                                       f"notes; the rest are ignored")
+                            return
+                        if name == b"CORE":
+                            self._note(ntype, desc)
+                        elif name == b"MDBPY" and ntype == ec.NT_MDBPY_NAMES:
+                            self._names = ec.parse_names(desc, MAX_FILES)
+                except ValueError as e:
+                    self._warn(f"core file {self.path}: damaged note ({e}); later notes ignored")
+                finally:
+                    buf.release()
 
     def _note(self, ntype: int, desc: bytes) -> None:
         try:
             if ntype == ec.NT_PRSTATUS:
+                if len(self._threads) >= MAX_THREADS:
+                    self._warn(f"core file {self.path} has more than {MAX_THREADS} threads; "
+                               f"the rest are ignored")
+                    return
                 st = ec.parse_prstatus(desc)
                 sig = _signame(st.cursig) if st.cursig else ""
                 self._threads.append(Thread(st.tid, regs=st.regs, state=sig))
@@ -340,7 +359,7 @@ class CoreTarget(_ImageTarget):
             elif ntype == ec.NT_AUXV and not self._auxv:
                 self._auxv = ec.parse_auxv(desc)
             elif ntype == ec.NT_FILE and not self.files:
-                self.files = sorted(ec.parse_nt_file(desc, MAX_FILES), key=lambda e: e.start)
+                self.files = self._disjoint(ec.parse_nt_file(desc, MAX_FILES))
                 self._file_starts = [e.start for e in self.files]
                 for fe in self.files:
                     self._entries_of.setdefault(fe.path, []).append(fe)
@@ -348,6 +367,19 @@ class CoreTarget(_ImageTarget):
                 self.siginfo = ec.parse_siginfo(desc)
         except ValueError as e:
             self._warn(f"core file {self.path}: ignoring a damaged note ({e})")
+
+    def _disjoint(self, entries: list[ec.FileEntry]) -> list[ec.FileEntry]:
+        """NT_FILE entries sorted, each cut where the one before it ends: only a hostile core
+        overlaps them, and overlapping entries would multiply the omitted mappings."""
+        out: list[ec.FileEntry] = []
+        for e in sorted(entries, key=lambda e: (e.start, e.end)):
+            if out and e.start < out[-1].end:
+                self._warn(f"core file {self.path}: NT_FILE entries overlap at 0x{e.start:x}")
+                if e.end <= out[-1].end:
+                    continue
+                e = e._replace(start=out[-1].end, offset=e.offset + out[-1].end - e.start)
+            out.append(e)
+        return out
 
     def _build_segments(self, loads: list[ec.Phdr]) -> None:
         segs = []
@@ -421,16 +453,11 @@ class CoreTarget(_ImageTarget):
         """Perms of a mapping the core omitted: from the file's own PT_LOAD at that offset."""
         df = self._disk.get(s.path)
         if df is not None and df.mm is not None:
-            try:
-                eh = ec.parse_ehdr(df.mm[:ec.EHDR.size])
-                count = min(eh.phnum, 64)
-                for ph in ec.parse_phdrs(df.mm[eh.phoff:eh.phoff + count * ec.PHDR.size],
-                                         count):
-                    lo = ph.offset - ph.offset % ec.PAGE
-                    if ph.type == ec.PT_LOAD and lo <= s.foff < ph.offset + ph.filesz:
-                        return ec.perms_from_flags(ph.flags)
-            except ValueError:
-                pass
+            if df.loads is None:  # once per file: a core may omit thousands of its mappings
+                df.loads = _file_loads(df.mm)
+            for ph in df.loads:
+                if ph.offset - ph.offset % ec.PAGE <= s.foff < ph.offset + ph.filesz:
+                    return ec.perms_from_flags(ph.flags)
         return "r--p"
 
     def _file_entry(self, addr: int) -> ec.FileEntry | None:
@@ -580,8 +607,8 @@ class CoreTarget(_ImageTarget):
 def _gaps(fe: ec.FileEntry, segs: list[_Segment], starts: list[int]) -> list[tuple[int, int]]:
     """The parts of a file mapping that no segment covers (segs sorted, starts their starts)."""
     out, cur = [], fe.start
-    i = bisect.bisect_right(starts, fe.start) - 1
-    for s in segs[max(i, 0):]:
+    for i in range(max(bisect.bisect_right(starts, fe.start) - 1, 0), len(segs)):
+        s = segs[i]
         if s.start >= fe.end:
             break
         if s.end <= cur:
@@ -592,6 +619,17 @@ def _gaps(fe: ec.FileEntry, segs: list[_Segment], starts: list[int]) -> list[tup
     if cur < fe.end:
         out.append((cur, fe.end))
     return out
+
+
+def _file_loads(mm: mmap.mmap) -> list[ec.Phdr]:
+    """The PT_LOAD headers (at most 64 headers read) of an ELF file on disk; none if damaged."""
+    try:
+        eh = ec.parse_ehdr(mm[:ec.EHDR.size])
+    except ValueError:
+        return []
+    count = min(eh.phnum, 64)
+    return [ph for ph in ec.parse_phdrs(mm[eh.phoff:eh.phoff + count * ec.PHDR.size], count)
+            if ph.type == ec.PT_LOAD]
 
 
 def _signame(sig: int) -> str:
