@@ -14,6 +14,7 @@ from mdbpy.output import ptr0, radix_str
 from mdbpy.sim.layouts import SIM_POISON, SIM_RED_ZONE, SIM_STORE_USER
 
 from .heap import SimAllocator
+from .walk import CACHE_NAME
 
 FLAG_NAMES = ((SIM_RED_ZONE, "RED_ZONE"), (SIM_POISON, "POISON"), (SIM_STORE_USER, "STORE_USER"))
 
@@ -218,10 +219,11 @@ def walk_free(session, addr):
 
 def register_cache_walkers(session, sim: SimAllocator, module: str) -> None:
     """One walker per cache, named after it (`::walk kmalloc-64`), yielding its allocated
-    objects; a cache whose name is already a walker keeps only `::walk sim_obj`."""
+    objects; a cache whose name is already a walker, or whose descriptor holds no cache name
+    (damage), keeps only `::walk sim_obj`."""
     reg = session.registry
     for c in sim.cache_list():
-        if not c.name or c.name in reg.walkers:
+        if not CACHE_NAME.match(c.name) or c.name in reg.walkers:
             continue
 
         def walk(session, addr, _cache=c.addr):

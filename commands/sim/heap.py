@@ -2,19 +2,15 @@
 need them (mdbpy.heap.model.Allocator).
 
 Everything is reached from the `sim_allocator` global through the descriptors of
-mdbpy/sim/layouts.py. The target is untrusted: every list (caches, slabs, free lists) is bounded
-by the count its owner claims and by a hard cap, stops at the first repeated element, and every
-slab must lie inside the allocator's slab area. What does not hold together is kept as a
-Problem for ::heap_verify rather than raised, so a corrupt heap can still be examined. A free
-list cut short (a double free's cycle, a wild free pointer) loses the free objects after the
-cut; with red zones on, their inactive red zones still say they are free.
+mdbpy/sim/layouts.py. The target is untrusted: the lists are walked by walk.py, bounded and
+cycle-safe, each descriptor checked before it is believed; what does not hold together is
+warned about once with where it is, kept as a Problem for ::heap_verify where slub_debug has a
+word for it, and its memory named by untrusted() for ::findleaks, so a corrupt heap can still
+be examined.
 
 Sizes met in benchmarks are a million objects in tens of thousands of slabs, so nothing here
-is a Python loop per slab or per object: slab descriptors are decoded with numpy from one read
-of the metadata, in runs whose links are all checked; slabs are kept column-wise; a slab with a
-free list is read in one piece and its free pointers picked out with a strided view (the walk
-is one step per free object); the buffer table is expanded from the slabs; allocation tracks
-are gathered in clusters (mdbpy.heap.bulk).
+is a Python loop per slab or per object: slabs are kept column-wise; the buffer table is
+expanded from the slabs; allocation tracks are gathered in clusters (mdbpy.heap.bulk).
 """
 
 from __future__ import annotations
@@ -22,23 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
                               Problem)
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM_POISON,
-                               SIM_RED_ZONE, SIM_REDZONE_ACTIVE, SIM_REDZONE_INACTIVE,
-                               SIM_STORE_USER)
+                               SIM_RED_ZONE, SIM_STORE_USER)
 
-from .verify import check_cache, slot_regions
-
-MAX_CACHES = 4096
-MAX_SLABS = 1 << 24
-MAX_SLAB_BYTES = 1 << 30  # one slab larger than this is corrupt
-MAX_METADATA = 256 << 20  # a larger metadata region is not read in one piece
-
-ALREADY_FREE = "Object already free"
-FREECHAIN = "Freechain corrupt"
+from .verify import check_cache
+from .walk import (ALREADY_FREE, MAX_METADATA, DamageLog, drop_overlaps, read_cache_list,
+                   read_slab_list, walk_freelists)
 
 
 def decoded(view) -> SimpleNamespace:
@@ -67,6 +56,9 @@ class SimCache:
     slab_addr: object = None  # np.ndarray uint64: the sim_slab descriptors
     slab_base: object = None  # np.ndarray uint64: their first slots
     slab_objects: object = None  # np.ndarray int64
+    slab_inuse: object = None  # np.ndarray int64: what each descriptor claims
+    slab_freelist: object = None  # np.ndarray uint64: each slab's free list head
+    bad: bool = False  # its descriptor fails the geometry checks: no slabs are read
     free: dict = field(default_factory=dict)  # slab position -> free slot indexes, in order
     _slabs: list | None = None
 
@@ -118,6 +110,7 @@ class SimAllocator(Allocator):
         self._meta: tuple[int, bytes] | None = None
         self._table: BufferTable | None = None
         self.walk_problems: list[Problem] = []
+        self.damage = DamageLog(session)
 
     @classmethod
     def detect(cls, session) -> SimAllocator | None:
@@ -141,7 +134,7 @@ class SimAllocator(Allocator):
     def cache_list(self) -> list[SimCache]:
         """Every cache's descriptor, its slabs not read yet: enough to name the caches."""
         if self._list is None:
-            self._list = self._read_cache_list()
+            self._list = read_cache_list(self)
         return self._list
 
     def caches(self) -> list[SimCache]:
@@ -149,7 +142,10 @@ class SimAllocator(Allocator):
         if self._caches is None:
             caches = self.cache_list()
             for c in caches:
-                self._read_slabs(c)
+                read_slab_list(self, c)
+            drop_overlaps(self, caches)
+            for c in caches:
+                walk_freelists(self, c)
             self._caches = caches
         return self._caches
 
@@ -165,28 +161,7 @@ class SimAllocator(Allocator):
                 return c
         return None
 
-    def _read_cache_list(self) -> list[SimCache]:
-        mem = self.session.mem
-        kc = self.binder["sim_kmem_cache"]
-        limit = min(self.root.ncaches, MAX_CACHES)
-        out: list[SimCache] = []
-        seen = set()
-        cur = self.root.caches
-        while cur and cur not in seen:
-            if len(out) >= limit:
-                self.session.warn(f"sim: more caches than the {limit} sim_allocator claims; "
-                                  "the rest are ignored")
-                break
-            seen.add(cur)
-            try:
-                v = kc.view(mem, cur)
-            except ReadError as e:
-                raise MdbError(f"sim: cache list broken at 0x{cur:x}: {e}") from None
-            out.append(SimCache(decoded(v), v.cstr("name"), len(out)))
-            cur = v.next
-        return out
-
-    def _metadata(self) -> tuple[int, bytes]:
+    def metadata(self) -> tuple[int, bytes]:
         """(start, bytes) of the metadata region the root names, read once: the slab
         descriptors are unpacked from it rather than read one by one (b"" when it is
         unreadable or implausibly large, and then they are)."""
@@ -201,142 +176,13 @@ class SimAllocator(Allocator):
             self._meta = (lo, data)
         return self._meta
 
-    def _read_slabs(self, c: SimCache) -> None:
-        """The cache's slab list, bounded by nr_slabs and cycle-safe, into c's columns; a
-        descriptor outside the slab area or claiming too many objects is reported and skipped.
-        Only the slabs with a free list are visited one by one."""
-        import numpy as np
+    def in_metadata(self, addr: int, size: int) -> bool:
+        """Whether a descriptor of `size` bytes at addr lies (aligned) in the metadata
+        region, where every cache and slab descriptor lives."""
+        return not addr % 8 and self.root.metadata <= addr <= self.root.metadata_end - size
 
-        ks = self.binder["sim_slab"]
-        v = c.view
-        lo, hi = self.root.slab_area, self.root.slab_area_end
-        limit = min(v.nr_slabs, MAX_SLABS)
-        seen: set[int] = set()
-        runs = []
-        cur = v.slabs
-        while cur:
-            if len(seen) >= limit:
-                self._problem(FREECHAIN, c, cur, note=f"more slabs than nr_slabs ({limit})")
-                break
-            try:
-                run = self._slab_run(cur, limit - len(seen))
-            except ReadError as e:
-                self._problem(FREECHAIN, c, cur, note=f"slab list broken: {e}")
-                break
-            addrs = range(cur, cur + len(run) * ks.size, ks.size)
-            if not seen.isdisjoint(addrs):  # the list runs into itself: stop at the repeat
-                run = run[:next(i for i, a in enumerate(addrs) if a in seen)]
-                addrs = addrs[:len(run)]
-            seen.update(addrs)
-            addr = np.arange(cur, cur + len(run) * ks.size, ks.size, dtype=np.uint64)
-            nbytes = run["objects"].astype(object) * v.size
-            bad = ((run["objects"] > v.objects_per_slab) | (nbytes > MAX_SLAB_BYTES)
-                   | (run["base"] < lo) | (run["base"] + nbytes > hi)).astype(bool)
-            for i in np.flatnonzero(bad).tolist():
-                self._problem(FREECHAIN, c, int(addr[i]), note=f"slab 0x{int(addr[i]):x} lies "
-                              f"outside the slab area or claims {int(run['objects'][i])} "
-                              "objects; skipped")
-            runs.append((addr[~bad], run[~bad]))
-            cur = int(run["next"][-1]) if len(run) else 0
-            if cur in seen:
-                break
-        c.slab_addr = np.concatenate([a for a, _ in runs] or [np.zeros(0, np.uint64)])
-        c.slab_base = np.concatenate([r["base"] for _, r in runs] or [np.zeros(0, np.uint64)])
-        c.slab_objects = np.concatenate([r["objects"] for _, r in runs]
-                                        or [np.zeros(0, np.uint32)]).astype(np.int64)
-        freelist = np.concatenate([r["freelist"] for _, r in runs] or [np.zeros(0, np.uint64)])
-        for i in np.flatnonzero(freelist).tolist():
-            free = self._walk_freelist(c, int(c.slab_addr[i]), int(c.slab_base[i]),
-                                       int(c.slab_objects[i]), int(freelist[i]))
-            if free:
-                c.free[i] = free
-
-    def _slab_run(self, addr: int, most: int):
-        """The sim_slab descriptors from addr on that follow each other in memory and in the
-        list (each one's `next` is the one after it), at least one and at most `most`, as a
-        numpy record array. The simulator carves slab descriptors in runs, so a list of tens
-        of thousands of slabs is decoded in a few steps, while every link is still checked."""
-        import numpy as np
-
-        ks = self.binder["sim_slab"]
-        meta_lo, meta = self._metadata()
-        off = addr - meta_lo
-        if off < 0 or off % 8 or off + ks.size > len(meta):
-            return np.frombuffer(self.session.mem.read(addr, ks.size), ks.dtype())
-        n = min(most, (len(meta) - off) // ks.size)
-        run = np.ndarray((n,), ks.dtype(), buffer=meta, offset=off)
-        step = addr + ks.size * np.arange(1, n + 1, dtype=np.uint64)
-        breaks = np.flatnonzero(run["next"] != step)
-        return run[:int(breaks[0]) + 1 if len(breaks) else n]
-
-    def _walk_freelist(self, c: SimCache, addr: int, base: int, objects: int,
-                       cur: int) -> list[int]:
-        """The free slot indexes of the slab at `addr`, following its free list from `cur`
-        through the free pointers of its slots (read in one block). At most one step per slot:
-        a repeated object is a double free (the list cycles from there, so it is reported once
-        and the walk stops), a pointer to no slot ends the walk. Either way the rest of the
-        list is cut off; `_cut_off` finds those objects."""
-        import numpy as np
-
-        v = c.view
-        size = v.size
-        if not objects:
-            return []
-        try:
-            data = self.session.mem.read(base, objects * size)
-        except ReadError as e:
-            self._problem(FREECHAIN, c, base, note=f"slab unreadable: {e}")
-            return []
-        fpoff = v.red_left_pad + v.offset
-        if fpoff + 8 > size:
-            self._problem(FREECHAIN, c, base, note="free pointer lies outside the slot")
-            return []
-        fps = np.ndarray((objects,), dtype="<u8", buffer=data, offset=fpoff, strides=(size,))
-        first = base + v.red_left_pad
-        free: list[int] = []
-        on_list = set()
-        while cur:
-            k, rem = divmod(cur - first, size)
-            if cur < first or rem or k >= objects:
-                self._problem(FREECHAIN, c, cur, note=f"free pointer 0x{cur:x} in slab "
-                              f"0x{addr:x} points to no object")
-                break
-            if k in on_list:
-                lost = self._cut_off(c, data, free)
-                self._problem(ALREADY_FREE, c, cur, size=v.object_size,
-                              note="the object is on its slab's free list twice" + (
-                                  f"; {lost} free object{'s' if lost > 1 else ''} after it "
-                                  "cut off the list (known by their inactive red zones)"
-                                  if lost else ""))
-                return free
-            on_list.add(k)
-            free.append(k)
-            cur = int(fps[k])
-        if cur:
-            self._cut_off(c, data, free)
-        return free
-
-    def _cut_off(self, c: SimCache, data: bytes, free: list[int]) -> int:
-        """Add to `free` the slots of a slab (its bytes) off the list that slub_debug's red
-        zones mark free (more 0xbb than 0xcc bytes: an overflow into a zone does not change
-        its verdict); returns how many. Without red zones nothing tells: they stay allocated."""
-        import numpy as np
-
-        v = c.view
-        if not v.flags & SIM_RED_ZONE:
-            return 0
-        slots = np.frombuffer(data, np.uint8).reshape(-1, v.size)
-        reg = slot_regions(self, c)
-        zones = np.concatenate([slots[:, lo:hi] for lo, hi in (reg["left"], reg["right"])],
-                               axis=1)
-        marked = (zones == SIM_REDZONE_INACTIVE).sum(axis=1) > \
-            (zones == SIM_REDZONE_ACTIVE).sum(axis=1)
-        marked[free] = False
-        lost = np.flatnonzero(marked).tolist()
-        free += lost
-        return len(lost)
-
-    def _problem(self, kind: str, c: SimCache, addr: int, size: int = 0, note: str = ""):
+    def problem(self, kind: str, c: SimCache, addr: int, size: int = 0, note: str = ""):
+        """Keep a Problem the walks met, for ::heap_verify."""
         p = Problem(kind, c.name, addr, size, note=note)
         if kind == ALREADY_FREE:
             p.records = self.records_at(c, addr)
@@ -391,6 +237,10 @@ class SimAllocator(Allocator):
         return BufferTable.from_columns(objs, np.repeat(osize[order], counts), state,
                                         np.repeat(group[order], counts), ctl, groups=names,
                                         sort=False)
+
+    def untrusted(self) -> list[tuple[int, int, str]]:
+        self.caches()
+        return self.damage.untrusted()
 
     def metadata_regions(self) -> list[tuple[int, int]]:
         """The cache and slab descriptors, and sim_allocator itself (its pointers lead to the
