@@ -97,40 +97,49 @@ def planted_leaks(damage: str, r) -> set[int]:
     return base | ({r.addr("leak_after")} if damage == "size" else set())
 
 
+def check_reports(s, hurt: list[Hurt]) -> None:
+    """The exact verify lines, warnings and ::heap_verify report of one damaged heap; every
+    listing still answers, and stderr says each damage once."""
+    verify = run(s, "::ptmalloc_verify").splitlines()
+    ordered = sorted(hurt, key=lambda h: h.addr)
+    assert verify == [h.verify if h.verify.startswith("chunk ") else f"0x{h.addr:x}: {h.verify}"
+                      for h in ordered]
+    assert s.err.getvalue().splitlines() == [h.warning for h in hurt]
+    want = []
+    for h in ordered:
+        want += [f"BUG ptmalloc: {h.verify}", f"INFO: Object 0x{h.addr:x}", ""]
+    n = len(hurt)
+    plural = "" if n == 1 else "s"
+    assert run(s, "::heap_verify -q").splitlines() == want + [
+        f"ptmalloc: {n} problem{plural} in {n} buffer{plural}"]
+    for cmd in LISTINGS:
+        assert run(s, cmd), cmd
+    assert s.err.getvalue().splitlines() == [h.warning for h in hurt]
+
+
+def check_leaks(s, damage: str, r) -> None:
+    """findleaks finishes with exactly the planted leaks of the undamaged part, and names
+    the regions it could not trust."""
+    (alloc,) = s.allocators()
+    report = find_leaks(s, alloc)
+    assert {leak.addr for leak in report.leaks} == planted_leaks(damage, r)
+    untrusted = [f"[{h.region[0]:x}, {h.region[1]:x}) not trusted: {h.owner} {h.text}"
+                 for h in expected(damage, r) if h.region != (0, 0)]
+    assert [w for w in report.warnings if "not trusted" in w] == untrusted
+
+
 @pytest.mark.parametrize("kind,locate", WAYS)
 def test_damage_is_reported_where_it_is(damaged, kind, locate):
     damage, planted = damaged
-    r = planted[0]
-    hurt = expected(damage, r)
     with opened(planted, kind, locate) as s:
-        verify = run(s, "::ptmalloc_verify").splitlines()
-        assert verify == [h.verify if h.verify.startswith("chunk ") else
-                          f"0x{h.addr:x}: {h.verify}" for h in sorted(hurt, key=lambda h: h.addr)]
-        assert s.err.getvalue().splitlines() == [h.warning for h in hurt]
-        heap_verify = run(s, "::heap_verify -q").splitlines()
-        want = []
-        for h in sorted(hurt, key=lambda h: h.addr):
-            want += [f"BUG ptmalloc: {h.verify}", f"INFO: Object 0x{h.addr:x}", ""]
-        n = len(hurt)
-        plural = "" if n == 1 else "s"
-        assert heap_verify == want + [f"ptmalloc: {n} problem{plural} in {n} buffer{plural}"]
-        # every listing still answers, and says nothing more on stderr: each damage once
-        for cmd in LISTINGS:
-            assert run(s, cmd), cmd
-        assert s.err.getvalue().splitlines() == [h.warning for h in hurt]
+        check_reports(s, expected(damage, planted[0]))
 
 
 @pytest.mark.parametrize("kind,locate", WAYS)
 def test_findleaks_finishes_with_the_undamaged_leaks(damaged, kind, locate):
     damage, planted = damaged
-    r = planted[0]
     with opened(planted, kind, locate) as s:
-        (alloc,) = s.allocators()
-        report = find_leaks(s, alloc)
-        assert {leak.addr for leak in report.leaks} == planted_leaks(damage, r)
-        untrusted = [f"[{h.region[0]:x}, {h.region[1]:x}) not trusted: {h.owner} {h.text}"
-                     for h in expected(damage, r) if h.region != (0, 0)]
-        assert [w for w in report.warnings if "not trusted" in w] == untrusted
+        check_leaks(s, damage, planted[0])
 
 
 @pytest.mark.parametrize("kind", ("live", "core"))
@@ -165,3 +174,32 @@ def test_walks_keep_what_they_can_trust(damaged, kind):
             heaps = run(s, "::heaps").splitlines()[1:]
             assert [int(h.split()[0], 16) for h in heaps] == [a("main_arena"), a("arena2"),
                                                              a("arena1")]
+
+
+@pytest.fixture(scope="module", params=("fastcycle", "tcachecycle", "wildfd", "arenanext"))
+def damaged_231(request, build_dir):
+    """The damage under glibc 2.31 (no safe-linking; the tcache key is the tcache), run by
+    that release's loader as test_ptmalloc_versions runs it: (damage, release tuple)."""
+    from test_ptmalloc_versions import OTHER, _build, _libdir
+
+    lib = _libdir(OTHER / "2.31")
+    exe = _build("2.31", build_dir, "ptmalloc_damage")
+    r = start_fixture(lib / "ld-linux-x86-64.so.2", "--library-path", lib, exe, request.param)
+    try:
+        core = gcore(r.pid, build_dir / f"damage-2.31-{request.param}")
+        yield request.param, ("2.31", r, "", core, str(OTHER / "2.31-dbg/usr/lib/debug"))
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("kind", ("live", "core"))
+def test_damage_under_glibc_2_31(damaged_231, kind):
+    from test_ptmalloc_versions import opened as opened_release
+
+    damage, rel = damaged_231
+    r = rel[1]
+    with opened_release(rel, kind, "symbols") as s:
+        assert "safe-linking off" in run(s, "::ptmalloc")
+        check_reports(s, expected(damage, r))
+    with opened_release(rel, kind, "symbols") as s:
+        check_leaks(s, damage, r)

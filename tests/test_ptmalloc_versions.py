@@ -43,9 +43,10 @@ def _libdir(root: Path) -> Path:
     pytest.skip(f"glibc not unpacked under {root}")
 
 
-def _build(version: str, out: Path) -> Path:
-    exe = out / f"glibc_heap-{version}"
-    src = str(FIXTURES / "glibc_heap.c")
+def _build(version: str, out: Path, name: str = "glibc_heap") -> Path:
+    """fixtures/<name>.c built to run under glibc `version`."""
+    exe = out / f"{name}-{version}"
+    src = str(FIXTURES / f"{name}.c")
     if version >= "2.34":
         cmd = ["gcc", *FLAGS, "-o", str(exe), src, "-pthread"]
     else:
