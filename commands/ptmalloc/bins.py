@@ -1,10 +1,12 @@
 """The free lists: each thread's tcache, each arena's fastbins, unsorted, small and large bins.
 
 Every walk is bounded (by the bin's count where glibc keeps one, else by a fixed limit) and
-cycle-safe (a chunk seen twice ends the walk and is reported as a double free or a cycle).
-Safe-linked links (tcache next, fastbin fd, glibc 2.32+) are decoded with the address each is
-stored at. A link that leaves the heaps, or a chunk in the wrong size class, ends its list with
-a problem instead of wandering through memory.
+cycle-safe (a visited set: a chunk seen twice ends the walk as a cycle). Safe-linked links
+(tcache next, fastbin fd, glibc 2.32+) are decoded with the address each is stored at. A link
+that is misaligned, unmapped or outside the heaps ends its list instead of wandering through
+memory; a doubly linked bin whose fd walk ends so is walked on backwards along bk from the bin.
+What a walk meets (and a chunk in the wrong size class, a bk that disagrees, a tcache key
+overwritten) is a Damage (damage.py) naming the chunk whose link or header is at fault.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class Walker:
             self._damage(lst, holder, f"longer than {limit} chunks; the rest is not walked",
                          holder)
         return lst
+
     def tcache(self, tc) -> list[BinList]:
         """The bins of the tcache_perthread_struct at tc.addr (non-empty or miscounted)."""
         st = self.state

@@ -8,6 +8,11 @@ chunk of exactly its struct's size with counts within mp_.tcache_count. The sett
 `ptmalloc.locate` (auto | symbols | heuristic; ::ptmalloc -m) chooses, and `found` records
 what each part came from, for ::ptmalloc to show. Nothing here depends on mapping names:
 cores have no `[heap]`.
+
+The arena ring and each thread arena's heap_info chain are walked bounded and each node once;
+damage on the way (a cut ring, a top outside any heap, a smashed top size) is recorded in
+State.damage. A cut ring loses the arenas after the cut: they are found again by their heaps,
+whose HEAP_MAX_SIZE-aligned heap_info names them.
 """
 
 from __future__ import annotations
