@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mdbpy.errors import ReadError
+
 from .bins import Walker
 
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -27,10 +29,19 @@ class Mallinfo:
     keepcost: int = 0
 
 
+def _top_size(session, arena) -> int:
+    """The top chunk's size; 0 when a damaged top pointer leads nowhere readable (the
+    damage is reported by locate: the statistics go on with the rest)."""
+    try:
+        return session.mem.read_u64(arena.state.top + 8) & ~7
+    except ReadError:
+        return 0
+
+
 def arena_info(session, state, arena) -> Mallinfo:
     """int_mallinfo() of one arena."""
     w = Walker(session, state)
-    avail = session.mem.read_u64(arena.state.top + 8) & ~7
+    avail = _top_size(session, arena)
     nblocks = 1
     fast = w.fastbins(arena)
     nfast = sum(len(b.chunks) for b in fast)
@@ -48,7 +59,7 @@ def arena_info(session, state, arena) -> Mallinfo:
         mp = state.mp
         if mp is not None:
             m.hblks, m.hblkhd = mp.n_mmaps, mp.mmapped_mem
-        m.keepcost = session.mem.read_u64(arena.state.top + 8) & ~7
+        m.keepcost = _top_size(session, arena)
     return m
 
 
