@@ -233,11 +233,14 @@ def _check_slabs(sim, c, addr, rec):
          lambda i: f"base 0x{int(rec['base'][i]):x} is not slab-aligned"),
     )
     keep = np.ones(len(addr), bool)
+    placed = ~(faults[1][0] | faults[2][0] | faults[3][0])
     for bad, why in faults:
         for i in np.flatnonzero(bad & keep).tolist():
             a = int(addr[i])
-            sim.damage.report(a, a + sim.binder["sim_slab"].size,
-                              f"cache {c.name} slab 0x{a:x}: {why(i)}; skipped")
+            # its objects are not known: the memory they are in, where the slab says that
+            lo, hi = (int(rec["base"][i]), int(rec["base"][i] + rec["objects"][i] * v.size)) \
+                if placed[i] else (a, a + sim.binder["sim_slab"].size)
+            sim.damage.report(lo, hi, f"cache {c.name} slab 0x{a:x}: {why(i)}; skipped")
             sim.problem(FREECHAIN, c, a, note=f"slab 0x{a:x} {why(i)}; skipped")
             keep[i] = False
     return keep

@@ -85,7 +85,8 @@ def roots(sim: Simulation) -> list[tuple]:
 
 def scenario_truth(sim: Simulation) -> dict:
     """Leaks, corruption and per-cache counts of a scenario run, with what the simulator
-    knows about each object (its name, its stacks, the writer of a damaged byte)."""
+    knows about each object (its name, its stacks, the writer of a damaged byte), and the
+    random damage applied to it (mdbpy.sim.damage) with the objects each one puts at risk."""
     leaks = []
     for a in T.unreachable(sim.slub, roots(sim)):
         info = sim.objects[a]
@@ -112,7 +113,7 @@ def scenario_truth(sim: Simulation) -> dict:
         c["corrupt"] = len({x["address"] for x in corrupt if x["cache"] == name})
     data = sim.data
     return {"program": sim.name, "pid": sim.pid, "leaks": leaks, "corrupt": corrupt,
-            "caches": counts,
+            "caches": counts, "damage": [d.as_dict() for d in sim.damage],
             "roots": {"data": [data.start, data.end],
                       "stacks": {t.name: [t.top.rsp, t.stack.end]
                                  for t in sim.threads.values()}}}

@@ -155,6 +155,8 @@ class Simulation:
         self.objects: dict[int, ObjInfo] = {}
         self.writes: list[tuple[int, int, list[str]]] = []  # slab-area writes: lo, hi, stack
         self.double_frees: list[dict] = []
+        self.pending_damage: list[tuple] = []  # (line, count, seed, kinds) of `damage`
+        self.damage: list = []  # mdbpy.sim.damage.Damage, applied by finish()
 
     # -- statements ---------------------------------------------------------------------
     def run(self, stmts: list[Stmt]) -> None:
@@ -168,11 +170,28 @@ class Simulation:
                 raise ScenarioError(st.line, str(e)) from None
 
     def finish(self) -> None:
-        """Write the allocator's descriptors (the metadata mapping ends on a page)."""
+        """Write the allocator's descriptors (the metadata mapping ends on a page), then
+        apply the damage the scenario asked for."""
+        from mdbpy.sim import damage
+
         pad = page_up(len(self.meta.data)) - len(self.meta.data)
         self.meta.data += bytes(pad)
         self.slub.finish(self.data, self.global_addr[SIM_ALLOCATOR_SYMBOL], self.clock,
                          self.cpus)
+        for line, count, seed, kinds in self.pending_damage:
+            try:
+                self.damage += damage.apply(self, seed, count, kinds)
+            except ValueError as e:
+                raise ScenarioError(line, str(e)) from None
+
+    def _op_damage(self, line, count, seed, kinds):
+        from mdbpy.sim.damage import KINDS
+
+        bad = [k for k in kinds if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown damage kind '{bad[0]}' (one of {', '.join(KINDS)})")
+        self.pending_damage.append((line, count, self.prog.header["seed"] if seed is None
+                                    else seed, kinds or KINDS))
 
     def _op_thread(self, line, name, cpu):
         self.cur = self.threads[name]

@@ -21,6 +21,10 @@ simulator can lay out the program's code (one call site per statement) before ru
     write DEST "text"         write bytes (Python byte-string escapes) ...
     write DEST u64 N          ... or an integer (u8, u16, u32, u64, little-endian)
     memset DEST BYTE COUNT    fill COUNT bytes
+    damage COUNT [seed N] [KIND ...]
+                              when the scenario ends, COUNT random damages (of the given
+                              kinds, default all: see mdbpy.sim.damage) to the heap's
+                              metadata and slots, recorded in the truth
 
 DEST is NAME[+-OFF] (inside the object NAME is bound to, or the global NAME) or `local NAME`
 (a stack slot of the current frame). `#` starts a comment. Bugs are written as what the
@@ -178,7 +182,22 @@ def _statement(w: list[str], n: int) -> tuple[str, tuple]:
         _arity(rest, n, (2,), "memset DEST BYTE COUNT")
         return op, (dest, _number(rest[0], n, "byte", 0, 255),
                     _number(rest[1], n, "count", 1, MAX_SIZE))
+    if op == "damage":
+        return op, _damage(w, n)
     raise ScenarioError(n, f"unknown statement '{op}'")
+
+
+def _damage(w: list[str], n: int) -> tuple:
+    """(count, seed or None, kinds): the kinds are checked when the statement runs."""
+    if len(w) < 2:
+        raise ScenarioError(n, "usage: damage COUNT [seed N] [KIND ...]")
+    count = _number(w[1], n, "damage count", 1, 1000)
+    rest, seed = w[2:], None
+    if rest[:1] == ["seed"]:
+        if len(rest) < 2:
+            raise ScenarioError(n, "usage: damage COUNT [seed N] [KIND ...]")
+        seed, rest = _number(rest[1], n, "seed"), rest[2:]
+    return count, seed, tuple(_ident(k, n, "damage kind") for k in rest)
 
 
 def _alloc(w: list[str], n: int) -> tuple[str, tuple]:
