@@ -251,3 +251,17 @@ def test_nothing_to_damage_is_a_scenario_error():
         build("program empty\ndamage 1 freelist_cycle\n")
     assert str(e.value) == ("scenario line 2: nothing in this heap can take damage of kind "
                             "freelist_cycle")
+
+
+def test_cache_list_cut_short(tmp_path):
+    r = Run(first_seed("cache_next", lambda d, r: d["new"] == 0), tmp_path)
+    (d,) = r.damage
+    name = d["what"].split()[1]
+    cache = d["address"] - B["sim_kmem_cache"].offset("next")
+    n = [c.name for c in r.sim.caches()].index(name) + 1
+    assert len(r.sim.caches()) == n
+    assert r.warnings == [f"mdbpy: sim: cache list: ends after {n} caches, sim_allocator "
+                          "claims 14"]
+    assert r.leaks()[1] == [f"[{cache:x}, {cache + B['sim_kmem_cache'].size:x}) not trusted: "
+                            f"cache list: ends after {n} caches, sim_allocator claims 14"]
+    r.assert_truth_outside_risk()

@@ -106,30 +106,28 @@ def read_cache_list(sim) -> list:
     seen: set[int] = set()
     cur, prev = root.caches, None
 
-    def broken(why: str) -> None:
+    def broken(why: str) -> list:
         at = prev.addr if prev else root.addr
         size = kc.size if prev else root.struct.size
         owner = f"cache {prev.name}" if prev else "sim_allocator"
         log.report(at, at + size, f"cache list: {why} (linked from {owner} at 0x{at:x}); "
                    "the caches after it are lost")
+        return out
 
     while cur:
         if cur in seen:
-            broken(f"cycle at 0x{cur:x}")
-            break
+            return broken(f"cycle at 0x{cur:x}")
         if len(out) >= limit:
             log.report(root.addr, root.addr + root.struct.size,
                        f"cache list: more caches than the {limit} sim_allocator claims; "
                        "the rest are ignored")
-            break
+            return out
         if not sim.in_metadata(cur, kc.size):
-            broken(f"link 0x{cur:x} points outside the metadata")
-            break
+            return broken(f"link 0x{cur:x} points outside the metadata")
         try:
             v = decoded(kc.view(sim.session.mem, cur))
         except ReadError:
-            broken(f"cache 0x{cur:x} is unreadable")
-            break
+            return broken(f"cache 0x{cur:x} is unreadable")
         seen.add(cur)
         name = v.name.split(b"\0", 1)[0].decode("latin-1")
         c = SimCache(v, name, len(out))
@@ -148,6 +146,11 @@ def read_cache_list(sim) -> list:
                        "are not read")
         out.append(c)
         prev, cur = c, v.next
+    if len(out) < root.ncaches:
+        at, end = (prev.addr, prev.addr + kc.size) if prev else (root.addr, root.addr +
+                                                                 root.struct.size)
+        log.report(at, end, f"cache list: ends after {len(out)} caches, sim_allocator "
+                   f"claims {root.ncaches}")
     return out
 
 

@@ -1,0 +1,90 @@
+"""Every sim dcmd and walker, and the generic heap commands, on simulated heaps the simulator
+damaged at random (mdbpy.sim.damage): each command ends with output or one-line errors and
+warnings, never an internal error or a traceback, and never runs long (a watchdog fails the
+example after WATCHDOG seconds).
+
+CI runs EXAMPLES derandomized examples; MDBPY_FUZZ_EXAMPLES=N runs N with fresh random ones
+(the long campaign: `MDBPY_FUZZ_EXAMPLES=2000 nice python -m pytest tests/test_sim_damage_fuzz.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_sim_damage import SCENARIO
+
+from mdbpy.lang.engine import Engine
+from mdbpy.session import Session
+from mdbpy.sim.build import build, write
+from mdbpy.sim.damage import KINDS
+from mdbpy.target.core import open_file_target
+
+EXAMPLES = 40
+WATCHDOG = 20  # seconds one command may take; the slowest takes well under one
+ONE_LINE = re.compile(r"mdbpy: [^\n]+|Usage: [^\n]*")
+COMMANDS = [
+    "::slabinfo", "::kmem_cache", "::walk sim_cache | ::kmem_cache", "::walk sim_cache",
+    "::walk sim_slab", "::walk sim_cache | ::walk sim_slab", "::walk sim_obj", "::walk sim_free",
+    "::walk sim_cache | ::walk sim_obj", "::walk sim_cache | ::walk sim_free", "::walk node",
+    "::walk kmalloc-64", "::findleaks", "::walk leak", "::heap_verify", "::heap_verify -q",
+    "::heap_stats", "::heapmap",
+]
+
+
+class Hang(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float):
+    def expired(signum, frame):
+        raise Hang(f"no result after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def addresses(result) -> list[int]:
+    """Where ::whatis and ::track look: each damaged byte, each object the damage put at risk
+    (a few), a named object, and the allocator's root."""
+    out = [result.names["n1"], result.names["lost"], result.globals["sim_allocator"]]
+    for d in result.truth["damage"]:
+        out += [d["address"], *d["objects"][:2]]
+    return out
+
+
+examples = int(os.environ.get("MDBPY_FUZZ_EXAMPLES", EXAMPLES))
+
+
+@settings(max_examples=examples, deadline=None, derandomize="MDBPY_FUZZ_EXAMPLES" not in
+          os.environ, database=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, (1 << 32) - 1), count=st.integers(1, 8),
+       kinds=st.lists(st.sampled_from(KINDS), unique=True, max_size=4))
+def test_damaged_heaps_never_crash(tmp_path_factory, seed, count, kinds):
+    result = build(SCENARIO + f"damage {count} seed {seed} {' '.join(kinds)}\n")
+    prog, core, _ = write(result, str(tmp_path_factory.mktemp("fuzz")))
+    out, err = io.StringIO(), io.StringIO()
+    session = Session(open_file_target(core, exe=prog), out=out, err=err)
+    try:
+        engine = Engine(session)
+        cmds = COMMANDS + [f"{a:x}::{c}" for a in addresses(result) for c in ("whatis", "track")]
+        for cmd in cmds:
+            with watchdog(WATCHDOG):
+                engine.run_string(cmd)
+            for line in err.getvalue().splitlines():
+                assert ONE_LINE.fullmatch(line) and "internal error" not in line, (cmd, line)
+            err.seek(0)
+            err.truncate()
+    finally:
+        session.close()
