@@ -1,9 +1,9 @@
 """Damaged glibc heaps, live and as gcore cores: the ptmalloc_damage fixture builds one heap and
 then damages it itself (a smashed chunk size, cyclic fastbin, tcache and unsorted lists, a wild
-small-bin fd, a smashed top size, a cut arena ring). For each, the exact warnings (one line per
-damage, where it is), the exact ::ptmalloc_verify and ::heap_verify problems, the regions
-findleaks does not trust, and findleaks finishing with exactly the leaks of the undamaged part.
-Every address is one the fixture printed of itself."""
+small-bin fd, a smashed top size, a top pointer moved back, a cut arena ring). For each, the
+exact warnings (one line per damage, where it is), the exact ::ptmalloc_verify and ::heap_verify
+problems, the regions findleaks does not trust, and findleaks finishing with exactly the leaks
+of the undamaged part. Every address is one the fixture printed of itself."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from test_ptmalloc_heap import opened, run
 from mdbpy.heap.leaks import find_leaks
 
 FLAGS = ("-g", "-O0", "-Wno-use-after-free")
-DAMAGE = ("size", "fastcycle", "tcachecycle", "bincycle", "wildfd", "top", "arenanext")
+DAMAGE = ("size", "fastcycle", "tcachecycle", "bincycle", "wildfd", "top", "topptr",
+          "arenanext")
 # live and core through libc's debug symbols, and the core by the heuristics alone
 WAYS = (("live", "auto"), ("core", "auto"), ("core", "heuristic"))
 LISTINGS = ("::ptmalloc", "::arenas", "::heaps", "::malloc_chunks", "::tcachebins",
@@ -84,6 +85,11 @@ def expected(damage: str, r) -> list[Hurt]:
     if damage == "top":
         return [Hurt(a("top"), main, f"top chunk 0x{a('top'):x}: bad size 0xffffffffffffffff",
                      (a("top"), a("heap_end")))]
+    if damage == "topptr":
+        end = a("false_top") + 0x20
+        return [Hurt(a("false_top"), main, f"top chunk 0x{a('false_top'):x}: ends at 0x{end:x}, "
+                     f"short of the heap end 0x{a('heap_end'):x}; the rest is not walked",
+                     (end, a("heap_end")))]
     next_slot = a("arena2") + a("next_offset")
     return [Hurt(next_slot, f"arena 0x{a('arena2'):x}", f"next 0x{a('wild'):x} points to "
                  "unmapped memory; the arena ring is cut there", (next_slot, next_slot + 8)),
@@ -168,6 +174,11 @@ def test_walks_keep_what_they_can_trust(damaged, kind):
             assert f"{a('third'):016x}" not in run(s, "::ptmalloc_verify")
         elif damage == "top":
             assert run(s, "::arenas").splitlines()[1].split()[3] == f"{a('top'):016x}"
+        elif damage == "topptr":
+            # the walk ends at the false top; the leak behind it is not reported (findleaks
+            # says the region is not trusted instead)
+            chunks = run(s, f"0x{a('main_arena'):x}::malloc_chunks").splitlines()
+            assert chunks[-1].split() == [f"{a('false_top'):016x}", "0x20", "P--", "top"]
         else:
             assert [int(x, 16) for x in run(s, "::walk ptmalloc_arena").split()] == [
                 a("main_arena"), a("arena2"), a("arena1")]

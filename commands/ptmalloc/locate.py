@@ -36,6 +36,7 @@ MAX_ARENAS = 1024
 MAX_HEAPS = 4096
 MALLOC_ALIGNMENT = 16
 MINSIZE = 32
+PAGE = 4096
 
 
 def locate_mode(session) -> str:
@@ -249,16 +250,23 @@ def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[
 
 
 def _top_damage(session, arena: int, heap: Heap) -> Damage | None:
-    """The top chunk must end inside its heap (a smashed top size, as in the House of Force,
-    would let malloc hand out any address)."""
+    """The top chunk must end where its heap ends (within a page: the break need not be
+    page-aligned). A size past the end is smashed (the House of Force would let malloc hand
+    out any address); a top that ends well short of it is a smashed top pointer, and the
+    chunks after it are not walked."""
     try:
         raw = session.mem.read_u64(heap.top + 8)
     except ReadError:
         return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x} is "
                       "unreadable", heap.top, heap.region[1])
     size, end = raw & ~7, heap.region[1]
-    if MINSIZE <= size and not size & 15 and heap.top + size <= end:
-        return None
+    top_end = heap.top + size
+    if MINSIZE <= size and not size & 15 and top_end <= end:
+        if end - top_end < PAGE:
+            return None
+        return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x}: ends at "
+                      f"0x{top_end:x}, short of the heap end 0x{end:x}; the rest is not "
+                      "walked", top_end, end)
     why = (f"size 0x{size:x} runs past the heap end 0x{end:x}" if size >= MINSIZE
            and not size & 15 else f"bad size 0x{raw:x}")
     return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x}: {why}",
