@@ -19,6 +19,7 @@ from mdbpy.heap.leaks import find_leaks
 from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
 from mdbpy.sim.build import build, write
+from mdbpy.sim.machine import SLAB_BASE
 from mdbpy.sim.scenario import ScenarioError
 from mdbpy.sim.slub import bind
 from mdbpy.target.core import open_file_target
@@ -264,4 +265,20 @@ def test_cache_list_cut_short(tmp_path):
                           "claims 14"]
     assert r.leaks()[1] == [f"[{cache:x}, {cache + B['sim_kmem_cache'].size:x}) not trusted: "
                             f"cache list: ends after {n} caches, sim_allocator claims 14"]
+    r.assert_truth_outside_risk()
+
+
+def test_slab_claiming_another_slabs_memory(tmp_path):
+    def overlaps(d, r):
+        return "(base)" in d["what"] and "(node)" in d["what"] and not d["new"] % 4096 \
+            and SLAB_BASE <= d["new"] < SLAB_BASE + (1 << 32)
+
+    r = Run(first_seed("slab_word", overlaps), tmp_path)
+    (d,) = r.damage
+    slab = d["address"] - B["sim_slab"].offset("base")
+    other = next(c for c in r.sim.caches() for s in c.slabs if s.base == d["new"])
+    assert len(r.warnings) == 1 and r.warnings[0].startswith(
+        f"mdbpy: sim: cache node slab 0x{slab:x}: ")
+    # whichever is dropped, the other cache keeps its slab (its free list is its own)
+    assert any(s.base == d["new"] for s in other.slabs)
     r.assert_truth_outside_risk()

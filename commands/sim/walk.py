@@ -270,40 +270,54 @@ def _slab_run(sim, addr: int, most: int):
 
 def drop_overlaps(sim, caches: list) -> None:
     """Slabs of one heap never overlap; where two descriptors claim the same memory (a
-    smashed base), the one at the higher address is reported and skipped."""
+    smashed base), the one whose span starts later (on a tie, the later in list order) is
+    reported and skipped. Vectorized: only the overlapping slabs are visited one by one."""
     import numpy as np
 
-    spans = [(int(b), int(b) + int(n) * c.view.size, k, i) for k, c in enumerate(caches)
-             if len(c.slab_base) for i, (b, n) in
-             enumerate(zip(c.slab_base.tolist(), c.slab_objects.tolist()))]
-    if len(spans) < 2:
+    live = [c for c in caches if len(c.slab_base)]
+    if sum(len(c.slab_base) for c in live) < 2:
         return
-    spans.sort()
+    base = np.concatenate([c.slab_base for c in live])
+    end = base + np.concatenate([c.slab_objects.astype(np.uint64) * np.uint64(c.view.size)
+                                 for c in live])
+    owner = np.concatenate([np.full(len(c.slab_base), k) for k, c in enumerate(live)])
+    pos = np.concatenate([np.arange(len(c.slab_base)) for c in live])
+    order = np.argsort(base, kind="stable")
+    reach = np.maximum.accumulate(end[order])
+    hits = np.flatnonzero(base[order][1:] < reach[:-1]) + 1
     drop: dict[int, list[int]] = {}
-    end, owner = spans[0][1], spans[0]
-    for lo, hi, k, i in spans[1:]:
-        if lo < end:
-            c, o = caches[k], caches[owner[2]]
-            a, b = int(c.slab_addr[i]), int(o.slab_addr[owner[3]])
-            sim.damage.report(a, a + sim.binder["sim_slab"].size,
-                              f"cache {c.name} slab 0x{a:x}: overlaps slab 0x{b:x} of cache "
-                              f"{o.name}; skipped")
-            drop.setdefault(k, []).append(i)
-            continue
-        end, owner = hi, (lo, hi, k, i)
+    for h in hits.tolist():
+        i = int(order[h])
+        j = int(order[np.flatnonzero(end[order][:h] > base[i])[0]])  # one slab it overlaps
+        if _holds_freelist(live[owner[j]], pos[j]) < _holds_freelist(live[owner[i]], pos[i]):
+            i, j = j, i  # the other one's free list lies outside its claimed memory
+        c, o = live[owner[i]], live[owner[j]]
+        a, b = int(c.slab_addr[pos[i]]), int(o.slab_addr[pos[j]])
+        sim.damage.report(a, a + sim.binder["sim_slab"].size,
+                          f"cache {c.name} slab 0x{a:x}: overlaps slab 0x{b:x} of cache "
+                          f"{o.name}; skipped")
+        drop.setdefault(int(owner[i]), []).append(int(pos[i]))
     for k, rows in drop.items():
-        c = caches[k]
+        c = live[k]
         keep = np.ones(len(c.slab_base), bool)
         keep[rows] = False
         for col in ("slab_addr", "slab_base", "slab_objects", "slab_inuse", "slab_freelist"):
             setattr(c, col, getattr(c, col)[keep])
 
 
+def _holds_freelist(c, i: int) -> bool:
+    """Whether slab i of c has no free list or one that starts at an object of its own."""
+    head, base, v = int(c.slab_freelist[i]), int(c.slab_base[i]), c.view
+    k, rem = divmod(head - base - v.red_left_pad, v.size)
+    return not head or (not rem and 0 <= k < int(c.slab_objects[i]))
+
+
 def walk_freelists(sim, c) -> None:
     """Every slab's free list of cache c into c.free (slab position -> free slot indexes)."""
     import numpy as np
 
-    for i in np.flatnonzero(c.slab_freelist | (c.slab_inuse < c.slab_objects)).tolist():
+    visit = (c.slab_freelist != 0) | (c.slab_inuse < c.slab_objects)
+    for i in np.flatnonzero(visit).tolist():
         free = _walk_freelist(sim, c, i)
         if free:
             c.free[i] = free

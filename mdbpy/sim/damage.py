@@ -194,7 +194,8 @@ class _Damager:
         a = s.addr + off
         new = self._garbage(self._old(self.sim.meta, a))
         risk = self._slab_risk(s, name == "next")
-        if name == "base":  # the slabs it now claims to overlap
+        if name == "base":  # garbage, or another slab's memory; the slabs it now overlaps
+            new = self.rng.choice([new, *(x.base for x in self.slub.slab_list if x is not s)])
             span = s.cache.geom.slab_size
             risk += self.objects_of(*(x for x in self.slub.slab_list
                                       if x.base < new + span and new < x.base +
