@@ -40,8 +40,15 @@ import warnings
 from typing import NamedTuple
 
 from mdbpy.errors import MdbError
+from mdbpy.sim.machine import STACK_SIZE
 
 MAX_SIZE = 1 << 20  # largest object, global or memset a scenario may ask for
+# what a whole scenario may ask for: its memory (globals, allocations, thread stacks, counted
+# as asked, frees not subtracted), its statements and its threads (thread ids are pid + k)
+MAX_MEMORY = 256 << 20
+MAX_STATEMENTS = 1 << 20
+MAX_THREADS = 4096
+MAX_TID = (1 << 31) - 1
 INT_KINDS = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[^\s"]+|"')
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -74,13 +81,60 @@ class Stmt(NamedTuple):
 
 
 def parse(text: str) -> list[Stmt]:
-    """The statements of a scenario, or a ScenarioError at the first bad line."""
+    """The statements of a scenario, or a ScenarioError at the first bad line (including the
+    line where the scenario asks for more than its budget: see _Budget)."""
     out = []
+    budget = _Budget()
     for n, raw in enumerate(text.splitlines(), 1):
         words = _tokens(raw, n)
         if words:
             out.append(Stmt(n, *_statement(words, n)))
+            budget.charge(out[-1])
     return out
+
+
+class _Budget:
+    """What the statements so far ask the simulator to build, so that a scenario asking for
+    2**40 bytes or a million threads is refused at the line that crosses a limit instead of
+    being attempted."""
+
+    def __init__(self):
+        self.statements = 0
+        self.memory = 0
+        self.pid = 0
+        self.threads = {"main"}
+        self.caches: dict[str, int] = {}
+
+    def charge(self, st: Stmt) -> None:
+        self.statements += 1
+        if self.statements > MAX_STATEMENTS:
+            raise ScenarioError(st.line, f"more than {MAX_STATEMENTS} statements")
+        if st.op == "pid":
+            self.pid = st.args[0]
+        elif st.op == "cache":
+            self.caches.setdefault(*st.args)
+        elif st.op == "global":
+            self._memory(st.line, st.args[1])
+        elif st.op == "alloc":
+            _name, how, arg = st.args
+            self._memory(st.line, self.caches.get(arg, 0) if how == "cache" else arg)
+        elif st.op == "thread" and st.args[0] not in self.threads:
+            self.threads.add(st.args[0])
+            if len(self.threads) > MAX_THREADS:
+                raise ScenarioError(st.line, f"more than {MAX_THREADS} threads")
+            self._memory(st.line, STACK_SIZE)
+        self._tids(st.line)
+
+    def _memory(self, line: int, size: int) -> None:
+        self.memory += size
+        if self.memory > MAX_MEMORY:
+            raise ScenarioError(line, f"the scenario asks for more than {MAX_MEMORY >> 20} MiB "
+                                      f"of memory")
+
+    def _tids(self, line: int) -> None:
+        if self.pid and self.pid + len(self.threads) - 1 > MAX_TID:
+            raise ScenarioError(line, f"pid {self.pid} leaves no thread id for "
+                                      f"{len(self.threads)} threads (ids end at {MAX_TID})")
 
 
 def _tokens(line: str, n: int) -> list[str]:
