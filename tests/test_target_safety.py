@@ -2,9 +2,9 @@
 
 The target is fixtures/selfsum.c: a million glibc chunks (~80 MB) that point at each other, so
 ::findleaks takes seconds, and a checksum the process computes itself over its data, bss, heap
-and a stack buffer. After every way out (quit, EOF, -e, SIGINT, SIGTERM and SIGKILL of mdbpy in
-the middle of a ::findleaks, the target dying under a long walk or a findleaks, an internal error
-in a dcmd) the process must run (state R or S), be untraced (TracerPid 0), report the checksum it
+and a stack buffer. After every way out (quit, EOF, -e; SIGINT, SIGTERM, SIGHUP and SIGKILL of
+mdbpy in the middle of a ::findleaks; the target dying under a long walk or a findleaks; an
+internal error in a dcmd) the process must run (state R or S), be untraced (TracerPid 0), report the checksum it
 reported at start, and keep doing so after a fresh attach. Writes reach it only with -w, and then
 exactly the one asked for.
 
@@ -24,7 +24,6 @@ from support import (STOPPED, PipedSession, compile_fixture, one_line_stderr, re
 
 NODES = 1_000_000
 MID_SCAN = 48 << 20  # bytes of target memory read: inside a ::findleaks of the fixture
-MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
