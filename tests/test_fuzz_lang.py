@@ -202,6 +202,14 @@ def mutated(draw) -> str:
 MODES = st.booleans()
 
 
+def targets() -> dict:
+    """name -> (strategy, check), for bench/fuzz.py."""
+    return {"lang-grammar": (st.tuples(LINES, MODES), check_commands),
+            "lang-soup": (st.tuples(SOUP, MODES), check_commands),
+            "lang-mutated": (st.tuples(mutated(), MODES), check_commands),
+            "lang-deep": (st.tuples(DEEP.map(lambda e: e + "=J"), MODES), check_commands)}
+
+
 @fuzz_settings(250)
 @given(st.tuples(LINES, MODES))
 def test_token_grammar(example):
