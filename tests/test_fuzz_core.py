@@ -294,3 +294,62 @@ def test_damaged_gdb_core(fuzz_targets, data):
 @given(data=st.data())
 def test_cores_built_from_hostile_parts(fuzz_targets, data):
     _fuzz(fuzz_targets, "core-built", data)
+
+
+# -- what the fuzzing found ---------------------------------------------------------------------
+def _open(tmp_path: Path, raw: bytes):
+    (tmp_path / "c").write_bytes(raw)
+    return open_file_target(str(tmp_path / "c"))
+
+
+def test_overlapping_file_entries_do_not_multiply_mappings(tmp_path):
+    """2,000 NT_FILE entries each spanning the address space, over 2,000 segments, used to
+    make 4 million omitted mappings (27 s); the entries are now cut where the previous ends."""
+    entries = [ec.FileEntry(0x1000, 1 << 62, 0, f"/nonexistent/{i}") for i in range(2000)]
+    loads = [(0x2000 + i * 0x2000, 0x1000, 0x1000, 4) for i in range(2000)]
+    notes = [(b"CORE", ec.NT_FILE, ec.pack_nt_file(entries))]
+    with _open(tmp_path, assemble((notes, loads, 1, False))) as t:
+        assert len(t.mappings()) == 2000 + 2001  # the segments and the gaps around them
+        assert {m.path for m in t.mappings()} == {"/nonexistent/0"}
+        assert [(m.start, m.end) for m in t.mappings()[:3]] == [
+            (0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)]
+        assert t.warnings == [
+            f"core file {tmp_path / 'c'}: NT_FILE entries overlap at 0x1000",
+            "/nonexistent/0: No such file or directory; its pages not in the core are "
+            "unreadable"]
+
+
+def test_note_segments_are_bounded_and_read_in_place(tmp_path, monkeypatch):
+    """Zeroed bytes are a stream of empty notes, and a note segment may claim the whole file
+    and more: at most MAX_NOTES are parsed, through a view of the file, never a copy."""
+    import tracemalloc
+
+    from mdbpy.target import core
+
+    monkeypatch.setattr(core, "MAX_NOTES", 1000)
+    raw = bytearray(assemble(([(b"", 0, b"")] * 4000, [], 3, False)) + bytes(32 << 20))
+    for i in range(3):  # every note segment claims a terabyte
+        struct.pack_into("<Q", raw, ec.EHDR.size + i * ec.PHDR.size + 32, 1 << 40)
+    (tmp_path / "c").write_bytes(raw)
+    tracemalloc.start()
+    try:
+        t = open_file_target(str(tmp_path / "c"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with t:
+        assert t.warnings == [f"core file {tmp_path / 'c'} is truncated: notes cut short",
+                              f"core file {tmp_path / 'c'} has more than 1000 notes; the rest "
+                              f"are ignored"]
+    assert peak < 4 << 20
+
+
+def test_threads_are_capped(tmp_path, monkeypatch):
+    from mdbpy.target import core
+
+    monkeypatch.setattr(core, "MAX_THREADS", 3)
+    notes = [(b"CORE", ec.NT_PRSTATUS, ec.pack_prstatus(tid, 0, {})) for tid in range(10, 15)]
+    with _open(tmp_path, assemble((notes, [], 1, False))) as t:
+        assert [th.tid for th in t.threads()] == [10, 11, 12]
+        assert t.warnings == [f"core file {tmp_path / 'c'} has more than 3 threads; the rest "
+                              f"are ignored"]
