@@ -282,3 +282,11 @@ def test_slab_claiming_another_slabs_memory(tmp_path):
     # whichever is dropped, the other cache keeps its slab (its free list is its own)
     assert any(s.base == d["new"] for s in other.slabs)
     r.assert_truth_outside_risk()
+
+
+def test_repeated_count_damage_does_not_run_out():
+    """Found by the long fuzz run: five nr_slabs damages had cut every count to 0 and the
+    fifth found no victim; a count already cut short is now made too large instead."""
+    r = build(SCENARIO + "damage 5 seed 0 nr_slabs\n")
+    assert [d["kind"] for d in r.truth["damage"]] == ["nr_slabs"] * 5
+    assert all(d["new"] != d["old"] for d in r.truth["damage"])

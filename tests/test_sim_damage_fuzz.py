@@ -9,13 +9,10 @@ CI runs EXAMPLES derandomized examples; MDBPY_FUZZ_EXAMPLES=N runs N with fresh 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import re
-import signal
 
-from hypothesis import HealthCheck, given, settings
+from fuzz_support import assert_one_line_errors, fuzz_settings, watchdog
+from hypothesis import given
 from hypothesis import strategies as st
 from test_sim_damage import SCENARIO
 
@@ -27,7 +24,6 @@ from mdbpy.target.core import open_file_target
 
 EXAMPLES = 40
 WATCHDOG = 20  # seconds one command may take; the slowest takes well under one
-ONE_LINE = re.compile(r"mdbpy: [^\n]+|Usage: [^\n]*")
 COMMANDS = [
     "::slabinfo", "::kmem_cache", "::walk sim_cache | ::kmem_cache", "::walk sim_cache",
     "::walk sim_slab", "::walk sim_cache | ::walk sim_slab", "::walk sim_obj", "::walk sim_free",
@@ -35,24 +31,6 @@ COMMANDS = [
     "::walk kmalloc-64", "::findleaks", "::walk leak", "::heap_verify", "::heap_verify -q",
     "::heap_stats", "::heapmap",
 ]
-
-
-class Hang(AssertionError):
-    pass
-
-
-@contextlib.contextmanager
-def watchdog(seconds: float):
-    def expired(signum, frame):
-        raise Hang(f"no result after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def addresses(result) -> list[int]:
@@ -64,11 +42,7 @@ def addresses(result) -> list[int]:
     return out
 
 
-examples = int(os.environ.get("MDBPY_FUZZ_EXAMPLES", EXAMPLES))
-
-
-@settings(max_examples=examples, deadline=None, derandomize="MDBPY_FUZZ_EXAMPLES" not in
-          os.environ, database=None, suppress_health_check=list(HealthCheck))
+@fuzz_settings(EXAMPLES)
 @given(seed=st.integers(0, (1 << 32) - 1), count=st.integers(1, 8),
        kinds=st.lists(st.sampled_from(KINDS), unique=True, max_size=4))
 def test_damaged_heaps_never_crash(tmp_path_factory, seed, count, kinds):
@@ -82,8 +56,7 @@ def test_damaged_heaps_never_crash(tmp_path_factory, seed, count, kinds):
         for cmd in cmds:
             with watchdog(WATCHDOG):
                 engine.run_string(cmd)
-            for line in err.getvalue().splitlines():
-                assert ONE_LINE.fullmatch(line) and "internal error" not in line, (cmd, line)
+            assert_one_line_errors(err.getvalue())
             err.seek(0)
             err.truncate()
     finally:

@@ -10,7 +10,8 @@ them are what a reader that survives the damage must still report exactly).
 Kinds (KINDS), each one smash of up to eight bytes:
   cache_word      a word of a cache descriptor (sim_kmem_cache)
   cache_next      a cache's `next`: itself, an earlier cache, garbage, or 0
-  nr_slabs        a cache's slab count cut short (the list itself is intact)
+  nr_slabs        a cache's slab count cut short, or if it already is, too large (the
+                  list itself is intact)
   slab_word       a word of a slab descriptor (sim_slab)
   slab_next       a slab's `next`: itself, an earlier slab of its cache, garbage, or 0
   freeptr         a free object's free pointer: outside the slab, into the middle of an
@@ -173,16 +174,15 @@ class _Damager:
                             "sim_kmem_cache", f"cache {c.name} next", self._later_caches(c))
 
     def nr_slabs(self) -> Damage | None:
-        kc = self.b["sim_kmem_cache"]
-        caches = [c for c in self._caches()
-                  if self._old(self.sim.meta, c.addr + kc.offset("nr_slabs")) > 0]
+        caches = self._caches()
         if not caches:
             return None
         c = self.rng.choice(caches)
-        a = c.addr + kc.offset("nr_slabs")
-        return self._word(self.sim.meta, "nr_slabs", a,
-                          self.rng.randrange(self._old(self.sim.meta, a)),
-                          f"cache {c.name} nr_slabs", [])
+        a = c.addr + self.b["sim_kmem_cache"].offset("nr_slabs")
+        old = self._old(self.sim.meta, a)
+        cut = [n for n in range(len(c.slabs)) if n != old]
+        new = self.rng.choice(cut) if cut else old + 1 + self.rng.randrange(1 << 20)
+        return self._word(self.sim.meta, "nr_slabs", a, new, f"cache {c.name} nr_slabs", [])
 
     def slab_word(self) -> Damage | None:
         s = self._slab()
