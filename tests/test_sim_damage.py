@@ -290,3 +290,9 @@ def test_repeated_count_damage_does_not_run_out():
     r = build(SCENARIO + "damage 5 seed 0 nr_slabs\n")
     assert [d["kind"] for d in r.truth["damage"]] == ["nr_slabs"] * 5
     assert all(d["new"] != d["old"] for d in r.truth["damage"])
+
+
+def test_a_heap_without_slabs_takes_descriptor_damage():
+    for seed in range(8):
+        kinds = {d["kind"] for d in build(f"program p\ndamage 5 seed {seed}\n").truth["damage"]}
+        assert kinds <= {"cache_word", "cache_next"}

@@ -125,11 +125,14 @@ class _Damager:
             new = rng.choice((
                 lambda: 0, lambda: (1 << 64) - 1, lambda: old ^ (1 << rng.randrange(64)),
                 lambda: rng.getrandbits(64), lambda: WILD + 8 * rng.randrange(4096),
-                lambda: rng.randrange(sim.slab_area.start, sim.slab_area.end) & ~7,
-                lambda: rng.randrange(sim.meta.start, sim.meta.end) & ~7))()
+                lambda: self._inside(sim.slab_area), lambda: self._inside(sim.meta)))()
             if new != old:
                 return new
         return old ^ 1
+
+    def _inside(self, region) -> int:
+        """An aligned address in a region (its start when it is empty)."""
+        return (region.start + self.rng.randrange(max(len(region.data), 8))) & ~7
 
     def _write(self, region, kind: str, addr: int, new: bytes, what: str,
                objects: list[int]) -> Damage:
