@@ -138,6 +138,10 @@ def test_free_pointer_outside_the_slab(tmp_path):
     assert leaks == {x["address"] for x in r.truth["leaks"]}
     r.assert_truth_outside_risk()
     assert "BUG node: Freechain corrupt" in r.run("::heap_verify")
+    out = r.run("::findleaks").splitlines()
+    assert r.err.getvalue().splitlines()[-1] == (f"mdbpy: findleaks: [{base:x}, {end:x}) not "
+                                                 f"trusted: {why}")
+    assert out[-1].split()[:2] == ["Total", str(len(leaks))]
 
 
 def test_free_list_cycle_is_a_double_free_at_its_address(tmp_path):
