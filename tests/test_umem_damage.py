@@ -9,6 +9,7 @@ import umem_synth
 from umem_synth import HEAP, leaky_heap
 
 from mdbpy.heap.leaks import find_leaks
+from mdbpy_commands.umem import layouts as L
 
 WILD = 0xDEAD0000  # unmapped
 
@@ -109,12 +110,16 @@ def test_freelist_cycle(baseline):
 
 
 def test_wild_bufctls(baseline):
-    """A wild pointer heading a slab freelist and another in a hash bucket: the freelist's slab
-    is classified from the hash chains, the bucket is cut."""
+    """A wild pointer heading a slab freelist: the slab's buffers are classified by their
+    buftags. In another cache a buftag names the wrong bufctl (consistently, so verify has
+    nothing to say), which sends the walk to the hash chains, where a wild bucket is cut."""
     u, t = heap()
     c80, c32 = t["caches"]["umem_alloc_80"], t["caches"]["umem_alloc_32"]
     slab80 = c80.slabs[0][0]
     u.m.u64(slab80 + off(u, "umem_slab", "slab_head"), HEAP + 0x10)
+    other = c32.bufctl[t["L2"]]
+    u.m.put("umem_buftag", t["L1"] + c32.buftag_off, bt_bufctl=other,
+            bt_bxstat=other ^ L.UMEM_BUFTAG_ALLOC)
     table = u._cget(c32, "cache_hash_table")
     empty = next(k for k in range(64) if not u.m.get64(table + 8 * k))
     u.m.u64(table + 8 * empty, WILD)

@@ -139,15 +139,19 @@ class SynthUmem:
     """A libumem heap under construction. `session()` gives a Session over it."""
 
     def __init__(self, ncpus: int = 2, version=L.CLASSIC, stack_depth: int = 15,
-                 flags: int = L.UMF_AUDIT | L.UMF_DEADBEEF | L.UMF_REDZONE | L.UMF_CONTENTS):
+                 flags: int = L.UMF_AUDIT | L.UMF_DEADBEEF | L.UMF_REDZONE | L.UMF_CONTENTS,
+                 heap_size: int = HEAP_SIZE):
         self.layouts = Binder(L.UMEM_LAYOUTS, version=version)
         self.version = version
         self.ncpus = ncpus
         self.stack_depth = stack_depth
         self.flags = flags
         self.m = Memory(self.layouts)
-        for start, size in ((LIB_DATA, 0x40000), (EXE_DATA, 0x1000), (HEAP, HEAP_SIZE),
-                            (STACK, STACK_SIZE), (ANON, 0x3000), (BRK, 0x21000)):
+        self.heap_size = heap_size
+        # the unreferenced mapping follows a heap too big to fit before it
+        self.anon = ANON if HEAP + heap_size <= ANON else _round(HEAP + heap_size + PAGE, 1 << 20)
+        for start, size in ((LIB_DATA, 0x40000), (EXE_DATA, 0x1000), (HEAP, heap_size),
+                            (STACK, STACK_SIZE), (self.anon, 0x3000), (BRK, 0x21000)):
             self.m.add(start, size)
         self.lib_syms: list[Symbol] = []
         self._lib_next = LIB_DATA
@@ -172,7 +176,7 @@ class SynthUmem:
     def heap(self, size: int, align: int = 16) -> int:
         a = _round(self._heap_next, align)
         self._heap_next = a + size
-        if self._heap_next > HEAP + HEAP_SIZE:
+        if self._heap_next > HEAP + self.heap_size:
             raise ValueError("synthetic umem heap is full")
         return a
 
@@ -284,9 +288,10 @@ class SynthUmem:
         self.arena("umem_oversize", "mmap_heap")
         self.arena("umem_memalign", "mmap_heap")
         self.arena("umem_default", "mmap_heap")
-        self.seg("mmap_top", HEAP, HEAP + HEAP_SIZE, L.VMEM_SPAN)
-        self.seg("mmap_top", HEAP, HEAP + HEAP_SIZE, L.VMEM_ALLOC)
-        self.seg("mmap_heap", HEAP, HEAP + HEAP_SIZE, L.VMEM_SPAN)
+        end = HEAP + self.heap_size
+        self.seg("mmap_top", HEAP, end, L.VMEM_SPAN)
+        self.seg("mmap_top", HEAP, end, L.VMEM_ALLOC)
+        self.seg("mmap_heap", HEAP, end, L.VMEM_SPAN)
         self.global_("heap_arena", 8, self.arenas["mmap_heap"], bind="local")
         for name in ("umem_internal", "umem_cache", "umem_log", "umem_oversize",
                      "umem_memalign", "umem_default"):
@@ -477,6 +482,101 @@ class SynthUmem:
             return self._malloc_header(buf, size)
         return buf
 
+    def bulk_malloc(self, c: SynthCache, size: int, n: int, stack=(), thread: int = THREAD1):
+        """n malloc(size) calls served by a fresh hashed audit cache, written at once with
+        numpy (for heaps of hundreds of thousands of buffers): full slabs in address order,
+        each buffer with its malloc header, size-encoded redzone, buftag and bufctl_audit on
+        the hash chains, a hash table of a power of two >= the buffers (libumem rescales its
+        table as the cache grows), and the rest of the last slab on its freelist. Returns the
+        buffer addresses (numpy uint64)."""
+        import numpy as np
+
+        if c.slabs or not c.hashed or (c.flags & (L.UMF_AUDIT | L.UMF_BUFTAG)) != (
+                L.UMF_AUDIT | L.UMF_BUFTAG):
+            raise ValueError("bulk_malloc fills a fresh hashed audit cache with redzones")
+        req = size + 16  # malloc's 8-byte tag, 16-byte aligned (UMEM_SECOND_ALIGN)
+        per = c.slabsize // c.chunk
+        nslabs = -(-n // per)
+        total = nslabs * per
+        lay = self.layouts
+        asz = L.audit_size(self.stack_depth)
+        mem = self.heap(nslabs * c.slabsize, PAGE)
+        slab0 = self.heap(nslabs * lay["umem_slab"].size, 8)
+        ctl0 = self.heap(total * asz, 32)
+        nb = 1 << max(6, (total - 1).bit_length())
+        table = self.heap(8 * nb, 64)
+        shift = _highbit(c.chunk) - 1
+        w = np.frombuffer(self.m.segs[HEAP], np.uint8).view("<u8")
+
+        def word(addrs, off: int = 0):
+            """Indexes into w of the words at addrs + off."""
+            return (np.asarray(addrs, np.uint64) + np.uint64(off) - np.uint64(HEAP)) // 8
+
+        def put(addrs, struct, name, values):
+            w[word(addrs, lay[struct].offset(name))] = values
+
+        k = np.arange(total, dtype=np.uint64)
+        slabs = np.uint64(slab0) + np.arange(nslabs, dtype=np.uint64) * np.uint64(
+            lay["umem_slab"].size)
+        bases = np.uint64(mem) + np.arange(nslabs, dtype=np.uint64) * np.uint64(c.slabsize)
+        bufs = bases[k // np.uint64(per)] + (k % np.uint64(per)) * np.uint64(c.chunk)
+        ctls = np.uint64(ctl0) + k * np.uint64(asz)
+        live = k < np.uint64(n)
+        w[(mem - HEAP) // 8:(mem + nslabs * c.slabsize - HEAP) // 8] = \
+            L.UMEM_UNINITIALIZED_PATTERN
+        # the slab ring, anchored at cache_nullslab
+        anchor = c.addr + lay["umem_cache"].offset("cache_nullslab")
+        ring = np.concatenate(([anchor], slabs, [anchor])).astype(np.uint64)
+        for name, v in (("slab_cache", c.addr), ("slab_base", bases), ("slab_next", ring[2:]),
+                        ("slab_prev", ring[:-2]), ("slab_refcnt", per), ("slab_chunks", per)):
+            put(slabs, "umem_slab", name, v)
+        self.m.put("umem_slab", anchor, slab_next=int(slabs[0]), slab_prev=int(slabs[-1]))
+        # the bufctls: audit records of the allocations
+        for name, v in (("bc_addr", bufs), ("bc_slab", slabs[k // np.uint64(per)]),
+                        ("bc_cache", c.addr), ("bc_thread", np.where(live, thread, 0)),
+                        ("bc_timestamp", np.where(live, np.uint64(self.clock) + k, 0)),
+                        ("bc_depth", np.where(live, len(stack), 0))):
+            put(ctls, "umem_bufctl_audit", name, v)
+        for j, pc in enumerate(stack):
+            w[word(ctls[live], lay["umem_bufctl_audit"].offset("bc_stack") + 8 * j)] = pc
+        # buftags, malloc tags and the redzone byte past the requested bytes
+        tags = bufs + np.uint64(c.buftag_off)
+        redzone = (L.size_encode(req) << 32) | (L.UMEM_REDZONE_PATTERN & 0xFFFFFFFF)
+        put(tags, "umem_buftag", "bt_redzone", np.where(live, redzone, L.UMEM_REDZONE_PATTERN))
+        put(tags, "umem_buftag", "bt_bufctl", ctls)
+        put(tags, "umem_buftag", "bt_bxstat", ctls ^ np.where(
+            live, np.uint64(L.UMEM_BUFTAG_ALLOC), np.uint64(L.UMEM_BUFTAG_FREE)))
+        w[word(bufs[live], 8)] = ((L.MALLOC_SECOND_MAGIC - req) << 32) | req
+        w.view(np.uint8)[(bufs[live] + np.uint64(req) - np.uint64(HEAP)).astype(np.int64)] = \
+            L.UMEM_REDZONE_BYTE
+        # allocated bufctls on their hash chains
+        bucket = (bufs[live] >> np.uint64(shift)) & np.uint64(nb - 1)
+        order = np.argsort(bucket, kind="stable")
+        b, cs = bucket[order], ctls[live][order]
+        same = b[1:] == b[:-1]
+        put(cs[:-1][same], "umem_bufctl_audit", "bc_next", cs[1:][same])
+        first = np.concatenate(([True], ~same))
+        w[word(np.uint64(table) + np.uint64(8) * b[first])] = cs[first]
+        # the rest of the last slab: free, on its freelist
+        free = ctls[~live].tolist()
+        for bcp, nxt in zip(free, free[1:] + [0]):
+            self.m.u64(bcp, nxt)
+            self.m.fill64(self.m.get64(bcp + 8), c.verify, L.UMEM_FREE_PATTERN)
+        last = int(slabs[-1])
+        self.m.put("umem_slab", last, slab_head=free[0] if free else 0,
+                   slab_refcnt=per - len(free))
+        self._cset(c, cache_hash_table=table, cache_hash_mask=nb - 1, cache_hash_shift=shift,
+                   cache_buftotal=total, cache_slab_create=nslabs, cache_slab_alloc=n,
+                   cache_freelist=last if free else anchor)
+        self.clock += total
+        bl, sl = bufs.tolist(), slabs.tolist()
+        c.slabs = [(s, int(bases[i]), per) for i, s in enumerate(sl)]
+        c.bufctl = dict(zip(bl, ctls.tolist()))
+        c.free_list = {s: [] for s in sl}
+        c.free_list[last] = free
+        c.allocated.update(bl[:n])
+        return bufs[:n]
+
     @staticmethod
     def user_ptr(buf: int, size: int) -> int:
         return buf + (8 if size + 8 <= L.UMEM_SECOND_ALIGN else 16)
@@ -654,8 +754,8 @@ class SynthUmem:
             (Mapping(EXE_DATA, EXE_DATA + 0x1000, "rw-p", 0x3000, "fe:00", 12, "/usr/bin/prog"),
              self.m.segs[EXE_DATA]),
             (Mapping(BRK, BRK + 0x21000, "rw-p", path="[heap]"), self.m.segs[BRK]),
-            (Mapping(HEAP, HEAP + HEAP_SIZE, "rw-p"), self.m.segs[HEAP]),
-            (Mapping(ANON, ANON + 0x3000, "rw-p"), self.m.segs[ANON]),
+            (Mapping(HEAP, HEAP + self.heap_size, "rw-p"), self.m.segs[HEAP]),
+            (Mapping(self.anon, self.anon + 0x3000, "rw-p"), self.m.segs[self.anon]),
             (Mapping(STACK, STACK + STACK_SIZE, "rw-p", path="[stack]"), self.m.segs[STACK]),
         ]
         return SyntheticTarget(segs, threads=self.threads, name="synthetic libumem")
@@ -752,3 +852,24 @@ def leaky_heap() -> tuple[SynthUmem, dict]:
     t["caches"] = {"umem_alloc_16": c16, "umem_alloc_32": c32, "umem_alloc_80": c80,
                    "my_objs": objs}
     return u, t
+
+
+def list_heap(n: int, size: int = 2000) -> tuple[SynthUmem, object]:
+    """The heap of bench/umem_bench.py's program: n malloc(size) list nodes in umem_alloc_2048,
+    every other one linked into a list held by the program's data (its `next` at the user
+    pointer), the rest dropped (leaked). Returns the heap and the buffer addresses."""
+    import numpy as np
+
+    per_slab = 20480 // 2072  # the slab geometry cache() gives umem_alloc_2048
+    slabs = -(-n // per_slab)
+    u = SynthUmem(heap_size=_round(slabs * (20480 + 56 + per_slab * 192) + 8 * n + (4 << 20),
+                                   1 << 20))
+    u.standard_arenas()
+    c = u.cache("umem_alloc_2048", 2048, align=8)
+    bufs = u.bulk_malloc(c, size, n, [lib_pc("umem_cache_alloc"), lib_pc("umem_alloc"),
+                                      lib_pc("malloc"), exe_pc("make_node"), exe_pc("main")])
+    kept = bufs[::2] + np.uint64(16)  # user pointers of the listed nodes, newest first
+    w = np.frombuffer(u.m.segs[HEAP], np.uint8).view("<u8")
+    w[(kept[1:] - np.uint64(HEAP)) // np.uint64(8)] = kept[:-1]  # node i+1 -> node i
+    u.root(0, int(kept[-1]))
+    return u, bufs

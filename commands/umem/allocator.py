@@ -43,6 +43,7 @@ class UmemAllocator(Allocator):
         self.binder = umem.layouts
         self._buffers = None
         self._segs = None
+        self.stack_skip = _Memo(self.umem.in_allocator).__getitem__
 
     @classmethod
     def detect(cls, session):
@@ -96,8 +97,7 @@ class UmemAllocator(Allocator):
                 for name in OVERSIZE_ARENAS:
                     a = self.umem.arena_named(name)
                     if a is not None:
-                        segs += [(name, s) for s in self.umem.segs(a.addr)
-                                 if s.vs_type == L.VMEM_ALLOC]
+                        segs += [(name, s) for s in self.umem.segs(a.addr, (L.VMEM_ALLOC,))]
             except MdbError as e:
                 self.session.warn(f"umem: oversized allocations skipped: {e}")
             self._segs = segs
@@ -139,8 +139,9 @@ class UmemAllocator(Allocator):
                 if not src:
                     break
                 top = src
-            got = merge_ranges((s.vs_start, s.vs_end) for s in self.umem.segs(top)
-                               if s.vs_type == L.VMEM_SPAN and s.vs_start < s.vs_end)
+            cols = self.umem.seg_columns(top, (L.VMEM_SPAN,))
+            got = merge_ranges((a, b) for a, b in zip(cols["vs_start"].tolist(),
+                                                      cols["vs_end"].tolist()) if a < b)
             self.session.cache[key] = got
         return got
 
@@ -211,6 +212,57 @@ class UmemAllocator(Allocator):
         except ReadError:
             return None  # a wild bufctl: the buffer is reported without its record
 
+    def records(self, table: BufferTable, indexes) -> list[AllocRecord | None]:
+        """Every asked-for record at once: the audit records (bufctls) and the oversize
+        segments are read in clustered blocks and decoded column-wise."""
+        import numpy as np
+
+        idx = np.asarray(indexes, np.int64)
+        out: list[AllocRecord | None] = [None] * len(idx)
+        ctl, kind = table.ctl[idx], table.kind[idx]
+        for k, decode in ((KIND_BUFFER, self._bufctl_records),
+                          (KIND_OVERSIZE, self._seg_records)):
+            sel = np.nonzero((kind == k) & (ctl != 0))[0]
+            if len(sel):
+                for j, rec in zip(sel.tolist(), decode(ctl[sel])):
+                    out[j] = rec
+        return out
+
+    def _columns(self, struct: str, addrs, size: int):
+        """(column(field name) -> array, readable mask) of the structs at addrs."""
+        import numpy as np
+
+        from mdbpy.heap.bulk import gather
+
+        rows, ok = gather(self.umem.mem, addrs, size)
+        b = self.binder[struct]
+
+        def column(name, count=1):
+            f = b.field(name)
+            width = f.elem_size if f.kind == "array" else f.size
+            raw = np.ascontiguousarray(rows[:, f.offset:f.offset + width * count])
+            return raw.view(f"<{'i' if f.signed and f.kind != 'ptr' else 'u'}{width}")
+
+        return column, ok
+
+    def _bufctl_records(self, ctls) -> list[AllocRecord | None]:
+        import numpy as np
+
+        depth_max = self.umem.stack_depth
+        col, ok = self._columns("umem_bufctl_audit", ctls, L.audit_size(depth_max))
+        depth = np.clip(col("bc_depth")[:, 0], 0, depth_max)
+        return _records(col("bc_stack", depth_max), depth, col("bc_thread")[:, 0],
+                        col("bc_timestamp")[:, 0], ctls, ok)
+
+    def _seg_records(self, segs) -> list[AllocRecord | None]:
+        import numpy as np
+
+        col, ok = self._columns("vmem_seg", segs, self.binder["vmem_seg"].size)
+        depth = col("vs_depth")[:, 0].astype(np.int64)
+        depth[(col("vs_type")[:, 0] != L.VMEM_ALLOC) | (depth > L.VMEM_STACK_DEPTH)] = 0
+        return _records(col("vs_stack", L.VMEM_STACK_DEPTH), depth, col("vs_thread")[:, 0],
+                        col("vs_timestamp")[:, 0], segs, ok)
+
     def untrusted(self) -> list[tuple[int, int, str]]:
         """The damage the walks reported (umem/damage.py), as findleaks names it."""
         return damage(self.session).regions()
@@ -224,7 +276,9 @@ class UmemAllocator(Allocator):
         return g[1] if isinstance(g, tuple) else 0
 
     def stack_skip(self, pc: int) -> bool:
-        """Frames inside libumem (and its malloc library) name no caller."""
+        """Frames inside libumem (and its malloc library) name no caller. (Each instance
+        replaces this with a lookup in a memo of its answers: findleaks asks for every frame
+        of every leak.)"""
         return self.umem.in_allocator(pc)
 
     # -- verify and stats -------------------------------------------------------------------
@@ -251,3 +305,39 @@ class UmemAllocator(Allocator):
                                  (c.cache_slab_create - c.cache_slab_destroy) *
                                  c.cache_slabsize, c.addr))
         return rows
+
+
+class _Memo(dict):
+    """A function's answers by argument, computed on first use."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key):
+        got = self[key] = self.fn(key)
+        return got
+
+
+def _records(stacks, depth, thread, timestamp, addr, ok) -> list[AllocRecord | None]:
+    """AllocRecords from columns (stacks: a matrix of pcs, cut at each row's depth); rows not
+    read are None. Identical stacks (most leaks of one site) share one tuple, found by a hash
+    of each row (and checked, so that a collision costs time, never a wrong stack)."""
+    import numpy as np
+
+    depth = np.asarray(depth, np.int64)
+    keep = np.arange(stacks.shape[1]) < depth[:, None]
+    mat = np.column_stack((np.where(keep, stacks, np.uint64(0)).astype(np.uint64),
+                           depth.astype(np.uint64)))
+    key = np.zeros(len(mat), np.uint64)
+    for col in mat.T:
+        key = (key * np.uint64(0x9E3779B97F4A7C15)) ^ col
+    _u, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if np.array_equal(mat, mat[first][inv]):
+        shared = [tuple(row[:row[-1]]) for row in mat[first].tolist()]
+    else:
+        shared, inv = [tuple(row[:row[-1]]) for row in mat.tolist()], np.arange(len(mat))
+    return [AllocRecord(shared[k], th, ts, a) if good else None
+            for k, th, ts, a, good in zip(inv.tolist(), thread.tolist(), timestamp.tolist(),
+                                         addr.tolist(), ok.tolist())]

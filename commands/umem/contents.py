@@ -22,7 +22,7 @@ from mdbpy.errors import ReadError
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
-from mdbpy_commands.umem.gather import Gather
+from mdbpy_commands.umem.gather import session_gather
 from mdbpy_commands.umem.ptc import ptc_buffers
 
 MAX_SLABSIZE = 1 << 26  # libumem's slabs are at most a few pages per chunk
@@ -40,14 +40,6 @@ class Contents:
 
     def allocated(self):
         return self.bufs[self.alloc]
-
-
-def gather(umem) -> Gather:
-    """The session's Gather (pages read stay cached until the target changes)."""
-    g = umem.session.cache.get("umem_gather")
-    if g is None:
-        g = umem.session.cache["umem_gather"] = Gather(umem.mem)
-    return g
 
 
 def cache_contents(umem, cache) -> Contents:
@@ -141,8 +133,12 @@ def _empty(addr: int) -> Contents:
     return Contents(addr, z, np.zeros(0, bool), z, np.zeros(0, bool))
 
 
-def _geometry(umem, cache):
-    """(chunk, slab size, usable slabs) or None when the cache's own fields are garbage."""
+def _geometry(umem, cache, g):
+    """(chunk, chunks per slab at most, slabs) or None when the cache's own fields are
+    garbage; slabs are (addresses, bases, chunk counts, freelist heads) arrays of the slabs
+    whose fields are sound, read in bulk."""
+    import numpy as np
+
     chunk, slabsize = cache.cache_chunksize, cache.cache_slabsize
     what = f"cache 0x{cache.addr:x}"
     if not (8 <= chunk <= slabsize <= MAX_SLABSIZE):
@@ -151,34 +147,32 @@ def _geometry(umem, cache):
                                     f"{slabsize:#x}")
         return None
     per_slab = slabsize // chunk + 1
-    good = []
-    for s in umem.slabs(cache):
-        if 0 < s.slab_chunks <= per_slab and s.slab_base:
-            good.append(s)
-        else:
-            damage(umem.session).report(s.addr, s.addr + umem.layouts["umem_slab"].size,
-                                        f"{what} slab 0x{s.addr:x}: {s.slab_chunks} chunks "
-                                        f"at 0x{s.slab_base:x} is unreasonable")
-    return chunk, per_slab, good
+    sb = umem.layouts["umem_slab"]
+    addrs = np.array(umem.slab_addrs(cache), np.uint64)
+    base, chunks, head = (g.field(addrs, sb.field(n))
+                          for n in ("slab_base", "slab_chunks", "slab_head"))
+    chunks = chunks.astype(np.int64)
+    ok = (chunks > 0) & (chunks <= per_slab) & (base != 0)
+    for a, n, b in zip(addrs[~ok].tolist(), chunks[~ok].tolist(), base[~ok].tolist()):
+        damage(umem.session).report(a, a + sb.size, f"{what} slab 0x{a:x}: {n} chunks at "
+                                    f"0x{b:x} is unreasonable")
+    return chunk, per_slab, (addrs[ok], base[ok], chunks[ok], head[ok])
 
 
 def _compute(umem, cache) -> Contents:
     import numpy as np
 
-    geo = _geometry(umem, cache)
+    g = session_gather(umem.session)
+    geo = _geometry(umem, cache, g)
     if geo is None:
         return _empty(cache.addr)
-    chunk, per_slab, slabs = geo
+    chunk, per_slab, (slabs, base, nchunks, heads) = geo
     umem.debug(f"walking {cache.addr:x} ({cache.cstr('cache_name')}): {len(slabs)} slabs, "
                f"buf total is {cache.cache_buftotal}")
-    g = gather(umem)
     dmg = damage(umem.session)
     what = f"cache 0x{cache.addr:x}"
     bc = umem.layouts["umem_bufctl"]
     hashed = bool(cache.cache_flags & L.UMF_HASH)
-    base = np.array([s.slab_base for s in slabs], np.uint64)
-    nchunks = np.array([s.slab_chunks for s in slabs], np.int64)
-    heads = np.array([s.slab_head for s in slabs], np.uint64)
     total = int(nchunks.sum())
     idx = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(nchunks) - nchunks, nchunks)
     bufs = np.repeat(base, nchunks) + idx.astype(np.uint64) * np.uint64(chunk)
@@ -219,13 +213,14 @@ def _compute(umem, cache) -> Contents:
     umem.debug(f"slab freelists: {len(fbuf)} buffers")
     bad_slabs = sorted({k for k, _e, _w in broken})
     for k, _e, why in broken:
-        s = slabs[k]
-        dmg.report(s.slab_base, s.slab_base + s.slab_chunks * chunk,
-                   f"{what} slab 0x{s.addr:x} freelist: {why}")
-    on_hash = np.zeros(total, bool)
+        b = int(base[k])
+        dmg.report(b, b + int(nchunks[k]) * chunk, f"{what} slab 0x{int(slabs[k]):x} freelist: "
+                   f"{why}")
+    on_hash = None
     if hashed:
         ctl[i] = fctl
-        on_hash = _hash_chains(umem, cache, g, bc, buf_of, locate, ctl, total)
+        if not _pooled_bufctls(umem, cache, g, bufs, ctl):
+            on_hash = _hash_chains(umem, cache, g, bc, buf_of, locate, ctl, total)
     in_mag = np.zeros(total, bool)
     rounds = np.array(umem.magazine_rounds(cache), np.uint64)
     i, ok = locate(rounds)
@@ -237,8 +232,43 @@ def _compute(umem, cache) -> Contents:
         in_mag[i[ok]] = True
         umem.debug(f"per-thread caches: {int(ok.sum())} buffers")
     if bad_slabs:
-        _classify(umem, cache, g, np.isin(slab_of, bad_slabs), bufs, free, on_hash, hashed)
+        _classify(umem, cache, g, np.isin(slab_of, bad_slabs), bufs, free, on_hash)
     return Contents(cache.addr, bufs, ~free & ~in_mag, ctl, in_mag)
+
+
+def _pooled_bufctls(umem, cache, g, bufs, ctl) -> bool:
+    """Every bufctl of a UMF_HASH cache is a buffer of its cache_bufctl_cache (the bufctl
+    caches are plain caches, walked by their short slab freelists): read bc_cache and bc_addr
+    of all their allocated records at once and keep those naming this cache's buffers,
+    instead of chasing the hash chains (a table libumem has not rescaled has chains thousands
+    long). True when that found every buffer's bufctl, so the chains need not be followed."""
+    import numpy as np
+
+    pool = cache.cache_bufctl_cache
+    if not pool or pool == cache.addr or not len(bufs) or not cache.cache_flags & L.UMF_AUDIT:
+        return False  # only audit records name their cache
+    key = ("umem_bufctl_pool", pool)
+    recs = umem.session.cache.get(key)
+    if recs is None:
+        try:
+            pc = umem.cache(pool)
+        except ReadError:
+            return False
+        if pc.cache_flags & L.UMF_HASH or pc.cache_bufctl_cache:
+            return False  # a pool is a plain cache; anything else is not one
+        addrs = cache_contents(umem, pc).allocated()
+        b = umem.layouts["umem_bufctl_audit"]
+        recs = (addrs, g.field(addrs, b.field("bc_cache")), g.field(addrs, b.field("bc_addr")))
+        umem.session.cache[key] = recs
+    addrs, owner, named = recs
+    mine = owner == np.uint64(cache.addr)
+    i = np.searchsorted(bufs, named[mine])
+    ok = i < len(bufs)
+    ok[ok] = bufs[i[ok]] == named[mine][ok]
+    if int(ok.sum()) != len(bufs):
+        return False
+    ctl[i[ok]] = addrs[mine][ok]
+    return True
 
 
 def _hash_chains(umem, cache, g, bc, buf_of, locate, ctl, total):
@@ -280,13 +310,13 @@ def _hash_chains(umem, cache, g, bc, buf_of, locate, ctl, total):
     return on_hash
 
 
-def _classify(umem, cache, g, sel, bufs, free, on_hash, hashed) -> None:
-    """Buffers of slabs whose freelist is damaged: free unless found on a hash chain (UMF_HASH
-    caches), or as their buftag says (bxstat = bufctl ^ UMEM_BUFTAG_FREE); without either,
-    they stay allocated (and their slab is among the untrusted regions)."""
+def _classify(umem, cache, g, sel, bufs, free, on_hash) -> None:
+    """Buffers of slabs whose freelist is damaged: free unless found on a hash chain (when
+    the chains were followed), or as their buftag says (bxstat = bufctl ^ UMEM_BUFTAG_FREE);
+    without either, they stay allocated (and their slab is among the untrusted regions)."""
     import numpy as np
 
-    if hashed:
+    if on_hash is not None:
         free[sel] = ~on_hash[sel]
         return
     if not cache.cache_flags & L.UMF_BUFTAG:

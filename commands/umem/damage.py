@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from mdbpy.errors import ReadError
 
+from mdbpy_commands.umem.gather import session_gather
+
 MAX_WARNINGS = 20  # warnings printed per session state; the rest are counted
 MAX_REGIONS = 1000  # regions kept for findleaks, whatever the damage
+BLOCK = 1 << 16  # what a list walk reads at a time (nodes come from a few caches)
+MAX_BLOCKS = 1 << 10  # blocks a list walk keeps (64 MiB)
 
 
 class Damage:
@@ -61,35 +65,81 @@ def _read(umem, b, addr: int):
 
 
 def walk_ring(umem, what: str, anchor: int, struct: str, nxt: str, prv: str, limit: int,
-              kind: str, owner: tuple[str, int] | None = None) -> list:
-    """The nodes (views) of a circular doubly linked list anchored at `anchor` (the anchor
+              kind: str, owner: tuple[str, int] | None = None) -> list[int]:
+    """The node addresses of a circular doubly linked list anchored at `anchor` (the anchor
     itself left out), in list order.
 
     A node is trusted when it is readable, not seen before, belongs to the list's owner
     (`owner` = (field, value), e.g. a slab's slab_cache) and links back to the node it was
     reached from. At the first untrusted link the forward walk stops, the damage is reported,
-    and the walk goes backwards from the anchor until it meets a node already read."""
-    b = umem.layouts[struct]
-    head = _read(umem, b, anchor)
+    and the walk goes backwards from the anchor until it meets a node already read. Only the
+    link fields are read (tens of thousands of slabs are walked this way)."""
+    links = _Links(umem, struct, nxt, prv, owner[0] if owner else None)
+    head = links.read(anchor)
     if head is None:
-        damage(umem.session).report(anchor, anchor + b.size,
+        damage(umem.session).report(anchor, anchor + links.size,
                                     f"{what}: unreadable anchor at 0x{anchor:x}")
         return []
-    fwd, broken = _walk(umem, b, head, nxt, prv, limit, kind, owner, {anchor}, what, True)
+    want = owner[1] if owner else None
+    fwd, broken = _walk(umem, links, anchor, head[0], 0, 1, limit, kind, want, {anchor}, what,
+                        True)
     if not broken:
         return fwd
-    seen = {anchor} | {v.addr for v in fwd}
-    back, _ = _walk(umem, b, head, prv, nxt, limit - len(fwd), kind, owner, seen, what, False)
+    seen = {anchor} | set(fwd)
+    back, _ = _walk(umem, links, anchor, head[1], 1, 0, limit - len(fwd), kind, want, seen,
+                    what, False)
     return fwd + back[::-1]
 
 
-def _walk(umem, b, head, nxt, prv, limit, kind, owner, seen, what, forward):
-    """One direction of walk_ring: (nodes, broken). A backward walk stops quietly where it
-    joins the forward one and reports only damage of its own."""
-    out: list = []
-    prev = head
-    cur = getattr(head, nxt)
-    while cur != head.addr:
+class _Links:
+    """Reads a node's link fields (next, prev[, owner]). Nodes are small and packed (slabs
+    come from one cache), so the blocks read are kept for the walk: one read per block, not
+    one per node."""
+
+    def __init__(self, umem, struct: str, nxt: str, prv: str, owner: str | None):
+        b = umem.layouts[struct]
+        self.mem = umem.mem
+        self.size = b.size
+        offs = [b.offset(n) for n in (nxt, prv, owner) if n is not None]
+        self.lo = min(offs)
+        self.n = max(offs) + 8 - self.lo
+        self.offs = [o - self.lo for o in offs]
+        self.blocks: dict[int, tuple[bytes, list]] = {}
+        self.mapped = session_gather(umem.session).mapped
+
+    def _block(self, block: int) -> tuple[bytes, list]:
+        """A block's bytes (zeros where unreadable) and its unreadable ranges."""
+        got = self.blocks.get(block)
+        if got is None:
+            if len(self.blocks) > MAX_BLOCKS:
+                self.blocks.clear()
+            bad: list = []
+            got = self.blocks[block] = (self.mapped.read(block, block + BLOCK, bad), bad)
+        return got
+
+    def read(self, addr: int) -> tuple[int, ...] | None:
+        at = addr + self.lo
+        block = at & ~(BLOCK - 1)
+        if at < 0 or at + self.n > block + BLOCK or at + self.n >= 1 << 64:
+            try:  # a node across two blocks (or a wild address)
+                raw = self.mem.read(at, self.n)
+            except (ReadError, ValueError, OverflowError):
+                return None
+        else:
+            data, bad = self._block(block)
+            if any(a < at + self.n and at < b for a, b in bad):
+                return None
+            raw = data[at - block:at - block + self.n]
+        return tuple(int.from_bytes(raw[o:o + 8], "little") for o in self.offs)
+
+
+def _walk(umem, links, anchor, cur, step, back, limit, kind, owner, seen, what, forward):
+    """One direction of walk_ring, following field `step` (0 next, 1 prev) and checking field
+    `back` links to where it came from: (addresses, broken). A backward walk stops quietly
+    where it joins the forward one and reports only damage of its own."""
+    out: list[int] = []
+    prev = anchor
+    while cur != anchor:
         why = None
         node = None
         if cur in seen:
@@ -99,23 +149,22 @@ def _walk(umem, b, head, nxt, prv, limit, kind, owner, seen, what, forward):
         elif len(out) >= limit:
             why = f"more than {limit} {kind}s"
         elif not cur:
-            why = f"NULL link in 0x{prev.addr:x}"
+            why = f"NULL link in 0x{prev:x}"
         else:
-            node = _read(umem, b, cur)
+            node = links.read(cur)
             if node is None:
-                why = f"unreadable {kind} 0x{cur:x} (linked from 0x{prev.addr:x})"
-            elif owner is not None and getattr(node, owner[0]) != owner[1]:
-                why = (f"{kind} 0x{cur:x} belongs to 0x{getattr(node, owner[0]):x}, "
-                       f"not 0x{owner[1]:x}")
-            elif getattr(node, prv) != prev.addr:
-                why = f"{kind} 0x{cur:x} does not link back to 0x{prev.addr:x}"
+                why = f"unreadable {kind} 0x{cur:x} (linked from 0x{prev:x})"
+            elif owner is not None and node[2] != owner:
+                why = f"{kind} 0x{cur:x} belongs to 0x{node[2]:x}, not 0x{owner:x}"
+            elif node[back] != prev:
+                why = f"{kind} 0x{cur:x} does not link back to 0x{prev:x}"
         if why is not None:
-            damage(umem.session).report(prev.addr, prev.addr + b.size, f"{what}: {why}")
+            damage(umem.session).report(prev, prev + links.size, f"{what}: {why}")
             return out, True
         seen.add(cur)
-        out.append(node)
-        prev = node
-        cur = getattr(node, nxt)
+        out.append(cur)
+        prev = cur
+        cur = node[step]
     return out, False
 
 

@@ -17,6 +17,7 @@ from mdbpy.layout.bind import Binder
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage, walk_chain, walk_ring
+from mdbpy_commands.umem.gather import session_gather
 
 MAX_CACHES = 4096  # real processes have about 60
 MAX_ARENAS = 1024
@@ -50,19 +51,12 @@ def find_object(session):
 
 
 def _dwarf_layouts(path: str) -> dict:
-    """DWARF layouts of libumem's structs when the library file has debug info ({} if not)."""
-    from mdbpy.layout.dwarf import find_struct
+    """DWARF layouts of libumem's structs when the library file has debug info ({} if not):
+    one pass over its DWARF, umem.c's unit first. A struct the file does not define (e.g.
+    malloc's tag, which lives in libumem_malloc) keeps its builtin layout."""
+    from mdbpy.layout.dwarf import find_structs
 
-    out = {}
-    for name in L.STRUCT_NAMES:
-        hint = "vmem.c" if name.startswith("vmem") else "malloc.c" if name == "malloc_data" \
-            else "umem.c"
-        dw = find_struct(path, name, cu_hint=hint)
-        if dw is None and not out:
-            return {}  # no DWARF at all (or not for libumem): builtin layouts
-        if dw is not None:
-            out[name] = dw
-    return out
+    return find_structs(path, L.STRUCT_NAMES, cu_hint="umem.c")
 
 
 def _has_debug_info(path: str) -> bool:
@@ -159,11 +153,8 @@ class Umem:
         got = self.session.cache.get("umem_caches")
         if got is not None:
             return got
-        views = walk_ring(self, "cache list", self.addr_of("umem_null_cache"), "umem_cache",
-                          "cache_next", "cache_prev", MAX_CACHES, "cache")
-        for v in views:
-            self.session.cache[("umem_cache", v.addr)] = v
-        out = [v.addr for v in views]
+        out = walk_ring(self, "cache list", self.addr_of("umem_null_cache"), "umem_cache",
+                        "cache_next", "cache_prev", MAX_CACHES, "cache")
         self.session.cache["umem_caches"] = out
         return out
 
@@ -240,10 +231,9 @@ class Umem:
                 read(cc.cc_ploaded, min(cc.cc_prounds, magsize), f"CPU cache 0x{cc.addr:x}")
         return rounds
 
-    def slabs(self, cache, partial: bool = False) -> list:
-        """The cache's slabs (views), from cache_nullslab (a damaged list is reported and
-        recovered from its other end); partial: from cache_freelist on (or the last slab when
-        no slab is partial, as mdb's umem_slab_partial does)."""
+    def slab_addrs(self, cache) -> list[int]:
+        """The cache's slabs, from cache_nullslab (a damaged list is reported and recovered
+        from its other end)."""
         key = ("umem_slabs", cache.addr)
         out = self.session.cache.get(key)
         if out is None:
@@ -251,18 +241,24 @@ class Umem:
                             cache.addr_of("cache_nullslab"), "umem_slab", "slab_next",
                             "slab_prev", MAX_SLABS, "slab", ("slab_cache", cache.addr))
             self.session.cache[key] = out
-        if not partial:
-            return out
-        first = cache.cache_freelist
-        if first == cache.addr_of("cache_nullslab"):
-            return out[-1:]
-        for i, s in enumerate(out):
-            if s.addr == first:
-                return out[i:]
-        damage(self.session).report(cache.addr, cache.addr + 8,
-                                    f"cache 0x{cache.addr:x}: cache_freelist 0x{first:x} "
-                                    "is not one of its slabs")
-        return []
+        return out
+
+    def slabs(self, cache, partial: bool = False) -> list:
+        """Views of the cache's slabs; partial: from cache_freelist on (or the last slab when
+        no slab is partial, as mdb's umem_slab_partial does)."""
+        out = self.slab_addrs(cache)
+        if partial:
+            first = cache.cache_freelist
+            if first == cache.addr_of("cache_nullslab"):
+                out = out[-1:]
+            elif first in out:
+                out = out[out.index(first):]
+            else:
+                damage(self.session).report(cache.addr, cache.addr + 8,
+                                            f"cache 0x{cache.addr:x}: cache_freelist "
+                                            f"0x{first:x} is not one of its slabs")
+                out = []
+        return [self.view("umem_slab", a) for a in out]
 
     # -- audit records ----------------------------------------------------------------------
     def bufctl(self, addr: int):
@@ -358,9 +354,9 @@ class Umem:
             visit(r, 0)
         return out
 
-    def segs(self, arena_addr: int) -> list:
-        """The arena's segments (views) in address order: its vs_anext ring without the
-        vm_seg0 anchor (mdb skips it too), recovered from the other end when damaged."""
+    def seg_addrs(self, arena_addr: int) -> list[int]:
+        """The arena's segments in address order: its vs_anext ring without the vm_seg0
+        anchor (mdb skips it too), recovered from the other end when damaged."""
         key = ("umem_segs", arena_addr)
         out = self.session.cache.get(key)
         if out is None:
@@ -369,6 +365,28 @@ class Umem:
                             "vs_anext", "vs_aprev", MAX_SEGS, "segment")
             self.session.cache[key] = out
         return out
+
+    def seg_columns(self, arena_addr: int, types: tuple[int, ...] = ()) -> dict:
+        """addr, vs_start, vs_end and vs_type of the arena's segments (of the given types
+        only, if any) as numpy arrays, read in bulk (a heap arena has tens of thousands)."""
+        import numpy as np
+
+        seg = self.layouts["vmem_seg"]
+        addrs = np.array(self.seg_addrs(arena_addr), np.uint64)
+        g = session_gather(self.session)
+        cols = {n: g.field(addrs, seg.field(n))
+                for n in ("vs_start", "vs_end", "vs_type")}
+        cols["addr"] = addrs
+        if types:
+            sel = np.isin(cols["vs_type"], types)
+            cols = {n: v[sel] for n, v in cols.items()}
+        return cols
+
+    def segs(self, arena_addr: int, types: tuple[int, ...] = ()) -> list:
+        """Views of the arena's segments (of the given types only, if any)."""
+        addrs = self.seg_columns(arena_addr, types)["addr"] if types else \
+            self.seg_addrs(arena_addr)
+        return [self.view("vmem_seg", int(a)) for a in addrs]
 
     def seg_stack(self, seg) -> tuple[int, ...]:
         depth = seg.vs_depth

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.damage import damage
 
 LOW32 = 0xFFFFFFFF
 
@@ -42,6 +43,14 @@ def verify_cache(umem, cache) -> list[Corruption]:
     from mdbpy_commands.umem.gather import Gather
 
     if not verifiable(cache):
+        return []
+    tagsize = umem.layouts["umem_buftag"].size
+    if not (cache.cache_verify <= cache.cache_buftag and
+            cache.cache_buftag + tagsize <= cache.cache_chunksize):
+        damage(umem.session).report(
+            cache.addr, cache.addr + 8, f"cache 0x{cache.addr:x}: buftag at {cache.cache_buftag:#x}"
+            f" and {cache.cache_verify:#x} bytes to verify do not fit a chunk of "
+            f"{cache.cache_chunksize:#x}; not verified")
         return []
     ct = cache_contents(umem, cache)
     g = Gather(umem.mem)

@@ -247,8 +247,10 @@ def walk_vmem_postfix(session, addr):
 def segs_of(session, addr, vtype: int | None, name: str):
     if addr is None:
         raise MdbError(f"vmem_{name} does not support global walks")
-    return iter([s.addr for s in Umem.get(session).segs(addr)
-                 if vtype is None or s.vs_type == vtype])
+    umem = Umem.get(session)
+    if vtype is None:
+        return iter(umem.seg_addrs(addr))
+    return iter(umem.seg_columns(addr, (vtype,))["addr"].tolist())
 
 
 @walker("vmem_seg", "given a vmem_t, walk all of its vmem_segs", needs_addr=True,

@@ -87,28 +87,66 @@ def find_struct(path: str, name: str, cu_hint: str | None = None) -> DwarfStruct
     return result
 
 
-def _search(dwarf, name: str, cu_hint: str | None, origin: str) -> DwarfStruct | None:
+def find_structs(path: str, names, cu_hint: str | None = None) -> dict[str, DwarfStruct]:
+    """The layouts of several structs from one pass over the DWARF (an allocator binds a
+    dozen structs; find_struct per name would parse the file once per name). Found and
+    missing names land in find_struct's cache too."""
+    names = list(names)
+    keys = {n: (os.path.realpath(path), n, cu_hint) for n in names}
+    if all(k in _cache for k in keys.values()):
+        return {n: _cache[k] for n, k in keys.items() if _cache[k] is not None}
+    found: dict[str, DwarfStruct] = {}
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if elf.has_dwarf_info():
+                dwarf = elf.get_dwarf_info()
+                want = {n.encode(): n for n in names}
+                for die in _struct_dies(dwarf, cu_hint):
+                    name = want.pop(_attr(die, "DW_AT_name"), None)
+                    if name is not None:
+                        found[name] = _struct_of(die, os.path.basename(path))
+                        if not want:
+                            break
+    except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError):
+        found = {}
+    for n, k in keys.items():
+        _cache[k] = found.get(n)
+    return found
+
+
+def _struct_dies(dwarf, cu_hint: str | None):
+    """Every complete struct/union definition, hinted compilation units first."""
     cus = list(dwarf.iter_CUs())
     if cu_hint:
         def hinted(cu):
-            top = cu.get_top_DIE()
-            cu_name = _attr(top, "DW_AT_name")
+            cu_name = _attr(cu.get_top_DIE(), "DW_AT_name")
             return cu_name is not None and cu_hint.encode() in cu_name
         cus.sort(key=lambda cu: not hinted(cu))
-    want = name.encode()
     for cu in cus:
         for die in cu.iter_DIEs():
-            if die.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):
-                continue
-            if _attr(die, "DW_AT_name") != want or _attr(die, "DW_AT_declaration"):
-                continue
-            members = {}
-            for m in die.iter_children():
-                if m.tag != "DW_TAG_member":
-                    continue
-                mname = _attr(m, "DW_AT_name")
-                if mname is None:
-                    continue
-                members[mname.decode()] = (_member_offset(m), _type_size(m))
-            return DwarfStruct(_attr(die, "DW_AT_byte_size") or 0, members, origin)
+            if die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type") and \
+                    not _attr(die, "DW_AT_declaration"):
+                yield die
+
+
+def _struct_of(die, origin: str) -> DwarfStruct:
+    members = {}
+    for m in die.iter_children():
+        if m.tag != "DW_TAG_member":
+            continue
+        mname = _attr(m, "DW_AT_name")
+        if mname is None:
+            continue
+        members[mname.decode()] = (_member_offset(m), _type_size(m))
+    return DwarfStruct(_attr(die, "DW_AT_byte_size") or 0, members, origin)
+
+
+def _search(dwarf, name: str, cu_hint: str | None, origin: str) -> DwarfStruct | None:
+    want = name.encode()
+    for die in _struct_dies(dwarf, cu_hint):
+        if _attr(die, "DW_AT_name") == want:
+            return _struct_of(die, origin)
     return None
