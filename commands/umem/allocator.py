@@ -70,7 +70,7 @@ class UmemAllocator(Allocator):
             n = int(np.count_nonzero(ct.alloc)) if alloc_only else len(ct.bufs)
             audit = bool(c.cache_flags & L.UMF_AUDIT)
             out.append(BufferTable.from_columns(
-                ct.bufs[sel], np.full(n, c.cache_bufsize, np.uint64),
+                ct.bufs[sel], np.full(n, min(c.cache_bufsize, c.cache_chunksize), np.uint64),
                 np.where(ct.alloc[sel], ALLOC, FREE).astype(np.uint8), np.zeros(n, np.int32),
                 ct.ctl[sel] if audit else np.zeros(n, np.uint64), np.zeros(n, np.uint8),
                 groups=[(c.cstr("cache_name"), c.addr)], sort=False))
@@ -96,8 +96,15 @@ class UmemAllocator(Allocator):
             try:
                 for name in OVERSIZE_ARENAS:
                     a = self.umem.arena_named(name)
-                    if a is not None:
-                        segs += [(name, s) for s in self.umem.segs(a.addr, (L.VMEM_ALLOC,))]
+                    if a is None:
+                        continue
+                    for s in self.umem.segs(a.addr, (L.VMEM_ALLOC,)):
+                        if s.vs_start < s.vs_end:
+                            segs.append((name, s))
+                        else:
+                            damage(self.session).report(
+                                s.addr, s.addr + 8, f"arena 0x{a.addr:x} segment 0x{s.addr:x}:"
+                                f" [0x{s.vs_start:x}, 0x{s.vs_end:x}) is empty or reversed")
             except MdbError as e:
                 self.session.warn(f"umem: oversized allocations skipped: {e}")
             self._segs = segs
