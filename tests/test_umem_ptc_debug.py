@@ -9,6 +9,7 @@ from umem_synth import EXE_DATA, Run, SynthUmem, leaky_heap
 from mdbpy_commands.umem import layouts as L
 
 TP = EXE_DATA + 0x800  # the main thread's thread pointer (its tmem_t lies past it)
+FAILED = "mdbpy: failed to perform walk: "
 
 
 def ptc_heap(enabled: bool = True):
@@ -31,13 +32,14 @@ def test_ptc_walkers_walk_every_thread_or_one():
     r = Run(u)
     assert r("::walk umem_ptc_32") == (f"{bufs[1]:#x}\n{bufs[2]:#x}\n", "")
     assert r(f"{TP:x}::walk umem_ptc_32") == (f"{bufs[1]:#x}\n{bufs[2]:#x}\n", "")
-    assert r("::walk umem_ptc_16") == ("", "mdbpy: failed to perform walk: umem_ptc_16: cache umem_alloc_16 is not "
+    assert r("::walk umem_ptc_16") == ("", f"{FAILED}umem_ptc_16: cache umem_alloc_16 is not "
                                            "cached per thread\n")
     # per-thread-cached buffers are free: out of the umem walk, in freemem
     assert r("::walk umem_alloc_32")[0].split() == sorted([f"{bufs[0]:#x}", f"{bufs[3]:#x}"])
     assert {f"{bufs[1]:#x}", f"{bufs[2]:#x}"} <= set(r(f"{c32.addr:x}::walk freemem")[0].split())
     row = next(x for x in r("::umastat")[0].splitlines() if x.startswith("umem_alloc_32 "))
-    assert row.split()[1:5] == ["32", "4", "2", str((4096 - 56) // 32)]  # the slab ends in its umem_slab
+    # buf size, in use, in ptc, total (a slab of 4096 bytes ends in its umem_slab)
+    assert row.split()[1:5] == ["32", "4", "2", str((4096 - 56) // 32)]
     walkers = r("::walkers")[0]
     assert "umem_ptc_8 " in walkers and "walk the per-thread cache for umem_alloc_32" in walkers
 
@@ -45,11 +47,11 @@ def test_ptc_walkers_walk_every_thread_or_one():
 def test_ptc_walkers_say_why_there_is_nothing():
     u, _c32, _bufs = ptc_heap(enabled=False)
     assert Run(u)("::walk umem_ptc_32") == ("", (
-        "mdbpy: failed to perform walk: umem_ptc_32: per-thread caching is off in this process (umem_ptc_enabled is "
+        f"{FAILED}umem_ptc_32: per-thread caching is off in this process (umem_ptc_enabled is "
         "0: UMEM_DEBUG is set, or the library cannot generate its malloc on Linux)\n"))
     u, _t = leaky_heap()
     assert Run(u)("::walk umem_ptc_80") == ("", (
-        "mdbpy: failed to perform walk: umem_ptc_80: this libumem has no per-thread caches (portable libumem before "
+        f"{FAILED}umem_ptc_80: this libumem has no per-thread caches (portable libumem before "
         "UMF_PTC; mdb's Linux port has none either)\n"))
 
 
