@@ -3,8 +3,8 @@ errors (warnings included), never an internal error, a traceback or a hang.
 
 The damage lands on words that hold something (libumem's globals, caches, slabs, bufctls,
 magazines, arenas, segments, the log, buftags, malloc headers), and is replaced by the values
-garbage usually has: zero, all ones, small counts, wild pointers, pointers elsewhere into the heap or
-into libumem's data (which make cycles and cross-links), and random words.
+garbage usually has: zero, all ones, small counts, wild pointers, pointers elsewhere into the
+heap or into libumem's data (which make cycles and cross-links), and random words.
 """
 
 from __future__ import annotations
