@@ -203,8 +203,8 @@ def built_core(draw) -> tuple:
 
 
 def assemble(example: tuple) -> bytes:
-    """Notes in one blob that every PT_NOTE points at; each PT_LOAD's bytes (at most a page
-    written, whatever filesz claims) after it; with xnum, e_phnum says PN_XNUM and section
+    """Notes in one blob that every PT_NOTE points at; each PT_LOAD's bytes (its content when
+    given, else at most a page, whatever filesz claims) after it; with xnum, e_phnum says PN_XNUM and section
     header 0 holds the count."""
     notes, loads, note_segs, xnum = example
     blob = b"".join(ec.pack_note(*n) for n in notes)
@@ -212,13 +212,52 @@ def assemble(example: tuple) -> bytes:
     head = ec.EHDR.size + nph * ec.PHDR.size + ec.SHDR.size
     phdrs = [ec.Phdr(ec.PT_NOTE, 0, head, 0, len(blob), 0)] * note_segs
     body = bytearray(blob)
-    for vaddr, filesz, memsz, flags in loads:
+    for vaddr, filesz, memsz, flags, *content in loads:
         phdrs.append(ec.Phdr(ec.PT_LOAD, flags, head + len(body), vaddr, filesz, memsz))
-        body += bytes(range(256)) * (min(filesz, ec.PAGE) // 256)
+        body += content[0] if content else bytes(range(256)) * (min(filesz, ec.PAGE) // 256)
     shdr = ec.SHDR.pack(0, 0, 0, 0, 0, 0, 0, nph, 0, 0)
     ehdr = ec.pack_ehdr(ec.ET_CORE, ec.PN_XNUM if xnum else nph,
                         shoff=ec.EHDR.size + nph * ec.PHDR.size)
     return ehdr + b"".join(ec.pack_phdr(p) for p in phdrs) + shdr + bytes(body)
+
+
+def this_vdso() -> bytes:
+    """The vDSO image of this process: a real ELF with .eh_frame, as a core holds it."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith("[vdso]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            with open("/proc/self/mem", "rb") as f:
+                f.seek(lo)
+                return f.read(hi - lo)
+    raise AssertionError("no [vdso] in /proc/self/maps")
+
+
+VDSO_BASE, STACK_BASE = 0x7FFF00000000, 0x7FFE00000000
+
+
+@st.composite
+def vdso_core(draw, vdso: bytes) -> tuple:
+    """A thread stopped inside a damaged vDSO (the unwinder parses its ELF headers and CFI from
+    the core's memory) with a stack of chosen words: for assemble()."""
+    image = bytearray(vdso)
+    for _ in range(draw(st.integers(1, 12))):
+        at = draw(st.one_of(st.integers(0, 0x200), st.integers(0, len(image) - 8)))
+        if draw(st.booleans()):
+            image[at] ^= 1 << draw(st.integers(0, 7))
+        else:
+            struct.pack_into("<Q", image, at, draw(HUGE))
+    stack = b"".join(struct.pack("<Q", w) for w in draw(st.lists(
+        st.one_of(HUGE, st.integers(VDSO_BASE, VDSO_BASE + len(vdso)),
+                  st.integers(STACK_BASE, STACK_BASE + 0x1000)), min_size=512, max_size=512)))
+    regs = dict.fromkeys(ec.X86_64_REGS, 0)
+    regs.update(rip=VDSO_BASE + draw(st.integers(0, len(vdso) - 1)),
+                rsp=STACK_BASE + draw(st.integers(0, 0x1000 // 8 - 1)) * 8,
+                rbp=draw(st.one_of(HUGE, st.integers(STACK_BASE, STACK_BASE + 0x1000))))
+    notes = [(b"CORE", ec.NT_PRSTATUS, ec.pack_prstatus(100, 11, regs)),
+             (b"CORE", ec.NT_AUXV, ec.pack_auxv({ec.AT_SYSINFO_EHDR: VDSO_BASE}))]
+    loads = [(VDSO_BASE, len(image), len(image), 5, bytes(image)),
+             (STACK_BASE, len(stack), len(stack), 6, stack)]
+    return notes, loads, 1, False
 
 
 # -- the check --------------------------------------------------------------------------------
@@ -264,7 +303,8 @@ def targets(workdir: Path, exe: Path, gdb: Base | None = None) -> dict:
 
     return {"core-small": (damage(small), checker(small)),
             "core-gdb": (damage(gdb), checker(gdb)),
-            "core-built": (built_core(), lambda ex: check_core(path, assemble(ex)))}
+            "core-built": (built_core(), lambda ex: check_core(path, assemble(ex))),
+            "core-vdso": (vdso_core(this_vdso()), lambda ex: check_core(path, assemble(ex)))}
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +324,7 @@ def test_damaged_small_core(fuzz_targets, data):
     _fuzz(fuzz_targets, "core-small", data)
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(data=st.data())
 def test_damaged_gdb_core(fuzz_targets, data):
     _fuzz(fuzz_targets, "core-gdb", data)
@@ -353,3 +393,9 @@ def test_threads_are_capped(tmp_path, monkeypatch):
         assert [th.tid for th in t.threads()] == [10, 11, 12]
         assert t.warnings == [f"core file {tmp_path / 'c'} has more than 3 threads; the rest "
                               f"are ignored"]
+
+
+@fuzz_settings(50)
+@given(data=st.data())
+def test_damaged_vdso_in_a_core(fuzz_targets, data):
+    _fuzz(fuzz_targets, "core-vdso", data)

@@ -210,7 +210,7 @@ def targets() -> dict:
             "lang-deep": (st.tuples(DEEP.map(lambda e: e + "=J"), MODES), check_commands)}
 
 
-@fuzz_settings(250)
+@fuzz_settings(200)
 @given(st.tuples(LINES, MODES))
 def test_token_grammar(example):
     check_commands(example)
@@ -222,7 +222,7 @@ def test_character_soup(example):
     check_commands(example)
 
 
-@fuzz_settings(300)
+@fuzz_settings(150)
 @given(st.tuples(mutated(), MODES))
 def test_mutated_commands(example):
     check_commands(example)

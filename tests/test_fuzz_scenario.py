@@ -124,13 +124,13 @@ def targets(workdir: Path) -> dict:
             "scenario-soup": (SOUP, check)}
 
 
-@fuzz_settings(200)
+@fuzz_settings(150)
 @given(text=SCENARIOS)
 def test_statement_grammar(workdir, text):
     check_scenario(text, workdir)
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(text=mutated_demo())
 def test_mutated_demo(workdir, text):
     check_scenario(text, workdir)
