@@ -32,6 +32,7 @@ from mdbpy.target.gcore import write_core
 from mdbpy.target.synthetic import SyntheticTarget
 
 COMMANDS = "::status; ::mappings; ::threads; ::regs; $c; ::stack 3"
+EXE_COMMANDS = "::status; ::mappings; ::objects; ::nm -x; main/X; main::dis -n 3; ::whereis main"
 READS = 8  # mappings whose first and last bytes each example reads
 HUGE = st.one_of(st.integers(0, 1 << 16), st.integers(1 << 30, (1 << 64) - 1),
                  st.sampled_from([0, 1, 1 << 32, 1 << 40, 1 << 44, 1 << 63, (1 << 64) - 1,
@@ -261,7 +262,7 @@ def vdso_core(draw, vdso: bytes) -> tuple:
 
 
 # -- the check --------------------------------------------------------------------------------
-def check_core(path: Path, raw: bytes) -> None:
+def check_core(path: Path, raw: bytes, commands: str = COMMANDS) -> None:
     """Open the damaged core and use it: one-line errors only, and no new peak of memory
     more than MAX_RSS_GROWTH_MIB above the old one (so the example that allocates is the one
     that fails)."""
@@ -269,13 +270,13 @@ def check_core(path: Path, raw: bytes) -> None:
     err = io.StringIO()
     before = max_rss_mib()
     with watchdog():
-        _open_and_use(path, err)
+        _open_and_use(path, err, commands)
     grown = max_rss_mib() - before
     assert grown < MAX_RSS_GROWTH_MIB, f"peak memory grew by {grown:.0f} MiB"
     assert_one_line_errors(err.getvalue())
 
 
-def _open_and_use(path: Path, err: io.StringIO) -> None:
+def _open_and_use(path: Path, err: io.StringIO, commands: str) -> None:
     try:
         target = open_file_target(str(path))
     except MdbError as e:
@@ -287,14 +288,16 @@ def _open_and_use(path: Path, err: io.StringIO) -> None:
             assert_message(MdbError(w))
         reads = [f"{a:x}/K; {a:x},2/B" for m in target.mappings()[:READS]
                  for a in (m.start, max(m.start, m.end - 8))]
-        Engine(session).run_string("; ".join([COMMANDS, *reads]))
+        Engine(session).run_string("; ".join([commands, *reads]))
     finally:
         session.close()
 
 
 def targets(workdir: Path, exe: Path, gdb: Base | None = None) -> dict:
-    """The core fuzz targets, name -> (strategy, check), for pytest and bench/fuzz.py."""
+    """The core fuzz targets, name -> (strategy, check), for pytest and bench/fuzz.py; `exe`
+    (the basic fixture) is also damaged itself, as an executable opened alone."""
     small = small_core(workdir, exe)
+    program = Base(exe.read_bytes())
     gdb = gdb or gdb_core(workdir, exe)
     path = workdir / "fuzzed.core"
 
@@ -304,7 +307,9 @@ def targets(workdir: Path, exe: Path, gdb: Base | None = None) -> dict:
     return {"core-small": (damage(small), checker(small)),
             "core-gdb": (damage(gdb), checker(gdb)),
             "core-built": (built_core(), lambda ex: check_core(path, assemble(ex))),
-            "core-vdso": (vdso_core(this_vdso()), lambda ex: check_core(path, assemble(ex)))}
+            "core-vdso": (vdso_core(this_vdso()), lambda ex: check_core(path, assemble(ex))),
+            "exe": (damage(program), lambda ops: check_core(path, apply(program.raw, ops),
+                                                            EXE_COMMANDS))}
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +404,9 @@ def test_threads_are_capped(tmp_path, monkeypatch):
 @given(data=st.data())
 def test_damaged_vdso_in_a_core(fuzz_targets, data):
     _fuzz(fuzz_targets, "core-vdso", data)
+
+
+@fuzz_settings(40)
+@given(data=st.data())
+def test_damaged_executable_opened_alone(fuzz_targets, data):
+    _fuzz(fuzz_targets, "exe", data)
