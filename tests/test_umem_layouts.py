@@ -1,9 +1,13 @@
 """The umem descriptors reproduce the layouts measured on x86_64 Linux (gdb `ptype /o` of a
-debug libumem, shared/reference/umem-layout.md), for both portable revisions."""
+debug libumem, shared/reference/umem-layout.md), for both portable revisions; and when the
+library has debug info the layouts come from its DWARF (checked on fixtures/umem_layout.c, the
+structs declared from the same facts and compiled with -g)."""
 
 import pytest
+from support import compile_fixture, run_mdbpy
 
 from mdbpy.layout.bind import Binder
+from mdbpy.layout.dwarf import find_structs
 from mdbpy_commands.umem import layouts as L
 
 SIZES = {"umem_cache": 696, "umem_slab": 56, "umem_bufctl": 24, "umem_bufctl_audit": 80,
@@ -57,3 +61,36 @@ def test_constants_and_formulas():
     assert L.audit_size(0) == 72 and L.audit_size(15) == 192
     assert L.MALLOC_SECOND_MAGIC - 66 == 0x16BA6FBE
     assert L.UMF_BUFTAG == 6 and (L.UMF_PTC, L.UMF_CHECKNULL) == (0x800, 0x1000)
+
+
+@pytest.fixture(scope="module")
+def layout_exe(tmp_path_factory):
+    """fixtures/umem_layout.c: the umem structs declared from the measured layouts, with -g,
+    as a program mdbpy takes for libumem linked statically."""
+    return compile_fixture("umem_layout", tmp_path_factory.mktemp("umem_layout"),
+                           flags=("-g", "-O0", "-fno-eliminate-unused-debug-types"))
+
+
+def test_dwarf_layouts_equal_the_builtin_descriptors(layout_exe):
+    """The DWARF oracle: every struct the dmod reads, field by field."""
+    dwarf = find_structs(str(layout_exe), L.STRUCT_NAMES, cu_hint="umem.c")
+    assert sorted(dwarf) == sorted(L.STRUCT_NAMES)
+    builtin = Binder(L.UMEM_LAYOUTS, version=L.CLASSIC)
+    bound = Binder(L.UMEM_LAYOUTS, version=L.CLASSIC, dwarf=dwarf)
+    for name in L.STRUCT_NAMES:
+        b, d = builtin[name], bound[name]
+        assert (d.origin, b.origin) == ("DWARF umem_layout", "builtin x86_64 v2010.6"), name
+        assert d.size == b.size, name
+        assert {f: (x.offset, x.size) for f, x in d.fields.items()} == \
+            {f: (x.offset, x.size) for f, x in b.fields.items()}, name
+        assert all(x.origin == "dwarf" for x in d.fields.values()), name
+
+
+def test_layout_dcmd_names_dwarf_as_the_source(layout_exe):
+    p = run_mdbpy(str(layout_exe), "-e", "::layout; ::layout umem_cache")
+    assert p.returncode == 0, p.stderr
+    rows = [x.split() for x in p.stdout.splitlines() if x.startswith("umem ")]
+    assert [r[1] for r in rows] == list(L.STRUCT_NAMES)
+    assert all(r[3:] == ["DWARF", "umem_layout"] for r in rows)
+    assert "struct umem_cache (size 0x2b8, align 8) from DWARF umem_layout\n" in p.stdout
+    assert "  0x0170   0x38  struct umem_slab         cache_nullslab\n" in p.stdout

@@ -130,3 +130,28 @@ def test_log_and_vmem(proc):
         assert len(log) > 10
         vm = mdb(t, "::vmem")
         assert "   mmap_heap " in vm and "     umem_oversize " in vm
+
+
+def test_layouts_come_from_the_librarys_dwarf(proc):
+    """A libumem built with -g: the dmod binds its structs from the library's DWARF (malloc's
+    tag lives in libumem_malloc, so it stays builtin), and DWARF equals the builtin layouts."""
+    from mdbpy.layout.bind import Binder
+    from mdbpy.layout.dwarf import find_structs
+    from mdbpy_commands.umem import layouts as L
+
+    lib = os.path.join(LIBUMEM, "libumem.so.0")
+    dwarf = find_structs(lib, L.STRUCT_NAMES, cu_hint="umem.c")
+    if not dwarf:
+        pytest.skip("this libumem was built without -g")
+    builtin = Binder(L.UMEM_LAYOUTS, version=L.CLASSIC)
+    for name, d in dwarf.items():
+        b = builtin[name]
+        assert d.size == b.size, name
+        assert {f: d.members[f][0] for f in b.fields} == \
+            {f: x.offset for f, x in b.fields.items()}, name
+    for t in targets(proc):
+        rows = {r[1]: " ".join(r[3:]) for r in (x.split() for x in mdb(t, "::layout").splitlines())
+                if r and r[0] == "umem"}
+        assert rows == {n: "DWARF libumem.so.0" if n in dwarf else "builtin x86_64 v2010.6"
+                        for n in L.STRUCT_NAMES}
+        assert sorted(n for n in rows if n not in dwarf) == ["malloc_data"]
