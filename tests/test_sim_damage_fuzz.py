@@ -3,8 +3,10 @@ damaged at random (mdbpy.sim.damage): each command ends with output or one-line 
 warnings, never an internal error or a traceback, and never runs long (a watchdog fails the
 example after WATCHDOG seconds).
 
-CI runs EXAMPLES derandomized examples; MDBPY_FUZZ_EXAMPLES=N runs N with fresh random ones
-(the long campaign: `MDBPY_FUZZ_EXAMPLES=2000 nice python -m pytest tests/test_sim_damage_fuzz.py`).
+CI runs EXAMPLES derandomized examples; MDBPY_FUZZ_EXAMPLES=N runs N with fresh random ones.
+The long campaign, `MDBPY_FUZZ_EXAMPLES=2000 nice python -m pytest
+tests/test_sim_damage_fuzz.py`, passed 2000 examples in 220 s; what it found (nr_slabs damage
+running out of victims) is a test of its own in test_sim_damage.py.
 """
 
 from __future__ import annotations
