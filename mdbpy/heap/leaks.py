@@ -61,11 +61,22 @@ class LeakReport:
         return [m for g in self.groups for m in g.members]
 
 
-def _leak_key(alloc: Allocator, leak: Leak):
-    stack = ()
-    if leak.record is not None and leak.record.stack:
-        stack = tuple(pc for pc in leak.record.stack if not alloc.stack_skip(pc))
-    return (leak.kind, leak.group if leak.kind == KIND_BUFFER else "", stack)
+class _StackKeys:
+    """The coalescing stack of each allocation stack (its frames outside the allocator),
+    memoized: the leaks of one site share a stack, and findleaks meets thousands of them."""
+
+    def __init__(self, alloc: Allocator):
+        self.alloc = alloc
+        self.memo: dict[tuple, tuple] = {}
+
+    def __call__(self, record: AllocRecord | None) -> tuple:
+        if record is None or not record.stack:
+            return ()
+        stack = tuple(record.stack)
+        key = self.memo.get(stack)
+        if key is None:
+            key = self.memo[stack] = tuple(pc for pc in stack if not self.alloc.stack_skip(pc))
+        return key
 
 
 def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
@@ -111,13 +122,16 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
 
     groups: dict[tuple, LeakGroup] = {}
     records = alloc.records(table, leaked)
-    for i, rec in zip(leaked.tolist(), records):
-        leak = Leak(i, int(table.base[i]), int(table.size[i]), int(table.kind[i]),
-                    alloc.group_name(table, i), int(table.ctl[i]), rec, not referenced[i])
-        key = _leak_key(alloc, leak)
+    stack_key = _StackKeys(alloc)
+    cols = zip(leaked.tolist(), table.base[leaked].tolist(), table.size[leaked].tolist(),
+               table.kind[leaked].tolist(), table.ctl[leaked].tolist(), (~referenced[leaked]).tolist(), records)
+    for i, base, size, kind, ctl, unref, rec in cols:
+        name = alloc.group_name(table, i)
+        leak = Leak(i, base, size, kind, name, ctl, rec, unref)
+        key = (kind, name if kind == KIND_BUFFER else "", stack_key(rec))
         g = groups.get(key)
         if g is None:
-            groups[key] = g = LeakGroup(key[0], leak.group, key[2])
+            groups[key] = g = LeakGroup(kind, name, key[2])
         g.members.append(leak)
     for g in groups.values():
         # the oldest is the representative; on a tie, the lowest address (table order)
