@@ -170,8 +170,11 @@ class LiveTarget(Target):
         return list(self._maps)
 
     def _covered(self, addr: int, size: int) -> int:
-        """The first address of [addr, addr+size) that no mapping covers (addr+size if none)."""
-        self.mappings()
+        """The first address of [addr, addr+size) that no mapping covers (addr+size if none).
+        (It runs on every read: mappings() is called only to fill the cache, never for its
+        copy of a list that has 10,000 entries in a busy process.)"""
+        if self._maps is None:
+            self.mappings()
         cur, end = addr, addr + size
         i = bisect.bisect_right(self._starts, cur) - 1
         while cur < end:
