@@ -18,7 +18,10 @@ threads, so on an idle machine its wall time is below its CPU time).
 Imports (numpy, scipy, the allocator modules) are done before timing: a process pays for them
 once, not per scan.
 
-Usage: python bench/sim_findleaks.py [DIR] [--profile]
+With --cold (root only), the same pair is measured again with the page cache dropped before
+each run, so that both read the core from the disk, as a first look at a fresh core does.
+
+Usage: python bench/sim_findleaks.py [DIR] [--profile] [--cold]
   DIR: a directory written by `python bench/sim_generate.py 1000000 DIR` (reused), or a new
   temporary one generated here and removed afterwards. --profile prints findleaks' cProfile.
 """
@@ -89,6 +92,13 @@ def plain_read(directory: Path, regions) -> tuple[float, int]:
         s.close()
 
 
+def drop_caches() -> None:
+    """Empty the kernel's page cache (root only), so the next run reads the core from disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def import_once() -> None:
     """What a process imports once, whatever the heap: numpy, scipy's graph search and the
     allocator modules (not part of any one scan's cost)."""
@@ -105,8 +115,9 @@ def import_once() -> None:
 
 def main() -> None:
     import_once()
-    args = [a for a in sys.argv[1:] if a != "--profile"]
+    args = [a for a in sys.argv[1:] if a not in ("--profile", "--cold")]
     profile = "--profile" in sys.argv[1:]
+    cold = "--cold" in sys.argv[1:]
     given = Path(args[0]) if args else None
     directory = given or Path(tempfile.mkdtemp(prefix="mdbpy-simleaks-"))
     try:
@@ -129,6 +140,13 @@ def main() -> None:
               "most 3)")
         print(f"peak RSS     {peak:6d} MiB (target: under 2048); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        if cold:
+            drop_caches()
+            cwall, ccpu, _, _ = findleaks(directory, False)
+            drop_caches()
+            cread, cread_cpu, _ = plain_read(directory, regions)
+            print(f"cold cache: findleaks {cwall:.2f} s wall ({ccpu:.2f} s CPU), plain read "
+                  f"{cread:.2f} s wall ({cread_cpu:.2f} s CPU), ratio {cwall / cread:.2f}")
     finally:
         if given is None:
             shutil.rmtree(directory, ignore_errors=True)
