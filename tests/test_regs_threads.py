@@ -131,6 +131,14 @@ def test_thread_selection_and_register_variables(stacks_parked, stacks_exe):
         assert [int(v, 16) for v in out[:3]] == [gdb["rip"], gdb["rsp"], gdb["eflags"]]
         (table,) = threads_tables(res.stdout)
         assert list(table) == [tid] and table[tid][0] is True
+    # the read-only variable `thread` is the selected thread's id
+    tid = sorted(want)[-1]
+    res = run_mdbpy(core, "-e", f"0t{tid}::thread; <thread=D; ::vars ! grep '^thread'")
+    assert res.stdout.split() == [str(tid), "thread", "=", f"{tid:x}"], res.stderr
+    res = run_mdbpy(core, "-e", "1>thread")
+    assert res.returncode == 1
+    assert res.stderr == ("mdbpy: variable 'thread' is read-only (select a thread with "
+                          "tid::thread)\n")
 
 
 def test_unknown_thread_is_one_line_error(stacks_parked):

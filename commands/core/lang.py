@@ -24,6 +24,8 @@ BUILTIN_MODULE = "mdb"  # commands/core's DMOD_NAME: never unloaded
 
 
 def _check_var_name(name: str) -> None:
+    if name == "thread":
+        raise CommandAbort("variable 'thread' is read-only (select a thread with tid::thread)")
     for c in name:
         if c in BAD_ID_CHARS:
             raise CommandAbort(f"'{c}' may not be used in a variable name")
@@ -158,6 +160,8 @@ def _print_vars(inv: Invocation, nonzero: bool, tagged: bool, as_commands: bool)
     s = inv.session
     values = dict(s.vars)
     values["."] = s.dot
+    t = s.current_thread()
+    values["thread"] = t.tid if t is not None else 0
     for name in sorted(values):
         v = values[name]
         if (tagged and name not in s.var_tags) or (nonzero and v == 0):

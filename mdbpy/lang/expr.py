@@ -267,6 +267,10 @@ class Evaluator:
             return s.dot
         if name in s.vars:
             return s.vars[name]
+        if name == "thread":  # mdb's read-only variable: the selected thread's id
+            current = getattr(s, "current_thread", None)
+            t = current() if callable(current) else None
+            return t.tid if t is not None else 0
         regs = getattr(s, "register_vars", None)
         if callable(regs):
             values = regs()
