@@ -135,3 +135,51 @@ def test_listings_equal_in_small_windows(cores, name, monkeypatch):
             s.close()
     assert shown[0][0][0].count("\n") > 10
     assert shown[1] == shown[0] and shown[2] == shown[0]
+
+
+def test_progress_sees_every_window(cores, monkeypatch):
+    """chunk_table's progress callback gets (bytes walked, bytes of all heaps) at every window
+    of every heap, never going back, and ends at the total."""
+    facts, core, exe = cores["leaks"]
+    monkeypatch.setattr(chunks, "WINDOW", 4096)
+    s = _session(core, exe)
+    try:
+        calls = []
+        t = chunk_table(s, lambda done, total: calls.append((done, total)))
+        heaps = [h for a in locate(s).arenas for h in a.heaps]
+        total = sum(h.end - h.first for h in heaps)
+        assert len(heaps) == 2 and len(calls) > 2 * len(heaps)
+        assert {c[1] for c in calls} == {total}
+        assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+        assert calls[0] == (0, total) and calls[-1] == (total, total)
+        walked = [addr for w in _walks(s, WHOLE, monkeypatch) for addr in w[1]]
+        assert set(walked) <= set(t.addr.tolist()) and len(walked) > 30
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("cmd,message", (
+    ("::malloc_chunks", "ptmalloc: heap walk interrupted; nothing kept"),
+    ("::findleaks", "ptmalloc: heap walk interrupted; nothing kept"),
+    ("::heap_verify", "heap_verify: interrupted")))
+def test_ctrl_c_during_the_walk_aborts_the_command(cores, cmd, message, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, raised here from the progress hook, where the bar's cancel
+    raises it) stops the walk: one line, nothing cached; the next command walks again."""
+    from mdbpy.heap.report import Progress
+
+    facts, core, exe = cores["leaks"]
+    s = _session(core, exe)
+    try:
+        def interrupt(self, done, total):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(Progress, "__call__", interrupt)
+            s.engine.run_string(cmd)
+        assert s.err.getvalue() == f"mdbpy: {message}\n"
+        assert s.out.getvalue() == ""
+        assert "ptmalloc.chunks" not in s.cache
+        s.engine.run_string("::malloc_chunks")
+        assert s.out.getvalue().count("\n") == len(chunk_table(s).addr) + 1 > 30
+    finally:
+        s.close()

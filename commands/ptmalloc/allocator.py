@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdbpy.errors import ReadError
+from mdbpy.errors import CommandAbort, ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
@@ -44,27 +44,44 @@ class ChunkTable:
     bins: list  # BinList of every non-empty list
 
 
-def chunk_table(session) -> ChunkTable:
+def chunk_table(session, progress=None) -> ChunkTable:
     """The chunk table of the target (cached per stop); the damage met building it is
-    printed as warnings, once."""
+    printed as warnings, once. progress is the caller's progress(done, total) callback (as
+    ::heap_verify passes one), which then owns Ctrl-C; without one the walk of the heaps, which
+    reads all of them (many GiB in a big process), shows a bar of its own and Ctrl-C aborts
+    the command. Nothing is cached from an interrupted walk."""
     t = session.cache.get("ptmalloc.chunks")
     if t is None:
-        t = _build(session)
+        t = _build(session, progress) if progress is not None else _build_shown(session)
         session.cache["ptmalloc.chunks"] = t
         report(session, t.damage, WARNED)
     return t
+
+
+def _build_shown(session) -> ChunkTable:
+    from mdbpy.heap.report import Progress
+
+    progress = Progress(session, "ptmalloc: walking the heaps")
+    try:
+        return _build(session, progress)
+    except KeyboardInterrupt:
+        raise CommandAbort("ptmalloc: heap walk interrupted; nothing kept") from None
+    finally:
+        progress.close()
 
 
 COLUMNS = {"addr": "uint64", "size": "uint64", "flags": "uint8", "state": "uint8",
            "arena": "int32", "mmapped": "bool", "bad": "bool"}
 
 
-def _build(session) -> ChunkTable:
+def _build(session, progress) -> ChunkTable:
     import numpy as np
 
     st = locate(session)
     parts: list[dict] = []
     damage: list = list(st.damage)
+    total = sum(max(h.end - h.first, 0) for a in st.arenas for h in a.heaps)
+    walked = 0  # bytes of the heaps walked before the current one
 
     def add(addr, size, flags, state, arena, mmapped=False, bad=None):
         n = len(addr)
@@ -75,8 +92,12 @@ def _build(session) -> ChunkTable:
     for a in st.arenas:
         owner = arena_owner(a.addr)
         for h in a.heaps:
+            def step(done: int, _span: int, base: int = walked) -> None:
+                progress(base + done, total)
+
+            walked += max(h.end - h.first, 0)
             try:
-                w = walk_heap(session.mem, h.first, h.end, h.top)
+                w = walk_heap(session.mem, h.first, h.end, h.top, step)
             except ReadError as e:
                 damage.append(Damage(owner, h.first, f"heap 0x{h.first:x}: unreadable ({e}); "
                                      "not walked", h.first, h.region[1]))
@@ -202,7 +223,7 @@ class PtmallocAllocator(Allocator):
         """The problems ::ptmalloc_verify prints, for the generic ::heap_verify."""
         from .verify import verify
 
-        return [Problem(msg, "ptmalloc", addr) for addr, msg in verify(self.session)]
+        return [Problem(msg, "ptmalloc", addr) for addr, msg in verify(self.session, progress)]
 
     def group_name(self, table: BufferTable, i: int) -> str:
         size = table.groups[int(table.group[i])] if table.groups else 0

@@ -37,6 +37,7 @@ MAX_HEAPS = 4096
 MALLOC_ALIGNMENT = 16
 MINSIZE = 32
 PAGE = 4096
+LIBC_DATA_MAX = 4 << 20  # bytes of a libc data range the heuristics scan (.data+.bss: < 1M)
 
 
 def locate_mode(session) -> str:
@@ -309,16 +310,18 @@ def _arenas(session, structs, main: int, mp) -> tuple[list[Arena], list[Damage]]
 
 
 def _libc_data(session, libc) -> list[tuple[int, int]]:
-    """libc's writable mappings plus the anonymous one right after them (the rest of .bss)."""
+    """libc's writable mappings plus the anonymous one right after them (the rest of .bss),
+    each cut to its first LIBC_DATA_MAX bytes: the heuristics read each range in one block,
+    and the kernel merges the .bss tail with anonymous memory mapped right after it, which
+    can be a heap of any size."""
     out = []
     maps = session.mem.mappings()
-    for k, m in enumerate(maps):
+    for m in maps:
         if not (m.readable and m.writable):
             continue
-        if libc.base <= m.start < libc.end:
-            out.append((m.start, m.end))
-        elif out and out[-1][1] == m.start and not m.path:
-            out.append((m.start, m.end))
+        if (libc.base <= m.start < libc.end
+                or out and out[-1][1] == m.start and not m.path):
+            out.append((m.start, min(m.end, m.start + LIBC_DATA_MAX)))
     return out
 
 

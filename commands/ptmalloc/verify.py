@@ -20,10 +20,11 @@ from .locate import locate
 MAX_FILL_CHECK = 1 << 16  # bytes of one free chunk compared with the fill byte
 
 
-def verify(session) -> list[tuple[int, str]]:
-    """[(address, message)] of every problem found, sorted by address."""
+def verify(session, progress=None) -> list[tuple[int, str]]:
+    """[(address, message)] of every problem found, sorted by address; progress is passed to
+    the heap walk (see chunk_table)."""
     st = locate(session)
-    t = chunk_table(session)
+    t = chunk_table(session, progress)
     out = [(d.addr, d.text if d.text.startswith("chunk ") else f"{d.owner} {d.text}")
            for d in t.damage]
     out += _inuse_bits(session, t)
@@ -132,6 +133,8 @@ def _fill(session, st, t) -> list[tuple[int, str]]:
 
 
 def _first_unfilled(session, lo: int, hi: int, byte: int, end: int) -> int | None:
+    """The first byte of [lo, hi) that is neither the fill byte nor in a merge's remnant
+    header. One read: _fill caps hi - lo at MAX_FILL_CHECK, whatever the chunk's size."""
     import numpy as np
 
     try:

@@ -166,6 +166,7 @@ def walk_umem_hash(session, addr):
 
 
 MAX_LOG = 1 << 28  # bytes of one log (UMEM_LOGGING's default transaction log is 64k)
+LOG_BLOCK = 1 << 20  # bytes of a log read at once (whole records)
 
 
 def log_records(umem, header: int | None = None) -> list[tuple[int, object]]:
@@ -180,15 +181,18 @@ def log_records(umem, header: int | None = None) -> list[tuple[int, object]]:
     total = lh.lh_chunksize * lh.lh_nchunks
     if not 0 < total <= MAX_LOG or per <= 0:
         raise MdbError(f"log header at {header:x} is unreasonable")
-    data = umem.mem.read(lh.lh_base, total)
     b = umem.layouts["umem_bufctl_audit"]
+    step = max(LOG_BLOCK // size, 1) * size
+    used = per * size
     out = []
     for i in range(lh.lh_nchunks):
-        for j in range(per):
-            off = i * lh.lh_chunksize + j * size
-            rec = b.from_bytes(data[off:off + size], lh.lh_base + off, umem.mem)
-            if rec.bc_timestamp:
-                out.append((lh.lh_base + off, rec))
+        chunk = lh.lh_base + i * lh.lh_chunksize
+        for off in range(0, used, step):  # a log may be MAX_LOG bytes: read in blocks
+            data = umem.mem.read(chunk + off, min(step, used - off))
+            for j in range(0, len(data), size):
+                rec = b.from_bytes(data[j:j + size], chunk + off + j, umem.mem)
+                if rec.bc_timestamp:
+                    out.append((chunk + off + j, rec))
     out.sort(key=lambda r: -r[1].bc_timestamp)
     return out
 
