@@ -1,8 +1,10 @@
 """The umem dcmds on a real libumem process and on its core.
 
-Needs a portable libumem built from gburd/libumem (5cc22b9): set MDBPY_LIBUMEM to the directory
-holding libumem.so.0 and libumem_malloc.so.0 (unstripped). Skipped when it is not set. The
-program runs with UMEM_DEBUG=default UMEM_LOGGING=transaction and its malloc preloaded.
+Needs a portable libumem built from gburd/libumem, either revision (5cc22b9 of 2010 or 53f5df3 of
+2016): set MDBPY_LIBUMEM to the directory holding libumem.so.0 and libumem_malloc.so.0
+(unstripped). Skipped when it is not set. The program runs with UMEM_DEBUG=default
+UMEM_LOGGING=transaction and its malloc preloaded. The revisions differ in UMEM_MAXBUF (16 KiB,
+128 KiB), so the program makes one allocation that is oversize in the classic one only.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ PROGRAM = r"""
 #include <unistd.h>
 struct node { struct node *next; char tag[40]; };
 struct node *list_head;
-void *leaked, *freed, *big;
+void *leaked, *freed, *big, *mid;
 static __attribute__((noinline)) void make_leaks(void) {
     void *p = malloc(50);         /* leaked: only this frame ever held it */
-    void *q = malloc(100000);     /* oversize (umem_oversize arena), leaked */
+    void *q = malloc(200000);     /* oversize (umem_oversize arena) in both revisions, leaked */
+    void *m = malloc(100000);     /* oversize in 5cc22b9, a umem_alloc_* buffer in 53f5df3 */
     leaked = (void *)~(unsigned long)p;  /* kept for the test, but not as a pointer */
     big = (void *)~(unsigned long)q;
+    mid = (void *)~(unsigned long)m;
 }
 int main(void) {
     for (int i = 0; i < 5; i++) {
@@ -45,8 +49,8 @@ int main(void) {
     f[0] = 1;                     /* a write after free */
     freed = (void *)~(unsigned long)f;
     f = 0;
-    printf("READY leak=%lx freed=%lx big=%lx head=%p\n", ~(unsigned long)leaked,
-           ~(unsigned long)freed, ~(unsigned long)big, (void *)list_head);
+    printf("READY leak=%lx freed=%lx big=%lx mid=%lx head=%p\n", ~(unsigned long)leaked,
+           ~(unsigned long)freed, ~(unsigned long)big, ~(unsigned long)mid, (void *)list_head);
     fflush(stdout);
     pause();
     return 0;
@@ -98,16 +102,38 @@ def test_status_caches_and_walkers(proc):
         assert r.addr("head") - 16 in nodes and len(nodes) == 5
 
 
+def revision() -> str:
+    """Which libumem MDBPY_LIBUMEM holds, told by its dynamic symbols (not by mdbpy): the 2016
+    one exports umem_ptc_size."""
+    syms = subprocess.run(["nm", "-D", "--defined-only", os.path.join(LIBUMEM, "libumem.so.0")],
+                          capture_output=True, text=True, check=True).stdout.split()
+    return "53f5df3" if "umem_ptc_size" in syms else "5cc22b9"
+
+
 def test_findleaks_reports_exactly_the_leaks(proc):
+    """malloc(100000) is oversize under 5cc22b9's UMEM_MAXBUF (16 KiB) and a umem_alloc_131072
+    buffer under 53f5df3's (128 KiB); the 200000-byte leak is oversize in both."""
     r, _core = proc
+    if revision() == "53f5df3":
+        totals = ["1 oversized leak, 200016 bytes", "2 buffers, 131152 bytes"]
+    else:
+        totals = ["2 oversized leaks, 300032 bytes", "1 buffer, 80 bytes"]
     for t in targets(proc):
         out = mdb(t, "::findleaks; ::walk leakbuf")
         table, _, walk = out.rpartition("bytes\n")
         leaks = {int(x, 16) for x in walk.split()}
-        assert r.addr("leak") - 16 in leaks
-        assert r.addr("big") - 16 in leaks
-        assert r.addr("head") - 16 not in leaks
-        assert "oversized leak" in table and "umem_alloc_80" not in table
+        assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+        assert [x.split("Total", 1)[1].strip() for x in (table + "bytes").splitlines()
+                if x.lstrip().startswith("Total")] == totals
+
+
+def test_malloc_dist_spans_the_revisions_maxbuf(proc):
+    """::umem_malloc_dist covers malloc sizes up to UMEM_MAXBUF - 16 of the revision; its top
+    bucket holds the malloc(100000) in 53f5df3 and nothing in 5cc22b9 (oversize there)."""
+    top, count = ("131056", "1") if revision() == "53f5df3" else ("16368", "0")
+    for t in targets(proc):
+        last = mdb(t, "::umem_malloc_dist -b 4").split()[-3:]
+        assert last[0].endswith(f"-{top}") and last[-1] == count, last
 
 
 def test_verify_finds_the_write_after_free(proc):
@@ -152,6 +178,7 @@ def test_layouts_come_from_the_librarys_dwarf(proc):
     for t in targets(proc):
         rows = {r[1]: " ".join(r[3:]) for r in (x.split() for x in mdb(t, "::layout").splitlines())
                 if r and r[0] == "umem"}
-        assert rows == {n: "DWARF libumem.so.0" if n in dwarf else "builtin x86_64 v2010.6"
+        version = "v2016.11" if revision() == "53f5df3" else "v2010.6"
+        assert rows == {n: "DWARF libumem.so.0" if n in dwarf else f"builtin x86_64 {version}"
                         for n in L.STRUCT_NAMES}
         assert sorted(n for n in rows if n not in dwarf) == ["malloc_data"]
