@@ -183,3 +183,93 @@ def test_ctrl_c_during_the_walk_aborts_the_command(cores, cmd, message, monkeypa
         assert s.out.getvalue().count("\n") == len(chunk_table(s).addr) + 1 > 30
     finally:
         s.close()
+
+
+# -- a 1.5 GiB heap ---------------------------------------------------------------------------
+MIB = 1 << 20
+RSS_LIMIT = 600 * MIB  # the whole-heap walk alone needed over twice the heap's 1.5 GiB
+
+
+def _available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.fixture(scope="module")
+def big(build_dir):
+    """The ptmalloc_big fixture running: a 1.5 GiB brk heap with one page per chunk touched."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft != resource.RLIM_INFINITY and soft < 2 << 30:
+        pytest.skip("RLIMIT_DATA below 2 GiB: no room for a 1.5 GiB heap")
+    if _available() < 1 << 30:
+        pytest.skip("less than 1 GiB of memory available")
+    r = start_fixture(compile_fixture("ptmalloc_big", build_dir))
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _run_measured(*args) -> tuple[str, str, int]:
+    """(stdout, stderr, peak RSS in bytes) of one mdbpy run: wait4 gives that process's own
+    ru_maxrss, whatever else this test process has started."""
+    import os
+    import subprocess
+    import tempfile
+
+    from support import mdbpy_cmd
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(mdbpy_cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        assert p.returncode == 0, p.returncode
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), usage.ru_maxrss * 1024
+
+
+def test_big_heap_walked_and_leak_checked_in_bounded_memory(big):
+    """The chunk walker and ::findleaks on the live 1.5 GiB heap: every chunk (the first at
+    the heap's start, the last before the top), exactly the planted leaks (not the chunk
+    referenced only from the middle of a 1 MiB chunk), and mdbpy's peak RSS under 600 MiB."""
+    out, err, rss = _run_measured("-p", big.pid, "-e", "::walk ptmalloc_chunk; ::findleaks; "
+                                  "::walk leak")
+    assert err == ""
+    walked, _, rest = out.partition("CACHE ")
+    addrs = [int(x, 16) for x in walked.split()]
+    assert len(addrs) == int(big.info["chunks"], 16) + 1  # and the top
+    assert addrs == sorted(addrs)
+    assert (addrs[0], addrs[-1]) == (big.addr("first"), big.addr("top"))
+    leaks = [int(x, 16) for x in rest.split("\n") if x.startswith("0x")]
+    assert sorted(leaks) == sorted(big.addr(k) - 16 for k in ("leak_big1", "leak_big2",
+                                                              "leak_small"))
+    assert big.addr("reached") - 16 in addrs
+    assert rss < RSS_LIMIT, f"peak RSS {rss / MIB:.0f} MiB"
+    big.assert_untouched()
+
+
+def test_ctrl_c_stops_the_walk_of_the_big_heap(big):
+    """SIGINT while the walk reads the heap (sent once mdbpy has read 256 MiB of it) aborts
+    the command in one line; the session goes on and the target is left running."""
+    import signal
+
+    from support import PipedSession
+
+    s = PipedSession("-p", big.pid)
+    try:
+        s.attached()
+        s.send("::walk ptmalloc_chunk\n")
+        s.wait_read(256 * MIB)
+        s.proc.send_signal(signal.SIGINT)
+        s.attached()  # the next command runs
+        assert s.finish() == (0, "mdbpy: failed to perform walk: ptmalloc: heap walk "
+                                 "interrupted; nothing kept")
+    finally:
+        s.kill()
+    big.assert_untouched()

@@ -26,7 +26,11 @@ MINSIZE = 32
 PAGE = 4096
 MAX_MMAP_SCAN_PAGES = 1 << 16  # page starts probed per anonymous mapping
 MAX_CHUNK = 1 << 40  # no heap chunk is larger: a size beyond is garbage
-WINDOW = 64 << 20  # heap bytes read and indexed at once (a multiple of 16)
+# Heap bytes read and indexed at once (a multiple of 16). 1 MiB was the fastest on a dense
+# heap of 48-byte chunks (92 MiB: 0.55 s; 64 MiB windows 1.06 s, one window 1.85 s) and
+# lets a heap of big chunks be walked reading little more than their headers (1.5 GiB of
+# 1 MiB chunks: 2.1 s; 64 MiB windows 11 s).
+WINDOW = 1 << 20
 PEEK_SLOTS = 256  # slots read around a header looked at beyond the window
 MAX_PEEKS = 64  # such blocks kept at once
 
