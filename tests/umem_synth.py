@@ -760,16 +760,18 @@ class SynthUmem:
         ]
         return SyntheticTarget(segs, threads=self.threads, name="synthetic libumem")
 
-    def symbols(self) -> tuple[list[Symbol], list[Symbol]]:
-        lib = list(self.lib_syms) + [Symbol(n, LIB_TEXT + 0x100 * i, 0x100)
-                                     for i, n in enumerate(LIB_FUNCS)]
+    def symbols(self, stripped: bool = False) -> tuple[list[Symbol], list[Symbol]]:
+        """(libumem's, the executable's) symbols; stripped leaves libumem only what a stripped
+        library keeps in .dynsym: no local (static) symbols such as umem_cpus or vmem_list."""
+        lib = [s for s in self.lib_syms if not (stripped and s.bind == "local")] + [
+            Symbol(n, LIB_TEXT + 0x100 * i, 0x100) for i, n in enumerate(LIB_FUNCS)]
         exe = [Symbol(n, EXE_TEXT + 0x100 * i, 0x100) for i, n in enumerate(EXE_FUNCS)]
         exe.append(Symbol("list_head", EXE_DATA, 8, "object"))
         return lib, exe
 
-    def session(self, **kw) -> Session:
+    def session(self, stripped: bool = False, **kw) -> Session:
         s = Session(self.target(), **kw)
-        lib, exe = self.symbols()
+        lib, exe = self.symbols(stripped)
         s.symbols.add_symbols(LIB, lib)
         s.symbols.add_symbols("a.out", exe, is_exe=True)
         return s
@@ -778,13 +780,13 @@ class SynthUmem:
 class Run:
     """An mdb language engine over a synthetic heap: run(cmd) -> (stdout, stderr) text."""
 
-    def __init__(self, u: SynthUmem):
+    def __init__(self, u: SynthUmem, stripped: bool = False):
         import io
 
         from mdbpy.lang.engine import Engine
 
         self.out, self.err = io.StringIO(), io.StringIO()
-        self.session = u.session(out=self.out, err=self.err)
+        self.session = u.session(stripped, out=self.out, err=self.err)
         self.engine = Engine(self.session)
 
     def __call__(self, cmd: str) -> tuple[str, str]:

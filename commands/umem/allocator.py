@@ -135,11 +135,14 @@ class UmemAllocator(Allocator):
 
     # -- regions ----------------------------------------------------------------------------
     def spans(self) -> list[tuple[int, int]]:
-        """The umem heap spans: SPAN segments of the top ancestor of heap_arena."""
+        """The umem heap spans: SPAN segments of the top ancestor of heap_arena (of vmem_list's
+        head, which is that ancestor, when the library is stripped of heap_arena)."""
         key = "umem_spans"
         got = self.session.cache.get(key)
         if got is None:
-            top = self.umem.mem.read_ptr(self.umem.addr_of("heap_arena"))
+            umem = self.umem
+            top = (umem.mem.read_ptr(umem.addr_of("heap_arena")) if umem.sym("heap_arena")
+                   else umem.first_arena())
             known = {v.addr: v for v in self.umem.arenas()}
             for _ in range(MAX_DEPTH):
                 src = known[top].vm_source if top in known else 0

@@ -392,10 +392,12 @@ def umem_malloc_info(inv):
 
 
 def umem_alloc_sizes(umem) -> list[int]:
-    """umem_alloc_sizes[]: the umem_alloc_* buffer sizes (0-terminated)."""
+    """umem_alloc_sizes[]: the umem_alloc_* buffer sizes (0-terminated); when a stripped
+    library lacks that static table, the sizes of the umem_alloc_* caches made from it."""
     s = umem.sym("umem_alloc_sizes")
     if s is None:
-        umem.addr_of("umem_alloc_sizes")
+        return sorted({c.cache_bufsize for c in umem.caches()
+                       if c.cstr("cache_name").startswith("umem_alloc_")})
     raw = umem.mem.read(s.addr, min(s.size, 4096))
     out = []
     for i in range(0, len(raw) - 3, 4):

@@ -298,10 +298,31 @@ class Umem:
         got = self.session.cache.get("umem_arenas")
         if got is not None:
             return got
-        out = walk_chain(self, "vmem_list", self.mem.read_ptr(self.addr_of("vmem_list")),
-                         "vmem", "vm_next", MAX_ARENAS, "arena")
+        out = walk_chain(self, "vmem_list", self.first_arena(), "vmem", "vm_next", MAX_ARENAS,
+                         "arena")
         self.session.cache["umem_arenas"] = out
         return out
+
+    def first_arena(self) -> int:
+        """The head of vmem_list. A stripped library has no vmem_list (a static symbol), but
+        libumem creates its heap's top arena (mmap_top or sbrk_top) before any other, so the
+        root of a cache's arena ancestry (cache_arena, then vm_source up) is that head, and
+        every arena follows it on vm_next."""
+        if self.sym("vmem_list") is not None:
+            return self.mem.read_ptr(self.addr_of("vmem_list"))
+        caches = self.cache_addrs()
+        top = self.cache(caches[0]).cache_arena if caches else 0
+        seen: set[int] = set()
+        try:
+            while top and top not in seen and len(seen) < MAX_DEPTH:
+                seen.add(top)
+                src = self.view("vmem", top).vm_source
+                if not src:
+                    return top
+                top = src
+        except ReadError:
+            pass
+        return self.addr_of("vmem_list")  # no sound root: the stripped-library message
 
     def arena(self, addr: int):
         for v in self.arenas():

@@ -1,0 +1,147 @@
+"""The umem dcmds on a stripped libumem: only .dynsym left, so no static symbol (umem_cpus,
+vmem_list, umem_alloc_table, heap_arena, ...).
+
+What the dynamic symbols give (umem_null_cache, umem_ready, umem_flags, the logs) is enough for
+the caches, their buffers, the logs and verify; the arenas are found from the caches' arenas
+(vmem_list's head is the root of their vm_source ancestry), so ::vmem and ::findleaks work too.
+What only a static symbol holds (the umem_cpu array) fails with state.py's one-line message.
+
+In CI on the synthetic heap (tests/umem_synth.py, its local symbols dropped); with
+MDBPY_LIBUMEM, on a `strip`ped copy of the real library too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from support import run_mdbpy, start_fixture
+from test_umem_real import PROGRAM
+from umem_synth import Run, leaky_heap
+
+from mdbpy_commands.umem.state import Umem
+
+STRIPPED = ("a static symbol: the library is stripped; use an unstripped libumem or install "
+            "its debug file")
+NO_UMEM_CPUS = f"libumem.so.0 has no symbol umem_cpus ({STRIPPED})"
+NO_VMEM_LIST = f"libumem.so.0 has no symbol vmem_list ({STRIPPED})"
+
+# everything these print comes from dynamic symbols and the structures they lead to
+SAME_OUTPUT = ("::umem_status", "::umem_cache", "::umastat", "::umem_verify", "::umem_log",
+               "::umalog", "::walk umem_alloc_80", "::walk freemem", "::vmem", "::walk vmem",
+               "::umem_malloc_info", "::umem_malloc_dist -b 4", "::findleaks -d",
+               "::walk leakbuf", "::walk umem_alloc_80 | ::whatis")
+
+
+@pytest.fixture(scope="module")
+def heap():
+    u, t = leaky_heap()
+    return u, t, Run(u), Run(u, stripped=True)
+
+
+def test_the_stripped_session_has_no_static_symbols(heap):
+    _u, _t, full, stripped = heap
+    for name in ("umem_cpus", "vmem_list", "umem_alloc_table", "heap_arena", "umem_magtype"):
+        assert Umem.get(full.session).sym(name) is not None
+        assert Umem.get(stripped.session).sym(name) is None
+    assert Umem.get(stripped.session).sym("umem_null_cache") is not None
+
+
+@pytest.mark.parametrize("cmd", SAME_OUTPUT)
+def test_dynamic_symbols_suffice(heap, cmd):
+    _u, _t, full, stripped = heap
+    want = full(cmd)
+    assert want[0]
+    assert stripped(cmd) == want
+
+
+def test_findleaks_finds_the_same_leaks(heap):
+    _u, t, _full, stripped = heap
+    stripped("::findleaks -f")
+    leaks = {int(x, 16) for x in stripped("::walk leakbuf")[0].split()}
+    assert {t["L1"], t["L2"], t["L3"], t["O1"]} <= leaks
+    assert not {t["A"], t["B"], t["C1"], t["S"], t["R"], t["P2"], t["O2"]} & leaks
+
+
+def test_a_static_symbol_is_needed(heap):
+    _u, _t, _full, stripped = heap
+    assert stripped("::walk umem_cpu") == ("", f"mdbpy: failed to perform walk: {NO_UMEM_CPUS}\n")
+
+
+def test_no_arena_root_without_vmem_list():
+    """When the first cache's arena is unreadable there is no sound vmem_list head: the vmem
+    commands fail with the stripped-library message, the cache commands still work."""
+    u, _t = leaky_heap()
+    first = u.caches[0].addr
+    u.m.u64(first + u.layouts["umem_cache"].offset("cache_arena"), 0xDEAD0000)
+    stripped = Run(u, stripped=True)
+    assert stripped("::vmem") == ("", f"mdbpy: {NO_VMEM_LIST}\n")
+    assert stripped("::walk vmem") == ("", f"mdbpy: failed to perform walk: {NO_VMEM_LIST}\n")
+    out, err = stripped("::umem_cache")
+    assert err == "" and f"{first:016x} umem_alloc_16 " in out
+
+
+# -- the real library, stripped ------------------------------------------------------------
+LIBUMEM = os.environ.get("MDBPY_LIBUMEM")
+real = pytest.mark.skipif(
+    not LIBUMEM or not os.path.exists(os.path.join(LIBUMEM or "", "libumem_malloc.so.0")),
+    reason="MDBPY_LIBUMEM (a directory with a built libumem_malloc.so.0) is not set")
+
+
+@pytest.fixture(scope="module")
+def stripped_proc(tmp_path_factory):
+    """The real-library test program on `strip`ped copies of libumem (LD_LIBRARY_PATH is
+    searched before libumem_malloc's RUNPATH), with its own symbol cache: the cache is keyed
+    by build-id, which strip keeps, so a cache filled from the unstripped library would
+    give back its static symbols."""
+    d = tmp_path_factory.mktemp("umem_stripped")
+    for lib in ("libumem.so.0", "libumem_malloc.so.0"):
+        subprocess.run(["strip", "-o", str(d / lib), os.path.join(LIBUMEM, lib)], check=True)
+    assert subprocess.run(["nm", str(d / "libumem.so.0")], capture_output=True,
+                          text=True).stdout == ""
+    src = d / "umemprog.c"
+    src.write_text(PROGRAM)
+    exe = d / "umemprog"
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(src)], check=True)
+    env = dict(os.environ, UMEM_DEBUG="default", UMEM_LOGGING="transaction",
+               LD_LIBRARY_PATH=str(d), LD_PRELOAD=str(d / "libumem_malloc.so.0"))
+    r = start_fixture(exe, env=env)
+    cache = d / "symcache"
+    old = os.environ.get("MDBPY_CACHE_DIR")
+    os.environ["MDBPY_CACHE_DIR"] = str(cache)
+    try:
+        with open(f"/proc/{r.pid}/maps") as f:
+            assert f"{d}/libumem.so.0" in f.read()
+        yield r
+    finally:
+        r.stop()
+        if old is not None:
+            os.environ["MDBPY_CACHE_DIR"] = old
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def mdb(r, cmds: str):
+    p = run_mdbpy("-p", r.pid, "-e", cmds)
+    return p.returncode, p.stdout, p.stderr
+
+
+@real
+def test_stripped_real_library(stripped_proc):
+    r = stripped_proc
+    rc, out, _err = mdb(r, "::umem_status")
+    assert rc == 0 and out.startswith("Status:\t\tready and active\nConcurrency:\t")
+    rc, out, err = mdb(r, "::umem_cache")
+    assert rc == 0 and " umem_alloc_80  " in out and " umem_bufctl_audit_cache " in out
+    rc, out, err = mdb(r, "::walk umem_alloc_64")
+    assert {int(x, 16) for x in out.split()} >= {r.addr("head") - 16} and len(out.split()) == 5
+    rc, out, err = mdb(r, "::vmem")
+    assert rc == 0 and "   mmap_heap " in out and "     umem_oversize " in out
+    rc, out, err = mdb(r, "::findleaks -f; ::walk leakbuf")
+    leaks = {int(x, 16) for x in out.rpartition("bytes\n")[2].split()}
+    assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+    rc, out, err = mdb(r, "::walk umem_cpu")
+    assert (rc, out, err.splitlines()[-1]) == (
+        1, "", f"mdbpy: failed to perform walk: {NO_UMEM_CPUS}")
+
