@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdbpy.errors import CommandAbort, ReadError
+from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
@@ -47,9 +47,10 @@ class ChunkTable:
 def chunk_table(session, progress=None) -> ChunkTable:
     """The chunk table of the target (cached per stop); the damage met building it is
     printed as warnings, once. progress is the caller's progress(done, total) callback (as
-    ::heap_verify passes one), which then owns Ctrl-C; without one the walk of the heaps, which
-    reads all of them (many GiB in a big process), shows a bar of its own and Ctrl-C aborts
-    the command. Nothing is cached from an interrupted walk."""
+    ::heap_verify passes one); without one the walk of the heaps, which reads all of them
+    (many GiB in a big process), shows a bar of its own. Ctrl-C (KeyboardInterrupt) goes to
+    the caller, which knows what it was doing (findleaks: 'findleaks: interrupted'), else to
+    the engine; nothing is cached from an interrupted walk."""
     t = session.cache.get("ptmalloc.chunks")
     if t is None:
         t = _build(session, progress) if progress is not None else _build_shown(session)
@@ -64,8 +65,6 @@ def _build_shown(session) -> ChunkTable:
     progress = Progress(session, "ptmalloc: walking the heaps")
     try:
         return _build(session, progress)
-    except KeyboardInterrupt:
-        raise CommandAbort("ptmalloc: heap walk interrupted; nothing kept") from None
     finally:
         progress.close()
 
