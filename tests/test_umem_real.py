@@ -4,7 +4,9 @@ Needs a portable libumem built from gburd/libumem, either revision (5cc22b9 of 2
 2016): set MDBPY_LIBUMEM to the directory holding libumem.so.0 and libumem_malloc.so.0
 (unstripped). Skipped when it is not set. The program runs with UMEM_DEBUG=default
 UMEM_LOGGING=transaction and its malloc preloaded. The revisions differ in UMEM_MAXBUF (16 KiB,
-128 KiB), so the program makes one allocation that is oversize in the classic one only.
+128 KiB), so the program makes one allocation that is oversize in the classic one only. With
+libumem.a and libumem_malloc.a in that directory too, the program is also linked with them
+statically (test_static_libumem).
 """
 
 from __future__ import annotations
@@ -110,21 +112,25 @@ def revision() -> str:
     return "53f5df3" if "umem_ptc_size" in syms else "5cc22b9"
 
 
-def test_findleaks_reports_exactly_the_leaks(proc):
-    """malloc(100000) is oversize under 5cc22b9's UMEM_MAXBUF (16 KiB) and a umem_alloc_131072
-    buffer under 53f5df3's (128 KiB); the 200000-byte leak is oversize in both."""
-    r, _core = proc
+def assert_exact_leaks(r, target) -> None:
+    """::findleaks finds the three planted leaks and nothing else. malloc(100000) is oversize
+    under 5cc22b9's UMEM_MAXBUF (16 KiB) and a umem_alloc_131072 buffer under 53f5df3's
+    (128 KiB); the 200000-byte leak is oversize in both."""
     if revision() == "53f5df3":
         totals = ["1 oversized leak, 200016 bytes", "2 buffers, 131152 bytes"]
     else:
         totals = ["2 oversized leaks, 300032 bytes", "1 buffer, 80 bytes"]
+    out = mdb(target, "::findleaks; ::walk leakbuf")
+    table, _, walk = out.rpartition("bytes\n")
+    leaks = {int(x, 16) for x in walk.split()}
+    assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+    assert [x.split("Total", 1)[1].strip() for x in (table + "bytes").splitlines()
+            if x.lstrip().startswith("Total")] == totals
+
+
+def test_findleaks_reports_exactly_the_leaks(proc):
     for t in targets(proc):
-        out = mdb(t, "::findleaks; ::walk leakbuf")
-        table, _, walk = out.rpartition("bytes\n")
-        leaks = {int(x, 16) for x in walk.split()}
-        assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
-        assert [x.split("Total", 1)[1].strip() for x in (table + "bytes").splitlines()
-                if x.lstrip().startswith("Total")] == totals
+        assert_exact_leaks(proc[0], t)
 
 
 def test_malloc_dist_spans_the_revisions_maxbuf(proc):
@@ -182,3 +188,43 @@ def test_layouts_come_from_the_librarys_dwarf(proc):
         assert rows == {n: "DWARF libumem.so.0" if n in dwarf else f"builtin x86_64 {version}"
                         for n in L.STRUCT_NAMES}
         assert sorted(n for n in rows if n not in dwarf) == ["malloc_data"]
+
+
+# -- libumem linked statically: its archives (libumem.a, libumem_malloc.a) in MDBPY_LIBUMEM ----
+ARCHIVES = [os.path.join(LIBUMEM or "", a) for a in ("libumem_malloc.a", "libumem.a")]
+
+
+@pytest.fixture(scope="module")
+def static_proc(tmp_path_factory):
+    """The same program with libumem and its malloc linked into the executable (glibc stays
+    shared, so its own calls to malloc reach libumem's too): no libumem.so is loaded, and the
+    module finds libumem's globals in the executable."""
+    if not all(os.path.exists(a) for a in ARCHIVES):
+        pytest.skip("no libumem.a and libumem_malloc.a in MDBPY_LIBUMEM")
+    d = tmp_path_factory.mktemp("umem_static")
+    src = d / "umemstatic.c"
+    src.write_text(PROGRAM)
+    exe = d / "umemstatic"
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(src), *ARCHIVES, "-lpthread",
+                    "-ldl"], check=True)
+    env = dict(os.environ, UMEM_DEBUG="default", UMEM_LOGGING="transaction")
+    env.pop("LD_PRELOAD", None)
+    r = start_fixture(exe, env=env)
+    try:
+        with open(f"/proc/{r.pid}/maps") as f:
+            assert "libumem" not in f.read()
+        yield r, gcore(r.pid, d / "umemstatic-core")
+    finally:
+        r.stop()
+
+
+def test_static_libumem(static_proc):
+    r, _core = static_proc
+    for t in targets(static_proc):
+        out = mdb(t, "::umem_status")
+        assert out.startswith("Status:\t\tready and active\nConcurrency:\t")
+        caches = mdb(t, "::umem_cache")
+        assert " umem_alloc_80  " in caches and " umem_bufctl_audit_cache " in caches
+        nodes = {int(x, 16) for x in mdb(t, "::walk umem_alloc_64").split()}
+        assert r.addr("head") - 16 in nodes and len(nodes) == 5
+        assert_exact_leaks(r, t)
