@@ -4,6 +4,8 @@ mdb's libumem dmod reads libumem's globals by name from the object whose name st
 `libumem.so` (or from the executable when libumem is linked in statically). Some of them are
 static (umem_cpus, vmem_list, umem_alloc_table, umem_magtype, ...) and live only in .symtab: an
 unstripped library (or its debug file) is needed for those, and commands that need one say so.
+Where the dynamic symbols lead to the same thing it is found that way (vmem_list's head and
+heap_arena's root from a cache's arena ancestry; umem_alloc_sizes from the umem_alloc_* caches).
 
 One Umem per session is kept in session.cache (dropped whenever the target changes).
 """
