@@ -17,7 +17,7 @@ import shutil
 import subprocess
 
 import pytest
-from support import run_mdbpy, start_fixture
+from support import gcore, run_mdbpy, start_fixture
 from test_umem_real import PROGRAM
 from umem_synth import Run, leaky_heap
 
@@ -114,7 +114,7 @@ def stripped_proc(tmp_path_factory):
     try:
         with open(f"/proc/{r.pid}/maps") as f:
             assert f"{d}/libumem.so.0" in f.read()
-        yield r
+        yield r, gcore(r.pid, d / "umemprog-core")
     finally:
         r.stop()
         if old is not None:
@@ -122,26 +122,28 @@ def stripped_proc(tmp_path_factory):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def mdb(r, cmds: str):
-    p = run_mdbpy("-p", r.pid, "-e", cmds)
+def mdb(target, cmds: str):
+    p = run_mdbpy(*target, "-e", cmds)
     return p.returncode, p.stdout, p.stderr
 
 
 @real
 def test_stripped_real_library(stripped_proc):
-    r = stripped_proc
-    rc, out, _err = mdb(r, "::umem_status")
-    assert rc == 0 and out.startswith("Status:\t\tready and active\nConcurrency:\t")
-    rc, out, err = mdb(r, "::umem_cache")
-    assert rc == 0 and " umem_alloc_80  " in out and " umem_bufctl_audit_cache " in out
-    rc, out, err = mdb(r, "::walk umem_alloc_64")
-    assert {int(x, 16) for x in out.split()} >= {r.addr("head") - 16} and len(out.split()) == 5
-    rc, out, err = mdb(r, "::vmem")
-    assert rc == 0 and "   mmap_heap " in out and "     umem_oversize " in out
-    rc, out, err = mdb(r, "::findleaks -f; ::walk leakbuf")
-    leaks = {int(x, 16) for x in out.rpartition("bytes\n")[2].split()}
-    assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
-    rc, out, err = mdb(r, "::walk umem_cpu")
-    assert (rc, out, err.splitlines()[-1]) == (
-        1, "", f"mdbpy: failed to perform walk: {NO_UMEM_CPUS}")
+    r, core = stripped_proc
+    for t in (("-p", r.pid), (core,)):
+        rc, out, _err = mdb(t, "::umem_status")
+        assert rc == 0 and out.startswith("Status:\t\tready and active\nConcurrency:\t")
+        rc, out, _err = mdb(t, "::umem_cache")
+        assert rc == 0 and " umem_alloc_80  " in out and " umem_bufctl_audit_cache " in out
+        rc, out, _err = mdb(t, "::walk umem_alloc_64")
+        assert r.addr("head") - 16 in {int(x, 16) for x in out.split()}
+        assert len(out.split()) == 5
+        rc, out, _err = mdb(t, "::vmem")
+        assert rc == 0 and "   mmap_heap " in out and "     umem_oversize " in out
+        rc, out, _err = mdb(t, "::findleaks -f; ::walk leakbuf")
+        leaks = {int(x, 16) for x in out.rpartition("bytes\n")[2].split()}
+        assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+        rc, out, err = mdb(t, "::walk umem_cpu")
+        assert (rc, out, err.splitlines()[-1]) == (
+            1, "", f"mdbpy: failed to perform walk: {NO_UMEM_CPUS}")
 
