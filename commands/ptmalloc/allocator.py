@@ -158,8 +158,12 @@ class PtmallocAllocator(Allocator):
     def detect(cls, session):
         from mdbpy.errors import MdbError
 
+        from .locate import NotInUse
+
         try:
             return cls(session)
+        except NotInUse:
+            return None
         except MdbError as e:
             session.warn(str(e))
             return None

@@ -48,6 +48,12 @@ def locate_mode(session) -> str:
     return mode
 
 
+class NotInUse(MdbError):
+    """glibc's malloc never ran in this process: another allocator (libumem through
+    LD_PRELOAD, jemalloc, a static one) replaced it. Not an error of the heap, so automatic
+    detection passes over it in silence; ::ptmalloc says it."""
+
+
 @dataclass
 class Heap:
     """One contiguous run of chunks: [first, end) walked, `top` its top chunk or None."""
@@ -592,6 +598,13 @@ def _locate(session) -> State:
             raise MdbError("ptmalloc: no arena found in libc's data")
         found["main_arena"] = "heuristic"
     main_state = structs["malloc_state"].view(session.mem, main)
+    try:
+        never_ran = main_state.top == 0  # malloc_init_state points top at the unsorted bin
+    except ReadError:
+        never_ran = False
+    if never_ran:
+        raise NotInUse(f"ptmalloc: glibc's malloc is not in use in this process (main_arena "
+                       f"0x{main:x} was never initialized: another allocator replaces it)")
     if mp_addr is None and mode != "symbols":
         mp_addr = find_mp_heuristic(session, structs, libc, main_state, version)
         if mp_addr:
