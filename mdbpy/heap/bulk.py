@@ -59,5 +59,8 @@ def gather(mem, addrs, size: int):
         at[k], good[k] = off, True
     data = np.frombuffer(b"".join(blocks), np.uint8)
     ok[order[good]] = True
-    rows[order[good]] = data[at[good][:, None] + np.arange(size, dtype=np.int64)[None, :]]
+    # each record is a window of the blocks: index a strided view of them (a row copy per
+    # record) rather than build an (n, size) array of byte indexes
+    windows = np.lib.stride_tricks.sliding_window_view(data, size)
+    rows[order[good]] = windows[at[good]]
     return rows, ok

@@ -68,14 +68,22 @@ class _StackKeys:
     def __init__(self, alloc: Allocator):
         self.alloc = alloc
         self.memo: dict[tuple, tuple] = {}
+        # by the stack object's id first: allocators hand the records of one site the same
+        # stack, which spares hashing it again; the caller keeps every record (and so every
+        # stack) alive while it asks, so an id cannot be reused meanwhile
+        self.by_id: dict[int, tuple] = {}
 
     def __call__(self, record: AllocRecord | None) -> tuple:
         if record is None or not record.stack:
             return ()
-        stack = tuple(record.stack)
-        key = self.memo.get(stack)
+        key = self.by_id.get(id(record.stack))
         if key is None:
-            key = self.memo[stack] = tuple(pc for pc in stack if not self.alloc.stack_skip(pc))
+            stack = tuple(record.stack)
+            key = self.memo.get(stack)
+            if key is None:
+                key = self.memo[stack] = tuple(pc for pc in stack
+                                               if not self.alloc.stack_skip(pc))
+            self.by_id[id(record.stack)] = key
         return key
 
 
