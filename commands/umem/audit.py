@@ -121,11 +121,9 @@ log too. Piped, only the addresses of the records kept are passed on.""")
 def bufctl(inv):
     if not inv.has_addr:
         raise UsageError("::bufctl needs a bufctl address")
-    opts, rest = inv.getopt("vha:c:e:l:t:", numeric="aelt")
+    opts = inv.options("vha:c:e:l:t:", numeric="aelt")
     if "c" in opts:
         opts["c"] = number(inv.session, opts["c"])
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
     umem = Umem.get(inv.session)
     if opts.get("h"):
         shown = []

@@ -47,11 +47,9 @@ on.""")
 def vmem_seg(inv):
     if not inv.has_addr:
         raise UsageError("::vmem_seg needs a segment address")
-    opts, rest = inv.getopt("svc:e:l:m:M:t:T:", numeric="elmMt")
+    opts = inv.options("svc:e:l:m:M:t:T:", numeric="elmMt")
     if "c" in opts:
         opts["c"] = number(inv.session, opts["c"])
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
     s = inv.session
     umem = Umem.get(s)
     if inv.header and not inv.piped_out:
