@@ -233,6 +233,10 @@ class PtmallocAllocator(Allocator):
         hint = type_hint(self.session, int(table.base[i]), int(table.size[i]))
         return f"chunk 0x{size:x}" + (f" {hint}" if hint else "")
 
+    def group_names(self, table: BufferTable, indexes) -> list[str]:
+        """Per chunk: a chunk's name carries the type hint read from its contents."""
+        return [self.group_name(table, int(i)) for i in indexes]
+
 
 def type_hint(session, addr: int, size: int) -> str:
     """'Widget' for a C++ object whose first word is a vtable of class Widget, '"text..."'

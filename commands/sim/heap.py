@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
-                              Problem)
+                              Problem, RecordColumns)
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM_POISON,
                                SIM_RED_ZONE, SIM_STORE_USER)
@@ -258,35 +258,46 @@ class SimAllocator(Allocator):
         ctl = int(table.ctl[i])
         return self.track(ctl) if ctl else None
 
-    def records(self, table: BufferTable, indexes) -> list[AllocRecord | None]:
+    def record_columns(self, table: BufferTable, indexes) -> RecordColumns:
         import numpy as np
 
-        ctl = table.ctl[np.asarray(indexes, dtype=np.int64)]
-        recs = self.tracks_at(ctl[ctl != 0])
-        it = iter(recs)
-        return [next(it) if c else None for c in ctl.tolist()]
+        return self._track_columns(table.ctl[np.asarray(indexes, dtype=np.int64)])
 
     def track(self, addr: int) -> AllocRecord | None:
         """The sim_track at addr as a record (None for a track never written)."""
-        return self.tracks_at([addr])[0]
+        return self._track_columns([addr]).record(0)
 
-    def tracks_at(self, addrs) -> list[AllocRecord | None]:
-        """The sim_tracks at many addresses, read in clusters and decoded in one step."""
+    def _track_columns(self, addrs) -> RecordColumns:
+        """The sim_tracks at many addresses (0: none), read in clusters and decoded in one
+        step; a row's AllocRecord is made only when asked for."""
         import numpy as np
 
         from mdbpy.heap.bulk import gather
 
+        addrs = np.asarray(addrs, np.uint64)
         st = self.binder["sim_track"]
-        rows, ok = gather(self.session.mem, addrs, st.size)
+        want = np.flatnonzero(addrs)
+        rows = np.zeros((len(addrs), st.size), np.uint8)
+        rows[want], ok = gather(self.session.mem, addrs[want], st.size)
         t = rows.view(st.dtype()).reshape(len(rows))
         pcs = t["addrs"]
         depth = np.where((pcs == 0).any(axis=1), (pcs == 0).argmax(axis=1), pcs.shape[1])
         pcs = pcs[:, :int(depth.max(initial=0))]  # only the frames some record has
-        ok &= (depth > 0) | (t["when"] != 0)
-        cols = zip(ok.tolist(), pcs.tolist(), depth.tolist(), t["pid"].tolist(),
-                   t["cpu"].tolist(), t["when"].tolist(), np.asarray(addrs).tolist())
-        return [AllocRecord(tuple(stack[:n]), pid, when, addr, pid, cpu) if good else None
-                for good, stack, n, pid, cpu, when, addr in cols]
+        # a track never written (no stack, no time) is no record
+        good = np.zeros(len(addrs), bool)
+        good[want] = ok
+        good &= (depth > 0) | (t["when"] != 0)
+        stacks = np.where(good[:, None], pcs, np.uint64(0))
+        stamps = np.where(good, t["when"], 0).astype(np.int64)
+
+        def record(k: int) -> AllocRecord | None:
+            if not good[k]:
+                return None
+            pid = int(t["pid"][k])
+            return AllocRecord(tuple(stacks[k, :depth[k]].tolist()), pid, int(stamps[k]),
+                               int(addrs[k]), pid, int(t["cpu"][k]))
+
+        return RecordColumns(stacks, stamps, record)
 
     def tracks(self, c: SimCache, obj: int) -> tuple[AllocRecord | None, AllocRecord | None]:
         """(alloc, free) tracks of an object of cache c."""

@@ -7,9 +7,9 @@ the report.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from mdbpy.heap.model import KIND_BUFFER, AllocRecord, Allocator, BufferTable
+from mdbpy.heap.model import KIND_BUFFER, AllocRecord, Allocator, BufferTable, RecordColumns
 from mdbpy.heap.roots import collect_roots
 from mdbpy.heap.scan import Reach, candidate_extents, reachability
 
@@ -26,24 +26,46 @@ class Leak:
     unreferenced: bool  # no other leaked buffer points to it: the head of a leaked structure
 
 
-@dataclass
+class _Leaked:
+    """The leaked buffers' columns, shared by their groups: Leak objects are made from them
+    only when a report or walker asks for members (ten thousand leaks print as a few lines)."""
+
+    def __init__(self, table: BufferTable, index, names: list[str], records: RecordColumns,
+                 unreferenced):
+        self.index, self.names, self.records = index, names, records
+        self.addr, self.size = table.base[index], table.size[index]
+        self.kind, self.ctl = table.kind[index], table.ctl[index]
+        self.unreferenced = unreferenced
+
+    def leak(self, k: int) -> Leak:
+        return Leak(int(self.index[k]), int(self.addr[k]), int(self.size[k]), int(self.kind[k]),
+                    self.names[k], int(self.ctl[k]), self.records.record(k),
+                    bool(self.unreferenced[k]))
+
+
 class LeakGroup:
-    kind: int
-    group: str
-    stack: tuple[int, ...]
-    members: list[Leak] = field(default_factory=list)  # the representative first
+    """Leaks coalesced on (kind, group, stack): rows of the leaked columns, the oldest (then
+    the lowest address) first as the representative."""
+
+    def __init__(self, leaked: _Leaked, rows, kind: int, group: str, stack: tuple[int, ...]):
+        self.leaked, self.rows = leaked, rows
+        self.kind, self.group, self.stack = kind, group, stack
+        self.rep = leaked.leak(int(rows[0]))
+        self._members: list[Leak] | None = None
 
     @property
-    def rep(self) -> Leak:
-        return self.members[0]
+    def members(self) -> list[Leak]:
+        if self._members is None:
+            self._members = [self.rep] + [self.leaked.leak(k) for k in self.rows[1:].tolist()]
+        return self._members
 
     @property
     def count(self) -> int:
-        return len(self.members)
+        return len(self.rows)
 
     @property
     def bytes(self) -> int:
-        return sum(m.size for m in self.members)
+        return int(self.leaked.size[self.rows].sum())
 
 
 @dataclass
@@ -61,30 +83,41 @@ class LeakReport:
         return [m for g in self.groups for m in g.members]
 
 
-class _StackKeys:
-    """The coalescing stack of each allocation stack (its frames outside the allocator),
-    memoized: the leaks of one site share a stack, and findleaks meets thousands of them."""
+def _coalesce(alloc: Allocator, leaked: _Leaked) -> list[LeakGroup]:
+    """The leaks grouped as mdb does, by kind, group (for allocator buffers) and stack (its
+    frames outside the allocator), each group ordered oldest first; column-wise, with Python
+    work only per distinct stack and per group."""
+    import numpy as np
 
-    def __init__(self, alloc: Allocator):
-        self.alloc = alloc
-        self.memo: dict[tuple, tuple] = {}
-        # by the stack object's id first: allocators hand the records of one site the same
-        # stack, which spares hashing it again; the caller keeps every record (and so every
-        # stack) alive while it asks, so an id cannot be reused meanwhile
-        self.by_id: dict[int, tuple] = {}
-
-    def __call__(self, record: AllocRecord | None) -> tuple:
-        if record is None or not record.stack:
-            return ()
-        key = self.by_id.get(id(record.stack))
-        if key is None:
-            stack = tuple(record.stack)
-            key = self.memo.get(stack)
-            if key is None:
-                key = self.memo[stack] = tuple(pc for pc in stack
-                                               if not self.alloc.stack_skip(pc))
-            self.by_id[id(record.stack)] = key
-        return key
+    n = len(leaked.index)
+    if not n:
+        return []
+    stacks = leaked.records.stacks
+    if stacks.shape[1]:
+        distinct, which = np.unique(stacks, axis=0, return_inverse=True)
+    else:
+        distinct, which = np.zeros((1, 0), np.uint64), np.zeros(n, np.int64)
+    keys: dict[tuple, int] = {}
+    coalesced = [tuple(pc for pc in row if pc and not alloc.stack_skip(pc))
+                 for row in distinct.tolist()]
+    stack_id = np.array([keys.setdefault(k, len(keys)) for k in coalesced], np.int64)
+    stack_of = list(keys)
+    names: dict[str, int] = {}
+    kinds = leaked.kind.astype(np.int64)
+    name_id = np.array([names.setdefault(nm, len(names)) for nm in leaked.names], np.int64)
+    name_id[kinds != KIND_BUFFER] = -1  # other kinds coalesce whatever their names
+    key = np.stack([kinds, name_id, stack_id[np.asarray(which).reshape(-1)]], axis=1)
+    _, gid = np.unique(key, axis=0, return_inverse=True)
+    gid = np.asarray(gid).reshape(-1)
+    order = np.lexsort((leaked.addr, leaked.records.timestamp, gid))
+    cuts = np.flatnonzero(np.diff(gid[order])) + 1
+    groups = []
+    for rows in np.split(order, cuts):
+        k = int(rows[0])  # a group is named by its first member in address order
+        groups.append(LeakGroup(leaked, rows, int(key[k, 0]), leaked.names[int(rows.min())],
+                                stack_of[int(key[k, 2])]))
+    groups.sort(key=lambda g: (g.kind, g.group, g.rep.addr))
+    return groups
 
 
 def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
@@ -127,25 +160,9 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
     if reach.edges_src is not None and len(reach.edges_src):
         from_leak = ~reach.marked[reach.edges_src]
         referenced[reach.edges_dst[from_leak]] = True
-
-    groups: dict[tuple, LeakGroup] = {}
-    records = alloc.records(table, leaked)
-    stack_key = _StackKeys(alloc)
-    cols = zip(leaked.tolist(), table.base[leaked].tolist(), table.size[leaked].tolist(),
-               table.kind[leaked].tolist(), table.ctl[leaked].tolist(), (~referenced[leaked]).tolist(), records)
-    for i, base, size, kind, ctl, unref, rec in cols:
-        name = alloc.group_name(table, i)
-        leak = Leak(i, base, size, kind, name, ctl, rec, unref)
-        key = (kind, name if kind == KIND_BUFFER else "", stack_key(rec))
-        g = groups.get(key)
-        if g is None:
-            groups[key] = g = LeakGroup(kind, name, key[2])
-        g.members.append(leak)
-    for g in groups.values():
-        # the oldest is the representative; on a tie, the lowest address (table order)
-        g.members.sort(key=lambda m: (m.record.timestamp if m.record and
-                                      m.record.timestamp is not None else 0, m.addr))
-    ordered = sorted(groups.values(), key=lambda g: (g.kind, g.group, g.rep.addr))
+    ordered = _coalesce(alloc, _Leaked(table, leaked, alloc.group_names(table, leaked),
+                                       alloc.record_columns(table, leaked),
+                                       ~referenced[leaked]))
     return LeakReport(alloc, table, reach, ordered, warnings, time.perf_counter() - t0,
                       time.process_time() - c0)
 

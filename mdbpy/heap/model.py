@@ -7,6 +7,7 @@ address), never as a million Python objects, so the engines can scan it vectoriz
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # buffer states
@@ -31,6 +32,35 @@ class AllocRecord:
     addr: int | None = None  # e.g. the umem bufctl, the sim track record
     pid: int | None = None
     cpu: int | None = None
+
+
+@dataclass
+class RecordColumns:
+    """The allocation records of many buffers, column-wise: what findleaks coalesces ten
+    thousand leaks on, without ten thousand AllocRecord objects.
+
+    stacks: (n, depth) uint64 pcs, innermost first, zero after the last frame (a pc of 0 is
+    never a frame); timestamp: (n,) int64, 0 where none is kept; record(k): row k's full
+    AllocRecord (or None), built when a report shows it.
+    """
+
+    stacks: object
+    timestamp: object
+    record: Callable[[int], AllocRecord | None]
+
+    @classmethod
+    def of(cls, records: list[AllocRecord | None]) -> RecordColumns:
+        """The columns of records already built."""
+        import numpy as np
+
+        depth = max((len(r.stack) for r in records if r is not None), default=0)
+        stacks = np.zeros((len(records), depth), np.uint64)
+        stamps = np.zeros(len(records), np.int64)
+        for k, r in enumerate(records):
+            if r is not None:
+                stacks[k, :len(r.stack)] = r.stack
+                stamps[k] = r.timestamp or 0
+        return cls(stacks, stamps, records.__getitem__)
 
 
 @dataclass
@@ -206,6 +236,11 @@ class Allocator:
         (mdbpy.heap.bulk.gather)."""
         return [self.record(table, int(i)) for i in indexes]
 
+    def record_columns(self, table: BufferTable, indexes) -> RecordColumns:
+        """The records of many buffers as columns (findleaks coalesces on them). Allocators
+        that can decode their records column-wise override this to skip the objects."""
+        return RecordColumns.of(self.records(table, indexes))
+
     def untrusted(self) -> list[tuple[int, int, str]]:
         """[start, end) regions whose metadata the walks met as garbage, and why (a cycle, a
         wild pointer, a smashed header). Damaged heaps are the normal case for a debugger: the
@@ -216,6 +251,18 @@ class Allocator:
     def group_name(self, table: BufferTable, i: int) -> str:
         g = table.groups[int(table.group[i])] if table.groups else ""
         return str(g)
+
+    def group_names(self, table: BufferTable, indexes) -> list[str]:
+        """group_name of many buffers. This default asks once per group, which holds while a
+        buffer's name is its group's; an allocator naming buffers by their contents
+        overrides it."""
+        import numpy as np
+
+        idx = np.asarray(indexes, np.int64)
+        _, first, inverse = np.unique(table.group[idx], return_index=True,
+                                      return_inverse=True)
+        names = [self.group_name(table, int(idx[k])) for k in first.tolist()]
+        return [names[k] for k in inverse.tolist()]
 
     def stack_skip(self, pc: int) -> bool:
         """True for frames inside the allocator itself (skipped when naming a caller)."""

@@ -1,11 +1,12 @@
 """Conservative pointer scanning: roots, the reference graph, and what is reachable.
 
 mdb's leaky.c walks word by word with an explicit stack. Here the same algorithm is done in bulk:
-every candidate's memory is read in large blocks and viewed as numpy words; words that fall in
-[lowest base, highest limit) are located with a granule index over the sorted buffer starts
-(locate.py), giving the edges (source buffer -> target buffer) of the whole heap at once; the roots' words
-give the first marks; and one breadth-first search over the sparse graph (scipy) marks
-everything transitively reachable, keeping a predecessor for each buffer so liveness can be
+every candidate's memory is read in large blocks, and kernel.c (compiled) passes once over each
+block's words: those that fall in [lowest base, highest limit) are located with a granule
+index over the sorted buffer starts (locate.py), giving the edges (source buffer -> target
+buffer) of the whole heap; the roots' words
+give the first marks; and one breadth-first search over the graph marks everything
+transitively reachable, keeping a predecessor for each buffer so liveness can be
 explained. A pointer anywhere inside a buffer counts, as in mdb.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mdbpy.heap import kernel
 from mdbpy.heap.locate import Locator
 from mdbpy.heap.model import BufferTable
 
@@ -90,10 +92,6 @@ def scan_regions(mem, table: BufferTable) -> list[tuple[int, int]]:
     return clip_to_mappings(mem, _merged_regions(table, table.base + table.size))
 
 
-def _import_csgraph() -> None:
-    import scipy.sparse.csgraph  # noqa: F401
-
-
 def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
     """The parts of [start, end) ranges that lie in readable mappings, so holes between
     mappings are not mistaken for unreadable memory."""
@@ -113,21 +111,23 @@ def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
 
 
 def _scan_block(loc: Locator, addr: int, data: bytes, sources: bool):
-    """(word addresses, target indexes, source indexes or None, (words, dismissals, misses,
-    hits)) of the words of one block that point into a candidate."""
+    """(slots or None, target indexes, source indexes or None, [words, dismissals, misses,
+    hits]) of the words of one block that point into a candidate (kernel.c's scan_words): with
+    `sources`, the edges between distinct candidates the block's words make; without, every
+    hit with its slot address."""
     import numpy as np
 
     waddr0, words = _word_view(addr, data)
-    pos = np.nonzero((words >= loc.lo) & (words < loc.hi))[0]
-    dst, ok = loc(words[pos])
-    hits = int(ok.sum())
-    counts = (len(words), len(words) - len(pos), len(pos) - hits, hits)
-    pos, dst = pos[ok], dst[ok]
-    slots = np.uint64(waddr0) + pos.astype(np.uint64) * np.uint64(8)
-    if not sources:
-        return slots, dst, None, counts
-    src, sok = loc(slots)
-    return slots[sok], dst[sok], src[sok], counts
+    n = len(words)
+    dst = np.empty(n, np.int32)
+    src = np.empty(n, np.int32) if sources else None
+    slots = None if sources else np.empty(n, np.uint64)
+    counts = np.zeros(4, np.int64)
+    got = kernel.lib().scan_words(loc.struct, kernel.ptr(words), n, waddr0, kernel.ptr(src),
+                                  kernel.ptr(dst), kernel.ptr(slots), kernel.ptr(counts))
+    if sources:
+        return None, dst[:got].copy(), src[:got].copy(), counts.tolist()
+    return slots[:got], dst[:got], None, counts.tolist()
 
 
 def _count(stats: ScanStats, counts) -> None:
@@ -149,17 +149,14 @@ def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats):
 
 def _edge_block(mem, loc: Locator, start: int, end: int):
     """(src, dst, counts, unreadable) of one block of candidate memory: the edges between
-    distinct candidates its words make (run in a worker thread: numpy and the reads release
-    the GIL)."""
-    import numpy as np
-
+    distinct candidates its words make (run in a worker thread: the kernel and the reads
+    release the GIL)."""
     failed: list = []
     src_parts, dst_parts, total = [], [], [0, 0, 0, 0]
     for baddr, data in mem.blocks(start, end, BLOCK, failed=failed):
         _, dst, src, counts = _scan_block(loc, baddr, data, True)
-        keep = src != dst
-        src_parts.append(src[keep].astype(np.int32))
-        dst_parts.append(dst[keep].astype(np.int32))
+        src_parts.append(src)
+        dst_parts.append(dst)
         total = [t + c for t, c in zip(total, counts)]
     return src_parts, dst_parts, total, failed
 
@@ -191,12 +188,10 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
     return src_parts, dst_parts, total
 
 
-def _csr_arrays(src, dst, n: int):
-    """(data, indices, indptr) of the graph's adjacency matrix, built directly. The scan emits
-    edges in address order, so the sources are already sorted and the rows need no sort; the
-    breadth-first search does not care about duplicate edges or unsorted columns, so the
-    coordinate-format conversion (which sorts and sums them: a third of the search's cost on a
-    million buffers) is skipped."""
+def _csr(src, dst, n: int):
+    """(indptr, indices) of the graph's rows. The scan emits edges in address order, so the
+    sources are already sorted and the rows need no sort; the breadth-first search does not
+    care about duplicate edges."""
     import numpy as np
 
     if len(src) > 1 and np.any(src[1:] < src[:-1]):
@@ -204,18 +199,13 @@ def _csr_arrays(src, dst, n: int):
         src, dst = src[order], dst[order]
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-    return np.ones(len(dst), np.float64), dst, indptr
+    return indptr, np.ascontiguousarray(dst, np.int32)
 
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
-    """Mark every candidate reachable from the roots (transitively), vectorized."""
-    import threading
-
+    """Mark every candidate reachable from the roots (transitively)."""
     import numpy as np
 
-    # scipy takes ~0.3 s to import: do it while numpy (which releases the GIL) scans memory
-    importer = threading.Thread(target=_import_csgraph, daemon=True)
-    importer.start()
     n = len(table)
     stats = ScanStats(buffers=n)
     if n == 0:
@@ -241,26 +231,14 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     if progress:
         progress(total, total)
 
-    # 3. breadth-first search from a virtual root node n (duplicate edges are summed away)
-    importer.join()
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import breadth_first_order
-
-    rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
-    src = np.concatenate(src_parts + [np.full(len(rooted), n, np.int32)])
-    dst = np.concatenate(dst_parts + [rooted])
-    graph = csr_matrix(_csr_arrays(src, dst, n + 1), shape=(n + 1, n + 1))
-    # csgraph's input check would otherwise sort and sum the duplicate edges (astype(float)
-    # dedups a non-canonical matrix); a breadth-first search visits the same nodes either way
-    graph.has_canonical_format = True
-    order, pred = breadth_first_order(graph, n, directed=True, return_predecessors=True)
-    marked = np.zeros(n, bool)
-    reached = order[order != n]
-    marked[reached] = True
-    p = np.full(n, -2, np.int32)
-    p[reached] = pred[reached]
-    p[p == n] = -1
-    stats.follows = int(marked.sum())
+    # 3. one breadth-first search from the roots, in the order they were found
     esrc = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int32)
     edst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32)
-    return Reach(marked, p, root_slot, stats, esrc, edst)
+    indptr, indices = _csr(esrc, edst, n)
+    rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
+    pred = np.full(n, -2, np.int32)
+    queue = np.empty(n, np.int32)
+    stats.follows = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(indices),
+                                     kernel.ptr(rooted), len(rooted), kernel.ptr(pred),
+                                     kernel.ptr(queue))
+    return Reach(pred != -2, pred, root_slot, stats, esrc, edst)

@@ -1,0 +1,194 @@
+/*
+ * The inner loops of findleaks, compiled: which buffer holds each word of the heap, the edges
+ * between buffers, and the breadth-first mark over them.
+ *
+ * Why C: a conservative scan looks at every word of the heap (tens of millions of them). In
+ * numpy that is a dozen passes over temporaries per block (range filter, island lookup,
+ * granule index, the steps to the right buffer, the source lookup); here it is one pass over
+ * words that are already in the cache, at about the speed of reading them.
+ *
+ * Plain C with no Python headers: mdbpy.heap.kernel loads it with ctypes (which releases the
+ * GIL around each call, so the scan threads run in parallel). Every array comes from numpy and
+ * is owned by the caller; nothing here allocates or keeps state between calls.
+ *
+ * The locator. Buffers are sorted by base and do not overlap. Their address range is grouped
+ * into islands (runs of buffers without a large gap), and each island is cut into granules of
+ * 2**shift bytes; before[g] is the last buffer that starts before granule g (-1 for none), with
+ * one extra entry after each island's granules. The buffer containing v, if any, is then the
+ * last one starting at or below v, which lies between before[g] and before[g + 1] for v's
+ * granule g: a range of a buffer or two, searched by bisection so a crowded granule costs a few
+ * steps more, never a wrong answer.
+ */
+#include <stdint.h>
+
+typedef struct {
+    const uint64_t *base;   /* n buffer starts, sorted */
+    const uint64_t *end;    /* n buffer ends */
+    int64_t n;
+    uint64_t lo, hi;        /* no value outside [lo, hi) is in a buffer */
+    const uint64_t *ilo;    /* nisl island starts, sorted */
+    const uint64_t *ihi;    /* nisl island ends */
+    const int64_t *goff;    /* each island's first granule; nisl + 1 entries */
+    int64_t nisl;
+    uint64_t shift;
+    const int32_t *before;  /* goff[nisl] entries */
+} locator;
+
+/* Count the islands of a sorted table: a new one starts where a buffer begins more than `gap`
+ * bytes past the furthest end so far. Fills first[] (each island's first buffer) and hi[] (its
+ * furthest end); returns the number of islands. */
+int64_t loc_islands(const uint64_t *base, const uint64_t *end, int64_t n, uint64_t gap,
+                    int64_t *first, uint64_t *hi)
+{
+    int64_t k = -1;
+    uint64_t reach = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (k < 0 || base[i] > reach + gap) {
+            k++;
+            first[k] = i;
+            reach = end[i];
+        } else if (end[i] > reach) {
+            reach = end[i];
+        }
+        hi[k] = reach;
+    }
+    return k + 1;
+}
+
+/* Fill before[] for every island: its granules, then its closing entry at goff[k + 1] - 1
+ * (goff has nisl + 1 entries). first[] holds each island's first buffer. */
+void loc_fill(const locator *L, const int64_t *first, int32_t *before)
+{
+    for (int64_t k = 0; k < L->nisl; k++) {
+        int64_t stop = k + 1 < L->nisl ? first[k + 1] : L->n;
+        int64_t g = L->goff[k], close = L->goff[k + 1] - 1;
+        for (int64_t i = first[k]; i < stop; i++) {
+            int64_t gi = L->goff[k] + (int64_t)((L->base[i] - L->ilo[k]) >> L->shift);
+            while (g <= gi && g < close) /* these granules start after buffer i - 1 */
+                before[g++] = (int32_t)(i - 1);
+        }
+        while (g <= close)
+            before[g++] = (int32_t)(stop - 1);
+    }
+}
+
+/* The last i in [a, b] with sorted[i] <= v, given that a is -1 or sorted[a] <= v. */
+static inline int64_t last_at_or_below(const uint64_t *sorted, int64_t a, int64_t b, uint64_t v)
+{
+    while (a < b) {
+        int64_t m = (a + b + 1) >> 1;
+        if (sorted[m] <= v)
+            a = m;
+        else
+            b = m - 1;
+    }
+    return a;
+}
+
+/* The granule range [before[g], before[g + 1]] where the buffer holding v would be, or
+ * (-1, -1) for a v outside every island; v is in [lo, hi). */
+static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32_t *b)
+{
+    int64_t k = L->nisl > 1 ? last_at_or_below(L->ilo, 0, L->nisl - 1, v) : 0;
+    if (v >= L->ihi[k]) {
+        *a = *b = -1;
+        return;
+    }
+    int64_t g = L->goff[k] + (int64_t)((v - L->ilo[k]) >> L->shift);
+    *a = L->before[g];
+    *b = L->before[g + 1];
+}
+
+#define CHUNK 1024 /* words located together: their index loads overlap in the CPU */
+
+/* Scan nwords words whose first is at address addr0.
+ *
+ * With src given (the edge scan), a hit is kept only when its slot lies in a buffer other than
+ * the target: (src, dst) pairs, in slot order. The source is found by a cursor that only moves
+ * forward, since the slots come in address order. Without src (a root range), every hit is
+ * kept as (slot address, dst).
+ *
+ * The words go in chunks through stages rather than one at a time: the in-range words are
+ * picked out first (most heap words are not pointers into it), then every pick's index entry
+ * is loaded, then every pick's buffer bounds. Within a stage the loads are independent, so the
+ * cache misses of a million hits into tables of tens of megabytes overlap instead of queueing.
+ *
+ * counts[0..3] += words, dismissals (outside [lo, hi)), misses (in range, in no buffer), hits.
+ * The outputs must have room for nwords entries; returns how many were written. */
+int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint64_t addr0,
+                   int32_t *src, int32_t *dst, uint64_t *slot, int64_t *counts)
+{
+    int32_t pick[CHUNK], a[CHUNK], b[CHUNK];
+    int64_t out = 0, picked = 0, missed = 0;
+    const uint64_t lo = L->lo, span = L->hi - L->lo;
+    /* the source cursor: the last buffer starting at or below the slot */
+    int64_t cur = src ? last_at_or_below(L->base, -1, L->n - 1, addr0) : -1;
+    for (int64_t j0 = 0; j0 < nwords; j0 += CHUNK) {
+        const uint64_t *w = words + j0;
+        int64_t len = nwords - j0 < CHUNK ? nwords - j0 : CHUNK, m = 0;
+        for (int64_t j = 0; j < len; j++) { /* unsigned: below lo wraps to a huge value */
+            pick[m] = (int32_t)j;
+            m += w[j] - lo < span;
+        }
+        picked += m;
+        for (int64_t i = 0; i < m; i++)
+            granule_range(L, w[pick[i]], &a[i], &b[i]);
+        for (int64_t i = 0; i < m; i++) {
+            uint64_t v = w[pick[i]];
+            int64_t d = b[i] < 0 ? -1 : last_at_or_below(L->base, a[i], b[i], v);
+            a[i] = (int32_t)(d >= 0 && v < L->end[d] ? d : -1);
+        }
+        for (int64_t i = 0; i < m; i++) {
+            int64_t d = a[i];
+            if (d < 0) {
+                missed++;
+                continue;
+            }
+            uint64_t at = addr0 + 8 * (uint64_t)(j0 + pick[i]);
+            if (!src) {
+                dst[out] = (int32_t)d;
+                slot[out++] = at;
+                continue;
+            }
+            while (cur + 1 < L->n && L->base[cur + 1] <= at)
+                cur++;
+            if (cur >= 0 && at < L->end[cur] && cur != d) {
+                src[out] = (int32_t)cur;
+                dst[out++] = (int32_t)d;
+            }
+        }
+    }
+    counts[0] += nwords;
+    counts[1] += nwords - picked;
+    counts[2] += missed;
+    counts[3] += picked - missed;
+    return out;
+}
+
+/* Breadth-first search over a graph in compressed rows (indptr, indices) from the roots, in
+ * their order. pred[] must hold -2 (unmarked) for every node on entry; a root gets -1 and
+ * every other reached node the node it was first reached from. queue[] needs n entries.
+ * Returns the number of nodes reached. */
+int64_t bfs(int64_t n, const int64_t *indptr, const int32_t *indices, const int32_t *roots,
+            int64_t nroots, int32_t *pred, int32_t *queue)
+{
+    int64_t head = 0, tail = 0;
+    for (int64_t r = 0; r < nroots; r++) {
+        int32_t v = roots[r];
+        if (v >= 0 && v < n && pred[v] == -2) {
+            pred[v] = -1;
+            queue[tail++] = v;
+        }
+    }
+    while (head < tail) {
+        int32_t u = queue[head++];
+        for (int64_t e = indptr[u]; e < indptr[u + 1]; e++) {
+            int32_t v = indices[e];
+            if (pred[v] == -2) {
+                pred[v] = u;
+                queue[tail++] = v;
+            }
+        }
+    }
+    return tail;
+}

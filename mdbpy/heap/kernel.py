@@ -1,0 +1,62 @@
+"""The compiled inner loops of findleaks (kernel.c), loaded with ctypes.
+
+kernel.c is built by `pip install` (pyproject.toml's ext-modules) into a plain shared library
+next to this file; it has no Python entry point, only C functions called through ctypes, so it
+needs a C compiler at install time but no Python headers. ctypes releases the GIL for the
+length of each call, which lets the scan threads run on every core.
+
+The arrays passed in are numpy arrays of the exact dtypes named here, contiguous and kept alive
+by the caller for the length of the call (the Locator holds its own).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+from pathlib import Path
+
+from mdbpy.errors import MdbError
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_U64 = ctypes.c_uint64
+
+
+class LocatorStruct(ctypes.Structure):
+    """kernel.c's `locator`: the pointers of a Locator's arrays and its scalars."""
+
+    _fields_ = [("base", _P), ("end", _P), ("n", _I64), ("lo", _U64), ("hi", _U64),
+                ("ilo", _P), ("ihi", _P), ("goff", _P), ("nisl", _I64), ("shift", _U64),
+                ("before", _P)]
+
+
+_SIGNATURES = {
+    "loc_islands": (_I64, [_P, _P, _I64, _U64, _P, _P]),
+    "loc_fill": (None, [ctypes.POINTER(LocatorStruct), _P, _P]),
+    "scan_words": (_I64, [ctypes.POINTER(LocatorStruct), _P, _I64, _U64, _P, _P, _P, _P]),
+    "bfs": (_I64, [_I64, _P, _P, _P, _I64, _P, _P]),
+}
+_lib = None
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded kernel (once per process), or an MdbError saying how to build it."""
+    global _lib
+    if _lib is None:
+        here = Path(__file__).parent
+        found = [here / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                 if (here / f"_kernel{suffix}").exists()]
+        if not found:
+            raise MdbError("mdbpy's compiled scan kernel is missing: reinstall with a C compiler "
+                           "present (apt install gcc; pip install -e .)")
+        dll = ctypes.CDLL(str(found[0]))
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(dll, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        _lib = dll
+    return _lib
+
+
+def ptr(array) -> int:
+    """The address of a numpy array's data (0 for None), for a ctypes call."""
+    return 0 if array is None else array.ctypes.data

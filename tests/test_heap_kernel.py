@@ -1,0 +1,177 @@
+"""The compiled findleaks kernel (mdbpy/heap/kernel.c) against plain numpy answers: the locator
+against a binary search on tables with islands, crowded granules and gaps; the edge scan's
+sources, targets and counts; the breadth-first search against scipy's, predecessors and all."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdbpy.heap import kernel
+from mdbpy.heap.locate import ISLAND_GAP, Locator
+from mdbpy.heap.model import BufferTable
+from mdbpy.heap.scan import _scan_block
+
+
+def table_from(sizes_gaps, start=0x10000000):
+    """A sorted, non-overlapping table from (size, gap before) pairs."""
+    base, size, at = [], [], start
+    for sz, gap in sizes_gaps:
+        at += gap
+        base.append(at)
+        size.append(sz)
+        at += sz
+    return np.array(base, np.uint64), np.array(size, np.uint64)
+
+
+def expected_owner(base, size, values):
+    """The buffer holding each value, by binary search (-1: none)."""
+    i = np.searchsorted(base, values, side="right").astype(np.int64) - 1
+    ok = (i >= 0) & (values < base[np.maximum(i, 0)] + size[np.maximum(i, 0)])
+    return np.where(ok, i, -1)
+
+
+def locate_all(loc, values):
+    """The kernel's answer for each value, through the root-mode scan (every hit kept)."""
+    words = np.asarray(values, np.uint64)
+    slots, dst, _, counts = _scan_block(loc, 0x1000, words.tobytes(), False)
+    out = np.full(len(words), -1, np.int64)
+    out[(slots - np.uint64(0x1000)) // np.uint64(8)] = dst
+    return out, counts
+
+
+# buffers of 1 byte to 64 KiB, with gaps from none to several islands apart
+pieces = st.lists(st.tuples(st.integers(1, 1 << 16),
+                            st.sampled_from([0, 0, 0, 8, 100, 4096, ISLAND_GAP + 1, 1 << 32])),
+                  min_size=1, max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces, st.data())
+def test_locator_matches_binary_search(sizes_gaps, data):
+    base, size = table_from(sizes_gaps)
+    loc = Locator(base, base + size)
+    # every buffer's first, last and one-past-last byte, the gaps, and far values
+    probes = np.concatenate([base, base + size - np.uint64(1), base + size,
+                             base - np.uint64(1), np.array([0, 2 ** 64 - 1], np.uint64)])
+    extra = data.draw(st.lists(st.integers(int(base[0]) - 10, int((base + size).max()) + 10),
+                               max_size=50))
+    probes = np.concatenate([probes, np.array(extra, np.uint64)])
+    got, counts = locate_all(loc, probes)
+    want = expected_owner(base, size, probes)
+    assert got.tolist() == want.tolist()
+    inside = (probes >= base[0]) & (probes < (base + size).max())
+    assert counts == [len(probes), int((~inside).sum()), int(inside.sum() - (want >= 0).sum()),
+                      int((want >= 0).sum())]
+
+
+def test_crowded_granule_still_exact():
+    """One huge buffer then thousands of tiny ones: the granules are large, so a granule holds
+    the starts of hundreds of buffers, and the bisection inside it must find the right one."""
+    base, size = table_from([(1 << 30, 0)] + [(8, 8)] * 5000)
+    loc = Locator(base, base + size)
+    probes = np.concatenate([base + np.uint64(3), base + np.uint64(9)])
+    got, _ = locate_all(loc, probes)
+    assert got.tolist() == expected_owner(base, size, probes).tolist()
+    assert got[:5001].tolist() == list(range(5001))
+
+
+def test_edges_between_distinct_buffers_in_slot_order():
+    """A block spanning three buffers and a gap: each word pointing into another buffer is an
+    edge from the buffer holding it; self-pointers, words in the gap and non-pointers are not."""
+    base = np.array([0x1000, 0x1040, 0x1100], np.uint64)
+    size = np.array([0x40, 0x40, 0x40], np.uint64)
+    loc = Locator(base, base + size)
+    words = np.zeros(0x180 // 8, np.uint64)
+    words[0] = 0x1048  # buffer 0 -> 1
+    words[1] = 0x1000  # buffer 0 -> itself: no edge
+    words[(0x1040 - 0x1000) // 8] = 0x1100  # buffer 1 -> 2
+    words[(0x1090 - 0x1000) // 8] = 0x1000  # in the gap: not a source
+    words[(0x1138 - 0x1000) // 8] = 0x107F  # buffer 2 -> 1 (its last byte)
+    words[(0x1108 - 0x1000) // 8] = 0x10A0  # buffer 2 -> the gap: a miss
+    _, dst, src, counts = _scan_block(loc, 0x1000, words.tobytes(), True)
+    assert list(zip(src.tolist(), dst.tolist())) == [(0, 1), (1, 2), (2, 1)]
+    assert counts == [48, 42, 1, 5]
+
+
+def test_unaligned_block_is_scanned_from_its_first_aligned_word():
+    base = np.array([0x2000], np.uint64)
+    loc = Locator(base, base + np.uint64(0x100))
+    data = b"\xff" * 3 + np.array([0x2010, 0x2020], np.uint64).tobytes() + b"\0" * 5
+    slots, dst, _, counts = _scan_block(loc, 0x1ffd, data, False)
+    assert slots.tolist() == [0x2000, 0x2008] and dst.tolist() == [0, 0]
+    assert counts[0] == 2
+
+
+def test_empty_table_dismisses_everything():
+    loc = Locator(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+    _, dst, _, counts = _scan_block(loc, 0x1000, np.arange(64, dtype=np.uint64).tobytes(), False)
+    assert len(dst) == 0 and counts == [64, 64, 0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 400), st.data())
+def test_bfs_matches_scipy(n, data):
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+
+    from mdbpy.heap.scan import _csr
+
+    m = data.draw(st.integers(0, 4 * n))
+    src = np.sort(np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)),
+                           np.int32))
+    dst = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)), np.int32)
+    roots = data.draw(st.lists(st.integers(0, n - 1), max_size=5, unique=True))
+    indptr, indices = _csr(src, dst, n)
+    pred = np.full(n, -2, np.int32)
+    queue = np.empty(n, np.int32)
+    rooted = np.array(roots, np.int32)
+    reached = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(indices), kernel.ptr(rooted),
+                               len(rooted), kernel.ptr(pred), kernel.ptr(queue))
+    # scipy from a virtual node n whose edges go to the roots, in their order
+    s2 = np.concatenate([src, np.full(len(roots), n, np.int32)])
+    d2 = np.concatenate([dst, rooted])
+    order = np.argsort(s2, kind="stable")
+    g = csr_matrix((np.ones(len(s2)), d2[order], np.concatenate(
+        ([0], np.cumsum(np.bincount(s2, minlength=n + 1))))), shape=(n + 1, n + 1))
+    g.has_canonical_format = True
+    sorder, spred = breadth_first_order(g, n, directed=True, return_predecessors=True)
+    want = np.full(n, -2, np.int32)
+    hit = sorder[sorder != n]
+    want[hit] = spred[hit]
+    want[want == n] = -1
+    assert reached == len(hit)
+    assert pred.tolist() == want.tolist()
+
+
+def test_too_many_buffers_is_a_clear_error(monkeypatch):
+    from mdbpy.errors import MdbError
+    from mdbpy.heap import locate
+
+    monkeypatch.setattr(locate, "MAX_BUFFERS", 2)
+    base = np.array([0, 16, 32], np.uint64)
+    with pytest.raises(MdbError, match="3 candidate buffers"):
+        Locator(base, base + np.uint64(8))
+
+
+def test_buffer_table_round_trip_through_reachability():
+    """reachability() on a tiny synthetic memory: a root slot reaches a chain of buffers, the
+    rest is unmarked, and the predecessors spell the chain."""
+    from mdbpy.heap.scan import Root, RootSet, reachability
+    from mdbpy.memory import AddressSpace
+    from mdbpy.target.synthetic import SyntheticTarget
+
+    heap = np.zeros(0x100 // 8, np.uint64)
+    heap[0] = 0x10040  # buffer 0 -> 2
+    heap[0x40 // 8] = 0x10080  # buffer 2 -> 4
+    root = np.array([0, 0x10000, 0], np.uint64)
+    target = SyntheticTarget([(0x10000, heap.tobytes()), (0x20000, root.tobytes())])
+    base = np.arange(0x10000, 0x10100, 0x20, dtype=np.uint64)
+    table = BufferTable.from_columns(base, np.full(len(base), 0x20, np.uint64),
+                                     np.ones(len(base), np.uint8))
+    reach = reachability(AddressSpace(target), table,
+                         RootSet([Root(0x20000, 0x20018, "data")]))
+    assert np.flatnonzero(reach.marked).tolist() == [0, 2, 4]
+    assert reach.pred[[0, 2, 4]].tolist() == [-1, 0, 2]
+    assert reach.root_slot == {0: (0x20008, "data")}
+    assert reach.stats.follows == 3
