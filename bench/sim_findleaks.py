@@ -15,8 +15,8 @@ opened as `mdbpy PROG CORE` opens it (open_file_target, then a Session) and the 
 Wall and CPU times are both shown: on a machine shared with other work, wall time measures the
 queue for the CPUs, and the CPU ratio is the stable one (findleaks' scan runs in up to four
 threads, so on an idle machine its wall time is below its CPU time).
-Imports (numpy, scipy, the allocator modules) are done before timing: a process pays for them
-once, not per scan.
+Imports (numpy, scipy, mdbpy's modules) are done before timing: a process pays for them once,
+not per scan.
 
 With --cold (root only), the same pair is measured again with the page cache dropped before
 each run, so that both read the core from the disk, as a first look at a fresh core does.
@@ -100,17 +100,22 @@ def drop_caches() -> None:
 
 
 def import_once() -> None:
-    """What a process imports once, whatever the heap: numpy, scipy's graph search and the
-    allocator modules (not part of any one scan's cost)."""
+    """What a process imports once, whatever the heap: numpy, scipy, and every public module of
+    mdbpy and of its dcmd modules (not part of any one scan's cost; with PYTHONDONTWRITEBYTECODE set,
+    an import even compiles the module)."""
     import importlib
+    import pkgutil
 
     import numpy  # noqa: F401
     import scipy.sparse.csgraph  # noqa: F401
 
-    from mdbpy.session import ALLOCATOR_DMODS
+    import mdbpy
+    import mdbpy_commands
 
-    for name in ALLOCATOR_DMODS:
-        importlib.import_module(f"mdbpy_commands.{name}")
+    for pkg in (mdbpy, mdbpy_commands):
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if not m.name.rsplit(".", 1)[1].startswith("_"):  # __main__; _kernel is no module
+                importlib.import_module(m.name)
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ class AddressSpace:
             return b""
         return self.target.read(addr, size)
 
+    def read_rows(self, addrs, size: int):
+        """The target's fast path for many small reads (Target.read_rows), or None."""
+        return self.target.read_rows(addrs, size)
+
     def read_uint(self, addr: int, size: int) -> int:
         return int.from_bytes(self.read(addr, size), "little")
 

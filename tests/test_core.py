@@ -414,6 +414,55 @@ def test_truncated_core_reads_report_truncation(small_core, tmp_path):
             t.read(0x7ff000 + 0x1000 - 16, 16)
 
 
+def test_read_rows_agrees_with_read(small_core, tmp_path):
+    """The vectorized row reads (Target.read_rows, what findleaks gathers its records with)
+    give read()'s bytes for every row inside one segment's image, and refuse the rest: rows
+    before the first segment, in holes, across two segments, or past a truncated image; the
+    clustered path (mdbpy.heap.bulk.gather) then reads what can be read."""
+    import numpy as np
+
+    from mdbpy.heap.bulk import gather
+    from mdbpy.memory import AddressSpace
+
+    (tmp_path / "c").write_bytes(small_core[:-100])  # the stack segment loses its last 100
+    addrs = [0x400000, 0x400030, 0x600000, 0x600123, 0x600ff0, 0x7ff000, 0x7ff000 + 4096 - 116,
+             0x7ff000 + 4096 - 110, 0x3ffff8, 0x500000, 0x600ffc, 0x7ff000 + 4096 - 8,
+             0x400ff8]
+    with open_file_target(str(tmp_path / "c")) as t:
+        rows, ok = t.read_rows(np.array(addrs, np.uint64), 16)
+        assert ok.tolist() == [True] * 7 + [False] * 6
+        for a, row, good in zip(addrs, rows, ok):
+            assert row.tobytes() == (t.read(a, 16) if good else bytes(16))
+        rows, ok = gather(AddressSpace(t), addrs, 16)
+        readable = []
+        for a in addrs:
+            try:
+                readable.append(t.read(a, 16))
+            except ReadError:
+                readable.append(None)
+        assert ok.tolist() == [r is not None for r in readable]
+        assert [row.tobytes() for row in rows] == [r or bytes(16) for r in readable]
+    t.close()  # the mmap closes: no view of it outlived the calls
+
+
+def test_mapped_blocks_are_the_image_in_place(small_core, tmp_path):
+    """Target.mapped (what findleaks scans a core's heap through) lends the image's bytes
+    without a copy, only for a range one segment's image holds; its pages are dropped after
+    the block and read back unchanged, and the file can still be closed."""
+    (tmp_path / "c").write_bytes(small_core[:-100])
+    t = open_file_target(str(tmp_path / "c"))
+    with t.mapped(0x600010, 0xff0) as view:
+        assert isinstance(view, memoryview) and view.readonly
+        assert bytes(view) == t.read(0x600010, 0xff0)
+    with pytest.raises(ValueError):  # released when the block ended
+        bytes(view)
+    assert t.read(0x600000, 4096) == bytes(range(256)) * 16
+    for addr, size in ((0x600ff0, 0x20), (0x7ff000, 4096), (0x500000, 8), (0x3ff000, 0x2000)):
+        with t.mapped(addr, size) as view:  # across a hole, truncated, unmapped, from before
+            assert view is None
+    t.close()
+
+
 def note_headers(core: bytes) -> list[int]:
     """File offsets of every note header in a (well-formed) core."""
     eh = ec.parse_ehdr(core)

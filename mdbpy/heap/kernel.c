@@ -126,7 +126,19 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
     for (int64_t j0 = 0; j0 < nwords; j0 += CHUNK) {
         const uint64_t *w = words + j0;
         int64_t len = nwords - j0 < CHUNK ? nwords - j0 : CHUNK, m = 0;
-        for (int64_t j = 0; j < len; j++) { /* unsigned: below lo wraps to a huge value */
+        /* unsigned: below lo wraps to a huge value. Four words are tested together first:
+         * most groups hold no candidate and cost one predictable branch. */
+        int64_t j = 0;
+        for (; j + 4 <= len; j += 4) {
+            if (!((w[j] - lo < span) | (w[j + 1] - lo < span) | (w[j + 2] - lo < span) |
+                  (w[j + 3] - lo < span)))
+                continue;
+            for (int64_t q = j; q < j + 4; q++) {
+                pick[m] = (int32_t)q;
+                m += w[q] - lo < span;
+            }
+        }
+        for (; j < len; j++) {
             pick[m] = (int32_t)j;
             m += w[j] - lo < span;
         }

@@ -150,8 +150,13 @@ def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats):
 def _edge_block(mem, loc: Locator, start: int, end: int):
     """(src, dst, counts, unreadable) of one block of candidate memory: the edges between
     distinct candidates its words make (run in a worker thread: the kernel and the reads
-    release the GIL)."""
+    release the GIL). The block is scanned in place where the target lends a view of it (a
+    core's mapped image), else read."""
     failed: list = []
+    with mem.target.mapped(start, end - start) as view:
+        if view is not None:
+            _, dst, src, counts = _scan_block(loc, start, view, True)
+            return [src], [dst], counts, failed
     src_parts, dst_parts, total = [], [], [0, 0, 0, 0]
     for baddr, data in mem.blocks(start, end, BLOCK, failed=failed):
         _, dst, src, counts = _scan_block(loc, baddr, data, True)

@@ -8,6 +8,7 @@ the same code that runs on a live process.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 # The x86_64 `struct user_regs_struct` in kernel order: PTRACE_GETREGS fills it and NT_PRSTATUS
@@ -93,6 +94,20 @@ class Target:
 
     def read(self, addr: int, size: int) -> bytes:
         raise NotImplementedError
+
+    @contextmanager
+    def mapped(self, addr: int, size: int):
+        """A zero-copy view of [addr, addr + size) for a scan to read in place (a memoryview,
+        released when the block ends), or None when the target cannot lend one; the caller
+        then reads the block."""
+        yield None
+
+    def read_rows(self, addrs, size: int):
+        """A fast path for many small reads: (rows, ok) with the `size` bytes at each of the
+        addresses (a uint64 numpy array) as an (n, size) uint8 array, ok saying which rows it
+        could fill; or None when the target has no such path (mdbpy.heap.bulk then reads in
+        clusters through read())."""
+        return None
 
     def write(self, addr: int, data: bytes) -> None:
         from mdbpy.errors import WriteError
