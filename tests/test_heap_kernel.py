@@ -175,3 +175,54 @@ def test_buffer_table_round_trip_through_reachability():
     assert reach.pred[[0, 2, 4]].tolist() == [-1, 0, 2]
     assert reach.root_slot == {0: (0x20008, "data")}
     assert reach.stats.follows == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=120),
+       st.booleans())
+def test_csr_rows_sorted_or_not(edges, presorted):
+    """The rows of the graph, whether the scan's sources come sorted (the usual case) or not:
+    each node's row holds exactly its edges' targets."""
+    from mdbpy.heap.scan import _csr
+
+    if presorted:
+        edges = sorted(edges, key=lambda e: e[0])
+    src = np.array([s for s, _ in edges], np.int32)
+    dst = np.array([d for _, d in edges], np.int32)
+    indptr, indices = _csr(src, dst, 31)
+    assert indptr.tolist() == [0] + np.cumsum(np.bincount(src, minlength=31)).tolist()
+    for node in range(31):
+        assert sorted(indices[indptr[node]:indptr[node + 1]].tolist()) == \
+            sorted(d for s, d in edges if s == node)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(8, 64), st.booleans()), max_size=12),
+       st.data())
+def test_from_runs_expands_slabs(runs, data):
+    """BufferTable.from_runs against a plain expansion: each run's buffers at their stride
+    with the run's size, group and control offset; the free rows marked FREE, or left out."""
+    from mdbpy.heap.model import ALLOC, CTL_NONE, FREE
+
+    first, at, want = [], 0x10000, []
+    for r, (count, stride, tracked) in enumerate(runs):
+        first.append(at)
+        for k in range(count):
+            b = at + k * stride
+            want.append((b, stride - 4, r, b + stride - 8 if tracked else 0))
+        at += count * stride + 16
+    total = len(want)
+    free = sorted(data.draw(st.sets(st.integers(0, max(total - 1, 0)), max_size=total))
+                  if total else [])
+    args = (first, [s for _, s, _ in runs], [c for c, _, _ in runs],
+            [s - 4 for _, s, _ in runs], list(range(len(runs))),
+            [s - 8 if t else CTL_NONE for _, s, t in runs], [f"g{r}" for r in range(len(runs))])
+    full = BufferTable.from_runs(*args, free=free)
+    cols = list(zip(full.base.tolist(), full.size.tolist(), full.group.tolist(),
+                    full.ctl.tolist()))
+    assert cols == want
+    assert full.state.tolist() == [FREE if i in free else ALLOC for i in range(total)]
+    live = BufferTable.from_runs(*args, free=free, keep_free=False)
+    assert live.base.tolist() == [w[0] for i, w in enumerate(want) if i not in free]
+    assert live.ctl.tolist() == [w[3] for i, w in enumerate(want) if i not in free]
+    assert set(live.state.tolist()) <= {ALLOC} and live.groups == full.groups

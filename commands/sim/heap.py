@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
-from mdbpy.heap.model import (ALLOC, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
+from mdbpy.heap.model import (CTL_NONE, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
                               Problem, RecordColumns)
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM_POISON,
@@ -191,13 +191,20 @@ class SimAllocator(Allocator):
     # -- the Allocator interface ----------------------------------------------------------------
     def buffers(self) -> BufferTable:
         if self._table is None:
-            self._table = self._build_table()
+            self._table = self._build_table(True)
         return self._table
 
-    def _build_table(self) -> BufferTable:
-        """The objects of every slab, built from the slab columns: the slabs are sorted by
-        address (slabs never overlap, so their slots come out sorted too) and expanded into
-        slots with numpy, the free slots marked from the free lists."""
+    def candidates(self) -> BufferTable:
+        """The allocated objects, expanded without the free ones (no full table and no copy
+        of it: a million-object heap's table is 30 MB)."""
+        if self._table is not None:
+            return super().candidates()
+        return self._build_table(False)
+
+    def _build_table(self, keep_free: bool) -> BufferTable:
+        """The objects of every slab: the slabs are sorted by address (slabs never overlap, so
+        their slots come out sorted too) and expanded as runs (BufferTable.from_runs), with
+        the free slots from the free lists marked, or left out without keep_free."""
         import numpy as np
 
         caches = [c for c in self.caches() if len(c.slab_base)]
@@ -205,38 +212,27 @@ class SimAllocator(Allocator):
         if not caches:
             return BufferTable.from_columns([], [], [], groups=names)
 
-        def per_slab(f):
-            return np.concatenate([np.full(len(c.slab_base), f(c), np.uint64) for c in caches])
+        def per_slab(f, dtype=np.uint64):
+            return np.concatenate([np.full(len(c.slab_base), f(c), dtype) for c in caches])
 
         slab_base = np.concatenate([c.slab_base for c in caches])
-        counts = np.concatenate([c.slab_objects for c in caches])
-        first_obj = slab_base + per_slab(lambda c: c.view.red_left_pad)
-        stride = per_slab(lambda c: c.view.size)
-        osize = per_slab(lambda c: c.view.object_size)
-        track = per_slab(lambda c: c.view.track_offset)
-        tracked = per_slab(lambda c: c.has_tracks).astype(bool)
-        group = per_slab(lambda c: c.index).astype(np.int32)
         order = np.argsort(slab_base, kind="stable")
-        counts = counts[order]
+        counts = np.concatenate([c.slab_objects for c in caches])[order]
         start = np.concatenate(([0], np.cumsum(counts)[:-1]))  # each sorted slab's first row
-        n = int(counts.sum())
-        k = (np.arange(n, dtype=np.int64) - np.repeat(start, counts)).astype(np.uint64)
-        objs = np.repeat(first_obj[order], counts) + k * np.repeat(stride[order], counts)
-        ctl = np.where(np.repeat(tracked[order], counts),
-                       objs + np.repeat(track[order], counts), np.uint64(0))
-        state = np.full(n, ALLOC, np.uint8)
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
-        pos, offset = [], 0  # rows of the free slots
+        free, offset = [], 0  # rows of the free slots
         for c in caches:
             for i, slots in c.free.items():
-                pos.append(start[rank[offset + i]] + np.asarray(slots, np.int64))
+                free.append(start[rank[offset + i]] + np.asarray(slots, np.int64))
             offset += len(c.slab_base)
-        if pos:
-            state[np.concatenate(pos)] = FREE
-        return BufferTable.from_columns(objs, np.repeat(osize[order], counts), state,
-                                        np.repeat(group[order], counts), ctl, groups=names,
-                                        sort=False)
+        return BufferTable.from_runs(
+            (slab_base + per_slab(lambda c: c.view.red_left_pad))[order],
+            per_slab(lambda c: c.view.size)[order], counts,
+            per_slab(lambda c: c.view.object_size)[order],
+            per_slab(lambda c: c.index, np.int32)[order],
+            per_slab(lambda c: c.view.track_offset if c.has_tracks else CTL_NONE)[order], names,
+            np.unique(np.concatenate(free)) if free else None, keep_free)
 
     def untrusted(self) -> list[tuple[int, int, str]]:
         self.caches()

@@ -224,13 +224,15 @@ def _check_slabs(sim, c, addr, rec):
 
     v = c.view
     lo, hi = sim.root.slab_area, sim.root.slab_area_end
-    objects = rec["objects"].astype(object)
-    base = rec["base"].astype(object)
+    objects = rec["objects"].astype(np.uint64)
+    base = rec["base"].astype(np.uint64)
+    # base + objects * size > hi, without the sum wrapping for a hostile base or count
+    room = (np.uint64(hi) - np.minimum(base, np.uint64(hi))) // np.uint64(max(v.size, 1))
     faults = (
         (rec["cache"] != np.uint64(c.addr), lambda i: f"names cache 0x{int(rec['cache'][i]):x}"),
         ((rec["objects"] == 0) | (rec["objects"] > v.objects_per_slab),
          lambda i: f"claims {int(rec['objects'][i])} objects"),
-        (((base < lo) | (base + objects * v.size > hi)).astype(bool),
+        ((base < np.uint64(lo)) | (objects > room),
          lambda i: f"base 0x{int(rec['base'][i]):x} lies outside the slab area"),
         (rec["base"] % np.uint64(v.slab_size) != 0,
          lambda i: f"base 0x{int(rec['base'][i]):x} is not slab-aligned"),

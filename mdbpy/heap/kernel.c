@@ -177,6 +177,50 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
     return out;
 }
 
+/* Expand runs of equally spaced buffers (a slab's objects) into the buffer table's columns.
+ * Run r holds count[r] buffers of size[r] bytes in group group[r], the first at first[r] and
+ * each stride[r] past the one before; a buffer's control record lies ctl_off[r] bytes past it,
+ * or it has none when ctl_off[r] is all ones. The columns are written in run order, leaving
+ * out the rows (numbered over all runs) listed in skip[], which is sorted. */
+void expand_runs(int64_t nruns, const uint64_t *first, const uint64_t *stride,
+                 const int64_t *count, const uint64_t *size, const int32_t *group,
+                 const uint64_t *ctl_off, const int64_t *skip, int64_t nskip, uint64_t *base,
+                 uint64_t *bsize, int32_t *bgroup, uint64_t *ctl)
+{
+    int64_t at = 0, row = 0, s = 0;
+    for (int64_t r = 0; r < nruns; r++) {
+        uint64_t b = first[r];
+        int tracked = ctl_off[r] != UINT64_MAX;
+        for (int64_t k = 0; k < count[r]; k++, row++, b += stride[r]) {
+            if (s < nskip && skip[s] == row) {
+                s++;
+                continue;
+            }
+            base[at] = b;
+            bsize[at] = size[r];
+            bgroup[at] = group[r];
+            ctl[at++] = tracked ? b + ctl_off[r] : 0;
+        }
+    }
+}
+
+/* The row pointers of m edges whose sources are sorted: indptr[i] is the first edge of node i
+ * (n + 1 entries). Returns 0, or -1 if the sources are not sorted or out of [0, n). */
+int64_t csr_rows(int64_t n, const int32_t *src, int64_t m, int64_t *indptr)
+{
+    int64_t node = 0;
+    for (int64_t e = 0; e < m; e++) {
+        int64_t s = src[e];
+        if (s < node - 1 || s < 0 || s >= n)
+            return -1;
+        while (node <= s) /* nodes up to s start at or before this edge */
+            indptr[node++] = e;
+    }
+    while (node <= n)
+        indptr[node++] = m;
+    return 0;
+}
+
 /* Breadth-first search over a graph in compressed rows (indptr, indices) from the roots, in
  * their order. pred[] must hold -2 (unmarked) for every node on entry; a root gets -1 and
  * every other reached node the node it was first reached from. queue[] needs n entries.

@@ -140,7 +140,7 @@ def named(table: model.BufferTable, spans: list[tuple[int, int]]):
                                                                           side="left")
     none = (bases == 0) & ~np.isin(s, table.ctl[by_ctl])
     j = np.searchsorted(table.base, s[none], side="right").astype(np.int64) - 1
-    ok = (j >= 0) & (s[none] < (table.base + table.size)[np.maximum(j, 0)])
+    ok = (j >= 0) & (s[none] < table.ends[np.maximum(j, 0)])
     mask[j[ok]] = True
     return mask
 
@@ -170,7 +170,7 @@ def by_buffer(title: str, table: model.BufferTable, states, width: int) -> Pictu
     if n > MAX_CELLS:
         raise MdbError(f"heapmap: {n} buffers is too many cells (at most {MAX_CELLS}); draw "
                        "one cell per N bytes with -b, or one cache with -c")
-    return Picture(title, table.base, table.base + table.size, states,
+    return Picture(title, table.base, table.ends, states,
                    _row_starts([0], n, width), True, table.group,
                    [group_label(g) for g in table.groups])
 
@@ -227,7 +227,7 @@ def by_bytes(title: str, table: model.BufferTable, states, regions, unit: int, w
     red zones; else metadata, else other."""
     import numpy as np
 
-    ends = table.base + table.size
+    ends = table.ends
     rs, re_ = _arrays(regions)
     segs = _segments(np.concatenate([rs, table.base]), np.concatenate([re_, ends]), unit,
                      width * unit)

@@ -69,7 +69,7 @@ def _word_view(addr: int, data: bytes):
 
 def candidate_extents(table: BufferTable) -> list[tuple[int, int]]:
     """The candidates as few [start, end) ranges: runs of touching buffers merged."""
-    return _merged_regions(table, table.base + table.size, gap=0)
+    return _merged_regions(table, table.ends, gap=0)
 
 
 def _merged_regions(table: BufferTable, ends, gap: int = MERGE_GAP) -> list[tuple[int, int]]:
@@ -89,7 +89,7 @@ def _merged_regions(table: BufferTable, ends, gap: int = MERGE_GAP) -> list[tupl
 def scan_regions(mem, table: BufferTable) -> list[tuple[int, int]]:
     """What reachability() reads of the candidates: runs less than MERGE_GAP apart (slack
     is cheaper to read than a seek), clipped to the readable mappings."""
-    return clip_to_mappings(mem, _merged_regions(table, table.base + table.size))
+    return clip_to_mappings(mem, _merged_regions(table, table.ends))
 
 
 def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
@@ -195,15 +195,16 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
 
 def _csr(src, dst, n: int):
     """(indptr, indices) of the graph's rows. The scan emits edges in address order, so the
-    sources are already sorted and the rows need no sort; the breadth-first search does not
-    care about duplicate edges."""
+    sources are already sorted and the rows need no sort (kernel.c's csr_rows says when they
+    are not); the breadth-first search does not care about duplicate edges."""
     import numpy as np
 
-    if len(src) > 1 and np.any(src[1:] < src[:-1]):
+    src = np.ascontiguousarray(src, np.int32)
+    indptr = np.empty(n + 1, np.int64)
+    if kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr)) < 0:
         order = np.argsort(src, kind="stable")
         src, dst = src[order], dst[order]
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+        kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr))
     return indptr, np.ascontiguousarray(dst, np.int32)
 
 
@@ -216,7 +217,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     if n == 0:
         empty = np.zeros(0, bool)
         return Reach(empty, np.zeros(0, np.int32), {}, stats)
-    loc = Locator(table.base, table.base + table.size)
+    loc = Locator(table.base, table.ends)
 
     # 1. edges between candidates, from their own contents
     src_parts, dst_parts, total = _edges(mem, loc, scan_regions(mem, table), stats, progress)
