@@ -65,6 +65,33 @@ def test_locator_matches_binary_search(sizes_gaps, data):
                       int((want >= 0).sum())]
 
 
+# slabs: runs of equal buffers at a fixed stride (with a gap inside each slot: red zones),
+# between single buffers of other sizes
+slabs = st.lists(st.tuples(st.integers(1, 40), st.integers(1, 300), st.integers(0, 64),
+                           st.sampled_from([0, 16, 4096, ISLAND_GAP + 1])), min_size=1,
+                 max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(slabs, st.data())
+def test_locator_over_runs_matches_binary_search(runs, data):
+    """The run index (a slab's objects located by a division) against a binary search: every
+    object's first and last byte, the slack after each object inside its slot, the gaps."""
+    pieces = []
+    for count, size, slack, gap in runs:
+        pieces.append((size, gap))
+        pieces += [(size, slack)] * (count - 1)
+    base, size = table_from(pieces)
+    loc = Locator(base, base + size)
+    ends = base + size
+    probes = np.concatenate([base, ends - np.uint64(1), ends, ends + np.uint64(3),
+                             base - np.uint64(1)])
+    extra = data.draw(st.lists(st.integers(int(base[0]), int(ends.max())), max_size=60))
+    probes = np.concatenate([probes, np.array(extra, np.uint64)])
+    got, _ = locate_all(loc, probes)
+    assert got.tolist() == expected_owner(base, size, probes).tolist()
+
+
 def test_crowded_granule_still_exact():
     """One huge buffer then thousands of tiny ones: the granules are large, so a granule holds
     the starts of hundreds of buffers, and the bisection inside it must find the right one."""

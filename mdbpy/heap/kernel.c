@@ -11,21 +11,30 @@
  * GIL around each call, so the scan threads run in parallel). Every array comes from numpy and
  * is owned by the caller; nothing here allocates or keeps state between calls.
  *
- * The locator. Buffers are sorted by base and do not overlap. Their address range is grouped
- * into islands (runs of buffers without a large gap), and each island is cut into granules of
- * 2**shift bytes; before[g] is the last buffer that starts before granule g (-1 for none), with
- * one extra entry after each island's granules. The buffer containing v, if any, is then the
- * last one starting at or below v, which lies between before[g] and before[g + 1] for v's
- * granule g: a range of a buffer or two, searched by bisection so a crowded granule costs a few
- * steps more, never a wrong answer.
+ * The locator. Buffers are sorted by base and do not overlap. Consecutive buffers of one size
+ * at one spacing form a run (a slab's objects: a million buffers are a few ten thousand runs),
+ * and the index is built over the runs, small enough to stay in the CPU's caches while the
+ * heap streams past. The runs' address range is grouped into islands (runs without a large gap
+ * between them), and each island is cut into granules of 2**shift bytes; before[g] is the last
+ * run that starts before granule g (-1 for none), with one extra entry after each island's
+ * granules. The run containing v, if any, is the last one starting at or below v, which lies
+ * between before[g] and before[g + 1] for v's granule g: a range of a run or two, searched by
+ * bisection so a crowded granule costs a few steps more, never a wrong answer. Within the run,
+ * v's buffer is found by a division.
  */
 #include <stdint.h>
 
 typedef struct {
-    const uint64_t *base;   /* n buffer starts, sorted */
+    const uint64_t *base;   /* n buffer starts, sorted (the scan's source cursor) */
     const uint64_t *end;    /* n buffer ends */
     int64_t n;
     uint64_t lo, hi;        /* no value outside [lo, hi) is in a buffer */
+    const uint64_t *rbase;  /* nruns run starts, sorted */
+    const uint64_t *rend;   /* nruns run ends (past the last buffer's last byte) */
+    const uint64_t *rstride; /* nruns buffer spacings */
+    const uint64_t *rsize;  /* nruns buffer sizes */
+    const int64_t *rfirst;  /* nruns first buffer indexes */
+    int64_t nruns;
     const uint64_t *ilo;    /* nisl island starts, sorted */
     const uint64_t *ihi;    /* nisl island ends */
     const int64_t *goff;    /* each island's first granule; nisl + 1 entries */
@@ -34,8 +43,36 @@ typedef struct {
     const int32_t *before;  /* goff[nisl] entries */
 } locator;
 
-/* Count the islands of a sorted table: a new one starts where a buffer begins more than `gap`
- * bytes past the furthest end so far. Fills first[] (each island's first buffer) and hi[] (its
+/* Cut a sorted table into runs: buffers i..j form one when they have one size and each starts
+ * `stride` (at least that size) past the one before. Fills the run arrays (room for n runs);
+ * returns the number of runs. */
+int64_t loc_runs(const uint64_t *base, const uint64_t *end, int64_t n, uint64_t *rbase,
+                 uint64_t *rend, uint64_t *rstride, uint64_t *rsize, int64_t *rfirst)
+{
+    int64_t r = -1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t size = end[i] - base[i];
+        if (r >= 0 && size == rsize[r] && i > rfirst[r]) {
+            uint64_t step = base[i] - base[i - 1];
+            int joins = i - rfirst[r] == 1 ? step >= size && step > 0 : step == rstride[r];
+            if (joins) {
+                rstride[r] = step;
+                rend[r] = end[i];
+                continue;
+            }
+        }
+        r++;
+        rbase[r] = base[i];
+        rend[r] = end[i];
+        rstride[r] = size ? size : 1;
+        rsize[r] = size;
+        rfirst[r] = i;
+    }
+    return r + 1;
+}
+
+/* Count the islands of sorted runs: a new one starts where a run begins more than `gap` bytes
+ * past the furthest end so far. Fills first[] (each island's first run) and hi[] (its
  * furthest end); returns the number of islands. */
 int64_t loc_islands(const uint64_t *base, const uint64_t *end, int64_t n, uint64_t gap,
                     int64_t *first, uint64_t *hi)
@@ -56,15 +93,15 @@ int64_t loc_islands(const uint64_t *base, const uint64_t *end, int64_t n, uint64
 }
 
 /* Fill before[] for every island: its granules, then its closing entry at goff[k + 1] - 1
- * (goff has nisl + 1 entries). first[] holds each island's first buffer. */
+ * (goff has nisl + 1 entries). first[] holds each island's first run. */
 void loc_fill(const locator *L, const int64_t *first, int32_t *before)
 {
     for (int64_t k = 0; k < L->nisl; k++) {
-        int64_t stop = k + 1 < L->nisl ? first[k + 1] : L->n;
+        int64_t stop = k + 1 < L->nisl ? first[k + 1] : L->nruns;
         int64_t g = L->goff[k], close = L->goff[k + 1] - 1;
         for (int64_t i = first[k]; i < stop; i++) {
-            int64_t gi = L->goff[k] + (int64_t)((L->base[i] - L->ilo[k]) >> L->shift);
-            while (g <= gi && g < close) /* these granules start after buffer i - 1 */
+            int64_t gi = L->goff[k] + (int64_t)((L->rbase[i] - L->ilo[k]) >> L->shift);
+            while (g <= gi && g < close) /* these granules start after run i - 1 */
                 before[g++] = (int32_t)(i - 1);
         }
         while (g <= close)
@@ -85,7 +122,7 @@ static inline int64_t last_at_or_below(const uint64_t *sorted, int64_t a, int64_
     return a;
 }
 
-/* The granule range [before[g], before[g + 1]] where the buffer holding v would be, or
+/* The granule range [before[g], before[g + 1]] where the run holding v would be, or
  * (-1, -1) for a v outside every island; v is in [lo, hi). */
 static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32_t *b)
 {
@@ -99,6 +136,15 @@ static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32
     *b = L->before[g + 1];
 }
 
+/* The buffer of run r holding v (r may be -1), or -1: v may fall between two buffers. */
+static inline int64_t buffer_in_run(const locator *L, int64_t r, uint64_t v)
+{
+    if (r < 0 || v >= L->rend[r])
+        return -1;
+    uint64_t off = v - L->rbase[r], k = off / L->rstride[r];
+    return off - k * L->rstride[r] < L->rsize[r] ? L->rfirst[r] + (int64_t)k : -1;
+}
+
 #define CHUNK 1024 /* words located together: their index loads overlap in the CPU */
 
 /* Scan nwords words whose first is at address addr0.
@@ -110,8 +156,8 @@ static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32
  *
  * The words go in chunks through stages rather than one at a time: the in-range words are
  * picked out first (most heap words are not pointers into it), then every pick's index entry
- * is loaded, then every pick's buffer bounds. Within a stage the loads are independent, so the
- * cache misses of a million hits into tables of tens of megabytes overlap instead of queueing.
+ * is loaded, then every pick's run. Within a stage the loads are independent, so the cache
+ * misses of a million hits overlap instead of queueing.
  *
  * counts[0..3] += words, dismissals (outside [lo, hi)), misses (in range, in no buffer), hits.
  * The outputs must have room for nwords entries; returns how many were written. */
@@ -147,8 +193,8 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
             granule_range(L, w[pick[i]], &a[i], &b[i]);
         for (int64_t i = 0; i < m; i++) {
             uint64_t v = w[pick[i]];
-            int64_t d = b[i] < 0 ? -1 : last_at_or_below(L->base, a[i], b[i], v);
-            a[i] = (int32_t)(d >= 0 && v < L->end[d] ? d : -1);
+            a[i] = b[i] < 0 ? -1 : (int32_t)buffer_in_run(
+                L, last_at_or_below(L->rbase, a[i], b[i], v), v);
         }
         for (int64_t i = 0; i < m; i++) {
             int64_t d = a[i];

@@ -26,11 +26,13 @@ class LocatorStruct(ctypes.Structure):
     """kernel.c's `locator`: the pointers of a Locator's arrays and its scalars."""
 
     _fields_ = [("base", _P), ("end", _P), ("n", _I64), ("lo", _U64), ("hi", _U64),
-                ("ilo", _P), ("ihi", _P), ("goff", _P), ("nisl", _I64), ("shift", _U64),
-                ("before", _P)]
+                ("rbase", _P), ("rend", _P), ("rstride", _P), ("rsize", _P), ("rfirst", _P),
+                ("nruns", _I64), ("ilo", _P), ("ihi", _P), ("goff", _P), ("nisl", _I64),
+                ("shift", _U64), ("before", _P)]
 
 
 _SIGNATURES = {
+    "loc_runs": (_I64, [_P, _P, _I64, _P, _P, _P, _P, _P]),
     "loc_islands": (_I64, [_P, _P, _I64, _U64, _P, _P]),
     "loc_fill": (None, [ctypes.POINTER(LocatorStruct), _P, _P]),
     "scan_words": (_I64, [ctypes.POINTER(LocatorStruct), _P, _I64, _U64, _P, _P, _P, _P]),

@@ -1,14 +1,16 @@
 """Which candidate buffer contains each of millions of addresses: the inner step of the scan.
 
 A binary search over a million buffer starts costs about twenty dependent, cache-missing probes
-per address. Instead the buffers' address range is cut into granules once, small enough that a
-granule holds the start of a buffer or two, and an index gives for each granule the last buffer
-starting before it: an address costs one shift, one index load and a probe or two. The lookup
-itself runs in kernel.c (scan_words); this module builds the index it reads.
+per address. Instead the buffers are cut into runs (equal buffers at equal spacing: a slab's
+objects), the runs' address range into granules small enough that a granule holds the start of
+a run or two, and an index gives for each granule the last run starting before it: an address
+costs one shift, one index load, a probe or two and a division, in tables small enough to stay
+in the CPU's caches. The lookup itself runs in kernel.c (scan_words); this module builds the
+index it reads.
 
-The buffers may be spread over distant areas (brk heap, mmapped chunks, slab areas): they are
-grouped into islands (runs without a gap of ISLAND_GAP), and only the islands are indexed, so
-the index stays at about INDEX_PER_BUFFER entries per buffer whatever the address span.
+The runs may be spread over distant areas (brk heap, mmapped chunks, slab areas): they are
+grouped into islands (no gap of ISLAND_GAP inside one), and only the islands are indexed, so
+the index stays at about INDEX_PER_RUN entries per run whatever the address span.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from mdbpy.errors import MdbError
 from mdbpy.heap import kernel
 
 ISLAND_GAP = 1 << 20
-INDEX_PER_BUFFER = 2
+INDEX_PER_RUN = 2
 MAX_BUFFERS = (1 << 31) - 1  # the kernel numbers buffers with int32
 
 
 class Locator:
-    """The granule index of a sorted, non-overlapping table (base, end arrays, uint64), as
-    kernel.c's `locator` (self.struct); it holds every array the struct points into."""
+    """The run and granule index of a sorted, non-overlapping table (base, end arrays, uint64),
+    as kernel.c's `locator` (self.struct); it holds every array the struct points into."""
 
     def __init__(self, base, ends):
         import numpy as np
@@ -34,14 +36,21 @@ class Locator:
         k = kernel.lib()
         self.base = np.ascontiguousarray(base, np.uint64)
         self.ends = np.ascontiguousarray(ends, np.uint64)
-        first = np.empty(max(n, 1), np.int64)
-        ihi = np.empty(max(n, 1), np.uint64)
-        nisl = k.loc_islands(kernel.ptr(self.base), kernel.ptr(self.ends), n, ISLAND_GAP,
+        room = max(n, 1)
+        runs = [np.empty(room, np.uint64) for _ in range(4)] + [np.empty(room, np.int64)]
+        nruns = k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n,
+                           *(kernel.ptr(a) for a in runs))
+        # copies, not views: the runs are few, and the index should not pin n-sized arrays
+        self.rbase, self.rend, self.rstride, self.rsize, self.rfirst = (
+            a[:max(nruns, 1)].copy() for a in runs)
+        first = np.empty(room, np.int64)
+        ihi = np.empty(room, np.uint64)
+        nisl = k.loc_islands(kernel.ptr(self.rbase), kernel.ptr(self.rend), nruns, ISLAND_GAP,
                              kernel.ptr(first), kernel.ptr(ihi))
         self.first, self.ihi = first[:nisl].copy(), ihi[:nisl].copy()
-        self.ilo = self.base[self.first] if n else np.zeros(1, np.uint64)
+        self.ilo = self.rbase[self.first] if n else np.zeros(1, np.uint64)
         spans = self.ihi - self.ilo
-        self.shift = (int(spans.sum()) // (INDEX_PER_BUFFER * max(n, 1))).bit_length()
+        self.shift = (int(spans.sum()) // (INDEX_PER_RUN * max(nruns, 1))).bit_length()
         # each island's granules and one closing entry
         sizes = (spans >> np.uint64(self.shift)).astype(np.int64) + 2
         self.goff = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
@@ -50,6 +59,8 @@ class Locator:
         self.hi = int(self.ihi.max()) if n else 0  # no value outside [lo, hi) is in a buffer
         self.struct = kernel.LocatorStruct(
             kernel.ptr(self.base), kernel.ptr(self.ends), n, self.lo, self.hi,
+            *(kernel.ptr(a) for a in (self.rbase, self.rend, self.rstride, self.rsize,
+                                      self.rfirst)), nruns,
             kernel.ptr(self.ilo), kernel.ptr(self.ihi), kernel.ptr(self.goff), nisl, self.shift,
             kernel.ptr(self.before))
         k.loc_fill(self.struct, kernel.ptr(self.first), kernel.ptr(self.before))
