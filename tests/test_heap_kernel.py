@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdbpy.heap import kernel
 from mdbpy.heap.locate import ISLAND_GAP, Locator
 from mdbpy.heap.model import BufferTable
 from mdbpy.heap.scan import _scan_block
@@ -121,6 +120,36 @@ def test_edges_between_distinct_buffers_in_slot_order():
     assert counts == [48, 42, 1, 5]
 
 
+@settings(max_examples=100, deadline=None)
+@given(slabs, st.data())
+def test_edge_scan_matches_reference(runs, data):
+    """The edge scan against the definition: for every word whose address lies in a buffer,
+    an edge to the buffer its value points into, when that is another buffer; the block may
+    start and end inside buffers, unaligned."""
+    pieces = []
+    for count, size, slack, gap in runs:
+        pieces += [(size, gap)] + [(size, slack)] * (count - 1)
+    base, size = table_from(pieces)
+    ends = base + size
+    loc = Locator(base, ends)
+    lo, hi = int(base[0]), int(ends.max())
+    start = data.draw(st.integers(max(lo - 64, 0), hi)) & ~7
+    n = data.draw(st.integers(0, min((hi - start) // 8 + 8, 600)))
+    values = data.draw(st.lists(st.one_of(st.integers(lo - 8, hi + 8),
+                                          st.integers(0, 2 ** 64 - 1)), min_size=n, max_size=n))
+    skew = data.draw(st.integers(0, 7))
+    words = np.array(values, np.uint64)
+    _, dst, src, counts = _scan_block(loc, start - skew, b"\0" * skew + words.tobytes(), True)
+    slots = np.uint64(start) + np.arange(n, dtype=np.uint64) * np.uint64(8)
+    owner, target = expected_owner(base, size, slots), expected_owner(base, size, words)
+    keep = (owner >= 0) & (target >= 0) & (owner != target)
+    assert list(zip(src.tolist(), dst.tolist())) == list(zip(owner[keep].tolist(),
+                                                             target[keep].tolist()))
+    ranged = (words >= np.uint64(lo)) & (words < np.uint64(hi))
+    assert counts == [n, int((~ranged).sum()), int((ranged & (target < 0)).sum()),
+                      int((ranged & (target >= 0)).sum())]
+
+
 def test_unaligned_block_is_scanned_from_its_first_aligned_word():
     base = np.array([0x2000], np.uint64)
     loc = Locator(base, base + np.uint64(0x100))
@@ -136,30 +165,35 @@ def test_empty_table_dismisses_everything():
     assert len(dst) == 0 and counts == [64, 64, 0, 0]
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 400), st.data())
-def test_bfs_matches_scipy(n, data):
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 400), st.data(), st.booleans())
+def test_bfs_matches_scipy(n, data, presorted):
+    """The mark (kernel.c's csr_rows and bfs) against scipy's breadth-first search from a
+    virtual node whose edges go to the roots, predecessors and all; on edges in source order
+    (as the scan emits them), with single-target nodes and long chains, or in any order."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
-    from mdbpy.heap.scan import _csr
+    from mdbpy.heap.scan import mark
 
     m = data.draw(st.integers(0, 4 * n))
-    src = np.sort(np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)),
-                           np.int32))
+    src = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)), np.int32)
     dst = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)), np.int32)
+    chain = data.draw(st.permutations(range(n)))[:data.draw(st.integers(0, n))]
+    src = np.concatenate([src, np.array(chain[:-1], np.int32)])  # a linked list
+    dst = np.concatenate([dst, np.array(chain[1:], np.int32)])
+    if presorted:
+        order = np.argsort(src, kind="stable")
+        src, dst = src[order], dst[order]
     roots = data.draw(st.lists(st.integers(0, n - 1), max_size=5, unique=True))
-    indptr, indices = _csr(src, dst, n)
-    pred = np.full(n, -2, np.int32)
-    queue = np.empty(n, np.int32)
-    rooted = np.array(roots, np.int32)
-    reached = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(indices), kernel.ptr(rooted),
-                               len(rooted), kernel.ptr(pred), kernel.ptr(queue))
-    # scipy from a virtual node n whose edges go to the roots, in their order
-    s2 = np.concatenate([src, np.full(len(roots), n, np.int32)])
-    d2 = np.concatenate([dst, rooted])
-    order = np.argsort(s2, kind="stable")
-    g = csr_matrix((np.ones(len(s2)), d2[order], np.concatenate(
+    if chain:
+        roots.append(chain[0])
+    pred, reached = mark(src, dst, n, np.array(roots, np.int32))
+    # scipy on the same rows: edges stably sorted by source, then the virtual root's
+    order = np.argsort(src, kind="stable")
+    s2 = np.concatenate([src[order], np.full(len(roots), n, np.int32)])
+    d2 = np.concatenate([dst[order], np.array(roots, np.int32)])
+    g = csr_matrix((np.ones(len(s2)), d2, np.concatenate(
         ([0], np.cumsum(np.bincount(s2, minlength=n + 1))))), shape=(n + 1, n + 1))
     g.has_canonical_format = True
     sorder, spred = breadth_first_order(g, n, directed=True, return_predecessors=True)
@@ -202,25 +236,6 @@ def test_buffer_table_round_trip_through_reachability():
     assert reach.pred[[0, 2, 4]].tolist() == [-1, 0, 2]
     assert reach.root_slot == {0: (0x20008, "data")}
     assert reach.stats.follows == 3
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30)), max_size=120),
-       st.booleans())
-def test_csr_rows_sorted_or_not(edges, presorted):
-    """The rows of the graph, whether the scan's sources come sorted (the usual case) or not:
-    each node's row holds exactly its edges' targets."""
-    from mdbpy.heap.scan import _csr
-
-    if presorted:
-        edges = sorted(edges, key=lambda e: e[0])
-    src = np.array([s for s, _ in edges], np.int32)
-    dst = np.array([d for _, d in edges], np.int32)
-    indptr, indices = _csr(src, dst, 31)
-    assert indptr.tolist() == [0] + np.cumsum(np.bincount(src, minlength=31)).tolist()
-    for node in range(31):
-        assert sorted(indices[indptr[node]:indptr[node + 1]].tolist()) == \
-            sorted(d for s, d in edges if s == node)
 
 
 @settings(max_examples=60, deadline=None)

@@ -226,12 +226,13 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
 /* Expand runs of equally spaced buffers (a slab's objects) into the buffer table's columns.
  * Run r holds count[r] buffers of size[r] bytes in group group[r], the first at first[r] and
  * each stride[r] past the one before; a buffer's control record lies ctl_off[r] bytes past it,
- * or it has none when ctl_off[r] is all ones. The columns are written in run order, leaving
+ * or it has none when ctl_off[r] is all ones. The columns (and the buffers' ends, which the
+ * scan needs next) are written in run order, leaving
  * out the rows (numbered over all runs) listed in skip[], which is sorted. */
 void expand_runs(int64_t nruns, const uint64_t *first, const uint64_t *stride,
                  const int64_t *count, const uint64_t *size, const int32_t *group,
                  const uint64_t *ctl_off, const int64_t *skip, int64_t nskip, uint64_t *base,
-                 uint64_t *bsize, int32_t *bgroup, uint64_t *ctl)
+                 uint64_t *bsize, uint64_t *bend, int32_t *bgroup, uint64_t *ctl)
 {
     int64_t at = 0, row = 0, s = 0;
     for (int64_t r = 0; r < nruns; r++) {
@@ -244,6 +245,7 @@ void expand_runs(int64_t nruns, const uint64_t *first, const uint64_t *stride,
             }
             base[at] = b;
             bsize[at] = size[r];
+            bend[at] = b + size[r];
             bgroup[at] = group[r];
             ctl[at++] = tracked ? b + ctl_off[r] : 0;
         }
@@ -268,16 +270,24 @@ int64_t csr_rows(int64_t n, const int32_t *src, int64_t m, int64_t *indptr)
 }
 
 /* Breadth-first search over a graph in compressed rows (indptr, indices) from the roots, in
- * their order. pred[] must hold -2 (unmarked) for every node on entry; a root gets -1 and
- * every other reached node the node it was first reached from. queue[] needs n entries.
- * Returns the number of nodes reached. */
+ * their order: a root's pred becomes -1, every other reached node's the node it was first
+ * reached from, and an unreached node's stays -2 (pred is filled here). queue[] needs n
+ * entries, seen[] (n + 63) / 64 zeroed words. Returns the number of nodes reached.
+ *
+ * Whether a node is reached is asked of a bitmap (128 KB for a million buffers: it stays in
+ * the CPU's cache), not of pred[]: most of a heap's nodes are met through arrays of pointers
+ * in no useful order, and a load from a 4 MB array for each would miss; the stores to pred[]
+ * do not hold the search up. */
 int64_t bfs(int64_t n, const int64_t *indptr, const int32_t *indices, const int32_t *roots,
-            int64_t nroots, int32_t *pred, int32_t *queue)
+            int64_t nroots, int32_t *pred, int32_t *queue, uint64_t *seen)
 {
     int64_t head = 0, tail = 0;
+    for (int64_t i = 0; i < n; i++)
+        pred[i] = -2;
     for (int64_t r = 0; r < nroots; r++) {
         int32_t v = roots[r];
-        if (v >= 0 && v < n && pred[v] == -2) {
+        if (v >= 0 && v < n && !(seen[v >> 6] >> (v & 63) & 1)) {
+            seen[v >> 6] |= 1ULL << (v & 63);
             pred[v] = -1;
             queue[tail++] = v;
         }
@@ -286,7 +296,8 @@ int64_t bfs(int64_t n, const int64_t *indptr, const int32_t *indices, const int3
         int32_t u = queue[head++];
         for (int64_t e = indptr[u]; e < indptr[u + 1]; e++) {
             int32_t v = indices[e];
-            if (pred[v] == -2) {
+            if (!(seen[v >> 6] >> (v & 63) & 1)) {
+                seen[v >> 6] |= 1ULL << (v & 63);
                 pred[v] = u;
                 queue[tail++] = v;
             }

@@ -36,9 +36,9 @@ _SIGNATURES = {
     "loc_islands": (_I64, [_P, _P, _I64, _U64, _P, _P]),
     "loc_fill": (None, [ctypes.POINTER(LocatorStruct), _P, _P]),
     "scan_words": (_I64, [ctypes.POINTER(LocatorStruct), _P, _I64, _U64, _P, _P, _P, _P]),
-    "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P]),
+    "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
     "csr_rows": (_I64, [_I64, _P, _I64, _P]),
-    "bfs": (_I64, [_I64, _P, _P, _P, _I64, _P, _P]),
+    "bfs": (_I64, [_I64, _P, _P, _P, _I64, _P, _P, _P]),
 }
 _lib = None
 

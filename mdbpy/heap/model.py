@@ -170,14 +170,17 @@ class BufferTable:
         free = np.zeros(0, np.int64) if free is None else np.ascontiguousarray(free, np.int64)
         skip = np.zeros(0, np.int64) if keep_free else free
         n = int(runs[2].sum()) - len(skip)
-        base, bsize = np.empty(n, np.uint64), np.empty(n, np.uint64)
+        base, bsize, ends = (np.empty(n, np.uint64) for _ in range(3))
         bgroup, ctl = np.empty(n, np.int32), np.empty(n, np.uint64)
         kernel.lib().expand_runs(len(runs[0]), *(kernel.ptr(a) for a in runs), kernel.ptr(skip),
-                                 len(skip), *(kernel.ptr(a) for a in (base, bsize, bgroup, ctl)))
+                                 len(skip), *(kernel.ptr(a) for a in (base, bsize, ends, bgroup,
+                                                                      ctl)))
         state = np.full(n, ALLOC, np.uint8)
         if keep_free:
             state[free] = FREE
-        return cls(base, bsize, state, bgroup, ctl, np.zeros(n, np.uint8), list(groups))
+        table = cls(base, bsize, state, bgroup, ctl, np.zeros(n, np.uint8), list(groups))
+        table.__dict__["ends"] = ends  # the cached property, written in the same pass
+        return table
 
     @classmethod
     def concat(cls, tables: list[BufferTable]) -> BufferTable:

@@ -64,32 +64,35 @@ def _word_view(addr: int, data: bytes):
 
     skip = (-addr) % 8
     n = (len(data) - skip) // 8
-    return addr + skip, np.frombuffer(data, dtype="<u8", count=max(n, 0), offset=skip)
+    if n <= 0:
+        return addr + skip, np.zeros(0, "<u8")
+    return addr + skip, np.frombuffer(data, dtype="<u8", count=n, offset=skip)
 
 
 def candidate_extents(table: BufferTable) -> list[tuple[int, int]]:
     """The candidates as few [start, end) ranges: runs of touching buffers merged."""
-    return _merged_regions(table, table.ends, gap=0)
+    return _merged_regions(table, gap=0)
 
 
-def _merged_regions(table: BufferTable, ends, gap: int = MERGE_GAP) -> list[tuple[int, int]]:
-    """Runs of candidates whose gaps are at most `gap` bytes, as [first base, last end)."""
+def _merged_regions(table: BufferTable, gap: int = MERGE_GAP) -> list[tuple[int, int]]:
+    """Runs of candidates with no gap of more than `gap` bytes between them, as [first base,
+    furthest end) (kernel.c's island pass: one loop, no million-entry temporaries)."""
     import numpy as np
 
-    if not len(table):
+    n = len(table)
+    if not n:
         return []
-    starts = table.base
-    gaps = starts[1:] - ends[:-1]
-    breaks = np.nonzero(gaps > gap)[0]
-    firsts = np.concatenate(([0], breaks + 1))
-    lasts = np.concatenate((breaks, [len(table) - 1]))
-    return [(int(starts[a]), int(ends[b])) for a, b in zip(firsts, lasts)]
+    base, ends = np.ascontiguousarray(table.base), np.ascontiguousarray(table.ends)
+    first, hi = np.empty(n, np.int64), np.empty(n, np.uint64)  # only k entries are touched
+    k = kernel.lib().loc_islands(kernel.ptr(base), kernel.ptr(ends), n, gap, kernel.ptr(first),
+                                 kernel.ptr(hi))
+    return list(zip(base[first[:k]].tolist(), hi[:k].tolist()))
 
 
 def scan_regions(mem, table: BufferTable) -> list[tuple[int, int]]:
     """What reachability() reads of the candidates: runs less than MERGE_GAP apart (slack
     is cheaper to read than a seek), clipped to the readable mappings."""
-    return clip_to_mappings(mem, _merged_regions(table, table.ends))
+    return clip_to_mappings(mem, _merged_regions(table))
 
 
 def clip_to_mappings(mem, ranges) -> list[tuple[int, int]]:
@@ -193,19 +196,27 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
     return src_parts, dst_parts, total
 
 
-def _csr(src, dst, n: int):
-    """(indptr, indices) of the graph's rows. The scan emits edges in address order, so the
-    sources are already sorted and the rows need no sort (kernel.c's csr_rows says when they
-    are not); the breadth-first search does not care about duplicate edges."""
+def mark(src, dst, n: int, roots):
+    """(pred, reached): one breadth-first search over the edges from the roots, in their
+    order (kernel.c). pred is -1 for a root, the node a buffer was first reached from, or -2
+    for a buffer nothing reaches. The scan emits edges in address order, so the sources come
+    sorted and the rows need no sort (kernel.c's csr_rows says when they do)."""
     import numpy as np
 
     src = np.ascontiguousarray(src, np.int32)
+    dst = np.ascontiguousarray(dst, np.int32)
     indptr = np.empty(n + 1, np.int64)
     if kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr)) < 0:
         order = np.argsort(src, kind="stable")
         src, dst = src[order], dst[order]
         kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr))
-    return indptr, np.ascontiguousarray(dst, np.int32)
+    rooted = np.ascontiguousarray(roots, np.int32)
+    pred, queue = np.empty(n, np.int32), np.empty(n, np.int32)
+    seen = np.zeros((n + 63) // 64, np.uint64)
+    reached = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(dst), kernel.ptr(rooted),
+                               len(rooted), kernel.ptr(pred), kernel.ptr(queue),
+                               kernel.ptr(seen))
+    return pred, reached
 
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
@@ -240,11 +251,6 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     # 3. one breadth-first search from the roots, in the order they were found
     esrc = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int32)
     edst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32)
-    indptr, indices = _csr(esrc, edst, n)
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
-    pred = np.full(n, -2, np.int32)
-    queue = np.empty(n, np.int32)
-    stats.follows = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(indices),
-                                     kernel.ptr(rooted), len(rooted), kernel.ptr(pred),
-                                     kernel.ptr(queue))
+    pred, stats.follows = mark(esrc, edst, n, rooted)
     return Reach(pred != -2, pred, root_slot, stats, esrc, edst)
