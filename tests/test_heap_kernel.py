@@ -268,3 +268,15 @@ def test_from_runs_expands_slabs(runs, data):
     assert live.base.tolist() == [w[0] for i, w in enumerate(want) if i not in free]
     assert live.ctl.tolist() == [w[3] for i, w in enumerate(want) if i not in free]
     assert set(live.state.tolist()) <= {ALLOC} and live.groups == full.groups
+
+
+def test_missing_kernel_is_a_one_line_error(monkeypatch, tmp_path):
+    """An install without a compiler has no kernel: findleaks says how to get one."""
+    from mdbpy.errors import MdbError
+    from mdbpy.heap import kernel
+
+    monkeypatch.setattr(kernel, "_lib", None)
+    monkeypatch.setattr(kernel, "__file__", str(tmp_path / "kernel.py"))
+    with pytest.raises(MdbError, match=r"compiled scan kernel is missing: reinstall with a C "
+                                       r"compiler present \(apt install gcc; pip install -e \.\)"):
+        Locator(np.zeros(1, np.uint64), np.ones(1, np.uint64))
