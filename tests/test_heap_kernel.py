@@ -168,7 +168,7 @@ def test_empty_table_dismisses_everything():
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 400), st.data(), st.booleans())
 def test_bfs_matches_scipy(n, data, presorted):
-    """The mark (kernel.c's csr_rows and bfs) against scipy's breadth-first search from a
+    """The mark (kernel.c's graph_nodes and bfs) against scipy's breadth-first search from a
     virtual node whose edges go to the roots, predecessors and all; on edges in source order
     (as the scan emits them), with single-target nodes and long chains, or in any order."""
     from scipy.sparse import csr_matrix

@@ -252,33 +252,46 @@ void expand_runs(int64_t nruns, const uint64_t *first, const uint64_t *stride,
     }
 }
 
-/* The row pointers of m edges whose sources are sorted: indptr[i] is the first edge of node i
- * (n + 1 entries). Returns 0, or -1 if the sources are not sorted or out of [0, n). */
-int64_t csr_rows(int64_t n, const int32_t *src, int64_t m, int64_t *indptr)
+/* A node of the graph the breadth-first search walks: its out-degree, and `ref`, its only
+ * target when it has one, else the index in dst[] of its first edge. A step along a linked
+ * list (a heap's long chains) then costs one cache miss, not two. */
+typedef struct {
+    int32_t deg;
+    int32_t ref;
+} node_t;
+
+/* Fill nodes[n] from m edges (m < 2**31) whose sources are sorted. Returns 0, or -1 if the
+ * sources are not sorted or out of [0, n). */
+int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m, node_t *nodes)
 {
-    int64_t node = 0;
+    for (int64_t i = 0; i < n; i++)
+        nodes[i].deg = nodes[i].ref = 0;
+    int64_t prev = -1;
     for (int64_t e = 0; e < m; e++) {
         int64_t s = src[e];
-        if (s < node - 1 || s < 0 || s >= n)
+        if (s < prev || s >= n)
             return -1;
-        while (node <= s) /* nodes up to s start at or before this edge */
-            indptr[node++] = e;
+        if (s != prev)
+            nodes[s].ref = (int32_t)e;
+        nodes[s].deg++;
+        prev = s;
     }
-    while (node <= n)
-        indptr[node++] = m;
+    for (int64_t i = 0; i < n; i++)
+        if (nodes[i].deg == 1)
+            nodes[i].ref = dst[nodes[i].ref];
     return 0;
 }
 
-/* Breadth-first search over a graph in compressed rows (indptr, indices) from the roots, in
- * their order: a root's pred becomes -1, every other reached node's the node it was first
- * reached from, and an unreached node's stays -2 (pred is filled here). queue[] needs n
- * entries, seen[] (n + 63) / 64 zeroed words. Returns the number of nodes reached.
+/* Breadth-first search from the roots, in their order, over nodes built by graph_nodes (dst[]
+ * holds the rows): a root's pred becomes -1, every other reached node's the node it was first
+ * reached from, and an unreached node's -2 (pred is filled here). queue[] needs n entries,
+ * seen[] (n + 63) / 64 zeroed words. Returns the number of nodes reached.
  *
- * Whether a node is reached is asked of a bitmap (128 KB for a million buffers: it stays in
+ * Whether a node is reached is asked of the bitmap (128 KB for a million buffers: it stays in
  * the CPU's cache), not of pred[]: most of a heap's nodes are met through arrays of pointers
  * in no useful order, and a load from a 4 MB array for each would miss; the stores to pred[]
  * do not hold the search up. */
-int64_t bfs(int64_t n, const int64_t *indptr, const int32_t *indices, const int32_t *roots,
+int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const int32_t *roots,
             int64_t nroots, int32_t *pred, int32_t *queue, uint64_t *seen)
 {
     int64_t head = 0, tail = 0;
@@ -294,8 +307,9 @@ int64_t bfs(int64_t n, const int64_t *indptr, const int32_t *indices, const int3
     }
     while (head < tail) {
         int32_t u = queue[head++];
-        for (int64_t e = indptr[u]; e < indptr[u + 1]; e++) {
-            int32_t v = indices[e];
+        int32_t deg = nodes[u].deg, ref = nodes[u].ref;
+        for (int32_t k = 0; k < deg; k++) {
+            int32_t v = deg == 1 ? ref : dst[ref + k];
             if (!(seen[v >> 6] >> (v & 63) & 1)) {
                 seen[v >> 6] |= 1ULL << (v & 63);
                 pred[v] = u;

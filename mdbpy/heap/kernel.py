@@ -37,9 +37,12 @@ _SIGNATURES = {
     "loc_fill": (None, [ctypes.POINTER(LocatorStruct), _P, _P]),
     "scan_words": (_I64, [ctypes.POINTER(LocatorStruct), _P, _I64, _U64, _P, _P, _P, _P]),
     "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
-    "csr_rows": (_I64, [_I64, _P, _I64, _P]),
+    "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P]),
     "bfs": (_I64, [_I64, _P, _P, _P, _I64, _P, _P, _P]),
 }
+# kernel.c's node_t: a node of the graph the breadth-first search walks
+NODE = [("deg", "<i4"), ("ref", "<i4")]
+MAX_EDGES = (1 << 31) - 1  # node_t numbers edges with int32
 _lib = None
 
 

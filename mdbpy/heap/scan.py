@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mdbpy.errors import MdbError
 from mdbpy.heap import kernel
 from mdbpy.heap.locate import Locator
 from mdbpy.heap.model import BufferTable
@@ -200,20 +201,25 @@ def mark(src, dst, n: int, roots):
     """(pred, reached): one breadth-first search over the edges from the roots, in their
     order (kernel.c). pred is -1 for a root, the node a buffer was first reached from, or -2
     for a buffer nothing reaches. The scan emits edges in address order, so the sources come
-    sorted and the rows need no sort (kernel.c's csr_rows says when they do)."""
+    sorted and need no sort (kernel.c's graph_nodes says when they do)."""
     import numpy as np
 
+    if len(src) > kernel.MAX_EDGES:
+        raise MdbError(f"{len(src)} references between candidates: more than findleaks can "
+                       "number")
     src = np.ascontiguousarray(src, np.int32)
     dst = np.ascontiguousarray(dst, np.int32)
-    indptr = np.empty(n + 1, np.int64)
-    if kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr)) < 0:
+    nodes = np.empty(n, kernel.NODE)
+    if kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
+                                kernel.ptr(nodes)) < 0:
         order = np.argsort(src, kind="stable")
         src, dst = src[order], dst[order]
-        kernel.lib().csr_rows(n, kernel.ptr(src), len(src), kernel.ptr(indptr))
+        kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
+                                 kernel.ptr(nodes))
     rooted = np.ascontiguousarray(roots, np.int32)
     pred, queue = np.empty(n, np.int32), np.empty(n, np.int32)
     seen = np.zeros((n + 63) // 64, np.uint64)
-    reached = kernel.lib().bfs(n, kernel.ptr(indptr), kernel.ptr(dst), kernel.ptr(rooted),
+    reached = kernel.lib().bfs(n, kernel.ptr(nodes), kernel.ptr(dst), kernel.ptr(rooted),
                                len(rooted), kernel.ptr(pred), kernel.ptr(queue),
                                kernel.ptr(seen))
     return pred, reached
