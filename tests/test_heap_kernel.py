@@ -215,6 +215,17 @@ def test_too_many_buffers_is_a_clear_error(monkeypatch):
         Locator(base, base + np.uint64(8))
 
 
+def test_too_many_edges_is_a_clear_error(monkeypatch):
+    from mdbpy.errors import MdbError
+    from mdbpy.heap import kernel
+    from mdbpy.heap.scan import mark
+
+    monkeypatch.setattr(kernel, "MAX_EDGES", 2)
+    edges = np.zeros(3, np.int32)
+    with pytest.raises(MdbError, match="3 references between candidates"):
+        mark(edges, edges, 1, np.zeros(1, np.int32))
+
+
 def test_buffer_table_round_trip_through_reachability():
     """reachability() on a tiny synthetic memory: a root slot reaches a chain of buffers, the
     rest is unmarked, and the predecessors spell the chain."""
