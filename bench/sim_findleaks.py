@@ -82,7 +82,7 @@ def findleaks(directory: Path, profile: bool):
         s.close()
 
 
-def plain_read(directory: Path, regions) -> tuple[float, int]:
+def plain_read(directory: Path, regions) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, bytes) to read the regions in large blocks, in a fresh
     session."""
     s = open_session(directory)

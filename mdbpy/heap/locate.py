@@ -47,8 +47,8 @@ class Locator:
         ihi = np.empty(room, np.uint64)
         nisl = k.loc_islands(kernel.ptr(self.rbase), kernel.ptr(self.rend), nruns, ISLAND_GAP,
                              kernel.ptr(first), kernel.ptr(ihi))
-        self.first, self.ihi = first[:nisl].copy(), ihi[:nisl].copy()
-        self.ilo = self.rbase[self.first] if n else np.zeros(1, np.uint64)
+        first, self.ihi = first[:nisl].copy(), ihi[:nisl].copy()  # first: for loc_fill only
+        self.ilo = self.rbase[first] if n else np.zeros(1, np.uint64)
         spans = self.ihi - self.ilo
         self.shift = (int(spans.sum()) // (INDEX_PER_RUN * max(nruns, 1))).bit_length()
         # each island's granules and one closing entry
@@ -63,4 +63,4 @@ class Locator:
                                       self.rfirst)), nruns,
             kernel.ptr(self.ilo), kernel.ptr(self.ihi), kernel.ptr(self.goff), nisl, self.shift,
             kernel.ptr(self.before))
-        k.loc_fill(self.struct, kernel.ptr(self.first), kernel.ptr(self.before))
+        k.loc_fill(self.struct, kernel.ptr(first), kernel.ptr(self.before))
