@@ -22,7 +22,7 @@ from support import BASIC_NODES, basic_list, compile_fixture, read_line, run_mdb
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.target import elfcore as ec
 from mdbpy.target.base import Mapping, Thread
-from mdbpy.target.core import CoreTarget, FileTarget, open_file_target
+from mdbpy.target.core import RESIDENT_UNIT, CoreTarget, FileTarget, open_file_target
 from mdbpy.target.gcore import write_core
 from mdbpy.target.synthetic import SyntheticTarget
 
@@ -461,6 +461,64 @@ def test_mapped_blocks_are_the_image_in_place(small_core, tmp_path):
         with t.mapped(addr, size) as view:  # across a hole, truncated, unmapped, from before
             assert view is None
     t.close()
+
+
+def mapped_rss(path) -> int:
+    """Bytes of the file at path that this process has mapped in memory (/proc/self/smaps)."""
+    rss, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(" " + str(path))
+        elif inside and line.startswith("Rss:"):
+            rss += int(line.split()[1]) << 10
+    return rss
+
+
+def test_mapped_blocks_stay_resident_within_the_budget(tmp_path):
+    """A lent block's pages stay mapped after it ends while the blocks kept fit in the target's
+    resident_budget (a block lent again is counted once); past it they are dropped, so a scan
+    of a core larger than the budget holds at most the budget in RSS."""
+    block = RESIDENT_UNIT  # what the budget counts in; the kernel's fault-around never crosses one
+    segs = [(0x10000000, bytes(range(256)) * (8 * block // 256), "rw-p")]
+    write_core(SyntheticTarget(segs, threads=[Thread(7, regs={})]), str(tmp_path / "c"))
+    t = open_file_target(str(tmp_path / "c"))
+    seg = t._segs[0]
+    first = seg.start + 2 * block - seg.off % block  # block-aligned in the file, past the headers
+    t.resident_budget = 2 * block
+    before = mapped_rss(tmp_path / "c")
+    for k in (0, 1, 0, 2, 3, 1):
+        with t.mapped(first + k * block, block) as view:
+            assert bytes(view) == bytes(range(256)) * (block // 256)
+    assert mapped_rss(tmp_path / "c") - before == 2 * block  # blocks 0 and 1, not 2 and 3
+    t.close()
+
+
+def test_warm_maps_ranges_in_the_background_within_the_budget(tmp_path):
+    """warm() maps a range's pages in a thread, so the scan after it finds them mapped; a
+    range that would pass the resident budget is left alone, one outside every image is
+    ignored, and close() waits for the thread."""
+    block = RESIDENT_UNIT
+    segs = [(0x10000000, bytes(range(256)) * (8 * block // 256), "rw-p")]
+    write_core(SyntheticTarget(segs, threads=[Thread(7, regs={})]), str(tmp_path / "c"))
+    t = open_file_target(str(tmp_path / "c"))
+    seg = t._segs[0]
+    first = seg.start + 2 * block - seg.off % block
+    t.resident_budget = 3 * block
+    before = mapped_rss(tmp_path / "c")
+    t.warm([(first + block, first + 3 * block), (0x500000, 0x600000)])
+    t._warming.join()
+    assert mapped_rss(tmp_path / "c") - before == 2 * block
+    warming = t._warming
+    t.warm([(first + 3 * block, first + 5 * block)])  # 2 more would make 4: over the budget
+    assert t._warming is warming  # nothing to map: no new thread
+    assert mapped_rss(tmp_path / "c") - before == 2 * block
+    with t.mapped(first + block, block) as view:  # kept: counted once
+        assert bytes(view[:4]) == bytes(range(4))
+    assert mapped_rss(tmp_path / "c") - before == 2 * block
+    t.close()
+    t = open_file_target(str(tmp_path / "c"))
+    t.warm([(seg.start, seg.end)])
+    t.close()  # joins the thread, whatever it had done
 
 
 def note_headers(core: bytes) -> list[int]:

@@ -137,6 +137,8 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
     import numpy as np
 
     t0, c0 = time.perf_counter(), time.process_time()
+    # the heap is scanned after the table is built: the target may bring it in meanwhile
+    session.target.warm(alloc.heap_regions())
     table = alloc.candidates()
     warnings: list[str] = [f"[{a:x}, {b:x}) not trusted: {why}" for a, b, why in alloc.untrusted()]
     # a candidate region that holds a thread's stack pointer is that thread's stack, not a leak

@@ -102,6 +102,11 @@ class Target:
         then reads the block."""
         yield None
 
+    def warm(self, ranges) -> None:
+        """A hint that a scan of these [start, end) ranges follows: a target that can bring
+        them into memory in the background meanwhile does (a core's mapped image); others
+        ignore it."""
+
     def read_rows(self, addrs, size: int):
         """A fast path for many small reads: (rows, ok) with the `size` bytes at each of the
         addresses (a uint64 numpy array) as an (n, size) uint8 array, ok saying which rows it

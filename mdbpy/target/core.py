@@ -20,6 +20,7 @@ import mmap
 import os
 import signal
 import stat
+import threading
 from contextlib import contextmanager
 
 from mdbpy.errors import ReadError, TargetError, WriteError
@@ -35,6 +36,13 @@ NOT_IN_CORE = "not in core file"
 # Reads this big come through pread(2), not the mmap: pages touched through a mapping count in
 # mdbpy's RSS until unmapped, so scanning a 4 GiB core through it would hold 4 GiB.
 PREAD_MIN = 64 << 10
+# Pages of the image that mapped() and warm() leave mapped: a heap up to this size keeps its
+# pages after the scan (no unmapping cost, and the leak records read next find them mapped);
+# past it, each block's pages are dropped as it ends, so RSS stays bounded. Counted in units,
+# each once however often it is lent.
+RESIDENT_BUDGET = 1 << 30
+RESIDENT_UNIT = 1 << 20
+WARM_STEP = 16 << 20  # warm() reads this much at a time, checking between steps for close()
 
 
 class _Segment:
@@ -115,6 +123,11 @@ class _ImageTarget(Target):
         self._file, self._mm, self.file_size = _open_image(path, writable)
         self._segs: list[_Segment] = []
         self._starts: list[int] = []
+        self.resident_budget = RESIDENT_BUDGET
+        self._kept: set[int] = set()  # file offsets // RESIDENT_UNIT left mapped
+        self._kept_lock = threading.Lock()  # mapped() is entered from the scan's threads
+        self._warming: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def _header(self) -> ec.ElfHeader:
         err = ec.check_ident(self._mm[:16])
@@ -189,7 +202,8 @@ class _ImageTarget(Target):
     def mapped(self, addr: int, size: int):
         """[addr, addr + size) straight from the mapped file when one segment's image holds
         it: findleaks scans a core's heap in place instead of copying it. When the block ends
-        its pages are dropped from the mapping (MADV_DONTNEED: the page cache keeps them, the
+        its pages stay mapped while the blocks kept total at most resident_budget bytes; past
+        that they are dropped from the mapping (MADV_DONTNEED: the page cache keeps them, the
         file is unchanged), so scanning a 4 GiB core does not hold 4 GiB in mdbpy's RSS."""
         seg = self._locate(addr)
         if self._mm is None or seg is None or addr + size > seg.start + seg.avail:
@@ -203,8 +217,62 @@ class _ImageTarget(Target):
             view.release()
             lo, hi = -(-off // mmap.PAGESIZE) * mmap.PAGESIZE, (off + size) // mmap.PAGESIZE * \
                 mmap.PAGESIZE
-            if hi > lo:  # only whole pages of the block: a neighbour's may be in use
+            if hi > lo and not self._keep(lo, hi - lo):
+                # only whole pages of the block: a neighbour's may be in use
                 self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def _keep(self, off: int, size: int) -> bool:
+        """Whether the pages of the file's [off, off + size) may stay mapped: yes while
+        everything kept fits in resident_budget."""
+        units = range(off // RESIDENT_UNIT, -(-(off + size) // RESIDENT_UNIT))
+        with self._kept_lock:
+            new = [u for u in units if u not in self._kept]
+            if (len(self._kept) + len(new)) * RESIDENT_UNIT > self.resident_budget:
+                return False
+            self._kept.update(new)
+            return True
+
+    def warm(self, ranges) -> None:
+        """Map the image's pages of these [start, end) ranges in a background thread, as far
+        as the resident budget allows (a range that would pass it is left alone): the scan
+        that follows then finds them mapped, and the faults were taken on the other CPU while
+        the caller built what the scan needs. One warming runs at a time."""
+        if self._mm is None or (self._warming is not None and self._warming.is_alive()):
+            return
+        spans = []
+        for start, end in ranges:
+            i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+            for seg in self._segs[i:]:
+                if seg.start >= end:
+                    break
+                a, b = max(start, seg.start), min(end, seg.start + seg.avail)
+                lo = (seg.off + a - seg.start) // mmap.PAGESIZE * mmap.PAGESIZE
+                hi = seg.off + b - seg.start
+                if a < b and self._keep(lo, hi - lo):
+                    spans.append((lo, hi))
+        if spans:
+            self._warming = threading.Thread(target=self._populate, args=(spans,),
+                                             name="mdbpy-warm", daemon=True)
+            self._warming.start()
+
+    def _populate(self, spans) -> None:
+        """warm()'s thread: it reads a word of every page, a step at a time, so that close()
+        need not wait for a whole cold read from the disk. Faulting the pages in (numpy
+        releases the GIL) rather than MADV_POPULATE_READ, which holds the address space's lock
+        and so stalls every allocation the caller makes meanwhile."""
+        import numpy as np
+
+        try:
+            for lo, hi in spans:
+                for at in range(lo, hi - 7, WARM_STEP):
+                    if self._closing.is_set():
+                        return
+                    n = min(WARM_STEP, hi - at) // 8
+                    words = np.frombuffer(self._mm, np.uint64, count=n, offset=at)
+                    words[::mmap.PAGESIZE // 8].sum()
+                    del words  # an exported buffer would keep the mmap from closing
+        except ValueError:  # closed under it
+            pass
 
     def read_rows(self, addrs, size: int):
         """The rows whose bytes lie in one segment's image, cut from the mapped file in one
@@ -268,6 +336,10 @@ class _ImageTarget(Target):
             self._mm[off:off + n] = data[at:at + n]
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._closing.set()
+            self._warming.join()
+            self._warming = None
         if self._mm is not None:
             self._mm.close()
             self._file.close()
