@@ -146,6 +146,7 @@ static inline int64_t buffer_in_run(const locator *L, int64_t r, uint64_t v)
 }
 
 #define CHUNK 1024 /* words located together: their index loads overlap in the CPU */
+#define AHEAD_WORDS 256 /* how far ahead the scan prefetches (a prefetch never faults) */
 
 /* Scan nwords words whose first is at address addr0.
  *
@@ -173,9 +174,13 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
         const uint64_t *w = words + j0;
         int64_t len = nwords - j0 < CHUNK ? nwords - j0 : CHUNK, m = 0;
         /* unsigned: below lo wraps to a huge value. Four words are tested together first:
-         * most groups hold no candidate and cost one predictable branch. */
+         * most groups hold no candidate and cost one predictable branch. The words are
+         * asked for AHEAD_WORDS ahead: the hardware's prefetcher stops at each 4 KB page,
+         * and a core's heap is read in place from the page cache's 4 KB pages. */
         int64_t j = 0;
         for (; j + 4 <= len; j += 4) {
+            if (!(j & 7))
+                __builtin_prefetch(w + j + AHEAD_WORDS);
             if (!((w[j] - lo < span) | (w[j + 1] - lo < span) | (w[j + 2] - lo < span) |
                   (w[j + 3] - lo < span)))
                 continue;
@@ -260,9 +265,11 @@ typedef struct {
     int32_t ref;
 } node_t;
 
-/* Fill nodes[n] from m edges (m < 2**31) whose sources are sorted. Returns 0, or -1 if the
- * sources are not sorted or out of [0, n). */
-int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m, node_t *nodes)
+/* Fill nodes[n] from m edges (m < 2**31) whose sources are sorted, and set the bit of every
+ * node with an edge in inner[] ((n + 63) / 64 zeroed words). Returns 0, or -1 if the sources
+ * are not sorted or out of [0, n). */
+int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m, node_t *nodes,
+                    uint64_t *inner)
 {
     for (int64_t i = 0; i < n; i++)
         nodes[i].deg = nodes[i].ref = 0;
@@ -271,8 +278,10 @@ int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m
         int64_t s = src[e];
         if (s < prev || s >= n)
             return -1;
-        if (s != prev)
+        if (s != prev) {
             nodes[s].ref = (int32_t)e;
+            inner[s >> 6] |= 1ULL << (s & 63);
+        }
         nodes[s].deg++;
         prev = s;
     }
@@ -283,18 +292,22 @@ int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m
 }
 
 /* Breadth-first search from the roots, in their order, over nodes built by graph_nodes (dst[]
- * holds the rows): a root's pred becomes -1, every other reached node's the node it was first
- * reached from, and an unreached node's -2 (pred is filled here). queue[] needs n entries,
- * seen[] (n + 63) / 64 zeroed words. Returns the number of nodes reached.
+ * holds the rows, inner[] which nodes have edges): a root's pred becomes -1, every other
+ * reached node's the node it was first reached from, and an unreached node's -2 (pred is
+ * filled here). queue[] needs n entries, seen[] (n + 63) / 64 zeroed words. Returns the
+ * number of nodes reached.
  *
- * Whether a node is reached is asked of the bitmap (128 KB for a million buffers: it stays in
- * the CPU's cache), not of pred[]: most of a heap's nodes are met through arrays of pointers
- * in no useful order, and a load from a 4 MB array for each would miss; the stores to pred[]
- * do not hold the search up. */
-int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const int32_t *roots,
-            int64_t nroots, int32_t *pred, int32_t *queue, uint64_t *seen)
+ * Whether a node is reached, and whether it has edges, is asked of bitmaps (128 KB each for a
+ * million buffers: they stay in the CPU's cache), not of pred[] or nodes[]: most of a heap's
+ * nodes are leaves met through arrays of pointers in no useful order, and a load from a 4 or
+ * 8 MB array for each would miss. So a leaf is never queued, the stores to pred[] do not hold
+ * the search up, and the queued nodes' entries are prefetched a few places ahead. */
+#define AHEAD 16 /* queue places */
+
+int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const uint64_t *inner,
+            const int32_t *roots, int64_t nroots, int32_t *pred, int32_t *queue, uint64_t *seen)
 {
-    int64_t head = 0, tail = 0;
+    int64_t head = 0, tail = 0, leaves = 0;
     for (int64_t i = 0; i < n; i++)
         pred[i] = -2;
     for (int64_t r = 0; r < nroots; r++) {
@@ -306,6 +319,8 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const int32_t *r
         }
     }
     while (head < tail) {
+        if (head + AHEAD < tail)
+            __builtin_prefetch(&nodes[queue[head + AHEAD]]);
         int32_t u = queue[head++];
         int32_t deg = nodes[u].deg, ref = nodes[u].ref;
         for (int32_t k = 0; k < deg; k++) {
@@ -313,9 +328,12 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const int32_t *r
             if (!(seen[v >> 6] >> (v & 63) & 1)) {
                 seen[v >> 6] |= 1ULL << (v & 63);
                 pred[v] = u;
-                queue[tail++] = v;
+                if (inner[v >> 6] >> (v & 63) & 1)
+                    queue[tail++] = v;
+                else
+                    leaves++;
             }
         }
     }
-    return tail;
+    return tail + leaves;
 }

@@ -37,8 +37,8 @@ _SIGNATURES = {
     "loc_fill": (None, [ctypes.POINTER(LocatorStruct), _P, _P]),
     "scan_words": (_I64, [ctypes.POINTER(LocatorStruct), _P, _I64, _U64, _P, _P, _P, _P]),
     "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
-    "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P]),
-    "bfs": (_I64, [_I64, _P, _P, _P, _I64, _P, _P, _P]),
+    "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P, _P]),
+    "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
 }
 # kernel.c's node_t: a node of the graph the breadth-first search walks
 NODE = [("deg", "<i4"), ("ref", "<i4")]

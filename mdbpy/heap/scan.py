@@ -209,19 +209,20 @@ def mark(src, dst, n: int, roots):
                        "number")
     src = np.ascontiguousarray(src, np.int32)
     dst = np.ascontiguousarray(dst, np.int32)
-    nodes = np.empty(n, kernel.NODE)
+    nodes, inner = np.empty(n, kernel.NODE), np.zeros((n + 63) // 64, np.uint64)
     if kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
-                                kernel.ptr(nodes)) < 0:
+                                kernel.ptr(nodes), kernel.ptr(inner)) < 0:
         order = np.argsort(src, kind="stable")
         src, dst = src[order], dst[order]
+        inner[:] = 0
         kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
-                                 kernel.ptr(nodes))
+                                 kernel.ptr(nodes), kernel.ptr(inner))
     rooted = np.ascontiguousarray(roots, np.int32)
     pred, queue = np.empty(n, np.int32), np.empty(n, np.int32)
     seen = np.zeros((n + 63) // 64, np.uint64)
-    reached = kernel.lib().bfs(n, kernel.ptr(nodes), kernel.ptr(dst), kernel.ptr(rooted),
-                               len(rooted), kernel.ptr(pred), kernel.ptr(queue),
-                               kernel.ptr(seen))
+    reached = kernel.lib().bfs(n, kernel.ptr(nodes), kernel.ptr(dst), kernel.ptr(inner),
+                               kernel.ptr(rooted), len(rooted), kernel.ptr(pred),
+                               kernel.ptr(queue), kernel.ptr(seen))
     return pred, reached
 
 
