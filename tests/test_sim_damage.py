@@ -172,6 +172,38 @@ def test_slab_list_pointing_at_itself(tmp_path):
     r.assert_truth_outside_risk()
 
 
+def test_slab_list_cycle_into_the_middle_of_a_run(tmp_path):
+    """Slabs carved together (the generator's) have descriptors that follow each other in
+    memory and in the list, and the walk reads them a run at a time. The last slab's `next`
+    aimed back at the second, inside that run, is still reported as a cycle where the list
+    first repeats, linked from the slab that was damaged, and every slab before it is kept."""
+    from mdbpy.sim.generate import generate
+
+    prog, core, _ = write(generate(3000, 0.01, seed=1, name="g"), str(tmp_path))
+
+    def opened(writable=False):
+        err = io.StringIO()
+        session = Session(open_file_target(core, exe=prog, writable=writable),
+                          out=io.StringIO(), err=err)
+        (sim,) = session.allocators()
+        return session, sim, err
+
+    session, sim, _ = opened(writable=True)
+    c = max(sim.caches(), key=lambda c: len(c.slab_addr))
+    slabs = c.slab_addr.tolist()
+    assert len(slabs) >= 4 and {b - a for a, b in zip(slabs, slabs[1:])} == {B["sim_slab"].size}
+    session.target.write(slabs[-1] + B["sim_slab"].offset("next"),
+                         slabs[1].to_bytes(8, "little"))
+    session.close()
+    session, sim, err = opened()
+    (cache,) = [k for k in sim.caches() if k.name == c.name]
+    assert err.getvalue().splitlines() == [
+        f"mdbpy: sim: cache {c.name} slab list: cycle at 0x{slabs[1]:x} (linked from slab "
+        f"0x{slabs[-1]:x}); the slabs after it are lost"]
+    assert cache.slab_addr.tolist() == slabs
+    session.close()
+
+
 def test_cache_list_into_garbage(tmp_path):
     stmt = first_seed("cache_next", lambda d, r: d["new"] not in (0, d["address"] - 0x60)
                       and "node" not in d["what"] and d["objects"])

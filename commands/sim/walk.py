@@ -166,47 +166,47 @@ def read_slab_list(sim, c) -> None:
     v = c.view
     meta_lo, meta = sim.metadata()
     limit = min(len(meta) // ks.size if meta else v.nr_slabs, MAX_SLABS)
-    seen: set[int] = set()
-    runs = []
-    cur, prev = v.slabs, None
-    broke = False
-
-    def broken(why: str) -> None:
+    # The walk goes run by run (_slab_run), and stops where a run starts again: a cycle
+    # into the middle of a run is met there on its second turn at the latest. The first
+    # repeated slab is then found among the slabs read, as if each had been checked.
+    starts: set[int] = set()
+    runs, total = [], 0
+    cur, why, looped = v.slabs, None, False  # why: what ended the walk early
+    while cur and not c.bad:
+        if cur in starts:
+            looped = True
+            break
+        if total >= limit:
+            why = f"more than {limit} slabs"
+            break
+        if not sim.in_metadata(cur, ks.size):
+            why = f"link 0x{cur:x} points outside the metadata"
+            break
+        try:
+            run = _slab_run(sim, cur, limit - total)
+        except ReadError:
+            why = f"slab 0x{cur:x} is unreadable"
+            break
+        starts.add(cur)
+        runs.append((np.arange(cur, cur + len(run) * ks.size, ks.size, dtype=np.uint64), run))
+        total += len(run)
+        cur = int(run["next"][-1])
+    addr = np.concatenate([a for a, _ in runs] or [np.zeros(0, np.uint64)])
+    rec = np.concatenate([r for _, r in runs] or [np.zeros(0, ks.dtype())])
+    walked = np.append(addr, np.uint64(cur)) if looped else addr
+    again = _first_repeat(walked)
+    if again is not None:
+        cur = int(walked[again])
+        why = f"cycle at 0x{cur:x}"
+        addr, rec = addr[:again], rec[:again]
+    if why:
+        prev = int(addr[-1]) if len(addr) else None
         at, size = (prev, ks.size) if prev else (c.addr, sim.binder["sim_kmem_cache"].size)
         owner = f"slab 0x{prev:x}" if prev else "the cache"
         sim.damage.report(at, at + size, f"cache {c.name} slab list: {why} (linked from "
                           f"{owner}); the slabs after it are lost")
         sim.problem(FREECHAIN, c, cur, note=f"slab list broken: {why}")
-
-    while cur and not c.bad:
-        if cur in seen:
-            broken(f"cycle at 0x{cur:x}")
-            broke = True
-            break
-        if len(seen) >= limit:
-            broken(f"more than {limit} slabs")
-            broke = True
-            break
-        if not sim.in_metadata(cur, ks.size):
-            broken(f"link 0x{cur:x} points outside the metadata")
-            broke = True
-            break
-        try:
-            run = _slab_run(sim, cur, limit - len(seen))
-        except ReadError:
-            broken(f"slab 0x{cur:x} is unreadable")
-            broke = True
-            break
-        addrs = range(cur, cur + len(run) * ks.size, ks.size)
-        if not seen.isdisjoint(addrs):  # the run reaches a slab seen before: stop there
-            run = run[:next(i for i, a in enumerate(addrs) if a in seen)]
-        seen.update(addrs[:len(run)])
-        runs.append((np.arange(cur, cur + len(run) * ks.size, ks.size, dtype=np.uint64), run))
-        prev = cur + (len(run) - 1) * ks.size
-        cur = int(run["next"][-1])
-    addr = np.concatenate([a for a, _ in runs] or [np.zeros(0, np.uint64)])
-    rec = np.concatenate([r for _, r in runs] or [np.zeros(0, ks.dtype())])
-    if not broke and not c.bad and len(addr) != v.nr_slabs:
+    elif not c.bad and len(addr) != v.nr_slabs:
         sim.damage.report(c.addr, c.addr + sim.binder["sim_kmem_cache"].size,
                           f"cache {c.name}: nr_slabs says {v.nr_slabs}, its slab list has "
                           f"{len(addr)}")
@@ -216,6 +216,22 @@ def read_slab_list(sim, c) -> None:
     c.slab_objects = rec["objects"][keep].astype(np.int64)
     c.slab_inuse = rec["inuse"][keep].astype(np.int64)
     c.slab_freelist = rec["freelist"][keep].astype(np.uint64)
+
+
+def _first_repeat(addr) -> int | None:
+    """The first position whose address came earlier in the array, or None (a list carved in
+    address order, the usual case, is seen to have none in one pass)."""
+    import numpy as np
+
+    d = np.diff(addr.astype(np.int64))
+    if (d > 0).all() or (d < 0).all():
+        return None
+    _, first = np.unique(addr, return_index=True)
+    if len(first) == len(addr):
+        return None
+    repeated = np.ones(len(addr), bool)
+    repeated[first] = False
+    return int(np.flatnonzero(repeated)[0])
 
 
 def _check_slabs(sim, c, addr, rec):
