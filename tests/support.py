@@ -257,6 +257,17 @@ class PipedSession:
         self.send("::status\n")
         assert self.wait_for("status:") == STOPPED
 
+    def wait_reading_stdin(self, timeout: float = 60) -> None:
+        """Until mdbpy's main thread is blocked in read(2) on its stdin (/proc/PID/syscall):
+        a signal sent then finds it waiting for a command, not still finishing the last."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with open(f"/proc/{self.proc.pid}/syscall") as f:
+                if f.read().split()[:2] == ["0", "0x0"]:
+                    return
+            time.sleep(0.01)
+        raise AssertionError("mdbpy never waited on its stdin")
+
     def read_bytes(self) -> int:
         """Bytes mdbpy has read with read(2)/pread(2) so far (rchar of /proc/PID/io): a live
         target's memory is read that way, so this shows how far a scan has got."""

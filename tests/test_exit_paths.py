@@ -73,6 +73,7 @@ def test_nostop_option(basic_proc):
 def test_signal_while_waiting_on_stdin(basic_proc, session_for, sig, status, message):
     s = session_for()
     s.attached()
+    s.wait_reading_stdin()
     s.proc.send_signal(sig)
     assert s.finish() == (status, message)
     basic_proc.assert_untouched()
