@@ -521,6 +521,35 @@ def test_warm_maps_ranges_in_the_background_within_the_budget(tmp_path):
     t.close()  # joins the thread, whatever it had done
 
 
+def test_warm_reads_ahead_only_what_the_page_cache_lacks(tmp_path, monkeypatch):
+    """Before faulting a step in, warm() asks the disk for it in one request
+    (POSIX_FADV_WILLNEED) unless a probe that never waits finds its first and last pages
+    cached: a cached core costs no read-ahead, a cold one is not read a fault at a time."""
+    segs = [(0x10000000, bytes(range(256)) * (8 * RESIDENT_UNIT // 256), "rw-p")]
+    write_core(SyntheticTarget(segs, threads=[Thread(7, regs={})]), str(tmp_path / "c"))
+    (tmp_path / "c").read_bytes()  # every page cached
+    t = open_file_target(str(tmp_path / "c"))
+    asked = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: asked.append((off, n, how)))
+    seg = t._segs[0]
+    t._read_ahead(seg.off, RESIDENT_UNIT)
+    assert asked == []
+
+    def cold(fd, buffers, off, flags):
+        assert flags == os.RWF_NOWAIT
+        raise BlockingIOError(11, "not cached")
+
+    monkeypatch.setattr(os, "preadv", cold)
+    t._read_ahead(seg.off, RESIDENT_UNIT)
+    assert asked == [(seg.off, RESIDENT_UNIT, os.POSIX_FADV_WILLNEED)]
+    asked.clear()
+    t.warm([(seg.start, seg.start + 3 * RESIDENT_UNIT)])
+    t._warming.join()
+    assert asked == [(seg.off - seg.off % os.sysconf("SC_PAGE_SIZE"), 3 * RESIDENT_UNIT +
+                      seg.off % os.sysconf("SC_PAGE_SIZE"), os.POSIX_FADV_WILLNEED)]
+    t.close()
+
+
 def note_headers(core: bytes) -> list[int]:
     """File offsets of every note header in a (well-formed) core."""
     eh = ec.parse_ehdr(core)

@@ -259,20 +259,39 @@ class _ImageTarget(Target):
         """warm()'s thread: it reads a word of every page, a step at a time, so that close()
         need not wait for a whole cold read from the disk. Faulting the pages in (numpy
         releases the GIL) rather than MADV_POPULATE_READ, which holds the address space's lock
-        and so stalls every allocation the caller makes meanwhile."""
+        and so stalls every allocation the caller makes meanwhile. A step not in the page
+        cache is first asked of the disk as a whole (POSIX_FADV_WILLNEED, a step ahead): page
+        faults alone would read a cold file in small pieces around each fault, while the
+        scan's threads fault elsewhere in it."""
         import numpy as np
 
+        steps = [(at, min(WARM_STEP, hi - at)) for lo, hi in spans
+                 for at in range(lo, hi - 7, WARM_STEP)]
         try:
-            for lo, hi in spans:
-                for at in range(lo, hi - 7, WARM_STEP):
-                    if self._closing.is_set():
-                        return
-                    n = min(WARM_STEP, hi - at) // 8
-                    words = np.frombuffer(self._mm, np.uint64, count=n, offset=at)
-                    words[::mmap.PAGESIZE // 8].sum()
-                    del words  # an exported buffer would keep the mmap from closing
-        except ValueError:  # closed under it
+            self._read_ahead(*steps[0])
+            for k, (at, size) in enumerate(steps):
+                if self._closing.is_set():
+                    return
+                for ahead in steps[k + 1:k + 2]:
+                    self._read_ahead(*ahead)
+                words = np.frombuffer(self._mm, np.uint64, count=size // 8, offset=at)
+                words[::mmap.PAGESIZE // 8].sum()
+                del words  # an exported buffer would keep the mmap from closing
+        except (OSError, ValueError):  # closed under it
             pass
+
+    def _read_ahead(self, off: int, size: int) -> None:
+        """Have the kernel read the file's [off, off + size) from the disk now, in large
+        requests, unless its first and last pages are already cached (a probe that never
+        waits; where the file system cannot answer it, the range is read ahead anyway)."""
+        fd, probe = self._file.fileno(), bytearray(1)
+        try:
+            for at in (off, off + size - 1):
+                os.preadv(fd, [probe], at, os.RWF_NOWAIT)
+            return
+        except OSError:
+            pass
+        os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
 
     def read_rows(self, addrs, size: int):
         """The rows whose bytes lie in one segment's image, cut from the mapped file in one
