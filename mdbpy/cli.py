@@ -34,6 +34,7 @@ class Args:
         self.command_file: str | None = None
         self.writable = False
         self.options: dict[str, bool] = {}
+        self.settings: dict[str, str] = {}  # valued options (-o walklimit=N)
         self.sysroot: str | None = None
         self.macro_path: list[str] = []
         self.prompt: str | None = None
@@ -63,9 +64,16 @@ def _pid(a: Args, v: str) -> None:
 
 def _debugger_options(on: bool) -> Callable[[Args, str], None]:
     def apply(a: Args, v: str) -> None:
-        from mdbpy.session import DEFAULT_OPTIONS
+        from mdbpy.session import DEFAULT_OPTIONS, valued_option
 
         for opt in v.split(","):
+            if "=" in opt:
+                try:
+                    name, value = valued_option(opt, on)
+                except MdbError as e:
+                    raise UsageError(str(e)) from None
+                a.settings[name] = value
+                continue
             if opt not in DEFAULT_OPTIONS:
                 raise UsageError(f"unknown option '{opt}' (known: "
                                  f"{', '.join(sorted(DEFAULT_OPTIONS))})")
@@ -113,7 +121,8 @@ OPTIONS = (
            _set("sysroot")),
     Option(("-o",), "OPT[,OPT]", SESSION,
            "turn debugger options on (nostop, pager, repeatlast, ignoreeof, color, ...: the "
-           "list is ::set's)", _debugger_options(True)),
+           "list is ::set's); -o walklimit=N caps every walk at N addresses",
+           _debugger_options(True)),
     Option(("+o",), "OPT[,OPT]", SESSION, "turn debugger options off",
            _debugger_options(False)),
     Option(("--json",), None, SESSION,
@@ -331,7 +340,8 @@ def _run(args: Args, target) -> int:
     from mdbpy.lang.engine import Engine
     from mdbpy.session import Session
 
-    session = Session(target, sysroot=args.sysroot, options=args.options)
+    session = Session(target, sysroot=args.sysroot, options=args.options,
+                      settings=args.settings)
     for warning in getattr(target, "warnings", ()):  # e.g. a core's missing or mismatched files
         session.warn(warning)
     if args.macro_path:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from mdbpy.dcmd import Registry, import_dmod
-from mdbpy.errors import MdbError
+from mdbpy.errors import MdbError, UsageError
 from mdbpy.memory import AddressSpace
 from mdbpy.target.base import Target
 
@@ -29,6 +29,25 @@ DEFAULT_OPTIONS = {
     "json": False,  # JSON-capable dcmds print one JSON document (mdbpy.jsonout)
 }
 
+# Valued debugger options (-o name=value): mdb's are limits (array_mem_limit=); mdbpy's one,
+# walklimit=N, caps how many addresses one walk prints (0, the default: no cap), so a walk over
+# a huge or looping structure cannot flood a terminal or a pipeline. Kept in Session.settings.
+WALKLIMIT = "walklimit"
+
+
+def valued_option(opt: str, on: bool) -> tuple[str, str]:
+    """(setting, value) of `-o name=value` (`+o` when not on), or a one-line error: for the
+    command line's -o and ::set -o alike."""
+    name, _, value = opt.partition("=")
+    if name != WALKLIMIT:
+        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N)")
+    if not on:
+        raise UsageError(f"{WALKLIMIT}= takes a value: use -o {WALKLIMIT}=0 for no limit")
+    if not (value.isascii() and value.isdigit()):
+        raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
+    return name, str(int(value))
+
+
 # mdb's names for registers that Linux's user_regs_struct (X86_64_REGS) names otherwise
 MDB_REG_ALIASES = (("rflags", "eflags"), ("fsbase", "fs_base"), ("gsbase", "gs_base"))
 
@@ -36,7 +55,7 @@ MDB_REG_ALIASES = (("rflags", "eflags"), ("fsbase", "fs_base"), ("gsbase", "gs_b
 class Session:
     def __init__(self, target: Target, *, sysroot: str | None = None,
                  debug_dirs: list[str] | None = None, options: dict | None = None,
-                 out=None, err=None, load_builtin: bool = True):
+                 settings: dict | None = None, out=None, err=None, load_builtin: bool = True):
         self.target = target
         self.mem = AddressSpace(target)
         self.sysroot = sysroot
@@ -56,7 +75,7 @@ class Session:
         self.macro_path: list[str] = ["."]
         self.cache: dict[Any, Any] = {}
         # string-valued settings of dmods, kept across stops (e.g. 'ptmalloc.locate': 'auto')
-        self.settings: dict[str, str] = {}
+        self.settings: dict[str, str] = dict(settings or {})
         self._symbols = None
         self._autoloaded = False
         self.thread: int | None = None  # the current thread's tid (None: the first thread)

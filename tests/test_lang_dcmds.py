@@ -42,6 +42,14 @@ def test_typeset_and_unset(h):
     assert "syntax error" in h.errors()
     h.run("::typeset 'x,y'")
     assert h.errors() == "mdbpy: ',' may not be used in a variable name\n"
+    h.run("::typeset -t 1abc")  # `<1abc` could never read it back
+    assert h.errors() == ("mdbpy: '1abc' is not a variable name: a letter, '_' or '.' "
+                          "first, or a single digit\n")
+    h.run("::typeset -t $[1]")
+    assert h.errors().startswith("Usage: ::typeset [+/-t] var ...\n")
+    assert h.run("::vars -t") == "" and "1abc" not in h.session.vars
+    h.run("::typeset -t _a.b 7")
+    assert h.run("::vars -t") == "7 = 0\n_a.b = 0\n"
     assert h.run("::typeset").startswith(". = ")
 
 

@@ -182,6 +182,8 @@ def test_help_lists_every_option_the_parser_knows():
      dict(sysroot="/r", writable=True, commands="::status", positional=["c"])),
     (["-R", "/r", "--", "-core"], dict(sysroot="/r", positional=["-core"])),
     (["-I", "a:b", "-P", "$ ", "--demo"], dict(macro_path=["a", "b"], prompt="$ ", demo=True)),
+    (["-o", "walklimit=010,nostop", "c"],
+     dict(settings={"walklimit": "10"}, options={"nostop": True})),
 ])
 def test_parser(argv, want):
     a = cli.parse_args(argv)
@@ -195,10 +197,26 @@ def test_parser(argv, want):
     (["--sysroot"], "option --sysroot requires an argument"),
     (["+o"], "option +o requires an argument"),
     (["--demo", "-e", "1", "-f", "x"], "-e and -f cannot be combined"),
+    (["-o", "walklimit=x"], "walklimit= needs a decimal count, not 'x'"),
+    (["+o", "walklimit=3"], "walklimit= takes a value: use -o walklimit=0 for no limit"),
+    (["-o", "depth=3"], "unknown option 'depth=' (valued options: walklimit=N)"),
 ])
 def test_parser_errors(argv, message):
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
         cli.parse_args(argv)
+
+
+def test_walklimit_from_the_command_line(demo_core):
+    """-o walklimit=N on the command line caps walks as ::set -o walklimit=N does."""
+    walk = "*config_list::walk list"
+    full = run_mdbpy("-S", *demo_core, "-e", walk)
+    cut = run_mdbpy("-S", "-o", "walklimit=2", *demo_core, "-e", walk + "; ::set")
+    assert full.returncode == cut.returncode == 0
+    items = full.stdout.split()
+    assert len(items) == 3 and cut.stdout.split()[:3] == items[:2] + ["macro"]
+    assert "walk limit: 2\n" in cut.stdout
+    assert cut.stderr == ("mdbpy: walk stopped after 2 elements (walklimit; ::set -o "
+                          "walklimit=0 lifts it)\n")
 
 
 def test_python_dash_m_is_the_mdbpy_script(demo_core):

@@ -12,9 +12,11 @@ import re
 
 from mdbpy.dcmd import PIPE, Invocation, dcmd
 from mdbpy.errors import CommandAbort, MdbError, QuitSession, UsageError
+from mdbpy.lang.lexer import VARNAME
 from mdbpy.output import radix_str
+from mdbpy.session import valued_option
 
-from .walkers import WALKLIMIT, capped, walk_limit
+from .walkers import capped, walk_limit
 
 MASK64 = (1 << 64) - 1
 CASTS = {"c": 0xFF, "s": 0xFFFF, "i": 0xFFFFFFFF, "l": MASK64}
@@ -29,6 +31,9 @@ def _check_var_name(name: str) -> None:
     for c in name:
         if c in BAD_ID_CHARS:
             raise CommandAbort(f"'{c}' may not be used in a variable name")
+    if not VARNAME.fullmatch(name):  # e.g. 1abc: `<1abc` would read the number 1
+        raise CommandAbort(f"'{name}' is not a variable name: a letter, '_' or '.' first, "
+                           "or a single digit")
 
 
 def _strings(inv: Invocation, lo: int, hi: int) -> list[str]:
@@ -200,7 +205,9 @@ def nzvars(inv: Invocation):
            "+t removes the tag. With no arguments, list the variables like ::vars.",
       example="0t42::typeset -t answer")
 def typeset(inv: Invocation):
-    args = [a for a in inv.args if isinstance(a, str)]
+    if not all(isinstance(a, str) for a in inv.args):  # $[...] is a number, not a name
+        raise UsageError("")
+    args = list(inv.args)
     s = inv.session
     if not args:
         _print_vars(inv, False, False, False)
@@ -530,19 +537,6 @@ def _print_settings(inv: Invocation) -> None:
     inv.out.write("\n" + "".join(f"{label:>18} {value}\n" for label, value in rows))
 
 
-def _valued_option(opt: str, flag: str) -> tuple[str, str]:
-    """(setting, value) of `-o name=value`; mdb's valued options are limits (array_mem_limit=),
-    and mdbpy's one is walklimit=N: at most N addresses per walk, 0 for no limit."""
-    name, _, value = opt.partition("=")
-    if name != WALKLIMIT:
-        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N)")
-    if flag == "+o":
-        raise UsageError(f"{WALKLIMIT}= takes a value: use -o {WALKLIMIT}=0 for no limit")
-    if not (value.isascii() and value.isdigit()):
-        raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
-    return name, str(int(value))
-
-
 @dcmd("set", "get/set debugger properties", usage="[+/-o opt] [-I path] [-P prompt]",
       help="Change debugger settings: -o OPT turns a debugger option on and +o OPT turns it "
            "off (options: nostop, pager, repeatlast, ignoreeof, color, json; several may be "
@@ -574,7 +568,7 @@ def set_(inv: Invocation):
         if flag in ("-o", "+o"):
             for opt in value.split(","):
                 if "=" in opt:
-                    changes.append(("=", *_valued_option(opt, flag)))
+                    changes.append(("=", *valued_option(opt, flag == "-o")))
                     continue
                 if opt not in s.options:
                     raise MdbError(f"unknown option '{opt}' (known: "

@@ -10,11 +10,9 @@ from __future__ import annotations
 from mdbpy.dcmd import dcmd, walker
 from mdbpy.errors import MdbError, ReadError, UsageError
 from mdbpy.output import radix_str
+from mdbpy.session import WALKLIMIT
 
 LIST_MAX = 1 << 20
-# ::set -o walklimit=N caps how many addresses one walk prints (0, the default: no cap), so a
-# walk over a huge or looping structure cannot flood a terminal or a pipeline.
-WALKLIMIT = "walklimit"
 
 
 def walk_limit(session) -> int:

@@ -28,7 +28,7 @@ _PREFIXED = (
     (re.compile(r"0[oO]([0-7]+)"), 8),
     (re.compile(r"0[iI]([01]+)"), 2),
 )
-_VARNAME = re.compile(r"[a-zA-Z_.][0-9a-zA-Z_.`]*|[0-9]")
+VARNAME = re.compile(r"[a-zA-Z_.][0-9a-zA-Z_.`]*|[0-9]")  # what `<name` reads
 _TWO_CHAR_OPS = ("==", "!=", "%%", "<<", ">>")
 _ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 MASK64 = (1 << 64) - 1
@@ -164,7 +164,7 @@ def scan_token(text: str, pos: int, radix: int) -> Token:
     if two in _TWO_CHAR_OPS:
         return Token("op", two, pos, pos + 2)
     if c == "<":
-        m = _VARNAME.match(text, pos + 1)
+        m = VARNAME.match(text, pos + 1)
         if m:
             return Token("var", m.group(), pos, m.end())
     if c == "'":
