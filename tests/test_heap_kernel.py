@@ -170,11 +170,12 @@ def test_empty_table_dismisses_everything():
 def test_bfs_matches_scipy(n, data, presorted):
     """The mark (kernel.c's graph_nodes and bfs) against scipy's breadth-first search from a
     virtual node whose edges go to the roots, predecessors and all; on edges in source order
-    (as the scan emits them), with single-target nodes and long chains, or in any order."""
+    (as the scan emits them), with single-target nodes and long chains, or in any order. And
+    Graph.targets against the edges themselves."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order
 
-    from mdbpy.heap.scan import mark
+    from mdbpy.heap.scan import Graph
 
     m = data.draw(st.integers(0, 4 * n))
     src = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=m, max_size=m)), np.int32)
@@ -188,7 +189,13 @@ def test_bfs_matches_scipy(n, data, presorted):
     roots = data.draw(st.lists(st.integers(0, n - 1), max_size=5, unique=True))
     if chain:
         roots.append(chain[0])
-    pred, reached = mark(src, dst, n, np.array(roots, np.int32))
+    graph = Graph(src, dst, n, np.array(roots, np.int32))
+    marked, pred, reached = graph.search(True)
+    quick, none, again = graph.search(False)  # without predecessors: the same marks
+    assert none is None and again == reached and quick.tolist() == marked.tolist()
+    rows = np.array(sorted(set(data.draw(st.lists(st.integers(0, n - 1), max_size=n)))),
+                    np.int64)
+    assert sorted(graph.targets(rows).tolist()) == sorted(dst[np.isin(src, rows)].tolist())
     # scipy on the same rows: edges stably sorted by source, then the virtual root's
     order = np.argsort(src, kind="stable")
     s2 = np.concatenate([src[order], np.full(len(roots), n, np.int32)])
@@ -203,6 +210,7 @@ def test_bfs_matches_scipy(n, data, presorted):
     want[want == n] = -1
     assert reached == len(hit)
     assert pred.tolist() == want.tolist()
+    assert marked.tolist() == (want != -2).tolist()
 
 
 def test_too_many_buffers_is_a_clear_error(monkeypatch):
@@ -218,12 +226,12 @@ def test_too_many_buffers_is_a_clear_error(monkeypatch):
 def test_too_many_edges_is_a_clear_error(monkeypatch):
     from mdbpy.errors import MdbError
     from mdbpy.heap import kernel
-    from mdbpy.heap.scan import mark
+    from mdbpy.heap.scan import Graph
 
     monkeypatch.setattr(kernel, "MAX_EDGES", 2)
     edges = np.zeros(3, np.int32)
     with pytest.raises(MdbError, match="3 references between candidates"):
-        mark(edges, edges, 1, np.zeros(1, np.int32))
+        Graph(edges, edges, 1, np.zeros(1, np.int32))
 
 
 def test_buffer_table_round_trip_through_reachability():

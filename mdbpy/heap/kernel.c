@@ -294,8 +294,8 @@ int64_t graph_nodes(int64_t n, const int32_t *src, const int32_t *dst, int64_t m
 /* Breadth-first search from the roots, in their order, over nodes built by graph_nodes (dst[]
  * holds the rows, inner[] which nodes have edges): a root's pred becomes -1, every other
  * reached node's the node it was first reached from, and an unreached node's -2 (pred is
- * filled here). queue[] needs n entries, seen[] (n + 63) / 64 zeroed words. Returns the
- * number of nodes reached.
+ * filled here; it may be NULL, when only seen[] is wanted). queue[] needs n entries, seen[]
+ * (n + 63) / 64 zeroed words. Returns the number of nodes reached.
  *
  * Whether a node is reached, and whether it has edges, is asked of bitmaps (128 KB each for a
  * million buffers: they stay in the CPU's cache), not of pred[] or nodes[]: most of a heap's
@@ -308,13 +308,15 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const uint64_t *
             const int32_t *roots, int64_t nroots, int32_t *pred, int32_t *queue, uint64_t *seen)
 {
     int64_t head = 0, tail = 0, leaves = 0;
-    for (int64_t i = 0; i < n; i++)
-        pred[i] = -2;
+    if (pred)
+        for (int64_t i = 0; i < n; i++)
+            pred[i] = -2;
     for (int64_t r = 0; r < nroots; r++) {
         int32_t v = roots[r];
         if (v >= 0 && v < n && !(seen[v >> 6] >> (v & 63) & 1)) {
             seen[v >> 6] |= 1ULL << (v & 63);
-            pred[v] = -1;
+            if (pred)
+                pred[v] = -1;
             queue[tail++] = v;
         }
     }
@@ -327,7 +329,8 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const uint64_t *
             int32_t v = deg == 1 ? ref : dst[ref + k];
             if (!(seen[v >> 6] >> (v & 63) & 1)) {
                 seen[v >> 6] |= 1ULL << (v & 63);
-                pred[v] = u;
+                if (pred)
+                    pred[v] = u;
                 if (inner[v >> 6] >> (v & 63) & 1)
                     queue[tail++] = v;
                 else

@@ -171,10 +171,9 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
                         f"0x{reach.stats.unreadable[0][0]:x}")
 
     leaked = np.nonzero(~reach.marked)[0]
-    referenced = np.zeros(len(table), bool)
-    if reach.edges_src is not None and len(reach.edges_src):
-        from_leak = ~reach.marked[reach.edges_src]
-        referenced[reach.edges_dst[from_leak]] = True
+    referenced = np.zeros(len(table), bool)  # by a leaked buffer
+    if reach.graph is not None:
+        referenced[reach.graph.targets(leaked)] = True
     ordered = _coalesce(alloc, _Leaked(table, leaked, alloc.group_names(table, leaked),
                                        alloc.record_columns(table, leaked),
                                        ~referenced[leaked]))

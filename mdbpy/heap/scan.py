@@ -4,10 +4,10 @@ mdb's leaky.c walks word by word with an explicit stack. Here the same algorithm
 every candidate's memory is read in large blocks, and kernel.c (compiled) passes once over each
 block's words: those that fall in [lowest base, highest limit) are located with a granule
 index over the sorted buffer starts (locate.py), giving the edges (source buffer -> target
-buffer) of the whole heap; the roots' words
-give the first marks; and one breadth-first search over the graph marks everything
-transitively reachable, keeping a predecessor for each buffer so liveness can be
-explained. A pointer anywhere inside a buffer counts, as in mdb.
+buffer) of the whole heap; the roots' words give the first marks; and one breadth-first
+search over the graph marks everything transitively reachable. The graph is kept: a second
+search, made when liveness is first to be explained, keeps a predecessor for each buffer. A
+pointer anywhere inside a buffer counts, as in mdb.
 """
 
 from __future__ import annotations
@@ -49,14 +49,80 @@ class ScanStats:
     unreadable: list = field(default_factory=list)  # [(start, end)] that could not be read
 
 
+class Graph:
+    """The references between n candidates, as kernel.c's search walks them: a node per
+    candidate (out-degree, and its one target or its first edge's row in dst), which nodes
+    have edges at all, and the edges' targets ordered by source; with the roots in the order
+    they were found."""
+
+    def __init__(self, src, dst, n: int, roots):
+        import numpy as np
+
+        if len(src) > kernel.MAX_EDGES:
+            raise MdbError(f"{len(src)} references between candidates: more than findleaks "
+                           "can number")
+        src = np.ascontiguousarray(src, np.int32)
+        dst = np.ascontiguousarray(dst, np.int32)
+        self.n, self.roots = n, np.ascontiguousarray(roots, np.int32)
+        self.nodes, self.inner = np.empty(n, kernel.NODE), np.zeros((n + 63) // 64, np.uint64)
+        # the scan emits edges in address order, so the sources come sorted (graph_nodes
+        # says when they do not)
+        if kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
+                                    kernel.ptr(self.nodes), kernel.ptr(self.inner)) < 0:
+            order = np.argsort(src, kind="stable")
+            src, dst = src[order], dst[order]
+            self.inner[:] = 0
+            kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
+                                     kernel.ptr(self.nodes), kernel.ptr(self.inner))
+        self.dst = dst
+
+    def search(self, with_pred: bool):
+        """(marked, pred or None, reached): one breadth-first search from the roots, in
+        their order (kernel.c). pred is -1 for a root, the node a buffer was first reached
+        from, or -2 for a buffer nothing reaches; it costs a store per node, so it is made
+        only when asked for."""
+        import numpy as np
+
+        n = self.n
+        pred = np.empty(n, np.int32) if with_pred else None
+        queue, seen = np.empty(n, np.int32), np.zeros((n + 63) // 64, np.uint64)
+        reached = kernel.lib().bfs(n, kernel.ptr(self.nodes), kernel.ptr(self.dst),
+                                   kernel.ptr(self.inner), kernel.ptr(self.roots),
+                                   len(self.roots), kernel.ptr(pred), kernel.ptr(queue),
+                                   kernel.ptr(seen))
+        marked = np.unpackbits(seen.view(np.uint8), count=n, bitorder="little").view(bool)
+        return marked, pred, reached
+
+    def targets(self, rows):
+        """The candidates that the candidates `rows` point to (with repeats)."""
+        import numpy as np
+
+        deg = self.nodes["deg"][rows].astype(np.int64)
+        ref = self.nodes["ref"][rows].astype(np.int64)
+        many = deg > 1
+        starts, counts = ref[many], deg[many]
+        at = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        return np.concatenate([ref[deg == 1], self.dst[at]]).astype(np.int64)
+
+
 @dataclass
 class Reach:
     marked: object  # np.ndarray bool, per candidate
-    pred: object  # np.ndarray int32: predecessor candidate, -1 for root-marked, -2 unmarked
     root_slot: dict  # candidate index -> (slot address or None, root label) for root-marked
     stats: ScanStats
-    edges_src: object = None  # np.ndarray int32 (for referrer queries)
-    edges_dst: object = None
+    graph: Graph | None = None  # None when there are no candidates
+    _pred: object = None
+
+    @property
+    def pred(self):
+        """np.ndarray int32: each candidate's predecessor, -1 for root-marked, -2 unmarked
+        (searched again, once, when first asked: ::whyalive needs it, findleaks does not)."""
+        import numpy as np
+
+        if self._pred is None:
+            self._pred = (self.graph.search(True)[1] if self.graph is not None
+                          else np.zeros(0, np.int32))
+        return self._pred
 
 
 def _word_view(addr: int, data: bytes):
@@ -197,35 +263,6 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
     return src_parts, dst_parts, total
 
 
-def mark(src, dst, n: int, roots):
-    """(pred, reached): one breadth-first search over the edges from the roots, in their
-    order (kernel.c). pred is -1 for a root, the node a buffer was first reached from, or -2
-    for a buffer nothing reaches. The scan emits edges in address order, so the sources come
-    sorted and need no sort (kernel.c's graph_nodes says when they do)."""
-    import numpy as np
-
-    if len(src) > kernel.MAX_EDGES:
-        raise MdbError(f"{len(src)} references between candidates: more than findleaks can "
-                       "number")
-    src = np.ascontiguousarray(src, np.int32)
-    dst = np.ascontiguousarray(dst, np.int32)
-    nodes, inner = np.empty(n, kernel.NODE), np.zeros((n + 63) // 64, np.uint64)
-    if kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
-                                kernel.ptr(nodes), kernel.ptr(inner)) < 0:
-        order = np.argsort(src, kind="stable")
-        src, dst = src[order], dst[order]
-        inner[:] = 0
-        kernel.lib().graph_nodes(n, kernel.ptr(src), kernel.ptr(dst), len(src),
-                                 kernel.ptr(nodes), kernel.ptr(inner))
-    rooted = np.ascontiguousarray(roots, np.int32)
-    pred, queue = np.empty(n, np.int32), np.empty(n, np.int32)
-    seen = np.zeros((n + 63) // 64, np.uint64)
-    reached = kernel.lib().bfs(n, kernel.ptr(nodes), kernel.ptr(dst), kernel.ptr(inner),
-                               kernel.ptr(rooted), len(rooted), kernel.ptr(pred),
-                               kernel.ptr(queue), kernel.ptr(seen))
-    return pred, reached
-
-
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
     """Mark every candidate reachable from the roots (transitively)."""
     import numpy as np
@@ -233,8 +270,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     n = len(table)
     stats = ScanStats(buffers=n)
     if n == 0:
-        empty = np.zeros(0, bool)
-        return Reach(empty, np.zeros(0, np.int32), {}, stats)
+        return Reach(np.zeros(0, bool), {}, stats)
     loc = Locator(table.base, table.ends)
 
     # 1. edges between candidates, from their own contents
@@ -259,5 +295,6 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     esrc = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int32)
     edst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32)
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
-    pred, stats.follows = mark(esrc, edst, n, rooted)
-    return Reach(pred != -2, pred, root_slot, stats, esrc, edst)
+    graph = Graph(esrc, edst, n, rooted)
+    marked, _, stats.follows = graph.search(False)
+    return Reach(marked, root_slot, stats, graph)
