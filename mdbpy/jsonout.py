@@ -31,11 +31,14 @@ def emit(inv, command: str, **data) -> None:
 
 
 class _CellFormatter(string.Formatter):
-    """str.format plus mdb_printf's %H as the conversion !H (`{memory!H:>8s}`)."""
+    """str.format plus mdb_printf's %H as the conversion !H (`{memory!H:>8s}`), and !A for an
+    address that may be missing (16 hex digits, or `-` for None: `{info!A:16s}`)."""
 
     def convert_field(self, value, conversion):
         if conversion == "H":
             return human_size(value)
+        if conversion == "A":
+            return "-" if value is None else f"{value:016x}"
         return super().convert_field(value, conversion)
 
 

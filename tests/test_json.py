@@ -308,6 +308,24 @@ def test_ptmalloc_bins(glibc, cmd):
                for b in group["bins"]) or cmd == "::largebins"
 
 
+def test_ptmalloc_heaps_and_chunks(glibc):
+    """::heaps and ::malloc_chunks: each JSON row printed back in the text's format is the
+    text's line (a main-arena heap has no heap_info: null in JSON, '-' in the text)."""
+    heaps = glibc.doc("::heaps")["heaps"]
+    assert glibc.text("::heaps").splitlines()[1:] == [
+        f"{h['arena']:016x} {'-' if h['heap_info'] is None else format(h['heap_info'], '016x'):16s}"
+        f" {h['start']:016x} {h['end']:016x}" for h in heaps]
+    assert [h["heap_info"] is None for h in heaps] == [True, False]  # main arena, thread arena
+    for cmd in ("::malloc_chunks", "::malloc_chunks -f"):
+        chunks = glibc.doc(cmd)["chunks"]
+        assert glibc.text(cmd).splitlines()[1:] == [
+            f"{c['addr']:016x} {c['size']:#10x} {c['flags']:5s} {c['state']:6s} "
+            f"{c['where'] or ''}".rstrip() for c in chunks]
+        states = {c["state"] for c in chunks}
+        assert states == ({"free"} if "-f" in cmd else {"inuse", "free", "top", "tcache"})
+    assert any(c["where"] == "mmapped" for c in glibc.doc("::malloc_chunks -u")["chunks"])
+
+
 def test_ptmalloc_arenas(glibc):
     arenas = glibc.doc("::arenas")["arenas"]
     assert len(arenas) == 2

@@ -98,11 +98,15 @@ def arenas(inv: Invocation):
       example="::heaps")
 def heaps(inv: Invocation):
     arenas_ = _arena(inv, inv.addr if inv.has_addr else None)
-    inv.print(f"{'ARENA':16s} {'HEAP_INFO':16s} {'START':16s} {'END':16s}")
+    t = Table("{arena:016x} {heap_info!A:16s} {start:016x} {end:016x}",
+              head=[f"{'ARENA':16s} {'HEAP_INFO':16s} {'START':16s} {'END':16s}"])
     for a in arenas_:
         for h in a.heaps:
-            info = f"{h.info:016x}" if h.info is not None else f"{'-':16s}"
-            inv.print(f"{a.addr:016x} {info} {h.first:016x} {h.region[1]:016x}")
+            t.add(arena=a.addr, heap_info=h.info, start=h.first, end=h.region[1])
+    if wants_json(inv):
+        emit(inv, "heaps", heaps=t.rows)
+    else:
+        t.print(inv)
     return 0
 
 
@@ -137,6 +141,13 @@ def malloc_chunks(inv: Invocation):
     if inv.piped_out:
         for i in idx.tolist():
             inv.print(f"{int(t.addr[i]):x}")
+        return 0
+    if wants_json(inv):  # column-wise: a heap has millions of chunks, too many for a Table
+        cols = zip(t.addr[idx].tolist(), t.size[idx].tolist(), t.flags[idx].tolist(),
+                   t.state[idx].tolist(), t.mmapped[idx].tolist())
+        emit(inv, "malloc_chunks", chunks=[
+            {"addr": a, "size": n, "flags": flag_text(f), "state": STATE_NAMES.get(s, "?"),
+             "where": t.where.get(a, "mmapped" if m else None)} for a, n, f, s, m in cols])
         return 0
     inv.print(f"{'ADDR':16s} {'SIZE':>10s} {'FLAGS':5s} {'STATE':6s} WHERE")
     for i in idx.tolist():
