@@ -281,6 +281,18 @@ def test_umem_listings(umem):
         [c["name"], str(c["bufsize"]), str(c["inuse"]), c["ptc"], str(c["total"]),
          human_size(c["memory"]), str(c["alloc"]), str(c["fail"])] for c in stat]
     assert [c["addr"] for c in stat] == [c["addr"] for c in caches]
+    # the Total [arena] lines and the vmem table, printed back in their words
+    doc, lines = umem.doc("::umastat"), umem.text("::umastat").splitlines()
+    totals = [line.split() for line in lines if line.startswith("Total [")]
+    assert totals == [["Total", f"[{r['arena']}]", human_size(r["memory"]), str(r["alloc"]),
+                       str(r["fail"])] for r in doc["totals"]]
+    vmem = lines[next(k for k, x in enumerate(lines) if x.startswith("vmem ")) + 3:-1]
+    assert vmem == [f"{'':{4 * r['depth']}s}{r['name']:<{25 - 4 * r['depth']}s} "
+                    f"{human_size(r['inuse']):>9s} {human_size(r['total']):>10s} "
+                    f"{human_size(r['imported']):>9s} {r['alloc']:9d} {r['fail']:5d} "
+                    for r in doc["vmem"]]
+    assert {r["name"] for r in doc["vmem"]} >= {"mmap_heap", "umem_oversize"}
+    assert any(r["depth"] > 0 for r in doc["vmem"]) and len(doc["totals"]) >= 1
 
 
 def bins_text(lists: list) -> list[str]:

@@ -172,24 +172,32 @@ def umastat(inv):
             ptc=ptc, total=total, memory=mem, alloc=alloc, fail=c.cache_alloc_fail)) + "\n")
     out.write(CACHE_DASHES + "\n")
     arenas = umem.arenas_prefix()
+    totals = []  # the Total [arena] lines: the caches' sums per arena they allocate from
     for v in arenas:
         kv = per_arena.get(v.addr)
         if kv is None or kv[1] == 0:
             continue
-        name = v.cstr("vm_name")
-        out.write(f"Total [{name}]{'':{max(17 - len(name), 0)}s} {'':6s} {'':7s} {'':7s} "
-                  f"{'':7s} {human_size(kv[0]):>7s} {kv[1]:9d} {kv[2]:5d}\n")
+        r = dict(arena=v.cstr("vm_name"), addr=v.addr, memory=kv[0], alloc=kv[1], fail=kv[2])
+        totals.append(r)
+        out.write(f"Total [{r['arena']}]{'':{max(17 - len(r['arena']), 0)}s} {'':6s} {'':7s} "
+                  f"{'':7s} {'':7s} {human_size(r['memory']):>7s} {r['alloc']:9d} "
+                  f"{r['fail']:5d}\n")
     out.write(CACHE_DASHES + " \n\n")
     out.write(UMASTAT_VMEM_HDR + VMEM_DASHES + "\n")
+    vmem = []
     for v in arenas:
-        ind = 4 * umem.depth(v)
         k = v.vm_kstat
-        out.write(f"{'':{ind}s}{v.cstr('vm_name'):<{max(25 - ind, 0)}s} "
-                  f"{human_size(k.vk_mem_inuse):>9s} {human_size(k.vk_mem_total):>10s} "
-                  f"{human_size(k.vk_mem_import):>9s} {k.vk_alloc:9d} {k.vk_fail:5d} \n")
+        r = dict(name=v.cstr("vm_name"), addr=v.addr, depth=umem.depth(v),
+                 inuse=k.vk_mem_inuse, total=k.vk_mem_total, imported=k.vk_mem_import,
+                 alloc=k.vk_alloc, fail=k.vk_fail)
+        vmem.append(r)
+        ind = 4 * r["depth"]
+        out.write(f"{'':{ind}s}{r['name']:<{max(25 - ind, 0)}s} "
+                  f"{human_size(r['inuse']):>9s} {human_size(r['total']):>10s} "
+                  f"{human_size(r['imported']):>9s} {r['alloc']:9d} {r['fail']:5d} \n")
     out.write(VMEM_DASHES + "\n")
-    if out is not inv.out:  # JSON: the cache table's rows
-        emit(inv, "umastat", caches=t.rows)
+    if out is not inv.out:  # JSON: the rows of the three tables
+        emit(inv, "umastat", caches=t.rows, totals=totals, vmem=vmem)
     return 0
 
 
