@@ -135,6 +135,23 @@ def test_findleaks(target):
             for g in doc["leaks"]] == brief
 
 
+def test_findleaks_statistics(demo):
+    """-v: the statistics of a fresh scan are its document's `statistics`, leaky.c's lines
+    in the text (the counts are the same scan after scan; the times and peak are not)."""
+    from mdbpy.heap.report import statistics_lines
+
+    text = [line for line in demo.text("::findleaks -fv").splitlines()
+            if line.startswith("findleaks: ")]
+    doc = demo.doc("::findleaks -fv")
+    stats = doc["statistics"]
+    assert doc["fresh"] and "statistics" not in demo.doc("::findleaks")  # only with -v
+    assert statistics_lines(stats)[:9] == text[:9] and len(text) == 13
+    assert stats["potential_pointers"] == sum(stats[k] for k in ("dismissals", "misses", "dups",
+                                                                 "follows"))
+    assert stats["follows"] > 0 and stats["actual_buffers"] <= stats["maximum_buffers"]
+    assert demo.doc("::findleaks -v")["statistics"] is None  # cached: no scan to report
+
+
 # -- whatis -----------------------------------------------------------------------------------
 def whatis_line(h: dict) -> str:
     a = h["addr"]

@@ -26,8 +26,8 @@ def allocators(session) -> list:
 
 # -- findleaks ------------------------------------------------------------------------------
 def run_findleaks(session, force: bool = False):
-    """(reports, statistics lines, fresh): the cached result, or a new scan of every
-    allocator. Ctrl-C stops the scan and leaves the cache as it was."""
+    """(reports, statistics, fresh): the cached result, or a new scan of every allocator.
+    Ctrl-C stops the scan and leaves the cache as it was."""
     from mdbpy.heap.leaks import find_leaks
     from mdbpy.heap.report import Progress, statistics
 
@@ -78,24 +78,25 @@ With an address (a pc or a function), only leaks whose stack contains it are sho
 The 'leak' and 'leakbuf' walkers walk the last result; ::whyalive explains what keeps a buffer
 alive.""")
 def findleaks(inv):
-    from mdbpy.heap.report import entries, long_form, tables
+    from mdbpy.heap.report import entries, long_form, statistics_lines, tables
 
     opts = inv.options("dfv")
     s = inv.session
     reports, stats, fresh = run_findleaks(s, opts.get("f", False))
-    if opts.get("v"):
-        for line in stats if fresh else [
-                "findleaks: using cached results (use '-f' to force a full run)"]:
-            inv.print(line)
     filt = inv.addr if inv.has_addr else None
     ents = entries(s, reports, filt)
     if wants_json(inv):
         from mdbpy.results import leak_groups, leak_totals
 
         groups = leak_groups(s, ents)
+        extra = {"statistics": stats if fresh else None} if opts.get("v") else {}
         emit(inv, "findleaks", leaks=[g.as_dict(members=bool(opts.get("d"))) for g in groups],
-             totals=leak_totals(groups), fresh=fresh)
+             totals=leak_totals(groups), fresh=fresh, **extra)
         return 0
+    if opts.get("v"):
+        for line in statistics_lines(stats) if fresh else [
+                "findleaks: using cached results (use '-f' to force a full run)"]:
+            inv.print(line)
     if not ents:
         inv.print(f"findleaks: no memory leaks matching {s.format_addr(filt)} found"
                   if filt is not None else "findleaks: no memory leaks detected")

@@ -185,33 +185,38 @@ def _perc(label: str, v: int, total: int) -> str:
     return f"findleaks: {label:>30s} => {v:<13d} ({perc:2d}.{tenths:1d}%)"
 
 
-def statistics(reports: list[LeakReport], maximum: int) -> list[str]:
-    """-v: leaky.c's statistics lines. dups are the words that hit an already marked buffer
-    (hits minus follows), so the four counts add up to the potential pointers, as in mdb."""
+def statistics(reports: list[LeakReport], maximum: int) -> dict:
+    """-v: leaky.c's statistics, taken when the scan ends. dups are the words that hit an
+    already marked buffer (hits minus follows), so the four counts add up to the potential
+    pointers, as in mdb."""
     import resource
 
-    def line(label, v):
-        return f"findleaks: {label:>30s} => {v}"
-
     st = [r.reach.stats for r in reports]
-    dismissals = sum(s.dismissals for s in st)
-    misses = sum(s.misses for s in st)
     follows = sum(s.follows for s in st)
-    dups = max(sum(s.hits for s in st) - follows, 0)
-    total = dismissals + misses + dups + follows
-    wall = sum(r.wall for r in reports)
-    cpu = sum(r.cpu for r in reports)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return [line("maximum buffers", maximum),
-            line("actual buffers", sum(len(r.table) for r in reports)),
+    counts = dict(dismissals=sum(s.dismissals for s in st), misses=sum(s.misses for s in st),
+                  dups=max(sum(s.hits for s in st) - follows, 0), follows=follows)
+    return dict(maximum_buffers=maximum, actual_buffers=sum(len(r.table) for r in reports),
+                potential_pointers=sum(counts.values()), **counts,
+                peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                cpu_seconds=sum(r.cpu for r in reports),
+                wall_seconds=sum(r.wall for r in reports))
+
+
+def statistics_lines(v: dict) -> list[str]:
+    """The statistics as leaky.c prints them."""
+    def line(label, value):
+        return f"findleaks: {label:>30s} => {value}"
+
+    total = v["potential_pointers"]
+    return [line("maximum buffers", v["maximum_buffers"]),
+            line("actual buffers", v["actual_buffers"]),
             "findleaks: ",
             line("potential pointers", total),
-            _perc("dismissals", dismissals, total), _perc("misses", misses, total),
-            _perc("dups", dups, total), _perc("follows", follows, total),
+            *(_perc(k, v[k], total) for k in ("dismissals", "misses", "dups", "follows")),
             "findleaks: ",
-            f"findleaks: {'peak memory usage':>30s} => {peak} kB",
-            f"findleaks: {'elapsed CPU time':>30s} => {cpu:.1f} seconds",
-            f"findleaks: {'elapsed wall time':>30s} => {wall:.1f} seconds",
+            f"findleaks: {'peak memory usage':>30s} => {v['peak_kb']} kB",
+            f"findleaks: {'elapsed CPU time':>30s} => {v['cpu_seconds']:.1f} seconds",
+            f"findleaks: {'elapsed wall time':>30s} => {v['wall_seconds']:.1f} seconds",
             "findleaks: "]
 
 
