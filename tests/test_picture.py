@@ -319,6 +319,27 @@ def test_glibc_leaks(glibc_cores):
     assert out.splitlines()[-1].split()[8] == "9"  # L leaked 9
 
 
+def test_glibc_one_arena(glibc_cores):
+    """-a selects a glibc arena's chunks: the arena is each chunk's, not its group's (a size
+    class), so it is looked up for all the chunks at once (Allocator.group_addrs); mmapped
+    chunks belong to no arena."""
+    import numpy as np
+
+    facts, h = glibc_cores["leaks"]
+    (alloc,) = h.session.allocators()
+    t = alloc.buffers()
+    addrs = alloc.group_addrs(t)
+    assert addrs.tolist() == [alloc.group_addr(t, i) for i in range(len(t))]
+    arenas = [a.addr for a in alloc.state.arenas]
+    assert len(arenas) == 2 and set(addrs.tolist()) == {0, *arenas}
+    whole = cells(h("::heapmap"))  # the same cells, leaks marked or not alike
+    for a in arenas:
+        mine = addrs == np.uint64(a)
+        out = h(f"::heapmap -a {a:x}")
+        assert out.splitlines()[0] == f"ptmalloc {a:#x}: {int(mine.sum())} buffers"
+        assert cells(out) == "".join(c for c, m in zip(whole, mine) if m)
+
+
 def test_glibc_corruption(glibc_cores):
     facts, h = glibc_cores["corrupt"]
     out = h("::heapmap -v")

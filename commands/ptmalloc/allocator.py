@@ -214,13 +214,24 @@ class PtmallocAllocator(Allocator):
 
     def group_addr(self, table: BufferTable, i: int) -> int:
         """The arena of buffer i (0 for an mmapped chunk, which belongs to none)."""
+        return int(self._arena_addrs(table.ctl[i:i + 1])[0])
+
+    def group_addrs(self, table: BufferTable):
+        return self._arena_addrs(table.ctl)
+
+    def _arena_addrs(self, ctl):
+        """The arena of each chunk header address (0 for an mmapped chunk or no chunk)."""
         import numpy as np
 
         t = self.chunks()
-        k = int(np.searchsorted(t.addr, table.ctl[i]))
-        if k >= len(t.addr) or t.addr[k] != table.ctl[i] or t.arena[k] < 0:
-            return 0
-        return self.state.arenas[int(t.arena[k])].addr
+        out = np.zeros(len(ctl), np.uint64)
+        if not len(t.addr):
+            return out
+        k = np.minimum(np.searchsorted(t.addr, ctl), len(t.addr) - 1)
+        ok = (t.addr[k] == ctl) & (t.arena[k] >= 0)
+        arenas = np.array([a.addr for a in self.state.arenas] or [0], np.uint64)
+        out[ok] = arenas[t.arena[k[ok]]]
+        return out
 
     def verify(self, progress=None) -> list[Problem]:
         """The problems ::ptmalloc_verify prints, for the generic ::heap_verify."""

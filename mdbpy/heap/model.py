@@ -324,6 +324,16 @@ class Allocator:
         """The address of buffer i's group descriptor (the cache), or 0."""
         return 0
 
+    def group_addrs(self, table: BufferTable):
+        """group_addr of every buffer, as a uint64 array (::heapmap -a selects a million
+        buffers by it). By default one call per group, for allocators whose descriptor is
+        their group's (a cache); one whose descriptor is not (ptmalloc's arena) overrides it."""
+        import numpy as np
+
+        groups, first, which = np.unique(table.group, return_index=True, return_inverse=True)
+        addrs = np.array([self.group_addr(table, i) for i in first.tolist()], np.uint64)
+        return addrs[np.asarray(which).reshape(-1)] if len(table) else np.zeros(0, np.uint64)
+
     def whatis(self, addr: int) -> Buffer | None:
         """The buffer containing addr, allocated or free, or None."""
         t = self.buffers()

@@ -114,8 +114,7 @@ def select(alloc: model.Allocator, table: model.BufferTable, name: str | None = 
         want = [k for k, g in enumerate(table.groups) if group_label(g) == name]
         mask &= np.isin(table.group, np.asarray(want, np.int32))
     if addr is not None:
-        mask &= np.fromiter((alloc.group_addr(table, i) == addr for i in range(len(table))),
-                            bool, len(table))
+        mask &= alloc.group_addrs(table) == np.uint64(addr)
     return mask
 
 
