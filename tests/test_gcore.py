@@ -18,7 +18,7 @@ from mdbpy.session import Session
 from mdbpy.target import elfcore as ec
 from mdbpy.target.base import Mapping, Target, Thread
 from mdbpy.target.core import open_file_target
-from mdbpy.target.gcore import write_core
+from mdbpy.target.gcore import CONTENT, content_kind, parse_content, write_core
 from mdbpy.target.live import LiveTarget
 from mdbpy.target.synthetic import SyntheticTarget
 from mdbpy_commands.core.gcore import gcore
@@ -190,10 +190,68 @@ def test_gcore_default_prefix_and_refusals(basic_proc, basic_gcore, tmp_path, mo
                                 f"file {basic_gcore[1]})")
 
 
+@pytest.mark.parametrize("spec, want", [
+    ("all", set(CONTENT)), ("default", set(CONTENT)), ("none", set()),
+    ("stack+heap", {"stack", "heap"}),
+    ("default-shfile-shanon", set(CONTENT) - {"shfile", "shanon"}),
+    ("none+text+data-text", {"data"}), ("heap-heap+anon", {"anon"}),
+])
+def test_core_content_strings(spec, want):
+    assert parse_content(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["stacks", "heap+all", "ism", ""])
+def test_core_content_errors_name_the_word(spec):
+    if not spec:
+        assert parse_content(spec) == frozenset()  # nothing asked for: nothing written
+        return
+    with pytest.raises(ValueError, match="^unknown core content '(stacks|all|ism)' \\(all, "):
+        parse_content(spec)
+
+
+def test_core_content_kinds():
+    def kind(perms, path="", sps=()):
+        return content_kind(Mapping(0x1000, 0x3000, perms, path=path), list(sps))
+
+    assert [kind("rw-p", "[stack]"), kind("rw-p", "", [0x2000]), kind("rw-p", "[heap]"),
+            kind("rw-p"), kind("rw-s"), kind("r-xp", "[vdso]"), kind("r-xp", "/lib/libc.so.6"),
+            kind("rw-p", "/lib/libc.so.6"), kind("r--p", "/lib/libc.so.6"),
+            kind("rw-s", "/dev/shm/x")] == ["stack", "stack", "heap", "anon", "shanon", "text",
+                                            "text", "data", "rodata", "shfile"]
+
+
+def test_gcore_content_keeps_only_the_kinds_asked_for(basic_proc, tmp_path):
+    """-c stack+heap: the heap and the stacks have their bytes, every other mapping its
+    PT_LOAD without bytes; the heap reads back as the live process's."""
+    prefix = tmp_path / "sh"
+    with LiveTarget(basic_proc.pid) as target:
+        session = Session(target, out=io.StringIO(), err=io.StringIO(), load_builtin=False)
+        assert invoke(session, "-o", str(prefix), "-c", "stack+heap") == \
+            f"{prefix}.{basic_proc.pid} dumped\n"
+        maps = sorted(target.mappings(), key=lambda m: m.start)
+        sps = [t.regs["rsp"] for t in target.threads()]
+        (heap,) = [m for m in maps if m.path == "[heap]"]
+        live_heap = target.read(heap.start, heap.size)
+        with pytest.raises(UsageError, match="unknown core content 'sstack'"):
+            invoke(session, "-o", str(prefix), "-c", "sstack")
+    basic_proc.assert_untouched()
+    core = (tmp_path / f"sh.{basic_proc.pid}").read_bytes()
+    eh = ec.parse_ehdr(core)
+    loads = [p for p in ec.parse_phdrs(core[eh.phoff:], eh.phnum) if p.type == ec.PT_LOAD]
+    assert [p.vaddr for p in loads] == [m.start for m in maps]
+    kept = {m.start for m in maps if m.readable and content_kind(m, sps) in ("stack", "heap")}
+    assert heap.start in kept and len(kept) >= 2  # the heap, and the stacks
+    assert {p.vaddr for p in loads if p.filesz} == kept
+    assert {content_kind(m, sps) for m in maps if m.start in kept} == {"stack", "heap"}
+    with open_file_target(str(tmp_path / f"sh.{basic_proc.pid}")) as t:
+        assert t.read(heap.start, heap.size) == live_heap
+
+
 def test_gcore_is_registered_with_help():
     session = Session(SyntheticTarget([]), out=io.StringIO(), err=io.StringIO())
     d = session.registry.dcmd("gcore")
-    assert (d.usage, d.example) == ("[-o prefix] [-m size]", "::gcore -o /tmp/myprog -m 512m")
+    assert (d.usage, d.example) == ("[-o prefix] [-c content] [-m size]",
+                                    "::gcore -o /tmp/myprog -c stack+heap -m 512m")
     assert d.descr and "dumped" in d.help
 
 

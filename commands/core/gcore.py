@@ -18,28 +18,38 @@ def parse_size(text: str) -> int:
     return int(found.group(1)) * UNITS[found.group(2)]
 
 
-@dcmd("gcore", "produce a core file for the attached process", usage="[-o prefix] [-m size]",
+@dcmd("gcore", "produce a core file for the attached process",
+      usage="[-o prefix] [-c content] [-m size]",
       help="Write an ELF core file of the live process to <prefix>.<pid> (prefix defaults to\n"
            "'core') and print '<file> dumped'. The core holds every readable mapping, each\n"
            "thread's registers, the auxiliary vector and the mapped-file table, so mdbpy and\n"
            "gdb can open it later; all-zero memory is left as holes, so the file is sparse.\n"
+           "-c chooses the kinds of mapping written, as illumos' core_content does: all,\n"
+           "none or default (all), or a kind, then +kind or -kind (stack+heap,\n"
+           "default-shfile). The kinds: stack, heap, anon, shanon (shared anonymous), text\n"
+           "(executable), data (writable file), rodata (other file), shfile (shared file).\n"
+           "A mapping left out keeps its place in the core, with no bytes.\n"
            "Anonymous mappings (heap, stacks, [ anon ]) are written up to -m bytes each\n"
            "(default 4g; k, m and g are binary units; -m 0 writes them whole); a mapping cut\n"
            "short is named in a note, and its rest reads as not in the core.\n"
            "Only live processes (-p PID) can be dumped.",
-      example="::gcore -o /tmp/myprog -m 512m")
+      example="::gcore -o /tmp/myprog -c stack+heap -m 512m")
 def gcore(inv):
-    opts, rest = inv.getopt("o:m:")
+    opts, rest = inv.getopt("o:c:m:")
     if rest or inv.has_addr:
-        raise UsageError("usage: ::gcore [-o prefix] [-m size]")
+        raise UsageError("usage: ::gcore [-o prefix] [-c content] [-m size]")
     target = inv.session.target
     if target.kind != "live":
         raise MdbError(f"::gcore: only a live process can be dumped (target is "
                        f"{target.describe()})")
-    from mdbpy.target.gcore import ANON_LIMIT, write_core
+    from mdbpy.target.gcore import ANON_LIMIT, CONTENT, parse_content, write_core
 
     limit = parse_size(opts["m"]) if "m" in opts else ANON_LIMIT
+    try:
+        content = parse_content(opts["c"]) if "c" in opts else frozenset(CONTENT)
+    except ValueError as e:
+        raise UsageError(f"::gcore: {e}") from None
     path = f"{opts.get('o', 'core')}.{target.pid}"
-    write_core(target, path, max_anon=limit,
+    write_core(target, path, max_anon=limit, content=content,
                note=lambda msg: inv.session.warn(f"::gcore: {msg}; -m 0 writes it all"))
     inv.print(f"{path} dumped")

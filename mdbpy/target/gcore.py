@@ -13,6 +13,12 @@ kernel's coredump_filter leaves memory out: a process that reserved tens of GiB 
 address space (JVMs, Go, sanitizers) must not produce a core that takes minutes and the disk.
 The rest of such a mapping keeps its PT_LOAD (p_memsz) without bytes (p_filesz), so a reader
 reports it as not in the core instead of inventing zeros; the caller is told through `note`.
+
+`content` chooses the kinds of mapping written at all, in the words of illumos' core_content
+(::gcore -c, coreadm -G), read for Linux mappings: stack ([stack] and each thread's stack),
+heap ([heap]), anon and shanon (private and shared anonymous), text (executable file
+mappings and the vdso), data (writable private file mappings), rodata (the other private file
+mappings) and shfile (shared file mappings). A kind left out keeps its PT_LOAD without bytes.
 """
 
 from __future__ import annotations
@@ -27,22 +33,64 @@ from mdbpy.target.base import Mapping, Target, Thread
 
 BLOCK = 1 << 20  # bytes per read and per hole decision
 ANON_LIMIT = 4 << 30  # default cap per anonymous mapping (::gcore -m overrides, 0: no cap)
+CONTENT = ("stack", "heap", "anon", "shanon", "text", "data", "rodata", "shfile")
+
+
+def parse_content(spec: str) -> frozenset[str]:
+    """A core_content string: `all`, `none` or `default` (all), or a kind, then `+kind` and
+    `-kind` to add and take away (`stack+heap`, `default-shfile`); a ValueError names a word
+    it does not know."""
+    words = spec.replace("+", " + ").replace("-", " - ").split()
+    out: set[str] = set()
+    sign = "+"
+    for k, w in enumerate(words):
+        if w in "+-":
+            sign = w
+            continue
+        if w in ("all", "default") and k == 0:
+            kinds = set(CONTENT)
+        elif w == "none" and k == 0:
+            kinds = set()
+        elif w in CONTENT:
+            kinds = {w}
+        else:
+            raise ValueError(f"unknown core content '{w}' (all, none, default, "
+                             f"{', '.join(CONTENT)})")
+        out = out | kinds if sign == "+" else out - kinds
+    return frozenset(out)
+
+
+def content_kind(m: Mapping, stacks: list[int]) -> str:
+    """The core_content kind of a mapping; stacks are the threads' stack pointers."""
+    if m.path == "[stack]" or (not m.is_file and any(m.contains(sp) for sp in stacks)):
+        return "stack"
+    if m.path == "[heap]":
+        return "heap"
+    if not m.is_file:
+        return "text" if m.executable else "shanon" if m.shared else "anon"
+    if m.shared:
+        return "shfile"
+    return "text" if m.executable else "data" if m.writable else "rodata"
 
 
 def write_core(target: Target, path: str,
                progress: Callable[[int, int], None] | None = None,
-               max_anon: int = ANON_LIMIT, note: Callable[[str], None] | None = None) -> int:
+               max_anon: int = ANON_LIMIT, note: Callable[[str], None] | None = None,
+               content: frozenset[str] = frozenset(CONTENT)) -> int:
     """Write `target` as a core file at `path` (mode 0600: cores hold secrets).
 
     progress(done, total), when given, is called after each block with bytes of memory done.
     Anonymous mappings are cut after `max_anon` bytes (0: never), and note(message) is called
-    once per mapping cut. Returns the size of the file written. A failure removes the partial
-    file and raises a one-line MdbError.
+    once per mapping cut; only the kinds of mapping in `content` are written. Returns the size
+    of the file written. A failure removes the partial file and raises a one-line MdbError.
     """
     # Every mapping gets a PT_LOAD, as the kernel and gdb write them: unreadable ones (guard
-    # pages) with no bytes in the file, so the core lists the same mappings as the process.
+    # pages) and kinds left out of `content` with no bytes in the file, so the core lists the
+    # same mappings as the process.
     maps = sorted(target.mappings(), key=lambda m: m.start)
-    notes = _notes(target, target.threads(), maps)
+    threads = target.threads()
+    notes = _notes(target, threads, maps)
+    stacks = [t.regs["rsp"] for t in threads if "rsp" in t.regs]
     phnum = 1 + len(maps)
     xnum = phnum >= ec.PN_XNUM
     note_off = ec.EHDR.size + phnum * ec.PHDR.size + (ec.SHDR.size if xnum else 0)
@@ -50,7 +98,7 @@ def write_core(target: Target, path: str,
     phdrs = [ec.Phdr(ec.PT_NOTE, 0, note_off, 0, len(notes), 0, 4)]
     off = data_off
     for m in maps:
-        filesz = _kept(m, max_anon, note)
+        filesz = _kept(m, max_anon, note) if content_kind(m, stacks) in content else 0
         phdrs.append(ec.Phdr(ec.PT_LOAD, ec.flags_from_perms(m.perms), off, m.start, filesz,
                              m.size, ec.PAGE))
         off += _page_up(filesz)
