@@ -420,19 +420,29 @@ KIND_WORDS = {"redzone": "Redzone overwritten", "poison": "Poison overwritten",
 OBJS_CACHE = "cache objs 40\n"
 
 
-def open_scenario(name: str, tmp_path):
-    """(session, engine, truth, result) of a scenario written as PROG + core and opened as
-    the CLI opens `mdbpy PROG CORE`."""
+@pytest.fixture
+def open_scenario(tmp_path):
+    """open_scenario(name) -> (session, engine, truth, result): the scenario written as PROG +
+    core and opened as the CLI opens `mdbpy PROG CORE`; the sessions close when the test
+    ends."""
     from mdbpy.sim.build import build, write
     from mdbpy.target.core import CoreTarget
 
-    text = SCENARIOS[name]
-    if "alloc objs" in text:
-        text = text.replace("program leaky\n", "program leaky\n" + OBJS_CACHE)
-    r = build(text)
-    prog, core, _ = write(r, str(tmp_path / name))
-    s = Session(CoreTarget(core, exe=prog), out=io.StringIO(), err=io.StringIO())
-    return s, Engine(s), r.truth, r
+    opened = []
+
+    def open_(name: str):
+        text = SCENARIOS[name]
+        if "alloc objs" in text:
+            text = text.replace("program leaky\n", "program leaky\n" + OBJS_CACHE)
+        r = build(text)
+        prog, core, _ = write(r, str(tmp_path / name))
+        s = Session(CoreTarget(core, exe=prog), out=io.StringIO(), err=io.StringIO())
+        opened.append(s)
+        return s, Engine(s), r.truth, r
+
+    yield open_
+    for s in opened:
+        s.close()
 
 
 def names(session, stack) -> list[str]:
@@ -440,10 +450,10 @@ def names(session, stack) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_findleaks_matches_the_truth(name, tmp_path):
+def test_findleaks_matches_the_truth(name, open_scenario):
     from mdbpy.heap.leaks import find_leaks
 
-    s, _, truth, _ = open_scenario(name, tmp_path)
+    s, _, truth, _ = open_scenario(name)
     (sim,) = s.allocators()
     report = find_leaks(s, sim)
     got = {leak.addr: names(s, leak.record.stack) for leak in report.leaks}
@@ -455,8 +465,8 @@ def test_findleaks_matches_the_truth(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_verify_matches_the_truth(name, tmp_path):
-    s, _, truth, r = open_scenario(name, tmp_path)
+def test_verify_matches_the_truth(name, open_scenario):
+    s, _, truth, r = open_scenario(name)
     (sim,) = s.allocators()
     problems = sim.verify()
     got = sorted((p.kind, p.addr, p.bad) for p in problems)
@@ -489,8 +499,8 @@ def test_verify_matches_the_truth(name, tmp_path):
         assert bool(truth["corrupt"]) == (name != "leaks")
 
 
-def test_sim_chain_walkers_and_whatis(tmp_path):
-    s, e, truth, r = open_scenario("leaks", tmp_path)
+def test_sim_chain_walkers_and_whatis(open_scenario):
+    s, e, truth, r = open_scenario("leaks")
     a, b, c = (r.names[k] for k in "abc")
     e.run_string(f"{c + 4:x}::whyalive")
     assert s.out.getvalue() == (
