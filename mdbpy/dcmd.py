@@ -107,6 +107,9 @@ class Dmod:
     dcmds: list[str] = field(default_factory=list)
     walkers: list[str] = field(default_factory=list)
     pymodule: Any = None
+    # macro aliases (the module's MACRO_ALIASES): `$< name` runs the command when no macro
+    # file of that name is found, as mdb's built-in aliases (`$M`) do
+    macros: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,6 +241,10 @@ class Registry:
             raise MdbError(f"invalid command '{shown}'")
         return d
 
+    def macro_alias(self, name: str) -> str | None:
+        """The command a loaded module's macro alias `name` stands for, or None."""
+        return next((dm.macros[name] for dm in self.dmods.values() if name in dm.macros), None)
+
     def walker(self, name: str) -> Walker:
         w = self.walkers.get(name)
         if w is None and "`" in name:
@@ -267,7 +274,8 @@ class Registry:
         """Collect the decorated dcmds and walkers of a module (and of a package's submodules)."""
         if name in self.dmods:
             raise MdbError(f"module '{name}' is already loaded")
-        dm = Dmod(name, getattr(pymodule, "__file__", "") or "", pymodule=pymodule)
+        dm = Dmod(name, getattr(pymodule, "__file__", "") or "", pymodule=pymodule,
+                  macros=dict(getattr(pymodule, "MACRO_ALIASES", {})))
         self.dmods[name] = dm
         for mod in _with_submodules(pymodule):
             for obj in vars(mod).values():

@@ -117,6 +117,24 @@ def test_verify_and_whatis(run):
     assert w.record.addr and w.record.stack[3] == exe_pc("read_config")
 
 
+def test_bufctl_audit_macro_alias(run, tmp_path):
+    """`addr$<bufctl_audit` is mdb's built-in macro alias for `addr::bufctl -v` ($M lists it);
+    a macro file of that name on the macro path comes first."""
+    bufctl = int(run("::walk bufctl").split()[0], 16)
+    want = run(f"{bufctl:x}::bufctl -v")
+    assert want.count("\n") > 2 and run.err.getvalue() == ""
+    assert run(f"{bufctl:x}$<bufctl_audit") == want
+    assert run("$M") == f"{'bufctl_audit':<24} - ::bufctl -v\n"
+    (tmp_path / "bufctl_audit").write_text("=X\n")
+    run(f"::set -I {tmp_path}")
+    try:
+        assert run("0t42$<bufctl_audit") == run("0t42=X") != want  # dot is 0t42 in the file
+    finally:
+        run("::set -I .")
+    run("$<no_such_macro")
+    assert run.err.getvalue() == "mdbpy: failed to open no_such_macro (see ::help '$<')\n"
+
+
 def test_contents_partition_each_cache(run):
     from mdbpy_commands.umem.contents import cache_contents
     from mdbpy_commands.umem.state import Umem

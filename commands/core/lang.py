@@ -280,8 +280,9 @@ def assign(inv: Invocation):
 _MACRO_HELP = ("Macro files hold mdb commands. `$<< file` runs the file's commands and returns "
                "to the caller. `$< file` replaces the macro file being read (at the top level "
                "and in pipes it behaves like $<<); `$<` with no file stops the macro being "
-               "read. Files are searched on the macro path (-I, ::set -I). `addr,cnt$<` sets "
-               "variable 9 to cnt.")
+               "read. Files are searched on the macro path (-I, ::set -I); a name no file has "
+               "may be a built-in macro alias ($M lists them), run with the address given. "
+               "`addr,cnt$<` sets variable 9 to cnt.")
 
 
 def _macro(inv: Invocation, replace: bool):
@@ -292,7 +293,8 @@ def _macro(inv: Invocation, replace: bool):
     engine = inv.session.engine
     if engine is None:
         raise MdbError("macro files need the language engine")
-    return engine.run_macro(inv.args[0] if inv.args else None, replace, inv.flags)
+    return engine.run_macro(inv.args[0] if inv.args else None, replace, inv.flags,
+                            inv.addr if inv.has_addr else None)
 
 
 @dcmd("$<", "replace input with macro", usage="?[filename]", help=_MACRO_HELP,
@@ -304,6 +306,19 @@ def exec_file(inv: Invocation):
 @dcmd("$<<", "source macro", usage="?[filename]", help=_MACRO_HELP, example="$<< mymacro")
 def src_file(inv: Invocation):
     return _macro(inv, False)
+
+
+@dcmd("$M", "list macro aliases", usage="",
+      help="The built-in macro aliases of the loaded modules: `$< name` runs the command when "
+           "no macro file is called name (`addr$<bufctl_audit` is `addr::bufctl -v`).",
+      example="$M")
+def macro_aliases(inv: Invocation):
+    if inv.args or inv.has_addr:
+        raise UsageError("")
+    for dm in inv.session.registry.dmods.values():
+        for name, cmd in sorted(dm.macros.items()):
+            inv.out.write(f"{name:<24} - {cmd}\n")
+    return 0
 
 
 @dcmd("$d", "get/set default output radix", usage="?",

@@ -18,6 +18,7 @@ from mdbpy_commands.umem.state import Umem, find_object
 
 DMOD_NAME = "umem"
 ALLOCATOR = UmemAllocator
+MACRO_ALIASES = {"bufctl_audit": "::bufctl -v"}  # mdb's built-in alias of the old adb macro
 
 
 def detect(session) -> bool:

@@ -140,10 +140,13 @@ class Engine:
         """The value of one expression (no statement syntax)."""
         return self.evaluator.eval(parse_expression(text, self.session.radix))
 
-    def run_macro(self, name: str | None, replace: bool, flags: int) -> int:
+    def run_macro(self, name: str | None, replace: bool, flags: int,
+                  addr: int | None = None) -> int:
         """`$<< name` (replace False) or `$< name`. `$<` replaces the macro being read, except
         at the top level and in pipes, where it sources like `$<<`; `$<` with no name stops
-        the macro being read. Returns the status of the macro's last command."""
+        the macro being read. A name found in no file on the macro path may be a loaded
+        module's macro alias, run with the address given to `$<`. Returns the status of the
+        macro's last command."""
         depth = len(self.frames)
         if name is None:
             if depth > 1:
@@ -154,6 +157,11 @@ class Engine:
         if flags & PIPE_OUT:
             raise CommandAbort("macro files cannot be used as input to a pipeline")
         path = self._find_macro(name)
+        if path is None:
+            alias = self.session.registry.macro_alias(name)
+            if alias is None:
+                raise CommandAbort(f"failed to open {name} (see ::help '$<')")
+            return self.eval_string(alias if addr is None else f"{addr:#x}{alias}")
         try:
             stream = open(path, errors="replace")
         except OSError as e:
@@ -163,15 +171,12 @@ class Engine:
             return OK
         return self._run_frame(_Frame(stream, name, FILE, owned=True))
 
-    def _find_macro(self, name: str) -> str:
+    def _find_macro(self, name: str) -> str | None:
         if os.sep in name:
             candidates = [name]
         else:
             candidates = [os.path.join(d or ".", name) for d in self.session.macro_path]
-        for path in candidates:
-            if os.path.isfile(path):
-                return path
-        raise CommandAbort(f"failed to open {name} (see ::help '$<')")
+        return next((path for path in candidates if os.path.isfile(path)), None)
 
     # -- reading input ----------------------------------------------------------------------
     def _run_frame(self, frame: _Frame) -> int:
