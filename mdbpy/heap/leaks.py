@@ -138,7 +138,8 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
 
     t0, c0 = time.perf_counter(), time.process_time()
     # the heap is scanned after the table is built: the target may bring it in meanwhile
-    session.target.warm(alloc.heap_regions())
+    heap = alloc.heap_regions()
+    session.target.warm(heap)
     table = alloc.candidates()
     warnings: list[str] = [f"[{a:x}, {b:x}) not trusted: {why}" for a, b, why in alloc.untrusted()]
     # a candidate region that holds a thread's stack pointer is that thread's stack, not a leak
@@ -162,7 +163,7 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
     # Heap memory is never a root: the allocator's heap regions cover its buffers, and the
     # other candidates (unaccounted mappings, brk remainder) are cut out one by one.
     regions = table.select(table.kind != KIND_BUFFER)
-    exclude = alloc.heap_regions() + alloc.metadata_regions() + candidate_extents(regions)
+    exclude = heap + alloc.metadata_regions() + candidate_extents(regions)
     roots, w = collect_roots(session, exclude)
     warnings += w
     reach = reachability(session.mem, table, roots, progress)

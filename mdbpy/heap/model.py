@@ -330,7 +330,7 @@ class Allocator:
         their group's (a cache); one whose descriptor is not (ptmalloc's arena) overrides it."""
         import numpy as np
 
-        groups, first, which = np.unique(table.group, return_index=True, return_inverse=True)
+        _, first, which = np.unique(table.group, return_index=True, return_inverse=True)
         addrs = np.array([self.group_addr(table, i) for i in first.tolist()], np.uint64)
         return addrs[np.asarray(which).reshape(-1)] if len(table) else np.zeros(0, np.uint64)
 
