@@ -100,9 +100,10 @@ class Session:
             self._symbols = SymbolTable(self)
         return self._symbols
 
-    def format_addr(self, addr: int) -> str:
-        """mdb's %a: `obj`sym+0xoff`, `sym+0xoff` in the executable, else 0x-hex."""
-        return self.symbols.format_addr(addr)
+    def format_addr(self, addr: int, ret: bool = False) -> str:
+        """mdb's %a: `obj`sym+0xoff`, `sym+0xoff` in the executable, else 0x-hex. ret: addr is
+        a return address, named after the call before it (mdbpy.symbols.table.named_at)."""
+        return self.symbols.format_addr(addr, ret)
 
     # -- threads and registers ---------------------------------------------------------------
     def current_thread(self):

@@ -69,7 +69,7 @@ def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool
         if inv.piped_out:
             inv.print(radix_str(f.pc, s.radix, prefix=True))
             continue
-        text = f"{s.format_addr(f.pc)}()"
+        text = f"{s.format_addr(f.pc, f.ret)}()"
         if with_fp:
             text = f"{radix_str(f.fp, s.radix).zfill(16)} {text}"
         if lines:
@@ -88,11 +88,11 @@ def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
 def source_of(session, frames: list[Frame], i: int) -> tuple[str, int] | None:
     """(file, line) of frame i, where the line tables know it. A caller's pc is a return
     address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame,
-    a signal trampoline and the frame a signal interrupted are at their exact pc."""
+    a signal trampoline and the frame a signal interrupted are at their exact pc (Frame.ret,
+    the same rule that names the frame's function)."""
     from mdbpy.symbols.lines import source_line_or_none
 
-    exact = i == 0 or frames[i].signal or frames[i - 1].signal
-    return source_line_or_none(session, frames[i].pc - (0 if exact else 1))
+    return source_line_or_none(session, frames[i].named_at)
 
 
 def thread_stack(session, t, lines: bool = False):
@@ -109,14 +109,19 @@ def thread_stack(session, t, lines: bool = False):
     out = []
     for i, f in enumerate(frames):
         where = source_of(session, frames, i) if lines else None
-        out.append(FrameResult(f.pc, f.fp, session.format_addr(f.pc),
+        out.append(FrameResult(f.pc, f.fp, session.format_addr(f.pc, f.ret),
                                *(where if where else (None, None))))
     return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
 
 @dcmd("stack", "print stack backtrace", usage="?[-l] [cnt]", aliases=("$c",),
       help="Print the current thread's call stack, innermost frame first, one `sym+off()` per "
-           "frame: frame 0 at its pc, the others at their return addresses. Given an address, "
+           "frame: frame 0 at its pc, the others at their return addresses. A return address "
+           "is named after the function of its call, the symbol of pc-1 (as gdb names "
+           "callers; the offset is still from the return address), so the caller of a "
+           "noreturn call (abort, exit) that ends function f prints as `f+<size of f>`, not "
+           "as the function after f; a signal trampoline and the pc it interrupted are named "
+           "as they are. Given an address, "
            "start from that frame pointer instead (as $C prints it): the walk begins with the "
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from mdbpy.dcmd import dcmd
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import radix_str
+from mdbpy.symbols.table import named_at
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.state import Umem, missing
@@ -54,12 +55,14 @@ def number(session, word) -> int:
 
 
 def matches_caller(session, stack, want: int) -> bool:
-    """-c: a pc equal to want, or inside the function that starts exactly at want."""
-    lo, hi = want, want + 8
+    """-c: a pc in [want, want+8) (mdb's test), or a frame of the function that starts exactly
+    at want: one whose call is in it, as the stacks name their frames (named_at: a return
+    address past the end of a function that ends in a noreturn call is that function's)."""
     hit = session.symbols.lookup_addr(want)
     if hit is not None and hit[1] == 0:
         lo, hi = hit[0].addr, hit[0].addr + max(hit[0].size, 1)
-    return any(lo <= pc < hi for pc in stack)
+        return any(lo <= named_at(pc) < hi for pc in stack)
+    return any(want <= pc < want + 8 for pc in stack)
 
 
 def piped(inv, addr: int) -> None:
@@ -67,10 +70,9 @@ def piped(inv, addr: int) -> None:
 
 
 def verbose_block(session, addr: int, bc, stack) -> str:
-    fmt = session.format_addr
     lines = [f"{addr:16x} {bc.bc_addr:16x} {bc.bc_timestamp:16x} {bc.bc_thread:16x}",
              f"{'':16s} {bc.bc_cache:16x} {bc.bc_lastlog:16x} {bc.bc_contents:16x}"]
-    lines += [" " * 17 + fmt(pc) for pc in stack]
+    lines += [" " * 17 + session.format_addr(pc, ret=True) for pc in stack]
     return "\n".join(lines) + "\n\n"
 
 
@@ -104,7 +106,7 @@ def _bufctl_one(inv, addr: int, opts: dict, header: bool) -> bool:
         inv.out.write(verbose_block(s, addr, bc, stack))
     else:
         pc = caller(s, stack)
-        who = f" {s.format_addr(pc)}" if pc is not None else ""
+        who = f" {s.format_addr(pc, ret=True)}" if pc is not None else ""
         inv.out.write(f"{addr:016x} {bc.bc_addr:016x} {bc.bc_timestamp:12x} "
                       f"{bc.bc_thread:5x}{who}\n")
     return True
@@ -164,7 +166,7 @@ def _by_thread(inv, which: str):
         inv.out.write(f"{'BUFCTL':<16s} {'TIMESTAMP':>12s} CALLER\n")
     for b, rec in rows:
         pc = caller(inv.session, umem.stack(rec))
-        who = inv.session.format_addr(pc) if pc is not None else ""
+        who = inv.session.format_addr(pc, ret=True) if pc is not None else ""
         inv.out.write(f"{b:016x} {rec.bc_timestamp:12x} {who}".rstrip() + "\n")
     note_stacks(inv.session, [r for _b, r in rows])
     return 0
@@ -218,7 +220,7 @@ def umalog(inv):
         inv.out.write(f"\n{elapsed(newest, bc.bc_timestamp)}  addr={bc.bc_addr:x}  "
                       f"{umem.cache_name(bc.bc_cache)}\n")
         for pc in umem.stack(bc):
-            inv.out.write(f"\t {inv.session.format_addr(pc)}\n")
+            inv.out.write(f"\t {inv.session.format_addr(pc, ret=True)}\n")
     note_stacks(inv.session, [r for _a, r in recs])
     return 0
 
@@ -287,7 +289,7 @@ def umausers(inv):
             if opts.get("f"):
                 inv.out.write(f"size {size}, addr {b:x}, thread {rec.bc_thread:x}, "
                               f"cache {c.cstr('cache_name')}\n")
-                inv.out.write("".join(f"\t {s.format_addr(pc)}\n" for pc in stack))
+                inv.out.write("".join(f"\t {s.format_addr(pc, ret=True)}\n" for pc in stack))
             o = owners.setdefault((size, stack), [0, 0])
             o[0] += size
             o[1] += 1
@@ -298,6 +300,6 @@ def umausers(inv):
         if low and total < 8192 and count < 100:
             continue
         inv.out.write(f"{total} bytes for {count} allocations with data size {size}:\n")
-        inv.out.write("".join(f"\t {s.format_addr(pc)}\n" for pc in stack))
+        inv.out.write("".join(f"\t {s.format_addr(pc, ret=True)}\n" for pc in stack))
     note_stacks(s, shown)
     return 0

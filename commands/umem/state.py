@@ -278,15 +278,15 @@ class Umem:
         return tuple(self.mem.words(addr, n).tolist()) if n else ()
 
     def in_allocator(self, pc: int) -> bool:
-        """True for a pc inside libumem (libumem.so*, libumem_malloc.so*), or, linked
-        statically, inside a umem_*/vmem_* function."""
-        o = self.session.symbols.object_for_addr(pc)
+        """True for a frame of a stored stack (a return address, so named by its call, at
+        pc-1: SymbolTable.locate) inside libumem (libumem.so*, libumem_malloc.so*), or,
+        linked statically, inside a umem_*/vmem_* function."""
+        o, hit = self.session.symbols.locate(pc, ret=True)
         if o is None:
             return False
         if o.name.startswith("libumem"):
             return True
-        hit = o.lookup_addr(pc) if o is self.obj else None
-        return hit is not None and hit.name.startswith(("umem_", "vmem_"))
+        return o is self.obj and hit is not None and hit.name.startswith(("umem_", "vmem_"))
 
     def cache_name(self, addr: int) -> str:
         try:

@@ -92,13 +92,14 @@ def vmem_seg(inv):
                       f"{size:16d}\n")
         if stack:
             inv.out.write(f"{'':16s} {'':4s} {seg.vs_thread:16x} {seg.vs_timestamp:16x}\n")
-            inv.out.write("".join(" " * 17 + s.format_addr(pc) + "\n" for pc in stack))
+            inv.out.write("".join(" " * 17 + s.format_addr(pc, ret=True) + "\n"
+                                  for pc in stack))
             inv.out.write("\n")
         return 0
     end = size if opts.get("s") else seg.vs_end
     who = ""
     if stack:
         pc = caller(s, stack)
-        who = " " + s.format_addr(pc if pc is not None else stack[-1])
+        who = " " + s.format_addr(pc if pc is not None else stack[-1], ret=True)
     inv.out.write(f"{inv.addr:016x} {kind:>4s} {seg.vs_start:016x} {end:016x}{who}\n")
     return 0

@@ -26,7 +26,11 @@ CTL_NONE = (1 << 64) - 1  # BufferTable.from_runs: the run's buffers have no con
 @dataclass
 class AllocRecord:
     """What the allocator remembers of an allocation: its stack (pcs, innermost first), the
-    thread, and the time, where it keeps them; and the address of the record itself."""
+    thread, and the time, where it keeps them; and the address of the record itself.
+
+    Every pc of a stack is a return address (libumem's getpcstack(), the simulator's tracks,
+    __builtin_return_address), printed named after its call: format_addr(pc, ret=True). An
+    allocator that records the current pc of its own frame would have to say so; none does."""
 
     stack: tuple[int, ...] = ()
     thread: int | None = None
@@ -312,7 +316,8 @@ class Allocator:
         return [names[k] for k in inverse.tolist()]
 
     def stack_skip(self, pc: int) -> bool:
-        """True for frames inside the allocator itself (skipped when naming a caller)."""
+        """True for frames inside the allocator itself (skipped when naming a caller). pc is a
+        return address: the frame is where its call is, session.symbols.locate(pc, ret=True)."""
         return False
 
     # -- hooks of the generic dcmds (::whatis, ::findleaks, ::heap_verify, ::heap_stats,

@@ -47,7 +47,7 @@ def mismatches(slots, lo: int, hi: int, expected, rows=None):
 
 def format_record(session, label: str, rec: AllocRecord, indent: str = "        ") -> list[str]:
     """`INFO: <label> in <caller> when=.. cpu=.. pid=..` and the stack, one frame a line."""
-    caller = session.format_addr(rec.stack[0]) if rec.stack else "?"
+    caller = session.format_addr(rec.stack[0], ret=True) if rec.stack else "?"
     facts = []
     if rec.timestamp is not None:
         facts.append(f"when=0x{rec.timestamp:x}")
@@ -56,7 +56,7 @@ def format_record(session, label: str, rec: AllocRecord, indent: str = "        
     if rec.thread is not None:
         facts.append(f"pid={rec.thread}")
     lines = [f"INFO: {label} in {caller} {' '.join(facts)}".rstrip()]
-    lines += [indent + session.format_addr(pc) for pc in rec.stack]
+    lines += [indent + session.format_addr(pc, ret=True) for pc in rec.stack]
     return lines
 
 

@@ -84,6 +84,20 @@ class LoadObject:
         return best
 
 
+def named_at(pc: int, ret: bool = True) -> int:
+    """The address whose symbol (and source line) names pc: pc itself for an exact pc (a
+    thread's innermost frame, a signal trampoline, the pc a signal interrupted), else pc-1.
+
+    Every other pc of a stack, live or stored by an allocator (libumem's bc_stack and vs_stack,
+    the simulator's tracks), is a return address: the instruction after a call. A call to a
+    noreturn function (abort, exit, __assert_fail, longjmp) can be the last instruction of its
+    function, so its return address is the first byte of whatever follows in memory; pc-1 is
+    the call's last byte, inside its caller (gdb's get_frame_address_in_block). This is the one
+    place the rule lives: the stack printers pass ret to SymbolTable.format_addr / lookup_addr /
+    locate, and checks such as "is this frame inside the allocator" look frames up here."""
+    return (pc - 1) & 0xFFFFFFFFFFFFFFFF if ret and pc else pc
+
+
 def _rank(s: Symbol) -> int:
     return {"global": 2, "weak": 1}.get(s.bind, 0)
 
@@ -167,17 +181,27 @@ class SymbolTable:
                 weak = weak or s
         return weak
 
-    def lookup_addr(self, addr: int) -> tuple[Symbol, int] | None:
-        o = self.object_for_addr(addr)
-        s = o.lookup_addr(addr) if o else None
+    def locate(self, addr: int, ret: bool = False) -> tuple[LoadObject | None, Symbol | None]:
+        """The load object and the symbol that name addr (see named_at: with ret, addr is a
+        return address, named by the call before it)."""
+        at = named_at(addr, ret)
+        o = self.object_for_addr(at)
+        return o, (o.lookup_addr(at) if o else None)
+
+    def lookup_addr(self, addr: int, ret: bool = False) -> tuple[Symbol, int] | None:
+        """(symbol, offset of addr in it); with ret, the symbol of a return address (see
+        named_at), the offset still counted from addr itself."""
+        s = self.locate(addr, ret)[1]
         return (s, addr - s.addr) if s else None
 
-    def format_addr(self, addr: int) -> str:
-        """mdb's %a: `obj`sym+0xoff` (no object prefix in the executable), else 0x-hex."""
-        hit = self.lookup_addr(addr)
-        if hit is None:
+    def format_addr(self, addr: int, ret: bool = False) -> str:
+        """mdb's %a: `obj`sym+0xoff` (no object prefix in the executable), else 0x-hex. With
+        ret, addr is a return address (a frame of a stack above the innermost): named after the
+        function of its call, as gdb names it, so the caller of a noreturn call that ends `f`
+        prints as `f+<size of f>`, not as the function placed after f."""
+        o, s = self.locate(addr, ret)
+        if s is None:
             return f"0x{addr:x}"
-        s, off = hit
-        o = self.object_for_addr(addr)
+        off = addr - s.addr
         name = s.name if (o is None or o.is_exe) else f"{o.name}`{s.name}"
         return f"{name}+0x{off:x}" if off else name

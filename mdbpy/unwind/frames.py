@@ -6,7 +6,8 @@ and computes the CFA and the caller's registers from it. Where
 no CFI covers a pc it follows the frame-pointer chain instead ([rbp] is the caller's rbp,
 [rbp+8] the return address). For every frame but the innermost, and except right above a signal
 frame, the pc is a return address, so the row is looked up at pc-1: a call that ends a function
-(noreturn) leaves a return address past the function's end.
+(noreturn) leaves a return address past the function's end. Each Frame says which kind its pc
+is (`ret`), so that its printers name it the same way (Frame.named_at).
 
 Target memory is untrusted: the walk stops and marks the last frame `truncated` with the reason
 on an unreadable address, a pc outside executable memory, a frame address that does not
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError, ReadError
+from mdbpy.symbols.table import named_at
 from mdbpy.unwind.cfi import (DWARF_REGS, MASK, RA, UnwindError, cfi_for, eval_expr,
                               vdso_cfi)
 
@@ -38,6 +40,13 @@ class Frame:
     cfa: int | None = None
     truncated: str | None = None
     signal: bool = False  # the frame is a signal trampoline (its caller was interrupted)
+    ret: bool = False  # pc is a return address: named by the call before it (pc-1)
+
+    @property
+    def named_at(self) -> int:
+        """The address that names this frame (its symbol, its source line): pc-1 for a return
+        address, else pc (mdbpy.symbols.table.named_at)."""
+        return named_at(self.pc, self.ret)
 
     @property
     def fp(self) -> int:
@@ -82,7 +91,7 @@ def unwind_regs(session, regs: dict, exact_pc: bool = True,
     seen: set[tuple[int, int]] = set()
     exact = exact_pc
     while True:
-        f = Frame(regs["rip"], regs.get("rsp", 0), regs)
+        f = Frame(regs["rip"], regs.get("rsp", 0), regs, ret=not exact)
         frames.append(f)
         mapping = session.mem.mapping_at(f.pc)
         if mapping is None or not mapping.executable:
@@ -99,6 +108,8 @@ def unwind_regs(session, regs: dict, exact_pc: bool = True,
         if step is None:
             break
         f.cfa, caller, f.signal = step
+        if f.signal:  # a trampoline's pc is where the handler returns: its first instruction
+            f.ret = False
         if caller is None:
             break
         f.truncated = _implausible(f, frames[-2] if len(frames) > 1 else None, seen)
