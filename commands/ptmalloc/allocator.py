@@ -11,15 +11,16 @@ shown as a string.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
 from .bins import Walker
-from .chunks import mmapped_chunks, walk_heap
+from .chunks import mmap_count_damage, mmap_counters, mmapped_chunks, walk_heap
 from .damage import Damage, arena_owner, report
+from .layouts import HEAP_MAX_SIZE
 from .locate import WARNED, locate
 
 # chunk roles, beyond ALLOC / FREE, for listings
@@ -42,6 +43,9 @@ class ChunkTable:
     where: dict  # chunk address -> bin name ('tcache[2]', 'fastbin[0]', 'unsorted', ...)
     damage: list  # [Damage] met finding the arenas, walking the heaps and the lists
     bins: list  # BinList of every non-empty list
+    # mmapped chunk -> its prev_size, where not 0 (memalign moved the chunk into its mapping):
+    # the mapping glibc made starts that far before the chunk
+    mmap_lead: dict = field(default_factory=dict)
 
 
 def chunk_table(session, progress=None) -> ChunkTable:
@@ -113,7 +117,9 @@ def _build(session, progress) -> ChunkTable:
                 size = min(raw & ~7, max(h.region[1] - h.top, 0))
                 add(np.asarray([h.top], np.uint64), np.asarray([size], np.uint64),
                     np.asarray([raw & 7], np.uint8), np.asarray([ROLE_TOP], np.uint8), a.index)
-    mm = mmapped_chunks(session.mem, st.heap_ranges())
+    counted = mmap_counters(st)
+    mm = mmapped_chunks(session.mem, st.heap_ranges(), counted)
+    damage += mmap_count_damage(st, counted, mm)
     if mm:
         add(np.asarray([c.addr for c in mm], np.uint64), np.asarray([c.size for c in mm],
                                                                    np.uint64),
@@ -141,7 +147,8 @@ def _build(session, progress) -> ChunkTable:
         c["state"][tc] = ROLE_TCACHE_STRUCT
     damage += walker.tcache_keys(lists)
     return ChunkTable(c["addr"], c["size"], c["flags"], c["state"], c["arena"], c["mmapped"],
-                      c["bad"], where, damage, lists)
+                      c["bad"], where, damage, lists,
+                      {m.addr: m.prev_size for m in mm if m.prev_size})
 
 
 class PtmallocAllocator(Allocator):
@@ -188,16 +195,21 @@ class PtmallocAllocator(Allocator):
             groups=[int(s) for s in sizes], sort=False)
 
     def heap_regions(self) -> list[tuple[int, int]]:
+        """The heaps, and each mmapped chunk's whole mapping as glibc made it (from before
+        the chunk when memalign moved it), across every mapping mprotect split it into."""
         t = self.chunks()
         out = list(self.state.heap_ranges())
         mm = t.mmapped
-        out += [(int(a), int(a + s)) for a, s in zip(t.addr[mm], t.size[mm])]
+        lead = t.mmap_lead
+        out += [(a - lead.get(a, 0), a + s) for a, s in zip(t.addr[mm].tolist(),
+                                                            t.size[mm].tolist())]
         return out
 
     def metadata_regions(self) -> list[tuple[int, int]]:
         """The tcache structs, the main arena (in libc's data: its top and bin pointers are
-        chunk headers, which lie inside the buffer before them) and the thread arenas'
-        headers (heap_info, malloc_state)."""
+        chunk headers, which lie inside the buffer before them), the thread arenas' headers
+        (heap_info, malloc_state), and the rest of each thread heap's HEAP_MAX_SIZE
+        reservation (PROT_NONE until the heap grows; gcore writes it as readable zeros)."""
         st = self.state
         out = [(t.addr - 16, t.addr - 16 + st.tcache_chunk_size) for t in st.tcaches]
         out.append((st.main_arena, st.main_arena + st.structs["malloc_state"].size))
@@ -205,6 +217,7 @@ class PtmallocAllocator(Allocator):
             for h in a.heaps:
                 if h.info is not None:
                     out.append((h.info, h.first))
+                    out.append((h.region[1], max(h.region[1], h.info + HEAP_MAX_SIZE)))
         return out
 
     def untrusted(self) -> list[tuple[int, int, str]]:

@@ -10,21 +10,28 @@ window starts the next window at the header it leads to, so the inside of a big 
 read. A bad size is reported and the walk resynchronises on the next slot whose size leads to
 another valid header (or exactly to the heap's end), so one smashed header never hides the rest
 of the heap; that search goes on window by window, and a header it must look at beyond the
-window is read in a small block of its own. Mmapped chunks are found separately, at the page
-starts of anonymous mappings.
+window is read in a small block of its own.
+
+Mmapped chunks are found separately, by their headers, in runs of adjacent anonymous mappings
+of any permissions (mprotect splits a chunk's mapping, the kernel merges it with its
+neighbours: neither is one mapping per chunk), chained from one chunk's end to the next header
+and checked against glibc's own count (mp_.n_mmaps, mp_.mmapped_mem).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.roots import merge_ranges
 
 from .layouts import IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE, SIZE_BITS
 
 MINSIZE = 32
 PAGE = 4096
-MAX_MMAP_SCAN_PAGES = 1 << 16  # page starts probed per anonymous mapping
+MAX_MMAP_SCAN_PAGES = 1 << 16  # page starts looked at per run of anonymous mappings
+PROBE_WINDOW = 256  # page starts read at once where the chain of mmapped chunks breaks
 MAX_CHUNK = 1 << 40  # no heap chunk is larger: a size beyond is garbage
 # Heap bytes read and indexed at once (a multiple of 16). 1 MiB was the fastest on a dense
 # heap of 48-byte chunks (92 MiB: 0.55 s; 64 MiB windows 1.06 s, one window 1.85 s) and
@@ -237,44 +244,273 @@ class MmapChunk:
     size: int
     prev_size: int
 
+    @property
+    def mapped(self) -> int:
+        """The bytes glibc mmapped for it, as mp_.mmapped_mem counts them."""
+        return self.prev_size + self.size
 
-def mmapped_chunks(mem, exclude: list[tuple[int, int]]) -> list[MmapChunk]:
-    """Chunks glibc mmapped for large requests: at a page start of an anonymous writable
-    mapping outside every heap, a header whose size has IS_MMAPPED alone among the flag bits,
-    whose prev_size (the alignment correction) is below a page, and whose extent ends on a
-    page boundary inside the mapping. Adjacent chunks merged into one mapping are chained."""
-    out = []
+
+# Anonymous mappings that never hold a chunk of glibc's.
+SPECIAL_MAPPINGS = ("[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]")
+
+
+@dataclass
+class AnonRun:
+    """Adjacent anonymous private mappings (any permissions), less the heaps: a chunk lies
+    inside one run, however mprotect split its mapping or the kernel merged it with its
+    neighbours. `readable`: the [start, end) parts where headers are looked for (a PROT_NONE
+    part can be inside a chunk, never hold its header)."""
+
+    start: int
+    end: int
+    readable: list
+
+
+def anon_runs(mem, exclude: list[tuple[int, int]]) -> list[AnonRun]:
+    """The runs of adjacent anonymous private mappings, cut where an excluded range (a heap)
+    lies, in address order."""
+    runs: list[list] = []  # [start, end, [(a, b) readable]]
     for m in mem.mappings():
-        if not (m.readable and m.writable) or m.shared or (m.is_file and m.path):
+        if m.shared or m.is_file or m.path in SPECIAL_MAPPINGS:
             continue
-        if m.path in ("[stack]", "[vvar]", "[vdso]", "[vsyscall]"):
-            continue
-        if any(a < m.end and m.start < b for a, b in exclude):
-            continue
-        q = m.start
-        probes = 0
-        while q + 16 <= m.end and probes < MAX_MMAP_SCAN_PAGES:
-            probes += 1
-            try:
-                prev, raw = mem.unpack("QQ", q)
-            except ReadError:
-                q += PAGE
-                continue
-            size = raw & ~SIZE_BITS
-            if (raw & SIZE_BITS == IS_MMAPPED and prev < PAGE and not prev & 15
-                    and size >= PAGE and not (prev + size) % PAGE
-                    and q + prev + size <= m.end):
-                c = q + prev
-                try:
-                    cprev, craw = mem.unpack("QQ", c) if prev else (prev, raw)
-                except ReadError:
-                    cprev, craw = -1, 0
-                if cprev == prev and craw == raw:
-                    out.append(MmapChunk(c, size, prev))
-                    q = c + size
-                    continue
-            q += PAGE
+        if runs and runs[-1][1] == m.start:
+            runs[-1][1] = m.end
+        else:
+            runs.append([m.start, m.end, []])
+        if m.readable:
+            rd = runs[-1][2]
+            if rd and rd[-1][1] == m.start:
+                rd[-1] = (rd[-1][0], m.end)
+            else:
+                rd.append((m.start, m.end))
+    cuts = merge_ranges(exclude)
+    ends = [b for _a, b in cuts]
+    out = []
+    for start, end, readable in runs:
+        pieces, lo = [], start
+        for a, b in cuts[bisect.bisect_right(ends, start):]:
+            if a >= end:
+                break
+            pieces.append((lo, a))
+            lo = b
+        pieces.append((lo, end))
+        for lo, hi in pieces:
+            lo = (lo + PAGE - 1) & ~(PAGE - 1)
+            if lo < hi:
+                out.append(AnonRun(lo, hi, [(max(a, lo), min(b, hi)) for a, b in readable
+                                            if a < hi and lo < b]))
     return out
+
+
+def _mmap_headers(q, prev, raw, end):
+    """Where (prev_size, size word) at page starts q (numpy arrays) are the header of an
+    mmapped chunk at q + prev_size that ends by `end`: IS_MMAPPED alone among the flag bits, a
+    prev_size (glibc's alignment correction) below a page and 16-aligned, a 16-aligned size
+    that makes prev_size + size a whole number of pages."""
+    import numpy as np
+
+    size = raw & np.uint64(~SIZE_BITS & 0xFFFFFFFFFFFFFFFF)
+    ok = ((raw & np.uint64(SIZE_BITS)) == np.uint64(IS_MMAPPED)) & (prev < np.uint64(PAGE))
+    ok &= ((prev | size) & np.uint64(15)) == 0
+    ok &= (size > 0) & (size <= np.uint64(MAX_CHUNK))
+    with np.errstate(over="ignore"):  # wraps only where not ok, and is dropped there
+        span = np.where(ok, prev + size, np.uint64(0))
+    ok &= ((span & np.uint64(PAGE - 1)) == 0) & (span <= np.uint64(end) - q)
+    return ok
+
+
+class _RunScan:
+    """The mmapped chunks of one run: a chain from the run's first page, each chunk's end
+    the next place a header is looked for (adjacent chunks merged into one mapping, a chunk
+    next to other anonymous memory); where no header is, the next is looked for among the
+    page starts that follow, PROBE_WINDOW of them read at once (mdbpy.heap.bulk.gather: one
+    large read on a live process, slices of the image of a core). The inside of a chunk is
+    never read. At most MAX_MMAP_SCAN_PAGES page starts are looked at per run."""
+
+    def __init__(self, mem, run: AnonRun):
+        self.mem, self.run = mem, run
+        self.budget = MAX_MMAP_SCAN_PAGES
+        self.win = None  # (first page, prev words, size words, ok mask) of the last window
+        self.ends = [b for _a, b in run.readable]
+
+    def _part(self, q: int):
+        """The readable part holding q or, failing that, the next one; None past them all."""
+        i = bisect.bisect_right(self.ends, q)
+        return self.run.readable[i] if i < len(self.ends) else None
+
+    def _window(self, q: int, stop: int) -> None:
+        import numpy as np
+
+        from mdbpy.heap.bulk import gather
+
+        n = max(min((stop - q) // PAGE, PROBE_WINDOW, self.budget), 1)
+        self.budget -= n
+        pages = np.uint64(q) + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+        rows, ok = gather(self.mem, pages, 16)
+        words = rows.view("<u8").reshape(n, 2)
+        prev, raw = words[:, 0].copy(), words[:, 1].copy()
+        ok &= _mmap_headers(pages, prev, raw, self.run.end)
+        self.win = (q, prev, raw, ok)
+
+    def _cached(self, q: int):
+        """(prev, raw, ok) at page q from the window, or None when it is not in it."""
+        if self.win is None:
+            return None
+        first, prev, raw, ok = self.win
+        k = (q - first) // PAGE
+        if q < first or k >= len(ok):
+            return None
+        return int(prev[k]), int(raw[k]), bool(ok[k])
+
+    def _probe(self, q: int):
+        """The header at page q: (prev, raw, ok), read on its own when not in the window."""
+        got = self._cached(q)
+        if got is not None:
+            return got
+        import numpy as np
+
+        self.budget -= 1
+        try:
+            prev, raw = self.mem.unpack("QQ", q)
+        except ReadError:
+            return 0, 0, False
+        ok = bool(_mmap_headers(np.uint64(q), np.uint64(prev), np.uint64(raw),
+                                self.run.end))
+        return prev, raw, ok
+
+    def _confirm(self, q: int, prev: int, raw: int) -> MmapChunk | None:
+        """The chunk whose header (prev, raw) was read at page q: at q itself, or at q + prev,
+        which must hold the same header."""
+        if prev:
+            try:
+                if self.mem.unpack("QQ", q + prev) != (prev, raw):
+                    return None
+            except ReadError:
+                return None
+        return MmapChunk(q + prev, raw & ~SIZE_BITS, prev)
+
+    def chunks(self, done=None) -> list[MmapChunk]:
+        import numpy as np
+
+        out: list[MmapChunk] = []
+        q = self.run.start
+        while q < self.run.end and self.budget > 0:
+            part = self._part(q)
+            if part is None:
+                break
+            a, b = part
+            q = max(q, a)
+            prev, raw, ok = self._probe(q)
+            c = self._confirm(q, prev, raw) if ok else None
+            if c is not None:
+                out.append(c)
+                q = c.addr + c.size
+                if done is not None and done(c):
+                    break
+                continue
+            # no chunk starts here: the next header among the page starts that follow
+            q += PAGE
+            while q < b and self.budget > 0:
+                if self._cached(q) is None:
+                    self._window(q, b)
+                first, _prev, _raw, hit = self.win
+                k = (q - first) // PAGE
+                hits = np.flatnonzero(hit[k:])
+                if len(hits):
+                    q += int(hits[0]) * PAGE
+                    break
+                q = first + len(hit) * PAGE
+        return out
+
+
+def _memaligned(mem, found: list[MmapChunk]) -> list[MmapChunk]:
+    """Each chunk found at a mapping's start (prev_size 0) replaced by the chunk memalign
+    placed inside it, where there is one. glibc's _int_memalign (posix_memalign,
+    aligned_alloc, valloc) moves an mmapped chunk at q to the header before the first
+    A-aligned address past q + 16 (A, the alignment, a power of two; one A further when that
+    is less than MINSIZE past q) and writes there prev_size = the lead and size = size - lead;
+    q keeps the header of the chunk as it was mmapped. Each A up to the chunk's size is one
+    candidate, taken when its header names its lead exactly."""
+    import numpy as np
+
+    from mdbpy.heap.bulk import gather
+
+    cand = []  # (index in found, header address, lead)
+    for i, c in enumerate(found):
+        if c.prev_size:
+            continue
+        a = 32
+        while a < c.size:
+            brk = ((c.addr + 16 + a - 1) & ~(a - 1)) - 16
+            if brk - c.addr < MINSIZE:
+                brk += a
+            if brk + MINSIZE <= c.addr + c.size:
+                cand.append((i, brk, brk - c.addr))
+            a <<= 1
+    if not cand:
+        return found
+    rows, ok = gather(mem, np.array([h for _i, h, _l in cand], np.uint64), 16)
+    words = rows.view("<u8").reshape(len(cand), 2)
+    out = list(found)
+    for k in np.flatnonzero(ok).tolist():
+        i, h, lead = cand[k]
+        c = found[i]
+        if (int(words[k, 0]) == lead and int(words[k, 1]) == (c.size - lead) | IS_MMAPPED
+                and out[i] is c):
+            out[i] = MmapChunk(h, c.size - lead, lead)
+    return out
+
+
+def mmapped_chunks(mem, exclude: list[tuple[int, int]],
+                   counted: tuple[int, int] | None = None) -> list[MmapChunk]:
+    """Chunks glibc mmapped for large requests, found by their headers in the runs of
+    adjacent anonymous mappings outside the heaps (see _RunScan): mprotect may have split a
+    chunk's mapping (a read-only page, a PROT_NONE guard: a chunk crosses mapping
+    boundaries) and the kernel may have merged it with its neighbours (other chunks, a thread
+    arena's heap, any anonymous mmap). counted, when given, is glibc's own count
+    (mp_.n_mmaps, mp_.mmapped_mem): once the chunks found add up to exactly that, the search
+    stops."""
+    out: list[MmapChunk] = []
+    seen = [0, 0]  # chunks and bytes found so far
+
+    def done(c: MmapChunk) -> bool:
+        seen[0] += 1
+        seen[1] += c.mapped
+        return counted is not None and counted[0] > 0 and tuple(seen) == tuple(counted)
+
+    for run in anon_runs(mem, exclude):
+        out += _RunScan(mem, run).chunks(done)
+        if counted is not None and counted[0] > 0 and tuple(seen) == tuple(counted):
+            break
+    return _memaligned(mem, out)
+
+
+def mmap_counters(st) -> tuple[int, int] | None:
+    """glibc's count of its mmapped chunks: (mp_.n_mmaps, mp_.mmapped_mem), or None without
+    mp_."""
+    if st.mp is None:
+        return None
+    try:
+        return int(st.mp.n_mmaps), int(st.mp.mmapped_mem)
+    except ReadError:
+        return None
+
+
+def mmap_count_damage(st, counted: tuple[int, int] | None, found: list[MmapChunk]) -> list:
+    """One Damage when the mmapped chunks found are not what glibc counts: some were not
+    found (a header unreadable or smashed, a mapping the core left out) or mp_ is damaged.
+    Nothing is invented to match."""
+    from .damage import Damage
+
+    if counted is None:
+        return []
+    n, size = len(found), sum(c.mapped for c in found)
+    if (n, size) == tuple(counted):
+        return []
+    at = st.mp.addr
+    return [Damage(f"mp_ 0x{at:x}", at, f"counts {counted[0]} mmapped chunk"
+                   f"{'' if counted[0] == 1 else 's'} of 0x{counted[1]:x} bytes (n_mmaps, "
+                   f"mmapped_mem); {n} of 0x{size:x} bytes found", at, at)]
 
 
 def flag_text(flags: int) -> str:
