@@ -51,7 +51,7 @@ def bench(target, n: int) -> None:
         t = timed("chunk walk + bins", lambda: chunk_table(s))
         print(f"    {len(t.addr)} chunks, {nbytes >> 20} MiB of heap")
         alloc = PtmallocAllocator(s)
-        rep = timed("findleaks", lambda: find_leaks(s, alloc))
+        rep = timed("findleaks", lambda: find_leaks(s, [alloc]))
         print(f"    {len(rep.leaks)} leaks (planted {n // 100})")
     finally:
         s.close()

@@ -73,11 +73,11 @@ def findleaks(directory: Path, profile: bool):
 
             prof = cProfile.Profile()
             (alloc,) = prof.runcall(s.allocators)
-            report = prof.runcall(find_leaks, s, alloc)
+            report = prof.runcall(find_leaks, s, [alloc])
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         else:
             (alloc,) = s.allocators()
-            report = find_leaks(s, alloc)
+            report = find_leaks(s, [alloc])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         return wall, cpu, {leak.addr for leak in report.leaks}, scan_regions(s.mem, report.table)
     finally:

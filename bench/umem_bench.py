@@ -62,7 +62,7 @@ def measure(label: str, session) -> None:
     alloc = session.allocators()[0]
     table = alloc.candidates()
     t1 = time.perf_counter()
-    report = find_leaks(session, alloc)
+    report = find_leaks(session, [alloc])
     t2 = time.perf_counter()
     nbytes = 0
     for a, b in alloc.heap_regions():

@@ -209,8 +209,8 @@ class Debugger:
         from mdbpy_commands.core.heap import run_findleaks
 
         self._check()
-        reports, _, _ = run_findleaks(self.session, force)
-        return leak_groups(self.session, entries(self.session, reports))
+        report, _, _ = run_findleaks(self.session, force)
+        return leak_groups(self.session, entries(self.session, report))
 
     def whatis(self, addr: int):
         """What ::whatis says of addr first (mdbpy.results.Whatis; source None: unknown)."""

@@ -39,7 +39,8 @@ class Record(_Dict):
     def of(cls, session, rec, label: str = "") -> Record | None:
         if rec is None:
             return None
-        return cls(rec.addr, list(rec.stack), [session.format_addr(pc) for pc in rec.stack],
+        return cls(rec.addr, list(rec.stack),
+                   [session.format_addr(pc, ret=True) for pc in rec.stack],
                    rec.thread, rec.timestamp, rec.cpu, label)
 
 
@@ -77,10 +78,8 @@ class LeakGroup(_Dict):
         rep = g.rep
         table = {T_CACHE: "buffer", T_UMEM: "bufctl"}.get(entry.type, "oversized")
         shown = rep.addr if entry.type == T_CACHE else ctl_addr(rep)
-        # as the tables print it: `?` for a buffer without a caller, else mdb's %a
-        who = session.format_addr(entry.caller) if entry.caller or table != "buffer" else "?"
         return cls(table, KIND_NAMES.get(g.kind, str(g.kind)), g.group, entry.cache_addr,
-                   g.count, g.bytes, rep.size, rep.addr, shown, entry.caller, who,
+                   g.count, g.bytes, rep.size, rep.addr, shown, entry.caller, entry.caller_text,
                    Record.of(session, rep.record), [m.addr for m in g.members],
                    [m.size for m in g.members], [m.addr for m in g.members if m.unreferenced])
 

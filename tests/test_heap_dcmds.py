@@ -47,7 +47,7 @@ def test_findleaks_tables_golden(h):
     assert h.run("::findleaks -v") == (
         "findleaks: using cached results (use '-f' to force a full run)\n" + expected)
     out = h.run("::findleaks -fv").splitlines()
-    labels = [line[:45] for line in out[:13]]
+    labels = [line[:45] for line in out[:16]]
     assert labels == [
         "findleaks:                maximum buffers => ",
         "findleaks:                 actual buffers => ",
@@ -58,13 +58,18 @@ def test_findleaks_tables_golden(h):
         "findleaks:                           dups => ",
         "findleaks:                        follows => ",
         "findleaks: ",
+        "findleaks:              anonymous regions => ",
+        "findleaks:                anonymous roots => ",
+        "findleaks: ",
         "findleaks:              peak memory usage => ",
         "findleaks:               elapsed CPU time => ",
         "findleaks:              elapsed wall time => ",
         "findleaks: "]
     assert out[0].endswith("=> 16") and out[1].endswith("=> 11")
     assert out[7].startswith("findleaks:                        follows => 7   ")
-    assert "\n".join(out[13:]) + "\n" == expected
+    # the simulated process has no anonymous memory beside its heap
+    assert out[9].endswith("=> 0 (0 bytes)") and out[10].endswith("=> 0")
+    assert "\n".join(out[16:]) + "\n" == expected
 
 
 def test_findleaks_detail_marks_heads(h):
@@ -389,7 +394,7 @@ def test_ctrl_c_stops_findleaks_and_keeps_nothing(tmp_path):
     with pytest.raises(CommandAbort, match="^findleaks: interrupted; no results kept$"):
         run_findleaks(s)
     assert sent and LEAKS_KEY not in s.cache
-    reports, _, fresh = run_findleaks(s)
-    assert fresh and {leak.addr for leak in reports[0].leaks} == {
+    report, _, fresh = run_findleaks(s)
+    assert fresh and {leak.addr for leak in report.leaks} == {
         x["address"] for x in r.truth["leaks"]}
     assert len(r.truth["leaks"]) == 200

@@ -76,7 +76,7 @@ def build():
 
 def test_findleaks_marks_transitively_and_coalesces():
     session, states, stacks = build()
-    report = find_leaks(session, ToyAllocator(session, states, stacks))
+    report = find_leaks(session, [ToyAllocator(session, states, stacks)])
     leaked = sorted(leak.addr for leak in report.leaks)
     # 3 (no reference), 4/5 (cycle), 6/7 (chain), 9 (only below rsp), 11 (only from a free
     # buffer), 13 (nothing)
@@ -95,7 +95,7 @@ def test_findleaks_marks_transitively_and_coalesces():
 
 def test_explain_gives_the_chain_from_a_root():
     session, states, stacks = build()
-    report = find_leaks(session, ToyAllocator(session, states, stacks))
+    report = find_leaks(session, [ToyAllocator(session, states, stacks)])
     chain = explain(report, buf(2, 5))
     assert chain == [(0, DATA + 0x10, "prog data"), (buf(0), None, "toy-64"),
                      (buf(1), None, "toy-64"), (buf(2), None, "toy-64")]

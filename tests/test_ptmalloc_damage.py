@@ -127,7 +127,7 @@ def check_leaks(s, damage: str, r) -> None:
     """findleaks finishes with exactly the planted leaks of the undamaged part, and names
     the regions it could not trust."""
     (alloc,) = s.allocators()
-    report = find_leaks(s, alloc)
+    report = find_leaks(s, [alloc])
     assert {leak.addr for leak in report.leaks} == planted_leaks(damage, r)
     untrusted = [f"[{h.region[0]:x}, {h.region[1]:x}) not trusted: {h.owner} {h.text}"
                  for h in expected(damage, r) if h.region != (0, 0)]

@@ -156,7 +156,7 @@ def test_leaks_are_exactly_the_planted_ones(leaks, kind, mode):
     r = leaks[0]
     with opened(leaks, kind, mode) as s:
         (alloc,) = s.allocators()
-        report = find_leaks(s, alloc)
+        report = find_leaks(s, [alloc])
         got = {leak.addr for leak in report.leaks}
         want = {r.addr("leak_string"), r.addr("leak_cycle_a"), r.addr("leak_cycle_b"),
                 r.addr("leak_widget"), r.addr("thread_leak"), r.addr("leak_mmapped") + 16}

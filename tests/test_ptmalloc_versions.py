@@ -124,7 +124,7 @@ def test_other_release(release, kind, mode):
         assert where(s, r.addr("small_chunk")) == "smallbin[62]"
         assert where(s, r.addr("thread_tcache_chunk")) == "tcache[3]"
         assert run(s, "::ptmalloc_verify") == "ptmalloc: heap clean\n"
-        report = find_leaks(s, s.allocators()[0])
+        report = find_leaks(s)
         want = {r.addr("leak_string"), r.addr("leak_cycle_a"), r.addr("leak_cycle_b"),
                 r.addr("leak_widget"), r.addr("thread_leak"), r.addr("leak_mmapped") + 16}
         want |= {r.addr("leak_list") - 0x30 * k for k in range(3)}

@@ -71,7 +71,7 @@ class Run:
         return {o for d in self.damage for o in d["objects"]}
 
     def leaks(self):
-        report = find_leaks(self.session, self.sim)
+        report = find_leaks(self.session, [self.sim])
         return {m.addr for m in report.leaks}, report.warnings
 
     def run(self, cmd: str) -> str:

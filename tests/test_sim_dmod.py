@@ -455,7 +455,7 @@ def test_findleaks_matches_the_truth(name, open_scenario):
 
     s, _, truth, _ = open_scenario(name)
     (sim,) = s.allocators()
-    report = find_leaks(s, sim)
+    report = find_leaks(s, [sim])
     got = {leak.addr: names(s, leak.record.stack) for leak in report.leaks}
     want = {x["address"]: x["alloc_stack"] for x in truth["leaks"]}
     assert got == want

@@ -13,7 +13,7 @@ def test_list_heap_leaks_every_other_node():
     u, bufs = list_heap(61)
     r = Run(u)
     alloc = r.session.allocators()[0]
-    report = find_leaks(r.session, alloc)
+    report = find_leaks(r.session, [alloc])
     cache = [g for g in report.groups if g.group == "umem_alloc_2048"]
     assert len(cache) == 1
     assert sorted(m.addr for m in cache[0].members) == bufs[1::2].tolist()

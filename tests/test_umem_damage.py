@@ -32,7 +32,7 @@ def heap():
 
 class Run(umem_synth.Run):
     def leaks(self):
-        report = find_leaks(self.session, self.session.allocators()[0])
+        report = find_leaks(self.session)
         return sorted(m.addr for m in report.leaks), report.warnings
 
 

@@ -92,7 +92,7 @@ def test_golden_output(run, name):
 def test_findleaks_finds_exactly_the_leaks(run):
     t = run.t
     alloc = run.session.allocators()[0]
-    report = find_leaks(run.session, alloc)
+    report = find_leaks(run.session, [alloc])
     leaked = sorted(m.addr for m in report.leaks)
     assert leaked == sorted([t["L1"], t["L2"], t["L3"], t["P1"], t["O1"], 0x7F3A40800000,
                              0x555555600000])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mdbpy.dcmd import dcmd, walker
 from mdbpy.errors import CommandAbort, MdbError, UsageError
+from mdbpy.heap.leaks import LEAKS_KEY
 from mdbpy.heap.model import FREE
 from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import radix_str
@@ -14,7 +15,6 @@ from .symbols import map_name
 
 NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
                 "own simulator; see ::dmods)")
-LEAKS_KEY = ("heap", "findleaks")
 
 
 def allocators(session) -> list:
@@ -26,32 +26,27 @@ def allocators(session) -> list:
 
 # -- findleaks ------------------------------------------------------------------------------
 def run_findleaks(session, force: bool = False):
-    """(reports, statistics, fresh): the cached result, or a new scan of every allocator.
-    Ctrl-C stops the scan and leaves the cache as it was."""
-    from mdbpy.heap.leaks import find_leaks
-    from mdbpy.heap.report import Progress, statistics
+    """(report, statistics, fresh): the cached result, or one mark over every allocator and
+    the anonymous memory they leave (mdbpy.heap.leaks). Ctrl-C stops the scan and leaves the
+    cache as it was."""
+    from mdbpy.heap.leaks import cached_leaks
+    from mdbpy.heap.report import Progress
 
-    cached = session.cache.get(LEAKS_KEY)
-    if cached is not None and not force:
-        return cached[0], cached[1], False
-    allocs = allocators(session)
+    allocators(session)
     progress = Progress(session, "findleaks: scanning")
     try:
-        maximum = sum(len(a.buffers()) for a in allocs)
-        reports = [find_leaks(session, a, progress) for a in allocs]
+        report, stats, fresh = cached_leaks(session, force, progress)
     except KeyboardInterrupt:
         raise CommandAbort("findleaks: interrupted; no results kept") from None
     finally:
         progress.close()
-    for r in reports:
-        for w in r.warnings:
+    if fresh:
+        for w in report.warnings:
             session.warn(f"findleaks: {w}")
-    stats = statistics(reports, maximum)
-    session.cache[LEAKS_KEY] = (reports, stats)
-    return reports, stats, True
+    return report, stats, fresh
 
 
-def last_reports(session):
+def last_report(session):
     cached = session.cache.get(LEAKS_KEY)
     if cached is None:
         raise MdbError("::findleaks must be run before leaks can be walked")
@@ -63,9 +58,12 @@ def last_reports(session):
 A conservative garbage collection of the heap: every allocated buffer (and region the allocator
 module offers) that no root reaches, transitively, is a leak. Roots are the writable data and
 bss of every loaded object, every thread's registers, and every thread's stack from its stack
-pointer up; a word pointing anywhere inside a buffer counts. Leaks with the same kind, cache
-and allocation stack are coalesced, the oldest as representative, and printed in mdb's three
-tables (oversized/mapped, buffers without and with allocation records) with their Total lines.
+pointer up; a word pointing anywhere inside a buffer counts. The process is one heap: one mark
+runs over every allocator found and over the anonymous memory none of them claims, which is
+scanned when reached and is an mmap(2) leak when not (shared, executable or read-only memory,
+and the memory beside a thread's TLS area, are scanned as roots instead: -v names them).
+Leaks with the same kind, cache and allocation stack are coalesced, the oldest as
+representative, and printed in mdb's three tables (oversized/mapped, buffers without and with allocation records) with their Total lines.
 The result is cached until -f or until the target changes.
 
 With an address (a pc or a function), only leaks whose stack contains it are shown.
@@ -82,9 +80,9 @@ def findleaks(inv):
 
     opts = inv.options("dfv")
     s = inv.session
-    reports, stats, fresh = run_findleaks(s, opts.get("f", False))
+    report, stats, fresh = run_findleaks(s, opts.get("f", False))
     filt = inv.addr if inv.has_addr else None
-    ents = entries(s, reports, filt)
+    ents = entries(s, report, filt)
     if wants_json(inv):
         from mdbpy.results import leak_groups, leak_totals
 
@@ -101,7 +99,7 @@ def findleaks(inv):
         inv.print(f"findleaks: no memory leaks matching {s.format_addr(filt)} found"
                   if filt is not None else "findleaks: no memory leaks detected")
         return 0
-    for line in tables(s, ents):
+    for line in tables(ents):
         inv.print(line)
     if opts.get("d"):
         inv.print("")
@@ -114,7 +112,7 @@ def findleaks(inv):
 def _walk_leaks(session, addr, buffers: bool):
     from mdbpy.heap.report import ctl_addr
 
-    groups = [g for r in last_reports(session) for g in r.groups]
+    groups = last_report(session).groups
     if addr:
         hit = [g for g in groups if ctl_addr(g.rep) == addr] or \
               [g for g in groups if any(ctl_addr(m) == addr for m in g.members)]
@@ -168,16 +166,14 @@ def whyalive(inv):
         raise UsageError("usage: addr::whyalive [-f]")
     opts = inv.options("f")
     s = inv.session
-    reports, _, _ = run_findleaks(s, opts.get("f", False))
-    for r in reports:
-        i = r.table.find(inv.addr)
-        if i is None:
-            continue
-        base, size = int(r.table.base[i]), int(r.table.size[i])
-        group = r.allocator.group_name(r.table, i)
+    report, _, _ = run_findleaks(s, opts.get("f", False))
+    cands = report.candidates
+    i = cands.table.find(inv.addr)
+    if i is not None:
+        base = int(cands.table.base[i])
         head = f"{inv.addr:x} is " + (f"{base:x}+{inv.addr - base:x}, " if inv.addr != base
-                                       else "") + f"allocated from {group}"
-        chain = explain(r, inv.addr)
+                                       else "") + f"allocated from {cands.name(i)}"
+        chain = explain(report, inv.addr)
         if chain is None:
             inv.print(f"{head}: leaked (no path from any root)")
             return 0
@@ -189,7 +185,8 @@ def whyalive(inv):
             inv.print(f"    {via:<40s} -> {b:x} ({g})")
             if k + 2 < len(chain):
                 nxt = chain[k + 2][0]
-                off = link_offset(s.mem, b, _size(r.table, b), nxt, _size(r.table, nxt))
+                off = link_offset(s.mem, b, _size(cands.table, b), nxt,
+                                  _size(cands.table, nxt))
                 via = f"{b:x}+{off:x}" if off is not None else f"{b:x}"
         return 0
     raise MdbError(f"{inv.addr:x} is not in an allocated heap buffer")

@@ -28,14 +28,14 @@ def leak_spans(session, alloc, search: bool) -> tuple[list, str]:
     """([start, end) of each leak of `alloc`, a note): from the cached ::findleaks, run first
     when `search`."""
     if search:
-        reports = run_findleaks(session)[0]
+        report = run_findleaks(session)[0]
     else:
         cached = session.cache.get(LEAKS_KEY)
         if cached is None:
             return [], "leaks: not searched (run ::findleaks, or use -l)"
-        reports = cached[0]
-    spans = [(m.addr, m.addr + max(m.size, 1)) for r in reports
-             if r.allocator.name == alloc.name for m in r.leaks]
+        report = cached[0]
+    spans = [(m.addr, m.addr + max(m.size, 1)) for g in report.groups
+             if g.alloc.name == alloc.name for m in g.members]
     return spans, f"leaks: {len(spans)} from ::findleaks"
 
 

@@ -4,11 +4,11 @@
 - cache buffers: the allocated buffers of every cache (for findleaks only those whose arena is
   umem_default or umem_firewall, i.e. not libumem's own metadata caches); audit caches give
   each its bufctl, whose record (stack, thread, time) groups the leaks;
-- oversized allocations: the ALLOC segments of the umem_oversize and umem_memalign arenas;
-- MMAP: private, unnamed, writable mappings outside every umem heap span (the spans of the top
-  ancestor of heap_arena), minus those holding a thread's stack or thread pointer and the bss
-  that follows a loaded object;
-- SBRK: the parts of [heap] (brk) no umem span covers.
+- oversized allocations: the ALLOC segments of the umem_oversize and umem_memalign arenas.
+
+mdb's MMAP and SBRK candidates (anonymous memory and brk outside every umem heap span) are
+the one heap view's (mdbpy.heap.view), for every allocator alike: the umem spans (of the top
+ancestor of heap_arena) are what this module claims.
 
 Heap memory is never a root: the umem spans are the heap regions, and libumem's own data
 (umem_null_cache, vmem0, the alloc table) is metadata, as mdb ignores "part of umem" mappings.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 from mdbpy.errors import MdbError, ReadError
-from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_MMAP, KIND_OVERSIZE, KIND_SBRK,
+from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE,
                               AllocRecord, Allocator, BufferTable, HeapStat, Problem)
 from mdbpy.heap.roots import merge_ranges
 
@@ -125,13 +125,9 @@ class UmemAllocator(Allocator):
         return self._buffers
 
     def candidates(self) -> BufferTable:
-        regions = self._regions()
-        extra = BufferTable.from_columns([a for a, _b, _k in regions],
-                                         [b - a for a, b, _k in regions],
-                                         [ALLOC] * len(regions), kind=[k for *_r, k in regions],
-                                         groups=[("", 0)])
-        return BufferTable.concat(self._cache_tables(True, True) + [self._oversize_table(),
-                                                                    extra])
+        """The allocated buffers and oversize segments (the anonymous memory beside the umem
+        heap is the one heap view's, mdbpy.heap.view)."""
+        return BufferTable.concat(self._cache_tables(True, True) + [self._oversize_table()])
 
     # -- regions ----------------------------------------------------------------------------
     def spans(self) -> list[tuple[int, int]]:
@@ -176,32 +172,6 @@ class UmemAllocator(Allocator):
                 s = self.umem.sym(name)
                 if s is not None:
                     out.append((s.addr, s.addr + max(s.size, 8)))
-        return out
-
-    def _regions(self) -> list[tuple[int, int, int]]:
-        """(start, end, kind) of the MMAP and SBRK candidates."""
-        from mdbpy.heap.roots import subtract
-        from mdbpy.heap.scan import Root
-
-        spans = self.spans()
-        maps = self.session.mem.mappings()
-        pins = [v for t in self.session.target.threads()
-                for k, v in t.regs.items() if k in ("rsp", "fs_base") and v]
-        out = []
-        for k, m in enumerate(maps):
-            if not (m.readable and m.writable) or m.shared:
-                continue
-            if m.path == "[heap]":
-                kind = KIND_SBRK
-            elif m.path:
-                continue
-            else:
-                kind = KIND_MMAP
-                if k and maps[k - 1].end == m.start and maps[k - 1].is_file:
-                    continue  # a loaded object's bss
-                if any(m.start <= p < m.end for p in pins):
-                    continue  # a thread's stack or thread pointer area
-            out += [(r.start, r.end, kind) for r in subtract([Root(m.start, m.end, "")], spans)]
         return out
 
     # -- records ----------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from mdbpy.heap.model import KIND_BUFFER, AllocRecord, Allocator, BufferTable, RecordColumns
 from mdbpy.heap.roots import collect_roots
 from mdbpy.heap.scan import Reach, candidate_extents, reachability
+from mdbpy.heap.view import AnonRegion, Candidates, HeapView
 
 
 @dataclass
 class Leak:
-    index: int  # in the candidate table
+    index: int  # in its owner's candidate table
     addr: int
     size: int
     kind: int
@@ -27,11 +28,13 @@ class Leak:
 
 
 class _Leaked:
-    """The leaked buffers' columns, shared by their groups: Leak objects are made from them
-    only when a report or walker asks for members (ten thousand leaks print as a few lines)."""
+    """One owner's leaked buffers as columns, shared by their groups: Leak objects are made
+    from them only when a report or walker asks for members (ten thousand leaks print as a
+    few lines). index holds rows of the owner's own table."""
 
-    def __init__(self, table: BufferTable, index, names: list[str], records: RecordColumns,
-                 unreferenced):
+    def __init__(self, alloc: Allocator, table: BufferTable, index, names: list[str],
+                 records: RecordColumns, unreferenced):
+        self.alloc, self.table = alloc, table
         self.index, self.names, self.records = index, names, records
         self.addr, self.size = table.base[index], table.size[index]
         self.kind, self.ctl = table.kind[index], table.ctl[index]
@@ -45,10 +48,12 @@ class _Leaked:
 
 class LeakGroup:
     """Leaks coalesced on (kind, group, stack): rows of the leaked columns, the oldest (then
-    the lowest address) first as the representative."""
+    the lowest address) first as the representative. alloc is the allocator (or the
+    anonymous memory) they belong to, table its candidate table."""
 
     def __init__(self, leaked: _Leaked, rows, kind: int, group: str, stack: tuple[int, ...]):
         self.leaked, self.rows = leaked, rows
+        self.alloc, self.table = leaked.alloc, leaked.table
         self.kind, self.group, self.stack = kind, group, stack
         self.rep = leaked.leak(int(rows[0]))
         self._members: list[Leak] | None = None
@@ -70,13 +75,20 @@ class LeakGroup:
 
 @dataclass
 class LeakReport:
-    allocator: Allocator
-    table: BufferTable
+    """One mark over the whole heap (mdbpy.heap.view): the candidates of every owner, what
+    reached them, and the leaks coalesced per owner."""
+
+    candidates: Candidates
     reach: Reach
     groups: list[LeakGroup]
     warnings: list[str]
     wall: float
     cpu: float
+    anon: list[AnonRegion]  # the unclaimed anonymous regions (candidates)
+
+    @property
+    def table(self) -> BufferTable:
+        return self.candidates.table
 
     @property
     def leaks(self) -> list[Leak]:
@@ -101,7 +113,7 @@ def _distinct_rows(rows):
     return distinct, np.asarray(which).reshape(-1)
 
 
-def _coalesce(alloc: Allocator, leaked: _Leaked) -> list[LeakGroup]:
+def _coalesce(leaked: _Leaked) -> list[LeakGroup]:
     """The leaks grouped as mdb does, by kind, group (for allocator buffers) and stack (its
     frames outside the allocator), each group ordered oldest first; column-wise, with Python
     work only per distinct stack and per group."""
@@ -112,7 +124,7 @@ def _coalesce(alloc: Allocator, leaked: _Leaked) -> list[LeakGroup]:
         return []
     distinct, which = _distinct_rows(leaked.records.stacks)
     keys: dict[tuple, int] = {}
-    coalesced = [tuple(pc for pc in row if pc and not alloc.stack_skip(pc))
+    coalesced = [tuple(pc for pc in row if pc and not leaked.alloc.stack_skip(pc))
                  for row in distinct.tolist()]
     stack_id = np.array([keys.setdefault(k, len(keys)) for k in coalesced], np.int64)
     stack_of = list(keys)
@@ -129,19 +141,23 @@ def _coalesce(alloc: Allocator, leaked: _Leaked) -> list[LeakGroup]:
         k = int(rows[0])  # a group is named by its first member in address order
         groups.append(LeakGroup(leaked, rows, int(key[k, 0]), leaked.names[int(rows.min())],
                                 stack_of[int(key[k, 2])]))
-    groups.sort(key=lambda g: (g.kind, g.group, g.rep.addr))
     return groups
 
 
-def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
+def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) -> LeakReport:
+    """One mark over every allocator of the target (all found when allocs is None) and the
+    anonymous memory they leave unclaimed; the leaks coalesced per owner, in mdb's order."""
     import numpy as np
 
     t0, c0 = time.perf_counter(), time.process_time()
+    view = HeapView(session, session.allocators() if allocs is None else allocs)
     # the heap is scanned after the table is built: the target may bring it in meanwhile
-    heap = alloc.heap_regions()
+    heap = view.heap_regions()
     session.target.warm(heap)
-    table = alloc.candidates()
-    warnings: list[str] = [f"[{a:x}, {b:x}) not trusted: {why}" for a, b, why in alloc.untrusted()]
+    cands = view.candidates()
+    table = cands.table
+    warnings = [f"[{a:x}, {b:x}) not trusted: {why}" for alloc in view.allocs
+                for a, b, why in alloc.untrusted()]
     # a candidate region that holds a thread's stack pointer is that thread's stack, not a leak
     sps = [t.regs["rsp"] for t in session.target.threads() if "rsp" in t.regs]
     if sps and len(table):
@@ -150,7 +166,8 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
         if drop:
             keep = np.ones(len(table), bool)
             keep[list(drop)] = False
-            table = table.select(keep)
+            cands = cands.select(keep)
+            table = cands.table
     bad = table.overlaps()
     if bad is not None:
         a, b = bad
@@ -159,14 +176,15 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
                         "overlapping candidates; the second is ignored")
         keep = np.ones(len(table), bool)
         keep[b] = False
-        table = table.select(keep)
-    # Heap memory is never a root: the allocator's heap regions cover its buffers, and the
-    # other candidates (unaccounted mappings, brk remainder) are cut out one by one.
+        cands = cands.select(keep)
+        table = cands.table
+    # Heap memory is never a root: the claimed regions cover every allocator's buffers and
+    # metadata, and the other candidates (unclaimed anonymous memory) are cut out one by one.
     regions = table.select(table.kind != KIND_BUFFER)
-    exclude = heap + alloc.metadata_regions() + candidate_extents(regions)
+    exclude = view.claimed + candidate_extents(regions)
     roots, w = collect_roots(session, exclude)
     warnings += w
-    reach = reachability(session.mem, table, roots, progress)
+    reach = reachability(session.mem, table, roots, progress, view.undecided(cands))
     if reach.stats.unreadable:
         warnings.append(f"{len(reach.stats.unreadable)} unreadable range(s) skipped, first at "
                         f"0x{reach.stats.unreadable[0][0]:x}")
@@ -175,18 +193,61 @@ def find_leaks(session, alloc: Allocator, progress=None) -> LeakReport:
     referenced = np.zeros(len(table), bool)  # by a leaked buffer
     if reach.graph is not None:
         referenced[reach.graph.targets(leaked)] = True
-    ordered = _coalesce(alloc, _Leaked(table, leaked, alloc.group_names(table, leaked),
-                                       alloc.record_columns(table, leaked),
-                                       ~referenced[leaked]))
-    return LeakReport(alloc, table, reach, ordered, warnings, time.perf_counter() - t0,
-                      time.process_time() - c0)
+    groups: list[LeakGroup] = []
+    for k, alloc in enumerate(cands.owners):
+        rows = leaked[cands.owner[leaked] == k]
+        if not len(rows):
+            continue
+        part, local = cands.parts[k], cands.local[rows]
+        groups += _coalesce(_Leaked(alloc, part, local, alloc.group_names(part, local),
+                                    alloc.record_columns(part, local), ~referenced[rows]))
+    groups.sort(key=lambda g: (g.kind, g.group, g.rep.addr))
+    return LeakReport(cands, reach, groups, warnings, time.perf_counter() - t0,
+                      time.process_time() - c0, view.anon.regions)
+
+
+LEAKS_KEY = ("heap", "findleaks")
+
+
+def cached_leaks(session, force: bool = False, progress=None):
+    """(report, statistics, fresh): the session's last findleaks, or a new one (force: always
+    a new one). An exception (Ctrl-C) leaves the cache as it was."""
+    cached = session.cache.get(LEAKS_KEY)
+    if cached is not None and not force:
+        return cached[0], cached[1], False
+    report = find_leaks(session, progress=progress)
+    stats = statistics(report)
+    session.cache[LEAKS_KEY] = (report, stats)
+    return report, stats, True
+
+
+def statistics(report: LeakReport) -> dict:
+    """-v: leaky.c's statistics, taken when the scan ends (the clock runs from the start of the
+    gathering, as mdb's). dups are the words that hit an already marked buffer (hits minus
+    follows), so the four counts add up to the potential pointers, as in mdb; mdbpy adds the
+    unclaimed anonymous memory: the regions that were candidates, and those scanned as roots
+    because nothing reached them and nothing could decide them."""
+    import resource
+
+    st = report.reach.stats
+    counts = dict(dismissals=st.dismissals, misses=st.misses,
+                  dups=max(st.hits - st.follows, 0), follows=st.follows)
+    maximum = sum(len(a.buffers()) for a in report.candidates.owners)
+    return dict(maximum_buffers=maximum, actual_buffers=len(report.table),
+                potential_pointers=sum(counts.values()), **counts,
+                anon_regions=len(report.anon),
+                anon_bytes=sum(r.end - r.start for r in report.anon),
+                anon_roots=[report.reach.root_slot[i][1] for i in report.reach.late_roots],
+                peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                cpu_seconds=report.cpu, wall_seconds=report.wall)
 
 
 def explain(report: LeakReport, addr: int) -> list[tuple[int, int | None, str]] | None:
     """The chain of references that keeps the buffer at addr alive, root first, as
     (buffer base or 0 for the root, slot address or None, label); None if it is leaked or not
     a candidate."""
-    table, reach = report.table, report.reach
+    cands, reach = report.candidates, report.reach
+    table = cands.table
     i = table.find(addr)
     if i is None or not reach.marked[i]:
         return None
@@ -199,5 +260,5 @@ def explain(report: LeakReport, addr: int) -> list[tuple[int, int | None, str]] 
     chain.reverse()
     slot, label = reach.root_slot.get(chain[0], (None, "?"))
     out = [(0, slot, label)]
-    out += [(int(table.base[j]), None, report.allocator.group_name(table, j)) for j in chain]
+    out += [(int(table.base[j]), None, cands.name(j)) for j in chain]
     return out

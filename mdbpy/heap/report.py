@@ -41,10 +41,10 @@ def ctl_addr(leak: Leak) -> int:
     return leak.ctl or leak.addr
 
 
-def caller(report: LeakReport, stack) -> int:
+def caller(alloc, stack) -> int:
     """The first frame not inside the allocator; the last frame if all are; 0 without one."""
     for pc in stack:
-        if not report.allocator.stack_skip(pc):
+        if not alloc.stack_skip(pc):
             return pc
     return stack[-1] if stack else 0
 
@@ -52,17 +52,18 @@ def caller(report: LeakReport, stack) -> int:
 class Entry:
     """A leak group with what the tables print about it."""
 
-    def __init__(self, session, report: LeakReport, group: LeakGroup):
-        self.report = report
+    def __init__(self, session, group: LeakGroup):
         self.group = group
         self.type = leak_type(group)
         rep = group.rep
         self.stack = rep.record.stack if rep.record is not None else ()
-        self.caller = caller(report, self.stack)
-        self.caller_name = session.format_addr(self.caller).split("+", 1)[0] if self.caller \
+        self.caller = caller(group.alloc, self.stack)
+        self.caller_name = session.format_addr(self.caller, True).split("+", 1)[0] if self.caller \
             else ""
-        t = report.table
-        self.cache_addr = report.allocator.group_addr(t, rep.index) if len(t) else 0
+        self.cache_addr = group.alloc.group_addr(group.table, rep.index)
+        # CALLER as the tables print it: mdb's %a, or `?` where no record names a caller
+        self.caller_text = session.format_addr(self.caller, True) \
+            if self.caller or self.type == T_UMEM else "?"
 
     def sort_key(self):
         data = self.cache_addr if self.type in (T_CACHE, T_UMEM) else self.group.rep.size
@@ -75,14 +76,14 @@ class Entry:
         for pc in self.stack:
             if pc == addr:
                 return True
-            hit = session.symbols.lookup_addr(pc)
+            hit = session.symbols.lookup_addr(pc, ret=True)
             if hit is not None and hit[0].addr == addr:
                 return True
         return False
 
 
-def entries(session, reports: list[LeakReport], addr: int | None = None) -> list[Entry]:
-    out = [Entry(session, r, g) for r in reports for g in r.groups]
+def entries(session, report: LeakReport, addr: int | None = None) -> list[Entry]:
+    out = [Entry(session, g) for g in report.groups]
     out = [e for e in out if e.matches(session, addr)]
     out.sort(key=Entry.sort_key)
     return out
@@ -93,9 +94,8 @@ def _total(n: int, noun: str, nbytes: int) -> str:
             f"{nbytes} byte{'' if nbytes == 1 else 's'}")
 
 
-def tables(session, ents: list[Entry]) -> list[str]:
+def tables(ents: list[Entry]) -> list[str]:
     """The three tables (each only when it has rows), separated by blank lines."""
-    fmt = session.format_addr
     lines: list[str] = []
     big = [e for e in ents if e.type in (T_MMAP, T_SBRK, T_VMEM)]
     if big:
@@ -107,7 +107,7 @@ def tables(session, ents: list[Entry]) -> list[str]:
                 sizes = [m.size for m in g.members]
                 sz = str(min(sizes)) if min(sizes) == max(sizes) else \
                     f"{min(sizes)}-{max(sizes)}"
-                lines.append(f"{sz:<16s} {g.count:7d} {ctl_addr(g.rep):16x} {fmt(e.caller)}")
+                lines.append(f"{sz:<16s} {g.count:7d} {ctl_addr(g.rep):16x} {e.caller_text}")
             else:
                 nm = "MMAP" if e.type == T_MMAP else "SBRK"
                 for k, m in enumerate(g.members):  # mdb's quirk: a row per member
@@ -126,9 +126,8 @@ def tables(session, ents: list[Entry]) -> list[str]:
         n = nbytes = 0
         for e in rows:
             g = e.group
-            who = fmt(e.caller) if typ == T_UMEM or e.caller else "?"
             shown = g.rep.addr if typ == T_CACHE else ctl_addr(g.rep)
-            lines.append(f"{e.cache_addr:016x} {g.count:7d} {shown:016x} {who}")
+            lines.append(f"{e.cache_addr:016x} {g.count:7d} {shown:016x} {e.caller_text}")
             n += g.count
             nbytes += g.bytes
         lines += [RULE, _total(n, "buffer", nbytes)]
@@ -145,7 +144,7 @@ def record_block(session, rec: AllocRecord, buf: int, cache: int) -> list[str]:
              f"{'':16s} {'CACHE':>16s} {'CPU':>16s}",
              f"{rec.addr or 0:16x} {buf:16x} {ts:>16s} {thread:>16s}",
              f"{'':16s} {cache:16x} {cpu:>16s}"]
-    lines += [" " * 17 + session.format_addr(pc) for pc in rec.stack]
+    lines += [" " * 17 + session.format_addr(pc, ret=True) for pc in rec.stack]
     lines.append("")
     return lines
 
@@ -161,13 +160,14 @@ def long_form(session, e: Entry) -> list[str]:
                  for m in g.members]
     else:
         name = "oversize" if e.type == T_VMEM else g.group
-        unit = "vmem_seg" if e.type == T_VMEM else "buffer"
+        # a vmem_seg is umem's record of an oversize buffer; others (mmapped chunks) keep none
+        unit = "vmem_seg" if e.type == T_VMEM and rep.record is not None else "buffer"
         if n == 1:
             head = f"{name} leak: 1 {unit}, {nbytes} bytes"
         else:
             head = (f"{name} leak: {n} {unit}s, {rep.size} bytes each, {nbytes} bytes total")
-        if e.type == T_CACHE:
-            who = f"caller {session.format_addr(e.caller)}, " if e.caller else ""
+        if rep.record is None:  # no allocation record: a sample, as for mdb's CACHE leaks
+            who = f"caller {session.format_addr(e.caller, ret=True)}, " if e.caller else ""
             lines = [head + ",", f"    {who}sample addr {rep.addr:x}"]
         else:
             lines = [head] + record_block(session, rep.record, rep.addr, e.cache_addr)
@@ -185,23 +185,6 @@ def _perc(label: str, v: int, total: int) -> str:
     return f"findleaks: {label:>30s} => {v:<13d} ({perc:2d}.{tenths:1d}%)"
 
 
-def statistics(reports: list[LeakReport], maximum: int) -> dict:
-    """-v: leaky.c's statistics, taken when the scan ends. dups are the words that hit an
-    already marked buffer (hits minus follows), so the four counts add up to the potential
-    pointers, as in mdb."""
-    import resource
-
-    st = [r.reach.stats for r in reports]
-    follows = sum(s.follows for s in st)
-    counts = dict(dismissals=sum(s.dismissals for s in st), misses=sum(s.misses for s in st),
-                  dups=max(sum(s.hits for s in st) - follows, 0), follows=follows)
-    return dict(maximum_buffers=maximum, actual_buffers=sum(len(r.table) for r in reports),
-                potential_pointers=sum(counts.values()), **counts,
-                peak_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                cpu_seconds=sum(r.cpu for r in reports),
-                wall_seconds=sum(r.wall for r in reports))
-
-
 def statistics_lines(v: dict) -> list[str]:
     """The statistics as leaky.c prints them."""
     def line(label, value):
@@ -213,6 +196,10 @@ def statistics_lines(v: dict) -> list[str]:
             "findleaks: ",
             line("potential pointers", total),
             *(_perc(k, v[k], total) for k in ("dismissals", "misses", "dups", "follows")),
+            "findleaks: ",
+            line("anonymous regions", f"{v['anon_regions']} ({v['anon_bytes']} bytes)"),
+            line("anonymous roots", len(v["anon_roots"])),
+            *(f"findleaks:     {label}" for label in v["anon_roots"]),
             "findleaks: ",
             f"findleaks: {'peak memory usage':>30s} => {v['peak_kb']} kB",
             f"findleaks: {'elapsed CPU time':>30s} => {v['cpu_seconds']:.1f} seconds",

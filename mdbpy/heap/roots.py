@@ -47,21 +47,27 @@ def subtract(ranges: list[Root], holes) -> list[Root]:
     return out
 
 
-def data_ranges(mem) -> list[Root]:
-    """Writable data and bss of the loaded objects: their writable file mappings, plus an
-    anonymous writable mapping that starts exactly where one of their mappings ends (the part of
-    bss beyond the file)."""
+def data_ranges(session) -> list[Root]:
+    """Writable data and bss of the loaded objects: their writable file mappings, plus the
+    part of the anonymous writable mapping that starts exactly where one of their mappings
+    ends which the object's PT_LOADs cover (its bss beyond the file). The kernel merges that
+    mapping with an anonymous mmap placed right after it, so the whole mapping is bss only
+    when the object's headers cannot say where its bss ends."""
     import os
 
     out = []
-    maps = mem.mappings()
+    maps = session.mem.mappings()
+    objs = {o.path: o for o in session.symbols.objects() if o.path}
     for k, m in enumerate(maps):
         if not (m.readable and m.writable) or m.shared:
             continue
         if m.is_file:
             out.append(Root(m.start, m.end, f"{os.path.basename(m.path)} data"))
         elif not m.path and k > 0 and maps[k - 1].end == m.start and maps[k - 1].is_file:
-            out.append(Root(m.start, m.end, f"{os.path.basename(maps[k - 1].path)} bss"))
+            o = objs.get(maps[k - 1].path)
+            end = min(m.end, o.end) if getattr(o, "info", None) else m.end
+            if end > m.start:
+                out.append(Root(m.start, end, f"{os.path.basename(maps[k - 1].path)} bss"))
     return out
 
 
@@ -103,7 +109,7 @@ def thread_roots(session) -> tuple[list[Root], list[tuple[int, str]], list[str]]
 def collect_roots(session, exclude: list[tuple[int, int]]) -> tuple[RootSet, list[str]]:
     """The RootSet of the target, with `exclude` (heap, metadata, candidates) cut out."""
     stack_ranges, values, warnings = thread_roots(session)
-    ranges = subtract(data_ranges(session.mem) + stack_ranges, exclude)
+    ranges = subtract(data_ranges(session) + stack_ranges, exclude)
     return RootSet(_merge_same(ranges), values), warnings
 
 

@@ -111,6 +111,7 @@ class Reach:
     root_slot: dict  # candidate index -> (slot address or None, root label) for root-marked
     stats: ScanStats
     graph: Graph | None = None  # None when there are no candidates
+    late_roots: list = field(default_factory=list)  # undecided candidates made roots
     _pred: object = None
 
     @property
@@ -263,8 +264,11 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
     return src_parts, dst_parts, total
 
 
-def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reach:
-    """Mark every candidate reachable from the roots (transitively)."""
+def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
+                 undecided: dict[int, str] | None = None) -> Reach:
+    """Mark every candidate reachable from the roots (transitively). The `undecided`
+    candidates ({index: label}) that nothing reaches are then made roots under their label
+    (memory whose being unreached is no evidence of a leak), and the search is run again."""
     import numpy as np
 
     n = len(table)
@@ -297,4 +301,10 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None) -> Reac
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
     graph = Graph(esrc, edst, n, rooted)
     marked, _, stats.follows = graph.search(False)
-    return Reach(marked, root_slot, stats, graph)
+    late = sorted(i for i in (undecided or {}) if not marked[i])
+    if late:
+        for i in late:
+            root_slot[i] = (None, undecided[i])
+        graph.roots = np.concatenate([graph.roots, np.asarray(late, np.int32)])
+        marked, _, stats.follows = graph.search(False)
+    return Reach(marked, root_slot, stats, graph, late)

@@ -1,0 +1,195 @@
+"""The whole process's heap as one graph: every allocator found in the target, and the
+anonymous memory none of them claims, as the candidates of one table.
+
+A real process rarely has one allocator. CPython keeps its small objects in obmalloc arenas
+(anonymous mmaps) that hold the only pointers to many malloc'd blocks; a program may run
+libumem beside glibc, or build pools and JIT areas on mmap. A mark run per allocator, or one
+that never scans the memory no allocator claims, calls everything those hold a leak. So the
+engines work on one view:
+
+- each allocator contributes its candidates (allocated buffers, oversize segments), its heap
+  regions (where its buffers, allocated and free, live) and its metadata regions: claimed
+  memory, never a root;
+- every readable anonymous mapping no allocator claims becomes a candidate of the one graph
+  (AnonMemory: kind MMAP, or SBRK inside brk), scanned when reached and reported as an mmap
+  leak when nothing reaches it, as mdb's leaky does;
+- what is known to be live without a pointer to it is never a candidate: a thread's stack
+  (the mapping holding its stack pointer; the part above it is a root) and its TLS area, and a
+  loaded object's bss (a root);
+- what cannot be decided is scanned as a root when nothing reaches it, and named in `-v`:
+  shared anonymous memory (another process may hold the only reference), anonymous code (JIT
+  code is referenced from code, not from aligned data words), memory that is not writable
+  (reservations and guards, which gcore writes as readable zeros), and the memory right
+  beside a thread's TLS area (the rest of the loader's allocation that holds it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdbpy.heap.model import ALLOC, KIND_BUFFER, KIND_MMAP, KIND_SBRK, Allocator, BufferTable
+from mdbpy.heap.roots import data_ranges, merge_ranges, subtract, thread_roots
+from mdbpy.heap.scan import Root, candidate_extents
+
+# kernel-made pseudo-mappings that are not anonymous memory of the program
+KERNEL_PSEUDO = ("[stack]", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+# how /proc/PID/maps names shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, SysV shm)
+SHARED_ANON = ("/dev/zero", "/SYSV", "[anon_shmem")
+
+
+def is_anonymous(m) -> bool:
+    """Memory no file backs: unnamed, [heap], prctl-named [anon:...], or shared anonymous
+    memory (which the kernel names after /dev/zero or the SysV key)."""
+    if m.shared and m.path.startswith(SHARED_ANON):
+        return True
+    return not m.path or m.path == "[heap]" or m.path.startswith("[anon")
+
+
+@dataclass
+class AnonRegion:
+    start: int
+    end: int
+    perms: str
+    kind: int  # KIND_MMAP, or KIND_SBRK for the unclaimed part of brk
+    undecided: str = ""  # why an unreached region is no evidence of a leak, if it is not
+
+    @property
+    def label(self) -> str:
+        what = "brk" if self.kind == KIND_SBRK else "anon mapping"
+        return f"{what} {self.start:x}-{self.end:x} {self.perms}"
+
+
+def anon_regions(session, claimed) -> list[AnonRegion]:
+    """The anonymous memory no allocator claims, as candidate regions. Threads' stacks, their
+    TLS areas and loaded objects' bss are left out: the roots cover them. A region nothing
+    reaches is a leak only when nothing else can hold it: shared memory (another process may),
+    code (referenced from code, not aligned data), memory that is not writable (reservations,
+    guards) and the memory right beside a thread's TLS area (the rest of the loader's
+    allocation that holds it) are `undecided`, and scanned as roots when unreached."""
+    stacks, _values, _warnings = thread_roots(session)
+    pins = [r.start for r in stacks if not r.label.endswith(" TLS")]
+    tls = [(r.start, r.end) for r in stacks if r.label.endswith(" TLS")]
+    bss = [(r.start, r.end) for r in data_ranges(session) if r.label.endswith(" bss")]
+    holes = merge_ranges(list(claimed) + tls + bss)
+    out: list[AnonRegion] = []
+    for m in session.mem.mappings():
+        if (not m.readable or m.path in KERNEL_PSEUDO or not is_anonymous(m)
+                or any(m.start <= p < m.end for p in pins)):
+            continue
+        kind = KIND_SBRK if m.path == "[heap]" else KIND_MMAP
+        why = ("shared: other processes may hold it" if m.shared else
+               "code: referenced from code" if m.executable else
+               "not writable: a reservation or guard" if not m.writable else "")
+        for p in subtract([Root(m.start, m.end, "")], holes):
+            beside = any(p.end == a or p.start == b for a, b in tls)
+            out.append(AnonRegion(p.start, p.end, m.perms, kind,
+                                  why or ("beside a thread's TLS" if beside else "")))
+    return out
+
+
+class AnonMemory(Allocator):
+    """The anonymous memory no allocator claims, as candidates of the one graph: each region is
+    one candidate named after its mapping (`anon mapping 7f..-7f.. rw-p`)."""
+
+    name = "anon"
+
+    def __init__(self, session, regions: list[AnonRegion]):
+        super().__init__(session)
+        self.regions = regions
+
+    def buffers(self) -> BufferTable:
+        r = self.regions
+        return BufferTable.from_columns([x.start for x in r], [x.end - x.start for x in r],
+                                        [ALLOC] * len(r), list(range(len(r))),
+                                        kind=[x.kind for x in r],
+                                        groups=[x.label for x in r])
+
+    candidates = buffers
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        return [(x.start, x.end) for x in self.regions]
+
+
+class Candidates:
+    """Every owner's candidates in one table sorted by base (what the scan locates words in),
+    with each row's owner (index into owners) and its row in that owner's own table, so that
+    names, groups and records are always asked of the allocator that made the row."""
+
+    def __init__(self, owners: list[Allocator], parts: list[BufferTable]):
+        import numpy as np
+
+        self.owners, self.parts = owners, parts
+        full = [k for k, p in enumerate(parts) if len(p)]
+        if len(full) <= 1:
+            k = full[0] if full else 0
+            self.table = parts[k] if parts else BufferTable.from_columns([], [], [])
+            n = len(self.table)
+            self.owner = np.full(n, k, np.int16)
+            self.local = np.arange(n, dtype=np.int64)
+            return
+        cols = [np.concatenate([getattr(parts[k], c) for k in full])
+                for c in ("base", "size", "state", "group", "ctl", "kind")]
+        owner = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in full])
+        local = np.concatenate([np.arange(len(parts[k]), dtype=np.int64) for k in full])
+        order = np.argsort(cols[0], kind="stable")
+        self.table = BufferTable(*(c[order] for c in cols), [])
+        self.owner, self.local = owner[order], local[order]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def select(self, keep) -> Candidates:
+        """The rows a boolean mask keeps (owner and local rows kept in step)."""
+        import numpy as np
+
+        rows = np.flatnonzero(keep)
+        if len(rows) == len(self.table):
+            return self
+        out = Candidates.__new__(Candidates)
+        out.owners, out.parts = self.owners, self.parts
+        out.table = self.table.select(keep)
+        out.owner, out.local = self.owner[rows], self.local[rows]
+        return out
+
+    def at(self, i: int) -> tuple[Allocator, BufferTable, int]:
+        """(owner, its table, the row there) of row i."""
+        k = int(self.owner[i])
+        return self.owners[k], self.parts[k], int(self.local[i])
+
+    def name(self, i: int) -> str:
+        """What row i is, in its owner's words (the cache, the arena size class, the mapping)."""
+        alloc, part, j = self.at(i)
+        return alloc.group_name(part, j)
+
+
+class HeapView:
+    """The allocators of a target and the anonymous memory they leave, as one heap."""
+
+    def __init__(self, session, allocs: list[Allocator]):
+        self.session, self.allocs = session, list(allocs)
+        self.claimed: list[tuple[int, int]] = []
+        self.anon = AnonMemory(session, [])
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        """Every allocator's heap regions (the memory the scan will read first)."""
+        return [r for a in self.allocs for r in a.heap_regions()]
+
+    def candidates(self) -> Candidates:
+        """Every allocator's candidates and the anonymous memory none of them claims (their
+        heap and metadata regions, and the regions they offer as candidates themselves)."""
+        parts = [a.candidates() for a in self.allocs]
+        offered = [r for p in parts for r in candidate_extents(p.select(p.kind != KIND_BUFFER))]
+        self.claimed = merge_ranges(offered + [r for a in self.allocs
+                                               for r in a.heap_regions() + a.metadata_regions()])
+        self.anon = AnonMemory(self.session, anon_regions(self.session, self.claimed))
+        return Candidates(self.allocs + [self.anon], parts + [self.anon.candidates()])
+
+    def undecided(self, cands: Candidates) -> dict[int, str]:
+        """{row: label} of the candidates whose being unreached proves nothing (AnonRegion)."""
+        import numpy as np
+
+        regions = self.anon.regions
+        rows = np.flatnonzero(cands.owner == len(self.allocs))
+        return {int(i): f"{regions[j].label} ({regions[j].undecided})"
+                for i, j in zip(rows.tolist(), cands.local[rows].tolist())
+                if regions[j].undecided}
