@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from mdbpy.heap.leaks import explain, find_leaks
 from mdbpy.heap.model import ALLOC, FREE, AllocRecord, Allocator, BufferTable
 from mdbpy.session import Session
@@ -96,9 +98,32 @@ def test_findleaks_marks_transitively_and_coalesces():
 def test_explain_gives_the_chain_from_a_root():
     session, states, stacks = build()
     report = find_leaks(session, [ToyAllocator(session, states, stacks)])
-    chain = explain(report, buf(2, 5))
-    assert chain == [(0, DATA + 0x10, "prog data"), (buf(0), None, "toy-64"),
-                     (buf(1), None, "toy-64"), (buf(2), None, "toy-64")]
-    assert explain(report, buf(8))[0] == (0, STACK + 0x1800, "thread 1234 stack")
-    assert explain(report, buf(12))[0] == (0, None, "thread 1234 %rax")
-    assert explain(report, buf(3)) is None
+    chain = explain(report, session.mem, buf(2, 5))
+    # each hop: the slot of the pointer to the next (A+8 -> B, B+0x30 -> C), none after C
+    assert chain == [(0, DATA + 0x10, "prog data"), (buf(0), buf(0, 8), "toy-64"),
+                     (buf(1), buf(1, 0x30), "toy-64"), (buf(2), None, "toy-64")]
+    assert explain(report, session.mem, buf(8))[0] == (0, STACK + 0x1800, "thread 1234 stack")
+    assert explain(report, session.mem, buf(12))[0] == (0, None, "thread 1234 %rax")
+    assert explain(report, session.mem, buf(3)) is None
+
+
+@pytest.mark.parametrize("sizes", [(1000, 7, 3), (600, 500, 0), (0, 0, 5), (0, 0, 0)])
+def test_candidates_merge_owners_in_address_order(sizes):
+    """The one heap's table: every owner's rows in address order, each row knowing its owner
+    and its row there (a few rows are sliced in, many scattered; both must agree)."""
+    import numpy as np
+
+    from mdbpy.heap.view import Candidates
+
+    rng = np.random.default_rng(sum(sizes))
+    bases = np.sort(rng.choice(1 << 30, sum(sizes), replace=False)).astype(np.uint64) * 32
+    who = rng.permutation(np.repeat(np.arange(3), sizes))
+    parts = [BufferTable.from_columns(bases[who == k], np.full(sizes[k], 16), [ALLOC] * sizes[k],
+                                      ctl=bases[who == k] + np.uint64(k))
+             for k in range(3)]
+    c = Candidates([object()] * 3, parts)
+    assert np.array_equal(c.table.base, bases)
+    got = [(int(parts[o].base[j]), int(parts[o].ctl[j]) - int(parts[o].base[j]))
+           for o, j in zip(c.owner.tolist(), c.local.tolist())]
+    assert got == [(int(b), int(k)) for b, k in zip(bases, who)]
+    assert np.array_equal(c.table.ctl - c.table.base, who.astype(np.uint64))

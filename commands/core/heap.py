@@ -139,19 +139,6 @@ def walk_leakbuf(session, addr):
 
 
 # -- whyalive -------------------------------------------------------------------------------
-def link_offset(mem, src: int, size: int, dst: int, dst_size: int) -> int | None:
-    """Offset of the first aligned word in [src, src+size) pointing into [dst, dst+dst_size)."""
-    import numpy as np
-
-    words = np.frombuffer(mem.read(src, size - size % 8), "<u8")
-    hit = np.nonzero((words >= np.uint64(dst)) & (words < np.uint64(dst + dst_size)))[0]
-    return int(hit[0]) * 8 if len(hit) else None
-
-
-def _size(table, base: int) -> int:
-    return int(table.size[table.find(base)])
-
-
 @dcmd("whyalive", "explain what keeps a heap buffer alive", usage=":[-f]",
       example="0x7f0000201010::whyalive", help="""\
 The chain of references from a root to the buffer containing addr, as the last ::findleaks
@@ -173,21 +160,16 @@ def whyalive(inv):
         base = int(cands.table.base[i])
         head = f"{inv.addr:x} is " + (f"{base:x}+{inv.addr - base:x}, " if inv.addr != base
                                        else "") + f"allocated from {cands.name(i)}"
-        chain = explain(report, inv.addr)
+        chain = explain(report, s.mem, inv.addr)
         if chain is None:
             inv.print(f"{head}: leaked (no path from any root)")
             return 0
         inv.print(f"{head}, reachable through:")
         _, slot, label = chain[0]
-        root = f"{s.format_addr(slot)} ({label})" if slot is not None else label
-        via = root
-        for k, (b, _, g) in enumerate(chain[1:]):
+        via = f"{s.format_addr(slot)} ({label})" if slot is not None else label
+        for b, link, g in chain[1:]:
             inv.print(f"    {via:<40s} -> {b:x} ({g})")
-            if k + 2 < len(chain):
-                nxt = chain[k + 2][0]
-                off = link_offset(s.mem, b, _size(cands.table, b), nxt,
-                                  _size(cands.table, nxt))
-                via = f"{b:x}+{off:x}" if off is not None else f"{b:x}"
+            via = f"{b:x}+{link - b:x}" if link is not None else f"{b:x}"
         return 0
     raise MdbError(f"{inv.addr:x} is not in an allocated heap buffer")
 

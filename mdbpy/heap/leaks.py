@@ -242,10 +242,12 @@ def statistics(report: LeakReport) -> dict:
                 cpu_seconds=report.cpu, wall_seconds=report.wall)
 
 
-def explain(report: LeakReport, addr: int) -> list[tuple[int, int | None, str]] | None:
+def explain(report: LeakReport, mem, addr: int) -> list[tuple[int, int | None, str]] | None:
     """The chain of references that keeps the buffer at addr alive, root first, as
-    (buffer base or 0 for the root, slot address or None, label); None if it is leaked or not
-    a candidate."""
+    (buffer base or 0 for the root, slot, label): the root's slot is where the first pointer
+    is (None for a register), each buffer's the first aligned word in it that points into the
+    next buffer (None for the last, or where no such word could be read); None if the buffer
+    is leaked or not a candidate."""
     cands, reach = report.candidates, report.reach
     table = cands.table
     i = table.find(addr)
@@ -260,5 +262,23 @@ def explain(report: LeakReport, addr: int) -> list[tuple[int, int | None, str]] 
     chain.reverse()
     slot, label = reach.root_slot.get(chain[0], (None, "?"))
     out = [(0, slot, label)]
-    out += [(int(table.base[j]), None, cands.name(j)) for j in chain]
+    for j, nxt in zip(chain, chain[1:] + [None]):
+        link = None if nxt is None else _link(mem, table, j, nxt)
+        out.append((int(table.base[j]), link, cands.name(j)))
     return out
+
+
+def _link(mem, table: BufferTable, src: int, dst: int) -> int | None:
+    """The address of the first aligned word of candidate src that points into candidate dst,
+    read in blocks (an anonymous region on the way may be large; unreadable pages are
+    skipped)."""
+    import numpy as np
+
+    lo, hi = np.uint64(table.base[dst]), np.uint64(table.ends[dst])
+    for at, data in mem.blocks(int(table.base[src]), int(table.ends[src])):
+        skip = (-at) % 8
+        words = np.frombuffer(data, "<u8", (len(data) - skip) // 8, skip)
+        hit = np.flatnonzero((words >= lo) & (words < hi))
+        if len(hit):
+            return at + skip + int(hit[0]) * 8
+    return None

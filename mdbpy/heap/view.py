@@ -110,6 +110,32 @@ class AnonMemory(Allocator):
         return [(x.start, x.end) for x in self.regions]
 
 
+COLUMNS = ("base", "size", "state", "group", "ctl", "kind")  # BufferTable's, in its order
+FEW = 256  # rows inserted by slicing the big columns; more are scattered
+
+
+def _insert_sorted(big: dict, rows: dict, at) -> dict:
+    """Columns with rows[c][j] inserted before big[c][at[j]] (at sorted): few rows by joining
+    slices of the big columns (a memcpy each), many by scattering both into place."""
+    import numpy as np
+
+    n, k = len(big["base"]), len(at)
+    if k <= FEW:
+        cuts = list(zip([0] + at.tolist(), at.tolist() + [n]))
+        return {c: np.concatenate([piece for j, (a, b) in enumerate(cuts) for piece in (
+            (rows[c][j - 1:j], v[a:b]) if j else (v[a:b],))]) for c, v in big.items()}
+    to_rows = at + np.arange(k)
+    shift = np.zeros(n, np.int64)
+    np.add.at(shift, at[at < n], 1)
+    to_big = np.arange(n) + np.cumsum(shift)
+    out = {}
+    for c, v in big.items():
+        out[c] = np.empty(n + k, v.dtype)
+        out[c][to_big] = v
+        out[c][to_rows] = rows[c]
+    return out
+
+
 class Candidates:
     """Every owner's candidates in one table sorted by base (what the scan locates words in),
     with each row's owner (index into owners) and its row in that owner's own table, so that
@@ -127,13 +153,22 @@ class Candidates:
             self.owner = np.full(n, k, np.int16)
             self.local = np.arange(n, dtype=np.int64)
             return
-        cols = [np.concatenate([getattr(parts[k], c) for k in full])
-                for c in ("base", "size", "state", "group", "ctl", "kind")]
-        owner = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in full])
-        local = np.concatenate([np.arange(len(parts[k]), dtype=np.int64) for k in full])
-        order = np.argsort(cols[0], kind="stable")
-        self.table = BufferTable(*(c[order] for c in cols), [])
-        self.owner, self.local = owner[order], local[order]
+        # the others' rows (a few anonymous regions, another allocator's buffers) are put
+        # into the largest part (a million chunks) where they fall, in one copy of it
+        big = max(full, key=lambda k: len(parts[k]))
+        rest = [k for k in full if k != big]
+        cols = {c: np.concatenate([getattr(parts[k], c) for k in rest]) for c in COLUMNS}
+        cols["owner"] = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in rest])
+        cols["local"] = np.concatenate([np.arange(len(parts[k]), dtype=np.int64) for k in rest])
+        order = np.argsort(cols["base"], kind="stable")
+        n = len(parts[big])
+        whole = {c: getattr(parts[big], c) for c in COLUMNS}
+        whole["owner"] = np.full(n, big, np.int16)
+        whole["local"] = np.arange(n, dtype=np.int64)
+        merged = _insert_sorted(whole, {c: v[order] for c, v in cols.items()},
+                                np.searchsorted(parts[big].base, cols["base"][order]))
+        self.table = BufferTable(*(merged[c] for c in COLUMNS), [])
+        self.owner, self.local = merged["owner"], merged["local"]
 
     def __len__(self) -> int:
         return len(self.table)
