@@ -210,7 +210,26 @@ def _main_heap(session, st, mp, damage: list) -> Heap | None:
     if not first <= top < m.end:
         first = m.start
     first = (first + MALLOC_ALIGNMENT - 1) & ~(MALLOC_ALIGNMENT - 1)
-    return Heap(first, top, (first, m.end), None, top)
+    return Heap(first, top, (first, _main_heap_end(session, m, top)), None, top)
+
+
+def _main_heap_end(session, m, top: int) -> int:
+    """Where the main heap ends: at its top chunk's end. brk grown after a fork is a second
+    mapping the kernel does not merge with the first (an nginx worker's [heap]), so the top
+    chunk may run on into adjacent writable anonymous mappings; it is followed as far as they
+    go, and a top size that leaves them is not believed (the heap then ends with m)."""
+    maps = session.mem.mappings()
+    k = next(i for i, x in enumerate(maps) if x.start == m.start)
+    run_end = m.end
+    for nxt in maps[k + 1:]:
+        if nxt.start != run_end or not nxt.writable or nxt.is_file:
+            break
+        run_end = nxt.end
+    try:
+        top_end = top + (session.mem.read_u64(top + 8) & ~7)
+    except ReadError:
+        return m.end
+    return top_end if m.end < top_end <= run_end else m.end
 
 
 def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[Heap]:
