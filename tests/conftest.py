@@ -13,6 +13,12 @@ from support import (STACKS_FLAGS, SYS_PAUSE, Running, compile_fixture, gcore,  
                      start_fixture, start_stacks, wait_syscalls)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "real_program: a real Debian program (python3, sqlite3, memcached, nginx) "
+        "driven into a known state and checked live and as a core (tests/test_real_programs.py)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def symbol_cache_dir(tmp_path_factory):
     """Every test (and every mdbpy it starts) caches symbol tables in a temp dir, never in
