@@ -100,3 +100,23 @@ def test_whyalive_crosses_allocators_and_the_pool(one_heap, live):
     assert out[7].startswith("    m_holder ") and out[7].endswith(f"-> {mh:x} (chunk 0x50)")
     assert out[8].startswith(f"    {mh:x}+10 ") and out[8].endswith(f"-> {r.addr('b_held'):x}"
                                                                      " (bump)")
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "core"])
+def test_shared_memory_nothing_reaches_is_a_root_not_a_leak(one_heap, live):
+    """A shared anonymous mapping the program dropped may be held by another process: the
+    chunk only it points to is alive, and -v names the mapping among the roots (live: the
+    kernel's /dev/zero name says it is shared; gdb's core records it as a mapped file, whose
+    writable data is a root anyway)."""
+    r = one_heap[0]
+    shared = r.addr("shared")
+    out = mdbpy(one_heap, live, f"::findleaks -v; {r.addr('m_shared'):#x}::whyalive")
+    lines = out.splitlines()
+    assert f"{r.addr('m_shared'):x} is allocated from chunk 0x80, reachable through:" in lines
+    if live:
+        label = f"anon mapping {shared:x}-{shared + 0x1000:x} rw-s"
+        assert f"findleaks:     {label} (shared: other processes may hold it)" in lines
+        # the chain starts at the mapping itself, made a root
+        assert lines[-2] == f"    {label + ' (shared: other processes may hold it)':<40s} -> " \
+                            f"{shared:x} ({label})"
+        assert lines[-1] == f"    {f'{shared:x}+18':<40s} -> {r.addr('m_shared'):x} (chunk 0x80)"
