@@ -196,7 +196,7 @@ class LiveTarget(Target):
         if hole < addr + size:
             # refuse before allocating: a wild size must not become a huge buffer
             raise ReadError(hole, addr + size - hole, "no mapping")
-        out = bytearray()
+        parts = []  # one pread is the common case: its bytes are returned as they are
         cur, end = addr, addr + size
         while cur < end:
             want = min(CHUNK, end - cur)
@@ -210,9 +210,9 @@ class LiveTarget(Target):
                 if not self._alive():
                     raise self._died()
                 raise ReadError(cur, end - cur, err)
-            out += got
+            parts.append(got)
             cur += len(got)
-        return bytes(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, addr: int, data: bytes) -> None:
         if not self.writable:
