@@ -253,36 +253,57 @@ class PtmallocAllocator(Allocator):
         return [Problem(msg, "ptmalloc", addr) for addr, msg in verify(self.session, progress)]
 
     def group_name(self, table: BufferTable, i: int) -> str:
-        size = table.groups[int(table.group[i])] if table.groups else 0
-        hint = type_hint(self.session, int(table.base[i]), int(table.size[i]))
-        return f"chunk 0x{size:x}" + (f" {hint}" if hint else "")
+        return self.group_names(table, [i])[0]
 
     def group_names(self, table: BufferTable, indexes) -> list[str]:
-        """Per chunk: a chunk's name carries the type hint read from its contents."""
-        return [self.group_name(table, int(i)) for i in indexes]
+        """Per chunk: a chunk's name carries the type hint read from its contents (all the
+        chunks' first bytes read at once: findleaks names ten thousand leaks)."""
+        import numpy as np
+
+        idx = np.asarray(indexes, np.int64)
+        sizes = [table.groups[g] if table.groups else 0 for g in table.group[idx].tolist()]
+        hints = type_hints(self.session, table.base[idx], table.size[idx])
+        return [f"chunk 0x{size:x}" + (f" {hint}" if hint else "")
+                for size, hint in zip(sizes, hints)]
 
 
-def type_hint(session, addr: int, size: int) -> str:
-    """'Widget' for a C++ object whose first word is a vtable of class Widget, '"text..."'
-    for a printable prefix, else ''."""
-    from mdbpy.errors import ReadError
+def type_hints(session, addrs, sizes) -> list[str]:
+    """Per buffer: 'Widget' for a C++ object whose first word is a vtable of class Widget,
+    '"text..."' for a printable prefix, else ''. The first HINT_BYTES of every buffer are read
+    in one gather; symbols are looked up once per distinct first word that lies in a loaded
+    object (a vtable is in one), and text is decoded only where the bytes are printable."""
+    import numpy as np
 
-    try:
-        data = session.mem.read(addr, min(size, HINT_BYTES))
-    except ReadError:
-        return ""
-    if len(data) >= 8:
-        word = int.from_bytes(data[:8], "little")
-        hit = session.symbols.lookup_addr(word) if word else None
-        if hit is not None and hit[0].name.startswith("_ZTV"):
-            name = demangle_vtable(hit[0].name)
-            if name:
-                return name
-    text = data.split(b"\0", 1)[0]
-    if len(text) >= 4 and all(32 <= b < 127 for b in text):
-        more = "..." if len(text) == len(data) and size > len(data) else ""
-        return '"' + text.decode("ascii") + more + '"'
-    return ""
+    from mdbpy.heap.bulk import gather
+
+    n = len(addrs)
+    rows, ok = gather(session.mem, addrs, HINT_BYTES)
+    have = np.minimum(np.asarray(sizes, np.int64), HINT_BYTES)
+    have[~ok] = 0
+    cols = np.arange(HINT_BYTES)
+    inside = cols[None, :] < have[:, None]
+    words = np.where(have >= 8, rows[:, :8].copy().view("<u8")[:, 0], 0)
+    names: dict[int, str] = {}
+    objs = [(o.base, o.end) for o in session.symbols.objects()]
+    for w in np.unique(words[words != 0]).tolist():
+        if any(a <= w < b for a, b in objs):
+            hit = session.symbols.lookup_addr(w)
+            if hit is not None and hit[0].name.startswith("_ZTV"):
+                names[w] = demangle_vtable(hit[0].name) or ""
+    # the printable prefix: bytes before the first NUL (or the end of what was read)
+    nul = np.where(inside & (rows == 0), cols[None, :], HINT_BYTES).min(axis=1)
+    end = np.minimum(nul, have)
+    printable = (rows >= 32) & (rows < 127)
+    bad = np.where(~printable & (cols[None, :] < end[:, None]), 1, 0).sum(axis=1)
+    text = (end >= 4) & (bad == 0)
+    out = [""] * n
+    for k in np.flatnonzero(text).tolist():
+        more = "..." if end[k] == have[k] and sizes[k] > have[k] else ""
+        out[k] = '"' + rows[k, :end[k]].tobytes().decode("ascii") + more + '"'
+    for k, w in enumerate(words.tolist()):
+        if names.get(w):
+            out[k] = names[w]
+    return out
 
 
 def demangle_vtable(sym: str) -> str | None:
