@@ -24,6 +24,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
+from mdbpy.heap import kernel
 from mdbpy.heap.roots import merge_ranges
 
 from .layouts import IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE, SIZE_BITS
@@ -138,27 +139,32 @@ class _Slots:
 
 
 class _Found:
-    """The chunk slots found so far: numpy parts of the windows left, and a list for the
-    current one (its size words are taken from the window before the window moves)."""
+    """The chunk slots found so far: numpy parts of the windows left, and the parts of the
+    current one (their size words are taken from the window before the window moves)."""
 
     def __init__(self):
         self.idx: list = []
         self.raw: list = []
-        self.pending: list[int] = []
+        self.pending: list = []  # int64 arrays of slots in the current window
+        self.npending = 0
         self.flushed = 0
 
     def __len__(self) -> int:
-        return self.flushed + len(self.pending)
+        return self.flushed + self.npending
+
+    def add(self, slots) -> None:
+        self.pending.append(slots)
+        self.npending += len(slots)
 
     def flush(self, s: _Slots) -> None:
         import numpy as np
 
         if self.pending:
-            part = np.asarray(self.pending, dtype=np.int64)
+            part = np.concatenate(self.pending)
             self.idx.append(part)
             self.raw.append(s.raw[part - s.lo])
             self.flushed += len(part)
-            self.pending = []
+            self.pending, self.npending = [], 0
 
     def columns(self):
         """(slot indices, size words) of every chunk found, in address order."""
@@ -186,21 +192,20 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
     problems: list[tuple[int, int, str]] = []
     bad_at: list[int] = []
     k = 0
+    stop = np.zeros(1, np.int64)
     # every step moves k forward (a valid size by 2 slots at least, a resync by 1 at least)
     # and never past nslots: the loop ends
     while k < nslots:
         if k >= s.hi:
             found.flush(s)
             s.load(k)
-        nv, lo, hi = memoryview(s.nxt), s.lo, s.hi
-        add = found.pending.append
-        while k < hi:
-            k2 = nv[k - lo]
-            if k2 < 0:
-                break
-            add(k)
-            k = k2
-        else:
+        lo, hi = s.lo, s.hi
+        chain = np.empty(hi - k, np.int64)
+        got = kernel.lib().follow_chain(kernel.ptr(s.nxt), lo, hi, k, kernel.ptr(chain),
+                                        kernel.ptr(stop))
+        found.add(chain[:got])
+        k = int(stop[0])
+        if k >= hi:
             continue  # the walk left the window
         rawk = int(s.raw[k - lo])
         if top is None and rawk & ~SIZE_BITS == 16:
@@ -212,7 +217,7 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
                if MINSIZE <= size <= MAX_CHUNK and not size & 15 else
                f"chunk 0x{addr:x}: bad size 0x{rawk:x} (smashed header?)")
         bad_at.append(len(found))
-        add(k)
+        found.add(np.array([k], np.int64))
         found.flush(s)  # the resync may move the window
         k2 = s.resync(k)
         if k2 < nslots:

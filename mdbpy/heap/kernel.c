@@ -1,6 +1,7 @@
 /*
  * The inner loops of findleaks, compiled: which buffer holds each word of the heap, the edges
- * between buffers, and the breadth-first mark over them.
+ * between buffers, and the breadth-first mark over them; and the one loop of the chunk walks
+ * that cannot be vectorised, following a chain of headers.
  *
  * Why C: a conservative scan looks at every word of the heap (tens of millions of them). In
  * numpy that is a dozen passes over temporaries per block (range filter, island lookup,
@@ -339,4 +340,24 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const uint64_t *
         }
     }
     return tail + leaves;
+}
+
+/* A chain of slots, each naming the next: ptmalloc's chunks, where a header's size leads to the
+ * next header. From slot k, while k < hi and its successor nxt[k - lo] is valid (>= 0), k is
+ * written to out and the walk moves on. A valid successor is always past its slot, so the walk
+ * ends, and out needs room for hi - k entries. Returns how many were written; *end is where the
+ * chain stopped: at or past hi, or at a slot whose successor is invalid (a smashed header). */
+int64_t follow_chain(const int64_t *nxt, int64_t lo, int64_t hi, int64_t k, int64_t *out,
+                     int64_t *end)
+{
+    int64_t n = 0;
+    while (k < hi) {
+        int64_t k2 = nxt[k - lo];
+        if (k2 <= k)
+            break;
+        out[n++] = k;
+        k = k2;
+    }
+    *end = k;
+    return n;
 }

@@ -1,4 +1,4 @@
-"""The compiled inner loops of findleaks (kernel.c), loaded with ctypes.
+"""The compiled inner loops of findleaks and of the chunk walks (kernel.c), loaded with ctypes.
 
 kernel.c is built by `pip install` (pyproject.toml's ext-modules) into a plain shared library
 next to this file; it has no Python entry point, only C functions called through ctypes, so it
@@ -39,6 +39,7 @@ _SIGNATURES = {
     "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
     "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P, _P]),
     "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
+    "follow_chain": (_I64, [_P, _I64, _I64, _I64, _P, _P]),
 }
 # kernel.c's node_t: a node of the graph the breadth-first search walks
 NODE = [("deg", "<i4"), ("ref", "<i4")]
