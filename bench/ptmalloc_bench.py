@@ -1,14 +1,24 @@
-"""Benchmark: glibc malloc with a million chunks, live and as a core.
+"""Benchmark: glibc malloc at realistic sizes, live and as a core, against reading the heap.
 
-Starts fixtures/glibc_heap.c in `many N` mode (N live 48-byte list nodes plus N/100 leaked
-24-byte chunks), cores it with gcore, and times on each target: a plain read of every heap
-byte (the floor), locating the arenas, the full chunk walk with bins (::malloc_chunks' table),
-and findleaks through the generic engine. Run: python bench/ptmalloc_bench.py [N]
+Starts fixtures/glibc_heap.c in `sized N` mode (N live chunks of 16 to 1024 bytes: a list of
+nodes each holding a payload of a pseudo-random size, N/100 payloads leaked; `--many` for the
+older mode of 48-byte nodes), cores it with gcore, and on each target times:
+
+  - the plain read of every heap byte (the floor: reading the heap once);
+  - findleaks whole, in a fresh session: locating the arenas, the chunk walk, the scan, the
+    mark and the report's records (what `::findleaks` costs a user), and its ratio to the read;
+  - the chunk walk alone (::malloc_chunks' table), in another fresh session;
+  - the command as a user runs it: `mdbpy TARGET -e ::findleaks` less `mdbpy TARGET -e ::status`
+    (start-up and attach are the same in both), best of three;
+  - chap's `count leaked` on the same core, where CHAP names chap's binary.
+
+Run: python bench/ptmalloc_bench.py [N ...] [--many]   (default N: 100000 1000000)
 """
 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,64 +28,94 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import compile_fixture, gcore, start_fixture  # noqa: E402
+from support import compile_fixture, gcore, mdbpy_cmd, start_fixture  # noqa: E402
 
 from mdbpy.heap.leaks import find_leaks  # noqa: E402
 from mdbpy.session import Session  # noqa: E402
 
 
-def timed(label: str, fn):
+def timed(fn):
     t0 = time.perf_counter()
     out = fn()
-    print(f"  {label:28s} {time.perf_counter() - t0:7.3f} s")
-    return out
+    return time.perf_counter() - t0, out
 
 
-def bench(target, n: int) -> None:
-    from mdbpy_commands.ptmalloc.allocator import PtmallocAllocator, chunk_table
+def command(args: list[str], cmds: str) -> float:
+    """Best wall time of three runs of the mdbpy CLI."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(mdbpy_cmd("-S", *args, "-e", cmds), capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench(open_target, args: list[str], leaks: int) -> None:
+    from mdbpy_commands.ptmalloc.allocator import chunk_table
     from mdbpy_commands.ptmalloc.locate import locate
 
-    s = Session(target, out=io.StringIO(), err=io.StringIO())
+    s = Session(open_target(), out=io.StringIO(), err=io.StringIO())
     try:
-        st = timed("locate (symbols)", lambda: locate(s))
-        regions = st.heap_ranges()
+        regions = locate(s).heap_ranges()
 
         def read_all():
-            total = 0
-            for a, b in regions:
-                for _addr, data in s.mem.blocks(a, b):
-                    total += len(data)
-            return total
+            return sum(len(data) for a, b in regions for _addr, data in s.mem.blocks(a, b))
 
-        nbytes = timed("plain read of the heaps", read_all)
-        t = timed("chunk walk + bins", lambda: chunk_table(s))
-        print(f"    {len(t.addr)} chunks, {nbytes >> 20} MiB of heap")
-        alloc = PtmallocAllocator(s)
-        rep = timed("findleaks", lambda: find_leaks(s, [alloc]))
-        print(f"    {len(rep.leaks)} leaks (planted {n // 100})")
+        read, nbytes = timed(read_all)
     finally:
         s.close()
+    s = Session(open_target(), out=io.StringIO(), err=io.StringIO())
+    try:
+        whole, rep = timed(lambda: find_leaks(s))
+    finally:
+        s.close()
+    s = Session(open_target(), out=io.StringIO(), err=io.StringIO())
+    try:
+        walk, t = timed(lambda: chunk_table(s))
+    finally:
+        s.close()
+    cli = command(args, "::findleaks") - command(args, "::status")
+    print(f"  plain read of the heaps   {read:7.3f} s   {nbytes >> 20} MiB, {len(t.addr)} chunks")
+    print(f"  findleaks whole           {whole:7.3f} s   {whole / read:5.1f}x the read; "
+          f"{len(rep.leaks)} leaks (planted {leaks})")
+    print(f"  chunk walk alone          {walk:7.3f} s")
+    print(f"  ::findleaks less ::status {cli:7.3f} s   {cli / read:5.1f}x the read")
+
+
+def chap(core: Path) -> None:
+    exe = os.environ.get("CHAP")
+    if not exe:
+        return
+    t0 = time.perf_counter()
+    out = subprocess.run([exe, str(core)], input="count leaked\n", capture_output=True,
+                         text=True, timeout=600)
+    print(f"  chap count leaked         {time.perf_counter() - t0:7.3f} s   "
+          f"{out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-200:]}")
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    mode = "many" if "--many" in sys.argv else "sized"
+    sizes = [int(a) for a in sys.argv[1:] if not a.startswith("--")] or [100_000, 1_000_000]
+    from mdbpy.target.core import open_file_target
+    from mdbpy.target.live import LiveTarget
+
     with tempfile.TemporaryDirectory() as d:
         exe = compile_fixture("glibc_heap", Path(d), flags=("-O2", "-g", "-Wno-use-after-free"))
-        r = start_fixture(exe, "many", n, timeout=120)
-        try:
-            core = gcore(r.pid, Path(d) / "many")
-            from mdbpy.target.live import LiveTarget
-
-            print(f"live process ({n} chunks)")
-            bench(LiveTarget(r.pid), n)
-            from mdbpy.target.core import open_file_target
-
-            print("core file")
-            bench(open_file_target(str(core), exe=str(exe)), n)
-        finally:
-            r.stop()
-    print(f"python {sys.version.split()[0]}, "
-          f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores")
+        for n in sizes:
+            r = start_fixture(exe, mode, n, timeout=300)
+            try:
+                core = gcore(r.pid, Path(d) / f"{mode}{n}")
+                print(f"live process ({mode} {n})")
+                bench(lambda: LiveTarget(r.pid), ["-p", str(r.pid)], n // 100)
+                print(f"core file ({mode} {n})")
+                bench(lambda: open_file_target(str(core), exe=str(exe)), [str(exe), str(core)],
+                      n // 100)
+                chap(core)
+            finally:
+                r.stop()
+                for f in Path(d).glob(f"{mode}{n}.*"):
+                    f.unlink()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
