@@ -46,6 +46,8 @@ class ChunkTable:
     # mmapped chunk -> its prev_size, where not 0 (memalign moved the chunk into its mapping):
     # the mapping glibc made starts that far before the chunk
     mmap_lead: dict = field(default_factory=dict)
+    # [start, end) of the foreign sbrk blocks inside the main heap (HeapWalk.foreign)
+    foreign: list = field(default_factory=list)
 
 
 def chunk_table(session, progress=None) -> ChunkTable:
@@ -83,6 +85,7 @@ def _build(session, progress) -> ChunkTable:
     st = locate(session)
     parts: list[dict] = []
     damage: list = list(st.damage)
+    foreign: list = []
     total = sum(max(h.end - h.first, 0) for a in st.arenas for h in a.heaps)
     walked = 0  # bytes of the heaps walked before the current one
 
@@ -106,6 +109,7 @@ def _build(session, progress) -> ChunkTable:
                                      "not walked", h.first, h.region[1]))
                 continue
             damage += [Damage(owner, addr, why, addr, end) for addr, end, why in w.problems]
+            foreign += w.foreign
             add(w.addr, w.size, w.flags,
                 np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8), a.index, bad=w.bad)
             if h.top is not None:
@@ -148,7 +152,7 @@ def _build(session, progress) -> ChunkTable:
     damage += walker.tcache_keys(lists)
     return ChunkTable(c["addr"], c["size"], c["flags"], c["state"], c["arena"], c["mmapped"],
                       c["bad"], where, damage, lists,
-                      {m.addr: m.prev_size for m in mm if m.prev_size})
+                      {m.addr: m.prev_size for m in mm if m.prev_size}, foreign)
 
 
 class PtmallocAllocator(Allocator):
@@ -160,6 +164,7 @@ class PtmallocAllocator(Allocator):
         self.state = locate(session)
         self.version = self.state.version
         self.binder = self.state.structs
+        self._buffers = None  # (the chunk table, the buffers made of it)
 
     @classmethod
     def detect(cls, session):
@@ -179,26 +184,37 @@ class PtmallocAllocator(Allocator):
         return chunk_table(self.session)
 
     def buffers(self) -> BufferTable:
-        """Every chunk but the tops and the tcache structs, as the program's buffers."""
+        """Every chunk but the tops and the tcache structs, as the program's buffers, grouped
+        by chunk size (made once per chunk table: findleaks and its statistics both ask)."""
         import numpy as np
 
         t = self.chunks()
+        if self._buffers is not None and self._buffers[0] is t:
+            return self._buffers[1]
         keep = (t.state == ALLOC) | (t.state == FREE)
         addr, size = t.addr[keep], t.size[keep]
         mm = t.mmapped[keep]
         base = addr + np.uint64(16)
         usable = np.where(mm, size - np.uint64(16), size - np.uint64(8))
-        sizes, group = np.unique(size, return_inverse=True)
-        return BufferTable.from_columns(
-            base, usable, t.state[keep], group.astype(np.int32), addr,
+        sizes, group = size_classes(size)
+        table = BufferTable.from_columns(
+            base, usable, t.state[keep], group, addr,
             np.where(mm, KIND_OVERSIZE, KIND_BUFFER).astype(np.uint8),
-            groups=[int(s) for s in sizes], sort=False)
+            groups=sizes.tolist(), sort=False)
+        self._buffers = (t, table)
+        return table
 
     def heap_regions(self) -> list[tuple[int, int]]:
-        """The heaps, and each mmapped chunk's whole mapping as glibc made it (from before
-        the chunk when memalign moved it), across every mapping mprotect split it into."""
+        """The heaps less the foreign sbrk blocks inside the main heap (another allocator's
+        memory, for the one heap to decide), and each mmapped chunk's whole mapping as glibc
+        made it (from before the chunk when memalign moved it), across every mapping
+        mprotect split it into."""
+        from mdbpy.heap.roots import subtract
+        from mdbpy.heap.scan import Root
+
         t = self.chunks()
-        out = list(self.state.heap_ranges())
+        out = [(r.start, r.end) for r in subtract([Root(a, b, "") for a, b in
+                                                    self.state.heap_ranges()], t.foreign)]
         mm = t.mmapped
         lead = t.mmap_lead
         out += [(a - lead.get(a, 0), a + s) for a, s in zip(t.addr[mm].tolist(),
@@ -265,6 +281,21 @@ class PtmallocAllocator(Allocator):
         hints = type_hints(self.session, table.base[idx], table.size[idx])
         return [f"chunk 0x{size:x}" + (f" {hint}" if hint else "")
                 for size, hint in zip(sizes, hints)]
+
+
+def size_classes(size):
+    """(distinct sizes, each chunk's index among them) of chunk sizes: counted by size/16 in one
+    pass where the largest is small (a heap's chunks), sorted where it is not (huge mmapped
+    chunks): np.unique's sort of a million sizes costs ten times the count."""
+    import numpy as np
+
+    q = size >> np.uint64(4)
+    if not len(q) or int(q.max()) >= 1 << 22 or np.any(size & np.uint64(15)):
+        sizes, group = np.unique(size, return_inverse=True)
+        return sizes, group.astype(np.int32).reshape(-1)
+    seen = np.bincount(q.astype(np.int64)) > 0
+    index = (np.cumsum(seen) - 1).astype(np.int32)
+    return np.flatnonzero(seen).astype(np.uint64) << np.uint64(4), index[q.astype(np.int64)]
 
 
 def type_hints(session, addrs, sizes) -> list[str]:
