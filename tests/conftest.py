@@ -22,10 +22,14 @@ def pytest_configure(config):
 @pytest.fixture(scope="session", autouse=True)
 def symbol_cache_dir(tmp_path_factory):
     """Every test (and every mdbpy it starts) caches symbol tables in a temp dir, never in
-    the user's ~/.cache."""
+    the user's ~/.cache; and sees no debuginfod: no server (a test never reaches the
+    network) and an empty cache of its own, not the user's (tests/test_debuginfod.py sets
+    both up itself)."""
     mp = pytest.MonkeyPatch()
     d = tmp_path_factory.mktemp("symcache")
     mp.setenv("MDBPY_CACHE_DIR", str(d))
+    mp.delenv("DEBUGINFOD_URLS", raising=False)
+    mp.setenv("DEBUGINFOD_CACHE_PATH", str(tmp_path_factory.mktemp("debuginfod")))
     yield d
     mp.undo()
 

@@ -191,14 +191,14 @@ def test_walks_keep_what_they_can_trust(damaged, kind):
 def damaged_231(request, build_dir):
     """The damage under glibc 2.31 (no safe-linking; the tcache key is the tcache), run by
     that release's loader as test_ptmalloc_versions runs it: (damage, release tuple)."""
-    from test_ptmalloc_versions import OTHER, _build, _libdir
+    from test_ptmalloc_versions import _build, release_with
 
-    lib = _libdir(OTHER / "2.31")
-    exe = _build("2.31", build_dir, "ptmalloc_damage")
-    r = start_fixture(lib / "ld-linux-x86-64.so.2", "--library-path", lib, exe, request.param)
+    rel = release_with((2, 31))
+    exe = _build(rel, build_dir, "ptmalloc_damage")
+    r = start_fixture(*rel.loader, exe, request.param)
     try:
         core = gcore(r.pid, build_dir / f"damage-2.31-{request.param}")
-        yield request.param, ("2.31", r, "", core, str(OTHER / "2.31-dbg/usr/lib/debug"))
+        yield request.param, (rel, r, "", core)
     finally:
         r.stop()
 

@@ -1,5 +1,8 @@
 """Real programs, real heaps: Debian's own binaries driven into a known state, then looked at
-live (`mdbpy -p PID`) and as a gcore core, with libc's debug symbols present.
+live (`mdbpy -p PID`) and as a gcore core, each in two modes: with libc's debug symbols
+present, and with them hidden as on most users' machines (no libc6-dbg: no system debug
+directory and a symbol cache of its own, so the heuristics find malloc's state). Both modes
+must give the same exact answers.
 
   python3    /usr/bin/python3 (CPython 3.11) running tests/real/pyheap.py, idle (one thread)
              and busy (six threads, each with a dict and a list of str and bytes objects,
@@ -65,6 +68,7 @@ pytestmark = pytest.mark.real_program
 
 PYTHON = "/usr/bin/python3"
 KINDS = ("live", "core")
+MODES = ("symbols", "heuristic")
 MALLINFO = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
             "fordblks", "keepcost")
 COMMANDS = "::findleaks -d; ::ptmalloc_verify; ::mallinfo"
@@ -94,8 +98,8 @@ class Look:
         return sorted((g["kind"], m) for g in self.leaks for m in g["members"])
 
 
-def look(*target) -> Look:
-    r = run_mdbpy("-S", "--json", *target, "-e", COMMANDS, timeout=180)
+def look(*target, env=None) -> Look:
+    r = run_mdbpy("-S", "--json", *target, "-e", COMMANDS, timeout=180, env=env)
     out = r.stdout.splitlines()
     docs = [json.loads(line) for line in out if line.startswith("{")]
     fl = [d for d in docs if d.get("command") == "findleaks"]
@@ -113,7 +117,7 @@ class Seen:
 
     pid: int
     info: dict = field(default_factory=dict)
-    looks: dict = field(default_factory=dict)  # kind -> Look
+    looks: dict = field(default_factory=dict)  # (kind, mode) -> Look
     diagnosis: str = ""  # who holds the unexpected leaks (from the live process)
     facts: dict = field(default_factory=dict)  # what the tests check of the driver itself
 
@@ -143,19 +147,22 @@ def wait_blocked(pid: int, want: dict[int, set[int]] | None = None,
 
 
 def examine(seen: Seen, exe: str, tmp: Path, label: str, expected: set[int]) -> Seen:
-    """Look at seen.pid live and as a core; on unexpected leaks, say who holds them."""
-    seen.looks["live"] = look("-p", seen.pid)
+    """Look at seen.pid live and as a core, in both modes; on unexpected leaks, say who
+    holds them."""
+    hidden = {"MDBPY_SYSTEM_DEBUG_DIRS": "", "MDBPY_CACHE_DIR": str(tmp / f"{label}-cache")}
+    envs = {"symbols": None, "heuristic": hidden}
+    for mode in MODES:
+        seen.looks["live", mode] = look("-p", seen.pid, env=envs[mode])
     core = gcore(seen.pid, tmp / label)
     try:
-        seen.looks["core"] = look(exe, core)
+        for mode in MODES:
+            seen.looks["core", mode] = look(exe, core, env=envs[mode])
     finally:
         core.unlink()
-    live = seen.looks["live"]
-    if live.leaks:
-        extra = [(g, m, s) for g in live.leaks for m, s in zip(g["members"], g["member_sizes"])
-                 if m not in expected]
-        if extra:
-            seen.diagnosis = diagnose(seen.pid, extra)
+    extra = {m: (g, m, s) for mode in MODES for g in seen.looks["live", mode].leaks or ()
+             for m, s in zip(g["members"], g["member_sizes"]) if m not in expected}
+    if extra:
+        seen.diagnosis = diagnose(seen.pid, list(extra.values()))
     return seen
 
 
@@ -182,9 +189,10 @@ def diagnose(pid: int, extra) -> str:
             f"each one's chain (live process):\n" + holders.summary(counts, chains))
 
 
-def assert_leaks(seen: Seen, kind: str, want: list[tuple[str, int]], maybe=()) -> None:
+def assert_leaks(seen: Seen, kind: str, mode: str, want: list[tuple[str, int]],
+                 maybe=()) -> None:
     """findleaks reported exactly `want` (kind, buffer) pairs, and any of `maybe`."""
-    lk = seen.looks[kind]
+    lk = seen.looks[kind, mode]
     assert lk.leaks is not None, f"::findleaks printed no JSON: {lk.warnings}"
     got = lk.members()
     if not set(want) <= set(got) <= set(want) | set(maybe) or len(got) != len(set(got)):
@@ -195,8 +203,11 @@ def assert_leaks(seen: Seen, kind: str, want: list[tuple[str, int]], maybe=()) -
                     f"reported: {[(k, hex(a)) for k, a in missing]}\n{seen.diagnosis}")
 
 
-def assert_clean(seen: Seen, kind: str) -> None:
-    lk = seen.looks[kind]
+def assert_clean(seen: Seen, kind: str, mode: str) -> None:
+    """Verify finds nothing, mdbpy warns of nothing, and ::mallinfo is the same without
+    symbols as with them."""
+    lk = seen.looks[kind, mode]
+    assert lk.mallinfo == seen.looks[kind, "symbols"].mallinfo
     assert lk.verify == ["ptmalloc: heap clean"], lk.verify
     assert lk.warnings == [], lk.warnings
     assert lk.status == 0
@@ -256,8 +267,9 @@ def test_python_driver_state(python_seen):
             (k, held)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_python_findleaks_reports_exactly_the_planted_leaks(python_seen, kind):
+def test_python_findleaks_reports_exactly_the_planted_leaks(python_seen, kind, mode):
     """The planted leaks and nothing else. A planted leak that some word of the process
     points into all the same may be kept alive by a conservative scan, so it may be missing:
     the driver never stores a planted pointer, but garbage can spell one (the high bytes of
@@ -265,17 +277,19 @@ def test_python_findleaks_reports_exactly_the_planted_leaks(python_seen, kind):
     info, facts = python_seen.info, python_seen.facts
     planted = [(k, int(info[f"leak{i}"], 16)) for i, k in enumerate(PLANTED_KINDS)]
     held = [p for i, p in enumerate(planted) if facts[f"leak{i}"]]
-    assert_leaks(python_seen, kind, [p for p in planted if p not in held], held)
+    assert_leaks(python_seen, kind, mode, [p for p in planted if p not in held], held)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_python_verify_is_clean(python_seen, kind):
-    assert_clean(python_seen, kind)
+def test_python_verify_is_clean(python_seen, kind, mode):
+    assert_clean(python_seen, kind, mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_python_mallinfo_is_the_programs_own(python_seen, kind):
-    got = python_seen.looks[kind].mallinfo
+def test_python_mallinfo_is_the_programs_own(python_seen, kind, mode):
+    got = python_seen.looks[kind, mode].mallinfo
     assert got == {k: int(python_seen.info[k]) for k in MALLINFO}
 
 
@@ -332,14 +346,16 @@ def sqlite_seen(tmp_path_factory):
         proc.communicate(timeout=10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sqlite3_has_no_leaks(sqlite_seen, kind):
-    assert_leaks(sqlite_seen, kind, [])
+def test_sqlite3_has_no_leaks(sqlite_seen, kind, mode):
+    assert_leaks(sqlite_seen, kind, mode, [])
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sqlite3_verify_is_clean(sqlite_seen, kind):
-    assert_clean(sqlite_seen, kind)
+def test_sqlite3_verify_is_clean(sqlite_seen, kind, mode):
+    assert_clean(sqlite_seen, kind, mode)
 
 
 # -- memcached --------------------------------------------------------------------------------
@@ -397,14 +413,16 @@ def memcached_seen(tmp_path_factory):
         proc.communicate(timeout=10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_memcached_has_no_leaks(memcached_seen, kind):
-    assert_leaks(memcached_seen, kind, [])
+def test_memcached_has_no_leaks(memcached_seen, kind, mode):
+    assert_leaks(memcached_seen, kind, mode, [])
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_memcached_verify_is_clean(memcached_seen, kind):
-    assert_clean(memcached_seen, kind)
+def test_memcached_verify_is_clean(memcached_seen, kind, mode):
+    assert_clean(memcached_seen, kind, mode)
 
 
 # -- nginx ------------------------------------------------------------------------------------
@@ -485,13 +503,15 @@ def nginx_seen(tmp_path_factory):
         proc.communicate(timeout=10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("role", ("master", "worker"))
-def test_nginx_has_no_leaks(nginx_seen, role, kind):
-    assert_leaks(nginx_seen[role], kind, [])
+def test_nginx_has_no_leaks(nginx_seen, role, kind, mode):
+    assert_leaks(nginx_seen[role], kind, mode, [])
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("role", ("master", "worker"))
-def test_nginx_verify_is_clean(nginx_seen, role, kind):
-    assert_clean(nginx_seen[role], kind)
+def test_nginx_verify_is_clean(nginx_seen, role, kind, mode):
+    assert_clean(nginx_seen[role], kind, mode)

@@ -12,13 +12,15 @@ shown as a string.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
 from .bins import Walker
-from .chunks import mmap_count_damage, mmap_counters, mmapped_chunks, walk_heap
+from .chunks import (explain_mmap_count, mmap_count_damage, mmap_counters, mmapped_chunks,
+                     walk_heap)
 from .damage import Damage, arena_owner, report
 from .layouts import HEAP_MAX_SIZE
 from .locate import WARNED, locate
@@ -123,7 +125,8 @@ def _build(session, progress) -> ChunkTable:
                     np.asarray([raw & 7], np.uint8), np.asarray([ROLE_TOP], np.uint8), a.index)
     counted = mmap_counters(st)
     mm = mmapped_chunks(session.mem, st.heap_ranges(), counted)
-    damage += mmap_count_damage(st, counted, mm)
+    mm, overlaps = explain_mmap_count(session.mem, st.heap_ranges(), counted, mm)
+    damage += overlaps or mmap_count_damage(st, counted, mm)
     if mm:
         add(np.asarray([c.addr for c in mm], np.uint64), np.asarray([c.size for c in mm],
                                                                    np.uint64),
@@ -133,7 +136,10 @@ def _build(session, progress) -> ChunkTable:
     order = np.argsort(c["addr"], kind="stable")
     c = {k: v[order] for k, v in c.items()}
 
-    walker = Walker(session, st)
+    if st.tcaches:
+        tc = np.isin(c["addr"], np.asarray([t.addr - 16 for t in st.tcaches], np.uint64))
+        c["state"][tc] = ROLE_TCACHE_STRUCT
+    walker = Walker(session, st, SimpleNamespace(**c))  # entries must be chunks of the walk
     lists = walker.all()
     where: dict[int, str] = {}
     cached = []
@@ -146,9 +152,6 @@ def _build(session, progress) -> ChunkTable:
     if cached:
         hit = np.isin(c["addr"], np.asarray(cached, np.uint64))
         c["state"][hit & (c["state"] == ALLOC)] = FREE
-    if st.tcaches:
-        tc = np.isin(c["addr"], np.asarray([t.addr - 16 for t in st.tcaches], np.uint64))
-        c["state"][tc] = ROLE_TCACHE_STRUCT
     damage += walker.tcache_keys(lists)
     return ChunkTable(c["addr"], c["size"], c["flags"], c["state"], c["arena"], c["mmapped"],
                       c["bad"], where, damage, lists,

@@ -70,13 +70,18 @@ def largebin_index(size: int) -> int:
 
 
 class Walker:
-    """Reads the lists of one located State (see locate.py)."""
+    """Reads the lists of one located State (see locate.py). `chunks`, when given, is the
+    heap walk's chunk table (addr, size, state and bad columns in address order, as
+    allocator.chunk_table builds it): the singly linked lists then check that each entry is
+    a chunk of the walk, not a place inside one."""
 
-    def __init__(self, session, state):
+    def __init__(self, session, state, chunks=None):
         self.mem = session.mem
         self.state = state
         self.heaps = sorted(state.heap_ranges())
         self._bins: dict[int, tuple] = {}  # arena -> its bins[] (decoded once)
+        self.chunks = chunks
+        self._cached: dict[int, str] = {}  # chunk -> the tcache or fastbin list it is in
 
     def in_heap(self, addr: int) -> bool:
         return any(a <= addr < b for a, b in self.heaps)
@@ -106,54 +111,77 @@ class Walker:
 
     def _single(self, lst: BinList, first: int, user: bool, limit: int) -> BinList:
         """Follow a singly linked list (tcache: links to user memory; fastbin: to chunks),
-        at most limit chunks, each once."""
+        at most limit chunks, each once. An entry that is not a chunk of the heap walk but
+        lies inside one (a chunk freed twice after a merge, a poisoned link) is reported and
+        not listed; the walk goes on through its link, so the real chunks after it stay
+        free, and says nothing more of this list (what follows came through the damage)."""
         seen = set()
         cur, holder = first, None
         cls = chunk_size_class(lst.kind, lst.index)
+        quiet = False
+
+        def damage(addr: int, text: str, at: int | None) -> None:
+            if not quiet:
+                self._damage(lst, addr, text, at)
+
         while cur and len(lst.chunks) < limit:
             chunk = cur - 16 if user else cur
             fault = pointer_fault(self.mem, chunk, self.heaps)
             if fault:
-                self._damage(lst, holder or lst.head, f"link 0x{cur:x} {fault}", holder)
+                damage(holder or lst.head, f"link 0x{cur:x} {fault}", holder)
                 return lst
             if chunk in seen:
-                self._damage(lst, chunk, f"cycle at 0x{chunk:x} (double free?)", holder)
+                damage(chunk, f"cycle at 0x{chunk:x} (double free?)", holder)
                 return lst
             seen.add(chunk)
+            inside = self._inside(chunk)
+            if inside:
+                damage(chunk, f"chunk 0x{chunk:x} lies inside {inside} (overlapping chunks: "
+                              "a double free or a poisoned link)", chunk)
+                quiet = True
             try:
                 size = self._size(chunk)
                 stored = self.mem.read_ptr(chunk + 16)
             except ReadError:
-                self._damage(lst, chunk, f"chunk 0x{chunk:x} is unreadable", holder)
+                damage(chunk, f"chunk 0x{chunk:x} is unreadable", holder)
                 return lst
-            lst.chunks.append(chunk)
+            if not inside:
+                lst.chunks.append(chunk)
+                self._cached.setdefault(chunk, lst.name)
             if cls and not cls[0] <= size < cls[1]:
-                self._damage(lst, chunk, f"chunk size 0x{size:x} does not belong in this bin "
-                                         f"(0x{cls[0]:x})", chunk)
+                damage(chunk, f"chunk size 0x{size:x} does not belong in this bin "
+                              f"(0x{cls[0]:x})", chunk)
             holder, cur = chunk, self._reveal(chunk + 16, stored)
         if cur and lst.count is None:
-            self._damage(lst, holder, f"longer than {limit} chunks; the rest is not walked",
-                         holder)
+            damage(holder, f"longer than {limit} chunks; the rest is not walked", holder)
         return lst
 
     def tcache(self, tc) -> list[BinList]:
-        """The bins of the tcache_perthread_struct at tc.addr (non-empty or miscounted)."""
+        """The bins of the tcache_perthread_struct at tc.addr (non-empty or miscounted). A
+        bin's count (2.42: its num_slots, the free slots left) can never exceed
+        mp_.tcache_count: glibc stops filling a bin there."""
         st = self.state
         tp = st.structs["tcache_perthread_struct"]
         v = tp.view(self.mem, tc.addr)
         entries = v.entries
+        limit = st.mp.tcache_count if st.mp is not None else None
         if st.version >= V_NUM_SLOTS:
-            limit = st.mp.tcache_count if st.mp is not None else 0
-            counts = [max(limit - s, 0) if limit else None for s in v.num_slots]
+            field, raw = "num_slots", list(v.num_slots)
+            counts = [max(limit - s, 0) if limit else None for s in raw]
         else:
-            counts = list(v.counts)
+            field, raw = "count", list(v.counts)
+            counts = raw
         out = []
         for i, head in enumerate(entries):
             cnt = counts[i]
-            if not head and not cnt:
+            over = limit is not None and raw[i] > limit
+            if not head and not cnt and not over:
                 continue
             lst = BinList("tcache", i, tc.addr + tp.offset("entries") + 8 * i, count=cnt,
                           owner=tc.addr)
+            if over:
+                self._damage(lst, lst.head, f"{field} {raw[i]} is above mp_.tcache_count "
+                                            f"{limit}", None)
             self._single(lst, head, True, min((cnt or 0) + 1, MAX_LIST) if cnt is not None
                          else MAX_LIST)
             if cnt is not None and len(lst.chunks) != cnt and not lst.problems:
@@ -197,7 +225,76 @@ class Walker:
         if not self._forward(lst, b, fd, seen):
             tail = self._backward(lst, b, bk, seen)
             lst.chunks += tail[::-1]
+        elif bk != lst.chunks[-1]:
+            self._damage(lst, b, f"the bin's bk 0x{bk:x} should be 0x{lst.chunks[-1]:x} "
+                                 "(broken double link)", None)
+        elif lst.kind == "largebin" and not lst.problems:
+            self._sorted(lst)
         return lst
+
+    def _sorted(self, lst: BinList) -> None:
+        """A large bin is sorted by size, largest first along fd, and the first chunk of each
+        size is on the nextsize ring: fd_nextsize leads to the first chunk of the next smaller
+        size (the smallest back to the largest), bk_nextsize the other way; glibc clears
+        fd_nextsize in the other chunks (its unlink takes a chunk with fd_nextsize set for a
+        member of the ring, and a large bin attack works by bending these links). One report
+        per bin: the first chunk out of order, else the first wrong link (one that leaves the
+        heaps first, the attacker's pointer), with how many others are wrong."""
+        off = self.state.structs["malloc_chunk"].offset("fd_nextsize")
+        rows = []
+        for c in lst.chunks:
+            try:
+                rows.append((c, self._size(c), *self.mem.unpack("QQ", c + off)))
+            except ReadError:
+                return  # an unreadable chunk: the fd walk has said so
+        for (p, psize, _, _), (c, size, _, _) in zip(rows, rows[1:]):
+            if size > psize:
+                self._damage(lst, c, f"chunk 0x{c:x} (size 0x{size:x}) is larger than chunk "
+                                     f"0x{p:x} (size 0x{psize:x}) before it: the bin is out "
+                                     "of size order", c)
+                return
+        heads = [r[0] for i, r in enumerate(rows) if i == 0 or r[1] != rows[i - 1][1]]
+        ring = {c: (heads[(k + 1) % len(heads)], heads[k - 1]) for k, c in enumerate(heads)}
+        wrong = []  # (leaves the heaps, chunk, link, value, expected)
+        for c, _size, fdn, bkn in rows:
+            want = ring.get(c, (0, None))
+            for name, value, expect in (("fd_nextsize", fdn, want[0]),
+                                        ("bk_nextsize", bkn, want[1])):
+                if expect is not None and value != expect:
+                    wrong.append((bool(value) and not self.in_heap(value), c, name, value,
+                                  expect))
+        if wrong:
+            _, c, name, value, expect = next((w for w in wrong if w[0]), wrong[0])
+            others = len(wrong) - 1
+            more = f"; {others} more nextsize link{'s' if others > 1 else ''} wrong" \
+                if others else ""
+            self._damage(lst, c, f"{name} 0x{value:x} of chunk 0x{c:x} should be "
+                                 f"0x{expect:x} (broken nextsize links{more})", c)
+
+    def _inside(self, chunk: int) -> str | None:
+        """What chunk lies inside when it is not a chunk of the heap walk ("the free chunk
+        0x... (in unsorted)", "the in-use chunk 0x..."), else None (also without the walk,
+        or inside a chunk whose header the walk could not use: that is reported already)."""
+        t = self.chunks
+        if t is None or not len(t.addr):
+            return None
+        import numpy as np
+
+        k = int(np.searchsorted(t.addr, np.uint64(chunk), side="right")) - 1
+        if k < 0 or int(t.addr[k]) == chunk or t.bad[k]:
+            return None
+        y = int(t.addr[k])
+        if chunk >= y + int(t.size[k]):
+            return None
+        from mdbpy.heap.model import FREE
+
+        from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP  # allocator imports this module
+
+        if y in self._cached:
+            return f"the free chunk 0x{y:x} (in {self._cached[y]})"
+        return {FREE: "the free chunk", ROLE_TOP: "the top chunk",
+                ROLE_TCACHE_STRUCT: "the tcache_perthread_struct chunk"}.get(
+                    int(t.state[k]), "the in-use chunk") + f" 0x{y:x}"
 
     def _forward(self, lst: BinList, b: int, fd: int, seen: set) -> bool:
         """Walk fd from the bin; True when it came back to the bin."""

@@ -53,6 +53,9 @@ class HeapWalk:
     next_prev_inuse: object  # np.ndarray bool: the following header's PREV_INUSE bit
     problems: list = field(default_factory=list)  # [(chunk, resume address, message)]
     bad: object = None  # np.ndarray bool: chunks whose size field was not usable
+    # [start, end) of each foreign block between runs of chunks of the main heap: the
+    # memory after a double fencepost, up to where glibc's chunks start again
+    foreign: list = field(default_factory=list)
 
 
 def _next_slots(raw, lo: int, end_slot: int):
@@ -111,6 +114,34 @@ class _Slots:
                 self.peeks.clear()
             self.peeks[b] = nxt
         return int(nxt[k - b * PEEK_SLOTS])
+
+    def word(self, k: int) -> int:
+        """The size word of slot k, from the window or read on its own."""
+        if self.lo <= k < self.hi:
+            return int(self.raw[k - self.lo])
+        return int.from_bytes(self.mem.read(self.first + 16 * k + 8, 8), "little")
+
+    def run_to_end(self, k: int) -> int:
+        """The first slot from k on whose chain of sizes leads exactly to the end (the top):
+        where glibc's chunks start again after a foreign block. The end itself when none
+        does (the new top is the block's only chunk). Each slot's chain is followed once:
+        the slots of a chain that dies are remembered."""
+        import numpy as np
+
+        dead: set[int] = set()
+        while k < self.end:
+            if not self.lo <= k < self.hi:
+                self.load(k)
+            for c in (np.flatnonzero(self.nxt[k - self.lo:] >= 0) + k).tolist():
+                path, x = [], c
+                while 0 <= x < self.end and x not in dead:
+                    path.append(x)
+                    x = self.leads(x)
+                if x == self.end:
+                    return c
+                dead.update(path)
+            k = self.hi
+        return self.end
 
     def resync(self, k: int) -> int:
         """The first slot after k whose size leads to the end or to another valid header;
@@ -178,8 +209,13 @@ class _Found:
 def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> HeapWalk:
     """Chunks in [first, end); `top`, when given, is the chunk at `end` whose PREV_INUSE
     bit says whether the last chunk is in use. Without a top (an older heap of a thread
-    arena), the walk stops at the fenceposts glibc leaves at the heap's end. progress, when
-    given, is called as progress(bytes passed, bytes of the heap) at every window."""
+    arena), the walk stops at the fenceposts glibc leaves at the heap's end. With a top, a
+    double fencepost (two 16-byte headers, the second with PREV_INUSE) is where glibc's
+    brk heap stopped being contiguous: another sbrk user moved the break, and glibc's next
+    sbrk started a new run of chunks past the foreign block. The walk goes on where a chain
+    of chunks leads from again exactly to the top (_Slots.run_to_end); the fenceposts are
+    not chunks of the table and the block between is `foreign`. progress, when given, is
+    called as progress(bytes passed, bytes of the heap) at every window."""
     import numpy as np
 
     span = max(end - first, 0) & ~15
@@ -191,6 +227,8 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
     found = _Found()
     problems: list[tuple[int, int, str]] = []
     bad_at: list[int] = []
+    foreign: list[tuple[int, int]] = []
+    cut: dict[int, tuple[int, int]] = {}  # row before a fencepost -> (its slot, its word)
     k = 0
     stop = np.zeros(1, np.int64)
     # every step moves k forward (a valid size by 2 slots at least, a resync by 1 at least)
@@ -208,8 +246,20 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
         if k >= hi:
             continue  # the walk left the window
         rawk = int(s.raw[k - lo])
-        if top is None and rawk & ~SIZE_BITS == 16:
-            break  # the fencepost pair that closes an old thread heap
+        if top is None and (rawk & ~SIZE_BITS == 16
+                            or rawk == PREV_INUSE and k == nslots - 1):
+            # the fencepost pair that closes an old thread heap; or, when the old top was
+            # too small to free, glibc's last fencepost alone (size 0) in the heap's last slot
+            break
+        if (top is not None and rawk & ~SIZE_BITS == 16 and k + 1 < nslots
+                and s.word(k + 1) == 16 | PREV_INUSE):
+            if len(found):
+                cut[len(found) - 1] = (k, rawk)
+            found.flush(s)  # the search may move the window
+            k2 = s.run_to_end(k + 2)
+            foreign.append((first + 16 * (k + 2), first + 16 * k2))
+            k = k2
+            continue
         size = rawk & ~SIZE_BITS
         addr = first + 16 * k
         why = (f"chunk 0x{addr:x}: size 0x{size:x} runs past the "
@@ -231,16 +281,18 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
     idx, rsize = found.columns()
     addrs = np.uint64(first) + idx.astype(np.uint64) * np.uint64(16)
     follow = np.append(idx[1:], k).astype(np.int64) if len(idx) else idx
-    sizes = (follow - idx).astype(np.uint64) * np.uint64(16)
-    flags = (rsize & np.uint64(SIZE_BITS)).astype(np.uint8)
     # the header after each chunk: the next chunk's, or the top's (or fencepost's)
     words_after = (np.append(rsize[1:], np.uint64(last_word)) if len(idx)
                    else np.zeros(0, np.uint64))
+    for row, (slot, word) in cut.items():
+        follow[row], words_after[row] = slot, word
+    sizes = (follow - idx).astype(np.uint64) * np.uint64(16)
+    flags = (rsize & np.uint64(SIZE_BITS)).astype(np.uint8)
     npi = (words_after & np.uint64(PREV_INUSE)) != 0
     bad = np.zeros(len(idx), bool)
     if bad_at:
         bad[bad_at] = True
-    return HeapWalk(addrs, sizes, flags, npi, problems, bad)
+    return HeapWalk(addrs, sizes, flags, npi, problems, bad, foreign)
 
 
 @dataclass
@@ -330,10 +382,14 @@ class _RunScan:
     next to other anonymous memory); where no header is, the next is looked for among the
     page starts that follow, PROBE_WINDOW of them read at once (mdbpy.heap.bulk.gather: one
     large read on a live process, slices of the image of a core). The inside of a chunk is
-    never read. At most MAX_MMAP_SCAN_PAGES page starts are looked at per run."""
+    never read. At most MAX_MMAP_SCAN_PAGES page starts are looked at per run. `thorough`
+    looks at every page start, inside chunks too, and lets a chunk run past the run's end:
+    what a smashed size hides (explain_mmap_count)."""
 
-    def __init__(self, mem, run: AnonRun):
+    def __init__(self, mem, run: AnonRun, thorough: bool = False):
         self.mem, self.run = mem, run
+        self.thorough = thorough
+        self.bound = (1 << 64) - 1 if thorough else run.end  # where a chunk must end by
         self.budget = MAX_MMAP_SCAN_PAGES
         self.win = None  # (first page, prev words, size words, ok mask) of the last window
         self.ends = [b for _a, b in run.readable]
@@ -354,7 +410,7 @@ class _RunScan:
         rows, ok = gather(self.mem, pages, 16)
         words = rows.view("<u8").reshape(n, 2)
         prev, raw = words[:, 0].copy(), words[:, 1].copy()
-        ok &= _mmap_headers(pages, prev, raw, self.run.end)
+        ok &= _mmap_headers(pages, prev, raw, self.bound)
         self.win = (q, prev, raw, ok)
 
     def _cached(self, q: int):
@@ -379,8 +435,7 @@ class _RunScan:
             prev, raw = self.mem.unpack("QQ", q)
         except ReadError:
             return 0, 0, False
-        ok = bool(_mmap_headers(np.uint64(q), np.uint64(prev), np.uint64(raw),
-                                self.run.end))
+        ok = bool(_mmap_headers(np.uint64(q), np.uint64(prev), np.uint64(raw), self.bound))
         return prev, raw, ok
 
     def _confirm(self, q: int, prev: int, raw: int) -> MmapChunk | None:
@@ -409,7 +464,7 @@ class _RunScan:
             c = self._confirm(q, prev, raw) if ok else None
             if c is not None:
                 out.append(c)
-                q = c.addr + c.size
+                q = q + PAGE if self.thorough else c.addr + c.size
                 if done is not None and done(c):
                     break
                 continue
@@ -490,10 +545,84 @@ def mmapped_chunks(mem, exclude: list[tuple[int, int]],
     return _memaligned(mem, out)
 
 
+def explain_mmap_count(mem, exclude: list[tuple[int, int]], counted: tuple[int, int] | None,
+                       found: list[MmapChunk]) -> tuple[list[MmapChunk], list]:
+    """When fewer mmapped chunks are found than glibc counts, what a smashed size leaves: a
+    chunk whose size runs over the next chunk (the chain of headers jumps over it) or past
+    its mapping into a heap (its header is not believed). Every page start of the runs is
+    looked at again (_RunScan, thorough); the headers found are taken, and each chunk that
+    runs over the next header or past its run is reported once and cut there, only when that
+    makes the chunks add up to glibc's n_mmaps exactly (the explanation is then certain;
+    otherwise the count's own warning stays). Returns (chunks, damage)."""
+    from .damage import Damage
+
+    if counted is None or len(found) >= counted[0]:
+        return found, []
+    runs = anon_runs(mem, exclude)
+    seen: dict[int, tuple[MmapChunk, int]] = {}  # chunk -> (chunk, end of its run)
+    for run in runs:
+        for c in _memaligned(mem, _RunScan(mem, run, thorough=True).chunks()):
+            seen.setdefault(c.addr, (c, run.end))
+    for c in found:
+        seen.setdefault(c.addr, (c, next((r.end for r in runs if r.start <= c.addr < r.end),
+                                         c.addr + c.size)))
+    heaps = {a for a, _b in exclude}
+    ordered = sorted(seen.values(), key=lambda x: x[0].addr)
+    out, damage = [], []
+    for i, (c, run_end) in enumerate(ordered):
+        end = c.addr + c.size
+        nxt = ordered[i + 1][0] if i + 1 < len(ordered) else None
+        if nxt is not None and end > nxt.addr - nxt.prev_size:
+            cut = nxt.addr - nxt.prev_size
+            why = f"runs over the mmapped chunk 0x{nxt.addr:x}"
+        elif end > run_end:
+            cut = run_end
+            why = (f"runs into the heap at 0x{run_end:x}" if run_end in heaps else
+                   f"runs past its mapping at 0x{run_end:x}")
+        else:
+            out.append(c)
+            continue
+        damage.append(Damage("mmapped", c.addr, f"chunk 0x{c.addr:x}: size 0x{c.size:x} "
+                             f"{why} (a smashed size)", c.addr, end))
+        out.append(MmapChunk(c.addr, cut - c.addr, c.prev_size))
+    if not damage or len(out) != counted[0]:
+        return found, []
+    return out, damage
+
+
+def mp_faults(st) -> list[tuple[str, int, str]]:
+    """The fields of mp_ outside the range glibc keeps them in, as (field, its address,
+    what): the mmap counters never exceed their high-water marks (max_n_mmaps,
+    max_mmapped_mem) nor go below 0, and tcache_bins never exceeds the release's bins."""
+    from .layouts import tcache_bins
+
+    mp = st.mp
+    if mp is None:
+        return []
+    try:
+        v = {f: int(getattr(mp, f)) for f in ("n_mmaps", "max_n_mmaps", "mmapped_mem",
+                                               "max_mmapped_mem", "tcache_bins")}
+    except ReadError:
+        return []
+    out = []
+    if not 0 <= v["n_mmaps"] <= v["max_n_mmaps"]:
+        out.append(("n_mmaps", f"n_mmaps {v['n_mmaps']} is outside 0..max_n_mmaps "
+                               f"{v['max_n_mmaps']}"))
+    if v["mmapped_mem"] > v["max_mmapped_mem"]:
+        out.append(("mmapped_mem", f"mmapped_mem 0x{v['mmapped_mem']:x} is above "
+                                   f"max_mmapped_mem 0x{v['max_mmapped_mem']:x}"))
+    if v["tcache_bins"] > tcache_bins(st.version):
+        out.append(("tcache_bins", f"tcache_bins {v['tcache_bins']} is above the "
+                                   f"{tcache_bins(st.version)} bins of glibc "
+                                   f"{st.version[0]}.{st.version[1]}"))
+    return [(f, mp.addr + mp.struct.offset(f), why) for f, why in out]
+
+
 def mmap_counters(st) -> tuple[int, int] | None:
     """glibc's count of its mmapped chunks: (mp_.n_mmaps, mp_.mmapped_mem), or None without
-    mp_."""
-    if st.mp is None:
+    mp_ or when the counters are out of their range (mp_faults: verify reports that, and
+    comparing the chunks with a smashed count would only say it again)."""
+    if st.mp is None or any(f in ("n_mmaps", "mmapped_mem") for f, _a, _w in mp_faults(st)):
         return None
     try:
         return int(st.mp.n_mmaps), int(st.mp.mmapped_mem)

@@ -49,10 +49,15 @@ def pointer_fault(mem, ptr: int, heaps) -> str | None:
     return None
 
 
-def report(session, damage: list[Damage], seen_key: str) -> None:
-    """Print each damage as a warning once per stop of the target (the cache is per stop)."""
+def warn_once(session, message: str, seen_key: str) -> None:
+    """Print message as a warning once per stop of the target (the cache is per stop)."""
     shown = session.cache.setdefault(seen_key, set())
+    if message not in shown:
+        shown.add(message)
+        session.warn(message)
+
+
+def report(session, damage: list[Damage], seen_key: str) -> None:
+    """Print each damage as a warning once per stop of the target."""
     for d in damage:
-        if d.warning not in shown:
-            shown.add(d.warning)
-            session.warn(d.warning)
+        warn_once(session, d.warning, seen_key)

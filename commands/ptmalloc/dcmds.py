@@ -322,10 +322,16 @@ def mallinfo(inv: Invocation):
            "PREV_INUSE and prev_size disagreements, broken double links, cycles and links "
            "into unmapped memory or outside the heaps, chunks in the wrong bin or listed "
            "twice (double free), overwritten tcache keys, a cut arena ring or heap_info "
-           "chain and, under glibc.malloc.perturb, free chunks whose fill was written (use "
-           "after free). Every walk is bounded and goes on past the damage with what it can "
-           "still trust; the damage is also printed once as a warning, and ::findleaks names "
-           "the memory it could not trust.",
+           "chain; what heap exploits leave: large bins out of size order or with broken "
+           "fd_nextsize/bk_nextsize links, tcache and fastbin entries inside another chunk "
+           "(overlapping chunks), a wrong NON_MAIN_ARENA bit, mmapped chunks running over "
+           "each other or into a heap or missing from glibc's count, mp_ and arena fields out "
+           "of range (system_mem, the mmap counters, a tcache count above tcache_count); and, "
+           "when glibc.malloc.perturb is known (libc's symbols or the process's environment, "
+           "never guessed), free chunks whose fill was written (use after free). Every walk "
+           "is bounded and goes on past the damage with what it can still trust; the damage "
+           "a walk meets is also printed once as a warning, and ::findleaks names the memory "
+           "it could not trust.",
       example="::ptmalloc_verify")
 def ptmalloc_verify(inv: Invocation):
     problems = verify(inv.session)

@@ -197,6 +197,8 @@ def _stray_arenas(session, structs, known) -> list[tuple[int, int]]:
 
 
 def _main_heap(session, st, mp, damage: list) -> Heap | None:
+    """The main arena's heap: from mp_.sbrk_base (else the start of the mapping holding top)
+    to the end of its top chunk, across the adjacent mappings brk grew into (brk_run)."""
     top = st.top
     m = session.mem.mapping_at(top)
     if m is None or not m.writable or (m.is_file and m.path):
@@ -206,30 +208,45 @@ def _main_heap(session, st, mp, damage: list) -> Heap | None:
             damage.append(Damage(arena_owner(st.addr), slot, f"top 0x{top:x} is not in a "
                                  "heap; its heap is not walked", slot, slot + 8))
         return None
+    run = brk_run(session, top)
     first = mp.sbrk_base if mp is not None and mp.sbrk_base else m.start
-    if not first <= top < m.end:
+    if not run[0] <= first <= top:
         first = m.start
     first = (first + MALLOC_ALIGNMENT - 1) & ~(MALLOC_ALIGNMENT - 1)
-    return Heap(first, top, (first, _main_heap_end(session, m, top)), None, top)
+    return Heap(first, top, (first, _main_heap_end(session, m, run, top)), None, top)
 
 
-def _main_heap_end(session, m, top: int) -> int:
-    """Where the main heap ends: at its top chunk's end. brk grown after a fork is a second
-    mapping the kernel does not merge with the first (an nginx worker's [heap]), so the top
-    chunk may run on into adjacent writable anonymous mappings; it is followed as far as they
-    go, and a top size that leaves them is not believed (the heap then ends with m)."""
+def brk_run(session, addr: int) -> tuple[int, int]:
+    """[start, end) of the run of adjacent writable anonymous mappings holding addr: the brk
+    heap, whatever pieces it is in. brk grown after a fork is a mapping the kernel does not
+    merge with the inherited one (their anon_vmas differ: an nginx worker's [heap] is two
+    mappings), so the main heap may start in one mapping and have its top in the next.
+    (0, 0) when addr is not in such a mapping."""
     maps = session.mem.mappings()
-    k = next(i for i, x in enumerate(maps) if x.start == m.start)
-    run_end = m.end
-    for nxt in maps[k + 1:]:
-        if nxt.start != run_end or not nxt.writable or nxt.is_file:
-            break
-        run_end = nxt.end
+    k = next((i for i, x in enumerate(maps) if x.start <= addr < x.end), None)
+
+    def brk_like(x) -> bool:
+        return x.writable and not x.is_file and not x.shared
+
+    if k is None or not brk_like(maps[k]):
+        return 0, 0
+    lo, hi = k, k
+    while lo > 0 and maps[lo - 1].end == maps[lo].start and brk_like(maps[lo - 1]):
+        lo -= 1
+    while hi + 1 < len(maps) and maps[hi + 1].start == maps[hi].end and brk_like(maps[hi + 1]):
+        hi += 1
+    return maps[lo].start, maps[hi].end
+
+
+def _main_heap_end(session, m, run: tuple[int, int], top: int) -> int:
+    """Where the main heap ends: at its top chunk's end, which may lie in a later mapping of
+    the brk run (brk_run); a top size that leaves the run is not believed (the heap then
+    ends with m, the mapping holding top)."""
     try:
         top_end = top + (session.mem.read_u64(top + 8) & ~7)
     except ReadError:
         return m.end
-    return top_end if m.end < top_end <= run_end else m.end
+    return top_end if m.end < top_end <= run[1] else m.end
 
 
 def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[Heap]:
@@ -409,47 +426,62 @@ def find_main_arena_heuristic(session, structs, libc) -> int | None:
     return partial
 
 
-def find_mp_heuristic(session, structs, libc, main_state, version) -> int | None:
-    """malloc_par in libc's data: a sane tcache configuration and mmap counters, and an
-    sbrk_base at or below the main arena's top in the same mapping."""
+def find_mp_heuristic(session, structs, libc, main_state, version) -> tuple[int | None, str]:
+    """malloc_par in libc's data, and why not when it is not found. A candidate has a sane
+    tcache configuration and mmap counters, and an sbrk_base in the brk heap at or below the
+    main arena's top. Where several pass, the data decides: glibc counts every byte of its
+    contiguous brk heap (foreign sbrk gaps included) in main_arena.system_mem, so the true
+    sbrk_base + system_mem is the end of the top chunk; then the tunables' defaults
+    (tcache_count 7, all tcache bins, top_pad 128 KiB). A tie after that is not guessed."""
     import numpy as np
 
     mp = structs["malloc_par"]
     dt = mp.dtype()
     top = main_state.top
-    heap_map = session.mem.mapping_at(top)
-    best = None
+    run = brk_run(session, top)
+    cands = []
     for start, end in _libc_data(session, libc):
         try:
             raw = session.mem.read(start, end - start)
         except ReadError:
             continue
-        for shift in range(0, 16, 8):
-            n = (len(raw) - shift) // dt.itemsize
-            if n <= 0:
+        for off in range(0, dt.itemsize, 8):  # every 8-aligned offset, modulo the size
+            cnt = (len(raw) - off) // dt.itemsize
+            if cnt <= 0:
                 continue
-            for phase in range(0, dt.itemsize, 16):
-                off = shift + phase
-                cnt = (len(raw) - off) // dt.itemsize
-                if cnt <= 0:
-                    continue
-                a = np.frombuffer(raw, dtype=dt, count=cnt, offset=off)
-                ok = ((a["tcache_bins"] <= tcache_bins(version))
-                      & (a["tcache_count"] <= 0xFFFF)
-                      & (a["tcache_max_bytes"] <= 4 << 20)
-                      & (a["n_mmaps"] >= 0) & (a["n_mmaps"] <= a["max_n_mmaps"])
-                      & (a["n_mmaps_max"] >= 0)
-                      & (a["mmapped_mem"] <= a["max_mmapped_mem"])
-                      & (a["mmap_threshold"] >= 4096) & (a["mmap_threshold"] <= 64 << 20)
-                      & (a["arena_test"] > 0) & (a["arena_test"] <= 1 << 16))
-                if heap_map is not None:
-                    ok &= (a["sbrk_base"] >= heap_map.start) & (a["sbrk_base"] <= top)
-                for i in np.nonzero(ok)[0].tolist():
-                    cand = start + off + i * dt.itemsize
-                    if best is not None and best != cand:
-                        return None  # ambiguous: refuse to guess
-                    best = cand
-    return best
+            a = np.frombuffer(raw, dtype=dt, count=cnt, offset=off)
+            ok = ((a["tcache_bins"] <= tcache_bins(version))
+                  & (a["tcache_count"] <= 0xFFFF)
+                  & (a["tcache_max_bytes"] <= 4 << 20)
+                  & (a["n_mmaps"] >= 0) & (a["n_mmaps"] <= a["max_n_mmaps"])
+                  & (a["n_mmaps_max"] >= 0)
+                  & (a["mmapped_mem"] <= a["max_mmapped_mem"])
+                  & (a["mmap_threshold"] >= 4096) & (a["mmap_threshold"] <= 64 << 20)
+                  & (a["arena_test"] > 0) & (a["arena_test"] <= 1 << 16))
+            if run != (0, 0):
+                ok &= (a["sbrk_base"] >= run[0]) & (a["sbrk_base"] <= top)
+            cands += [(start + off + i * dt.itemsize, a[i]) for i in np.nonzero(ok)[0].tolist()]
+    if not cands:
+        return None, "no malloc_par in libc's data has sane counters and a heap's sbrk_base"
+    if len(cands) == 1:
+        return cands[0][0], ""
+    try:
+        top_end = top + (session.mem.read_u64(top + 8) & ~7)
+        system_mem = int(main_state.system_mem)
+    except ReadError:
+        top_end = system_mem = None
+
+    def score(rec) -> tuple[bool, int]:
+        spans = top_end is not None and int(rec["sbrk_base"]) + system_mem == top_end
+        defaults = ((int(rec["tcache_count"]) == 7) + (int(rec["top_pad"]) == 128 << 10)
+                    + (int(rec["tcache_bins"]) == tcache_bins(version)))
+        return spans, defaults
+
+    ranked = sorted(((score(rec), addr) for addr, rec in cands), reverse=True)
+    if ranked[0][0] == ranked[1][0]:
+        return None, (f"{sum(r[0] == ranked[0][0] for r in ranked)} malloc_par candidates in "
+                      f"libc's data fit equally (0x{ranked[0][1]:x}, 0x{ranked[1][1]:x}, ...)")
+    return ranked[0][1], ""
 
 
 # -- tcaches ---------------------------------------------------------------------------------
@@ -589,6 +621,11 @@ def locate(session) -> State:
         st = _locate(session)
         session.cache["ptmalloc.state"] = st
         report(session, st.damage, WARNED)
+        shown = session.cache.setdefault(WARNED, set())
+        for w in st.warnings:  # what was not found, and so is not checked: once per stop
+            if w not in shown:
+                shown.add(w)
+                session.warn(f"ptmalloc: {w}")
     return st
 
 
@@ -624,8 +661,9 @@ def _locate(session) -> State:
     if never_ran:
         raise NotInUse(f"ptmalloc: glibc's malloc is not in use in this process (main_arena "
                        f"0x{main:x} was never initialized: another allocator replaces it)")
+    mp_why = "no symbol for it"
     if mp_addr is None and mode != "symbols":
-        mp_addr = find_mp_heuristic(session, structs, libc, main_state, version)
+        mp_addr, mp_why = find_mp_heuristic(session, structs, libc, main_state, version)
         if mp_addr:
             found["mp_"] = "heuristic"
     mp = structs["malloc_par"].view(session.mem, mp_addr) if mp_addr else None
@@ -649,10 +687,22 @@ def _locate(session) -> State:
             perturb = session.mem.read_int(s.addr, 4)
         except ReadError:
             perturb = None
+    if perturb is None:  # else what the start-up read from the environment, when readable
+        from .tunables import perturb_of
+
+        perturb = perturb_of(session.target)
     warnings = []
     if mp is None:
-        warnings.append("mp_ not found: no sbrk_base, mmap counters or tcache_count")
+        warnings.append(f"mp_ not found ({mp_why}): the main heap starts at its top's "
+                        "mapping, and the mmapped chunks and tcache counts are not checked "
+                        "against glibc's counters")
     if not tcaches and session.target.threads():
         warnings.append("no thread's tcache found: tcache chunks count as in use")
+    main_heap = arenas[0].heaps[0] if arenas and arenas[0].heaps else None
+    if (mp is not None and mp.sbrk_base and main_heap is not None
+            and main_heap.first != (mp.sbrk_base + MALLOC_ALIGNMENT - 1) & -MALLOC_ALIGNMENT):
+        warnings.append(f"mp_.sbrk_base 0x{mp.sbrk_base:x} is not in the mappings of the "
+                        f"main arena's top (glibc's brk heap is not contiguous): only the "
+                        f"main heap from 0x{main_heap.first:x} is walked")
     return State(version, structs, libc, main, mp, arenas, tcaches, safe, key, perturb, found,
                  mode, warnings, damage)

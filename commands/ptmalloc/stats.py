@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from mdbpy.errors import ReadError
 
-from .bins import Walker
+from .allocator import chunk_table
 
+SIZE_MAX = (1 << 64) - 1  # the fields are size_t: glibc's arithmetic wraps (a smashed system_mem)
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                    "uordblks", "fordblks", "keepcost")
 
@@ -39,22 +40,24 @@ def _top_size(session, arena) -> int:
 
 
 def arena_info(session, state, arena) -> Mallinfo:
-    """int_mallinfo() of one arena."""
-    w = Walker(session, state)
+    """int_mallinfo() of one arena, over its lists as the chunk table walked them: the walk
+    verify reports from, so a list cut by damage counts exactly the chunks the walk could
+    trust (glibc's own numbers for the healthy part; glibc itself would follow the damage)."""
+    lists = [b for b in chunk_table(session).bins
+             if b.owner == arena.addr and b.kind != "tcache"]
     avail = _top_size(session, arena)
     nblocks = 1
-    fast = w.fastbins(arena)
+    fast = [b for b in lists if b.kind == "fastbin"]
     nfast = sum(len(b.chunks) for b in fast)
     fastavail = sum(session.mem.read_u64(c + 8) & ~7 for b in fast for c in b.chunks)
     avail += fastavail
-    for i in range(1, 127):
-        lst = w.doubly(arena, i)
-        if lst is not None:
+    for lst in lists:
+        if lst.kind != "fastbin":
             nblocks += len(lst.chunks)
             avail += sum(session.mem.read_u64(c + 8) & ~7 for c in lst.chunks)
     system = arena.state.system_mem
     m = Mallinfo(arena=system, ordblks=nblocks, smblks=nfast, fsmblks=fastavail,
-                 uordblks=system - avail, fordblks=avail)
+                 uordblks=(system - avail) & SIZE_MAX, fordblks=avail)
     if arena.is_main:
         mp = state.mp
         if mp is not None:
@@ -72,7 +75,7 @@ def mallinfo2(session, state) -> Mallinfo:
                 if a.is_main:
                     setattr(total, f, getattr(m, f))
             else:
-                setattr(total, f, getattr(total, f) + getattr(m, f))
+                setattr(total, f, (getattr(total, f) + getattr(m, f)) & SIZE_MAX)
     return total
 
 

@@ -11,13 +11,19 @@ first bad address, as ::umem_verify does for umem's 0xdeadbeef.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from mdbpy.errors import ReadError
-from .allocator import ROLE_TOP, chunk_table
-from .locate import locate
+from mdbpy.heap.model import ALLOC
 
+from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP, chunk_table
+from .damage import warn_once
+from .layouts import NON_MAIN_ARENA, NSMALLBINS
+from .locate import WARNED, locate
+
+MIN_LARGE_SIZE = NSMALLBINS * 16  # the smallest chunk size of the large bins
 MAX_FILL_CHECK = 1 << 16  # bytes of one free chunk compared with the fill byte
+PERTURB_UNKNOWN = ("ptmalloc: glibc.malloc.perturb is unknown (no libc symbols; the process's "
+                   "initial environment is unreadable or ambiguous): free chunks' fill is not "
+                   "checked")
 
 
 def verify(session, progress=None) -> list[tuple[int, str]]:
@@ -29,6 +35,8 @@ def verify(session, progress=None) -> list[tuple[int, str]]:
            for d in t.damage]
     out += _inuse_bits(session, t)
     out += _double_listed(t)
+    out += _arena_bits(st, t)
+    out += _fields(st, t)
     out += _fill(session, st, t)
     seen = set()
     uniq = []
@@ -68,6 +76,64 @@ def _inuse_bits(session, t) -> list[tuple[int, str]]:
     return out
 
 
+def _arena_bits(st, t) -> list[tuple[int, str]]:
+    """Every chunk glibc handed out carries NON_MAIN_ARENA exactly when its arena is not the
+    main one (free() finds a thread arena through the heap_info at the chunk's
+    HEAP_MAX_SIZE-aligned address, the main arena without looking): a wrong bit sends the
+    chunk to another arena's bins. Free chunks in the bins, the tops and the mmapped chunks
+    carry no such promise. glibc's own exception: when a thread arena moves to a new heap and
+    the old top is too small to free, it becomes an in-use chunk without the bit, ending
+    just before the heap's last fencepost."""
+    import numpy as np
+
+    cached = [a for a, w in t.where.items() if w.startswith(("tcache", "fastbin"))]
+    used = (t.state == ALLOC) | (t.state == ROLE_TCACHE_STRUCT)
+    if cached:
+        used |= np.isin(t.addr, np.asarray(cached, np.uint64))
+    used &= ~t.mmapped & ~t.bad & (t.arena >= 0)
+    bit = (t.flags & NON_MAIN_ARENA) != 0
+    wrong = used & (bit == (t.arena == 0))
+    old_ends = {h.region[1] - 16 for a in st.arenas if not a.is_main for h in a.heaps
+                if h.top is None}
+    out = []
+    for i in np.flatnonzero(wrong).tolist():
+        a, arena = int(t.addr[i]), st.arenas[int(t.arena[i])]
+        if arena.is_main:
+            out.append((a, f"chunk 0x{a:x}: NON_MAIN_ARENA is set in the main arena's heap "
+                           "(free() would take it to a thread arena)"))
+        elif a + int(t.size[i]) not in old_ends:
+            out.append((a, f"chunk 0x{a:x}: NON_MAIN_ARENA is clear in a heap of arena "
+                           f"0x{arena.addr:x} (free() would take it to the main arena)"))
+    return out
+
+
+def _fields(st, t) -> list[tuple[int, str]]:
+    """mp_'s and each arena's fields within the range glibc keeps them in (mp_faults for
+    mp_): an arena's system_mem never exceeds its high-water mark max_system_mem, and it
+    counts every byte of the arena's heaps, so its chunks never add up to more."""
+    import numpy as np
+
+    from .chunks import mp_faults
+
+    out = [(at, f"mp_ 0x{st.mp.addr:x} {why}") for _f, at, why in mp_faults(st)]
+    ms = st.structs["malloc_state"]
+    heap = ~t.mmapped & (t.arena >= 0)
+    # bytes per arena (float weights are exact: no process has 2**53 bytes of heap)
+    per_arena = np.bincount(t.arena[heap], weights=t.size[heap].astype(np.float64),
+                            minlength=len(st.arenas))
+    for a in st.arenas:
+        system, peak = int(a.state.system_mem), int(a.state.max_system_mem)
+        at = a.addr + ms.offset("system_mem")
+        used = int(per_arena[a.index])
+        if system > peak:
+            out.append((at, f"arena 0x{a.addr:x} system_mem 0x{system:x} is above "
+                            f"max_system_mem 0x{peak:x}"))
+        elif used > system:
+            out.append((at, f"arena 0x{a.addr:x} system_mem 0x{system:x} is less than its "
+                            f"chunks (0x{used:x} bytes)"))
+    return out
+
+
 def _double_listed(t) -> list[tuple[int, str]]:
     where: dict[int, list[str]] = {}
     for lst in t.bins:
@@ -77,35 +143,23 @@ def _double_listed(t) -> list[tuple[int, str]]:
             for c, ws in where.items() if len(ws) > 1]
 
 
-def perturb_byte(session, st, t) -> int | None:
-    """glibc.malloc.perturb's byte: libc's perturb_byte with symbols, else the one byte that
-    fills every fastbin chunk past its link (None: no perturbing, or no evidence)."""
-    if st.perturb is not None:
-        return st.perturb & 0xFF or None
-    votes = Counter()
-    for lst in t.bins:
-        if lst.kind != "fastbin":
-            continue
-        for c in lst.chunks[:64]:
-            try:
-                size = session.mem.read_u64(c + 8) & ~7
-                body = session.mem.read(c + 24, min(size - 24, 256))
-            except ReadError:
-                continue
-            common, count = Counter(body).most_common(1)[0] if body else (0, 0)
-            if body and count >= len(body) - 8:
-                votes[common] += 1
-    if not votes:
+def perturb_byte(session, st) -> int | None:
+    """glibc.malloc.perturb's byte when it is known (libc's perturb_byte, else the tunables of
+    the process's initial environment: tunables.py), None when there is none to check. It is
+    never inferred from the heap: a program's own data in freed chunks is not a fill pattern.
+    When it is unknown, the fill is not checked, and that is said once per stop."""
+    if st.perturb is None:
+        warn_once(session, PERTURB_UNKNOWN, WARNED)
         return None
-    byte, _ = votes.most_common(1)[0]
-    return byte or None
+    return st.perturb & 0xFF or None
 
 
 def _fill(session, st, t) -> list[tuple[int, str]]:
     """Free chunks must hold the perturb byte where glibc filled it and wrote nothing since:
-    fastbin chunks past fd; bin chunks past fd/bk (and the nextsize links), short of the
-    footer; a header left inside by a merge is skipped."""
-    byte = perturb_byte(session, st, t)
+    fastbin chunks past fd; bin chunks past fd/bk (and the nextsize links of a large-sized
+    chunk, in whichever bin), short of the footer; a header left inside by a merge is
+    skipped."""
+    byte = perturb_byte(session, st)
     if byte is None:
         return []
     out = []
@@ -120,7 +174,9 @@ def _fill(session, st, t) -> list[tuple[int, str]]:
             if lst.kind == "fastbin":
                 lo, hi = c + 24, c + size
             else:
-                lo = c + (48 if lst.kind == "largebin" else 32)
+                # a chunk of large size has fd_nextsize/bk_nextsize after fd/bk, which
+                # _int_free clears even while it waits in the unsorted bin
+                lo = c + (48 if size >= MIN_LARGE_SIZE else 32)
                 hi = c + size - 8
             hi = min(hi, lo + MAX_FILL_CHECK)
             if hi <= lo:

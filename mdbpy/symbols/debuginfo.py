@@ -102,3 +102,189 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+# -- debuginfod ---------------------------------------------------------------------------------
+# Debug files fetched by build-id from the servers of $DEBUGINFOD_URLS (as gdb and elfutils do)
+# live in elfutils' cache, so one download serves every tool: <cache>/<build-id>/debuginfo.
+URLS_ENV = "DEBUGINFOD_URLS"
+TIMEOUT_ENV = "DEBUGINFOD_TIMEOUT"  # seconds without progress before giving up
+MAXSIZE_ENV = "DEBUGINFOD_MAXSIZE"  # bytes: a larger file is refused
+DEFAULT_TIMEOUT = 90  # elfutils' default
+DEFAULT_MAXSIZE = 4 << 30  # no debug file is larger; a server sending more is not believed
+FETCH_BLOCK = 1 << 20
+
+
+def debuginfod_cache_dir() -> str:
+    """elfutils' cache: $DEBUGINFOD_CACHE_PATH, else the legacy ~/.debuginfod_client_cache
+    when it exists, else $XDG_CACHE_HOME/debuginfod_client, else
+    ~/.cache/debuginfod_client (an empty variable counts as unset)."""
+    d = os.environ.get("DEBUGINFOD_CACHE_PATH")
+    if d:
+        return d
+    home = os.path.expanduser("~")
+    legacy = os.path.join(home, ".debuginfod_client_cache")
+    if os.path.isdir(legacy):
+        return legacy
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg, "debuginfod_client") if xdg else \
+        os.path.join(home, ".cache", "debuginfod_client")
+
+
+def _env_number(name: str, default: int) -> int:
+    try:
+        n = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return n if n > 0 else default
+
+
+def _size_text(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{-(-n // 1024)} KiB"
+
+
+class Unreachable(Exception):
+    """A debuginfod server that does not answer (offline, refused, timed out)."""
+
+
+class Debuginfod:
+    """One session's debuginfod client: the cache, the servers of $DEBUGINFOD_URLS (http and
+    https; others, such as elfutils' ima: policies, are skipped) and what it learned. Each
+    build-id is looked up once per session; a server that cannot be reached (offline, refused,
+    timed out) is said once and not asked again; the first build-id the servers lack is said,
+    the others not (every stripped object of a process is looked up, and one line is enough
+    to know the servers lack some). The messages go to `err` as mdbpy's warnings do, with a
+    progress line while a file arrives."""
+
+    def __init__(self, err, urls: str | None = None):
+        self.err = err
+        urls = os.environ.get(URLS_ENV, "") if urls is None else urls
+        self.servers = [u.rstrip("/") for u in urls.split()
+                        if u.startswith(("http://", "https://"))]
+        self.timeout = _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+        self.maxsize = _env_number(MAXSIZE_ENV, DEFAULT_MAXSIZE)
+        self.dead: set[str] = set()
+        self.known: dict[str, str | None] = {}  # build-id -> file, or None: not to be had
+        self.missed = False  # a build-id the servers lack was said (once per session)
+
+    def _say(self, msg: str, end: str = "\n") -> None:
+        self.err.write(f"mdbpy: debuginfod: {msg}{end}")
+        self.err.flush()
+
+    def find(self, build_id: str, what: str,
+             build_id_of: Callable[[str], str | None]) -> str | None:
+        """The debug file of the object `what` (a name for messages) whose build-id is
+        build_id: from the cache, else downloaded into it; None when neither has it."""
+        if build_id in self.known:
+            return self.known[build_id]
+        if len(build_id) < 4 or not all(c in "0123456789abcdef" for c in build_id):
+            return None
+        path = os.path.join(debuginfod_cache_dir(), build_id, "debuginfo")
+        got = path if os.path.isfile(path) and build_id_of(path) == build_id else None
+        if got is None and self.servers:
+            got = self._fetch(build_id, what, path, build_id_of)
+        self.known[build_id] = got
+        return got
+
+    def _fetch(self, build_id: str, what: str, path: str, build_id_of) -> str | None:
+        why = []
+        for server in self.servers:
+            if server in self.dead:
+                continue
+            url = f"{server}/buildid/{build_id}/debuginfo"
+            try:
+                fault = self._download(url, what, path, build_id, build_id_of)
+            except Unreachable as e:
+                self.dead.add(server)
+                self._say(f"{server} is unreachable ({e}); it is not asked again")
+                continue
+            if fault is None:
+                return path
+            why.append(f"{server}: {fault}")
+        if why and not self.missed:
+            self.missed = True
+            self._say(f"no debug file for {what} (build-id {build_id}): {'; '.join(why)}; "
+                      "going on without it (other objects the servers lack are not named)")
+        return None
+
+    def _download(self, url: str, what: str, path: str, build_id: str,
+                  build_id_of) -> str | None:
+        """Fetch url into path atomically (a temporary file in the same directory, renamed
+        once it is complete and carries build_id); None on success, else why not. Raises
+        Unreachable when the server does not answer at all."""
+        import http.client
+        import tempfile
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(url, headers={"User-Agent": "mdbpy"})
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            return f"HTTP {e.code}"
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                raise Unreachable(f"no answer in {self.timeout} s") from None
+            raise Unreachable(getattr(reason, "strerror", None) or str(reason)) from None
+        with resp:
+            try:
+                size = int(resp.headers.get("Content-Length") or -1)
+            except ValueError:
+                size = -1
+            if size > self.maxsize:
+                return f"the file is {size} bytes, more than {self.maxsize}"
+            shown = f" ({_size_text(size)})" if size >= 0 else ""
+            tty = hasattr(self.err, "isatty") and self.err.isatty()
+            self._say(f"downloading the debug file of {what}{shown} from {url}",
+                      "" if tty else "\n")
+            d = os.path.dirname(path)
+            try:
+                os.makedirs(d, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".debuginfo.", dir=d)
+            except OSError as e:
+                if tty:
+                    self.err.write("\n")
+                return f"cannot write the cache {d}: {e.strerror}"
+            try:
+                fault = self._receive(resp, fd, size, tty)
+                if fault is None and build_id_of(tmp) != build_id:
+                    fault = "the file sent is not its debug file (another build-id)"
+                if fault is None:
+                    os.replace(tmp, path)
+                    return None
+            except OSError as e:
+                fault = f"cannot write the cache {d}: {e.strerror}"
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            return fault
+
+    def _receive(self, resp, fd: int, size: int, tty: bool) -> str | None:
+        """Copy the response into fd, at most maxsize bytes and exactly its Content-Length;
+        on a terminal the progress line shows the share received."""
+        import http.client
+
+        got = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while True:
+                    try:
+                        block = resp.read(FETCH_BLOCK)
+                    except (OSError, http.client.HTTPException) as e:
+                        return f"the transfer failed ({e})"
+                    if not block:
+                        break
+                    got += len(block)
+                    if got > self.maxsize:
+                        return f"the file is larger than {self.maxsize} bytes"
+                    f.write(block)
+                    if tty and size > 0:
+                        self.err.write(f" {100 * got // size:3d}%\b\b\b\b\b")
+                        self.err.flush()
+        finally:
+            if tty:
+                self.err.write("\n")
+        if size >= 0 and got != size:
+            return f"the transfer ended after {got} of {size} bytes"
+        return None

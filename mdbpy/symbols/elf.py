@@ -179,6 +179,7 @@ class ElfObject(LoadObject):
         self.info = info
         self.debug_dirs = debug_dirs
         self.debug_file: str | None = None
+        self.debuginfod: debuginfo.Debuginfod | None = None  # the session's client
         self.error: str | None = None  # why the symbol tables could not be read
         self._columns: dict[str, cache.Columns] | None = None
         self._tables: dict[str, list[Symbol]] = {}
@@ -268,9 +269,13 @@ class ElfObject(LoadObject):
         return self.debug_file
 
     def _find_debug(self, build_id: str | None, link) -> str | None:
+        """gdb's order: by build-id in the debug directories, by .gnu_debuglink, then
+        debuginfod (its cache, then its servers when $DEBUGINFOD_URLS names some)."""
         dbg = debuginfo.by_build_id(build_id, self.debug_dirs, build_id_of) if build_id else None
         if dbg is None and link:
             dbg = debuginfo.by_debuglink(self.file, link[0], link[1], self.debug_dirs)
+        if dbg is None and build_id and self.debuginfod is not None:
+            dbg = self.debuginfod.find(build_id, self.name, build_id_of)
         return dbg
 
     def read_file(self, addr: int, n: int) -> bytes:
@@ -310,12 +315,16 @@ def load_objects(session: Session, previous: list[LoadObject] = ()) -> list[Load
         if m.is_file and not m.path.startswith("["):  # a pseudo-name newer than PSEUDO_PATHS
             groups.setdefault(m.path, []).append(m)
     dirs = debuginfo.debug_dirs(session.debug_dirs, session.sysroot)
+    # one debuginfod client per session: what it learned (a dead server) outlives a reload
+    client = next((o.debuginfod for o in known.values() if o.debuginfod is not None), None) \
+        or debuginfo.Debuginfod(session.err)
     objs = []
     for path, maps in groups.items():
         o = known.get((path, min(m.start for m in maps)))
         if o is None:
             o = _make_object(session, path, maps, dirs)
         if o is not None:
+            o.debuginfod = client
             objs.append(o)
     _mark_exe(objs, target.exe_path())
     return objs
