@@ -487,7 +487,10 @@ def find_mp_heuristic(session, structs, libc, main_state, version) -> tuple[int 
 # -- tcaches ---------------------------------------------------------------------------------
 def _tcache_ok(session, structs, addr: int, limit: int, version) -> bool:
     """A plausible tcache_perthread_struct at addr: its chunk has exactly the struct's size
-    and every count is within limit, nonzero exactly where the bin has entries."""
+    and its counts are nonzero exactly where the bin has entries, all but two at most within
+    limit (tcache_count). A count or two beyond it is damage ::ptmalloc_verify reports (a
+    tcache poisoning bumps a count), not a reason to lose the thread's tcache; more is not a
+    tcache."""
     if not addr or addr & 15 or not _readable(session, addr):
         return False
     tp = structs["tcache_perthread_struct"]
@@ -499,13 +502,12 @@ def _tcache_ok(session, structs, addr: int, limit: int, version) -> bool:
     if size != _request2size(tp.size):
         return False
     counts = v.num_slots if version >= V_NUM_SLOTS else v.counts
-    bad = 0
+    bad = over = 0
     for c, e in zip(counts, v.entries):
-        if c > limit:
-            return False
+        over += c > limit
         if version < V_NUM_SLOTS and (c == 0) != (e == 0):
             bad += 1
-    return bad <= 2
+    return bad <= 2 and over <= 2
 
 
 def _tcaches(session, structs, libc, mode, limit, version, found, arenas) -> list[Tcache]:
