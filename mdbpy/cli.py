@@ -293,7 +293,49 @@ def _on_signal(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The exit status of the command line. Output into a closed pipe (`mdbpy ... | head -1`)
+    ends mdbpy quietly with status 0, as it ends cat or grep: the reader has all it wanted.
+    The target is closed first, as on every other way out."""
+    _reopen_closed_streams()
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        _discard_output()
+        return 0
+
+
+def _reopen_closed_streams() -> None:
+    """A standard stream the shell closed (`<&-`, `>&-`) is None in Python: read it as empty
+    input, write it to /dev/null, so the exit status still says how the commands went."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
+
+
+def _discard_output() -> None:
+    """Point standard output and error at /dev/null, so that the interpreter's own flush at
+    exit does not find the closed pipe again and print a traceback for it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (AttributeError, OSError, ValueError):  # replaced or closed streams
+                pass
+    finally:
+        os.close(devnull)
+
+
+def open_batch(path: str):
+    """The -f file, opened as bytes (the engine decodes every input path by one rule), or a
+    UsageError: checked before the target is opened, so a typo costs no attach or demo build."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise UsageError(f"cannot open {path}: {e.strerror}") from None
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -301,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:
         return int(e.code or 0)
+    try:
+        batch = open_batch(args.command_file) if args.command_file is not None else None
+    except UsageError as e:  # the options were right: the usage would not help
+        sys.stderr.write(f"mdbpy: {e}\n")
+        return 2
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -311,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         except MdbError as e:
             sys.stderr.write(f"mdbpy: {e}\n")
             return 1
-        return _run(args, target)
+        return _run(args, target, batch)
     except _Terminate as t:
         sys.stderr.write(f"mdbpy: terminated by {signal.Signals(t.signum).name}\n")
         return 128 + t.signum
     except KeyboardInterrupt:
         sys.stderr.write("mdbpy: interrupted\n")
         return 130
+    except BrokenPipeError:
+        raise  # for main(), after the target is closed
     except Exception as e:  # the last line of defence: one line, never a traceback
         sys.stderr.write(f"mdbpy: internal error: {type(e).__name__}: {e}\n")
         if os.environ.get("MDBPY_DEBUG"):
@@ -326,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return 1
     finally:
+        if batch is not None:
+            batch.close()
         if target is not None:
             # Nothing may stop the resume: block the signals that would interrupt it.
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP,
@@ -336,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _run(args: Args, target) -> int:
+def _run(args: Args, target, batch) -> int:
     from mdbpy.lang.engine import Engine
     from mdbpy.session import Session
 
@@ -354,18 +405,13 @@ def _run(args: Args, target) -> int:
             _run_rc(engine)
         if args.commands is not None:
             return engine.run_string(args.commands)
-        if args.command_file is not None:
-            try:
-                f = open(args.command_file)
-            except OSError as e:
-                raise UsageError(f"cannot open {args.command_file}: {e.strerror}") from None
-            with f:
-                return engine.run_stream(f)
+        if batch is not None:
+            return engine.run_stream(batch)
         if sys.stdin.isatty():
             from mdbpy.repl.app import run_repl
 
             return run_repl(engine)
-        return engine.run_stream(sys.stdin)
+        return engine.run_stream(sys.stdin.buffer)  # bytes: decoded as -f and $< are
     except QuitSession as q:
         return q.status
 
@@ -373,14 +419,21 @@ def _run(args: Args, target) -> int:
 def _run_rc(engine) -> None:
     """Run ~/.mdbpyrc, one command per line, as mdb runs ~/.mdbrc. An error is one line naming
     the file and line, and the next line runs; nothing here ends the session except $q."""
+    from mdbpy.lang.engine import as_text
+
     session = engine.session
     path = rc_path()
-    text = read_rc(path, session.warn)
-    if text is None:
+    data = read_rc(path, session.warn)
+    if data is None:
         return
     try:
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, raw in enumerate(data.splitlines(), 1):
             session.warn_context = f"{path}:{lineno}"
+            try:
+                line = as_text(raw)  # the rule of every input path
+            except MdbError as e:
+                session.warn(f"{e}; ignored")
+                continue
             engine.run_stream(io.StringIO(line + "\n"))
     finally:
         session.warn_context = None
@@ -398,8 +451,8 @@ def rc_path() -> str:
     return os.path.join(home, RC_NAME)
 
 
-def read_rc(path: str, warn) -> str | None:
-    """The rc file's text, or None when there is none or it is not safe to run: it must be a
+def read_rc(path: str, warn) -> bytes | None:
+    """The rc file's bytes, or None when there is none or it is not safe to run: it must be a
     regular file (a FIFO would hang the start), owned by the real uid (root with another
     user's HOME must not run that user's commands), not world-writable, and at most 1 MiB.
     Checked on the open descriptor, so the file checked is the file read (a symbolic link, as
@@ -412,18 +465,19 @@ def read_rc(path: str, warn) -> str | None:
     except OSError as e:
         warn(f"ignoring {path}: {e.strerror}")
         return None
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):  # checked before fdopen, which refuses a directory
+        why = "not a regular file"
+    elif st.st_uid != os.getuid():
+        why = f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    elif st.st_mode & stat.S_IWOTH:
+        why = "writable by everyone (chmod o-w to use it)"
+    elif st.st_size > RC_MAX_BYTES:
+        why = f"larger than {RC_MAX_BYTES} bytes"
+    if why is not None:
+        os.close(fd)
+        warn(f"ignoring {path}: {why}")
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        why = None
-        if not stat.S_ISREG(st.st_mode):
-            why = "not a regular file"
-        elif st.st_uid != os.getuid():
-            why = f"owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
-        elif st.st_mode & stat.S_IWOTH:
-            why = "writable by everyone (chmod o-w to use it)"
-        elif st.st_size > RC_MAX_BYTES:
-            why = f"larger than {RC_MAX_BYTES} bytes"
-        if why is not None:
-            warn(f"ignoring {path}: {why}")
-            return None
-        return f.read(RC_MAX_BYTES).decode(errors="replace")
+        return f.read(RC_MAX_BYTES)

@@ -15,6 +15,7 @@ A dcmd is called as `func(inv)` with an Invocation and returns None/0 for succes
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import pkgutil
 import sys
@@ -326,38 +327,98 @@ def _with_submodules(pymodule) -> list:
     return mods
 
 
-def import_dmod(spec: str):
-    """Import a dmod by bundled name ('umem' -> mdbpy_commands.umem) or by file/directory path.
+# The bundled dmods (the package mdbpy_commands): mdb's built-in module, then the allocators.
+BUNDLED = ("core", "sim", "umem", "ptmalloc")
 
-    A path is imported under a private name (mdbpy_ext_<stem>) so an external module can never
-    shadow a bundled or a site-packages module. Returns (name, python module).
+
+def import_dmod(spec: str):
+    """Import a dmod: a bundled module by name ('umem' -> mdbpy_commands.umem, from the installed
+    package only), or a Python file or package directory when `spec` is written as a path (it
+    holds a '/', as ./x.py or /abs/x.py, or ends in .py). A bare name is never looked up in the
+    current directory: a file `core` (the kernel's default core name) or a folder `umem` there
+    must not run in place of the bundled module of that name. Returns (name, python module);
+    every failure is one line naming `spec` and why.
     """
     import os
 
-    if os.sep in spec or spec.endswith(".py") or os.path.exists(spec):
-        path = os.path.abspath(spec)
-        if os.path.isdir(path):
-            init = os.path.join(path, "__init__.py")
-            stem = os.path.basename(path.rstrip(os.sep))
-            loc, subdirs = init, [path]
-        else:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            loc, subdirs = path, None
-        if not os.path.exists(loc):
-            raise MdbError(f"failed to load module '{spec}': no such file")
-        modname = f"mdbpy_ext_{stem}"
-        ispec = importlib.util.spec_from_file_location(modname, loc,
-                                                       submodule_search_locations=subdirs)
-        mod = importlib.util.module_from_spec(ispec)
-        sys.modules[modname] = mod
-        try:
-            ispec.loader.exec_module(mod)
-        except Exception as e:  # a broken external module must not take the session down
-            sys.modules.pop(modname, None)
-            raise MdbError(f"failed to load module '{spec}': {e}") from None
-        return getattr(mod, "DMOD_NAME", stem), mod
-    try:
-        mod = importlib.import_module(f"mdbpy_commands.{spec}")
-    except ModuleNotFoundError:
-        raise MdbError(f"failed to load module '{spec}': no such module") from None
+    if os.sep in spec or spec.endswith(".py"):
+        return _import_path(spec)
+    if spec not in BUNDLED:
+        raise MdbError(f"failed to load module '{spec}': no such module (bundled: "
+                       f"{', '.join(BUNDLED)}; a file is loaded by its path, e.g. ./{spec}.py)")
+    mod = importlib.import_module(f"mdbpy_commands.{spec}")
     return getattr(mod, "DMOD_NAME", spec), mod
+
+
+def bundled_registry() -> Registry:
+    """Every bundled module's dcmds and walkers in a bare Registry: their declarations, with
+    no target and nothing detected or run (no on_load). What ::help knows of a module the
+    target has not loaded, and what docs/reference.md is made from."""
+    reg = Registry()
+    for spec in BUNDLED:
+        reg.load_module(*import_dmod(spec))
+    return reg
+
+
+def _import_path(spec: str):
+    """A dmod file or package directory, imported under a private name (mdbpy_ext_<stem>) so it
+    can never shadow a bundled or a site-packages module. The file must be a regular file
+    (a FIFO would block the read) holding Python source, whatever its name ends in."""
+    import os
+    import stat
+
+    path = os.path.abspath(spec)
+    stem = os.path.splitext(os.path.basename(path.rstrip(os.sep)))[0]
+    loc, subdirs = path, None
+    if os.path.isdir(path):
+        loc, subdirs = os.path.join(path, "__init__.py"), [path]
+    try:
+        fd = os.open(loc, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise load_error(spec, "not a regular file")
+            if os.pread(fd, 4, 0) == b"\x7fELF":
+                raise load_error(spec, "an ELF file, not a Python module")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        missing = subdirs and isinstance(e, FileNotFoundError)
+        raise load_error(spec, "a directory without __init__.py" if missing else e.strerror) \
+            from None
+    modname = f"mdbpy_ext_{stem}"
+    loader = _SourceOnlyLoader(modname, loc)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+        modname, loc, loader=loader, submodule_search_locations=subdirs))
+    sys.modules[modname] = mod
+    try:
+        loader.exec_module(mod)
+    except (Exception, SystemExit) as e:  # a broken module must not take the session down
+        sys.modules.pop(modname, None)
+        raise load_error(spec, e) from None
+    return getattr(mod, "DMOD_NAME", stem), mod
+
+
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Python's source loader, except that it never writes a .pyc beside the file: a module
+    may be loaded from anywhere (as root, from /etc), and nothing is left there."""
+
+    def set_data(self, path, data, *, _mode=0o666) -> None:
+        pass
+
+
+def load_error(spec: str, why) -> MdbError:
+    """`failed to load module 'SPEC': WHY` on one line; `why` is a phrase or the exception the
+    module raised (a syntax error says the file is not Python, and where)."""
+    import os
+
+    if isinstance(why, SyntaxError):
+        where = f" at line {why.lineno}" if why.lineno else ""
+        if why.filename and os.path.abspath(why.filename) != os.path.abspath(spec):
+            where = f" in {why.filename}{where}"  # a module the file imports
+        why = f"not Python: {why.msg}{where}"
+    elif isinstance(why, MdbError):
+        why = str(why)
+    elif isinstance(why, BaseException):
+        text = (str(why).strip().splitlines() or [""])[0]
+        why = f"{type(why).__name__}: {text}" if text else type(why).__name__
+    return MdbError(f"failed to load module '{spec}': {why}")

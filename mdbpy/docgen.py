@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import sys
 
-from mdbpy.dcmd import Dcmd, Registry, Walker, import_dmod
+from mdbpy.dcmd import Dcmd, Registry, Walker, bundled_registry
 
-# the bundled dmods in the order the page lists them: mdb's built-in module, then the allocators
-MODULES = ("core", "sim", "umem", "ptmalloc")
 REFRESH = "python -m mdbpy.docgen > docs/reference.md"
 
 
 def registry() -> Registry:
-    """A Registry holding every bundled module's dcmds and walkers."""
-    reg = Registry()
-    for spec in MODULES:
-        name, mod = import_dmod(spec)
-        reg.load_module(name, mod)
-    return reg
+    """A Registry holding every bundled module's dcmds and walkers, in the order the page
+    lists them (mdb's built-in module, then the allocators: dcmd.BUNDLED)."""
+    return bundled_registry()
 
 
 def reference(reg: Registry | None = None) -> str:

@@ -22,12 +22,16 @@ class TargetError(MdbError):
 
 
 class ReadError(MdbError):
-    """Memory at an address could not be read."""
+    """Memory at an address could not be read. `until`, when the reader knows it, is where the
+    unreadable bytes that start at `addr` end (a core's segment that holds no bytes for the
+    rest of its range): scans jump there instead of trying every page in between."""
 
-    def __init__(self, addr: int, size: int, reason: str = "no mapping"):
+    def __init__(self, addr: int, size: int, reason: str = "no mapping",
+                 until: int | None = None):
         self.addr = addr
         self.size = size
         self.reason = reason
+        self.until = until
         super().__init__(f"failed to read {size} bytes at 0x{addr:x}: {reason}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mdbpy.dcmd import Registry, import_dmod
+from mdbpy.dcmd import BUNDLED, Registry, import_dmod, load_error
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.memory import AddressSpace
 from mdbpy.target.base import Target
@@ -46,6 +46,21 @@ def valued_option(opt: str, on: bool) -> tuple[str, str]:
     if not (value.isascii() and value.isdigit()):
         raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
     return name, str(int(value))
+
+
+def _missing_allocator_hooks(cls) -> list[str]:
+    """The hooks every allocator must define (those mdbpy.heap.model.Allocator leaves
+    unimplemented) that a module's ALLOCATOR lacks; [] without an ALLOCATOR."""
+    if cls is None:
+        return []
+    from mdbpy.heap.model import Allocator
+
+    def impl(owner, hook):
+        f = getattr(owner, hook, None)
+        return getattr(f, "__func__", f)
+
+    return [f"{hook}()" for hook in ("detect", "buffers")
+            if not callable(impl(cls, hook)) or impl(cls, hook) is impl(Allocator, hook)]
 
 
 # mdb's names for registers that Linux's user_regs_struct (X86_64_REGS) names otherwise
@@ -126,13 +141,28 @@ class Session:
 
     # -- modules ----------------------------------------------------------------------------
     def load_dmod(self, spec: str):
+        """Import and register a dmod (see import_dmod), all or nothing: a module whose
+        ALLOCATOR lacks a required hook, whose submodules fail to import or whose on_load
+        fails is unregistered again, and the failure is one line naming `spec`."""
         name, mod = import_dmod(spec)
-        dm = self.registry.load_module(name, mod)
+        missing = _missing_allocator_hooks(getattr(mod, "ALLOCATOR", None))
+        if missing:
+            raise load_error(spec, f"its ALLOCATOR does not define {', '.join(missing)}")
+        if name in self.registry.dmods:
+            raise MdbError(f"module '{name}' is already loaded")
+        try:
+            dm = self.registry.load_module(name, mod)
+            hook = getattr(mod, "on_load", None)
+            if hook is not None:
+                hook(self)
+        except (Exception, SystemExit) as e:
+            if name in self.registry.dmods:
+                self.registry.unload_module(name)
+            if spec in BUNDLED and not isinstance(e, MdbError):
+                raise  # a bug in mdbpy's own module: an internal error, not a load failure
+            raise load_error(spec, e) from None
         if getattr(mod, "ALLOCATOR", None) is not None:
             self.cache.pop("allocators", None)  # a module loaded later is an allocator too
-        hook = getattr(mod, "on_load", None)
-        if hook is not None:
-            hook(self)
         return dm
 
     def autoload(self) -> list[str]:

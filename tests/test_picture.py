@@ -255,16 +255,18 @@ def test_errors_are_one_line(demo, tmp_path, monkeypatch):
         assert h.err().splitlines()[0] == f"mdbpy: {msg}"
     monkeypatch.setattr(P, "MAX_CELLS", 100)
     h("::heapmap")
-    assert h.err() == ("mdbpy: heapmap: 126 buffers is too many cells (at most 100); draw "
-                       "one cell per N bytes with -b, or one cache with -c\n")
+    assert h.err() == ("mdbpy: heapmap: 126 buffers is too many cells (at most 100); use "
+                       "-b 0x400 (80 cells), or -c for one cache\n")
     h("::heapmap -b 40")
-    assert h.err() == ("mdbpy: heapmap: 1280 cells of 64 bytes is too many (at most 100); "
-                       "use -b 0x340 or more\n")
+    assert h.err() == ("mdbpy: heapmap: 1280 cells of 0x40 bytes is too many (at most 100); "
+                       "use -b 0x400 (80 cells), or -c for one cache\n")
+    legend = h("::heapmap -b 400").splitlines()[-1]  # the suggestion fits: 80 cells
+    assert h.err() == "" and sum(map(int, re.findall(r"\d+", legend))) == 80
     monkeypatch.setattr(P, "MAX_SVG_CELLS", 10)
     monkeypatch.setattr(P, "MAX_CELLS", 1000)
     h(f"::heapmap -o {tmp_path}/big.svg")
-    assert h.err() == ("mdbpy: heapmap: 126 cells is too many for an SVG (at most 10); use "
-                       "-b, -c, or a PNG\n")
+    assert h.err() == ("mdbpy: heapmap: 126 buffers is too many cells for an SVG (at most 10); "
+                       "use -b 0x2000 (10 cells), -c for one cache, or a PNG\n")
 
 
 def test_cli_demo_plain_when_piped():

@@ -28,7 +28,7 @@ SOURCES = [p for d in ("mdbpy", "commands") for p in sorted((ROOT / d).rglob("*.
 # Calls that start processes or load code: allowed only at these places, each with its reason.
 ALLOWED = {
     ("mdbpy/lang/engine.py", "Engine._shell"): "`!cmd` runs the command line the user typed",
-    ("mdbpy/dcmd.py", "import_dmod"): "::load imports the module file the user named",
+    ("mdbpy/dcmd.py", "_import_path"): "::load imports the module file the user named",
 }
 FORBIDDEN_BUILTINS = {"eval", "exec", "compile", "__import__", "breakpoint"}
 FORBIDDEN_MODULES = {"pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}

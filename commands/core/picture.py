@@ -109,7 +109,11 @@ def heapmap(inv):
         raise UsageError(f"heapmap: {out}: the file must end in .svg or .png")
     s = inv.session
     pics = []
-    for a in allocators(s):
+    found = allocators(s)
+    for a in found:  # a picture too big to draw is refused before -l and -v do their work
+        P.check_size(a, name=opts.get("c"), addr=opts.get("a"), unit=unit, width=width,
+                     svg=kind == ".svg")
+    for a in found:
         leaks, leak_note = leak_spans(s, a, opts.get("l", False))
         corrupt, corrupt_note = corrupt_spans(s, a, opts.get("v", False))
         pic = P.draw(a, leaks=leaks, corrupt=corrupt, name=opts.get("c"), addr=opts.get("a"),

@@ -165,12 +165,8 @@ def _row_starts(breaks: list[int], n: int, width: int) -> list[int]:
 
 def by_buffer(title: str, table: model.BufferTable, states, width: int) -> Picture:
     """One cell per buffer, in address order."""
-    n = len(table)
-    if n > MAX_CELLS:
-        raise MdbError(f"heapmap: {n} buffers is too many cells (at most {MAX_CELLS}); draw "
-                       "one cell per N bytes with -b, or one cache with -c")
     return Picture(title, table.base, table.ends, states,
-                   _row_starts([0], n, width), True, table.group,
+                   _row_starts([0], len(table), width), True, table.group,
                    [group_label(g) for g in table.groups])
 
 
@@ -218,6 +214,18 @@ def _covered(s, e, x):
     return np.where(k >= 0, before[kk] + part, np.uint64(0))
 
 
+def _byte_cells(table: model.BufferTable, regions, unit: int,
+                width: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """The [start, end) runs of whole `unit`-byte cells over the regions and buffers (runs
+    closer than a row apart joined), and the number of cells in each."""
+    import numpy as np
+
+    rs, re_ = _arrays(regions)
+    segs = _segments(np.concatenate([rs, table.base]), np.concatenate([re_, table.ends]), unit,
+                     width * unit)
+    return segs, [(b - a) // unit for a, b in segs]
+
+
 def by_bytes(title: str, table: model.BufferTable, states, regions, unit: int, width: int, *,
              meta=(), leaks=(), corrupt=()) -> Picture:
     """One cell per `unit` bytes of the regions and buffers, a row starting at each region.
@@ -227,15 +235,8 @@ def by_bytes(title: str, table: model.BufferTable, states, regions, unit: int, w
     import numpy as np
 
     ends = table.ends
-    rs, re_ = _arrays(regions)
-    segs = _segments(np.concatenate([rs, table.base]), np.concatenate([re_, ends]), unit,
-                     width * unit)
-    counts = [(b - a) // unit for a, b in segs]
+    segs, counts = _byte_cells(table, regions, unit, width)
     n = sum(counts)
-    if n > MAX_CELLS:
-        least = unit * -(-n // MAX_CELLS)
-        raise MdbError(f"heapmap: {n} cells of {unit} bytes is too many (at most {MAX_CELLS});"
-                       f" use -b {least:#x} or more")
     start = np.concatenate([np.uint64(a) + np.arange(c, dtype=np.uint64) * np.uint64(unit)
                             for (a, _), c in zip(segs, counts)] or [np.zeros(0, np.uint64)])
     end = start + np.uint64(unit)
@@ -258,17 +259,63 @@ def by_bytes(title: str, table: model.BufferTable, states, regions, unit: int, w
     return Picture(title, start, end, state, _row_starts(breaks, n, width), False)
 
 
+def _selected(alloc: model.Allocator, name: str | None, addr: int | None):
+    """(buffers, heap regions) of the group selected by name or address (all without one),
+    the regions cut to the span of the selected buffers."""
+    table = alloc.buffers()
+    regions = alloc.heap_regions()
+    if name is not None or addr is not None:
+        table = table.select(select(alloc, table, name, addr))
+        if len(table):
+            lo, hi = int(table.base[0]), int(table.base[-1] + table.size[-1])
+            regions = [(max(a, lo), min(b, hi)) for a, b in regions if a < hi and b > lo]
+    return table, regions
+
+
+def check_size(alloc: model.Allocator, *, name: str | None = None, addr: int | None = None,
+               unit: int | None = None, width: int = 64, svg: bool = False) -> None:
+    """Refuse, before anything is marked, a picture with more cells than it is worth
+    (MAX_CELLS; MAX_SVG_CELLS for an SVG): counting costs one pass over the buffer table, so
+    ::heapmap asks before it runs ::findleaks or verify for a picture it would not draw. The
+    message names the numbers and the smallest power-of-two `-b` whose picture fits."""
+    limit = MAX_SVG_CELLS if svg else MAX_CELLS
+    table, regions = _selected(alloc, name, addr)
+
+    def cells(u: int) -> int:
+        return sum(_byte_cells(table, regions, u, width)[1])
+
+    n = len(table) if unit is None else cells(unit)
+    if n <= limit:
+        return
+    covered = cells(1)  # bytes under some region or buffer: no picture has fewer cells
+    fit = 16
+    while fit < covered // limit:
+        fit *= 2
+    while cells(fit) > limit and fit < 1 << 60:
+        fit *= 2
+    what = f"{n} buffers is too many cells" if unit is None else \
+        f"{n} cells of {unit:#x} bytes is too many"
+    ways = [f"-b {fit:#x} ({cells(fit)} cells)"]
+    if name is None and addr is None:
+        ways.append("-c for one cache")
+    if svg:
+        ways.append("a PNG")
+    ways = ", ".join(ways[:-1]) + ", or " + ways[-1] if len(ways) > 1 else ways[0]
+    raise MdbError(f"heapmap: {what}{' for an SVG' if svg else ''} (at most {limit}); "
+                   f"use {ways}")
+
+
 def draw(alloc: model.Allocator, *, leaks=(), corrupt=(), name: str | None = None,
          addr: int | None = None, unit: int | None = None, width: int = 64) -> Picture | None:
     """The picture of one allocator's heap (or of the group selected by name or address), one
-    cell per buffer, or per `unit` bytes; None when the selection holds no buffer.
+    cell per buffer, or per `unit` bytes; None when the selection holds no buffer. A picture
+    of more than MAX_CELLS cells is refused (check_size).
 
     leaks and corrupt are [start, end) spans; the picture's notes say what it holds."""
-    table = alloc.buffers()
-    if name is not None or addr is not None:
-        table = table.select(select(alloc, table, name, addr))
-        if not len(table):
-            return None
+    table, regions = _selected(alloc, name, addr)
+    if (name is not None or addr is not None) and not len(table):
+        return None
+    check_size(alloc, name=name, addr=addr, unit=unit, width=width)
     states = buffer_states(table, leaks, corrupt)
     what = name if name is not None else (f"{addr:#x}" if addr is not None else "")
     title = f"{alloc.name}{' ' + what if what else ''}: {len(table)} buffers"
@@ -276,10 +323,6 @@ def draw(alloc: model.Allocator, *, leaks=(), corrupt=(), name: str | None = Non
         pic = by_buffer(title, table, states, width)
         pic.notes.append(f"one cell per buffer, {width} per row")
     else:
-        regions = alloc.heap_regions()
-        if len(table) and (name is not None or addr is not None):
-            lo, hi = int(table.base[0]), int(table.base[-1] + table.size[-1])
-            regions = [(max(a, lo), min(b, hi)) for a, b in regions if a < hi and b > lo]
         pic = by_bytes(title, table, states, regions, unit, width,
                        meta=alloc.metadata_regions(), leaks=leaks, corrupt=corrupt)
         pic.notes.append(f"one cell per {unit:#x} bytes, {width} per row")

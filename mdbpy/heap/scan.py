@@ -243,7 +243,7 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
     KeyboardInterrupt the blocks not started are dropped and the running ones finish."""
     from concurrent.futures import ThreadPoolExecutor
 
-    blocks = [(a, min(a + BLOCK, end)) for start, end in regions
+    blocks = [(a, min(a + BLOCK, end)) for start, end in mem.target.present(regions)
               for a in range(start, end, BLOCK)]
     total = sum(b - a for a, b in blocks) + 1
     src_parts, dst_parts, done = [], [], 0

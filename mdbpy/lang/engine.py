@@ -22,7 +22,8 @@ from mdbpy.lang.parser import Stage, Statement, parse_statement
 
 OK, ERR, ABORT = 0, 1, 2  # a dcmd call's outcome: mdb's DCMD_OK, DCMD_ERR, DCMD_ABORT/USAGE
 STRING, FILE = "string", "file"  # how bare expressions behave (see Engine._bare)
-MAX_FRAMES = 32  # nesting of macro files and ::eval strings
+MAX_FRAMES = 32  # nesting of macro files (`$<<`, and `$<` chains) and ::eval strings
+TOO_DEEP = f"input nested too deeply (more than {MAX_FRAMES} levels)"
 MAX_LINE = 1 << 20  # longest input line read at once
 BUILTIN_VARS = ("0", "1", "2", "9", "b", "d", "e", "m", "t", "hits")
 
@@ -97,6 +98,7 @@ class _Frame:
     status: int = 0  # of the last command that ran in this frame
     replacement: object = None  # `$<` inside a macro: read this stream next
     aborted: bool = False  # `$<` with no file name: stop reading this frame
+    replaced: int = 0  # macros `$<` has read in place of this frame's: they count as nesting
 
 
 class Engine:
@@ -162,12 +164,16 @@ class Engine:
             if alias is None:
                 raise CommandAbort(f"failed to open {name} (see ::help '$<')")
             return self.eval_string(alias if addr is None else f"{addr:#x}{alias}")
+        chained = replace and depth > 1 and not flags & PIPE
+        if chained and depth + self.frames[-1].replaced >= MAX_FRAMES:
+            raise CommandAbort(TOO_DEEP)  # a macro that replaces itself would never end
         try:
-            stream = open(path, errors="replace")
+            stream = open(path, "rb")
         except OSError as e:
             raise CommandAbort(f"failed to open {name}: {e.strerror}") from None
-        if replace and depth > 1 and not flags & PIPE:
+        if chained:
             self.frames[-1].replacement = stream
+            self.frames[-1].replaced += 1
             return OK
         return self._run_frame(_Frame(stream, name, FILE, owned=True))
 
@@ -183,7 +189,7 @@ class Engine:
         if len(self.frames) >= MAX_FRAMES:
             if frame.owned:
                 frame.stream.close()
-            raise CommandAbort(f"input nested too deeply (more than {MAX_FRAMES} levels)")
+            raise CommandAbort(TOO_DEEP)
         self.frames.append(frame)
         try:
             while not frame.aborted:
@@ -207,19 +213,27 @@ class Engine:
                 frame.replacement.close()
 
     def _read_line(self, frame: _Frame) -> str | None:
+        """The next line of the frame's stream (bytes or text), as text: an overlong line or
+        one that is not UTF-8 is reported, naming the line, and read as empty."""
         line = frame.stream.readline(MAX_LINE)
         if not line:
             return None
         frame.lineno += 1
-        if len(line) >= MAX_LINE and not line.endswith("\n"):
+        nl = b"\n" if isinstance(line, bytes) else "\n"
+        if len(line) >= MAX_LINE and not line.endswith(nl):
             while True:  # discard the rest of the overlong line, in bounded pieces
                 more = frame.stream.readline(MAX_LINE)
-                if not more or more.endswith("\n"):
+                if not more or more.endswith(nl):
                     break
             self.session.warn(f"line {frame.lineno} of {frame.name} is too long; ignored")
             frame.status = 1
             return ""
-        return line
+        try:
+            return as_text(line)
+        except MdbError as e:
+            self.session.warn(f"line {frame.lineno} of {frame.name} is {e}; ignored")
+            frame.status = 1
+            return ""
 
     def _run_text(self, text: str, frame: _Frame) -> None:
         pos = 0
@@ -406,8 +420,8 @@ class Engine:
         except MdbError as e:
             s.warn(str(e))
             return ERR
-        except (QuitSession, KeyboardInterrupt):
-            raise
+        except (QuitSession, KeyboardInterrupt, BrokenPipeError):
+            raise  # BrokenPipeError: the output is gone (`| head`), the CLI ends quietly
         except Exception as e:  # a bug in a dcmd must not end the session
             s.warn(f"internal error in {cmd.shown}: {type(e).__name__}: {e}")
             if os.environ.get("MDBPY_DEBUG"):
@@ -434,6 +448,27 @@ class Engine:
             raise MdbError(f"failed to run {shell}: {e.strerror}") from None
         s.out.write(proc.stdout.decode(errors="replace"))
         return ERR if proc.returncode else OK
+
+
+def as_text(line: str | bytes) -> str:
+    """A line of input as text, by the one rule of every input path (-e, -f, standard input,
+    `$<` and `$<<` macro files, ~/.mdbpyrc, the REPL): it must be UTF-8. Bytes are decoded;
+    text is checked for the lone surrogates that stand for undecodable bytes (a -e argument,
+    a terminal in another encoding). Raises MdbError `not UTF-8 text (...)` naming the first
+    bad byte or character and its column, for the caller to name the line."""
+    try:
+        if isinstance(line, str):
+            line.encode("utf-8")
+            return line
+        return line.decode("utf-8")
+    except UnicodeEncodeError as e:
+        try:  # undecodable bytes carried as surrogates: name the byte
+            return as_text(line.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            what, at = f"character U+{ord(line[e.start]):04X}", e.start
+    except UnicodeDecodeError as e:
+        what, at = f"byte 0x{line[e.start]:02x}", e.start
+    raise MdbError(f"not UTF-8 text ({what} at column {at + 1})")
 
 
 def usage_line(d: Dcmd) -> str:

@@ -107,6 +107,12 @@ class Target:
         them into memory in the background meanwhile does (a core's mapped image); others
         ignore it."""
 
+    def present(self, ranges) -> list[tuple[int, int]]:
+        """The parts of these [start, end) ranges that may hold bytes, for a scan to split into
+        blocks: its work then follows the data there is, not what a core's header claims (a
+        segment's tail the core holds no bytes for). Targets that cannot tell return them."""
+        return list(ranges)
+
     def read_rows(self, addrs, size: int):
         """A fast path for many small reads: (rows, ok) with the `size` bytes at each of the
         addresses (a uint64 numpy array) as an (n, size) uint8 array, ok saying which rows it

@@ -43,6 +43,13 @@ PREAD_MIN = 64 << 10
 RESIDENT_BUDGET = 1 << 30
 RESIDENT_UNIT = 1 << 20
 WARM_STEP = 16 << 20  # warm() reads this much at a time, checking between steps for close()
+# What an x86_64 process can map: user space below 2**56 (2**47 without 5-level paging), and the
+# kernel half from 0xff00000000000000 to below its last page, of which a core holds at most the
+# vsyscall page. A segment is cut at the end of the half it starts in (so every end fits in 64
+# bits); one starting in neither is dropped.
+USER_END = 1 << 56
+KERNEL_START = 0xFF00000000000000
+KERNEL_END = (1 << 64) - ec.PAGE
 
 
 class _Segment:
@@ -65,11 +72,22 @@ class _Segment:
                        path=self.path)
 
 
-def _clip_overlaps(segs: list[_Segment]) -> list[_Segment]:
-    """Sort segments and cut each where the one before it ends, so no address is claimed twice
-    (only hostile files overlap; the first claim wins)."""
+def _clip_overlaps(segs: list[_Segment], clipped: list | None = None) -> list[_Segment]:
+    """Sort segments and cut them so no address is claimed twice (only hostile files overlap;
+    the start of each overlapping segment is appended to `clipped` when a list is given). A
+    segment that reaches into the next with no bytes of its own there (a p_memsz grown over
+    its neighbours) ends where the next begins; otherwise the first claim wins and the later
+    segment is cut where the one before it ends."""
     out: list[_Segment] = []
     for s in sorted(segs, key=lambda s: (s.start, s.end)):
+        if out and s.start < out[-1].end and clipped is not None:
+            clipped.append(out[-1].start)
+        if out and out[-1].start + out[-1].avail <= s.start < out[-1].end:
+            prev = out.pop()
+            if s.start > prev.start:
+                prev.end = s.start
+                prev.claimed = min(prev.claimed, prev.end - prev.start)
+                out.append(prev)
         if out and s.start < out[-1].end:
             cut = out[-1].end - s.start
             if cut >= s.end - s.start:
@@ -81,6 +99,12 @@ def _clip_overlaps(segs: list[_Segment]) -> list[_Segment]:
             s.claimed = max(0, s.claimed - cut)
         out.append(s)
     return out
+
+
+def _printable(path: str) -> str:
+    """A path a core names, as a message shows it: characters that are not printable (a
+    newline would split the one-line message) escaped as Python writes them."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in path)
 
 
 def _open_regular(path: str, mode: str = "rb"):
@@ -128,6 +152,33 @@ class _ImageTarget(Target):
         self._kept_lock = threading.Lock()  # mapped() is entered from the scan's threads
         self._warming: threading.Thread | None = None
         self._closing = threading.Event()
+
+    def _warn(self, msg: str) -> None:
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    def _loads(self, phdrs: list[ec.Phdr]) -> list[tuple[ec.Phdr, int]]:
+        """(header, end) of each PT_LOAD that maps memory, its end cut to the half of the
+        address space it starts in (see USER_END); one starting in neither is dropped. Each
+        kind of damage is one warning, naming the first segment it hit."""
+        out, cut, dropped = [], [], []
+        for ph in phdrs:
+            if ph.type != ec.PT_LOAD or ph.memsz == 0:
+                continue
+            limit = USER_END if ph.vaddr < USER_END else KERNEL_END
+            if USER_END <= ph.vaddr < KERNEL_START or ph.vaddr >= KERNEL_END:
+                dropped.append(ph)
+                continue
+            if ph.vaddr + ph.memsz > limit:
+                cut.append(ph)
+            out.append((ph, min(ph.vaddr + ph.memsz, limit)))
+        for bad, what in ((cut, "past the end of the address space; cut there"),
+                          (dropped, "at an address no process can map; ignored")):
+            if bad:
+                more = f" ({len(bad) - 1} more like it)" if len(bad) > 1 else ""
+                self._warn(f"{self.describe()}: segment at 0x{bad[0].vaddr:x} claims "
+                           f"0x{bad[0].memsz:x} bytes {what}{more}")
+        return out
 
     def _header(self) -> ec.ElfHeader:
         err = ec.check_ident(self._mm[:16])
@@ -190,7 +241,8 @@ class _ImageTarget(Target):
                 n = min(n, seg.avail - rel)
                 out += self._image(seg.off + rel, n)
             elif rel < seg.claimed:
-                raise ReadError(cur, end - cur, "core file is truncated")
+                raise ReadError(cur, end - cur, "core file is truncated",
+                                until=seg.start + seg.claimed)
             else:
                 chunk = self._missing(seg, cur, n)
                 n = len(chunk)
@@ -240,20 +292,37 @@ class _ImageTarget(Target):
         if self._mm is None or (self._warming is not None and self._warming.is_alive()):
             return
         spans = []
+        for seg, a, b in self._overlaps(ranges):
+            b = min(b, seg.start + seg.avail)
+            lo = (seg.off + a - seg.start) // mmap.PAGESIZE * mmap.PAGESIZE
+            hi = seg.off + b - seg.start
+            if a < b and self._keep(lo, hi - lo):
+                spans.append((lo, hi))
+        if spans:
+            self._warming = threading.Thread(target=self._populate, args=(spans,),
+                                             name="mdbpy-warm", daemon=True)
+            self._warming.start()
+
+    def _overlaps(self, ranges):
+        """(segment, start, end) of each part of these [start, end) ranges a segment holds."""
         for start, end in ranges:
             i = max(bisect.bisect_right(self._starts, start) - 1, 0)
             for seg in self._segs[i:]:
                 if seg.start >= end:
                     break
-                a, b = max(start, seg.start), min(end, seg.start + seg.avail)
-                lo = (seg.off + a - seg.start) // mmap.PAGESIZE * mmap.PAGESIZE
-                hi = seg.off + b - seg.start
-                if a < b and self._keep(lo, hi - lo):
-                    spans.append((lo, hi))
-        if spans:
-            self._warming = threading.Thread(target=self._populate, args=(spans,),
-                                             name="mdbpy-warm", daemon=True)
-            self._warming.start()
+                if seg.end > start:
+                    yield seg, max(start, seg.start), min(end, seg.end)
+
+    def present(self, ranges) -> list[tuple[int, int]]:
+        """The parts of these ranges that segments can yield bytes for (see Target.present): a
+        segment that claims a terabyte and holds a page costs a scan one page."""
+        return [(max(a, lo), min(b, hi)) for seg, a, b in self._overlaps(ranges)
+                for lo, hi in self._data(seg) if max(a, lo) < min(b, hi)]
+
+    def _data(self, seg: _Segment) -> list[tuple[int, int]]:
+        """The [start, end) pieces of a segment reads can yield bytes for: all of it here (past
+        its image, _missing() gives zeros); a core says otherwise."""
+        return [(seg.start, seg.end)]
 
     def _populate(self, spans) -> None:
         """warm()'s thread: it reads a word of every page, a step at a time, so that close()
@@ -377,12 +446,10 @@ class FileTarget(_ImageTarget):
             eh = self._header()
             self.etype = eh.type
             segs = []
-            for ph in self._phdrs(eh):
-                if ph.type != ec.PT_LOAD or ph.memsz == 0:
-                    continue
+            for ph, end in self._loads(self._phdrs(eh)):
                 delta = ph.vaddr % ec.PAGE
                 start = ph.vaddr - delta
-                end = min(-(-(ph.vaddr + ph.memsz) // ec.PAGE) * ec.PAGE, 1 << 64)
+                end = -(-end // ec.PAGE) * ec.PAGE
                 off = max(ph.offset - delta, 0)
                 have = max(0, min(ph.filesz + delta, self.file_size - off))
                 segs.append(_Segment(start, end, ec.perms_from_flags(ph.flags), off, have,
@@ -444,16 +511,12 @@ class CoreTarget(_ImageTarget):
                 raise TargetError(f"{path}: not a core file (ELF type {eh.type})")
             phdrs = self._phdrs(eh)
             self._read_notes([p for p in phdrs if p.type == ec.PT_NOTE])
-            self._build_segments([p for p in phdrs if p.type == ec.PT_LOAD])
+            self._build_segments(self._loads(phdrs))
         except BaseException:
             self.close()
             raise
 
     # -- parsing --------------------------------------------------------------------------
-    def _warn(self, msg: str) -> None:
-        if msg not in self.warnings:
-            self.warnings.append(msg)
-
     def _read_notes(self, notes: list[ec.Phdr]) -> None:
         """The notes of every PT_NOTE segment, parsed in place through a view of the mapping
         (a hostile note segment may claim the whole file) and at most MAX_NOTES of them
@@ -518,13 +581,10 @@ class CoreTarget(_ImageTarget):
             out.append(e)
         return out
 
-    def _build_segments(self, loads: list[ec.Phdr]) -> None:
+    def _build_segments(self, loads: list[tuple[ec.Phdr, int]]) -> None:
         segs = []
         short = 0
-        for ph in loads:
-            if ph.memsz == 0:
-                continue
-            end = min(ph.vaddr + ph.memsz, 1 << 64)
+        for ph, end in loads:
             claimed = min(ph.filesz, end - ph.vaddr)
             avail = max(0, min(claimed, self.file_size - ph.offset))
             short += claimed - avail
@@ -532,7 +592,12 @@ class CoreTarget(_ImageTarget):
                                  avail, claimed))
         if short:
             self._warn(f"core file {self.path} is truncated: {short} bytes of memory missing")
-        segs = _clip_overlaps(segs)
+        cut: list[int] = []
+        segs = _clip_overlaps(segs, cut)
+        if cut:
+            self._warn(f"core file {self.path}: {len(cut)} segment(s) overlap the next (the "
+                       f"first at 0x{cut[0]:x}); each address is kept by one, the one holding "
+                       f"bytes for it")
         for s in segs:
             fe = self._file_entry(s.start)
             if fe is not None:
@@ -627,39 +692,51 @@ class CoreTarget(_ImageTarget):
     def _check_disk_file(self, path: str) -> None:
         """Open and check the disk copy of a mapped file; warn when it cannot serve."""
         local = self.file_path(path)
+        shown = _printable(local)
         df = self._disk[path] = _DiskFile(local, None, 0)
         try:
             with _open_regular(local) as f:
                 df.size = os.fstat(f.fileno()).st_size
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if df.size else None
         except OSError as e:
-            self._warn(f"{local}: {e.strerror}; its pages not in the core are unreadable")
+            self._warn(f"{shown}: {e.strerror}; its pages not in the core are unreadable")
             return
         if mm is None:
-            self._warn(f"{local}: empty file; its pages not in the core are unreadable")
+            self._warn(f"{shown}: empty file; its pages not in the core are unreadable")
             return
         want = self._core_build_id(path)
         have = ec.gnu_build_id(lambda off, n: mm[off:off + min(n, 1 << 16)])
         if want is None:
-            self._warn(f"{local}: the core holds no build-id for it; using it unverified")
+            self._warn(f"{shown}: the core holds no build-id for it; using it unverified")
         elif want != have:
             mm.close()
             got = have.hex() if have else "none"
-            self._warn(f"{local}: build-id {got} does not match the core's {want.hex()}; its "
+            self._warn(f"{shown}: build-id {got} does not match the core's {want.hex()}; its "
                        f"pages not in the core are unreadable")
             return
         df.mm = mm
 
+    def _data(self, seg: _Segment) -> list[tuple[int, int]]:
+        """The core's image of the segment, then what the mapped file on disk holds past the
+        bytes the core claims (up to the page holding the file's last byte), when it may
+        stand in (see _missing)."""
+        pieces = [(seg.start, seg.start + seg.avail)]
+        df = self._disk.get(seg.path) if seg.path else None
+        if df is not None and df.mm is not None:
+            file_end = seg.start - seg.foff + -(-df.size // ec.PAGE) * ec.PAGE
+            pieces.append((seg.start + seg.claimed, min(seg.end, file_end)))
+        return pieces
+
     def _missing(self, seg: _Segment, addr: int, n: int) -> bytes:
         df = self._disk.get(seg.path) if seg.path else None
         if df is None or df.mm is None:
-            raise ReadError(addr, n, NOT_IN_CORE)
+            raise ReadError(addr, n, NOT_IN_CORE, until=seg.end)
         foff = seg.foff + (addr - seg.start)
         if foff >= df.size:
             # the process saw zeros in the rest of the page holding the file's last byte
             if foff < -(-df.size // ec.PAGE) * ec.PAGE:
                 return bytes(min(n, ec.PAGE - foff % ec.PAGE))
-            raise ReadError(addr, n, f"beyond the end of {df.path}")
+            raise ReadError(addr, n, f"beyond the end of {df.path}", until=seg.end)
         return df.mm[foff:min(foff + n, df.size)]
 
     def file_path(self, path: str) -> str:
