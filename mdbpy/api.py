@@ -195,6 +195,27 @@ class Debugger:
                 return b[sname].view(self.session.mem, addr)
         raise MdbError(f"no layout named {name} (see layouts())")
 
+    # -- typed values (DWARF; docs/types.md) ---------------------------------------------------
+    def type(self, name: str):
+        """A type by name, as ::print takes it (`struct node`, `size_t`, ``libc`FILE``)."""
+        from mdbpy.types.space import space_of
+
+        self._check()
+        return space_of(self.session).lookup(name)
+
+    def value(self, name: str, addr: int | None = None):
+        """The global `name` (or ``obj`name``) as a typed mdbpy.types.value.Value, drgn's
+        Object in spirit; with addr, the value of the type `name` at addr."""
+        from mdbpy.types.space import space_of
+        from mdbpy.types.value import Value
+
+        self._check()
+        space = space_of(self.session)
+        if addr is not None:
+            return Value(space, space.lookup(name), addr)
+        t, where = space.global_var(name)
+        return Value(space, t, where)
+
     # -- the heap -----------------------------------------------------------------------------
     def allocators(self) -> list[AllocatorInfo]:
         """The allocators found in the target."""

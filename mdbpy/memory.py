@@ -11,10 +11,11 @@ import bisect
 import struct
 from collections.abc import Iterator
 
-from mdbpy.errors import ReadError
+from mdbpy.errors import MdbError, ReadError
 from mdbpy.target.base import Mapping, Target
 
 BLOCK = 4 << 20  # bytes per block in scans: large enough to amortise syscalls, small for RSS
+LIST_MAX = 1 << 20  # elements of a linked list followed before calling the list corrupt
 
 
 class AddressSpace:
@@ -62,6 +63,25 @@ class AddressSpace:
     def read_ptr(self, addr: int) -> int:
         return self.read_uint(addr, 8)
 
+    def follow(self, start: int, offset: int = 0, limit: int | None = None):
+        """Yield start and each element reached through the pointer at `offset` (a singly
+        linked list: ::list, ::walk list, Value.list): to NULL or an element already seen, at
+        most `limit` elements when given, else an error past LIST_MAX (a list that long is a
+        corrupt one), and a one-line error at a next pointer that cannot be read."""
+        seen = set()
+        cur = start
+        while cur and cur not in seen:
+            if limit is not None and len(seen) >= limit:
+                return
+            if len(seen) >= LIST_MAX:
+                raise MdbError(f"list at 0x{start:x}: stopped after {LIST_MAX} elements")
+            seen.add(cur)
+            yield cur
+            try:
+                cur = self.read_ptr(cur + offset)
+            except ReadError as e:
+                raise MdbError(f"list at 0x{start:x}: element 0x{cur:x}: {e}") from None
+
     def read_u8(self, addr: int) -> int:
         return self.read(addr, 1)[0]
 
@@ -104,35 +124,38 @@ class AddressSpace:
     # -- block reads for scans ------------------------------------------------------------
     def blocks(self, start: int, end: int, block: int = BLOCK,
                failed: list | None = None) -> Iterator[tuple[int, bytes]]:
-        """(addr, bytes) pieces of [start, end) in large reads; unreadable pieces are skipped
-        page by page so one bad page does not hide the rest of a mapping, and appended to
-        `failed` as (start, end) when a list is given."""
+        """(addr, bytes) pieces of [start, end) in large reads. A block that cannot be read
+        is retried page by page, so one bad page does not hide the rest of a mapping; a hole
+        whose end the target knows (ReadError.until: a core segment's bytes that no file
+        holds) is passed over at once, so a segment claiming terabytes it does not hold costs
+        a read, not a read per page. What was passed over is appended to `failed` as
+        (start, end) when a list is given."""
         cur = start
         while cur < end:
             n = min(block, end - cur)
             try:
-                yield cur, self.read(cur, n)
-                cur += n
+                data = self.read(cur, n)
             except ReadError:
-                if n <= 4096:
+                pass
+            else:
+                yield cur, data
+                cur += n
+                continue
+            stop = cur + n
+            while cur < stop:
+                m = min(4096 - (cur & 4095), stop - cur)
+                try:
+                    piece = self.read(cur, m)
+                except ReadError as e:
+                    skip = min(end, max(cur + m, e.until or 0))
                     if failed is not None:
-                        failed.append((cur, cur + n))
-                    cur += n
-                    continue
-                # fall back to page-sized reads for this block
-                stop = cur + n
-                while cur < stop:
-                    m = min(4096 - (cur & 4095), stop - cur)
-                    try:
-                        piece = self.read(cur, m)
-                    except ReadError:
-                        if failed is not None:
-                            if failed and failed[-1][1] == cur:
-                                failed[-1] = (failed[-1][0], cur + m)
-                            else:
-                                failed.append((cur, cur + m))
-                    else:
-                        yield cur, piece
+                        if failed and failed[-1][1] == cur:
+                            failed[-1] = (failed[-1][0], skip)
+                        else:
+                            failed.append((cur, skip))
+                    cur = skip
+                else:
+                    yield cur, piece
                     cur += m
 
     def words(self, addr: int, count: int):

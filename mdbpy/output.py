@@ -1,8 +1,11 @@
-"""Output helpers shared by dcmds: mdb_printf's conventions (%p, %0?p, %#r, %H) and tables."""
+"""Output helpers shared by dcmds: mdb_printf's conventions (%p, %0?p, %#r, %H, %a, C escapes)
+and tables."""
 
 from __future__ import annotations
 
 PTR_WIDTH = 16  # mdb's %? on LP64
+_ESCAPES = {0: "\\0", 7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
+            34: '\\"', 92: "\\\\"}
 
 
 def ptr(v: int) -> str:
@@ -42,6 +45,25 @@ def radix_str(v: int, radix: int = 16, prefix: bool = False) -> str:
     if prefix and v > 9:
         s = {16: "0x", 10: "0t", 8: "0o", 2: "0i"}.get(radix, "") + s
     return s
+
+
+def symbolic(session, addr: int) -> str:
+    """mdb's %a: symbol+offset, else the address with its 0x prefix (none at 9 or below)."""
+    s = session.format_addr(addr)
+    return str(addr) if s.startswith("0x") and addr <= 9 else s
+
+
+def c_escape(data: bytes) -> str:
+    """strchr2esc: C escapes for the specials, \\ooo for anything not printable ASCII."""
+    out = []
+    for b in data:
+        if b in _ESCAPES:
+            out.append(_ESCAPES[b])
+        elif b == 32 or 33 <= b <= 126:
+            out.append(chr(b))
+        else:
+            out.append(f"\\{b:03o}")
+    return "".join(out)
 
 
 def human_size(v: int) -> str:

@@ -43,6 +43,16 @@ def _strings(inv: Invocation, lo: int, hi: int) -> list[str]:
     return list(inv.args)
 
 
+def bind_var(inv: Invocation, var: str) -> None:
+    """Create `var` and have every address this stage passes down the pipe carry it (mdb's
+    VCB): for ::walk, ::list and ::array's variable argument. The dcmd sets it as it goes."""
+    _check_var_name(var)
+    inv.session.vars.setdefault(var, 0)
+    bind = getattr(inv.out, "bind_var", None)
+    if bind is not None:
+        bind(var)
+
+
 # -- walks --------------------------------------------------------------------------------
 
 @dcmd("walk", "walk data structure", usage="?name [variable]",
@@ -66,11 +76,7 @@ def walk(inv: Invocation):
         raise UsageError(f"walker '{w.name}' needs an address to start from")
     var = args[1] if len(args) == 2 else None
     if var is not None:
-        _check_var_name(var)
-        s.vars.setdefault(var, 0)
-        bind = getattr(inv.out, "bind_var", None)
-        if bind is not None:
-            bind(var)
+        bind_var(inv, var)
     try:
         for addr in capped(s, w.func(s, inv.addr if inv.has_addr else None)):
             if var is not None:
@@ -420,24 +426,77 @@ For information on command-line options, type:
 """
 
 
-def _indented(text: str) -> str:
-    """Help text indented by two, long lines wrapped at 78 columns keeping their indent."""
+def help_width(out) -> int:
+    """The columns help is wrapped to: the terminal's when `out` is one, else 80."""
+    import os
+
+    try:
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 80
+
+
+_OPTION = re.compile(r"(\s+\S.*?\s\s+)(\S.*)")  # `  -o file   text`: a term, 2+ spaces, its text
+
+
+def wrapped(text: str, width: int) -> str:
+    """Help text indented by two and wrapped once, to `width` columns. Help is written with
+    line breaks at the source's width, not the reader's, so the lines of a paragraph are
+    joined and filled again; an indented line is an option or a table row and starts a line
+    of its own, and the lines indented under its text (`  -o file   write ...` and then
+    `            or a PNG`) continue that text, wrapped under it."""
     import textwrap
 
-    out = []
-    for line in text.strip("\n").splitlines():
-        lead = " " * (len(line) - len(line.lstrip()) + 2)
-        out.extend(textwrap.wrap(line.strip(), 78, initial_indent=lead,
-                                 subsequent_indent=lead) or [""])
+    out: list[str] = []
+    lines = text.strip("\n").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.strip():
+            out.append("")
+            continue
+        option = _OPTION.fullmatch(line) if line[0].isspace() else None
+        if option is None:
+            lead = "  " + line[:len(line) - len(line.lstrip())]
+            body = [line.strip()]
+            while not line[0].isspace() and i < len(lines) and lines[i][:1].strip():
+                body.append(lines[i].strip())  # the next line of a paragraph
+                i += 1
+            first, rest = lead, lead
+        else:
+            hang = len(option[1])
+            body = [option[2]]
+            while i < len(lines) and lines[i].strip() and \
+                    len(lines[i]) - len(lines[i].lstrip()) == hang:
+                body.append(lines[i].strip())
+                i += 1
+            first, rest = "  " + option[1], " " * (hang + 2)
+        out.extend(textwrap.wrap(" ".join(body), width, initial_indent=first,
+                                 subsequent_indent=rest, break_on_hyphens=False) or [""])
     return "".join(line + "\n" for line in out)
+
+
+def _declared(reg, key: str):
+    """(dcmd, walker) named `key` in a registry (a dcmd also as module`name), either None."""
+    d = reg.dcmds.get(key)
+    if d is None and "`" in key:
+        d = reg.dcmds.get(key.rsplit("`", 1)[1])
+    return d, reg.walkers.get(key)
 
 
 @dcmd("help", "list commands/command help", usage="[command]",
       help="With no argument, print an overview of the command syntax. With a dcmd name "
            "(with or without the leading ::), print its NAME, SYNOPSIS, DESCRIPTION and "
-           "ATTRIBUTES; a walker name prints the walker's description.",
+           "ATTRIBUTES; a walker name prints the walker's description. Every dcmd and walker "
+           "of the bundled modules is known, also before its module is loaded (the "
+           "ATTRIBUTES say so). The text is wrapped to the terminal's width.",
       example="::help walk")
 def help_(inv: Invocation):
+    from mdbpy.dcmd import bundled_registry
+
     if inv.has_addr or len(inv.args) > 1:
         raise UsageError("")
     if not inv.args:
@@ -448,27 +507,33 @@ def help_(inv: Invocation):
         raise UsageError("expected string argument")
     s = inv.session
     key = name[2:] if name.startswith("::") else name
-    d = s.registry.dcmds.get(key)
-    if d is None and "`" in key:
-        d = s.registry.dcmds.get(key.rsplit("`", 1)[1])
-    if d is None:
-        w = s.registry.walkers.get(key)
-        if w is None:
-            raise MdbError(f"unknown command: {name}")
-        inv.out.write(f"\nNAME\n  {w.name} - {w.descr} (walker)\n\n")
-        if w.help:
-            inv.out.write("DESCRIPTION\n" + _indented(w.help) + "\n")
-        inv.out.write(f"ATTRIBUTES\n\n  Module: {w.module}\n\n")
-        return 0
+    d, w = _declared(s.registry, key)
+    if d is None and w is None and s.autoload():  # the target's allocator modules
+        d, w = _declared(s.registry, key)
+    loaded = d is not None or w is not None
+    if not loaded:
+        d, w = _declared(bundled_registry(), key)
+    if d is None and w is None:
+        raise MdbError(f"unknown command: {name}")
+    module = (d or w).module
+    if not loaded:
+        module += f" (not loaded in this session: ::load {module})"
+    width = help_width(inv.out)
     out = inv.out
-    out.write(f"\nNAME\n  {d.name} - {d.descr}\n\n")
-    out.write(f"SYNOPSIS\n  {d.synopsis()}\n\n")
+    if d is None:
+        out.write("\nNAME\n" + wrapped(f"{w.name} - {w.descr} (walker)", width) + "\n")
+        if w.help:
+            out.write("DESCRIPTION\n" + wrapped(w.help, width) + "\n")
+        out.write(f"ATTRIBUTES\n\n  Module: {module}\n\n")
+        return 0
+    out.write("\nNAME\n" + wrapped(f"{d.name} - {d.descr}", width) + "\n")
+    out.write("SYNOPSIS\n" + wrapped(d.synopsis(), width) + "\n")
     if d.help:
-        out.write("DESCRIPTION\n" + _indented(d.help) + "\n")
+        out.write("DESCRIPTION\n" + wrapped(d.help, width) + "\n")
     if d.example:
-        out.write("EXAMPLE\n" + _indented(d.example) + "\n")
+        out.write("EXAMPLE\n" + wrapped(d.example, width) + "\n")
     stability = "Evolving" if d.module == BUILTIN_MODULE else "Unstable"
-    out.write(f"ATTRIBUTES\n\n  Target: {s.target.kind}\n  Module: {d.module}\n"
+    out.write(f"ATTRIBUTES\n\n  Target: {s.target.kind}\n  Module: {module}\n"
               f"  Interface Stability: {stability}\n\n")
     return 0
 
@@ -513,8 +578,11 @@ def dmods(inv: Invocation):
 
 
 @dcmd("load", "load debugger module", usage="[-s] module",
-      help="Load a dmod: a bundled module by name (e.g. umem) or a Python file or package "
-           "directory by path. Its dcmds and walkers become available at once. -s loads "
+      help="Load a dmod: a bundled module by name (core, sim, umem, ptmalloc), from the "
+           "installed package and never from the current directory; or a Python file or "
+           "package directory by its path, written with a slash or ending in .py "
+           "(./mine.py, /abs/mine.py). Its dcmds and walkers become available at once. A "
+           "failure is one line naming the file and why, and loads nothing. -s loads "
            "silently (-f and -g are accepted for mdb compatibility).",
       example="::load ./mywalkers.py")
 def load(inv: Invocation):

@@ -1,18 +1,17 @@
 """Generic walkers: the target's threads, and singly linked lists through a next pointer.
 
 Lists in a broken program can be cyclic or run into wild pointers, so a walk stops at a NULL,
-at its starting element (circular lists), at the first repeated element, after `LIST_MAX`
-elements, or with a one-line error at the first next pointer it cannot read.
+at its starting element (circular lists), at the first repeated element, after
+`mdbpy.memory.LIST_MAX` elements, or with a one-line error at the first next pointer it cannot
+read.
 """
 
 from __future__ import annotations
 
 from mdbpy.dcmd import dcmd, walker
-from mdbpy.errors import MdbError, ReadError, UsageError
+from mdbpy.errors import UsageError
 from mdbpy.output import radix_str
 from mdbpy.session import WALKLIMIT
-
-LIST_MAX = 1 << 20
 
 
 def walk_limit(session) -> int:
@@ -32,21 +31,9 @@ def capped(session, addrs):
 
 
 def follow_list(session, start: int, offset: int = 0, limit: int | None = None):
-    """Yield start and each element reached through the pointer at `offset`: at most `limit`
-    elements when given, else an error past LIST_MAX (a list that long is a corrupt one)."""
-    seen = set()
-    cur = start
-    while cur and cur not in seen:
-        if limit is not None and len(seen) >= limit:
-            return
-        if len(seen) >= LIST_MAX:
-            raise MdbError(f"list at 0x{start:x}: stopped after {LIST_MAX} elements")
-        seen.add(cur)
-        yield cur
-        try:
-            cur = session.mem.read_ptr(cur + offset)
-        except ReadError as e:
-            raise MdbError(f"list at 0x{start:x}: element 0x{cur:x}: {e}") from None
+    """Yield start and each element reached through the pointer at `offset` (see
+    AddressSpace.follow: to NULL, a repeat, `limit` or an error past LIST_MAX)."""
+    return session.mem.follow(start, offset, limit)
 
 
 @walker("list", "walk a singly linked list whose next pointer is its first word",
@@ -67,15 +54,29 @@ def walk_thread(session, addr):
 
 
 @dcmd("list", "walk a linked list through the next pointer at an offset",
-      usage=":[-o offset] [-n max]", example="*list_head::list -o 0 | ::eval './J'", help="""\
+      usage=":[-o offset] [-n max] | type member [variable]",
+      example="*list_head::list struct node next | ::print struct node value", help="""\
 Print addr and every element of the singly linked list that starts there, following the
-pointer at byte offset -o (default 0) of each element. -n caps the number of elements
-(without it, ::set -o walklimit=N does, with a note). The walk stops at NULL, at an element
-already visited, or at an unreadable pointer (an error). Piped, each address is passed on.""")
+pointer at byte offset -o (default 0) of each element, or, as mdb's typed form
+`addr::list type member [variable]`, at the member `member` of `type` (from DWARF; with a
+variable, each element also sets it as it travels down the pipeline). -n caps the number of
+elements (without it, ::set -o walklimit=N does, with a note). The walk stops at NULL, at an
+element already visited, or at an unreadable pointer (an error). Piped, each address is passed
+on.""")
 def list_dcmd(inv):
     if not inv.has_addr:
         raise UsageError("::list needs a starting address")
-    opts = inv.options("o:n:", numeric="on")
-    elements = follow_list(inv.session, inv.addr, opts.get("o", 0), opts.get("n"))
+    opts, rest = inv.getopt("o:n:", numeric="on")
+    offset, var = opts.get("o", 0), None
+    if rest:  # the typed form (commands/core/types.py)
+        from .lang import bind_var
+        from .types import list_offset
+
+        offset, var = list_offset(inv.session, rest)
+        if var is not None:
+            bind_var(inv, var)
+    elements = follow_list(inv.session, inv.addr, offset, opts.get("n"))
     for a in elements if "n" in opts else capped(inv.session, elements):
+        if var is not None:
+            inv.session.vars[var] = a
         inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from mdbpy.dcmd import LOOP, LOOPFIRST, PIPE_OUT
 from mdbpy.disasm import disassemble, read_available
 from mdbpy.errors import MdbError, ParseError, ReadError
-from mdbpy.output import radix_str
+from mdbpy.output import c_escape, radix_str, symbolic
 
 MASK = (1 << 64) - 1
 MARGIN = 16  # mdb's MDB_IOB_DEFMARGIN: labels are padded to it, wrapped lines indented to it
@@ -41,8 +41,6 @@ READ_AHEAD = 4096  # bytes read at once from virtual memory while formatting
 WRITE_SIZES = {"v": 1, "w": 2, "W": 4, "Z": 8}
 SEARCH_SIZES = {"l": 2, "L": 4, "M": 8}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_ESCAPES = {0: "\\0", 7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
-            34: '\\"', 92: "\\\\"}
 _UNESCAPES = {"n": "\n", "t": "\t", "a": "\a", "b": "\b", "f": "\f", "r": "\r", "v": "\v",
               '"': '"', "\\": "\\"}
 
@@ -261,12 +259,6 @@ def _show_base(v: int) -> str:
     return f"0x{v:x}" if v > 9 else str(v)
 
 
-def symbolic(session, addr: int) -> str:
-    """mdb's %a: symbol+offset, else the address with its 0x prefix (none at 9 or below)."""
-    s = session.format_addr(addr)
-    return str(addr) if s.startswith("0x") and addr <= 9 else s
-
-
 def _signed_radix(session, v: int) -> str:
     return ("-" + radix_str(-v, session.radix)) if v < 0 else radix_str(v, session.radix)
 
@@ -282,19 +274,6 @@ def _time(session, secs: int) -> str:
         return _signed_radix(session, secs)
     return (f"{tm.tm_year} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
             f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}")
-
-
-def c_escape(data: bytes) -> str:
-    """strchr2esc: C escapes for the specials, \\ooo for anything not printable ASCII."""
-    out = []
-    for b in data:
-        if b in _ESCAPES:
-            out.append(_ESCAPES[b])
-        elif b == 32 or 33 <= b <= 126:
-            out.append(chr(b))
-        else:
-            out.append(f"\\{b:03o}")
-    return "".join(out)
 
 
 def _swap16(v: int) -> int:

@@ -19,7 +19,7 @@ def _attr(die, name):
     return None if a is None else a.value
 
 
-def _member_offset(die) -> int | None:
+def member_offset(die) -> int | None:
     a = die.attributes.get("DW_AT_data_member_location")
     if a is None:
         return 0  # union members and some first members carry no location
@@ -140,7 +140,7 @@ def _struct_of(die, origin: str) -> DwarfStruct:
         mname = _attr(m, "DW_AT_name")
         if mname is None:
             continue
-        members[mname.decode()] = (_member_offset(m), _type_size(m))
+        members[mname.decode()] = (member_offset(m), _type_size(m))
     return DwarfStruct(_attr(die, "DW_AT_byte_size") or 0, members, origin)
 
 
@@ -149,4 +149,35 @@ def _search(dwarf, name: str, cu_hint: str | None, origin: str) -> DwarfStruct |
     for die in _struct_dies(dwarf, cu_hint):
         if _attr(die, "DW_AT_name") == want:
             return _struct_of(die, origin)
+    return None
+
+
+def find_variable(path: str, name: str, cu_hint: str | None = None):
+    """Where DWARF puts the global or static variable `name` of the ELF file at path: its file
+    address (a DW_OP_addr location), 0 when DWARF describes it without a location (the
+    compiler dropped it: a static that is only written), or None when DWARF does not name it.
+    For variables a stripped symbol table lacks, or that never had a symbol."""
+    want = name.encode()
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            cus = list(elf.get_dwarf_info().iter_CUs())
+            if cu_hint:
+                cus.sort(key=lambda cu: cu_hint.encode() not in (
+                    _attr(cu.get_top_DIE(), "DW_AT_name") or b""))
+            for cu in cus:
+                for die in cu.get_top_DIE().iter_children():
+                    if die.tag != "DW_TAG_variable" or _attr(die, "DW_AT_name") != want:
+                        continue
+                    loc = _attr(die, "DW_AT_location")
+                    if isinstance(loc, list) and len(loc) == 9 and loc[0] == 0x03:  # DW_OP_addr
+                        return int.from_bytes(bytes(loc[1:]), "little")
+                    if loc is None and not _attr(die, "DW_AT_declaration"):
+                        return 0
+    except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError):
+        return None
     return None

@@ -53,10 +53,11 @@ def cache_dir() -> str:
     return os.path.join(base, "mdbpy", "symbols")
 
 
-def entry_path(build_id: str) -> str | None:
+def entry_path(build_id: str, suffix: str = ".syms") -> str | None:
+    """The cache file of build_id (`.syms`: symbol tables; mdbpy/types keeps `.types`)."""
     if not build_id or not all(c in "0123456789abcdef" for c in build_id):
         return None
-    return os.path.join(cache_dir(), build_id + ".syms")
+    return os.path.join(cache_dir(), build_id + suffix)
 
 
 def load(build_id: str) -> tuple[dict, dict[str, Columns]] | None:
@@ -120,12 +121,17 @@ def store(build_id: str, meta: dict, tables: dict[str, Columns]) -> None:
         index.append([which, len(t), len(blob)])
     head = json.dumps({"version": FORMAT_VERSION, "build_id": build_id, "meta": meta,
                        "tables": index}).encode()
+    write_atomic(path, [MAGIC + struct.pack("<I", len(head)) + head, *body])
+
+
+def write_atomic(path: str, pieces) -> None:
+    """Write the pieces as the file at path through a temp file and a rename, so a reader
+    never sees half an entry; failures leave no trace."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(head)) + head)
-            for piece in body:
+            for piece in pieces:
                 f.write(piece)
         os.replace(tmp, path)
     except OSError:

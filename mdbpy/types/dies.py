@@ -1,0 +1,303 @@
+"""Types built from the DIEs of one DWARF file, with pyelftools, one type at a time.
+
+A DwarfTypes is one file's DWARF: its name index (index.py) says where a name is defined, and
+each DIE asked for becomes a model type once (memoized by DIE offset). Struct members, pointer
+and typedef targets are built when first used, so asking for `struct _IO_FILE` reads that one
+DIE and not the hundred types its pointers reach. A struct or enum DIE that is only a
+declaration is completed from this file's own definition of the name when it has one; the
+session completes it across objects otherwise (space.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from elftools.common.exceptions import DWARFError, ELFError
+from elftools.construct import ConstructError
+
+from mdbpy.errors import MdbError
+from mdbpy.layout.dwarf import member_offset
+from mdbpy.types import index as type_index
+from mdbpy.types.model import (ATE_SIGNED, ATE_SIGNED_CHAR, Array, Base, Enum, Function, Member,
+                               Pointer, Qualified, Static, Struct, Type, Typedef, Void)
+from mdbpy.types.scan import CPP_LANGS
+
+QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
+              "DW_TAG_restrict_type": "restrict", "DW_TAG_atomic_type": "_Atomic"}
+POINTERS = {"DW_TAG_pointer_type": "", "DW_TAG_reference_type": "&",
+            "DW_TAG_rvalue_reference_type": "&&", "DW_TAG_ptr_to_member_type": ""}
+STRUCTS = {"DW_TAG_structure_type": "struct", "DW_TAG_class_type": "class",
+           "DW_TAG_union_type": "union"}
+INDEX_KIND = {"struct": "struct", "class": "struct", "union": "union"}
+DATA_FORMS = {"DW_FORM_data1": 1, "DW_FORM_data2": 2, "DW_FORM_data4": 4, "DW_FORM_data8": 8}
+
+
+def _dwarf_errors(method):
+    """pyelftools raises assorted errors on damaged or unusual DWARF; they become one-line
+    MdbErrors naming the file, so a bad DIE fails one command, not the session."""
+    @functools.wraps(method)
+    def wrapped(self, *args):
+        try:
+            return method(self, *args)
+        except MdbError:
+            raise
+        except (DWARFError, ELFError, ConstructError, ValueError, KeyError, IndexError,
+                AssertionError, AttributeError, TypeError, NotImplementedError) as e:
+            raise MdbError(f"{self.path}: unreadable DWARF ({type(e).__name__}: {e})") from None
+    return wrapped
+
+
+def _attr(die, name: str):
+    a = die.attributes.get(name)
+    return None if a is None else a.value
+
+
+def _text(die, name: str = "DW_AT_name") -> str | None:
+    v = _attr(die, name)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else None
+
+
+class DwarfTypes:
+    """The types and globals of one file's DWARF (an executable built with -g, or a separate
+    debug file). Holds the file open for the life of the process."""
+
+    def __init__(self, path: str, build_id: str | None):
+        from elftools.elf.elffile import ELFFile
+
+        self.path = path
+        self._file = open(path, "rb")
+        self.elf = ELFFile(self._file)
+        self.index = type_index.load_or_build(path, build_id, self.elf)
+        self._dwarf = None
+        self._types: dict[int, Type] = {}
+        self._langs: dict[int, bool] = {}  # unit offset -> C++
+
+    @property
+    def dwarf(self):
+        if self._dwarf is None:
+            self._dwarf = self.elf.get_dwarf_info(relocate_dwarf_sections=False)
+        return self._dwarf
+
+    @_dwarf_errors
+    def die(self, off: int):
+        cu = self.dwarf.get_CU_at(self.index.unit_of(off))
+        return cu.get_DIE_from_refaddr(off)
+
+    # -- lookups by name ----------------------------------------------------------------------
+    def type_named(self, kind: str, name: str) -> Type | None:
+        """kind: struct, union, enum, typedef or base (the index's kinds)."""
+        off = self.index.type_die(kind, name)
+        return None if off is None else self.type_at(off)
+
+    @_dwarf_errors
+    def var_named(self, name: str) -> tuple[Type, int | None] | None:
+        """(type, file address or None) of the global `name`."""
+        off = self.index.var_die(name)
+        if off is None:
+            return None
+        die = self.die(off)
+        return self.var_type(die), _static_address(die)
+
+    @_dwarf_errors
+    def var_at(self, file_addr: int) -> Type | None:
+        off = self.index.var_at(file_addr)
+        return None if off is None else self.var_type(self.die(off))
+
+    def var_type(self, die) -> Type:
+        """A variable's type, through DW_AT_specification / DW_AT_abstract_origin."""
+        for _ in range(4):
+            if "DW_AT_type" in die.attributes:
+                return self.type_of(die.get_DIE_from_attribute("DW_AT_type"))
+            ref = next((a for a in ("DW_AT_specification", "DW_AT_abstract_origin")
+                        if a in die.attributes), None)
+            if ref is None:
+                break
+            die = die.get_DIE_from_attribute(ref)
+        return Void()
+
+    # -- DIE -> type ----------------------------------------------------------------------------
+    def type_at(self, off: int) -> Type:
+        t = self._types.get(off)
+        return t if t is not None else self.type_of(self.die(off))
+
+    @_dwarf_errors
+    def type_of(self, die) -> Type:
+        t = self._types.get(die.offset)
+        if t is None:
+            t = self._build(die)
+            self._types[die.offset] = t
+        return t
+
+    def _target(self, die):
+        """A loader of the type DW_AT_type names (void when absent)."""
+        if "DW_AT_type" not in die.attributes:
+            return Void()
+        return lambda: self.type_of(die.get_DIE_from_attribute("DW_AT_type"))
+
+    def _build(self, die) -> Type:
+        tag = die.tag
+        if tag == "DW_TAG_base_type":
+            return Base(_text(die) or "?", _attr(die, "DW_AT_byte_size") or 0,
+                        _attr(die, "DW_AT_encoding") or 0)
+        if tag in POINTERS:
+            size = _attr(die, "DW_AT_byte_size") or die.cu.header["address_size"]
+            return Pointer(self._target(die), size, POINTERS[tag])
+        if tag in QUALIFIERS:
+            return Qualified(self._target(die), (QUALIFIERS[tag],))
+        if tag == "DW_TAG_typedef":
+            return Typedef(self._name(die) or "?", self._target(die))
+        if tag in STRUCTS:
+            return self._struct(die, STRUCTS[tag])
+        if tag == "DW_TAG_enumeration_type":
+            return self._enum(die)
+        if tag == "DW_TAG_array_type":
+            return self._array(die)
+        if tag == "DW_TAG_subroutine_type":
+            return self._function(die)
+        if tag == "DW_TAG_unspecified_type":
+            return Void(_text(die) or "void")
+        return Void(f"<{tag.removeprefix('DW_TAG_')}>")
+
+    def _name(self, die) -> str | None:
+        """DW_AT_name, qualified by its namespaces and classes in a C++ unit
+        (`shapes::inner::Point`, as gdb and the index name it)."""
+        name = _text(die)
+        if name is None or not self._cpp(die.cu):
+            return name
+        return "::".join(_scopes(die))
+
+    def _cpp(self, cu) -> bool:
+        lang = self._langs.get(cu.cu_offset)
+        if lang is None:
+            lang = self._langs[cu.cu_offset] = \
+                _attr(cu.get_top_DIE(), "DW_AT_language") in CPP_LANGS
+        return lang
+
+    def _struct(self, die, tag: str) -> Type:
+        name = self._name(die)
+        if _attr(die, "DW_AT_declaration"):
+            off = self.index.type_die(INDEX_KIND[tag], name) if name else None
+            if off is not None and off != die.offset:
+                return self.type_at(off)
+            return Struct(tag, name, None, [], complete=False, cxx=self._cpp(die.cu))
+        t = Struct(tag, name, _attr(die, "DW_AT_byte_size"), cxx=self._cpp(die.cu))
+        t.__dict__["members"] = lambda: self._members(die)
+        t.__dict__["statics"] = lambda: self._statics(die)
+        return t
+
+    @_dwarf_errors
+    def _members(self, die) -> list[Member]:
+        out = []
+        for m in die.iter_children():
+            if m.tag == "DW_TAG_inheritance":
+                base = self.type_of(m.get_DIE_from_attribute("DW_AT_type"))
+                out.append(Member(f"<{base.name or base.spelled()}>", base, member_offset(m),
+                                  base=True))
+            elif m.tag == "DW_TAG_member" and not _attr(m, "DW_AT_declaration") \
+                    and not _attr(m, "DW_AT_external"):
+                out.append(self._member(m))
+        return out
+
+    def _member(self, m) -> Member:
+        offset = member_offset(m)  # 0 without a location (union members); None: computed
+        bit_size = _attr(m, "DW_AT_bit_size")
+        bit_offset = None
+        if bit_size is not None:
+            if "DW_AT_data_bit_offset" in m.attributes:
+                bit_offset = _attr(m, "DW_AT_data_bit_offset")
+            elif "DW_AT_bit_offset" in m.attributes:  # DWARF 2/3: counted from the top bit
+                unit = _attr(m, "DW_AT_byte_size")
+                if unit is None:
+                    unit = self.type_of(m.get_DIE_from_attribute("DW_AT_type")).size or 0
+                bit_offset = 8 * ((offset or 0) + unit) - _attr(m, "DW_AT_bit_offset") - bit_size
+            else:
+                bit_offset = 8 * (offset or 0)
+            offset = bit_offset // 8
+        return Member(_text(m), self._target(m), offset, bit_size, bit_offset)
+
+    @_dwarf_errors
+    def _statics(self, die) -> list[Static]:
+        """Static members, each knowing the qualified name (`ns::Class::member`) its
+        definition has in the index."""
+        out = []
+        scope = self._name(die) or "{...}"
+        for m in die.iter_children():
+            static = (m.tag == "DW_TAG_variable") or (
+                m.tag == "DW_TAG_member" and (_attr(m, "DW_AT_declaration")
+                                              or _attr(m, "DW_AT_external")))
+            name = _text(m)
+            if static and name:
+                out.append(Static(name, self._target(m), f"{scope}::{name}"))
+        return out
+
+    def _enum(self, die) -> Type:
+        name = self._name(die)
+        if _attr(die, "DW_AT_declaration"):
+            off = self.index.type_die("enum", name) if name else None
+            if off is not None and off != die.offset:
+                return self.type_at(off)
+            return Enum(name, 4, [], complete=False)
+        size = _attr(die, "DW_AT_byte_size") or 4
+        signed = False
+        if "DW_AT_type" in die.attributes:
+            under = self.type_of(die.get_DIE_from_attribute("DW_AT_type")).strip()
+            signed = isinstance(under, Base) and under.encoding in (ATE_SIGNED, ATE_SIGNED_CHAR)
+        values = []
+        for e in die.iter_children():
+            if e.tag != "DW_TAG_enumerator":
+                continue
+            a = e.attributes.get("DW_AT_const_value")
+            v = a.value if a is not None else 0
+            width = DATA_FORMS.get(a.form) if a is not None else None
+            if width and v >> (8 * width - 1) and (signed or width > size):
+                v -= 1 << (8 * width)  # a data form holds the bits, not the sign
+            if v < 0:
+                signed = True
+            values.append((_text(e) or "?", v))
+        return Enum(name, size, values, signed)
+
+    def _array(self, die) -> Type:
+        counts = []
+        for sub in die.iter_children():
+            if sub.tag != "DW_TAG_subrange_type":
+                continue
+            count = _attr(sub, "DW_AT_count")
+            if not isinstance(count, int):
+                ub = _attr(sub, "DW_AT_upper_bound")
+                lb = _attr(sub, "DW_AT_lower_bound") or 0
+                count = ub - lb + 1 if isinstance(ub, int) and isinstance(lb, int) else None
+            counts.append(count)
+        t = self.type_of(die.get_DIE_from_attribute("DW_AT_type")) \
+            if "DW_AT_type" in die.attributes else Void()
+        for count in reversed(counts or [None]):  # int a[2][3]: array of 2 arrays of 3
+            t = Array(t, count)
+        return t
+
+    def _function(self, die) -> Type:
+        ret = self.type_of(die.get_DIE_from_attribute("DW_AT_type")) \
+            if "DW_AT_type" in die.attributes else Void()
+        params, varargs = [], False
+        for p in die.iter_children():
+            if p.tag == "DW_TAG_formal_parameter":
+                params.append(self.type_of(p.get_DIE_from_attribute("DW_AT_type")))
+            elif p.tag == "DW_TAG_unspecified_parameters":
+                varargs = True
+        return Function(ret, params, varargs, bool(_attr(die, "DW_AT_prototyped")))
+
+
+def _scopes(die) -> list[str]:
+    """The names of a DIE and its enclosing namespaces and classes, outermost first."""
+    names = []
+    while die is not None and die.tag != "DW_TAG_compile_unit":
+        names.append(_text(die) or ("(anonymous namespace)" if die.tag == "DW_TAG_namespace"
+                                    else "{...}"))
+        die = die.get_parent()
+    return names[::-1]
+
+
+def _static_address(die) -> int | None:
+    """The file address a variable's DW_AT_location gives as DW_OP_addr, else None."""
+    loc = _attr(die, "DW_AT_location")
+    if isinstance(loc, list) and len(loc) == 9 and loc[0] == 0x03:
+        return int.from_bytes(bytes(loc[1:]), "little")
+    return None

@@ -1,0 +1,133 @@
+"""An object's type index: names of types and globals -> DIE offsets, kept on disk by build-id.
+
+Building it reads the whole .debug_info (scan.py: about 1.5 s for libc's debug file); reading it
+back is one small JSON file, so a second mdbpy finds `struct malloc_state` without touching the
+DWARF beyond that one type. The entry lives beside the symbol cache (`$MDBPY_CACHE_DIR`, see
+mdbpy/symbols/cache.py) as `<build-id>.types`:
+
+    {"version": 1, "build_id": "...", "dwarf_size": N, "index": {cus, types, vars, ...}}
+
+It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
+build-id or DWARF file size does not match is ignored and the index is built again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+
+from mdbpy.symbols import cache
+from mdbpy.types.scan import ScanError, Sections, scan, unit_of
+
+FORMAT_VERSION = 1
+SUFFIX = ".types"
+MAX_ENTRY = 64 << 20
+SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
+            "line_str": ".debug_line_str", "str_offsets": ".debug_str_offsets"}
+
+
+class TypeIndex:
+    """Where one DWARF file defines each named type and global variable."""
+
+    def __init__(self, data: dict):
+        self.cus: list[int] = data["cus"]
+        self.types: dict[str, dict[str, int]] = data["types"]
+        self.vars: dict[str, int] = data["vars"]
+        self.var_decls: dict[str, int] = data.get("var_decls", {})
+        self.addr_keys: list[int] = data["addr_keys"]
+        self.addr_dies: list[int] = data["addr_dies"]
+
+    def type_die(self, kind: str, name: str) -> int | None:
+        """The DIE defining the type `name` of kind struct, union, enum, typedef or base."""
+        return self.types.get(kind, {}).get(name)
+
+    def var_die(self, name: str) -> int | None:
+        """The DIE defining the global `name` (its extern declaration when only that)."""
+        off = self.vars.get(name)
+        return off if off is not None else self.var_decls.get(name)
+
+    def var_at(self, file_addr: int) -> int | None:
+        """The DIE of the variable DW_OP_addr places at file_addr exactly."""
+        i = bisect.bisect_left(self.addr_keys, file_addr)
+        if i < len(self.addr_keys) and self.addr_keys[i] == file_addr:
+            return self.addr_dies[i]
+        return None
+
+    def unit_of(self, die_off: int) -> int:
+        return unit_of(self.cus, die_off)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.types.get(kind, {}))
+
+
+def read_sections(elf) -> Sections:
+    """The bytes the scan needs, decompressed, from a pyelftools ELFFile."""
+    data = {}
+    for key, name in SECTIONS.items():
+        sec = elf.get_section_by_name(name)
+        data[key] = sec.data() if sec is not None and sec["sh_type"] != "SHT_NOBITS" else b""
+    return Sections(**data)
+
+
+def build(elf) -> TypeIndex:
+    """Scan the DWARF of an ELFFile (raises ScanError on DWARF the scan cannot follow)."""
+    return TypeIndex(scan(read_sections(elf)).as_json())
+
+
+def load_or_build(path: str, build_id: str | None, elf) -> TypeIndex:
+    """The index of the DWARF file at path: from the cache when an entry for build_id
+    matches the file, else built and stored."""
+    size = os.path.getsize(path)
+    hit = _load(build_id, size) if build_id else None
+    if hit is not None:
+        return hit
+    found = scan(read_sections(elf)).as_json()
+    if build_id:
+        _store(build_id, size, found)
+    return TypeIndex(found)
+
+
+def _load(build_id: str, size: int) -> TypeIndex | None:
+    path = cache.entry_path(build_id, SUFFIX)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ENTRY + 1)
+        if len(raw) > MAX_ENTRY:
+            return None
+        entry = json.loads(raw)
+        if (entry.get("version") != FORMAT_VERSION or entry.get("build_id") != build_id
+                or entry.get("dwarf_size") != size or not _well_formed(entry["index"])):
+            return None
+        return TypeIndex(entry["index"])
+    except Exception:  # absent, corrupt or foreign: build the index again
+        return None
+
+
+def _well_formed(data) -> bool:
+    """The shapes TypeIndex relies on: sorted int lists, and str -> int maps."""
+    def ints(v):
+        return isinstance(v, list) and all(type(x) is int for x in v)
+
+    def names(v):
+        return isinstance(v, dict) and all(type(x) is int for x in v.values())
+
+    return (isinstance(data, dict) and ints(data.get("cus")) and data["cus"] == sorted(data["cus"])
+            and ints(data.get("addr_keys")) and ints(data.get("addr_dies"))
+            and len(data["addr_keys"]) == len(data["addr_dies"])
+            and names(data.get("vars")) and names(data.get("var_decls", {}))
+            and isinstance(data.get("types"), dict)
+            and all(names(v) for v in data["types"].values()))
+
+
+def _store(build_id: str, size: int, found: dict) -> None:
+    path = cache.entry_path(build_id, SUFFIX)
+    if path is None:
+        return
+    entry = {"version": FORMAT_VERSION, "build_id": build_id, "dwarf_size": size, "index": found}
+    cache.write_atomic(path, [json.dumps(entry, separators=(",", ":")).encode()])
+
+
+__all__ = ["TypeIndex", "ScanError", "load_or_build", "build"]
