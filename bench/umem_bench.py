@@ -1,29 +1,26 @@
-"""findleaks on a libumem heap of 200,000 buffers (about 400 MB), with the plain read time of
-the same bytes for comparison.
+"""findleaks and ::umem_verify on big libumem heaps, beside the plain read time of the same bytes.
 
-The heap is the one of a small program that mallocs 200,000 buffers of 2000 bytes under
-UMEM_DEBUG=default UMEM_LOGGING=transaction, keeps every other one on a linked list and drops
-the rest (100,000 leaks in one group):
+- synthetic (always): tests/umem_synth.py's list_heap builds the heap of a program that mallocs
+  N buffers of 2000 bytes under UMEM_DEBUG=default UMEM_LOGGING=transaction, keeps every other
+  one on a list and drops the rest, as the real allocator lays it out (slabs, audit bufctls on
+  the hash chains, buftags, malloc tags); the bench writes it as an ELF core and reads it back;
+- real (every build in ../shared/umem/, see tests/umem_builds.py): fixtures/umem_churn.c
+  allocates M buffers of 24 to 1000 bytes in one thread, leaks every 100th, frees 100,000
+  more (they sit in the magazine layer), with a write after free; the bench attaches to it,
+  then opens its gcore core, and checks that findleaks finds exactly the planted leaks and
+  ::umem_verify exactly the damaged buffer.
 
-- synthetic (always): tests/umem_synth.py's list_heap builds that heap as the real allocator
-  lays it out (slabs, audit bufctls on the hash chains, buftags, malloc tags), and the bench
-  writes it as an ELF core and reads it back, so the numbers are those of a core file;
-- real (when MDBPY_LIBUMEM names a directory with a built libumem_malloc.so.0, see
-  tests/test_umem_real.py): the C program runs under that library and the bench attaches.
+For each it times collecting the candidates (every cache's buffers and states), findleaks'
+engine (the one heap: candidates again from the session cache, roots, the scan, the leak
+records), ::umem_verify, and a plain read of every heap span's bytes.
 
-For each it times collecting the candidates (every cache's buffers and states), ::findleaks'
-engine (candidates again from the session cache, roots, the scan, the leak records) and a
-plain read of every heap span's bytes.
-
-    python bench/umem_bench.py [N]
-    MDBPY_LIBUMEM=/path/to/libumem python bench/umem_bench.py [N]
+    python bench/umem_bench.py [M [N]]      # M real buffers (1,000,000), N synthetic (200,000)
 """
 
 from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,51 +29,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support import gcore  # noqa: E402
+
 from mdbpy.heap.leaks import find_leaks  # noqa: E402
 from mdbpy.session import Session  # noqa: E402
 
-SIZE = 2000
+def measure(label: str, session, leaks: set[int] | None = None) -> None:
+    """Collect, findleaks, ::umem_verify and the plain read of the heap spans, printed as one
+    block (with the check against the planted leaks when they are known)."""
+    from mdbpy_commands.umem.verify import verify_cache
 
-PROGRAM = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-struct node { struct node *next; char pad[%(size)d - 8]; };
-struct node *head;
-int main(void) {
-    for (long i = 0; i < %(n)d; i++) {
-        struct node *p = malloc(sizeof *p);
-        if (i %% 2 == 0) { p->next = head; head = p; }
-    }
-    printf("READY\n");
-    fflush(stdout);
-    pause();
-    return 0;
-}
-"""
-
-
-def measure(label: str, session) -> None:
-    """Collect, findleaks and the plain read of the heap spans, printed as one block."""
     t0 = time.perf_counter()
-    alloc = session.allocators()[0]
+    alloc = next(a for a in session.allocators() if a.name == "umem")
     table = alloc.candidates()
     t1 = time.perf_counter()
-    report = find_leaks(session, [alloc])
+    report = find_leaks(session)
     t2 = time.perf_counter()
+    bad = [b for c in alloc.umem.caches() for b in verify_cache(alloc.umem, c)]
+    t3 = time.perf_counter()
     nbytes = 0
     for a, b in alloc.heap_regions():
         for _addr, data in session.mem.blocks(a, b):
             nbytes += len(data)
-    t3 = time.perf_counter()
-    leaked = sum(1 for g in report.groups for _m in g.members)
-    read = t3 - t2
+    t4 = time.perf_counter()
+    found = {m.addr for g in report.groups for m in g.members}
+    read = t4 - t3
     print(f"{label}:")
     print(f"  candidates: {len(table)} ({t1 - t0:.2f} s to collect)")
-    print(f"  findleaks: {leaked} leaked in {len(report.groups)} groups, {t2 - t1:.2f} s")
+    print(f"  findleaks: {len(found)} leaked in {len(report.groups)} groups, {t2 - t1:.2f} s"
+          + ("" if leaks is None else f" ({'exactly the' if found == leaks else 'NOT the'} "
+                                      f"{len(leaks)} planted)"))
+    print(f"  ::umem_verify: {len(bad)} corrupt buffer{'s' if len(bad) != 1 else ''}, "
+          f"{t3 - t2:.2f} s")
     print(f"  plain read of the heap spans: {nbytes / 2**20:.0f} MiB in {read:.2f} s")
-    print(f"  findleaks / read: {(t2 - t1) / read:.1f}x, "
-          f"with collect: {(t2 - t0) / read:.1f}x")
+    print(f"  findleaks / read: {(t2 - t1) / read:.1f}x, with collect: {(t2 - t0) / read:.1f}x,"
+          f" verify / read: {(t3 - t2) / read:.1f}x")
 
 
 def synthetic(n: int) -> None:
@@ -103,37 +90,48 @@ def synthetic(n: int) -> None:
             session.close()
 
 
-def real(lib: str, n: int) -> None:
+def real(build, n: int) -> None:
+    """fixtures/umem_churn.c with n buffers under the build's malloc: live, then its core."""
+    from umem_builds import compile_c, start
+
+    from mdbpy.target.core import CoreTarget
     from mdbpy.target.live import LiveTarget
 
     with tempfile.TemporaryDirectory() as d:
-        src, exe = Path(d) / "big.c", Path(d) / "big"
-        src.write_text(PROGRAM % {"n": n, "size": SIZE})
-        subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
-        env = dict(os.environ, UMEM_DEBUG="default", UMEM_LOGGING="transaction",
-                   LD_PRELOAD=str(Path(lib) / "libumem_malloc.so.0"))
-        proc = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True, env=env)
+        leaks = Path(d) / "leaks.txt"
+        t0 = time.perf_counter()
+        r = start(compile_c("umem_churn.c", Path(d) / "churn"), 1, n, 100, 100_000, leaks,
+                  preload=build.malloc, timeout=600)
         try:
-            assert proc.stdout.readline().startswith("READY")
-            session = Session(LiveTarget(proc.pid), out=io.StringIO(), err=io.StringIO())
-            try:
-                measure("real libumem, live process", session)
-            finally:
-                session.close()
+            planted = {int(x, 16) - 16 for x in leaks.read_text().split()}
+            print(f"{build.name}: {n} buffers allocated in {time.perf_counter() - t0:.1f} s")
+            for label, target in (("live process", lambda: LiveTarget(r.pid)),
+                                  ("gcore core", lambda: CoreTarget(str(core)))):
+                if label == "gcore core":
+                    t0 = time.perf_counter()
+                    core = gcore(r.pid, Path(d) / "core")
+                    print(f"  (gcore: {core.stat().st_size / 2**20:.0f} MiB in "
+                          f"{time.perf_counter() - t0:.1f} s)")
+                session = Session(target(), out=io.StringIO(), err=io.StringIO())
+                try:
+                    measure(f"{build.name}, {label}", session, planted)
+                finally:
+                    session.close()
         finally:
-            proc.kill()
-            proc.wait()
+            r.stop()
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    from umem_builds import SHARED, builds
+
+    m = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
     synthetic(n)
-    lib = os.environ.get("MDBPY_LIBUMEM")
-    if lib and os.path.exists(os.path.join(lib, "libumem_malloc.so.0")):
-        real(lib, n)
-    else:
-        print("real libumem: skipped (MDBPY_LIBUMEM is not set to a directory with "
-              "libumem_malloc.so.0)")
+    found = builds()
+    for build in found:
+        real(build, m)
+    if not found:
+        print(f"real libumem: skipped (no builds in {SHARED})")
     return 0
 
 

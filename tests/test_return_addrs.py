@@ -251,6 +251,9 @@ def test_umem_static_allocator_frames():
     run = _Run(s)
     assert run(f"{c.bufctl[leak]:x}::bufctl").split()[-1] == "leak_some+0x100"
     assert "vmem_xalloc+0x100" in run(f"{c.bufctl[leak]:x}::bufctl -v").split()
-    rows = [line.split() for line in run("::findleaks").splitlines()]
-    assert [r[-1] for r in rows if len(r) == 4 and r[2] == f"{c.bufctl[leak]:016x}"] == \
+    rows = [line.split() for line in run("::findleaks; ::walk leak").splitlines()]
+    # malloc is libumem's too (libumem_malloc.a): both leaks of the cache have the same
+    # caller and stack past the allocator, so they form one group
+    assert [r[-1] for r in rows if len(r) == 4 and r[0] == f"{c.addr:016x}"] == \
         ["leak_some+0x100"]
+    assert f"{c.bufctl[leak]:#x}" in [r[0] for r in rows if len(r) == 1]

@@ -38,8 +38,9 @@ def test_ptc_walkers_walk_every_thread_or_one():
     assert r("::walk umem_alloc_32")[0].split() == sorted([f"{bufs[0]:#x}", f"{bufs[3]:#x}"])
     assert {f"{bufs[1]:#x}", f"{bufs[2]:#x}"} <= set(r(f"{c32.addr:x}::walk freemem")[0].split())
     row = next(x for x in r("::umastat")[0].splitlines() if x.startswith("umem_alloc_32 "))
-    # buf size, in use, in ptc, total (a slab of 4096 bytes ends in its umem_slab)
-    assert row.split()[1:5] == ["32", "4", "2", str((4096 - 56) // 32)]
+    # buf size, in use (per-thread-cached buffers are free), in ptc, total (a slab of 4096
+    # bytes ends in its umem_slab)
+    assert row.split()[1:5] == ["32", "2", "2", str((4096 - 56) // 32)]
     walkers = r("::walkers")[0]
     assert "umem_ptc_8 " in walkers and "walk the per-thread cache for umem_alloc_32" in walkers
 

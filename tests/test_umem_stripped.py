@@ -6,8 +6,10 @@ the caches, their buffers, the logs and verify; the arenas are found from the ca
 (vmem_list's head is the root of their vm_source ancestry), so ::vmem and ::findleaks work too.
 What only a static symbol holds (the umem_cpu array) fails with state.py's one-line message.
 
-In CI on the synthetic heap (tests/umem_synth.py, its local symbols dropped); with
-MDBPY_LIBUMEM, on a `strip`ped copy of the real library too.
+In CI on the synthetic heap (tests/umem_synth.py, its local symbols dropped), and on a
+`strip`ped copy of every real build in ../shared/umem/ (tests/umem_builds.py): without DWARF,
+its structures are read through the builtin descriptors of the release its dynamic symbols
+name (v2.4.0's differ from the 2010 tree's).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import shutil
 import subprocess
 
 import pytest
-from support import gcore, run_mdbpy, start_fixture
+from support import gcore, run_mdbpy
 from test_umem_real import PROGRAM
+from umem_builds import build_params, compile_c, hexes, start
 from umem_synth import Run, leaky_heap
 
 from mdbpy_commands.umem.state import Umem
@@ -84,37 +87,28 @@ def test_no_arena_root_without_vmem_list():
 
 
 # -- the real library, stripped ------------------------------------------------------------
-LIBUMEM = os.environ.get("MDBPY_LIBUMEM")
-real = pytest.mark.skipif(
-    not LIBUMEM or not os.path.exists(os.path.join(LIBUMEM or "", "libumem_malloc.so.0")),
-    reason="MDBPY_LIBUMEM (a directory with a built libumem_malloc.so.0) is not set")
-
-
-@pytest.fixture(scope="module")
-def stripped_proc(tmp_path_factory):
-    """The real-library test program on `strip`ped copies of libumem (LD_LIBRARY_PATH is
-    searched before libumem_malloc's RUNPATH), with its own symbol cache: the cache is keyed
-    by build-id, which strip keeps, so a cache filled from the unstripped library would
-    give back its static symbols."""
+@pytest.fixture(scope="module", params=build_params())
+def stripped_proc(request, tmp_path_factory):
+    """The real-library test program on `strip`ped copies of the build's libraries (found
+    beside each other through libumem_malloc's RUNPATH $ORIGIN), with its own symbol cache:
+    the cache is keyed by build-id, which strip keeps, so a cache filled from the unstripped
+    library would give back its static symbols."""
+    build = request.param
     d = tmp_path_factory.mktemp("umem_stripped")
-    for lib in ("libumem.so.0", "libumem_malloc.so.0"):
-        subprocess.run(["strip", "-o", str(d / lib), os.path.join(LIBUMEM, lib)], check=True)
-    assert subprocess.run(["nm", str(d / "libumem.so.0")], capture_output=True,
-                          text=True).stdout == ""
+    for lib in (build.shared(), build.shared("libumem_malloc")):
+        subprocess.run(["strip", "-o", str(d / lib.name), str(lib)], check=True)
+    name = build.shared().name
+    assert subprocess.run(["nm", str(d / name)], capture_output=True, text=True).stdout == ""
     src = d / "umemprog.c"
     src.write_text(PROGRAM)
-    exe = d / "umemprog"
-    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(src)], check=True)
-    env = dict(os.environ, UMEM_DEBUG="default", UMEM_LOGGING="transaction",
-               LD_LIBRARY_PATH=str(d), LD_PRELOAD=str(d / "libumem_malloc.so.0"))
-    r = start_fixture(exe, env=env)
+    r = start(compile_c(src, d / "umemprog"), preload=d / build.malloc.name)
     cache = d / "symcache"
     old = os.environ.get("MDBPY_CACHE_DIR")
     os.environ["MDBPY_CACHE_DIR"] = str(cache)
     try:
         with open(f"/proc/{r.pid}/maps") as f:
-            assert f"{d}/libumem.so.0" in f.read()
-        yield r, gcore(r.pid, d / "umemprog-core")
+            assert f"{d}/{name}" in f.read()
+        yield name, build.defines("umem_cpus"), r, gcore(r.pid, d / "umemprog-core")
     finally:
         r.stop()
         if old is not None:
@@ -127,23 +121,24 @@ def mdb(target, cmds: str):
     return p.returncode, p.stdout, p.stderr
 
 
-@real
 def test_stripped_real_library(stripped_proc):
-    r, core = stripped_proc
+    name, exported, r, core = stripped_proc
     for t in (("-p", r.pid), (core,)):
-        rc, out, _err = mdb(t, "::umem_status")
+        rc, out, _err = mdb(t, "::umem_status; ::umem_cache; ::vmem")
         assert rc == 0 and out.startswith("Status:\t\tready and active\nConcurrency:\t")
-        rc, out, _err = mdb(t, "::umem_cache")
-        assert rc == 0 and " umem_alloc_80  " in out and " umem_bufctl_audit_cache " in out
+        assert " umem_alloc_80  " in out and " umem_bufctl_audit_cache " in out
+        assert "   mmap_heap " in out and "     umem_oversize " in out
         rc, out, _err = mdb(t, "::walk umem_alloc_64")
-        assert r.addr("head") - 16 in {int(x, 16) for x in out.split()}
-        assert len(out.split()) == 5
-        rc, out, _err = mdb(t, "::vmem")
-        assert rc == 0 and "   mmap_heap " in out and "     umem_oversize " in out
+        assert r.addr("head") - 16 in hexes(out) and len(out.split()) == 5
         rc, out, _err = mdb(t, "::findleaks -f; ::walk leakbuf")
-        leaks = {int(x, 16) for x in out.rpartition("bytes\n")[2].split()}
-        assert leaks == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+        assert " MMAP" not in out
+        assert hexes(out) == {r.addr("leak") - 16, r.addr("big") - 16, r.addr("mid") - 16}
+        rc, out, _err = mdb(t, "::umem_verify")
+        assert [x.split()[0] for x in out.splitlines()[1:] if not x.endswith(" clean")] == [
+            "umem_alloc_80"]
         rc, out, err = mdb(t, "::walk umem_cpu")
-        assert (rc, out, err.splitlines()[-1]) == (
-            1, "", f"mdbpy: failed to perform walk: {NO_UMEM_CPUS}")
-
+        if exported:  # v2 exports umem_cpus: the walk needs no static symbol there
+            assert rc == 0 and len(out.split()) >= 1
+        else:
+            assert (rc, out, err.splitlines()[-1]) == (1, "", (
+                f"mdbpy: failed to perform walk: {name} has no symbol umem_cpus ({STRIPPED})"))

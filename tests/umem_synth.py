@@ -34,6 +34,7 @@ HEAP_SIZE = 0x200000
 STACK = 0x7FFC12340000
 STACK_SIZE = 0x4000
 ANON = 0x7F3A40800000  # an anonymous mapping no one references: an MMAP leak
+PRIVATE = 0x7F3A40C00000  # v2's per-CPU arrays, each mapped by libumem itself (cpu_layers)
 BRK = 0x555555600000  # [heap]: sbrk memory outside umem
 PAGE = 0x1000
 T0 = (0x6B03E595 << 32) | 0x469FB  # gethrtime() on Linux: seconds << 32 | microseconds
@@ -141,7 +142,7 @@ class SynthUmem:
     def __init__(self, ncpus: int = 2, version=L.CLASSIC, stack_depth: int = 15,
                  flags: int = L.UMF_AUDIT | L.UMF_DEADBEEF | L.UMF_REDZONE | L.UMF_CONTENTS,
                  heap_size: int = HEAP_SIZE):
-        self.layouts = Binder(L.UMEM_LAYOUTS, version=version)
+        self.layouts = Binder(L.descriptors(version), version=version)
         self.version = version
         self.ncpus = ncpus
         self.stack_depth = stack_depth
@@ -207,6 +208,9 @@ class SynthUmem:
         g("umem_error_begin", 4, 0, bind="local")
         if self.version >= L.ILLUMOS_2016:
             g("umem_ptc_size", 8, 0)
+        if self.version >= L.V2_1:
+            g("umem_depot_steal_max", 4, 8)  # what tells a v2.1+ library (layouts.release)
+        self.private: list[tuple[int, int]] = []  # (start, size) of v2's own mappings
         cpus = g("umem_cpus_array", 8 * self.ncpus, bind="local")
         cc0 = off("cache_cpu")
         for i in range(self.ncpus):
@@ -593,7 +597,8 @@ class SynthUmem:
     def free(self, c: SynthCache, buf: int, where: str = "slab", stack=(),
              thread: int = THREAD1) -> None:
         """umem_cache_free: the buffer is free-patterned with a free buftag, then goes to CPU 0's
-        loaded magazine ('magazine'), a full depot magazine ('depot'), or back to its slab."""
+        loaded magazine ('magazine'), a full depot magazine ('depot'), back to its slab, or to
+        the caller ('held': for v2's per-CPU layers, cpu_layers)."""
         bcp = c.bufctl[buf]
         c.allocated.discard(buf)
         self._audit(c, bcp, stack, thread)
@@ -607,6 +612,8 @@ class SynthUmem:
             return
         if where == "depot":
             c.depot.append(buf)
+            return
+        if where == "held":
             return
         sp = self._slab_of(c, buf)
         if c.hashed:
@@ -644,6 +651,48 @@ class SynthUmem:
                 head = m
             self.m.put("umem_maglist", c.addr + self.layouts["umem_cache"].offset("cache_full"),
                        ml_list=head, ml_total=len(c.depot) // 7, ml_alloc=2)
+
+    def cpu_layers(self, c: SynthCache, depot: list[list[int]],
+                   rseq: list[tuple[list[int], list[int]]]) -> list[int]:
+        """v2's per-CPU layers of a cache, each array in a mapping of its own (libumem mmaps
+        them): depot[i], the rounds of the full magazines on CPU i's depot list (7 each);
+        rseq[i], the rounds of CPU i's rseq cache's loaded and previous magazines. Also the
+        empty-magazine depot array. Returns the three arrays' addresses."""
+        assert self.version >= L.V2_0, "per-CPU depot and rseq caches came with v2"
+        ml, rc = self.layouts["umem_maglist"], self.layouts["umem_rseq_cache"]
+        mag = self.layouts["umem_magazine"]
+
+        def mapping(size: int) -> int:
+            start = PRIVATE + sum(_round(n, PAGE) + PAGE for _a, n in self.private)
+            self.m.add(start, _round(size, PAGE))
+            self.private.append((start, size))
+            return start
+
+        def magazine(rounds, link=0) -> int:
+            m = self.heap(mag.offset("mag_round") + 8 * 7, 64)
+            self.m.u64(m, link)
+            for i, b in enumerate(rounds):
+                self.m.u64(m + mag.offset("mag_round") + 8 * i, b)
+            return m
+
+        full, empty = mapping(len(depot) * ml.size), mapping(len(depot) * ml.size)
+        for i, bufs in enumerate(depot):
+            head = 0
+            for k in range(0, len(bufs), 7):
+                head = magazine(bufs[k:k + 7], head)
+            self.m.put("umem_maglist", full + i * ml.size, ml_list=head,
+                       ml_total=len(bufs) // 7)
+            self.m.put("umem_maglist", empty + i * ml.size, ml_list=magazine([]), ml_total=1)
+        if not any(x.name == "umem_rseq_ncpus" for x in self.lib_syms):
+            self.global_("umem_rseq_ncpus", 4, len(rseq), bind="local")
+        rseq_arr = mapping(len(rseq) * rc.size)
+        for i, (loaded, prev) in enumerate(rseq):
+            self.m.put("umem_rseq_cache", rseq_arr + i * rc.size, magsize=7,
+                       loaded_mag=magazine(loaded) if loaded else 0, rounds=len(loaded),
+                       previous_mag=magazine(prev) if prev else 0, prounds=len(prev))
+        self._cset(c, cache_depot_ncpus=len(depot), cache_depot_full=full,
+                   cache_depot_empty=empty, cache_rseq=rseq_arr)
+        return [full, empty, rseq_arr]
 
     def per_thread(self, c: SynthCache, bufs: list[int], tp: int, tmem_off: int = 0x80) -> None:
         """A 2016 libumem's per-thread cache (UMF_PTC on the cache, umem_ptc_enabled): the
@@ -757,7 +806,7 @@ class SynthUmem:
             (Mapping(HEAP, HEAP + self.heap_size, "rw-p"), self.m.segs[HEAP]),
             (Mapping(self.anon, self.anon + 0x3000, "rw-p"), self.m.segs[self.anon]),
             (Mapping(STACK, STACK + STACK_SIZE, "rw-p", path="[stack]"), self.m.segs[STACK]),
-        ]
+        ] + [(Mapping(a, a + _round(n, PAGE), "rw-p"), self.m.segs[a]) for a, n in self.private]
         return SyntheticTarget(segs, threads=self.threads, name="synthetic libumem")
 
     def symbols(self, stripped: bool = False) -> tuple[list[Symbol], list[Symbol]]:

@@ -35,6 +35,7 @@ OVERSIZE_ARENAS = ("umem_oversize", "umem_memalign")
 
 class UmemAllocator(Allocator):
     name = "umem"
+    oversize_label = "umem_oversize"  # mdb's leaky_subr.c names every oversize leak so
 
     def __init__(self, session, umem: Umem):
         super().__init__(session)
@@ -156,7 +157,8 @@ class UmemAllocator(Allocator):
 
     def metadata_regions(self) -> list[tuple[int, int]]:
         """libumem's own writable data (its mappings and their bss), or, linked statically,
-        its big globals."""
+        its big globals; and the memory v2 maps for itself outside its arenas (per-CPU depot
+        and rseq arrays: anonymous mappings that would otherwise be taken for mmap leaks)."""
         obj = self.umem.obj
         out = []
         maps = self.session.mem.mappings()
@@ -172,6 +174,10 @@ class UmemAllocator(Allocator):
                 s = self.umem.sym(name)
                 if s is not None:
                     out.append((s.addr, s.addr + max(s.size, 8)))
+        try:
+            out += self.umem.private_maps()
+        except MdbError as e:
+            self.session.warn(f"umem: libumem's own mappings not all found: {e}")
         return out
 
     # -- records ----------------------------------------------------------------------------
@@ -242,6 +248,21 @@ class UmemAllocator(Allocator):
         depth[(col("vs_type")[:, 0] != L.VMEM_ALLOC) | (depth > L.VMEM_STACK_DEPTH)] = 0
         return _records(col("vs_stack", L.VMEM_STACK_DEPTH), depth, col("vs_thread")[:, 0],
                         col("vs_timestamp")[:, 0], segs, ok)
+
+    def record_lines(self, rec, buf, group_addr, kind) -> list[str] | None:
+        """As mdb's libumem prints a record in findleaks -d and ::whatis: `::bufctl -v` of an
+        audit record, `::vmem_seg -v` of an oversize segment (each with its header)."""
+        from mdbpy_commands.umem.audit import VERBOSE_HEAD, verbose_lines
+        from mdbpy_commands.umem.vmem import SEG_VERBOSE_HEAD, seg_verbose_lines
+
+        try:
+            if kind == KIND_OVERSIZE:
+                seg = self.umem.view("vmem_seg", rec.addr)
+                return SEG_VERBOSE_HEAD + seg_verbose_lines(self.session, seg, rec.stack)
+            bc = self.umem.bufctl(rec.addr)
+            return VERBOSE_HEAD + verbose_lines(self.session, rec.addr, bc, rec.stack)
+        except ReadError:
+            return None  # a record that cannot be read again: the generic form of what was
 
     def untrusted(self) -> list[tuple[int, int, str]]:
         """The damage the walks reported (umem/damage.py), as findleaks names it."""

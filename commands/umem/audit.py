@@ -1,11 +1,14 @@
 """dcmds over libumem's audit records (umem_bufctl_audit_t): ::bufctl, ::bufctl_audit,
 ::allocdby, ::freedby, ::umalog, ::umem_log and ::umausers.
 
-Where mdb's Linux port prints less than the truth, these print the truth: thread ids in full
-(hex, as pthread_self() returns them, not the low 32 bits in decimal); ::umalog's times as
-real elapsed time (portable libumem's gethrtime() is seconds << 32 | microseconds, not
-nanoseconds); stacks symbolized whenever a record has frames, and a note on stderr when the
-records shown have none (portable libumem's getpcstack() is a stub that records nothing).
+Their columns are mdb's: a THREAD in ::bufctl (and ::bufctl -v, findleaks -d, ::whatis) is
+mdb's `%d` of the pthread_t, its low 32 bits as a signed number, while ::umem_log and
+::umausers -f print the whole value (`%p`) that `-t` and `::allocdby` take. Where mdb's Linux
+port prints less than the truth, these print the truth: ::umalog's times are real elapsed time
+(libumem's gethrtime() is seconds << 32 | a sub-second count, microseconds before v2 and
+nanoseconds from v2 on, not a count of nanoseconds); stacks are symbolized whenever a record
+has frames, with a note on stderr when the records shown have none (portable libumem before v2
+records none: its getpcstack() is a stub).
 """
 
 from __future__ import annotations
@@ -69,11 +72,22 @@ def piped(inv, addr: int) -> None:
     inv.out.write(radix_str(addr, inv.session.radix, prefix=True) + "\n")
 
 
-def verbose_block(session, addr: int, bc, stack) -> str:
-    lines = [f"{addr:16x} {bc.bc_addr:16x} {bc.bc_timestamp:16x} {bc.bc_thread:16x}",
+def thread_id(thread: int) -> int:
+    """A thread as mdb's `%d` prints a pthread_t: its low 32 bits, signed."""
+    low = thread & 0xFFFFFFFF
+    return low - (1 << 32) if low & 0x80000000 else low
+
+
+VERBOSE_HEAD = [f"{'ADDR':>16s} {'BUFADDR':>16s} {'TIMESTAMP':>16s} {'THREAD':>16s}",
+                f"{'':16s} {'CACHE':>16s} {'LASTLOG':>16s} {'CONTENTS':>16s}"]
+
+
+def verbose_lines(session, addr: int, bc, stack) -> list[str]:
+    """One record as `::bufctl -v` prints it (after its header): two value lines, the stack
+    indented 17 columns, a blank line."""
+    lines = [f"{addr:16x} {bc.bc_addr:16x} {bc.bc_timestamp:16x} {thread_id(bc.bc_thread):16d}",
              f"{'':16s} {bc.bc_cache:16x} {bc.bc_lastlog:16x} {bc.bc_contents:16x}"]
-    lines += [" " * 17 + session.format_addr(pc, ret=True) for pc in stack]
-    return "\n".join(lines) + "\n\n"
+    return lines + [" " * 17 + session.format_addr(pc, ret=True) for pc in stack] + [""]
 
 
 def _bufctl_one(inv, addr: int, opts: dict, header: bool) -> bool:
@@ -97,18 +111,17 @@ def _bufctl_one(inv, addr: int, opts: dict, header: bool) -> bool:
         return True
     if header:
         if opts.get("v"):
-            inv.out.write(f"{'ADDR':>16s} {'BUFADDR':>16s} {'TIMESTAMP':>16s} {'THREAD':>16s}\n"
-                          f"{'':16s} {'CACHE':>16s} {'LASTLOG':>16s} {'CONTENTS':>16s}\n")
+            inv.out.write("\n".join(VERBOSE_HEAD) + "\n")
         else:
             inv.out.write(f"{'ADDR':<16s} {'BUFADDR':<16s} {'TIMESTAMP':<12s} {'THRD':>5s} "
                           "CALLER\n")
     if opts.get("v"):
-        inv.out.write(verbose_block(s, addr, bc, stack))
+        inv.out.write("\n".join(verbose_lines(s, addr, bc, stack)) + "\n")
     else:
         pc = caller(s, stack)
         who = f" {s.format_addr(pc, ret=True)}" if pc is not None else ""
         inv.out.write(f"{addr:016x} {bc.bc_addr:016x} {bc.bc_timestamp:12x} "
-                      f"{bc.bc_thread:5x}{who}\n")
+                      f"{thread_id(bc.bc_thread):5d}{who}\n")
     return True
 
 
@@ -188,20 +201,22 @@ def freedby(inv):
     return _by_thread(inv, "freectl")
 
 
-def elapsed(newest: int, ts: int) -> str:
-    """`T-sec.nsec` between two gethrtime() values of portable libumem (sec << 32 | usec)."""
-    def usec(t):
-        return (t >> 32) * 1000000 + (t & 0xFFFFFFFF)
+def elapsed(newest: int, ts: int, ticks: int = 1_000_000) -> str:
+    """`T-sec.nsec` between two gethrtime() values of portable libumem (sec << 32 | a count of
+    1/ticks seconds: layouts.hrtime_ticks)."""
+    def nsec(t):
+        return (t >> 32) * 1_000_000_000 + (t & 0xFFFFFFFF) * (1_000_000_000 // ticks)
 
-    d = max(usec(newest) - usec(ts), 0)
-    return f"T-{d // 1000000}.{(d % 1000000) * 1000:09d}"
+    d = max(nsec(newest) - nsec(ts), 0)
+    return f"T-{d // 1_000_000_000}.{d % 1_000_000_000:09d}"
 
 
 @dcmd("umalog", "display umem transaction log and stack traces", usage="[ fail | slab ]",
       enabled=missing, example="::umalog", help="""\
 The transaction log (or the failure or slab log), newest first: for each record the time
 before the newest one (real elapsed time: portable libumem stamps records with seconds << 32 |
-microseconds), the buffer and its cache, then the record's stack.""")
+microseconds, or nanoseconds from v2 on), the buffer and its cache, then the record's
+stack.""")
 def umalog(inv):
     if inv.has_addr or len(inv.args) > 1:
         raise UsageError("usage: ::umalog [ fail | slab ]")
@@ -217,7 +232,8 @@ def umalog(inv):
     recs = log_records(umem, header)
     newest = recs[0][1].bc_timestamp if recs else 0
     for _a, bc in recs:
-        inv.out.write(f"\n{elapsed(newest, bc.bc_timestamp)}  addr={bc.bc_addr:x}  "
+        inv.out.write(f"\n{elapsed(newest, bc.bc_timestamp, L.hrtime_ticks(umem.version))}"
+                      f"  addr={bc.bc_addr:x}  "
                       f"{umem.cache_name(bc.bc_cache)}\n")
         for pc in umem.stack(bc):
             inv.out.write(f"\t {inv.session.format_addr(pc, ret=True)}\n")

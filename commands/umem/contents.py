@@ -54,7 +54,9 @@ def cache_contents(umem, cache) -> Contents:
 
 class _Chains:
     """Singly linked chains followed all at once. `value(elems)` gives what an element names
-    (its buffer), `check(values, chain)` whether that is right for the chain it is on."""
+    (its buffer) and which elements could be read, `check(values, chain)` whether that is
+    right for the chain it is on. An element or link that cannot be read cuts its chain
+    there, reported as broken (never taken as a NULL link)."""
 
     def __init__(self, g, next_field, value, check, limit: int):
         self.g, self.next_field, self.value, self.check = g, next_field, value, check
@@ -72,16 +74,18 @@ class _Chains:
         steps = 0
         while len(cur) and steps < self.limit:
             steps += 1
-            v = self.value(cur)
-            ok = self.check(v, ids)
-            for i, e in zip(ids[~ok].tolist(), cur[~ok].tolist()):
+            v, read = self.value(cur)
+            ok = read & self.check(v, ids)
+            for i, e in zip(ids[~ok].tolist(), cur[~ok].tolist()):  # unreadable ones too
                 broken.append((i, e, f"wild bufctl 0x{e:x}"))
             cur, ids, v = cur[ok], ids[ok], v[ok]
             elems.append(cur)
             vals.append(v)
             owners.append(ids)
-            nxt = self.g.field(cur, self.next_field)
-            live = nxt != 0
+            nxt, read = self.g.field(cur, self.next_field)
+            for i, e in zip(ids[~read].tolist(), cur[~read].tolist()):
+                broken.append((i, e, f"unreadable link in bufctl 0x{e:x}"))
+            live = read & (nxt != 0)
             cur, ids = nxt[live], ids[live]
         if not elems:
             z = np.zeros(0, np.uint64)
@@ -115,14 +119,17 @@ class _Chains:
             if len(es) >= self.limit:
                 broken.append((chain, e, f"more than {self.limit} bufctls"))
                 break
-            v = self.value(cur)
-            if not self.check(v, ids)[0]:
+            v, read = self.value(cur)
+            if not (read[0] and self.check(v, ids)[0]):
                 broken.append((chain, e, f"wild bufctl 0x{e:x}"))
                 break
             seen.add(e)
             es.append(e)
             vs.append(int(v[0]))
-            cur = self.g.field(cur, self.next_field)
+            cur, read = self.g.field(cur, self.next_field)
+            if not read[0]:
+                broken.append((chain, e, f"unreadable link in bufctl 0x{e:x}"))
+                break
         return np.array(es, np.uint64), np.array(vs, np.uint64)
 
 
@@ -149,13 +156,15 @@ def _geometry(umem, cache, g):
     per_slab = slabsize // chunk + 1
     sb = umem.layouts["umem_slab"]
     addrs = np.array(umem.slab_addrs(cache), np.uint64)
-    base, chunks, head = (g.field(addrs, sb.field(n))
-                          for n in ("slab_base", "slab_chunks", "slab_head"))
+    (base, r1), (chunks, r2), (head, r3) = (g.field(addrs, sb.field(n))
+                                            for n in ("slab_base", "slab_chunks", "slab_head"))
+    read = r1 & r2 & r3
     chunks = chunks.astype(np.int64)
-    ok = (chunks > 0) & (chunks <= per_slab) & (base != 0)
-    for a, n, b in zip(addrs[~ok].tolist(), chunks[~ok].tolist(), base[~ok].tolist()):
-        damage(umem.session).report(a, a + sb.size, f"{what} slab 0x{a:x}: {n} chunks at "
-                                    f"0x{b:x} is unreasonable")
+    ok = read & (chunks > 0) & (chunks <= per_slab) & (base != 0)
+    for a, n, b, r in zip(addrs[~ok].tolist(), chunks[~ok].tolist(), base[~ok].tolist(),
+                          read[~ok].tolist()):
+        damage(umem.session).report(a, a + sb.size, f"{what} slab 0x{a:x}: " + (
+            f"{n} chunks at 0x{b:x} is unreasonable" if r else "unreadable"))
     return chunk, per_slab, (addrs[ok], base[ok], chunks[ok], head[ok])
 
 
@@ -198,7 +207,7 @@ def _compute(umem, cache) -> Contents:
             return g.field(b, bc.field("bc_addr"))
     else:
         def buf_of(b):
-            return b - np.uint64(cache.cache_bufctl)
+            return b - np.uint64(cache.cache_bufctl), np.ones(len(b), bool)
 
     def in_slab(v, chain):
         i, ok = locate(v)
@@ -258,7 +267,9 @@ def _pooled_bufctls(umem, cache, g, bufs, ctl) -> bool:
             return False  # a pool is a plain cache; anything else is not one
         addrs = cache_contents(umem, pc).allocated()
         b = umem.layouts["umem_bufctl_audit"]
-        recs = (addrs, g.field(addrs, b.field("bc_cache")), g.field(addrs, b.field("bc_addr")))
+        (owner, r1), (named, r2) = (g.field(addrs, b.field(n)) for n in ("bc_cache", "bc_addr"))
+        read = r1 & r2  # an unreadable record names no buffer: the chains are followed then
+        recs = (addrs[read], owner[read], named[read])
         umem.session.cache[key] = recs
     addrs, owner, named = recs
     mine = owner == np.uint64(cache.addr)
@@ -323,5 +334,5 @@ def _classify(umem, cache, g, sel, bufs, free, on_hash) -> None:
         return
     idx = np.nonzero(sel & ~free)[0]
     tag = bufs[idx] + np.uint64(cache.cache_buftag)
-    stamp = g.u64(tag + np.uint64(16)) ^ g.u64(tag + np.uint64(8))
-    free[idx[stamp == np.uint64(L.UMEM_BUFTAG_FREE)]] = True
+    (bxstat, r1), (bufctl, r2) = g.u64(tag + np.uint64(16)), g.u64(tag + np.uint64(8))
+    free[idx[r1 & r2 & ((bxstat ^ bufctl) == np.uint64(L.UMEM_BUFTAG_FREE))]] = True

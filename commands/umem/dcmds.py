@@ -12,7 +12,7 @@ from mdbpy.output import human_size
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.contents import cache_contents
-from mdbpy_commands.umem.ptc import ptc_buffers
+from mdbpy_commands.umem.ptc import held_count
 from mdbpy_commands.umem.state import Umem, missing
 from mdbpy_commands.umem.verify import verifiable, verify_cache
 
@@ -35,12 +35,25 @@ def _log_size(umem, name: str, label: str) -> str:
     return f"{label}={size} "
 
 
+ERR_SIZE = 8192  # misc.c's ERR_SIZE: the ring's size when only DWARF locates it
+
+
 def message_buffer(umem) -> str:
-    """libumem's error ring (umem_error_buffer from umem_error_begin), oldest first."""
+    """libumem's error ring (umem_error_buffer from umem_error_begin), oldest first. It is a
+    static: found in .symtab, else in the library's DWARF, which also tells when the
+    compiler dropped it (it is only ever written: gcc -O2 removes it and its stores)."""
     s = umem.sym("umem_error_buffer")
-    if s is None:
-        raise MdbError("unable to look up umem_error_buffer")
-    raw = umem.mem.read(s.addr, min(s.size, 1 << 20))
+    if s is not None:
+        addr, size = s.addr, s.size
+    else:
+        addr, size = umem.dwarf_variable("umem_error_buffer", "misc.c"), ERR_SIZE
+        if addr == 0:
+            raise MdbError(f"{umem.obj.name} keeps no message buffer: its compiler dropped "
+                           "umem_error_buffer (only ever written), so libumem's messages "
+                           "went to stderr only")
+        if addr is None:
+            raise MdbError("unable to look up umem_error_buffer")
+    raw = umem.mem.read(addr, min(size, 1 << 20))
     begin = umem.readvar("umem_error_begin", default=0) % max(len(raw), 1)
     text = raw[begin:] + raw[:begin]
     return text.replace(b"\0", b"").decode("latin-1")
@@ -118,11 +131,10 @@ def umem_cache(inv):
 
 
 def cache_available(umem, c) -> int:
-    """Free buffers as umastat counts them: full depot magazines, CPU-loaded rounds and the
-    free chunks of partial slabs."""
-    avail = c.cache_full.ml_total * umem.magsize(c)
-    for cc in umem.cpu_caches(c):
-        avail += max(cc.cc_rounds, 0) + max(cc.cc_prounds, 0)
+    """Free buffers as umastat counts them: the rounds of the magazine layer (full depot
+    magazines, v2's per-CPU depot lists, the CPU caches' and v2's rseq caches' loaded
+    magazines) and the free chunks of partial slabs."""
+    avail = len(umem.magazine_rounds(c))
     for s in umem.slabs(c, partial=True):
         avail += s.slab_chunks - s.slab_refcnt
     return avail
@@ -139,8 +151,9 @@ VMEM_DASHES = "------------------------- --------- ---------- --------- --------
 
 
 @dcmd("umastat", "umem allocator stats", enabled=missing, example="::umastat", help="""\
-Per cache: buffer size, buffers in use (total minus those free in magazines and partial
-slabs), buffers in per-thread caches ('-': portable libumem has none), total buffers, memory
+Per cache: buffer size, buffers in use (total minus those free in magazines, partial slabs
+and per-thread caches), buffers in per-thread caches ('-' where the cache has none: every
+cache before v2, and debug caches), total buffers, memory
 in use (live slabs times slab size), successful and failed allocations; a total per arena;
 then every vmem arena (indented under its source) with its memory in use, total, imported,
 and its allocation counts.""")
@@ -158,11 +171,10 @@ def umastat(inv):
         for cc in umem.cpu_caches(c):
             alloc += cc.cc_alloc
         total = c.cache_buftotal
-        inuse = total - cache_available(umem, c)
+        held = held_count(umem, c)
+        inuse = total - cache_available(umem, c) - (held or 0)
         mem = (c.cache_slab_create - c.cache_slab_destroy) * c.cache_slabsize
-        ptc = "-"
-        if c.cache_flags & L.UMF_PTC and umem.version >= L.ILLUMOS_2016:
-            ptc = str(len(ptc_buffers(umem, c)))
+        ptc = "-" if held is None else str(held)
         kv = per_arena.setdefault(c.cache_arena, [0, 0, 0])
         kv[0] += mem
         kv[1] += alloc
@@ -238,8 +250,9 @@ def umem_verify(inv):
 # -- malloc ---------------------------------------------------------------------------------
 def malloc_sizes(umem, c):
     """The requested sizes of the malloc'd buffers of a umem_alloc_* cache (a header that
-    decodes to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers over 16 bytes)
-    and the overhead each carries, as numpy arrays."""
+    decodes to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers over 16 bytes;
+    one whose header cannot be read is not counted) and the overhead each carries, as numpy
+    arrays."""
     import numpy as np
 
     from mdbpy_commands.umem.gather import Gather
@@ -249,10 +262,10 @@ def malloc_sizes(umem, c):
     head = L.MALLOC_DATA_SIZE * (2 if second else 1)
     at = bufs + np.uint64(L.MALLOC_DATA_SIZE if second else 0)
     g = Gather(umem.mem)
-    size = g.read(at, 4, "<u4").astype(np.uint64)
-    stat = g.read(at + np.uint64(4), 4, "<u4").astype(np.uint64)
+    (size, r1), (stat, r2) = g.read(at, 4, "<u4"), g.read(at + np.uint64(4), 4, "<u4")
+    size, stat = size.astype(np.uint64), stat.astype(np.uint64)
     magic = (stat + size) & np.uint64(0xFFFFFFFF)
-    ok = (magic == L.MALLOC_MAGIC) | (magic == L.MALLOC_SECOND_MAGIC)
+    ok = r1 & r2 & ((magic == L.MALLOC_MAGIC) | (magic == L.MALLOC_SECOND_MAGIC))
     ok &= size >= np.uint64(head)
     mallocsz = size[ok] - np.uint64(head)
     overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]

@@ -3,8 +3,15 @@
 libumem keeps its state in linked structures (hash chains of bufctls, slab freelists) spread
 over the heap. Following 200,000 of them one read at a time is slow; instead the walkers advance
 every chain at once ("frontier" steps): one Gather call reads a field of all current elements,
-touching each page once. Pages read are kept (bounded), so the following steps of the same walk
-cost only numpy indexing, and each call joins only the pages it needs.
+touching each page once, and each call joins only the pages it needs.
+
+Two rules keep it exact whatever the heap's size:
+- a call always has every page it needs: the pages kept between calls (up to MAX_CACHED bytes,
+  oldest dropped first) only save re-reading; a call that needs more than the budget still
+  gets them all (the budget bounds what stays, never what a call sees);
+- a page that cannot be read is no page of zeros: every read returns, beside its values, which
+  of them were read (`ok`), and the callers treat the others as unreadable (damage reported,
+  the buffer not checked), never as values.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from mdbpy.errors import ReadError
 
 PAGE = 4096
 MAX_BYTES = 1 << 30  # a walk that wants more than this from one Gather is a corrupt one
-MAX_CACHED = 1 << 28  # bytes of pages a Gather keeps between calls
+MAX_CACHED = 1 << 28  # bytes of pages a Gather keeps between calls (never what one call sees)
 GAP_PAGES = 16  # pages between two needed ones that are read rather than skipped
 
 
@@ -66,62 +73,93 @@ def session_gather(session) -> Gather:
 
 
 class Gather:
-    """Pages read once and kept (up to MAX_CACHED bytes; then the cache starts over), and
-    fields cut out of them for many addresses at once."""
+    """Pages read and kept (up to MAX_CACHED bytes, read at each call), and fields cut out of
+    them for many addresses at once."""
 
     def __init__(self, mem):
         self.mem = mem
         self.mapped = Mapped(mem)
-        self._pages: dict[int, bytes] = {}  # page number -> its bytes (zeros if unreadable)
-        self.unreadable: list[tuple[int, int]] = []
+        self._pages: dict[int, bytes | None] = {}  # page number -> bytes (None: unreadable)
 
-    def _load(self, pages: list[int]) -> None:
-        """Read the pages (sorted unique page numbers) not read before, in runs."""
-        missing = [p for p in pages if p not in self._pages]
-        if not missing:
-            return
-        if (len(self._pages) + len(missing)) * PAGE > MAX_CACHED:
-            self._pages.clear()
+    def _load(self, pages: list[int]) -> dict[int, bytes | None]:
+        """Every one of the pages (sorted unique page numbers): kept ones, the rest read in
+        runs; then as many of the new ones as the budget allows are kept for later calls."""
+        got: dict[int, bytes | None] = {}
+        missing = []
+        for p in pages:
+            if p in self._pages:
+                got[p] = self._pages[p]
+            else:
+                missing.append(p)
         if len(missing) * PAGE > MAX_BYTES:
             raise ReadError(missing[0] * PAGE, len(missing) * PAGE,
                             "too much memory for one walk (corrupt structures?)")
+        fresh: dict[int, bytes | None] = {}
         k = 0
         while k < len(missing):  # runs of pages, bridging small gaps: reads cost more than bytes
             j = k
             while j + 1 < len(missing) and missing[j + 1] - missing[j] <= GAP_PAGES:
                 j += 1
             a, b = missing[k] * PAGE, (missing[j] + 1) * PAGE
-            data = self.mapped.read(a, b, self.unreadable)
+            failed: list[tuple[int, int]] = []
+            data = self.mapped.read(a, b, failed)
             for p in missing[k:j + 1]:
-                self._pages[p] = data[p * PAGE - a:(p + 1) * PAGE - a]
+                lo, hi = p * PAGE, (p + 1) * PAGE
+                bad = any(x < hi and lo < y for x, y in failed)
+                fresh[p] = None if bad else data[lo - a:hi - a]
             k = j + 1
+        got.update(fresh)
+        self._keep(fresh)
+        return got
+
+    def _keep(self, fresh: dict) -> None:
+        """Keep the pages just read, dropping the oldest kept ones to stay in the budget."""
+        room = MAX_CACHED // PAGE
+        items = list(fresh.items())[-room:] if room > 0 else []
+        while self._pages and len(self._pages) + len(items) > room:
+            del self._pages[next(iter(self._pages))]
+        self._pages.update(items)
 
     def read(self, addrs, size: int, dtype: str):
-        """The `size`-byte little-endian values at each address, as dtype (e.g. '<u8');
-        unreadable bytes read as zeros."""
+        """(values, ok): the `size`-byte little-endian values at each address as dtype (e.g.
+        '<u8'), and which of them could be read (the others are 0 and must not be used). A
+        size that is a multiple of dtype's gives each address a row of that many values (one
+        call for several fields of a struct: each call joins the pages it needs once)."""
         import numpy as np
 
+        if not 0 < size <= PAGE:
+            raise ValueError(f"Gather reads fields of 1 to {PAGE} bytes, not {size}")
         addrs = np.asarray(addrs, dtype=np.uint64)
         if not len(addrs):
-            return np.zeros(0, dtype)
+            return np.zeros(0, dtype), np.zeros(0, bool)
         first = addrs // np.uint64(PAGE)
         last = (addrs + np.uint64(size - 1)) // np.uint64(PAGE)
         pages = np.unique(np.concatenate((first, last)))
-        self._load(pages.tolist())
+        plist = pages.tolist()
+        got = self._load(plist)
+        zero = bytes(PAGE)
+        readable = np.array([got[p] is not None for p in plist], bool)
         # the pages this call needs, side by side: a value that runs into the next page finds
         # it next (padded for an address that wraps around the top of the address space)
-        buf = np.frombuffer(b"".join([self._pages.get(p, bytes(PAGE)) for p in pages.tolist()]
-                                     + [bytes(size)]), np.uint8)
-        pos = np.searchsorted(pages, first).astype(np.int64) * PAGE + (
-            addrs % np.uint64(PAGE)).astype(np.int64)
+        buf = np.frombuffer(b"".join([got[p] or zero for p in plist] + [bytes(size)]),
+                            np.uint8)
+        at_first = np.searchsorted(pages, first)
+        ok = readable[at_first] & readable[np.searchsorted(pages, last)]
+        ok &= last >= first  # an address whose field wraps past 2**64 is no field
+        pos = at_first.astype(np.int64) * PAGE + (addrs % np.uint64(PAGE)).astype(np.int64)
         raw = buf[pos[:, None] + np.arange(size)]
-        return raw.reshape(-1).view(dtype).copy()
+        values = raw.reshape(-1).view(dtype).copy()
+        per = size // values.itemsize
+        if per > 1:
+            values = values.reshape(-1, per)
+        values[~ok] = 0
+        return values, ok
 
     def u64(self, addrs):
         return self.read(addrs, 8, "<u8")
 
     def field(self, addrs, bound_field):
-        """A scalar field of a bound struct at each struct address."""
+        """(values, ok) of a scalar field of a bound struct at each struct address."""
         import numpy as np
 
         f = bound_field

@@ -1,28 +1,53 @@
 """libumem's structures and constants, described once in the layout language.
 
 Source: portable libumem (gburd/libumem), `umem_impl.h` and `sys/vmem_impl_user.h`, as built on
-x86_64 Linux. Two revisions are supported and named as versions:
+x86_64 Linux. Its releases are named as versions:
 
 - CLASSIC (5cc22b9, 2010): the tree the Linux mdb port's headers come from; UMEM_MAXBUF 16384.
 - ILLUMOS_2016 (53f5df3, 2016): adds UMF_PTC and UMF_CHECKNULL and raises UMEM_MAXBUF to 131072.
+- V2_0 (v2.0.0, 2026-05) and V2_1 (v2.1.0 to v2.4.0, 2026-07..08, whose umem_impl.h are
+  identical): cache-line aligned CPU caches and magazine lists (each list with its own lock),
+  counters reordered in umem_cpu_cache, slab reclaim state, and per cache a per-CPU depot
+  (cache_depot_full/empty: arrays of cache_depot_ncpus lists, each array its own mmap) and a
+  per-CPU rseq cache array (cache_rseq, an mmap too); malloc's per-thread caches (umem_ptc_t,
+  reached from the TLS pointer thread_ptc). V2_1 adds slab_reclaim_next.
 
-Their structures are identical (checked with gdb `ptype /o` on both), so the descriptors carry no
-version predicates; the version decides the constants. configure finds that pthread_mutex_t
-(40 bytes) is larger than 24, so UMEM_CPU_CACHE_SIZE is 128 and umem_cpu_cache gets a 48-byte
-pad. Trailing one-element arrays (cache_cpu[1], bc_stack[1], mag_round[1], lh_cpu[1]) are
+CLASSIC and ILLUMOS_2016 have identical structures (checked with gdb `ptype /o` on both); the
+v2 fields carry version predicates (checked against v2.4.0's DWARF). Which release a library is
+comes from the symbols it defines (`release`), never from its file name. configure finds that
+pthread_mutex_t (40 bytes) is larger than 24, so UMEM_CPU_CACHE_SIZE is 128 and umem_cpu_cache
+gets a 48-byte pad. Trailing one-element arrays (cache_cpu[1], bc_stack[1], mag_round[1], lh_cpu[1]) are
 declared as C declares them, so the bound sizes equal the compiler's; the code indexes past
 them by address.
 """
 
 from __future__ import annotations
 
-from mdbpy.layout.desc import (CHAR, I32, INT, LONG, PTR, SIZE_T, SSIZE_T, U8, U32, U64, UINT,
-                               UINTPTR, ULONG, Array, DescriptorSet, Field, Opaque, Ref, Struct)
+from mdbpy.layout.desc import (CHAR, INT, LONG, PTR, SIZE_T, SSIZE_T, U8, U16, U32, U64,
+                               UINT, UINTPTR, ULONG, Array, DescriptorSet, Field, Opaque, Ref,
+                               Struct)
 
-SOURCE = "portable libumem (gburd/libumem 5cc22b9 / 53f5df3) umem_impl.h, vmem_impl_user.h"
+SOURCE = ("portable libumem (gburd/libumem 5cc22b9 / 53f5df3 / v2.0.0..v2.4.0) umem_impl.h, "
+          "vmem_impl_user.h")
 
 CLASSIC = (2010, 6)  # 5cc22b9
 ILLUMOS_2016 = (2016, 11)  # 53f5df3
+V2_0 = (2026, 5)  # v2.0.0
+V2_1 = (2026, 7)  # v2.1.0 .. v2.4.0
+
+# a symbol each release defines and the ones before it do not, newest first: the release is
+# told by what the library contains (a stripped library keeps these: they are all global)
+RELEASE_MARKS = ((V2_1, "umem_depot_steal_max"), (V2_0, "umem_reclaim_enabled"),
+                 (ILLUMOS_2016, "umem_ptc_size"))
+CACHE_LINE = 64  # UMEM_CACHE_LINE_SIZE: v2 aligns CPU caches, magazine lists and rseq caches
+
+
+def release(defines) -> tuple:
+    """The release of a libumem, from `defines(name)`: whether it defines that symbol."""
+    for version, mark in RELEASE_MARKS:
+        if defines(mark):
+            return version
+    return CLASSIC
 
 MUTEX = Opaque("pthread_mutex_t")
 COND = Opaque("pthread_cond_t")
@@ -104,21 +129,32 @@ def maxbuf(version) -> int:
     return 131072 if version is not None and version >= ILLUMOS_2016 else 16384
 
 
+def hrtime_ticks(version) -> int:
+    """Units per second of the low word of libumem's gethrtime() (seconds << 32 | that):
+    gettimeofday's microseconds before v2, clock_gettime's nanoseconds from v2 on."""
+    return 1_000_000_000 if version is not None and version >= V2_0 else 1_000_000
+
+
 def audit_size(depth: int) -> int:
     """UMEM_BUFCTL_AUDIT_SIZE_DEPTH: bytes of an audit record with `depth` stack slots."""
     return 72 + 8 * depth
 
 
 UMEM_CPU_CACHE = Struct("umem_cpu_cache", source=SOURCE, fields=[
-    Field("cc_lock", MUTEX),
-    Field("cc_alloc", UINT),
-    Field("cc_free", UINT),
+    Field("cc_lock", MUTEX, until=V2_0),
+    Field("cc_alloc", UINT, until=V2_0),
+    Field("cc_free", UINT, until=V2_0),
+    Field("cc_lock", MUTEX, since=V2_0, align=CACHE_LINE),  # v2 reorders the counters
+    Field("cc_rounds", INT, since=V2_0),
+    Field("cc_prounds", INT, since=V2_0),
     Field("cc_loaded", PTR),
     Field("cc_ploaded", PTR),
-    Field("cc_rounds", INT),
-    Field("cc_prounds", INT),
+    Field("cc_rounds", INT, until=V2_0),
+    Field("cc_prounds", INT, until=V2_0),
     Field("cc_magsize", INT),
     Field("cc_flags", INT),
+    Field("cc_alloc", UINT, since=V2_0),
+    Field("cc_free", UINT, since=V2_0),
     Field("cc_pad", Array(CHAR, 48)),  # UMEM_CPU_PAD with UMEM_PTHREAD_MUTEX_TOO_BIG
 ])
 
@@ -130,9 +166,13 @@ UMEM_SLAB = Struct("umem_slab", source=SOURCE, fields=[
     Field("slab_head", PTR),  # the first free bufctl
     Field("slab_refcnt", LONG),  # buffers handed out of this slab
     Field("slab_chunks", LONG),
+    Field("slab_state", U32, since=V2_0),  # SLAB_ACTIVE / DIRTY / CLEAN / RECLAIMING
+    Field("slab_idle_time", U32, since=V2_0),
+    Field("slab_reclaim_next", PTR, since=V2_1),
 ])
 
 UMEM_MAGLIST = Struct("umem_maglist", source=SOURCE, fields=[
+    Field("ml_lock", MUTEX, since=V2_0, align=CACHE_LINE),  # v2: a lock per list
     Field("ml_list", PTR),
     Field("ml_total", LONG),
     Field("ml_min", LONG),
@@ -152,6 +192,10 @@ UMEM_CACHE = Struct("umem_cache", source=SOURCE, fields=[
     Field("cache_lookup_depth", U64),
     Field("cache_depot_contention", U64),
     Field("cache_depot_contention_prev", U64),
+    Field("cache_mag_reloads", U64, since=V2_0),
+    Field("cache_mag_reloads_prev", U64, since=V2_0),
+    Field("cache_alloc_ops", U64, since=V2_0),
+    Field("cache_alloc_ops_prev", U64, since=V2_0),
     Field("cache_name", Array(CHAR, UMEM_CACHE_NAMELEN + 1)),
     Field("cache_bufsize", SIZE_T),
     Field("cache_align", SIZE_T),
@@ -185,10 +229,21 @@ UMEM_CACHE = Struct("umem_cache", source=SOURCE, fields=[
     Field("cache_nullslab", Ref("umem_slab")),  # the slab list's anchor
     Field("cache_bufctl_cache", PTR),
     Field("cache_hash_table", PTR),
-    Field("cache_depot_lock", MUTEX),
+    Field("cache_depot_lock", MUTEX, until=V2_0),
     Field("cache_magtype", PTR),
     Field("cache_full", Ref("umem_maglist")),
     Field("cache_empty", Ref("umem_maglist")),
+    # v2's per-CPU depot: two mmap'd arrays of cache_depot_ncpus magazine lists
+    Field("cache_depot_ncpus", INT, since=V2_0),
+    Field("cache_depot_full", PTR, since=V2_0),
+    Field("cache_depot_empty", PTR, since=V2_0),
+    Field("cache_depot_local", U64, since=V2_0),
+    Field("cache_depot_remote", U64, since=V2_0),
+    Field("cache_depot_cross_node", U64, since=V2_0),
+    Field("cache_mag_total", U64, since=V2_0),
+    # an mmap'd array of umem_rseq_ncpus rseq caches (built with linux/rseq.h, as on any
+    # current Linux; a build with libnuma would add cache_numa_info: DWARF says so)
+    Field("cache_rseq", PTR, since=V2_0),
     Field("cache_cpu", Array(Ref("umem_cpu_cache"), 1)),  # really [umem_max_ncpus]
 ])
 
@@ -328,10 +383,63 @@ MALLOC_DATA = Struct("malloc_data", source="portable libumem malloc.c", fields=[
     Field("malloc_stat", U32),  # UMEM_MALLOC_ENCODE(magic, size) = magic - size
 ])
 
-UMEM_LAYOUTS = DescriptorSet("umem").add(
-    UMEM_CPU_CACHE, UMEM_SLAB, UMEM_MAGLIST, UMEM_CACHE, UMEM_BUFCTL, UMEM_BUFCTL_AUDIT,
-    UMEM_BUFTAG, UMEM_CPU_LOG_HEADER, UMEM_LOG_HEADER, UMEM_MAGAZINE, UMEM_MAGTYPE, UMEM_CPU,
-    VMEM_SEG, VMEM_FREELIST, VMEM_KSTAT, VMEM, MALLOC_DATA)
+# -- v2 only: the per-CPU rseq caches and malloc's per-thread caches ------------------------
+UMEM_RSEQ_CACHE = Struct("umem_rseq_cache", source="portable libumem v2 umem_rseq.h", fields=[
+    Field("loaded_mag", PTR, align=CACHE_LINE),
+    Field("previous_mag", PTR),
+    Field("rounds", INT),  # rounds in the loaded magazine
+    Field("prounds", INT),  # rounds in the previous one
+    Field("alloc_count", U64),
+    Field("free_count", U64),
+    Field("restart_count", U64),
+    Field("migration_count", U64),
+    Field("magsize", INT),
+    Field("pad", Array(CHAR, 4)),
+])
+
+PTC_NBINS = 28  # size classes of a per-thread cache (8 .. 2048 bytes)
+PTC_NSLOTS = 128  # slots of a bin (small bins use all, medium 64, large 32)
+
+UMEM_PTC_BIN = Struct("umem_ptc_bin", source="portable libumem v2 umem_ptc.h", fields=[
+    Field("slots", Array(PTR, PTC_NSLOTS), align=CACHE_LINE),
+    Field("count", U16),  # slots[0 .. count) hold free buffers
+    Field("low_water", U16),
+])
+
+UMEM_PTC_MAG = Struct("umem_ptc_mag", source="portable libumem v2 umem_ptc.h", fields=[
+    Field("loaded", PTR),
+    Field("previous", PTR),
+    Field("rounds", INT),
+    Field("prounds", INT),
+    Field("magsize", INT),
+    Field("cache", PTR),  # the owning cache, set on first use
+])
+
+UMEM_PTC = Struct("umem_ptc", source="portable libumem v2 umem_ptc.h", fields=[
+    Field("bins", Array(Ref("umem_ptc_bin"), PTC_NBINS)),
+    Field("mags", Array(Ref("umem_ptc_mag"), PTC_NBINS)),
+    Field("alloc_count", U64),
+    Field("free_count", U64),
+    Field("hits", U64),
+    Field("misses", U64),
+])
+
+V2_STRUCTS = (UMEM_RSEQ_CACHE, UMEM_PTC_BIN, UMEM_PTC_MAG, UMEM_PTC)
+
+
+def descriptors(version) -> DescriptorSet:
+    """The structs of a release: the classic set, and from v2 on the rseq and per-thread cache
+    structs (so ::layout lists only what the library has)."""
+    dset = DescriptorSet("umem").add(
+        UMEM_CPU_CACHE, UMEM_SLAB, UMEM_MAGLIST, UMEM_CACHE, UMEM_BUFCTL, UMEM_BUFCTL_AUDIT,
+        UMEM_BUFTAG, UMEM_CPU_LOG_HEADER, UMEM_LOG_HEADER, UMEM_MAGAZINE, UMEM_MAGTYPE,
+        UMEM_CPU, VMEM_SEG, VMEM_FREELIST, VMEM_KSTAT, VMEM, MALLOC_DATA)
+    if version is not None and version >= V2_0:
+        dset.add(*V2_STRUCTS)
+    return dset
+
+
+UMEM_LAYOUTS = descriptors(CLASSIC)
 
 # DWARF names the structs by these tags too; libumem's typedefs (umem_cache_t, vmem_t, ...) are
 # of these tagged structs, so a debug build's DWARF replaces every builtin layout.

@@ -1,15 +1,21 @@
-"""Per-thread caches (UMF_PTC) and mdb's `umem_ptc_<size>` walkers.
+"""Per-thread caches and mdb's `umem_ptc_<size>` walkers.
 
-The 2016 libumem (illumos, 53f5df3) can give malloc a per-thread cache: each thread's tmem_t
-(`{size_t tm_size; void *tm_roots[16];}`, at umem_tmem_off from the thread pointer) heads one
-NULL-terminated list of free buffers per umem_alloc_* size, linked through each buffer's first
-word. mdb registers a walker per such cache, named after its buffer size; given a thread it
-walks that thread's list, without an address every thread's. Buffers in a per-thread cache are
-free: the umem walker leaves them out and freemem includes them, as the magazine layer.
+The 2016 libumem (illumos, 53f5df3) can give malloc a per-thread cache (UMF_PTC): each thread's
+tmem_t (`{size_t tm_size; void *tm_roots[16];}`, at umem_tmem_off from the thread pointer)
+heads one NULL-terminated list of free buffers per umem_alloc_* size, linked through each
+buffer's first word. Portable libumem before v2 has none on Linux (5cc22b9 predates them;
+53f5df3 switches them off under UMEM_DEBUG and needs code generation Linux lacks).
 
-Portable libumem has no per-thread caches on Linux (5cc22b9 predates them; 53f5df3 switches
-them off under UMEM_DEBUG and needs code generation Linux lacks), so the walkers exist for the
-umem_alloc_* caches, as in mdb, and say in one line why there is nothing to walk.
+Portable libumem v2 has its own: a thread's umem_ptc_t, found through the TLS pointer
+thread_ptc, holds per size class (umem_alloc_* caches up to umem_ptc_maxsize, none with debug
+flags) a bin of free buffers (slots[0 .. count)) and a pair of magazines (loaded: rounds,
+previous: prounds). mdbpy finds thread_ptc in each thread from the TLS offset libumem's own
+GOT slot holds (R_X86_64_TPOFF64), or, linked statically, from the executable's TLS segment.
+
+mdb registers a walker per cache a per-thread cache can hold, named after its buffer size;
+given a thread pointer it walks that thread's buffers, without an address every thread's.
+Buffers in a per-thread cache are free: the umem walker leaves them out and freemem includes
+them, as the magazine layer; where there is nothing to walk, the walker says why in one line.
 """
 
 from __future__ import annotations
@@ -19,19 +25,29 @@ from mdbpy.errors import MdbError, ReadError
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
-from mdbpy_commands.umem.state import Umem
+from mdbpy_commands.umem.state import MAX_MAGSIZE, Umem
 
 NTMEMBASE = 16  # tm_roots[] slots of a tmem_t
+V2_MAXSIZE = 2048  # v2's umem_ptc_maxsize default
+V2_DEBUG = L.UMF_AUDIT | L.UMF_DEADBEEF | L.UMF_REDZONE  # v2 caches none of these per thread
 TM_ROOTS = 8  # offsetof(tmem_t, tm_roots): after size_t tm_size
 MAX_PTC = 1 << 20  # buffers on one thread's list (umem_ptc_size caps the bytes: 1 MiB default)
 
 
+def is_v2(umem) -> bool:
+    """Per-thread caches in v2's form (umem_ptc_t through thread_ptc): the library has them."""
+    return "umem_ptc" in umem.layouts.names()
+
+
 def ptc_slots(umem) -> list[tuple[int, object]]:
-    """(tm_roots index, cache) of the umem_alloc_* caches a per-thread cache can hold: the
-    first NTMEMBASE sizes of umem_alloc_sizes (or of the caches' sizes when that static
-    table is stripped)."""
+    """(slot, cache) of the umem_alloc_* caches a per-thread cache can hold: the first
+    NTMEMBASE sizes of umem_alloc_sizes (or of the caches' sizes when that static table is
+    stripped), their tm_roots index; in v2, every one up to umem_ptc_maxsize."""
     caches = [c for c in umem.caches() if c.cstr("cache_name").startswith("umem_alloc_")]
     by_size = {c.cache_bufsize: c for c in caches}
+    if is_v2(umem):
+        top = umem.readvar("umem_ptc_maxsize", default=V2_MAXSIZE)
+        return list(enumerate(by_size[n] for n in sorted(by_size) if n <= top))
     s = umem.sym("umem_alloc_sizes")
     if s is not None:
         sizes = [int.from_bytes(umem.mem.read(s.addr + 4 * i, 4), "little")
@@ -43,6 +59,16 @@ def ptc_slots(umem) -> list[tuple[int, object]]:
 
 def why_none(umem, cache) -> str | None:
     """Why this cache has no per-thread cache to walk, or None when it has one."""
+    if is_v2(umem):
+        if not umem.readvar("umem_ptc_enabled", default=0):
+            return "per-thread caching is off in this process (umem_ptc_enabled is 0)"
+        if cache.cache_flags & V2_DEBUG:
+            return (f"cache {cache.cstr('cache_name')} has debugging on (UMEM_DEBUG): "
+                    "libumem does not cache it per thread")
+        if tls_block(umem) is None or umem.obj.lookup("thread_ptc") is None:
+            return ("thread_ptc (libumem's TLS pointer to each thread's cache) cannot be "
+                    "found: no TPOFF64 relocation or TLS segment names it")
+        return None
     if umem.sym("umem_ptc_size") is None:
         return ("this libumem has no per-thread caches (portable libumem before UMF_PTC; "
                 "mdb's Linux port has none either)")
@@ -83,11 +109,129 @@ def chain(umem, cache, slot: int, tp: int) -> list[int]:
 
 
 def ptc_buffers(umem, cache) -> list[int]:
-    """Every thread's per-thread-cached buffers of the cache ([] when it has none)."""
+    """Every thread's per-thread-cached buffers of the cache ([] when it has none). In v2,
+    every thread's buffers of every size class: callers keep those of the cache's slabs."""
+    if is_v2(umem):
+        return [b for bufs in v2_thread_caches(umem).values() for b in bufs]
     for slot, c in ptc_slots(umem):
         if c.addr == cache.addr and why_none(umem, cache) is None:
             return [b for tp in thread_pointers(umem.session) for b in chain(umem, c, slot, tp)]
     return []
+
+
+def held_count(umem, cache) -> int | None:
+    """How many of the cache's buffers per-thread caches hold (::umastat's `buf in ptc`), or
+    None when the cache has no per-thread cache."""
+    if cache.addr not in {c.addr for _s, c in ptc_slots(umem)} or why_none(umem, cache):
+        return None
+    bufs = ptc_buffers(umem, cache)
+    return len(cached_in(umem, cache, bufs) if is_v2(umem) else bufs)
+
+
+def cached_in(umem, cache, bufs) -> list[int]:
+    """Of the buffers a per-thread cache holds (ptc_buffers), those of this cache."""
+    import numpy as np
+
+    from mdbpy_commands.umem.contents import cache_contents
+
+    got = np.array(bufs, np.uint64)
+    return got[np.isin(got, cache_contents(umem, cache).bufs)].tolist()
+
+
+def tls_block(umem) -> int | None:
+    """The thread-pointer offset of libumem's static TLS block (x86_64: below the thread
+    pointer), the same in every thread: from the TPOFF64 GOT slots of a shared libumem (its
+    initial-exec variables), or, linked into the executable, from the executable's TLS
+    segment (module 1: the block ends at the thread pointer, aligned as glibc places it)."""
+    key = "umem_tls_block"
+    if key in umem.session.cache:
+        return umem.session.cache[key]
+    obj = umem.obj
+    block = None
+    if not obj.is_exe:
+        from mdbpy_commands.ptmalloc import tls
+
+        block = tls.block_offset(umem.session, obj)
+    else:
+        seg = _tls_segment(getattr(obj, "file", None))
+        if seg is not None:
+            vaddr, memsz, align = seg
+            align = max(align, 1)
+            first = -vaddr & (align - 1)
+            block = -(-(memsz - first) // align * align + first)
+    umem.session.cache[key] = block
+    return block
+
+
+def _tls_segment(path) -> tuple[int, int, int] | None:
+    """(p_vaddr, p_memsz, p_align) of the ELF file's PT_TLS, or None."""
+    if not path:
+        return None
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            for seg in ELFFile(f).iter_segments():
+                if seg["p_type"] == "PT_TLS":
+                    return seg["p_vaddr"], seg["p_memsz"], seg["p_align"]
+    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
+        pass
+    return None
+
+
+def v2_thread_caches(umem) -> dict[int, list[int]]:
+    """{thread pointer: the free buffers its v2 per-thread cache holds} (bins' slots and the
+    rounds of its magazines, every size class), bounded; cached per session state."""
+    key = "umem_ptc_v2"
+    got = umem.session.cache.get(key)
+    if got is not None:
+        return got
+    got = {}
+    block, sym = tls_block(umem), umem.obj.lookup("thread_ptc")
+    if (block is not None and sym is not None and
+            umem.readvar("umem_ptc_enabled", default=0)):
+        for tp in thread_pointers(umem.session):
+            try:
+                ptc = umem.mem.read_ptr(tp + block + sym.addr)
+            except ReadError:
+                continue
+            if ptc:
+                got[tp] = _v2_buffers(umem, ptc, tp)
+    umem.session.cache[key] = got
+    return got
+
+
+def _v2_buffers(umem, ptc: int, tp: int) -> list[int]:
+    """The free buffers of one umem_ptc_t: slots[0 .. count) of each bin, and the rounds of
+    each size class's loaded and previous magazines."""
+    what = f"per-thread cache 0x{ptc:x} of thread pointer 0x{tp:x}"
+    try:
+        v = umem.view("umem_ptc", ptc)
+    except ReadError as e:
+        damage(umem.session).report(ptc, ptc + 8, f"{what}: {e}")
+        return []
+    round0 = umem.layouts["umem_magazine"].offset("mag_round")
+    out: list[int] = []
+    for b in v.bins:
+        n = b.count
+        if n > L.PTC_NSLOTS:
+            damage(umem.session).report(b.addr, b.addr + 8, f"{what}: bin count {n} is "
+                                        "unreasonable")
+            continue
+        out += b.slots[:n]
+    for m in v.mags:
+        for mag, n in ((m.loaded, m.rounds), (m.previous, m.prounds)):
+            if not mag or n <= 0:
+                continue
+            if n > min(max(m.magsize, 0), MAX_MAGSIZE):
+                damage(umem.session).report(m.addr, m.addr + 8, f"{what}: magazine 0x{mag:x} "
+                                            f"with {n} rounds of {m.magsize}")
+                continue
+            try:
+                out += umem.words(mag + round0, n)
+            except ReadError as e:
+                damage(umem.session).report(m.addr, m.addr + 8, f"{what}: {e}")
+    return [b for b in out if b]
 
 
 def register(session, umem, module: str) -> None:
@@ -111,6 +255,9 @@ def _walker(cache_addr: int, slot: int, name: str):
         if why is not None:
             raise MdbError(f"{name}: {why}")
         tps = [addr] if addr is not None else thread_pointers(session)
+        if is_v2(umem):
+            held = v2_thread_caches(umem)
+            return iter(cached_in(umem, cache, [b for tp in tps for b in held.get(tp, [])]))
         return iter([b for tp in tps for b in chain(umem, cache, slot, tp)])
 
     return walk

@@ -28,11 +28,21 @@ MAX_SLABS = 1 << 24
 MAX_SEGS = 1 << 24
 MAX_STACK = 256  # frames read from one record, whatever its depth says
 MAX_MAGSIZE = 4096  # rounds per magazine (libumem's largest magtype has 143)
+MAX_CPUS = 1 << 16  # entries of a per-CPU array (cache_cpu, v2's depot and rseq arrays)
+PAGE = 4096  # when the library has no `pagesize` global
 
 # globals of the mdb port's list that the dmod reads; the dynamic ones identify libumem
 IDENTIFYING = "umem_null_cache"
 STATIC_GLOBALS = ("umem_cpus", "vmem_list", "umem_alloc_table", "umem_alloc_sizes",
                   "umem_magtype", "heap_arena")
+
+
+# libumem's malloc replacement (libumem_malloc: malloc.c, and v2's bootstrap allocator), as
+# linked into an executable: frames of these are the allocator's, as libumem_malloc.so's are
+STATIC_MALLOC = frozenset((
+    "malloc", "free", "calloc", "realloc", "memalign", "valloc", "posix_memalign",
+    "aligned_alloc", "process_free", "process_memalign", "_malloc", "_free",
+    "bootstrap_malloc", "bootstrap_free"))
 
 
 class NoUmem(MdbError):
@@ -52,13 +62,13 @@ def find_object(session):
     return None
 
 
-def _dwarf_layouts(path: str) -> dict:
+def _dwarf_layouts(path: str, names) -> dict:
     """DWARF layouts of libumem's structs when the library file has debug info ({} if not):
     one pass over its DWARF, umem.c's unit first. A struct the file does not define (e.g.
     malloc's tag, which lives in libumem_malloc) keeps its builtin layout."""
     from mdbpy.layout.dwarf import find_structs
 
-    return find_structs(path, L.STRUCT_NAMES, cu_hint="umem.c")
+    return find_structs(path, names, cu_hint="umem.c")
 
 
 def _has_debug_info(path: str) -> bool:
@@ -79,11 +89,13 @@ class Umem:
         self.session = session
         self.mem = session.mem
         self.obj = obj
-        self.version = L.ILLUMOS_2016 if obj.lookup("umem_ptc_size") else L.CLASSIC
+        self.version = L.release(lambda name: self.sym(name) is not None)
+        descs = L.descriptors(self.version)
         path = session.target.file_path(obj.path) if obj.path else ""
-        dwarf = _dwarf_layouts(path) if path and os.path.isfile(path) and \
-            _has_debug_info(path) else {}
-        self.layouts = Binder(L.UMEM_LAYOUTS, version=self.version, dwarf=dwarf)
+        self.debug_file = path if path and os.path.isfile(path) and _has_debug_info(path) \
+            else ""
+        dwarf = _dwarf_layouts(path, tuple(descs.structs)) if self.debug_file else {}
+        self.layouts = Binder(descs, version=self.version, dwarf=dwarf)
         self.ready = self.readvar("umem_ready", signed=True)
         ncpus = self.sym("umem_max_ncpus") or self.sym("max_ncpus")
         self.ncpus = min(max(self.mem.read_u32(ncpus.addr), 0), 1024) if ncpus else 1
@@ -138,6 +150,16 @@ class Umem:
             self.addr_of(name)  # raises the explanation
         n = size or (s.size if s.size in (1, 2, 4, 8) else 8)
         return int.from_bytes(self.mem.read(s.addr, n), "little", signed=signed)
+
+    def dwarf_variable(self, name: str, cu_hint: str) -> int | None:
+        """A libumem variable its symbol tables lack, from its DWARF: the run-time address, 0
+        when DWARF says the compiler dropped it, None when there is no DWARF naming it."""
+        if not self.debug_file:
+            return None
+        from mdbpy.layout.dwarf import find_variable
+
+        where = find_variable(self.debug_file, name, cu_hint)
+        return where + self.obj.bias if where else where
 
     def debug(self, msg: str) -> None:
         """mdb's dprintf: a `umem debug: ` trace line while ::umem_debug has it on."""
@@ -194,16 +216,79 @@ class Umem:
         except ReadError:
             return 0
 
+    def array(self, struct: str, addr: int, n: int) -> list:
+        """Views of n consecutive structs at addr, read in one piece."""
+        b = self.layouts[struct]
+        raw = self.mem.read(addr, n * b.size) if n > 0 else b""
+        return [b.from_bytes(raw[i * b.size:(i + 1) * b.size], addr + i * b.size, self.mem)
+                for i in range(n)]
+
+    def _has(self, struct: str, field: str) -> bool:
+        """Whether this libumem's struct has the field (v2's per-CPU depot and rseq caches):
+        decided by the bound layout, i.e. by what the library contains."""
+        return struct in self.layouts.names() and self.layouts[struct].has(field)
+
+    def depot_lists(self, cache, which: str) -> list:
+        """v2's per-CPU depot of a cache: the cache_depot_ncpus magazine lists of its
+        `which` array ('cache_depot_full' or 'cache_depot_empty'); [] before v2."""
+        if not self._has("umem_cache", which):
+            return []
+        n, base = cache.cache_depot_ncpus, getattr(cache, which)
+        if not base or n <= 0:
+            return []
+        if n > MAX_CPUS:
+            damage(self.session).report(cache.addr, cache.addr + 8, f"cache 0x{cache.addr:x}:"
+                                        f" {n} per-CPU depot lists is unreasonable")
+            return []
+        return self.array("umem_maglist", base, n)
+
+    def rseq_ncpus(self) -> int:
+        """Entries of each cache_rseq array: umem_rseq_ncpus (a static), else umem_max_ncpus,
+        which libumem rounds up from the same CPU count."""
+        n = self.readvar("umem_rseq_ncpus", default=0) if self.sym("umem_rseq_ncpus") else 0
+        return min(n if n > 0 else self.ncpus, MAX_CPUS)
+
+    def rseq_caches(self, cache) -> list:
+        """v2's per-CPU rseq caches of a cache (its cache_rseq array); [] when it has none."""
+        if not self._has("umem_cache", "cache_rseq") or not cache.cache_rseq:
+            return []
+        return self.array("umem_rseq_cache", cache.cache_rseq, self.rseq_ncpus())
+
+    def loaded_magazines(self, cache) -> list[tuple[int, int, str]]:
+        """(magazine, rounds, whose) of every magazine loaded in a CPU layer: each CPU cache's
+        loaded and previously loaded magazine, and v2's rseq caches' (their rounds are free
+        buffers; the rest of each magazine is stale)."""
+        out = []
+        for cc in self.cpu_caches(cache):
+            out += [(cc.cc_loaded, cc.cc_rounds, f"CPU cache 0x{cc.addr:x}"),
+                    (cc.cc_ploaded, cc.cc_prounds, f"CPU cache 0x{cc.addr:x}")]
+        for rc in self.rseq_caches(cache):
+            out += [(rc.loaded_mag, rc.rounds, f"rseq cache 0x{rc.addr:x}"),
+                    (rc.previous_mag, rc.prounds, f"rseq cache 0x{rc.addr:x}")]
+        return [(m, n, who) for m, n, who in out if m and n > 0]
+
     def magazine_rounds(self, cache) -> list[int]:
-        """Buffers held in the magazine layer: full depot magazines and each CPU's loaded and
-        previously loaded rounds (free as far as users are concerned)."""
+        """Buffers held in the magazine layer: the full magazines of the depot (and of v2's
+        per-CPU depot lists) and the rounds of every loaded magazine (CPU caches, v2's rseq
+        caches). They are free as far as users are concerned, though their slabs count them
+        allocated. Read once per session state."""
+        key = ("umem_rounds", cache.addr)
+        got = self.session.cache.get(key)
+        if got is None:
+            got = self.session.cache[key] = self._magazine_rounds(cache)
+        return got
+
+    def _magazine_rounds(self, cache) -> list[int]:
         what = f"cache 0x{cache.addr:x}"
         try:
-            ccs = self.cpu_caches(cache)
             magsize = self.magsize(cache)
-        except ReadError:
+            loaded = self.loaded_magazines(cache)
+            depots = [(f"{what} depot", cache.cache_full)] + [
+                (f"{what} CPU {i} depot", ml)
+                for i, ml in enumerate(self.depot_lists(cache, "cache_depot_full"))]
+        except ReadError as e:
             damage(self.session).report(cache.addr, cache.addr + 8,
-                                        f"{what}: CPU caches unreadable")
+                                        f"{what}: CPU caches or depot unreadable ({e})")
             return []
         if magsize <= 0:
             return []
@@ -221,17 +306,41 @@ class Umem:
                 damage(self.session).report(mag, mag + 8, f"{what} {kind}: unreadable "
                                             f"magazine 0x{mag:x}")
 
-        full = cache.cache_full
-        limit = min(max(full.ml_total, 0), MAX_SLABS) + 2 * self.ncpus + 100
-        for mag in walk_chain(self, f"{what} depot", full.ml_list, "umem_magazine",
-                              "mag_next", limit, "magazine"):
-            read(mag.addr, magsize, "depot")
-        for cc in ccs:
-            if cc.cc_rounds > 0 and cc.cc_loaded:
-                read(cc.cc_loaded, min(cc.cc_rounds, magsize), f"CPU cache 0x{cc.addr:x}")
-            if cc.cc_prounds > 0 and cc.cc_ploaded:
-                read(cc.cc_ploaded, min(cc.cc_prounds, magsize), f"CPU cache 0x{cc.addr:x}")
+        for label, ml in depots:
+            limit = min(max(ml.ml_total, 0), MAX_SLABS) + 2 * self.ncpus + 100
+            for mag in walk_chain(self, label, ml.ml_list, "umem_magazine", "mag_next", limit,
+                                  "magazine"):
+                read(mag.addr, magsize, "depot")
+        for mag, n, who in loaded:
+            read(mag, min(n, magsize), who)
         return rounds
+
+    def private_maps(self) -> list[tuple[int, int]]:
+        """The memory v2 libumem maps for itself outside its vmem arenas, page-rounded: each
+        cache's per-CPU depot arrays and rseq cache array, and the CPU-to-node table it maps
+        when there are more CPUs than its static one holds. Arrays of known length, read from
+        the fields and globals the library has (none before v2)."""
+        out = []
+        ml = self.layouts["umem_maglist"].size
+        for c in self.caches():
+            try:
+                n = c.cache_depot_ncpus if self._has("umem_cache", "cache_depot_ncpus") else 0
+                for which in ("cache_depot_full", "cache_depot_empty"):
+                    if 0 < n <= MAX_CPUS and self._has("umem_cache", which) and getattr(c, which):
+                        out.append((getattr(c, which), n * ml))
+                if self._has("umem_cache", "cache_rseq") and c.cache_rseq:
+                    out.append((c.cache_rseq,
+                                self.rseq_ncpus() * self.layouts["umem_rseq_cache"].size))
+            except ReadError:
+                continue
+        static = self.sym("umem_cpu_node_static")
+        if static is not None and self.sym("umem_cpu_node") is not None:
+            table = self.mem.read_ptr(self.addr_of("umem_cpu_node"))
+            n = min(self.readvar("umem_cpu_node_ncpus", default=0), 1 << 20)
+            if table and table != static.addr and n > 0:
+                out.append((table, 4 * n))
+        page = self.readvar("pagesize", default=PAGE) if self.sym("pagesize") else PAGE
+        return [(a - a % page, -(-(a + size) // page) * page) for a, size in out]
 
     def slab_addrs(self, cache) -> list[int]:
         """The cache's slabs, from cache_nullslab (a damaged list is reported and recovered
@@ -280,13 +389,18 @@ class Umem:
     def in_allocator(self, pc: int) -> bool:
         """True for a frame of a stored stack (a return address, so named by its call, at
         pc-1: SymbolTable.locate) inside libumem (libumem.so*, libumem_malloc.so*), or,
-        linked statically, inside a umem_*/vmem_* function."""
+        linked statically, inside one of its functions: umem_*, vmem_* (and the _umem_*,
+        __umem_* forms of its internal entry points), and the malloc family that
+        libumem_malloc.a gives the executable."""
         o, hit = self.session.symbols.locate(pc, ret=True)
         if o is None:
             return False
         if o.name.startswith("libumem"):
             return True
-        return o is self.obj and hit is not None and hit.name.startswith(("umem_", "vmem_"))
+        if o is not self.obj or hit is None:
+            return False
+        name = hit.name.split(".", 1)[0]  # umem_malloc.part.0 is umem_malloc's
+        return name.lstrip("_").startswith(("umem_", "vmem_")) or name in STATIC_MALLOC
 
     def cache_name(self, addr: int) -> str:
         try:
@@ -397,9 +511,14 @@ class Umem:
         seg = self.layouts["vmem_seg"]
         addrs = np.array(self.seg_addrs(arena_addr), np.uint64)
         g = session_gather(self.session)
-        cols = {n: g.field(addrs, seg.field(n))
-                for n in ("vs_start", "vs_end", "vs_type")}
-        cols["addr"] = addrs
+        got = {n: g.field(addrs, seg.field(n)) for n in ("vs_start", "vs_end", "vs_type")}
+        read = np.logical_and.reduce([ok for _v, ok in got.values()]) if len(addrs) else \
+            np.zeros(0, bool)
+        for a in addrs[~read].tolist():  # its links were read: the rest of it straddles a hole
+            damage(self.session).report(a, a + seg.size, f"arena 0x{arena_addr:x} segment "
+                                        f"0x{a:x}: unreadable")
+        cols = {n: v[read] for n, (v, _ok) in got.items()}
+        cols["addr"] = addrs[read]
         if types:
             sel = np.isin(cols["vs_type"], types)
             cols = {n: v[sel] for n, v in cols.items()}

@@ -6,13 +6,30 @@ from mdbpy.dcmd import dcmd
 from mdbpy.errors import MdbError, UsageError
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.audit import caller, matches_caller, number, piped
+from mdbpy_commands.umem.audit import caller, matches_caller, number, piped, thread_id
 from mdbpy_commands.umem.state import Umem, missing
 
 NAME_WIDTH = 22  # mdb's VMEM_NAMEWIDTH: the indented name is cut to 21 characters
 SEG_TYPES = {"ALLC": L.VMEM_ALLOC, "ALLOC": L.VMEM_ALLOC, "FREE": L.VMEM_FREE,
              "SPAN": L.VMEM_SPAN, "ROTR": L.VMEM_ROTOR, "ROTOR": L.VMEM_ROTOR,
              "WLKR": L.VMEM_WALKER, "WALKER": L.VMEM_WALKER}
+
+
+SEG_VERBOSE_HEAD = [f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} {'END':>16s} {'SIZE':>16s}",
+                    f"{'':16s} {'':4s} {'THREAD':>16s} {'TIMESTAMP':>16s} {'':16s}"]
+
+
+def seg_verbose_lines(session, seg, stack) -> list[str]:
+    """One segment as `::vmem_seg -v` prints it (after its header): its type, start, end and
+    size; with a recorded stack also its thread (mdb's `%d`), timestamp and the frames
+    indented 17 columns, then a blank line."""
+    kind = L.VMEM_SEG_TYPES.get(seg.vs_type, "????")
+    size = (seg.vs_end - seg.vs_start) & ((1 << 64) - 1)
+    lines = [f"{seg.addr:16x} {kind:>4s} {seg.vs_start:16x} {seg.vs_end:16x} {size:16d}"]
+    if stack:
+        lines.append(f"{'':16s} {'':4s} {thread_id(seg.vs_thread):16d} {seg.vs_timestamp:16x}")
+        lines += [" " * 17 + session.format_addr(pc, ret=True) for pc in stack] + [""]
+    return lines
 
 
 @dcmd("vmem", "print a vmem_t", usage="?", enabled=missing, example="::vmem", help="""\
@@ -54,9 +71,7 @@ def vmem_seg(inv):
     umem = Umem.get(s)
     if inv.header and not inv.piped_out:
         if opts.get("v"):
-            inv.out.write(f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} {'END':>16s} "
-                          f"{'SIZE':>16s}\n{'':16s} {'':4s} {'THREAD':>16s} "
-                          f"{'TIMESTAMP':>16s} {'':16s}\n")
+            inv.out.write("\n".join(SEG_VERBOSE_HEAD) + "\n")
         else:
             inv.out.write(f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} "
                           f"{'SIZE' if opts.get('s') else 'END':>16s} WHO\n")
@@ -88,13 +103,7 @@ def vmem_seg(inv):
         return 0
     kind = L.VMEM_SEG_TYPES.get(seg.vs_type, "????")
     if opts.get("v"):
-        inv.out.write(f"{inv.addr:16x} {kind:>4s} {seg.vs_start:16x} {seg.vs_end:16x} "
-                      f"{size:16d}\n")
-        if stack:
-            inv.out.write(f"{'':16s} {'':4s} {seg.vs_thread:16x} {seg.vs_timestamp:16x}\n")
-            inv.out.write("".join(" " * 17 + s.format_addr(pc, ret=True) + "\n"
-                                  for pc in stack))
-            inv.out.write("\n")
+        inv.out.write("\n".join(seg_verbose_lines(s, seg, stack)) + "\n")
         return 0
     end = size if opts.get("s") else seg.vs_end
     who = ""

@@ -81,6 +81,7 @@ class Buffer:
     group_addr: int = 0
     ctl: int = 0
     record: AllocRecord | None = None
+    kind: int = KIND_BUFFER  # KIND_OVERSIZE: ctl is the allocator's record of a big one
 
 
 @dataclass
@@ -324,6 +325,14 @@ class Allocator:
     # ::layout); the defaults derive what they can from buffers()
     record_name = "bufctl"  # what ::whatis -q calls the control address (umem's word)
     binder = None  # the mdbpy.layout.bind.Binder the module reads the target through
+    oversize_label = "oversize"  # -d's name for an oversize leak group (mdb: umem_oversize)
+
+    def record_lines(self, rec: AllocRecord, buf: int, group_addr: int,
+                     kind: int) -> list[str] | None:
+        """The record of buffer `buf` (of kind KIND_BUFFER or KIND_OVERSIZE) in the long form
+        of the allocator's own debugger, as findleaks -d and ::whatis print it (libumem:
+        `::bufctl -v`, `::vmem_seg -v`); None for mdbpy's generic form (report.record_block)."""
+        return None
 
     def group_addr(self, table: BufferTable, i: int) -> int:
         """The address of buffer i's group descriptor (the cache), or 0."""
@@ -346,7 +355,7 @@ class Allocator:
         if i is None:
             return None
         return Buffer(int(t.base[i]), int(t.size[i]), int(t.state[i]), self.group_name(t, i),
-                      self.group_addr(t, i), int(t.ctl[i]), self.record(t, i))
+                      self.group_addr(t, i), int(t.ctl[i]), self.record(t, i), int(t.kind[i]))
 
     def verify(self, progress=None) -> list[Problem]:
         """Every integrity problem of the heap (an allocator without checks finds none)."""

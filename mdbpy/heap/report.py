@@ -61,9 +61,10 @@ class Entry:
         self.caller_name = session.format_addr(self.caller, True).split("+", 1)[0] if self.caller \
             else ""
         self.cache_addr = group.alloc.group_addr(group.table, rep.index)
-        # CALLER as the tables print it: mdb's %a, or `?` where no record names a caller
-        self.caller_text = session.format_addr(self.caller, True) \
-            if self.caller or self.type == T_UMEM else "?"
+        # CALLER as the tables print it: mdb's %a (of 0, "0": a record with no frames), or
+        # `?` where there is no record
+        self.caller_text = session.format_addr(self.caller, True) if self.caller else \
+            "0" if rep.record is not None else "?"
 
     def sort_key(self):
         data = self.cache_addr if self.type in (T_CACHE, T_UMEM) else self.group.rep.size
@@ -94,6 +95,12 @@ def _total(n: int, noun: str, nbytes: int) -> str:
             f"{nbytes} byte{'' if nbytes == 1 else 's'}")
 
 
+def sizes(g: LeakGroup) -> str:
+    """A group's member size, or `min-max` when they differ (mdb's oversize rows and -d)."""
+    lo, hi = min(m.size for m in g.members), max(m.size for m in g.members)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def tables(ents: list[Entry]) -> list[str]:
     """The three tables (each only when it has rows), separated by blank lines."""
     lines: list[str] = []
@@ -104,10 +111,8 @@ def tables(ents: list[Entry]) -> list[str]:
         for e in big:
             g = e.group
             if e.type == T_VMEM:
-                sizes = [m.size for m in g.members]
-                sz = str(min(sizes)) if min(sizes) == max(sizes) else \
-                    f"{min(sizes)}-{max(sizes)}"
-                lines.append(f"{sz:<16s} {g.count:7d} {ctl_addr(g.rep):16x} {e.caller_text}")
+                lines.append(f"{sizes(g):<16s} {g.count:7d} {ctl_addr(g.rep):16x} "
+                             f"{e.caller_text}")
             else:
                 nm = "MMAP" if e.type == T_MMAP else "SBRK"
                 for k, m in enumerate(g.members):  # mdb's quirk: a row per member
@@ -149,6 +154,14 @@ def record_block(session, rec: AllocRecord, buf: int, cache: int) -> list[str]:
     return lines
 
 
+def record_lines(session, alloc, rec: AllocRecord, buf: int, group_addr: int,
+                 kind: int) -> list[str]:
+    """A record's long form: the allocator's own (Allocator.record_lines), else the generic
+    record_block."""
+    own = alloc.record_lines(rec, buf, group_addr, kind)
+    return own if own is not None else record_block(session, rec, buf, group_addr)
+
+
 def long_form(session, e: Entry) -> list[str]:
     """-d: one representative in long form, then its group's unreferenced members."""
     g = e.group
@@ -159,18 +172,20 @@ def long_form(session, e: Entry) -> list[str]:
         lines = [f"{nm} leak: [{m.addr:x}, {m.addr + m.size:x}), {m.size} bytes"
                  for m in g.members]
     else:
-        name = "oversize" if e.type == T_VMEM else g.group
+        name = g.alloc.oversize_label if e.type == T_VMEM else g.group
         # a vmem_seg is umem's record of an oversize buffer; others (mmapped chunks) keep none
         unit = "vmem_seg" if e.type == T_VMEM and rep.record is not None else "buffer"
         if n == 1:
             head = f"{name} leak: 1 {unit}, {nbytes} bytes"
         else:
-            head = (f"{name} leak: {n} {unit}s, {rep.size} bytes each, {nbytes} bytes total")
+            each = sizes(g) if e.type == T_VMEM else rep.size
+            head = f"{name} leak: {n} {unit}s, {each} bytes each, {nbytes} bytes total"
         if rep.record is None:  # no allocation record: a sample, as for mdb's CACHE leaks
             who = f"caller {session.format_addr(e.caller, ret=True)}, " if e.caller else ""
             lines = [head + ",", f"    {who}sample addr {rep.addr:x}"]
         else:
-            lines = [head] + record_block(session, rep.record, rep.addr, e.cache_addr)
+            lines = [head] + record_lines(session, g.alloc, rep.record, rep.addr, e.cache_addr,
+                                          g.kind)
     heads = [m.addr for m in g.members if m.unreferenced]
     lines.append(f"    unreferenced (heads of leaked structures): {len(heads)} of {n}")
     lines += [f"        {a:x}" for a in heads[:HEADS_SHOWN]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.heap.model import FREE
-from mdbpy.heap.report import record_block
+from mdbpy.heap.report import record_lines
 
 
 @dataclass
@@ -34,7 +34,7 @@ def _allocator_source(session, alloc, addr: int, opts: WhatisOptions) -> list[st
     rec = b.record
     if rec is not None and not opts.quiet:
         return ([f"{prefix(addr, b.base)}{verb} {b.group}:"]
-                + record_block(session, rec, b.base, b.group_addr))
+                + record_lines(session, alloc, rec, b.base, b.group_addr, b.kind))
     ctl = f"{alloc.record_name} {rec.addr:x} " if rec is not None and rec.addr else ""
     return [f"{prefix(addr, b.base)}{ctl}{verb} {b.group}"]
 
