@@ -296,3 +296,42 @@ class PipedSession:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+# -- an mdbpy session in the test's own process --------------------------------------------
+
+from contextlib import contextmanager  # noqa: E402
+
+
+@contextmanager
+def engine_session(pid: int | None = None, core=None, exe=None, **settings):
+    """A Session with its Engine on the live process pid, or on a core (with its
+    executable), with session settings (e.g. ptmalloc.locate='heuristic'); closed after."""
+    import io
+
+    from mdbpy.lang.engine import Engine
+    from mdbpy.session import Session
+
+    if pid is not None:
+        from mdbpy.target.live import LiveTarget
+
+        target = LiveTarget(pid)
+    else:
+        from mdbpy.target.core import open_file_target
+
+        target = open_file_target(str(core), exe=None if exe is None else str(exe))
+    s = Session(target, out=io.StringIO(), err=io.StringIO())
+    s.settings.update(settings)
+    Engine(s)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def run_in(s, cmd: str) -> str:
+    """The output of one command line run in an engine_session (its stdout, freshly)."""
+    s.out.seek(0)
+    s.out.truncate()
+    s.engine.run_string(cmd)
+    return s.out.getvalue()

@@ -4,15 +4,12 @@ of itself: planted addresses, mallinfo2(3) and malloc_stats(3)."""
 
 from __future__ import annotations
 
-import io
 import os
-from contextlib import contextmanager
 
 import pytest
-from support import compile_fixture, gcore, run_mdbpy, start_fixture
+from support import compile_fixture, engine_session, gcore, run_in, run_mdbpy, start_fixture
 
 from mdbpy.heap.leaks import find_leaks
-from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
 from mdbpy_commands.ptmalloc.version import release_of_file
 
@@ -63,31 +60,13 @@ def fastdup(gh_exe, build_dir):
     yield from _planted(gh_exe, build_dir, "fastdup", "glibc.malloc.tcache_count=0")
 
 
-@contextmanager
 def opened(planted, kind: str, mode: str = "auto"):
     r, _stats, core, exe = planted
-    if kind == "live":
-        from mdbpy.target.live import LiveTarget
-
-        target = LiveTarget(r.pid)
-    else:
-        from mdbpy.target.core import open_file_target
-
-        target = open_file_target(str(core), exe=str(exe))
-    s = Session(target, out=io.StringIO(), err=io.StringIO())
-    s.settings["ptmalloc.locate"] = mode
-    Engine(s)
-    try:
-        yield s
-    finally:
-        s.close()
+    return engine_session(r.pid if kind == "live" else None, core, exe,
+                          **{"ptmalloc.locate": mode})
 
 
-def run(s: Session, cmd: str) -> str:
-    s.out.seek(0)
-    s.out.truncate()
-    s.engine.run_string(cmd)
-    return s.out.getvalue()
+run = run_in
 
 
 def where(s: Session, chunk: int) -> str:

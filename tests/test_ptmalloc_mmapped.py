@@ -12,16 +12,12 @@ bound and its block reads, and the stop once glibc's count is reached."""
 
 from __future__ import annotations
 
-import io
 import struct
-from contextlib import contextmanager
 
 import pytest
-from support import compile_fixture, gcore, proc_maps, start_fixture
+from support import compile_fixture, engine_session, gcore, proc_maps, run_in, start_fixture
 
 from mdbpy.heap.leaks import find_leaks
-from mdbpy.lang.engine import Engine
-from mdbpy.session import Session
 
 PAGE = 4096
 CHUNKS = ("split", "guard", "merged0", "merged1", "merged2", "aligned")
@@ -66,31 +62,13 @@ def drop(mm_exe, build_dir):
     yield from _planted(mm_exe, build_dir, "split")
 
 
-@contextmanager
 def opened(planted, kind: str, mode: str = "auto", core=None):
     r, cores, exe = planted
-    if kind == "live":
-        from mdbpy.target.live import LiveTarget
-
-        target = LiveTarget(r.pid)
-    else:
-        from mdbpy.target.core import open_file_target
-
-        target = open_file_target(str(core or cores[kind]), exe=str(exe))
-    s = Session(target, out=io.StringIO(), err=io.StringIO())
-    s.settings["ptmalloc.locate"] = mode
-    Engine(s)
-    try:
-        yield s
-    finally:
-        s.close()
+    return engine_session(r.pid if kind == "live" else None, core or cores.get(kind), exe,
+                          **{"ptmalloc.locate": mode})
 
 
-def run(s: Session, cmd: str) -> str:
-    s.out.seek(0)
-    s.out.truncate()
-    s.engine.run_string(cmd)
-    return s.out.getvalue()
+run = run_in
 
 
 def _mmap_size(req: int) -> int:
