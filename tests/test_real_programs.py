@@ -346,18 +346,6 @@ def sqlite_seen(tmp_path_factory):
         proc.communicate(timeout=10)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_sqlite3_has_no_leaks(sqlite_seen, kind, mode):
-    assert_leaks(sqlite_seen, kind, mode, [])
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_sqlite3_verify_is_clean(sqlite_seen, kind, mode):
-    assert_clean(sqlite_seen, kind, mode)
-
-
 # -- memcached --------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -411,18 +399,6 @@ def memcached_seen(tmp_path_factory):
     finally:
         proc.kill()
         proc.communicate(timeout=10)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_memcached_has_no_leaks(memcached_seen, kind, mode):
-    assert_leaks(memcached_seen, kind, mode, [])
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_memcached_verify_is_clean(memcached_seen, kind, mode):
-    assert_clean(memcached_seen, kind, mode)
 
 
 # -- nginx ------------------------------------------------------------------------------------
@@ -503,15 +479,27 @@ def nginx_seen(tmp_path_factory):
         proc.communicate(timeout=10)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("role", ("master", "worker"))
-def test_nginx_has_no_leaks(nginx_seen, role, kind, mode):
-    assert_leaks(nginx_seen[role], kind, mode, [])
+# -- the programs without leaks ---------------------------------------------------------------
+LEAK_FREE = ("sqlite3", "memcached", "nginx master", "nginx worker")
+
+
+def leak_free(request, program: str):
+    """What was seen of one of the programs that have no leak (its module fixture)."""
+    name, _, role = program.partition(" ")
+    seen = request.getfixturevalue({"sqlite3": "sqlite_seen", "memcached": "memcached_seen",
+                                    "nginx": "nginx_seen"}[name])
+    return seen[role] if role else seen
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("role", ("master", "worker"))
-def test_nginx_verify_is_clean(nginx_seen, role, kind, mode):
-    assert_clean(nginx_seen[role], kind, mode)
+@pytest.mark.parametrize("program", LEAK_FREE)
+def test_has_no_leaks(request, program, kind, mode):
+    assert_leaks(leak_free(request, program), kind, mode, [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("program", LEAK_FREE)
+def test_verify_is_clean(request, program, kind, mode):
+    assert_clean(leak_free(request, program), kind, mode)
