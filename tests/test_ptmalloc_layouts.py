@@ -104,3 +104,23 @@ def test_walk_reports_a_size_running_past_top():
     assert [int(a) - base for a in w.addr] == [0, 0x20]
     assert w.problems == [(base + 0x20, base + 0x40, f"chunk 0x{base + 0x20:x}: size 0x40 runs past the "
                                         f"top chunk at 0x{base + 0x40:x}")]
+
+
+def test_type_hints_never_read_a_pointer_as_text():
+    """A chunk whose first word points into the address space is not a string, even when
+    its low bytes are printable ('0TxlYU' then two NULs); real text still is."""
+    import io
+
+    from mdbpy.session import Session
+    from mdbpy.target.base import Mapping
+    from mdbpy.target.synthetic import SyntheticTarget
+    from mdbpy_commands.ptmalloc.allocator import type_hints
+
+    pointer = int.from_bytes(b"0TxlYU\0\0", "little")
+    base = pointer & ~0xFFF
+    data = bytearray(0x1000)
+    data[0x10:0x18] = pointer.to_bytes(8, "little")
+    data[0x40:0x47] = b"hello!\0"
+    s = Session(SyntheticTarget([(Mapping(base, base + 0x1000, "rw-p"), data)]),
+                out=io.StringIO(), err=io.StringIO())
+    assert type_hints(s, [base + 0x10, base + 0x40], [0x20, 0x20]) == ["", '"hello!"']

@@ -303,9 +303,10 @@ def size_classes(size):
 
 def type_hints(session, addrs, sizes) -> list[str]:
     """Per buffer: 'Widget' for a C++ object whose first word is a vtable of class Widget,
-    '"text..."' for a printable prefix, else ''. The first HINT_BYTES of every buffer are read
-    in one gather; symbols are looked up once per distinct first word that lies in a loaded
-    object (a vtable is in one), and text is decoded only where the bytes are printable."""
+    '"text..."' for a printable prefix that is not a pointer's bytes, else ''. The first
+    HINT_BYTES of every buffer are read in one gather; symbols are looked up once per distinct
+    first word that lies in a loaded object (a vtable is in one), and text is decoded only
+    where the bytes are printable."""
     import numpy as np
 
     from mdbpy.heap.bulk import gather
@@ -329,7 +330,14 @@ def type_hints(session, addrs, sizes) -> list[str]:
     end = np.minimum(nul, have)
     printable = (rows >= 32) & (rows < 127)
     bad = np.where(~printable & (cols[None, :] < end[:, None]), 1, 0).sum(axis=1)
-    text = (end >= 4) & (bad == 0)
+    # a pointer's low bytes can spell text ("0TxlYU" and two NULs): a first word that points
+    # into the address space is a pointer, not the start of a string
+    maps = session.mem.mappings()
+    starts = np.array([m.start for m in maps] or [0], np.uint64)
+    ends = np.array([m.end for m in maps] or [0], np.uint64)
+    at = np.maximum(np.searchsorted(starts, words, side="right") - 1, 0)
+    pointer = (have >= 8) & (words != 0) & (words >= starts[at]) & (words < ends[at])
+    text = (end >= 4) & (bad == 0) & ~pointer
     out = [""] * n
     for k in np.flatnonzero(text).tolist():
         more = "..." if end[k] == have[k] and sizes[k] > have[k] else ""
