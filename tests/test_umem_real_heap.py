@@ -139,11 +139,10 @@ def test_200k_buffers_exact_with_a_tiny_page_cache(big, monkeypatch):
     """Correctness does not hang on the page cache: with 64 KiB kept between reads (a
     200,000-buffer cache walk needs hundreds of MiB), every read still sees all its pages."""
     import mdbpy
-    from mdbpy_commands.umem import damage, gather
+    from mdbpy_commands.umem import gather
 
     _build, r, core, leaks = big
     monkeypatch.setattr(gather, "MAX_CACHED", 64 << 10)
-    monkeypatch.setattr(damage, "MAX_BLOCKS", 1)
     with mdbpy.open_core(str(core)) as dbg:
         out = dbg.run("::findleaks; ::walk leakbuf; ::umem_verify")
     assert hexes(out) == planted(leaks)

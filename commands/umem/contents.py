@@ -156,9 +156,8 @@ def _geometry(umem, cache, g):
     per_slab = slabsize // chunk + 1
     sb = umem.layouts["umem_slab"]
     addrs = np.array(umem.slab_addrs(cache), np.uint64)
-    (base, r1), (chunks, r2), (head, r3) = (g.field(addrs, sb.field(n))
-                                            for n in ("slab_base", "slab_chunks", "slab_head"))
-    read = r1 & r2 & r3
+    got, read = g.fields(addrs, sb, ("slab_base", "slab_chunks", "slab_head"))
+    base, chunks, head = got["slab_base"], got["slab_chunks"], got["slab_head"]
     chunks = chunks.astype(np.int64)
     ok = read & (chunks > 0) & (chunks <= per_slab) & (base != 0)
     for a, n, b, r in zip(addrs[~ok].tolist(), chunks[~ok].tolist(), base[~ok].tolist(),
@@ -267,8 +266,9 @@ def _pooled_bufctls(umem, cache, g, bufs, ctl) -> bool:
             return False  # a pool is a plain cache; anything else is not one
         addrs = cache_contents(umem, pc).allocated()
         b = umem.layouts["umem_bufctl_audit"]
-        (owner, r1), (named, r2) = (g.field(addrs, b.field(n)) for n in ("bc_cache", "bc_addr"))
-        read = r1 & r2  # an unreadable record names no buffer: the chains are followed then
+        got, read = g.fields(addrs, b, ("bc_cache", "bc_addr"))
+        owner, named = got["bc_cache"], got["bc_addr"]  # an unreadable record names no
+        # buffer: the chains are followed then
         recs = (addrs[read], owner[read], named[read])
         umem.session.cache[key] = recs
     addrs, owner, named = recs

@@ -12,14 +12,10 @@ names them (Allocator.untrusted()) instead of silently reporting an incomplete c
 
 from __future__ import annotations
 
-from mdbpy.errors import ReadError
-
 from mdbpy_commands.umem.gather import session_gather
 
 MAX_WARNINGS = 20  # warnings printed per session state; the rest are counted
 MAX_REGIONS = 1000  # regions kept for findleaks, whatever the damage
-BLOCK = 1 << 16  # what a list walk reads at a time (nodes come from a few caches)
-MAX_BLOCKS = 1 << 10  # blocks a list walk keeps (64 MiB)
 
 
 class Damage:
@@ -58,10 +54,9 @@ def damage(session) -> Damage:
 
 
 def _read(umem, b, addr: int):
-    try:
-        return b.view(umem.mem, addr)
-    except ReadError:
-        return None
+    """The struct at addr as a view, read through the session's Gather (None: unreadable)."""
+    raw = session_gather(umem.session).bytes_at(addr, b.size)
+    return None if raw is None else b.from_bytes(raw, addr, umem.mem)
 
 
 def walk_ring(umem, what: str, anchor: int, struct: str, nxt: str, prv: str, limit: int,
@@ -92,44 +87,23 @@ def walk_ring(umem, what: str, anchor: int, struct: str, nxt: str, prv: str, lim
 
 
 class _Links:
-    """Reads a node's link fields (next, prev[, owner]). Nodes are small and packed (slabs
-    come from one cache), so the blocks read are kept for the walk: one read per block, not
-    one per node."""
+    """Reads a node's link fields (next, prev[, owner]) through the session's Gather, whose
+    pages every walk of the operation shares: the slabs of thirty caches sit in the same few
+    pages of the slab cache, read once rather than once per walk."""
 
     def __init__(self, umem, struct: str, nxt: str, prv: str, owner: str | None):
         b = umem.layouts[struct]
-        self.mem = umem.mem
         self.size = b.size
         offs = [b.offset(n) for n in (nxt, prv, owner) if n is not None]
         self.lo = min(offs)
         self.n = max(offs) + 8 - self.lo
         self.offs = [o - self.lo for o in offs]
-        self.blocks: dict[int, tuple[bytes, list]] = {}
-        self.mapped = session_gather(umem.session).mapped
-
-    def _block(self, block: int) -> tuple[bytes, list]:
-        """A block's bytes (zeros where unreadable) and its unreadable ranges."""
-        got = self.blocks.get(block)
-        if got is None:
-            if len(self.blocks) > MAX_BLOCKS:
-                self.blocks.clear()
-            bad: list = []
-            got = self.blocks[block] = (self.mapped.read(block, block + BLOCK, bad), bad)
-        return got
+        self.gather = session_gather(umem.session)
 
     def read(self, addr: int) -> tuple[int, ...] | None:
-        at = addr + self.lo
-        block = at & ~(BLOCK - 1)
-        if at < 0 or at + self.n > block + BLOCK or at + self.n >= 1 << 64:
-            try:  # a node across two blocks (or a wild address)
-                raw = self.mem.read(at, self.n)
-            except (ReadError, ValueError, OverflowError):
-                return None
-        else:
-            data, bad = self._block(block)
-            if any(a < at + self.n and at < b for a, b in bad):
-                return None
-            raw = data[at - block:at - block + self.n]
+        raw = self.gather.bytes_at(addr + self.lo, self.n)
+        if raw is None:
+            return None
         return tuple(int.from_bytes(raw[o:o + 8], "little") for o in self.offs)
 
 

@@ -16,11 +16,14 @@ Two rules keep it exact whatever the heap's size:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from mdbpy.errors import ReadError
 
 PAGE = 4096
+BLOCK = 1 << 16  # what a single-address read brings in around its page (list nodes cluster)
 MAX_BYTES = 1 << 30  # a walk that wants more than this from one Gather is a corrupt one
-MAX_CACHED = 1 << 28  # bytes of pages a Gather keeps between calls (never what one call sees)
+MAX_CACHED = 1 << 26  # bytes of pages a Gather keeps between calls (never what one call sees)
 GAP_PAGES = 16  # pages between two needed ones that are read rather than skipped
 
 
@@ -41,6 +44,15 @@ class Mapped:
             else:
                 self.starts.append(m.start)
                 self.ends.append(m.end)
+
+    def span(self, addr: int) -> tuple[int | None, int | None]:
+        """The page-aligned run of readable mappings holding addr, or (None, None)."""
+        import bisect
+
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i < 0 or addr >= self.ends[i]:
+            return None, None
+        return self.starts[i], self.ends[i]
 
     def read(self, a: int, b: int, failed: list) -> bytes:
         """[a, b) with zeros where nothing is mapped or readable (listed in `failed`)."""
@@ -79,7 +91,8 @@ class Gather:
     def __init__(self, mem):
         self.mem = mem
         self.mapped = Mapped(mem)
-        self._pages: dict[int, bytes | None] = {}  # page number -> bytes (None: unreadable)
+        # page number -> bytes (None: unreadable), oldest first
+        self._pages: OrderedDict[int, bytes | None] = OrderedDict()
 
     def _load(self, pages: list[int]) -> dict[int, bytes | None]:
         """Every one of the pages (sorted unique page numbers): kept ones, the rest read in
@@ -117,8 +130,56 @@ class Gather:
         room = MAX_CACHED // PAGE
         items = list(fresh.items())[-room:] if room > 0 else []
         while self._pages and len(self._pages) + len(items) > room:
-            del self._pages[next(iter(self._pages))]
+            self._pages.popitem(last=False)
         self._pages.update(items)
+
+    def bytes_at(self, addr: int, n: int) -> bytes | None:
+        """The n bytes at addr, or None when any of them cannot be read: the one read of a
+        list walk's node, whose next address is known only once this one is read. A page not
+        kept brings its BLOCK-aligned neighbours along (the nodes of one list come from a few
+        caches' slabs, side by side), so that every walk of the operation shares the pages
+        and no byte is read twice while the budget holds."""
+        if addr < 0 or n <= 0 or addr + n > 1 << 64:
+            return None
+        first, last = addr // PAGE, (addr + n - 1) // PAGE
+        pages = self._pages
+        if first == last:
+            page = pages.get(first, False)
+            if page is False:
+                page = self._fill(first)
+            if page is None:
+                return None
+            at = addr - first * PAGE
+            return page[at:at + n]
+        parts = []
+        for p in range(first, last + 1):
+            page = pages.get(p, False)
+            if page is False:
+                page = self._fill(p)
+            if page is None:
+                return None
+            parts.append(page)
+        at = addr - first * PAGE
+        return b"".join(parts)[at:at + n]
+
+    def _fill(self, p: int) -> bytes | None:
+        """Read page p's block (clipped to the mapping run holding p), keep its pages and
+        return page p (None: unreadable)."""
+        lo, hi = self.mapped.span(p * PAGE)
+        if lo is None:
+            self._keep({p: None})
+            return None
+        a = max(lo, (p * PAGE) & ~(BLOCK - 1))
+        b = min(hi, ((p * PAGE) & ~(BLOCK - 1)) + BLOCK)
+        failed: list[tuple[int, int]] = []
+        data = self.mapped.read(a, b, failed)
+        fresh: dict[int, bytes | None] = {}
+        for q in range(a // PAGE, b // PAGE):
+            qa = q * PAGE
+            bad = any(x < qa + PAGE and qa < y for x, y in failed)
+            fresh[q] = None if bad else data[qa - a:qa - a + PAGE]
+        self._keep(fresh)
+        return fresh.get(p)
 
     def read(self, addrs, size: int, dtype: str):
         """(values, ok): the `size`-byte little-endian values at each address as dtype (e.g.
@@ -158,10 +219,31 @@ class Gather:
     def u64(self, addrs):
         return self.read(addrs, 8, "<u8")
 
+    def fields(self, addrs, bound, names):
+        """({name: values}, ok) of several scalar fields of a bound struct at each struct
+        address, cut from one read of the span that holds them all (one join of the pages
+        per call, not one per field); ok: every one of them was read."""
+        import numpy as np
+
+        fs = [bound.field(n) for n in names]
+        lo = min(f.offset for f in fs)
+        hi = max(f.offset + f.size for f in fs)
+        raw, ok = self.read(np.asarray(addrs, np.uint64) + np.uint64(lo), hi - lo, "u1")
+        raw = raw.reshape(len(ok), hi - lo)
+        out = {}
+        for name, f in zip(names, fs):
+            out[name] = np.ascontiguousarray(raw[:, f.offset - lo:f.offset - lo + f.size]) \
+                .view(_dtype(f)).reshape(-1)
+        return out, ok
+
     def field(self, addrs, bound_field):
         """(values, ok) of a scalar field of a bound struct at each struct address."""
         import numpy as np
 
         f = bound_field
-        dt = f"<{'i' if f.signed and f.kind != 'ptr' else 'u'}{f.size}"
-        return self.read(np.asarray(addrs, np.uint64) + np.uint64(f.offset), f.size, dt)
+        return self.read(np.asarray(addrs, np.uint64) + np.uint64(f.offset), f.size, _dtype(f))
+
+
+def _dtype(f) -> str:
+    """The numpy dtype of a bound scalar field (pointers unsigned)."""
+    return f"<{'i' if f.signed and f.kind != 'ptr' else 'u'}{f.size}"

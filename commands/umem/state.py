@@ -296,23 +296,36 @@ class Umem:
             damage(self.session).report(cache.addr, cache.addr + 8, f"{what} magazines: "
                                         f"magazine size {magsize} is unreasonable")
             return []
-        rounds: list[int] = []
         round0 = self.layouts["umem_magazine"].offset("mag_round")
-
-        def read(mag, n, kind):
-            try:
-                rounds.extend(self.words(mag + round0, n))
-            except ReadError:
-                damage(self.session).report(mag, mag + 8, f"{what} {kind}: unreadable "
-                                            f"magazine 0x{mag:x}")
-
+        mags: list[tuple[int, int, str]] = []
         for label, ml in depots:
             limit = min(max(ml.ml_total, 0), MAX_SLABS) + 2 * self.ncpus + 100
-            for mag in walk_chain(self, label, ml.ml_list, "umem_magazine", "mag_next", limit,
-                                  "magazine"):
-                read(mag.addr, magsize, "depot")
-        for mag, n, who in loaded:
-            read(mag, min(n, magsize), who)
+            mags += [(mag.addr, magsize, "depot") for mag in
+                     walk_chain(self, label, ml.ml_list, "umem_magazine", "mag_next", limit,
+                                "magazine")]
+        mags += [(mag, min(n, magsize), who) for mag, n, who in loaded]
+        return self._rounds(what, mags, round0)
+
+    def _rounds(self, what: str, mags: list[tuple[int, int, str]], round0: int) -> list[int]:
+        """The first n rounds of each (magazine, n, whose), read together through the
+        Gather; an unreadable magazine is reported and gives none."""
+        import numpy as np
+
+        rounds: list[int] = []
+        g = session_gather(self.session)
+        for n in sorted({n for _m, n, _w in mags}):
+            sel = [(m, who) for m, k, who in mags if k == n]
+            at = np.array([m for m, _w in sel], np.uint64) + np.uint64(round0)
+            cols, ok = [], np.ones(len(sel), bool)
+            for k in range(0, n, PAGE // 8):  # a Gather reads at most a page per address
+                words, got = g.read(at + np.uint64(8 * k), 8 * min(PAGE // 8, n - k), "<u8")
+                cols.append(words.reshape(len(sel), -1))
+                ok &= got
+            rounds += np.hstack(cols)[ok].ravel().tolist()
+            for (mag, who), good in zip(sel, ok.tolist()):
+                if not good:
+                    damage(self.session).report(mag, mag + 8, f"{what} {who}: unreadable "
+                                                f"magazine 0x{mag:x}")
         return rounds
 
     def private_maps(self) -> list[tuple[int, int]]:
@@ -511,13 +524,11 @@ class Umem:
         seg = self.layouts["vmem_seg"]
         addrs = np.array(self.seg_addrs(arena_addr), np.uint64)
         g = session_gather(self.session)
-        got = {n: g.field(addrs, seg.field(n)) for n in ("vs_start", "vs_end", "vs_type")}
-        read = np.logical_and.reduce([ok for _v, ok in got.values()]) if len(addrs) else \
-            np.zeros(0, bool)
+        got, read = g.fields(addrs, seg, ("vs_start", "vs_end", "vs_type"))
         for a in addrs[~read].tolist():  # its links were read: the rest of it straddles a hole
             damage(self.session).report(a, a + seg.size, f"arena 0x{arena_addr:x} segment "
                                         f"0x{a:x}: unreadable")
-        cols = {n: v[read] for n, (v, _ok) in got.items()}
+        cols = {n: v[read] for n, v in got.items()}
         cols["addr"] = addrs[read]
         if types:
             sel = np.isin(cols["vs_type"], types)
