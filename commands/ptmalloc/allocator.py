@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.damage import Damage, warn
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
 from .bins import Walker
 from .chunks import (explain_mmap_count, mmap_count_damage, mmap_counters, mmapped_chunks,
                      walk_heap)
-from .damage import Damage, arena_owner, report
+from .damage import arena_owner
 from .layouts import HEAP_MAX_SIZE
 from .locate import WARNED, locate
 
@@ -63,7 +64,7 @@ def chunk_table(session, progress=None) -> ChunkTable:
     if t is None:
         t = _build(session, progress) if progress is not None else _build_shown(session)
         session.cache["ptmalloc.chunks"] = t
-        report(session, t.damage, WARNED)
+        warn(session, "ptmalloc", t.damage)
     return t
 
 
@@ -241,7 +242,7 @@ class PtmallocAllocator(Allocator):
 
     def untrusted(self) -> list[tuple[int, int, str]]:
         """The memory each damage left unwalked or suspect (see damage.py)."""
-        return [(d.start, d.end, d.warning.removeprefix("ptmalloc: ")) for d in
+        return [(d.start, d.end, d.what) for d in
                 self.chunks().damage if d.end > d.start]
 
     def group_addr(self, table: BufferTable, i: int) -> int:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from collections import Counter
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.damage import Damage
 
-from .damage import Damage, arena_owner, pointer_fault, tcache_owner
+from .damage import arena_owner, pointer_fault, tcache_owner
 from .layouts import (NBINS, NFASTBINS, NSMALLBINS, SIZE_BITS, TCACHE_SMALL_BINS, V_NUM_SLOTS,
                       V_RANDOM_KEY, V_TCACHE_KEY)
 

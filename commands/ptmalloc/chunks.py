@@ -554,7 +554,7 @@ def explain_mmap_count(mem, exclude: list[tuple[int, int]], counted: tuple[int, 
     runs over the next header or past its run is reported once and cut there, only when that
     makes the chunks add up to glibc's n_mmaps exactly (the explanation is then certain;
     otherwise the count's own warning stays). Returns (chunks, damage)."""
-    from .damage import Damage
+    from mdbpy.heap.damage import Damage
 
     if counted is None or len(found) >= counted[0]:
         return found, []
@@ -634,7 +634,7 @@ def mmap_count_damage(st, counted: tuple[int, int] | None, found: list[MmapChunk
     """One Damage when the mmapped chunks found are not what glibc counts: some were not
     found (a header unreadable or smashed, a mapping the core left out) or mp_ is damaged.
     Nothing is invented to match."""
-    from .damage import Damage
+    from mdbpy.heap.damage import Damage
 
     if counted is None:
         return []

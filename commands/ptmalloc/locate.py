@@ -21,10 +21,11 @@ import os
 from dataclasses import dataclass, field
 
 from mdbpy.errors import MdbError, ReadError
+from mdbpy.heap.damage import Damage, warn
 from mdbpy.layout.bind import X86_64, Binder
 
 from . import tls
-from .damage import Damage, arena_owner, report
+from .damage import arena_owner
 from .layouts import HEAP_MAX_SIZE, PTMALLOC_LAYOUTS, V_NUM_SLOTS, V_SAFE_LINKING, tcache_bins
 from .version import find_libc, glibc_version
 
@@ -622,7 +623,7 @@ def locate(session) -> State:
     if st is None:
         st = _locate(session)
         session.cache["ptmalloc.state"] = st
-        report(session, st.damage, WARNED)
+        warn(session, "ptmalloc", st.damage)
         shown = session.cache.setdefault(WARNED, set())
         for w in st.warnings:  # what was not found, and so is not checked: once per stop
             if w not in shown:

@@ -12,10 +12,10 @@ first bad address, as ::umem_verify does for umem's 0xdeadbeef.
 from __future__ import annotations
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.damage import warn_once
 from mdbpy.heap.model import ALLOC
 
 from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP, chunk_table
-from .damage import warn_once
 from .layouts import NON_MAIN_ARENA, NSMALLBINS
 from .locate import WARNED, locate
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.damage import DamageLog
 from mdbpy.heap.model import (CTL_NONE, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
                               Problem, RecordColumns)
 from mdbpy.layout.bind import X86_64, Binder
@@ -26,7 +27,7 @@ from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM
                                SIM_RED_ZONE, SIM_STORE_USER)
 
 from .verify import check_cache
-from .walk import (ALREADY_FREE, MAX_METADATA, DamageLog, drop_overlaps, read_cache_list,
+from .walk import (ALREADY_FREE, MAX_METADATA, drop_overlaps, read_cache_list,
                    read_slab_list, walk_freelists)
 
 
@@ -110,7 +111,7 @@ class SimAllocator(Allocator):
         self._meta: tuple[int, bytes] | None = None
         self._table: BufferTable | None = None
         self.walk_problems: list[Problem] = []
-        self.damage = DamageLog(session)
+        self.damage = DamageLog.of(session, "sim")
 
     @classmethod
     def detect(cls, session) -> SimAllocator | None:

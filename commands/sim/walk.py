@@ -8,7 +8,7 @@ lie naturally aligned inside the slab area, slabs must not overlap), and meeting
 one warning line saying where (`sim: cache kmalloc-64 slab 0x...: free pointer 0x... outside
 the slab`). The walk then goes on with what it can still trust: a cache or slab that fails its
 checks is skipped, a free list cut short is completed from slub_debug's red zones. The memory
-whose metadata was not trusted is kept (DamageLog) for Allocator.untrusted(), so ::findleaks
+whose metadata was not trusted is kept (mdbpy/heap/damage.py's DamageLog) for Allocator.untrusted(), so ::findleaks
 names it instead of reporting a silently incomplete count.
 
 Sizes met in benchmarks are a million objects in tens of thousands of slabs, so slab
@@ -28,49 +28,11 @@ MAX_CACHES = 4096
 MAX_SLABS = 1 << 24
 MAX_SLAB_BYTES = 1 << 30  # one slab larger than this is corrupt
 MAX_METADATA = 256 << 20  # a larger metadata region is not read in one piece
-MAX_WARNINGS = 20  # damage warnings printed per session state; the rest are summed up
-MAX_REGIONS = 1000  # untrusted regions kept for findleaks, whatever the damage
 KNOWN_FLAGS = SIM_RED_ZONE | SIM_POISON | SIM_STORE_USER
 CACHE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
 ALREADY_FREE = "Object already free"
 FREECHAIN = "Freechain corrupt"
-
-
-class DamageLog:
-    """What the walks of one allocator state met as garbage: each `why` warned once per
-    session state (the seen set lives in the session cache, which a new stop clears, so a
-    second reader of the same state, e.g. the one that registers the cache walkers, does not
-    repeat it), and the [start, end) regions no longer trusted because of it."""
-
-    SEEN_KEY = ("sim", "damage warned")
-
-    def __init__(self, session):
-        self.session = session
-        self.regions: list[tuple[int, int, str]] = []
-        self.more = 0
-
-    def report(self, start: int, end: int, why: str) -> None:
-        if any(w == why for _, _, w in self.regions):
-            return
-        if len(self.regions) < MAX_REGIONS:
-            self.regions.append((start, end, why))
-        else:
-            self.more += 1
-        seen = self.session.cache.setdefault(self.SEEN_KEY, set())
-        if why in seen:
-            return
-        seen.add(why)
-        if len(seen) <= MAX_WARNINGS:
-            self.session.warn(f"sim: {why}")
-        elif len(seen) == MAX_WARNINGS + 1:
-            self.session.warn("sim: more damage found; ::findleaks lists every region")
-
-    def untrusted(self) -> list[tuple[int, int, str]]:
-        out = list(self.regions)
-        if self.more:
-            out.append((0, 0, f"{self.more} more damaged structures"))
-        return out
 
 
 def geometry_fault(v, track_size: int) -> str | None:

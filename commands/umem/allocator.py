@@ -266,7 +266,7 @@ class UmemAllocator(Allocator):
 
     def untrusted(self) -> list[tuple[int, int, str]]:
         """The damage the walks reported (umem/damage.py), as findleaks names it."""
-        return damage(self.session).regions()
+        return damage(self.session).untrusted()
 
     def group_name(self, table: BufferTable, i: int) -> str:
         g = table.groups[int(table.group[i])] if table.groups else ("", 0)

@@ -6,51 +6,22 @@ made cyclic by a double free, a wild bufctl. Every list walk here is bounded and
 cycles; when it meets garbage it says where (`umem: cache 0x... slab list: cycle at 0x...`),
 keeps what it read so far and, for the doubly linked rings (the cache list, a cache's slabs,
 an arena's segments), walks back from the anchor to recover the nodes behind the break. The
-regions whose metadata could not be trusted are kept per session state, so that ::findleaks
-names them (Allocator.untrusted()) instead of silently reporting an incomplete count.
+regions whose metadata could not be trusted go to the session's DamageLog
+(mdbpy/heap/damage.py), so that ::findleaks names them instead of silently reporting an
+incomplete count.
 """
 
 from __future__ import annotations
 
+from mdbpy.heap.damage import DamageLog
+
 from mdbpy_commands.umem.gather import session_gather
 
-MAX_WARNINGS = 20  # warnings printed per session state; the rest are counted
-MAX_REGIONS = 1000  # regions kept for findleaks, whatever the damage
 
-
-class Damage:
-    """Damage found in one session state: why -> [start, end) region, each warned once."""
-
-    def __init__(self, session):
-        self.session = session
-        self.found: dict[str, tuple[int, int]] = {}
-        self.unreported = 0
-
-    def report(self, start: int, end: int, why: str) -> None:
-        if why in self.found:
-            return
-        if len(self.found) >= MAX_REGIONS:
-            self.unreported += 1
-            return
-        self.found[why] = (start, end)
-        if len(self.found) <= MAX_WARNINGS:
-            self.session.warn(f"umem: {why}")
-        elif len(self.found) == MAX_WARNINGS + 1:
-            self.session.warn("umem: more damage found; ::findleaks lists every region")
-
-    def regions(self) -> list[tuple[int, int, str]]:
-        out = [(a, b, why) for why, (a, b) in self.found.items()]
-        if self.unreported:
-            out.append((0, 0, f"{self.unreported} more damaged structures"))
-        return out
-
-
-def damage(session) -> Damage:
-    """The session's damage record (dropped with the session cache when the target changes)."""
-    d = session.cache.get("umem_damage")
-    if d is None:
-        d = session.cache["umem_damage"] = Damage(session)
-    return d
+def damage(session) -> DamageLog:
+    """The session's umem damage log (dropped with the session cache when the target
+    changes)."""
+    return DamageLog.of(session, "umem")
 
 
 def _read(umem, b, addr: int):
