@@ -170,6 +170,12 @@ def wait_syscalls(pid: int, want: dict[int, int], timeout: float = 20.0) -> None
         time.sleep(0.01)
 
 
+def without_args(line: str) -> str:
+    """A $C / ::stack -v line with its arguments dropped, `fp sym+off()` (and the ` at
+    file:line` of -l kept), to compare with what $c prints."""
+    return re.sub(r"\((.*)\)( at [^()]*)?$", r"()\2", line)
+
+
 STACKS_FLAGS = ("-O2", "-fomit-frame-pointer", "-g")  # only CFI can unwind this code
 SYS_READ, SYS_PAUSE = 0, 34
 

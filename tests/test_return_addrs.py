@@ -22,7 +22,7 @@ import subprocess
 
 import pytest
 from support import (FIXTURES, SYS_PAUSE, compile_fixture, gcore, mapped_base, run_mdbpy,
-                     start_fixture, wait_syscalls)
+                     start_fixture, wait_syscalls, without_args)
 from test_unwind import gdb_stacks
 from umem_synth import THREAD1, SynthUmem, exe_pc, lib_pc
 
@@ -86,8 +86,8 @@ def expected_exe_frames(exe, core, pid: int, bias: int) -> list[str]:
 
 def frame_names(text: str) -> list[str]:
     """The `sym+off` of each `$C` / `$c` line (the frame pointer column dropped)."""
-    return [line.split()[-1].removesuffix("()") for line in text.splitlines()
-            if line.endswith("()")]
+    return [without_args(line).split()[-1].removesuffix("()") for line in text.splitlines()
+            if line.endswith(")")]
 
 
 def test_fixture_premise(noreturn_exe):
@@ -143,7 +143,7 @@ def test_lines_frame_pointer_and_api(noreturn_parked, noreturn_exe):
     assert f"outer+0x{f['outer'][1]:x}() at {FIXTURES / 'noreturn.c'}:" \
            f"{source_line('die_here(why + 1);')}" in out, out
     lines = run_mdbpy(core, "-e", "$C").stdout.splitlines()
-    k = next(i for i, line in enumerate(lines) if line.endswith(f" {die}()"))
+    k = next(i for i, line in enumerate(lines) if without_args(line).endswith(f" {die}()"))
     fp = lines[k - 1].split()[0]  # abort's frame: `fp$c` walks from its caller
     res = run_mdbpy(core, "-e", f"{fp}$c")
     assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -12,7 +12,7 @@ import io
 import re
 import subprocess
 
-from support import STACKS_FLAGS, compile_fixture, run_mdbpy, start_stacks
+from support import STACKS_FLAGS, compile_fixture, run_mdbpy, start_stacks, without_args
 
 from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
@@ -131,7 +131,8 @@ def test_dollar_c_and_frame_pointers(stacks_parked):
     n = len(lines) // 2
     c, big_c = lines[:n], lines[n:]
     assert [ln.split("+")[0] for ln in c[1:6]] == MAIN_CHAIN
-    assert [ln.split(" ", 1)[1] for ln in big_c] == c
+    assert [without_args(ln).split(" ", 1)[1] for ln in big_c] == c
+    assert big_c[2].endswith("(depth=0x3)")  # main_level1(1) -> main_level2(2) -> here
     fp = big_c[2].split()[0]  # main_level3's frame
     res = run_mdbpy(core, "-e", f"0x{fp}$c")
     assert res.stdout.splitlines() == c[3:]

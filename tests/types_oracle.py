@@ -25,7 +25,7 @@ from support import FIXTURES
 from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
 
-GDB_SCRIPT = r'''
+GDB_DUMP = r'''
 import gdb, json, os
 
 def dump(v):
@@ -77,6 +77,9 @@ def layout(name):
     walk(t, 0)
     return {"size": t.sizeof, "fields": fields}
 
+'''
+
+GDB_MAIN = r'''
 exprs = json.load(open(os.environ["TYPES_EXPRS"]))
 mode = layout if os.environ.get("TYPES_MODE") == "layout" else \
     (lambda e: dump(gdb.parse_and_eval(e)))
@@ -88,18 +91,26 @@ for e in exprs:
         out[e] = {"$error": str(err)}
 json.dump(out, open(os.environ["TYPES_OUT"], "w"))
 '''
+GDB_SCRIPT = GDB_DUMP + GDB_MAIN
 
 
 def gdb_values(target_args: list[str], exprs: list[str], tmp: Path, mode: str = "values",
                language: str = "auto") -> dict:
     """{expression: value} as gdb sees them; target_args: ['-p', pid] or [exe, core]. With
     mode 'layout' the expressions are type names and the values {size, fields: bit offsets}."""
-    script = tmp / "dump_values.py"
-    script.write_text(GDB_SCRIPT)
     (tmp / "exprs.json").write_text(json.dumps(exprs))
+    return run_gdb_script(target_args, GDB_SCRIPT, tmp, language,
+                          TYPES_EXPRS=str(tmp / "exprs.json"), TYPES_MODE=mode)
+
+
+def run_gdb_script(target_args: list[str], script_text: str, tmp: Path, language: str = "auto",
+                   **env) -> object:
+    """Run a gdb Python script (GDB_DUMP's helpers and more) on a target in batch mode; the
+    script writes JSON to $TYPES_OUT, which is returned."""
+    script = tmp / "dump_values.py"
+    script.write_text(script_text)
     out = tmp / "values.json"
-    env = {"TYPES_EXPRS": str(tmp / "exprs.json"), "TYPES_OUT": str(out), "TYPES_MODE": mode,
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp)}
+    env = {"TYPES_OUT": str(out), "PATH": "/usr/bin:/bin", "HOME": str(tmp), **env}
     subprocess.run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", *target_args,
                     "-ex", f"set language {language}", "-x", str(script)],
                    check=True, capture_output=True, timeout=300, env=env)

@@ -1,9 +1,11 @@
 """Registers, threads and stacks: $c / ::stack, $C, $r / ::regs, ::threads, ::thread, ::stacks.
 
 The stacks come from mdbpy.unwind (DWARF CFI with a frame-pointer fallback). Frames print as mdb
-prints them on amd64: `%a()` per frame, with an empty argument list because amd64 passes
-arguments in registers that frames do not keep. A stack the unwinder could not follow to its end
-prints up to the last frame it trusts, followed by a warning on stderr naming the reason.
+prints them on amd64: `%a()` per frame for $c; $C, ::stack -v and ::stacks -v put the frame
+pointer in front and fill the parentheses with the arguments, by name, from the DWARF locations
+that resolve at the frame's pc (mdbpy/types/frames.py; `<optimized out>` where none does). A
+stack the unwinder could not follow to its end prints up to the last frame it trusts, followed
+by a warning on stderr naming the reason.
 """
 
 from __future__ import annotations
@@ -39,16 +41,13 @@ def _thread(inv: Invocation, tid: int | None = None):
     raise MdbError(f"no thread 0x{tid:x} (0t{tid}) in this target: see ::threads")
 
 
-def _count_arg(inv: Invocation) -> bool:
-    """mdb's `$c cnt` caps the arguments printed per frame. amd64 frames carry no arguments,
-    so the count is only checked for being a number. Returns whether -l (source lines) was
-    given."""
-    opts, rest = inv.getopt("l")
+def _count_arg(inv: Invocation, spec: str = "l") -> tuple[dict, int | None]:
+    """The options (-l: source lines; -v for ::stack: $C's shape) and mdb's `cnt`, the most
+    arguments printed per frame (None: all)."""
+    opts, rest = inv.getopt(spec)
     if len(rest) > 1:
         raise UsageError(f"{inv.name or '$c'} takes at most one argument (an argument count)")
-    for a in rest:
-        to_number(a, inv.session.radix)
-    return bool(opts.get("l"))
+    return opts, to_number(rest[0], inv.session.radix) if rest else None
 
 
 def _frames(inv: Invocation) -> tuple[list[Frame], str]:
@@ -63,21 +62,35 @@ def _frames(inv: Invocation) -> tuple[list[Frame], str]:
 
 
 def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool,
-                  lines: bool = False) -> None:
+                  lines: bool = False, limit: int | None = None) -> None:
+    """One line per frame; with_fp: $C's shape, frame pointer and arguments (at most
+    `limit` of them)."""
     s = inv.session
     for i, f in enumerate(frames):
         if inv.piped_out:
             inv.print(radix_str(f.pc, s.radix, prefix=True))
             continue
-        text = f"{s.format_addr(f.pc, f.ret)}()"
-        if with_fp:
-            text = f"{radix_str(f.fp, s.radix).zfill(16)} {text}"
+        text = frame_line(s, frames, i, limit) if with_fp else f"{s.format_addr(f.pc, f.ret)}()"
         if lines:
             text += _source_suffix(inv, frames, i)
         inv.print(text)
     last = frames[-1] if frames else None
     if last is not None and last.truncated:
         s.warn(f"stack of {what} stops early: {last.truncated}")
+
+
+def frame_line(session, frames: list[Frame], i: int, limit: int | None = None) -> str:
+    """$C's line for frame i: `fp sym+off(name=value, ...)`. A function whose DWARF cannot be
+    read prints `()` and a warning, not an error: the rest of the stack still prints."""
+    from mdbpy.types.frames import args_text
+
+    f = frames[i]
+    try:
+        args = args_text(session, frames, i, limit)
+    except MdbError as e:
+        session.warn(f"frame {i}: {e}")
+        args = ""
+    return f"{radix_str(f.fp, session.radix).zfill(16)} {session.format_addr(f.pc, f.ret)}({args})"
 
 
 def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
@@ -114,7 +127,7 @@ def thread_stack(session, t, lines: bool = False):
     return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
 
-@dcmd("stack", "print stack backtrace", usage="?[-l] [cnt]", aliases=("$c",),
+@dcmd("stack", "print stack backtrace", usage="?[-lv] [cnt]", aliases=("$c",),
       help="Print the current thread's call stack, innermost frame first, one `sym+off()` per "
            "frame: frame 0 at its pc, the others at their return addresses. A return address "
            "is named after the function of its call, the symbol of pc-1 (as gdb names "
@@ -126,8 +139,9 @@ def thread_stack(session, t, lines: bool = False):
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
            "back to the frame-pointer chain where none exists, so optimized code and glibc "
-           "unwind. Arguments are not shown: amd64 passes them in registers that the frames do "
-           "not keep, so `cnt` (mdb's limit on arguments per frame) changes nothing. If the "
+           "unwind. With -v, print as $C does: the frame pointer in front and each frame's "
+           "arguments by name from the DWARF (at most `cnt` of them, mdb's limit on arguments "
+           "per frame); without it the parentheses stay empty. If the "
            "stack cannot be followed to its end (unreadable memory, a cycle, 1024 frames), "
            "the frames found are printed and a warning names the reason. Piped, the frames' "
            "pcs are passed on. Select another thread with `tid::thread`. With -l, each frame "
@@ -135,27 +149,34 @@ def thread_stack(session, t, lines: bool = False):
            "call for callers, as gdb's bt shows it; see ::whereis).",
       example="$c")
 def stack(inv: Invocation):
-    lines = _count_arg(inv)
+    opts, limit = _count_arg(inv, "lv")
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=False, lines=lines)
+    _print_frames(inv, frames, what, with_fp=bool(opts.get("v")), lines=bool(opts.get("l")),
+                  limit=limit)
 
 
 @dcmd("$C", "print stack backtrace with frame pointers", usage="?[-l] [cnt]",
       help="As $c, with each frame's frame pointer in front: the CFA minus 16, which is where "
            "a conventional prologue saves %rbp and so equals %rbp in frame-pointer code. "
-           "`addr$c` accepts these values and continues with the caller of that frame. -l adds "
-           "source lines as for $c.",
+           "`addr$c` accepts these values and continues with the caller of that frame. Between "
+           "the parentheses are the frame's arguments as `name=value` (at most `cnt` of them), "
+           "where the function's DWARF describes them: each one's location is evaluated at the "
+           "frame's pc (registers as the unwinder recovered them, the CFA, the stack; an entry "
+           "value through the caller's call site), scalars print as ::print prints them, "
+           "structs and arrays as `...` (see ::locals), and one whose location does not "
+           "resolve there as `<optimized out>`. -l adds source lines as for $c. Same as "
+           "::stack -v.",
       example="$C")
 def stack_fp(inv: Invocation):
-    lines = _count_arg(inv)
+    opts, limit = _count_arg(inv)
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=True, lines=lines)
+    _print_frames(inv, frames, what, with_fp=True, lines=bool(opts.get("l")), limit=limit)
 
 
 @dcmd("stacks", "print the stack of every thread", usage="[-lv]",
-      help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by its stack as $c prints "
-           "it (with -v, as $C prints it, frame pointers in front), and a blank line. A thread "
-           "whose stack cannot be read gets a one-line reason instead of frames; the others "
+      help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by "
+           "its stack as $c prints it (with -v, as $C prints it, frame pointers and "
+           "arguments), and a blank line. A thread whose stack cannot be read gets a one-line reason instead of frames; the others "
            "still print. With -l, frames end with their source lines as $c -l prints them.",
       example="::stacks -v")
 def stacks(inv: Invocation):

@@ -73,59 +73,74 @@ def eval_expr(ops, reg, read_u64, initial=()) -> int:
             raise UnwindError("malformed CFI expression: stack underflow")
         return stack.pop()
 
-    binary = {
-        "DW_OP_plus": lambda a, b: a + b, "DW_OP_minus": lambda a, b: a - b,
-        "DW_OP_mul": lambda a, b: a * b, "DW_OP_and": lambda a, b: a & b,
-        "DW_OP_or": lambda a, b: a | b, "DW_OP_xor": lambda a, b: a ^ b,
-        "DW_OP_shl": lambda a, b: a << (b & 63), "DW_OP_shr": lambda a, b: a >> (b & 63),
-        "DW_OP_shra": lambda a, b: _signed(a) >> (b & 63),
-        "DW_OP_eq": lambda a, b: int(a == b), "DW_OP_ne": lambda a, b: int(a != b),
-        "DW_OP_ge": lambda a, b: int(_signed(a) >= _signed(b)),
-        "DW_OP_gt": lambda a, b: int(_signed(a) > _signed(b)),
-        "DW_OP_le": lambda a, b: int(_signed(a) <= _signed(b)),
-        "DW_OP_lt": lambda a, b: int(_signed(a) < _signed(b)),
-    }
     if len(ops) > MAX_EXPR_OPS:
         raise UnwindError("CFI expression too long")
     for name, args in ops:
-        if name.startswith("DW_OP_lit"):
-            stack.append(int(name[9:]))
-        elif name.startswith("DW_OP_breg") and name != "DW_OP_bregx":
+        if stack_op(name, args, stack, pop):
+            continue
+        if name.startswith("DW_OP_breg") and name != "DW_OP_bregx":
             stack.append(reg(int(name[10:])) + args[0])
         elif name == "DW_OP_bregx":
             stack.append(reg(args[0]) + args[1])
-        elif name.startswith("DW_OP_const"):
-            stack.append(args[0])
-        elif name in binary:
-            b, a = pop(), pop()
-            stack.append(binary[name](a, b))
-        elif name == "DW_OP_plus_uconst":
-            stack.append(pop() + args[0])
         elif name == "DW_OP_deref":
             stack.append(read_u64(pop() & MASK))
-        elif name == "DW_OP_dup":
-            stack.append(stack[-1] if stack else pop())
-        elif name == "DW_OP_drop":
-            pop()
-        elif name == "DW_OP_swap":
-            b, a = pop(), pop()
-            stack += [b, a]
-        elif name == "DW_OP_over":
-            b, a = pop(), pop()
-            stack += [a, b, a]
-        elif name == "DW_OP_neg":
-            stack.append(-pop())
-        elif name == "DW_OP_not":
-            stack.append(~pop())
-        elif name != "DW_OP_nop":
+        else:
             raise UnwindError(f"unsupported CFI expression op {name}")
         if stack:
             stack[-1] &= MASK
     return pop()
 
 
-def _signed(v: int) -> int:
+def signed64(v: int) -> int:
     return v - (1 << 64) if v & (1 << 63) else v
+
+
+BINARY_OPS = {
+    "DW_OP_plus": lambda a, b: a + b, "DW_OP_minus": lambda a, b: a - b,
+    "DW_OP_mul": lambda a, b: a * b, "DW_OP_and": lambda a, b: a & b,
+    "DW_OP_or": lambda a, b: a | b, "DW_OP_xor": lambda a, b: a ^ b,
+    "DW_OP_shl": lambda a, b: a << (b & 63), "DW_OP_shr": lambda a, b: a >> (b & 63),
+    "DW_OP_shra": lambda a, b: signed64(a) >> (b & 63),
+    "DW_OP_eq": lambda a, b: int(a == b), "DW_OP_ne": lambda a, b: int(a != b),
+    "DW_OP_ge": lambda a, b: int(signed64(a) >= signed64(b)),
+    "DW_OP_gt": lambda a, b: int(signed64(a) > signed64(b)),
+    "DW_OP_le": lambda a, b: int(signed64(a) <= signed64(b)),
+    "DW_OP_lt": lambda a, b: int(signed64(a) < signed64(b)),
+}
+
+
+def stack_op(name: str, args, stack: list, pop) -> bool:
+    """One op of the plain DWARF stack machine, shared by CFI expressions (eval_expr) and
+    variable locations (mdbpy/types/locations.py): literals and constants, arithmetic and
+    comparisons, the stack shuffles. `pop()` raises the caller's error on an empty stack.
+    Returns False for any other op, which the caller handles or refuses."""
+    if name.startswith("DW_OP_lit"):
+        stack.append(int(name[9:]))
+    elif name.startswith("DW_OP_const") and name not in ("DW_OP_const_type", "DW_OP_constx"):
+        stack.append(args[0] & MASK)
+    elif name in BINARY_OPS:
+        b, a = pop(), pop()
+        stack.append(BINARY_OPS[name](a, b) & MASK)
+    elif name == "DW_OP_plus_uconst":
+        stack.append((pop() + args[0]) & MASK)
+    elif name == "DW_OP_dup":
+        stack.append(stack[-1] if stack else pop())
+    elif name == "DW_OP_drop":
+        pop()
+    elif name == "DW_OP_swap":
+        b, a = pop(), pop()
+        stack += [b, a]
+    elif name == "DW_OP_over":
+        b, a = pop(), pop()
+        stack += [a, b, a]
+    elif name == "DW_OP_neg":
+        stack.append(-pop() & MASK)
+    elif name == "DW_OP_not":
+        stack.append(~pop() & MASK)
+    elif name != "DW_OP_nop":
+        return False
+    return True
+
 
 
 class _Section:
