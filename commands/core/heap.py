@@ -265,16 +265,26 @@ def heap_verify(inv):
     return 0
 
 
-@dcmd("heap_stats", "print per-cache heap statistics of every allocator", usage="",
+@dcmd("heap_stats", "print per-cache heap statistics of every allocator", usage="[-t [-s key]]",
       example="::heap_stats", help="""\
 One line per cache, arena or size class of each allocator in the target: its name, buffer
 size, buffers in total, in use and free, and the memory it holds (%H, as mdb's ::umastat),
-then a total line per allocator. Piped, the group descriptors' addresses.""")
+then a total line per allocator. Piped, the group descriptors' addresses.
+
+  -t      by type instead: the allocated buffers and their bytes per type the typegraph
+          inferred (::typegraph; built if needed), an array counted under its element type,
+          the buffers of unknown type as one row; largest first
+  -s key  with -t, sort by bytes (the default), buffers or type""")
 def heap_stats(inv):
     from mdbpy.results import HeapStat
 
+    opts, rest = inv.getopt("ts:")
+    if opts.get("t") and not rest and not inv.has_addr:
+        from .typegraph import heap_stats_by_type
+
+        return heap_stats_by_type(inv, str(opts.get("s", "bytes")))
     if inv.args or inv.has_addr:
-        raise UsageError("::heap_stats takes no arguments")
+        raise UsageError("usage: ::heap_stats [-t [-s key]]")
     as_json = wants_json(inv)
     found = []
     for a in allocators(inv.session):

@@ -18,6 +18,7 @@ import time
 
 from mdbpy.heap.leaks import Leak, LeakGroup, LeakReport
 from mdbpy.heap.model import KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
+from mdbpy.types.graph import known_type
 
 T_MMAP, T_SBRK, T_VMEM, T_CACHE, T_UMEM = range(5)
 RULE = "-" * 72
@@ -65,6 +66,8 @@ class Entry:
         # `?` where there is no record
         self.caller_text = session.format_addr(self.caller, True) if self.caller else \
             "0" if rep.record is not None else "?"
+        typed = known_type(session, rep.addr)  # where ::typegraph knows it
+        self.type_text = typed.spelled if typed is not None else ""
 
     def sort_key(self):
         data = self.cache_addr if self.type in (T_CACHE, T_UMEM) else self.group.rep.size
@@ -127,12 +130,16 @@ def tables(ents: list[Entry]) -> list[str]:
             continue
         if lines:
             lines.append("")
-        lines.append(f"{'CACHE':<16s} {'LEAKED':>7s} {col:>16s} CALLER")
+        # a TYPE column only when the typegraph knows some representative's type
+        tw = max((len(e.type_text) for e in rows), default=0)
+        tcol = f"{'TYPE':<{max(tw, 4)}s} " if tw else ""
+        lines.append(f"{'CACHE':<16s} {'LEAKED':>7s} {col:>16s} {tcol}CALLER")
         n = nbytes = 0
         for e in rows:
             g = e.group
             shown = g.rep.addr if typ == T_CACHE else ctl_addr(g.rep)
-            lines.append(f"{e.cache_addr:016x} {g.count:7d} {shown:016x} {e.caller_text}")
+            ty = f"{e.type_text or '-':<{max(tw, 4)}s} " if tw else ""
+            lines.append(f"{e.cache_addr:016x} {g.count:7d} {shown:016x} {ty}{e.caller_text}")
             n += g.count
             nbytes += g.bytes
         lines += [RULE, _total(n, "buffer", nbytes)]

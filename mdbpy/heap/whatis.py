@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mdbpy.heap.model import FREE
 from mdbpy.heap.report import record_lines
+from mdbpy.types.graph import known_type
 
 
 @dataclass
@@ -31,12 +32,14 @@ def _allocator_source(session, alloc, addr: int, opts: WhatisOptions) -> list[st
     if b is None:
         return None
     verb = "freed from" if b.state == FREE else "allocated from"
+    typed = known_type(session, addr) if b.state != FREE else None  # after ::typegraph
+    note = f", {typed.phrase()}" if typed is not None else ""
     rec = b.record
     if rec is not None and not opts.quiet:
-        return ([f"{prefix(addr, b.base)}{verb} {b.group}:"]
+        return ([f"{prefix(addr, b.base)}{verb} {b.group}{note}:"]
                 + record_lines(session, alloc, rec, b.base, b.group_addr, b.kind))
     ctl = f"{alloc.record_name} {rec.addr:x} " if rec is not None and rec.addr else ""
-    return [f"{prefix(addr, b.base)}{ctl}{verb} {b.group}"]
+    return [f"{prefix(addr, b.base)}{ctl}{verb} {b.group}{note}"]
 
 
 def _mapping_source(session, addr: int, map_name) -> list[str] | None:

@@ -1,0 +1,172 @@
+"""The typegraph dcmds (mdb's ::typegraph, ::whattype, ::istype, done for Linux), and the
+type table of ::heap_stats -t.
+
+The engine (mdbpy.types.graph) knows types, not allocators: this module hands it the heap as
+every allocator's allocated buffers (the candidates ::findleaks marks, without the anonymous
+regions no allocator claims, which are no one's typed buffer), and keeps the graph in the
+session cache, where ::whatis and ::findleaks find it to name types.
+"""
+
+from __future__ import annotations
+
+from mdbpy.dcmd import dcmd
+from mdbpy.errors import CommandAbort, MdbError, UsageError
+from mdbpy.jsonout import Table, cells, emit, wants_json
+from mdbpy.types.graph import GRAPH_KEY, TypeGraph
+
+from .heap import allocators
+
+
+def heap_buffers(session):
+    """(base, size, metadata regions): every allocator's allocated buffers as sorted
+    columns, and the [lo, hi) ranges of the allocators' own metadata."""
+    from mdbpy.heap.model import KIND_BUFFER, KIND_OVERSIZE
+    from mdbpy.heap.view import Candidates
+
+    allocs = allocators(session)
+    table = Candidates(allocs, [a.candidates() for a in allocs]).table
+    table = table.select((table.kind == KIND_BUFFER) | (table.kind == KIND_OVERSIZE))
+    return table.base, table.size, [r for a in allocs for r in a.metadata_regions()]
+
+
+def typegraph_of(session, force: bool = False) -> TypeGraph:
+    """The session's typegraph, built on first use (or again with force)."""
+    from mdbpy.types.space import space_of
+
+    g = session.cache.get(GRAPH_KEY)
+    if g is None or force:
+        base, size, meta = heap_buffers(session)
+        try:
+            g = TypeGraph.build(space_of(session), base, size, meta)
+        except KeyboardInterrupt:
+            raise CommandAbort("typegraph: interrupted; no results kept") from None
+        session.cache[GRAPH_KEY] = g
+    return g
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+@dcmd("typegraph", "infer the type of every heap buffer from typed pointers", usage="[-fv]",
+      example="::typegraph", help="""\
+Builds the type graph of the heap: starting from every global and static variable that the
+program's DWARF (and its libraries' debug files) describes, each typed pointer into a heap
+buffer gives that buffer the type pointed to (an array of it when the buffer holds several), and
+the typed buffers' own pointer members type the buffers they reach, to a fixpoint over the whole
+heap. A C++ object is typed by its vtable pointer (its dynamic type). Pointers that say nothing
+of layout (void *, char *, unions whose members disagree) give no type; a buffer reached as two
+incompatible types stays unknown (conflicting) rather than wrong, and so do the buffers only it
+would type. Prints how many buffers and bytes were typed, and how: by a root pointer, by
+propagation, by vtable, by a user's ::istype; unknown and conflicting.
+
+The graph is cached until -f or until the target changes; ::whattype, ::istype,
+::heap_stats -t, ::whatis and ::findleaks use it.
+
+  -f    build the graph again
+  -v    also print the work done (edges, runs, time per phase)""")
+def typegraph(inv):
+    opts = inv.options("fv")
+    if inv.has_addr:
+        raise UsageError("usage: ::typegraph [-fv]")
+    s = inv.session
+    g = typegraph_of(s, bool(opts.get("f")))
+    st = g.stats()
+    if wants_json(inv):
+        emit(inv, "typegraph", **st)
+        return 0
+    typed = sum(r["buffers"] for r in st["rows"][:4])
+    typed_bytes = sum(r["bytes"] for r in st["rows"][:4])
+    t = Table("{how:<16s} {buffers:>9d} {bytes:>12d}",
+              head=[f"{'HOW':<16s} {'BUFFERS':>9s} {'BYTES':>12s}"])
+    for r in st["rows"]:
+        t.add(**r)
+    t.foot = [cells("{0:<16s} {1:>9d} {2:>12d}", "total", st["buffers"], st["bytes"]),
+              f"typegraph: {typed} of {st['buffers']} buffers ({_pct(typed, st['buffers'])}), "
+              f"{typed_bytes} of {st['bytes']} bytes ({_pct(typed_bytes, st['bytes'])}) typed "
+              f"as {st['types']} types, from {st['roots']} typed globals"]
+    t.print(inv)
+    if opts.get("v"):
+        tm = st["timings"]
+        inv.print(f"typegraph: {st['edges']} pointers between buffers; {st['runs']} run(s), "
+                  f"{st['steps']} typed buffers expanded")
+        inv.print("typegraph: " + ", ".join(f"{k} {v:.3f}s" for k, v in tm.items()))
+    for note in st["notes"]:
+        s.warn(f"typegraph: {note}")
+    return 0
+
+
+@dcmd("whattype", "the inferred type of the heap buffer containing addr", usage=":[-v]",
+      example="0x7f0000201010::whattype", help="""\
+The type ::typegraph gave the heap buffer containing addr (building the graph if needed) and
+the member at addr: `<addr> is 0x18 bytes into struct conn (member buf)`, an array element as
+`[3].owner`; or that its type is unknown (conflicting, when two incompatible types reach it).
+With -v, also the buffer and how its type was found.""")
+def whattype(inv):
+    if not inv.has_addr:
+        raise UsageError("usage: addr::whattype [-v]")
+    opts = inv.options("v")
+    g = typegraph_of(inv.session)
+    p = g.whattype(inv.addr)
+    if p is None:
+        raise MdbError(f"{inv.addr:x} is not in an allocated heap buffer")
+    if wants_json(inv):
+        emit(inv, "whattype", addr=p.addr, base=p.base, size=p.size, type=p.type,
+             count=p.count, offset=p.offset, member=p.member or None, how=p.how or None,
+             conflict=p.conflict)
+        return 0
+    inv.print(_line(p))
+    if opts.get("v") and p.type is not None:
+        inv.print(f"    in the {p.size:#x}-byte buffer at {p.base:x}, typed by {p.how}")
+    return 0
+
+
+def _line(p) -> str:
+    """`<addr> is 0x18 bytes into struct conn (member buf)`, or the buffer of unknown type."""
+    if p.type is None:
+        return f"{p.addr:x} is in the {p.size:#x}-byte heap buffer at {p.base:x}, {p.phrase()}"
+    return f"{p.addr:x} is {p.phrase()}"
+
+
+@dcmd("istype", "tell the typegraph the type of the buffer containing addr", usage=":type",
+      example="0x7f0000201010::istype struct node", help="""\
+Gives the heap buffer containing addr the type named (spelled as for ::print: `struct node`,
+`struct bucket *`, a typedef), overriding what the typegraph inferred, and propagates again:
+its pointer members type the buffers they reach. The hint lasts as long as the graph (until
+::typegraph -f or the target changes).""")
+def istype(inv):
+    if not inv.has_addr or not inv.args:
+        raise UsageError("usage: addr::istype type")
+    g = typegraph_of(inv.session)
+    p = g.hint(inv.addr, " ".join(str(a) for a in inv.args))
+    if wants_json(inv):
+        emit(inv, "istype", addr=p.addr, base=p.base, type=p.type, count=p.count)
+        return 0
+    inv.print(_line(p))
+    return 0
+
+
+SORTS = {"bytes": lambda r: (-r["bytes"], r["type"]), "buffers": lambda r: (-r["buffers"],
+                                                                            r["type"]),
+         "type": lambda r: r["type"]}
+
+
+def heap_stats_by_type(inv, sort: str = "bytes") -> int:
+    """::heap_stats -t: bytes and buffers by inferred type, the unknown as one row."""
+    if sort not in SORTS:
+        raise UsageError(f"-s sorts by {', '.join(SORTS)}")
+    g = typegraph_of(inv.session)
+    rows = sorted(g.by_type(), key=SORTS[sort])
+    total = {"buffers": sum(r["buffers"] for r in rows), "bytes": sum(r["bytes"] for r in rows)}
+    if wants_json(inv):
+        emit(inv, "heap_stats", types=rows, total=total)
+        return 0
+    width = max([len(r["type"]) for r in rows] + [20])
+    rule = f"{'-' * width} {'-' * 9} {'-' * 12}"
+    t = Table("{type:<%ds} {buffers:>9d} {bytes:>12d}" % width,
+              head=[f"{'type':<{width}s} {'buffers':>9s} {'bytes':>12s}", rule])
+    for r in rows:
+        t.add(**r)
+    t.foot = [rule, cells("{0:<%ds} {buffers:>9d} {bytes:>12d}" % width, "Total", **total)]
+    t.print(inv)
+    return 0
