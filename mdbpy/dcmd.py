@@ -14,6 +14,7 @@ A dcmd is called as `func(inv)` with an Invocation and returns None/0 for succes
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from mdbpy.errors import MdbError, UsageError
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from mdbpy.session import Session
 
 # Invocation flags, as mdb's DCMD_* flags.
@@ -327,36 +330,86 @@ def _with_submodules(pymodule) -> list:
     return mods
 
 
-# The bundled dmods (the package mdbpy_commands): mdb's built-in module, then the allocators.
-BUNDLED = ("core", "sim", "umem", "ptmalloc")
+# -- finding modules --------------------------------------------------------------------------
+
+GROUP = "mdbpy.modules"  # the entry-point group every module is declared in (pyproject.toml)
+BUILTIN = "core"  # mdb's built-in module, which every session loads at start-up
+
+
+@functools.cache
+def installed() -> dict[str, EntryPoint]:
+    """Every module an installed package declares in the entry-point group mdbpy.modules, by
+    name: mdbpy's own (pyproject.toml) and third-party ones alike, so a new module edits no list
+    here. The built-in module first, then by name: autoloading, ::help and docs/reference.md
+    follow this order. On a name clash mdbpy's own declaration wins. Only the packages' metadata
+    is read, nothing imported, once per process; sys.path decides what is installed, and the
+    command line's __main__ has dropped the current directory from it, so a `*.dist-info`
+    planted there declares nothing."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, EntryPoint] = {}
+    for ep in sorted(entry_points(group=GROUP),
+                     key=lambda ep: (ep.name != BUILTIN, ep.name, not _own(ep))):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _own(ep: EntryPoint) -> bool:
+    return ep.dist is not None and ep.dist.name == "mdbpy"
+
+
+def is_bundled(spec: str) -> bool:
+    """Whether `spec` names one of mdbpy's own modules: an exception there is mdbpy's bug, to
+    be shown whole, where a third-party module's is one line."""
+    if spec == BUILTIN:
+        return True
+    ep = installed().get(spec)
+    return ep is not None and _own(ep)
 
 
 def import_dmod(spec: str):
-    """Import a dmod: a bundled module by name ('umem' -> mdbpy_commands.umem, from the installed
-    package only), or a Python file or package directory when `spec` is written as a path (it
-    holds a '/', as ./x.py or /abs/x.py, or ends in .py). A bare name is never looked up in the
-    current directory: a file `core` (the kernel's default core name) or a folder `umem` there
-    must not run in place of the bundled module of that name. Returns (name, python module);
-    every failure is one line naming `spec` and why.
+    """Import a dmod: an installed module by name (see installed(): 'umem' is
+    mdbpy_commands.umem), or a Python file or package directory when `spec` is written as a path
+    (it holds a '/', as ./x.py or /abs/x.py, or ends in .py). A bare name is never looked up in
+    the current directory: a file `core` (the kernel's default core name) or a folder `umem`
+    there must not run in place of the installed module of that name. Returns (name, python
+    module); every failure is one line naming `spec` and why (a bundled module's bug excepted).
     """
     import os
 
     if os.sep in spec or spec.endswith(".py"):
         return _import_path(spec)
-    if spec not in BUNDLED:
-        raise MdbError(f"failed to load module '{spec}': no such module (bundled: "
-                       f"{', '.join(BUNDLED)}; a file is loaded by its path, e.g. ./{spec}.py)")
-    mod = importlib.import_module(f"mdbpy_commands.{spec}")
+    if spec == BUILTIN:  # as pyproject.toml declares it, without the lookup: that would cost
+        module = "mdbpy_commands.core"  # every start-up ~18 ms importing importlib.metadata
+    elif spec in installed():
+        module = installed()[spec].module
+    else:
+        raise MdbError(f"failed to load module '{spec}': no such module (installed: "
+                       f"{', '.join(installed())}; a file is loaded by its path, e.g. "
+                       f"./{spec}.py)")
+    try:
+        mod = importlib.import_module(module)
+    except (Exception, SystemExit) as e:  # a broken plugin must not take the session down
+        if is_bundled(spec):
+            raise
+        raise load_error(spec, e) from None
     return getattr(mod, "DMOD_NAME", spec), mod
 
 
-def bundled_registry() -> Registry:
-    """Every bundled module's dcmds and walkers in a bare Registry: their declarations, with
+def declared_registry(bundled_only: bool = False, warn=None) -> Registry:
+    """Every installed module's dcmds and walkers in a bare Registry: their declarations, with
     no target and nothing detected or run (no on_load). What ::help knows of a module the
-    target has not loaded, and what docs/reference.md is made from."""
+    target has not loaded, and (bundled_only) what docs/reference.md is made from. A module
+    that fails to import is left out, and warn(message) is told."""
     reg = Registry()
-    for spec in BUNDLED:
-        reg.load_module(*import_dmod(spec))
+    for spec in installed():
+        if bundled_only and not is_bundled(spec):
+            continue
+        try:
+            reg.load_module(*import_dmod(spec))
+        except MdbError as e:
+            if warn is not None:
+                warn(str(e))
     return reg
 
 
@@ -407,7 +460,12 @@ class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
 
 
 def load_error(spec: str, why) -> MdbError:
-    """`failed to load module 'SPEC': WHY` on one line; `why` is a phrase or the exception the
+    """`failed to load module 'SPEC': WHY` on one line (see reason())."""
+    return MdbError(f"failed to load module '{spec}': {reason(spec, why)}")
+
+
+def reason(spec: str, why) -> str:
+    """What went wrong with module `spec` as one phrase: `why` is a phrase or the exception the
     module raised (a syntax error says the file is not Python, and where)."""
     import os
 
@@ -415,10 +473,10 @@ def load_error(spec: str, why) -> MdbError:
         where = f" at line {why.lineno}" if why.lineno else ""
         if why.filename and os.path.abspath(why.filename) != os.path.abspath(spec):
             where = f" in {why.filename}{where}"  # a module the file imports
-        why = f"not Python: {why.msg}{where}"
-    elif isinstance(why, MdbError):
-        why = str(why)
-    elif isinstance(why, BaseException):
+        return f"not Python: {why.msg}{where}"
+    if isinstance(why, MdbError):
+        return str(why)
+    if isinstance(why, BaseException):
         text = (str(why).strip().splitlines() or [""])[0]
-        why = f"{type(why).__name__}: {text}" if text else type(why).__name__
-    return MdbError(f"failed to load module '{spec}': {why}")
+        return f"{type(why).__name__}: {text}" if text else type(why).__name__
+    return why

@@ -2,8 +2,9 @@
 
 The registry is the documentation (docs/architecture.md): every dcmd and walker carries its own
 description, usage, help and example, so the reference is generated from them rather than
-written twice. Every bundled module is loaded, the allocator modules included, into a bare
-Registry: no target is needed, and walkers a module adds per target (the simulator's one walker
+written twice. Every module mdbpy itself declares (its entry points, mdbpy.dcmd.installed()) is
+loaded, the allocator modules included, into a bare Registry: third-party modules installed
+beside it are left out, so the page is the same wherever it is made; no target is needed, and walkers a module adds per target (the simulator's one walker
 per cache) are left out because they depend on the target. tests/test_docs.py regenerates the
 page and fails when the committed file differs.
 """
@@ -12,15 +13,15 @@ from __future__ import annotations
 
 import sys
 
-from mdbpy.dcmd import Dcmd, Registry, Walker, bundled_registry
+from mdbpy.dcmd import Dcmd, Registry, Walker, declared_registry
 
 REFRESH = "python -m mdbpy.docgen > docs/reference.md"
 
 
 def registry() -> Registry:
     """A Registry holding every bundled module's dcmds and walkers, in the order the page
-    lists them (mdb's built-in module, then the allocators: dcmd.BUNDLED)."""
-    return bundled_registry()
+    lists them (mdb's built-in module, then the allocators by name: dcmd.installed())."""
+    return declared_registry(bundled_only=True)
 
 
 def reference(reg: Registry | None = None) -> str:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from mdbpy.dcmd import BUNDLED, Registry, import_dmod, load_error
+from mdbpy.dcmd import Registry, import_dmod, installed, is_bundled, load_error, reason
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.memory import AddressSpace
 from mdbpy.target.base import Target
-
-# the bundled allocator dmods, in the order detection tries them
-ALLOCATOR_DMODS = ("sim", "umem", "ptmalloc")
 
 # mdb's debugger options (::set -o / -o on the command line) that mdbpy understands.
 DEFAULT_OPTIONS = {
@@ -158,7 +155,7 @@ class Session:
         except (Exception, SystemExit) as e:
             if name in self.registry.dmods:
                 self.registry.unload_module(name)
-            if spec in BUNDLED and not isinstance(e, MdbError):
+            if is_bundled(spec) and not isinstance(e, MdbError):
                 raise  # a bug in mdbpy's own module: an internal error, not a load failure
             raise load_error(spec, e) from None
         if getattr(mod, "ALLOCATOR", None) is not None:
@@ -166,32 +163,38 @@ class Session:
         return dm
 
     def autoload(self) -> list[str]:
-        """Load the bundled allocator dmods present in this target (once per session).
+        """Load the installed modules whose allocator is in this target (once per session).
 
-        Detection may read symbols, so it runs when a heap command or an unknown command name
-        first needs it, never at start-up."""
+        One protocol for mdbpy's modules and third-party ones: a module exporting
+        `is_present(session) -> bool` is asked, in installed() order, and loaded when it says
+        yes. A module that fails to import or to answer is one warning, and the others still
+        load. Detection may read symbols, so it runs when a heap command or an unknown command
+        name first needs it, never at start-up."""
         if self._autoloaded:
             return []
         self._autoloaded = True
-        import importlib
-
         loaded = []
-        for name in ALLOCATOR_DMODS:
+        for spec in installed():
             try:
-                mod = importlib.import_module(f"mdbpy_commands.{name}")
-            except ModuleNotFoundError:
+                name, mod = import_dmod(spec)
+            except MdbError as e:  # a broken plugin: one line, and the others still load
+                self.warn(str(e))
                 continue
-            if getattr(mod, "DMOD_NAME", name) in self.registry.dmods:
-                continue
-            if not callable(getattr(mod, "detect", None)):
-                continue  # not (yet) an allocator dmod: nothing to detect with
+            if name in self.registry.dmods or not callable(getattr(mod, "is_present", None)):
+                continue  # loaded already, or not an allocator module
             try:
-                present = mod.detect(self)
-            except MdbError as e:
-                self.warn(f"{name}: detection failed: {e}")
+                present = mod.is_present(self)
+            except Exception as e:
+                if is_bundled(spec) and not isinstance(e, MdbError):
+                    raise  # mdbpy's own bug: an internal error
+                self.warn(f"{spec}: detection failed: {reason(spec, e)}")
                 continue
             if present:
-                self.load_dmod(name)
+                try:
+                    self.load_dmod(spec)
+                except MdbError as e:
+                    self.warn(str(e))
+                    continue
                 loaded.append(name)
         return loaded
 

@@ -138,8 +138,8 @@ def test_load_takes_a_path_only_when_one_is_written(hostile, monkeypatch):
         h(f"::load {spec}")
         assert "failed to load" not in h.errors() and f"{spec}\n" in h("::dmods")
     assert h("::load mine") == ""
-    assert h.errors() == ("mdbpy: failed to load module 'mine': no such module (bundled: core, "
-                          "sim, umem, ptmalloc; a file is loaded by its path, e.g. "
+    assert h.errors() == ("mdbpy: failed to load module 'mine': no such module (installed: "
+                          "core, ptmalloc, sim, umem; a file is loaded by its path, e.g. "
                           "./mine.py)\n")
     assert h("::load ./mine.py; ::mine") == "mine\n"
     assert_nothing_ran(hostile)
@@ -224,9 +224,9 @@ def test_help_knows_every_bundled_dcmd_before_its_module_loads():
     assert "  Module: ptmalloc (not loaded in this session: ::load ptmalloc)\n" in h(
         "::help tcachebins")
     assert h.errors() == ""
-    from mdbpy.dcmd import bundled_registry
+    from mdbpy.dcmd import declared_registry
 
-    for name in bundled_registry().dcmds:
+    for name in declared_registry().dcmds:
         assert h(f"::help '{name}'").startswith("\nNAME\n") and h.errors() == "", name
 
 

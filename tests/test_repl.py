@@ -158,6 +158,13 @@ def test_complete_help_argument_offers_dcmds(session):
     assert complete(session, "::help zz") == ["zzfirst", "zzsecond"]
 
 
+def test_complete_load_argument_offers_installed_modules(session):
+    assert complete(session, "::load ") == ["core", "ptmalloc", "sim", "umem"]
+    c = completion_of(session, "::load -s u")[0]
+    assert (c.text, c.start_position, c.display_meta_text) == ("umem", -1, "mdbpy_commands.umem")
+    assert complete(session, "::load ./u") == []  # a path is the user's to write
+
+
 def test_complete_variables(session):
     assert complete(session, "<my") == ["myvar"]
 

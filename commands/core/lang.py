@@ -491,11 +491,11 @@ def _declared(reg, key: str):
       help="With no argument, print an overview of the command syntax. With a dcmd name "
            "(with or without the leading ::), print its NAME, SYNOPSIS, DESCRIPTION and "
            "ATTRIBUTES; a walker name prints the walker's description. Every dcmd and walker "
-           "of the bundled modules is known, also before its module is loaded (the "
+           "of the installed modules is known, also before its module is loaded (the "
            "ATTRIBUTES say so). The text is wrapped to the terminal's width.",
       example="::help walk")
 def help_(inv: Invocation):
-    from mdbpy.dcmd import bundled_registry
+    from mdbpy.dcmd import declared_registry
 
     if inv.has_addr or len(inv.args) > 1:
         raise UsageError("")
@@ -512,7 +512,7 @@ def help_(inv: Invocation):
         d, w = _declared(s.registry, key)
     loaded = d is not None or w is not None
     if not loaded:
-        d, w = _declared(bundled_registry(), key)
+        d, w = _declared(declared_registry(warn=s.warn), key)
     if d is None and w is None:
         raise MdbError(f"unknown command: {name}")
     module = (d or w).module
@@ -560,13 +560,15 @@ def _print_dmod(inv: Invocation, name: str, long: bool) -> None:
 
 
 @dcmd("dmods", "list loaded debugger modules", usage="[-l] [mod]",
-      help="List the loaded modules. With -l, also each module's dcmds and walkers. With a "
-           "module name, only that module.",
+      help="List the loaded modules, after loading those of the allocators in the target "
+           "(as ::dcmds does). With -l, also each module's dcmds and walkers. With a module "
+           "name, only that module.",
       example="::dmods -l mdb")
 def dmods(inv: Invocation):
     opts, rest = inv.getopt("l")
     if inv.has_addr or len(rest) > 1:
         raise UsageError("")
+    inv.session.autoload()
     names = sorted(inv.session.registry.dmods)
     if rest:
         if rest[0] not in inv.session.registry.dmods:
@@ -578,8 +580,9 @@ def dmods(inv: Invocation):
 
 
 @dcmd("load", "load debugger module", usage="[-s] module",
-      help="Load a dmod: a bundled module by name (core, sim, umem, ptmalloc), from the "
-           "installed package and never from the current directory; or a Python file or "
+      help="Load a dmod: an installed module by name (mdbpy's own, such as umem, or one "
+           "another package declares in the entry-point group mdbpy.modules), never from the "
+           "current directory; or a Python file or "
            "package directory by its path, written with a slash or ending in .py "
            "(./mine.py, /abs/mine.py). Its dcmds and walkers become available at once. A "
            "failure is one line naming the file and why, and loads nothing. -s loads "

@@ -13,7 +13,7 @@ DMOD_NAME = "ptmalloc"
 ALLOCATOR = PtmallocAllocator
 
 
-def detect(session) -> bool:
+def is_present(session) -> bool:
     """glibc is mapped (its release string says so): then its malloc is the heap."""
     from .version import glibc_version
 

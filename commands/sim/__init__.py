@@ -1,9 +1,9 @@
 """The `sim` dmod: mdbpy's slab allocator simulator as a heap source (see mdbpy/sim/).
 
-An allocator dmod exports `detect(session) -> bool` (is this allocator in the target?) and
+An allocator dmod exports `is_present(session) -> bool` (is this allocator in the target?) and
 `ALLOCATOR`, its mdbpy.heap.model.Allocator subclass, which the generic engines (::findleaks,
-::whatis, verify, stats) use. Session.autoload() loads the bundled allocator dmods whose detect()
-says yes.
+::whatis, verify, stats) use. Session.autoload() loads the installed modules (pyproject.toml's
+entry points) whose is_present() says yes.
 """
 
 from mdbpy.errors import MdbError
@@ -15,7 +15,7 @@ DMOD_NAME = "sim"
 ALLOCATOR = SimAllocator
 
 
-def detect(session) -> bool:
+def is_present(session) -> bool:
     """The simulated program exports its allocator's root as a symbol."""
     return session.symbols.lookup(SIM_ALLOCATOR_SYMBOL) is not None
 
@@ -27,7 +27,7 @@ def on_load(session) -> None:
     from .dcmds import register_cache_walkers
 
     try:
-        sim = SimAllocator.detect(session) if detect(session) else None
+        sim = SimAllocator.detect(session) if is_present(session) else None
         if sim is not None:
             register_cache_walkers(session, sim, DMOD_NAME)
     except MdbError as e:

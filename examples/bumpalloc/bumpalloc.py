@@ -1,9 +1,11 @@
 """An mdbpy allocator module for bumpalloc.c, the example of docs/new-allocator.md.
 
-Load it from outside the package with `::load examples/bumpalloc/bumpalloc.py`: its dcmd
-(::bumpstat) and walker (bump_buf) appear at once, and because it exports ALLOCATOR the generic
-heap engines (::findleaks, ::whatis, ::whyalive, ::heap_stats) find bumpalloc's buffers next to
-those of any other allocator in the target.
+Installed as a package (`pip install examples/bumpalloc`: its pyproject.toml declares the entry
+point `bumpalloc` in the group mdbpy.modules), it loads itself when is_present() finds bumpalloc
+in the target; or load it by path with `::load examples/bumpalloc/bumpalloc.py`. Its dcmd
+(::bumpstat) and walker (bump_buf) appear, and because it exports ALLOCATOR the generic heap
+engines (::findleaks, ::whatis, ::whyalive, ::heap_stats) find bumpalloc's buffers next to those
+of any other allocator in the target.
 
 What it reads: the global `bump_arena` (found by symbol, checked by its magic), then the headers
 in [base, cursor), each followed by its buffer. The target is untrusted: the arena must be
@@ -105,6 +107,12 @@ class BumpAllocator(Allocator):
 
 
 ALLOCATOR = BumpAllocator
+
+
+def is_present(session) -> bool:
+    """Autoloading asks this of every installed module: is the allocator in this target? A
+    symbol lookup, cheap and quiet; BumpAllocator.detect() then reads and checks the arena."""
+    return session.symbols.lookup(ARENA_SYMBOL) is not None
 
 
 def _allocator(session) -> BumpAllocator:

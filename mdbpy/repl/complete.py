@@ -1,7 +1,10 @@
-"""Tab completion from the session: dcmds, walkers, `$` verbs, variables and symbols.
+"""Tab completion from the session: dcmds, walkers, `$` verbs, variables, symbols and the
+module names ::load takes.
 
 Everything offered comes from the registry and the symbol table of the session, so a dmod loaded
-with ::load is completable at once and a dcmd hidden by its enabled() predicate is not offered.
+with ::load is completable at once and a dcmd hidden by its enabled() predicate is not offered;
+::load's names are the installed modules (mdbpy.dcmd.installed(), as everything that lists
+modules), read on the first TAB after ::load, not at start-up.
 Symbol names are completed by binary search over a sorted, de-duplicated name list built once
 per set of load objects: a libc with debug symbols holds tens of thousands of names and TAB must
 stay instant. The list of candidates is capped (MAX_SYMBOLS) for the same reason.
@@ -22,6 +25,7 @@ MIN_SYMBOL_PREFIX = 2  # shorter prefixes match too much of a libc to be useful
 # What the text before the cursor ends with, most specific first.
 _WALK_ARG = re.compile(r"::walk\s+([\w`.$]*)$")
 _HELP_ARG = re.compile(r"::help\s+(::)?([\w`.$]*)$")
+_LOAD_ARG = re.compile(r"::load\s+(?:-[fgs]+\s+)*([\w.-]*)$")
 _DCMD = re.compile(r"::([\w`.$]*)$")
 _DOLLAR = re.compile(r"(?<![\w$])\$(\w?)$")
 _VARIABLE = re.compile(r"<(\w*)$")
@@ -48,6 +52,12 @@ class MdbCompleter(Completer):
         m = _HELP_ARG.search(text)
         if m:
             yield from _matching(m.group(2), self._dcmds(dollar=True))
+            return
+        m = _LOAD_ARG.search(text)
+        if m:
+            from mdbpy.dcmd import installed
+
+            yield from _matching(m.group(1), ((n, ep.value) for n, ep in installed().items()))
             return
         m = _DCMD.search(text)
         if m:
