@@ -51,7 +51,7 @@ def command(args: list[str], cmds: str) -> float:
 
 
 def bench(open_target, args: list[str], leaks: int) -> None:
-    from mdbpy_commands.ptmalloc.allocator import chunk_table
+    from mdbpy_commands.ptmalloc.table import chunk_table
     from mdbpy_commands.ptmalloc.locate import locate
 
     s = Session(open_target(), out=io.StringIO(), err=io.StringIO())

@@ -175,7 +175,7 @@ class Debugger:
 
     # -- typed structs ------------------------------------------------------------------------
     def _binders(self) -> list:
-        from mdbpy_commands.core.heap import allocators
+        from mdbpy.heap.model import allocators
 
         return [(a.name, a.binder) for a in allocators(self.session) if a.binder is not None]
 
@@ -244,7 +244,7 @@ class Debugger:
     def verify(self):
         """Every problem ::heap_verify finds (mdbpy.results.Problem), allocator by allocator."""
         from mdbpy.results import Problem
-        from mdbpy_commands.core.heap import allocators
+        from mdbpy.heap.model import allocators
 
         self._check()
         return [Problem.of(self.session, a.name, p) for a in allocators(self.session)
@@ -253,7 +253,7 @@ class Debugger:
     def heap_stats(self):
         """The rows of ::heap_stats (mdbpy.results.HeapStat) of every allocator."""
         from mdbpy.results import HeapStat
-        from mdbpy_commands.core.heap import allocators
+        from mdbpy.heap.model import allocators
 
         self._check()
         return [HeapStat.of(a.name, r) for a in allocators(self.session) for r in a.stats()]

@@ -418,10 +418,10 @@ def test_read_rows_agrees_with_read(small_core, tmp_path):
     """The vectorized row reads (Target.read_rows, what findleaks gathers its records with)
     give read()'s bytes for every row inside one segment's image, and refuse the rest: rows
     before the first segment, in holes, across two segments, or past a truncated image; the
-    clustered path (mdbpy.heap.bulk.gather) then reads what can be read."""
+    page path (mdbpy.heap.gather.Gather.rows) then reads what can be read."""
     import numpy as np
 
-    from mdbpy.heap.bulk import gather
+    from mdbpy.heap.gather import Gather
     from mdbpy.memory import AddressSpace
 
     (tmp_path / "c").write_bytes(small_core[:-100])  # the stack segment loses its last 100
@@ -433,7 +433,7 @@ def test_read_rows_agrees_with_read(small_core, tmp_path):
         assert ok.tolist() == [True] * 7 + [False] * 6
         for a, row, good in zip(addrs, rows, ok):
             assert row.tobytes() == (t.read(a, 16) if good else bytes(16))
-        rows, ok = gather(AddressSpace(t), addrs, 16)
+        rows, ok = Gather(AddressSpace(t)).rows(addrs, 16)
         readable = []
         for a in addrs:
             try:

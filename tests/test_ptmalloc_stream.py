@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 from support import compile_fixture, gcore, start_fixture
 
@@ -22,7 +21,7 @@ from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
 from mdbpy.target.core import open_file_target
 from mdbpy_commands.ptmalloc import chunks
-from mdbpy_commands.ptmalloc.allocator import chunk_table
+from mdbpy_commands.ptmalloc.table import chunk_table
 from mdbpy_commands.ptmalloc.locate import locate
 
 FLAGS = ("-g", "-O0", "-Wno-use-after-free")

@@ -139,7 +139,7 @@ def test_200k_buffers_exact_with_a_tiny_page_cache(big, monkeypatch):
     """Correctness does not hang on the page cache: with 64 KiB kept between reads (a
     200,000-buffer cache walk needs hundreds of MiB), every read still sees all its pages."""
     import mdbpy
-    from mdbpy_commands.umem import gather
+    from mdbpy.heap import gather
 
     _build, r, core, leaks = big
     monkeypatch.setattr(gather, "MAX_CACHED", 64 << 10)

@@ -7,21 +7,11 @@ from __future__ import annotations
 from mdbpy.dcmd import dcmd, walker
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.leaks import LEAKS_KEY
-from mdbpy.heap.model import FREE
+from mdbpy.heap.model import allocators
 from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import radix_str
 
 from .symbols import map_name
-
-NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
-                "own simulator; see ::dmods)")
-
-
-def allocators(session) -> list:
-    found = session.allocators()
-    if not found:
-        raise MdbError(NO_ALLOCATOR)
-    return found
 
 
 # -- findleaks ------------------------------------------------------------------------------

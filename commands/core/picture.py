@@ -7,8 +7,9 @@ import os
 
 from mdbpy.dcmd import dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
+from mdbpy.heap.model import allocators
 
-from .heap import LEAKS_KEY, allocators, run_findleaks, summary
+from .heap import LEAKS_KEY, run_findleaks, summary
 
 VERIFY_KEY = ("heap", "verify")  # {allocator name: problems} of the last heapmap -v
 MAX_WIDTH = 1024

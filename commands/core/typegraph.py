@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from mdbpy.dcmd import dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
+from mdbpy.heap.model import allocators
 from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.types.graph import GRAPH_KEY, TypeGraph
 
-from .heap import allocators
 
 
 def heap_buffers(session):

@@ -8,9 +8,7 @@ read.
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd, walker
-from mdbpy.errors import UsageError
-from mdbpy.output import radix_str
+from mdbpy.dcmd import walker
 from mdbpy.session import WALKLIMIT
 
 
@@ -51,32 +49,3 @@ def walk_thread(session, addr):
     """Each thread's id, in the target's order (the first is the main thread in a core)."""
     for t in session.target.threads():
         yield t.tid
-
-
-@dcmd("list", "walk a linked list through the next pointer at an offset",
-      usage=":[-o offset] [-n max] | type member [variable]",
-      example="*list_head::list struct node next | ::print struct node value", help="""\
-Print addr and every element of the singly linked list that starts there, following the
-pointer at byte offset -o (default 0) of each element, or, as mdb's typed form
-`addr::list type member [variable]`, at the member `member` of `type` (from DWARF; with a
-variable, each element also sets it as it travels down the pipeline). -n caps the number of
-elements (without it, ::set -o walklimit=N does, with a note). The walk stops at NULL, at an
-element already visited, or at an unreadable pointer (an error). Piped, each address is passed
-on.""")
-def list_dcmd(inv):
-    if not inv.has_addr:
-        raise UsageError("::list needs a starting address")
-    opts, rest = inv.getopt("o:n:", numeric="on")
-    offset, var = opts.get("o", 0), None
-    if rest:  # the typed form (commands/core/types.py)
-        from .lang import bind_var
-        from .types import list_offset
-
-        offset, var = list_offset(inv.session, rest)
-        if var is not None:
-            bind_var(inv, var)
-    elements = follow_list(inv.session, inv.addr, offset, opts.get("n"))
-    for a in elements if "n" in opts else capped(inv.session, elements):
-        if var is not None:
-            inv.session.vars[var] = a
-        inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")

@@ -17,10 +17,11 @@ from collections import Counter
 
 from mdbpy.errors import ReadError
 from mdbpy.heap.damage import Damage
+from mdbpy.heap.model import FREE
 
 from .damage import arena_owner, pointer_fault, tcache_owner
-from .layouts import (NBINS, NFASTBINS, NSMALLBINS, SIZE_BITS, TCACHE_SMALL_BINS, V_NUM_SLOTS,
-                      V_RANDOM_KEY, V_TCACHE_KEY)
+from .layouts import (NBINS, NFASTBINS, NSMALLBINS, ROLE_TCACHE_STRUCT, ROLE_TOP, SIZE_BITS,
+                      TCACHE_SMALL_BINS, V_NUM_SLOTS, V_RANDOM_KEY, V_TCACHE_KEY)
 
 MAX_LIST = 1 << 20  # chunks followed in one list at most
 MINSIZE = 32
@@ -73,7 +74,7 @@ def largebin_index(size: int) -> int:
 class Walker:
     """Reads the lists of one located State (see locate.py). `chunks`, when given, is the
     heap walk's chunk table (addr, size, state and bad columns in address order, as
-    allocator.chunk_table builds it): the singly linked lists then check that each entry is
+    table.chunk_table builds it): the singly linked lists then check that each entry is
     a chunk of the walk, not a place inside one."""
 
     def __init__(self, session, state, chunks=None):
@@ -287,10 +288,6 @@ class Walker:
         y = int(t.addr[k])
         if chunk >= y + int(t.size[k]):
             return None
-        from mdbpy.heap.model import FREE
-
-        from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP  # allocator imports this module
-
         if y in self._cached:
             return f"the free chunk 0x{y:x} (in {self._cached[y]})"
         return {FREE: "the free chunk", ROLE_TOP: "the top chunk",

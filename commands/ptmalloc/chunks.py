@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
 from mdbpy.heap import kernel
+from mdbpy.heap.gather import Gather
 from mdbpy.heap.roots import merge_ranges
 
 from .layouts import IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE, SIZE_BITS
@@ -380,7 +381,7 @@ class _RunScan:
     """The mmapped chunks of one run: a chain from the run's first page, each chunk's end
     the next place a header is looked for (adjacent chunks merged into one mapping, a chunk
     next to other anonymous memory); where no header is, the next is looked for among the
-    page starts that follow, PROBE_WINDOW of them read at once (mdbpy.heap.bulk.gather: one
+    page starts that follow, PROBE_WINDOW of them read at once (mdbpy.heap.gather: one
     large read on a live process, slices of the image of a core). The inside of a chunk is
     never read. At most MAX_MMAP_SCAN_PAGES page starts are looked at per run. `thorough`
     looks at every page start, inside chunks too, and lets a chunk run past the run's end:
@@ -393,6 +394,7 @@ class _RunScan:
         self.budget = MAX_MMAP_SCAN_PAGES
         self.win = None  # (first page, prev words, size words, ok mask) of the last window
         self.ends = [b for _a, b in run.readable]
+        self.gather = Gather(mem)
 
     def _part(self, q: int):
         """The readable part holding q or, failing that, the next one; None past them all."""
@@ -402,12 +404,10 @@ class _RunScan:
     def _window(self, q: int, stop: int) -> None:
         import numpy as np
 
-        from mdbpy.heap.bulk import gather
-
         n = max(min((stop - q) // PAGE, PROBE_WINDOW, self.budget), 1)
         self.budget -= n
         pages = np.uint64(q) + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
-        rows, ok = gather(self.mem, pages, 16)
+        rows, ok = self.gather.rows(pages, 16)
         words = rows.view("<u8").reshape(n, 2)
         prev, raw = words[:, 0].copy(), words[:, 1].copy()
         ok &= _mmap_headers(pages, prev, raw, self.bound)
@@ -493,8 +493,6 @@ def _memaligned(mem, found: list[MmapChunk]) -> list[MmapChunk]:
     candidate, taken when its header names its lead exactly."""
     import numpy as np
 
-    from mdbpy.heap.bulk import gather
-
     cand = []  # (index in found, header address, lead)
     for i, c in enumerate(found):
         if c.prev_size:
@@ -509,7 +507,7 @@ def _memaligned(mem, found: list[MmapChunk]) -> list[MmapChunk]:
             a <<= 1
     if not cand:
         return found
-    rows, ok = gather(mem, np.array([h for _i, h, _l in cand], np.uint64), 16)
+    rows, ok = Gather(mem).rows(np.array([h for _i, h, _l in cand], np.uint64), 16)
     words = rows.view("<u8").reshape(len(cand), 2)
     out = list(found)
     for k in np.flatnonzero(ok).tolist():

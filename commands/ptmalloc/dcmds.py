@@ -12,11 +12,12 @@ from mdbpy.errors import MdbError, UsageError
 from mdbpy.heap.model import ALLOC, FREE
 from mdbpy.jsonout import Table, emit, wants_json
 
-from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP, chunk_table
 from .bins import Walker
 from .chunks import flag_text
+from .layouts import ROLE_TCACHE_STRUCT, ROLE_TOP
 from .locate import MODES, SETTING, locate, locate_mode
 from .stats import MALLINFO_FIELDS, mallinfo2, malloc_stats_text
+from .table import chunk_table
 from .verify import verify
 
 STATE_NAMES = {ALLOC: "inuse", FREE: "free", ROLE_TOP: "top", ROLE_TCACHE_STRUCT: "tcache"}

@@ -126,3 +126,7 @@ PTMALLOC_LAYOUTS = DescriptorSet("ptmalloc").add(
 
 # where DWARF describes each struct (glibc names heap_info through a typedef of _heap_info)
 DWARF_CU_HINT = "malloc.c"
+
+# chunk roles in the chunk table's state column, beyond ALLOC / FREE, for listings
+ROLE_TOP = 3
+ROLE_TCACHE_STRUCT = 4

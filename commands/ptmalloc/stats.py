@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mdbpy.errors import ReadError
 
-from .allocator import chunk_table
+from .table import chunk_table
 
 SIZE_MAX = (1 << 64) - 1  # the fields are size_t: glibc's arithmetic wraps (a smashed system_mem)
 MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",

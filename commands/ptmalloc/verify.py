@@ -15,9 +15,9 @@ from mdbpy.errors import ReadError
 from mdbpy.heap.damage import warn_once
 from mdbpy.heap.model import ALLOC
 
-from .allocator import ROLE_TCACHE_STRUCT, ROLE_TOP, chunk_table
-from .layouts import NON_MAIN_ARENA, NSMALLBINS
+from .layouts import NON_MAIN_ARENA, NSMALLBINS, ROLE_TCACHE_STRUCT, ROLE_TOP
 from .locate import WARNED, locate
+from .table import chunk_table
 
 MIN_LARGE_SIZE = NSMALLBINS * 16  # the smallest chunk size of the large bins
 MAX_FILL_CHECK = 1 << 16  # bytes of one free chunk compared with the fill byte

@@ -10,13 +10,10 @@ be examined.
 
 Sizes met in benchmarks are a million objects in tens of thousands of slabs, so nothing here
 is a Python loop per slab or per object: slabs are kept column-wise; the buffer table is
-expanded from the slabs; allocation tracks are gathered in clusters (mdbpy.heap.bulk).
+expanded from the slabs; allocation tracks are read together (mdbpy.heap.gather).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from mdbpy.errors import ReadError
 from mdbpy.heap.damage import DamageLog
@@ -24,74 +21,12 @@ from mdbpy.heap.model import (CTL_NONE, FREE, AllocRecord, Allocator, Buffer, Bu
                               Problem, RecordColumns)
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.sim.layouts import (SIM_ALLOCATOR_SYMBOL, SIM_LAYOUTS, SIM_MAGIC, SIM_POISON,
-                               SIM_RED_ZONE, SIM_STORE_USER)
+                               SIM_RED_ZONE)
 
+from .model import SimCache, SimSlab, decoded
 from .verify import check_cache
 from .walk import (ALREADY_FREE, MAX_METADATA, drop_overlaps, read_cache_list,
                    read_slab_list, walk_freelists)
-
-
-def decoded(view) -> SimpleNamespace:
-    """Every field of a view decoded once, as plain attributes: the walks below read cache
-    fields per slab and per object, where decoding on each access would dominate."""
-    return SimpleNamespace(addr=view.addr, **{n: getattr(view, n) for n in view.struct.fields})
-
-
-@dataclass
-class SimSlab:
-    addr: int  # its sim_slab descriptor
-    base: int
-    objects: int
-    free: list[int] = field(default_factory=list)  # slot indexes on the free list, in order
-
-
-@dataclass
-class SimCache:
-    """A cache and its slabs, kept column-wise (numpy arrays in list order, one entry per
-    slab) so that a heap of tens of thousands of slabs becomes a buffer table without a
-    Python object per slab; `slabs` makes those objects for the commands that want them."""
-
-    view: object  # sim_kmem_cache, decoded
-    name: str
-    index: int
-    slab_addr: object = None  # np.ndarray uint64: the sim_slab descriptors
-    slab_base: object = None  # np.ndarray uint64: their first slots
-    slab_objects: object = None  # np.ndarray int64
-    slab_inuse: object = None  # np.ndarray int64: what each descriptor claims
-    slab_freelist: object = None  # np.ndarray uint64: each slab's free list head
-    bad: bool = False  # its descriptor fails the geometry checks: no slabs are read
-    free: dict = field(default_factory=dict)  # slab position -> free slot indexes, in order
-    _slabs: list | None = None
-
-    @property
-    def addr(self) -> int:
-        return self.view.addr
-
-    @property
-    def slabs(self) -> list[SimSlab]:
-        if self._slabs is None:
-            cols = zip(self.slab_addr.tolist(), self.slab_base.tolist(),
-                       self.slab_objects.tolist())
-            self._slabs = [SimSlab(a, b, n, self.free.get(i, []))
-                           for i, (a, b, n) in enumerate(cols)]
-        return self._slabs
-
-    @property
-    def total(self) -> int:
-        return int(self.slab_objects.sum())
-
-    @property
-    def nfree(self) -> int:
-        return sum(len(f) for f in self.free.values())
-
-    def object_at(self, slab: SimSlab, k: int) -> int:
-        """The object (what the program got from malloc) of slot k."""
-        v = self.view
-        return slab.base + k * v.size + v.red_left_pad
-
-    @property
-    def has_tracks(self) -> bool:
-        return bool(self.view.flags & SIM_STORE_USER)
 
 
 class SimAllocator(Allocator):
@@ -269,13 +204,13 @@ class SimAllocator(Allocator):
         step; a row's AllocRecord is made only when asked for."""
         import numpy as np
 
-        from mdbpy.heap.bulk import gather
+        from mdbpy.heap.gather import session_gather
 
         addrs = np.asarray(addrs, np.uint64)
         st = self.binder["sim_track"]
         want = np.flatnonzero(addrs)
         rows = np.zeros((len(addrs), st.size), np.uint8)
-        rows[want], ok = gather(self.session.mem, addrs[want], st.size)
+        rows[want], ok = session_gather(self.session).rows(addrs[want], st.size)
         t = rows.view(st.dtype()).reshape(len(rows))
         pcs = t["addrs"]
         depth = np.where((pcs == 0).any(axis=1), (pcs == 0).argmax(axis=1), pcs.shape[1])

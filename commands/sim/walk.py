@@ -24,6 +24,8 @@ from mdbpy.errors import ReadError
 from mdbpy.sim.layouts import (SIM_POISON, SIM_RED_ZONE, SIM_REDZONE_ACTIVE,
                                SIM_REDZONE_INACTIVE, SIM_STORE_USER)
 
+from .model import SimCache, decoded
+
 MAX_CACHES = 4096
 MAX_SLABS = 1 << 24
 MAX_SLAB_BYTES = 1 << 30  # one slab larger than this is corrupt
@@ -59,8 +61,6 @@ def read_cache_list(sim) -> list:
     root claims and cycle-safe; each link must land inside the metadata. A cache whose
     geometry fails geometry_fault is kept (its descriptor can be printed) but marked `bad`:
     its slabs are not read."""
-    from .heap import SimCache, decoded
-
     root, log = sim.root, sim.damage
     kc = sim.binder["sim_kmem_cache"]
     limit = min(root.ncaches, MAX_CACHES)

@@ -11,17 +11,17 @@ from __future__ import annotations
 from mdbpy.dcmd import Walker
 from mdbpy.errors import MdbError
 
-from mdbpy_commands.umem import ptc
 from mdbpy_commands.umem.allocator import UmemAllocator
 from mdbpy_commands.umem.layouts import UMEM_READY
 from mdbpy_commands.umem.state import Umem, find_object
+from mdbpy_commands.umem.walkers import buffers, register_ptc_walkers
 
 DMOD_NAME = "umem"
 ALLOCATOR = UmemAllocator
 MACRO_ALIASES = {"bufctl_audit": "::bufctl -v"}  # mdb's built-in alias of the old adb macro
 
 
-def detect(session) -> bool:
+def is_present(session) -> bool:
     """libumem is present: some object named libumem.so*, or the executable, defines
     umem_null_cache."""
     return find_object(session) is not None
@@ -45,12 +45,10 @@ def on_load(session) -> None:
             continue
         reg.add_walker(Walker(name, _cache_walker(c.addr), f"walk the {name} cache",
                               needs_addr=False), DMOD_NAME)
-    ptc.register(session, umem, DMOD_NAME)
+    register_ptc_walkers(session, umem, DMOD_NAME)
 
 
 def _cache_walker(addr: int):
-    from mdbpy_commands.umem.walkers import buffers
-
     def walk(session, _addr):
         """The allocated buffers of this cache."""
         return buffers(session, addr, "alloc")

@@ -218,9 +218,9 @@ class UmemAllocator(Allocator):
         """(column(field name) -> array, readable mask) of the structs at addrs."""
         import numpy as np
 
-        from mdbpy.heap.bulk import gather
+        from mdbpy.heap.gather import session_gather
 
-        rows, ok = gather(self.umem.mem, addrs, size)
+        rows, ok = session_gather(self.session).rows(addrs, size)
         b = self.binder[struct]
 
         def column(name, count=1):

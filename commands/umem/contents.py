@@ -22,8 +22,8 @@ from mdbpy.errors import ReadError
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
-from mdbpy_commands.umem.gather import session_gather
-from mdbpy_commands.umem.ptc import ptc_buffers
+from mdbpy.heap.gather import session_gather
+from mdbpy_commands.umem import ptc
 
 MAX_SLABSIZE = 1 << 26  # libumem's slabs are at most a few pages per chunk
 MAX_BUCKETS = 1 << 22
@@ -234,7 +234,7 @@ def _compute(umem, cache) -> Contents:
     i, ok = locate(rounds)
     in_mag[i[ok]] = True
     umem.debug(f"magazine layer: {int(ok.sum())} buffers")
-    cached = np.array(ptc_buffers(umem, cache), np.uint64)
+    cached = np.array(ptc.ptc_buffers(umem, cache), np.uint64)
     if len(cached):
         i, ok = locate(cached)
         in_mag[i[ok]] = True
@@ -336,3 +336,20 @@ def _classify(umem, cache, g, sel, bufs, free, on_hash) -> None:
     tag = bufs[idx] + np.uint64(cache.cache_buftag)
     (bxstat, r1), (bufctl, r2) = g.u64(tag + np.uint64(16)), g.u64(tag + np.uint64(8))
     free[idx[r1 & r2 & ((bxstat ^ bufctl) == np.uint64(L.UMEM_BUFTAG_FREE))]] = True
+
+
+def held_count(umem, cache) -> int | None:
+    """How many of the cache's buffers per-thread caches hold (::umastat's `buf in ptc`), or
+    None when the cache has no per-thread cache."""
+    if cache.addr not in {c.addr for _s, c in ptc.ptc_slots(umem)} or ptc.why_none(umem, cache):
+        return None
+    bufs = ptc.ptc_buffers(umem, cache)
+    return len(cached_in(umem, cache, bufs) if ptc.is_v2(umem) else bufs)
+
+
+def cached_in(umem, cache, bufs) -> list[int]:
+    """Of the buffers a per-thread cache holds (ptc_buffers), those of this cache."""
+    import numpy as np
+
+    got = np.array(bufs, np.uint64)
+    return got[np.isin(got, cache_contents(umem, cache).bufs)].tolist()

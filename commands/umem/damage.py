@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from mdbpy.heap.damage import DamageLog
 
-from mdbpy_commands.umem.gather import session_gather
+from mdbpy.heap.gather import session_gather
 
 
 def damage(session) -> DamageLog:

@@ -11,8 +11,7 @@ from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import human_size
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.contents import cache_contents
-from mdbpy_commands.umem.ptc import held_count
+from mdbpy_commands.umem.contents import cache_contents, held_count
 from mdbpy_commands.umem.state import Umem, missing
 from mdbpy_commands.umem.verify import verifiable, verify_cache
 
@@ -255,7 +254,7 @@ def malloc_sizes(umem, c):
     arrays."""
     import numpy as np
 
-    from mdbpy_commands.umem.gather import Gather
+    from mdbpy.heap.gather import Gather
 
     bufs = cache_contents(umem, c).allocated()
     second = c.cache_bufsize > L.UMEM_SECOND_ALIGN

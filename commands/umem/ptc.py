@@ -20,12 +20,11 @@ them, as the magazine layer; where there is nothing to walk, the walker says why
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Walker
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import ReadError
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
-from mdbpy_commands.umem.state import MAX_MAGSIZE, Umem
+from mdbpy_commands.umem.state import MAX_MAGSIZE
 
 NTMEMBASE = 16  # tm_roots[] slots of a tmem_t
 V2_MAXSIZE = 2048  # v2's umem_ptc_maxsize default
@@ -117,25 +116,6 @@ def ptc_buffers(umem, cache) -> list[int]:
         if c.addr == cache.addr and why_none(umem, cache) is None:
             return [b for tp in thread_pointers(umem.session) for b in chain(umem, c, slot, tp)]
     return []
-
-
-def held_count(umem, cache) -> int | None:
-    """How many of the cache's buffers per-thread caches hold (::umastat's `buf in ptc`), or
-    None when the cache has no per-thread cache."""
-    if cache.addr not in {c.addr for _s, c in ptc_slots(umem)} or why_none(umem, cache):
-        return None
-    bufs = ptc_buffers(umem, cache)
-    return len(cached_in(umem, cache, bufs) if is_v2(umem) else bufs)
-
-
-def cached_in(umem, cache, bufs) -> list[int]:
-    """Of the buffers a per-thread cache holds (ptc_buffers), those of this cache."""
-    import numpy as np
-
-    from mdbpy_commands.umem.contents import cache_contents
-
-    got = np.array(bufs, np.uint64)
-    return got[np.isin(got, cache_contents(umem, cache).bufs)].tolist()
 
 
 def tls_block(umem) -> int | None:
@@ -232,32 +212,3 @@ def _v2_buffers(umem, ptc: int, tp: int) -> list[int]:
             except ReadError as e:
                 damage(umem.session).report(m.addr, m.addr + 8, f"{what}: {e}")
     return [b for b in out if b]
-
-
-def register(session, umem, module: str) -> None:
-    """One `umem_ptc_<bufsize>` walker per umem_alloc_* cache a per-thread cache can hold."""
-    reg = session.registry
-    for slot, c in ptc_slots(umem):
-        name = f"umem_ptc_{c.cache_bufsize}"
-        if name not in reg.walkers:
-            reg.add_walker(Walker(name, _walker(c.addr, slot, name),
-                                  f"walk the per-thread cache for {c.cstr('cache_name')}"),
-                           module)
-
-
-def _walker(cache_addr: int, slot: int, name: str):
-    def walk(session, addr):
-        """A thread's (addr: its thread pointer) or every thread's per-thread-cached
-        buffers of this cache."""
-        umem = Umem.get(session)
-        cache = umem.cache(cache_addr)
-        why = why_none(umem, cache)
-        if why is not None:
-            raise MdbError(f"{name}: {why}")
-        tps = [addr] if addr is not None else thread_pointers(session)
-        if is_v2(umem):
-            held = v2_thread_caches(umem)
-            return iter(cached_in(umem, cache, [b for tp in tps for b in held.get(tp, [])]))
-        return iter([b for tp in tps for b in chain(umem, cache, slot, tp)])
-
-    return walk

@@ -19,7 +19,7 @@ from mdbpy.layout.bind import Binder
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage, walk_chain, walk_ring
-from mdbpy_commands.umem.gather import session_gather
+from mdbpy.heap.gather import session_gather
 
 MAX_CACHES = 4096  # real processes have about 60
 MAX_ARENAS = 1024
@@ -315,13 +315,9 @@ class Umem:
         g = session_gather(self.session)
         for n in sorted({n for _m, n, _w in mags}):
             sel = [(m, who) for m, k, who in mags if k == n]
-            at = np.array([m for m, _w in sel], np.uint64) + np.uint64(round0)
-            cols, ok = [], np.ones(len(sel), bool)
-            for k in range(0, n, PAGE // 8):  # a Gather reads at most a page per address
-                words, got = g.read(at + np.uint64(8 * k), 8 * min(PAGE // 8, n - k), "<u8")
-                cols.append(words.reshape(len(sel), -1))
-                ok &= got
-            rounds += np.hstack(cols)[ok].ravel().tolist()
+            words, ok = g.read(np.array([m for m, _w in sel], np.uint64) + np.uint64(round0),
+                               8 * n, "<u8")
+            rounds += words.reshape(len(sel), n)[ok].ravel().tolist()
             for (mag, who), good in zip(sel, ok.tolist()):
                 if not good:
                     damage(self.session).report(mag, mag + 8, f"{what} {who}: unreadable "

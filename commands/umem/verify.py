@@ -42,7 +42,7 @@ def verify_cache(umem, cache) -> list[Corruption]:
     """Every corrupt buffer of a redzone cache, allocated ones first, in address order."""
     import numpy as np
 
-    from mdbpy_commands.umem.gather import PAGE, Gather
+    from mdbpy.heap.gather import PAGE, Gather
 
     if not verifiable(cache):
         return []

@@ -8,11 +8,12 @@ Walks of a cache yield addresses in address order.
 
 from __future__ import annotations
 
-from mdbpy.dcmd import walker
+from mdbpy.dcmd import Walker, walker
 from mdbpy.errors import MdbError, ReadError
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.contents import MAX_BUCKETS, cache_contents
+from mdbpy_commands.umem import ptc
+from mdbpy_commands.umem.contents import MAX_BUCKETS, cache_contents, cached_in
 from mdbpy_commands.umem.damage import damage, walk_chain
 from mdbpy_commands.umem.state import Umem, missing
 
@@ -279,3 +280,32 @@ def walk_vmem_free(session, addr):
         enabled=missing)
 def walk_vmem_span(session, addr):
     return segs_of(session, addr, L.VMEM_SPAN, "span")
+
+
+def register_ptc_walkers(session, umem, module: str) -> None:
+    """One `umem_ptc_<bufsize>` walker per umem_alloc_* cache a per-thread cache can hold."""
+    reg = session.registry
+    for slot, c in ptc.ptc_slots(umem):
+        name = f"umem_ptc_{c.cache_bufsize}"
+        if name not in reg.walkers:
+            reg.add_walker(Walker(name, _walker(c.addr, slot, name),
+                                  f"walk the per-thread cache for {c.cstr('cache_name')}"),
+                           module)
+
+
+def _walker(cache_addr: int, slot: int, name: str):
+    def walk(session, addr):
+        """A thread's (addr: its thread pointer) or every thread's per-thread-cached
+        buffers of this cache."""
+        umem = Umem.get(session)
+        cache = umem.cache(cache_addr)
+        why = ptc.why_none(umem, cache)
+        if why is not None:
+            raise MdbError(f"{name}: {why}")
+        tps = [addr] if addr is not None else ptc.thread_pointers(session)
+        if ptc.is_v2(umem):
+            held = ptc.v2_thread_caches(umem)
+            return iter(cached_in(umem, cache, [b for tp in tps for b in held.get(tp, [])]))
+        return iter([b for tp in tps for b in ptc.chain(umem, cache, slot, tp)])
+
+    return walk

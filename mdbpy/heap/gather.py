@@ -1,14 +1,21 @@
-"""Reading many small scattered fields with few large reads, as numpy arrays.
+"""The one batched reader: many small scattered records and fields with few large reads, as
+numpy arrays, for every allocator.
 
-libumem keeps its state in linked structures (hash chains of bufctls, slab freelists) spread
-over the heap. Following 200,000 of them one read at a time is slow; instead the walkers advance
-every chain at once ("frontier" steps): one Gather call reads a field of all current elements,
-touching each page once, and each call joins only the pages it needs.
+Allocators keep their state in linked structures (umem's hash chains and slab freelists,
+glibc's chunk headers, the simulator's tracks) spread over the heap, and findleaks wants a
+record for each of thousands of leaks. One read per record costs ~10 us; instead a Gather
+takes all the addresses of one step at once (the walkers advance every chain together:
+"frontier" steps), touches each page once, and cuts the records out with one numpy gather.
+A core file's records are cut straight out of its mapped image (Target.read_rows). List
+walks, whose next address is known only once a node is read, read through the same pages
+(bytes_at), so every walk of one operation shares one read cache: the session's Gather.
 
-Two rules keep it exact whatever the heap's size:
+Three rules keep it exact and bounded whatever the heap's size:
 - a call always has every page it needs: the pages kept between calls (up to MAX_CACHED bytes,
   oldest dropped first) only save re-reading; a call that needs more than the budget still
   gets them all (the budget bounds what stays, never what a call sees);
+- a call's pages are joined in windows of at most WINDOW_PAGES, so one call over a whole heap
+  never holds more than a window's bytes beside its result;
 - a page that cannot be read is no page of zeros: every read returns, beside its values, which
   of them were read (`ok`), and the callers treat the others as unreadable (damage reported,
   the buffer not checked), never as values.
@@ -18,11 +25,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from mdbpy.errors import ReadError
-
 PAGE = 4096
 BLOCK = 1 << 16  # what a single-address read brings in around its page (list nodes cluster)
-MAX_BYTES = 1 << 30  # a walk that wants more than this from one Gather is a corrupt one
+WINDOW_PAGES = 1 << 14  # pages one call joins at a time (64 MiB)
 MAX_CACHED = 1 << 26  # bytes of pages a Gather keeps between calls (never what one call sees)
 GAP_PAGES = 16  # pages between two needed ones that are read rather than skipped
 
@@ -90,9 +95,16 @@ class Gather:
 
     def __init__(self, mem):
         self.mem = mem
-        self.mapped = Mapped(mem)
+        self._mapped: Mapped | None = None
         # page number -> bytes (None: unreadable), oldest first
         self._pages: OrderedDict[int, bytes | None] = OrderedDict()
+
+    @property
+    def mapped(self) -> Mapped:
+        """The mappings, listed when a page is first read (a core's rows rarely need it)."""
+        if self._mapped is None:
+            self._mapped = Mapped(self.mem)
+        return self._mapped
 
     def _load(self, pages: list[int]) -> dict[int, bytes | None]:
         """Every one of the pages (sorted unique page numbers): kept ones, the rest read in
@@ -104,9 +116,6 @@ class Gather:
                 got[p] = self._pages[p]
             else:
                 missing.append(p)
-        if len(missing) * PAGE > MAX_BYTES:
-            raise ReadError(missing[0] * PAGE, len(missing) * PAGE,
-                            "too much memory for one walk (corrupt structures?)")
         fresh: dict[int, bytes | None] = {}
         k = 0
         while k < len(missing):  # runs of pages, bridging small gaps: reads cost more than bytes
@@ -181,39 +190,75 @@ class Gather:
         self._keep(fresh)
         return fresh.get(p)
 
+    def rows(self, addrs, size: int):
+        """(rows, ok): an (n, size) uint8 array of the `size` bytes at each address, in the
+        order given, and which of them could be read (the others are zero and must not be
+        used). A core's rows come straight from its mapped image where they can; the rest
+        (and a live process's) from the pages, in PAGE-byte pieces of each row."""
+        import numpy as np
+
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        n = len(addrs)
+        if not n or size <= 0:
+            return np.zeros((n, max(size, 0)), np.uint8), np.zeros(n, bool)
+        fast = self.mem.read_rows(addrs, size)
+        if fast is None:
+            rows, ok = np.zeros((n, size), np.uint8), np.zeros(n, bool)
+        else:
+            rows, ok = fast
+            if ok.all():
+                return rows, ok
+        rest = np.flatnonzero(~ok)
+        good = np.ones(len(rest), bool)
+        for k in range(0, size, PAGE):
+            w = min(PAGE, size - k)
+            part, got = self._piece(addrs[rest] + np.uint64(k), w)
+            rows[rest, k:k + w] = part
+            good &= got
+        rows[rest[~good]] = 0
+        ok[rest] = good
+        return rows, ok
+
+    def _piece(self, addrs, size: int):
+        """rows() for sizes up to a page: the addresses taken in windows of pages (sorted),
+        each window's pages joined side by side so that a value running into the next page
+        finds it next, and every row cut out with one numpy gather."""
+        import numpy as np
+
+        first = addrs // np.uint64(PAGE)
+        last = (addrs + np.uint64(size - 1)) // np.uint64(PAGE)
+        out = np.zeros((len(addrs), size), np.uint8)
+        ok = last >= first  # an address whose field wraps past 2**64 is no field
+        order = np.argsort(first, kind="stable")
+        cuts = np.flatnonzero(np.diff(first[order] // np.uint64(WINDOW_PAGES))) + 1
+        zero = bytes(PAGE)
+        for idx in np.split(order, cuts):
+            f, la = first[idx], np.maximum(last[idx], first[idx])
+            pages = np.unique(np.concatenate((f, la)))
+            plist = pages.tolist()
+            got = self._load(plist)
+            readable = np.array([got[p] is not None for p in plist], bool)
+            buf = np.frombuffer(b"".join([got[p] or zero for p in plist] + [bytes(size)]),
+                                np.uint8)
+            at = np.searchsorted(pages, f)
+            ok[idx] &= readable[at] & readable[np.searchsorted(pages, la)]
+            pos = at.astype(np.int64) * PAGE + (addrs[idx] % np.uint64(PAGE)).astype(np.int64)
+            out[idx] = buf[pos[:, None] + np.arange(size)]
+        out[~ok] = 0
+        return out, ok
+
     def read(self, addrs, size: int, dtype: str):
         """(values, ok): the `size`-byte little-endian values at each address as dtype (e.g.
         '<u8'), and which of them could be read (the others are 0 and must not be used). A
         size that is a multiple of dtype's gives each address a row of that many values (one
-        call for several fields of a struct: each call joins the pages it needs once)."""
+        call for several fields of a struct)."""
         import numpy as np
 
-        if not 0 < size <= PAGE:
-            raise ValueError(f"Gather reads fields of 1 to {PAGE} bytes, not {size}")
-        addrs = np.asarray(addrs, dtype=np.uint64)
-        if not len(addrs):
-            return np.zeros(0, dtype), np.zeros(0, bool)
-        first = addrs // np.uint64(PAGE)
-        last = (addrs + np.uint64(size - 1)) // np.uint64(PAGE)
-        pages = np.unique(np.concatenate((first, last)))
-        plist = pages.tolist()
-        got = self._load(plist)
-        zero = bytes(PAGE)
-        readable = np.array([got[p] is not None for p in plist], bool)
-        # the pages this call needs, side by side: a value that runs into the next page finds
-        # it next (padded for an address that wraps around the top of the address space)
-        buf = np.frombuffer(b"".join([got[p] or zero for p in plist] + [bytes(size)]),
-                            np.uint8)
-        at_first = np.searchsorted(pages, first)
-        ok = readable[at_first] & readable[np.searchsorted(pages, last)]
-        ok &= last >= first  # an address whose field wraps past 2**64 is no field
-        pos = at_first.astype(np.int64) * PAGE + (addrs % np.uint64(PAGE)).astype(np.int64)
-        raw = buf[pos[:, None] + np.arange(size)]
-        values = raw.reshape(-1).view(dtype).copy()
-        per = size // values.itemsize
+        rows, ok = self.rows(addrs, size)
+        values = np.ascontiguousarray(rows).reshape(-1).view(dtype)
+        per = size // values.itemsize if size > 0 else 1
         if per > 1:
             values = values.reshape(-1, per)
-        values[~ok] = 0
         return values, ok
 
     def u64(self, addrs):

@@ -11,6 +11,8 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mdbpy.errors import MdbError
+
 # buffer states
 ALLOC = 1
 FREE = 2
@@ -285,7 +287,7 @@ class Allocator:
     def records(self, table: BufferTable, indexes) -> list[AllocRecord | None]:
         """The records of many buffers (findleaks asks for every leak's at once). Allocators
         that keep records at fixed places override this to read them in bulk
-        (mdbpy.heap.bulk.gather)."""
+        (mdbpy.heap.gather)."""
         return [self.record(table, int(i)) for i in indexes]
 
     def record_columns(self, table: BufferTable, indexes) -> RecordColumns:
@@ -377,3 +379,16 @@ class Allocator:
             rows.append(HeapStat(str(name), int(sizes.max()), n, inuse,
                                  int(sizes.sum(dtype=np.uint64))))
         return rows
+
+
+NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
+                "own simulator; see ::dmods)")
+
+
+def allocators(session) -> list[Allocator]:
+    """The target's allocators, for a command that needs at least one (else its one-line
+    error)."""
+    found = session.allocators()
+    if not found:
+        raise MdbError(NO_ALLOCATOR)
+    return found

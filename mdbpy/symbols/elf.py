@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.symbols import cache, debuginfo
-from mdbpy.symbols.base import Symbol
+from mdbpy.symbols.base import LoadObject, Symbol
 from mdbpy.symbols.plt import plt_columns
-from mdbpy.symbols.table import LoadObject
 from mdbpy.target import elfcore as ec
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from mdbpy.errors import MdbError
 
 if TYPE_CHECKING:
-    from mdbpy.symbols.table import LoadObject
+    from mdbpy.symbols.base import LoadObject
 
 MAX_DEBUG_BYTES = 512 << 20  # DWARF sections larger than this in total are not loaded
 MAX_ROWS = 4 << 20  # rows decoded from one CU's line program

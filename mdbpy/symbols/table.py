@@ -6,82 +6,14 @@ sources added with add_symbols() (tests, the simulator). Addresses are runtime a
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mdbpy.errors import ReadError
-from mdbpy.symbols.base import Symbol
+from mdbpy.symbols.base import LoadObject, Symbol
+from mdbpy.symbols.elf import load_objects
 
 if TYPE_CHECKING:
     from mdbpy.session import Session
-
-
-@dataclass
-class LoadObject:
-    """A named object with symbols: an ELF file mapped by the target, or a synthetic table."""
-
-    name: str  # short name as mdb prints it: 'a.out' for the executable, else the basename
-    path: str = ""
-    base: int = 0  # lowest mapped address
-    end: int = 0  # highest mapped address (exclusive)
-    bias: int = 0  # runtime address - file address
-    is_exe: bool = False
-    symbols: list[Symbol] = field(default_factory=list)  # sorted by address once loaded
-    _by_name: dict[str, Symbol] | None = None
-    _addrs: list[int] | None = None
-
-    def finish(self) -> None:
-        """Index the symbols (call after filling `symbols`)."""
-        self.symbols.sort(key=lambda s: (s.addr, -s.size))
-        self._addrs = [s.addr for s in self.symbols]
-        by_name: dict[str, Symbol] = {}
-        for s in self.symbols:
-            old = by_name.get(s.name)
-            # prefer global over weak over local, then sized over unsized
-            if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
-                by_name[s.name] = s
-        # `stdout` also finds `stdout@GLIBC_2.2.5`: newer linkers keep versions in .symtab names
-        # (but `malloc` is never the PLT stub `malloc@plt`, which only calls it)
-        for s in self.symbols:
-            base = s.name.split("@", 1)[0]
-            if base != s.name and base and not s.name.endswith("@plt"):
-                by_name.setdefault(base, s)
-        self._by_name = by_name
-
-    def table(self, which: str = "symtab") -> list[Symbol]:
-        """The symbol table in file order, as ::nm lists it (ELF objects override this to
-        give .symtab or .dynsym with undefined and section entries; a synthetic object has
-        one table)."""
-        return self.symbols
-
-    def read_file(self, addr: int, n: int) -> bytes:
-        """The object-file bytes behind [addr, addr+n) (ELF objects override this)."""
-        raise ReadError(addr, n, f"{self.name} has no object file")
-
-    def lookup(self, name: str) -> Symbol | None:
-        if self._by_name is None:
-            self.finish()
-        return self._by_name.get(name)
-
-    def lookup_addr(self, addr: int) -> Symbol | None:
-        """The symbol containing addr; else the closest preceding sized-0 symbol within the
-        object; None outside the object."""
-        if self._addrs is None:
-            self.finish()
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        best = None
-        while i >= 0:
-            s = self.symbols[i]
-            if s.type in ("func", "object", "notype", "tls") and s.name:
-                if s.contains(addr):
-                    return s
-                if best is None and s.size == 0:
-                    best = s
-                if addr - s.addr > (1 << 20):
-                    break
-            i -= 1
-        return best
 
 
 def named_at(pc: int, ret: bool = True) -> int:
@@ -96,10 +28,6 @@ def named_at(pc: int, ret: bool = True) -> int:
     place the rule lives: the stack printers pass ret to SymbolTable.format_addr / lookup_addr /
     locate, and checks such as "is this frame inside the allocator" look frames up here."""
     return (pc - 1) & 0xFFFFFFFFFFFFFFFF if ret and pc else pc
-
-
-def _rank(s: Symbol) -> int:
-    return {"global": 2, "weak": 1}.get(s.bind, 0)
 
 
 class SymbolTable:
@@ -126,7 +54,6 @@ class SymbolTable:
 
     def _load_objects(self) -> list[LoadObject]:
         """The ELF load objects of the target's mappings (see elf.py)."""
-        from mdbpy.symbols.elf import load_objects
 
         objs = load_objects(self.session, self._previous)
         self._previous = []

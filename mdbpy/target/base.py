@@ -116,8 +116,8 @@ class Target:
     def read_rows(self, addrs, size: int):
         """A fast path for many small reads: (rows, ok) with the `size` bytes at each of the
         addresses (a uint64 numpy array) as an (n, size) uint8 array, ok saying which rows it
-        could fill; or None when the target has no such path (mdbpy.heap.bulk then reads in
-        clusters through read())."""
+        could fill; or None when the target has no such path (mdbpy.heap.gather then reads
+        runs of pages through read())."""
         return None
 
     def write(self, addr: int, data: bytes) -> None:

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError
 from mdbpy.output import c_escape, radix_str, symbolic
 from mdbpy.types.enums import hex_alt, is_flags, value_label
 from mdbpy.types.model import Array, Base, Enum, Pointer, Struct, Type
-from mdbpy.types.value import Value, decode_float, read_string
+from mdbpy.types.scalars import decode_float, read_string
+
+if TYPE_CHECKING:
+    from mdbpy.types.value import Value
 
 INDENT = 4
 ARRAY_LIMIT = 32  # mdb's array_mem_limit default
@@ -283,18 +287,20 @@ class Printer:
         if o.holes and not t.is_union and t.size and expected < 8 * t.size:
             self._hole(v, expected, 8 * t.size, depth + 1, nest)
         for s in t.statics:
-            self._static(s, depth + 1, nest, prefix, suffix)
+            self._static(v, s, depth + 1, nest, prefix, suffix)
         self._w(" " * (INDENT * (depth + nest)) + "}" + ("," if depth == 0 and nest else ""))
         self._nl()
 
-    def _static(self, s, depth: int, nest: int, prefix, suffix) -> None:
+    def _static(self, v: Value, s, depth: int, nest: int, prefix, suffix) -> None:
+        """A static member, printed as a value of its own (of the kind of v, its class's:
+        the printer builds no values of its own kind)."""
         where = self.space.static_member(s.qualname)
         if where is None:
             self._w(" " * (INDENT * (depth + nest)) + f"static {s.name} = <optimized out>")
             self._nl()
             return
         t, addr = where
-        self.element(Value(self.space, t, addr if self.opts.values else None), t, s.name,
+        self.element(type(v)(self.space, t, addr if self.opts.values else None), t, s.name,
                      depth, nest, prefix, suffix, static=True)
 
     def _hole(self, v: Value, start: int, end: int, depth: int, nest: int) -> None:
