@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from mdbpy.errors import MdbError, ReadError
+from mdbpy.heap import walk
 from mdbpy.heap.damage import Damage, warn
 from mdbpy.layout.bind import X86_64, Binder
 
@@ -143,31 +144,34 @@ def _arena_fault(session, structs, addr: int) -> str | None:
 
 
 def arena_ring(session, structs, start: int) -> tuple[list[int], Damage | None]:
-    """The arenas along `next` from start, and the damage that cut the ring before it came
-    back to start (None when it did). Bounded by MAX_ARENAS, each arena once."""
+    """The arenas along `next` from start (mdbpy/heap/walk.py's chain, as a ring), and the
+    damage that cut the ring before it came back to start (None when it did). Bounded by
+    MAX_ARENAS, each arena once; every arena but start must be a thread arena."""
     off = structs["malloc_state"].offset("next")
-    ring, seen, cur = [start], {start}, start
-    while True:
+
+    def read(addr):
         try:
-            nxt = session.mem.read_ptr(cur + off)
+            return addr, session.mem.read_ptr(addr + off)
         except ReadError:
-            return ring, Damage(arena_owner(cur), cur + off, "next is unreadable", cur + off,
-                                cur + off + 8)
-        if nxt == start:
-            return ring, None
-        if nxt in seen:
-            why = f"next: cycle at 0x{nxt:x}"
-        elif len(ring) >= MAX_ARENAS:
-            why = f"next: more than {MAX_ARENAS} arenas"
-        else:
-            fault = _arena_fault(session, structs, nxt)
-            why = f"next 0x{nxt:x} {fault}" if fault else None
-        if why:
-            return ring, Damage(arena_owner(cur), cur + off, why + "; the arena ring is cut "
-                                "there", cur + off, cur + off + 8)
-        ring.append(nxt)
-        seen.add(nxt)
-        cur = nxt
+            return None
+
+    def check(addr):
+        return None if addr == start else _arena_fault(session, structs, addr)
+
+    nodes, broke = walk.chain(start, read, lambda n: n[1], MAX_ARENAS, "arena", check,
+                              end=start)
+    ring = [a for a, _next in nodes]
+    if broke is None:
+        return ring, None
+    if broke.cause == "unreadable":
+        at = broke.cur + off
+        return ring, Damage(arena_owner(broke.cur), at, "next is unreadable", at, at + 8)
+    why = {"cycle": f"next: cycle at 0x{broke.cur:x}",
+           "limit": f"next: more than {MAX_ARENAS} arenas"}.get(
+        broke.cause, f"next 0x{broke.cur:x} {broke.why}")
+    at = broke.prev + off
+    return ring, Damage(arena_owner(broke.prev), at, why + "; the arena ring is cut there", at,
+                        at + 8)
 
 
 def _stray_arenas(session, structs, known) -> list[tuple[int, int]]:

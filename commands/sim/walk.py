@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 
 from mdbpy.errors import ReadError
+from mdbpy.heap import walk
 from mdbpy.sim.layouts import (SIM_POISON, SIM_RED_ZONE, SIM_REDZONE_ACTIVE,
                                SIM_REDZONE_INACTIVE, SIM_STORE_USER)
 
@@ -57,63 +58,62 @@ def geometry_fault(v, track_size: int) -> str | None:
 
 
 def read_cache_list(sim) -> list:
-    """Every cache descriptor on the list from sim_allocator.caches, bounded by the count the
-    root claims and cycle-safe; each link must land inside the metadata. A cache whose
-    geometry fails geometry_fault is kept (its descriptor can be printed) but marked `bad`:
-    its slabs are not read."""
+    """Every cache descriptor on the list from sim_allocator.caches (mdbpy/heap/walk.py's
+    chain: bounded by the count the root claims and cycle-safe); each link must land inside
+    the metadata. A cache whose geometry fails geometry_fault is kept (its descriptor can be
+    printed) but marked `bad`: its slabs are not read."""
     root, log = sim.root, sim.damage
     kc = sim.binder["sim_kmem_cache"]
     limit = min(root.ncaches, MAX_CACHES)
-    out: list = []
-    seen: set[int] = set()
-    cur, prev = root.caches, None
 
-    def broken(why: str) -> list:
-        at = prev.addr if prev else root.addr
-        size = kc.size if prev else root.struct.size
-        owner = f"cache {prev.name}" if prev else "sim_allocator"
-        log.report(at, at + size, f"cache list: {why} (linked from {owner} at 0x{at:x}); "
-                   "the caches after it are lost")
-        return out
-
-    while cur:
-        if cur in seen:
-            return broken(f"cycle at 0x{cur:x}")
-        if len(out) >= limit:
-            log.report(root.addr, root.addr + root.struct.size,
-                       f"cache list: more caches than the {limit} sim_allocator claims; "
-                       "the rest are ignored")
-            return out
-        if not sim.in_metadata(cur, kc.size):
-            return broken(f"link 0x{cur:x} points outside the metadata")
+    def read(addr):
         try:
-            v = decoded(kc.view(sim.session.mem, cur))
+            return decoded(kc.view(sim.session.mem, addr))
         except ReadError:
-            return broken(f"cache 0x{cur:x} is unreadable")
-        seen.add(cur)
-        name = v.name.split(b"\0", 1)[0].decode("latin-1")
-        c = SimCache(v, name, len(out))
-        if not CACHE_NAME.match(name):
-            c.name = f"cache@0x{cur:x}"
-            log.report(cur, cur + kc.size, f"cache at 0x{cur:x}: name {name[:32]!r} is not "
-                       f"a cache name; called {c.name}")
-        if v.flags & ~KNOWN_FLAGS:
-            log.report(cur, cur + kc.size, f"cache {c.name}: flags 0x{v.flags:x} has unknown "
-                       "bits; only the debug bits are used")
-            v.flags &= KNOWN_FLAGS
-        fault = geometry_fault(v, sim.binder["sim_track"].size)
-        if fault:
-            c.bad = True
-            log.report(cur, cur + kc.size, f"cache {c.name} at 0x{cur:x}: {fault}; its slabs "
-                       "are not read")
-        out.append(c)
-        prev, cur = c, v.next
-    if len(out) < root.ncaches:
-        at, end = (prev.addr, prev.addr + kc.size) if prev else (root.addr, root.addr +
-                                                                 root.struct.size)
-        log.report(at, end, f"cache list: ends after {len(out)} caches, sim_allocator "
-                   f"claims {root.ncaches}")
+            return None
+
+    def check(addr):
+        return None if sim.in_metadata(addr, kc.size) else \
+            f"link 0x{addr:x} points outside the metadata"
+
+    views, broke = walk.chain(root.caches, read, lambda v: v.next, limit, "cache", check)
+    out = [_cache(sim, v, i) for i, v in enumerate(views)]
+    last = (out[-1].addr, out[-1].addr + kc.size, f"cache {out[-1].name}") if out else \
+        (root.addr, root.addr + root.struct.size, "sim_allocator")
+    if broke is not None and broke.cause == "limit":
+        log.report(root.addr, root.addr + root.struct.size,
+                   f"cache list: more caches than the {limit} sim_allocator claims; "
+                   "the rest are ignored")
+    elif broke is not None:
+        log.report(last[0], last[1], f"cache list: {broke.why} (linked from {last[2]} at "
+                   f"0x{last[0]:x}); the caches after it are lost")
+    elif len(out) < root.ncaches:
+        log.report(last[0], last[1], f"cache list: ends after {len(out)} caches, "
+                   f"sim_allocator claims {root.ncaches}")
     return out
+
+
+def _cache(sim, v, index: int):
+    """A cache read from the list, its name, flags and geometry checked (each fault
+    reported; a bad geometry marks it bad)."""
+    log, kc = sim.damage, sim.binder["sim_kmem_cache"]
+    cur = v.addr
+    name = v.name.split(b"\0", 1)[0].decode("latin-1")
+    c = SimCache(v, name, index)
+    if not CACHE_NAME.match(name):
+        c.name = f"cache@0x{cur:x}"
+        log.report(cur, cur + kc.size, f"cache at 0x{cur:x}: name {name[:32]!r} is not "
+                   f"a cache name; called {c.name}")
+    if v.flags & ~KNOWN_FLAGS:
+        log.report(cur, cur + kc.size, f"cache {c.name}: flags 0x{v.flags:x} has unknown "
+                   "bits; only the debug bits are used")
+        v.flags &= KNOWN_FLAGS
+    fault = geometry_fault(v, sim.binder["sim_track"].size)
+    if fault:
+        c.bad = True
+        log.report(cur, cur + kc.size, f"cache {c.name} at 0x{cur:x}: {fault}; its slabs "
+                   "are not read")
+    return c
 
 
 def read_slab_list(sim, c) -> None:
