@@ -211,3 +211,22 @@ def test_generic_heap_dcmds_see_glibc(corrupt, kind):
         assert run(s, f"0x{live + 8:x}::whatis") == (f"{live + 8:x} is {live:x}+8, allocated "
                                                      "from chunk 0x30\n")
         assert "struct malloc_state" in run(s, "::layout malloc_state")
+
+
+@pytest.mark.parametrize("mode", ["auto", "symbols", "heuristic"])
+def test_libc_dwarf_is_bound_at_run_time(leaks, mode):
+    """With libc's debug file the structs are bound from its DWARF (through the types index)
+    and agree with the builtin descriptors for this glibc, field by field; heuristic mode,
+    which stands for a machine without debug files, keeps the builtin layouts."""
+    from mdbpy_commands.ptmalloc.finders import bind_structs
+
+    r = leaks[0]
+    with engine_session(r.pid, **{"ptmalloc.locate": mode}) as s:
+        rows = [line.split(None, 3) for line in run_in(s, "::layout").splitlines()[1:]]
+        origin = (bind_structs(release_of_file("/lib/x86_64-linux-gnu/libc.so.6"))[
+            "malloc_state"].origin if mode == "heuristic" else "DWARF libc.so.6 debug info")
+        assert [(m, name, o) for m, name, _size, o in rows] == [
+            ("ptmalloc", n, origin) for n in ("malloc_chunk", "malloc_state", "_heap_info",
+                                              "malloc_par", "tcache_perthread_struct",
+                                              "tcache_entry")]
+        assert "differs" not in run_in(s, "::layout malloc_state")

@@ -124,3 +124,24 @@ def test_type_hints_never_read_a_pointer_as_text():
     s = Session(SyntheticTarget([(Mapping(base, base + 0x1000, "rw-p"), data)]),
                 out=io.StringIO(), err=io.StringIO())
     assert type_hints(s, [base + 0x10, base + 0x40], [0x20, 0x20]) == ["", '"hello!"']
+
+
+def test_a_dwarf_layout_that_differs_from_the_builtin_one_is_shown():
+    """DWARF wins, and ::layout says where the builtin descriptor was wrong: a moved field, a
+    resized one, one DWARF does not have, a different struct size."""
+    from mdbpy.layout.bind import DwarfStruct, format_layout
+
+    builtin = bind_structs((2, 36))["_heap_info"]
+    members = {n: (f.offset, f.size) for n, f in builtin.fields.items()}
+    members["size"] = (0x18, 8)  # moved from 0x10
+    members["mprotect_size"] = (0x20, 4)  # 8 bytes in the descriptor
+    del members["ar_ptr"]
+    bound = bind_structs((2, 36), {"_heap_info": DwarfStruct(0x38, members, "doctored")})
+    b = bound["_heap_info"]
+    assert b.differs == ["size 0x38, builtin 0x30", "ar_ptr is not in DWARF: dropped",
+                         "size at 0x18, builtin 0x10",
+                         "mprotect_size at 0x20, builtin 0x18",
+                         "mprotect_size of 0x4 bytes, builtin 0x8"]
+    text = format_layout(b).splitlines()
+    assert text[-6:] == ["  DWARF differs from the builtin descriptor (DWARF's layout is used):",
+                         *[f"    {d}" for d in b.differs]]

@@ -71,6 +71,9 @@ class BoundStruct:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> field name
     source: str = ""
     origin: str = "builtin"  # 'builtin x86_64 v2.36' or 'DWARF <file>'
+    # where DWARF's layout differs from the builtin descriptor's (DWARF wins; shown by
+    # ::layout so a stale descriptor is seen, never silently used)
+    differs: list[str] = field(default_factory=list)
     _dtype: object = None
 
     def field(self, name: str) -> BoundField:
@@ -284,15 +287,19 @@ class Binder:
         ver = "" if self.version is None else " v" + ".".join(map(str, self.version))
         origin = f"builtin {self.abi.name}{ver}"
         dw = self.dwarf.get(desc.name)
+        differs: list[str] = []
         if dw is not None:
-            size, origin = self._apply_dwarf(desc.name, fields, aliases, dw)
+            if dw.size != size:
+                differs.append(f"size 0x{dw.size:x}, builtin 0x{size:x}")
+            size, origin = self._apply_dwarf(desc.name, fields, aliases, dw, differs)
         return BoundStruct(desc.name, size, max_align, fields, derived, aliases, desc.source,
-                           origin)
+                           origin, differs)
 
     @staticmethod
-    def _apply_dwarf(name, fields, aliases, dw: DwarfStruct):
+    def _apply_dwarf(name, fields, aliases, dw: DwarfStruct, differs: list[str]):
         """DWARF's offsets replace the computed ones; a field DWARF lacks (under its name or
-        an alias) is dropped, since the allocator in the target does not have it."""
+        an alias) is dropped, since the allocator in the target does not have it. Each
+        difference from the builtin layout is noted in `differs`."""
         back = {}
         for a, real in aliases.items():
             back.setdefault(real, []).append(a)
@@ -301,12 +308,17 @@ class Binder:
             for n in (fname, *back.get(fname, ())):
                 if n in dw.members:
                     off, size = dw.members[n]
+                    if off != f.offset:
+                        differs.append(f"{fname} at 0x{off:x}, builtin 0x{f.offset:x}")
                     f.offset = off
                     if size is not None and f.kind != "array":
+                        if size != f.size:
+                            differs.append(f"{fname} of 0x{size:x} bytes, builtin 0x{f.size:x}")
                         f.size = size
                     f.origin = "dwarf"
                     break
             else:
+                differs.append(f"{fname} is not in DWARF: dropped")
                 del fields[fname]
         return dw.size, f"DWARF {dw.origin}"
 
@@ -325,4 +337,7 @@ def format_layout(b: BoundStruct) -> str:
     for d in b.derived.values():
         lines.append(f"  {'':6s} {'':6s}  {'(derived)':24s} {d.name}"
                      + (f" = {d.doc}" if d.doc else ""))
+    if b.differs:
+        lines.append("  DWARF differs from the builtin descriptor (DWARF's layout is used):")
+        lines += [f"    {d}" for d in b.differs]
     return "\n".join(lines)
