@@ -112,15 +112,17 @@ VMEM_NAMELEN = 30
 
 
 def size_encode(n: int) -> int:
-    """UMEM_SIZE_ENCODE: how the redzone word of a umem_alloc'd buffer records its size."""
+    """UMEM_SIZE_ENCODE: how the redzone word of a umem_alloc'd buffer records its size.
+    This and the two below are the one statement of the encoding; they take ints or numpy
+    uint64 arrays alike (::umem_verify decodes every buffer's at once)."""
     return 251 * n + 1
 
 
-def size_valid(x: int) -> bool:
+def size_valid(x):
     return x % 251 == 1
 
 
-def size_decode(x: int) -> int:
+def size_decode(x):
     return x // 251
 
 

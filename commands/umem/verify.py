@@ -79,13 +79,13 @@ def verify_cache(umem, cache) -> list[Corruption]:
     redzone, bufctl, bxstat, read = words(bufs)
     hi = redzone >> np.uint64(32)
     pattern_ok = redzone == np.uint64(L.UMEM_REDZONE_PATTERN)
-    valid = hi % np.uint64(251) == np.uint64(1)
-    where = np.minimum(hi // np.uint64(251), tag + np.uint64(7))
+    valid = L.size_valid(hi)
+    where = np.minimum(L.size_decode(hi), tag + np.uint64(7))
     byte, byte_read = g.read(bufs + where, 1, "u1")
     byte_ok = byte == L.UMEM_REDZONE_BYTE
     read &= byte_read | pattern_ok  # the 0xbb byte is read only for a size encoding
     size_bad = read & ~pattern_ok & ~(valid & byte_ok &
-                                      (hi // np.uint64(251) < tag + np.uint64(8)))
+                                      (L.size_decode(hi) < tag + np.uint64(8)))
     tag_bad = read & (bxstat != (bufctl ^ np.uint64(L.UMEM_BUFTAG_ALLOC)))
     unread += bufs[~read].tolist()
     for i in np.nonzero(size_bad | tag_bad)[0].tolist():

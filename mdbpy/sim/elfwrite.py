@@ -15,16 +15,13 @@ through the normal ELF symbol layer. Layout:
 from __future__ import annotations
 
 import hashlib
-import struct
 from typing import NamedTuple
 
 from mdbpy.target import elfcore as ec
 
-PT_LOAD, PT_NOTE, PT_GNU_STACK = 1, 4, 0x6474E551
 SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_NOTE, SHT_NOBITS = 1, 2, 3, 7, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
 STB_GLOBAL, STT_OBJECT, STT_FUNC = 1, 1, 2
-SYM = struct.Struct("<IBBHQQ")
 NOTE_OFFSET = ec.EHDR.size + 4 * ec.PHDR.size
 SECTIONS = ("", ".note.gnu.build-id", ".text", ".bss", ".symtab", ".strtab", ".shstrtab")
 TEXT_SHNDX, BSS_SHNDX = 2, 3
@@ -59,20 +56,20 @@ def build_image(text_base: int, code_offset: int, code: bytes, data_size: int,
 
     text = bytearray(text_size)
     phdrs = [
-        ec.Phdr(PT_LOAD, ec.PF_R | ec.PF_X, 0, text_base, text_size, text_size, ec.PAGE),
-        ec.Phdr(PT_LOAD, ec.PF_R | ec.PF_W, text_size, data_base, 0, data_size, ec.PAGE),
-        ec.Phdr(PT_NOTE, ec.PF_R, NOTE_OFFSET, text_base + NOTE_OFFSET, len(note), len(note), 4),
-        ec.Phdr(PT_GNU_STACK, ec.PF_R | ec.PF_W, 0, 0, 0, 0, 16),
+        ec.Phdr(ec.PT_LOAD, ec.PF_R | ec.PF_X, 0, text_base, text_size, text_size, ec.PAGE),
+        ec.Phdr(ec.PT_LOAD, ec.PF_R | ec.PF_W, text_size, data_base, 0, data_size, ec.PAGE),
+        ec.Phdr(ec.PT_NOTE, ec.PF_R, NOTE_OFFSET, text_base + NOTE_OFFSET, len(note), len(note), 4),
+        ec.Phdr(ec.PT_GNU_STACK, ec.PF_R | ec.PF_W, 0, 0, 0, 0, 16),
     ]
     text[ec.EHDR.size:NOTE_OFFSET] = b"".join(ec.pack_phdr(p) for p in phdrs)
     text[NOTE_OFFSET:NOTE_OFFSET + len(note)] = note
     text[code_offset:code_end] = code
 
     strtab = bytearray(b"\0")
-    syms = [bytes(SYM.size)]
+    syms = [bytes(ec.SYM.size)]
     for s in symbols:
         kind, shndx = (STT_FUNC, TEXT_SHNDX) if s.kind == "func" else (STT_OBJECT, BSS_SHNDX)
-        syms.append(SYM.pack(len(strtab), (STB_GLOBAL << 4) | kind, 0, shndx, s.addr, s.size))
+        syms.append(ec.SYM.pack(len(strtab), (STB_GLOBAL << 4) | kind, 0, shndx, s.addr, s.size))
         strtab += s.name.encode() + b"\0"
     shstrtab = bytearray(b"\0")
     names = [0]
@@ -96,7 +93,7 @@ def build_image(text_base: int, code_offset: int, code: bytes, data_size: int,
         (names[2], SHT_PROGBITS, A | X, text_base + code_offset, code_offset, len(code), 0, 0,
          16, 0),
         (names[3], SHT_NOBITS, A | W, data_base, text_size, data_size, 0, 0, 16, 0),
-        (names[4], SHT_SYMTAB, 0, 0, symtab_off, SYM.size * len(syms), 5, 1, 8, SYM.size),
+        (names[4], SHT_SYMTAB, 0, 0, symtab_off, ec.SYM.size * len(syms), 5, 1, 8, ec.SYM.size),
         (names[5], SHT_STRTAB, 0, 0, strtab_off, len(strtab), 0, 0, 1, 0),
         (names[6], SHT_STRTAB, 0, 0, shstr_off, len(shstrtab), 0, 0, 1, 0),
     ]

@@ -32,13 +32,11 @@ SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
 SHNDX_NAMES = {SHN_UNDEF: "UNDEF", SHN_ABS: "ABS", SHN_COMMON: "COMMON"}
 MAX_PHDRS = 512  # real objects have about a dozen; anything near 64K is hostile
 MAX_FILE_READ = 64 << 20  # read_file(): larger requests are refused, not allocated
-PT_INTERP = 3
 
 STT = {0: "notype", 1: "object", 2: "func", 3: "section", 4: "file", 5: "common", 6: "tls",
        10: "func"}  # 10 is STT_GNU_IFUNC: a function as far as lookups are concerned
 STB = {0: "local", 1: "global", 2: "weak", 10: "global"}  # 10 is STB_GNU_UNIQUE
 LOOKUP_TYPES = ("func", "object", "notype", "tls", "common")
-SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def parse_elf_info(read_at: Callable[[int, int], bytes]) -> ElfInfo | None:
     count = min(eh.phnum, MAX_PHDRS)
     phdrs = tuple(ec.parse_phdrs(read_at(eh.phoff, count * ec.PHDR.size), count))
     bid = ec.gnu_build_id(read_at)
-    return ElfInfo(eh.type, phdrs, any(p.type == PT_INTERP for p in phdrs),
+    return ElfInfo(eh.type, phdrs, any(p.type == ec.PT_INTERP for p in phdrs),
                    bid.hex() if bid else None)
 
 
@@ -116,7 +114,7 @@ def parse_symbol_sections(path: str) -> tuple[dict[str, cache.Columns], tuple[st
         elf = ELFFile(f)
         for sec in elf.iter_sections():
             kind = {"SHT_SYMTAB": "symtab", "SHT_DYNSYM": "dynsym"}.get(sec["sh_type"])
-            if kind and sec["sh_entsize"] == SYM.size and kind not in tables:
+            if kind and sec["sh_entsize"] == ec.SYM.size and kind not in tables:
                 tables[kind] = _columns(sec.data(), elf.get_section(sec["sh_link"]).data())
             elif sec.name == ".gnu_debuglink" and sec["sh_type"] != "SHT_NOBITS":
                 link = debuginfo.parse_debuglink(sec.data())
@@ -125,7 +123,7 @@ def parse_symbol_sections(path: str) -> tuple[dict[str, cache.Columns], tuple[st
 
 def _columns(data: bytes, strtab: bytes) -> cache.Columns:
     """Decode Elf64_Sym entries (name, info, other, shndx, value, size) into columns."""
-    rows = list(SYM.iter_unpack(data[:len(data) // SYM.size * SYM.size]))
+    rows = list(ec.SYM.iter_unpack(data[:len(data) // ec.SYM.size * ec.SYM.size]))
     name, info, other, shndx, value, size = zip(*rows) if rows else ((),) * 6
     return cache.Columns([_cstr(strtab, off) for off in name], array("Q", value),
                          array("Q", size), array("B", info), array("B", other),

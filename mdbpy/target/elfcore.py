@@ -22,7 +22,7 @@ ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
 EM_X86_64 = 62
 PN_XNUM = 0xFFFF  # e_phnum overflow: the real count is in section header 0's sh_info
 
-PT_LOAD, PT_NOTE = 1, 4
+PT_LOAD, PT_INTERP, PT_NOTE, PT_GNU_STACK = 1, 3, 4, 0x6474E551
 PF_X, PF_W, PF_R = 1, 2, 4
 
 NT_PRSTATUS = 1
@@ -61,11 +61,13 @@ def parse_names(desc: bytes, limit: int) -> dict[tuple[int, int], str]:
 
 PAGE = 4096
 
-# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr
+# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr, Elf64_Sym: every reader and writer of ELF
+# in mdbpy uses these
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 SHDR = struct.Struct("<IIQQQQIIQQ")
 NHDR = struct.Struct("<III")
+SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
 
 # struct elf_prstatus (x86_64, 336 bytes): elf_siginfo {signo, code, errno}, pr_cursig (short,
 # padded), pr_sigpend, pr_sighold, pr_pid, pr_ppid, pr_pgrp, pr_sid, four struct timevals,
