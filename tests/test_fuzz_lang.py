@@ -228,6 +228,19 @@ def test_mutated_commands(example):
     check_commands(example)
 
 
+@fuzz_settings(200)
+@given(st.one_of(LINES, SOUP, mutated()))
+def test_the_repl_colours_any_line(text):
+    """The highlighter (the parser, listened to: mdbpy/lang/spans.py) never fails on a line
+    being typed, and its spans rebuild the line, in order, without overlap."""
+    from mdbpy.lang.spans import spans
+
+    got = spans(text)
+    assert "".join(text[a:b] for a, b, _k in got) == text
+    assert all(a < b for a, b, _k in got)
+    assert all(p[1] == q[0] for p, q in zip(got, got[1:]))
+
+
 @fuzz_settings(40)
 @given(st.tuples(DEEP.map(lambda e: e + "=J"), st.just(False)))
 def test_deep_nesting_is_an_error_not_a_crash(example):

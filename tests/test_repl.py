@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from prompt_toolkit.document import Document
 from pygments.token import (Comment, Keyword, Name, Number, Operator, Punctuation, String,
                             Whitespace)
 
-from mdbpy.errors import MdbError, QuitSession
+from mdbpy.errors import MdbError, ParseError, QuitSession
 from mdbpy.repl import app
 from mdbpy.repl.complete import MAX_SYMBOLS, MdbCompleter
 from mdbpy.repl.lexer import MdbLexer
@@ -59,16 +60,45 @@ LEXER_CASES = [
     ("::dcmds ! grep walk",
      [(Name.Function, "::dcmds"), (Operator, "!"), (String.Backtick, " grep walk")]),
     ("libc.so.6`malloc::dis", [(Name, "libc.so.6`malloc"), (Name.Function, "::dis")]),
+    ("::echo $[ 1 << 3 ]; 8=K",
+     [(Name.Function, "::echo"), (Punctuation, "$["), (Number, "1"), (Operator, "<<"),
+      (Number, "3"), (Punctuation, "]"), (Punctuation, ";"), (Number, "8"), (Operator, "="),
+      (Name.Builtin, "K")]),
+    # `:c` after a macro name is the macro's argument, as the parser reads it
+    ("$<< macro :c", [(Keyword, "$<<"), (Name, "macro"), (Name, ":c")]),
+    # a statement the parser gives up on is coloured token by token from where it stopped
     ("$[ 1 << 3 ]=K",
      [(Punctuation, "$["), (Number, "1"), (Operator, "<<"), (Number, "3"),
-      (Punctuation, "]"), (Operator, "="), (Name.Builtin, "K")]),
-    ("$<< macro :c", [(Keyword, "$<<"), (Name, "macro"), (Keyword, ":c")]),
+      (Punctuation, "]"), (Operator, "="), (Name, "K")]),
 ]
 
 
 @pytest.mark.parametrize("line,expected", LEXER_CASES)
 def test_lexer_tokens(line, expected):
     assert tokens(line) == expected
+
+
+def test_the_colours_are_the_parse():
+    """One lexer: the dcmds and verbs the REPL colours are exactly the stages the engine's
+    parser reads, on every line of the documentation's examples."""
+    from mdbpy.lang.parser import parse_all
+    from mdbpy.lang.spans import spans
+
+    lines = set()
+    for page in (Path(__file__).resolve().parents[1] / "docs").glob("*.md"):
+        for block in re.findall(r"```mdb\n(.*?)```", page.read_text(), re.S):
+            lines |= {ln for ln in block.splitlines() if ln.startswith("> ")}
+    assert len(lines) > 50
+    for line in sorted(lines):
+        text = line[2:]
+        try:
+            stages = [st.name for s in parse_all(text) for st in s.stages if not st.is_format]
+        except ParseError:
+            continue
+        got = spans(text)
+        assert "".join(text[a:b] for a, b, _k in got) == text
+        heard = [text[a:b].removeprefix("::") for a, b, k in got if k in ("dcmd", "verb")]
+        assert heard == [n for n in stages if n != ">"], line
 
 
 def test_lexer_covers_every_character_of_odd_input():

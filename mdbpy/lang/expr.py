@@ -80,16 +80,24 @@ Node = Union[Num, Sym, Var, DotWord, Unary, Deref, Binary]
 
 class ExprParser:
     """Parses one expression from text[pos:], stopping at the first token that cannot continue
-    it; `pos` is then where the statement parser carries on."""
+    it; `pos` is then where the statement parser carries on. `listen(start, end, kind)`, when
+    given, hears every token taken (kind: the Token's), which is how the REPL colours a line
+    exactly as it is parsed (spans.py)."""
 
-    def __init__(self, text: str, pos: int, radix: int):
+    def __init__(self, text: str, pos: int, radix: int, listen=None):
         self.text = text
         self.pos = pos
         self.radix = radix
         self.depth = 0
+        self.listen = listen
 
     def peek(self) -> Token:
         return scan_token(self.text, skip_blanks(self.text, self.pos), self.radix)
+
+    def _take(self, t: Token) -> None:
+        self.pos = t.end
+        if self.listen is not None:
+            self.listen(t.start, t.end, t.kind)
 
     def parse(self) -> Node:
         """Operator precedence with explicit stacks, so a long chain such as `1+1+...+1`
@@ -102,7 +110,7 @@ class ExprParser:
             prec = BINARY_PRECEDENCE.get(t.value) if t.kind == "op" else None
             if prec is None:
                 break
-            self.pos = t.end
+            self._take(t)
             while ops and ops[-1][0] >= prec:  # all operators are left-associative
                 _reduce(ops, operands)
             ops.append((prec, t.value))
@@ -124,7 +132,7 @@ class ExprParser:
         t = self.peek()
         if t.kind == "end":
             raise syntax_error(self.text, t.start)
-        self.pos = t.end
+        self._take(t)
         if t.kind == "num":
             return Num(t.value)
         if t.kind == "sym":
@@ -147,7 +155,7 @@ class ExprParser:
             close = self.peek()
             if close.kind != "op" or close.value != ")":
                 raise syntax_error(self.text, close.start)
-            self.pos = close.end
+            self._take(close)
             return inner
         raise syntax_error(self.text, t.start)
 

@@ -60,6 +60,7 @@ def syntax_error(text: str, pos: int, what: str = "syntax error",
     err = ParseError(f'{what} near "{near}"' if near else f"{what} at end of command")
     err.what, err.near = what, near
     err.pos = pos if resume is None else resume
+    err.at = pos  # where parsing stopped (the REPL colours from there on by tokens alone)
     return err
 
 
@@ -122,7 +123,7 @@ def unescape(s: str) -> str:
     return "".join(out)
 
 
-def _quoted_end(text: str, pos: int, q: str) -> int:
+def quoted_end(text: str, pos: int, q: str) -> int:
     """Index of the quote closing the one at pos (same line; `\\` escapes it in "..." and in
     character constants)."""
     i = pos + 1
@@ -168,7 +169,7 @@ def scan_token(text: str, pos: int, radix: int) -> Token:
         if m:
             return Token("var", m.group(), pos, m.end())
     if c == "'":
-        end = _quoted_end(text, pos, "'")
+        end = quoted_end(text, pos, "'")
         raw = unescape(text[pos + 1:end]).encode("latin-1", "replace")
         if len(raw) > 8:
             raise syntax_error(text, pos, "character constant may not exceed 8 bytes")
@@ -218,7 +219,7 @@ def scan_word(text: str, pos: int) -> tuple[str, int]:
             out.append(text[i + 1:end])
             i = end + 1
         elif c == '"':
-            end = _quoted_end(text, i, '"')
+            end = quoted_end(text, i, '"')
             out.append(unescape(text[i + 1:end]))
             i = end + 1
         else:
@@ -236,7 +237,7 @@ def scan_raw(text: str, pos: int) -> int:
         if c in TERMINATORS or c in "|!" or text.startswith("//", i):
             return i
         if c in "'\"":
-            i = _quoted_end(text, i, c) + 1
+            i = quoted_end(text, i, c) + 1
         elif text.startswith("$[", i):
             i = _bracket_end(text, i + 2) + 1
         else:
@@ -253,7 +254,7 @@ def _bracket_end(text: str, pos: int) -> int:
         if c in TERMINATORS:
             break
         if c == "'":
-            i = _quoted_end(text, i, c) + 1
+            i = quoted_end(text, i, c) + 1
             continue
         if c == "[":
             depth += 1

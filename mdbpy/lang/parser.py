@@ -53,10 +53,20 @@ class Statement:
 
 
 class StatementParser:
-    def __init__(self, text: str, pos: int, radix: int):
+    """One statement from text[pos:]. `listen(start, end, kind)`, when given, hears each
+    piece as it is taken: expression tokens (ExprParser's kinds), 'dcmd', 'verb', 'format'
+    (a format list), 'pipe', 'end' (a terminator), 'comment', 'shell' (with its '!'),
+    'option', 'word' (an argument), 'cast'/'variable' (`>` assignments), 'bracket'."""
+
+    def __init__(self, text: str, pos: int, radix: int, listen=None):
         self.text = text
         self.pos = pos
         self.radix = radix
+        self.listen = listen
+
+    def _hear(self, start: int, end: int, kind: str) -> None:
+        if self.listen is not None and end > start:
+            self.listen(start, end, kind)
 
     # -- helpers ----------------------------------------------------------------------------
     def _blank(self) -> str:
@@ -65,7 +75,7 @@ class StatementParser:
         return self.text[self.pos:self.pos + 1]
 
     def _expression(self) -> Node:
-        p = ExprParser(self.text, self.pos, self.radix)
+        p = ExprParser(self.text, self.pos, self.radix, self.listen)
         node = p.parse()
         self.pos = p.pos
         return node
@@ -80,14 +90,18 @@ class StatementParser:
         if c == "":
             return self.pos
         if c in TERMINATORS:
+            self._hear(self.pos, self.pos + 1, "end")
             return self.pos + 1
         if at_comment(self.text, self.pos):
-            return comment_end(self.text, self.pos)
+            end = comment_end(self.text, self.pos)
+            self._hear(self.pos, end, "comment")
+            return end
         raise syntax_error(self.text, self.pos)
 
     def _shell(self) -> str:
         start = self.pos
         self.pos = lexer.scan_shell(self.text, start)
+        self._hear(start - 1, self.pos, "shell")
         cmd = self.text[start:self.pos].strip()
         if not cmd:
             raise syntax_error(self.text, start)
@@ -98,7 +112,9 @@ class StatementParser:
         st = Statement()
         c = self._blank()
         if at_comment(self.text, self.pos):
-            return st, comment_end(self.text, self.pos)
+            end = comment_end(self.text, self.pos)
+            self._hear(self.pos, end, "comment")
+            return st, end
         if c == "!" and not self.text.startswith("!=", self.pos):
             self.pos += 1
             st.shell = self._shell()
@@ -106,11 +122,13 @@ class StatementParser:
         if c not in ("", ",") and c not in TERMINATORS and not self._at_verb():
             st.addr = self._expression()
         if self._blank() == ",":
+            self._hear(self.pos, self.pos + 1, "op")
             self.pos += 1
             st.count = self._expression()
         if self._at_verb():
             st.stages.append(self._stage())
             while self._blank() == "|":
+                self._hear(self.pos, self.pos + 1, "pipe")
                 self.pos += 1
                 self._blank()
                 if not self._at_verb():
@@ -144,48 +162,63 @@ class StatementParser:
             if not m:
                 raise syntax_error(t, i)
             self.pos = m.end()
+            self._hear(i, self.pos, "dcmd")
             return Stage(m.group(), self._arguments())
         if t.startswith(("$<<", "$<", "$>"), i):
             name = "$<<" if t.startswith("$<<", i) else t[i:i + 2]
             self.pos = i + len(name)
+            self._hear(i, self.pos, "verb")
             return Stage(name, self._arguments())
         if t[i] in ":$":
             self.pos = i + 2
+            self._hear(i, self.pos, "verb")
             return Stage(t[i:i + 2], self._arguments())
         if t[i] == ">":
             self.pos = i + 1
+            self._hear(i, i + 1, "op")
             cast = []
             if t[i + 1:i + 2] == "/" and t[i + 3:i + 4] == "/" and t[i + 2:i + 3].isalnum():
                 cast = [t[i + 1:i + 4]]
                 self.pos = i + 4
-            return Stage(">", cast + self._arguments())
+                self._hear(i + 1, i + 4, "variable")
+            return Stage(">", cast + self._arguments("variable"))
         self.pos = i + 1
+        self._hear(i, i + 1, "op")
         start = skip_blanks(t, self.pos)
         end = lexer.scan_raw(t, start)
         self.pos = end
+        self._hear(start, end, "format")
         return Stage(t[i], fmt=t[start:end].strip())
 
-    def _arguments(self) -> list:
+    def _arguments(self, kind: str = "word") -> list:
+        """The argument words (heard as `kind`, or 'option' for a -x) and $[expr]s."""
         args: list = []
         while True:
             c = self._blank()
             if c == "" or c in TERMINATORS or c in "|!" or at_comment(self.text, self.pos):
                 return args
             if self.text.startswith("$[", self.pos):
+                self._hear(self.pos, self.pos + 2, "bracket")
                 self.pos += 2
                 args.append(self._expression())
                 if self._blank() != "]":
                     raise syntax_error(self.text, self.pos, "syntax error: $[ unmatched")
+                self._hear(self.pos, self.pos + 1, "bracket")
                 self.pos += 1
             else:
+                start = self.pos
                 word, self.pos = lexer.scan_word(self.text, self.pos)
+                option = kind == "word" and len(word) > 1 and word[0] in "-+" \
+                    and word[1].isalpha() and self.text[start] in "-+"
+                self._hear(start, self.pos, "option" if option else kind)
                 args.append(word)
 
 
-def parse_statement(text: str, pos: int = 0, radix: int = 16) -> tuple[Statement, int]:
+def parse_statement(text: str, pos: int = 0, radix: int = 16,
+                    listen=None) -> tuple[Statement, int]:
     """The statement starting at text[pos:] and the index just past its terminator.
     Raises ParseError (with `.pos`, where to resume the search for a terminator)."""
-    return StatementParser(text, pos, radix).statement()
+    return StatementParser(text, pos, radix, listen).statement()
 
 
 def parse_all(text: str, radix: int = 16) -> list[Statement]:
