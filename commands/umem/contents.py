@@ -140,7 +140,7 @@ def _empty(addr: int) -> Contents:
     return Contents(addr, z, np.zeros(0, bool), z, np.zeros(0, bool))
 
 
-def _geometry(umem, cache, g):
+def _geometry(umem, cache):
     """(chunk, chunks per slab at most, slabs) or None when the cache's own fields are
     garbage; slabs are (addresses, bases, chunk counts, freelist heads) arrays of the slabs
     whose fields are sound, read in bulk."""
@@ -155,8 +155,8 @@ def _geometry(umem, cache, g):
         return None
     per_slab = slabsize // chunk + 1
     sb = umem.layouts["umem_slab"]
-    addrs = np.array(umem.slab_addrs(cache), np.uint64)
-    got, read = g.fields(addrs, sb, ("slab_base", "slab_chunks", "slab_head"))
+    nodes, got, read = umem.slab_walk(cache)
+    addrs = np.array(nodes, np.uint64)
     base, chunks, head = got["slab_base"], got["slab_chunks"], got["slab_head"]
     chunks = chunks.astype(np.int64)
     ok = read & (chunks > 0) & (chunks <= per_slab) & (base != 0)
@@ -171,7 +171,7 @@ def _compute(umem, cache) -> Contents:
     import numpy as np
 
     g = session_gather(umem.session)
-    geo = _geometry(umem, cache, g)
+    geo = _geometry(umem, cache)
     if geo is None:
         return _empty(cache.addr)
     chunk, per_slab, (slabs, base, nchunks, heads) = geo
@@ -230,7 +230,7 @@ def _compute(umem, cache) -> Contents:
         if not _pooled_bufctls(umem, cache, g, bufs, ctl):
             on_hash = _hash_chains(umem, cache, g, bc, buf_of, locate, ctl, total)
     in_mag = np.zeros(total, bool)
-    rounds = np.array(umem.magazine_rounds(cache), np.uint64)
+    rounds = umem.magazine_rounds(cache)
     i, ok = locate(rounds)
     in_mag[i[ok]] = True
     umem.debug(f"magazine layer: {int(ok.sum())} buffers")

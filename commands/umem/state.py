@@ -18,7 +18,7 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.layout.bind import Binder
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.damage import damage, walk_chain, walk_ring
+from mdbpy_commands.umem.damage import chain_addrs, damage, walk_chain, walk_ring
 from mdbpy.heap.gather import session_gather
 
 MAX_CACHES = 4096  # real processes have about 60
@@ -178,7 +178,7 @@ class Umem:
         if got is not None:
             return got
         out = walk_ring(self, "cache list", self.addr_of("umem_null_cache"), "umem_cache",
-                        "cache_next", "cache_prev", MAX_CACHES, "cache")
+                        "cache_next", "cache_prev", MAX_CACHES, "cache")[0]
         self.session.cache["umem_caches"] = out
         return out
 
@@ -267,8 +267,8 @@ class Umem:
                     (rc.previous_mag, rc.prounds, f"rseq cache 0x{rc.addr:x}")]
         return [(m, n, who) for m, n, who in out if m and n > 0]
 
-    def magazine_rounds(self, cache) -> list[int]:
-        """Buffers held in the magazine layer: the full magazines of the depot (and of v2's
+    def magazine_rounds(self, cache):
+        """Buffers held in the magazine layer (an array): the full magazines of the depot (and of v2's
         per-CPU depot lists) and the rounds of every loaded magazine (CPU caches, v2's rseq
         caches). They are free as far as users are concerned, though their slabs count them
         allocated. Read once per session state."""
@@ -278,8 +278,11 @@ class Umem:
             got = self.session.cache[key] = self._magazine_rounds(cache)
         return got
 
-    def _magazine_rounds(self, cache) -> list[int]:
+    def _magazine_rounds(self, cache):
+        import numpy as np
+
         what = f"cache 0x{cache.addr:x}"
+        none = np.zeros(0, np.uint64)
         try:
             magsize = self.magsize(cache)
             loaded = self.loaded_magazines(cache)
@@ -289,40 +292,43 @@ class Umem:
         except ReadError as e:
             damage(self.session).report(cache.addr, cache.addr + 8,
                                         f"{what}: CPU caches or depot unreadable ({e})")
-            return []
+            return none
         if magsize <= 0:
-            return []
+            return none
         if magsize > MAX_MAGSIZE:
             damage(self.session).report(cache.addr, cache.addr + 8, f"{what} magazines: "
                                         f"magazine size {magsize} is unreasonable")
-            return []
+            return none
         round0 = self.layouts["umem_magazine"].offset("mag_round")
-        mags: list[tuple[int, int, str]] = []
+        mags = []
         for label, ml in depots:
             limit = min(max(ml.ml_total, 0), MAX_SLABS) + 2 * self.ncpus + 100
-            mags += [(mag.addr, magsize, "depot") for mag in
-                     walk_chain(self, label, ml.ml_list, "umem_magazine", "mag_next", limit,
-                                "magazine")]
-        mags += [(mag, min(n, magsize), who) for mag, n, who in loaded]
+            mags.append((np.array(chain_addrs(self, label, ml.ml_list, "umem_magazine",
+                                              "mag_next", limit, "magazine"), np.uint64),
+                         magsize, "depot"))
+        mags += [(np.array([mag], np.uint64), min(n, magsize), who) for mag, n, who in loaded]
         return self._rounds(what, mags, round0)
 
-    def _rounds(self, what: str, mags: list[tuple[int, int, str]], round0: int) -> list[int]:
-        """The first n rounds of each (magazine, n, whose), read together through the
-        Gather; an unreadable magazine is reported and gives none."""
+    def _rounds(self, what: str, mags: list, round0: int):
+        """The first n rounds of each group (magazine addresses, n, whose) as one array, read
+        together through the Gather (one read per round count, tens of thousands of depot
+        magazines at once); an unreadable magazine is reported and gives none."""
         import numpy as np
 
-        rounds: list[int] = []
+        addrs = np.concatenate([a for a, _n, _w in mags] + [np.zeros(0, np.uint64)])
+        ns = np.concatenate([np.full(len(a), n) for a, n, _w in mags] + [np.zeros(0, int)])
+        group = np.concatenate([np.full(len(a), k) for k, (a, _n, _w) in enumerate(mags)] +
+                               [np.zeros(0, int)])
+        rounds = [np.zeros(0, np.uint64)]
         g = session_gather(self.session)
-        for n in sorted({n for _m, n, _w in mags}):
-            sel = [(m, who) for m, k, who in mags if k == n]
-            words, ok = g.read(np.array([m for m, _w in sel], np.uint64) + np.uint64(round0),
-                               8 * n, "<u8")
-            rounds += words.reshape(len(sel), n)[ok].ravel().tolist()
-            for (mag, who), good in zip(sel, ok.tolist()):
-                if not good:
-                    damage(self.session).report(mag, mag + 8, f"{what} {who}: unreadable "
-                                                f"magazine 0x{mag:x}")
-        return rounds
+        for n in np.unique(ns).tolist():
+            sel = np.flatnonzero(ns == n)
+            words, ok = g.read(addrs[sel] + np.uint64(round0), 8 * n, "<u8")
+            rounds.append(words.reshape(len(sel), n)[ok].ravel())
+            for mag, k in zip(addrs[sel[~ok]].tolist(), group[sel[~ok]].tolist()):
+                damage(self.session).report(mag, mag + 8, f"{what} {mags[k][2]}: unreadable "
+                                            f"magazine 0x{mag:x}")
+        return np.concatenate(rounds)
 
     def private_maps(self) -> list[tuple[int, int]]:
         """The memory v2 libumem maps for itself outside its vmem arenas, page-rounded: each
@@ -354,12 +360,18 @@ class Umem:
     def slab_addrs(self, cache) -> list[int]:
         """The cache's slabs, from cache_nullslab (a damaged list is reported and recovered
         from its other end)."""
+        return self.slab_walk(cache)[0]
+
+    def slab_walk(self, cache):
+        """(slabs, {slab_base, slab_chunks, slab_head: arrays}, ok) of the cache's slab list,
+        the fields read by the walk (cached per session state)."""
         key = ("umem_slabs", cache.addr)
         out = self.session.cache.get(key)
         if out is None:
             out = walk_ring(self, f"cache 0x{cache.addr:x} slab list",
                             cache.addr_of("cache_nullslab"), "umem_slab", "slab_next",
-                            "slab_prev", MAX_SLABS, "slab", ("slab_cache", cache.addr))
+                            "slab_prev", MAX_SLABS, "slab", ("slab_cache", cache.addr),
+                            ("slab_base", "slab_chunks", "slab_head"))
             self.session.cache[key] = out
         return out
 
@@ -503,24 +515,28 @@ class Umem:
     def seg_addrs(self, arena_addr: int) -> list[int]:
         """The arena's segments in address order: its vs_anext ring without the vm_seg0
         anchor (mdb skips it too), recovered from the other end when damaged."""
+        return self._seg_walk(arena_addr)[0]
+
+    def _seg_walk(self, arena_addr: int):
+        """seg_addrs with vs_start, vs_end and vs_type read by the walk (cached)."""
         key = ("umem_segs", arena_addr)
         out = self.session.cache.get(key)
         if out is None:
             out = walk_ring(self, f"arena 0x{arena_addr:x} segment list",
                             arena_addr + self.layouts["vmem"].offset("vm_seg0"), "vmem_seg",
-                            "vs_anext", "vs_aprev", MAX_SEGS, "segment")
+                            "vs_anext", "vs_aprev", MAX_SEGS, "segment", None,
+                            ("vs_start", "vs_end", "vs_type"))
             self.session.cache[key] = out
         return out
 
     def seg_columns(self, arena_addr: int, types: tuple[int, ...] = ()) -> dict:
         """addr, vs_start, vs_end and vs_type of the arena's segments (of the given types
-        only, if any) as numpy arrays, read in bulk (a heap arena has tens of thousands)."""
+        only, if any) as numpy arrays (a heap arena has tens of thousands)."""
         import numpy as np
 
         seg = self.layouts["vmem_seg"]
-        addrs = np.array(self.seg_addrs(arena_addr), np.uint64)
-        g = session_gather(self.session)
-        got, read = g.fields(addrs, seg, ("vs_start", "vs_end", "vs_type"))
+        nodes, got, read = self._seg_walk(arena_addr)
+        addrs = np.array(nodes, np.uint64)
         for a in addrs[~read].tolist():  # its links were read: the rest of it straddles a hole
             damage(self.session).report(a, a + seg.size, f"arena 0x{arena_addr:x} segment "
                                         f"0x{a:x}: unreadable")

@@ -7,8 +7,10 @@ record for each of thousands of leaks. One read per record costs ~10 us; instead
 takes all the addresses of one step at once (the walkers advance every chain together:
 "frontier" steps), touches each page once, and cuts the records out with one numpy gather.
 A core file's records are cut straight out of its mapped image (Target.read_rows). List
-walks, whose next address is known only once a node is read, read through the same pages
-(bytes_at), so every walk of one operation shares one read cache: the session's Gather.
+walks, whose next address is known only once a node is read, read through the same pages, so
+every walk of one operation shares one read cache: the session's Gather. The pages are kept
+where compiled code can read them too (kernel.c's pool), so that a walk of tens of thousands
+of slabs runs in C (walk), coming back to Python only to read a block it does not have.
 
 Three rules keep it exact and bounded whatever the heap's size:
 - a call always has every page it needs: the pages kept between calls (up to MAX_CACHED bytes,
@@ -23,13 +25,13 @@ Three rules keep it exact and bounded whatever the heap's size:
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 PAGE = 4096
 BLOCK = 1 << 16  # what a single-address read brings in around its page (list nodes cluster)
 WINDOW_PAGES = 1 << 14  # pages one call joins at a time (64 MiB)
 MAX_CACHED = 1 << 26  # bytes of pages a Gather keeps between calls (never what one call sees)
 GAP_PAGES = 16  # pages between two needed ones that are read rather than skipped
+MIN_BLOCKS = 8  # blocks the pages kept hold at least: every page of one list node's reads
+WALK_DONE, WALK_BREAK, WALK_NEED, WALK_FULL = range(4)  # kernel.c's walk_list results
 
 
 class Mapped:
@@ -60,9 +62,18 @@ class Mapped:
         return self.starts[i], self.ends[i]
 
     def read(self, a: int, b: int, failed: list) -> bytes:
-        """[a, b) with zeros where nothing is mapped or readable (listed in `failed`)."""
+        """[a, b) with zeros where nothing is mapped or readable (listed in `failed`); one
+        read, not a copy, when a single run of mappings holds it all (a list walk's block)."""
         import bisect
 
+        from mdbpy.errors import ReadError
+
+        i = bisect.bisect_right(self.starts, a) - 1
+        if i >= 0 and b <= self.ends[i]:
+            try:
+                return self.mem.read(a, b - a)
+            except ReadError:
+                pass  # a page of it cannot be read: piece by piece
         data = bytearray(b - a)
         at = a
         for i in range(max(bisect.bisect_right(self.starts, a) - 1, 0), len(self.starts)):
@@ -81,6 +92,47 @@ class Mapped:
         return bytes(data)
 
 
+class _Pool:
+    """The pages a Gather keeps: kernel.c's pool_t (slots of a store reused oldest first, a
+    table from page to slot), shared with the compiled list walks, which read the pages
+    where Python put them. A slot of an unreadable page is marked bad and holds no bytes."""
+
+    def __init__(self, nslots: int):
+        import ctypes
+
+        import numpy as np
+
+        from mdbpy.heap import kernel
+
+        self.nslots = nslots
+        size = 1 << (2 * nslots - 1).bit_length()
+        self.keys, self.vals = np.full(size, -1, np.int64), np.zeros(size, np.int32)
+        self.owner, self.bad = np.full(nslots, -1, np.int64), np.zeros(nslots, np.uint8)
+        self.store = np.empty((nslots, PAGE), np.uint8)  # untouched slots cost no memory
+        p = kernel.ptr
+        self.c = kernel.PoolStruct(p(self.keys), p(self.vals), size - 1, p(self.owner),
+                                   p(self.bad), p(self.store), nslots, 0)
+        self.ref = ctypes.byref(self.c)
+        self.lib = kernel.lib()
+        self._one = np.zeros(1, np.int64)
+        self._one_p = p(self._one)
+
+    def lookup(self, pages):
+        """The slot of each page (an int64 array), -1 for one not kept."""
+        import numpy as np
+
+        from mdbpy.heap.kernel import ptr
+
+        slots = np.empty(len(pages), np.int64)
+        self.lib.pool_lookup(self.ref, ptr(pages), len(pages), ptr(slots))
+        return slots
+
+    def slot(self, page: int) -> int:
+        self._one[0] = page
+        self.lib.pool_lookup(self.ref, self._one_p, 1, self._one_p)
+        return int(self._one[0])
+
+
 def session_gather(session) -> Gather:
     """The session's Gather (pages read stay cached until the target changes)."""
     g = session.cache.get("umem_gather")
@@ -96,8 +148,7 @@ class Gather:
     def __init__(self, mem):
         self.mem = mem
         self._mapped: Mapped | None = None
-        # page number -> bytes (None: unreadable), oldest first
-        self._pages: OrderedDict[int, bytes | None] = OrderedDict()
+        self._pool: _Pool | None = None
 
     @property
     def mapped(self) -> Mapped:
@@ -106,41 +157,63 @@ class Gather:
             self._mapped = Mapped(self.mem)
         return self._mapped
 
-    def _load(self, pages: list[int]) -> dict[int, bytes | None]:
-        """Every one of the pages (sorted unique page numbers): kept ones, the rest read in
-        runs; then as many of the new ones as the budget allows are kept for later calls."""
-        got: dict[int, bytes | None] = {}
-        missing = []
-        for p in pages:
-            if p in self._pages:
-                got[p] = self._pages[p]
-            else:
-                missing.append(p)
-        fresh: dict[int, bytes | None] = {}
-        k = 0
-        while k < len(missing):  # runs of pages, bridging small gaps: reads cost more than bytes
-            j = k
-            while j + 1 < len(missing) and missing[j + 1] - missing[j] <= GAP_PAGES:
-                j += 1
-            a, b = missing[k] * PAGE, (missing[j] + 1) * PAGE
-            failed: list[tuple[int, int]] = []
-            data = self.mapped.read(a, b, failed)
-            for p in missing[k:j + 1]:
-                lo, hi = p * PAGE, (p + 1) * PAGE
-                bad = any(x < hi and lo < y for x, y in failed)
-                fresh[p] = None if bad else data[lo - a:hi - a]
-            k = j + 1
-        got.update(fresh)
-        self._keep(fresh)
-        return got
+    @property
+    def pool(self) -> _Pool:
+        """The pages kept, made when a page is first read."""
+        if self._pool is None:
+            self._pool = _Pool(max(MAX_CACHED // PAGE, MIN_BLOCKS * BLOCK // PAGE))
+        return self._pool
 
-    def _keep(self, fresh: dict) -> None:
-        """Keep the pages just read, dropping the oldest kept ones to stay in the budget."""
-        room = MAX_CACHED // PAGE
-        items = list(fresh.items())[-room:] if room > 0 else []
-        while self._pages and len(self._pages) + len(items) > room:
-            self._pages.popitem(last=False)
-        self._pages.update(items)
+    def _load(self, pages):
+        """(buf, readable): every one of the pages (sorted unique page numbers, an int64 array)
+        side by side in buf, one row each and a row of zeros after them (a value cut past the
+        last page finds it), kept ones copied, the rest read in runs; then as many of the new
+        ones as the budget allows are kept for later calls."""
+        import numpy as np
+
+        pool = self.pool
+        slots = pool.lookup(pages)
+        have = slots >= 0
+        buf = np.zeros((len(pages) + 1, PAGE), np.uint8)
+        buf[:-1][have] = pool.store[slots[have]]
+        readable = np.ones(len(pages), bool)
+        readable[have] = pool.bad[slots[have]] == 0
+        at = np.flatnonzero(~have)
+        missing = pages[at]
+        # runs of pages, bridging small gaps: reads cost more than bytes
+        cuts = np.flatnonzero(np.diff(missing) > GAP_PAGES) + 1
+        for run, idx in zip(np.split(missing, cuts), np.split(at, cuts)) if len(at) else ():
+            data, bad = self._read_pages(int(run[0]), int(run[-1]) + 1)
+            buf[idx] = data[run - run[0]]
+            readable[idx] = ~bad[run - run[0]]
+        buf[:-1][~readable] = 0
+        return buf, readable
+
+    def _read_pages(self, first: int, end: int):
+        """(data, bad): pages [first, end) read as rows (zeros where unreadable) and which
+        could not be read; kept (every page read is, the oldest kept ones dropped)."""
+        import numpy as np
+
+        from mdbpy.heap.kernel import ptr
+
+        failed: list[tuple[int, int]] = []
+        raw = self.mapped.read(first * PAGE, end * PAGE, failed)
+        bad = np.zeros(end - first, bool)
+        for x, y in failed:
+            bad[max(x // PAGE - first, 0):-(-y // PAGE) - first] = True
+        pool = self.pool
+        pool.lib.pool_add(pool.ref, first, end - first, raw,
+                          ptr(bad.view(np.uint8)) if failed else 0)
+        return np.frombuffer(raw, np.uint8).reshape(-1, PAGE), bad
+
+    def _slot(self, p: int) -> int | None:
+        """The slot of page p, its block read when it is not kept (None: unreadable)."""
+        pool = self.pool
+        s = pool.slot(p)
+        if s < 0:
+            self._fill(p)
+            s = pool.slot(p)
+        return None if pool.bad[s] else s
 
     def bytes_at(self, addr: int, n: int) -> bytes | None:
         """The n bytes at addr, or None when any of them cannot be read: the one read of a
@@ -150,45 +223,70 @@ class Gather:
         and no byte is read twice while the budget holds."""
         if addr < 0 or n <= 0 or addr + n > 1 << 64:
             return None
-        first, last = addr // PAGE, (addr + n - 1) // PAGE
-        pages = self._pages
-        if first == last:
-            page = pages.get(first, False)
-            if page is False:
-                page = self._fill(first)
-            if page is None:
-                return None
-            at = addr - first * PAGE
-            return page[at:at + n]
         parts = []
-        for p in range(first, last + 1):
-            page = pages.get(p, False)
-            if page is False:
-                page = self._fill(p)
-            if page is None:
+        for p in range(addr // PAGE, (addr + n - 1) // PAGE + 1):
+            s = self._slot(p)
+            if s is None:
                 return None
-            parts.append(page)
-        at = addr - first * PAGE
+            parts.append(self.pool.store[s].tobytes())  # copied: a later fill may reuse s
+        at = addr % PAGE
         return b"".join(parts)[at:at + n]
 
-    def _fill(self, p: int) -> bytes | None:
-        """Read page p's block (clipped to the mapping run holding p), keep its pages and
-        return page p (None: unreadable)."""
+    def _fill(self, p: int) -> None:
+        """Read and keep page p's block (clipped to the mapping run holding p)."""
         lo, hi = self.mapped.span(p * PAGE)
         if lo is None:
-            self._keep({p: None})
-            return None
+            self.pool.lib.pool_add(self.pool.ref, p, 1, 0, b"\1")
+            return
         a = max(lo, (p * PAGE) & ~(BLOCK - 1))
-        b = min(hi, ((p * PAGE) & ~(BLOCK - 1)) + BLOCK)
-        failed: list[tuple[int, int]] = []
-        data = self.mapped.read(a, b, failed)
-        fresh: dict[int, bytes | None] = {}
-        for q in range(a // PAGE, b // PAGE):
-            qa = q * PAGE
-            bad = any(x < qa + PAGE and qa < y for x, y in failed)
-            fresh[q] = None if bad else data[qa - a:qa - a + PAGE]
-        self._keep(fresh)
-        return fresh.get(p)
+        self._read_pages(a // PAGE, min(hi, ((p * PAGE) & ~(BLOCK - 1)) + BLOCK) // PAGE)
+
+    def walk(self, start: int, limit: int, *, lo: int, n: int, nxt: int, back: int = -1,
+             own: int = -1, owner: int = 0, anchor: int = 0, ring: bool = False,
+             forward: bool = True, prev: int | None = None, seen=(), rlo: int = 0,
+             rn: int = 0):
+        """One list walk compiled (kernel.c's walk_list, the checks of mdbpy/heap/walk.py's
+        ring direction or chain in their order): (addresses, rows, rok, stop). A node is read
+        as [addr + lo, addr + lo + n), links at offsets nxt, back and own (-1: not checked);
+        rows holds each node's bytes [addr + rlo, addr + rlo + rn) where rok says they could
+        be read; stop is None or (cause, prev, cur, owner found) for walk.py to word. The walk
+        reads the pages it needs through this Gather (a block at a time, kept for every other
+        walk), so the pool must hold every page of one node: MIN_BLOCKS blocks."""
+        import ctypes
+
+        import numpy as np
+
+        from mdbpy.heap import kernel
+        from mdbpy.heap.walk import CAUSES
+
+        w = kernel.WalkStruct(lo=lo, n=n, nxt=nxt, back=back, own=own, rlo=rlo, rn=rn,
+                              owner=owner, anchor=anchor, ring=ring, forward=forward,
+                              limit=limit, cur=start, prev=prev or 0,
+                              has_prev=prev is not None)
+        seen = np.fromiter(seen, np.uint64)
+        out = np.zeros(0, np.uint64)
+        rows, rok = np.zeros((0, rn), np.uint8), np.zeros(0, np.uint8)
+        lib, pool = kernel.lib(), self.pool
+        while True:
+            if w.count == w.cap:  # room for twice as many nodes, and a set to match
+                w.cap = min(max(2 * w.cap, 256), limit) + 1
+                out = np.concatenate((out, np.zeros(w.cap - len(out), np.uint64)))
+                rows = np.concatenate((rows, np.zeros((w.cap - len(rows), rn), np.uint8)))
+                rok = np.concatenate((rok, np.zeros(w.cap - len(rok), np.uint8)))
+                table = np.zeros(1 << (2 * (w.cap + len(seen))).bit_length(), np.uint64)
+                for part in (seen, out[:w.count]):
+                    lib.seen_add(kernel.ptr(table), len(table) - 1, kernel.ptr(part), len(part))
+                w.out, w.rows, w.rok = kernel.ptr(out), kernel.ptr(rows), kernel.ptr(rok)
+                w.seen, w.smask = kernel.ptr(table), len(table) - 1
+            r = lib.walk_list(pool.ref, ctypes.byref(w))
+            if r == WALK_NEED:
+                self._fill(w.need)
+            elif r != WALK_FULL:
+                break
+        stop = None if r == WALK_DONE else (CAUSES[w.cause], w.prev if w.has_prev else None,
+                                            w.cur, w.found)
+        k = w.count
+        return out[:k], rows[:k], rok[:k].astype(bool), stop
 
     def rows(self, addrs, size: int):
         """(rows, ok): an (n, size) uint8 array of the `size` bytes at each address, in the
@@ -231,17 +329,13 @@ class Gather:
         ok = last >= first  # an address whose field wraps past 2**64 is no field
         order = np.argsort(first, kind="stable")
         cuts = np.flatnonzero(np.diff(first[order] // np.uint64(WINDOW_PAGES))) + 1
-        zero = bytes(PAGE)
         for idx in np.split(order, cuts):
             f, la = first[idx], np.maximum(last[idx], first[idx])
-            pages = np.unique(np.concatenate((f, la)))
-            plist = pages.tolist()
-            got = self._load(plist)
-            readable = np.array([got[p] is not None for p in plist], bool)
-            buf = np.frombuffer(b"".join([got[p] or zero for p in plist] + [bytes(size)]),
-                                np.uint8)
-            at = np.searchsorted(pages, f)
-            ok[idx] &= readable[at] & readable[np.searchsorted(pages, la)]
+            pages = np.unique(np.concatenate((f, la))).astype(np.int64)
+            buf, readable = self._load(pages)
+            buf = buf.reshape(-1)
+            at = np.searchsorted(pages, f.astype(np.int64))
+            ok[idx] &= readable[at] & readable[np.searchsorted(pages, la.astype(np.int64))]
             pos = at.astype(np.int64) * PAGE + (addrs[idx] % np.uint64(PAGE)).astype(np.int64)
             out[idx] = buf[pos[:, None] + np.arange(size)]
         out[~ok] = 0
@@ -270,16 +364,11 @@ class Gather:
         per call, not one per field); ok: every one of them was read."""
         import numpy as np
 
-        fs = [bound.field(n) for n in names]
-        lo = min(f.offset for f in fs)
-        hi = max(f.offset + f.size for f in fs)
+        fs = {n: bound.field(n) for n in names}
+        lo = min(f.offset for f in fs.values())
+        hi = max(f.offset + f.size for f in fs.values())
         raw, ok = self.read(np.asarray(addrs, np.uint64) + np.uint64(lo), hi - lo, "u1")
-        raw = raw.reshape(len(ok), hi - lo)
-        out = {}
-        for name, f in zip(names, fs):
-            out[name] = np.ascontiguousarray(raw[:, f.offset - lo:f.offset - lo + f.size]) \
-                .view(_dtype(f)).reshape(-1)
-        return out, ok
+        return cut_fields(raw.reshape(len(ok), hi - lo), fs, lo), ok
 
     def field(self, addrs, bound_field):
         """(values, ok) of a scalar field of a bound struct at each struct address."""
@@ -287,6 +376,15 @@ class Gather:
 
         f = bound_field
         return self.read(np.asarray(addrs, np.uint64) + np.uint64(f.offset), f.size, _dtype(f))
+
+
+def cut_fields(raw, fs: dict, lo: int) -> dict:
+    """{name: values} of the bound scalar fields fs ({name: field}) cut from rows of a
+    struct's bytes that start at offset lo."""
+    import numpy as np
+
+    return {n: np.ascontiguousarray(raw[:, f.offset - lo:f.offset - lo + f.size])
+            .view(_dtype(f)).reshape(-1) for n, f in fs.items()}
 
 
 def _dtype(f) -> str:

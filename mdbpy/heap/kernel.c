@@ -24,6 +24,7 @@
  * v's buffer is found by a division.
  */
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
     const uint64_t *base;   /* n buffer starts, sorted (the scan's source cursor) */
@@ -360,4 +361,254 @@ int64_t follow_chain(const int64_t *nxt, int64_t lo, int64_t hi, int64_t k, int6
     }
     *end = k;
     return n;
+}
+
+/* The Gather's page cache (mdbpy/heap/gather.py), shared with the list walks below: nslots
+ * slots of PAGE bytes in store[], reused oldest first (FIFO), and an open-addressing table
+ * (linear probing, at least twice as many entries as slots) from page number to slot. A slot
+ * whose page could not be read is marked bad: it holds no bytes, never zeros. Python reads and
+ * fills the store through numpy; the table is kept here only. */
+#define PAGE_SHIFT 12
+#define PAGE_SIZE (1 << PAGE_SHIFT)
+
+typedef struct {
+    int64_t *keys;   /* table entries: page number, or -1 when empty */
+    int32_t *vals;   /* each entry's slot */
+    int64_t mask;    /* table entries - 1 */
+    int64_t *owner;  /* each slot's page, or -1 */
+    uint8_t *bad;    /* each slot: its page is unreadable */
+    uint8_t *store;  /* nslots * PAGE_SIZE bytes */
+    int64_t nslots;
+    int64_t next;    /* the slot reused next (the oldest) */
+} pool_t;
+
+static inline int64_t pool_home(const pool_t *P, int64_t page)
+{
+    return (int64_t)(((uint64_t)page * 0x9E3779B97F4A7C15ULL) >> 20) & P->mask;
+}
+
+/* The slot holding page, or -1. */
+static inline int64_t pool_slot(const pool_t *P, int64_t page)
+{
+    for (int64_t h = pool_home(P, page);; h = (h + 1) & P->mask) {
+        if (P->keys[h] == page)
+            return P->vals[h];
+        if (P->keys[h] < 0)
+            return -1;
+    }
+}
+
+/* Drop page from the table, shifting the entries after it back so that no probe sequence is
+ * cut by the hole. */
+static void pool_drop(pool_t *P, int64_t page)
+{
+    int64_t h = pool_home(P, page);
+    while (P->keys[h] != page) {
+        if (P->keys[h] < 0)
+            return;
+        h = (h + 1) & P->mask;
+    }
+    for (int64_t j = (h + 1) & P->mask; P->keys[j] >= 0; j = (j + 1) & P->mask) {
+        int64_t home = pool_home(P, P->keys[j]);
+        /* entry j may fill the hole at h when its home is not in (h, j] (cyclically) */
+        if ((j > h && (home <= h || home > j)) || (j < h && home <= h && home > j)) {
+            P->keys[h] = P->keys[j];
+            P->vals[h] = P->vals[j];
+            h = j;
+        }
+    }
+    P->keys[h] = -1;
+}
+
+/* Keep the n pages from page `first` on, read as data[] (n * PAGE_SIZE bytes; bad: which
+ * could not be read, NULL when none), in the oldest slots, whose pages are dropped. Pages
+ * already kept stay as they are; of more pages than slots, the last ones are kept. */
+void pool_add(pool_t *P, int64_t first, int64_t n, const uint8_t *data, const uint8_t *bad)
+{
+    for (int64_t i = n > P->nslots ? n - P->nslots : 0; i < n; i++) {
+        int64_t page = first + i;
+        if (pool_slot(P, page) >= 0)
+            continue;
+        int64_t s = P->next;
+        P->next = (s + 1) % P->nslots;
+        if (P->owner[s] >= 0)
+            pool_drop(P, P->owner[s]);
+        int64_t h = pool_home(P, page);
+        while (P->keys[h] >= 0)
+            h = (h + 1) & P->mask;
+        P->keys[h] = page;
+        P->vals[h] = (int32_t)s;
+        P->owner[s] = page;
+        P->bad[s] = bad && bad[i];
+        if (!P->bad[s])
+            memcpy(P->store + s * PAGE_SIZE, data + i * PAGE_SIZE, PAGE_SIZE);
+    }
+}
+
+/* The slot of each of n pages, or -1 for one not kept. */
+void pool_lookup(const pool_t *P, const int64_t *pages, int64_t n, int64_t *slots)
+{
+    for (int64_t i = 0; i < n; i++)
+        slots[i] = pool_slot(P, pages[i]);
+}
+
+/* A list walk over the pool's pages (mdbpy/heap/walk.py's ring direction or chain, whose
+ * checks and their order it repeats exactly; walk.py words the breaks). It runs until the walk
+ * ends, breaks, needs a page the pool does not hold (need: the page; the caller reads it and
+ * calls again, the node is then redone from the start), or fills out[] (the caller grows it).
+ * Everything it keeps between calls is in this struct. */
+enum { W_DONE, W_BREAK, W_NEED, W_FULL };
+enum { C_CYCLE, C_LIMIT, C_CHECK, C_UNREADABLE, C_NULL, C_OWNER, C_BACKLINK };
+
+typedef struct {
+    int64_t lo, n;             /* a node is read as bytes [addr + lo, addr + lo + n) */
+    int64_t nxt, back, own;    /* offsets of the next link, the back link and the owner
+                                * (-1: not checked) */
+    int64_t rlo, rn;           /* bytes [addr + rlo, addr + rlo + rn) copied to rows (rn 0:
+                                * none); rok says whether they could be read */
+    uint64_t owner;
+    uint64_t anchor;           /* ring: where the walk ends; chain: 0 (NULL ends it) */
+    int64_t ring, forward;     /* ring direction, and whether a node met again is a cycle (or
+                                * where a backward walk joins the forward one) */
+    int64_t limit;
+    uint64_t cur, prev;
+    int64_t has_prev;
+    int64_t count, cap;
+    uint64_t *out;
+    uint8_t *rows, *rok;
+    uint64_t *seen;            /* a set of addresses (0: empty entry), mask + 1 entries */
+    int64_t smask;
+    int64_t cause;             /* W_BREAK: why (C_*) */
+    uint64_t found;            /* C_OWNER: the owner the node names */
+    int64_t need;              /* W_NEED: the page */
+} walk_t;
+
+static inline int64_t seen_home(uint64_t a, int64_t mask)
+{
+    return (int64_t)((a * 0x9E3779B97F4A7C15ULL) >> 17) & mask;
+}
+
+static inline int seen_has(const walk_t *W, uint64_t a)
+{
+    for (int64_t h = seen_home(a, W->smask);; h = (h + 1) & W->smask) {
+        if (W->seen[h] == a)
+            return 1;
+        if (!W->seen[h])
+            return 0;
+    }
+}
+
+/* Add n nonzero addresses to a set of mask + 1 entries (kept at most half full). */
+void seen_add(uint64_t *seen, int64_t mask, const uint64_t *addrs, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t h = seen_home(addrs[i], mask);
+        while (seen[h] && seen[h] != addrs[i])
+            h = (h + 1) & mask;
+        seen[h] = addrs[i];
+    }
+}
+
+/* Whether [base + off, base + off + n) can be read from the pool: 0 yes, -1 a page of it is
+ * unreadable (or it runs past 2**64), -2 a page is not kept (*need). Pages are taken in order,
+ * as Gather.bytes_at does. */
+static int span_ok(const pool_t *P, uint64_t base, int64_t off, int64_t n, int64_t *need)
+{
+    if (n <= 0 || base > UINT64_MAX - (uint64_t)off)
+        return -1;
+    uint64_t a = base + (uint64_t)off;
+    if (a > UINT64_MAX - (uint64_t)n + 1)
+        return -1;
+    for (uint64_t p = a >> PAGE_SHIFT; p <= (a + (uint64_t)n - 1) >> PAGE_SHIFT; p++) {
+        int64_t s = pool_slot(P, (int64_t)p);
+        if (s < 0) {
+            *need = (int64_t)p;
+            return -2;
+        }
+        if (P->bad[s])
+            return -1;
+    }
+    return 0;
+}
+
+/* Copy n bytes at a (a span span_ok found readable) to dst. */
+static void span_copy(const pool_t *P, uint64_t a, int64_t n, uint8_t *dst)
+{
+    while (n > 0) {
+        int64_t at = (int64_t)(a & (PAGE_SIZE - 1));
+        int64_t k = PAGE_SIZE - at < n ? PAGE_SIZE - at : n;
+        const uint8_t *src = P->store + (int64_t)pool_slot(P, (int64_t)(a >> PAGE_SHIFT)) *
+            PAGE_SIZE + at;
+        for (int64_t i = 0; i < k; i++)
+            dst[i] = src[i];
+        dst += k;
+        a += (uint64_t)k;
+        n -= k;
+    }
+}
+
+static inline uint64_t word_at(const pool_t *P, uint64_t a)
+{
+    uint8_t b[8];
+    span_copy(P, a, 8, b);
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+int64_t walk_list(const pool_t *P, walk_t *W)
+{
+    for (;;) {
+        uint64_t cur = W->cur;
+        if (W->ring ? cur == W->anchor : cur == W->anchor && (W->anchor == 0 || W->count))
+            return W_DONE;
+        if (seen_has(W, cur)) {
+            if (W->ring && !W->forward)
+                return W_DONE;
+            W->cause = C_CYCLE;
+            return W_BREAK;
+        }
+        if (W->count >= W->limit) {
+            W->cause = C_LIMIT;
+            return W_BREAK;
+        }
+        if (W->ring && !cur) {
+            W->cause = C_NULL;
+            return W_BREAK;
+        }
+        int r = span_ok(P, cur, W->lo, W->n, &W->need);
+        if (r == -2)
+            return W_NEED;
+        if (r == -1) {
+            W->cause = C_UNREADABLE;
+            return W_BREAK;
+        }
+        if (W->own >= 0 && (W->found = word_at(P, cur + (uint64_t)W->own)) != W->owner) {
+            W->cause = C_OWNER;
+            return W_BREAK;
+        }
+        if (W->back >= 0 && word_at(P, cur + (uint64_t)W->back) != W->prev) {
+            W->cause = C_BACKLINK;
+            return W_BREAK;
+        }
+        int rows = 0;
+        if (W->rn > 0) {
+            rows = span_ok(P, cur, W->rlo, W->rn, &W->need);
+            if (rows == -2)
+                return W_NEED;
+        }
+        if (W->count == W->cap)
+            return W_FULL;
+        if (W->rn > 0) {
+            W->rok[W->count] = rows == 0;
+            if (rows == 0)
+                span_copy(P, cur + (uint64_t)W->rlo, W->rn, W->rows + W->count * W->rn);
+        }
+        seen_add(W->seen, W->smask, &cur, 1);
+        W->out[W->count++] = cur;
+        W->prev = cur;
+        W->has_prev = 1;
+        W->cur = word_at(P, cur + (uint64_t)W->nxt);
+    }
 }

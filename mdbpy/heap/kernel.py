@@ -31,6 +31,23 @@ class LocatorStruct(ctypes.Structure):
                 ("shift", _U64), ("before", _P)]
 
 
+class PoolStruct(ctypes.Structure):
+    """kernel.c's `pool_t`: the Gather's page cache (its arrays are the Gather's)."""
+
+    _fields_ = [("keys", _P), ("vals", _P), ("mask", _I64), ("owner", _P), ("bad", _P),
+                ("store", _P), ("nslots", _I64), ("next", _I64)]
+
+
+class WalkStruct(ctypes.Structure):
+    """kernel.c's `walk_t`: one list walk's parameters and the state kept between calls."""
+
+    _fields_ = [(n, _I64) for n in ("lo", "n", "nxt", "back", "own", "rlo", "rn")] + [
+        ("owner", _U64), ("anchor", _U64), ("ring", _I64), ("forward", _I64), ("limit", _I64),
+        ("cur", _U64), ("prev", _U64), ("has_prev", _I64), ("count", _I64), ("cap", _I64),
+        ("out", _P), ("rows", _P), ("rok", _P), ("seen", _P), ("smask", _I64),
+        ("cause", _I64), ("found", _U64), ("need", _I64)]
+
+
 _SIGNATURES = {
     "loc_runs": (_I64, [_P, _P, _I64, _P, _P, _P, _P, _P]),
     "loc_islands": (_I64, [_P, _P, _I64, _U64, _P, _P]),
@@ -40,6 +57,10 @@ _SIGNATURES = {
     "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P, _P]),
     "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
     "follow_chain": (_I64, [_P, _I64, _I64, _I64, _P, _P]),
+    "pool_add": (None, [ctypes.POINTER(PoolStruct), _I64, _I64, _P, _P]),
+    "pool_lookup": (None, [ctypes.POINTER(PoolStruct), _P, _I64, _P]),
+    "seen_add": (None, [_P, _I64, _P, _I64]),
+    "walk_list": (_I64, [ctypes.POINTER(PoolStruct), ctypes.POINTER(WalkStruct)]),
 }
 # kernel.c's node_t: a node of the graph the breadth-first search walks
 NODE = [("deg", "<i4"), ("ref", "<i4")]

@@ -10,7 +10,10 @@ then resumes from its other end: walking back from the anchor recovers the nodes
 break, as mdb's walkers say "walk resumes at".
 
 Reading is the caller's: `read(addr)` returns a node (or None when unreadable), so a walk
-reads through whatever cache the operation shares (mdbpy/heap/gather.py's bytes_at).
+reads through whatever cache the operation shares (mdbpy/heap/gather.py's bytes_at). A reader
+may also walk compiled (its `chain` or `one_way` method: Gather.walk, for lists of tens of
+thousands of nodes), repeating these checks in their order and handing back only where it
+stopped; the Break is worded here either way (_break).
 """
 
 from __future__ import annotations
@@ -42,21 +45,26 @@ def chain(first: int, read: Callable, nxt: Callable, limit: int, kind: str,
     ring (end = first), when it comes back to its first node; in a ring a NULL link is a
     link like any other, checked and read. At most `limit` nodes; a repeated node is a
     cycle."""
+    if check is None and hasattr(read, "chain"):
+        out, stop = read.chain(first, limit, end)
+        return out, stop and _break(*stop, kind, limit)
     out: list = []
     seen: set[int] = set()
     cur, prev = first, None
     while not (cur == end and (end == 0 or out)):
+        cause = why = None
         if cur in seen:
-            return out, Break(f"cycle at 0x{cur:x}", prev, cur, "cycle")
-        if len(out) >= limit:
-            return out, Break(f"more than {limit} {kind}s", prev, cur, "limit")
-        why = check(cur) if check is not None else None
-        if why is not None:
+            cause = "cycle"
+        elif len(out) >= limit:
+            cause = "limit"
+        elif check is not None and (why := check(cur)) is not None:
             return out, Break(why, prev, cur, "check")
-        node = read(cur)
-        if node is None:
-            linked = f" (linked from 0x{prev:x})" if prev is not None else ""
-            return out, Break(f"unreadable {kind} 0x{cur:x}{linked}", prev, cur, "unreadable")
+        else:
+            node = read(cur)
+            if node is None:
+                cause = "unreadable"
+        if cause is not None:
+            return out, _break(cause, prev, cur, None, kind, limit)
         seen.add(cur)
         out.append(node)
         prev, cur = cur, nxt(node)
@@ -87,32 +95,47 @@ def _one_way(anchor, cur, links, step, back, limit, kind, owner, seen, forward):
     """One direction of ring(), following field `step` (0 next, 1 prev) and checking that
     field `back` links to where it came from: (addresses, break or None). A backward walk
     stops quietly where it joins the forward one."""
+    if hasattr(links, "one_way"):
+        out, stop = links.one_way(anchor, cur, step, limit, owner, seen, forward)
+        return out, stop and _break(*stop, kind, limit, owner)
     out: list[int] = []
     prev = anchor
     while cur != anchor:
-        why = cause = None
-        node = None
+        cause = node = None
         if cur in seen:
             if not forward:
                 return out, None
-            why, cause = f"cycle at 0x{cur:x}", "cycle"
+            cause = "cycle"
         elif len(out) >= limit:
-            why, cause = f"more than {limit} {kind}s", "limit"
+            cause = "limit"
         elif not cur:
-            why, cause = f"NULL link in 0x{prev:x}", "null"
+            cause = "null"
         else:
             node = links(cur)
             if node is None:
-                why, cause = f"unreadable {kind} 0x{cur:x} (linked from 0x{prev:x})", "unreadable"
+                cause = "unreadable"
             elif owner is not None and node[2] != owner:
-                why = f"{kind} 0x{cur:x} belongs to 0x{node[2]:x}, not 0x{owner:x}"
                 cause = "owner"
             elif node[back] != prev:
-                why, cause = f"{kind} 0x{cur:x} does not link back to 0x{prev:x}", "backlink"
-        if why is not None:
-            return out, Break(why, prev, cur, cause)
+                cause = "backlink"
+        if cause is not None:
+            return out, _break(cause, prev, cur, node[2] if cause == "owner" else None, kind,
+                              limit, owner)
         seen.add(cur)
         out.append(cur)
         prev = cur
         cur = node[step]
     return out, None
+
+
+def _break(cause: str, prev: int | None, cur: int, found: int | None, kind: str, limit: int,
+           owner: int | None = None) -> Break:
+    """The Break of a walk that stopped at cur (reached from prev) for `cause`; found: the
+    owner the node names (cause 'owner')."""
+    why = {"cycle": f"cycle at 0x{cur:x}", "limit": f"more than {limit} {kind}s",
+           "null": f"NULL link in 0x{prev or 0:x}",
+           "owner": f"{kind} 0x{cur:x} belongs to 0x{found or 0:x}, not 0x{owner or 0:x}",
+           "backlink": f"{kind} 0x{cur:x} does not link back to 0x{prev or 0:x}",
+           "unreadable": f"unreadable {kind} 0x{cur:x}" + (
+               "" if prev is None else f" (linked from 0x{prev:x})")}[cause]
+    return Break(why, prev, cur, cause)
