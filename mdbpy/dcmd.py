@@ -22,6 +22,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from mdbpy.errors import MdbError, UsageError
@@ -39,12 +40,62 @@ PIPE = 0x08  # input addresses come from a pipe
 PIPE_OUT = 0x10  # output goes into a pipe: print addresses only
 
 
+NUM = "number"  # an option value read as mdb_strtoull does (current radix, 0x/0t/0o/0i)
+STR = "string"  # an option value kept as the word given
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option letter of a dcmd, declared once: the parser, the usage line, ::help's
+    OPTIONS, completion and docs/reference.md all read it, so they cannot drift apart.
+
+    A flag (type None) is False unless given; an option with a value (type NUM or STR) is
+    `default` unless given. The value is inv.opts.<name>. `metavar` names the value in the
+    usage line (default: name); `plus` marks a hand-parsed option that may also be written
+    +x (::set +o, ::typeset +t)."""
+
+    letter: str
+    name: str
+    type: str | None
+    help: str
+    default: Any = None
+    metavar: str = ""
+    plus: bool = False
+
+    @property
+    def term(self) -> str:
+        """How the option is written in the usage line and ::help: `-o offset`, `+/-t`."""
+        value = f" {self.metavar or self.name}" if self.type else ""
+        return f"{'+/' if self.plus else ''}-{self.letter}{value}"
+
+
+def Flag(letter: str, name: str, help: str, plus: bool = False) -> Opt:  # noqa: N802
+    """An option without a value: inv.opts.<name> is True when given."""
+    return Opt(letter, name, None, help, default=False, plus=plus)
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A word (or, with repeat, words) after the options, for the usage line and ::help;
+    the dcmd reads inv.operands and checks them itself (a type may be two words, `struct x`,
+    and each dcmd's messages say what is wrong)."""
+
+    name: str
+    help: str = ""
+    optional: bool = False
+    repeat: bool = False
+
+    @property
+    def term(self) -> str:
+        text = self.name + (" ..." if self.repeat else "")
+        return f"[{text}]" if self.optional else text
+
+
 @dataclass
 class Dcmd:
     name: str
     func: Callable
     descr: str
-    usage: str = ""
     help: str = ""
     example: str = ""
     module: str = ""
@@ -53,17 +104,39 @@ class Dcmd:
     enabled: Callable[[Session], str | None] | None = None
     # pipe_all: the dcmd receives the whole address list at once (::head, ::whatis) in inv.pipe
     pipe_all: bool = False
+    opts: tuple[Opt, ...] = ()
+    operands: tuple[Operand, ...] = ()
+    # mdb's usage prefix: "?" an address is optional, ":" one is required, "" none is taken
+    addr: str = ""
+    # False: the dcmd parses its words itself (::set's +o, ::head's -num); opts document them
+    getopt: bool = True
+
+    @property
+    def usage(self) -> str:
+        """The arguments as mdb's usage strings write them: `[-v] [-o offset] type member`."""
+        flags = "".join(o.letter for o in self.opts if o.type is None and not o.plus)
+        words = [f"[-{flags}]"] if flags else []
+        words += [f"[{o.term}]" for o in self.opts if o.type is not None or o.plus]
+        return " ".join(words + [a.term for a in self.operands])
 
     def synopsis(self) -> str:
         """`[ addr ] ::name usage` as ::help prints it (mdb's '?' / ':' usage prefixes)."""
-        usage = self.usage
-        prefix = ""
-        if usage.startswith("?"):
-            prefix, usage = "[ addr ] ", usage[1:]
-        elif usage.startswith(":"):
-            prefix, usage = "addr ", usage[1:]
+        prefix = {"?": "[ addr ] ", ":": "addr "}.get(self.addr, "")
         name = self.name if self.name.startswith("$") else "::" + self.name
-        return f"{prefix}{name} {usage.strip()}".rstrip()
+        return f"{prefix}{name} {self.usage}".rstrip()
+
+    def options_help(self) -> list[tuple[str, str]]:
+        """(term, help) of each option and of each operand that has help: ::help's OPTIONS."""
+        return [(o.term, o.help) for o in self.opts] + [
+            (a.name, a.help) for a in self.operands if a.help]
+
+    def parse(self, args: list, radix: int) -> tuple[SimpleNamespace, list]:
+        """(inv.opts, inv.operands) of these words; a dcmd without options (or that parses
+        its words itself) takes every word as an operand, as mdb's dcmds that do not call
+        mdb_getopts do (`::echo -n` prints -n)."""
+        if not self.getopt or not self.opts:
+            return SimpleNamespace(**{o.name: o.default for o in self.opts}), list(args)
+        return parse_options(args, self.opts, radix)
 
 
 @dataclass
@@ -77,16 +150,27 @@ class Walker:
     help: str = ""
 
 
-def dcmd(name: str, descr: str, usage: str = "", help: str = "", example: str = "",
-         aliases: Iterable[str] = (), enabled=None, pipe_all: bool = False):
-    """Declare a dcmd. `descr` is the one-line description; `help` the DESCRIPTION of ::help."""
+def dcmd(name: str, descr: str, help: str = "", example: str = "", aliases: Iterable[str] = (),
+         enabled=None, pipe_all: bool = False, opts: Iterable[Opt] = (),
+         operands: Iterable[Operand] = (), addr: str = "", getopt: bool = True):
+    """Declare a dcmd. `descr` is the one-line description; `help` the DESCRIPTION of ::help;
+    `opts`, `operands` and `addr` its arguments (see Dcmd.usage). The function receives the
+    Invocation with inv.opts and inv.operands parsed from the declaration before it runs,
+    however it is called (the engine, a test, another dcmd handing on its inv)."""
     if not descr:
         raise ValueError(f"dcmd {name} needs a one-line description")
 
     def wrap(func):
-        func.__mdb_dcmd__ = Dcmd(name, func, descr, usage, help or func.__doc__ or "", example,
-                                 aliases=tuple(aliases), enabled=enabled, pipe_all=pipe_all)
-        return func
+        @functools.wraps(func)
+        def parsed(inv):
+            inv.opts, inv.operands = d.parse(inv.args, inv.session.radix)
+            return func(inv)
+
+        d = Dcmd(name, parsed, descr, help or func.__doc__ or "", example,
+                 aliases=tuple(aliases), enabled=enabled, pipe_all=pipe_all, opts=tuple(opts),
+                 operands=tuple(operands), addr=addr, getopt=getopt)
+        parsed.__mdb_dcmd__ = d
+        return parsed
 
     return wrap
 
@@ -128,6 +212,9 @@ class Invocation:
     pipe: list[int] | None = None  # the whole address list, for pipe_all dcmds
     name: str = ""
     count: int = 1  # the repeat count of `addr,count::name` (mdb's m_dcount; ::dump's length)
+    # the arguments as the dcmd's declaration parses them (set by @dcmd before the call)
+    opts: SimpleNamespace = field(default_factory=SimpleNamespace)
+    operands: list = field(default_factory=list)
 
     @property
     def has_addr(self) -> bool:
@@ -145,16 +232,11 @@ class Invocation:
     def print(self, *parts, end: str = "\n", sep: str = " ") -> None:
         self.out.write(sep.join(str(p) for p in parts) + end)
 
-    def getopt(self, spec: str, numeric: str = "") -> tuple[dict, list]:
-        """mdb_getopts: see parse_options()."""
-        return parse_options(self.args, spec, numeric, self.session.radix)
-
-    def options(self, spec: str, numeric: str = "") -> dict:
-        """getopt() for dcmds that take options only: a leftover word is a usage error."""
-        opts, rest = self.getopt(spec, numeric)
-        if rest:
-            raise UsageError(f"unexpected argument '{rest[0]}'")
-        return opts
+    def no_operands(self) -> None:
+        """A usage error naming the first operand, if any: for dcmds that take options only
+        and leave stray words to this one message."""
+        if self.operands:
+            raise UsageError(f"unexpected argument '{self.operands[0]}'")
 
 
 def to_number(word, radix: int = 16) -> int:
@@ -176,31 +258,23 @@ def to_number(word, radix: int = 16) -> int:
     return (-v if neg else v) & ((1 << 64) - 1)
 
 
-def parse_options(args: list, spec: str, numeric: str = "", radix: int = 16) -> tuple[dict, list]:
-    """getopt over dcmd arguments: `spec` is letters, a letter followed by ':' takes a value.
-
-    Letters may be combined (-dv), a value may be attached (-n5) or the next word, `--` ends the
-    options, and option values named in `numeric` are converted as mdb_strtoull does. Boolean
-    options map to True; repeated valued options keep the last value. Returns (options, rest).
-    """
-    takes = {}
-    i = 0
-    while i < len(spec):
-        c = spec[i]
-        if c == " ":
-            i += 1
-            continue
-        has_val = i + 1 < len(spec) and spec[i + 1] == ":"
-        takes[c] = has_val
-        i += 2 if has_val else 1
-    opts: dict = {}
+def parse_options(args: list, opts: Iterable[Opt], radix: int = 16) -> tuple[SimpleNamespace,
+                                                                            list]:
+    """mdb_getopts over dcmd arguments, for the declared options: letters may be combined
+    (-dv), a value may be attached (-n5) or the next word, options and operands may be mixed,
+    `--` ends the options, a word such as -5 is an operand unless a digit is an option, NUM
+    values are read as mdb_strtoull does, and a repeated option keeps its last value.
+    Returns (the values by option name, the operands)."""
+    by_letter = {o.letter: o for o in opts}
+    values = {o.name: o.default for o in by_letter.values()}
     rest: list = []
     words = list(args)
     k = 0
     while k < len(words):
         w = words[k]
         if not isinstance(w, str) or not w.startswith("-") or w == "-" or (
-                len(w) > 1 and w[1].isdigit() and "0" not in takes and w[1] not in takes):
+                len(w) > 1 and w[1].isdigit() and "0" not in by_letter
+                and w[1] not in by_letter):
             rest.append(w)
             k += 1
             continue
@@ -209,22 +283,22 @@ def parse_options(args: list, spec: str, numeric: str = "", radix: int = 16) -> 
             break
         j = 1
         while j < len(w):
-            c = w[j]
-            if c not in takes:
-                raise UsageError(f"illegal option -- {c}")
-            if takes[c]:
+            o = by_letter.get(w[j])
+            if o is None:
+                raise UsageError(f"illegal option -- {w[j]}")
+            if o.type is not None:
                 val = w[j + 1:]
                 if not val:
                     k += 1
                     if k >= len(words):
-                        raise UsageError(f"option requires an argument -- {c}")
+                        raise UsageError(f"option requires an argument -- {o.letter}")
                     val = words[k]
-                opts[c] = to_number(val, radix) if c in numeric else val
+                values[o.name] = to_number(val, radix) if o.type == NUM else val
                 break
-            opts[c] = True
+            values[o.name] = True
             j += 1
         k += 1
-    return opts, rest
+    return SimpleNamespace(**values), rest
 
 
 class Registry:

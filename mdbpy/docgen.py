@@ -1,7 +1,8 @@
 """docs/reference.md from the registry: `python -m mdbpy.docgen > docs/reference.md`.
 
 The registry is the documentation (docs/architecture.md): every dcmd and walker carries its own
-description, usage, help and example, so the reference is generated from them rather than
+description, declared arguments (mdbpy.dcmd.Opt, Operand: the usage line and the option list),
+help and example, so the reference is generated from them rather than
 written twice. Every module mdbpy itself declares (its entry points, mdbpy.dcmd.installed()) is
 loaded, the allocator modules included, into a bare Registry: third-party modules installed
 beside it are left out, so the page is the same wherever it is made; no target is needed, and walkers a module adds per target (the simulator's one walker
@@ -51,6 +52,9 @@ def _dcmd(d: Dcmd) -> list[str]:
         lines += ["Also: " + ", ".join(f"`{shown(a)}`" for a in d.aliases), ""]
     if d.help.strip():
         lines += [" ".join(d.help.split()), ""]
+    options = d.options_help()
+    if options:
+        lines += [f"- `{term}`: {' '.join(text.split())}" for term, text in options] + [""]
     if d.example:
         lines += [f"Example: `{d.example}`", ""]
     return lines

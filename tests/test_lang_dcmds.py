@@ -122,7 +122,7 @@ def test_dmods_load_unload(h, tmp_path):
     h.run("::dmods nosuch")
     assert h.errors() == "mdbpy: nosuch module not loaded\n"
     h.run("::load")
-    assert "Usage: ::load [-s] module" in h.errors()
+    assert "Usage: ::load [-fgs] module" in h.errors()
 
 
 def test_set(h):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mdbpy.dcmd import ADDRSPEC, LOOP, LOOPFIRST, PIPE, PIPE_OUT, Dcmd, Dmod, Walker
+from mdbpy.dcmd import ADDRSPEC, LOOP, LOOPFIRST, PIPE, PIPE_OUT, Dcmd, Dmod, Operand, Walker
 from mdbpy.errors import CommandAbort, MdbError, QuitSession, UsageError
 from mdbpy.lang.engine import Engine
 from mdbpy.session import Session
@@ -73,10 +73,12 @@ class Harness:
             yield 0x1000
             raise MdbError("list is corrupt")
 
-        for d in (Dcmd("rec", rec, "record calls", usage="?[args]"),
+        for d in (Dcmd("rec", rec, "record calls", addr="?",
+                       operands=(Operand("args", optional=True),)),
                   Dcmd("recall", rec, "record calls", pipe_all=True),
                   Dcmd("boom", boom, "crash"),
-                  Dcmd("fail", fail, "fail", usage=":[abort|usage]"),
+                  Dcmd("fail", fail, "fail", addr=":",
+                       operands=(Operand("abort|usage", optional=True),)),
                   Dcmd("gone", rec, "disabled", enabled=lambda s: "libgone not found")):
             reg.add_dcmd(d, "test")
         for w in (Walker("tlist", walk_list, "walk the list"),
@@ -335,7 +337,7 @@ def test_map_grep_head(h):
     assert [c[0] for c in h.calls] == [0x1000]
     assert h.run("::walk tlist | ::head") == "1000\n1020\n1040\n"
     assert h.run("::walk tlist | ::head -x") == ""
-    assert "Usage: ::head -num | -n num" in h.errors()
+    assert "Usage: ::head [-n num]" in h.errors()
 
 
 def test_eval_sets_and_carries_dot(h):

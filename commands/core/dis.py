@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from mdbpy.dcmd import LOOP, Invocation, dcmd, to_number
+from mdbpy.dcmd import LOOP, NUM, Flag, Invocation, Operand, Opt, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 
 if TYPE_CHECKING:
@@ -38,35 +38,36 @@ it are shown. A symbol name may be given as the argument instead of an address.
 
 Direct calls and jumps name their targets (`call 0x... <scaled>`, `call 0x... <malloc@plt>`,
 `<libc.so.6`free>`), and rip-relative operands the data they address (`<greeting>`). Dot is left
-just past the last instruction, so a bare ::dis continues.
-
--a    show raw addresses instead of sym+off
--b    show both the raw address and sym+off
--f    read the instructions from the object file instead of memory
--l    append the source file:line of each instruction (DWARF line tables, see ::whereis)
--n    cnt instructions before and after (default 10; a number in the current radix)
--w    window mode even at a function start"""
+just past the last instruction, so a bare ::dis continues."""
 
 
-@dcmd("dis", "disassemble near addr", usage="?[-abflw] [-n cnt] [addr]", help=DIS_HELP,
-      example="main::dis")
+@dcmd("dis", "disassemble near addr", addr="?", opts=[
+    Flag("a", "raw", "show raw addresses instead of sym+off"),
+    Flag("b", "both", "show both the raw address and sym+off"),
+    Flag("f", "file", "read the instructions from the object file instead of memory"),
+    Flag("l", "lines", "append the source file:line of each instruction (DWARF line tables, "
+         "see ::whereis)"),
+    Flag("w", "window", "window mode even at a function start"),
+    Opt("n", "count", NUM, "cnt instructions before and after (default 10; a number in the "
+        "current radix)", metavar="cnt")],
+      operands=[Operand("addr", optional=True)], help=DIS_HELP, example="main::dis")
 def dis(inv: Invocation):
     from mdbpy.disasm import disassemble, disassemble_range, previous  # on first use
 
-    opts, rest = inv.getopt("abflwn:", numeric="n")
+    opts, rest = inv.opts, inv.operands
     s = inv.session
     addr = _address(inv, rest)
     explicit = inv.has_addr or bool(rest)
-    count = opts.get("n", DEFAULT_COUNT)
+    count = DEFAULT_COUNT if opts.count is None else opts.count
     if count > MAX_COUNT:
         raise UsageError(f"::dis -n {count:#x} is more than {MAX_COUNT:#x} instructions")
-    read = s.symbols.read_file if opts.get("f") else s.mem.read
-    window = bool(opts.get("w"))
+    read = s.symbols.read_file if opts.file else s.mem.read
+    window = opts.window
     end = None
     if explicit and not window:
         hit = s.symbols.lookup_addr(addr)
         if hit is not None and hit[1] == 0 and hit[0].type == "func":
-            if hit[0].size and "n" not in opts:
+            if hit[0].size and opts.count is None:
                 end = addr + hit[0].size
         else:
             window = True
@@ -82,8 +83,7 @@ def dis(inv: Invocation):
         insns = disassemble(s, addr, count + 1, read=read)
     if not any(i.address == addr for i in insns):
         raise MdbError(f"failed to read instruction at 0x{addr:x}")
-    style = _Style(inv, raw=bool(opts.get("a")), both=bool(opts.get("b")),
-                   lines=bool(opts.get("l")))
+    style = _Style(inv, raw=opts.raw, both=opts.both, lines=opts.lines)
     for insn in insns:
         inv.print(style.line(insn, bold=window and insn.address == addr))
     s.dot = (insns[-1].address + insns[-1].size) & ((1 << 64) - 1)

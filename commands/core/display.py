@@ -5,31 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mdbpy.dcmd import LOOP, PIPE, dcmd
+from mdbpy.dcmd import LOOP, NUM, PIPE, Flag, Opt, dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 
 PARAGRAPH = 16
 ADDR_MAX = (1 << 64) - 1
 
 DUMP_HELP = """\
--e    adjust for endianness
-      (assumes 4-byte words; use -g to change word size)
--f    dump from object file
--g n  display bytes in groups of n
-      (default is 4; n must be a power of 2, divide line width)
--l n  display n bytes
-      (default is the repeat count, else 1; rounded up to multiple of line width)
--p    dump from physical memory (not available on process and core targets)
--q    don't print ASCII
--r    use relative numbering (automatically sets -u)
--s    elide repeated lines
--t    only read from and display contents of specified addresses
-      (default is to read and print entire lines)
--u    un-align output
-      (default is to align output at paragraph boundary)
--v    print full-width addresses
--w n  display n 16-byte paragraphs per line
-      (default is 1, maximum is 16)"""
+Print the bytes at the address (the repeat count, or -l, of them) as mdb's ::dump does: a header
+of nibble labels, then per line the address, the bytes in groups and their ASCII."""
 
 
 @dcmd("formats", "list format specifiers",
@@ -182,29 +166,46 @@ def hexdump(read, addr: int, length: int, style: DumpStyle, emit) -> int:
     return (addr + offset + requested) & ADDR_MAX
 
 
-@dcmd("dump", "dump memory from specified address",
-      usage="?[-eqrstu] [-f|-p] [-g bytes] [-l bytes] [-w paragraphs]", help=DUMP_HELP,
-      example="main::dump -l 0t32")
+@dcmd("dump", "dump memory from specified address", addr="?", opts=[
+    Flag("e", "endian", "adjust for endianness (assumes 4-byte words; use -g to change word "
+         "size)"),
+    Flag("f", "file", "dump from object file"),
+    Flag("p", "physical", "dump from physical memory (not available on process and core "
+         "targets)"),
+    Flag("q", "no_ascii", "don't print ASCII"),
+    Flag("r", "relative", "use relative numbering (automatically sets -u)"),
+    Flag("s", "squish", "elide repeated lines"),
+    Flag("t", "trim", "only read from and display contents of specified addresses (default is "
+         "to read and print entire lines)"),
+    Flag("u", "unaligned", "un-align output (default is to align output at paragraph "
+         "boundary)"),
+    Flag("v", "full", "print full-width addresses"),
+    Opt("g", "group", NUM, "display bytes in groups of n (default is 4; n must be a power of 2, "
+        "divide line width)", default=4, metavar="bytes"),
+    Opt("l", "length", NUM, "display n bytes (default is the repeat count, else 1; rounded up "
+        "to multiple of line width)", default=0, metavar="bytes"),
+    Opt("w", "paragraphs", NUM, "display n 16-byte paragraphs per line (default is 1, maximum "
+        "is 16)", default=1)], help=DUMP_HELP, example="main::dump -l 0t32")
 def dump(inv):
-    opts, rest = inv.getopt("efg:l:pqrstuvw:", numeric="glw")
+    opts, rest = inv.opts, inv.operands
     if rest:
         raise UsageError("unexpected arguments: " + " ".join(map(str, rest)))
-    group, paragraphs, length = opts.get("g", 4), opts.get("w", 1), opts.get("l", 0)
+    group, paragraphs, length = opts.group, opts.paragraphs, opts.length
     count = inv.count
-    if opts.get("f") and opts.get("p"):
+    if opts.file and opts.physical:
         raise UsageError("-f and -p cannot be used together")
     if not 1 <= paragraphs <= 16 or not 1 <= group <= 256:
         raise UsageError("-w takes 1 to 16 paragraphs, -g 1 to 256 bytes")
     if count > 1 and length:
         raise UsageError("give either a repeat count or -l, not both")
-    if opts.get("p"):
+    if opts.physical:
         raise MdbError("physical memory is not available on this target")
-    style = DumpStyle(group=group, paragraphs=paragraphs, ascii=not opts.get("q"),
-                      align=not (opts.get("u") or opts.get("r")), trim=bool(opts.get("t")),
-                      squish=bool(opts.get("s")), relative=bool(opts.get("r")),
-                      endian=bool(opts.get("e")), pedant=bool(opts.get("v")))
+    style = DumpStyle(group=group, paragraphs=paragraphs, ascii=not opts.no_ascii,
+                      align=not (opts.unaligned or opts.relative), trim=opts.trim,
+                      squish=opts.squish, relative=opts.relative, endian=opts.endian,
+                      pedant=opts.full)
     s = inv.session
-    read = s.symbols.read_file if opts.get("f") else s.mem.read
+    read = s.symbols.read_file if opts.file else s.mem.read
     s.dot = hexdump(read, inv.addr, length or count, style, lambda t: inv.out.write(t + "\n"))
     if inv.flags & LOOP and not inv.flags & PIPE:
         raise CommandAbort("")  # mdb: the repeat count was the length, not a repetition

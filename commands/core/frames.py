@@ -8,7 +8,7 @@ changes (Session.invalidate) and a newly selected thread starts at frame 0.
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Invocation, dcmd, to_number
+from mdbpy.dcmd import Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.types.printer import PrintOptions, Printer
 from mdbpy.types.space import space_of
@@ -31,7 +31,8 @@ def selected(session, tid: int) -> int:
     return session.cache.get(SELECTED, {}).get(tid, 0)
 
 
-@dcmd("frame", "select a stack frame of the current thread, or show it", usage="?[frame]",
+@dcmd("frame", "select a stack frame of the current thread, or show it", addr="?",
+      operands=[Operand("frame", optional=True)],
       help="Select frame number `frame` of the current thread (0 is the innermost, as $C "
            "lists them; given as an address or an argument, in the current radix or with "
            "0t) and print its line as $C does: frame pointer, function and arguments. "
@@ -60,7 +61,7 @@ def _frame_number(inv: Invocation) -> int | None:
     return to_number(inv.args[0], inv.session.radix) if inv.args else None
 
 
-@dcmd("locals", "print the selected frame's arguments and locals", usage="",
+@dcmd("locals", "print the selected frame's arguments and locals",
       help="Print the arguments, then the local variables, of the frame ::frame selected "
            "(frame 0 unless another was), each as ::print -t prints a value: `int n = 0x5`, "
            "a struct's members labelled with the variable's name (`p.a = 0x7`). Locals are "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import STR, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -18,8 +18,10 @@ def parse_size(text: str) -> int:
     return int(found.group(1)) * UNITS[found.group(2)]
 
 
-@dcmd("gcore", "produce a core file for the attached process",
-      usage="[-o prefix] [-c content] [-m size]",
+@dcmd("gcore", "produce a core file for the attached process", opts=[
+    Opt("o", "prefix", STR, "write the core to <prefix>.<pid>", default="core"),
+    Opt("c", "content", STR, "the kinds of mapping written (see above)"),
+    Opt("m", "size", STR, "the most bytes written of each anonymous mapping (see above)")],
       help="Write an ELF core file of the live process to <prefix>.<pid> (prefix defaults to\n"
            "'core') and print '<file> dumped'. The core holds every readable mapping, each\n"
            "thread's registers, the auxiliary vector and the mapped-file table, so mdbpy and\n"
@@ -35,8 +37,8 @@ def parse_size(text: str) -> int:
            "Only live processes (-p PID) can be dumped.",
       example="::gcore -o /tmp/myprog -c stack+heap -m 512m")
 def gcore(inv):
-    opts, rest = inv.getopt("o:c:m:")
-    if rest or inv.has_addr:
+    opts = inv.opts
+    if inv.operands or inv.has_addr:
         raise UsageError("usage: ::gcore [-o prefix] [-c content] [-m size]")
     target = inv.session.target
     if target.kind != "live":
@@ -44,12 +46,12 @@ def gcore(inv):
                        f"{target.describe()})")
     from mdbpy.target.gcore import ANON_LIMIT, CONTENT, parse_content, write_core
 
-    limit = parse_size(opts["m"]) if "m" in opts else ANON_LIMIT
+    limit = parse_size(opts.size) if opts.size is not None else ANON_LIMIT
     try:
-        content = parse_content(opts["c"]) if "c" in opts else frozenset(CONTENT)
+        content = parse_content(opts.content) if opts.content is not None else frozenset(CONTENT)
     except ValueError as e:
         raise UsageError(f"::gcore: {e}") from None
-    path = f"{opts.get('o', 'core')}.{target.pid}"
+    path = f"{opts.prefix}.{target.pid}"
     write_core(target, path, max_anon=limit, content=content,
                note=lambda msg: inv.session.warn(f"::gcore: {msg}; -m 0 writes it all"))
     inv.print(f"{path} dumped")

@@ -4,7 +4,7 @@ the leak and leakbuf walkers, ::whyalive, ::whatis, ::heap_verify, ::heap_stats 
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd, walker
+from mdbpy.dcmd import STR, Flag, Operand, Opt, dcmd, walker
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.leaks import LEAKS_KEY
 from mdbpy.heap.model import allocators
@@ -43,7 +43,12 @@ def last_report(session):
     return cached[0]
 
 
-@dcmd("findleaks", "search for potential memory leaks", usage="?[-dfv]",
+@dcmd("findleaks", "search for potential memory leaks", addr="?", opts=[
+    Flag("d", "detail", "detail each representative leak (long); ends with the group's "
+         "unreferenced members, the leaked buffers no other leaked buffer points to (heads of "
+         "leaked structures)"),
+    Flag("f", "force", "throw away cached state, and do a full run"),
+    Flag("v", "verbose", "report verbose information about the findleaks run")],
       example="::findleaks -d", help="""\
 A conservative garbage collection of the heap: every allocated buffer (and region the allocator
 module offers) that no root reaches, transitively, is a leak. Roots are the writable data and
@@ -58,30 +63,26 @@ The result is cached until -f or until the target changes.
 
 With an address (a pc or a function), only leaks whose stack contains it are shown.
 
-  -d    detail each representative leak (long); ends with the group's unreferenced members,
-        the leaked buffers no other leaked buffer points to (heads of leaked structures)
-  -f    throw away cached state, and do a full run
-  -v    report verbose information about the findleaks run
-
 The 'leak' and 'leakbuf' walkers walk the last result; ::whyalive explains what keeps a buffer
 alive.""")
 def findleaks(inv):
     from mdbpy.heap.report import entries, long_form, statistics_lines, tables
 
-    opts = inv.options("dfv")
+    inv.no_operands()
+    opts = inv.opts
     s = inv.session
-    report, stats, fresh = run_findleaks(s, opts.get("f", False))
+    report, stats, fresh = run_findleaks(s, opts.force)
     filt = inv.addr if inv.has_addr else None
     ents = entries(s, report, filt)
     if wants_json(inv):
         from mdbpy.results import leak_groups, leak_totals
 
         groups = leak_groups(s, ents)
-        extra = {"statistics": stats if fresh else None} if opts.get("v") else {}
-        emit(inv, "findleaks", leaks=[g.as_dict(members=bool(opts.get("d"))) for g in groups],
+        extra = {"statistics": stats if fresh else None} if opts.verbose else {}
+        emit(inv, "findleaks", leaks=[g.as_dict(members=opts.detail) for g in groups],
              totals=leak_totals(groups), fresh=fresh, **extra)
         return 0
-    if opts.get("v"):
+    if opts.verbose:
         for line in statistics_lines(stats) if fresh else [
                 "findleaks: using cached results (use '-f' to force a full run)"]:
             inv.print(line)
@@ -91,7 +92,7 @@ def findleaks(inv):
         return 0
     for line in tables(ents):
         inv.print(line)
-    if opts.get("d"):
+    if opts.detail:
         inv.print("")
         for e in ents:
             for line in long_form(s, e):
@@ -129,10 +130,11 @@ def walk_leakbuf(session, addr):
 
 
 # -- whyalive -------------------------------------------------------------------------------
-@dcmd("whyalive", "explain what keeps a heap buffer alive", usage=":[-f]",
+@dcmd("whyalive", "explain what keeps a heap buffer alive", addr=":",
+      opts=[Flag("f", "force", "run a fresh ::findleaks")],
       example="0x7f0000201010::whyalive", help="""\
 The chain of references from a root to the buffer containing addr, as the last ::findleaks
-marked it (it runs one if needed; -f forces a fresh one): first the root slot (a global as
+marked it (it runs one if needed): first the root slot (a global as
 symbol+offset, a thread's stack slot, or a thread's register), then each buffer on the way
 with the offset inside it of the pointer to the next. A buffer nothing reaches is reported
 as leaked.""")
@@ -141,9 +143,9 @@ def whyalive(inv):
 
     if not inv.has_addr:
         raise UsageError("usage: addr::whyalive [-f]")
-    opts = inv.options("f")
+    inv.no_operands()
     s = inv.session
-    report, _, _ = run_findleaks(s, opts.get("f", False))
+    report, _, _ = run_findleaks(s, inv.opts.force)
     cands = report.candidates
     i = cands.table.find(inv.addr)
     if i is not None:
@@ -165,17 +167,17 @@ def whyalive(inv):
 
 
 # -- whatis ---------------------------------------------------------------------------------
-@dcmd("whatis", "given an address, return information", usage=":[-akqv]", pipe_all=True,
+@dcmd("whatis", "given an address, return information", addr=":", pipe_all=True, opts=[
+    Flag("a", "all", "report all information about each address, not just the first source's"),
+    Flag("k", "keep_order", "do not re-order the input"),
+    Flag("q", "quiet", "quiet; don't print multi-line reports (the record's address is named "
+         "instead)"),
+    Flag("v", "verbose", "verbose; show each source as it is searched")],
       example="0x7f0000201010::whatis", help="""\
 Report where an address comes from: the heap buffer containing it (`<addr> is <base>+<off>,
 allocated from <cache>` or `freed from`, followed by its allocation record unless -q), else the
 symbol and mapping containing it (`<addr> is sym+off, in <mapping> [base,limit)`), else
-`unknown`. Fed from a pipeline, addresses are reported source by source in sorted order.
-
-  -a  report all information about each address, not just the first source's
-  -k  do not re-order the input
-  -q  quiet; don't print multi-line reports (the record's address is named instead)
-  -v  verbose; show each source as it is searched""")
+`unknown`. Fed from a pipeline, addresses are reported source by source in sorted order.""")
 def whatis(inv):
     from mdbpy.heap.whatis import WhatisOptions
     from mdbpy.heap.whatis import whatis as run
@@ -184,17 +186,18 @@ def whatis(inv):
         raise MdbError("whatis: cannot be output into a pipe")
     if not inv.has_addr:
         raise UsageError("usage: addr::whatis [-akqv]")
-    opts = inv.options("akqv")
-    wo = WhatisOptions(opts.get("a", False), opts.get("q", False), opts.get("v", False))
+    inv.no_operands()
+    opts = inv.opts
+    wo = WhatisOptions(opts.all, opts.quiet, opts.verbose)
     addrs = list(inv.pipe) if inv.pipe else [inv.addr]
     if wants_json(inv):
         from mdbpy.results import whatis_hits
 
-        order = addrs if opts.get("k") else sorted(addrs)
+        order = addrs if opts.keep_order else sorted(addrs)
         emit(inv, "whatis", hits=[h.as_dict() for a in order for h in whatis_hits(
             inv.session, a, wo.all, map_name)])
         return 0
-    if opts.get("k"):
+    if opts.keep_order:
         for a in addrs:
             for line in run(inv.session, [a], wo, map_name):
                 inv.print(line)
@@ -214,19 +217,18 @@ def summary(problems) -> str:
 
 
 @dcmd("heap_verify", "check the heap's integrity with the allocator's own checks",
-      usage="[-q]", example="::heap_verify", help="""\
+      opts=[Flag("q", "quiet", "omit the stacks")], example="::heap_verify", help="""\
 Every allocator in the target checks its heap as its debugging features allow (red zones,
 poisoning of free buffers, padding, free lists) and reports each damaged buffer in its own
 words (the simulator in slub_debug's: Redzone overwritten, Poison overwritten, Object already
 free, Object padding overwritten), with the bad bytes, the first one's value and the expected
-one, and the stacks that allocated and freed the buffer. -q omits the stacks. Ends with one
-summary line per allocator.""")
+one, and the stacks that allocated and freed the buffer. Ends with one summary line per
+allocator.""")
 def heap_verify(inv):
     from mdbpy.heap.report import Progress
     from mdbpy.heap.verify import format_problem
 
-    opts, rest = inv.getopt("q")
-    if rest or inv.has_addr:
+    if inv.operands or inv.has_addr:
         raise UsageError("usage: ::heap_verify [-q]")
     s = inv.session
     as_json = wants_json(inv)
@@ -246,7 +248,7 @@ def heap_verify(inv):
                 Problem.of(s, a.name, p).as_dict() for p in problems]})
             continue
         for p in problems:
-            for line in format_problem(s, p, stacks=not opts.get("q")):
+            for line in format_problem(s, p, stacks=not inv.opts.quiet):
                 inv.print(line)
             inv.print("")
         inv.print(f"{a.name}: {summary(problems)}")
@@ -255,24 +257,22 @@ def heap_verify(inv):
     return 0
 
 
-@dcmd("heap_stats", "print per-cache heap statistics of every allocator", usage="[-t [-s key]]",
-      example="::heap_stats", help="""\
+@dcmd("heap_stats", "print per-cache heap statistics of every allocator", opts=[
+    Flag("t", "by_type", "by type instead: the allocated buffers and their bytes per type the "
+         "typegraph inferred (::typegraph; built if needed), an array counted under its "
+         "element type, the buffers of unknown type as one row; largest first"),
+    Opt("s", "sort", STR, "with -t, sort by bytes (the default), buffers or type",
+        default="bytes", metavar="key")], example="::heap_stats", help="""\
 One line per cache, arena or size class of each allocator in the target: its name, buffer
 size, buffers in total, in use and free, and the memory it holds (%H, as mdb's ::umastat),
-then a total line per allocator. Piped, the group descriptors' addresses.
-
-  -t      by type instead: the allocated buffers and their bytes per type the typegraph
-          inferred (::typegraph; built if needed), an array counted under its element type,
-          the buffers of unknown type as one row; largest first
-  -s key  with -t, sort by bytes (the default), buffers or type""")
+then a total line per allocator. Piped, the group descriptors' addresses.""")
 def heap_stats(inv):
     from mdbpy.results import HeapStat
 
-    opts, rest = inv.getopt("ts:")
-    if opts.get("t") and not rest and not inv.has_addr:
+    if inv.opts.by_type and not inv.operands and not inv.has_addr:
         from .typegraph import heap_stats_by_type
 
-        return heap_stats_by_type(inv, str(opts.get("s", "bytes")))
+        return heap_stats_by_type(inv, str(inv.opts.sort))
     if inv.args or inv.has_addr:
         raise UsageError("usage: ::heap_stats [-t [-s key]]")
     as_json = wants_json(inv)
@@ -305,7 +305,8 @@ def heap_stats(inv):
 
 
 # -- layout ---------------------------------------------------------------------------------
-@dcmd("layout", "list the allocator structures mdbpy reads, or print one", usage="[name]",
+@dcmd("layout", "list the allocator structures mdbpy reads, or print one",
+      operands=[Operand("name", optional=True)],
       example="::layout sim_kmem_cache", help="""\
 Without a name, every struct of the loaded allocator modules' layouts with its size and where
 its offsets come from (a builtin variant for an ABI and allocator version, or the target's
@@ -322,7 +323,8 @@ def layout(inv):
         for mod, b in binders:
             for name in b.names():
                 st = b[name]
-                inv.print(f"{mod:<10s} {name:<24s} {st.size:#6x} {st.origin}")
+                note = f" (differs from builtin: {len(st.differs)})" if st.differs else ""
+                inv.print(f"{mod:<10s} {name:<24s} {st.size:#6x} {st.origin}{note}")
         return 0
     want = str(inv.args[0])
     mod, _, name = want.rpartition("`")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from mdbpy.dcmd import PIPE, Invocation, dcmd
+from mdbpy.dcmd import PIPE, STR, Flag, Invocation, Operand, Opt, dcmd
 from mdbpy.errors import CommandAbort, MdbError, QuitSession, UsageError
 from mdbpy.lang.lexer import VARNAME
 from mdbpy.output import radix_str
@@ -55,7 +55,8 @@ def bind_var(inv: Invocation, var: str) -> None:
 
 # -- walks --------------------------------------------------------------------------------
 
-@dcmd("walk", "walk data structure", usage="?name [variable]",
+@dcmd("walk", "walk data structure", addr="?",
+      operands=[Operand("name"), Operand("variable", optional=True)],
       help="Run the walker `name` and print the address of each element, one per line (with a "
            "0x prefix in radix 16), so the output can be piped into another dcmd. With an "
            "address the walk is local and starts there; without, it is global. With "
@@ -90,7 +91,7 @@ def walk(inv: Invocation):
 
 # -- evaluation ---------------------------------------------------------------------------
 
-@dcmd("eval", "evaluate the given commands", usage="command",
+@dcmd("eval", "evaluate the given commands", operands=[Operand("command")],
       help="Run the string as mdb input, with dot set to the address. Changes to dot made by "
            "the commands carry back. Quote the command so that it is one argument.",
       example="::walk thread t | ::eval '<t::print struct thread'")
@@ -99,7 +100,8 @@ def eval_(inv: Invocation):
     return inv.session.evaluate(text, inv.addr)
 
 
-@dcmd("map", "map the input address through an expression", usage="?expr",
+@dcmd("map", "map the input address through an expression", addr="?",
+      operands=[Operand("expr")],
       help="Evaluate the expression with dot set to the input address and print the result "
            "(in the current radix, no prefix). Used to transform addresses in a pipeline.",
       example="::walk list | ::map *.")
@@ -112,7 +114,8 @@ def map_(inv: Invocation):
     return 0
 
 
-@dcmd("grep", "print the address if the expression is non-zero", usage="?expr",
+@dcmd("grep", "print the address if the expression is non-zero", addr="?",
+      operands=[Operand("expr")],
       help="Evaluate the expression with dot set to the input address; if the result is "
            "non-zero, print the input address (no prefix), else print nothing. Used to filter "
            "the addresses of a pipeline.",
@@ -127,9 +130,11 @@ def grep(inv: Invocation):
     return 0
 
 
-@dcmd("head", "limit number of elements in pipe", usage="-num | -n num", pipe_all=True,
-      help="Pass on only the first `num` addresses of the pipe (default 10; `num` is "
-           "decimal). As the last stage it prints them in hex.",
+@dcmd("head", "limit number of elements in pipe", pipe_all=True, getopt=False,
+      opts=[Opt("n", "num", STR, "pass on the first num addresses (default 10; decimal); "
+                "-num is the same")],
+      help="Pass on only the first `num` addresses of the pipe. As the last stage it prints "
+           "them in hex.",
       example="::walk umem_alloc_32 | ::head -5")
 def head(inv: Invocation):
     if not inv.flags & PIPE:
@@ -153,7 +158,7 @@ def head(inv: Invocation):
     return 0
 
 
-@dcmd("echo", "echo arguments", usage="args ...",
+@dcmd("echo", "echo arguments", operands=[Operand("args", repeat=True)],
       help="Print each argument followed by a space, then a newline. $[expr] arguments print "
            "as numbers in the current radix.",
       example="::echo dot is $[.]")
@@ -183,21 +188,21 @@ def _print_vars(inv: Invocation, nonzero: bool, tagged: bool, as_commands: bool)
             inv.out.write(f"{name} = {radix_str(v, s.radix)}\n")
 
 
-@dcmd("vars", "print listing of variables", usage="[-npt]",
-      help="List the variables as `name = value`.\n"
-           "  -n  only variables whose value is non-zero\n"
-           "  -p  print as commands that recreate them (`value>name`)\n"
-           "  -t  only tagged variables (see ::typeset)",
+@dcmd("vars", "print listing of variables",
+      opts=[Flag("n", "nonzero", "only variables whose value is non-zero"),
+            Flag("p", "commands", "print as commands that recreate them (`value>name`)"),
+            Flag("t", "tagged", "only tagged variables (see ::typeset)")],
+      help="List the variables as `name = value`.",
       example="::vars -n")
 def vars_(inv: Invocation):
-    opts, rest = inv.getopt("npt")
-    if rest:
+    if inv.operands:
         raise UsageError("")
-    _print_vars(inv, bool(opts.get("n")), bool(opts.get("t")), bool(opts.get("p")))
+    o = inv.opts
+    _print_vars(inv, o.nonzero, o.tagged, o.commands)
     return 0
 
 
-@dcmd("$v", "print non-zero variables", usage="",
+@dcmd("$v", "print non-zero variables",
       help="List the variables whose value is non-zero, as `name = value`.", example="$v")
 def nzvars(inv: Invocation):
     if inv.args:
@@ -206,9 +211,11 @@ def nzvars(inv: Invocation):
     return 0
 
 
-@dcmd("typeset", "set variable attributes", usage="[+/-t] var ...",
-      help="Create the variables (value 0, or the address when one is given). -t tags them, "
-           "+t removes the tag. With no arguments, list the variables like ::vars.",
+@dcmd("typeset", "set variable attributes", getopt=False,
+      opts=[Flag("t", "tag", "-t tags the variables, +t removes the tag", plus=True)],
+      operands=[Operand("var", repeat=True)],
+      help="Create the variables (value 0, or the address when one is given). With no "
+           "arguments, list the variables like ::vars.",
       example="0t42::typeset -t answer")
 def typeset(inv: Invocation):
     if not all(isinstance(a, str) for a in inv.args):  # $[...] is a number, not a name
@@ -237,7 +244,7 @@ def typeset(inv: Invocation):
     return 0
 
 
-@dcmd("unset", "unset variables", usage="[name ...]",
+@dcmd("unset", "unset variables", operands=[Operand("name", optional=True, repeat=True)],
       help="Delete the named variables.", example="::unset answer")
 def unset(inv: Invocation):
     if not all(isinstance(a, str) for a in inv.args):
@@ -254,7 +261,7 @@ def unset(inv: Invocation):
     return status
 
 
-@dcmd(">", "assign variable", usage="[/c/|/s/|/i/|/l/]variable",
+@dcmd(">", "assign variable", operands=[Operand("[/c/|/s/|/i/|/l/]variable")],
       help="`expr>name` stores the value of expr (dot) in the variable. The cast forms "
            ">/c/name, >/s/name, >/i/name and >/l/name first truncate it to 1, 2, 4 or 8 "
            "bytes.",
@@ -303,18 +310,20 @@ def _macro(inv: Invocation, replace: bool):
                             inv.addr if inv.has_addr else None)
 
 
-@dcmd("$<", "replace input with macro", usage="?[filename]", help=_MACRO_HELP,
+@dcmd("$<", "replace input with macro", addr="?",
+      operands=[Operand("filename", optional=True)], help=_MACRO_HELP,
       example="$< mymacro")
 def exec_file(inv: Invocation):
     return _macro(inv, True)
 
 
-@dcmd("$<<", "source macro", usage="?[filename]", help=_MACRO_HELP, example="$<< mymacro")
+@dcmd("$<<", "source macro", addr="?", operands=[Operand("filename", optional=True)],
+      help=_MACRO_HELP, example="$<< mymacro")
 def src_file(inv: Invocation):
     return _macro(inv, False)
 
 
-@dcmd("$M", "list macro aliases", usage="",
+@dcmd("$M", "list macro aliases",
       help="The built-in macro aliases of the loaded modules: `$< name` runs the command when "
            "no macro file is called name (`addr$<bufctl_audit` is `addr::bufctl -v`).",
       example="$M")
@@ -327,7 +336,7 @@ def macro_aliases(inv: Invocation):
     return 0
 
 
-@dcmd("$d", "get/set default output radix", usage="?",
+@dcmd("$d", "get/set default output radix", addr="?",
       help="With an address, set the radix used to read bare numbers and to print values "
            "(2 to 16). Always print the radix, in decimal.",
       example="0t10$d")
@@ -352,9 +361,13 @@ def quit_(inv: Invocation):
 
 # -- listings and help --------------------------------------------------------------------
 
+_FILTER = dict(opts=[Flag("n", "names", "match the pattern against the names only")],
+               operands=[Operand("pattern", optional=True)])
+
+
 def _filter(inv: Invocation):
     """The [-n] pattern of ::dcmds / ::walkers: a predicate over (name, description)."""
-    opts, rest = inv.getopt("n")
+    rest = inv.operands
     if inv.has_addr or len(rest) > 1 or not all(isinstance(a, str) for a in rest):
         raise UsageError("")
     if not rest:
@@ -363,15 +376,14 @@ def _filter(inv: Invocation):
         rx = re.compile(rest[0])
     except re.error as e:
         raise MdbError(f"invalid pattern '{rest[0]}': {e}") from None
-    if opts.get("n"):
+    if inv.opts.names:
         return lambda name, descr: rx.search(name) is not None
     return lambda name, descr: rx.search(name) is not None or rx.search(descr) is not None
 
 
-@dcmd("dcmds", "list available debugger commands", usage="[[-n] pattern]",
+@dcmd("dcmds", "list available debugger commands", **_FILTER,
       help="List every available dcmd as `name - description`, sorted. A pattern (an "
-           "extended regular expression) keeps the dcmds whose name or description matches; "
-           "with -n only the name is matched.",
+           "extended regular expression) keeps the dcmds whose name or description matches.",
       example="::dcmds umem")
 def dcmds(inv: Invocation):
     keep = _filter(inv)
@@ -384,10 +396,10 @@ def dcmds(inv: Invocation):
     return 0
 
 
-@dcmd("walkers", "list available walkers", usage="[[-n] pattern]",
+@dcmd("walkers", "list available walkers", **_FILTER,
       help="List every available walker as `name - description`, sorted. A pattern (an "
            "extended regular expression) keeps the walkers whose name or description "
-           "matches; with -n only the name is matched.",
+           "matches.",
       example="::walkers cache")
 def walkers(inv: Invocation):
     keep = _filter(inv)
@@ -487,10 +499,11 @@ def _declared(reg, key: str):
     return d, reg.walkers.get(key)
 
 
-@dcmd("help", "list commands/command help", usage="[command]",
+@dcmd("help", "list commands/command help", operands=[Operand("command", optional=True)],
       help="With no argument, print an overview of the command syntax. With a dcmd name "
-           "(with or without the leading ::), print its NAME, SYNOPSIS, DESCRIPTION and "
-           "ATTRIBUTES; a walker name prints the walker's description. Every dcmd and walker "
+           "(with or without the leading ::), print its NAME, SYNOPSIS, DESCRIPTION, "
+           "OPTIONS and ATTRIBUTES; a walker name prints the walker's description. Every "
+           "dcmd and walker "
            "of the installed modules is known, also before its module is loaded (the "
            "ATTRIBUTES say so). The text is wrapped to the terminal's width.",
       example="::help walk")
@@ -530,6 +543,11 @@ def help_(inv: Invocation):
     out.write("SYNOPSIS\n" + wrapped(d.synopsis(), width) + "\n")
     if d.help:
         out.write("DESCRIPTION\n" + wrapped(d.help, width) + "\n")
+    rows = d.options_help()
+    if rows:
+        col = max(len(term) for term, _ in rows) + 2
+        out.write("OPTIONS\n" + wrapped("\n".join(f"  {term:<{col}}{text}" for term, text in rows),
+                                        width) + "\n")
     if d.example:
         out.write("EXAMPLE\n" + wrapped(d.example, width) + "\n")
     stability = "Evolving" if d.module == BUILTIN_MODULE else "Unstable"
@@ -559,13 +577,14 @@ def _print_dmod(inv: Invocation, name: str, long: bool) -> None:
             out.write(f"  walk {n:<20} - {w.descr}\n")
 
 
-@dcmd("dmods", "list loaded debugger modules", usage="[-l] [mod]",
+@dcmd("dmods", "list loaded debugger modules",
+      opts=[Flag("l", "long", "also each module's dcmds and walkers")],
+      operands=[Operand("mod", optional=True)],
       help="List the loaded modules, after loading those of the allocators in the target "
-           "(as ::dcmds does). With -l, also each module's dcmds and walkers. With a module "
-           "name, only that module.",
+           "(as ::dcmds does). With a module name, only that module.",
       example="::dmods -l mdb")
 def dmods(inv: Invocation):
-    opts, rest = inv.getopt("l")
+    rest = inv.operands
     if inv.has_addr or len(rest) > 1:
         raise UsageError("")
     inv.session.autoload()
@@ -575,28 +594,31 @@ def dmods(inv: Invocation):
             raise MdbError(f"{rest[0]} module not loaded")
         names = [rest[0]]
     for name in names:
-        _print_dmod(inv, name, bool(opts.get("l")))
+        _print_dmod(inv, name, inv.opts.long)
     return 0
 
 
-@dcmd("load", "load debugger module", usage="[-s] module",
+@dcmd("load", "load debugger module",
+      opts=[Flag("f", "force", "accepted for mdb compatibility"),
+            Flag("g", "global", "accepted for mdb compatibility"),
+            Flag("s", "silent", "load silently")],
+      operands=[Operand("module")],
       help="Load a dmod: an installed module by name (mdbpy's own, such as umem, or one "
            "another package declares in the entry-point group mdbpy.modules), never from the "
            "current directory; or a Python file or "
            "package directory by its path, written with a slash or ending in .py "
            "(./mine.py, /abs/mine.py). Its dcmds and walkers become available at once. A "
-           "failure is one line naming the file and why, and loads nothing. -s loads "
-           "silently (-f and -g are accepted for mdb compatibility).",
+           "failure is one line naming the file and why, and loads nothing.",
       example="::load ./mywalkers.py")
 def load(inv: Invocation):
-    opts, rest = inv.getopt("fgs")
+    rest = inv.operands
     if inv.has_addr or len(rest) != 1 or not isinstance(rest[0], str) or rest[0][:1] in "+-":
         raise UsageError("")
     inv.session.load_dmod(rest[0])
     return 0
 
 
-@dcmd("unload", "unload debugger module", usage="module",
+@dcmd("unload", "unload debugger module", operands=[Operand("module")],
       help="Remove a loaded dmod and its dcmds and walkers. The built-in module cannot be "
            "unloaded.",
       example="::unload mywalkers")
@@ -623,13 +645,14 @@ def _print_settings(inv: Invocation) -> None:
     inv.out.write("\n" + "".join(f"{label:>18} {value}\n" for label, value in rows))
 
 
-@dcmd("set", "get/set debugger properties", usage="[+/-o opt] [-I path] [-P prompt]",
-      help="Change debugger settings: -o OPT turns a debugger option on and +o OPT turns it "
-           "off (options: nostop, pager, repeatlast, ignoreeof, color, json; several may be "
-           "given separated by commas; -o walklimit=N caps every walk at N addresses, with a "
-           "note when it cuts one, 0 for no limit), -I sets the macro path (colon-separated), "
-           "-P the prompt. "
-           "With no arguments, print the current settings.",
+@dcmd("set", "get/set debugger properties", getopt=False,
+      opts=[Opt("o", "option", STR, "-o turns a debugger option on, +o turns it off (nostop, "
+                "pager, repeatlast, ignoreeof, color, json; several may be given separated by "
+                "commas; -o walklimit=N caps every walk at N addresses, with a note when it "
+                "cuts one, 0 for no limit)", metavar="opt", plus=True),
+            Opt("I", "path", STR, "set the macro path (colon-separated)"),
+            Opt("P", "prompt", STR, "set the prompt")],
+      help="Change debugger settings. With no arguments, print the current settings.",
       example="::set -o repeatlast")
 def set_(inv: Invocation):
     s = inv.session

@@ -9,7 +9,7 @@ from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import radix_str
 
 
-@dcmd("whereis", "print the source file:line of an address", usage=":",
+@dcmd("whereis", "print the source file:line of an address", addr=":",
       help="Print `file:line` for the address: the row of the DWARF line table that covers "
            "it, read from the object file or its separate debug file (libc6-dbg's for libc), "
            "as addr2line prints it. For the return address of a frame, ask for the address "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import NUM, STR, Flag, Opt, dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.model import allocators
 
@@ -13,7 +13,6 @@ from .heap import LEAKS_KEY, run_findleaks, summary
 
 VERIFY_KEY = ("heap", "verify")  # {allocator name: problems} of the last heapmap -v
 MAX_WIDTH = 1024
-USAGE = "[-lv] [-c cache | -a addr] [-b bytes] [-w width] [-o file.svg|file.png]"
 
 
 def color_depth(inv) -> str | None:
@@ -67,7 +66,20 @@ def corrupt_spans(session, alloc, check: bool) -> tuple[list, str]:
     return spans, note
 
 
-@dcmd("heapmap", "draw the heap's occupancy as a colour map", usage=USAGE,
+@dcmd("heapmap", "draw the heap's occupancy as a colour map", opts=[
+    Flag("l", "leaks", "run ::findleaks first if it has not run (else leaks are marked only "
+         "after it)"),
+    Flag("v", "verify", "run the allocator's verify (as ::heap_verify) and mark what it finds; "
+         "the result is kept for later pictures until the target changes"),
+    Opt("c", "cache", STR, "only the cache or size class of this name (as ::heap_stats names "
+        "it)"),
+    Opt("a", "addr", NUM, "only the buffers whose group descriptor is at addr (a cache, a glibc "
+        "arena)"),
+    Opt("b", "bytes", NUM, "one cell per this many bytes instead of one per buffer"),
+    Opt("w", "width", NUM, "cells per row (default 0t64)", default=64),
+    Opt("o", "file", STR, "write an SVG (a rect per cell, its tooltip the address, size, group "
+        "and state) or a PNG (its legend in a tEXt chunk), by the file's extension (.svg, "
+        ".png)")],
       example="::heapmap -lv -o /tmp/heap.svg", help="""\
 Draw each allocator's heap as a map of cells, in address order: one cell per buffer (chunk,
 slab object), or with -b one cell per that many bytes of the heap regions, so fragmentation
@@ -81,30 +93,21 @@ A byte cell over several things shows corrupt first, then leaked, then allocated
 (the larger part), then metadata. On a terminal the cells are colour blocks (256 colours,
 24-bit with COLORTERM=truecolor); elsewhere, with NO_COLOR set or option color off, the
 characters above. A run of rows equal to the one before them is drawn as one `*`. A legend
-with each state's cell count ends the map. Numbers are in the current radix.
-
-  -a addr   only the buffers whose group descriptor is at addr (a cache, a glibc arena)
-  -b bytes  one cell per this many bytes instead of one per buffer
-  -c cache  only the cache or size class of this name (as ::heap_stats names it)
-  -l        run ::findleaks first if it has not run (else leaks are marked only after it)
-  -o file   write an SVG (a rect per cell, its tooltip the address, size, group and state)
-            or a PNG (its legend in a tEXt chunk), by the file's extension
-  -v        run the allocator's verify (as ::heap_verify) and mark what it finds; the result
-            is kept for later pictures until the target changes
-  -w width  cells per row (default 0t64)""")
+with each state's cell count ends the map. Numbers are in the current radix.""")
 def heapmap(inv):
     from mdbpy.heap import picture as P
 
     if inv.has_addr:
-        raise UsageError(f"usage: ::heapmap {USAGE}")
-    opts = inv.options("a:b:c:lo:vw:", numeric="abw")
-    width = opts.get("w", 64)
-    unit = opts.get("b")
+        raise UsageError(f"usage: ::heapmap {heapmap.__mdb_dcmd__.usage}")
+    inv.no_operands()
+    opts = inv.opts
+    width = opts.width
+    unit = opts.bytes
     if not 1 <= width <= MAX_WIDTH:
         raise UsageError(f"heapmap: width must be 1 to 0t{MAX_WIDTH}")
     if unit is not None and unit < 1:
         raise UsageError("heapmap: bytes per cell must be at least 1")
-    out = opts.get("o")
+    out = opts.file
     kind = os.path.splitext(out)[1].lower() if out else ""
     if out and kind not in (".svg", ".png"):
         raise UsageError(f"heapmap: {out}: the file must end in .svg or .png")
@@ -112,18 +115,18 @@ def heapmap(inv):
     pics = []
     found = allocators(s)
     for a in found:  # a picture too big to draw is refused before -l and -v do their work
-        P.check_size(a, name=opts.get("c"), addr=opts.get("a"), unit=unit, width=width,
+        P.check_size(a, name=opts.cache, addr=opts.addr, unit=unit, width=width,
                      svg=kind == ".svg")
     for a in found:
-        leaks, leak_note = leak_spans(s, a, opts.get("l", False))
-        corrupt, corrupt_note = corrupt_spans(s, a, opts.get("v", False))
-        pic = P.draw(a, leaks=leaks, corrupt=corrupt, name=opts.get("c"), addr=opts.get("a"),
+        leaks, leak_note = leak_spans(s, a, opts.leaks)
+        corrupt, corrupt_note = corrupt_spans(s, a, opts.verify)
+        pic = P.draw(a, leaks=leaks, corrupt=corrupt, name=opts.cache, addr=opts.addr,
                      unit=unit, width=width)
         if pic is not None:
             pic.notes += [leak_note, corrupt_note]
             pics.append(pic)
     if not pics:
-        want = opts.get("c") or f"{opts.get('a', 0):#x}"
+        want = opts.cache or f"{opts.addr or 0:#x}"
         raise MdbError(f"heapmap: no buffers in {want} (see ::heap_stats)")
     if not out:
         for k, pic in enumerate(pics):

@@ -7,7 +7,7 @@ process part-way through reports clearly instead of reading a process that has m
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Invocation, dcmd
+from mdbpy.dcmd import Flag, Invocation, dcmd
 from mdbpy.errors import MdbError, UsageError
 
 
@@ -18,22 +18,22 @@ def _live_target(inv: Invocation):
     return target
 
 
-@dcmd("release", "release the previously attached process", usage="[-a]", aliases=(":R",),
+@dcmd("release", "release the previously attached process", aliases=(":R",),
+      opts=[Flag("a", "stopped", "leave the process stopped instead (it is sent SIGSTOP as it "
+                 "is released; continue it with `kill -CONT PID`)")],
       help="Detach from the live process and let it run on, exactly as it was when mdbpy "
-           "stopped it. With -a the process is left stopped instead (it is sent SIGSTOP as it "
-           "is released; continue it with `kill -CONT PID`). The session goes on without a "
+           "stopped it. The session goes on without a "
            "process: commands that read memory then fail with 'no process active'; quit with "
            "$q, or attach again with mdbpy -p PID.",
       example="::release")
 def release(inv: Invocation):
-    opts, rest = inv.getopt("a")
-    if rest:
+    if inv.operands:
         raise UsageError("::release takes no arguments (usage: ::release [-a])")
     target = _live_target(inv)
     pid = target.pid
-    target.release(leave_stopped=bool(opts.get("a")))
+    target.release(leave_stopped=inv.opts.stopped)
     inv.session.invalidate()
-    inv.print(f"process {pid} released" + (" (left stopped)" if opts.get("a") else ""))
+    inv.print(f"process {pid} released" + (" (left stopped)" if inv.opts.stopped else ""))
 
 
 @dcmd("kill", "forcibly kill and release target", aliases=(":k",),

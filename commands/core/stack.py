@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mdbpy.dcmd import Invocation, dcmd, to_number
+from mdbpy.dcmd import Flag, Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.jsonout import emit, wants_json
 from mdbpy.output import radix_str
@@ -41,13 +41,19 @@ def _thread(inv: Invocation, tid: int | None = None):
     raise MdbError(f"no thread 0x{tid:x} (0t{tid}) in this target: see ::threads")
 
 
-def _count_arg(inv: Invocation, spec: str = "l") -> tuple[dict, int | None]:
-    """The options (-l: source lines; -v for ::stack: $C's shape) and mdb's `cnt`, the most
-    arguments printed per frame (None: all)."""
-    opts, rest = inv.getopt(spec)
+LINES = Flag("l", "lines", "end each frame with ` at file:line` where the DWARF line tables "
+             "know it (the line of the call for callers, as gdb's bt shows it; see ::whereis)")
+VERBOSE = Flag("v", "verbose", "print as $C does: the frame pointer in front and each frame's "
+               "arguments")
+CNT = Operand("cnt", "print at most cnt arguments per frame (mdb's limit)", optional=True)
+
+
+def _count_arg(inv: Invocation) -> int | None:
+    """mdb's `cnt`, the most arguments printed per frame (None: all)."""
+    rest = inv.operands
     if len(rest) > 1:
         raise UsageError(f"{inv.name or '$c'} takes at most one argument (an argument count)")
-    return opts, to_number(rest[0], inv.session.radix) if rest else None
+    return to_number(rest[0], inv.session.radix) if rest else None
 
 
 def _frames(inv: Invocation) -> tuple[list[Frame], str]:
@@ -127,7 +133,8 @@ def thread_stack(session, t, lines: bool = False):
     return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
 
-@dcmd("stack", "print stack backtrace", usage="?[-lv] [cnt]", aliases=("$c",),
+@dcmd("stack", "print stack backtrace", addr="?", opts=[LINES, VERBOSE], operands=[CNT],
+      aliases=("$c",),
       help="Print the current thread's call stack, innermost frame first, one `sym+off()` per "
            "frame: frame 0 at its pc, the others at their return addresses. A return address "
            "is named after the function of its call, the symbol of pc-1 (as gdb names "
@@ -139,23 +146,21 @@ def thread_stack(session, t, lines: bool = False):
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
            "back to the frame-pointer chain where none exists, so optimized code and glibc "
-           "unwind. With -v, print as $C does: the frame pointer in front and each frame's "
-           "arguments by name from the DWARF (at most `cnt` of them, mdb's limit on arguments "
-           "per frame); without it the parentheses stay empty. If the "
+           "unwind. With -v, each frame's arguments are printed by name from the DWARF; "
+           "without it the parentheses stay empty. If the "
            "stack cannot be followed to its end (unreadable memory, a cycle, 1024 frames), "
            "the frames found are printed and a warning names the reason. Piped, the frames' "
-           "pcs are passed on. Select another thread with `tid::thread`. With -l, each frame "
-           "ends with ` at file:line` where the DWARF line tables know it (the line of the "
-           "call for callers, as gdb's bt shows it; see ::whereis).",
+           "pcs are passed on. Select another thread with `tid::thread`.",
       example="$c")
 def stack(inv: Invocation):
-    opts, limit = _count_arg(inv, "lv")
+    limit = _count_arg(inv)
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=bool(opts.get("v")), lines=bool(opts.get("l")),
+    _print_frames(inv, frames, what, with_fp=inv.opts.verbose, lines=inv.opts.lines,
                   limit=limit)
 
 
-@dcmd("$C", "print stack backtrace with frame pointers", usage="?[-l] [cnt]",
+@dcmd("$C", "print stack backtrace with frame pointers", addr="?", opts=[LINES],
+      operands=[CNT],
       help="As $c, with each frame's frame pointer in front: the CFA minus 16, which is where "
            "a conventional prologue saves %rbp and so equals %rbp in frame-pointer code. "
            "`addr$c` accepts these values and continues with the caller of that frame. Between "
@@ -164,24 +169,22 @@ def stack(inv: Invocation):
            "frame's pc (registers as the unwinder recovered them, the CFA, the stack; an entry "
            "value through the caller's call site), scalars print as ::print prints them, "
            "structs and arrays as `...` (see ::locals), and one whose location does not "
-           "resolve there as `<optimized out>`. -l adds source lines as for $c. Same as "
-           "::stack -v.",
+           "resolve there as `<optimized out>`. Same as ::stack -v.",
       example="$C")
 def stack_fp(inv: Invocation):
-    opts, limit = _count_arg(inv)
+    limit = _count_arg(inv)
     frames, what = _frames(inv)
-    _print_frames(inv, frames, what, with_fp=True, lines=bool(opts.get("l")), limit=limit)
+    _print_frames(inv, frames, what, with_fp=True, lines=inv.opts.lines, limit=limit)
 
 
-@dcmd("stacks", "print the stack of every thread", usage="[-lv]",
+@dcmd("stacks", "print the stack of every thread", opts=[LINES, VERBOSE],
       help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by "
-           "its stack as $c prints it (with -v, as $C prints it, frame pointers and "
-           "arguments), and a blank line. A thread whose stack cannot be read gets a one-line reason instead of frames; the others "
-           "still print. With -l, frames end with their source lines as $c -l prints them.",
+           "its stack as $c prints it, and a blank line. A thread whose stack cannot be read "
+           "gets a one-line reason instead of frames; the others still print.",
       example="::stacks -v")
 def stacks(inv: Invocation):
-    opts, rest = inv.getopt("lv")
-    if rest:
+    opts = inv.opts
+    if inv.operands:
         raise UsageError("::stacks takes only -l and -v")
     from mdbpy.unwind import unwind
 
@@ -190,7 +193,7 @@ def stacks(inv: Invocation):
     if not threads:
         raise MdbError(f"{s.target.describe()} has no threads")
     if wants_json(inv):
-        emit(inv, "stacks", threads=[thread_stack(s, t, bool(opts.get("l"))).as_dict()
+        emit(inv, "stacks", threads=[thread_stack(s, t, opts.lines).as_dict()
                                      for t in threads])
         return
     for t in threads:
@@ -200,12 +203,12 @@ def stacks(inv: Invocation):
         except MdbError as e:
             s.warn(f"thread {t.tid}: {e}")
         else:
-            _print_frames(inv, frames, f"thread {t.tid}", with_fp=bool(opts.get("v")),
-                          lines=bool(opts.get("l")))
+            _print_frames(inv, frames, f"thread {t.tid}", with_fp=opts.verbose,
+                          lines=opts.lines)
         inv.print("")
 
 
-@dcmd("regs", "print general-purpose registers", usage="?", aliases=("$r",),
+@dcmd("regs", "print general-purpose registers", addr="?", aliases=("$r",),
       help="Print the current thread's registers in mdb's amd64 layout: the general registers "
            "in pairs, the segment registers, %rip with its symbol, %rbp, %rsp, %rflags with "
            "its fields and status flags (upper case when set), then %gsbase and %fsbase. "
@@ -261,7 +264,7 @@ def _thread_row(inv: Invocation, t, current: bool) -> str:
 THREADS_HEADER = f" {'TID':>7} {'NAME':<16} {'STATE':<16} PC"
 
 
-@dcmd("threads", "list the threads of the target", usage="",
+@dcmd("threads", "list the threads of the target",
       help="One line per thread: its id (decimal, as /proc and gdb show it), its name, its "
            "state (live: the scheduler state seen before mdbpy stopped the process; core: as "
            "recorded) and its pc as sym+off. A `*` marks the current thread, whose registers "
@@ -283,7 +286,7 @@ def threads(inv: Invocation):
         inv.print(_thread_row(inv, t, cur is not None and t.tid == cur.tid))
 
 
-@dcmd("thread", "select the current thread, or show it", usage="?",
+@dcmd("thread", "select the current thread, or show it", addr="?",
       help="With an address, make the thread with that id current: $r, $c, $C and the "
            "register variables (<rip, <rsp, ...) then use its registers. Thread ids are "
            "numbers like any other, in the current radix: type 0t7201 for decimal 7201. "

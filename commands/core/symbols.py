@@ -8,7 +8,7 @@ row fields with `|`, values as `0x%016llx` in hex mode; ::mappings and ::objects
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Invocation, dcmd
+from mdbpy.dcmd import STR, Flag, Invocation, Operand, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import ptrpad, radix_str
 from mdbpy.symbols.base import Symbol
@@ -27,23 +27,6 @@ NM_RADIX = {16: (lambda v: f"0x{v:016x}", lambda v: f"0x{v:<3x}", 18),
             8: (lambda v: f"{v:<22o}", lambda v: f"{v:<5o}", 22)}
 
 NM_HELP = """\
--D         print .dynsym instead of .symtab
--P         print the private symbol table (symbols added by modules and tests)
--d         print value and size in decimal
--g         only print global symbols
--h         suppress header line
--n         sort symbols by name
--o         print value and size in octal
--p         print symbols as a series of ::nmadd commands
--u         only print undefined symbols
--v         sort symbols by value
--x         print value and size in hexadecimal
--f format  use specified format
-           ndx, val, sz, type, bind, oth, shndx, name, ctype, obj
--t types   display symbols with the specified types
-           noty, objt, func, sect, file, comm, tls
-obj        specify object whose symbol table should be used
-
 Values are runtime addresses (the file's st_value plus the object's load bias). With an
 address, ::nm prints the one symbol containing it. Without an object, every load object's
 table is printed, the executable first. .symtab comes from the file or from its separate
@@ -59,7 +42,7 @@ def _subopts(value: str, table, what: str) -> set[str]:
     return words
 
 
-def _nm_rows(inv: Invocation, opts: dict, rest: list) -> list[tuple[int, str, Symbol]]:
+def _nm_rows(inv: Invocation, opts, rest: list) -> list[tuple[int, str, Symbol]]:
     """(index, object name, symbol) for every symbol ::nm was asked about."""
     syms = inv.session.symbols
     if inv.has_addr:
@@ -72,7 +55,7 @@ def _nm_rows(inv: Invocation, opts: dict, rest: list) -> list[tuple[int, str, Sy
         return [(0, o.path or o.name, hit[0])]
     if len(rest) > 1 or (rest and not isinstance(rest[0], str)):
         raise UsageError("::nm takes at most one object name")
-    if opts.get("P"):
+    if opts.private:
         if rest:
             raise UsageError("-P/object options are mutually exclusive")
         objs = [o for o in syms.objects() if not o.path]
@@ -83,48 +66,64 @@ def _nm_rows(inv: Invocation, opts: dict, rest: list) -> list[tuple[int, str, Sy
         objs = [o]
     else:
         objs = sorted(syms.objects(), key=lambda o: (not o.is_exe, o.base))
-    which = "dynsym" if opts.get("D") else "symtab"
+    which = "dynsym" if opts.dynsym else "symtab"
     rows = []
     for o in objs:
         rows += [(i, o.path or o.name, s) for i, s in enumerate(o.table(which))]
     return rows
 
 
-def _nm_filter(rows, opts: dict, types: set[str]):
+def _nm_filter(rows, opts, types: set[str]):
     out = []
     for row in rows:
         s = row[2]
         if s.type not in types and not (s.type.startswith("stt") and "noty" in types):
             continue
-        if opts.get("g") and s.bind != "global":
+        if opts.globals and s.bind != "global":
             continue
-        if opts.get("u") and s.shndx != "UNDEF":
+        if opts.undefined and s.shndx != "UNDEF":
             continue
         out.append(row)
-    if opts.get("n") or opts.get("v"):
-        if opts.get("n"):
+    if opts.by_name or opts.by_value:
+        if opts.by_name:
             out.sort(key=lambda r: r[2].name)
         else:
             out.sort(key=lambda r: r[2].addr)
     return out
 
 
-@dcmd("nm", "print symbols", usage="?[-DPdghnopuvx] [-f format] [-t types] [object]",
+@dcmd("nm", "print symbols", addr="?", opts=[
+    Flag("D", "dynsym", "print .dynsym instead of .symtab"),
+    Flag("P", "private", "print the private symbol table (symbols added by modules and tests)"),
+    Flag("d", "dec", "print value and size in decimal"),
+    Flag("g", "globals", "only print global symbols"),
+    Flag("h", "no_header", "suppress header line"),
+    Flag("n", "by_name", "sort symbols by name"),
+    Flag("o", "octal", "print value and size in octal"),
+    Flag("p", "commands", "print symbols as a series of ::nmadd commands"),
+    Flag("u", "undefined", "only print undefined symbols"),
+    Flag("v", "by_value", "sort symbols by value"),
+    Flag("x", "hex", "print value and size in hexadecimal"),
+    Opt("f", "format", STR, "use specified format: " + ", ".join(NM_FIELDS)),
+    Opt("t", "types", STR, "display symbols with the specified types: " + ", ".join(NM_TYPES))],
+      operands=[Operand("object", "specify object whose symbol table should be used",
+                        optional=True)],
       help=NM_HELP, example="::nm -g a.out")
 def nm(inv: Invocation):
-    opts, rest = inv.getopt("DPdghnopuvxf:t:")
-    radix_opts = [r for r, k in ((10, "d"), (8, "o"), (16, "x")) if opts.get(k)]
+    opts, rest = inv.opts, inv.operands
+    radix_opts = [r for r, on in ((10, opts.dec), (8, opts.octal), (16, opts.hex)) if on]
     if len(radix_opts) > 1:
         raise UsageError("-d/-o/-x options are mutually exclusive")
     radix = radix_opts[0] if radix_opts else (inv.session.radix
                                               if inv.session.radix in (8, 10) else 16)
-    if opts.get("P") and inv.has_addr:
+    if opts.private and inv.has_addr:
         raise UsageError("-P/address options are mutually exclusive")
-    fields = (_subopts(opts["f"], NM_FIELDS, "format") if "f" in opts else set(NM_DEFAULT))
-    types = {NM_TYPES[t] for t in _subopts(opts.get("t", ",".join(NM_TYPES)), NM_TYPES,
-                                            "type")}
+    fields = (_subopts(opts.format, NM_FIELDS, "format") if opts.format is not None
+              else set(NM_DEFAULT))
+    types = {NM_TYPES[t] for t in _subopts(opts.types if opts.types is not None
+                                            else ",".join(NM_TYPES), NM_TYPES, "type")}
     rows = _nm_filter(_nm_rows(inv, opts, rest), opts, types)
-    if opts.get("p"):
+    if opts.commands:
         for _i, _obj, s in rows:
             kind = {"func": "-f ", "object": "-o "}.get(s.type, "")
             inv.print(f"{radix_str(s.addr, radix, True)}::nmadd {kind}-s "
@@ -132,7 +131,7 @@ def nm(inv: Invocation):
         return 0
     pfmt, ofmt, width = NM_RADIX[radix]
     cols = [f for f in NM_FIELDS if f in fields]
-    if not opts.get("h") and inv.header:
+    if not opts.no_header and inv.header:
         head = {"ndx": "Index", "obj": f"{'Object':<15}", "val": f"{'Value':<{width}}",
                 "sz": f"{'Size':<{width}}", "type": f"{'Type':<5}", "bind": f"{'Bind':<5}",
                 "oth": f"{'Other':<5}", "shndx": f"{'Shndx':<8}", "ctype": f"{'C Type':<50}",
@@ -176,7 +175,8 @@ def _named_mappings(inv: Invocation, name: str):
             if {m.path, m.path.rsplit("/", 1)[-1], map_name(m)} & want]
 
 
-@dcmd("mappings", "print address space mappings", usage="?[name]", aliases=("$m",),
+@dcmd("mappings", "print address space mappings", addr="?",
+      operands=[Operand("name", optional=True)], aliases=("$m",),
       help="One line per mapping: BASE LIMIT SIZE NAME, where NAME is the mapped file's path "
            "or [ heap ], [ stack ], [ anon ], [ shmem ], [ vdso ]. With an address (or a "
            "numeric argument), only the mapping containing it; with a name (a path, a file "
@@ -210,18 +210,18 @@ def mappings(inv: Invocation):
     return 0
 
 
-@dcmd("objects", "print load objects information", usage="[-v]",
+@dcmd("objects", "print load objects information",
+      opts=[Flag("v", "versions", "print NAME and VERSION instead, where the version is the "
+                 "object's build-id (mdb printed a CTF label, which Linux objects lack)")],
       help="One line per load object (the executable and each mapped shared library): "
            "BASE LIMIT SIZE NAME, the range covering all its segments including bss, and "
-           "the path it is mapped from. -v prints NAME and VERSION instead, where the version "
-           "is the object's build-id (mdb printed a CTF label, which Linux objects lack).",
+           "the path it is mapped from.",
       example="::objects")
 def objects(inv: Invocation):
-    opts, rest = inv.getopt("v")
-    if rest or inv.has_addr:
+    if inv.operands or inv.has_addr:
         raise UsageError("usage: ::objects [-v]")
     objs = inv.session.symbols.objects()
-    if opts.get("v"):
+    if inv.opts.versions:
         inv.print(f"{'NAME':<28} VERSION")
         for o in objs:
             info = getattr(o, "info", None)

@@ -9,7 +9,7 @@ session cache, where ::whatis and ::findleaks find it to name types.
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import Flag, Operand, dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.model import allocators
 from mdbpy.jsonout import Table, cells, emit, wants_json
@@ -48,7 +48,9 @@ def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
 
 
-@dcmd("typegraph", "infer the type of every heap buffer from typed pointers", usage="[-fv]",
+@dcmd("typegraph", "infer the type of every heap buffer from typed pointers",
+      opts=[Flag("f", "force", "build the graph again"),
+            Flag("v", "verbose", "also print the work done (edges, runs, time per phase)")],
       example="::typegraph", help="""\
 Builds the type graph of the heap: starting from every global and static variable that the
 program's DWARF (and its libraries' debug files) describes, each typed pointer into a heap
@@ -61,16 +63,13 @@ would type. Prints how many buffers and bytes were typed, and how: by a root poi
 propagation, by vtable, by a user's ::istype; unknown and conflicting.
 
 The graph is cached until -f or until the target changes; ::whattype, ::istype,
-::heap_stats -t, ::whatis and ::findleaks use it.
-
-  -f    build the graph again
-  -v    also print the work done (edges, runs, time per phase)""")
+::heap_stats -t, ::whatis and ::findleaks use it.""")
 def typegraph(inv):
-    opts = inv.options("fv")
+    inv.no_operands()
     if inv.has_addr:
         raise UsageError("usage: ::typegraph [-fv]")
     s = inv.session
-    g = typegraph_of(s, bool(opts.get("f")))
+    g = typegraph_of(s, inv.opts.force)
     st = g.stats()
     if wants_json(inv):
         emit(inv, "typegraph", **st)
@@ -86,7 +85,7 @@ def typegraph(inv):
               f"{typed_bytes} of {st['bytes']} bytes ({_pct(typed_bytes, st['bytes'])}) typed "
               f"as {st['types']} types, from {st['roots']} typed globals"]
     t.print(inv)
-    if opts.get("v"):
+    if inv.opts.verbose:
         tm = st["timings"]
         inv.print(f"typegraph: {st['edges']} pointers between buffers; {st['runs']} run(s), "
                   f"{st['steps']} typed buffers expanded")
@@ -96,16 +95,16 @@ def typegraph(inv):
     return 0
 
 
-@dcmd("whattype", "the inferred type of the heap buffer containing addr", usage=":[-v]",
+@dcmd("whattype", "the inferred type of the heap buffer containing addr", addr=":",
+      opts=[Flag("v", "verbose", "also the buffer and how its type was found")],
       example="0x7f0000201010::whattype", help="""\
 The type ::typegraph gave the heap buffer containing addr (building the graph if needed) and
 the member at addr: `<addr> is 0x18 bytes into struct conn (member buf)`, an array element as
-`[3].owner`; or that its type is unknown (conflicting, when two incompatible types reach it).
-With -v, also the buffer and how its type was found.""")
+`[3].owner`; or that its type is unknown (conflicting, when two incompatible types reach it).""")
 def whattype(inv):
     if not inv.has_addr:
         raise UsageError("usage: addr::whattype [-v]")
-    opts = inv.options("v")
+    inv.no_operands()
     g = typegraph_of(inv.session)
     p = g.whattype(inv.addr)
     if p is None:
@@ -116,7 +115,7 @@ def whattype(inv):
              conflict=p.conflict)
         return 0
     inv.print(_line(p))
-    if opts.get("v") and p.type is not None:
+    if inv.opts.verbose and p.type is not None:
         inv.print(f"    in the {p.size:#x}-byte buffer at {p.base:x}, typed by {p.how}")
     return 0
 
@@ -128,7 +127,8 @@ def _line(p) -> str:
     return f"{p.addr:x} is {p.phrase()}"
 
 
-@dcmd("istype", "tell the typegraph the type of the buffer containing addr", usage=":type",
+@dcmd("istype", "tell the typegraph the type of the buffer containing addr", addr=":",
+      operands=[Operand("type")],
       example="0x7f0000201010::istype struct node", help="""\
 Gives the heap buffer containing addr the type named (spelled as for ::print: `struct node`,
 `struct bucket *`, a typedef), overriding what the typegraph inferred, and propagates again:

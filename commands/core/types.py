@@ -5,7 +5,7 @@ as mdb_print.c does and chooses what to print. docs/types.md is the user's page.
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Invocation, dcmd, to_number
+from mdbpy.dcmd import NUM, Flag, Invocation, Operand, Opt, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import radix_str
 from mdbpy.types.enums import common_prefix, flags_text, is_flags
@@ -71,36 +71,37 @@ integers) or its address (structs, arrays) is passed on.
 Integers print in hex, char as 'c', char arrays as a string when printable, other arrays up to
 32 elements (-l, -L), enums as `value (NAME)`, pointers as symbol+offset, a char pointer with
 its string, a pointer into a heap buffer with the buffer (-n: plain hex). Afterwards dot is
-addr plus the size of the type, so `addr::print T; ::print T` prints the next one.
-
-  -a         show the address (offset without addr) of each member
-  -C         no limit on character arrays printed as strings
-  -c lim     print character arrays of at most lim chars as strings (default 1024)
-  -d         integers in decimal
-  -h         show holes (padding) in structs
-  -i         the address is the value itself (immediate data of the type)
-  -L         no limit on array elements
-  -l lim     print at most lim array elements (default 32)
-  -n         pointers as plain hex
-  -p         physical address (not available: no kernel target)
-  -s depth   print nested structs and arrays to this depth only
-  -T         show each member's type and its base type
-  -t         show each member's type
-  -x         integers in hex (the default; overrides -d)"""
+addr plus the size of the type, so `addr::print T; ::print T` prints the next one."""
 
 
-@dcmd("print", "print the contents of a data structure",
-      usage="?[-aCdhiLnpTtx] [-c lim] [-l lim] [-s depth] [type] [member|offset ...]",
+@dcmd("print", "print the contents of a data structure", addr="?", opts=[
+    Flag("a", "addrs", "show the address (offset without addr) of each member"),
+    Flag("C", "no_string_limit", "no limit on character arrays printed as strings"),
+    Flag("d", "dec", "integers in decimal"),
+    Flag("h", "holes", "show holes (padding) in structs"),
+    Flag("i", "immediate", "the address is the value itself (immediate data of the type)"),
+    Flag("L", "no_array_limit", "no limit on array elements"),
+    Flag("n", "plain", "pointers as plain hex"),
+    Flag("p", "physical", "physical address (not available: no kernel target)"),
+    Flag("T", "base_types", "show each member's type and its base type"),
+    Flag("t", "types", "show each member's type"),
+    Flag("x", "hex", "integers in hex (the default; overrides -d)"),
+    Opt("c", "string_limit", NUM, "print character arrays of at most lim chars as strings "
+        "(default 1024)", metavar="lim"),
+    Opt("l", "array_limit", NUM, "print at most lim array elements (default 32)", metavar="lim"),
+    Opt("s", "depth", NUM, "print nested structs and arrays to this depth only")],
+      operands=[Operand("type", optional=True),
+                Operand("member|offset", optional=True, repeat=True)],
       help=PRINT_HELP, example="addr::print struct node next->value")
 def print_(inv: Invocation):
-    opts, rest = inv.getopt("aCdhiLnpTtxc:l:s:", numeric="cls")
+    opts, rest = inv.opts, inv.operands
     s = inv.session
-    if opts.get("p"):
+    if opts.physical:
         raise MdbError("-p: physical addresses exist only in a kernel target")
     if rest and isinstance(rest[0], str) and rest[0][:1] in "+-":
         raise UsageError(f"unexpected argument '{rest[0]}'")
     space = space_of(s)
-    immediate = bool(opts.get("i"))
+    immediate = opts.immediate
     t, members = _print_type(inv, space, rest, immediate)
     popts = _print_options(opts, inv.has_addr)
     if immediate:
@@ -149,21 +150,20 @@ def _print_type(inv: Invocation, space, rest: list, immediate: bool) -> tuple[Ty
     return hit[0], rest
 
 
-def _print_options(opts: dict, values: bool) -> PrintOptions:
-    o = PrintOptions(addr=bool(opts.get("a")), types=bool(opts.get("t") or opts.get("T")),
-                     base_types=bool(opts.get("T")), hex=bool(opts.get("x")),
-                     dec=bool(opts.get("d")) and not opts.get("x"),
-                     symbolic=not opts.get("n"), holes=bool(opts.get("h")), values=values)
-    if "c" in opts:
-        o.string_limit = opts["c"]
-    if opts.get("C"):
+def _print_options(opts, values: bool) -> PrintOptions:
+    o = PrintOptions(addr=opts.addrs, types=opts.types or opts.base_types,
+                     base_types=opts.base_types, hex=opts.hex, dec=opts.dec and not opts.hex,
+                     symbolic=not opts.plain, holes=opts.holes, values=values)
+    if opts.string_limit is not None:
+        o.string_limit = opts.string_limit
+    if opts.no_string_limit:
         o.string_limit = None
-    if "l" in opts:
-        o.array_limit = opts["l"]
-    if opts.get("L"):
+    if opts.array_limit is not None:
+        o.array_limit = opts.array_limit
+    if opts.no_array_limit:
         o.array_limit = None
-    if "s" in opts:
-        o.max_depth = opts["s"]
+    if opts.depth is not None:
+        o.max_depth = opts.depth
     return o
 
 
@@ -206,7 +206,7 @@ def _type_first(inv: Invocation) -> tuple[str, list]:
     return type_args(inv.args)
 
 
-@dcmd("sizeof", "print the size of a type", usage="type",
+@dcmd("sizeof", "print the size of a type", operands=[Operand("type")],
       help="Print `sizeof (type) = size` (in the output radix, with its prefix), from the "
            "target's DWARF. Piped, just the size. The type may be `struct x`, `union x`, "
            "`enum x`, a typedef or base type name, with `*` or `[N]` after it, and "
@@ -225,7 +225,8 @@ def sizeof(inv: Invocation):
     return 0
 
 
-@dcmd("offsetof", "print the offset of a member of a type", usage="type member",
+@dcmd("offsetof", "print the offset of a member of a type",
+      operands=[Operand("type"), Operand("member")],
       help="Print `offsetof (type, member) = off` and the member's size, from the target's "
            "DWARF; a bitfield's offset is `byte.bit`. The member may be a path of `.` and "
            "`[i]` (`u.x`, `arr[2].y`). Piped, just the byte offset.",
@@ -256,7 +257,8 @@ def offsetof(inv: Invocation):
 
 # -- ::array ------------------------------------------------------------------------------------
 
-@dcmd("array", "print the address of each element of an array", usage=":[type count] [variable]",
+@dcmd("array", "print the address of each element of an array", addr=":",
+      operands=[Operand("type count", optional=True), Operand("variable", optional=True)],
       help="Print the address of each of count elements of `type` from addr (in the output "
            "radix), for a pipeline. Without a type, addr must be a global array, whose DWARF "
            "type gives the element size and count. With a variable, each address also sets "
@@ -311,17 +313,18 @@ def list_offset(session, args: list) -> tuple[int, str | None]:
 
 # -- ::enum -------------------------------------------------------------------------------------
 
-@dcmd("enum", "print an enumeration", usage="?[-ex] enum [name|value]",
+@dcmd("enum", "print an enumeration", addr="?",
+      opts=[Flag("e", "strip", "remove the names' common prefix"),
+            Flag("x", "hex", "values in hexadecimal")],
+      operands=[Operand("enum"), Operand("name|value", optional=True)],
       help="Without an address or a second argument, print every value of the enumeration "
            "and its name. With an address (or a number after the enum), print the name of that "
            "value; with a name, its value. An enum of flags (every value 0 or a power of two) "
-           "prints in hex and decodes a value into the names of its bits.\n\n"
-           "  -e    remove the names' common prefix\n"
-           "  -x    values in hexadecimal",
+           "prints in hex and decodes a value into the names of its bits.",
       example="::enum -e flags")
 def enum(inv: Invocation):
-    opts, rest = inv.getopt("ex")
-    text, rest = type_args(rest)
+    opts = inv.opts
+    text, rest = type_args(inv.operands)
     space = space_of(inv.session)
     if " " not in text:  # an enum tag first, then a typedef
         t = space.find(f"enum {text}")
@@ -346,15 +349,15 @@ def enum(inv: Invocation):
     if want_value is not None and e.signed and want_value >> 63:
         want_value -= 1 << 64
     flags = is_flags(e)
-    hexa = bool(opts.get("x")) or flags
+    hexa = opts.hex or flags
     pretty = not inv.piped_out
     if pretty and inv.header:
         inv.out.write(("%8s %s" if hexa else "%11s %s") % ("VALUE", "NAME") + "\n")
     if want_value is not None and flags:
-        inv.out.write(_enum_row(want_value, flags_text(e, want_value, bool(opts.get("e"))),
+        inv.out.write(_enum_row(want_value, flags_text(e, want_value, opts.strip),
                                 hexa, pretty, inv.session.radix, e.size))
         return 0
-    plen = len(common_prefix([n for n, _ in e.enumerators])) if opts.get("e") else 0
+    plen = len(common_prefix([n for n, _ in e.enumerators])) if opts.strip else 0
     found = False
     for name, value in e.enumerators:
         if (want_name is not None and name != want_name) or (
@@ -378,27 +381,28 @@ def _enum_row(value: int, name: str, hexa: bool, pretty: bool, radix: int, size:
     return f"{number} {name}\n"
 
 
-@dcmd("list", "walk a linked list through the next pointer at an offset",
-      usage=":[-o offset] [-n max] | type member [variable]",
+@dcmd("list", "walk a linked list through the next pointer at an offset", addr=":",
+      opts=[Opt("o", "offset", NUM, "the next pointer's byte offset (default 0)", default=0),
+            Opt("n", "max", NUM, "at most this many elements (without it, ::set -o "
+                "walklimit=N caps the walk, with a note)")],
+      operands=[Operand("type member", optional=True), Operand("variable", optional=True)],
       example="*list_head::list struct node next | ::print struct node value", help="""\
 Print addr and every element of the singly linked list that starts there, following the
-pointer at byte offset -o (default 0) of each element, or, as mdb's typed form
+pointer at byte offset -o of each element, or, as mdb's typed form
 `addr::list type member [variable]`, at the member `member` of `type` (from DWARF; with a
-variable, each element also sets it as it travels down the pipeline). -n caps the number of
-elements (without it, ::set -o walklimit=N does, with a note). The walk stops at NULL, at an
-element already visited, or at an unreadable pointer (an error). Piped, each address is passed
-on.""")
+variable, each element also sets it as it travels down the pipeline). The walk stops at NULL,
+at an element already visited, or at an unreadable pointer (an error). Piped, each address is
+passed on.""")
 def list_dcmd(inv):
     if not inv.has_addr:
         raise UsageError("::list needs a starting address")
-    opts, rest = inv.getopt("o:n:", numeric="on")
-    offset, var = opts.get("o", 0), None
-    if rest:  # the typed form
-        offset, var = list_offset(inv.session, rest)
+    offset, var = inv.opts.offset, None
+    if inv.operands:  # the typed form
+        offset, var = list_offset(inv.session, inv.operands)
         if var is not None:
             bind_var(inv, var)
-    elements = follow_list(inv.session, inv.addr, offset, opts.get("n"))
-    for a in elements if "n" in opts else capped(inv.session, elements):
+    elements = follow_list(inv.session, inv.addr, offset, inv.opts.max)
+    for a in elements if inv.opts.max is not None else capped(inv.session, elements):
         if var is not None:
             inv.session.vars[var] = a
         inv.out.write(radix_str(a, inv.session.radix, prefix=True) + "\n")

@@ -7,7 +7,7 @@ further); every listing prints addresses only when piped, so `::walk ptmalloc_fr
 
 from __future__ import annotations
 
-from mdbpy.dcmd import Invocation, dcmd, walker
+from mdbpy.dcmd import STR, Flag, Invocation, Opt, dcmd, walker
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.heap.model import ALLOC, FREE
 from mdbpy.jsonout import Table, emit, wants_json
@@ -38,20 +38,22 @@ def _arena(inv: Invocation, addr: int | None):
 
 
 # -- overview ----------------------------------------------------------------------------------
-@dcmd("ptmalloc", "glibc malloc: version, what was found and how", usage="[-m mode]",
+@dcmd("ptmalloc", "glibc malloc: version, what was found and how",
+      opts=[Opt("m", "mode", STR, "change the locate mode for this session: "
+                + "|".join(MODES))],
       help="Print the glibc version (from libc's release string), the locate mode and what "
            "each structure was found by: symbols (libc's debug file) or heuristics that verify "
-           "themselves. -m auto|symbols|heuristic changes the locate mode for this session.",
+           "themselves.",
       example="::ptmalloc -m heuristic")
 def ptmalloc(inv: Invocation):
-    opts, rest = inv.getopt("m:")
-    if rest:
+    mode = inv.opts.mode
+    if inv.operands:
         raise UsageError("")
     s = inv.session
-    if "m" in opts:
-        if opts["m"] not in MODES:
+    if mode is not None:
+        if mode not in MODES:
             raise UsageError(f"locate mode must be one of {', '.join(MODES)}")
-        s.settings[SETTING] = opts["m"]
+        s.settings[SETTING] = mode
         for k in [k for k in s.cache if isinstance(k, str) and k.startswith("ptmalloc.")]:
             del s.cache[k]
         s.cache.pop("allocators", None)
@@ -70,7 +72,7 @@ def ptmalloc(inv: Invocation):
     return 0
 
 
-@dcmd("arenas", "list glibc malloc arenas", usage="",
+@dcmd("arenas", "list glibc malloc arenas",
       help="One line per arena of the main_arena ring: address, index, heaps, top chunk, "
            "system_mem and attached threads. Piped: the arena addresses.",
       example="::arenas")
@@ -94,8 +96,9 @@ def arenas(inv: Invocation):
     return 0
 
 
-@dcmd("heaps", "list the heaps of glibc malloc arenas", usage="[arena]",
-      help="Each heap: its arena, heap_info header (thread arenas), first chunk and end.",
+@dcmd("heaps", "list the heaps of glibc malloc arenas", addr="?",
+      help="Each heap: its arena, heap_info header (thread arenas), first chunk and end; with "
+           "an arena's address, only that arena's.",
       example="::heaps")
 def heaps(inv: Invocation):
     arenas_ = _arena(inv, inv.addr if inv.has_addr else None)
@@ -127,18 +130,18 @@ def _selected(inv: Invocation, which: str):
     return t, np.nonzero(mask)[0]
 
 
-@dcmd("malloc_chunks", "list the chunks of glibc malloc heaps", usage="?[-f|-u]",
+@dcmd("malloc_chunks", "list the chunks of glibc malloc heaps", addr="?",
+      opts=[Flag("f", "free", "only free chunks"), Flag("u", "inuse", "only in-use chunks")],
       aliases=("chunks",),
       help="Every chunk of every heap (or of the arena at addr) and the mmapped chunks: "
            "address, size, flag bits (P prev-inuse, M mmapped, N non-main arena), state "
            "(inuse, free, top, tcache for a tcache struct) and the list holding a free chunk. "
-           "-u only in-use chunks, -f only free ones. Piped: the chunk addresses.",
+           "Piped: the chunk addresses.",
       example="::malloc_chunks -f")
 def malloc_chunks(inv: Invocation):
-    opts, rest = inv.getopt("fu")
-    if rest:
+    if inv.operands:
         raise UsageError("")
-    t, idx = _selected(inv, "free" if opts.get("f") else "inuse" if opts.get("u") else "")
+    t, idx = _selected(inv, "free" if inv.opts.free else "inuse" if inv.opts.inuse else "")
     if inv.piped_out:
         for i in idx.tolist():
             inv.print(f"{int(t.addr[i]):x}")
@@ -159,14 +162,13 @@ def malloc_chunks(inv: Invocation):
     return 0
 
 
-@dcmd("malloc_chunk", "decode a glibc malloc chunk header", usage=":[-v]",
-      help="The chunk at addr: size, flag bits, state and list; -v adds every field of "
-           "struct malloc_chunk (prev_size, fd, bk, fd_nextsize, bk_nextsize; safe-linked "
-           "links decoded).",
+@dcmd("malloc_chunk", "decode a glibc malloc chunk header", addr=":",
+      opts=[Flag("v", "verbose", "add every field of struct malloc_chunk (prev_size, fd, bk, "
+                 "fd_nextsize, bk_nextsize; safe-linked links decoded)")],
+      help="The chunk at addr: size, flag bits, state and list.",
       example="0x5555555592a0::malloc_chunk -v")
 def malloc_chunk(inv: Invocation):
-    opts, rest = inv.getopt("v")
-    if rest or not inv.has_addr:
+    if inv.operands or not inv.has_addr:
         raise UsageError("")
     st = _state(inv)
     t = chunk_table(inv.session)
@@ -178,7 +180,7 @@ def malloc_chunk(inv: Invocation):
         inv.print(f"{'ADDR':16s} {'SIZE':>10s} {'FLAGS':5s} {'STATE':6s} WHERE")
     inv.print(f"{inv.addr:016x} {v.chunksize:#10x} {flag_text(v.mchunk_size & 7):5s} "
               f"{state:6s} {where}".rstrip())
-    if opts.get("v"):
+    if inv.opts.verbose:
         fd = v.fd
         if st.safe_linking and where.startswith(("tcache", "fastbin")):
             fd ^= (inv.addr + 16) >> 12
@@ -211,7 +213,7 @@ def _print_lists(inv: Invocation, lists) -> None:
             inv.print(f"    0x{d.addr:x}: {d.text}")
 
 
-@dcmd("tcachebins", "list each thread's glibc tcache bins", usage="",
+@dcmd("tcachebins", "list each thread's glibc tcache bins",
       help="For every thread's tcache_perthread_struct, its non-empty bins: glibc's count "
            "and the chunks in list order (safe-linked links decoded).",
       example="::tcachebins")
@@ -253,28 +255,28 @@ def _arena_lists(inv: Invocation, kinds) -> int:
     return 0
 
 
-@dcmd("fastbins", "list glibc malloc fastbins", usage="?",
+@dcmd("fastbins", "list glibc malloc fastbins", addr="?",
       help="The non-empty fastbins of every arena (or of the arena at addr).",
       example="::fastbins")
 def fastbins(inv: Invocation):
     return _arena_lists(inv, ("fastbin",))
 
 
-@dcmd("unsortedbin", "list glibc malloc unsorted bins", usage="?",
+@dcmd("unsortedbin", "list glibc malloc unsorted bins", addr="?",
       help="The unsorted bin of every arena (or of the arena at addr), in fd order.",
       example="::unsortedbin")
 def unsortedbin(inv: Invocation):
     return _arena_lists(inv, ("unsorted",))
 
 
-@dcmd("smallbins", "list glibc malloc small bins", usage="?",
+@dcmd("smallbins", "list glibc malloc small bins", addr="?",
       help="The non-empty small bins of every arena (or of the arena at addr).",
       example="::smallbins")
 def smallbins(inv: Invocation):
     return _arena_lists(inv, ("smallbin",))
 
 
-@dcmd("largebins", "list glibc malloc large bins", usage="?",
+@dcmd("largebins", "list glibc malloc large bins", addr="?",
       help="The non-empty large bins of every arena (or of the arena at addr).",
       example="::largebins")
 def largebins(inv: Invocation):
@@ -282,7 +284,7 @@ def largebins(inv: Invocation):
 
 
 # -- parameters and statistics ---------------------------------------------------------------
-@dcmd("mp_", "print glibc malloc's parameters (mp_)", usage="",
+@dcmd("mp_", "print glibc malloc's parameters (mp_)",
       help="Every field of struct malloc_par: thresholds, mmap counters, sbrk_base and the "
            "tcache configuration.",
       example="::mp_")
@@ -297,7 +299,7 @@ def mp_(inv: Invocation):
     return 0
 
 
-@dcmd("malloc_stats", "glibc malloc statistics, as malloc_stats(3) prints them", usage="",
+@dcmd("malloc_stats", "glibc malloc statistics, as malloc_stats(3) prints them",
       help="Per arena the system and in-use bytes, then the totals with mmapped memory: the "
            "exact text malloc_stats(3) would print in the process.",
       example="::malloc_stats")
@@ -306,7 +308,7 @@ def malloc_stats(inv: Invocation):
     return 0
 
 
-@dcmd("mallinfo", "glibc malloc statistics, as mallinfo2(3) returns them", usage="",
+@dcmd("mallinfo", "glibc malloc statistics, as mallinfo2(3) returns them",
       help="The fields of struct mallinfo2 summed over the arenas, as the process would get "
            "them from mallinfo2(3).",
       example="::mallinfo")
@@ -317,7 +319,7 @@ def mallinfo(inv: Invocation):
     return 0
 
 
-@dcmd("ptmalloc_verify", "check the integrity of glibc malloc's heaps", usage="",
+@dcmd("ptmalloc_verify", "check the integrity of glibc malloc's heaps",
       help="Walks every arena and list and prints one line per problem with its address: "
            "bad sizes and smashed headers (the walk resumes past them), a smashed top size, "
            "PREV_INUSE and prev_size disagreements, broken double links, cycles and links "

@@ -90,7 +90,7 @@ DETAIL_FIELDS = ("object_size", "size", "offset", "inuse", "red_left_pad", "trac
                  "objects_per_slab", "slab_size", "nr_slabs", "total_objects")
 
 
-@dcmd("kmem_cache", "print simulated caches, or one cache in detail", usage="?",
+@dcmd("kmem_cache", "print simulated caches, or one cache in detail", addr="?",
       enabled=_disabled, example="::kmem_cache", help="""\
 Without an address, one line per cache: its address, name, debug flags, object size, slot size
 (object plus red zones, free pointer, tracks and padding), slabs and objects. With a cache
@@ -148,7 +148,7 @@ def _cache_detail(inv, sim, c) -> None:
             inv.print(f"    [0x{lo:x}, 0x{hi:x}) {label}")
 
 
-@dcmd("track", "print the alloc and free tracks of a simulated object", usage=":",
+@dcmd("track", "print the alloc and free tracks of a simulated object", addr=":",
       enabled=_disabled, example="0x7f0000201010::track", help="""\
 For the object whose slot contains addr (object, red zones or metadata), print its cache and
 state, then the alloc and free tracks slub_debug's STORE_USER keeps in the slot: the caller,

@@ -13,7 +13,7 @@ records none: its getpcstack() is a stub).
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import NUM, STR, Flag, Operand, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import radix_str
 from mdbpy.symbols.table import named_at
@@ -90,32 +90,39 @@ def verbose_lines(session, addr: int, bc, stack) -> list[str]:
     return lines + [" " * 17 + session.format_addr(pc, ret=True) for pc in stack] + [""]
 
 
-def _bufctl_one(inv, addr: int, opts: dict, header: bool) -> bool:
+# the record filters ::bufctl and ::vmem_seg share (-c is a pc or a function: number())
+CALLER = Opt("c", "caller", STR, "only records with this pc or function in their stack")
+EARLIEST = Opt("e", "earliest", NUM, "only records from this raw timestamp on")
+LATEST = Opt("l", "latest", NUM, "only records up to this raw timestamp")
+THREAD = Opt("t", "thread", NUM, "only records of this thread")
+
+
+def _bufctl_one(inv, addr: int, opts, header: bool) -> bool:
     """Print one bufctl (or pass it on); False when a filter drops it."""
     s = inv.session
     umem = Umem.get(s)
     bc = umem.bufctl(addr)
     stack = umem.stack(bc)
-    if "c" in opts and not matches_caller(s, stack, opts["c"]):
+    if opts.caller is not None and not matches_caller(s, stack, opts.caller):
         return False
-    if "t" in opts and bc.bc_thread != opts["t"]:
+    if opts.thread is not None and bc.bc_thread != opts.thread:
         return False
-    if opts.get("e") and bc.bc_timestamp < opts["e"]:
+    if opts.earliest and bc.bc_timestamp < opts.earliest:
         return False
-    if opts.get("l") and bc.bc_timestamp > opts["l"]:
+    if opts.latest and bc.bc_timestamp > opts.latest:
         return False
-    if opts.get("a") and bc.bc_addr != opts["a"]:
+    if opts.addr and bc.bc_addr != opts.addr:
         return False
     if inv.piped_out:
         piped(inv, addr)
         return True
     if header:
-        if opts.get("v"):
+        if opts.verbose:
             inv.out.write("\n".join(VERBOSE_HEAD) + "\n")
         else:
             inv.out.write(f"{'ADDR':<16s} {'BUFADDR':<16s} {'TIMESTAMP':<12s} {'THRD':>5s} "
                           "CALLER\n")
-    if opts.get("v"):
+    if opts.verbose:
         inv.out.write("\n".join(verbose_lines(s, addr, bc, stack)) + "\n")
     else:
         pc = caller(s, stack)
@@ -125,22 +132,23 @@ def _bufctl_one(inv, addr: int, opts: dict, header: bool) -> bool:
     return True
 
 
-@dcmd("bufctl", "print or filter a bufctl", enabled=missing,
-      usage=":[-vh] [-a addr] [-c caller] [-e earliest] [-l latest] [-t thd]",
+@dcmd("bufctl", "print or filter a bufctl", enabled=missing, addr=":", opts=[
+    Flag("v", "verbose", "every field and the whole stack"),
+    Flag("h", "history", "also the record's history from the transaction log"),
+    Opt("a", "addr", NUM, "only records of this buffer"), CALLER, EARLIEST, LATEST, THREAD],
       example="::walk bufctl | ::bufctl -v", help="""\
 Print the audit record (umem_bufctl_audit_t) at addr: buffer, timestamp, thread and caller (the
-first frame outside umem_*), or with -v every field and the whole stack. Filters drop records
-not involving buffer -a, without pc or function -c in their stack, before -e or after -l
-(raw timestamps), or of another thread -t. -h prints the record's history from the transaction
-log too. Piped, only the addresses of the records kept are passed on.""")
+first frame outside umem_*). The filters drop the records that do not match. Piped, only the
+addresses of the records kept are passed on.""")
 def bufctl(inv):
     if not inv.has_addr:
         raise UsageError("::bufctl needs a bufctl address")
-    opts = inv.options("vha:c:e:l:t:", numeric="aelt")
-    if "c" in opts:
-        opts["c"] = number(inv.session, opts["c"])
+    inv.no_operands()
+    opts = inv.opts
+    if opts.caller is not None:
+        opts.caller = number(inv.session, opts.caller)
     umem = Umem.get(inv.session)
-    if opts.get("h"):
+    if opts.history:
         shown = []
         first = True
         for a in walk_bufctl_history(inv.session, inv.addr):
@@ -151,13 +159,13 @@ def bufctl(inv):
             inv.out.write("\n")
         note_stacks(inv.session, shown)
         return 0
-    if _bufctl_one(inv, inv.addr, opts, inv.header and not inv.piped_out) and opts.get("v") \
+    if _bufctl_one(inv, inv.addr, opts, inv.header and not inv.piped_out) and opts.verbose \
             and not inv.piped_out and inv.header:
         note_stacks(inv.session, [umem.bufctl(inv.addr)])
     return 0
 
 
-@dcmd("bufctl_audit", "print a bufctl_audit", usage=":", enabled=missing,
+@dcmd("bufctl_audit", "print a bufctl_audit", addr=":", enabled=missing,
       example="addr::bufctl_audit", help="The same as `addr::bufctl -v`.")
 def bufctl_audit(inv):
     if not inv.has_addr or inv.args:
@@ -185,7 +193,7 @@ def _by_thread(inv, which: str):
     return 0
 
 
-@dcmd("allocdby", "given a thread, print its allocated buffers", usage=":", enabled=missing,
+@dcmd("allocdby", "given a thread, print its allocated buffers", addr=":", enabled=missing,
       example="<thread>::allocdby", help="""\
 The bufctls of buffers the thread (a pthread_t, as ::umem_log shows it) allocated and that are
 still allocated, newest first, with timestamp and caller.""")
@@ -193,7 +201,7 @@ def allocdby(inv):
     return _by_thread(inv, "ctl")
 
 
-@dcmd("freedby", "given a thread, print its freed buffers", usage=":", enabled=missing,
+@dcmd("freedby", "given a thread, print its freed buffers", addr=":", enabled=missing,
       example="<thread>::freedby", help="""\
 The bufctls of free buffers the thread freed last, newest first, with timestamp and
 caller.""")
@@ -211,7 +219,8 @@ def elapsed(newest: int, ts: int, ticks: int = 1_000_000) -> str:
     return f"T-{d // 1_000_000_000}.{d % 1_000_000_000:09d}"
 
 
-@dcmd("umalog", "display umem transaction log and stack traces", usage="[ fail | slab ]",
+@dcmd("umalog", "display umem transaction log and stack traces",
+      operands=[Operand("fail|slab", "the failure or the slab log instead", optional=True)],
       enabled=missing, example="::umalog", help="""\
 The transaction log (or the failure or slab log), newest first: for each record the time
 before the newest one (real elapsed time: portable libumem stamps records with seconds << 32 |
@@ -241,7 +250,7 @@ def umalog(inv):
     return 0
 
 
-@dcmd("umem_log", "dump umem transaction log", usage="?", enabled=missing,
+@dcmd("umem_log", "dump umem transaction log", addr="?", enabled=missing,
       example="::umem_log", help="""\
 Every record of the transaction log, newest first (slots never written are left out): the CPU
 whose current chunk holds it (blank otherwise), its address, the buffer, the raw timestamp and
@@ -268,15 +277,17 @@ def umem_log(inv):
 
 
 @dcmd("umausers", "display current medium and large users of the umem allocator",
-      usage="[-ef] [cache ...]", enabled=missing, example="::umausers -e", help="""\
+      opts=[Flag("e", "all", "also the groups under 8192 bytes and under 100 allocations"),
+            Flag("f", "full", "also print every buffer (its size, bufctl, thread and cache, "
+                 "and its stack)")],
+      operands=[Operand("cache", "only these caches", optional=True, repeat=True)],
+      enabled=missing, example="::umausers -e", help="""\
 Allocated buffers of UMF_AUDIT caches grouped by allocation stack and size, largest total
-first. Groups under 8192 bytes and under 100 allocations are left out unless -e is given; -f
-also prints every buffer (its size, bufctl, thread and cache, and its stack). Cache names
-restrict the report to those caches.""")
+first.""")
 def umausers(inv):
     if inv.has_addr:
         raise UsageError("::umausers takes no address")
-    opts, names = inv.getopt("ef")
+    opts, names = inv.opts, inv.operands
     s = inv.session
     umem = Umem.get(s)
     if names:
@@ -302,7 +313,7 @@ def umausers(inv):
             rec = umem.bufctl(b)
             stack = umem.stack(rec)
             shown.append(rec)
-            if opts.get("f"):
+            if opts.full:
                 inv.out.write(f"size {size}, addr {b:x}, thread {rec.bc_thread:x}, "
                               f"cache {c.cstr('cache_name')}\n")
                 inv.out.write("".join(f"\t {s.format_addr(pc, ret=True)}\n" for pc in stack))
@@ -311,7 +322,7 @@ def umausers(inv):
             o[1] += 1
     if not audited and not names:
         raise MdbError("UMF_AUDIT is not enabled for any caches")
-    low = not opts.get("e")
+    low = not opts.all
     for (size, stack), (total, count) in sorted(owners.items(), key=lambda kv: -kv[1][0]):
         if low and total < 8192 and count < 100:
             continue

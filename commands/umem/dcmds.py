@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import NUM, Flag, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import human_size
@@ -107,7 +107,7 @@ def umem_status(inv):
 CACHE_ROW = "{addr:016x} {name:<25s} {flags:04x} {cflags:08x} {bufsize:8d} {buftotal:8d}"
 
 
-@dcmd("umem_cache", "print a umem cache", usage="?", enabled=missing,
+@dcmd("umem_cache", "print a umem cache", addr="?", enabled=missing,
       example="::umem_cache", help="""\
 One line per cache: address, name, flags (UMF_*), creation flags (UMC_*), buffer size and the
 number of buffers its slabs hold. With an address, that cache only.""")
@@ -212,7 +212,7 @@ def umastat(inv):
     return 0
 
 
-@dcmd("umem_verify", "check integrity of umem-managed memory", usage="?", enabled=missing,
+@dcmd("umem_verify", "check integrity of umem-managed memory", addr="?", enabled=missing,
       example="::umem_verify", help="""\
 Without an address, one line per cache with redzone checking: clean, or how many buffers are
 corrupt. With a cache address, each corrupt buffer is named: a free buffer whose free pattern
@@ -312,25 +312,31 @@ def distribution(out, counts, lo: int, hi: int, maxbins: int, minbinsize: int,
         out.write(f"{rng:>11s} |{'@' * ats}{' ' * (50 - ats)} {n}\n")
 
 
-def _dist_opts(inv):
-    opts = inv.options("dgb:B:", numeric="bB")
-    return opts
+# the histogram options of ::umem_malloc_dist and ::umem_malloc_info
+DIST_OPTS = [Flag("d", "raw", "print raw `size<TAB>count` lines"),
+             Flag("g", "geometric", "use geometric bins"),
+             Opt("b", "maxbins", NUM, "cap the number of bins"),
+             Opt("B", "minbinsize", NUM, "the smallest bin width")]
 
 
-@dcmd("umem_malloc_dist", "report distribution of outstanding malloc()s",
-      usage="[-dg] [-b maxbins] [-B minbinsize]", enabled=missing,
-      example="::umem_malloc_dist -b 16", help="""\
+def _distribution(inv, counts: list[int], lo: int, hi: int) -> None:
+    """distribution() with the histogram options of the invocation."""
+    o = inv.opts
+    distribution(inv.out, counts, lo, hi, o.maxbins or 0, o.minbinsize or 0, o.geometric)
+
+
+@dcmd("umem_malloc_dist", "report distribution of outstanding malloc()s", opts=DIST_OPTS,
+      enabled=missing, example="::umem_malloc_dist -b 16", help="""\
 A histogram of the sizes passed to malloc() of every outstanding malloc'd buffer in the
 umem_alloc_* caches (oversized allocations are not included). Without -b or -B every size has
-its own line. -b caps the number of bins, -B sets the smallest bin width, -g uses geometric
-bins, -d prints raw `size<TAB>count` lines.""")
+its own line.""")
 def umem_malloc_dist(inv):
     import numpy as np
 
     umem = Umem.get(inv.session)
     if inv.has_addr:
         raise UsageError("::umem_malloc_dist takes no address")
-    opts = _dist_opts(inv)
+    inv.no_operands()
     top = max_bucket(umem)
     counts = np.zeros(top + 1, np.int64)
     for c in umem.caches():
@@ -338,17 +344,16 @@ def umem_malloc_dist(inv):
             sizes, _ov = malloc_sizes(umem, c)
             sizes = sizes[sizes <= np.uint64(top)].astype(np.int64)
             counts += np.bincount(sizes, minlength=top + 1)[:top + 1]
-    if opts.get("d"):
+    if inv.opts.raw:
         inv.out.write("".join(f"{i}\t{int(n)}\n" for i, n in enumerate(counts.tolist())))
         return 0
-    distribution(inv.out, counts.tolist(), 0, top, opts.get("b", 0), opts.get("B", 0),
-                 bool(opts.get("g")))
+    _distribution(inv, counts.tolist(), 0, top)
     inv.out.write("\n")
     return 0
 
 
-@dcmd("umem_malloc_info", "report information about malloc()s by cache",
-      usage="?[-dg] [-b maxbins] [-B minbinsize]", enabled=missing,
+@dcmd("umem_malloc_info", "report information about malloc()s by cache", addr="?",
+      opts=DIST_OPTS, enabled=missing,
       example="::umem_malloc_info", help="""\
 Per umem_alloc_* cache: buffer size, the largest malloc it serves, how many of its buffers are
 malloc'd, their average and total requested size, the overhead (malloc's tag, round-off, the
@@ -358,8 +363,9 @@ def umem_malloc_info(inv):
     import numpy as np
 
     umem = Umem.get(inv.session)
-    opts = _dist_opts(inv)
-    verbose = bool(opts)
+    inv.no_operands()
+    o = inv.opts
+    verbose = o.raw or o.geometric or o.maxbins is not None or o.minbinsize is not None
     caches = [umem.cache(inv.addr)] if inv.has_addr else umem.caches()
     first = True
     for c in caches:
@@ -401,12 +407,11 @@ def umem_malloc_info(inv):
         if lower:
             lo = lower[-1] - L.MALLOC_DATA_SIZE * (2 if lower[-1] > L.UMEM_SECOND_ALIGN
                                                    else 1) + 1
-        if opts.get("d"):
+        if o.raw:
             inv.out.write("".join(f"{i}\t{counts[i]}\n" for i in range(lo, maxmal + 1)) + "\n")
         else:
             inv.out.write("\n")
-            distribution(inv.out, counts, lo, maxmal, opts.get("b", 0), opts.get("B", 0),
-                         bool(opts.get("g")))
+            _distribution(inv, counts, lo, maxmal)
             inv.out.write("\n")
     return 0
 

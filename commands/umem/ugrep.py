@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import NUM, Flag, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 
 from mdbpy_commands.umem.audit import piped
@@ -19,35 +19,41 @@ def matches(words, pattern: int, mask: int, dist: int):
 
 
 @dcmd("ugrep", "search user address space for a pointer",
-      usage=":[-v] [-d dist|-m mask|-M invmask] [-a minad] [-A maxad] [-s sz]",
+      addr=":", opts=[
+          Flag("v", "verbose", "also print each value found"),
+          Opt("d", "dist", NUM, "match values in [addr, addr + dist)"),
+          Opt("m", "mask", NUM, "match values whose bits under mask equal addr"),
+          Opt("M", "invmask", NUM, "as -m with the mask inverted"),
+          Opt("a", "minad", NUM, "search locations from this address on"),
+          Opt("A", "maxad", NUM, "search locations below this address"),
+          Opt("s", "sz", NUM, "the value's size: 1, 2, 4 or 8 (default 8)", default=8)],
       example="<addr>::ugrep", help="""\
-Every aligned location of every readable mapping holding the value addr (pointer-sized unless
--s gives 1, 2, 4 or 8). -d matches values in [addr, addr + dist), -m values whose bits under
-mask equal addr, -M the same with the mask inverted; -a and -A restrict the locations searched.
--v also prints each value found. Piped, the locations are passed on.""")
+Every aligned location of every readable mapping holding the value addr. Only one of -d, -m
+and -M may be given. Piped, the locations are passed on.""")
 def ugrep(inv):
     import numpy as np
 
     if not inv.has_addr:
         raise UsageError("::ugrep needs the value to search for")
-    opts = inv.options("vd:m:M:a:A:s:", numeric="dmMaAs")
-    if sum(k in opts for k in "dmM") > 1:
+    inv.no_operands()
+    opts = inv.opts
+    if sum(v is not None for v in (opts.dist, opts.mask, opts.invmask)) > 1:
         raise UsageError("only one of -d, -m and -M may be specified")
-    size = opts.get("s", 8)
+    size = opts.sz
     if size not in (1, 2, 4, 8):
         raise MdbError("size must be 1, 2, 4 or 8")
     full = (1 << (8 * size)) - 1
     mask = full
-    if "m" in opts:
-        mask = opts["m"] & full
-    if "M" in opts:
-        mask = ~opts["M"] & full
-    pattern, dist = inv.addr, opts.get("d", 0)
+    if opts.mask is not None:
+        mask = opts.mask & full
+    if opts.invmask is not None:
+        mask = ~opts.invmask & full
+    pattern, dist = inv.addr, opts.dist or 0
     if pattern & ~full:
         raise MdbError(f"pattern {pattern:x} is too large for size {size}")
     if pattern & ~mask:
         inv.session.warn("warning: pattern does not match mask")
-    lo, hi = opts.get("a", 0), opts.get("A", 0)
+    lo, hi = opts.minad or 0, opts.maxad or 0
     dt = np.dtype(f"<u{size}")
     mem = inv.session.mem
     for m in mem.mappings():
@@ -62,7 +68,7 @@ def ugrep(inv):
                 where = addr + i * size
                 if inv.piped_out:
                     piped(inv, where)
-                elif opts.get("v"):
+                elif opts.verbose:
                     inv.out.write(f"{where:x}:\t{int(words[i]):x}\n")
                 else:
                     inv.out.write(f"{where:x}\n")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from mdbpy.dcmd import dcmd
+from mdbpy.dcmd import NUM, STR, Flag, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.audit import caller, matches_caller, number, piped, thread_id
+from mdbpy_commands.umem.audit import (CALLER, EARLIEST, LATEST, THREAD, caller, matches_caller,
+                                       number, piped, thread_id)
 from mdbpy_commands.umem.state import Umem, missing
 
 NAME_WIDTH = 22  # mdb's VMEM_NAMEWIDTH: the indented name is cut to 21 characters
@@ -32,7 +33,7 @@ def seg_verbose_lines(session, seg, stack) -> list[str]:
     return lines
 
 
-@dcmd("vmem", "print a vmem_t", usage="?", enabled=missing, example="::vmem", help="""\
+@dcmd("vmem", "print a vmem_t", addr="?", enabled=missing, example="::vmem", help="""\
 One line per arena (parents before children, names indented two spaces per ancestor): its
 address, name, bytes in use, total bytes, and successful and failed allocations. With an
 address, that arena only.""")
@@ -52,60 +53,62 @@ def vmem(inv):
     return 0
 
 
-@dcmd("vmem_seg", "print or filter a vmem_seg", enabled=missing,
-      usage=":[-sv] [-c caller] [-e earliest] [-l latest] [-m minsize] [-M maxsize] "
-            "[-t thread] [-T type]",
+@dcmd("vmem_seg", "print or filter a vmem_seg", enabled=missing, addr=":", opts=[
+    Flag("s", "size", "print the size instead of the end"),
+    Flag("v", "verbose", "add the size, thread, timestamp and the stack"), CALLER, EARLIEST,
+    LATEST, Opt("m", "minsize", NUM, "only segments of at least this size"),
+    Opt("M", "maxsize", NUM, "only segments of at most this size"), THREAD,
+    Opt("T", "type", STR, "only segments of this type")],
       example="<arena>::walk vmem_alloc | ::vmem_seg -v", help="""\
-Print the segment at addr: type (ALLC, FREE, SPAN, ROTR, WLKR), start, end (-s: size) and the
-first caller outside vmem_*. -v adds the size, thread, timestamp and the stack. Filters: -T a
-type, -m / -M minimum and maximum size, and -c caller, -t thread, -e earliest, -l latest,
-which only ALLOC segments with a recorded stack can satisfy. Piped, the addresses kept pass
-on.""")
+Print the segment at addr: type (ALLC, FREE, SPAN, ROTR, WLKR), start, end and the first caller
+outside vmem_*. The filters -c, -t, -e and -l only ALLOC segments with a recorded stack can
+satisfy. Piped, the addresses kept pass on.""")
 def vmem_seg(inv):
     if not inv.has_addr:
         raise UsageError("::vmem_seg needs a segment address")
-    opts = inv.options("svc:e:l:m:M:t:T:", numeric="elmMt")
-    if "c" in opts:
-        opts["c"] = number(inv.session, opts["c"])
+    inv.no_operands()
+    opts = inv.opts
+    if opts.caller is not None:
+        opts.caller = number(inv.session, opts.caller)
     s = inv.session
     umem = Umem.get(s)
     if inv.header and not inv.piped_out:
-        if opts.get("v"):
+        if opts.verbose:
             inv.out.write("\n".join(SEG_VERBOSE_HEAD) + "\n")
         else:
             inv.out.write(f"{'ADDR':>16s} {'TYPE':>4s} {'START':>16s} "
-                          f"{'SIZE' if opts.get('s') else 'END':>16s} WHO\n")
+                          f"{'SIZE' if opts.size else 'END':>16s} WHO\n")
     seg = umem.view("vmem_seg", inv.addr)
-    if "T" in opts:
-        want = SEG_TYPES.get(str(opts["T"]))
+    if opts.type is not None:
+        want = SEG_TYPES.get(str(opts.type))
         if want is None:
-            raise MdbError(f'"{opts["T"]}" is not a recognized vmem_seg type')
+            raise MdbError(f'"{opts.type}" is not a recognized vmem_seg type')
         if seg.vs_type != want:
             return 0
     size = (seg.vs_end - seg.vs_start) & ((1 << 64) - 1)
-    if opts.get("m") and size < opts["m"] or opts.get("M") and size > opts["M"]:
+    if opts.minsize and size < opts.minsize or opts.maxsize and size > opts.maxsize:
         return 0
     stack = umem.seg_stack(seg)
     if not stack:
-        if any(opts.get(k) for k in "ctel"):
+        if opts.caller or opts.thread or opts.earliest or opts.latest:
             return 0
     else:
-        if opts.get("c") and not matches_caller(s, stack, opts["c"]):
+        if opts.caller and not matches_caller(s, stack, opts.caller):
             return 0
-        if opts.get("t") and seg.vs_thread != opts["t"]:
+        if opts.thread and seg.vs_thread != opts.thread:
             return 0
-        if opts.get("e") and seg.vs_timestamp < opts["e"]:
+        if opts.earliest and seg.vs_timestamp < opts.earliest:
             return 0
-        if opts.get("l") and seg.vs_timestamp > opts["l"]:
+        if opts.latest and seg.vs_timestamp > opts.latest:
             return 0
     if inv.piped_out:
         piped(inv, inv.addr)
         return 0
     kind = L.VMEM_SEG_TYPES.get(seg.vs_type, "????")
-    if opts.get("v"):
+    if opts.verbose:
         inv.out.write("\n".join(seg_verbose_lines(s, seg, stack)) + "\n")
         return 0
-    end = size if opts.get("s") else seg.vs_end
+    end = size if opts.size else seg.vs_end
     who = ""
     if stack:
         pc = caller(s, stack)

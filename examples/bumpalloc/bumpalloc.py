@@ -127,7 +127,7 @@ def _allocator(session) -> BumpAllocator:
            "as the arena counts them and as the header walk finds them.",
       example="::bumpstat")
 def bumpstat(inv):
-    inv.options("")
+    inv.no_operands()
     a = _allocator(inv.session)
     t = a.buffers()
     inuse = int((t.state == ALLOC).sum())

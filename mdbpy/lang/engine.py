@@ -473,13 +473,7 @@ def as_text(line: str | bytes) -> str:
 
 def usage_line(d: Dcmd) -> str:
     """mdb_dcmd_usage: `Usage: [address]::name usage` (`address` when one is required)."""
-    usage, prefix = d.usage, ""
     colons = "" if d.name[0] in "$:" else "::"
-    if usage[:1] == ":":
-        prefix, usage = "address" + colons, usage[1:]
-    elif usage[:1] == "?":
-        prefix, usage = "[address]" + colons, usage[1:]
-    else:
-        prefix = colons
-    return f"Usage: {prefix}{d.name} {usage.strip()}".rstrip()
+    prefix = {":": "address", "?": "[address]"}.get(d.addr, "") + colons
+    return f"Usage: {prefix}{d.name} {d.usage}".rstrip()
 

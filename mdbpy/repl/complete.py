@@ -1,5 +1,5 @@
-"""Tab completion from the session: dcmds, walkers, `$` verbs, variables, symbols and the
-module names ::load takes.
+"""Tab completion from the session: dcmds, walkers, `$` verbs, a dcmd's option letters (from
+its declaration, with their help), variables, symbols and the module names ::load takes.
 
 Everything offered comes from the registry and the symbol table of the session, so a dmod loaded
 with ::load is completable at once and a dcmd hidden by its enabled() predicate is not offered;
@@ -25,7 +25,9 @@ MIN_SYMBOL_PREFIX = 2  # shorter prefixes match too much of a libc to be useful
 # What the text before the cursor ends with, most specific first.
 _WALK_ARG = re.compile(r"::walk\s+([\w`.$]*)$")
 _HELP_ARG = re.compile(r"::help\s+(::)?([\w`.$]*)$")
-_LOAD_ARG = re.compile(r"::load\s+(?:-[fgs]+\s+)*([\w.-]*)$")
+_LOAD_ARG = re.compile(r"::load\s+(?:-\w+\s+)*([\w.-]*)$")
+# `::name ... -x` or `$C -x`: an option word being typed after a dcmd of the same stage
+_OPTION = re.compile(r"(?:::([\w`.$]+)|(\$\W?\w?))[ \t][^|;!]*?(?<=\s)(-\w*)$")
 _DCMD = re.compile(r"::([\w`.$]*)$")
 _DOLLAR = re.compile(r"(?<![\w$])\$(\w?)$")
 _VARIABLE = re.compile(r"<(\w*)$")
@@ -45,6 +47,10 @@ class MdbCompleter(Completer):
     def get_completions(self, document: Document,
                         complete_event: CompleteEvent) -> Iterator[Completion]:
         text = document.text_before_cursor
+        m = _OPTION.search(text)
+        if m:
+            yield from _matching(m.group(3), self._options(m.group(1) or m.group(2)))
+            return
         m = _WALK_ARG.search(text)
         if m:
             yield from _matching(m.group(1), self._walkers())
@@ -85,6 +91,14 @@ class MdbCompleter(Completer):
             for n in (d.name, *d.aliases):
                 if dollar or not n.startswith("$"):
                     yield n, d.descr
+
+    def _options(self, name: str) -> Iterator[tuple[str, str]]:
+        """(-x, help) of each option the dcmd `name` declares (none when it parses its words
+        itself or is unknown)."""
+        d = self.session.registry.dcmds.get(name)
+        if d is not None and d.getopt:
+            for o in d.opts:
+                yield "-" + o.letter, o.help
 
     def _walkers(self) -> Iterator[tuple[str, str]]:
         for w in self.session.registry.visible_walkers(self.session):
