@@ -33,7 +33,9 @@ from mdbpy.target.base import Target, Thread
 _CLOSE_BLOCKED = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
-def _close_target(target: Target) -> None:
+def close_target(target: Target) -> None:
+    """Close (resume, detach) the target with the signals that would interrupt the resume
+    blocked (the command line closes its targets through this too)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _CLOSE_BLOCKED)
     try:
         target.close()
@@ -69,7 +71,7 @@ class Debugger:
     def __init__(self, session):
         from mdbpy.lang.engine import Engine
 
-        self._finalizer = weakref.finalize(self, _close_target, session.target)
+        self._finalizer = weakref.finalize(self, close_target, session.target)
         self.session = session
         self._engine = session.engine or Engine(session)
 
@@ -274,7 +276,7 @@ def _debugger(target: Target, sysroot: str | None = None) -> Debugger:
             session.warn(warning)
         return Debugger(session)
     except BaseException:
-        _close_target(target)
+        close_target(target)
         raise
 
 

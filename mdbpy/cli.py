@@ -22,7 +22,8 @@ RC_MAX_BYTES = 1 << 20
 
 USAGE = """\
 usage: mdbpy [-wS] [-o opt[,opt...]] [+o opt] [-R|--sysroot DIR] [-e cmds] [-f file]
-             [-P prompt] [-I path] [-p pid | object [core] | core | --demo]"""
+             [-P prompt] [-I path] [-p pid | object [core] | core | --demo]
+       mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] A B"""
 
 
 class Args:
@@ -41,6 +42,9 @@ class Args:
         self.no_rc = False
         self.demo = False
         self.positional: list[str] = []
+        self.every: float | None = None  # --every: seconds between snapshots of -p PID
+        self.count = 0  # --count: how many
+        self.snapshot_dir: str | None = None  # --snapshots: where they go
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,19 @@ def _set_option(name: str) -> Callable[[Args, str], None]:
     return lambda a, v: a.options.__setitem__(name, True)
 
 
+def _number(attr: str, kind: type, least) -> Callable[[Args, str], None]:
+    """The action storing a number of at least `least` in Args.attr."""
+    def apply(a: Args, v: str) -> None:
+        try:
+            value = kind(v)
+        except ValueError:
+            value = None
+        if value is None or not value >= least:
+            raise UsageError(f"invalid number '{v}' (at least {least})")
+        setattr(a, attr, value)
+    return apply
+
+
 def _help(a: Args, v: str) -> None:
     raise SystemExit(_print(help_text(), 0))
 
@@ -113,6 +130,15 @@ OPTIONS = (
            _set("commands")),
     Option(("-f",), "FILE", COMMANDS, "run the commands in FILE (a batch file) and exit",
            _set("command_file")),
+    Option(("--every",), "SECONDS", COMMANDS,
+           "with -p and --count: take a heap snapshot every SECONDS, COUNT times (the process "
+           "runs between them), then show the trend (docs/snapshots.md)",
+           _number("every", float, 0.0)),
+    Option(("--count",), "N", COMMANDS, "how many snapshots --every takes",
+           _number("count", int, 1)),
+    Option(("--snapshots",), "DIR", COMMANDS,
+           "where --every writes its snapshots (default: a new directory in $TMPDIR)",
+           _set("snapshot_dir")),
     Option(("-w",), None, ACCESS,
            "open the target for writing (/v /w /W /Z writes); read-only otherwise",
            _set("writable", True)),
@@ -145,6 +171,9 @@ Inspect a live process or a core file with the mdb command language. Two ways to
   mdbpy [options] -p PID            a running process
   mdbpy [options] [object] core     a core file (gcore, the kernel, ::gcore), with its
                                     executable when the core's file notes cannot name it
+
+and `mdbpy diff A B` reports what the heap grew by from A to B, each a snapshot
+(::heap_snapshot) or a core (docs/snapshots.md).
 """
 
 HELP_END = f"""\
@@ -161,6 +190,7 @@ examples:
   mdbpy ./prog core.1234                        a core and its executable
   mdbpy -R /srv/otherhost core.1234             a core taken on another machine
   mdbpy -f checks.mdb core.1234                 a batch file of mdb commands
+  mdbpy diff before.npz core.1234 --svg g.svg   what grew since a snapshot, and its plot
   echo '::walk thread' | mdbpy core.1234        commands on standard input
   python -m mdbpy ...                           the same as the mdbpy command
 
@@ -239,6 +269,8 @@ def parse_args(argv: list[str]) -> Args:
         raise UsageError("no target: give -p PID, a core file, or --demo")
     if a.commands is not None and a.command_file is not None:
         raise UsageError("-e and -f cannot be combined")
+    if (a.every is None) != (not a.count) or (a.every is not None and a.pid is None):
+        raise UsageError("--every and --count go together, with -p PID")
     return a
 
 
@@ -336,6 +368,8 @@ def open_batch(path: str):
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["diff"]:  # a file named diff is ./diff
+        return diff_main(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -353,6 +387,8 @@ def _main(argv: list[str]) -> int:
         signal.signal(sig, _on_signal)
     target = None
     try:
+        if args.every is not None:
+            return _series(args)
         try:
             target = open_target(args)
         except MdbError as e:
@@ -377,14 +413,51 @@ def _main(argv: list[str]) -> int:
     finally:
         if batch is not None:
             batch.close()
-        if target is not None:
-            # Nothing may stop the resume: block the signals that would interrupt it.
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP,
-                                                            signal.SIGINT})
+        if target is not None:  # nothing may stop the resume (signals blocked meanwhile)
+            from mdbpy.api import close_target
+
+            close_target(target)
+
+
+def _series(args: Args) -> int:
+    """-p PID --every SECONDS --count N: N snapshots of the process, attached for each one
+    only while it is taken (the process runs between them), saved in the --snapshots
+    directory, then their trend (mdbpy.heap.diff.trend_lines)."""
+    import tempfile
+    import time
+
+    from mdbpy.api import close_target
+    from mdbpy.heap import snapshot
+    from mdbpy.heap.diff import trend_lines
+    from mdbpy.session import Session
+
+    snaps = []
+    try:
+        where = args.snapshot_dir or tempfile.mkdtemp(prefix=f"mdbpy-{args.pid}-")
+        os.makedirs(where, exist_ok=True)
+        for k in range(args.count):
+            if k:
+                time.sleep(args.every)
+            target = open_target(args)
             try:
-                target.close()
+                session = Session(target, options=args.options, settings=args.settings,
+                                  out=io.StringIO())
+                snap = snapshot.take(session)
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                close_target(target)
+            path = os.path.join(where, f"snapshot-{k:03d}.npz")
+            snap.save(path)
+            sys.stdout.write(f"{path}: {snap.describe()}\n")
+            sys.stdout.flush()
+            snaps.append(snap)
+    except MdbError as e:
+        sys.stderr.write(f"mdbpy: {e}\n")
+        return 1
+    except OSError as e:
+        sys.stderr.write(f"mdbpy: {args.snapshot_dir}: {e.strerror}\n")
+        return 1
+    sys.stdout.write("\n" + "\n".join(trend_lines(snaps)) + "\n")
+    return 0
 
 
 def _run(args: Args, target, batch) -> int:
@@ -481,3 +554,71 @@ def read_rc(path: str, warn) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as f:
         return f.read(RC_MAX_BYTES)
+
+
+# -- mdbpy diff A B ---------------------------------------------------------------------------
+DIFF_USAGE = ("usage: mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] "
+              "[-o FILE] A B\n  A, B: heap snapshots (::heap_snapshot) or core files")
+DIFF_LONG = {"--svg": "-o", "--png": "-o", "--axis": "-a", "--top": "-n"}
+
+
+def diff_main(argv: list[str]) -> int:
+    """`mdbpy diff A B`: what grew from A to B, each a snapshot or a core (opened as `mdbpy
+    core` opens one, its executable named by the core). The options are ::heapdiff's
+    (DIFF_OPTS), the long ones spelled here as their letters; --json as the global option."""
+    from types import SimpleNamespace
+
+    from mdbpy.heap.diff import compare
+    from mdbpy.jsonout import emit
+    from mdbpy_commands.core.snapshot import diff_output, diff_settings, parse_diff_words
+
+    as_json = "--json" in argv
+    words = []
+    for w in (w for w in argv if w != "--json"):
+        name, eq, value = w.partition("=")
+        words += [DIFF_LONG[name], value] if eq and name in DIFF_LONG else [DIFF_LONG.get(w, w)]
+    try:
+        opts, paths = parse_diff_words(words)
+        axes, top, plot = diff_settings(opts)
+        if len(paths) != 2:
+            raise UsageError("diff takes two snapshots or cores")
+    except UsageError as e:
+        sys.stderr.write(f"mdbpy: {e}\n{DIFF_USAGE}\n")
+        return 2
+    try:
+        d = compare(*(snapshot_of(p) for p in paths))
+        lines, doc = diff_output(d, axes, top, plot, as_json)
+    except MdbError as e:
+        sys.stderr.write(f"mdbpy: {e}\n")
+        return 1
+    if doc:
+        emit(SimpleNamespace(out=sys.stdout), "heapdiff", **doc)
+    for line in lines:
+        sys.stdout.write(line + "\n")
+    return 0
+
+
+def snapshot_of(path: str):
+    """The snapshot in `path`, or taken of the core file `path` (a file that starts as an ELF
+    file does): its target is closed before the next is opened."""
+    from mdbpy.heap import snapshot
+
+    try:
+        with open(path, "rb") as f:
+            elf = f.read(4) == b"\x7fELF"
+    except OSError as e:
+        raise MdbError(f"cannot open {path}: {e.strerror}") from None
+    if not elf:
+        return snapshot.load(path)
+    from mdbpy.session import Session
+    from mdbpy.target.core import open_file_target
+
+    session = Session(open_file_target(path), out=io.StringIO())
+    try:
+        for warning in getattr(session.target, "warnings", ()):
+            session.warn(warning)
+        snap = snapshot.take(session)
+        snap.path = path
+        return snap
+    finally:
+        session.close()

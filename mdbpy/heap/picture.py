@@ -477,11 +477,20 @@ def render_png(pics: list[Picture], width: int, header: list[str]) -> bytes:
     if px >= 4:
         img[px - 1::px, :] = BACKGROUND
         img[:, px - 1::px] = BACKGROUND
-    h, w = img.shape[:2]
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * 3)], axis=1)
     counts = [sum(c) for c in zip(*(p.counts() for p in pics))] if pics else [0] * len(STYLES)
     text = "\n".join(header + [f"{s.name} {s.hex} {n}: {s.meaning}"
                                for s, n in zip(STYLES, counts)])
+    return encode_png(img, text)
+
+
+def encode_png(img, text: str) -> bytes:
+    """An (h, w, 3) uint8 image as a PNG (8-bit RGB), with `text` in a tEXt Description
+    chunk; written with zlib and struct, so no image library is needed (the heap diff's bar
+    chart uses it too)."""
+    import numpy as np
+
+    h, w = img.shape[:2]
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, w * 3)], axis=1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (struct.pack(">I", len(data)) + kind + data +

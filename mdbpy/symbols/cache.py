@@ -124,12 +124,14 @@ def store(build_id: str, meta: dict, tables: dict[str, Columns]) -> None:
     write_atomic(path, [MAGIC + struct.pack("<I", len(head)) + head, *body])
 
 
-def write_atomic(path: str, pieces) -> None:
+def write_atomic(path: str, pieces, strict: bool = False) -> None:
     """Write the pieces as the file at path through a temp file and a rename, so a reader
-    never sees half an entry; failures leave no trace."""
+    never sees half an entry; failures leave no trace, and are ignored (a cache entry is
+    only an optimization) unless `strict` (a file the user asked for: the OSError is
+    raised)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb") as f:
             for piece in pieces:
                 f.write(piece)
@@ -139,3 +141,5 @@ def write_atomic(path: str, pieces) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        if strict:
+            raise
