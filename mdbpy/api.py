@@ -73,6 +73,9 @@ class Debugger:
 
         self._finalizer = weakref.finalize(self, close_target, session.target)
         self.session = session
+        # what is known of the target (memory, symbols, types, allocators): the typed reads
+        # below need nothing of the interaction's state (dot, radix, variables)
+        self.program = session.program
         self._engine = session.engine or Engine(session)
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -134,13 +137,13 @@ class Debugger:
     def read(self, addr: int, size: int) -> bytes:
         """size bytes at addr (ReadError, an MdbError, names the first unreadable address)."""
         self._check()
-        return self.session.mem.read(addr, size)
+        return self.program.mem.read(addr, size)
 
     def symbol(self, name: str) -> Symbol:
         """A symbol by name (`name`, or `object`name` as in mdb)."""
         self._check()
         obj, _, sym = name.rpartition("`")
-        hit = self.session.symbols.lookup(sym, obj or None)
+        hit = self.program.symbols.lookup(sym, obj or None)
         if hit is None:
             raise MdbError(f"failed to lookup symbol {name}")
         return hit
@@ -148,7 +151,7 @@ class Debugger:
     def lookup(self, addr: int) -> Location:
         """The symbol containing addr, with mdb's name for the address."""
         self._check()
-        syms = self.session.symbols
+        syms = self.program.symbols
         hit = syms.lookup_addr(addr)
         sym, off = hit if hit is not None else (None, None)
         return Location(addr, syms.format_addr(addr), sym, off)
@@ -156,7 +159,7 @@ class Debugger:
     def threads(self) -> list[Thread]:
         """The target's threads (tid, name, registers by name, state)."""
         self._check()
-        return list(self.session.target.threads())
+        return list(self.program.target.threads())
 
     def stack(self, tid: int | None = None, *, lines: bool = False):
         """A thread's frames (mdbpy.results.Frame), innermost first, as $c prints them; the
@@ -179,7 +182,7 @@ class Debugger:
     def _binders(self) -> list:
         from mdbpy.heap.model import allocators
 
-        return [(a.name, a.binder) for a in allocators(self.session) if a.binder is not None]
+        return [(a.name, a.binder) for a in allocators(self.program) if a.binder is not None]
 
     def layouts(self) -> dict[str, list[str]]:
         """The structs each allocator module reads, by module: what struct() accepts."""
@@ -194,7 +197,7 @@ class Debugger:
         mod, _, sname = name.rpartition("`")
         for m, b in self._binders():
             if (not mod or mod == m) and sname in b.names():
-                return b[sname].view(self.session.mem, addr)
+                return b[sname].view(self.program.mem, addr)
         raise MdbError(f"no layout named {name} (see layouts())")
 
     # -- typed values (DWARF; docs/types.md) ---------------------------------------------------
@@ -203,7 +206,7 @@ class Debugger:
         from mdbpy.types.space import space_of
 
         self._check()
-        return space_of(self.session).lookup(name)
+        return space_of(self.program).lookup(name)
 
     def value(self, name: str, addr: int | None = None):
         """The global `name` (or ``obj`name``) as a typed mdbpy.types.value.Value, drgn's
@@ -212,7 +215,7 @@ class Debugger:
         from mdbpy.types.value import Value
 
         self._check()
-        space = space_of(self.session)
+        space = space_of(self.program)
         if addr is not None:
             return Value(space, space.lookup(name), addr)
         t, where = space.global_var(name)
@@ -222,7 +225,7 @@ class Debugger:
     def allocators(self) -> list[AllocatorInfo]:
         """The allocators found in the target."""
         self._check()
-        return [AllocatorInfo(a.name, a.version) for a in self.session.allocators()]
+        return [AllocatorInfo(a.name, a.version) for a in self.program.allocators()]
 
     def findleaks(self, *, force: bool = False):
         """The leak groups of ::findleaks (mdbpy.results.LeakGroup), in its table order. The
@@ -258,7 +261,7 @@ class Debugger:
         from mdbpy.heap.model import allocators
 
         self._check()
-        return [HeapStat.of(a.name, r) for a in allocators(self.session) for r in a.stats()]
+        return [HeapStat.of(a.name, r) for a in allocators(self.program) for r in a.stats()]
 
     def __repr__(self) -> str:
         if self.closed:
