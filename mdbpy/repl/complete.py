@@ -4,7 +4,9 @@ its declaration, with their help), variables, symbols and the module names ::loa
 Everything offered comes from the registry and the symbol table of the session, so a dmod loaded
 with ::load is completable at once and a dcmd hidden by its enabled() predicate is not offered;
 ::load's names are the installed modules (mdbpy.dcmd.installed(), as everything that lists
-modules), read on the first TAB after ::load, not at start-up.
+modules), read on the first TAB after ::load, not at start-up. What is being typed is told by
+the language's own parser (mdbpy/lang/spans.py: the same reading colours the line), never by
+patterns of its own: a word in a format list is no symbol, `:c` after `$<<` is no verb.
 Symbol names are completed by binary search over a sorted, de-duplicated name list built once
 per set of load objects: a libc with debug symbols holds tens of thousands of names and TAB must
 stay instant. The list of candidates is capped (MAX_SYMBOLS) for the same reason.
@@ -13,7 +15,6 @@ stay instant. The list of candidates is capped (MAX_SYMBOLS) for the same reason
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Iterable, Iterator
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -22,16 +23,6 @@ from prompt_toolkit.document import Document
 MAX_SYMBOLS = 200  # symbol candidates shown for one TAB
 MIN_SYMBOL_PREFIX = 2  # shorter prefixes match too much of a libc to be useful
 
-# What the text before the cursor ends with, most specific first.
-_WALK_ARG = re.compile(r"::walk\s+([\w`.$]*)$")
-_HELP_ARG = re.compile(r"::help\s+(::)?([\w`.$]*)$")
-_LOAD_ARG = re.compile(r"::load\s+(?:-\w+\s+)*([\w.-]*)$")
-# `::name ... -x` or `$C -x`: an option word being typed after a dcmd of the same stage
-_OPTION = re.compile(r"(?:::([\w`.$]+)|(\$\W?\w?))[ \t][^|;!]*?(?<=\s)(-\w*)$")
-_DCMD = re.compile(r"::([\w`.$]*)$")
-_DOLLAR = re.compile(r"(?<![\w$])\$(\w?)$")
-_VARIABLE = re.compile(r"<(\w*)$")
-_SYMBOL = re.compile(r"(?<![\w.`$:<>/\\?=@])([A-Za-z_.][\w.]*`?[\w.]*)$")
 # Symbol types that name nothing an expression can use.
 _SKIP_TYPES = frozenset({"file", "section", "undefined"})
 
@@ -46,43 +37,27 @@ class MdbCompleter(Completer):
 
     def get_completions(self, document: Document,
                         complete_event: CompleteEvent) -> Iterator[Completion]:
-        text = document.text_before_cursor
-        m = _OPTION.search(text)
-        if m:
-            yield from _matching(m.group(3), self._options(m.group(1) or m.group(2)))
-            return
-        m = _WALK_ARG.search(text)
-        if m:
-            yield from _matching(m.group(1), self._walkers())
-            return
-        m = _HELP_ARG.search(text)
-        if m:
-            yield from _matching(m.group(2), self._dcmds(dollar=True))
-            return
-        m = _LOAD_ARG.search(text)
-        if m:
+        stage, kind, word = _context(document.text_before_cursor)
+        if kind == "dcmd":
+            yield from _matching(word[2:], self._dcmds(dollar=False))
+        elif kind == "verb" or word == "$":
+            yield from _matching(word, ((n, d) for n, d in self._dcmds(dollar=True)
+                                        if n.startswith("$")))
+        elif kind == "variable" and word.startswith("<"):
+            yield from _matching(word[1:], ((v, "variable") for v in sorted(
+                self.session.vars)))
+        elif stage is not None and word.startswith("-"):
+            yield from _matching(word, self._options(stage.removeprefix("::")))
+        elif stage == "::walk":
+            yield from _matching(word, self._walkers())
+        elif stage == "::help":
+            yield from _matching(word.removeprefix("::"), self._dcmds(dollar=True))
+        elif stage == "::load":
             from mdbpy.dcmd import installed
 
-            yield from _matching(m.group(1), ((n, ep.value) for n, ep in installed().items()))
-            return
-        m = _DCMD.search(text)
-        if m:
-            yield from _matching(m.group(1), self._dcmds(dollar=False))
-            return
-        m = _DOLLAR.search(text)
-        if m:
-            yield from _matching("$" + m.group(1),
-                                 ((n, d) for n, d in self._dcmds(dollar=True)
-                                  if n.startswith("$")))
-            return
-        m = _VARIABLE.search(text)
-        if m:
-            yield from _matching(m.group(1), ((v, "variable") for v in sorted(
-                self.session.vars)))
-            return
-        m = _SYMBOL.search(text)
-        if m and len(m.group(1)) >= MIN_SYMBOL_PREFIX:
-            yield from self._symbols(m.group(1))
+            yield from _matching(word, ((n, ep.value) for n, ep in installed().items()))
+        elif kind == "name" and len(word) >= MIN_SYMBOL_PREFIX:
+            yield from self._symbols(word)
 
     # -- sources ----------------------------------------------------------------------------
     def _dcmds(self, dollar: bool) -> Iterator[tuple[str, str]]:
@@ -137,6 +112,28 @@ class MdbCompleter(Completer):
             every |= names
         index[None] = sorted(every)
         self._index, self._index_key = index, key
+
+
+def _context(text: str) -> tuple[str | None, str, str]:
+    """(stage, kind, word) at the end of text, as the language's parser reads it
+    (mdbpy/lang/spans.py, the REPL's colours too): the dcmd or verb of the pipeline stage
+    being typed (None outside one), the kind of the piece at the cursor ('space' after a
+    blank) and its text."""
+    from mdbpy.lang.spans import spans
+
+    stage, last = None, None
+    for a, b, k in spans(text):
+        if k in ("dcmd", "verb"):
+            stage = text[a:b]
+        elif k in ("pipe", "end"):
+            stage = None
+        last = (a, b, k)
+    if last is None or last[2] == "space":
+        return stage, "space", ""
+    a, b, k = last
+    if k in ("dcmd", "verb"):
+        stage = None  # the name itself is being typed
+    return stage, k, text[a:b]
 
 
 def _prefixed(names: list[str], prefix: str, limit: int) -> list[str]:
