@@ -17,10 +17,11 @@ which one found each part, for ::ptmalloc to show.
 
 from __future__ import annotations
 
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import ReadError
 from mdbpy.layout.bind import X86_64, Binder
+from mdbpy.symbols import tls
+from mdbpy.types.layouts import dwarf_layouts
 
-from . import tls
 from .arenas import _readable, _top_in_heap, arena_ring, brk_run
 from .layouts import HEAP_MAX_SIZE, PTMALLOC_LAYOUTS, V_NUM_SLOTS, tcache_bins
 
@@ -78,7 +79,7 @@ class SymbolFinder(Finder):
         return s if s is not None and s.type != "undefined" else None
 
     def structs(self) -> Binder | None:
-        dwarf = libc_dwarf(self.session, self.libc)
+        dwarf = dwarf_layouts(self.session, self.libc.name, PTMALLOC_LAYOUTS.structs)
         return bind_structs(self.version, dwarf) if dwarf else None
 
     def main_arena(self, structs) -> int | None:
@@ -151,34 +152,6 @@ def finders_for(mode: str, session, libc, version) -> list[Finder]:
     kinds = {"symbols": (SymbolFinder,), "heuristic": (HeuristicFinder,),
              "auto": (SymbolFinder, HeuristicFinder)}[mode]
     return [k(session, libc, version) for k in kinds]
-
-
-def libc_dwarf(session, libc) -> dict:
-    """The ptmalloc structs as libc's DWARF states them ({} without DWARF), through the
-    types layer's index (kept on disk by build-id, so only the first session pays for it)."""
-    from mdbpy.layout.bind import DwarfStruct
-    from mdbpy.types.model import Struct
-    from mdbpy.types.space import space_of
-
-    space = space_of(session)
-    try:
-        if not any(True for _ in space.objects(libc.name)):
-            return {}
-    except MdbError:
-        return {}
-    out = {}
-    for name in PTMALLOC_LAYOUTS.structs:
-        try:
-            t = space.find(f"{libc.name}`struct {name}")
-        except MdbError:
-            t = None
-        t = t.strip() if t is not None else None
-        if not isinstance(t, Struct) or t.size is None:
-            continue
-        members = {m.name: (m.offset, m.type.strip().size) for m in t.members
-                   if m.name and m.offset is not None and not m.is_bitfield}
-        out[name] = DwarfStruct(t.size, members, f"{libc.name} debug info")
-    return out
 
 
 def bind_structs(version, dwarf_file: str | dict | None = None) -> Binder:

@@ -254,13 +254,13 @@ def malloc_sizes(umem, c):
     arrays."""
     import numpy as np
 
-    from mdbpy.heap.gather import Gather
+    from mdbpy.heap.gather import session_gather
 
     bufs = cache_contents(umem, c).allocated()
     second = c.cache_bufsize > L.UMEM_SECOND_ALIGN
     head = L.MALLOC_DATA_SIZE * (2 if second else 1)
     at = bufs + np.uint64(L.MALLOC_DATA_SIZE if second else 0)
-    g = Gather(umem.mem)
+    g = session_gather(umem.session)
     (size, r1), (stat, r2) = g.read(at, 4, "<u4"), g.read(at + np.uint64(4), 4, "<u4")
     size, stat = size.astype(np.uint64), stat.astype(np.uint64)
     magic = (stat + size) & np.uint64(0xFFFFFFFF)

@@ -21,6 +21,7 @@ them, as the magazine layer; where there is nothing to walk, the walker says why
 from __future__ import annotations
 
 from mdbpy.errors import ReadError
+from mdbpy.symbols import tls
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import damage
@@ -119,44 +120,12 @@ def ptc_buffers(umem, cache) -> list[int]:
 
 
 def tls_block(umem) -> int | None:
-    """The thread-pointer offset of libumem's static TLS block (x86_64: below the thread
-    pointer), the same in every thread: from the TPOFF64 GOT slots of a shared libumem (its
-    initial-exec variables), or, linked into the executable, from the executable's TLS
-    segment (module 1: the block ends at the thread pointer, aligned as glibc places it)."""
+    """The thread-pointer offset of libumem's static TLS block (mdbpy/symbols/tls.py: a
+    shared libumem's TPOFF64 slots, or the executable's PT_TLS when it is linked in)."""
     key = "umem_tls_block"
-    if key in umem.session.cache:
-        return umem.session.cache[key]
-    obj = umem.obj
-    block = None
-    if not obj.is_exe:
-        from mdbpy_commands.ptmalloc import tls
-
-        block = tls.block_offset(umem.session, obj)
-    else:
-        seg = _tls_segment(getattr(obj, "file", None))
-        if seg is not None:
-            vaddr, memsz, align = seg
-            align = max(align, 1)
-            first = -vaddr & (align - 1)
-            block = -(-(memsz - first) // align * align + first)
-    umem.session.cache[key] = block
-    return block
-
-
-def _tls_segment(path) -> tuple[int, int, int] | None:
-    """(p_vaddr, p_memsz, p_align) of the ELF file's PT_TLS, or None."""
-    if not path:
-        return None
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            for seg in ELFFile(f).iter_segments():
-                if seg["p_type"] == "PT_TLS":
-                    return seg["p_vaddr"], seg["p_memsz"], seg["p_align"]
-    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
-        pass
-    return None
+    if key not in umem.session.cache:
+        umem.session.cache[key] = tls.block_offset(umem.session, umem.obj)
+    return umem.session.cache[key]
 
 
 def v2_thread_caches(umem) -> dict[int, list[int]]:

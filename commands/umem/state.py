@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 
 from mdbpy.errors import MdbError, ReadError
+from mdbpy.heap.gather import session_gather
 from mdbpy.layout.bind import Binder
+from mdbpy.layout.dwarf import has_debug_info
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import chain_addrs, damage, walk_chain, walk_ring
-from mdbpy.heap.gather import session_gather
 
 MAX_CACHES = 4096  # real processes have about 60
 MAX_ARENAS = 1024
@@ -71,17 +72,6 @@ def _dwarf_layouts(path: str, names) -> dict:
     return find_structs(path, names, cu_hint="umem.c")
 
 
-def _has_debug_info(path: str) -> bool:
-    """True when the ELF file has a .debug_info section (checked without pyelftools' DWARF)."""
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            return ELFFile(f).get_section_by_name(".debug_info") is not None
-    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
-        return False
-
-
 class Umem:
     """libumem in one session: globals by name, layouts, and the structures reached from them."""
 
@@ -92,7 +82,7 @@ class Umem:
         self.version = L.release(lambda name: self.sym(name) is not None)
         descs = L.descriptors(self.version)
         path = session.target.file_path(obj.path) if obj.path else ""
-        self.debug_file = path if path and os.path.isfile(path) and _has_debug_info(path) \
+        self.debug_file = path if path and os.path.isfile(path) and has_debug_info(path) \
             else ""
         dwarf = _dwarf_layouts(path, tuple(descs.structs)) if self.debug_file else {}
         self.layouts = Binder(descs, version=self.version, dwarf=dwarf)

@@ -42,7 +42,7 @@ def verify_cache(umem, cache) -> list[Corruption]:
     """Every corrupt buffer of a redzone cache, allocated ones first, in address order."""
     import numpy as np
 
-    from mdbpy.heap.gather import PAGE, Gather
+    from mdbpy.heap.gather import PAGE, session_gather
 
     if not verifiable(cache):
         return []
@@ -55,7 +55,7 @@ def verify_cache(umem, cache) -> list[Corruption]:
             f"{cache.cache_chunksize:#x}; not verified")
         return []
     ct = cache_contents(umem, cache)
-    g = Gather(umem.mem)
+    g = session_gather(umem.session)  # the operation's one page store, not one per cache
     tag = np.uint64(cache.cache_buftag)
     out: list[Corruption] = []
     unread: list[int] = []

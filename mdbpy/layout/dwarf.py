@@ -181,3 +181,17 @@ def find_variable(path: str, name: str, cu_hint: str | None = None):
     except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError):
         return None
     return None
+
+
+def has_debug_info(path: str) -> bool:
+    """True when the ELF file at path has a .debug_info with contents (a stripped file keeps
+    the section header with SHT_NOBITS), checked without parsing any DWARF."""
+    try:
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            sec = ELFFile(f).get_section_by_name(".debug_info")
+            return sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"] > 0
+    except (OSError, ELFError, ValueError, AttributeError, AssertionError, TypeError):
+        return False

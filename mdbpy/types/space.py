@@ -19,6 +19,7 @@ import re
 from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError
+from mdbpy.layout.dwarf import has_debug_info
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_FLOAT, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
                                ATE_UNSIGNED_CHAR, Array, Base, Enum, Pointer, Struct, Type, Void)
 
@@ -65,21 +66,9 @@ def dwarf_file_of(obj) -> str | None:
         if path is None:
             find = getattr(obj, "find_debug_file", None)
             path = find() if find is not None else None
-        if path and _has_debug_info(path):
+        if path and has_debug_info(path):
             return path
     return None
-
-
-def _has_debug_info(path: str) -> bool:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            sec = ELFFile(f).get_section_by_name(".debug_info")
-            return sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"] > 0
-    except (OSError, ELFError, ValueError):
-        return False
 
 
 def open_dwarf(path: str, build_id: str | None) -> DwarfTypes:
