@@ -197,6 +197,33 @@ def mdbpy_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "mdbpy", *map(str, args)]
 
 
+# Started by a small Python of its own: a process forked straight from this test process
+# counts this process's resident memory, which fork shares with it, in its ru_maxrss (the
+# kernel keeps the pre-exec image's high-water mark), so a long test session's own growth
+# would be measured as mdbpy's.
+_MEASURE = """import os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_measured(*args) -> tuple[str, str, int, int]:
+    """(stdout, stderr, exit status, peak RSS in KiB) of one mdbpy run, its peak its own."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        result = Path(d) / "result"
+        with open(Path(d) / "out", "w+") as out, open(Path(d) / "err", "w+") as err:
+            subprocess.run([sys.executable, "-c", _MEASURE, str(result), *mdbpy_cmd(*args)],
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=err, check=True)
+            out.seek(0)
+            err.seek(0)
+            status, peak = map(int, result.read_text().split())
+            return out.read(), err.read(), status, peak
+
+
 def run_mdbpy(*args, input: str | None = None, timeout: float = 120, env=None):
     """Run the mdbpy CLI as a user would; returns the CompletedProcess (text)."""
     e = dict(os.environ)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 from test_lang_engine import Harness
@@ -18,7 +17,7 @@ from test_lang_engine import Harness
 from mdbpy.target.base import Mapping, Target
 from mdbpy.target.core import CoreTarget
 from mdbpy.target.gcore import write_core
-from support import PipedSession, compile_fixture, mdbpy_cmd, one_line_stderr, run_mdbpy, \
+from support import PipedSession, compile_fixture, one_line_stderr, run_mdbpy, run_measured, \
     start_fixture
 
 GIB = 1 << 30
@@ -164,14 +163,10 @@ def big_core(tmp_path_factory) -> str:
 
 
 def test_search_through_4gib_core_in_bounded_memory(big_core):
-    p = subprocess.Popen(mdbpy_cmd("-S", big_core, "-e", f"{HEAP:x}/M {MARK:#x}"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    out, err = p.stdout.read(), p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    assert (p.returncode, one_line_stderr(err.decode())) == (0, "")
-    assert out.decode() == f"0x{HEAP + 4 * GIB - 16:x}\n"
-    assert usage.ru_maxrss < RSS_BOUND_KIB, f"peak RSS {usage.ru_maxrss} KiB"
+    out, err, status, peak = run_measured("-S", big_core, "-e", f"{HEAP:x}/M {MARK:#x}")
+    assert (status, one_line_stderr(err)) == (0, "")
+    assert out == f"0x{HEAP + 4 * GIB - 16:x}\n"
+    assert peak < RSS_BOUND_KIB, f"peak RSS {peak} KiB"
 
 
 def test_ctrl_c_stops_a_search_through_4gib(big_core):

@@ -221,22 +221,12 @@ def big(build_dir):
 
 
 def _run_measured(*args) -> tuple[str, str, int]:
-    """(stdout, stderr, peak RSS in bytes) of one mdbpy run: wait4 gives that process's own
-    ru_maxrss, whatever else this test process has started."""
-    import os
-    import subprocess
-    import tempfile
+    """(stdout, stderr, peak RSS in bytes) of one mdbpy run that must succeed."""
+    from support import run_measured
 
-    from support import mdbpy_cmd
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(mdbpy_cmd(*args), stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        assert p.returncode == 0, p.returncode
-        out.seek(0)
-        err.seek(0)
-        return out.read(), err.read(), usage.ru_maxrss * 1024
+    out, err, status, peak = run_measured(*args)
+    assert status == 0, status
+    return out, err, peak * 1024
 
 
 def test_big_heap_walked_and_leak_checked_in_bounded_memory(big):
