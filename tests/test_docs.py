@@ -139,7 +139,7 @@ def test_reference_lists_every_bundled_dcmd_and_walker():
 
     text = (DOCS / "reference.md").read_text()
     reg = registry()
-    assert set(reg.dmods) == {"mdb", "sim", "umem", "ptmalloc"}
+    assert set(reg.dmods) == {"mdb", "sim", "umem", "ptmalloc", "jemalloc"}
     for name in reg.dcmds:
         assert f"`{shown(name)}`" in text, name
     for name in reg.walkers:

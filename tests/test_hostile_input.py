@@ -139,7 +139,8 @@ def test_load_takes_a_path_only_when_one_is_written(hostile, monkeypatch):
         assert "failed to load" not in h.errors() and f"{spec}\n" in h("::dmods")
     assert h("::load mine") == ""
     assert h.errors() == ("mdbpy: failed to load module 'mine': no such module (installed: "
-                          "core, ptmalloc, sim, umem; a file is loaded by its path, e.g. "
+                          "core, jemalloc, ptmalloc, sim, umem; a file is loaded by its path, "
+                          "e.g. "
                           "./mine.py)\n")
     assert h("::load ./mine.py; ::mine") == "mine\n"
     assert_nothing_ran(hostile)

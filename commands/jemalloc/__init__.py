@@ -1,0 +1,22 @@
+"""The `jemalloc` dmod: jemalloc 5.3 (redis, Firefox, FreeBSD's libc, Rust's tikv-jemallocator)
+as an allocator for the generic heap engines (::findleaks, ::whatis, ::whyalive,
+::heap_verify, ::heap_stats), and its own view (::jemalloc, walkers of extents, regions and
+arenas).
+
+Loaded automatically when an object of the target defines jemalloc's public API under any
+prefix (libjemalloc.so.*, or a static copy: plain, je_, _rjem_). Its structures are found
+through the object's internal symbols and DWARF (state.py); without them ::jemalloc says what
+is missing.
+"""
+
+from .allocator import JemallocAllocator
+
+DMOD_NAME = "jemalloc"
+ALLOCATOR = JemallocAllocator
+
+
+def is_present(session) -> bool:
+    """An object defines <prefix>mallctlnametomib: jemalloc's public API."""
+    from .version import find_object
+
+    return find_object(session) is not None

@@ -1,0 +1,132 @@
+"""JemallocAllocator: jemalloc 5.3 seen through the generic heap interface.
+
+Buffers are regions (regions.py): ALLOC when out of their slab (or a large extent in use) and
+held by no tcache, FREE when free in their slab's bitmap or held by a thread's tcache (the
+program freed them; jemalloc keeps them for reuse). Groups are size classes, named as jemalloc
+names them (`jemalloc bin 48`, `jemalloc large 20480`); a buffer's control address is its
+extent's edata_t. The heap regions are every extent the emap has (in use, dirty, muzzy or
+retained: all of it jemalloc's memory), the metadata every base block.
+"""
+
+from __future__ import annotations
+
+from mdbpy.errors import MdbError
+from mdbpy.heap.damage import DamageLog
+from mdbpy.heap.model import ALLOC, FREE, Allocator, BufferTable, Problem
+
+from .extents import extents
+from .regions import regions
+from .state import base_blocks, locate, tcaches
+from .tcache import cached
+
+STACKS = "jemalloc tcache stacks"  # the group of the regions holding tcache stacks
+
+
+class JemallocAllocator(Allocator):
+    name = "jemalloc"
+    record_name = "edata"  # a buffer's control address is its extent's edata_t
+
+    def __init__(self, session):
+        super().__init__(session)
+        self.state = locate(session)
+        self.version = self.state.found.version
+        self.binder = self.state.binder
+        self._table = None
+
+    @classmethod
+    def detect(cls, session):
+        """jemalloc when an object defines it and its structures are found; a target with
+        jemalloc whose structures cannot be found is one warning (what is missing), a target
+        without it nothing."""
+        from .version import find
+
+        if find(session) is None:
+            return None
+        try:
+            return cls(session)
+        except MdbError as e:
+            session.warn(str(e))
+            return None
+
+    def buffers(self) -> BufferTable:
+        import numpy as np
+
+        if self._table is not None:
+            return self._table
+        st = self.state
+        ex = extents(self.session, st)
+        r = regions(st, ex)
+        held = cached(self.session, st).ptr
+        state = np.where(r.out & ~np.isin(r.base, held), ALLOC, FREE).astype(np.uint8)
+        nb = st.nbins
+        groups = [f"jemalloc {'bin' if k < nb else 'large'} {s}"
+                  for k, s in enumerate(st.index2size)] + [STACKS]
+        group = r.szind.copy()
+        group[self._stack_rows(r.base)] = len(groups) - 1
+        self._table = BufferTable.from_columns(r.base, r.size, state, group, r.edata,
+                                               groups=groups, sort=False)
+        return self._table
+
+    def _stack_rows(self, base):
+        """The rows of the regions holding the tcaches' stacks (tcache_slow_t.dyn_alloc)."""
+        import numpy as np
+
+        dyn = np.array([t.dyn_alloc for t in tcaches(self.session, self.state)
+                        if t.dyn_alloc], np.uint64)
+        at = np.searchsorted(base, dyn)
+        return at[(at < len(base)) & (base[np.minimum(at, len(base) - 1)] == dyn)]
+
+    def candidates(self) -> BufferTable:
+        """The allocated regions but the tcaches' stacks: jemalloc's own allocations, which
+        hold stale pointers below each stack's head (regions the program took back out of the
+        cache), so they are metadata, never scanned."""
+        t = self.buffers()
+        return t.select((t.state == ALLOC) & (t.group != len(t.groups) - 1))
+
+    def heap_regions(self) -> list[tuple[int, int]]:
+        ex = extents(self.session, self.state)
+        return list(zip(ex.base.tolist(), (ex.base + ex.size).tolist()))
+
+    def metadata_regions(self) -> list[tuple[int, int]]:
+        """Every base block, and the regions holding the tcaches' stacks."""
+        t = self.buffers()
+        rows = self._stack_rows(t.base)
+        return base_blocks(self.session, self.state) + list(zip(
+            t.base[rows].tolist(), (t.base[rows] + t.size[rows]).tolist()))
+
+    def group_addr(self, table: BufferTable, i: int) -> int:
+        """The arena_t of buffer i's extent (::findleaks' CACHE column)."""
+        return int(self._arenas_of(table.ctl[i:i + 1])[0])
+
+    def group_addrs(self, table: BufferTable):
+        return self._arenas_of(table.ctl)
+
+    def _arenas_of(self, edata):
+        """The arena_t address of each edata_t's arena (0 where unknown)."""
+        import numpy as np
+
+        ex = extents(self.session, self.state)
+        out = np.zeros(len(edata), np.uint64)
+        if not len(ex):
+            return out
+        order = np.argsort(ex.edata)
+        known, ind = ex.edata[order], ex.arena[order]
+        k = np.minimum(np.searchsorted(known, edata), len(known) - 1)
+        ok = known[k] == edata
+        by_ind = np.zeros(max([i for i, _a in self.state.arenas] + [0]) + 1, np.uint64)
+        for i, a in self.state.arenas:
+            by_ind[i] = a
+        sel = ok & (ind[k] < len(by_ind))
+        out[sel] = by_ind[ind[k][sel]]
+        return out
+
+    def untrusted(self) -> list[tuple[int, int, str]]:
+        return DamageLog.of(self.session, "jemalloc").untrusted()
+
+    def verify(self, progress=None) -> list[Problem]:
+        """What the tcaches say against the slabs: a cached pointer that is no region out of
+        its extent (free in its slab, or no region at all), a pointer cached twice (a double
+        free through the tcache), and tcache bins that could not be read."""
+        from .verify import verify
+
+        return verify(self)

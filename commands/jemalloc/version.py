@@ -1,0 +1,169 @@
+"""Which jemalloc the target runs, and under which symbol prefixes: found from the symbol
+tables and the version string jemalloc embeds.
+
+jemalloc ships under many names: Debian's libjemalloc.so.2, a static copy in a Rust service
+(`_rjem_mallocx`, internals `_rjem_je_*`), a `je_` prefixed build beside glibc's malloc, or the
+plain names of a build that replaces malloc. Names of files say little, so the symbols decide:
+the object that defines `<prefix>mallctlnametomib` (a name only jemalloc's public API has) holds
+jemalloc, and <prefix> is its public prefix; its internals (`<ns>arena_emap_global`, with
+<ns> usually `je_`) appear only where a symbol table (.symtab) survived.
+
+The version is the JEMALLOC_VERSION string (`5.3.0-0-g54eaed1d...`: release, commits since it,
+git hash) that `mallctl("version")` returns and malloc_stats_print prints, read from the
+object's file when it is on this machine, else from the target's read-only mappings of it (a
+core from elsewhere).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mdbpy.errors import MdbError, ReadError
+
+IDENTIFYING = "mallctlnametomib"  # public API, jemalloc only (glibc has no mallctl*)
+INTERNAL = "arena_emap_global"  # the emap: where every active extent is registered
+VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]{7,40})\0")
+MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
+READ_STEP = 1 << 20
+SUPPORTED = ((5, 3),)  # (major, minor) whose layouts commands/jemalloc/layouts.py describes
+
+
+@dataclass
+class Found:
+    """jemalloc in one load object: the object, its public prefix ('' for a build that
+    replaces malloc), its private namespace prefix (None: no internal symbols survived) and
+    the version (release tuple and the full string; None: no version string found)."""
+
+    obj: object
+    prefix: str
+    private: str | None
+    version: tuple | None
+    version_text: str | None
+
+    @property
+    def how(self) -> str:
+        """How the object was recognised, for ::jemalloc."""
+        return f"defines {self.prefix}{IDENTIFYING}"
+
+
+def _names(obj) -> list[str]:
+    """Every symbol name the object has (.symtab and .dynsym), without reading DWARF."""
+    cols = obj.columns() if hasattr(obj, "columns") else None
+    if cols is None:
+        return [s.name for s in obj.symbols]
+    out: list[str] = []
+    for k in ("symtab", "dynsym"):
+        if k in cols:
+            out += cols[k].names
+    return out
+
+
+def _defined(obj, name: str) -> bool:
+    s = obj.lookup(name)
+    return s is not None and s.type != "undefined" and bool(s.addr)
+
+
+def find_object(session) -> tuple[object, str] | None:
+    """(object, public prefix) of the first object defining a jemalloc public symbol: a
+    libjemalloc* first, then the executable, then any other; None when there is none. The
+    usual prefixes are looked up directly; others from the object's name list."""
+    objs = session.symbols.objects()
+    ordered = ([o for o in objs if o.name.startswith("libjemalloc")] +
+               [o for o in objs if o.is_exe and not o.name.startswith("libjemalloc")] +
+               [o for o in objs if not o.is_exe and not o.name.startswith("libjemalloc")])
+    for o in ordered:
+        for p in ("", "je_", "_rjem_"):
+            if _defined(o, p + IDENTIFYING):
+                return o, p
+    for o in ordered:
+        for n in _names(o):
+            if n.endswith(IDENTIFYING) and _defined(o, n):
+                return o, n[:-len(IDENTIFYING)]
+    return None
+
+
+def private_prefix(obj, prefix: str) -> str | None:
+    """The prefix of jemalloc's internal symbols (`je_`, `_rjem_je_`, ...), from the name of
+    the emap global; None when the object has no such symbol (a stripped library)."""
+    for p in (prefix + "je_", "je_", prefix):
+        if _defined(obj, p + INTERNAL):
+            return p
+    for n in _names(obj):
+        if n.endswith(INTERNAL) and _defined(obj, n):
+            return n[:-len(INTERNAL)]
+    return None
+
+
+def parse_version(data: bytes) -> tuple[tuple, str] | None:
+    m = VERSION_RE.search(data)
+    if m is None:
+        return None
+    text = m.group(0)[:-1].decode()
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))), text
+
+
+def _from_file(path: str) -> tuple[tuple, str] | None:
+    try:
+        with open(path, "rb") as f:
+            tail = b""
+            for _ in range(MAX_SCAN // READ_STEP):
+                data = f.read(READ_STEP)
+                if not data:
+                    return None
+                hit = parse_version(tail + data)
+                if hit:
+                    return hit
+                tail = data[-64:]
+    except OSError:
+        return None
+    return None
+
+
+def _from_memory(session, obj) -> tuple[tuple, str] | None:
+    """The version string from the target's read-only mappings of obj (a core from another
+    machine, whose files are not here): each mapping read whole, up to MAX_SCAN bytes."""
+    ro = [m for m in session.mem.mappings()
+          if m.readable and not m.writable and obj.base <= m.start < obj.end]
+    for m in ro:
+        try:
+            hit = parse_version(session.mem.read(m.start, min(m.end - m.start, MAX_SCAN)))
+        except ReadError:
+            continue
+        if hit:
+            return hit
+    return None
+
+
+def find(session) -> Found | None:
+    """jemalloc in this target (cached per stop), or None when no object defines it."""
+    key = "jemalloc.found"
+    if key in session.cache:
+        return session.cache[key]
+    hit = find_object(session)
+    found = None
+    if hit is not None:
+        obj, prefix = hit
+        path = getattr(obj, "file", None)
+        ver = _from_file(path) if path else None
+        if ver is None:
+            ver = _from_memory(session, obj)
+        found = Found(obj, prefix, private_prefix(obj, prefix), *(ver or (None, None)))
+    session.cache[key] = found
+    return found
+
+
+def require(session) -> Found:
+    """find(), or the one-line error of a target without jemalloc or with a version whose
+    layouts mdbpy does not know."""
+    f = find(session)
+    if f is None:
+        raise MdbError("jemalloc: no jemalloc in this target (no object defines "
+                       f"*{IDENTIFYING})")
+    if f.version is None:
+        raise MdbError(f"jemalloc: {f.obj.name} has no jemalloc version string")
+    if f.version[:2] not in SUPPORTED:
+        known = ", ".join(".".join(map(str, v)) + ".x" for v in SUPPORTED)
+        raise MdbError(f"jemalloc {f.version_text} ({f.obj.name}) is not supported: mdbpy "
+                       f"knows jemalloc {known}")
+    return f

@@ -1,0 +1,192 @@
+"""jemalloc's detection on synthetic symbol tables (every prefix a copy can carry, an object
+without jemalloc) and its version rules (a version mdbpy does not know is one line naming it),
+and a corrupt emap in a real core: one warning line per damaged structure, the leaks still
+exact, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from types import SimpleNamespace
+
+import pytest
+from jemalloc_builds import compile_dwarf
+from support import gcore, run_mdbpy, start_fixture
+
+from mdbpy.errors import MdbError
+from mdbpy.symbols.base import LoadObject, Symbol
+from mdbpy_commands.jemalloc import version as jv
+
+
+def _obj(name: str, symbols: list[str], is_exe: bool = False) -> LoadObject:
+    o = LoadObject(name, base=0x1000, end=0x100000, is_exe=is_exe,
+                   symbols=[Symbol(n, 0x2000 + 16 * i, 8, obj=name)
+                            for i, n in enumerate(symbols)])
+    o.finish()
+    return o
+
+
+def _session(*objs):
+    return SimpleNamespace(symbols=SimpleNamespace(objects=lambda: list(objs)), cache={})
+
+
+@pytest.mark.parametrize("names, prefix, private", [
+    (["mallctlnametomib", "je_arena_emap_global"], "", "je_"),
+    (["je_mallctlnametomib", "je_je_arena_emap_global"], "je_", "je_je_"),
+    (["_rjem_mallctlnametomib", "_rjem_je_arena_emap_global"], "_rjem_", "_rjem_je_"),
+    (["moz_mallctlnametomib"], "moz_", None),  # a prefix found from the name list; stripped
+])
+def test_prefixes(names, prefix, private):
+    exe = _obj("a.out", ["main", *names], is_exe=True)
+    s = _session(_obj("libc.so.6", ["malloc", "free"]), exe)
+    obj, got = jv.find_object(s)
+    assert (obj, got) == (exe, prefix)
+    assert jv.private_prefix(obj, got) == private
+
+
+def test_shared_library_first():
+    lib = _obj("libjemalloc.so.2", ["mallctlnametomib"])
+    s = _session(_obj("a.out", ["main"], is_exe=True), _obj("libc.so.6", ["malloc"]), lib)
+    assert jv.find_object(s) == (lib, "")
+
+
+def test_absent():
+    s = _session(_obj("a.out", ["main", "mallctl_like"], is_exe=True),
+                 _obj("libc.so.6", ["malloc"]))
+    assert jv.find_object(s) is None
+    with pytest.raises(MdbError, match=r"^jemalloc: no jemalloc in this target \(no object "
+                                       r"defines \*mallctlnametomib\)$"):
+        jv.require(s)
+
+
+def test_version_string():
+    blob = b"\0junk\0" + b"5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756\0more"
+    assert jv.parse_version(blob) == ((5, 2, 1),
+                                      "5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756")
+    assert jv.parse_version(b"5.3.0 without a hash\0") is None
+
+
+def test_unsupported_version_names_it():
+    s = _session()
+    s.cache["jemalloc.found"] = jv.Found(
+        _obj("libjemalloc.so.2", ["mallctlnametomib"]), "", "je_", (5, 2, 1),
+        "5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756")
+    with pytest.raises(MdbError) as e:
+        jv.require(s)
+    assert str(e.value) == ("jemalloc 5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756 "
+                            "(libjemalloc.so.2) is not supported: mdbpy knows jemalloc 5.3.x")
+
+
+def _cored(tmp_path):
+    """(the finished run, exe, core) of the heap fixture linked with the -g build."""
+    exe = compile_dwarf("jemalloc_heap", tmp_path)
+    run = start_fixture(exe)
+    try:
+        return run, exe, gcore(run.pid, tmp_path / "core")
+    finally:
+        run.stop()
+
+
+def _file_offset(core, addr: int) -> int:
+    """Where the core file holds the byte at addr (its PT_LOAD headers)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(core, "rb") as f:
+        for seg in ELFFile(f).iter_segments():
+            h = seg.header
+            if h.p_type == "PT_LOAD" and h.p_vaddr <= addr < h.p_vaddr + h.p_filesz:
+                return h.p_offset + addr - h.p_vaddr
+    raise AssertionError(f"0x{addr:x} is not in the core")
+
+
+def test_corrupt_emap_in_a_core(tmp_path):
+    """Two rtree leaf elements smashed in a copy of a core: one names an unmapped edata_t,
+    the other a real edata_t that does not hold the page. Each is one warning line (and the
+    unreadable one is a region ::findleaks says it could not trust); the walk keeps
+    everything else, so the planted leaks are still exactly found."""
+    import mdbpy
+    from mdbpy_commands.jemalloc.extents import extents
+    from mdbpy_commands.jemalloc.state import locate
+
+    run, exe, core = _cored(tmp_path)
+    d = mdbpy.open_core(str(core), str(exe))
+    try:
+        st = locate(d.session)
+        ex = extents(d.session, st)
+        leaf = ex.leaves[0]
+        # the page right after the highest extent is registered to nothing
+        free_page = int((ex.base + ex.size).max())
+        slot = leaf + ((free_page >> 12) & ((1 << 18) - 1)) * 8
+        assert d.read(slot, 8) == bytes(8)
+        other = int(ex.edata[0])  # a real edata_t, registered elsewhere
+    finally:
+        d.close()
+    bad = tmp_path / "bad.core"
+    shutil.copy(core, bad)
+    with open(bad, "r+b") as f:
+        f.seek(_file_offset(bad, slot))
+        f.write(struct.pack("<Q", 0x10000))  # an edata_t in unmapped memory
+        f.seek(_file_offset(bad, slot + 8))
+        f.write(struct.pack("<Q", (other | 1)))
+    r = run_mdbpy(exe, bad, "-e", "::findleaks")
+    assert "Traceback" not in r.stderr
+    stray = slot_page = free_page + 4096
+    assert r.stderr.splitlines() == [
+        "mdbpy: jemalloc: unreadable edata_t 0x10000 (named by the emap)",
+        f"mdbpy: jemalloc: rtree: page 0x{slot_page:x} is registered to edata_t 0x{other:x}, "
+        "which does not hold it",
+        "mdbpy: findleaks: [10000, 10080) not trusted: unreadable edata_t 0x10000 (named by "
+        "the emap)",
+        f"mdbpy: findleaks: [{stray:x}, {stray + 4096:x}) not trusted: rtree: page "
+        f"0x{slot_page:x} is registered to edata_t 0x{other:x}, which does not hold it"]
+    planted = {int(a, 16) for a in run.info["leaks"].split(",")}
+    assert "Total      12 buffers" in r.stdout
+    assert all(f"{a:016x}" in r.stdout for a in planted)
+
+
+def test_double_free_through_the_tcache(tmp_path):
+    """A tcache stack slot overwritten with the pointer of the slot above it, in a copy of a
+    core: the region is cached twice, which ::heap_verify reports in one line."""
+    import mdbpy
+    from mdbpy_commands.jemalloc.state import locate, tcaches
+
+    _run, exe, core = _cored(tmp_path)
+    d = mdbpy.open_core(str(core), str(exe))
+    try:
+        st = locate(d.session)
+        tc = st.binder["tcache_s"]
+        bins = tcaches(d.session, st)[0]
+        v = tc.view(d.session.mem, bins.addr)
+        k, b = next((k, x) for k, x in enumerate(v.bins) if x.ncached >= 2)
+        first = struct.unpack("<Q", d.read(b.stack_head, 8))[0]
+        size = st.index2size[k]
+    finally:
+        d.close()
+    bad = tmp_path / "bad.core"
+    shutil.copy(core, bad)
+    with open(bad, "r+b") as f:
+        f.seek(_file_offset(bad, b.stack_head + 8))
+        f.write(struct.pack("<Q", first))
+    r = run_mdbpy(exe, bad, "-e", "::heap_verify")
+    assert "Traceback" not in r.stderr
+    assert f"region cached twice (double free): tcache 0x{bins.addr:x} bin {size}" in r.stdout
+
+
+def test_builtin_layouts_match_dwarf():
+    """Every struct the module lays out itself agrees with the -g build's DWARF, field by
+    field (edata_t through its named members and size: DWARF cannot name its unions)."""
+    from jemalloc_builds import lib_path, need_ci_build
+
+    from mdbpy.layout.bind import Binder
+    from mdbpy.layout.dwarf import find_structs
+    from mdbpy_commands.jemalloc.layouts import BUILTIN, LAYOUTS
+    from mdbpy_commands.jemalloc.state import _check_edata
+
+    need_ci_build()
+    dwarf = find_structs(lib_path("libjemalloc.so.2"), BUILTIN, cu_hint="arena.c")
+    assert set(dwarf) == set(BUILTIN)
+    _check_edata(dwarf)  # raises when edata_t differs
+    rest = {k: v for k, v in dwarf.items() if k != "edata_s"}
+    b = Binder(LAYOUTS, version=(5, 3, 0), dwarf=rest)
+    for name in rest:
+        assert b[name].differs == [], (name, b[name].differs)
