@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
 from mdbpy.heap import kernel
+from mdbpy.heap.anon import AnonRun, anon_runs
 from mdbpy.heap.gather import Gather
-from mdbpy.heap.roots import merge_ranges
 
 from .layouts import IS_MMAPPED, NON_MAIN_ARENA, PREV_INUSE, SIZE_BITS
 
@@ -309,57 +309,6 @@ class MmapChunk:
 
 
 # Anonymous mappings that never hold a chunk of glibc's.
-SPECIAL_MAPPINGS = ("[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]")
-
-
-@dataclass
-class AnonRun:
-    """Adjacent anonymous private mappings (any permissions), less the heaps: a chunk lies
-    inside one run, however mprotect split its mapping or the kernel merged it with its
-    neighbours. `readable`: the [start, end) parts where headers are looked for (a PROT_NONE
-    part can be inside a chunk, never hold its header)."""
-
-    start: int
-    end: int
-    readable: list
-
-
-def anon_runs(mem, exclude: list[tuple[int, int]]) -> list[AnonRun]:
-    """The runs of adjacent anonymous private mappings, cut where an excluded range (a heap)
-    lies, in address order."""
-    runs: list[list] = []  # [start, end, [(a, b) readable]]
-    for m in mem.mappings():
-        if m.shared or m.is_file or m.path in SPECIAL_MAPPINGS:
-            continue
-        if runs and runs[-1][1] == m.start:
-            runs[-1][1] = m.end
-        else:
-            runs.append([m.start, m.end, []])
-        if m.readable:
-            rd = runs[-1][2]
-            if rd and rd[-1][1] == m.start:
-                rd[-1] = (rd[-1][0], m.end)
-            else:
-                rd.append((m.start, m.end))
-    cuts = merge_ranges(exclude)
-    ends = [b for _a, b in cuts]
-    out = []
-    for start, end, readable in runs:
-        pieces, lo = [], start
-        for a, b in cuts[bisect.bisect_right(ends, start):]:
-            if a >= end:
-                break
-            pieces.append((lo, a))
-            lo = b
-        pieces.append((lo, end))
-        for lo, hi in pieces:
-            lo = (lo + PAGE - 1) & ~(PAGE - 1)
-            if lo < hi:
-                out.append(AnonRun(lo, hi, [(max(a, lo), min(b, hi)) for a, b in readable
-                                            if a < hi and lo < b]))
-    return out
-
-
 def _mmap_headers(q, prev, raw, end):
     """Where (prev_size, size word) at page starts q (numpy arrays) are the header of an
     mmapped chunk at q + prev_size that ends by `end`: IS_MMAPPED alone among the flag bits, a

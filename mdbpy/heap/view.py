@@ -27,24 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mdbpy.heap.anon import KERNEL_PSEUDO, is_anonymous
 from mdbpy.heap.model import ALLOC, KIND_BUFFER, KIND_MMAP, KIND_SBRK, Allocator, BufferTable
 from mdbpy.heap.roots import data_ranges, merge_ranges, subtract, thread_roots
 from mdbpy.heap.scan import Root, candidate_extents
-
-# kernel-made pseudo-mappings that are not anonymous memory of the program
-KERNEL_PSEUDO = ("[stack]", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
-# how /proc/PID/maps names shared memory without a file of its own: MAP_SHARED|MAP_ANONYMOUS,
-# SysV shm, memfd and POSIX shm objects
-SHARED_ANON = ("/dev/zero", "/SYSV", "[anon_shmem", "/memfd:", "/dev/shm/")
-
-
-def is_anonymous(m) -> bool:
-    """Memory no file on disk backs: unnamed, [heap], prctl-named [anon:...], or shared memory
-    (which the kernel names after /dev/zero, the SysV key, the memfd or the shm object)."""
-    if m.shared and m.path.startswith(SHARED_ANON):
-        return True
-    return not m.path or m.path == "[heap]" or m.path.startswith("[anon")
-
 
 @dataclass
 class AnonRegion:
