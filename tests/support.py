@@ -193,6 +193,18 @@ def start_stacks(exe: Path) -> Running:
     return r
 
 
+def bundled_modules() -> list[str]:
+    """mdbpy's own modules, as its pyproject.toml declares them (entry-point group
+    mdbpy.modules), in the order mdbpy lists installed modules: core first, then by name. The
+    tests that list modules take them from here, so a new bundled allocator module changes
+    nothing outside its own folder but its one declaration."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        names = tomllib.load(f)["project"]["entry-points"]["mdbpy.modules"]
+    return ["core", *sorted(set(names) - {"core"})]
+
+
 def mdbpy_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "mdbpy", *map(str, args)]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_example_module import EXAMPLE, HDR, bump  # noqa: F401 (bump is a fixture)
 
-from support import mdbpy_cmd, run_mdbpy
+from support import bundled_modules, mdbpy_cmd, run_mdbpy
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,6 @@ def test_metadata_in_the_cwd_declares_nothing(bump, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert out.stderr.splitlines() == [  # and ::load sim loaded mdbpy's own
-        "mdbpy: failed to load module 'planted': no such module (installed: core, jemalloc, "
-        "ptmalloc, sim, umem; a file is loaded by its path, e.g. ./planted.py)"]
+        f"mdbpy: failed to load module 'planted': no such module (installed: "
+        f"{', '.join(bundled_modules())}; a file is loaded by its path, e.g. ./planted.py)"]
     assert not (tmp_path / "PWNED").exists()

@@ -32,7 +32,7 @@ from mdbpy.symbols.base import Symbol
 from mdbpy.target.synthetic import SyntheticTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support import mdbpy_cmd  # noqa: E402
+from support import bundled_modules, mdbpy_cmd  # noqa: E402
 
 # -- the lexer -------------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ def test_complete_help_argument_offers_dcmds(session):
 
 
 def test_complete_load_argument_offers_installed_modules(session):
-    assert complete(session, "::load ") == ["core", "jemalloc", "ptmalloc", "sim", "umem"]
+    assert complete(session, "::load ") == bundled_modules()
     c = completion_of(session, "::load -s u")[0]
     assert (c.text, c.start_position, c.display_meta_text) == ("umem", -1, "mdbpy_commands.umem")
     assert complete(session, "::load ./u") == []  # a path is the user's to write

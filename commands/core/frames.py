@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from mdbpy.dcmd import Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
-from mdbpy.types.printer import PrintOptions, Printer
-from mdbpy.types.space import space_of
 
 from .stack import _thread, frame_line
 from .types import heap_note
@@ -87,6 +85,9 @@ def locals_(inv: Invocation):
     if found is None:
         raise MdbError(f"frame {n} ({s.format_addr(frames[n].pc, frames[n].ret)}): no DWARF "
                        f"describes its function")
+    from mdbpy.types.printer import PrintOptions, Printer
+    from mdbpy.types.space import space_of
+
     space = space_of(s)
     printer = Printer(space, PrintOptions(types=True), heap_note(s))
     for v in found:

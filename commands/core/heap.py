@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from mdbpy.dcmd import STR, Flag, Operand, Opt, dcmd, walker
 from mdbpy.errors import CommandAbort, MdbError, UsageError
-from mdbpy.heap.leaks import LEAKS_KEY
-from mdbpy.heap.model import allocators
+from mdbpy.heap.model import LEAKS_KEY, allocators
 from mdbpy.jsonout import Table, cells, emit, wants_json
 from mdbpy.output import radix_str
 

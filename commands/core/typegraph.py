@@ -13,7 +13,6 @@ from mdbpy.dcmd import Flag, Operand, dcmd
 from mdbpy.errors import CommandAbort, MdbError, UsageError
 from mdbpy.heap.model import allocators
 from mdbpy.jsonout import Table, cells, emit, wants_json
-from mdbpy.types.graph import GRAPH_KEY, TypeGraph
 
 
 
@@ -29,8 +28,10 @@ def heap_buffers(session):
     return table.base, table.size, [r for a in allocs for r in a.metadata_regions()]
 
 
-def typegraph_of(session, force: bool = False) -> TypeGraph:
-    """The session's typegraph, built on first use (or again with force)."""
+def typegraph_of(session, force: bool = False):
+    """The session's typegraph (mdbpy.types.graph.TypeGraph), built on first use (or again
+    with force); the engine loads with the first graph, not at start-up."""
+    from mdbpy.types.graph import GRAPH_KEY, TypeGraph
     from mdbpy.types.space import space_of
 
     g = session.cache.get(GRAPH_KEY)

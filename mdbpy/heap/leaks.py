@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from mdbpy.heap.model import KIND_BUFFER, AllocRecord, Allocator, BufferTable, RecordColumns
+from mdbpy.heap.model import (KIND_BUFFER, LEAKS_KEY, AllocRecord, Allocator, BufferTable,
+                              RecordColumns)
 from mdbpy.heap.roots import collect_roots
 from mdbpy.heap.scan import Reach, candidate_extents, reachability
 from mdbpy.heap.view import AnonRegion, Candidates, HeapView
@@ -205,8 +206,6 @@ def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) ->
     return LeakReport(cands, reach, groups, warnings, time.perf_counter() - t0,
                       time.process_time() - c0, view.anon.regions)
 
-
-LEAKS_KEY = ("heap", "findleaks")
 
 
 def cached_leaks(session, force: bool = False, progress=None):

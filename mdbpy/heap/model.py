@@ -381,6 +381,10 @@ class Allocator:
         return rows
 
 
+# the session cache key of the last ::findleaks (leaks.cached_leaks), here where the dcmds
+# can name it without importing the engine at start-up
+LEAKS_KEY = ("heap", "findleaks")
+
 NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
                 "own simulator; see ::dmods)")
 

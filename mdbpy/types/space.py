@@ -19,7 +19,6 @@ import re
 from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError
-from mdbpy.layout.dwarf import has_debug_info
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_FLOAT, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
                                ATE_UNSIGNED_CHAR, Array, Base, Enum, Pointer, Struct, Type, Void)
 
@@ -62,6 +61,8 @@ def canonical_base(name: str) -> tuple[str, str] | None:
 def dwarf_file_of(obj) -> str | None:
     """The file holding obj's DWARF: the object itself when built with -g, else its
     separate debug file; None when neither has .debug_info."""
+    from mdbpy.layout.dwarf import has_debug_info
+
     for path in (getattr(obj, "file", None), None):
         if path is None:
             find = getattr(obj, "find_debug_file", None)
