@@ -89,18 +89,19 @@ def test_typegraph_statistics(session, tg):
     conflict = [(a, u) for a, u, t in _by(rows) if t == "conflict"]
     unknown = [(a, u) for a, u, t in _by(rows, "unknown") if t != "conflict"]
     # four globals reach the heap typed: g_items, g_table, g_list (the last node made: the
-    # list is built by prepending) and g_tree (the first tnode made: the root)
+    # list is built by prepending) and g_tree (the first tnode made: the root); and main's
+    # local only_local, a typed pointer on the parked frame's stack
     size = {a: u for a, u, _ in _by(rows)}
     nodes = [a for a, u, t in typed if t == "struct node"]
     tnodes = [a for a, u, t in typed if t == "struct tnode"]
-    roots = [r.addr("items"), r.addr("table"), nodes[-1], tnodes[0]]
+    roots = [r.addr("items"), r.addr("table"), nodes[-1], tnodes[0], r.addr("local")]
     root_bytes = sum(size[a] for a in roots)
     total = sum(size.values())
     typed_bytes = sum(u for _, u, _ in typed)
     expect = [
         f"{'HOW':<16s} {'BUFFERS':>9s} {'BYTES':>12s}",
-        f"{'root pointer':<16s} {4:>9d} {root_bytes:>12d}",
-        f"{'propagated':<16s} {len(typed) - 4:>9d} {typed_bytes - root_bytes:>12d}",
+        f"{'root pointer':<16s} {5:>9d} {root_bytes:>12d}",
+        f"{'propagated':<16s} {len(typed) - 5:>9d} {typed_bytes - root_bytes:>12d}",
         f"{'vtable':<16s} {0:>9d} {0:>12d}",
         f"{'user hint':<16s} {0:>9d} {0:>12d}",
         f"{'unknown':<16s} {len(unknown):>9d} {sum(u for _, u in unknown):>12d}",
@@ -112,10 +113,10 @@ def test_typegraph_statistics(session, tg):
     bpct = f"{100.0 * typed_bytes / total:.1f}%"
     assert re.fullmatch(rf"typegraph: {len(typed)} of {len(rows)} buffers \({re.escape(pct)}\), "
                         rf"{typed_bytes} of {total} bytes \({re.escape(bpct)}\) typed as 6 "
-                        r"types, from \d+ typed globals", out[8]), out[8]
+                        r"types, from \d+ typed variables", out[8]), out[8]
     js = _json(session, "::typegraph")
     assert js["buffers"] == len(rows) and js["rows"][0] == {
-        "how": "root pointer", "buffers": 4, "bytes": root_bytes}
+        "how": "root pointer", "buffers": 5, "bytes": root_bytes}
 
 
 def _json(session, cmd):
@@ -152,6 +153,10 @@ def test_whattype_exact(session, tg):
         f"{conflict + 8:x} is in the {rows[conflict][0]:#x}-byte heap buffer at " \
         f"{conflict:x}, of unknown type (conflicting evidence)\n"
     assert "not in an allocated heap buffer" in _err(session, "0::whattype")
+    local = r.addr("local")  # typed from main's frame: a local on the parked thread's stack
+    assert run_in(session, f"{local:x}::whattype -v") == (
+        f"{local:x} is 0x0 bytes into struct tnode (member left)\n"
+        f"    in the {rows[local][0]:#x}-byte buffer at {local:x}, typed by root pointer\n")
 
 
 def _err(session, cmd):

@@ -84,7 +84,7 @@ def typegraph(inv):
     t.foot = [cells("{0:<16s} {1:>9d} {2:>12d}", "total", st["buffers"], st["bytes"]),
               f"typegraph: {typed} of {st['buffers']} buffers ({_pct(typed, st['buffers'])}), "
               f"{typed_bytes} of {st['bytes']} bytes ({_pct(typed_bytes, st['bytes'])}) typed "
-              f"as {st['types']} types, from {st['roots']} typed globals"]
+              f"as {st['types']} types, from {st['roots']} typed variables"]
     t.print(inv)
     if inv.opts.verbose:
         tm = st["timings"]

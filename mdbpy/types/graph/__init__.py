@@ -85,7 +85,9 @@ class TypeGraph:
         t0 = time.perf_counter()
         g.edges = evidence.scan_heap(space.mem, g.base, g.ends)
         t1 = time.perf_counter()
-        g.roots = evidence.global_roots(space, g.catalog, g.base, g.ends, exclude)
+        g.roots = evidence.merged(
+            evidence.global_roots(space, g.catalog, g.base, g.ends, exclude),
+            evidence.frame_roots(space.session, g.catalog, g.base, g.ends))
         t2 = time.perf_counter()
         g.vtables = g._vtables()
         t3 = time.perf_counter()

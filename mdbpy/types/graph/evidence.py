@@ -10,6 +10,10 @@ globals, and C++ vtable pointers.
 - `global_roots`: every global and static variable with a DWARF location in every object that
   has DWARF (the executable, and libraries whose debug files are found), its plan's pointer
   words read in one read per mapping.
+- `frame_roots`: every thread's frames' arguments and locals whose DWARF locations resolve at
+  the frame's pc (mdbpy/types/frames.py: never a guessed register), their pointer words taken
+  from the variable's own bytes, in registers or on the stack. A program's working structures
+  are often reachable only from a local of a function that is running.
 - `vtables`: the `_ZTV` symbols of every object; a buffer whose first word is a vtable's address
   point (symbol + 16) is an object of that class, whatever pointers say.
 
@@ -170,6 +174,58 @@ def global_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
     dst, doff = locate(base, ends, values)
     keep = dst >= 0
     return RootEvidence(dst[keep], doff[keep], tid[keep], slot[keep], nvars)
+
+
+def frame_roots(session, catalog, base, ends) -> RootEvidence:
+    """The evidence of every thread's typed frame variables' pointers into buffers (slot: the
+    pointer's address on the stack, 0 for one held in a register)."""
+    import numpy as np
+
+    from mdbpy.errors import MdbError
+    from mdbpy.types.frames import frame_variables
+    from mdbpy.unwind import unwind
+
+    values, slots, tids = [], [], []
+    nvars = 0
+    for t in session.target.threads():
+        try:
+            frames = unwind(session, t)
+        except MdbError:
+            continue
+        for i in range(len(frames)):
+            try:
+                found = frame_variables(session, frames, i) or []
+            except MdbError:
+                continue
+            for var in found:
+                tid = catalog.tid_of(var.type) if var.value is not None else None
+                plan = catalog.plan_of(tid).plan if tid is not None else None
+                if not plan:
+                    continue
+                try:
+                    data = var.value.read_()
+                except MdbError:
+                    continue
+                nvars += 1
+                at = var.value.address
+                for off, pointee in plan.items():
+                    if off + PTR <= len(data):
+                        values.append(int.from_bytes(data[off:off + PTR], "little"))
+                        slots.append(0 if at is None else at + off)
+                        tids.append(pointee)
+    values_ = np.array(values, np.uint64)
+    dst, doff = locate(base, ends, values_)
+    keep = dst >= 0
+    return RootEvidence(dst[keep], doff[keep], np.array(tids, np.int64)[keep],
+                        np.array(slots, np.uint64)[keep], nvars)
+
+
+def merged(a: RootEvidence, b: RootEvidence) -> RootEvidence:
+    """Two bodies of root evidence as one."""
+    import numpy as np
+
+    return RootEvidence(*(np.concatenate((getattr(a, f), getattr(b, f)))
+                          for f in ("dst", "doff", "tid", "slot")), a.variables + b.variables)
 
 
 def in_ranges(addrs, ranges):
