@@ -69,6 +69,7 @@ class LeakGroup(_Dict):
     members: list[int] = field(default_factory=list)
     member_sizes: list[int] = field(default_factory=list)
     unreferenced: list[int] = field(default_factory=list)
+    type: str | None = None  # the representative's type, where ::typegraph knows it
 
     @classmethod
     def of(cls, session, entry) -> LeakGroup:
@@ -81,7 +82,8 @@ class LeakGroup(_Dict):
         return cls(table, KIND_NAMES.get(g.kind, str(g.kind)), g.group, entry.cache_addr,
                    g.count, g.bytes, rep.size, rep.addr, shown, entry.caller, entry.caller_text,
                    Record.of(session, rep.record), [m.addr for m in g.members],
-                   [m.size for m in g.members], [m.addr for m in g.members if m.unreferenced])
+                   [m.size for m in g.members], [m.addr for m in g.members if m.unreferenced],
+                   entry.type_text or None)
 
     def as_dict(self, members: bool = True) -> dict:
         """members False leaves the member lists out (::findleaks without -d), except for mmap
@@ -125,18 +127,26 @@ class Whatis(_Dict):
     start: int | None = None
     end: int | None = None
     symbol: str | None = None
+    type: str | None = None  # where ::typegraph knows it: the buffer's type and member
+    member: str | None = None
 
 
 def whatis_hits(session, addr: int, every: bool = False, map_name=str) -> list[Whatis]:
     """The sources that explain addr, in ::whatis's priority order (the allocators, then the
     mappings); only the first unless every (-a). [Whatis(addr)] when nothing does."""
+    from mdbpy.types.graph import known_type
+
     hits = []
     for a in session.allocators():
         b = a.whatis(addr)
         if b is not None:
-            hits.append(Whatis(addr, a.name, b.base, addr - b.base, b.size,
-                               "allocated" if b.state == ALLOC else "freed", b.group,
-                               b.group_addr, Record.of(session, b.record)))
+            w = Whatis(addr, a.name, b.base, addr - b.base, b.size,
+                       "allocated" if b.state == ALLOC else "freed", b.group, b.group_addr,
+                       Record.of(session, b.record))
+            typed = known_type(session, addr) if b.state == ALLOC else None
+            if typed is not None and typed.type is not None:
+                w.type, w.member = typed.spelled, typed.member or None
+            hits.append(w)
             if not every:
                 return hits
     m = session.mem.mapping_at(addr)
