@@ -220,6 +220,11 @@ def test_whatis_and_findleaks_name_types(session, tg):
     out = run_in(session, "::findleaks").splitlines()
     assert out[0].split() == ["CACHE", "LEAKED", "BUFFER", "TYPE", "CALLER"]
     assert out[1].split()[1:] == ["1", f"{leaked:016x}", "struct", "node", "?"]
+    # -d prints the representative as ::print does
+    shown = run_in(session, f"{leaked:x}::print struct node").splitlines()
+    long = run_in(session, "::findleaks -d").splitlines()
+    k = long.index("    as struct node:")
+    assert long[k + 1:k + 1 + len(shown)] == [f"        {x}" for x in shown]
     # and the JSON of both says the same
     hit = _json(session, f"{at:x}::whatis")["hits"][0]
     assert (hit["type"], hit["member"]) == (f"struct item [{n_items}]", "[1].owner")

@@ -193,12 +193,34 @@ def long_form(session, e: Entry) -> list[str]:
         else:
             lines = [head] + record_lines(session, g.alloc, rep.record, rep.addr, e.cache_addr,
                                           g.kind)
+    lines += printed(session, rep.addr)
     heads = [m.addr for m in g.members if m.unreferenced]
     lines.append(f"    unreferenced (heads of leaked structures): {len(heads)} of {n}")
     lines += [f"        {a:x}" for a in heads[:HEADS_SHOWN]]
     if len(heads) > HEADS_SHOWN:
         lines.append(f"        ... {len(heads) - HEADS_SHOWN} more (::walk leakbuf)")
     return lines
+
+
+def printed(session, addr: int) -> list[str]:
+    """The buffer at addr as ::print shows it, when the typegraph knows it holds one struct
+    (an array is left to ::print, whose limits the user sets), indented under its group; []
+    otherwise. A buffer that cannot be read says so in one line."""
+    from mdbpy.errors import MdbError
+    from mdbpy.types.printer import PrintOptions, Printer
+    from mdbpy.types.space import space_of
+    from mdbpy.types.value import Value
+
+    typed = known_type(session, addr)
+    if typed is None or typed.type is None or typed.count != 1 or typed.offset:
+        return []
+    try:
+        space = space_of(session)
+        text = Printer(space, PrintOptions()).render(Value(space, space.lookup(typed.type),
+                                                           addr))
+    except MdbError as e:
+        return [f"    as {typed.type}: {e}"]
+    return [f"    as {typed.type}:"] + [f"        {line}" for line in text.splitlines()]
 
 
 def _perc(label: str, v: int, total: int) -> str:
