@@ -23,7 +23,9 @@ RC_MAX_BYTES = 1 << 20
 USAGE = """\
 usage: mdbpy [-wS] [-o opt[,opt...]] [+o opt] [-R|--sysroot DIR] [-e cmds] [-f file]
              [-P prompt] [-I path] [-p pid | object [core] | core | --demo]
-       mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] A B"""
+       mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] A B
+       mdbpy batch [-j N] [--timeout S] [--memory MiB] [-e cmds | -f file] [-o out.jsonl]
+                   [--aggregate agg.json] core|glob|@listfile..."""
 
 
 class Args:
@@ -173,7 +175,8 @@ Inspect a live process or a core file with the mdb command language. Two ways to
                                     executable when the core's file notes cannot name it
 
 and `mdbpy diff A B` reports what the heap grew by from A to B, each a snapshot
-(::heap_snapshot) or a core (docs/snapshots.md).
+(::heap_snapshot) or a core (docs/snapshots.md); `mdbpy batch` runs commands over many
+cores in parallel, as JSON Lines and an aggregate (docs/batch.md).
 """
 
 HELP_END = f"""\
@@ -191,6 +194,7 @@ examples:
   mdbpy -R /srv/otherhost core.1234             a core taken on another machine
   mdbpy -f checks.mdb core.1234                 a batch file of mdb commands
   mdbpy diff before.npz core.1234 --svg g.svg   what grew since a snapshot, and its plot
+  mdbpy batch -j 8 -e ::findleaks 'cores/*'     a fleet of cores, one JSON record each
   echo '::walk thread' | mdbpy core.1234        commands on standard input
   python -m mdbpy ...                           the same as the mdbpy command
 
@@ -370,6 +374,8 @@ def open_batch(path: str):
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["diff"]:  # a file named diff is ./diff
         return diff_main(argv[1:])
+    if argv[:1] == ["batch"]:
+        return batch_main(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -622,3 +628,97 @@ def snapshot_of(path: str):
         return snap
     finally:
         session.close()
+
+
+# -- mdbpy batch CORE... ----------------------------------------------------------------------
+BATCH_USAGE = ("usage: mdbpy batch [-j N] [--timeout S] [--memory MiB] [-R DIR] "
+               "[-e cmds | -f file]\n                   [-o out.jsonl] [--aggregate agg.json] "
+               "core|glob|@listfile...")
+BATCH_VALUED = {"-j": "jobs", "--jobs": "jobs", "--timeout": "timeout", "--memory": "memory",
+                "-e": "commands", "-f": "command_file", "-o": "output", "-R": "sysroot",
+                "--sysroot": "sysroot", "--aggregate": "aggregate"}
+
+
+def parse_batch_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """`mdbpy batch`'s options (each takes a value: `-j4`, `-j 4`, `--timeout=S`, `--timeout
+    S`; `--` ends them) and the inputs; a UsageError for anything else."""
+    opts: dict[str, str] = {}
+    inputs: list[str] = []
+    words = iter(argv)
+    for w in words:
+        if w == "--":
+            inputs.extend(words)
+            break
+        name, eq, value = w.partition("=") if w.startswith("--") else (w, "", "")
+        if not eq and w[:1] == "-" and w[:2] != "--" and len(w) > 2:
+            name, eq, value = w[:2], "=", w[2:]
+        if name not in BATCH_VALUED:
+            if w.startswith("-") and w != "-":
+                raise UsageError(f"unknown option '{name}'")
+            inputs.append(w)
+            continue
+        if not eq:
+            value = next(words, None)
+            if value is None:
+                raise UsageError(f"option {name} requires an argument")
+        opts[BATCH_VALUED[name]] = value
+    if ("commands" in opts) == ("command_file" in opts):
+        raise UsageError("give the commands with -e or -f (one of them)")
+    if not inputs:
+        raise UsageError("no cores given")
+    return opts, inputs
+
+
+def _batch_number(opts: dict, name: str, kind: type, least):
+    """The option's number (checked as the main options' numbers are), or None if not given."""
+    from types import SimpleNamespace
+
+    if name not in opts:
+        return None
+    holder = SimpleNamespace()
+    _number(name, kind, least)(holder, opts[name])
+    return getattr(holder, name)
+
+
+def batch_main(argv: list[str]) -> int:
+    """`mdbpy batch`: the commands over every core, each in its own process (mdbpy.batch).
+    Status 0 when the batch ran, whatever its cores did; 2 for bad usage; 1 when the output
+    could not be written."""
+    import json
+
+    from mdbpy import batch
+
+    try:
+        opts, inputs = parse_batch_args(argv)
+        jobs_n = _batch_number(opts, "jobs", int, 1) or os.cpu_count() or 1
+        timeout = _batch_number(opts, "timeout", float, 0.001)
+        memory = _batch_number(opts, "memory", int, 16)
+        script_file = opts.get("command_file")
+        if script_file is not None:
+            open_batch(script_file).close()  # a typo is a usage error before any core runs
+            script_file = os.path.abspath(script_file)
+        cores = batch.expand_inputs(inputs)
+    except UsageError as e:
+        sys.stderr.write(f"mdbpy: {e}\n{BATCH_USAGE}\n")
+        return 2
+    jobs = [batch.Job(core, opts.get("commands"), script_file, timeout, memory,
+                      opts.get("sysroot")) for core in cores]
+    try:
+        out = open(opts["output"], "w") if "output" in opts else sys.stdout
+        try:
+            def sink(rec):
+                out.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                out.flush()
+            agg = batch.aggregate(batch.run(jobs, jobs_n, sink))
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        if "aggregate" in opts:
+            with open(opts["aggregate"], "w") as f:
+                json.dump(agg, f, indent=1)
+                f.write("\n")
+    except OSError as e:
+        sys.stderr.write(f"mdbpy: {e.filename}: {e.strerror}\n")
+        return 1
+    sys.stderr.write(f"mdbpy: {batch.summary(agg)}\n")
+    return 0

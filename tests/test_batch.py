@@ -1,0 +1,182 @@
+"""`mdbpy batch` over a small fleet of simulated cores: healthy ones with planted leaks (their
+ground truth from the simulator), truncated copies and a file that is no core. One record per
+input in path order, exact leak counts, one-line errors, the aggregate's leak sites and error
+groups, the time limit, and usage errors."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+
+from mdbpy.sim.build import build, write
+from support import run_mdbpy
+
+# each site is one function called once per core, allocating one buffer; the buffer leaks
+# unless the core's plan keeps it in the site's global
+SITES = [("parse_line", "kmalloc 128"), ("open_conn", "alloc conn"),
+         ("read_msg", "kmalloc 40"), ("new_item", "kmalloc 16")]
+HEALTHY = 8
+
+
+def scenario(n: int) -> str:
+    lines = ["program svc", f"pid {1000 + n}", f"seed {n + 1}", "cache conn 96",
+             *(f"global keep{i}" for i in range(len(SITES))), "thread main", "call main"]
+    for i, (fn, alloc) in enumerate(SITES):
+        leaks = (n >> i) & 1 or i == 0  # parse_line leaks in every core
+        lines += [f"call {fn}", f"p = {alloc}", f"store keep{i} = {'null' if leaks else 'p'}",
+                  "ret"]
+    return "\n".join(lines + ["call wait_for_work"]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """core path -> its truth (None for the broken inputs), and the directory."""
+    d = tmp_path_factory.mktemp("fleet")
+    cores = {}
+    for n in range(HEALTHY):
+        _, core, truth = write(build(scenario(n)), str(d / f"h{n}"))
+        with open(truth) as f:
+            cores[core] = json.load(f)
+    for n in (1, 2):  # truncated copies: cut in half
+        src = d / f"h{n}" / "svc.core"
+        data = src.read_bytes()
+        dst = d / f"t{n}.core"
+        dst.write_bytes(data[:len(data) // 2])
+        cores[str(dst)] = None
+    junk = d / "notacore.core"
+    junk.write_text("this is not a core file\n")
+    cores[str(junk)] = None
+    return cores, d
+
+
+@pytest.fixture(scope="module")
+def ran(fleet, tmp_path_factory):
+    cores, d = fleet
+    out = tmp_path_factory.mktemp("out")
+    listfile = out / "list"
+    listfile.write_text(f"# the truncated ones\n{d}/t*.core\n")
+    r = run_mdbpy("batch", "-j", "2", "-e", "::findleaks", "-o", str(out / "r.jsonl"),
+                  "--aggregate", str(out / "agg.json"), f"{d}/h*/svc.core", f"@{listfile}",
+                  str(d / "notacore.core"), str(d / "h0" / "svc.core"))
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (out / "r.jsonl").read_text().splitlines()]
+    return records, json.loads((out / "agg.json").read_text()), r
+
+
+def test_one_record_per_core_in_path_order(fleet, ran):
+    cores, _ = fleet
+    records, _, r = ran
+    assert [rec["core"] for rec in records] == sorted(cores)  # h0 given twice: one record
+    assert r.stderr.strip() == f"mdbpy: batch: {len(cores)} cores: {HEALTHY} ok, 3 error"
+
+
+def test_healthy_cores_report_exactly_their_planted_leaks(fleet, ran):
+    cores, _ = fleet
+    for rec in ran[0]:
+        truth = cores[rec["core"]]
+        if truth is None:
+            continue
+        assert rec["status"] == "ok" and rec["error"] is None and rec["exit_status"] == 0
+        (doc,) = rec["results"]
+        assert doc["command"] == "findleaks"
+        found = defaultdict(int)
+        for row in doc["leaks"]:
+            found[(row["cache"], row["caller_name"].split("+")[0])] += row["count"]
+        planted = defaultdict(int)
+        for leak in truth["leaks"]:
+            planted[(leak["cache"], leak["alloc_stack"][0])] += 1
+        assert dict(found) == dict(planted) and planted
+        assert doc["totals"]["bufctl"]["leaks"] == len(truth["leaks"])
+
+
+def test_broken_inputs_are_errors_with_one_line(fleet, ran):
+    cores, d = fleet
+    broken = {rec["core"]: rec for rec in ran[0] if cores[rec["core"]] is None}
+    assert len(broken) == 3 and all(r["status"] == "error" for r in broken.values())
+    for rec in broken.values():
+        assert "\n" not in rec["error"] and rec["error"]
+    for n in (1, 2):
+        path = str(d / f"t{n}.core")
+        assert broken[path]["error"].startswith(f"core file {path} is truncated: ")
+    assert broken[str(d / "notacore.core")]["error"] == (
+        f"{d}/notacore.core: not an ELF file (only 24 bytes)")
+
+
+def test_the_aggregate_groups_the_planted_sites(fleet, ran):
+    cores, d = fleet
+    _, agg, _ = ran
+    assert agg["cores"] == len(cores)
+    assert agg["status"] == {"ok": HEALTHY, "error": 3, "timeout": 0, "oom": 0}
+    expect = defaultdict(list)  # (cache, function) -> the cores leaking there, sorted
+    for core in sorted(c for c, t in cores.items() if t):
+        for key in sorted({(x["cache"], x["alloc_stack"][0]) for x in cores[core]["leaks"]}):
+            expect[key].append(core)
+    got = {(g["signature"]["cache"], g["signature"]["caller"].split("+")[0]): g
+           for g in agg["leaks"]}
+    assert got.keys() == expect.keys()
+    for key, leaking in expect.items():
+        g = got[key]
+        assert g["cores"] == g["buffers"] == len(leaking)
+        assert g["examples"] == leaking[:3]
+        assert g["signature"]["kind"] == "buffer"
+    assert got[("kmalloc-128", "parse_line")]["cores"] == HEALTHY
+    assert agg["leaks"][0]["signature"]["caller"].startswith("parse_line+")  # most cores first
+    sizes = {k: g["signature"]["size"] for k, g in got.items()}
+    assert sizes[("kmalloc-64", "read_msg")] == 64 and sizes[("conn", "open_conn")] == 96
+    errors = {g["message"]: g for g in agg["errors"]}
+    trunc = errors["core file CORE is truncated: N bytes of memory missing"]
+    assert trunc["cores"] == 2 and trunc["examples"] == [str(d / "t1.core"), str(d / "t2.core")]
+    assert errors["CORE: not an ELF file (only N bytes)"]["cores"] == 1
+
+
+def test_a_core_past_its_time_limit_is_a_timeout_and_the_batch_goes_on(fleet, tmp_path):
+    cores, d = fleet
+    core = str(d / "h0" / "svc.core")
+    script = tmp_path / "slow.mdb"
+    script.write_text("!sleep 5\n")
+    r = run_mdbpy("batch", "--timeout", "1", "-f", str(script), core, str(d / "notacore.core"),
+                  timeout=30)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["status"] for x in recs] == ["timeout", "error"]
+    assert recs[0]["error"] == "timed out after 1 s" and recs[0]["seconds"] < 4
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give the commands with -e or -f (one of them)"),
+    (["-e", "::status"], "no cores given"),
+    (["-e", "::status", "-f", "x", "c"], "give the commands with -e or -f (one of them)"),
+    (["-e", "::status", "-j", "0", "c"], "invalid number '0' (at least 1)"),
+    (["-e", "::status", "--bogus", "c"], "unknown option '--bogus'"),
+    (["-e", "::status", "/nonexistent/*.core"], "no file matches /nonexistent/*.core"),
+    (["-e", "::status", "@/nonexistent/list"],
+     "cannot read list file /nonexistent/list: No such file or directory"),
+])
+def test_usage_errors_are_status_2(args, message):
+    r = run_mdbpy("batch", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[0] == f"mdbpy: {message}"
+    assert r.stderr.splitlines()[1].startswith("usage: mdbpy batch")
+
+
+def test_records_go_to_stdout_by_default_and_name_missing_files(tmp_path):
+    missing = str(tmp_path / "gone.core")
+    r = run_mdbpy("batch", "-e", "::status", missing)
+    assert r.returncode == 0
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["status"] == "error" and rec["core"] == missing
+    assert rec["error"] == f"cannot open {missing}: No such file or directory"
+
+
+def test_the_memory_limit_makes_an_oom_record_and_a_roomy_one_does_not(fleet):
+    _, d = fleet
+    core = str(d / "h0" / "svc.core")
+    recs = {}
+    for mib in ("16", "4096"):
+        r = run_mdbpy("batch", "--memory", mib, "-e", "::findleaks", core)
+        assert r.returncode == 0, r.stderr
+        (recs[mib],) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert recs["16"]["status"] == "oom" and recs["16"]["error"] == "out of memory (limit 16 MiB)"
+    assert recs["4096"]["status"] == "ok" and recs["4096"]["results"][0]["leaks"]
