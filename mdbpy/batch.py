@@ -82,10 +82,16 @@ def _limit_memory(mib: int):
     return apply
 
 
+# `python -m mdbpy` would look for mdbpy in the current directory first (a batch runs where
+# the cores are, among files nobody vetted): the child drops that sys.path entry before it
+# imports anything of mdbpy's (with -c it is always the first, '').
+BOOT = "import sys; del sys.path[0]; import mdbpy.__main__ as m; sys.exit(m.main())"
+
+
 def command(job: Job) -> list[str]:
     """The child's argv: the CLI itself, --json, no ~/.mdbpyrc (-S: every core gets the same
     commands, whoever runs the batch), the core after `--` (a path may start with `-`)."""
-    argv = [sys.executable, "-m", "mdbpy", "--json", "-S"]
+    argv = [sys.executable, "-c", BOOT, "--json", "-S"]
     if job.sysroot:
         argv += ["-R", job.sysroot]
     argv += ["-f", job.script_file] if job.script_file else ["-e", job.script or ""]

@@ -180,3 +180,22 @@ def test_the_memory_limit_makes_an_oom_record_and_a_roomy_one_does_not(fleet):
         (recs[mib],) = [json.loads(line) for line in r.stdout.splitlines()]
     assert recs["16"]["status"] == "oom" and recs["16"]["error"] == "out of memory (limit 16 MiB)"
     assert recs["4096"]["status"] == "ok" and recs["4096"]["results"][0]["leaks"]
+
+
+def test_a_batch_run_among_planted_modules_imports_none_of_them(fleet, tmp_path):
+    """The cores' directory is nobody's to trust: each core's mdbpy is started so that an
+    `mdbpy/` there is never imported (the batch itself runs as the `mdbpy` command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, d = fleet
+    (tmp_path / "mdbpy").mkdir()
+    (tmp_path / "mdbpy" / "__init__.py").write_text("open('PWNED', 'w')\n")
+    script = Path(sys.executable).with_name("mdbpy")
+    r = subprocess.run([str(script), "batch", "-e", "::status", str(d / "h0" / "svc.core")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["status"] == "ok", rec
+    assert not (tmp_path / "PWNED").exists()
