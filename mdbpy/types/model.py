@@ -268,9 +268,6 @@ class Enum(Type):
     def name_of(self, value: int) -> str | None:
         return next((n for n, v in self.enumerators if v == value), None)
 
-    def value_of(self, name: str) -> int | None:
-        return next((v for n, v in self.enumerators if n == name), None)
-
 
 class Function(Type):
     """A function type: pointers to it are function pointers."""

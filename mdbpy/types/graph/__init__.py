@@ -177,9 +177,6 @@ class TypeGraph:
         p.member = member
         return p
 
-    def rows_typed(self):
-        return self.solution.tid >= 0
-
     def stats(self) -> dict:
         """Buffers and bytes: typed by each way, unknown, conflicting, and the work done."""
         import numpy as np
