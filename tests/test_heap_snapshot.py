@@ -200,6 +200,40 @@ def _rewrite(src, dst, **changes) -> None:
         np.savez(f, **arrays)
 
 
+def _every_flipped_window_is_refused(data: bytes, tmp_path) -> None:
+    """Damage anywhere in the file is either refused as one MdbError or lands in bytes no
+    reader looks at (a timestamp in a zip header) and changes nothing read: never another
+    exception and never different data. Where a fixed offset lands depends on the
+    snapshot's size (paths, pids), so windows of several lengths are flipped across the
+    start of every member (zip and array headers), through the column data and over the
+    central directory."""
+    import io
+    import zipfile
+
+    from mdbpy.errors import MdbError
+    from mdbpy.heap import snapshot
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        starts = [m.header_offset for m in z.infolist()]
+    offsets = {o + d for o in starts for d in range(0, 256, 8)}
+    offsets |= set(range(0, len(data), max(64, len(data) // 128)))
+    path = tmp_path / "window.npz"
+    path.write_bytes(data)
+    whole = snapshot.load(str(path))
+    for off in sorted(offsets):
+        for width in (1, 16, 200):
+            path.write_bytes(data[:off] + bytes(x ^ 0xFF for x in data[off:off + width])
+                             + data[off + width:])
+            try:
+                got = snapshot.load(str(path))
+            except MdbError as e:
+                assert "window.npz" in str(e) and "\n" not in str(e), (off, width, e)
+                continue
+            assert got.meta == whole.meta and got.types == whole.types, (off, width)
+            assert all(np.array_equal(got.cols[c], whole.cols[c]) for c in whole.cols), \
+                (off, width)
+
+
 def test_bad_snapshots_are_one_line_and_a_failure(grown, tmp_path):
     _proc, _info, _a, b, _tmp = grown
     data = b.read_bytes()
@@ -227,6 +261,7 @@ def test_bad_snapshots_are_one_line_and_a_failure(grown, tmp_path):
             assert "not a readable mdbpy heap snapshot" in line, line
         r = run_mdbpy("-S", "-p", _proc.pid, "-e", f"::heapdiff {path}")
         assert r.returncode == 1 and str(path) in one_error(r), (name, r.stderr)
+    _every_flipped_window_is_refused(data, tmp_path)
     r = run_mdbpy("diff", tmp_path / "minor.npz", b)  # a newer minor version is read
     assert r.returncode == 0, r.stderr
     r = run_mdbpy("diff", b)

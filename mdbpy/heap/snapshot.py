@@ -240,6 +240,7 @@ def take(session) -> Snapshot:
 def load(path: str) -> Snapshot:
     """The snapshot in `path`, checked: a file that is not one, is cut short, damaged, or of
     a newer major format version is one MdbError line naming the file."""
+    import tokenize
     import zipfile
     import zlib
 
@@ -249,10 +250,19 @@ def load(path: str) -> Snapshot:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("a single array, not a snapshot")
+            # Every member's CRC first: numpy parses an array's header before the zip layer
+            # checks anything, so a damaged header would otherwise surface as whatever
+            # numpy's header parser happens to raise.
+            damaged = z.zip.testzip()
+            if damaged is not None:
+                raise ValueError(f"member {damaged} fails its CRC check")
             arrays = {k: z[k] for k in z.files}
     except OSError as e:
         raise MdbError(f"cannot read snapshot {path}: {e.strerror or e}") from None
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, SyntaxError,
+            tokenize.TokenError, NotImplementedError, RuntimeError) as e:
+        # NotImplementedError and RuntimeError: zipfile's word for a damaged compression
+        # method or encryption flag.
         why = (str(e).splitlines() or [type(e).__name__])[0]
         raise MdbError(f"{path}: not a readable mdbpy heap snapshot ({why})") from None
     return _checked(path, arrays)
