@@ -157,6 +157,27 @@ def test_unmapped_reads_name_the_failing_address(basic_proc):
                 t.read(vsyscall[0].start, 8)
 
 
+def test_scattered_rows_in_few_calls_equal_single_reads(basic_proc):
+    """read_rows (process_vm_readv, up to 1024 rows a call) gives exactly what read() gives
+    for every row read whole, and refuses every other row: unmapped, cut by a mapping's end,
+    at address 0 or a kernel address; a refused row in the middle of a batch does not stop
+    the rows after it, across more rows than one call carries."""
+    import numpy as np
+
+    with LiveTarget(basic_proc.pid) as t:
+        maps = t.mappings()
+        m = next(a for a, b in zip(maps, maps[1:])
+                 if a.end < b.start and a.readable and a.size >= 16 << 10)
+        size = 24
+        good = [m.start + 8 * k for k in range(1500)]
+        bad = [0, 0x10, m.end - 8, m.end, 0xffffffffff600000, (1 << 64) - 16]
+        addrs = np.array(good[:700] + bad + good[700:] + bad[2:4], np.uint64)
+        rows, ok = t.read_rows(addrs, size)
+        assert len(addrs) > 1024 and ok.tolist() == [a not in bad for a in addrs.tolist()]
+        for a, row, k in zip(addrs.tolist(), rows, ok.tolist()):
+            assert row.tobytes() == (t.read(a, size) if k else bytes(size)), hex(a)
+
+
 def test_facts_exe_auxv_status(basic_proc, basic_exe):
     with LiveTarget(basic_proc.pid) as t:
         assert t.kind == "live" and t.describe() == f"PID {basic_proc.pid}"

@@ -145,3 +145,44 @@ def test_a_dwarf_layout_that_differs_from_the_builtin_one_is_shown():
     text = format_layout(b).splitlines()
     assert text[-6:] == ["  DWARF differs from the builtin descriptor (DWARF's layout is used):",
                          *[f"    {d}" for d in b.differs]]
+
+
+def test_dwarf_layouts_are_cached_by_build_id_and_checked(tmp_path):
+    """The structs bound from libc's DWARF are kept in `<build-id>.layouts` after the first
+    session; later sessions bind the same layouts from it without opening the DWARF. A
+    damaged entry, or one whose debug file changed since (size or time), is read again from
+    the DWARF and rewritten; the output never changes."""
+    import json
+    import subprocess
+
+    from support import run_mdbpy
+
+    from mdbpy.symbols.elf import build_id_of
+
+    dbg = _debug_file()
+    if dbg is None:
+        pytest.skip("libc6-dbg is not installed")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    env = {"MDBPY_CACHE_DIR": str(tmp_path)}
+    entry = tmp_path / f"{build_id_of(LIBC)}.layouts"
+    try:
+        def shown() -> str:
+            r = run_mdbpy("-p", sleeper.pid, "-e", "::layout malloc_state", env=env)
+            assert r.returncode == 0 and r.stderr == "", r.stderr
+            return r.stdout
+
+        first = shown()
+        assert first.startswith("struct malloc_state (size 0x898, align 8) from DWARF "
+                                "libc.so.6 debug info\n"), first
+        kept = json.loads(entry.read_text())
+        assert kept["path"] == dbg and kept["structs"]["malloc_state"][0] == 0x898
+        assert kept["structs"]["malloc_state"][1]["top"] == [0x60, 8]
+        assert shown() == first
+        for damage in (b"{not json", json.dumps({**kept, "stamp": [1, 2]}).encode(),
+                       json.dumps({**kept, "structs": {"malloc_state": ["x", {}]}}).encode()):
+            entry.write_bytes(damage)
+            assert shown() == first
+            assert json.loads(entry.read_text()) == kept  # read again and rewritten
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -103,6 +103,29 @@ def _decode(data: bytes, build_id: str) -> tuple[dict, dict[str, Columns]] | Non
     return (head.get("meta") or {}, tables) if pos == len(data) else None
 
 
+def load_json(build_id: str, suffix: str, max_bytes: int):
+    """The JSON value of build_id's entry with that suffix (the types layer keeps `.types`
+    and `.layouts`), or None when absent, larger than max_bytes or not JSON; the caller
+    checks its shape."""
+    path = entry_path(build_id, suffix)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        return json.loads(raw) if len(raw) <= max_bytes else None
+    except (OSError, ValueError):
+        return None
+
+
+def store_json(build_id: str, suffix: str, value) -> None:
+    """Write build_id's entry with that suffix as compact JSON (atomically; failures are
+    silent, as for every entry)."""
+    path = entry_path(build_id, suffix)
+    if path is not None:
+        write_atomic(path, [json.dumps(value, separators=(",", ":")).encode()])
+
+
 def store(build_id: str, meta: dict, tables: dict[str, Columns]) -> None:
     """Write the entry atomically (temp file + rename); failures leave no trace."""
     path = entry_path(build_id)

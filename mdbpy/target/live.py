@@ -214,6 +214,14 @@ class LiveTarget(Target):
             cur += len(got)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_rows(self, addrs, size: int):
+        """Many small reads in few system calls (vmread.py); the rows it cannot copy whole
+        are left to read(), which says what is missing."""
+        from mdbpy.target import vmread
+
+        self._check()
+        return vmread.read_rows(self.pid, addrs, size)
+
     def write(self, addr: int, data: bytes) -> None:
         if not self.writable:
             super().write(addr, data)

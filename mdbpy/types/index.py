@@ -14,7 +14,6 @@ build-id or DWARF file size does not match is ignored and the index is built aga
 from __future__ import annotations
 
 import bisect
-import json
 import os
 
 from mdbpy.symbols import cache
@@ -89,15 +88,10 @@ def load_or_build(path: str, build_id: str | None, elf) -> TypeIndex:
 
 
 def _load(build_id: str, size: int) -> TypeIndex | None:
-    path = cache.entry_path(build_id, SUFFIX)
-    if path is None:
+    entry = cache.load_json(build_id, SUFFIX, MAX_ENTRY)
+    if not isinstance(entry, dict):
         return None
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_ENTRY + 1)
-        if len(raw) > MAX_ENTRY:
-            return None
-        entry = json.loads(raw)
         if (entry.get("version") != FORMAT_VERSION or entry.get("build_id") != build_id
                 or entry.get("dwarf_size") != size or not _well_formed(entry["index"])):
             return None
@@ -123,11 +117,8 @@ def _well_formed(data) -> bool:
 
 
 def _store(build_id: str, size: int, found: dict) -> None:
-    path = cache.entry_path(build_id, SUFFIX)
-    if path is None:
-        return
-    entry = {"version": FORMAT_VERSION, "build_id": build_id, "dwarf_size": size, "index": found}
-    cache.write_atomic(path, [json.dumps(entry, separators=(",", ":")).encode()])
+    cache.store_json(build_id, SUFFIX, {"version": FORMAT_VERSION, "build_id": build_id,
+                                        "dwarf_size": size, "index": found})
 
 
 __all__ = ["TypeIndex", "ScanError", "load_or_build", "build"]
