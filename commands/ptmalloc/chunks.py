@@ -82,7 +82,7 @@ class _Slots:
         self.mem, self.first, self.end = mem, first, nslots
         self.progress = progress
         self.lo = self.hi = 0
-        self.raw = self.nxt = None
+        self.words = self.raw = self._nxt = None
         self.peeks: dict[int, object] = {}  # block number -> that block's next slots
 
     def load(self, lo: int) -> None:
@@ -92,11 +92,25 @@ class _Slots:
         if self.progress is not None:
             self.progress(16 * lo, 16 * self.end)
         hi = min(lo + max(WINDOW // 16, 1), self.end)
-        self.raw = self.nxt = None  # the old window is freed before the new one is read
+        self.words = self.raw = self._nxt = None  # the old window goes before the new is read
         data = self.mem.read(self.first + 16 * lo, 16 * (hi - lo))
-        self.raw = np.frombuffer(data, dtype="<u8")[1::2]
-        self.nxt = _next_slots(self.raw, lo, self.end)
+        self.words = np.frombuffer(data, dtype="<u8")
+        self.raw = self.words[1::2]
         self.lo, self.hi = lo, hi
+
+    @property
+    def nxt(self):
+        """Where each slot of the window leads (_next_slots): decoded only when the walk
+        looks past a broken chain; the chain itself is followed in kernel.c (follow)."""
+        if self._nxt is None:
+            self._nxt = _next_slots(self.raw, self.lo, self.end)
+        return self._nxt
+
+    def follow(self, k: int, out, stop) -> int:
+        """The chain of chunks from slot k through the window, into out (kernel.c's
+        follow_sizes; stop[0] is where it stopped); how many slots were written."""
+        return kernel.lib().follow_sizes(kernel.ptr(self.words), self.lo, self.hi, k, self.end,
+                                         MINSIZE, MAX_CHUNK, kernel.ptr(out), kernel.ptr(stop))
 
     def leads(self, k: int) -> int:
         """Where slot k's size leads (-1: nowhere), from the window or from a block of
@@ -240,8 +254,7 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
             s.load(k)
         lo, hi = s.lo, s.hi
         chain = np.empty(hi - k, np.int64)
-        got = kernel.lib().follow_chain(kernel.ptr(s.nxt), lo, hi, k, kernel.ptr(chain),
-                                        kernel.ptr(stop))
+        got = s.follow(k, chain, stop)
         found.add(chain[:got])
         k = int(stop[0])
         if k >= hi:

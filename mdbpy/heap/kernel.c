@@ -343,18 +343,24 @@ int64_t bfs(int64_t n, const node_t *nodes, const int32_t *dst, const uint64_t *
     return tail + leaves;
 }
 
-/* A chain of slots, each naming the next: ptmalloc's chunks, where a header's size leads to the
- * next header. From slot k, while k < hi and its successor nxt[k - lo] is valid (>= 0), k is
- * written to out and the walk moves on. A valid successor is always past its slot, so the walk
- * ends, and out needs room for hi - k entries. Returns how many were written; *end is where the
- * chain stopped: at or past hi, or at a slot whose successor is invalid (a smashed header). */
-int64_t follow_chain(const int64_t *nxt, int64_t lo, int64_t hi, int64_t k, int64_t *out,
-                     int64_t *end)
+/* ptmalloc's chain of chunks through one window of a heap: slot k (16 bytes) holds a chunk
+ * header whose size word, words[2 * (k - lo) + 1], leads to the next header at
+ * k + size / 16. From slot k, while k < hi and the size is one a chunk can have (the flag bits
+ * masked: at least minsize, a multiple of 16, at most maxsize, not past end_slot), k is
+ * written to out and the walk moves on. A valid size moves by two slots at least, so the walk
+ * ends, and out needs room for hi - k entries. Returns how many were written; *end is where
+ * the chain stopped: at or past hi, or at a slot whose size is impossible (a smashed header,
+ * which commands/ptmalloc/chunks.py then looks at in Python). */
+int64_t follow_sizes(const uint64_t *words, int64_t lo, int64_t hi, int64_t k, int64_t end_slot,
+                     uint64_t minsize, uint64_t maxsize, int64_t *out, int64_t *end)
 {
     int64_t n = 0;
     while (k < hi) {
-        int64_t k2 = nxt[k - lo];
-        if (k2 <= k)
+        uint64_t size = words[2 * (k - lo) + 1] & ~(uint64_t)7;
+        if (size < minsize || (size & 15) || size > maxsize)
+            break;
+        int64_t k2 = k + (int64_t)(size >> 4);
+        if (k2 > end_slot)
             break;
         out[n++] = k;
         k = k2;

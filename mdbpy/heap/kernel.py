@@ -56,7 +56,7 @@ _SIGNATURES = {
     "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
     "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P, _P]),
     "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
-    "follow_chain": (_I64, [_P, _I64, _I64, _I64, _P, _P]),
+    "follow_sizes": (_I64, [_P, _I64, _I64, _I64, _I64, _U64, _U64, _P, _P]),
     "pool_add": (None, [ctypes.POINTER(PoolStruct), _I64, _I64, _P, _P]),
     "pool_lookup": (None, [ctypes.POINTER(PoolStruct), _P, _I64, _P]),
     "seen_add": (None, [_P, _I64, _P, _I64]),

@@ -40,9 +40,12 @@ class Locator:
         runs = [np.empty(room, np.uint64) for _ in range(4)] + [np.empty(room, np.int64)]
         nruns = k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n,
                            *(kernel.ptr(a) for a in runs))
-        # copies, not views: the runs are few, and the index should not pin n-sized arrays
+        # copies where the runs are few (the index should not pin n-sized arrays); where
+        # nearly every buffer is its own run (a glibc heap's chunks) the copy would only
+        # cost a pass over n-sized arrays, so the arrays are kept
+        keep = max(nruns, 1)
         self.rbase, self.rend, self.rstride, self.rsize, self.rfirst = (
-            a[:max(nruns, 1)].copy() for a in runs)
+            a[:keep] if 2 * keep > room else a[:keep].copy() for a in runs)
         first = np.empty(room, np.int64)
         ihi = np.empty(room, np.uint64)
         nisl = k.loc_islands(kernel.ptr(self.rbase), kernel.ptr(self.rend), nruns, ISLAND_GAP,
