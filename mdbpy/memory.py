@@ -18,9 +18,15 @@ BLOCK = 4 << 20  # bytes per block in scans: large enough to amortise syscalls, 
 LIST_MAX = 1 << 20  # elements of a linked list followed before calling the list corrupt
 
 
+TAP_MIN = 64 << 10  # reads at least this large are shown to the tap
+
+
 class AddressSpace:
     def __init__(self, target: Target):
         self.target = target
+        # while set, called as tap(addr, data) with every read of TAP_MIN bytes or more: the
+        # heap engine keeps what the allocators' walks read (mdbpy/heap/prescan.py)
+        self.tap = None
         self._maps: list[Mapping] | None = None
         self._starts: list[int] = []
 
@@ -48,7 +54,10 @@ class AddressSpace:
             raise ReadError(addr & ((1 << 64) - 1), max(size, 0), "address out of range")
         if size == 0:
             return b""
-        return self.target.read(addr, size)
+        data = self.target.read(addr, size)
+        if self.tap is not None and size >= TAP_MIN:
+            self.tap(addr, data)
+        return data
 
     def read_rows(self, addrs, size: int):
         """The target's fast path for many small reads (Target.read_rows), or None."""

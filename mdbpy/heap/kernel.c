@@ -162,10 +162,14 @@ static inline int64_t buffer_in_run(const locator *L, int64_t r, uint64_t v)
  * is loaded, then every pick's run. Within a stage the loads are independent, so the cache
  * misses of a million hits overlap instead of queueing.
  *
+ * With at_in, word i is not at addr0 + 8 * i but at at_in[i] (ascending): the words a
+ * one-pass scan picked out of blocks read before the table existed (pick_words).
+ *
  * counts[0..3] += words, dismissals (outside [lo, hi)), misses (in range, in no buffer), hits.
  * The outputs must have room for nwords entries; returns how many were written. */
 int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint64_t addr0,
-                   int32_t *src, int32_t *dst, uint64_t *slot, int64_t *counts)
+                   const uint64_t *at_in, int32_t *src, int32_t *dst, uint64_t *slot,
+                   int64_t *counts)
 {
     int32_t pick[CHUNK], a[CHUNK], b[CHUNK];
     int64_t out = 0, picked = 0, missed = 0;
@@ -209,7 +213,7 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
                 missed++;
                 continue;
             }
-            uint64_t at = addr0 + 8 * (uint64_t)(j0 + pick[i]);
+            uint64_t at = at_in ? at_in[j0 + pick[i]] : addr0 + 8 * (uint64_t)(j0 + pick[i]);
             if (!src) {
                 dst[out] = (int32_t)d;
                 slot[out++] = at;
@@ -228,6 +232,36 @@ int64_t scan_words(const locator *L, const uint64_t *words, int64_t nwords, uint
     counts[2] += missed;
     counts[3] += picked - missed;
     return out;
+}
+
+/* The words of a block (the first at addr0) whose values lie in [lo, hi), with their
+ * addresses: what a scan needs of a block read before the buffer table exists (a one-pass
+ * findleaks: mdbpy/heap/prescan.py), kept until the table can say which buffers they name.
+ * The outputs need room for nwords entries; returns how many were written. */
+int64_t pick_words(const uint64_t *words, int64_t nwords, uint64_t addr0, uint64_t lo,
+                   uint64_t hi, uint64_t *at, uint64_t *val)
+{
+    const uint64_t span = hi - lo;
+    int64_t m = 0, j = 0;
+    /* as in scan_words: four words tested together, most groups holding none */
+    for (; j + 4 <= nwords; j += 4) {
+        if (!(j & 7))
+            __builtin_prefetch(words + j + AHEAD_WORDS);
+        if (!((words[j] - lo < span) | (words[j + 1] - lo < span) |
+              (words[j + 2] - lo < span) | (words[j + 3] - lo < span)))
+            continue;
+        for (int64_t q = j; q < j + 4; q++) {
+            at[m] = addr0 + 8 * (uint64_t)q;
+            val[m] = words[q];
+            m += words[q] - lo < span;
+        }
+    }
+    for (; j < nwords; j++) {
+        at[m] = addr0 + 8 * (uint64_t)j;
+        val[m] = words[j];
+        m += words[j] - lo < span;
+    }
+    return m;
 }
 
 /* Expand runs of equally spaced buffers (a slab's objects) into the buffer table's columns.

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mdbpy.heap.model import (KIND_BUFFER, LEAKS_KEY, AllocRecord, Allocator, BufferTable,
                               RecordColumns)
+from mdbpy.heap.prescan import Prescan
 from mdbpy.heap.roots import collect_roots
 from mdbpy.heap.scan import Reach, candidate_extents, reachability
 from mdbpy.heap.view import AnonRegion, Candidates, HeapView
@@ -151,11 +152,19 @@ def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) ->
     import numpy as np
 
     t0, c0 = time.perf_counter(), time.process_time()
-    view = HeapView(session, session.allocators() if allocs is None else allocs)
-    # the heap is scanned after the table is built: the target may bring it in meanwhile
-    heap = view.heap_regions()
-    session.target.warm(heap)
-    cands = view.candidates()
+    # from a live process, what the walks read is kept for the scan (one read of the heap)
+    prescan = Prescan(session.mem) if session.target.reads_through_kernel else None
+    session.mem.tap = prescan.feed if prescan else None
+    try:
+        view = HeapView(session, session.allocators() if allocs is None else allocs)
+        # the heap is scanned after the table is built: the target may bring it in meanwhile
+        heap = view.heap_regions()
+        session.target.warm(heap)
+        cands = view.candidates()
+    finally:
+        session.mem.tap = None
+        if prescan is not None:
+            prescan.close()
     table = cands.table
     warnings = [f"[{a:x}, {b:x}) not trusted: {why}" for alloc in view.allocs
                 for a, b, why in alloc.untrusted()]
@@ -185,7 +194,8 @@ def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) ->
     exclude = view.claimed + candidate_extents(regions)
     roots, w = collect_roots(session, exclude)
     warnings += w
-    reach = reachability(session.mem, table, roots, progress, view.undecided(cands))
+    reach = reachability(session.mem, table, roots, progress, view.undecided(cands), prescan)
+    del prescan  # its kept words are resolved: free them before the report is made
     if reach.stats.unreadable:
         warnings.append(f"{len(reach.stats.unreadable)} unreadable range(s) skipped, first at "
                         f"0x{reach.stats.unreadable[0][0]:x}")

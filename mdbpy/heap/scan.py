@@ -194,7 +194,7 @@ def _scan_block(loc: Locator, addr: int, data: bytes, sources: bool):
     src = np.empty(n, np.int32) if sources else None
     slots = None if sources else np.empty(n, np.uint64)
     counts = np.zeros(4, np.int64)
-    got = kernel.lib().scan_words(loc.struct, kernel.ptr(words), n, waddr0, kernel.ptr(src),
+    got = kernel.lib().scan_words(loc.struct, kernel.ptr(words), n, waddr0, None, kernel.ptr(src),
                                   kernel.ptr(dst), kernel.ptr(slots), kernel.ptr(counts))
     if sources:
         return None, dst[:got].copy(), src[:got].copy(), counts.tolist()
@@ -237,23 +237,27 @@ def _edge_block(mem, loc: Locator, start: int, end: int):
     return src_parts, dst_parts, total, failed
 
 
-def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
-    """Every edge between candidates, scanning the regions block by block in SCAN_THREADS
-    threads; results are taken in block order, so the graph never depends on timing. On
-    KeyboardInterrupt the blocks not started are dropped and the running ones finish."""
+def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=None):
+    """Every edge between candidates as (sources, targets) in address order: those the
+    prescan's kept words make, and those of the regions' other memory, scanned block by
+    block in SCAN_THREADS threads. Results are taken in block order, so the graph never
+    depends on timing. On KeyboardInterrupt the blocks not started are dropped and the
+    running ones finish."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
+
+    parts, regions = prescan.edges(loc, regions, stats) if prescan else ([], regions)
     blocks = [(a, min(a + BLOCK, end)) for start, end in mem.target.present(regions)
               for a in range(start, end, BLOCK)]
     total = sum(b - a for a, b in blocks) + 1
-    src_parts, dst_parts, done = [], [], 0
+    done = 0
     pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="mdbpy-scan")
     try:
         futures = [pool.submit(_edge_block, mem, loc, a, b) for a, b in blocks]
         for (a, b), f in zip(blocks, futures):
             src, dst, counts, failed = f.result()
-            src_parts += src
-            dst_parts += dst
+            parts += [(a, s, d) for s, d in zip(src, dst)]
             _count(stats, counts)
             stats.unreadable += failed
             done += b - a
@@ -261,14 +265,18 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None):
                 progress(done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return src_parts, dst_parts, total
+    parts.sort(key=lambda p: p[0])  # stable: a block's pieces keep their order
+    empty = np.zeros(0, np.int32)
+    return (np.concatenate([p[1] for p in parts]) if parts else empty,
+            np.concatenate([p[2] for p in parts]) if parts else empty, total)
 
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
-                 undecided: dict[int, str] | None = None) -> Reach:
+                 undecided: dict[int, str] | None = None, prescan=None) -> Reach:
     """Mark every candidate reachable from the roots (transitively). The `undecided`
     candidates ({index: label}) that nothing reaches are then made roots under their label
-    (memory whose being unreached is no evidence of a leak), and the search is run again."""
+    (memory whose being unreached is no evidence of a leak), and the search is run again.
+    A prescan (prescan.py) gives the words of the candidate memory the walks already read."""
     import numpy as np
 
     n = len(table)
@@ -278,7 +286,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
     loc = Locator(table.base, table.ends)
 
     # 1. edges between candidates, from their own contents
-    src_parts, dst_parts, total = _edges(mem, loc, scan_regions(mem, table), stats, progress)
+    esrc, edst, total = _edges(mem, loc, scan_regions(mem, table), stats, progress, prescan)
 
     # 2. root marks: register values and root memory
     root_slot: dict[int, tuple[int | None, str]] = {}
@@ -296,8 +304,6 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
         progress(total, total)
 
     # 3. one breadth-first search from the roots, in the order they were found
-    esrc = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int32)
-    edst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32)
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
     graph = Graph(esrc, edst, n, rooted)
     marked, _, stats.follows = graph.search(False)

@@ -85,6 +85,10 @@ class Target:
     kind = "synthetic"
     pid: int | None = None
     writable = False
+    # every read is a copy through a system call (a live process), not a view of bytes at
+    # hand: findleaks then keeps what the allocators' walks read instead of reading the heap
+    # a second time (mdbpy/heap/prescan.py)
+    reads_through_kernel = False
     pointer_size = 8
     byteorder = "little"
     machine = "x86_64"

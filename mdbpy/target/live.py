@@ -47,6 +47,7 @@ class LiveTarget(Target):
     """A running process, by pid. stop=False inspects without stopping (no ptrace at all)."""
 
     kind = "live"
+    reads_through_kernel = True
 
     def __init__(self, pid: int, stop: bool = True, writable: bool = False):
         self.pid = pid
