@@ -26,7 +26,11 @@ Three rules keep it exact and bounded whatever the heap's size:
 from __future__ import annotations
 
 PAGE = 4096
-BLOCK = 1 << 16  # what a single-address read brings in around its page (list nodes cluster)
+# what a single-address read brings in around its page (list nodes cluster): measured on
+# libumem's slab walks over a million buffers, 16 KiB read 35,000 blocks where 64 KiB
+# read 45,000 (the neighbours rarely served; the pool dropped them sooner) and cost
+# 0.7 s against 1.7 s; 4 KiB reads twice as many
+BLOCK = 1 << 14
 WINDOW_PAGES = 1 << 14  # pages one call joins at a time (64 MiB)
 MAX_CACHED = 1 << 26  # bytes of pages a Gather keeps between calls (never what one call sees)
 GAP_PAGES = 16  # pages between two needed ones that are read rather than skipped
@@ -194,17 +198,29 @@ class Gather:
         could not be read; kept (every page read is, the oldest kept ones dropped)."""
         import numpy as np
 
-        from mdbpy.heap.kernel import ptr
+        raw, bad = self._keep(first, end)
+        return (np.frombuffer(raw, np.uint8).reshape(-1, PAGE),
+                bad if bad is not None else np.zeros(end - first, bool))
 
+    def _keep(self, first: int, end: int):
+        """(bytes, which pages could not be read or None when all could) of pages [first,
+        end), read and kept: the list walks' one step per block they miss (tens of thousands
+        in a big heap), so nothing is built that a fully readable block does not need."""
         failed: list[tuple[int, int]] = []
         raw = self.mapped.read(first * PAGE, end * PAGE, failed)
-        bad = np.zeros(end - first, bool)
-        for x, y in failed:
-            bad[max(x // PAGE - first, 0):-(-y // PAGE) - first] = True
+        bad = None
+        if failed:
+            import numpy as np
+
+            from mdbpy.heap.kernel import ptr
+
+            bad = np.zeros(end - first, bool)
+            for x, y in failed:
+                bad[max(x // PAGE - first, 0):-(-y // PAGE) - first] = True
         pool = self.pool
         pool.lib.pool_add(pool.ref, first, end - first, raw,
-                          ptr(bad.view(np.uint8)) if failed else 0)
-        return np.frombuffer(raw, np.uint8).reshape(-1, PAGE), bad
+                          ptr(bad.view(np.uint8)) if bad is not None else 0)
+        return raw, bad
 
     def _slot(self, p: int) -> int | None:
         """The slot of page p, its block read when it is not kept (None: unreadable)."""
@@ -239,7 +255,7 @@ class Gather:
             self.pool.lib.pool_add(self.pool.ref, p, 1, 0, b"\1")
             return
         a = max(lo, (p * PAGE) & ~(BLOCK - 1))
-        self._read_pages(a // PAGE, min(hi, ((p * PAGE) & ~(BLOCK - 1)) + BLOCK) // PAGE)
+        self._keep(a // PAGE, min(hi, ((p * PAGE) & ~(BLOCK - 1)) + BLOCK) // PAGE)
 
     def walk(self, start: int, limit: int, *, lo: int, n: int, nxt: int, back: int = -1,
              own: int = -1, owner: int = 0, anchor: int = 0, ring: bool = False,
