@@ -8,6 +8,12 @@ through gdb's Python API, `symbol.value(frame)` for each symbol of the frame's b
 what `bt full` prints) is compared with mdbpy's: every value gdb knows must be mdbpy's, exactly,
 and where gdb says <optimized out> mdbpy must say so too. gdb's is_optimized_out is true when any
 part of a value is unknown; mdbpy shows no partial values, so both sides then say optimized out.
+
+fixtures/frames_inline.c (-O2) has functions inlined into one another, a pointer that lives in
+no memory (<synthetic pointer>), gcc's typed stack operations and entry values: the frames $C
+lists, their variables and lines are gdb's, and the values the fixture's own.
+fixtures/frames_cpp.cc (-O2) has C++ frames, named by their demangled symbols as gdb's bt names
+them. The evaluator is also tested on its own, on hand-made expressions.
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ import re
 from pathlib import Path
 
 import pytest
-from support import SYS_PAUSE, compile_fixture, engine_session, gcore, run_in, start_fixture, \
-    wait_syscalls
+from support import FIXTURES, SYS_PAUSE, compile_fixture, engine_session, gcore, run_in, \
+    start_fixture, wait_syscalls, without_args
 from types_oracle import GDB_DUMP, PrintParser, compare, run_gdb_script
 
 from mdbpy.types.printer import PrintOptions, Printer
 from mdbpy.types.space import space_of
 
 FUNCS = ("level4", "level3", "level2", "level1", "main")
+CLONE_SUFFIX = re.compile(r" \[clone [^\]]*\]$")
 
 GDB_FRAMES = GDB_DUMP + r'''
 want = set(os.environ["FRAMES_FUNCS"].split(","))
@@ -39,12 +46,18 @@ while f is not None:
                 if not (sym.is_argument or sym.is_variable):
                     continue
                 v = sym.value(f)
-                (args if sym.is_argument else locs)[sym.name] = \
-                    "optimized out" if v.is_optimized_out else dump(v)
+                # the innermost of two same-named variables is the one in scope; gdb lists an
+                # inlined function's variables a second time, optimized out, from its
+                # abstract origin when the concrete one sits in a nested block
+                (args if sym.is_argument else locs).setdefault(
+                    sym.name, "optimized out" if v.is_optimized_out else
+                    "synthetic pointer" if v.type.code == gdb.TYPE_CODE_PTR
+                    and str(v) == "<synthetic pointer>" else dump(v))
             if block.function is not None:
                 break
             block = block.superblock
-        frames.append({"func": fn.name, "pc": f.pc(), "args": args, "locals": locs})
+        frames.append({"func": fn.name, "pc": f.pc(), "args": args, "locals": locs,
+                       "inline": f.type() == gdb.INLINE_FRAME, "line": f.find_sal().line})
     f = f.older()
 json.dump(frames, open(os.environ["TYPES_OUT"], "w"))
 '''
@@ -228,6 +241,211 @@ def test_frame_and_locals_commands(parked):
         assert run_in(s, "::frame").splitlines() == [lines[n]]  # the selection stays
 
 
+# -- inlined frames, implicit pointers, typed stack ops: fixtures/frames_inline.c at -O2 ------
+
+INLINE_FUNCS = ("span", "scale", "twice", "outer", "main")
+# The fixture's own values (main's argc is 1): outer(3, 7, 41) -> twice(&pt, 41) -> scale(&pt,
+# 42) -> span(g_buf + 3, g_buf + 1330, 42). What gcc keeps nowhere is optimized out; p points
+# at pt, which lives in no memory.
+INLINE_VALUES = {
+    "span": {"start": ("g_buf", 3), "end": ("g_buf", 1330), "k": 42, "n": 1327 // 24,
+             "m": 1327 % 7, "q": 42 // 5},
+    "scale": {"k": 42, "p": "<synthetic pointer>", "sum": 3 * 42 + 7, "h": "heap",
+              "r": "<optimized out>"},
+    "twice": {"k": 41, "p": "<synthetic pointer>", "r": "<optimized out>"},
+    "outer": {"a": 3, "b": 7, "c": 41, "pt": "<optimized out>", "r": "<optimized out>"},
+    "main": {"argc": "<optimized out>", "argv": "<optimized out>"},
+}
+
+
+@pytest.fixture(scope="module")
+def inline_parked(build_dir):
+    """(exe, running process, its gcore core), parked in pause() inside span."""
+    exe = compile_fixture("frames_inline", build_dir, flags=("-g", "-O2"))
+    r = start_fixture(exe)
+    try:
+        wait_syscalls(r.pid, {r.pid: SYS_PAUSE})
+        yield exe, r, gcore(r.pid, Path(build_dir) / "frames-inline-gcore")
+    finally:
+        r.stop()
+
+
+def test_inline_fixture_premise(inline_parked):
+    """The fixture's DWARF has what the tests below are about."""
+    import subprocess
+
+    exe, _, _ = inline_parked
+    text = subprocess.run(["readelf", "--debug-dump=info,loc", str(exe)], capture_output=True,
+                          text=True, check=True).stdout
+    for what in ("DW_TAG_inlined_subroutine", "DW_OP_implicit_pointer", "DW_OP_convert",
+                 "DW_OP_entry_value"):
+        assert what in text, what
+
+
+def _shown_vars(s):
+    """(function, pc, inlined, FrameVars) of each of the fixture's frames as $C lists them."""
+    from mdbpy.types.frames import frame_variables, shown_frames
+    from mdbpy.unwind import unwind
+
+    frames = unwind(s, s.current_thread())
+    out = []
+    for sh in shown_frames(s, frames):
+        f = frames[sh.index]
+        name = sh.name if sh.inlined else s.format_addr(f.pc, f.ret).split("+")[0]
+        if name in INLINE_FUNCS:
+            out.append((name, f.pc, sh.inlined,
+                        frame_variables(s, frames, sh.index, scope=sh.scope)))
+    return out
+
+
+@pytest.mark.parametrize("where", ["live", "core"])
+def test_inlined_frames_equal_gdb_bt_full(where, inline_parked, tmp_path):
+    """The frames are gdb's, inlined ones included (same functions, pcs, inline or not), with
+    the same variables in scope; every value is the program's (h: the buffer the fixture
+    printed); where gdb says optimized out or <synthetic pointer> mdbpy says so too, and every
+    other value gdb shows is mdbpy's."""
+    exe, r, core = inline_parked
+    args = ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
+    gdb = run_gdb_script(args, GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(INLINE_FUNCS))
+    with _session(where, exe, r, core) as s:
+        ours = _shown_vars(s)
+        assert [(f, pc, inl) for f, pc, inl, _ in ours] == \
+            [(g["func"], g["pc"], g["inline"]) for g in gdb]
+        assert [f for f, _, inl, _ in ours if inl] == ["scale", "twice"]
+        g_buf = s.symbols.lookup("g_buf").addr
+        for (func, _, _, found), g in zip(ours, gdb):
+            mine = {v.name: _parsed(s, v) for v in found}
+            assert mine.keys() == {**g["args"], **g["locals"]}.keys(), func
+            truth = {k: g_buf + v[1] if isinstance(v, tuple) else r.addr(v) if v == "heap"
+                     else v for k, v in INLINE_VALUES[func].items()}
+            assert mine == truth, func
+            for name, want in {**g["args"], **g["locals"]}.items():
+                if want in ("optimized out", "synthetic pointer"):
+                    assert mine[name] == f"<{want}>", (func, name)
+                else:
+                    assert not compare(mine[name], want, name), (func, name, mine[name], want)
+
+
+def test_inlined_frames_in_dollar_C_and_locals(inline_parked, tmp_path):
+    """$C lists the inlined functions as frames of their own, `[inlined] name(args)` at the
+    frame pointer of the frame holding them; -l gives each gdb's line (the line of the pc,
+    then the inlined calls'); $c and $C list the same frames; ::frame counts the inlined ones,
+    and ::locals prints their variables; the typegraph types a buffer from an inlined frame's
+    local."""
+    from mdbpy.unwind import unwind
+
+    exe, r, core = inline_parked
+    gdb = {g["func"]: g["line"] for g in run_gdb_script(
+        [str(exe), str(core)], GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(INLINE_FUNCS))}
+    src = FIXTURES / "frames_inline.c"
+    with engine_session(core=core, exe=exe) as s:
+        lines = run_in(s, "$C -l").splitlines()
+        k = next(i for i, line in enumerate(lines) if " span+" in line)
+        fp = lines[k + 1].split()[0]
+        assert lines[k + 1:k + 4] == [
+            f"{fp} [inlined] scale(k=0x2a, p=<synthetic pointer>) at {src}:{gdb['scale']}",
+            f"{fp} [inlined] twice(k=0x29, p=<synthetic pointer>) at {src}:{gdb['twice']}",
+            f"{fp} {lines[k + 3].split()[1].split('(')[0]}(a=0x3, b=0x7, c=0x29) at "
+            f"{src}:{gdb['outer']}"]
+        assert re.fullmatch(r"outer\+0x[0-9a-f]+", lines[k + 3].split()[1].split("(")[0])
+        assert [without_args(line).split(" ", 1)[1] for line in lines] == \
+            run_in(s, "$c -l").splitlines()
+        pcs = [f"{f.pc:x}" for f in unwind(s, s.current_thread())]  # piped: each frame's pc
+        assert run_in(s, "$c | ::eval .=K").split() == pcs
+        assert run_in(s, f"::frame 0t{k + 1}").splitlines() == [lines[k + 1].split(" at ")[0]]
+        heap = r.addr("heap")
+        assert run_in(s, "::locals").splitlines() == [
+            "int k = 0x2a", "const struct point *p = <synthetic pointer>", "int sum = 0x85",
+            f"struct point *h = 0x{heap:x} (allocated from chunk 0x20)",
+            "long int r = <optimized out>"]
+        run_in(s, f"::frame 0t{k + 2}")
+        assert run_in(s, "::locals").splitlines() == [
+            "int k = 0x29", "const struct point *p = <synthetic pointer>",
+            "long int r = <optimized out>"]
+        # the typegraph's roots include the inlined frames' locals: h is the only pointer (to
+        # an 8-byte struct in a 24-byte buffer: an array of 3, as the typegraph counts them)
+        run_in(s, "::typegraph")
+        assert run_in(s, f"{heap + 4:x}::whattype -v") == (
+            f"{heap + 4:x} is 0x4 bytes into struct point [3] (member [0].y)\n"
+            f"    in the 0x18-byte buffer at {heap:x}, typed by root pointer\n")
+
+
+# -- C++: frames named by their demangled symbols ------------------------------------------------
+
+CPP_CHAIN = ["zoo::wait_here", "zoo::Cat::purr", "zoo::Cat::speak",
+             "zoo::apply<int>(int)::{lambda(int)#1}::operator()", "zoo::apply<int>", "main"]
+
+
+def test_cpp_frames_are_demangled_as_gdb_names_them(build_dir):
+    """fixtures/frames_cpp.cc at -O2: $c names each C++ frame as gdb's bt does (the inlined
+    method through its DWARF linkage name), without parameters; gdb keeps a lambda's
+    signature, and mdbpy shows the clone suffix of a symbol gcc specialized. ::stacks and its
+    JSON name the unwound frames the same way."""
+    import json
+    import subprocess
+
+    exe = build_dir / "frames_cpp"
+    subprocess.run(["g++", "-g", "-O2", "-o", str(exe), str(FIXTURES / "frames_cpp.cc")],
+                   check=True, capture_output=True)
+    r = start_fixture(exe)
+    try:
+        wait_syscalls(r.pid, {r.pid: SYS_PAUSE})
+        bt = subprocess.run(["gdb", "-batch", "-nx", "-p", str(r.pid), "-ex", "bt"],
+                            capture_output=True, text=True, timeout=120).stdout
+        gdb = [re.sub(r"\(int\) const$", "", m.group(1)) for m in
+               re.finditer(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(.+?) \(", bt, re.M)]
+        assert gdb[1:7] == CPP_CHAIN, bt
+        with engine_session(r.pid) as s:
+            names = [re.sub(r"(\+0x[0-9a-f]+)?\(\)$", "", line).removeprefix("[inlined] ")
+                     for line in run_in(s, "$c").splitlines()]
+            assert [CLONE_SUFFIX.sub("", n) for n in names[1:7]] == CPP_CHAIN
+            assert names[0] == "libc.so.6`pause"
+            stacks = [re.sub(r"(\+0x[0-9a-f]+)?\(\)$", "", line)
+                      for line in run_in(s, "::stacks").splitlines()[1:]]
+            assert [CLONE_SUFFIX.sub("", n) for n in stacks[1:6]] == \
+                [n for n in CPP_CHAIN if n != "zoo::Cat::purr"]  # ::stacks: no inlined frames
+            s.options["json"] = True
+            frames = json.loads(run_in(s, "::stacks"))["threads"][0]["frames"]
+            s.options["json"] = False
+            assert [f["name"] for f in frames] == [
+                line.removesuffix("()") for line in run_in(s, "::stacks").splitlines()[1:-1]]
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("mangled,name", [
+    ("_ZN3zoo3Cat5speakEi", "zoo::Cat::speak"),
+    ("_ZNK3zoo3Cat5speakEi", "zoo::Cat::speak"),
+    ("_ZN3zoo5applyIiEET_S1_", "zoo::apply<int>"),  # a template function's return type dropped
+    ("_ZZN3zoo5applyIiEET_S1_ENKUliE_clEi.isra.0",
+     "zoo::apply<int>(int)::{lambda(int)#1}::operator() [clone .isra.0]"),
+    ("_ZNSt6vectorIiSaIiEE9push_backERKi", "std::vector<int, std::allocator<int> >::push_back"),
+    ("_Znwm", "operator new"), ("_ZdlPvm", "operator delete"),
+    ("_ZN12_GLOBAL__N_14Impl3runEv", "(anonymous namespace)::Impl::run"),
+    ("_ZNKSt9exception4whatEv@@GLIBCXX_3.4", "std::exception::what"),
+    ("_ZTV6Circle", "vtable for Circle"), ("_ZGVZ4mainE1x", "guard variable for main::x"),
+    ("_ZN3zoo5countE", "zoo::count"),
+    ("main", "main"), ("_Z", "_Z"),
+    # hostile: too long to be passed on, and deep enough to hit libiberty's recursion limit
+    ("_ZN" + "N1a" * 3000 + "E", "_ZN" + "N1a" * 3000 + "E"),
+    ("_Z1f" + "P" * 4000 + "v", "_Z1f" + "P" * 4000 + "v")])
+def test_function_names(mangled, name):
+    """Demangled with libstdc++'s own demangler, shown as gdb's bt names frames; what is not a
+    mangled name, or does not demangle, stays as it is."""
+    from mdbpy.symbols.demangle import function_name
+
+    assert function_name(mangled) == name
+
+
+def test_readable_addresses():
+    from mdbpy.symbols.demangle import readable
+
+    assert readable("libstdc++.so.6`_ZNKSt9exception4whatEv+0x10") == \
+        "libstdc++.so.6`std::exception::what+0x10"
+    assert readable("_ZN3zoo3Cat5speakEi") == "zoo::Cat::speak"
+    assert readable("main+0x2f") == "main+0x2f" and readable("0x1234") == "0x1234"
+
+
 # -- the evaluator on its own: what it refuses to guess ----------------------------------------
 
 class _Ctx:
@@ -254,6 +472,15 @@ class _Ctx:
         from mdbpy.types.locations import OPTIMIZED_OUT, Unavailable
 
         raise Unavailable(OPTIMIZED_OUT)
+
+    def base_type(self, offset):
+        """0x2a: unsigned long, 0x30: int, 0x38: unsigned char; 0x40 (a float) is refused."""
+        from mdbpy.types.locations import OPTIMIZED_OUT, Unavailable
+
+        types = {0x2a: (8, False), 0x30: (4, True), 0x38: (1, False)}
+        if offset not in types:
+            raise Unavailable(OPTIMIZED_OUT)
+        return types[offset]
 
     def read(self, addr, size):
         from mdbpy.types.locations import Unavailable
@@ -291,3 +518,47 @@ def test_locations_never_guess():
         (None, bytes([0x2a, 0, 0, 0, 0, 1, 2, 3]))
     assert _where(bytes([0x53, 0x93, 0x04, 0x93, 0x04]), 8) == "<optimized out>"
     assert _where(b"") == "<optimized out>"
+
+
+def _value(expr: bytes, size: int = 8):
+    """The integer an expression computes (a DW_OP_stack_value), or <why>."""
+    got = _where(expr, size)
+    return got if isinstance(got, str) else int.from_bytes(got[1], "little", signed=True)
+
+
+def test_typed_stack_ops():
+    """DW_OP_convert and the other typed ops: unsigned division of 8-byte values (gcc's), sign
+    extension through a narrower type, typed registers, memory and constants; typed arithmetic
+    the evaluator does not model, and floating-point types, are optimized out."""
+    conv_ul, conv_int, conv_uc, conv_gen = [0xa8, 0x2a], [0xa8, 0x30], [0xa8, 0x38], [0xa8, 0x00]
+    lit = lambda n: [0x08, n]  # noqa: E731  DW_OP_const1u n
+    # -7 / 2 as unsigned long is 0x7ffffffffffffffc, as int -3 (C's division, toward zero)
+    assert _value(bytes([*lit(7), 0x1f, *conv_ul, 0x32, *conv_ul, 0x1b, *conv_gen, 0x9f])) == \
+        0x7FFFFFFFFFFFFFFC
+    assert _value(bytes([*lit(7), 0x1f, *conv_int, *conv_gen, 0x9f])) == -7
+    # 0x2a (rbx) as unsigned char, minus 1 in generic arithmetic; and the GNU spelling
+    assert _value(bytes([0xf5, 0x03, 0x38, *conv_gen, 0x31, 0x1c, 0x9f])) == 0x29
+    assert _value(bytes([0xf7, 0x38, 0xf7, 0x00, 0x9f]), 1) == "<optimized out>"  # empty stack
+    assert _value(bytes([0xa5, 0x03, 0x38, *conv_gen, 0x9f])) == 0x2a  # regval_type rbx
+    assert _value(bytes([0x77, 0x01, 0xa6, 0x01, 0x38, *conv_gen, 0x9f])) == 1  # deref_type
+    assert _value(bytes([0xa4, 0x30, 0x04, 0xff, 0xff, 0xff, 0xff, *conv_gen, 0x9f])) == -1
+    # 17 % 5 (unsigned), equality of typed values
+    assert _value(bytes([*lit(17), *conv_ul, *lit(5), *conv_ul, 0x1d, *conv_gen, 0x9f])) == 2
+    assert _value(bytes([*lit(3), *conv_ul, *lit(3), *conv_ul, 0x29, 0x9f])) == 1
+    # not modelled: narrow typed arithmetic, mixed types, typed shifts, floats
+    assert _value(bytes([*lit(3), *conv_int, *lit(3), *conv_int, 0x22, 0x9f])) == \
+        "<optimized out>"
+    assert _value(bytes([*lit(3), *conv_ul, *lit(3), 0x22, 0x9f])) == "<optimized out>"
+    assert _value(bytes([*lit(3), *conv_ul, *lit(1), *conv_ul, 0x25, 0x9f])) == \
+        "<optimized out>"
+    assert _value(bytes([*lit(3), *conv_ul, 0x1f, 0x9f])) == "<optimized out>"  # neg
+    assert _value(bytes([*lit(3), 0xa8, 0x40, 0x9f])) == "<optimized out>"
+
+
+def test_implicit_pointer_is_a_synthetic_pointer():
+    """A pointer to a value in no memory is <synthetic pointer> (gdb's words) whole, and part
+    of an optimized-out variable when it is one piece of several."""
+    implicit = [0xa0, 0x10, 0, 0, 0, 0]  # DW_OP_implicit_pointer <0x10> + 0
+    assert _where(bytes(implicit), 8) == "<synthetic pointer>"
+    assert _where(bytes([0xf2, 0x10, 0, 0, 0, 0]), 8) == "<synthetic pointer>"  # GNU
+    assert _where(bytes([*implicit, 0x93, 0x08, 0x53, 0x93, 0x08]), 16) == "<optimized out>"

@@ -3,37 +3,55 @@
 of every buffer's address, usable size and true type: every buffer typed has its true type
 (precision 1.0), recall over the buffers typed pointers reach is reported and at least 0.9,
 the buffer reached as two incompatible types, the one behind a void *, and the one behind a
-union whose members disagree stay unknown; outputs are compared exactly."""
+union whose members disagree stay unknown; outputs are compared exactly. fixtures/typegraph_tls.c
+(with its dlopen'd library) has structs reached only from a worker thread's __thread variables:
+they are typed from those roots, live, on gdb's core and on mdbpy's own."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 
 import pytest
 from support import compile_fixture, engine_session, gcore, run_in, start_fixture
 
+from mdbpy.errors import MdbError
 from mdbpy.types.graph import GRAPH_KEY
 from mdbpy.types.graph.evidence import demangle_type
+from mdbpy.types.value import Value
 
 ITEM_SIZE = 40  # struct item: long id; char name[24]; struct node *owner
 
 
-@pytest.fixture(scope="module")
-def tg(build_dir, tmp_path_factory):
-    """(Running, report rows {addr: (usable, expect, type)} in the fixture's order)."""
-    exe = compile_fixture("typegraph", build_dir)
-    report = tmp_path_factory.mktemp("typegraph") / "report"
-    r = start_fixture(exe, report)
-    rows = {}
-    for line in report.read_text().splitlines():
-        addr, usable, expect, typ = line.split(None, 3)
-        rows[int(addr, 16)] = (int(usable), expect, typ)
+@contextmanager
+def _reporting(exe, tmp_path_factory, *args):
+    """(Running, its report's rows {addr: (usable, expect, type)} in the fixture's order) of a
+    fixture started with a report file (and args); stopped after."""
+    report = tmp_path_factory.mktemp(exe.name) / "report"
+    r = start_fixture(exe, report, *args)
     try:
-        yield exe, r, rows
+        rows = {}
+        for line in report.read_text().splitlines():
+            addr, usable, expect, typ = line.split(None, 3)
+            rows[int(addr, 16)] = (int(usable), expect, typ)
+        yield r, rows
     finally:
         r.stop()
+
+
+def _engine(where: str, exe, r, core_of):
+    """An engine_session on the live process, or on the core that core_of() gives."""
+    return engine_session(r.pid) if where == "live" else engine_session(core=core_of(), exe=exe)
+
+
+@pytest.fixture(scope="module")
+def tg(build_dir, tmp_path_factory):
+    """(executable, Running, report rows {addr: (usable, expect, type)} in its order)."""
+    exe = compile_fixture("typegraph", build_dir)
+    with _reporting(exe, tmp_path_factory) as (r, rows):
+        yield exe, r, rows
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +63,7 @@ def tg_core(tg, tmp_path_factory):
 @pytest.fixture(params=["live", "core"])
 def session(request, tg):
     exe, r, _ = tg
-    if request.param == "live":
-        ctx = engine_session(r.pid)
-    else:
-        ctx = engine_session(core=request.getfixturevalue("tg_core"), exe=exe)
-    with ctx as s:
+    with _engine(request.param, exe, r, lambda: request.getfixturevalue("tg_core")) as s:
         yield s
 
 
@@ -240,6 +254,130 @@ def test_demangle_vtable_names(mangled, name):
     assert demangle_type(mangled) == name
 
 
+# -- thread-local roots: a worker's __thread pointer -------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls(build_dir, tmp_path_factory):
+    """(executable, Running, report rows {addr: (usable, type)}) of fixtures/typegraph_tls.c,
+    which loads fixtures/typegraph_tls_lib.c with dlopen."""
+    exe = compile_fixture("typegraph_tls", build_dir)
+    lib = compile_fixture("typegraph_tls_lib", build_dir, flags=("-g", "-O0", "-shared", "-fPIC"),
+                          out_name="libtypegraph_tls.so", libs=())
+    with _reporting(exe, tmp_path_factory, lib) as (r, rows):
+        yield exe, r, {a: (u, t) for a, (u, _, t) in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def tls_cores(tls, tmp_path_factory):
+    """{'gcore': gdb's core, 'mdbpy': the core mdbpy's own ::gcore writes} of the fixture."""
+    exe, r, _ = tls
+    at = tmp_path_factory.mktemp("typegraph_tls_cores")
+    with engine_session(r.pid) as s:
+        assert run_in(s, f"::gcore -o {at / 'mdbpy'}") == f"{at / 'mdbpy'}.{r.pid} dumped\n"
+    return {"gcore": gcore(r.pid, at / "gdb"), "mdbpy": at / f"mdbpy.{r.pid}"}
+
+
+@pytest.fixture(params=["live", "gcore", "mdbpy"])
+def tls_session(request, tls):
+    exe, r, _ = tls
+    with _engine(request.param, exe, r,
+                 lambda: request.getfixturevalue("tls_cores")[request.param]) as s:
+        yield s
+
+
+def test_thread_local_pointers_are_roots(tls_session, tls):
+    """The worker's t_session (the executable's static TLS block) is the only pointer to its
+    struct session, and the worker's t_lib (the dlopen'd library's dynamic block, found through
+    the thread's DTV) the only one to its struct lib_state: each struct is typed by that root
+    (its slot is the worker's copy of the variable), and what it points at by propagation.
+    Nothing else in the heap is typed."""
+    _, r, rows = tls
+    s = tls_session
+    out = run_in(s, "::typegraph").splitlines()
+    sess, peer = r.addr("session"), r.addr("peer")
+    state, item = r.addr("lib_state"), r.addr("lib_item")
+    assert rows == {sess: (40, "struct session"), peer: (24, "struct peer"),
+                    state: (24, "struct lib_state"), item: (24, "struct lib_item")}
+    assert out[1].split() == ["root", "pointer", "2", str(40 + 24)]
+    assert out[2].split() == ["propagated", "2", str(24 + 24)]
+    for buf, off, member, how in ((sess, 8, "id", "root pointer"), (peer, 8, "back", "propagated"),
+                                  (state, 8, "n", "root pointer"), (item, 0, "v", "propagated")):
+        size, typ = rows[buf]
+        assert run_in(s, f"{buf + off:x}::whattype -v") == (
+            f"{buf + off:x} is {off:#x} bytes into {typ} (member {member})\n"
+            f"    in the {size:#x}-byte buffer at {buf:x}, typed by {how}\n")
+    g = s.cache[GRAPH_KEY]
+    for buf, slot in ((sess, "slot"), (state, "lib_slot")):
+        assert g.roots.slot[g.roots.dst == g.row(buf)].tolist() == [r.addr(slot)]
+    typed = {int(b) for b in g.base.tolist() if g.whattype(int(b)).type is not None}
+    assert typed == set(rows)
+
+
+def test_thread_local_value_in_the_current_thread(tls_session, tls):
+    """A __thread variable by name is the current thread's copy, in an expression (`t_count`
+    is its address), to ::print without a type, and in the Python API's value(): t_count is 1
+    in the main thread and 2 in the worker, each at the address the thread itself printed;
+    the library's t_lib has a copy in the worker only."""
+    from mdbpy.types.space import space_of
+
+    _, r, _ = tls
+    s = tls_session
+    space = space_of(s)
+    main, worker = (t.tid for t in s.target.threads())
+    assert worker == int(r.info["worker"])
+    for tid, addr, count in ((main, r.addr("main_count"), 1), (worker, r.addr("count"), 2)):
+        run_in(s, f"0t{tid}::thread")
+        assert run_in(s, "t_count=K").split() == [f"{addr:x}"]
+        assert run_in(s, "t_count::print -t") == f"int {count:#x}\n"
+        t, at = space.global_var("t_count")
+        assert (t.spelled(), at) == ("int", addr)
+        assert int(Value(space, t, at)) == count
+    sess, state = r.addr("session"), r.addr("lib_state")
+    assert run_in(s, "t_session::print -tn") == f"struct session * {sess:#x}\n"
+    assert run_in(s, "libtypegraph_tls.so`t_lib::print -n") == f"{state:#x}\n"
+    t, at = space.global_var("t_lib")  # the library's dynamic block, through the DTV
+    assert (t.spelled(), at) == ("struct lib_state *", r.addr("lib_slot"))
+    assert int(Value(space, t, at)) == state
+    run_in(s, f"0t{main}::thread")  # the main thread never touched t_lib: no block
+    assert run_in(s, "t_session::print -n") == "0\n"
+    assert _err(s, "t_lib::print") == ("mdbpy: t_lib is thread-local, and libtypegraph_tls.so's "
+                                       f"TLS block cannot be placed in thread {main}\n")
+    with pytest.raises(MdbError) as e:
+        space.global_var("t_lib")
+    assert str(e.value) == ("t_lib is thread-local, and libtypegraph_tls.so's TLS block cannot "
+                            f"be placed in thread {main}")
+
+
+def test_tls_slots_against_other_objects_are_not_theirs(build_dir):
+    """A library's initial-exec slot of a variable another object defines (libGL's of
+    libGLdispatch's _glapi_tls_Current) holds that object's offset: it says nothing of the
+    library's own block, and is left out; the slot of its own variable is kept, and so is the
+    module-id slot of its own general-dynamic variable."""
+    import subprocess
+
+    from mdbpy.symbols import tls
+
+    src = build_dir / "tls_other.c"
+    src.write_text(
+        "extern __thread int theirs __attribute__((tls_model(\"initial-exec\")));\n"
+        "static __thread long ours __attribute__((tls_model(\"initial-exec\")));\n"
+        "__thread long mine;\n"
+        "long get(void) { return theirs + ours++ + mine; }\n")
+    lib = build_dir / "libtls_other.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True)
+
+    class Obj:
+        file, bias = str(lib), 0x1000
+
+    relocs = subprocess.run(["readelf", "-rW", str(lib)], capture_output=True, text=True,
+                            check=True).stdout
+    tpoff = [line.split() for line in relocs.splitlines() if "R_X86_64_TPOFF64" in line]
+    assert sorted(len(r) for r in tpoff) == [4, 7]  # ours (no symbol), theirs (by name)
+    ours = next(r for r in tpoff if len(r) == 4)
+    assert tls.tpoff_slots(Obj) == [(int(ours[0], 16) + 0x1000, int(ours[3], 16))]
+    assert len(tls._slots(Obj, tls.R_X86_64_DTPMOD64)) == 1
+
+
 # -- C++: the vtable gives the dynamic type ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -251,14 +389,8 @@ def cpp(build_dir, tmp_path_factory):
     exe = build_dir / "typegraph_cpp"
     subprocess.run(["g++", "-g", "-O0", "-o", str(exe), str(FIXTURES / "typegraph_cpp.cc")],
                    check=True, capture_output=True, text=True)
-    report = tmp_path_factory.mktemp("typegraph_cpp") / "report"
-    r = start_fixture(exe, report)
-    rows = {int(a, 16): (int(u), t) for a, u, _, t in
-            (line.split(None, 3) for line in report.read_text().splitlines())}
-    try:
-        yield r, rows
-    finally:
-        r.stop()
+    with _reporting(exe, tmp_path_factory) as (r, rows):
+        yield r, {a: (u, t) for a, (u, _, t) in rows.items()}
 
 
 def test_cpp_vtables_give_dynamic_types(cpp):

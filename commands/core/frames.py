@@ -11,17 +11,20 @@ from __future__ import annotations
 from mdbpy.dcmd import Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 
-from .stack import _thread, frame_line
+from .stack import _thread, frame_line, frame_name
 from .types import heap_note
 
 SELECTED = "frames.selected"  # session cache key: {tid: frame number}
 
 
 def _stack(inv: Invocation):
+    """(thread, its unwound frames, the frames as $C lists them: inlined functions too)."""
+    from mdbpy.types.frames import shown_frames
     from mdbpy.unwind import unwind
 
     t = _thread(inv)
-    return t, unwind(inv.session, t)
+    frames = unwind(inv.session, t)
+    return t, frames, shown_frames(inv.session, frames)
 
 
 def selected(session, tid: int) -> int:
@@ -32,7 +35,8 @@ def selected(session, tid: int) -> int:
 @dcmd("frame", "select a stack frame of the current thread, or show it", addr="?",
       operands=[Operand("frame", optional=True)],
       help="Select frame number `frame` of the current thread (0 is the innermost, as $C "
-           "lists them; given as an address or an argument, in the current radix or with "
+           "lists them, a function inlined at a frame's pc counted as a frame of its own; "
+           "given as an address or an argument, in the current radix or with "
            "0t) and print its line as $C does: frame pointer, function and arguments. "
            "::locals then prints that frame's variables. Without a number, print the selected "
            "frame. The selection lasts until another thread is selected or the target changes.",
@@ -40,14 +44,14 @@ def selected(session, tid: int) -> int:
 def frame(inv: Invocation):
     s = inv.session
     wanted = _frame_number(inv)
-    t, frames = _stack(inv)
+    t, frames, shown = _stack(inv)
     if wanted is None:
-        n = min(selected(s, t.tid), len(frames) - 1)
-    elif 0 <= wanted < len(frames):
+        n = min(selected(s, t.tid), len(shown) - 1)
+    elif 0 <= wanted < len(shown):
         n = s.cache.setdefault(SELECTED, {})[t.tid] = wanted
     else:
-        raise MdbError(f"no frame {wanted}: thread {t.tid} has frames 0 to {len(frames) - 1}")
-    inv.print(frame_line(s, frames, n))
+        raise MdbError(f"no frame {wanted}: thread {t.tid} has frames 0 to {len(shown) - 1}")
+    inv.print(frame_line(s, frames, shown[n]))
 
 
 def _frame_number(inv: Invocation) -> int | None:
@@ -71,7 +75,10 @@ def _frame_number(inv: Invocation) -> int | None:
            "DW_OP_entry_value is resolved through the caller's call site when it calls this "
            "function and says what it passed. A variable only partly known (some pieces "
            "optimized out) is shown as `<optimized out>` whole; one whose memory cannot be read "
-           "as `<unreadable ADDR>`. Functions without DWARF have nothing to show.",
+           "as `<unreadable ADDR>`; a pointer to a value that lives in no memory "
+           "(DW_OP_implicit_pointer) as `<synthetic pointer>`, as gdb says. A function "
+           "inlined at the frame's pc is a frame of its own with its own variables. "
+           "Functions without DWARF have nothing to show.",
       example="::frame 1; ::locals")
 def locals_(inv: Invocation):
     if inv.args or inv.has_addr:
@@ -79,12 +86,12 @@ def locals_(inv: Invocation):
     from mdbpy.types.frames import frame_variables
 
     s = inv.session
-    t, frames = _stack(inv)
-    n = min(selected(s, t.tid), len(frames) - 1)
-    found = frame_variables(s, frames, n)
+    t, frames, shown = _stack(inv)
+    n = min(selected(s, t.tid), len(shown) - 1)
+    found = frame_variables(s, frames, shown[n].index, scope=shown[n].scope)
     if found is None:
-        raise MdbError(f"frame {n} ({s.format_addr(frames[n].pc, frames[n].ret)}): no DWARF "
-                       f"describes its function")
+        raise MdbError(f"frame {n} ({frame_name(s, frames, shown[n])}): no DWARF describes "
+                       f"its function")
     from mdbpy.types.printer import PrintOptions, Printer
     from mdbpy.types.space import space_of
 

@@ -3,9 +3,11 @@
 The stacks come from mdbpy.unwind (DWARF CFI with a frame-pointer fallback). Frames print as mdb
 prints them on amd64: `%a()` per frame for $c; $C, ::stack -v and ::stacks -v put the frame
 pointer in front and fill the parentheses with the arguments, by name, from the DWARF locations
-that resolve at the frame's pc (mdbpy/types/frames.py; `<optimized out>` where none does). A
-stack the unwinder could not follow to its end prints up to the last frame it trusts, followed
-by a warning on stderr naming the reason.
+that resolve at the frame's pc (mdbpy/types/frames.py; `<optimized out>` where none does). $c,
+$C and ::stack list the functions inlined at a frame's pc as frames of their own, `[inlined]
+name`, before it (gdb's bt does); ::stacks, its JSON and a piped $c keep one entry per frame
+the unwinder found. A stack the unwinder could not follow to its end prints up to the last
+frame it trusts, followed by a warning on stderr naming the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mdbpy.dcmd import Flag, Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.jsonout import emit, wants_json
 from mdbpy.output import radix_str
+from mdbpy.symbols.demangle import readable
 
 if TYPE_CHECKING:
     from mdbpy.unwind import Frame
@@ -68,50 +71,61 @@ def _frames(inv: Invocation) -> tuple[list[Frame], str]:
 
 
 def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool,
-                  lines: bool = False, limit: int | None = None) -> None:
+                  lines: bool = False, limit: int | None = None, inlined: bool = True) -> None:
     """One line per frame; with_fp: $C's shape, frame pointer and arguments (at most
-    `limit` of them)."""
+    `limit` of them); inlined: the functions inlined at each frame's pc as frames of their
+    own (mdbpy/types/frames.py shown_frames). Piped, each unwound frame's pc once."""
+    from mdbpy.types.frames import Shown, shown_frames
+
     s = inv.session
-    for i, f in enumerate(frames):
-        if inv.piped_out:
+    if inv.piped_out:
+        for f in frames:
             inv.print(radix_str(f.pc, s.radix, prefix=True))
-            continue
-        text = frame_line(s, frames, i, limit) if with_fp else f"{s.format_addr(f.pc, f.ret)}()"
-        if lines:
-            text += _source_suffix(inv, frames, i)
-        inv.print(text)
+    else:
+        shown = shown_frames(s, frames) if inlined else [Shown(i) for i in range(len(frames))]
+        for sh in shown:
+            text = frame_line(s, frames, sh, limit) if with_fp else \
+                frame_name(s, frames, sh) + "()"
+            if lines:
+                text += _source_suffix(inv, frames, sh)
+            inv.print(text)
     last = frames[-1] if frames else None
     if last is not None and last.truncated:
         s.warn(f"stack of {what} stops early: {last.truncated}")
 
 
-def frame_line(session, frames: list[Frame], i: int, limit: int | None = None) -> str:
-    """$C's line for frame i: `fp sym+off(name=value, ...)`. A function whose DWARF cannot be
-    read prints `()` and a warning, not an error: the rest of the stack still prints."""
+def frame_name(session, frames: list[Frame], sh) -> str:
+    """How a shown frame is named: `sym+off` as mdb names it (a C++ symbol demangled, as
+    gdb's bt shows it: mdbpy/symbols/demangle.py), and for a function inlined there,
+    `[inlined] obj`name` (it has no symbol of its own)."""
+    f = frames[sh.index]
+    if not sh.inlined:
+        return readable(session.format_addr(f.pc, f.ret))
+    o = session.symbols.object_for_addr(f.named_at)
+    return "[inlined] " + ("" if o is None or o.is_exe else f"{o.name}`") + sh.name
+
+
+def frame_line(session, frames: list[Frame], sh, limit: int | None = None) -> str:
+    """$C's line for a shown frame (mdbpy/types/frames.py Shown): `fp sym+off(name=value,
+    ...)`. A function whose DWARF cannot be read prints `()` and a warning, not an error: the
+    rest of the stack still prints."""
     from mdbpy.types.frames import args_text
 
-    f = frames[i]
+    f = frames[sh.index]
+    name = frame_name(session, frames, sh)
     try:
-        args = args_text(session, frames, i, limit)
+        args = args_text(session, frames, sh.index, limit, sh.scope)
     except MdbError as e:
-        session.warn(f"frame {i}: {e}")
+        session.warn(f"frame {name}: {e}")
         args = ""
-    return f"{radix_str(f.fp, session.radix).zfill(16)} {session.format_addr(f.pc, f.ret)}({args})"
+    return f"{radix_str(f.fp, session.radix).zfill(16)} {name}({args})"
 
 
-def _source_suffix(inv: Invocation, frames: list[Frame], i: int) -> str:
-    where = source_of(inv.session, frames, i)
+def _source_suffix(inv: Invocation, frames: list[Frame], sh) -> str:
+    from mdbpy.types.frames import shown_line
+
+    where = shown_line(inv.session, frames, sh)
     return f" at {where[0]}:{where[1]}" if where else ""
-
-
-def source_of(session, frames: list[Frame], i: int) -> tuple[str, int] | None:
-    """(file, line) of frame i, where the line tables know it. A caller's pc is a return
-    address, so its line is looked up at pc-1, the call (as gdb's bt does); the innermost frame,
-    a signal trampoline and the frame a signal interrupted are at their exact pc (Frame.ret,
-    the same rule that names the frame's function)."""
-    from mdbpy.symbols.lines import source_line_or_none
-
-    return source_line_or_none(session, frames[i].named_at)
 
 
 def thread_stack(session, t, lines: bool = False):
@@ -119,6 +133,7 @@ def thread_stack(session, t, lines: bool = False):
     JSON output and the Python API. A stack that cannot be read has error set instead."""
     from mdbpy.results import Frame as FrameResult
     from mdbpy.results import ThreadStack
+    from mdbpy.types.frames import Shown, shown_line
     from mdbpy.unwind import unwind
 
     try:
@@ -127,8 +142,8 @@ def thread_stack(session, t, lines: bool = False):
         return ThreadStack(t.tid, t.name, [], error=str(e))
     out = []
     for i, f in enumerate(frames):
-        where = source_of(session, frames, i) if lines else None
-        out.append(FrameResult(f.pc, f.fp, session.format_addr(f.pc, f.ret),
+        where = shown_line(session, frames, Shown(i)) if lines else None
+        out.append(FrameResult(f.pc, f.fp, readable(session.format_addr(f.pc, f.ret)),
                                *(where if where else (None, None))))
     return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
@@ -141,7 +156,9 @@ def thread_stack(session, t, lines: bool = False):
            "callers; the offset is still from the return address), so the caller of a "
            "noreturn call (abort, exit) that ends function f prints as `f+<size of f>`, not "
            "as the function after f; a signal trampoline and the pc it interrupted are named "
-           "as they are. Given an address, "
+           "as they are. A function inlined at a frame's pc is a frame of its own, listed "
+           "before the frame holding it as `[inlined] name()` (as gdb's bt shows it; "
+           "::stacks lists only the frames). Given an address, "
            "start from that frame pointer instead (as $C prints it): the walk begins with the "
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
@@ -204,7 +221,7 @@ def stacks(inv: Invocation):
             s.warn(f"thread {t.tid}: {e}")
         else:
             _print_frames(inv, frames, f"thread {t.tid}", with_fp=opts.verbose,
-                          lines=opts.lines)
+                          lines=opts.lines, inlined=False)
         inv.print("")
 
 

@@ -54,10 +54,11 @@ def _pct(part: int, whole: int) -> str:
             Flag("v", "verbose", "also print the work done (edges, runs, time per phase)")],
       example="::typegraph", help="""\
 Builds the type graph of the heap: starting from every global and static variable that the
-program's DWARF (and its libraries' debug files) describes, each typed pointer into a heap
-buffer gives that buffer the type pointed to (an array of it when the buffer holds several), and
-the typed buffers' own pointer members type the buffers they reach, to a fixpoint over the whole
-heap. A C++ object is typed by its vtable pointer (its dynamic type). Pointers that say nothing
+program's DWARF (and its libraries' debug files) describes, every thread's copy of its
+__thread variables, and the arguments and locals of every thread's frames, each typed pointer
+into a heap buffer gives that buffer the type pointed to (an array of it when the buffer holds
+several), and the typed buffers' own pointer members type the buffers they reach, to a fixpoint
+over the whole heap. A C++ object is typed by its vtable pointer (its dynamic type). Pointers that say nothing
 of layout (void *, char *, unions whose members disagree) give no type; a buffer reached as two
 incompatible types stays unknown (conflicting) rather than wrong, and so do the buffers only it
 would type. Prints how many buffers and bytes were typed, and how: by a root pointer, by

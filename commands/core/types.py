@@ -62,7 +62,8 @@ def heap_note(session):
 
 PRINT_HELP = """\
 Print the value at addr as `type` (or, with no type, as the DWARF type of the global whose
-symbol starts at addr: `g_config::print`). Without an address, print the type's layout (with
+symbol starts at addr: `g_config::print`; a __thread variable's symbol is the current thread's
+copy). Without an address, print the type's layout (with
 -a, each member's offset). Members use C syntax, `.`, `->` and `[i]` (`a.b[3].c`,
 `next->value`); each named member is printed on its own, labelled with its path; a number given
 as $[off] names the member at that byte offset. Piped, the value of each member (pointers and

@@ -291,6 +291,11 @@ class Evaluator:
         if "`" in name:
             obj, name = name.rsplit("`", 1)
         sym = self.session.symbols.lookup(name, obj or None)
+        if sym is not None and sym.type == "tls":  # its value is an offset in a TLS block
+            from mdbpy.symbols.tls import thread_address
+
+            return thread_address(self.session, self.session.symbols.object_named(sym.obj),
+                                  sym.value, node.name)
         if sym is not None:
             return sym.addr
         if node.number is not None:

@@ -20,7 +20,7 @@ from mdbpy.layout.dwarf import member_offset
 from mdbpy.types import index as type_index
 from mdbpy.types.model import (ATE_SIGNED, ATE_SIGNED_CHAR, Array, Base, Enum, Function, Member,
                                Pointer, Qualified, Static, Struct, Type, Typedef, Void)
-from mdbpy.types.scan import CPP_LANGS
+from mdbpy.types.scan import CPP_LANGS, tls_offset
 
 QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
               "DW_TAG_restrict_type": "restrict", "DW_TAG_atomic_type": "_Atomic"}
@@ -97,6 +97,26 @@ class DwarfTypes:
             return None
         die = self.die(off)
         return self.var_type(die), _static_address(die)
+
+    @_dwarf_errors
+    def thread_local(self, name: str) -> tuple[Type, int] | None:
+        """(type, offset in the object's TLS block) of the `__thread` variable `name`."""
+        off = self.index.var_die(name)
+        if off is None:
+            return None
+        die = self.die(off)
+        loc = _attr(die, "DW_AT_location")
+        at = tls_offset(bytes(loc)) if isinstance(loc, list) else None
+        return None if at is None else (self.var_type(die), at)
+
+    @_dwarf_errors
+    def thread_local_at(self, offset: int) -> tuple[Type, str] | None:
+        """(type, name) of the `__thread` variable at `offset` in the object's TLS block."""
+        off = self.index.tls_at(offset) if offset >= 0 else None
+        if off is None:
+            return None
+        die = self.die(off)
+        return self.var_type(die), _text(die) or "?"
 
     @_dwarf_errors
     def var_at(self, file_addr: int) -> Type | None:

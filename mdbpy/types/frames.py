@@ -13,6 +13,10 @@ value is then evaluated in the caller's context, as gdb does; otherwise it is op
 Each variable comes back as a FrameVar: a Value (printable by printer.py), or the reason there is
 none (`optimized out`, `unreadable 0x...`). commands/core/frames.py prints them (::locals,
 ::frame) and commands/core/stack.py the arguments in $C / ::stack -v.
+
+A function inlined at a frame's pc is listed as a frame of its own before the frame that holds
+it (shown_frames, as gdb's bt shows it), with its own arguments and locals, evaluated in the
+holding frame's context: its code runs in that frame.
 """
 
 from __future__ import annotations
@@ -20,15 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
+from mdbpy.types.dies import _attr
 from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, FrameContext, Unavailable, as_int,
                                    evaluate, expression_at, place, read_or_unavailable)
-from mdbpy.types.model import Array, Struct, Type
+from mdbpy.types.model import (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
+                               ATE_UNSIGNED_CHAR, Array, Struct, Type)
 from mdbpy.types.scopes import Scopes, call_value, calls, name_of, origin
 from mdbpy.types.space import space_of
 from mdbpy.types.value import Value
 from mdbpy.unwind.cfi import DWARF_REGS
 
 MAX_ENTRY_DEPTH = 8  # entry values resolved through at most this many callers
+INTEGER_ENCODINGS = (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED, ATE_UNSIGNED_CHAR)
+SIGNED_ENCODINGS = (ATE_SIGNED, ATE_SIGNED_CHAR)
 
 _scopes: dict = {}
 
@@ -108,6 +116,19 @@ class _Context(FrameContext):
     def read(self, addr: int, size: int) -> bytes:
         return read_or_unavailable(self.session.mem.read, addr, size)
 
+    def base_type(self, offset: int) -> tuple[int, bool]:
+        """The integer base type at offset in the function's unit (every expression this
+        context evaluates is in that unit: its variables', its frame base, its call sites')."""
+        cu = self.fn.die.cu
+        try:
+            die = cu.get_DIE_from_refaddr(cu.cu_offset + offset)
+        except Exception:  # an offset outside the unit: a malformed expression
+            raise Unavailable(OPTIMIZED_OUT) from None
+        encoding = _attr(die, "DW_AT_encoding")
+        if die.tag != "DW_TAG_base_type" or encoding not in INTEGER_ENCODINGS:
+            raise Unavailable(OPTIMIZED_OUT)
+        return _attr(die, "DW_AT_byte_size") or 0, encoding in SIGNED_ENCODINGS
+
     def entry_value(self, regno: int) -> int:
         """What the caller passed in register regno, from its call site (see the module doc)."""
         if self.depth >= MAX_ENTRY_DEPTH or self.i + 1 >= len(self.frames) or self.frame.signal:
@@ -159,14 +180,81 @@ def location_ops(fn: _Function, die, attr: str = "DW_AT_location"):
     return [] if expr is None else _parse(die, expr)
 
 
-def frame_variables(session, frames, i: int, locals_: bool = True) -> list[FrameVar] | None:
+@dataclass
+class Shown:
+    """One frame as $c and $C list it: frame `index` of the unwound stack, or (scope, the
+    DW_TAG_inlined_subroutine DIE; name, the inlined function's) a function inlined into it
+    at its pc. `inner` is the inlined subroutine just inside it, whose call is its source
+    line (shown_line)."""
+
+    index: int
+    scope: object = None
+    name: str | None = None
+    inner: object = None  # the inlined subroutine DIE just inside this one, if any
+
+    @property
+    def inlined(self) -> bool:
+        return self.scope is not None
+
+
+def shown_frames(session, frames) -> list[Shown]:
+    """The frames $c and $C list, innermost first: each unwound frame preceded by the
+    functions inlined into it at its pc, innermost first (none where its DWARF cannot be
+    read: the frame itself still shows)."""
+    out = []
+    for i, f in enumerate(frames):
+        try:
+            fn = _function(session, f)
+            chain = fn.scopes.inlined(fn.die, fn.pc) if fn is not None else []
+        except MdbError:
+            chain = []
+        inner = None
+        for d in reversed(chain):
+            out.append(Shown(i, d, _inlined_name(d), inner))
+            inner = d
+        out.append(Shown(i, inner=inner))
+    return out
+
+
+def _inlined_name(die) -> str:
+    """An inlined function's name, qualified as gdb shows it (`zoo::Cat::speak`) where its
+    DWARF gives a linkage name, else its plain DW_AT_name."""
+    from mdbpy.symbols.demangle import function_name
+
+    d = origin(die)
+    linkage = _attr(d, "DW_AT_linkage_name") or _attr(d, "DW_AT_MIPS_linkage_name")
+    if isinstance(linkage, bytes):
+        return function_name(linkage.decode("utf-8", "replace"))
+    return name_of(die) or "?"
+
+
+def shown_line(session, frames, shown: Shown) -> tuple[str, int] | None:
+    """(file, line) of a shown frame, None where the line tables do not know it: when nothing
+    is inlined inside it, the line of the frame's pc (a caller's at its return address minus
+    one, the call, as gdb's bt does; the innermost frame, a signal trampoline and the frame a
+    signal interrupted at their exact pc: Frame.named_at), else the line of the inlined call."""
+    from mdbpy.symbols.lines import source_line_or_none
+
+    if shown.inner is None:
+        return source_line_or_none(session, frames[shown.index].named_at)
+    try:
+        fn = _function(session, frames[shown.index])
+        return fn.scopes.call_line(shown.inner) if fn is not None else None
+    except MdbError:
+        return None
+
+
+def frame_variables(session, frames, i: int, locals_: bool = True,
+                    scope=None) -> list[FrameVar] | None:
     """The arguments (in order) and, with locals_, the locals (innermost block first) of frame
-    i; None when no DWARF describes the frame's function."""
+    i, or of the function inlined there whose DW_TAG_inlined_subroutine DIE is scope (its
+    variables' locations are evaluated in frame i: inlined code runs in its caller's frame);
+    None when no DWARF describes the frame's function."""
     fn = _function(session, frames[i])
     if fn is None:
         return None
     ctx = _Context(session, frames, i, fn)
-    params, local_dies = fn.scopes.variables(fn.die, fn.pc)
+    params, local_dies = fn.scopes.variables(fn.die if scope is None else scope, fn.pc)
     out = [_variable(session, ctx, fn, d, True) for d in params]
     if locals_:
         out += [_variable(session, ctx, fn, d, False) for d in local_dies]
@@ -232,14 +320,15 @@ def is_scalar(t: Type) -> bool:
     return not isinstance(t, (Struct, Array))
 
 
-def args_text(session, frames, i: int, limit: int | None = None) -> str:
-    """`name=value, ...` of frame i's arguments as $C prints them between the parentheses
-    ('' when no DWARF describes the function): scalars as ::print shows them, structs and
-    arrays as `...` (gdb's bt), `<optimized out>` where the location does not resolve.
-    `limit` caps how many are shown (mdb's $C cnt)."""
+def args_text(session, frames, i: int, limit: int | None = None, scope=None) -> str:
+    """`name=value, ...` of frame i's arguments (or those of the function inlined there whose
+    DIE is scope) as $C prints them between the parentheses ('' when no DWARF describes the
+    function): scalars as ::print shows them, structs and arrays as `...` (gdb's bt),
+    `<optimized out>` where the location does not resolve. `limit` caps how many are shown
+    (mdb's $C cnt)."""
     from mdbpy.types.printer import PrintOptions, Printer
 
-    found = frame_variables(session, frames, i, locals_=False) or []
+    found = frame_variables(session, frames, i, locals_=False, scope=scope) or []
     space = space_of(session)
     printer = Printer(space, PrintOptions())
     out = []

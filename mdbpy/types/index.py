@@ -5,7 +5,7 @@ back is one small JSON file, so a second mdbpy finds `struct malloc_state` witho
 DWARF beyond that one type. The entry lives beside the symbol cache (`$MDBPY_CACHE_DIR`, see
 mdbpy/symbols/cache.py) as `<build-id>.types`:
 
-    {"version": 1, "build_id": "...", "dwarf_size": N, "index": {cus, types, vars, ...}}
+    {"version": 2, "build_id": "...", "dwarf_size": N, "index": {cus, types, vars, tls, ...}}
 
 It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
 build-id or DWARF file size does not match is ignored and the index is built again.
@@ -19,7 +19,7 @@ import os
 from mdbpy.symbols import cache
 from mdbpy.types.scan import ScanError, Sections, scan, unit_of
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: thread-local variables (tls_keys, tls_dies)
 SUFFIX = ".types"
 MAX_ENTRY = 64 << 20
 SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
@@ -36,6 +36,8 @@ class TypeIndex:
         self.var_decls: dict[str, int] = data.get("var_decls", {})
         self.addr_keys: list[int] = data["addr_keys"]
         self.addr_dies: list[int] = data["addr_dies"]
+        self.tls_keys: list[int] = data["tls_keys"]
+        self.tls_dies: list[int] = data["tls_dies"]
 
     def type_die(self, kind: str, name: str) -> int | None:
         """The DIE defining the type `name` of kind struct, union, enum, typedef or base."""
@@ -51,6 +53,13 @@ class TypeIndex:
         i = bisect.bisect_left(self.addr_keys, file_addr)
         if i < len(self.addr_keys) and self.addr_keys[i] == file_addr:
             return self.addr_dies[i]
+        return None
+
+    def tls_at(self, offset: int) -> int | None:
+        """The DIE of the thread-local variable at `offset` in the TLS block exactly."""
+        i = bisect.bisect_left(self.tls_keys, offset)
+        if i < len(self.tls_keys) and self.tls_keys[i] == offset:
+            return self.tls_dies[i]
         return None
 
     def unit_of(self, die_off: int) -> int:
@@ -111,6 +120,8 @@ def _well_formed(data) -> bool:
     return (isinstance(data, dict) and ints(data.get("cus")) and data["cus"] == sorted(data["cus"])
             and ints(data.get("addr_keys")) and ints(data.get("addr_dies"))
             and len(data["addr_keys"]) == len(data["addr_dies"])
+            and ints(data.get("tls_keys")) and ints(data.get("tls_dies"))
+            and len(data["tls_keys"]) == len(data["tls_dies"])
             and names(data.get("vars")) and names(data.get("var_decls", {}))
             and isinstance(data.get("types"), dict)
             and all(names(v) for v in data["types"].values()))

@@ -6,7 +6,11 @@ DW_OP_call_frame_cfa; DW_OP_bregN; DW_OP_addr), a register (DW_OP_regN), the val
 (DW_OP_stack_value, DW_OP_implicit_value), or pieces of these (DW_OP_piece). The frame supplies
 what the expression needs through a FrameContext: its registers as far as the unwinder
 recovered them, its CFA and frame base, memory, and the value a register had on entry
-(DW_OP_entry_value, which only the caller's call site can tell).
+(DW_OP_entry_value, which only the caller's call site can tell). Typed values (DW_OP_convert,
+DW_OP_regval_type, DW_OP_deref_type, DW_OP_const_type, gcc's for unsigned division) are
+integers of a base type, whose size and sign the unit's DWARF gives. A pointer whose target
+was optimized into registers or constants (DW_OP_implicit_pointer) has no address to show: it
+is `<synthetic pointer>`, as gdb says.
 
 The rule is never to guess: a register the unwinder did not recover (a caller-saved register
 above frame 0), an op this evaluator does not know, an entry value no call site gives, or a
@@ -20,13 +24,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
-from mdbpy.unwind.cfi import signed64, stack_op
+from mdbpy.unwind.cfi import BINARY_OPS, signed64, stack_op
 
 MASK = (1 << 64) - 1
 MAX_OPS = 256  # a variable's expression is a handful of ops; loops are not followed forever
 OPTIMIZED_OUT = "optimized out"
+SYNTHETIC = "synthetic pointer"  # gdb's word for a pointer to a value that is not in memory
 
 _ENTRY_VALUE = ("DW_OP_entry_value", "DW_OP_GNU_entry_value")
+_CONVERT = ("DW_OP_convert", "DW_OP_GNU_convert")
+_REGVAL_TYPE = ("DW_OP_regval_type", "DW_OP_GNU_regval_type")
+_DEREF_TYPE = ("DW_OP_deref_type", "DW_OP_GNU_deref_type")
+_CONST_TYPE = ("DW_OP_const_type", "DW_OP_GNU_const_type")
+_IMPLICIT_POINTER = ("DW_OP_implicit_pointer", "DW_OP_GNU_implicit_pointer")
+_UNARY = ("DW_OP_neg", "DW_OP_not", "DW_OP_abs", "DW_OP_plus_uconst", "DW_OP_deref",
+          "DW_OP_deref_size", *_DEREF_TYPE)
+_BINARY = (*BINARY_OPS, "DW_OP_div", "DW_OP_mod")
+_TYPED_MODULAR = ("DW_OP_plus", "DW_OP_minus", "DW_OP_mul", "DW_OP_and", "DW_OP_or", "DW_OP_xor")
 
 
 class Unavailable(Exception):
@@ -51,8 +65,32 @@ class FrameContext:
     def entry_value(self, regno: int) -> int:
         raise Unavailable(OPTIMIZED_OUT)
 
+    def base_type(self, offset: int) -> tuple[int, bool]:
+        """(size, signed) of the integer base type DIE at `offset` in the expression's unit
+        (the typed stack ops name their types so); other types are not evaluated."""
+        raise Unavailable(OPTIMIZED_OUT)
+
     def read(self, addr: int, size: int) -> bytes:
         raise Unavailable(f"unreadable 0x{addr:x}")
+
+
+class Typed(int):
+    """A value of a base type on the stack (DW_OP_convert and the other typed ops): held as
+    the 64-bit pattern of its value, with its size in bytes and sign. Arithmetic on it is done
+    only where this evaluator models the type's own (8-byte division and modular ops); other
+    typed arithmetic is not guessed at."""
+
+    size: int
+    signed: bool
+
+    def __new__(cls, value: int, size: int, signed: bool):
+        bits = 8 * size
+        v = int(value) & ((1 << bits) - 1)
+        if signed and v >> (bits - 1):
+            v -= 1 << bits
+        obj = super().__new__(cls, v & MASK)
+        obj.size, obj.signed = size, signed
+        return obj
 
 
 @dataclass
@@ -92,7 +130,12 @@ def evaluate(ops, ctx: FrameContext) -> list[Piece]:
         i += 1
         if pending is not None and name not in ("DW_OP_piece", "DW_OP_bit_piece"):
             raise Unavailable(OPTIMIZED_OUT)  # a register or value location must end a piece
-        if stack_op(name, args, stack, pop):  # literals, arithmetic, stack shuffles
+        if name in _UNARY and stack and isinstance(stack[-1], Typed):
+            raise Unavailable(OPTIMIZED_OUT)  # typed arithmetic this evaluator does not model
+        if name in _BINARY and any(isinstance(x, Typed) for x in stack[-2:]):
+            b, a = pop(), pop()
+            stack.append(_typed_binary(name, a, b))
+        elif stack_op(name, args, stack, pop):  # literals, arithmetic, stack shuffles
             pass
         elif name == "DW_OP_addr":
             stack.append((args[0] + ctx.bias) & MASK)
@@ -139,6 +182,16 @@ def evaluate(ops, ctx: FrameContext) -> list[Piece]:
                 i = at.get(target, len(ops))
         elif name in _ENTRY_VALUE:
             stack.append(_entry_value(args[0], ctx))
+        elif name in _CONVERT:
+            stack.append(_typed(pop(), args[0], ctx))
+        elif name in _REGVAL_TYPE:
+            stack.append(_typed(ctx.reg(args[0]), args[1], ctx))
+        elif name in _DEREF_TYPE:
+            stack.append(_typed(read_int(pop(), args[0]), args[1], ctx))
+        elif name in _CONST_TYPE:
+            stack.append(_typed(int.from_bytes(bytes(args[1]), "little"), args[0], ctx))
+        elif name in _IMPLICIT_POINTER:
+            pending = Piece("implicit", tuple(args))
         elif name == "DW_OP_stack_value":
             pending = Piece("value", pop())
             stack.clear()
@@ -147,7 +200,7 @@ def evaluate(ops, ctx: FrameContext) -> list[Piece]:
         elif name == "DW_OP_piece":
             pieces.append(_finish(pending, stack, args[0]))
             pending, stack = None, []
-        else:  # typed stack ops, implicit pointers, bit pieces, TLS, calls: not evaluated
+        else:  # reinterpretations, bit pieces, TLS, calls: not evaluated
             raise Unavailable(OPTIMIZED_OUT)
     if pending is not None or stack or not pieces:
         pieces.append(_finish(pending, stack, None))
@@ -163,6 +216,37 @@ def _finish(pending: Piece | None, stack: list[int], size: int | None) -> Piece:
     if not stack:
         return Piece("none", None, size)
     return Piece("memory", stack[-1], size)
+
+
+def _typed(value: int, type_offset: int, ctx: FrameContext) -> int:
+    """value converted to the base type at type_offset (0: the generic type, a plain
+    address-sized integer): truncated to the type's size, sign-extended when it is signed."""
+    if type_offset == 0:
+        return int(value) & MASK
+    size, signed = ctx.base_type(type_offset)
+    if not 0 < size <= 8:
+        raise Unavailable(OPTIMIZED_OUT)
+    return Typed(value, size, signed)
+
+
+def _typed_binary(name: str, a, b) -> int:
+    """a (op) b where one of them is typed: both must be of the same 8-byte integer type;
+    division and modulus follow its sign, the modular ops are the same for both signs, and
+    comparisons for equality give a generic 0 or 1. Anything else is not evaluated."""
+    if not (isinstance(a, Typed) and isinstance(b, Typed)) or a.size != 8 or \
+            (a.size, a.signed) != (b.size, b.signed):
+        raise Unavailable(OPTIMIZED_OUT)
+    if name in ("DW_OP_div", "DW_OP_mod"):
+        if b == 0:
+            raise Unavailable(OPTIMIZED_OUT)
+        x, y = (signed64(a), signed64(b)) if a.signed else (int(a), int(b))
+        q = abs(x) // abs(y) * (1 if (x < 0) == (y < 0) else -1)  # C's: toward zero
+        return Typed(q if name == "DW_OP_div" else x - q * y, 8, a.signed)
+    if name in _TYPED_MODULAR:
+        return Typed(BINARY_OPS[name](int(a), int(b)), 8, a.signed)
+    if name in ("DW_OP_eq", "DW_OP_ne"):
+        return BINARY_OPS[name](int(a), int(b))
+    raise Unavailable(OPTIMIZED_OUT)
 
 
 def _entry_value(inner, ctx: FrameContext) -> int:
@@ -195,6 +279,8 @@ def place(pieces: list[Piece], size: int, ctx: FrameContext) -> tuple[int | None
     else (None, its bytes) gathered from registers, values and memory pieces."""
     if len(pieces) == 1 and pieces[0].kind == "memory" and pieces[0].size is None:
         return pieces[0].arg, None
+    if any(p.kind == "implicit" for p in pieces):  # a pointer to a value in no memory
+        raise Unavailable(SYNTHETIC if len(pieces) == 1 else OPTIMIZED_OUT)
     data = b"".join(_piece_bytes(p, size if p.size is None else p.size, ctx) for p in pieces)
     if len(data) < size:
         raise Unavailable(OPTIMIZED_OUT)

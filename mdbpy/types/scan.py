@@ -41,6 +41,10 @@ NSLOTS = 7
 SKIP, LEB, CSTR, BLOCK1, BLOCK2, BLOCK4, BLOCKU, FIXED, PRESENT, INDIRECT, IMPLICIT = range(11)
 
 DW_OP_ADDR = 0x03
+# a thread-local variable's location: its offset in its object's TLS block, then the op that
+# makes it an address in the current thread (DW_OP_form_tls_address, DW_OP_GNU_push_tls_address)
+TLS_CONSTS = {0x0C: 4, 0x0E: 8}  # DW_OP_const4u, DW_OP_const8u
+TLS_OPS = (0x9B, 0xE0)
 # forms whose size is in the data: LEB128 numbers and indexes, strings, blocks, flags
 VARIABLE_FORMS = {0x0D: LEB, 0x0F: LEB, 0x15: LEB, 0x1A: LEB, 0x1B: LEB, 0x22: LEB, 0x23: LEB,
                   0x1F01: LEB, 0x1F02: LEB, 0x08: CSTR, 0x0A: BLOCK1, 0x03: BLOCK2,
@@ -73,12 +77,15 @@ class Found:
     vars: dict[str, int] = field(default_factory=dict)
     var_decls: dict[str, int] = field(default_factory=dict)  # extern declarations only
     addrs: list[tuple[int, int]] = field(default_factory=list)  # (file address, DIE offset)
+    tls: list[tuple[int, int]] = field(default_factory=list)  # (offset in TLS block, DIE offset)
 
     def as_json(self) -> dict:
         self.addrs.sort()
+        self.tls.sort()
         return {"cus": self.cus, "types": self.types, "vars": self.vars,
                 "var_decls": self.var_decls,
-                "addr_keys": [a for a, _ in self.addrs], "addr_dies": [d for _, d in self.addrs]}
+                "addr_keys": [a for a, _ in self.addrs], "addr_dies": [d for _, d in self.addrs],
+                "tls_keys": [a for a, _ in self.tls], "tls_dies": [d for _, d in self.tls]}
 
 
 def _form_step(form: int, offset_size: int, addr_size: int, version: int):
@@ -370,6 +377,19 @@ def _record_var(vals, name, prefix, die_off, unit, decl_names, vars_, var_decls,
     expr = loc[1]
     if isinstance(expr, bytes) and len(expr) == 9 and expr[0] == DW_OP_ADDR:
         found.addrs.append((int.from_bytes(expr[1:], "little"), die_off))
+    elif isinstance(expr, bytes):
+        off = tls_offset(expr)
+        if off is not None:
+            found.tls.append((off, die_off))
+
+
+def tls_offset(expr: bytes) -> int | None:
+    """The offset in its object's TLS block of a `__thread` variable whose location is
+    expr (DW_OP_const4u/const8u N, then the TLS op), else None."""
+    width = TLS_CONSTS.get(expr[0]) if expr else None
+    if width is None or len(expr) != width + 2 or expr[-1] not in TLS_OPS:
+        return None
+    return int.from_bytes(expr[1:1 + width], "little")
 
 
 def unit_of(cus: list[int], die_off: int) -> int:

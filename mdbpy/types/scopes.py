@@ -9,8 +9,12 @@ one walk of each unit it touches, not of the whole file.
 
 Call sites (DW_TAG_call_site, and DW_TAG_GNU_call_site of DWARF 4 with GNU extensions) say, at
 a call's return address, what value the caller passed in each argument register: the only
-trustworthy source of a DW_OP_entry_value. The caller of an inlined function's frame is not
-modelled: inlined subroutines are left out of a function's scopes.
+trustworthy source of a DW_OP_entry_value.
+
+A function inlined at a pc (DW_TAG_inlined_subroutine, inside the function or its blocks, and
+inside one another) is a frame of its own, as gdb shows it: `inlined` lists them, and
+`variables` of a function or of an inlined subroutine stops at the inlined subroutines it
+holds, whose variables are theirs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mdbpy.types.dies import _attr, _dwarf_errors
 
 SUBPROGRAM = "DW_TAG_subprogram"
 BLOCK = "DW_TAG_lexical_block"
+INLINED = "DW_TAG_inlined_subroutine"
 CALL_SITES = ("DW_TAG_call_site", "DW_TAG_GNU_call_site")
 CALL_PARAMS = ("DW_TAG_call_site_parameter", "DW_TAG_GNU_call_site_parameter")
 NESTS = ("DW_TAG_namespace", "DW_TAG_module")  # scopes whose children may be functions
@@ -125,6 +130,36 @@ class Scopes:
         return params, [v for level in reversed(levels) for v in level]
 
     @_dwarf_errors
+    def inlined(self, func, pc: int) -> list:
+        """The DW_TAG_inlined_subroutine DIEs whose code holds file pc, outermost first: the
+        functions inlined into func (through its lexical blocks) and into one another there,
+        which gdb's bt shows as frames of their own."""
+        out = []
+        scope = func
+        while scope is not None:
+            scope = next((d for d in scope.iter_children()
+                          if d.tag in (BLOCK, INLINED) and self.covers(d, pc)), None)
+            if scope is not None and scope.tag == INLINED:
+                out.append(scope)
+        return out
+
+    @_dwarf_errors
+    def call_line(self, inlined) -> tuple[str, int] | None:
+        """(file, line) of the call an inlined subroutine DIE stands for (its DW_AT_call_file
+        and DW_AT_call_line, the file named as the line table names it), or None."""
+        from mdbpy.symbols.lines import _file_name
+
+        index, line = _attr(inlined, "DW_AT_call_file"), _attr(inlined, "DW_AT_call_line")
+        if not isinstance(index, int) or not isinstance(line, int):
+            return None
+        prog = self.dwarf.line_program_for_CU(inlined.cu)
+        if prog is None:
+            return None
+        comp_dir = _attr(inlined.cu.get_top_DIE(), "DW_AT_comp_dir")
+        comp_dir = comp_dir.decode("utf-8", "replace") if isinstance(comp_dir, bytes) else ""
+        return _file_name(prog, index, comp_dir), line
+
+    @_dwarf_errors
     def call_site(self, func, return_pc: int):
         """The call site DIE of func whose return address is file address return_pc."""
         todo = list(func.iter_children())
@@ -136,7 +171,7 @@ class Scopes:
                     at = _attr(d, "DW_AT_low_pc")
                 if at == return_pc:
                     return d
-            elif d.tag == BLOCK or d.tag == "DW_TAG_inlined_subroutine":
+            elif d.tag == BLOCK or d.tag == INLINED:
                 todo += list(d.iter_children())
         return None
 

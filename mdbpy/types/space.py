@@ -19,6 +19,7 @@ import re
 from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError
+from mdbpy.symbols.tls import thread_address
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_FLOAT, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
                                ATE_UNSIGNED_CHAR, Array, Base, Enum, Pointer, Struct, Type, Void)
 
@@ -200,10 +201,11 @@ class TypeSpace:
     # -- globals ------------------------------------------------------------------------------
     def global_var(self, name: str) -> tuple[Type, int]:
         """(type, runtime address) of the global `name` (or ``obj`name``): the symbol table
-        gives the address, the DWARF of the symbol's object the type."""
+        gives the address, the DWARF of the symbol's object the type. A `__thread` variable
+        is the current thread's copy (its symbol's value is only an offset in a TLS block)."""
         obj, _, sym_name = name.rpartition("`")
         sym = self.session.symbols.lookup(sym_name, obj or None)
-        if sym is not None and sym.addr:
+        if sym is not None and sym.addr and sym.type != "tls":
             hit = self.symbol_type(sym.addr)
             if hit is not None:
                 return hit[0], sym.addr
@@ -211,15 +213,19 @@ class TypeSpace:
             found = d.var_named(sym_name)
             if found is not None and found[1] is not None:
                 return found[0], (found[1] + o.bias) & ((1 << 64) - 1)
+            tls = d.thread_local(sym_name) if found is not None else None
+            if tls is not None:
+                return tls[0], thread_address(self.session, o, tls[1], name)
         if sym is None:
             raise MdbError(f"failed to lookup symbol {name}")
         raise MdbError(f"no type data available for {name}")
 
     def symbol_type(self, addr: int) -> tuple[Type, str] | None:
-        """(type, symbol name) of the global whose symbol starts exactly at addr."""
+        """(type, symbol name) of the global whose symbol starts exactly at addr, or of the
+        current thread's copy of the `__thread` variable there."""
         o, sym = self.session.symbols.locate(addr)
         if sym is None or sym.addr != addr or o is None:
-            return None
+            return self._thread_local_at(addr)
         d = self.dwarf_of(o)
         if d is None:
             return None
@@ -228,6 +234,23 @@ class TypeSpace:
             found = d.var_named(sym.name.split("@", 1)[0])
             t = found[0] if found is not None else None
         return None if t is None else (t, sym.name)
+
+    def _thread_local_at(self, addr: int) -> tuple[Type, str] | None:
+        """(type, name) of the thread-local variable whose current thread's copy starts at
+        addr, or None."""
+        from mdbpy.symbols.tls import thread_block
+
+        th = self.session.current_thread()
+        if th is None:
+            return None
+        for o, d in self.objects():
+            if not d.index.tls_keys:
+                continue
+            block = thread_block(self.session, o, th)
+            hit = d.thread_local_at(addr - block) if block is not None else None
+            if hit is not None:
+                return hit
+        return None
 
     def static_member(self, qualname: str) -> tuple[Type, int] | None:
         """A C++ static member's definition (type, address), if some object defines it."""

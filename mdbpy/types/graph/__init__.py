@@ -87,6 +87,7 @@ class TypeGraph:
         t1 = time.perf_counter()
         g.roots = evidence.merged(
             evidence.global_roots(space, g.catalog, g.base, g.ends, exclude),
+            evidence.tls_roots(space, g.catalog, g.base, g.ends, exclude),
             evidence.frame_roots(space.session, g.catalog, g.base, g.ends))
         t2 = time.perf_counter()
         g.vtables = g._vtables()

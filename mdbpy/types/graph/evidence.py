@@ -10,10 +10,14 @@ globals, and C++ vtable pointers.
 - `global_roots`: every global and static variable with a DWARF location in every object that
   has DWARF (the executable, and libraries whose debug files are found), its plan's pointer
   words read in one read per mapping.
-- `frame_roots`: every thread's frames' arguments and locals whose DWARF locations resolve at
-  the frame's pc (mdbpy/types/frames.py: never a guessed register), their pointer words taken
-  from the variable's own bytes, in registers or on the stack. A program's working structures
-  are often reachable only from a local of a function that is running.
+- `tls_roots`: every thread's copy of every `__thread` variable with a DWARF type, where the
+  object's TLS block can be placed in the thread (mdbpy/symbols/tls.py). A worker thread's
+  state is often reachable only from its thread-local variables.
+- `frame_roots`: every thread's frames' arguments and locals (and those of the functions
+  inlined at each frame's pc) whose DWARF locations resolve at the frame's pc
+  (mdbpy/types/frames.py: never a guessed register), their pointer words taken from the
+  variable's own bytes, in registers or on the stack. A program's working structures are often
+  reachable only from a local of a function that is running.
 - `vtables`: the `_ZTV` symbols of every object; a buffer whose first word is a vtable's address
   point (symbol + 16) is an object of that class, whatever pointers say.
 
@@ -107,25 +111,36 @@ def scan_heap(mem, base, ends) -> Edges:
 
 
 # -- typed globals ----------------------------------------------------------------------------
-_globals: dict[int, tuple] = {}  # id(DwarfTypes) -> (DwarfTypes, [(file address, Type)])
+_globals: dict[tuple[int, str], tuple] = {}  # (id(DwarfTypes), which) -> (DwarfTypes, [...])
 
 
 def typed_globals(d) -> list[tuple[int, object]]:
     """(file address, type) of every variable the DWARF file d places at a static address
     (kept per file: the same for every session)."""
-    hit = _globals.get(id(d))
+    return _typed(d, "addr")
+
+
+def typed_thread_locals(d) -> list[tuple[int, object]]:
+    """(offset in the object's TLS block, type) of every `__thread` variable of d."""
+    return _typed(d, "tls")
+
+
+def _typed(d, which: str) -> list[tuple[int, object]]:
+    hit = _globals.get((id(d), which))
     if hit is not None and hit[0] is d:
         return hit[1]
     from mdbpy.errors import MdbError
 
     out = []
     idx = d.index
-    for addr, die_off in zip(idx.addr_keys, idx.addr_dies):
+    keys, dies = (idx.addr_keys, idx.addr_dies) if which == "addr" else \
+        (idx.tls_keys, idx.tls_dies)
+    for key, die_off in zip(keys, dies):
         try:
-            out.append((addr, d.var_type(d.die(die_off))))
+            out.append((key, d.var_type(d.die(die_off))))
         except MdbError:
             continue
-    _globals[id(d)] = (d, out)
+    _globals[(id(d), which)] = (d, out)
     return out
 
 
@@ -145,23 +160,49 @@ def global_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
     """The evidence of every typed global's pointers into buffers, except pointers lying in
     `exclude` ([lo, hi) ranges: an allocator's own bookkeeping, such as glibc's main_arena,
     whose pointers are to chunk headers, which lie inside the buffer before them)."""
+    placed = ((addr + o.bias, t) for o, d in space.objects() for addr, t in typed_globals(d))
+    return _placed_roots(space, catalog, base, ends, placed, exclude)
+
+
+def tls_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
+    """The evidence of every thread's copy of every typed `__thread` variable: each object's
+    TLS block in each thread (static, or the one the thread's DTV holds: mdbpy/symbols/tls.py)
+    holds its variables at their DWARF offsets. A thread without a block of an object (a
+    dlopen'd library whose variables it never touched) gives none of that object's."""
+    from mdbpy.symbols.tls import thread_block
+
+    session = space.session
+    threads = session.target.threads()
+    placed = []
+    for o, d in space.objects():
+        variables = typed_thread_locals(d)
+        if not variables:
+            continue
+        for th in threads:
+            block = thread_block(session, o, th)
+            if block is not None:
+                placed += [(block + off, t) for off, t in variables]
+    return _placed_roots(space, catalog, base, ends, placed, exclude)
+
+
+def _placed_roots(space, catalog, base, ends, placed, exclude) -> RootEvidence:
+    """The evidence of typed variables at run-time addresses ((address, type) pairs): their
+    plans' pointer words, read in one read per mapping."""
     import numpy as np
 
     slots, tids = [], []
     nvars = 0
-    for o, d in space.objects():
-        bias = o.bias
-        for addr, t in typed_globals(d):
-            tid = catalog.tid_of(t)
-            if tid is None:
-                continue
-            plan = catalog.plan_of(tid).plan
-            if not plan:
-                continue
-            nvars += 1
-            at = (addr + bias) & ((1 << 64) - 1)
-            slots.append(np.fromiter(plan.keys(), np.uint64, len(plan)) + np.uint64(at))
-            tids.append(np.fromiter(plan.values(), np.int64, len(plan)))
+    for at, t in placed:
+        tid = catalog.tid_of(t)
+        if tid is None:
+            continue
+        plan = catalog.plan_of(tid).plan
+        if not plan:
+            continue
+        nvars += 1
+        at &= (1 << 64) - 1
+        slots.append(np.fromiter(plan.keys(), np.uint64, len(plan)) + np.uint64(at))
+        tids.append(np.fromiter(plan.values(), np.int64, len(plan)))
     if not slots:
         z = np.zeros(0, np.int64)
         return RootEvidence(z, z, z, np.zeros(0, np.uint64))
@@ -182,7 +223,7 @@ def frame_roots(session, catalog, base, ends) -> RootEvidence:
     import numpy as np
 
     from mdbpy.errors import MdbError
-    from mdbpy.types.frames import frame_variables
+    from mdbpy.types.frames import frame_variables, shown_frames
     from mdbpy.unwind import unwind
 
     values, slots, tids = [], [], []
@@ -192,9 +233,9 @@ def frame_roots(session, catalog, base, ends) -> RootEvidence:
             frames = unwind(session, t)
         except MdbError:
             continue
-        for i in range(len(frames)):
+        for sh in shown_frames(session, frames):  # functions inlined there have locals too
             try:
-                found = frame_variables(session, frames, i) or []
+                found = frame_variables(session, frames, sh.index, scope=sh.scope) or []
             except MdbError:
                 continue
             for var in found:
@@ -220,12 +261,13 @@ def frame_roots(session, catalog, base, ends) -> RootEvidence:
                         np.array(slots, np.uint64)[keep], nvars)
 
 
-def merged(a: RootEvidence, b: RootEvidence) -> RootEvidence:
-    """Two bodies of root evidence as one."""
+def merged(*parts: RootEvidence) -> RootEvidence:
+    """Bodies of root evidence as one."""
     import numpy as np
 
-    return RootEvidence(*(np.concatenate((getattr(a, f), getattr(b, f)))
-                          for f in ("dst", "doff", "tid", "slot")), a.variables + b.variables)
+    return RootEvidence(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("dst", "doff", "tid", "slot")),
+                        sum(p.variables for p in parts))
 
 
 def in_ranges(addrs, ranges):
