@@ -1,7 +1,9 @@
-"""Benchmark: jemalloc 5.3 heaps of realistic sizes, live and as a core, against reading them.
+"""Benchmark: jemalloc heaps of realistic sizes, live and as a core, against reading them.
 
-Starts fixtures/jemalloc_heap.c linked with the -g build of .ci/build-jemalloc (N kept regions of
-mixed sizes in the main thread, 12 planted leaks, regions in two threads' tcaches), cores it
+Starts fixtures/jemalloc_heap.c linked with a build of tests/jemalloc_builds.py (N kept regions
+of mixed sizes in the main thread, 12 planted leaks, regions in two threads' tcaches): the -g
+build of .ci/build-jemalloc (symbols and DWARF), Debian's stripped libjemalloc2 or bullseye's
+5.2.1 (both found by the heuristics, whose search is then part of every time below), cores it
 with gcore, and on each target times:
 
   - the plain read of every extent in use (the floor: reading the heap once);
@@ -11,7 +13,8 @@ with gcore, and on each target times:
   - the command as a user runs it: `mdbpy TARGET -e ::findleaks` less `mdbpy TARGET -e
     ::status`, best of three.
 
-Run: python bench/jemalloc_bench.py [N ...]   (default N: 100000 1000000)
+Run: python bench/jemalloc_bench.py [--build=dwarf|debian|bullseye] [N ...]
+     (default: dwarf, N 100000 1000000)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from jemalloc_builds import compile_dwarf  # noqa: E402
+from jemalloc_builds import compile_bullseye, compile_debian, compile_dwarf  # noqa: E402
 from ptmalloc_bench import command, timed  # noqa: E402
 from support import gcore, start_fixture  # noqa: E402
 
@@ -68,13 +71,21 @@ def bench(open_target, args: list[str]) -> None:
     print(f"  ::findleaks less ::status {cli:7.3f} s   {cli / read:5.1f}x the read")
 
 
+BUILDS = {"dwarf": compile_dwarf, "debian": compile_debian, "bullseye": compile_bullseye}
+
+
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    args = sys.argv[1:]
+    build = "dwarf"
+    if args and args[0].startswith("--build="):
+        build = args.pop(0).split("=", 1)[1]
+    sizes = [int(a) for a in args] or [100_000, 1_000_000]
     from mdbpy.target.core import open_file_target
     from mdbpy.target.live import LiveTarget
 
     with tempfile.TemporaryDirectory() as d:
-        exe = compile_dwarf("jemalloc_heap", Path(d))
+        exe = BUILDS[build]("jemalloc_heap", Path(d))
+        print(f"build: {build}")
         for n in sizes:
             r = start_fixture(exe, n, timeout=300)
             try:

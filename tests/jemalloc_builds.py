@@ -2,8 +2,11 @@
 
 - `.ci/jemalloc/` (made by .ci/build-jemalloc): jemalloc 5.3.0 built with -g from Debian's source
   package: lib/libjemalloc.so.2 and lib/libjemalloc.a, with symbols and DWARF (the DWARF path);
+- the static -g build with its DWARF stripped (the path with symbols, without DWARF);
 - Debian's libjemalloc2 and libjemalloc-dev (installed by .ci/run): the same release, stripped
-  of its internal symbols (the path without them).
+  of its internal symbols (the heuristic path);
+- `.ci/jemalloc-5.2/` (made by .ci/build-jemalloc): Debian bullseye's libjemalloc.so.2, jemalloc
+  5.2.1, stripped (the 5.2 layouts, by the heuristics).
 
 A test that needs a build that is absent skips, naming what is missing.
 """
@@ -11,12 +14,14 @@ A test that needs a build that is absent skips, naming what is missing.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from support import ROOT, compile_fixture
 
 CI_BUILD = ROOT / ".ci" / "jemalloc"
+BULLSEYE = ROOT / ".ci" / "jemalloc-5.2"
 DEBIAN_LIB = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 DEBIAN_HEADER = Path("/usr/include/jemalloc/jemalloc.h")
 
@@ -37,12 +42,35 @@ def compile_dwarf(name: str, out_dir: Path, static: bool = False) -> Path:
                            out_name=f"{name}_{'static' if static else 'dwarf'}", libs=libs)
 
 
+def compile_nodwarf(name: str, out_dir: Path) -> Path:
+    """fixtures/<name>.c linked statically with the -g build, then stripped of its DWARF
+    (`strip --strip-debug`): jemalloc's internal symbols without DWARF."""
+    exe = compile_dwarf(name, out_dir, static=True)
+    out = Path(out_dir) / f"{name}_nodwarf"
+    subprocess.run(["strip", "--strip-debug", "-o", str(out), str(exe)], check=True)
+    return out
+
+
 def compile_debian(name: str, out_dir: Path) -> Path:
     """fixtures/<name>.c linked with Debian's libjemalloc2 (no internal symbols, no DWARF)."""
     if not (DEBIAN_LIB.exists() and DEBIAN_HEADER.exists()):
         pytest.skip("Debian's libjemalloc2/libjemalloc-dev are not installed")
     return compile_fixture(name, out_dir, out_name=f"{name}_debian",
                            libs=("-ljemalloc", "-pthread"))
+
+
+def compile_bullseye(name: str, out_dir: Path) -> Path:
+    """fixtures/<name>.c run with Debian bullseye's libjemalloc.so.2 (5.2.1, stripped; made
+    by .ci/build-jemalloc): built with bookworm's header (the API it uses is 5.2's too) and
+    linked to the 5.2.1 library by its path, with an rpath to it."""
+    if not (BULLSEYE / "done").exists():
+        pytest.skip(f"{BULLSEYE} not unpacked (run .ci/build-jemalloc)")
+    if not DEBIAN_HEADER.exists():
+        pytest.skip("Debian's libjemalloc-dev is not installed (the header)")
+    lib = BULLSEYE / "lib"
+    return compile_fixture(name, out_dir, out_name=f"{name}_bullseye",
+                           libs=(str(lib / "libjemalloc.so.2"), f"-Wl,-rpath,{lib}",
+                                 "-pthread"))
 
 
 def lib_path(name: str) -> str:

@@ -1,6 +1,9 @@
-"""The jemalloc module on real jemalloc 5.3.0 heaps, live and as cores: detection, the planted
+"""The jemalloc module on real jemalloc 5.3.0 and 5.2.1 heaps, live and as cores, found each way
+it can be (symbols and DWARF, shared and static; symbols without DWARF; Debian's stripped
+libraries of bookworm, 5.3.0, and bullseye, 5.2.1, by heuristics): detection, the planted
 leaks exactly, the region walk against jemalloc's own counters, ::whatis, ::heap_verify, and
-the one-line messages of a stripped jemalloc and of a target without one.
+the one-line messages of a jemalloc whose structures do not verify and of a target without
+one.
 
 fixtures/jemalloc_heap.c plants 12 leaks (10 from the main thread, 2 from a second one, three
 of them large) among ~23,000 kept regions, with regions freed into both threads' tcaches, and
@@ -11,18 +14,34 @@ walk (bytes of regions out of their slabs, and of those the tcaches hold) is jem
 from __future__ import annotations
 
 import pytest
-from jemalloc_builds import compile_debian, compile_dwarf
+from jemalloc_builds import compile_bullseye, compile_debian, compile_dwarf, compile_nodwarf
 from support import compile_fixture, gcore, one_line_stderr, run_mdbpy, start_fixture
 
 VERSION = "5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c"
+VERSION_52 = "5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756"
+# the offsets the heuristics find in bullseye's 5.2.1: base_t's as its base_structs.h lays
+# them out (blocks after ind, extent_hooks, a 112-byte mutex, a bool, pind_last and
+# extent_sn_next; the counters after avail[232] of one pointer each); arena_t.tcache_ql as
+# found on this build, past arena_stats_t, whose size depends on the configuration (no DWARF
+# of 5.2.1 to compare with: Debian's source package of it is not in the mirror)
+FOUND_52 = {"arena_t.tcache_ql": 0x27C8, "base_t.blocks": 0x90, "base_t.allocated": 0x7D8,
+            "base_t.resident": 0x7E0, "base_t.mapped": 0x7E8}
 
 
-@pytest.fixture(scope="module", params=["dwarf", "static"])
+BUILDS = {"dwarf": lambda d: compile_dwarf("jemalloc_heap", d),
+          "static": lambda d: compile_dwarf("jemalloc_heap", d, static=True),
+          "nodwarf": lambda d: compile_nodwarf("jemalloc_heap", d),
+          "debian": lambda d: compile_debian("jemalloc_heap", d),
+          "bullseye": lambda d: compile_bullseye("jemalloc_heap", d)}
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
 def heap(request, tmp_path_factory):
-    """The fixture linked with the -g build (shared, or static into the executable), running,
-    and a core of it: (running, exe, core)."""
+    """The fixture linked with each build (the -g one shared, static, static without DWARF;
+    Debian's stripped library; bullseye's stripped 5.2.1), running, and a core of it:
+    (running, exe, core)."""
     d = tmp_path_factory.mktemp("jemalloc")
-    exe = compile_dwarf("jemalloc_heap", d, static=request.param == "static")
+    exe = BUILDS[request.param](d)
     run = start_fixture(exe)
     try:
         run.info["bins"] = {int(b): (int(r), int(n)) for b, r, n in
@@ -57,29 +76,83 @@ def test_findleaks_exact(heap, where):
     assert "MMAP" not in r.stdout
 
 
+METHODS = {"dwarf": "symbols and DWARF", "static": "symbols and DWARF",
+           "nodwarf": "symbols; arena_t and base_t offsets by verified heuristics (no DWARF)",
+           "debian": "heuristics, each verified (no internal symbols)",
+           "bullseye": "heuristics, each verified (no internal symbols)"}
+
+
+def _dwarf_offsets() -> dict[str, int]:
+    """The offsets the heuristics find, as the -g build's DWARF gives them (Debian's build is
+    the same release and configuration)."""
+    from jemalloc_builds import lib_path, need_ci_build
+
+    from mdbpy.layout.dwarf import find_structs
+
+    need_ci_build()
+    dw = find_structs(lib_path("libjemalloc.so.2"), ("arena_s", "base_s"), cu_hint="arena.c")
+    return {"arena_t.tcache_ql": dw["arena_s"].members["tcache_ql"][0],
+            **{f"base_t.{n}": dw["base_s"].members[n][0]
+               for n in ("blocks", "allocated", "resident", "mapped")}}
+
+
+def _build(heap) -> str:
+    return heap[1].name.rsplit("_", 1)[1]
+
+
 @pytest.mark.parametrize("where", ["live", "core"])
 def test_jemalloc_dcmd(heap, where):
+    """::jemalloc names the way each build was read and what was found where; the offsets
+    the heuristics find are DWARF's (the same release and configuration)."""
     r = run_mdbpy(*_args(heap, where), "-e", "::jemalloc")
     assert one_line_stderr(r.stderr) == ""
     lines = r.stdout.splitlines()
-    obj = "a.out" if "static" in str(heap[1]) else "libjemalloc.so.2"
-    assert lines[0] == f"jemalloc {VERSION} in {obj}"
-    assert lines[1] == "prefix      '' (public), 'je_' (internal)"
+    build = _build(heap)
+    stripped = build in ("debian", "bullseye")
+    obj = "libjemalloc.so.2" if build in ("dwarf", "debian", "bullseye") else "a.out"
+    assert lines[0] == f"jemalloc {VERSION_52 if build == 'bullseye' else VERSION} in {obj}"
+    assert lines[1] == ("prefix      '' (public), " + ("no internal symbols" if stripped
+                                                       else "'je_' (internal)"))
+    assert lines[2] == f"method      {METHODS[build]}"
     assert f"object      {obj} (defines mallctlnametomib)" in lines
     assert "arenas      2" in lines
     assert "tcaches     2" in lines
+    if build in ("nodwarf", "debian", "bullseye"):
+        found = FOUND_52 if build == "bullseye" else _dwarf_offsets()
+        assert (f"layouts     builtin {'5.2' if build == 'bullseye' else '5.3'} (edata_t, "
+                "tcache_t, cache_bin_t, bin_info_t); found: "
+                + ", ".join(f"{k} +0x{v:x}" for k, v in found.items())) in lines
+    if stripped:
+        keys = [ln.split()[0] for ln in lines[3:9]]
+        assert keys == ["object", "emap", "sizes", "bins", "arenas[]", "layouts"]
+        assert lines[4].endswith(": 1 leaf whose elements' edata_t hold their pages")
+        assert lines[5].endswith(": 232 size classes")
+        assert lines[6].endswith(": 36 small classes")
+
+
+def _tcache_bytes(heap, size, szind, held, nbins: int) -> int:
+    """The bytes of held regions that jemalloc's stats.arenas.<all>.tcache_bytes counts: all
+    of them, but in 5.2.1 the small classes' only (its arena_stats_merge() indexes bins_large
+    from SC_NBINS, past the large bins in use, which count nothing)."""
+    import numpy as np
+
+    if _build(heap) == "bullseye":
+        held = held & (np.asarray(szind) < nbins)
+    return int(np.asarray(size)[held].sum())
 
 
 @pytest.mark.parametrize("where", ["live", "core"])
 def test_regions_equal_jemalloc_stats(heap, where):
     """Bytes of regions out of their slabs (and large extents in use) == stats.allocated;
-    bytes of the regions the tcaches hold (FREE for the program) == tcache_bytes."""
+    bytes of the regions the tcaches hold (FREE for the program) == tcache_bytes; the size
+    classes read (by symbol) or found (by heuristics) are those layouts.py derives."""
     import numpy as np
 
     import mdbpy
     from mdbpy.heap.model import ALLOC, FREE
     from mdbpy_commands.jemalloc.allocator import JemallocAllocator
     from mdbpy_commands.jemalloc.extents import extents
+    from mdbpy_commands.jemalloc.layouts import size_classes
     from mdbpy_commands.jemalloc.regions import regions
     from mdbpy_commands.jemalloc.tcache import cached
 
@@ -90,14 +163,16 @@ def test_regions_equal_jemalloc_stats(heap, where):
         found = [a for a in s.allocators() if isinstance(a, JemallocAllocator)]
         assert [a.name for a in s.allocators()] == ["jemalloc"]
         a = found[0]
+        assert a.state.index2size == size_classes()
         r = regions(a.state, extents(s, a.state))
         held = np.isin(r.base, cached(s, a.state).ptr)
         assert int(r.size[r.out].sum()) == int(run.info["allocated"])
-        assert int(r.size[held].sum()) == int(run.info["tcache_bytes"])
+        assert _tcache_bytes(heap, r.size, r.szind, held, a.state.nbins) == int(
+            run.info["tcache_bytes"])
         t = a.buffers()
         assert int((t.state == FREE).sum()) == int((~r.out).sum()) + int(held.sum())
         assert int(t.size[t.state == ALLOC].sum()) == (int(run.info["allocated"])
-                                                        - int(run.info["tcache_bytes"]))
+                                                        - int(r.size[held].sum()))
         assert a.verify() == []
     finally:
         d.close()
@@ -129,20 +204,38 @@ def test_verify_and_walkers(heap):
     assert int(out[-1]) > 20000
 
 
-def test_stripped_jemalloc_says_so(tmp_path):
-    """Debian's libjemalloc.so.2 has no internal symbols: ::jemalloc names the version and
-    says, in one line, that this is not supported yet; the heap commands warn once."""
-    exe = compile_debian("jemalloc_heap", tmp_path)
-    run = start_fixture(exe)
+@pytest.mark.parametrize("heap", ["debian"], indirect=True)
+def test_heuristics_refuse_a_smashed_root(heap, tmp_path):
+    """Debian's build as a core whose rtree root entries are zeroed: no candidate verifies,
+    and ::jemalloc says so in one line (the heap commands warn once), never a wrong heap."""
+    import shutil
+
+    import numpy as np
+    from test_jemalloc_detect import _file_offset
+
+    import mdbpy
+    from mdbpy_commands.jemalloc.state import locate
+
+    _run, exe, core = heap
+    d = mdbpy.open_core(str(core), str(exe))
     try:
-        r = run_mdbpy("-p", run.pid, "-e", "::jemalloc")
-        assert r.stdout.splitlines() == [f"jemalloc {VERSION} in libjemalloc.so.2",
-                                          "prefix      '' (public), no internal symbols"]
-        assert one_line_stderr(r.stderr) == (
-            f"mdbpy: jemalloc {VERSION} (libjemalloc.so.2): no symbol table (stripped): "
-            "finding jemalloc's structures without symbols is not yet supported")
+        root = locate(d.session).root
+        words = np.frombuffer(d.read(root, 8 << 18), "<u8")
+        slots = [root + 8 * int(k) for k in np.flatnonzero(words)]
     finally:
-        run.stop()
+        d.close()
+    bad = tmp_path / "bad.core"
+    shutil.copy(core, bad)
+    with open(bad, "r+b") as f:
+        for a in slots:
+            f.seek(_file_offset(bad, a))
+            f.write(bytes(8))
+    r = run_mdbpy(exe, bad, "-e", "::jemalloc")
+    assert r.stdout.splitlines() == [f"jemalloc {VERSION} in libjemalloc.so.2",
+                                      "prefix      '' (public), no internal symbols"]
+    assert one_line_stderr(r.stderr) == (
+        "mdbpy: jemalloc: libjemalloc.so.2: no emap rtree root found in its data (no word "
+        "points at a 2 MiB leaf whose edata_t hold its pages)")
 
 
 def test_no_jemalloc(build_dir):
@@ -167,8 +260,11 @@ def test_je_stats_equal_mallctl(heap, where):
     got = dict(ln.split() for ln in r.stdout.splitlines()[:7])
     for name in ("allocated", "active", "resident", "mapped"):
         assert int(got[name]) == int(run.info[name]), name
-    assert int(got["tcache"]) == int(run.info["tcache_bytes"])
     rows = [ln.split() for ln in r.stdout.splitlines()[8:]]
+    small = sum(int(size) * int(held) for _b, size, _regs, _slabs, held in rows)
+    # 5.2.1's tcache_bytes counts the small classes only (see _tcache_bytes)
+    assert int(run.info["tcache_bytes"]) == (small if _build(heap) == "bullseye"
+                                             else int(got["tcache"]))
     assert {int(b): (int(regs), int(slabs)) for b, _size, regs, slabs, _held in rows} == {
         b: v for b, v in run.info["bins"].items() if v != (0, 0)}
 
@@ -194,3 +290,29 @@ def test_with_glibc_malloc(tmp_path, where):
     assert _leaked(r.stdout) == {int(a, 16) for a in run.info["leaks"].split(",")}
     assert "Total       4 buffers" in r.stdout
     assert {"jemalloc", "ptmalloc"} <= set(r.stdout.split())
+
+
+@pytest.mark.parametrize("heap", ["dwarf"], indirect=True)
+def test_heuristics_find_what_the_symbols_name(heap):
+    """The heuristics, run on the -g build's core, find each global where its symbol is, the
+    bases each arena_t's `base` field holds, and DWARF's offsets."""
+    import mdbpy
+    from mdbpy.layout.bind import Binder
+    from mdbpy_commands.jemalloc import heuristic
+    from mdbpy_commands.jemalloc.state import locate
+
+    _run, exe, core = heap
+    d = mdbpy.open_core(str(core), str(exe))
+    try:
+        st = locate(d.session)
+        h = heuristic.locate(d.session, st.found.obj, st.facts,
+                             Binder(st.facts.layouts, version=st.found.version))
+        sym = {n: st.found.obj.lookup("je_" + n).addr
+               for n in ("sz_index2size_tab", "bin_infos", "arenas")}
+    finally:
+        d.close()
+    assert (h.root, h.index2size, h.bins, h.arenas, h.bases) == (
+        st.root, st.index2size, st.bins, st.arenas, st.bases)
+    assert (h.index2size_at, h.bins_at, h.arenas_at) == (
+        sym["sz_index2size_tab"], sym["bin_infos"], sym["arenas"])
+    assert h.offsets == st.offsets

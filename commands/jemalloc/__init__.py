@@ -1,12 +1,12 @@
-"""The `jemalloc` dmod: jemalloc 5.3 (redis, Firefox, FreeBSD's libc, Rust's tikv-jemallocator)
-as an allocator for the generic heap engines (::findleaks, ::whatis, ::whyalive,
-::heap_verify, ::heap_stats), and its own view (::jemalloc, walkers of extents, regions and
-arenas).
+"""The `jemalloc` dmod: jemalloc 5.3 and 5.2 (redis, Firefox, FreeBSD's libc, Rust's
+tikv-jemallocator) as an allocator for the generic heap engines (::findleaks, ::whatis,
+::whyalive, ::heap_verify, ::heap_stats), and its own view (::jemalloc, walkers of extents,
+regions and arenas).
 
 Loaded automatically when an object of the target defines jemalloc's public API under any
 prefix (libjemalloc.so.*, or a static copy: plain, je_, _rjem_). Its structures are found
-through the object's internal symbols and DWARF (state.py); without them ::jemalloc says what
-is missing.
+through the object's internal symbols and DWARF, or without them by heuristics that verify
+every candidate (state.py, heuristic.py); what cannot be verified is one line saying so.
 """
 
 from .allocator import JemallocAllocator

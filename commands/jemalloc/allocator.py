@@ -1,4 +1,4 @@
-"""JemallocAllocator: jemalloc 5.3 seen through the generic heap interface.
+"""JemallocAllocator: jemalloc (5.3, 5.2) seen through the generic heap interface.
 
 Buffers are regions (regions.py): ALLOC when out of their slab (or a large extent in use) and
 held by no tcache, FREE when free in their slab's bitmap or held by a thread's tcache (the
@@ -62,19 +62,24 @@ class JemallocAllocator(Allocator):
         groups = [f"jemalloc {'bin' if k < nb else 'large'} {s}"
                   for k, s in enumerate(st.index2size)] + [STACKS]
         group = r.szind.copy()
-        group[self._stack_rows(r.base)] = len(groups) - 1
+        group[self._stack_rows(r.base, r.size)] = len(groups) - 1
         self._table = BufferTable.from_columns(r.base, r.size, state, group, r.edata,
                                                groups=groups, sort=False)
         return self._table
 
-    def _stack_rows(self, base):
-        """The rows of the regions holding the tcaches' stacks (tcache_slow_t.dyn_alloc)."""
+    def _stack_rows(self, base, size):
+        """The rows of the regions holding the tcaches' stacks: the regions (base sorted, with
+        their sizes) in which each Tcache.stacks lies (5.3's tcache_slow_t.dyn_alloc, the
+        region's start; 5.2's last slot of bin 0's stack, inside it)."""
         import numpy as np
 
-        dyn = np.array([t.dyn_alloc for t in tcaches(self.session, self.state)
-                        if t.dyn_alloc], np.uint64)
-        at = np.searchsorted(base, dyn)
-        return at[(at < len(base)) & (base[np.minimum(at, len(base) - 1)] == dyn)]
+        inside = np.array([t.stacks for t in tcaches(self.session, self.state) if t.stacks],
+                          np.uint64)
+        if not len(base):
+            return np.zeros(0, np.int64)
+        at = np.searchsorted(base, inside, side="right") - 1
+        ok = (at >= 0) & (inside < base[np.maximum(at, 0)] + size[np.maximum(at, 0)])
+        return at[ok]
 
     def candidates(self) -> BufferTable:
         """The allocated regions but the tcaches' stacks: jemalloc's own allocations, which
@@ -90,7 +95,7 @@ class JemallocAllocator(Allocator):
     def metadata_regions(self) -> list[tuple[int, int]]:
         """Every base block, and the regions holding the tcaches' stacks."""
         t = self.buffers()
-        rows = self._stack_rows(t.base)
+        rows = self._stack_rows(t.base, t.size)
         return base_blocks(self.session, self.state) + list(zip(
             t.base[rows].tolist(), (t.base[rows] + t.size[rows]).tolist()))
 

@@ -15,9 +15,11 @@ from .version import require
 @dcmd("jemalloc", "jemalloc: object, version, prefixes and how its structures were found",
       help="Print the object holding jemalloc and how it was recognised, the version (from "
            "the version string jemalloc embeds), the public and internal symbol prefixes, "
-           "where the layouts came from, the emap's rtree root, and the arenas, tcaches, "
-           "extents and rtree leaves found. A version mdbpy does not know, or a jemalloc "
-           "whose structures cannot be found (no symbols, no DWARF), is one line saying so.",
+           "the method (symbols and DWARF; symbols with verified heuristics for the arena_t "
+           "and base_t offsets; or, without internal symbols, verified heuristics for all of "
+           "it), where each structure was found and where the layouts came from, and the "
+           "arenas, tcaches, extents and rtree leaves found. A version mdbpy does not know, "
+           "or a structure no candidate verifies for, is one line saying so.",
       example="::jemalloc")
 def jemalloc(inv: Invocation):
     inv.no_operands()

@@ -1,11 +1,13 @@
-"""Every extent jemalloc 5.3 knows, from the emap's radix tree, as numpy columns.
+"""Every extent jemalloc knows, from the emap's radix tree (5.2: extents_rtree), as numpy
+columns.
 
 jemalloc registers each extent it manages (active ones in use, and the dirty, muzzy and
 retained ones it keeps for reuse) in the emap, an rtree keyed by page address: a slab's every
 page, a large extent's first and last page. A leaf element holds the extent's edata_t address
-with a copy of its state, szind and slab flag. So reading the root (one array in the library's
-bss) and the leaves it points to (2 MiB each, a handful in a process) gives every extent
-without following a single list, and the edata_t of all of them are then read in one gather.
+with a copy of its szind and slab flag (5.3: and state); the release's Facts say which bits.
+So reading the root (one array in the library's bss) and the leaves it points to (2 MiB each,
+a handful in a process) gives every extent without following a single list, and the edata_t
+of all of them are then read in one gather.
 
 Nothing read is believed before it is checked: an edata must be readable, its state and size
 class in range, a slab's size that of its bin and its free count that of its bitmap, its first
@@ -21,12 +23,9 @@ from mdbpy.errors import ReadError
 from mdbpy.heap.damage import DamageLog
 from mdbpy.heap.gather import session_gather
 
-from .layouts import (ARENA_BITS, EDATA_ALIGNMENT, LG_PAGE, LG_VADDR, NFREE_BITS, PAGE,
-                      RTREE_LEAF_ENTRIES, RTREE_LEVEL_BITS, RTREE_ROOT_ENTRIES, SLAB_BIT,
-                      STATE_ACTIVE, STATE_BITS, STATE_NAMES, SZIND_BITS)
+from .layouts import (LG_PAGE, PAGE, RTREE_LEAF_ENTRIES, RTREE_LEVEL_BITS, RTREE_ROOT_ENTRIES,
+                      STATE_ACTIVE, STATE_NAMES)
 from .state import State
-
-ADDR_MASK = ((1 << LG_VADDR) - 1) & ~(EDATA_ALIGNMENT - 1)  # a compact leaf's edata_t pointer bits
 
 
 @dataclass
@@ -114,7 +113,8 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     import numpy as np
 
     keys, elems, leaves = _leaf_entries(session, st, log)
-    ptr = elems & np.uint64(ADDR_MASK)
+    b = st.facts.bits
+    ptr = elems & np.uint64(st.facts.addr_mask)
     edata = np.unique(ptr[ptr != 0])
     es = st.binder["edata_s"]
     rows, ok = session_gather(session).rows(edata, es.size)
@@ -123,8 +123,8 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     edata, rows = edata[ok], rows[ok]
     v = rows.view(es.dtype()).reshape(-1)
     bits = v["e_bits"].astype(np.uint64)
-    slab = ((bits >> np.uint64(SLAB_BIT)) & np.uint64(1)).astype(bool)
-    state, szind = _field(bits, STATE_BITS), _field(bits, SZIND_BITS)
+    slab = _field(bits, b.slab).astype(bool)
+    state, szind = _field(bits, b.state), _field(bits, b.szind)
     addr = v["e_addr"].astype(np.uint64)
     base = addr & ~np.uint64(PAGE - 1)
     size = v["e_size_esn"].astype(np.uint64) & ~np.uint64(PAGE - 1)
@@ -155,7 +155,7 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     free_bits = np.unpackbits(bitmap.view(np.uint8), axis=1, bitorder="little")
     inside = np.arange(free_bits.shape[1])[None, :] < np.where(small, nregs[k_small], 0)[:, None]
     counted = (free_bits.astype(bool) & inside).sum(axis=1)
-    nfree = _field(bits, NFREE_BITS)
+    nfree = _field(bits, b.nfree)
     flag(small & (counted != nfree), lambda k: f"slab 0x{int(addr[k]):x}: bitmap has "
                                                f"{counted[k]} free regions, nfree says {nfree[k]}")
     # the extent's first page must be registered to it
@@ -170,7 +170,7 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     keep = why == ""
     _stray_pages(keys, ptr, edata[keep], base[keep], size[keep], log)
     out = Extents(edata[keep], base[keep], size[keep], addr[keep], state[keep], slab[keep],
-                  szind[keep], _field(bits, ARENA_BITS)[keep], nfree[keep], bitmap[keep],
+                  szind[keep], _field(bits, b.arena)[keep], nfree[keep], bitmap[keep],
                   leaves)
     order = np.argsort(out.base, kind="stable")
     out = Extents(*(getattr(out, c)[order] for c in COLUMNS), leaves=leaves)

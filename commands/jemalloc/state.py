@@ -1,12 +1,15 @@
 """Finding jemalloc's global state in a target: the emap's rtree root, the size-class tables,
 the arenas and their bases, each thread's tcache.
 
-Everything is found by symbol (the object's .symtab: `je_arena_emap_global`, `je_bin_infos`,
-`je_sz_index2size_tab`, `je_arenas`, with the object's private prefix) and read through
-layouts bound for the version, with DWARF's offsets where the object has DWARF. Without the
-internal symbols (Debian's stripped libjemalloc.so.2) the structures are not found yet: that is
-one message naming what is missing, never a guess. `how` records what each part came from, for
-::jemalloc to show.
+Three ways, chosen by what the object carries, and recorded in `how` for ::jemalloc:
+- symbols and DWARF (a -g build): the globals by their internal symbols (`je_arena_emap_global`,
+  `je_bin_infos`, `je_sz_index2size_tab`, `je_arenas`, with the object's private prefix), the
+  arena_t and base_t offsets from DWARF;
+- symbols without DWARF: the globals by symbol, the arena_t and base_t offsets found by
+  heuristic.py's verified search;
+- no internal symbols (Debian's stripped libjemalloc.so.2), or 5.2, whose internal names
+  (je_extents_rtree, ...) this module does not look up: everything by heuristic.py.
+Whatever cannot be found or does not verify is one MdbError naming it, never a guess.
 """
 
 from __future__ import annotations
@@ -17,38 +20,43 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.walk import chain
 from mdbpy.layout.bind import Binder
 
-from .layouts import (BUILTIN, DWARF_ONLY, LAYOUTS, MALLOCX_ARENA_LIMIT, RTREE_ROOT_ENTRIES)
+from . import heuristic
+from .layouts import (BUILTIN, DWARF_ONLY, FACTS, LAYOUTS, MALLOCX_ARENA_LIMIT,
+                      RTREE_ROOT_ENTRIES, Facts)
 from .version import Found, require
 
 MAX_TCACHES = 1 << 16  # tcaches in one arena's ring before the walk calls it garbage
-NO_SYMBOLS = ("{name}: no symbol table (stripped): finding jemalloc's structures without "
-              "symbols is not yet supported")
-NO_DWARF = ("{name}: no DWARF for arena_s: finding jemalloc's arenas and thread caches "
-            "without debug info is not yet supported")
+BASE_FIELDS = ("blocks", "allocated", "resident", "mapped")
+BY_SYMBOL = ((5, 3),)  # the releases whose internal names _by_symbols looks up
 
 
 @dataclass
 class Tcache:
-    """One thread's tcache: its tcache_slow_t and tcache_t, and the arena it is bound to."""
+    """One thread's tcache: its ring node and tcache_t, and the arena it is bound to."""
 
-    slow: int
+    slow: int  # the node of its arena's ring: tcache_slow_t (5.3), the tcache_t itself (5.2)
     addr: int
     arena: int
-    dyn_alloc: int  # the region holding its bins' stacks (0: none)
+    stacks: int  # an address inside the region holding its bins' stacks (0: none)
 
 
 @dataclass
 class State:
     found: Found
     binder: Binder
-    emap: int  # je_arena_emap_global
     root: int  # its rtree's root array (RTREE_ROOT_ENTRIES node pointers)
     index2size: list[int]  # sz_index2size_tab: usable size of each size class
     bins: list[tuple[int, int, int]]  # bin_infos: (reg_size, slab_size, nregs) per small class
     arenas: list[tuple[int, int]]  # (index, arena_t address)
+    bases: dict[int, int]  # arena_t -> its base_t
+    offsets: dict[str, int]  # 'arena.tcache_ql', 'base.blocks', 'base.allocated', ...
     how: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     _tcaches: list[Tcache] | None = None
+
+    @property
+    def facts(self) -> Facts:
+        return FACTS[self.found.version[:2]]
 
     @property
     def nbins(self) -> int:
@@ -101,18 +109,78 @@ def locate(session) -> State:
 
 def _locate(session) -> State:
     found = require(session)
-    name = f"jemalloc {found.version_text} ({found.obj.name})"
-    if found.private is None:
-        raise MdbError(NO_SYMBOLS.format(name=name))
+    if found.private is None or found.version[:2] not in BY_SYMBOL:
+        return _by_heuristics(session, found)
     dwarf, dfile = _dwarf(found, BUILTIN + DWARF_ONLY)
-    if "arena_s" not in dwarf or "base_s" not in dwarf:
-        raise MdbError(NO_DWARF.format(name=name))
     _check_edata(dwarf)
-    dwarf = {k: v for k, v in dwarf.items() if k != "edata_s"}
-    binder = Binder(LAYOUTS, version=found.version, dwarf=dwarf)
+    full = "arena_s" in dwarf and "base_s" in dwarf  # else ::layout shows no arena_s guess
+    binder = Binder(LAYOUTS if full else FACTS[found.version[:2]].layouts,
+                    version=found.version,
+                    dwarf={k: v for k, v in dwarf.items() if k != "edata_s"})
+    st = _by_symbols(session, found, binder)
+    if full:
+        st.how = {"method": "symbols and DWARF", **st.how,
+                  "layouts": f"DWARF {dfile} (edata_t builtin, checked against it)"}
+        _dwarf_offsets(session, st)
+    else:
+        st.how = {"method": "symbols; arena_t and base_t offsets by verified heuristics (no "
+                            "DWARF)", **st.how}
+        bases = heuristic.Bases(session, binder)
+        st.bases = heuristic.arena_bases(session, bases, st.arenas)
+        st.offsets = heuristic.offsets(session, binder[st.facts.ring], bases, st.bases)
+        st.how["layouts"] = _found_layouts(found, st.offsets)
+    return st
+
+
+def _where(found: Found, addr: int) -> str:
+    """An address and where it is in the object (its file address, as readelf shows it)."""
+    return f"0x{addr:x} ({found.obj.name}+0x{addr - found.obj.bias:x})"
+
+
+def _found_layouts(found: Found, offsets: dict[str, int]) -> str:
+    release = ".".join(map(str, found.version[:2]))
+    return (f"builtin {release} (edata_t, tcache_t, cache_bin_t, bin_info_t); found: "
+            + ", ".join(f"{k.replace('arena.', 'arena_t.').replace('base.', 'base_t.')} "
+                        f"+0x{v:x}" for k, v in offsets.items()))
+
+
+def _by_heuristics(session, found: Found) -> State:
+    facts = FACTS[found.version[:2]]
+    h = heuristic.locate(session, found.obj, facts,
+                         Binder(facts.layouts, version=found.version))
+    why = ("no internal symbols" if found.private is None else
+           f"{found.private}* internal symbols not used for "
+           f"{'.'.join(map(str, found.version[:2]))}")
+    how = {"method": f"heuristics, each verified ({why})",
+           "object": f"{found.obj.name} ({found.how})",
+           "emap": f"rtree root {_where(found, h.root)}: {h.leaves} "
+                   f"{'leaf' if h.leaves == 1 else 'leaves'} whose elements' edata_t hold "
+                   "their pages",
+           "sizes": f"sz_index2size_tab {_where(found, h.index2size_at)}: "
+                    f"{len(h.index2size)} size classes",
+           "bins": f"bin_infos {_where(found, h.bins_at)}: {len(h.bins)} small classes",
+           "arenas[]": f"{_where(found, h.arenas_at)}: each arena inside a block of its base",
+           "layouts": _found_layouts(found, h.offsets)}
+    return State(found, h.binder, h.root, h.index2size, h.bins,
+                 h.arenas, h.bases, h.offsets, how)
+
+
+def _dwarf_offsets(session, st: State) -> None:
+    """The arena_t and base_t offsets from DWARF, and each arena's base read through them."""
+    arena_s, base_s = st.binder["arena_s"], st.binder["base_s"]
+    st.offsets = {"arena.tcache_ql": arena_s.offset("tcache_ql"),
+                  **{f"base.{n}": base_s.offset(n) for n in BASE_FIELDS}}
+    for _i, a in st.arenas:
+        try:
+            st.bases[a] = session.mem.read_ptr(a + arena_s.offset("base"))
+        except ReadError:
+            st.warnings.append(f"arena 0x{a:x}: unreadable")
+
+
+def _by_symbols(session, found: Found, binder: Binder) -> State:
+    """The globals by their symbols; the bases and offsets are the caller's."""
     how = {"object": f"{found.obj.name} ({found.how})",
-           "symbols": f"{found.private}* internal symbols",
-           "layouts": f"DWARF {dfile} (edata_t builtin, checked against it)"}
+           "symbols": f"{found.private}* internal symbols"}
     mem = session.mem
     emap = _sym(found, "arena_emap_global")
     if emap.size < RTREE_ROOT_ENTRIES * 8:
@@ -136,7 +204,7 @@ def _locate(session) -> State:
     ar = _sym(found, "arenas")
     ptrs = _words(mem, ar.addr, min(ar.size // 8, MALLOCX_ARENA_LIMIT))
     arenas = [(i, p) for i, p in enumerate(ptrs) if p]
-    return State(found, binder, emap.addr, root, index2size, bins, arenas, how)
+    return State(found, binder, root, index2size, bins, arenas, {}, {}, how)
 
 
 def _words(mem, addr: int, n: int) -> list[int]:
@@ -162,41 +230,45 @@ def tcaches(session, st: State) -> list[Tcache]:
     ring that cannot be followed is a warning and a shorter list."""
     if st._tcaches is not None:
         return st._tcaches
-    arena_s, slow_s = st.binder["arena_s"], st.binder["tcache_slow_s"]
+    ring_s = st.binder[st.facts.ring]
     out: list[Tcache] = []
     for _i, a in st.arenas:
         try:
-            first = session.mem.read_ptr(a + arena_s.offset("tcache_ql"))
+            first = session.mem.read_ptr(a + st.offsets["arena.tcache_ql"])
         except ReadError:
             st.warnings.append(f"arena 0x{a:x}: unreadable")
             continue
         if not first:
             continue
-        nodes, stop = chain(first, _reader(session, slow_s), lambda v: v.link[0], MAX_TCACHES,
+        nodes, stop = chain(first, _reader(session, ring_s), lambda v: v.link[0], MAX_TCACHES,
                             "tcache", end=first)
         if stop is not None:
             st.warnings.append(f"arena 0x{a:x} tcache_ql: {stop.why}")
-        out += [Tcache(v.addr, v.tcache, a, v.dyn_alloc) for v in nodes if v.tcache]
-    st._tcaches = out
-    return out
+        out += [_tcache(v, a) for v in nodes]
+    st._tcaches = [t for t in out if t.addr]
+    return st._tcaches
+
+
+def _tcache(v, arena: int) -> Tcache:
+    """A ring node as a Tcache. 5.3: a tcache_slow_t, whose dyn_alloc is the region of its
+    stacks; 5.2: a tcache_t, whose stacks are one region that bin 0's stack (below its avail)
+    starts (tsd_tcache_data_init allocates it, tcache_init hands it out bin by bin)."""
+    if v.struct.name == "tcache_slow_s":
+        return Tcache(v.addr, v.tcache, arena, v.dyn_alloc)
+    avail = v.bins_small[0].avail
+    return Tcache(v.addr, v.addr, arena, avail - 8 if avail else 0)
 
 
 def base_blocks(session, st: State) -> list[tuple[int, int]]:
     """[start, end) of every base block of every arena's base: jemalloc's own metadata (the
     edata_t, rtree leaves, arenas, tcaches), never a leak, never a root."""
-    arena_s, base_s = st.binder["arena_s"], st.binder["base_s"]
     block_s = st.binder["base_block_s"]
     out: list[tuple[int, int]] = []
-    seen_bases: set[int] = set()
-    for _i, a in st.arenas:
+    for base in sorted(set(st.bases.values()) - {0}):
         try:
-            base = session.mem.read_ptr(a + arena_s.offset("base"))
-            if not base or base in seen_bases:
-                continue
-            seen_bases.add(base)
-            first = session.mem.read_ptr(base + base_s.offset("blocks"))
+            first = session.mem.read_ptr(base + st.offsets["base.blocks"])
         except ReadError:
-            st.warnings.append(f"arena 0x{a:x}: base unreadable")
+            st.warnings.append(f"base 0x{base:x}: unreadable")
             continue
         blocks, stop = chain(first, _reader(session, block_s), lambda v: v.next, 1 << 20,
                              "base block")

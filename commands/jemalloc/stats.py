@@ -1,16 +1,18 @@
 """jemalloc's statistics as malloc_stats_print() totals them, derived from the walk.
 
-jemalloc 5.3 (src/ctl.c, src/arena.c) defines, over every arena:
+jemalloc 5.3 (src/ctl.c, src/arena.c) defines, over every arena (5.2 alike but for resident):
   allocated  bytes of small regions out of their slabs (curregs * reg_size) plus the usable size
              of large extents in use: tcache-held regions count, they are out of their slabs
   active     pages of the extents in use (pactive)
-  resident   the bases' resident bytes plus the pages of extents in use and dirty ones
+  resident   the bases' resident bytes plus the pages of extents in use and dirty ones (5.2's
+             arena.c adds the muzzy ones)
   mapped     the bases' mapped bytes plus the extents in use, dirty and muzzy (retained extents
              are purged and not counted)
   tcache     bytes the thread caches hold
 Everything but the bases' own counters (base_t.resident, .mapped, .allocated, read from each
-arena's base) is counted from the extents and regions walked, so the totals are a check of the
-walk against jemalloc's own counters, not a copy of them.
+arena's base at the offsets DWARF gave or heuristic.py found) is counted from the extents and
+regions walked, so the totals are a check of the walk against jemalloc's own counters, not a
+copy of them.
 """
 
 from __future__ import annotations
@@ -46,20 +48,14 @@ def totals(session, st: State) -> Totals:
     held = np.isin(r.base, cached(session, st).ptr)
     by = {name: int(ex.size[ex.state == k].sum()) for k, name in enumerate(STATE_NAMES)}
     base = {"allocated": 0, "resident": 0, "mapped": 0}
-    arena_s, base_s = st.binder["arena_s"], st.binder["base_s"]
-    seen: set[int] = set()
-    for _i, a in st.arenas:
+    for b in sorted(set(st.bases.values()) - {0}):
         try:
-            b = session.mem.read_ptr(a + arena_s.offset("base"))
-            if b in seen:
-                continue
-            seen.add(b)
-            v = base_s.view(session.mem, b)
+            got = {k: session.mem.read_u64(b + st.offsets[f"base.{k}"]) for k in base}
         except ReadError:
-            st.warnings.append(f"arena 0x{a:x}: base unreadable: its counters are missing")
+            st.warnings.append(f"base 0x{b:x} unreadable: its counters are missing")
             continue
         for k in base:
-            base[k] += getattr(v, k)
+            base[k] += got[k]
     small = r.out & (r.szind < st.nbins)
     live = (ex.state == 0) & ex.slab
     bins = []
@@ -68,6 +64,7 @@ def totals(session, st: State) -> Totals:
         bins.append((k, st.bins[k][0], int(sel.sum()), int((live & (ex.szind == k)).sum()),
                      int((held & (r.szind == k)).sum())))
     return Totals(int(r.size[r.out].sum()), by["active"], base["allocated"],
-                  base["resident"] + by["active"] + by["dirty"],
+                  base["resident"] + by["active"] + by["dirty"]
+                  + (by["muzzy"] if st.facts.resident_muzzy else 0),
                   base["mapped"] + by["active"] + by["dirty"] + by["muzzy"], by["retained"],
                   int(r.size[held].sum()), bins)

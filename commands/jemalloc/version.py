@@ -5,8 +5,9 @@ jemalloc ships under many names: Debian's libjemalloc.so.2, a static copy in a R
 (`_rjem_mallocx`, internals `_rjem_je_*`), a `je_` prefixed build beside glibc's malloc, or the
 plain names of a build that replaces malloc. Names of files say little, so the symbols decide:
 the object that defines `<prefix>mallctlnametomib` (a name only jemalloc's public API has) holds
-jemalloc, and <prefix> is its public prefix; its internals (`<ns>arena_emap_global`, with
-<ns> usually `je_`) appear only where a symbol table (.symtab) survived.
+jemalloc, and <prefix> is its public prefix; its internals (`<ns>arena_emap_global`, 5.2's
+`<ns>extents_rtree`, with <ns> usually `je_`) appear only where a symbol table (.symtab)
+survived.
 
 The version is the JEMALLOC_VERSION string (`5.3.0-0-g54eaed1d...`: release, commits since it,
 git hash) that `mallctl("version")` returns and malloc_stats_print prints, read from the
@@ -21,12 +22,15 @@ from dataclasses import dataclass
 
 from mdbpy.errors import MdbError, ReadError
 
+from .layouts import FACTS
+
 IDENTIFYING = "mallctlnametomib"  # public API, jemalloc only (glibc has no mallctl*)
-INTERNAL = "arena_emap_global"  # the emap: where every active extent is registered
+# the rtree where every extent is registered: 5.3's emap, 5.2's extents_rtree
+INTERNAL = ("arena_emap_global", "extents_rtree")
 VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]{7,40})\0")
 MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
 READ_STEP = 1 << 20
-SUPPORTED = ((5, 3),)  # (major, minor) whose layouts commands/jemalloc/layouts.py describes
+SUPPORTED = tuple(sorted(FACTS))  # (major, minor) whose layouts layouts.py describes
 
 
 @dataclass
@@ -85,13 +89,15 @@ def find_object(session) -> tuple[object, str] | None:
 
 def private_prefix(obj, prefix: str) -> str | None:
     """The prefix of jemalloc's internal symbols (`je_`, `_rjem_je_`, ...), from the name of
-    the emap global; None when the object has no such symbol (a stripped library)."""
+    the rtree global; None when the object has no such symbol (a stripped library)."""
     for p in (prefix + "je_", "je_", prefix):
-        if _defined(obj, p + INTERNAL):
-            return p
+        for name in INTERNAL:
+            if _defined(obj, p + name):
+                return p
     for n in _names(obj):
-        if n.endswith(INTERNAL) and _defined(obj, n):
-            return n[:-len(INTERNAL)]
+        for name in INTERNAL:
+            if n.endswith(name) and _defined(obj, n):
+                return n[:-len(name)]
     return None
 
 
