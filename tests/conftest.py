@@ -15,8 +15,9 @@ from support import (STACKS_FLAGS, SYS_PAUSE, Running, compile_fixture, gcore,  
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "real_program: a real Debian program (python3, sqlite3, memcached, nginx) "
-        "driven into a known state and checked live and as a core (tests/test_real_programs.py)")
+        "markers", "real_program: a real Debian program (python3, sqlite3, memcached, nginx, "
+        "redis-server) driven into a known state and checked live and as a core "
+        "(tests/test_real_programs.py, tests/test_real_redis.py)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -229,8 +229,8 @@ def test_no_allocator_says_what_is_missing():
         s.err.truncate()
         e.run_string(cmd)
         assert s.err.getvalue() == (
-            "mdbpy: no allocator found in this target (mdbpy knows libumem, glibc malloc and "
-            "its own simulator; see ::dmods)\n"), cmd
+            "mdbpy: no allocator found in this target (mdbpy knows libumem, glibc malloc, "
+            "jemalloc and its own simulator; see ::dmods)\n"), cmd
     e.run_string("1010::whatis")
     assert s.out.getvalue() == "1010 is in [ anon ] [1000,1100)\n"
 

@@ -14,7 +14,7 @@ def test_untouched_main_arena_is_not_a_heap(build_dir):
         assert res.returncode == 1
         assert res.stdout == ""
         assert res.stderr == ("mdbpy: no allocator found in this target (mdbpy knows libumem, "
-                              "glibc malloc and its own simulator; see ::dmods)\n")
+                              "glibc malloc, jemalloc and its own simulator; see ::dmods)\n")
         res = run_mdbpy("-p", str(pid), "-e", "::ptmalloc")
         assert res.returncode == 1
         assert res.stderr.startswith("mdbpy: ptmalloc: glibc's malloc is not in use in this "

@@ -385,8 +385,8 @@ class Allocator:
 # can name it without importing the engine at start-up
 LEAKS_KEY = ("heap", "findleaks")
 
-NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc and its "
-                "own simulator; see ::dmods)")
+NO_ALLOCATOR = ("no allocator found in this target (mdbpy knows libumem, glibc malloc, "
+                "jemalloc and its own simulator; see ::dmods)")
 
 
 def allocators(session) -> list[Allocator]:
