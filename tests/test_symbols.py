@@ -103,9 +103,39 @@ def test_lookup_by_address_touches_one_object(basic_proc):
     s = live_session(basic_proc.pid)
     main = s.symbols.lookup("main")
     objs = s.symbols.objects()
-    assert [o for o in objs if o._symbols is not None] == [s.symbols.object_named("a.out")]
+    assert [o for o in objs if o._symbols is not None] == []  # by name: no table built
     assert s.symbols.lookup_addr(main.addr + 5) == (main, 5)
     assert [o for o in objs if o._symbols is not None] == [s.symbols.object_named("a.out")]
+
+
+def test_lookup_by_name_builds_no_table_and_answers_as_the_table(basic_proc):
+    """A lookup by name builds only that name's entries (libc's ten thousand are not made
+    for five names), and answers exactly as the whole table does: for every name of every
+    object's tables, and every versioned name's alias (`stdout` for `stdout@GLIBC_2.2.5`)."""
+    from mdbpy.symbols.base import alias_of
+
+    s = live_session(basic_proc.pid)
+    try:
+        objs = [o for o in s.symbols.objects() if o.columns()]
+        assert {o.name for o in objs} >= {"a.out", "libc.so.6"}
+        # and a stripped object, with .dynsym alone: libc without its debug file's .symtab
+        bare = elf.ElfObject(*(getattr(objs[1], k) for k in ("name", "path", "base", "end",
+                                                              "bias", "file", "info",
+                                                              "debug_dirs")))
+        bare._columns = {k: v for k, v in objs[1].columns().items() if k != "symtab"}
+        for o in [*objs, bare]:
+            names = {n for t in o.columns().values() for n in t.names}
+            names |= {alias_of(n) for n in names} - {""}
+            names |= {"no_such_symbol", ""}
+            fast = {n: o.lookup(n) for n in names}
+            assert o._symbols is None and o._by_name is None, o.name
+            o.lookup_addr(o.base)  # an address needs the table: it is built now
+            assert o._by_name is not None
+            slow = {n: o.lookup(n) for n in names}
+            assert fast == slow, o.name
+            assert sum(v is not None for v in fast.values()) > 10, o.name
+    finally:
+        s.close()
 
 
 def test_refresh_keeps_symbols_already_read(basic_proc):

@@ -47,14 +47,11 @@ class LoadObject:
         by_name: dict[str, Symbol] = {}
         for s in self.symbols:
             old = by_name.get(s.name)
-            # prefer global over weak over local, then sized over unsized
-            if old is None or (_rank(s), s.size > 0) > (_rank(old), old.size > 0):
+            if old is None or preferred(s, old):
                 by_name[s.name] = s
-        # `stdout` also finds `stdout@GLIBC_2.2.5`: newer linkers keep versions in .symtab names
-        # (but `malloc` is never the PLT stub `malloc@plt`, which only calls it)
         for s in self.symbols:
-            base = s.name.split("@", 1)[0]
-            if base != s.name and base and not s.name.endswith("@plt"):
+            base = alias_of(s.name)
+            if base:
                 by_name.setdefault(base, s)
         self._by_name = by_name
 
@@ -95,3 +92,17 @@ class LoadObject:
 
 def _rank(s: Symbol) -> int:
     return {"global": 2, "weak": 1}.get(s.bind, 0)
+
+
+def preferred(s: Symbol, old: Symbol) -> bool:
+    """Whether s names its name rather than old (met before it in address order): global
+    over weak over local, then sized over unsized."""
+    return (_rank(s), s.size > 0) > (_rank(old), old.size > 0)
+
+
+def alias_of(name: str) -> str:
+    """The name a versioned one also answers to, or '': `stdout` finds `stdout@GLIBC_2.2.5`
+    (newer linkers keep versions in .symtab names), but `malloc` is never the PLT stub
+    `malloc@plt`, which only calls it."""
+    base = name.split("@", 1)[0]
+    return base if base != name and not name.endswith("@plt") else ""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.symbols import cache, debuginfo
-from mdbpy.symbols.base import LoadObject, Symbol
+from mdbpy.symbols.base import LoadObject, Symbol, alias_of, preferred
 from mdbpy.symbols.plt import plt_columns
 from mdbpy.target import elfcore as ec
 
@@ -137,24 +137,25 @@ def _cstr(blob: bytes, off: int) -> str:
 
 def make_symbols(cols: cache.Columns, bias: int, obj: str,
                  keep: Callable[[str], bool] | None = None) -> list[Symbol]:
-    """Symbols in file order (only those whose name passes `keep`, when given). Runtime
-    address = st_value + bias, except absolute symbols and TLS offsets (kept as in the file)
-    and undefined ones (address 0)."""
-    out = []
-    for name, value, size, info, other, shndx in zip(
-            cols.names, cols.value, cols.size, cols.info, cols.other, cols.shndx):
-        if keep is not None and not keep(name):
-            continue
-        stype = STT.get(info & 0xF) or f"stt{info & 0xF}"
-        if shndx == SHN_UNDEF:
-            addr = 0
-        elif shndx == SHN_ABS or stype == "tls":
-            addr = value
-        else:
-            addr = (value + bias) & ((1 << 64) - 1)
-        out.append(Symbol(name, addr, size, stype, STB.get(info >> 4) or f"stb{info >> 4}",
-                          obj, other, SHNDX_NAMES.get(shndx) or str(shndx), value))
-    return out
+    """Symbols in file order (only those whose name passes `keep`, when given)."""
+    return [_symbol(*row, bias, obj) for row in zip(
+            cols.names, cols.value, cols.size, cols.info, cols.other, cols.shndx)
+            if keep is None or keep(row[0])]
+
+
+def _symbol(name: str, value: int, size: int, info: int, other: int, shndx: int, bias: int,
+            obj: str) -> Symbol:
+    """One entry. Runtime address = st_value + bias, except absolute symbols and TLS offsets
+    (kept as in the file) and undefined ones (address 0)."""
+    stype = STT.get(info & 0xF) or f"stt{info & 0xF}"
+    if shndx == SHN_UNDEF:
+        addr = 0
+    elif shndx == SHN_ABS or stype == "tls":
+        addr = value
+    else:
+        addr = (value + bias) & ((1 << 64) - 1)
+    return Symbol(name, addr, size, stype, STB.get(info >> 4) or f"stb{info >> 4}",
+                  obj, other, SHNDX_NAMES.get(shndx) or str(shndx), value)
 
 
 # -- load objects -------------------------------------------------------------------------------
@@ -180,6 +181,8 @@ class ElfObject(LoadObject):
         self.error: str | None = None  # why the symbol tables could not be read
         self._columns: dict[str, cache.Columns] | None = None
         self._tables: dict[str, list[Symbol]] = {}
+        self._index = None  # lookup()'s name index, until the whole table is built
+        self._looked: dict[str, Symbol | None] = {}  # and what it answered
         # lines.LineTable, or the MdbError saying why there is none (lines.py, on first use)
         self.line_table = None
 
@@ -207,6 +210,64 @@ class ElfObject(LoadObject):
             self._tables[which] = (make_symbols(cols[which], self.bias, self.name)
                                    if which in cols else [])
         return self._tables[which]
+
+    def lookup(self, name: str) -> Symbol | None:
+        """A symbol by name, as LoadObject.lookup answers it, without building the whole
+        table: a session asks an object for a few names (an allocator's globals, an
+        expression's), and libc's tables are ten thousand entries. The first lookup indexes
+        the names; each builds only the entries of its name. Once the table is built
+        (an address was looked up), it is used."""
+        if self._by_name is not None or self._symbols is not None:
+            return super().lookup(name)
+        if name in self._looked:  # the same Symbol each time, as the table gives
+            return self._looked[name]
+        exact, aliases = self._name_index()
+        found = self._entries(exact.get(name, ()))
+        best = found[0] if found else None
+        for s in found[1:]:
+            if preferred(s, best):
+                best = s
+        if best is None:
+            found = self._entries(aliases.get(name, ()))
+            best = found[0] if found else None
+        self._looked[name] = best
+        return best
+
+    def _entries(self, rows) -> list[Symbol]:
+        """The lookup table's entries at rows [(table, index)], in its address order."""
+        cols = self.columns()
+        out = []
+        for which, i in rows:
+            t = cols[which]
+            s = _symbol(t.names[i], t.value[i], t.size[i], t.info[i], t.other[i], t.shndx[i],
+                        self.bias, self.name)
+            if s.shndx != "UNDEF" and s.name and s.type in LOOKUP_TYPES:
+                out.append(s)
+        out.sort(key=lambda s: (s.addr, -s.size))
+        return out
+
+    def _name_index(self):
+        """({name: rows}, {versioned name's alias: rows}) over the tables _lookup_symbols
+        joins, rows as (table, index) in its order: the main table, .dynsym names it
+        lacks, the PLT stubs."""
+        if self._index is None:
+            cols = self.columns()
+            main = "symtab" if "symtab" in cols else "dynsym"
+            exact: dict[str, list] = {}
+            aliases: dict[str, list] = {}
+            extra = ["dynsym"] if main == "symtab" else []
+            for which in [main, *extra, "plt"]:
+                if which not in cols:
+                    continue
+                skip = exact if which in extra else {}
+                for i, n in enumerate(cols[which].names):
+                    if n in skip and skip[n][0][0] == main:
+                        continue
+                    exact.setdefault(n, []).append((which, i))
+                    if "@" in n and (base := alias_of(n)):
+                        aliases.setdefault(base, []).append((which, i))
+            self._index = (exact, aliases)
+        return self._index
 
     def _lookup_symbols(self) -> list[Symbol]:
         """Defined, named symbols for lookups: the full table plus .dynsym names it lacks,
