@@ -9,7 +9,9 @@ older mode of 48-byte nodes), cores it with gcore, and on each target times:
     mark and the report's records (what `::findleaks` costs a user), and its ratio to the read;
   - the chunk walk alone (::malloc_chunks' table), in another fresh session;
   - the command as a user runs it: `mdbpy TARGET -e ::findleaks` less `mdbpy TARGET -e ::status`
-    (start-up and attach are the same in both), best of three;
+    (start-up and attach are the same in both), best of three, and its peak resident memory
+    beside the goal of 64 bytes per chunk plus 64 MiB (for a core this counts the pages of
+    the core file mapped while scanning, up to the resident budget);
   - chap's `count leaked` on the same core, where CHAP names chap's binary.
 
 Run: python bench/ptmalloc_bench.py [N ...] [--many]   (default N: 100000 1000000)
@@ -40,14 +42,20 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def command(args: list[str], cmds: str) -> float:
-    """Best wall time of three runs of the mdbpy CLI."""
-    best = float("inf")
+def command(args: list[str], cmds: str) -> tuple[float, int]:
+    """(best wall time of three runs of the mdbpy CLI, its peak resident KiB). Python may
+    write its bytecode cache (as an installed mdbpy has one), whatever the environment says."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    best, peak = float("inf"), 0
     for _ in range(3):
         t0 = time.perf_counter()
-        subprocess.run(mdbpy_cmd("-S", *args, "-e", cmds), capture_output=True, check=True)
+        p = subprocess.Popen(mdbpy_cmd("-S", *args, "-e", cmds), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
         best = min(best, time.perf_counter() - t0)
-    return best
+        assert os.waitstatus_to_exitcode(status) == 0, (args, cmds)
+        peak = max(peak, usage.ru_maxrss)
+    return best, peak
 
 
 def bench(open_target, args: list[str], leaks: int) -> None:
@@ -74,12 +82,15 @@ def bench(open_target, args: list[str], leaks: int) -> None:
         walk, t = timed(lambda: chunk_table(s))
     finally:
         s.close()
-    cli = command(args, "::findleaks") - command(args, "::status")
+    (leaks_wall, peak), (status_wall, _) = command(args, "::findleaks"), command(args, "::status")
+    cli = leaks_wall - status_wall
     print(f"  plain read of the heaps   {read:7.3f} s   {nbytes >> 20} MiB, {len(t.addr)} chunks")
     print(f"  findleaks whole           {whole:7.3f} s   {whole / read:5.1f}x the read; "
           f"{len(rep.leaks)} leaks (planted {leaks})")
     print(f"  chunk walk alone          {walk:7.3f} s")
     print(f"  ::findleaks less ::status {cli:7.3f} s   {cli / read:5.1f}x the read")
+    print(f"  ::findleaks peak resident {peak >> 10:7d} MiB  {(peak << 10) / len(t.addr):5.0f} bytes "
+          f"per chunk (goal: 64 per chunk + 64 MiB = {(64 * len(t.addr) >> 20) + 64} MiB)")
 
 
 def chap(core: Path) -> None:
