@@ -91,6 +91,6 @@ def test_layout_dcmd_names_dwarf_as_the_source(layout_exe):
     assert p.returncode == 0, p.stderr
     rows = [x.split() for x in p.stdout.splitlines() if x.startswith("umem ")]
     assert [r[1] for r in rows] == list(L.STRUCT_NAMES)
-    assert all(r[3:] == ["DWARF", "umem_layout"] for r in rows)
-    assert "struct umem_cache (size 0x2b8, align 8) from DWARF umem_layout\n" in p.stdout
+    assert all(r[3:] == ["DWARF", "a.out", "debug", "info"] for r in rows)
+    assert "struct umem_cache (size 0x2b8, align 8) from DWARF a.out debug info\n" in p.stdout
     assert "  0x0170   0x38  struct umem_slab         cache_nullslab\n" in p.stdout

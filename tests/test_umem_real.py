@@ -258,7 +258,7 @@ def test_layouts_come_from_the_librarys_dwarf(proc):
     for t in targets(r, core):
         rows = {x[1]: " ".join(x[3:]) for x in (y.split() for y in mdb(t, "::layout").splitlines())
                 if x and x[0] == "umem"}
-        assert rows == {n: f"DWARF {lib.name}" if n in dwarf else f"builtin x86_64 {ver}"
+        assert rows == {n: f"DWARF {lib.name} debug info" if n in dwarf else f"builtin x86_64 {ver}"
                         for n in descs.structs}
 
 

@@ -18,6 +18,7 @@ from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.gather import session_gather
 from mdbpy.layout.bind import Binder
 from mdbpy.layout.dwarf import has_debug_info
+from mdbpy.types.layouts import dwarf_layouts
 
 from mdbpy_commands.umem import layouts as L
 from mdbpy_commands.umem.damage import chain_addrs, damage, walk_chain, walk_ring
@@ -63,15 +64,6 @@ def find_object(session):
     return None
 
 
-def _dwarf_layouts(path: str, names) -> dict:
-    """DWARF layouts of libumem's structs when the library file has debug info ({} if not):
-    one pass over its DWARF, umem.c's unit first. A struct the file does not define (e.g.
-    malloc's tag, which lives in libumem_malloc) keeps its builtin layout."""
-    from mdbpy.layout.dwarf import find_structs
-
-    return find_structs(path, names, cu_hint="umem.c")
-
-
 class Umem:
     """libumem in one session: globals by name, layouts, and the structures reached from them."""
 
@@ -84,7 +76,9 @@ class Umem:
         path = session.target.file_path(obj.path) if obj.path else ""
         self.debug_file = path if path and os.path.isfile(path) and has_debug_info(path) \
             else ""
-        dwarf = _dwarf_layouts(path, tuple(descs.structs)) if self.debug_file else {}
+        # libumem's own DWARF where it has some (the types index, cached by build-id); a
+        # struct it does not define (malloc's tag, in libumem_malloc) keeps its builtin layout
+        dwarf = dwarf_layouts(session, obj.name, descs.structs)
         self.layouts = Binder(descs, version=self.version, dwarf=dwarf)
         self.ready = self.readvar("umem_ready", signed=True)
         ncpus = self.sym("umem_max_ncpus") or self.sym("max_ncpus")
