@@ -318,10 +318,15 @@ class Tmux:
     """One command running in a detached tmux pane on a private server; the screen is read
     with capture-pane, so tests wait for what a user would see."""
 
+    started = 0  # terminals made so far in this test process: each gets its own socket
+
     def __init__(self, tmp: Path, argv: list[str], env: dict[str, str], rows: int = 40,
                  cols: int = 120):
-        # A private server whose socket lives (and is cleaned up) with the test's directory.
-        self.server = ["tmux", "-S", str(tmp / "tmux.sock"), "-f", "/dev/null"]
+        # A private server whose socket lives (and is cleaned up) with the test's directory;
+        # one socket per terminal: a test's second terminal must not meet its first one's
+        # server still exiting after kill-server (new-session then fails)
+        Tmux.started += 1
+        self.server = ["tmux", "-S", str(tmp / f"tmux{Tmux.started}.sock"), "-f", "/dev/null"]
         envs = " ".join(f"{k}={_sh(v)}" for k, v in env.items())
         # The shell prints the exit status on the screen: tmux's own #{pane_dead_status} is
         # sometimes left empty when the pty closes before the child is reaped.
