@@ -147,6 +147,7 @@ class _ImageTarget(Target):
         self._file, self._mm, self.file_size = _open_image(path, writable)
         self._segs: list[_Segment] = []
         self._starts: list[int] = []
+        self._seg_columns = None  # (starts, avail, off) as arrays, for read_rows
         self.resident_budget = RESIDENT_BUDGET
         self._kept: set[int] = set()  # file offsets // RESIDENT_UNIT left mapped
         self._kept_lock = threading.Lock()  # mapped() is entered from the scan's threads
@@ -214,6 +215,7 @@ class _ImageTarget(Target):
     def _set_segments(self, segs: list[_Segment]) -> None:
         self._segs = _clip_overlaps(segs)
         self._starts = [s.start for s in self._segs]
+        self._seg_columns = None
 
     def _locate(self, addr: int) -> _Segment | None:
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -372,13 +374,16 @@ class _ImageTarget(Target):
         rows, ok = np.zeros((n, size), np.uint8), np.zeros(n, bool)
         if self._mm is None or not self._segs or not n or size <= 0:
             return rows, ok
-        starts = np.array(self._starts, np.uint64)
+        if self._seg_columns is None:  # made once: a libumem core has tens of thousands
+            self._seg_columns = tuple(np.array(c, np.uint64) for c in zip(
+                *((s.start, s.avail, s.off) for s in self._segs)))
+        starts, avails, offs = self._seg_columns
         i = np.searchsorted(starts, addrs, side="right").astype(np.int64) - 1
         seg = np.maximum(i, 0)
         rel = addrs - starts[seg]  # wraps for i == -1: refused below
-        avail = np.array([s.avail for s in self._segs], np.uint64)
-        ok[:] = (i >= 0) & (rel < avail[seg]) & (avail[seg] - rel >= np.uint64(size))
-        off = np.array([s.off for s in self._segs], np.uint64)[seg] + rel
+        avail = avails[seg]
+        ok[:] = (i >= 0) & (rel < avail) & (avail - rel >= np.uint64(size))
+        off = offs[seg] + rel
         image = np.frombuffer(self._mm, np.uint8)
         try:
             rows[ok] = np.lib.stride_tricks.sliding_window_view(image, size)[off[ok]]
