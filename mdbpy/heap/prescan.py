@@ -88,17 +88,18 @@ class Prescan:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def edges(self, loc, regions, stats):
+    def edges(self, loc, regions, stats, threads: int = 1):
         """([(start, src, dst)], the parts of regions no kept block covers): the edges the
         kept words make inside the regions (the scan's), by kept block and region, counted
         into stats as the scan counts them; nothing when a candidate lies outside the range
-        the words were kept for."""
-        import numpy as np
+        the words were kept for. The pieces are resolved in `threads` threads (kernel.c runs
+        without the GIL), as the scan's blocks are."""
+        from concurrent.futures import ThreadPoolExecutor
 
         self.close()
         if not self.parts or loc.n == 0 or loc.lo < self.lo or loc.hi > self.hi:
             return [], list(regions)
-        out, rest = [], []
+        pieces, rest = [], []
         for a, b in regions:
             cur = a
             j = max(bisect.bisect_right(self._starts, a) - 1, 0)
@@ -111,24 +112,37 @@ class Prescan:
                 if cur < x:
                     rest.append((cur, x))
                 cur = y
-                at, val = picked.result()
-                first = x + (-x) % 8
-                words = max((y - first) // 8, 0)
-                lo, hi = np.searchsorted(at, [first, first + 8 * words])
-                src = np.empty(hi - lo, np.int32)
-                dst = np.empty(hi - lo, np.int32)
-                counts = np.zeros(4, np.int64)
-                got = kernel.lib().scan_words(loc.struct, kernel.ptr(val[lo:hi]), hi - lo, 0,
-                                              kernel.ptr(at[lo:hi]), kernel.ptr(src),
-                                              kernel.ptr(dst), None, kernel.ptr(counts))
-                # the words not kept were outside [self.lo, self.hi), so outside the
-                # candidates' range: dismissals, as the scan would have counted them
-                misses, hits = int(counts[2]), int(counts[3])
-                stats.words += words
-                stats.dismissals += words - misses - hits
-                stats.misses += misses
-                stats.hits += hits
-                out.append((x, src[:got], dst[:got]))
+                pieces.append((x, y, picked.result()))
             if cur < b:
                 rest.append((cur, b))
+        with ThreadPoolExecutor(threads, thread_name_prefix="mdbpy-prescan") as pool:
+            done = list(pool.map(lambda p: _resolve(loc, *p), pieces))
+        out = []
+        for (x, _y, _picked), (words, src, dst, counts) in zip(pieces, done):
+            # the words not kept were outside [self.lo, self.hi), so outside the
+            # candidates' range: dismissals, as the scan would have counted them
+            misses, hits = int(counts[2]), int(counts[3])
+            stats.words += words
+            stats.dismissals += words - misses - hits
+            stats.misses += misses
+            stats.hits += hits
+            out.append((x, src, dst))
         return out, rest
+
+
+def _resolve(loc, x: int, y: int, picked):
+    """(words in [x, y), sources, targets, the scan's counts) of the kept words of one block
+    that lie in [x, y): scan_words over them, at their own addresses."""
+    import numpy as np
+
+    at, val = picked
+    first = x + (-x) % 8
+    words = max((y - first) // 8, 0)
+    lo, hi = np.searchsorted(at, [first, first + 8 * words])
+    src = np.empty(hi - lo, np.int32)
+    dst = np.empty(hi - lo, np.int32)
+    counts = np.zeros(4, np.int64)
+    got = kernel.lib().scan_words(loc.struct, kernel.ptr(val[lo:hi]), hi - lo, 0,
+                                  kernel.ptr(at[lo:hi]), kernel.ptr(src), kernel.ptr(dst),
+                                  None, kernel.ptr(counts))
+    return words, src[:got], dst[:got], counts

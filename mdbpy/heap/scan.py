@@ -247,7 +247,8 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=
 
     import numpy as np
 
-    parts, regions = prescan.edges(loc, regions, stats) if prescan else ([], regions)
+    parts, regions = (prescan.edges(loc, regions, stats, SCAN_THREADS) if prescan
+                      else ([], regions))
     blocks = [(a, min(a + BLOCK, end)) for start, end in mem.target.present(regions)
               for a in range(start, end, BLOCK)]
     total = sum(b - a for a, b in blocks) + 1
