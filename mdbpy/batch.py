@@ -8,9 +8,12 @@ the time limit, RLIMIT_AS for memory), not cooperative checks inside mdbpy. The 
 CLI's own JSON documents (mdbpy/jsonout.py), so a batch record says exactly what `mdbpy --json`
 says for one core.
 
-The pool is a ProcessPoolExecutor with the `spawn` start method: each worker is single-threaded,
-so starting the mdbpy child with a preexec_fn (which sets the memory limit between fork and
-exec) is safe, which it is not from a thread of a threaded parent.
+The child sets its own memory limit before it imports anything (BOOT), so starting it needs no
+preexec_fn and is safe from any thread: the local pool is a pool of threads, each waiting on
+its child, and the same run_one runs unchanged on a Dask cluster's workers (`--dask ADDRESS`,
+whose workers are threads too). Every child runs in a session of its own (a `!cmd` shell and its
+children go with it); when the batch is interrupted (Ctrl-C, SIGTERM, an exception) the local
+pool kills every child still running before it returns.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from mdbpy.errors import UsageError
@@ -72,51 +74,83 @@ def expand_inputs(words: list[str]) -> list[str]:
     return sorted(out)
 
 
-def _limit_memory(mib: int):
-    """The preexec_fn setting RLIMIT_AS in the child, between fork and exec."""
-    def apply():
-        import resource
-
-        limit = mib << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
 # `python -m mdbpy` would look for mdbpy in the current directory first (a batch runs where
 # the cores are, among files nobody vetted): the child drops that sys.path entry before it
-# imports anything of mdbpy's (with -c it is always the first, '').
+# imports anything of mdbpy's (with -c it is always the first, ''). With a memory limit it
+# first sets RLIMIT_AS on itself (LIMIT: the bytes), so the limit covers all it will map.
 BOOT = "import sys; del sys.path[0]; import mdbpy.__main__ as m; sys.exit(m.main())"
+LIMIT = "import resource; resource.setrlimit(resource.RLIMIT_AS, ({0}, {0})); "
+
+
+def boot(memory: int | None) -> str:
+    """The child's -c program: BOOT, under a limit of `memory` MiB when one is given."""
+    return (LIMIT.format(memory << 20) if memory else "") + BOOT
 
 
 def command(job: Job) -> list[str]:
     """The child's argv: the CLI itself, --json, no ~/.mdbpyrc (-S: every core gets the same
     commands, whoever runs the batch), the core after `--` (a path may start with `-`)."""
-    argv = [sys.executable, "-c", BOOT, "--json", "-S"]
+    argv = [sys.executable, "-c", boot(job.memory), "--json", "-S"]
     if job.sysroot:
         argv += ["-R", job.sysroot]
     argv += ["-f", job.script_file] if job.script_file else ["-e", job.script or ""]
     return argv + ["--", job.core]
 
 
-def run_one(job: Job) -> dict:
+def run_one(job: Job, running: Running | None = None) -> dict:
     """Run the script over one core in a fresh process and return its record. Never raises
-    for anything the core or mdbpy does: that is what the record's status says."""
+    for anything the core or mdbpy does: that is what the record's status says. The child
+    is in `running` while it runs, for the pool to kill when the batch is interrupted."""
     start = time.monotonic()
     timed_out = False
     try:
         proc = subprocess.Popen(command(job), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=_limit_memory(job.memory) if job.memory else None)
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
         return _record(job, "error", None, time.monotonic() - start, b"", b"",
                        f"cannot start mdbpy: {e.strerror}")
+    if running is not None:
+        running.add(proc)
     try:
         out, err = proc.communicate(timeout=job.timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)  # its own session: a `!cmd` shell and its children go too
         out, err = proc.communicate()
+    finally:
+        if running is not None:
+            running.discard(proc)
     return classify(job, proc.returncode, time.monotonic() - start, out, err, timed_out)
+
+
+class Running:
+    """The children running now, shared by the pool's threads: killed, each with its whole
+    session, when the batch stops early."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopped = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            stopped = self.stopped
+        if stopped:  # started as the batch was being stopped: it goes at once
+            _kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self.stopped = True
+            procs = list(self._procs)
+        for p in procs:
+            _kill_group(p)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -180,18 +214,55 @@ def _exit_text(rc: int) -> str:
 
 
 def run(jobs: list[Job], workers: int, sink) -> list[dict]:
-    """Run the jobs on a pool of `workers` processes; each record is passed to sink(record) as
-    soon as it and every record before it are done (in the jobs' order, so the output is the
-    same on every run), and all of them are returned for the aggregate."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Run the jobs on a pool of `workers` threads, each waiting on its child; each record is
+    passed to sink(record) as soon as it and every record before it are done (in the jobs'
+    order, so the output is the same on every run), and all of them are returned for the
+    aggregate. Interrupted (KeyboardInterrupt, SystemExit from SIGTERM, a failing sink), it
+    starts no more children and kills those running before it lets the exception go on."""
+    from concurrent.futures import ThreadPoolExecutor
 
     records = []
-    ctx = multiprocessing.get_context("spawn")  # no fork of a parent's threads and locks
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
-        for rec in pool.map(run_one, jobs):
+    running = Running()
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="mdbpy-batch")
+    try:
+        for rec in pool.map(lambda job: run_one(job, running), jobs):
             sink(rec)
             records.append(rec)
+    except BaseException:
+        running.kill_all()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return records
+
+
+def run_dask(jobs: list[Job], address: str, sink) -> list[dict]:
+    """Run the jobs on the Dask cluster at `address` (dask.distributed's scheduler), as run()
+    does locally: the same run_one on the workers, the records passed to sink in the jobs'
+    order. The workers must have this mdbpy installed and see the cores at the same paths.
+    An interrupted batch cancels what has not started; children already running on the
+    workers end at their time limit."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--dask needs dask.distributed: pip install 'mdbpy[dask]'") from None
+    try:
+        client = Client(address, timeout=30)
+    except OSError as e:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    records = []
+    try:
+        futures = client.map(run_one, jobs, pure=False)
+        try:
+            for f in futures:
+                rec = f.result()
+                sink(rec)
+                records.append(rec)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        client.close()
     return records
 
 

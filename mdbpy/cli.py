@@ -328,6 +328,16 @@ def _on_signal(signum, frame):
     raise _Terminate(signum)
 
 
+def _stopped(e: BaseException, what: str = "") -> int:
+    """The one line and the shell's exit status of a run stopped by a signal: 128 + its
+    number after SIGTERM/SIGHUP (_Terminate), 130 after Ctrl-C."""
+    if isinstance(e, _Terminate):
+        sys.stderr.write(f"mdbpy: {what}terminated by {signal.Signals(e.signum).name}\n")
+        return 128 + e.signum
+    sys.stderr.write(f"mdbpy: {what}interrupted\n")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """The exit status of the command line. Output into a closed pipe (`mdbpy ... | head -1`)
     ends mdbpy quietly with status 0, as it ends cat or grep: the reader has all it wanted.
@@ -401,12 +411,8 @@ def _main(argv: list[str]) -> int:
             sys.stderr.write(f"mdbpy: {e}\n")
             return 1
         return _run(args, target, batch)
-    except _Terminate as t:
-        sys.stderr.write(f"mdbpy: terminated by {signal.Signals(t.signum).name}\n")
-        return 128 + t.signum
-    except KeyboardInterrupt:
-        sys.stderr.write("mdbpy: interrupted\n")
-        return 130
+    except (_Terminate, KeyboardInterrupt) as e:
+        return _stopped(e)
     except BrokenPipeError:
         raise  # for main(), after the target is closed
     except Exception as e:  # the last line of defence: one line, never a traceback
@@ -631,12 +637,12 @@ def snapshot_of(path: str):
 
 
 # -- mdbpy batch CORE... ----------------------------------------------------------------------
-BATCH_USAGE = ("usage: mdbpy batch [-j N] [--timeout S] [--memory MiB] [-R DIR] "
-               "[-e cmds | -f file]\n                   [-o out.jsonl] [--aggregate agg.json] "
-               "core|glob|@listfile...")
+BATCH_USAGE = ("usage: mdbpy batch [-j N | --dask ADDRESS] [--timeout S] [--memory MiB] "
+               "[-R DIR]\n                   [-e cmds | -f file] [-o out.jsonl] "
+               "[--aggregate agg.json] core|glob|@listfile...")
 BATCH_VALUED = {"-j": "jobs", "--jobs": "jobs", "--timeout": "timeout", "--memory": "memory",
                 "-e": "commands", "-f": "command_file", "-o": "output", "-R": "sysroot",
-                "--sysroot": "sysroot", "--aggregate": "aggregate"}
+                "--sysroot": "sysroot", "--aggregate": "aggregate", "--dask": "dask"}
 
 
 def parse_batch_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -664,6 +670,8 @@ def parse_batch_args(argv: list[str]) -> tuple[dict, list[str]]:
         opts[BATCH_VALUED[name]] = value
     if ("commands" in opts) == ("command_file" in opts):
         raise UsageError("give the commands with -e or -f (one of them)")
+    if "dask" in opts and "jobs" in opts:
+        raise UsageError("-j sizes the local pool; with --dask the cluster decides")
     if not inputs:
         raise UsageError("no cores given")
     return opts, inputs
@@ -681,9 +689,10 @@ def _batch_number(opts: dict, name: str, kind: type, least):
 
 
 def batch_main(argv: list[str]) -> int:
-    """`mdbpy batch`: the commands over every core, each in its own process (mdbpy.batch).
-    Status 0 when the batch ran, whatever its cores did; 2 for bad usage; 1 when the output
-    could not be written."""
+    """`mdbpy batch`: the commands over every core, each in its own process (mdbpy.batch),
+    on the local pool or a Dask cluster. Status 0 when the batch ran, whatever its cores did;
+    2 for bad usage; 1 when the output could not be written; 130 or 128 + the signal when
+    interrupted (Ctrl-C, SIGTERM, SIGHUP), the running children killed first."""
     import json
 
     from mdbpy import batch
@@ -709,7 +718,11 @@ def batch_main(argv: list[str]) -> int:
             def sink(rec):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 out.flush()
-            agg = batch.aggregate(batch.run(jobs, jobs_n, sink))
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, _on_signal)
+            records = (batch.run_dask(jobs, opts["dask"], sink) if "dask" in opts
+                       else batch.run(jobs, jobs_n, sink))
+            agg = batch.aggregate(records)
         finally:
             if out is not sys.stdout:
                 out.close()
@@ -720,5 +733,10 @@ def batch_main(argv: list[str]) -> int:
     except OSError as e:
         sys.stderr.write(f"mdbpy: {e.filename}: {e.strerror}\n")
         return 1
+    except UsageError as e:  # --dask: no dask.distributed, or no scheduler there
+        sys.stderr.write(f"mdbpy: {e}\n")
+        return 2
+    except (_Terminate, KeyboardInterrupt) as e:
+        return _stopped(e, "batch ")
     sys.stderr.write(f"mdbpy: {batch.summary(agg)}\n")
     return 0

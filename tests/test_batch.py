@@ -11,13 +11,15 @@ from collections import defaultdict
 import pytest
 
 from mdbpy.sim.build import build, write
-from support import run_mdbpy
+from support import compile_fixture, gcore, mdbpy_cmd, run_mdbpy, start_fixture
 
 # each site is one function called once per core, allocating one buffer; the buffer leaks
 # unless the core's plan keeps it in the site's global
 SITES = [("parse_line", "kmalloc 128"), ("open_conn", "alloc conn"),
          ("read_msg", "kmalloc 40"), ("new_item", "kmalloc 16")]
-HEALTHY = 8
+HEALTHY = 44  # simulator cores; with GLIBC glibc cores and 3 broken inputs, a fleet of 50
+GLIBC = 3  # copies of one gcore of fixtures/glibc_heap.c `sized GLIBC_CHUNKS`
+GLIBC_CHUNKS = 2000  # its leaks: one in a hundred
 
 
 def scenario(n: int) -> str:
@@ -48,7 +50,22 @@ def fleet(tmp_path_factory):
     junk = d / "notacore.core"
     junk.write_text("this is not a core file\n")
     cores[str(junk)] = None
+    # the second allocator: glibc malloc, a real process's gcore
+    exe = compile_fixture("glibc_heap", d, flags=("-g", "-O2", "-Wno-use-after-free"))
+    r = start_fixture(exe, "sized", GLIBC_CHUNKS)
+    try:
+        core = gcore(r.pid, d / "glibc")
+    finally:
+        r.stop()
+    for k in range(GLIBC):
+        dst = d / f"g{k}.core"
+        dst.write_bytes(core.read_bytes())
+        cores[str(dst)] = {"glibc_leaks": GLIBC_CHUNKS // 100}
     return cores, d
+
+
+def _glibc(truth) -> bool:
+    return truth is not None and "glibc_leaks" in truth
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +74,24 @@ def ran(fleet, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     listfile = out / "list"
     listfile.write_text(f"# the truncated ones\n{d}/t*.core\n")
-    r = run_mdbpy("batch", "-j", "2", "-e", "::findleaks", "-o", str(out / "r.jsonl"),
-                  "--aggregate", str(out / "agg.json"), f"{d}/h*/svc.core", f"@{listfile}",
-                  str(d / "notacore.core"), str(d / "h0" / "svc.core"))
+    r = run_mdbpy("batch", "-j", "2", *_fleet_args(d, listfile, out), timeout=600)
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in (out / "r.jsonl").read_text().splitlines()]
     return records, json.loads((out / "agg.json").read_text()), r
+
+
+def _fleet_args(d, listfile, out) -> list[str]:
+    return ["-e", "::findleaks", "-o", str(out / "r.jsonl"), "--aggregate",
+            str(out / "agg.json"), f"{d}/h*/svc.core", f"{d}/g*.core", f"@{listfile}",
+            str(d / "notacore.core"), str(d / "h0" / "svc.core")]
 
 
 def test_one_record_per_core_in_path_order(fleet, ran):
     cores, _ = fleet
     records, _, r = ran
     assert [rec["core"] for rec in records] == sorted(cores)  # h0 given twice: one record
-    assert r.stderr.strip() == f"mdbpy: batch: {len(cores)} cores: {HEALTHY} ok, 3 error"
+    assert len(cores) == 50
+    assert r.stderr.strip() == f"mdbpy: batch: 50 cores: {HEALTHY + GLIBC} ok, 3 error"
 
 
 def test_healthy_cores_report_exactly_their_planted_leaks(fleet, ran):
@@ -81,6 +103,11 @@ def test_healthy_cores_report_exactly_their_planted_leaks(fleet, ran):
         assert rec["status"] == "ok" and rec["error"] is None and rec["exit_status"] == 0
         (doc,) = rec["results"]
         assert doc["command"] == "findleaks"
+        if _glibc(truth):  # no allocation stacks in glibc: the chunks alone
+            assert sum(row["count"] for row in doc["leaks"]) == truth["glibc_leaks"]
+            assert {row["caller_name"] for row in doc["leaks"]} == {"?"}
+            assert doc["totals"]["buffer"]["leaks"] == truth["glibc_leaks"]
+            continue
         found = defaultdict(int)
         for row in doc["leaks"]:
             found[(row["cache"], row["caller_name"].split("+")[0])] += row["count"]
@@ -108,13 +135,19 @@ def test_the_aggregate_groups_the_planted_sites(fleet, ran):
     cores, d = fleet
     _, agg, _ = ran
     assert agg["cores"] == len(cores)
-    assert agg["status"] == {"ok": HEALTHY, "error": 3, "timeout": 0, "oom": 0}
+    assert agg["status"] == {"ok": HEALTHY + GLIBC, "error": 3, "timeout": 0, "oom": 0}
+    # glibc's groups: size classes, each leaking in all three copies
+    glibc = [g for g in agg["leaks"] if g["signature"]["cache"].startswith("chunk 0x")]
+    copies = sorted(c for c, t in cores.items() if _glibc(t))
+    assert glibc and all(g["cores"] == GLIBC and g["examples"] == copies for g in glibc)
+    assert sum(g["buffers"] for g in glibc) == GLIBC * GLIBC_CHUNKS // 100
+    assert {g["signature"]["caller"] for g in glibc} == {"?"}
     expect = defaultdict(list)  # (cache, function) -> the cores leaking there, sorted
-    for core in sorted(c for c, t in cores.items() if t):
+    for core in sorted(c for c, t in cores.items() if t and not _glibc(t)):
         for key in sorted({(x["cache"], x["alloc_stack"][0]) for x in cores[core]["leaks"]}):
             expect[key].append(core)
     got = {(g["signature"]["cache"], g["signature"]["caller"].split("+")[0]): g
-           for g in agg["leaks"]}
+           for g in agg["leaks"] if g not in glibc}
     assert got.keys() == expect.keys()
     for key, leaking in expect.items():
         g = got[key]
@@ -199,3 +232,97 @@ def test_a_batch_run_among_planted_modules_imports_none_of_them(fleet, tmp_path)
     (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
     assert rec["status"] == "ok", rec
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_dask_cluster_gives_the_records_and_aggregate_of_the_local_pool(fleet, ran, tmp_path):
+    """The same fleet through `--dask ADDRESS` (a dask.distributed LocalCluster of two worker
+    processes): record for record what the local pool wrote, but for the time each took."""
+    from distributed import LocalCluster
+
+    _, d = fleet
+    listfile = tmp_path / "list"
+    listfile.write_text(f"{d}/t*.core\n")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        r = run_mdbpy("batch", "--dask", cluster.scheduler_address,
+                      *_fleet_args(d, listfile, tmp_path), timeout=600)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+
+    def timeless(recs):
+        return [{k: v for k, v in rec.items() if k != "seconds"} for rec in recs]
+
+    assert timeless(records) == timeless(ran[0])
+    assert json.loads((tmp_path / "agg.json").read_text()) == ran[1]
+    assert r.stderr == ran[2].stderr
+
+
+def test_no_dask_scheduler_is_one_line_and_status_2(fleet):
+    _, d = fleet
+    r = run_mdbpy("batch", "--dask", "tcp://127.0.0.1:9", "-e", "::status",
+                  str(d / "h0" / "svc.core"), timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("mdbpy: cannot reach the Dask scheduler at tcp://127.0.0.1:9: ")
+    assert r.stderr.count("\n") == 1
+
+
+def _sessions_alive(sids: set[int]) -> set[int]:
+    """The processes (by pid) in any of these sessions that are still running."""
+    import os
+
+    alive = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) in sids and fields[0] != "Z":  # fields[3]: the session id
+            alive.add(int(pid))
+    return alive
+
+
+@pytest.mark.parametrize("sig, status, line", [
+    ("SIGINT", 130, "mdbpy: batch interrupted"),
+    ("SIGTERM", 143, "mdbpy: batch terminated by SIGTERM"),
+])
+def test_an_interrupted_batch_kills_its_running_cores(fleet, tmp_path, sig, status, line):
+    """Ctrl-C or SIGTERM to `mdbpy batch` while cores run: it ends at once with one line and
+    the shell's status, and nothing it started survives (each core's mdbpy and the shell its
+    script started run in sessions of their own, which a terminal's Ctrl-C does not reach)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    _, d = fleet
+    script = tmp_path / "slow.mdb"
+    script.write_text("!sleep 60\n")
+    cores = [str(d / f"h{n}" / "svc.core") for n in range(4)]
+    p = subprocess.Popen(mdbpy_cmd("batch", "-j", "2", "-f", str(script), *cores),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sids: set[int] = set()
+        deadline = time.time() + 60
+        while len(sids) < 2:  # both workers' children started, each its own session
+            assert time.time() < deadline, "the batch started no cores"
+            sids = {int(c) for t in os.listdir(f"/proc/{p.pid}/task")  # the pool's threads'
+                    for c in open(f"/proc/{p.pid}/task/{t}/children").read().split()}
+            time.sleep(0.05)
+        deadline = time.time() + 60
+        while len(_sessions_alive(sids)) < 4:  # each child's shell and its sleep are up
+            assert time.time() < deadline, "the cores' scripts did not start"
+            time.sleep(0.05)
+        t0 = time.time()
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=30)
+        assert time.time() - t0 < 10
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == status and err.splitlines()[-1] == line, err
+    deadline = time.time() + 10
+    while _sessions_alive(sids):
+        assert time.time() < deadline, f"left running: {_sessions_alive(sids)}"
+        time.sleep(0.05)
+    assert all(json.loads(x)["core"] in cores for x in out.splitlines())
