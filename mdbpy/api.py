@@ -162,8 +162,10 @@ class Debugger:
         return list(self.program.target.threads())
 
     def stack(self, tid: int | None = None, *, lines: bool = False):
-        """A thread's frames (mdbpy.results.Frame), innermost first, as $c prints them; the
-        current thread when tid is None. lines adds file and line where DWARF knows them."""
+        """A thread's frames (mdbpy.results.Frame), innermost first, as $c and ::stacks print
+        them: a function inlined at a frame's pc is a frame of its own, named `[inlined]
+        name`, with the pc and frame pointer of the frame holding it; the current thread when
+        tid is None. lines adds file and line where DWARF knows them."""
         from mdbpy_commands.core.stack import thread_stack
 
         self._check()

@@ -298,19 +298,40 @@ def _shown_vars(s):
     return out
 
 
+def _listed(frames) -> list[tuple]:
+    """(function, pc, inlined, line) of the fixture's functions among ::stacks' JSON frames
+    (or the API's), as gdb's bt would name them: `[inlined] ` and `+off` taken off."""
+    out = []
+    for f in frames:
+        name = f["name"].removeprefix("[inlined] ").split("+")[0]
+        if name in INLINE_FUNCS:
+            out.append((name, f["pc"], f["name"].startswith("[inlined] "), f["line"]))
+    return out
+
+
 @pytest.mark.parametrize("where", ["live", "core"])
 def test_inlined_frames_equal_gdb_bt_full(where, inline_parked, tmp_path):
     """The frames are gdb's, inlined ones included (same functions, pcs, inline or not), with
     the same variables in scope; every value is the program's (h: the buffer the fixture
     printed); where gdb says optimized out or <synthetic pointer> mdbpy says so too, and every
-    other value gdb shows is mdbpy's."""
+    other value gdb shows is mdbpy's. ::stacks -l's JSON and the API's stack() list the same
+    frames as gdb, with gdb's lines."""
+    import json
+
+    import mdbpy
+
     exe, r, core = inline_parked
     args = ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
     gdb = run_gdb_script(args, GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(INLINE_FUNCS))
+    bt = [(g["func"], g["pc"], g["inline"], g["line"]) for g in gdb]
+    assert [w[2] for w in bt] == [False, True, True, False, False]  # the fixture's premise
     with _session(where, exe, r, core) as s:
         ours = _shown_vars(s)
-        assert [(f, pc, inl) for f, pc, inl, _ in ours] == \
-            [(g["func"], g["pc"], g["inline"]) for g in gdb]
+        assert [(f, pc, inl) for f, pc, inl, _ in ours] == [w[:3] for w in bt]
+        s.options["json"] = True
+        (thread,) = json.loads(run_in(s, "::stacks -l"))["threads"]
+        s.options["json"] = False
+        assert _listed(thread["frames"]) == bt
         assert [f for f, _, inl, _ in ours if inl] == ["scale", "twice"]
         g_buf = s.symbols.lookup("g_buf").addr
         for (func, _, _, found), g in zip(ours, gdb):
@@ -324,14 +345,20 @@ def test_inlined_frames_equal_gdb_bt_full(where, inline_parked, tmp_path):
                     assert mine[name] == f"<{want}>", (func, name)
                 else:
                     assert not compare(mine[name], want, name), (func, name, mine[name], want)
+    if where == "core":  # the API on the same core (attach would need the live one released)
+        with mdbpy.open_core(str(core), str(exe)) as dbg:
+            assert _listed([f.as_dict() for f in dbg.stack(lines=True)]) == bt
 
 
 def test_inlined_frames_in_dollar_C_and_locals(inline_parked, tmp_path):
     """$C lists the inlined functions as frames of their own, `[inlined] name(args)` at the
     frame pointer of the frame holding them; -l gives each gdb's line (the line of the pc,
-    then the inlined calls'); $c and $C list the same frames; ::frame counts the inlined ones,
-    and ::locals prints their variables; the typegraph types a buffer from an inlined frame's
-    local."""
+    then the inlined calls'); $c and $C list the same frames, and ::stacks -v -l (and ::stacks
+    -l) lists them as $C -l ($c -l) does, in text and JSON; a piped $c passes each unwound
+    frame's pc once; ::frame counts the inlined ones, and ::locals prints their variables; the
+    typegraph types a buffer from an inlined frame's local."""
+    import json
+
     from mdbpy.unwind import unwind
 
     exe, r, core = inline_parked
@@ -350,6 +377,16 @@ def test_inlined_frames_in_dollar_C_and_locals(inline_parked, tmp_path):
         assert re.fullmatch(r"outer\+0x[0-9a-f]+", lines[k + 3].split()[1].split("(")[0])
         assert [without_args(line).split(" ", 1)[1] for line in lines] == \
             run_in(s, "$c -l").splitlines()
+        tid = s.current_thread().tid
+        assert run_in(s, "::stacks -v -l").splitlines() == [f"THREAD {tid}", *lines, ""]
+        assert run_in(s, "::stacks -l").splitlines() == [f"THREAD {tid}",
+                                                         *run_in(s, "$c -l").splitlines(), ""]
+        s.options["json"] = True
+        (thread,) = json.loads(run_in(s, "::stacks -l"))["threads"]
+        s.options["json"] = False
+        assert [f"{f['fp']:016x} {f['name']}()" + (f" at {f['file']}:{f['line']}" if f["file"]
+                                                   else "")
+                for f in thread["frames"]] == [without_args(line) for line in lines]
         pcs = [f"{f.pc:x}" for f in unwind(s, s.current_thread())]  # piped: each frame's pc
         assert run_in(s, "$c | ::eval .=K").split() == pcs
         assert run_in(s, f"::frame 0t{k + 1}").splitlines() == [lines[k + 1].split(" at ")[0]]
@@ -380,7 +417,7 @@ def test_cpp_frames_are_demangled_as_gdb_names_them(build_dir):
     """fixtures/frames_cpp.cc at -O2: $c names each C++ frame as gdb's bt does (the inlined
     method through its DWARF linkage name), without parameters; gdb keeps a lambda's
     signature, and mdbpy shows the clone suffix of a symbol gcc specialized. ::stacks and its
-    JSON name the unwound frames the same way."""
+    JSON list the same frames, the inlined method included, named the same way."""
     import json
     import subprocess
 
@@ -400,10 +437,7 @@ def test_cpp_frames_are_demangled_as_gdb_names_them(build_dir):
                      for line in run_in(s, "$c").splitlines()]
             assert [CLONE_SUFFIX.sub("", n) for n in names[1:7]] == CPP_CHAIN
             assert names[0] == "libc.so.6`pause"
-            stacks = [re.sub(r"(\+0x[0-9a-f]+)?\(\)$", "", line)
-                      for line in run_in(s, "::stacks").splitlines()[1:]]
-            assert [CLONE_SUFFIX.sub("", n) for n in stacks[1:6]] == \
-                [n for n in CPP_CHAIN if n != "zoo::Cat::purr"]  # ::stacks: no inlined frames
+            assert run_in(s, "::stacks").splitlines()[1:-1] == run_in(s, "$c").splitlines()
             s.options["json"] = True
             frames = json.loads(run_in(s, "::stacks"))["threads"][0]["frames"]
             s.options["json"] = False

@@ -5,7 +5,9 @@ of every buffer's address, usable size and true type: every buffer typed has its
 the buffer reached as two incompatible types, the one behind a void *, and the one behind a
 union whose members disagree stay unknown; outputs are compared exactly. fixtures/typegraph_tls.c
 (with its dlopen'd library) has structs reached only from a worker thread's __thread variables:
-they are typed from those roots, live, on gdb's core and on mdbpy's own."""
+they are typed from those roots, live, on gdb's core and on mdbpy's own. The compiled fixpoint
+(compiled.py, kernel.c) gives solve.py's answer exactly: on the fixture, with and without a
+hint, on random graphs of hand-made types, and when its lists must grow."""
 
 from __future__ import annotations
 
@@ -446,3 +448,140 @@ def test_conflict_after_propagation_is_undone():
     sol = solve(cat, sizes, edges, roots, {})
     assert sol.runs == 2
     assert sol.tid.tolist() == [-1, -1, tc] and sol.conflict.tolist() == [True, False, False]
+
+
+# -- the compiled fixpoint answers as solve.py's reference ------------------------------------
+
+def _answers(cat, sol) -> dict:
+    """A solution by type name (tids are numbered in the order each solver met the types)."""
+    return {"types": [cat[t].name if t >= 0 else None for t in sol.tid.tolist()],
+            "how": sol.how.tolist(), "conflict": sol.conflict.tolist(), "runs": sol.runs,
+            "steps": sol.steps, "notes": sol.notes}
+
+
+def test_compiled_fixpoint_agrees_on_the_fixture(session, tg):
+    """The fixture's graph solved again by the reference and by the kernel, and once more with
+    a user's hint (an authoritative type) on the union's tnode."""
+    from mdbpy.heap.kernel import lib
+    from mdbpy.types.graph.compiled import solve_compiled
+    from mdbpy.types.graph.solve import HINT, solve
+
+    _, r, _ = tg
+    run_in(session, "::typegraph")
+    g = session.cache[GRAPH_KEY]
+    tnode = g.catalog.tid_of(g.space.lookup("struct tnode"))
+    for fixed in ({}, {g.row(r.addr("either")): (tnode, HINT)}):
+        args = (g.catalog, g.size, g.edges, g.roots, fixed)
+        want = _answers(g.catalog, solve(*args))
+        assert _answers(g.catalog, solve_compiled(lib(), *args)) == want
+        assert want["types"].count(None) < len(want["types"]) // 10  # it typed the heap
+
+
+def _universe():
+    """Hand-made types with every feature the fixpoint weighs: pointers between structs, a
+    struct that starts with another (a buffer typed by its head is upgraded), an array of
+    pointers, a flexible array of pointers, a union whose members agree, a C++ class (typed
+    only by authority); their tids in a fresh catalog, and the catalog."""
+    from mdbpy.types.graph.catalog import Catalog
+    from mdbpy.types.model import Array, Base, Function, Member, Pointer, Struct, Void
+
+    long_t = Base("long int", 8, 0x05)
+    a, b, c = (Struct("struct", n, 16) for n in "abc")
+    a.__dict__["members"] = [Member("b", Pointer(b), 0), Member("v", long_t, 8)]
+    b.__dict__["members"] = [Member("a", Pointer(a), 0), Member("c", Pointer(c), 8)]
+    c.__dict__["members"] = [Member("x", long_t, 0), Member("a", Pointer(a), 8)]
+    outer = Struct("struct", "outer", 32, [Member("head", a, 0), Member("b", Pointer(b), 16),
+                                           Member("c", Pointer(c), 24)])
+    flexy = Struct("struct", "flexy", 8, [Member("n", long_t, 0),
+                                          Member("items", Array(Pointer(a), None), 8)])
+    arr = Struct("struct", "arr", 32, [Member("cs", Array(Pointer(c), 3), 0),
+                                       Member("k", long_t, 24)])
+    u = Struct("union", "u", 8, [Member("pa", Pointer(a), 0), Member("qa", Pointer(a), 0)])
+    vptr = Pointer(Pointer(Function(long_t, [])))
+    cls = Struct("class", "P", 16, [Member("_vptr.P", vptr, 0), Member("a", Pointer(a), 8)],
+                 cxx=True)
+    holder = Struct("struct", "holder", 16, [Member("any", Pointer(Void()), 0),
+                                             Member("u", Pointer(u), 8)])
+
+    class Space:
+        def complete(self, t):
+            return t
+
+    cat = Catalog(Space())
+    return cat, [cat.tid_of(t) for t in (a, b, c, outer, flexy, arr, u, cls, holder)]
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_compiled_fixpoint_agrees_on_random_graphs(seed):
+    """Random heaps of those types (pointers at any aligned offset, to starts and interiors,
+    roots of every type, a few authoritative buffers): the kernel's answer is the reference's,
+    conflicts, reruns and upgrades included."""
+    import random
+
+    import numpy as np
+
+    from mdbpy.heap.kernel import lib
+    from mdbpy.types.graph.compiled import solve_compiled
+    from mdbpy.types.graph.evidence import Edges, RootEvidence
+    from mdbpy.types.graph.solve import HINT, VTABLE, solve
+
+    rnd = random.Random(seed)
+    n = rnd.randrange(1, 80)
+    sizes = [rnd.choice((8, 16, 24, 32, 48, 64, 96)) for _ in range(n)]
+    edges = sorted((s, 8 * rnd.randrange(sizes[s] // 8), d,
+                    rnd.choice((0, 0, 0, 8, 16, 8 * rnd.randrange(sizes[d] // 8))))
+                   for _ in range(rnd.randrange(3 * n)) for s, d in [(rnd.randrange(n),
+                                                                      rnd.randrange(n))])
+    cols = [np.array([e[k] for e in edges], np.int64) for k in range(4)]
+    start = np.searchsorted(cols[0], np.arange(n + 1)).astype(np.int64)
+    ref_cat, tids = _universe()
+    roots = [(rnd.randrange(n), rnd.choice((0, 0, 0, 8)), rnd.choice(tids))
+             for _ in range(rnd.randrange(1, 6))]
+    fixed = {}
+    for _ in range(rnd.randrange(3)):
+        row, t = rnd.randrange(n), rnd.choice(tids)
+        if ref_cat[t].size <= sizes[row]:
+            fixed[row] = (t, rnd.choice((VTABLE, HINT)))
+    args = (np.array(sizes, np.uint64), Edges(start, cols[1], cols[2], cols[3],
+                                               np.zeros(n, np.uint64)),
+            RootEvidence(*(np.array([x[k] for x in roots], np.int64) for k in range(3)),
+                         np.zeros(len(roots), np.uint64)), fixed)
+    want = _answers(ref_cat, solve(ref_cat, *args))
+    cat, _ = _universe()
+    assert _answers(cat, solve_compiled(lib(), cat, *args)) == want
+
+
+def test_compiled_fixpoint_grows_its_lists(monkeypatch):
+    """A struct flexy of 3,000 items, half pointing at the start of a 32-byte buffer (two
+    struct a), half 16 bytes into it (the second a: interior evidence), in a heap of three
+    buffers: its one expansion may queue more buffers than the kernel was given room for, and
+    gives 1,500 interior pointers, so both lists grow between calls; the answer is still the
+    reference's."""
+    import numpy as np
+
+    import mdbpy.types.graph.compiled as compiled
+    from mdbpy.heap.kernel import lib
+    from mdbpy.types.graph.evidence import Edges, RootEvidence
+    from mdbpy.types.graph.solve import solve
+
+    k = 3000
+    sizes = np.array([8 + 8 * k, 32, 16], np.uint64)
+    edges = Edges(np.array([0, k, k, k]), np.arange(8, 8 + 8 * k, 8), np.ones(k, np.int64),
+                  np.array([0, 16] * (k // 2)), np.zeros(3, np.uint64))
+    grown = []  # the lists' lengths after each growth
+    grow = compiled._grow
+
+    def spy(state, st):
+        grow(state, st)
+        grown.append((len(state["queue"]), len(state["it"])))
+
+    ref_cat, tids = _universe()
+    flexy = tids[4]
+    args = (sizes, edges, RootEvidence(np.array([0]), np.array([0]), np.array([flexy]),
+                                       np.zeros(1, np.uint64)), {})
+    want = _answers(ref_cat, solve(ref_cat, *args))
+    assert want["types"] == ["struct flexy", "struct a", None]
+    cat, _ = _universe()
+    monkeypatch.setattr(compiled, "_grow", spy)
+    assert _answers(cat, compiled.solve_compiled(lib(), cat, *args)) == want
+    assert max(q for q, _ in grown) >= k and max(i for _, i in grown) >= k // 2

@@ -2,8 +2,8 @@
 
 The stacks fixture is built with -O2 -fomit-frame-pointer, so its frames and glibc's can only be
 found through CFI. gdb's `thread apply all bt` on the core is the oracle: for every thread, the
-pcs mdbpy finds must be gdb's, and the function names `::stacks` prints must be gdb's, up to
-aliases (glibc's `pause` is gdb's `__libc_pause`: the same address).
+pcs mdbpy finds must be gdb's, and the function names `::stacks` prints must be gdb's, inlined
+frames included, up to aliases (glibc's `pause` is gdb's `__libc_pause`: the same address).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ MAIN_CHAIN = ["main_level4", "main_level3", "main_level2", "main_level1", "main"
 SIGNAL_FRAME = "__restore_rt"  # glibc's signal trampoline: where a handler returns to
 
 
-def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
-    """{tid: [(pc, function)]} from gdb, every frame with its address, past main, and inlined
-    frames folded into the real frame that holds them (they share its pc)."""
+def gdb_stacks(exe, core, inlined: bool = False) -> dict[int, list[tuple[int, str]]]:
+    """{tid: [(pc, function)]} from gdb, every frame with its address, past main; the inlined
+    frames folded into the real frame that holds them (fold), unless `inlined`."""
     out = subprocess.run(
         ["gdb", "-batch", "-nx", "-ex", "set backtrace past-main on",
          "-ex", "set print frame-info location-and-address",
@@ -48,15 +48,20 @@ def gdb_stacks(exe, core) -> dict[int, list[tuple[int, str]]]:
             continue
         m = re.match(r"#\d+\s+0x([0-9a-f]+) in (\S+) \(", line)
         if m and cur is not None:
-            pc, name = int(m.group(1), 16), m.group(2)
-            if cur and cur[-1][0] == pc:
-                cur.pop()
-            cur.append((pc, name))
-    return stacks
+            cur.append((int(m.group(1), 16), m.group(2)))
+    return stacks if inlined else {tid: fold(frames) for tid, frames in stacks.items()}
+
+
+def fold(frames: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """gdb's frames without the inlined ones: an inlined frame shares its pc with the next
+    frame, the real one holding it."""
+    return [f for f, after in zip(frames, frames[1:] + [(None, "")])
+            if f[0] is None or f[0] != after[0]]
 
 
 def printed_stacks(text: str) -> dict[int, list[str]]:
-    """{tid: [symbol as printed]} from ::stacks output."""
+    """{tid: [symbol as printed]} from ::stacks output, an inlined frame's `[inlined] ` taken
+    off."""
     out: dict[int, list[str]] = {}
     cur = None
     for line in text.splitlines():
@@ -64,7 +69,7 @@ def printed_stacks(text: str) -> dict[int, list[str]]:
         if m:
             cur = out.setdefault(int(m.group(1)), [])
         elif line.endswith("()") and cur is not None:
-            cur.append(re.sub(r"\+0x[0-9a-f]+$", "", line[:-2]))
+            cur.append(re.sub(r"\+0x[0-9a-f]+$", "", line[:-2].removeprefix("[inlined] ")))
     return out
 
 
@@ -79,24 +84,28 @@ def same_function(session, gdb_name: str, shown: str) -> bool:
     return a is not None and b is not None and a.addr == b.addr
 
 
-def check_against_gdb(session, printed: dict[int, list[str]], gdb) -> None:
-    assert sorted(printed) == sorted(gdb)
+def check_against_gdb(session, printed: dict[int, list[str]], shown) -> None:
+    """The unwound frames are gdb's real ones (shown: gdb_stacks with its inlined frames), and
+    ::stacks names every frame gdb shows, inlined ones too."""
+    assert sorted(printed) == sorted(shown)
     for t in session.target.threads():
+        gdb = fold(shown[t.tid])
         frames = unwind(session, t)
         assert [f.truncated for f in frames] == [None] * len(frames)
-        assert len(frames) == len(gdb[t.tid]), t.tid
-        assert [f.pc if pc else None for f, (pc, _) in zip(frames, gdb[t.tid])] == [
-            pc for pc, _ in gdb[t.tid]], t.tid
-        assert [f.signal for f in frames] == [n == SIGNAL_FRAME for _, n in gdb[t.tid]]
+        assert len(frames) == len(gdb), t.tid
+        assert [f.pc if pc else None for f, (pc, _) in zip(frames, gdb)] == [
+            pc for pc, _ in gdb], t.tid
+        assert [f.signal for f in frames] == [n == SIGNAL_FRAME for _, n in gdb]
         names = printed[t.tid]
-        assert len(names) == len(gdb[t.tid])
-        for shown, (_, want) in zip(names, gdb[t.tid]):
-            assert same_function(session, want, shown), (t.tid, shown, want)
+        assert len(names) == len(shown[t.tid])
+        for name, (_, want) in zip(names, shown[t.tid]):
+            assert same_function(session, want, name), (t.tid, name, want)
 
 
 def test_core_stacks_match_gdb(stacks_parked, stacks_exe):
     r, core = stacks_parked
-    gdb = gdb_stacks(stacks_exe, core)
+    shown = gdb_stacks(stacks_exe, core, inlined=True)
+    gdb = {tid: fold(frames) for tid, frames in shown.items()}
     main = [n for _, n in gdb[r.pid]]
     assert main[1:6] == MAIN_CHAIN and main[-1] == "_start"
     reader = [n for _, n in gdb[int(r.info["reader"])]]
@@ -109,16 +118,16 @@ def test_core_stacks_match_gdb(stacks_parked, stacks_exe):
     res = run_mdbpy(core, "-e", "::stacks")
     assert res.returncode == 0 and res.stderr == "", res.stderr
     with open_file_target(str(core)) as target:
-        check_against_gdb(Session(target), printed_stacks(res.stdout), gdb)
+        check_against_gdb(Session(target), printed_stacks(res.stdout), shown)
 
 
 def test_live_stacks_match_gdb(stacks_parked, stacks_exe):
     r, core = stacks_parked
-    gdb = gdb_stacks(stacks_exe, core)
+    shown = gdb_stacks(stacks_exe, core, inlined=True)
     with LiveTarget(r.pid) as target:
         s = Session(target, out=io.StringIO())
         assert Engine(s).run_string("::stacks") == 0
-        check_against_gdb(s, printed_stacks(s.out.getvalue()), gdb)
+        check_against_gdb(s, printed_stacks(s.out.getvalue()), shown)
     r.assert_untouched()
 
 

@@ -4,10 +4,12 @@ The stacks come from mdbpy.unwind (DWARF CFI with a frame-pointer fallback). Fra
 prints them on amd64: `%a()` per frame for $c; $C, ::stack -v and ::stacks -v put the frame
 pointer in front and fill the parentheses with the arguments, by name, from the DWARF locations
 that resolve at the frame's pc (mdbpy/types/frames.py; `<optimized out>` where none does). $c,
-$C and ::stack list the functions inlined at a frame's pc as frames of their own, `[inlined]
-name`, before it (gdb's bt does); ::stacks, its JSON and a piped $c keep one entry per frame
-the unwinder found. A stack the unwinder could not follow to its end prints up to the last
-frame it trusts, followed by a warning on stderr naming the reason.
+$C, ::stack, ::stacks, ::stacks' JSON and the API's stack() list the functions inlined at a
+frame's pc as frames of their own, `[inlined] name`, before it (gdb's bt does), all from
+shown_frames; only a piped $c keeps one pc per frame the unwinder found (an inlined function
+has no pc of its own: it runs at its holder's, which the holder's entry passes on). A stack the
+unwinder could not follow to its end prints up to the last frame it trusts, followed by a
+warning on stderr naming the reason.
 """
 
 from __future__ import annotations
@@ -71,19 +73,19 @@ def _frames(inv: Invocation) -> tuple[list[Frame], str]:
 
 
 def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool,
-                  lines: bool = False, limit: int | None = None, inlined: bool = True) -> None:
-    """One line per frame; with_fp: $C's shape, frame pointer and arguments (at most
-    `limit` of them); inlined: the functions inlined at each frame's pc as frames of their
-    own (mdbpy/types/frames.py shown_frames). Piped, each unwound frame's pc once."""
-    from mdbpy.types.frames import Shown, shown_frames
+                  lines: bool = False, limit: int | None = None) -> None:
+    """One line per frame, the functions inlined at each frame's pc as frames of their own
+    (mdbpy/types/frames.py shown_frames); with_fp: $C's shape, frame pointer and arguments
+    (at most `limit` of them). Piped, each unwound frame's pc once: what a pipe passes on is
+    an address per frame, and an inlined function's would only repeat its holder's."""
+    from mdbpy.types.frames import shown_frames
 
     s = inv.session
     if inv.piped_out:
         for f in frames:
             inv.print(radix_str(f.pc, s.radix, prefix=True))
     else:
-        shown = shown_frames(s, frames) if inlined else [Shown(i) for i in range(len(frames))]
-        for sh in shown:
+        for sh in shown_frames(s, frames):
             text = frame_line(s, frames, sh, limit) if with_fp else \
                 frame_name(s, frames, sh) + "()"
             if lines:
@@ -130,10 +132,12 @@ def _source_suffix(inv: Invocation, frames: list[Frame], sh) -> str:
 
 def thread_stack(session, t, lines: bool = False):
     """A thread's stack as data (mdbpy.results.ThreadStack): what ::stacks prints of it, for
-    JSON output and the Python API. A stack that cannot be read has error set instead."""
+    JSON output and the Python API, a function inlined at a frame's pc included as a frame of
+    its own (name `[inlined] name`, at the pc and frame pointer of the frame holding it, line
+    its own). A stack that cannot be read has error set instead."""
     from mdbpy.results import Frame as FrameResult
     from mdbpy.results import ThreadStack
-    from mdbpy.types.frames import Shown, shown_line
+    from mdbpy.types.frames import shown_frames, shown_line
     from mdbpy.unwind import unwind
 
     try:
@@ -141,9 +145,10 @@ def thread_stack(session, t, lines: bool = False):
     except MdbError as e:
         return ThreadStack(t.tid, t.name, [], error=str(e))
     out = []
-    for i, f in enumerate(frames):
-        where = shown_line(session, frames, Shown(i)) if lines else None
-        out.append(FrameResult(f.pc, f.fp, readable(session.format_addr(f.pc, f.ret)),
+    for sh in shown_frames(session, frames):
+        f = frames[sh.index]
+        where = shown_line(session, frames, sh) if lines else None
+        out.append(FrameResult(f.pc, f.fp, frame_name(session, frames, sh),
                                *(where if where else (None, None))))
     return ThreadStack(t.tid, t.name, out, truncated=frames[-1].truncated if frames else None)
 
@@ -157,8 +162,8 @@ def thread_stack(session, t, lines: bool = False):
            "noreturn call (abort, exit) that ends function f prints as `f+<size of f>`, not "
            "as the function after f; a signal trampoline and the pc it interrupted are named "
            "as they are. A function inlined at a frame's pc is a frame of its own, listed "
-           "before the frame holding it as `[inlined] name()` (as gdb's bt shows it; "
-           "::stacks lists only the frames). Given an address, "
+           "before the frame holding it as `[inlined] name()` (as gdb's bt shows it; so does "
+           "::stacks). Given an address, "
            "start from that frame pointer instead (as $C prints it): the walk begins with the "
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
@@ -166,8 +171,10 @@ def thread_stack(session, t, lines: bool = False):
            "unwind. With -v, each frame's arguments are printed by name from the DWARF; "
            "without it the parentheses stay empty. If the "
            "stack cannot be followed to its end (unreadable memory, a cycle, 1024 frames), "
-           "the frames found are printed and a warning names the reason. Piped, the frames' "
-           "pcs are passed on. Select another thread with `tid::thread`.",
+           "the frames found are printed and a warning names the reason. Piped, each frame's "
+           "pc is passed on once, for the frames the unwinder found: an inlined function "
+           "runs at the pc of the frame holding it and adds none. Select another thread "
+           "with `tid::thread`.",
       example="$c")
 def stack(inv: Invocation):
     limit = _count_arg(inv)
@@ -196,8 +203,11 @@ def stack_fp(inv: Invocation):
 
 @dcmd("stacks", "print the stack of every thread", opts=[LINES, VERBOSE],
       help="For each thread, a line `THREAD <tid> (<name>)` (the name when known) followed by "
-           "its stack as $c prints it, and a blank line. A thread whose stack cannot be read "
-           "gets a one-line reason instead of frames; the others still print.",
+           "its stack as $c prints it (with -v as $C does), functions inlined at a frame's pc "
+           "listed as `[inlined] name()` frames of their own, and a blank line. A thread "
+           "whose stack cannot be read gets a one-line reason instead of frames; the others "
+           "still print. In JSON each frame, inlined ones too, has its pc, frame pointer, "
+           "name as printed and, with -l, file and line.",
       example="::stacks -v")
 def stacks(inv: Invocation):
     opts = inv.opts
@@ -221,7 +231,7 @@ def stacks(inv: Invocation):
             s.warn(f"thread {t.tid}: {e}")
         else:
             _print_frames(inv, frames, f"thread {t.tid}", with_fp=opts.verbose,
-                          lines=opts.lines, inlined=False)
+                          lines=opts.lines)
         inv.print("")
 
 

@@ -30,7 +30,9 @@ def heap_buffers(session):
 
 def typegraph_of(session, force: bool = False):
     """The session's typegraph (mdbpy.types.graph.TypeGraph), built on first use (or again
-    with force); the engine loads with the first graph, not at start-up."""
+    with force) with its fixpoint in the compiled kernel; the engine loads with the first
+    graph, not at start-up."""
+    from mdbpy.heap.kernel import lib
     from mdbpy.types.graph import GRAPH_KEY, TypeGraph
     from mdbpy.types.space import space_of
 
@@ -38,7 +40,7 @@ def typegraph_of(session, force: bool = False):
     if g is None or force:
         base, size, meta = heap_buffers(session)
         try:
-            g = TypeGraph.build(space_of(session), base, size, meta)
+            g = TypeGraph.build(space_of(session), base, size, meta, kernel=lib())
         except KeyboardInterrupt:
             raise CommandAbort("typegraph: interrupted; no results kept") from None
         session.cache[GRAPH_KEY] = g
@@ -58,10 +60,10 @@ program's DWARF (and its libraries' debug files) describes, every thread's copy 
 __thread variables, and the arguments and locals of every thread's frames, each typed pointer
 into a heap buffer gives that buffer the type pointed to (an array of it when the buffer holds
 several), and the typed buffers' own pointer members type the buffers they reach, to a fixpoint
-over the whole heap. A C++ object is typed by its vtable pointer (its dynamic type). Pointers that say nothing
-of layout (void *, char *, unions whose members disagree) give no type; a buffer reached as two
-incompatible types stays unknown (conflicting) rather than wrong, and so do the buffers only it
-would type. Prints how many buffers and bytes were typed, and how: by a root pointer, by
+over the whole heap. A C++ object is typed by its vtable pointer (its dynamic type). Pointers
+that say nothing of layout (void *, char *, unions whose members disagree) give no type; a
+buffer reached as two incompatible types stays unknown (conflicting) rather than wrong, and so
+do the buffers only it would type. Prints how many buffers and bytes were typed, and how: by a root pointer, by
 propagation, by vtable, by a user's ::istype; unknown and conflicting.
 
 The graph is cached until -f or until the target changes; ::whattype, ::istype,

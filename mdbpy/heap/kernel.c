@@ -652,3 +652,261 @@ int64_t walk_list(const pool_t *P, walk_t *W)
         W->cur = word_at(P, cur + (uint64_t)W->nxt);
     }
 }
+
+/*
+ * The typegraph's propagation (mdbpy/types/graph/solve.py states the rules and keeps the
+ * reference in Python; compiled.py drives these two functions and is tested against it): a
+ * worklist over typed buffers, one step per buffer and per edge out of it, in the reference's
+ * order exactly (the order decides which type reaches a buffer first, and so what conflicts).
+ * The types are tables by tid that the caller grows as its catalog grows; a type's plan is
+ * loaded when a buffer of it is first expanded (tg_drain stops and asks for it), as the
+ * reference computes it then. The caller owns every array, as above.
+ */
+typedef struct {
+    int64_t n;               /* buffers */
+    const uint64_t *size;    /* n sizes */
+    const int64_t *start;    /* n + 1: each buffer's first edge (edges sorted by source) */
+    const int64_t *soff;     /* per edge: offset of the word in its source */
+    const int64_t *dst;      /* per edge: the buffer it points into */
+    const int64_t *doff;     /* per edge: where in that buffer */
+    const int64_t *tsize;    /* per tid: size */
+    const uint8_t *tpoly;    /* per tid: a C++ class (only a vtable types it) */
+    const int64_t *at0_start; /* per tid, and one more: its range in at0[] */
+    const int32_t *at0;      /* the tids at offset 0 of each type, ascending per type */
+    const int64_t *plan_lo;  /* per tid: its plan's range in poff/ptid (lo -1: not loaded) */
+    const int64_t *plan_hi;
+    const int64_t *flex_off; /* per tid: its flexible array's offset, -1 for none */
+    const int64_t *flex_es;  /* its element size */
+    const int64_t *flex_lo;  /* its element plan's range in poff/ptid */
+    const int64_t *flex_hi;
+    const int64_t *poff;     /* plans: offsets, ascending within each range */
+    const int32_t *ptid;     /* plans: the pointee tid at each offset */
+    const uint8_t *fixed;    /* per buffer: its type is authoritative (vtable, hint) */
+    const int64_t *fix_row;  /* nfix authoritative buffers, in the order they are queued */
+    const int32_t *fix_tid;
+    const uint8_t *fix_how;
+    int64_t nfix;
+    const int64_t *root_dst; /* nroots pointers from typed variables, in order */
+    const int64_t *root_doff;
+    const int32_t *root_tid;
+    int64_t nroots;
+    int32_t *tid;            /* per buffer, a run's state: its type, -1 unknown */
+    uint8_t *how;
+    uint8_t *gave;           /* its expansion gave evidence */
+    uint8_t *poisoned;       /* excluded (kept across runs) */
+    uint8_t *newp;           /* conflicting after it gave evidence: a new run excludes it */
+    int64_t *queue;          /* the worklist: [qhead, qtail) of qcap entries */
+    int64_t qhead, qtail, qcap;
+    int64_t *ib;             /* interior evidence, checked after the run: buffer, offset, tid */
+    int64_t *ioff;
+    int32_t *it;
+    int64_t icount, icap;
+    int64_t steps;           /* typed buffers expanded */
+    int64_t need;            /* what tg_drain stopped for: a tid, or a number of entries */
+} tg_t;
+
+enum { TG_DONE, TG_NEED_PLAN, TG_FULL };
+enum { TG_UNKNOWN, TG_ROOT, TG_PROPAGATED };
+
+/* Index of the first of sorted a[lo, hi) not below v (hi if none). */
+static inline int64_t tg_lower_i32(const int32_t *a, int64_t lo, int64_t hi, int32_t v)
+{
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Does type t hold type v at its offset 0 (v in t's at0)? */
+static inline int tg_at0(const tg_t *G, int32_t t, int32_t v)
+{
+    int64_t hi = G->at0_start[t + 1];
+    int64_t i = tg_lower_i32(G->at0, G->at0_start[t], hi, v);
+    return i < hi && G->at0[i] == v;
+}
+
+/* The pointee of the plan word at offset o of plan range [lo, hi), -1 for none. */
+static inline int32_t tg_pointee(const tg_t *G, int64_t lo, int64_t hi, int64_t o)
+{
+    int64_t end = hi;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (G->poff[mid] < o)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < end && G->poff[lo] == o ? G->ptid[lo] : -1;
+}
+
+static void tg_conflict(tg_t *G, int64_t b)
+{
+    if (G->gave[b]) {
+        G->newp[b] = 1; /* types were derived from it: start again without it */
+    } else {           /* nothing came of its type yet: exclude it in place */
+        G->poisoned[b] = 1;
+        G->tid[b] = -1;
+        G->how[b] = TG_UNKNOWN;
+    }
+}
+
+/* Evidence that buffer b starts with a t (solve.py's offer). */
+static void tg_offer(tg_t *G, int64_t b, int32_t t, uint8_t why)
+{
+    if (G->poisoned[b])
+        return;
+    int32_t cur = G->tid[b];
+    if (cur == t)
+        return;
+    if (cur < 0) {
+        if (G->tpoly[t])
+            return;
+        if ((uint64_t)G->tsize[t] > G->size[b]) {
+            tg_conflict(G, b);
+            return;
+        }
+        G->tid[b] = t;
+        G->how[b] = why;
+        G->queue[G->qtail++] = b;
+        return;
+    }
+    if (tg_at0(G, cur, t) || G->fixed[b])
+        return;
+    if (tg_at0(G, t, cur) && !G->tpoly[t] && (uint64_t)G->tsize[t] <= G->size[b]) {
+        G->tid[b] = t; /* the larger type that starts with the old one */
+        G->queue[G->qtail++] = b;
+        return;
+    }
+    tg_conflict(G, b);
+}
+
+/* A run's start: the authoritative buffers queued, then the roots' evidence offered. The
+ * queue needs room for nfix + nroots entries, the interior list for nroots. */
+void tg_seed(tg_t *G)
+{
+    for (int64_t i = 0; i < G->nfix; i++) {
+        int64_t b = G->fix_row[i];
+        G->tid[b] = G->fix_tid[i];
+        G->how[b] = G->fix_how[i];
+        G->queue[G->qtail++] = b;
+    }
+    for (int64_t i = 0; i < G->nroots; i++) {
+        if (G->root_doff[i] == 0) {
+            tg_offer(G, G->root_dst[i], G->root_tid[i], TG_ROOT);
+        } else {
+            G->ib[G->icount] = G->root_dst[i];
+            G->ioff[G->icount] = G->root_doff[i];
+            G->it[G->icount++] = G->root_tid[i];
+        }
+    }
+}
+
+/* Expand queued buffers until the queue is empty (TG_DONE), or stop before a buffer whose
+ * type's plan is not loaded (TG_NEED_PLAN, need = the tid) or whose edges might not fit in the
+ * queue or the interior list (TG_FULL, need = entries wanted in each); called again once the
+ * caller has loaded or grown what was asked, it goes on where it stopped. */
+int64_t tg_drain(tg_t *G)
+{
+    while (G->qhead < G->qtail) {
+        int64_t b = G->queue[G->qhead];
+        int32_t t = G->tid[b];
+        if (t < 0) {
+            G->qhead++;
+            continue;
+        }
+        if (G->plan_lo[t] < 0) {
+            G->need = t;
+            return TG_NEED_PLAN;
+        }
+        int64_t e0 = G->start[b], e1 = G->start[b + 1];
+        if (G->qtail + (e1 - e0) > G->qcap || G->icount + (e1 - e0) > G->icap) {
+            G->need = e1 - e0;
+            return TG_FULL;
+        }
+        G->qhead++;
+        int64_t lo = G->plan_lo[t], hi = G->plan_hi[t], es = G->tsize[t];
+        int64_t fo = G->flex_off[t];
+        if (lo == hi && fo < 0)
+            continue;
+        G->steps++;
+        int64_t lim = fo >= 0 ? es : (int64_t)(G->size[b] / (uint64_t)es) * es;
+        for (int64_t e = e0; e < e1; e++) {
+            int64_t o = G->soff[e];
+            int32_t p;
+            if (o < lim)
+                p = tg_pointee(G, lo, hi, o % es);
+            else if (fo >= 0 && o >= fo)
+                p = tg_pointee(G, G->flex_lo[t], G->flex_hi[t], (o - fo) % G->flex_es[t]);
+            else
+                continue;
+            if (p < 0)
+                continue;
+            G->gave[b] = 1;
+            if (G->doff[e] == 0) {
+                tg_offer(G, G->dst[e], p, TG_PROPAGATED);
+            } else {
+                G->ib[G->icount] = G->dst[e];
+                G->ioff[G->icount] = G->doff[e];
+                G->it[G->icount++] = p;
+            }
+        }
+    }
+    return TG_DONE;
+}
+
+/* The typegraph's edges in one block of words (the first at addr0; mdbpy/types/graph/
+ * evidence.py's scan_heap, whose numpy form is the reference): every word inside one of the n
+ * sorted buffers [base, end) whose value lies inside one, as (source buffer, offset of the
+ * word in it, target buffer, offset of the value in it), in word order (the typegraph's edges
+ * keep offsets, which findleaks' scan_words does not). Only values in [lo, hi) are looked up,
+ * lo being base[0]. The targets of up to TG_CHUNK such words are found together, by a
+ * bisection of base[] without branches taken in step for all of them: each step's loads are
+ * independent, so their cache misses overlap instead of queueing (one search at a time costs
+ * a dependent miss per step). The source is a cursor that only moves forward. The outputs need
+ * room for nwords entries; returns how many were written. */
+#define TG_CHUNK 256
+
+int64_t tg_scan(const uint64_t *base, const uint64_t *end, int64_t n, const uint64_t *words,
+                int64_t nwords, uint64_t addr0, uint64_t lo, uint64_t hi, int64_t *src,
+                int64_t *soff, int64_t *dst, int64_t *doff)
+{
+    int64_t pick[TG_CHUNK], at[TG_CHUNK];
+    const uint64_t span = hi - lo;
+    int64_t out = 0;
+    int64_t cur = last_at_or_below(base, -1, n - 1, addr0);
+    for (int64_t j0 = 0; j0 < nwords; j0 += TG_CHUNK) {
+        int64_t len = nwords - j0 < TG_CHUNK ? nwords - j0 : TG_CHUNK, m = 0;
+        const uint64_t *w = words + j0;
+        for (int64_t j = 0; j < len; j++) {
+            pick[m] = j;
+            m += w[j] - lo < span;
+        }
+        for (int64_t i = 0; i < m; i++)
+            at[i] = 0;
+        for (int64_t left = n; left > 1; left -= left / 2) {
+            int64_t half = left / 2;
+            for (int64_t i = 0; i < m; i++)
+                at[i] += base[at[i] + half] <= w[pick[i]] ? half : 0;
+        }
+        for (int64_t i = 0; i < m; i++) {
+            uint64_t v = w[pick[i]];
+            int64_t d = at[i];
+            if (v < base[d] || v >= end[d])
+                continue;
+            uint64_t a = addr0 + 8 * (uint64_t)(j0 + pick[i]);
+            while (cur + 1 < n && base[cur + 1] <= a)
+                cur++;
+            if (cur < 0 || a >= end[cur])
+                continue;
+            src[out] = cur;
+            soff[out] = (int64_t)(a - base[cur]);
+            dst[out] = d;
+            doff[out++] = (int64_t)(v - base[d]);
+        }
+    }
+    return out;
+}

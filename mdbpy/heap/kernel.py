@@ -63,6 +63,11 @@ _SIGNATURES = {
     "pool_lookup": (None, [ctypes.POINTER(PoolStruct), _P, _I64, _P]),
     "seen_add": (None, [_P, _I64, _P, _I64]),
     "walk_list": (_I64, [ctypes.POINTER(PoolStruct), ctypes.POINTER(WalkStruct)]),
+    # the typegraph's propagation (a tg_t *, whose ctypes mirror is mdbpy/types/graph/
+    # compiled.py's: the types layer cannot import this module, docs/architecture.md) and edges
+    "tg_seed": (None, [_P]),
+    "tg_drain": (_I64, [_P]),
+    "tg_scan": (_I64, [_P, _P, _I64, _P, _I64, _U64, _U64, _U64, _P, _P, _P, _P]),
 }
 # kernel.c's node_t: a node of the graph the breadth-first search walks
 NODE = [("deg", "<i4"), ("ref", "<i4")]

@@ -9,7 +9,9 @@ fixpoint (solve.py). The result answers `which type is the buffer at addr, and w
 at this offset` (whattype), counts by type (by_type) and by how a type was found (stats).
 
 Modules: catalog.py (types reduced to their pointer words), evidence.py (heap edges, typed
-globals, vtables), solve.py (the fixpoint). The session's graph is cached under GRAPH_KEY (the
+globals, vtables), solve.py (the fixpoint's rules, in Python: the reference), compiled.py (the
+same fixpoint with its worklist in the compiled kernel, which the dcmds hand in: this layer
+does not import mdbpy.heap). The session's graph is cached under GRAPH_KEY (the
 session cache is emptied when the target changes); `cached(session)` returns it if built.
 """
 
@@ -58,9 +60,11 @@ class Placement:
 
 class TypeGraph:
     """The types of one heap. Build with TypeGraph.build(); hint() adds a user's type for a
-    buffer and propagates again (the heap's edges are kept, so that is cheap)."""
+    buffer and propagates again (the heap's edges are kept, so that is cheap). With a kernel
+    (mdbpy/heap/kernel.py's library) the fixpoint runs compiled (compiled.py), else in
+    Python (solve.py); both give the same answer."""
 
-    def __init__(self, space, base, size):
+    def __init__(self, space, base, size, kernel=None):
         import numpy as np
 
         from mdbpy.types.graph.catalog import Catalog
@@ -69,21 +73,22 @@ class TypeGraph:
         self.base = np.ascontiguousarray(base, np.uint64)
         self.size = np.ascontiguousarray(size, np.uint64)
         self.ends = self.base + self.size
-        self.catalog = Catalog(space)
+        self.catalog = Catalog.of(space)
         self.hints: dict[int, int] = {}  # row -> tid
         self.vtables: dict[int, int] = {}
         self.timings: dict[str, float] = {}
+        self.kernel = kernel
         self.edges = self.roots = self.solution = None
 
     @classmethod
-    def build(cls, space, base, size, exclude=()) -> TypeGraph:
+    def build(cls, space, base, size, exclude=(), kernel=None) -> TypeGraph:
         """The graph of the buffers (base, size: sorted columns); `exclude`: [lo, hi) ranges
         whose typed globals are not roots (the allocators' own metadata)."""
         from mdbpy.types.graph import evidence
 
-        g = cls(space, base, size)
+        g = cls(space, base, size, kernel)
         t0 = time.perf_counter()
-        g.edges = evidence.scan_heap(space.mem, g.base, g.ends)
+        g.edges = evidence.scan_heap(space.mem, g.base, g.ends, kernel)
         t1 = time.perf_counter()
         g.roots = evidence.merged(
             evidence.global_roots(space, g.catalog, g.base, g.ends, exclude),
@@ -120,12 +125,15 @@ class TypeGraph:
         return out
 
     def propagate(self) -> None:
+        from mdbpy.types.graph.compiled import solve_compiled
         from mdbpy.types.graph.solve import solve
 
         t0 = time.perf_counter()
         fixed = {r: (t, VTABLE) for r, t in self.vtables.items()}
         fixed.update({r: (t, HINT) for r, t in self.hints.items()})
-        self.solution = solve(self.catalog, self.size, self.edges, self.roots, fixed)
+        args = (self.catalog, self.size, self.edges, self.roots, fixed)
+        self.solution = solve(*args) if self.kernel is None else \
+            solve_compiled(self.kernel, *args)
         self.timings["propagate"] = time.perf_counter() - t0
 
     def hint(self, addr: int, text: str) -> Placement:

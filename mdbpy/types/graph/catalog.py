@@ -27,6 +27,7 @@ from mdbpy.types.model import Array, Base, Enum, Function, Pointer, Qualified, S
     Typedef, Void
 
 MAX_SLOTS = 1 << 18  # a type's plan stops growing here (huge arrays of pointers)
+CATALOG_KEY = ("types", "catalog")
 
 
 def canonical(t: Type) -> Type:
@@ -83,6 +84,27 @@ class Catalog:
         self._by_key: dict[tuple[str, int], int] = {}
         self._evidence: dict[int, tuple] = {}  # id(pointer) -> (pointer, tid or None)
         self._has_at: dict[tuple[int, int, int], bool] = {}
+        self._memo: dict = {}
+
+    @classmethod
+    def of(cls, space) -> Catalog:
+        """The catalog of a session's types, kept in the session cache beside the space (and
+        dropped with it when the target changes): a type's plan comes from the DWARF alone,
+        so a graph built again (::typegraph -f, a new heap) reuses every plan, and every
+        object's typed variables' words (memo), instead of cataloguing them again."""
+        cache = space.session.cache
+        cat = cache.get(CATALOG_KEY)
+        if cat is None or cat.space is not space:
+            cat = cache[CATALOG_KEY] = cls(space)
+        return cat
+
+    def memo(self, key, owner, compute):
+        """compute()'s answer, kept under key while owner (whose id is in key) lives: for what
+        depends on types alone, such as an object's typed variables' evidence words."""
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not owner:
+            hit = self._memo[key] = (owner, compute())
+        return hit[1]
 
     def __getitem__(self, tid: int) -> TypeInfo:
         return self.infos[tid]

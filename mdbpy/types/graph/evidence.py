@@ -5,11 +5,14 @@ globals, and C++ vtable pointers.
   keeping each aligned word that points into a buffer as an edge (source buffer, offset in it,
   target buffer, offset in it), and each buffer's first word (a C++ object's vtable pointer).
   Which words are *typed* pointers depends on the source buffer's type, known only during
-  propagation; the edges are the same whatever the types, so they are found once, vectorized,
-  and propagation (solve.py) only looks up the few words each typed buffer has.
+  propagation; the edges are the same whatever the types, so they are found once (in one
+  compiled pass per block, kernel.c's tg_scan, when the caller hands in the kernel; else with
+  numpy, block_edges, the reference), and propagation (solve.py) only looks up the few words
+  each typed buffer has.
 - `global_roots`: every global and static variable with a DWARF location in every object that
   has DWARF (the executable, and libraries whose debug files are found), its plan's pointer
-  words read in one read per mapping.
+  words read in one read per mapping (which words, per object, is kept in the catalogue:
+  variable_words).
 - `tls_roots`: every thread's copy of every `__thread` variable with a DWARF type, where the
   object's TLS block can be placed in the thread (mdbpy/symbols/tls.py). A worker thread's
   state is often reachable only from its thread-local variables.
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 MERGE_GAP = 64 << 10  # buffers closer than this are read in one range
 PTR = 8
+MASK = (1 << 64) - 1
 
 
 @dataclass
@@ -70,7 +74,9 @@ def read_ranges(base, ends):
     return list(zip(los.tolist(), his.tolist()))
 
 
-def scan_heap(mem, base, ends) -> Edges:
+def scan_heap(mem, base, ends, kernel=None) -> Edges:
+    """The heap's edges, each block's found by the compiled kernel's tg_scan when one is
+    given (the dcmds give mdbpy.heap.kernel's), else with numpy (block_edges: the reference)."""
     import numpy as np
 
     n = len(base)
@@ -92,22 +98,45 @@ def scan_heap(mem, base, ends) -> Edges:
                 at_word = (rel // np.uint64(PTR)).astype(np.int64)
                 ok = ((rel % np.uint64(PTR)) == 0) & (at_word < len(words))
                 first[np.flatnonzero(ok) + b0] = words[at_word[ok]]
-            hit = np.flatnonzero((words >= lo_all) & (words < hi_all))
-            if not len(hit):
-                continue
-            dst, doff = locate(base, ends, words[hit])
-            keep = dst >= 0
-            hit, dst, doff = hit[keep], dst[keep], doff[keep]
-            src, soff = locate(base, ends, w0 + hit.astype(np.uint64) * np.uint64(PTR))
-            inside = src >= 0
-            parts.append((src[inside], soff[inside], dst[inside], doff[inside]))
+            if kernel is None:
+                parts.append(block_edges(base, ends, words, w0, lo_all, hi_all))
+            else:
+                parts.append(_block_edges_compiled(kernel, base, ends, words, w0, lo_all,
+                                                   hi_all))
     if parts:
         src, soff, dst, doff = (np.concatenate([p[k] for p in parts]) for k in range(4))
     else:
         src = soff = dst = doff = np.zeros(0, np.int64)
-    start = np.searchsorted(src, np.arange(n + 1), side="left").astype(np.int64)
+    start = np.zeros(n + 1, np.int64)  # src is ascending: a buffer's edges follow the last's
+    np.cumsum(np.bincount(src, minlength=n), out=start[1:])
     unreadable = sum(b - a for a, b in failed)
     return Edges(start, soff, dst, doff, first, unreadable)
+
+
+def block_edges(base, ends, words, w0, lo_all, hi_all):
+    """(src, soff, dst, doff) of the words (the first at w0) inside a buffer that point into
+    one (values outside [lo_all, hi_all) are in none), in word order."""
+    import numpy as np
+
+    hit = np.flatnonzero((words >= lo_all) & (words < hi_all))
+    dst, doff = locate(base, ends, words[hit])
+    keep = dst >= 0
+    hit, dst, doff = hit[keep], dst[keep], doff[keep]
+    src, soff = locate(base, ends, w0 + hit.astype(np.uint64) * np.uint64(PTR))
+    inside = src >= 0
+    return src[inside], soff[inside], dst[inside], doff[inside]
+
+
+def _block_edges_compiled(kernel, base, ends, words, w0, lo_all, hi_all):
+    """block_edges in one compiled pass over the words."""
+    import numpy as np
+
+    out = [np.empty(len(words), np.int64) for _ in range(4)]
+    words = np.ascontiguousarray(words)
+    k = kernel.tg_scan(base.ctypes.data, ends.ctypes.data, len(base), words.ctypes.data,
+                       len(words), int(w0), int(lo_all), int(hi_all),
+                       *(a.ctypes.data for a in out))
+    return tuple(a[:k] for a in out)
 
 
 # -- typed globals ----------------------------------------------------------------------------
@@ -160,8 +189,14 @@ def global_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
     """The evidence of every typed global's pointers into buffers, except pointers lying in
     `exclude` ([lo, hi) ranges: an allocator's own bookkeeping, such as glibc's main_arena,
     whose pointers are to chunk headers, which lie inside the buffer before them)."""
-    placed = ((addr + o.bias, t) for o, d in space.objects() for addr, t in typed_globals(d))
-    return _placed_roots(space, catalog, base, ends, placed, exclude)
+    import numpy as np
+
+    words = []
+    for o, d in space.objects():
+        offs, tids, nvars = catalog.memo(("globals", id(d)), d,
+                                         lambda: variable_words(catalog, typed_globals(d)))
+        words.append((offs + np.uint64(o.bias & MASK), tids, nvars))
+    return _placed_roots(space, base, ends, words, exclude)
 
 
 def tls_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
@@ -169,45 +204,51 @@ def tls_roots(space, catalog, base, ends, exclude=()) -> RootEvidence:
     TLS block in each thread (static, or the one the thread's DTV holds: mdbpy/symbols/tls.py)
     holds its variables at their DWARF offsets. A thread without a block of an object (a
     dlopen'd library whose variables it never touched) gives none of that object's."""
+    import numpy as np
+
     from mdbpy.symbols.tls import thread_block
 
     session = space.session
     threads = session.target.threads()
-    placed = []
+    words = []
     for o, d in space.objects():
-        variables = typed_thread_locals(d)
-        if not variables:
+        offs, tids, nvars = catalog.memo(("tls", id(d)), d,
+                                         lambda: variable_words(catalog,
+                                                                typed_thread_locals(d)))
+        if not nvars:
             continue
         for th in threads:
             block = thread_block(session, o, th)
             if block is not None:
-                placed += [(block + off, t) for off, t in variables]
-    return _placed_roots(space, catalog, base, ends, placed, exclude)
+                words.append((offs + np.uint64(block & MASK), tids, nvars))
+    return _placed_roots(space, base, ends, words, exclude)
 
 
-def _placed_roots(space, catalog, base, ends, placed, exclude) -> RootEvidence:
-    """The evidence of typed variables at run-time addresses ((address, type) pairs): their
-    plans' pointer words, read in one read per mapping."""
+def variable_words(catalog, variables):
+    """(addresses, pointee tids, variables): the evidence words of typed variables ((address,
+    type) pairs), at their addresses, and how many variables have any (computed once per
+    object and kept in the catalog: the same whatever the heap)."""
     import numpy as np
 
-    slots, tids = [], []
-    nvars = 0
-    for at, t in placed:
+    slots, tids = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+    for at, t in variables:
         tid = catalog.tid_of(t)
-        if tid is None:
-            continue
-        plan = catalog.plan_of(tid).plan
+        plan = catalog.plan_of(tid).plan if tid is not None else None
         if not plan:
             continue
-        nvars += 1
-        at &= (1 << 64) - 1
-        slots.append(np.fromiter(plan.keys(), np.uint64, len(plan)) + np.uint64(at))
+        slots.append(np.fromiter(plan.keys(), np.uint64, len(plan)) + np.uint64(at & MASK))
         tids.append(np.fromiter(plan.values(), np.int64, len(plan)))
-    if not slots:
-        z = np.zeros(0, np.int64)
-        return RootEvidence(z, z, z, np.zeros(0, np.uint64))
-    slot = np.concatenate(slots)
-    tid = np.concatenate(tids)
+    return np.concatenate(slots), np.concatenate(tids), len(slots) - 1
+
+
+def _placed_roots(space, base, ends, words, exclude) -> RootEvidence:
+    """The evidence of typed variables' words ((addresses, tids, variables) per object and
+    placement), read in one read per mapping."""
+    import numpy as np
+
+    slot = np.concatenate([np.zeros(0, np.uint64)] + [w[0] for w in words])
+    tid = np.concatenate([np.zeros(0, np.int64)] + [w[1] for w in words])
+    nvars = sum(w[2] for w in words)
     if exclude:
         keep = ~in_ranges(slot, exclude)
         slot, tid = slot[keep], tid[keep]
