@@ -2,9 +2,10 @@
 
 Starts fixtures/jemalloc_heap.c linked with a build of tests/jemalloc_builds.py (N kept regions
 of mixed sizes in the main thread, 12 planted leaks, regions in two threads' tcaches): the -g
-build of .ci/build-jemalloc (symbols and DWARF), Debian's stripped libjemalloc2 or bullseye's
-5.2.1 (both found by the heuristics, whose search is then part of every time below), cores it
-with gcore, and on each target times:
+build of .ci/build-jemalloc (symbols and DWARF), Debian's stripped libjemalloc2, bullseye's
+5.2.1, or the static _rjem_ build stripped of every symbol (the last three found by the
+heuristics, whose search is then part of every time below), cores it with gcore, and on each
+target times:
 
   - the plain read of every extent in use (the floor: reading the heap once);
   - findleaks whole, in a fresh session: the emap walk, the regions, the tcaches, the scan,
@@ -13,7 +14,7 @@ with gcore, and on each target times:
   - the command as a user runs it: `mdbpy TARGET -e ::findleaks` less `mdbpy TARGET -e
     ::status`, best of three.
 
-Run: python bench/jemalloc_bench.py [--build=dwarf|debian|bullseye] [N ...]
+Run: python bench/jemalloc_bench.py [--build=dwarf|debian|bullseye|rjemstripped] [N ...]
      (default: dwarf, N 100000 1000000)
 """
 
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from jemalloc_builds import compile_bullseye, compile_debian, compile_dwarf  # noqa: E402
+from jemalloc_builds import (compile_bullseye, compile_debian, compile_dwarf,  # noqa: E402
+                             compile_rjem)
 from ptmalloc_bench import command, timed  # noqa: E402
 from support import gcore, start_fixture  # noqa: E402
 
@@ -71,7 +73,8 @@ def bench(open_target, args: list[str]) -> None:
     print(f"  ::findleaks less ::status {cli:7.3f} s   {cli / read:5.1f}x the read")
 
 
-BUILDS = {"dwarf": compile_dwarf, "debian": compile_debian, "bullseye": compile_bullseye}
+BUILDS = {"dwarf": compile_dwarf, "debian": compile_debian, "bullseye": compile_bullseye,
+          "rjemstripped": lambda name, d: compile_rjem(name, d, stripped=True)}
 
 
 def main() -> None:

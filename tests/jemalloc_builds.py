@@ -3,6 +3,11 @@
 - `.ci/jemalloc/` (made by .ci/build-jemalloc): jemalloc 5.3.0 built with -g from Debian's source
   package: lib/libjemalloc.so.2 and lib/libjemalloc.a, with symbols and DWARF (the DWARF path);
 - the static -g build with its DWARF stripped (the path with symbols, without DWARF);
+- `.ci/jemalloc/rjem/` (made by .ci/build-jemalloc): the same source configured as
+  tikv-jemalloc-sys configures it for Rust services (`_rjem_` public prefix, `_rjem_je_`
+  internals, static only), linked statically into the fixture: with its symbols and DWARF,
+  and stripped of everything (`strip --strip-all`: jemalloc then has no symbol at all);
+  `.ci/jemalloc/rjem-nostats/`: the same with tikv-jemalloc-sys' default `--disable-stats`;
 - Debian's libjemalloc2 and libjemalloc-dev (installed by .ci/run): the same release, stripped
   of its internal symbols (the heuristic path);
 - `.ci/jemalloc-5.2/` (made by .ci/build-jemalloc): Debian bullseye's libjemalloc.so.2, jemalloc
@@ -48,6 +53,29 @@ def compile_nodwarf(name: str, out_dir: Path) -> Path:
     exe = compile_dwarf(name, out_dir, static=True)
     out = Path(out_dir) / f"{name}_nodwarf"
     subprocess.run(["strip", "--strip-debug", "-o", str(out), str(exe)], check=True)
+    return out
+
+
+def compile_rjem(name: str, out_dir: Path, stripped: bool = False, stats: bool = True) -> Path:
+    """fixtures/<name>.c linked statically with the `_rjem_` build, as a Rust service links
+    tikv-jemallocator: JEMALLOC_MANGLE makes the fixture's malloc, free and mallctl jemalloc's
+    `_rjem_` names; glibc's malloc stays in the process beside it. `stripped`: then
+    `strip --strip-all` (no .symtab left, and the static jemalloc is in no .dynsym), linked
+    with a build-id of its own (`--build-id=uuid`): mdbpy's symbol cache is keyed by
+    build-id, so a twin sharing the unstripped build's id would be read with that build's
+    cached symbols within one test session. `stats=False`: the build without stats."""
+    b = CI_BUILD / ("rjem" if stats else "rjem-nostats")
+    if not (b / "done").exists():
+        pytest.skip(f"{b} not built (run .ci/build-jemalloc)")
+    exe = compile_fixture(name, out_dir, out_name=f"{name}_rjem{'' if stats else 'nostats'}"
+                                                  f"{'full' if stripped else ''}",
+                          flags=("-g", "-O0", "-DJEMALLOC_MANGLE", f"-I{b / 'include'}"),
+                          libs=(str(b / "lib" / "libjemalloc_pic.a"), "-pthread", "-lm",
+                                "-ldl", *(["-Wl,--build-id=uuid"] if stripped else [])))
+    if not stripped:
+        return exe
+    out = Path(out_dir) / f"{name}_rjemstripped"
+    subprocess.run(["strip", "--strip-all", "-o", str(out), str(exe)], check=True)
     return out
 
 

@@ -14,7 +14,8 @@ walk (bytes of regions out of their slabs, and of those the tcaches hold) is jem
 from __future__ import annotations
 
 import pytest
-from jemalloc_builds import compile_bullseye, compile_debian, compile_dwarf, compile_nodwarf
+from jemalloc_builds import (compile_bullseye, compile_debian, compile_dwarf, compile_nodwarf,
+                             compile_rjem)
 from support import compile_fixture, gcore, one_line_stderr, run_mdbpy, start_fixture
 
 VERSION = "5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c"
@@ -32,14 +33,20 @@ BUILDS = {"dwarf": lambda d: compile_dwarf("jemalloc_heap", d),
           "static": lambda d: compile_dwarf("jemalloc_heap", d, static=True),
           "nodwarf": lambda d: compile_nodwarf("jemalloc_heap", d),
           "debian": lambda d: compile_debian("jemalloc_heap", d),
-          "bullseye": lambda d: compile_bullseye("jemalloc_heap", d)}
+          "bullseye": lambda d: compile_bullseye("jemalloc_heap", d),
+          "rjem": lambda d: compile_rjem("jemalloc_heap", d),
+          "rjemstripped": lambda d: compile_rjem("jemalloc_heap", d, stripped=True)}
+# the builds linking jemalloc statically under the _rjem_ prefix (tikv-jemallocator's): glibc's
+# malloc stays in the process beside it
+RJEM = ("rjem", "rjemstripped")
 
 
 @pytest.fixture(scope="module", params=list(BUILDS))
 def heap(request, tmp_path_factory):
     """The fixture linked with each build (the -g one shared, static, static without DWARF;
-    Debian's stripped library; bullseye's stripped 5.2.1), running, and a core of it:
-    (running, exe, core)."""
+    Debian's stripped library; bullseye's stripped 5.2.1; tikv-jemalloc-sys's configuration
+    under the _rjem_ prefix, static, with its symbols and stripped of all of them), running,
+    and a core of it: (running, exe, core)."""
     d = tmp_path_factory.mktemp("jemalloc")
     exe = BUILDS[request.param](d)
     run = start_fixture(exe)
@@ -79,7 +86,12 @@ def test_findleaks_exact(heap, where):
 METHODS = {"dwarf": "symbols and DWARF", "static": "symbols and DWARF",
            "nodwarf": "symbols; arena_t and base_t offsets by verified heuristics (no DWARF)",
            "debian": "heuristics, each verified (no internal symbols)",
-           "bullseye": "heuristics, each verified (no internal symbols)"}
+           "bullseye": "heuristics, each verified (no internal symbols)",
+           "rjem": "symbols and DWARF",
+           "rjemstripped": "heuristics, each verified (no internal symbols)"}
+OBJECT = {"rjem": "a.out (defines _rjem_mallctlnametomib)",
+          "rjemstripped": "a.out (no symbols; embeds jemalloc's version string and "
+                          "/etc/_rjem_malloc.conf)"}
 
 
 def _dwarf_offsets() -> dict[str, int]:
@@ -108,16 +120,17 @@ def test_jemalloc_dcmd(heap, where):
     assert one_line_stderr(r.stderr) == ""
     lines = r.stdout.splitlines()
     build = _build(heap)
-    stripped = build in ("debian", "bullseye")
+    stripped = build in ("debian", "bullseye", "rjemstripped")
     obj = "libjemalloc.so.2" if build in ("dwarf", "debian", "bullseye") else "a.out"
+    prefix = "_rjem_" if build in RJEM else ""
     assert lines[0] == f"jemalloc {VERSION_52 if build == 'bullseye' else VERSION} in {obj}"
-    assert lines[1] == ("prefix      '' (public), " + ("no internal symbols" if stripped
-                                                       else "'je_' (internal)"))
+    assert lines[1] == (f"prefix      '{prefix}' (public), "
+                        + ("no internal symbols" if stripped else f"'{prefix}je_' (internal)"))
     assert lines[2] == f"method      {METHODS[build]}"
-    assert f"object      {obj} (defines mallctlnametomib)" in lines
+    assert f"object      {OBJECT.get(build, f'{obj} (defines mallctlnametomib)')}" in lines
     assert "arenas      2" in lines
     assert "tcaches     2" in lines
-    if build in ("nodwarf", "debian", "bullseye"):
+    if build in ("nodwarf", "debian", "bullseye", "rjemstripped"):
         found = FOUND_52 if build == "bullseye" else _dwarf_offsets()
         assert (f"layouts     builtin {'5.2' if build == 'bullseye' else '5.3'} (edata_t, "
                 "tcache_t, cache_bin_t, bin_info_t); found: "
@@ -125,7 +138,10 @@ def test_jemalloc_dcmd(heap, where):
     if stripped:
         keys = [ln.split()[0] for ln in lines[3:9]]
         assert keys == ["object", "emap", "sizes", "bins", "arenas[]", "layouts"]
-        assert lines[4].endswith(": 1 leaf whose elements' edata_t hold their pages")
+        # as many leaves as the walk reads (two where the heap straddles a 1 GiB boundary)
+        leaves = int(next(ln for ln in lines if ln.startswith("extents ")).split()[3])
+        assert lines[4].endswith(f": {leaves} {'leaf' if leaves == 1 else 'leaves'} whose "
+                                 "elements' edata_t hold their pages")
         assert lines[5].endswith(": 232 size classes")
         assert lines[6].endswith(": 36 small classes")
 
@@ -161,7 +177,8 @@ def test_regions_equal_jemalloc_stats(heap, where):
     try:
         s = d.session
         found = [a for a in s.allocators() if isinstance(a, JemallocAllocator)]
-        assert [a.name for a in s.allocators()] == ["jemalloc"]
+        assert [a.name for a in s.allocators()] == (
+            ["jemalloc", "ptmalloc"] if _build(heap) in RJEM else ["jemalloc"])
         a = found[0]
         assert a.state.index2size == size_classes()
         r = regions(a.state, extents(s, a.state))
@@ -245,7 +262,8 @@ def test_no_jemalloc(build_dir):
         r = run_mdbpy("-p", run.pid, "-e", "::load jemalloc; ::jemalloc")
         assert one_line_stderr(r.stderr) == (
             "mdbpy: jemalloc: no jemalloc in this target (no object defines "
-            "*mallctlnametomib)")
+            "*mallctlnametomib, the executable embeds no jemalloc conf path and version "
+            "string)")
     finally:
         run.stop()
 
@@ -316,3 +334,32 @@ def test_heuristics_find_what_the_symbols_name(heap):
     assert (h.index2size_at, h.bins_at, h.arenas_at) == (
         sym["sz_index2size_tab"], sym["bin_infos"], sym["arenas"])
     assert h.offsets == st.offsets
+
+
+@pytest.mark.parametrize("where", ["live", "core"])
+def test_without_stats(tmp_path, where):
+    """jemalloc built as tikv-jemalloc-sys builds it by default (`--disable-stats`, _rjem_,
+    static, with symbols and DWARF): no tcache is linked into its arena's ring, so the tcaches
+    come from tsd_nominal_tsds; the planted leaks are exact (the regions the tcaches hold are
+    free, their stale stack slots no roots), and ::je_stats says its bases kept no counters."""
+    exe = compile_rjem("jemalloc_heap", tmp_path, stats=False)
+    run = start_fixture(exe)
+    try:
+        args = ("-p", run.pid) if where == "live" else (exe, gcore(run.pid, tmp_path / "core"))
+        r = run_mdbpy(*args, "-e", f"::jemalloc; ::findleaks; {run.info['cached']}::whatis; "
+                                   "::heap_verify; ::je_stats")
+    finally:
+        run.stop()
+    assert one_line_stderr(r.stderr) == ""
+    lines = r.stdout.splitlines()
+    assert [ln for ln in lines if ln.startswith(("method", "tcaches", "threads"))] == [
+        "method      symbols and DWARF",
+        next(ln for ln in lines if ln.startswith("threads     tsd_nominal_tsds 0x")
+             and ln.endswith(": each thread's tsd_t (its tcache inside, per DWARF)")),
+        "tcaches     2"]
+    assert _leaked(r.stdout) == {int(a, 16) for a in run.info["leaks"].split(",")}
+    assert "Total      12 buffers" in r.stdout
+    assert f"{run.info['cached']} is freed from jemalloc bin 96" in lines
+    assert "jemalloc: heap is clean" in lines
+    assert lines[-1] == ("warning: the bases' counters are all 0 (jemalloc built without "
+                         "stats): base is 0, resident and mapped leave the bases out")

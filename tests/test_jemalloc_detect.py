@@ -27,7 +27,9 @@ def _obj(name: str, symbols: list[str], is_exe: bool = False) -> LoadObject:
 
 
 def _session(*objs):
-    return SimpleNamespace(symbols=SimpleNamespace(objects=lambda: list(objs)), cache={})
+    """A session of these objects; the target maps nothing else (no mappings to search)."""
+    return SimpleNamespace(symbols=SimpleNamespace(objects=lambda: list(objs)), cache={},
+                           mem=SimpleNamespace(mappings=lambda: []))
 
 
 @pytest.mark.parametrize("names, prefix, private", [
@@ -56,8 +58,38 @@ def test_absent():
                  _obj("libc.so.6", ["malloc"]))
     assert jv.find_object(s) is None
     with pytest.raises(MdbError, match=r"^jemalloc: no jemalloc in this target \(no object "
-                                       r"defines \*mallctlnametomib\)$"):
+                                       r"defines \*mallctlnametomib, the executable embeds no "
+                                       r"jemalloc conf path and version string\)$"):
         jv.require(s)
+
+
+VERSION = b"5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c\0"
+CONF_LINK = b"\0/etc/_rjem_malloc.conf\0"
+
+
+@pytest.mark.parametrize("blob, found", [
+    (b"\0<jemalloc>: Malformed conf string\0" + CONF_LINK + b"_RJEM_MALLOC_CONF\0" + VERSION,
+     True),
+    (b"\0a program's own git describe\0" + VERSION, False),  # no conf path: not jemalloc
+    (CONF_LINK, False),  # no version string
+])
+def test_stripped_exe_by_its_strings(tmp_path, blob, found):
+    """An executable no symbol names jemalloc in is jemalloc's when its file embeds both
+    jemalloc's conf symlink path (which names the public prefix) and a version string; one
+    of them alone is not enough."""
+    exe = _obj("a.out", ["main"], is_exe=True)
+    exe.file = str(tmp_path / "a.out")
+    # the conf path across the end of the file's first read chunk (jv.READ_STEP)
+    pad = jv.READ_STEP - max(blob.find(b"/etc/"), 0) - 3
+    (tmp_path / "a.out").write_bytes(bytes(pad) + blob)
+    s = _session(_obj("libc.so.6", ["malloc"]), exe)
+    got = jv.find(s)
+    if not found:
+        assert got is None
+        return
+    assert (got.obj, got.prefix, got.private, got.version, got.version_text, got.how) == (
+        exe, "_rjem_", None, (5, 3, 0), VERSION[:-1].decode(),
+        "no symbols; embeds jemalloc's version string and /etc/_rjem_malloc.conf")
 
 
 def test_version_string():

@@ -7,6 +7,7 @@ from mdbpy.dcmd import Flag, Invocation, dcmd, walker
 from mdbpy.errors import MdbError
 
 from .extents import extents
+from .junk import junk_state
 from .layouts import STATE_NAMES
 from .state import locate, tcaches
 from .version import require
@@ -17,9 +18,12 @@ from .version import require
            "the version string jemalloc embeds), the public and internal symbol prefixes, "
            "the method (symbols and DWARF; symbols with verified heuristics for the arena_t "
            "and base_t offsets; or, without internal symbols, verified heuristics for all of "
-           "it), where each structure was found and where the layouts came from, and the "
-           "arenas, tcaches, extents and rtree leaves found. A version mdbpy does not know, "
-           "or a structure no candidate verifies for, is one line saying so.",
+           "it), where each structure was found and where the layouts came from, the arenas, "
+           "tcaches, extents and rtree leaves found, and whether jemalloc fills freed regions "
+           "with 0x5a (opt.junk: from its opt_junk_free global, or without internal symbols "
+           "from <PREFIX>MALLOC_CONF in the target's environment), which ::heap_verify then "
+           "checks. A version mdbpy does not know, or a structure no candidate verifies for, "
+           "is one line saying so.",
       example="::jemalloc")
 def jemalloc(inv: Invocation):
     inv.no_operands()
@@ -36,6 +40,7 @@ def jemalloc(inv: Invocation):
     inv.print(f"arenas      {len(st.arenas)}")
     inv.print(f"tcaches     {len(tcaches(s, st))}")
     inv.print(f"extents     {len(ex)} in {len(ex.leaves)} rtree leaves")
+    inv.print(f"junk        {junk_state(s, st).line}")
     for w in st.warnings:
         inv.print(f"warning: {w}")
     return 0
@@ -114,6 +119,9 @@ def je_stats(inv: Invocation):
     for name in ("allocated", "active", "base", "resident", "mapped", "retained"):
         inv.print(f"{name:10s} {getattr(t, name):12d}")
     inv.print(f"{'tcache':10s} {t.tcache:12d}")
+    if not t.bases_counted:
+        inv.print("warning: the bases' counters are all 0 (jemalloc built without stats): "
+                  "base is 0, resident and mapped leave the bases out")
     if inv.opts.bins:
         inv.print(f"{'BIN':>4s} {'SIZE':>6s} {'CURREGS':>8s} {'CURSLABS':>8s} {'TCACHE':>7s}")
         for k, size, regs, slabs, held in t.bins:

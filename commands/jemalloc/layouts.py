@@ -15,7 +15,9 @@ ring itself), base_structs.h and arena.c (resident counts muzzy pages too).
 edata_s has anonymous unions, which DWARF describes as unnamed members: its layout here is the
 builtin one, checked against DWARF's size and named members when DWARF is present (state.py).
 arena_s and base_s are too large and configuration dependent to describe: DWARF places their
-fields, or heuristic.py finds the five offsets the walk needs, each verified.
+fields, or heuristic.py finds the five offsets the walk needs, each verified. tsd_s (a thread's
+state, holding its tcache) likewise, from DWARF only: without it, tcaches are found through
+their arenas' rings alone.
 """
 
 from __future__ import annotations
@@ -175,13 +177,24 @@ BASE = Struct("base_s", source="jemalloc 5.3.0 include/jemalloc/internal/base.h 
     Field("mapped", SIZE_T),
 ])
 
+# tsd.h's TSD_MANGLE: the name DWARF gives each member of tsd_s
+TSD_MANGLE = "cant_access_tsd_items_directly_use_a_getter_or_setter_"
+TSD = Struct("tsd_s", source="jemalloc 5.3.0 include/jemalloc/internal/tsd.h (offsets from "
+             "DWARF only; tcache_slow and tcache are embedded, only their offsets are used)",
+             fields=[
+    Field("tsd_link", Array(PTR, 2), aliases=(TSD_MANGLE + "tsd_link",)),  # tsd_nominal_tsds
+    Field("tcache_slow", PTR, aliases=(TSD_MANGLE + "tcache_slow",)),
+    Field("tcache", PTR, aliases=(TSD_MANGLE + "tcache",)),
+])
+
 # the structs whose builtin layout is trusted without DWARF, and those that need it
 BUILTIN = ("edata_s", "base_block_s", "bin_info_s", "cache_bin_s",
            "cache_bin_array_descriptor_s", "tcache_slow_s", "tcache_s")
-DWARF_ONLY = ("arena_s", "base_s")
+DWARF_ONLY = ("arena_s", "base_s", "tsd_s")
 
 LAYOUTS = DescriptorSet("jemalloc").add(EDATA, BASE_BLOCK, BIN_INFO, CACHE_BIN,
-                                       BIN_ARRAY_DESCRIPTOR, TCACHE_SLOW, TCACHE, ARENA, BASE)
+                                       BIN_ARRAY_DESCRIPTOR, TCACHE_SLOW, TCACHE, ARENA, BASE,
+                                       TSD)
 # without DWARF: only the structs whose builtin layout is trusted (::layout shows no guess)
 LAYOUTS_BUILTIN = DescriptorSet("jemalloc").add(EDATA, BASE_BLOCK, BIN_INFO, CACHE_BIN,
                                                BIN_ARRAY_DESCRIPTOR, TCACHE_SLOW, TCACHE)

@@ -4,7 +4,10 @@ the arenas and their bases, each thread's tcache.
 Three ways, chosen by what the object carries, and recorded in `how` for ::jemalloc:
 - symbols and DWARF (a -g build): the globals by their internal symbols (`je_arena_emap_global`,
   `je_bin_infos`, `je_sz_index2size_tab`, `je_arenas`, with the object's private prefix), the
-  arena_t and base_t offsets from DWARF;
+  arena_t and base_t offsets from DWARF; and tsd.c's list of every thread's tsd_t
+  (`tsd_nominal_tsds`, a local symbol) with tsd_t's layout, where each thread's tcache is
+  found even when jemalloc was built without stats (tikv-jemalloc-sys' default), which then
+  links no tcache into its arena's ring;
 - symbols without DWARF: the globals by symbol, the arena_t and base_t offsets found by
   heuristic.py's verified search;
 - no internal symbols (Debian's stripped libjemalloc.so.2), or 5.2, whose internal names
@@ -28,6 +31,7 @@ from .version import Found, require
 MAX_TCACHES = 1 << 16  # tcaches in one arena's ring before the walk calls it garbage
 BASE_FIELDS = ("blocks", "allocated", "resident", "mapped")
 BY_SYMBOL = ((5, 3),)  # the releases whose internal names _by_symbols looks up
+NOMINAL = "tsd_nominal_tsds"  # tsd.c's static ring of the tsd_t of every (nominal) thread
 
 
 @dataclass
@@ -52,6 +56,7 @@ class State:
     offsets: dict[str, int]  # 'arena.tcache_ql', 'base.blocks', 'base.allocated', ...
     how: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    nominal: int = 0  # tsd_nominal_tsds, the ring of every thread's tsd_t (0: not known)
     _tcaches: list[Tcache] | None = None
 
     @property
@@ -122,6 +127,11 @@ def _locate(session) -> State:
         st.how = {"method": "symbols and DWARF", **st.how,
                   "layouts": f"DWARF {dfile} (edata_t builtin, checked against it)"}
         _dwarf_offsets(session, st)
+        nominal = found.obj.lookup(NOMINAL)
+        if "tsd_s" in dwarf and nominal is not None and nominal.addr:
+            st.nominal = nominal.addr
+            st.how["threads"] = (f"{NOMINAL} 0x{nominal.addr:x}: each thread's tsd_t (its "
+                                 "tcache inside, per DWARF)")
     else:
         st.how = {"method": "symbols; arena_t and base_t offsets by verified heuristics (no "
                             "DWARF)", **st.how}
@@ -226,8 +236,9 @@ def _reader(session, bound):
 
 def tcaches(session, st: State) -> list[Tcache]:
     """Every thread's tcache, from each arena's tcache_ql ring (jemalloc links a tcache into
-    its arena's ring when stats are configured in, as Debian's and the default build are). A
-    ring that cannot be followed is a warning and a shorter list."""
+    its arena's ring when stats are configured in, as Debian's and the default build are),
+    and, where known, from every thread's tsd_t (_tsd_tcaches). A ring that cannot be
+    followed is a warning and a shorter list."""
     if st._tcaches is not None:
         return st._tcaches
     ring_s = st.binder[st.facts.ring]
@@ -245,8 +256,38 @@ def tcaches(session, st: State) -> list[Tcache]:
         if stop is not None:
             st.warnings.append(f"arena 0x{a:x} tcache_ql: {stop.why}")
         out += [_tcache(v, a) for v in nodes]
+    known = {t.addr for t in out}
+    out += [t for t in _tsd_tcaches(session, st) if t.addr not in known]
     st._tcaches = [t for t in out if t.addr]
     return st._tcaches
+
+
+def _tsd_tcaches(session, st: State) -> list[Tcache]:
+    """The tcache of each thread on tsd_nominal_tsds (its tcache_slow_t and tcache_t are
+    inside its tsd_t; one whose tcache_slow_t names no arena has no tcache: disabled, or not
+    yet made). Every thread that can allocate is on that ring, stats or not."""
+    if not st.nominal:
+        return []
+    tsd_s, slow_s = st.binder["tsd_s"], st.binder["tcache_slow_s"]
+    try:
+        first = session.mem.read_ptr(st.nominal)  # ql_head: its first tsd_t
+    except ReadError:
+        st.warnings.append(f"{NOMINAL} 0x{st.nominal:x}: unreadable")
+        return []
+    if not first:
+        return []
+    tsds, stop = chain(first, _reader(session, tsd_s), lambda v: v.tsd_link[0], MAX_TCACHES,
+                       "tsd", end=first)
+    if stop is not None:
+        st.warnings.append(f"{NOMINAL}: {stop.why}")
+    out = []
+    for t in tsds:
+        v = _reader(session, slow_s)(t.addr + tsd_s.offset("tcache_slow"))
+        if v is None:
+            st.warnings.append(f"tsd 0x{t.addr:x}: its tcache_slow_t is unreadable")
+        elif v.arena:
+            out.append(_tcache(v, v.arena))
+    return out
 
 
 def _tcache(v, arena: int) -> Tcache:

@@ -12,7 +12,9 @@ jemalloc 5.3 (src/ctl.c, src/arena.c) defines, over every arena (5.2 alike but f
 Everything but the bases' own counters (base_t.resident, .mapped, .allocated, read from each
 arena's base at the offsets DWARF gave or heuristic.py found) is counted from the extents and
 regions walked, so the totals are a check of the walk against jemalloc's own counters, not a
-copy of them.
+copy of them. A jemalloc built without stats (tikv-jemalloc-sys' default) keeps no base
+counters (base.c updates them only under config_stats): all of them 0 while the bases have
+blocks says so, and base, resident and mapped then leave the bases out.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Totals:
     retained: int
     tcache: int
     bins: list  # (szind, reg_size, curregs, curslabs, tcache-held) per small class in use
+    bases_counted: bool  # False: the bases' counters are all 0 (jemalloc built without stats)
 
 
 def totals(session, st: State) -> Totals:
@@ -67,4 +70,4 @@ def totals(session, st: State) -> Totals:
                   base["resident"] + by["active"] + by["dirty"]
                   + (by["muzzy"] if st.facts.resident_muzzy else 0),
                   base["mapped"] + by["active"] + by["dirty"] + by["muzzy"], by["retained"],
-                  int(r.size[held].sum()), bins)
+                  int(r.size[held].sum()), bins, not st.bases or any(base.values()))

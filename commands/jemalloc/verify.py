@@ -4,7 +4,8 @@ A tcache holds regions the program freed; jemalloc still counts them out of thei
 bitmap bit clear) or, for a large class, their extent in use. So a cached pointer that is free
 in its slab, or that is no region's start at all, is damage (a stale or smashed stack slot),
 and a pointer cached twice is a double free the tcache took without noticing (jemalloc 5.3
-checks double frees only in debug builds).
+checks double frees only in debug builds). When jemalloc fills freed regions with 0x5a
+(opt.junk), a freed region whose fill was written after free is one Problem too (junk.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from mdbpy.heap.model import Problem
 
 from .extents import extents
+from .junk import overwritten
 from .regions import regions
 from .tcache import cached
 
@@ -42,4 +44,4 @@ def verify(alloc) -> list[Problem]:
     for j in wrong:
         out.append(Problem(f"region of size {int(r.size[at[j]])} cached in bin "
                            f"{names[int(c.szind[first[j]])]}", "jemalloc", int(uniq[j])))
-    return out
+    return out + overwritten(alloc, r, c.ptr)

@@ -9,6 +9,13 @@ jemalloc, and <prefix> is its public prefix; its internals (`<ns>arena_emap_glob
 `<ns>extents_rtree`, with <ns> usually `je_`) appear only where a symbol table (.symtab)
 survived.
 
+A copy linked statically and then stripped (`strip --strip-all`: a Rust service's release
+binary) has no symbol at all, its API being in no .dynsym. The executable is then recognised by
+two strings jemalloc's own code embeds: its version string and the path of its conf symlink,
+`"/etc/" JEMALLOC_PREFIX "malloc.conf"` (jemalloc.c's malloc_conf_init_helper), which names the
+public prefix as configured (`/etc/_rjem_malloc.conf`). Both must be there; the heuristics
+(heuristic.py) then verify every structure before anything is read as jemalloc's.
+
 The version is the JEMALLOC_VERSION string (`5.3.0-0-g54eaed1d...`: release, commits since it,
 git hash) that `mallctl("version")` returns and malloc_stats_print prints, read from the
 object's file when it is on this machine, else from the target's read-only mappings of it (a
@@ -28,6 +35,8 @@ IDENTIFYING = "mallctlnametomib"  # public API, jemalloc only (glibc has no mall
 # the rtree where every extent is registered: 5.3's emap, 5.2's extents_rtree
 INTERNAL = ("arena_emap_global", "extents_rtree")
 VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]{7,40})\0")
+# the conf symlink's path, from jemalloc.c: "/etc/" JEMALLOC_PREFIX "malloc.conf"
+CONF_LINK_RE = re.compile(rb"\0/etc/([A-Za-z0-9_]*)malloc\.conf\0")
 MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
 READ_STEP = 1 << 20
 SUPPORTED = tuple(sorted(FACTS))  # (major, minor) whose layouts layouts.py describes
@@ -44,10 +53,14 @@ class Found:
     private: str | None
     version: tuple | None
     version_text: str | None
+    by_strings: bool = False  # recognised by its embedded strings, no symbol defining it
 
     @property
     def how(self) -> str:
         """How the object was recognised, for ::jemalloc."""
+        if self.by_strings:
+            return (f"no symbols; embeds jemalloc's version string and "
+                    f"/etc/{self.prefix}malloc.conf")
         return f"defines {self.prefix}{IDENTIFYING}"
 
 
@@ -109,7 +122,15 @@ def parse_version(data: bytes) -> tuple[tuple, str] | None:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3))), text
 
 
-def _from_file(path: str) -> tuple[tuple, str] | None:
+def parse_conf_link(data: bytes) -> str | None:
+    """The public prefix named by jemalloc's conf symlink path, None when data has none."""
+    m = CONF_LINK_RE.search(data)
+    return m.group(1).decode() if m else None
+
+
+def _from_file(path: str, parse):
+    """parse()'s first hit in the file, read a chunk at a time (the last 64 bytes of one
+    chunk joined to the next, so a string across the boundary is found)."""
     try:
         with open(path, "rb") as f:
             tail = b""
@@ -117,8 +138,8 @@ def _from_file(path: str) -> tuple[tuple, str] | None:
                 data = f.read(READ_STEP)
                 if not data:
                     return None
-                hit = parse_version(tail + data)
-                if hit:
+                hit = parse(tail + data)
+                if hit is not None:
                     return hit
                 tail = data[-64:]
     except OSError:
@@ -126,23 +147,44 @@ def _from_file(path: str) -> tuple[tuple, str] | None:
     return None
 
 
-def _from_memory(session, obj) -> tuple[tuple, str] | None:
-    """The version string from the target's read-only mappings of obj (a core from another
+def _from_memory(session, obj, parse):
+    """parse()'s first hit in the target's read-only mappings of obj (a core from another
     machine, whose files are not here): each mapping read whole, up to MAX_SCAN bytes."""
     ro = [m for m in session.mem.mappings()
           if m.readable and not m.writable and obj.base <= m.start < obj.end]
     for m in ro:
         try:
-            hit = parse_version(session.mem.read(m.start, min(m.end - m.start, MAX_SCAN)))
+            hit = parse(session.mem.read(m.start, min(m.end - m.start, MAX_SCAN)))
         except ReadError:
             continue
-        if hit:
+        if hit is not None:
             return hit
     return None
 
 
+def _embedded(session, obj, parse):
+    """parse()'s first hit in obj's file when it is on this machine, else in its mappings."""
+    path = getattr(obj, "file", None)
+    hit = _from_file(path, parse) if path else None
+    return hit if hit is not None else _from_memory(session, obj, parse)
+
+
+def _stripped_exe(session) -> tuple[object, str, tuple] | None:
+    """(executable, public prefix, version) when the executable carries jemalloc without any
+    symbol naming it: its conf symlink path and its version string both embedded."""
+    exe = next((o for o in session.symbols.objects() if o.is_exe), None)
+    if exe is None:
+        return None
+    prefix = _embedded(session, exe, parse_conf_link)
+    if prefix is None:
+        return None
+    ver = _embedded(session, exe, parse_version)
+    return (exe, prefix, ver) if ver is not None else None
+
+
 def find(session) -> Found | None:
-    """jemalloc in this target (cached per stop), or None when no object defines it."""
+    """jemalloc in this target (cached per stop), or None when no object defines it and the
+    executable embeds none."""
     key = "jemalloc.found"
     if key in session.cache:
         return session.cache[key]
@@ -150,11 +192,13 @@ def find(session) -> Found | None:
     found = None
     if hit is not None:
         obj, prefix = hit
-        path = getattr(obj, "file", None)
-        ver = _from_file(path) if path else None
-        if ver is None:
-            ver = _from_memory(session, obj)
+        ver = _embedded(session, obj, parse_version)
         found = Found(obj, prefix, private_prefix(obj, prefix), *(ver or (None, None)))
+    else:
+        bare = _stripped_exe(session)
+        if bare is not None:
+            obj, prefix, ver = bare
+            found = Found(obj, prefix, None, *ver, by_strings=True)
     session.cache[key] = found
     return found
 
@@ -165,7 +209,8 @@ def require(session) -> Found:
     f = find(session)
     if f is None:
         raise MdbError("jemalloc: no jemalloc in this target (no object defines "
-                       f"*{IDENTIFYING})")
+                       f"*{IDENTIFYING}, the executable embeds no jemalloc conf path and "
+                       "version string)")
     if f.version is None:
         raise MdbError(f"jemalloc: {f.obj.name} has no jemalloc version string")
     if f.version[:2] not in SUPPORTED:
