@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from mdbpy.errors import UsageError
 
 EXAMPLES = 3  # example cores kept per aggregate group
+CRASH_FRAMES = 5  # innermost frames of the signalled thread that make a crash's signature
 STATUSES = ("ok", "error", "timeout", "oom")
 # what the child prints when an allocation failed under RLIMIT_AS
 OOM_SIGNS = ("MemoryError", "Cannot allocate memory", "Unable to allocate", "bad_alloc",
@@ -269,15 +270,19 @@ def run_dask(jobs: list[Job], address: str, sink) -> list[dict]:
 def aggregate(records: list[dict]) -> dict:
     """The fleet's summary: how many cores ended in each status; the leaks of the `ok` cores
     grouped by signature (kind, cache, buffer size, caller), each with its cores, buffers,
-    bytes and example cores, most cores first; and the failures grouped by message, the core's
-    path and the numbers in it made generic, so one cause across many cores is one group."""
+    bytes and example cores, most cores first; their crashes (where the script ran
+    `::stacks`) grouped by signal and innermost frames; and the failures grouped by message,
+    the core's path and the numbers in it made generic, so one cause across many cores is one
+    group."""
     status = {s: 0 for s in STATUSES}
     leaks: dict[tuple, dict] = {}
+    crashes: dict[tuple, dict] = {}
     errors: dict[str, dict] = {}
     for rec in records:
         status[rec["status"]] = status.get(rec["status"], 0) + 1
         if rec["status"] == "ok":
             _add_leaks(leaks, rec)
+            _add_crash(crashes, rec)
         elif rec["error"]:
             key = re.sub(r"0x[0-9a-fA-F]+|\d+", "N", rec["error"].replace(rec["core"], "CORE"))
             g = errors.setdefault(key, {"message": key, "status": rec["status"], "cores": 0,
@@ -286,7 +291,26 @@ def aggregate(records: list[dict]) -> dict:
     order = sorted(leaks.values(), key=lambda g: (-g["cores"], -g["buffers"],
                                                    json.dumps(g["signature"])))
     return {"cores": len(records), "status": status, "leaks": order,
+            "crashes": sorted(crashes.values(), key=lambda g: (-g["cores"],
+                                                               json.dumps(g["signature"]))),
             "errors": sorted(errors.values(), key=lambda g: (-g["cores"], g["message"]))}
+
+
+def _add_crash(groups: dict, rec: dict) -> None:
+    """A core of a crash (its `::stacks` names the thread a signal ended the process in)
+    counts in the group of its signature: the signal and that thread's innermost
+    CRASH_FRAMES frames by function, offsets dropped (the same code reached at another
+    instruction of the same functions is the same crash)."""
+    for doc in rec["results"]:
+        died = doc.get("signal") if doc.get("command") == "stacks" else None
+        if not died:
+            continue
+        thread = next((t for t in doc.get("threads", ()) if t.get("tid") == died["tid"]), None)
+        frames = [f["name"].split("+0x", 1)[0] for f in (thread or {}).get("frames") or ()]
+        sig = {"signal": died["name"], "frames": frames[:CRASH_FRAMES]}
+        g = groups.setdefault(json.dumps(sig), {"signature": sig, "cores": 0, "examples": []})
+        _count_core(g, rec["core"])
+        return
 
 
 def _add_leaks(groups: dict, rec: dict) -> None:

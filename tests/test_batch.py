@@ -326,3 +326,42 @@ def test_an_interrupted_batch_kills_its_running_cores(fleet, tmp_path, sig, stat
         assert time.time() < deadline, f"left running: {_sessions_alive(sids)}"
         time.sleep(0.05)
     assert all(json.loads(x)["core"] in cores for x in out.splitlines())
+
+
+def test_the_aggregate_groups_crashes_by_signal_and_stack(fleet, tmp_path):
+    """Cores of crashes (fixtures/batch_crash.c saved by gdb at the fatal signal): two of a
+    SIGSEGV at one site, one of a SIGABRT, and a healthy core, through `::stacks`. The
+    aggregate's crashes are one group per signal and innermost frames (offsets dropped), most
+    cores first; the healthy core is in none."""
+    import shutil
+    import subprocess
+
+    _, d = fleet
+    exe = compile_fixture("batch_crash", tmp_path, flags=("-g", "-O1"))
+    cores = {}
+    for name, args in (("segv1", []), ("segv2", []), ("abrt", ["abort"])):
+        core = tmp_path / f"{name}.core"
+        subprocess.run(["gdb", "-q", "-batch", "-nx", "-ex", "run", "-ex", f"gcore {core}",
+                        "--args", str(exe), *args], capture_output=True, timeout=120,
+                       check=True)
+        cores[name] = str(core)
+    healthy = tmp_path / "healthy.core"
+    shutil.copy(d / "h0" / "svc.core", healthy)
+    r = run_mdbpy("batch", "-e", "::stacks", "--aggregate", str(tmp_path / "agg.json"),
+                  *cores.values(), str(healthy), timeout=300)
+    assert r.returncode == 0, r.stderr
+    agg = json.loads((tmp_path / "agg.json").read_text())
+    assert agg["status"]["ok"] == 4
+    # the SIGABRT core's signature, as mdbpy's own ::stacks names its signalled thread
+    doc = json.loads(run_mdbpy("--json", "-S", "-e", "::stacks", str(exe),
+                               cores["abrt"]).stdout)
+    (thread,) = [t for t in doc["threads"] if t["tid"] == doc["signal"]["tid"]]
+    abort_frames = [f["name"].split("+0x")[0] for f in thread["frames"]][:5]
+    assert "main" in abort_frames
+    assert agg["crashes"] == [
+        {"signature": {"signal": "SIGSEGV", "frames": [
+            "store_reading", "handle_request", "main", "libc.so.6`__libc_start_call_main",
+            "libc.so.6`__libc_start_main"]},
+         "cores": 2, "examples": sorted([cores["segv1"], cores["segv2"]])},
+        {"signature": {"signal": "SIGABRT", "frames": abort_frames},
+         "cores": 1, "examples": [cores["abrt"]]}]

@@ -20,6 +20,7 @@ from mdbpy.dcmd import Flag, Invocation, Operand, dcmd, to_number
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.jsonout import emit, wants_json
 from mdbpy.output import radix_str
+from mdbpy.target.base import signal_name
 from mdbpy.symbols.demangle import readable
 
 if TYPE_CHECKING:
@@ -220,8 +221,10 @@ def stacks(inv: Invocation):
     if not threads:
         raise MdbError(f"{s.target.describe()} has no threads")
     if wants_json(inv):
+        died = s.target.signalled()
         emit(inv, "stacks", threads=[thread_stack(s, t, opts.lines).as_dict()
-                                     for t in threads])
+                                     for t in threads],
+             signal=None if died is None else {"tid": died[0], "name": signal_name(died[1])})
         return
     for t in threads:
         inv.print(f"THREAD {t.tid} ({t.name})" if t.name else f"THREAD {t.tid}")

@@ -132,6 +132,11 @@ class Target:
     def threads(self) -> list[Thread]:
         return []
 
+    def signalled(self) -> tuple[int, int] | None:
+        """(thread id, signal number) of the thread whose signal ended the process (a core
+        of a crash), or None."""
+        return None
+
     def auxv(self) -> dict[int, int]:
         return {}
 
@@ -163,3 +168,13 @@ class Target:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def signal_name(sig: int) -> str:
+    """`SIGSEGV` for 11; `SIG<n>` for a number Python does not name."""
+    import signal
+
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from mdbpy.errors import ReadError, TargetError, WriteError
 from mdbpy.target import elfcore as ec
-from mdbpy.target.base import Mapping, Target, Thread
+from mdbpy.target.base import Mapping, Target, Thread, signal_name
 
 MAX_PHDRS = 1 << 18  # far above any real process (vm.max_map_count is 65530 by default)
 MAX_FILES = 1 << 18
@@ -556,7 +556,7 @@ class CoreTarget(_ImageTarget):
                                f"the rest are ignored")
                     return
                 st = ec.parse_prstatus(desc)
-                sig = _signame(st.cursig) if st.cursig else ""
+                sig = signal_name(st.cursig) if st.cursig else ""
                 self._threads.append(Thread(st.tid, regs=st.regs, state=sig))
                 self._cursig.append(st.cursig)
             elif ntype == ec.NT_PRPSINFO and self.psinfo is None:
@@ -801,6 +801,10 @@ class CoreTarget(_ImageTarget):
         representative LWP's (0 for a core taken from a live process by gcore)."""
         return next((s for s in self._cursig if s), 0)
 
+    def signalled(self) -> tuple[int, int] | None:
+        k = next((i for i, s in enumerate(self._cursig) if s), None)
+        return None if k is None else (self._threads[k].tid, self._cursig[k])
+
     def status_lines(self) -> list[str]:
         ps = self.psinfo
         exe = self.exe_path()
@@ -813,7 +817,7 @@ class CoreTarget(_ImageTarget):
         lines.append("threading model: native threads")
         sig = self.cursig()
         if sig:
-            status = f"process terminated by {_signame(sig)} ({_strsignal(sig)})"
+            status = f"process terminated by {signal_name(sig)} ({_strsignal(sig)})"
             si = self.siginfo
             if si is not None and si.signo == sig and si.is_fault:
                 status += f", addr={si.addr:x}"
@@ -849,13 +853,6 @@ def _file_loads(mm: mmap.mmap) -> list[ec.Phdr]:
     count = min(eh.phnum, 64)
     return [ph for ph in ec.parse_phdrs(mm[eh.phoff:eh.phoff + count * ec.PHDR.size], count)
             if ph.type == ec.PT_LOAD]
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"SIG{sig}"
 
 
 def _strsignal(sig: int) -> str:
