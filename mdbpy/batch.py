@@ -1,7 +1,7 @@
 """`mdbpy batch`: one command script over many cores, each in its own process, as JSON Lines,
 and an aggregate of the whole fleet (docs/batch.md).
 
-Every core runs in a fresh `python -m mdbpy --json -S -e SCRIPT -- CORE`. A separate process
+Every core runs in a fresh `python -m mdbpy --json -S -e SCRIPT CORE`. A separate process
 per core is what makes the batch robust: a core that crashes mdbpy, hangs it or makes it eat
 memory costs that one record, never the batch, and the limits are the kernel's (a kill after
 the time limit, RLIMIT_AS for memory), not cooperative checks inside mdbpy. The records are the
@@ -90,12 +90,13 @@ def boot(memory: int | None) -> str:
 
 def command(job: Job) -> list[str]:
     """The child's argv: the CLI itself, --json, no ~/.mdbpyrc (-S: every core gets the same
-    commands, whoever runs the batch), the core after `--` (a path may start with `-`)."""
+    commands, whoever runs the batch), then the core (as ./-name when its name starts with `-`:
+    after `--` the CLI takes a program to run)."""
     argv = [sys.executable, "-c", boot(job.memory), "--json", "-S"]
     if job.sysroot:
         argv += ["-R", job.sysroot]
     argv += ["-f", job.script_file] if job.script_file else ["-e", job.script or ""]
-    return argv + ["--", job.core]
+    return argv + [os.path.join(".", job.core) if job.core.startswith("-") else job.core]
 
 
 def run_one(job: Job, running: Running | None = None) -> dict:

@@ -1,8 +1,9 @@
 """The command line: argv -> target -> Session -> batch or REPL, and the exit status.
 
 Exit status: 0; 1 when the last command failed or the target could not be opened; 2 for bad
-usage. Whatever happens (end of input, $q, Ctrl-C, SIGTERM, SIGHUP, an internal error) the target
-is closed on the way out, which resumes and detaches a live process.
+usage; for a program mdbpy ran (`-- PROG`, ::run), the program's (run_status). Whatever happens
+(end of input, $q, Ctrl-C, SIGTERM, SIGHUP, an internal error) the target is closed on the way
+out, which resumes and detaches a live process, or ends a program mdbpy started.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ RC_MAX_BYTES = 1 << 20
 USAGE = """\
 usage: mdbpy [-wS] [-o opt[,opt...]] [+o opt] [-R|--sysroot DIR] [-e cmds] [-f file]
              [-P prompt] [-I path] [-p pid | object [core] | core | --demo]
+       mdbpy [options] [--exit-code N] -- program [args...]
        mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] A B
        mdbpy batch [-j N] [--timeout S] [--memory MiB] [-e cmds | -f file] [-o out.jsonl]
                    [--aggregate agg.json] core|glob|@listfile..."""
@@ -44,6 +46,8 @@ class Args:
         self.no_rc = False
         self.demo = False
         self.positional: list[str] = []
+        self.program: list[str] = []  # after --: a program to run and its arguments
+        self.leak_status: int | None = None  # --exit-code: the status when leaks were found
         self.every: float | None = None  # --every: seconds between snapshots of -p PID
         self.count = 0  # --count: how many
         self.snapshot_dir: str | None = None  # --snapshots: where they go
@@ -127,6 +131,10 @@ OPTIONS = (
     Option(("--demo",), None, TARGETS,
            "build the bundled simulated program (a heap with planted bugs) and open its core",
            _set("demo", True)),
+    Option(("--exit-code",), "N", COMMANDS,
+           "with -- PROG: exit with status N when the last ::findleaks found leaks, instead "
+           "of the program's exit status (as valgrind's --error-exitcode)",
+           _number("leak_status", int, 0)),
     Option(("-e",), "CMDS", COMMANDS,
            "run CMDS (mdb syntax, ';' or newlines between commands) and exit",
            _set("commands")),
@@ -149,7 +157,9 @@ OPTIONS = (
            _set("sysroot")),
     Option(("-o",), "OPT[,OPT]", SESSION,
            "turn debugger options on (nostop, pager, repeatlast, ignoreeof, color, ...: the "
-           "list is ::set's); -o walklimit=N caps every walk at N addresses",
+           "list is ::set's); -o walklimit=N caps every walk at N addresses; "
+           "-o follow_fork_mode=child stops a program run with -- in its forked child "
+           "instead of the parent (the default)",
            _debugger_options(True)),
     Option(("+o",), "OPT[,OPT]", SESSION, "turn debugger options off",
            _debugger_options(False)),
@@ -168,11 +178,13 @@ OPTIONS = (
 _BY_FLAG = {f: o for o in OPTIONS for f in o.flags}
 
 HELP_INTRO = """\
-Inspect a live process or a core file with the mdb command language. Two ways to start:
+Inspect a live process or a core file with the mdb command language. Three ways to start:
 
   mdbpy [options] -p PID            a running process
   mdbpy [options] [object] core     a core file (gcore, the kernel, ::gcore), with its
                                     executable when the core's file notes cannot name it
+  mdbpy [options] -- PROG [ARGS]    run a program, stopped at its exit or fatal signal
+                                    (its exit status is mdbpy's; docs/run.md)
 
 and `mdbpy diff A B` reports what the heap grew by from A to B, each a snapshot
 (::heap_snapshot) or a core (docs/snapshots.md); `mdbpy batch` runs commands over many
@@ -184,13 +196,14 @@ Commands come from -e, -f, or standard input: interactively with line editing, h
 completion on a terminal, as a batch with no prompt otherwise. ~/{RC_NAME} runs first (mdb's
 ~/.mdbrc; skipped with -S). Colour is used only on a terminal, with option color on and
 NO_COLOR unset. Exit status is 0, 1 when the last command failed or the target could not be
-opened, 2 for bad usage.
+opened, 2 for bad usage; with -- PROG, the program's (128+signal when a signal killed it).
 
 examples:
   mdbpy --demo                                  the demo heap: try ::findleaks, ::heap_verify
   mdbpy -p 1234 -e '::status; $c'               look at a process once and let it run on
   mdbpy -p 1234 -e '::findleaks -d' --json      leaks as JSON, for a script
   mdbpy ./prog core.1234                        a core and its executable
+  mdbpy -e ::findleaks --exit-code 9 -- ./prog  leaks at the program's exit, for CI
   mdbpy -R /srv/otherhost core.1234             a core taken on another machine
   mdbpy -f checks.mdb core.1234                 a batch file of mdb commands
   mdbpy diff before.npz core.1234 --svg g.svg   what grew since a snapshot, and its plot
@@ -210,6 +223,9 @@ def help_text() -> str:
             parts.append(_help_entry("object core", "an executable and its core file"))
             parts.append(_help_entry("core", "a core file; the executable is found from its "
                                              "file notes"))
+            parts.append(_help_entry("PROG [ARGS]", "after --: run PROG (a path, or a name "
+                                     "in $PATH) and stop it at its exit or fatal signal; "
+                                     "every word after -- is the program's (docs/run.md)"))
         for o in OPTIONS:
             if o.group == group:
                 name = ", ".join(o.flags) + (f" {o.metavar}" if o.metavar else "")
@@ -242,12 +258,15 @@ def package_version() -> str:
 
 def parse_args(argv: list[str]) -> Args:
     """getopt rules as mdb's: flags combine (-wS), a value may be attached (-p1234) or the
-    next word, long options take `--opt VALUE` or `--opt=VALUE`, `--` ends the options."""
+    next word, long options take `--opt VALUE` or `--opt=VALUE`, `--` ends the options and
+    starts the program to run and its arguments."""
     a = Args()
     words = iter(argv)
     for w in words:
         if w == "--":
-            a.positional.extend(words)
+            a.program = list(words)
+            if not a.program:
+                raise UsageError("-- must be followed by the program to run")
             break
         if w.startswith("--"):
             name, eq, attached = w.partition("=")
@@ -263,14 +282,21 @@ def parse_args(argv: list[str]) -> Args:
                 _take(a, "-" + w[i], None, words)
         else:
             a.positional.append(w)
+    if a.program and (a.pid is not None or a.positional or a.demo):
+        raise UsageError("a program to run (-- PROG) takes no other target: drop -p, --demo "
+                         "or the object and core files")
+    if a.leak_status is not None and not a.program:
+        raise UsageError("--exit-code goes with a program to run (-- PROG)")
+    if a.leak_status is not None and a.leak_status > 255:
+        raise UsageError(f"--exit-code {a.leak_status}: an exit status is 0 to 255")
     if a.pid is not None and a.positional:
         raise UsageError("-p cannot be combined with object or core file arguments")
     if len(a.positional) > 2:
         raise UsageError("too many arguments")
     if a.demo and (a.pid is not None or a.positional):
         raise UsageError("--demo takes no target")
-    if a.pid is None and not a.positional and not a.demo:
-        raise UsageError("no target: give -p PID, a core file, or --demo")
+    if a.pid is None and not a.positional and not a.demo and not a.program:
+        raise UsageError("no target: give -p PID, a core file, -- PROG, or --demo")
     if a.commands is not None and a.command_file is not None:
         raise UsageError("-e and -f cannot be combined")
     if (a.every is None) != (not a.count) or (a.every is not None and a.pid is None):
@@ -305,6 +331,12 @@ def open_target(a: Args):
         from mdbpy.target.live import LiveTarget
 
         return LiveTarget(a.pid, stop=not a.options.get("nostop", False), writable=a.writable)
+    if a.program:
+        from mdbpy.session import FOLLOW_FORK
+        from mdbpy.target.spawn import SpawnTarget
+
+        return SpawnTarget(a.program, follow=a.settings.get(FOLLOW_FORK, "parent"),
+                           writable=a.writable)
     if a.demo:
         from mdbpy.sim.demo import open_demo_target
 
@@ -401,7 +433,7 @@ def _main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    target = None
+    target = session = None
     try:
         if args.every is not None:
             return _series(args)
@@ -409,8 +441,14 @@ def _main(argv: list[str]) -> int:
             target = open_target(args)
         except MdbError as e:
             sys.stderr.write(f"mdbpy: {e}\n")
-            return 1
-        return _run(args, target, batch)
+            ended = getattr(e, "status", None)  # a program that ended without a stop
+            if ended is None:
+                return 1
+            from mdbpy.target.spawn import exit_code
+
+            return exit_code(ended)
+        session = open_session(args, target)
+        return _run(args, session, batch)
     except (_Terminate, KeyboardInterrupt) as e:
         return _stopped(e)
     except BrokenPipeError:
@@ -428,7 +466,8 @@ def _main(argv: list[str]) -> int:
         if target is not None:  # nothing may stop the resume (signals blocked meanwhile)
             from mdbpy.api import close_target
 
-            close_target(target)
+            # ::run may have put a started program in the place of the target opened here
+            close_target(session.target if session is not None else target)
 
 
 def _series(args: Args) -> int:
@@ -472,8 +511,8 @@ def _series(args: Args) -> int:
     return 0
 
 
-def _run(args: Args, target, batch) -> int:
-    from mdbpy.lang.engine import Engine
+def open_session(args: Args, target):
+    """The Session over the opened target, with the command line's settings."""
     from mdbpy.session import Session
 
     session = Session(target, sysroot=args.sysroot, options=args.options,
@@ -484,21 +523,48 @@ def _run(args: Args, target, batch) -> int:
         session.macro_path = args.macro_path
     if args.prompt is not None:
         session.prompt = args.prompt
+    return session
+
+
+def _run(args: Args, session, batch) -> int:
+    from mdbpy.lang.engine import Engine
+
     engine = Engine(session)
     try:
         if not args.no_rc:
             _run_rc(engine)
         if args.commands is not None:
-            return engine.run_string(args.commands)
-        if batch is not None:
-            return engine.run_stream(batch)
-        if sys.stdin.isatty():
+            status = engine.run_string(args.commands)
+        elif batch is not None:
+            status = engine.run_stream(batch)
+        elif sys.stdin.isatty():
             from mdbpy.repl.app import run_repl
 
-            return run_repl(engine)
-        return engine.run_stream(sys.stdin.buffer)  # bytes: decoded as -f and $< are
+            status = run_repl(engine)
+        else:
+            status = engine.run_stream(sys.stdin.buffer)  # bytes: decoded as -f and $< are
     except QuitSession as q:
-        return q.status
+        status = q.status
+    return run_status(args, session, status)
+
+
+def run_status(args: Args, session, status: int) -> int:
+    """The exit status once the commands are done. For a program mdbpy started (-- PROG, or
+    ::run), the program completes first and its status is mdbpy's: the exit code, or 128 +
+    the signal that killed it, as a shell reports it; when that is 0, the commands' status.
+    With --exit-code N, N instead when the last ::findleaks found leaks (the valgrind
+    --error-exitcode convention, for CI). Any other target: the commands' status."""
+    finish = getattr(session.target, "finish", None)  # only a started program has one
+    if finish is None:
+        return status
+    from mdbpy.heap.model import LEAKS_KEY
+    from mdbpy.target.spawn import exit_code
+
+    leaks = session.cache.get(LEAKS_KEY)
+    program = exit_code(finish())
+    if args.leak_status is not None and leaks is not None and leaks[0].groups:
+        return args.leak_status
+    return program or status
 
 
 def _run_rc(engine) -> None:

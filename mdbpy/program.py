@@ -190,6 +190,17 @@ class Program:
         if self._symbols is not None:
             self._symbols.refresh()
 
+    def retarget(self, target: Target) -> None:
+        """Put another target in place of this one (::run starts the executable being
+        looked at): the old one is closed and everything learnt from it is dropped, its
+        symbols and allocators included; the loaded modules stay and are asked again."""
+        old, self.target = self.target, target
+        old.close()
+        self.mem = AddressSpace(target)
+        self._symbols = None
+        self._autoloaded = False
+        self.cache.clear()
+
     def warn(self, msg: str) -> None:
         """One `mdbpy: ...` line on the error stream, naming where the commands being run
         come from when that is not the user's input (e.g. ~/.mdbpyrc:3)."""

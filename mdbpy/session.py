@@ -27,20 +27,29 @@ DEFAULT_OPTIONS = {
     "json": False,  # JSON-capable dcmds print one JSON document (mdbpy.jsonout)
 }
 
-# Valued debugger options (-o name=value): mdb's are limits (array_mem_limit=); mdbpy's one,
-# walklimit=N, caps how many addresses one walk prints (0, the default: no cap), so a walk over
-# a huge or looping structure cannot flood a terminal or a pipeline. Kept in Session.settings.
+# Valued debugger options (-o name=value), kept in Session.settings. mdb's are limits
+# (array_mem_limit=) and modes (follow_fork_mode=). walklimit=N caps how many addresses one
+# walk prints (0, the default: no cap), so a walk over a huge or looping structure cannot flood
+# a terminal or a pipeline; follow_fork_mode=parent|child chooses the process a program run by
+# mdbpy (::run, `mdbpy -- PROG`) is stopped in when it forks (mdbpy.target.spawn).
 WALKLIMIT = "walklimit"
+FOLLOW_FORK = "follow_fork_mode"
 
 
 def valued_option(opt: str, on: bool) -> tuple[str, str]:
     """(setting, value) of `-o name=value` (`+o` when not on), or a one-line error: for the
     command line's -o and ::set -o alike."""
     name, _, value = opt.partition("=")
-    if name != WALKLIMIT:
-        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N)")
+    if name not in (WALKLIMIT, FOLLOW_FORK):
+        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N, "
+                       f"{FOLLOW_FORK}=parent|child)")
     if not on:
-        raise UsageError(f"{WALKLIMIT}= takes a value: use -o {WALKLIMIT}=0 for no limit")
+        hint = "0 for no limit" if name == WALKLIMIT else "parent"
+        raise UsageError(f"{name}= takes a value: use -o {name}={hint}")
+    if name == FOLLOW_FORK:
+        if value not in ("parent", "child"):
+            raise MdbError(f"{FOLLOW_FORK}= is parent or child, not '{value}'")
+        return name, value
     if not (value.isascii() and value.isdigit()):
         raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
     return name, str(int(value))

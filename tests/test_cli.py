@@ -11,7 +11,7 @@ USAGE_FIRST = "usage: mdbpy [-wS]"
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "mdbpy: no target: give -p PID, a core file, or --demo"),
+    ((), "mdbpy: no target: give -p PID, a core file, -- PROG, or --demo"),
     (("-p", "abc"), "mdbpy: invalid process id 'abc'"),
     (("-x",), "mdbpy: unknown option '-x'"),
     (("-p", "1", "core"), "mdbpy: -p cannot be combined with object or core file arguments"),

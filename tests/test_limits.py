@@ -60,7 +60,8 @@ def test_walklimit_exactly_reached_says_nothing(h):
 @pytest.mark.parametrize("cmd, error", [
     ("::set -o walklimit=many", "mdbpy: walklimit= needs a decimal count, not 'many'\n"),
     ("::set -o walklimit=-1", "mdbpy: walklimit= needs a decimal count, not '-1'\n"),
-    ("::set -o pagesize=4", "mdbpy: unknown option 'pagesize=' (valued options: walklimit=N)\n"),
+    ("::set -o pagesize=4", "mdbpy: unknown option 'pagesize=' (valued options: walklimit=N, "
+                            "follow_fork_mode=parent|child)\n"),
 ])
 def test_walklimit_bad_values(h, cmd, error):
     h.run(cmd)

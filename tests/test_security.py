@@ -31,6 +31,9 @@ ALLOWED = {
     ("mdbpy/dcmd.py", "_import_path"): "::load imports the module file the user named",
     ("mdbpy/batch.py", "run_one"): "`mdbpy batch` runs mdbpy itself (this interpreter, no "
                                    "shell) over each core the user named",
+    ("mdbpy/target/spawn.py", "_spawn"): "`mdbpy -- PROG` and ::run start the program the user "
+                                         "named (no shell; a bare name from $PATH, never the "
+                                         "current directory)",
 }
 FORBIDDEN_BUILTINS = {"eval", "exec", "compile", "__import__", "breakpoint"}
 FORBIDDEN_MODULES = {"pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"}

@@ -180,7 +180,10 @@ def test_help_lists_every_option_the_parser_knows():
      dict(pid=1234, options={"nostop": True, "pager": False})),
     (["--sysroot=/r", "-we", "::status", "c"],
      dict(sysroot="/r", writable=True, commands="::status", positional=["c"])),
-    (["-R", "/r", "--", "-core"], dict(sysroot="/r", positional=["-core"])),
+    (["-R", "/r", "./-core"], dict(sysroot="/r", positional=["./-core"])),
+    (["-e", "::findleaks", "--exit-code", "9", "--", "./prog", "-v", "--", "x"],
+     dict(commands="::findleaks", leak_status=9, positional=[],
+          program=["./prog", "-v", "--", "x"])),
     (["-I", "a:b", "-P", "$ ", "--demo"], dict(macro_path=["a", "b"], prompt="$ ", demo=True)),
     (["-o", "walklimit=010,nostop", "c"],
      dict(settings={"walklimit": "10"}, options={"nostop": True})),
@@ -199,7 +202,8 @@ def test_parser(argv, want):
     (["--demo", "-e", "1", "-f", "x"], "-e and -f cannot be combined"),
     (["-o", "walklimit=x"], "walklimit= needs a decimal count, not 'x'"),
     (["+o", "walklimit=3"], "walklimit= takes a value: use -o walklimit=0 for no limit"),
-    (["-o", "depth=3"], "unknown option 'depth=' (valued options: walklimit=N)"),
+    (["-o", "depth=3"], "unknown option 'depth=' (valued options: walklimit=N, "
+                        "follow_fork_mode=parent|child)"),
 ])
 def test_parser_errors(argv, message):
     with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):

@@ -649,7 +649,8 @@ def _print_settings(inv: Invocation) -> None:
       opts=[Opt("o", "option", STR, "-o turns a debugger option on, +o turns it off (nostop, "
                 "pager, repeatlast, ignoreeof, color, json; several may be given separated by "
                 "commas; -o walklimit=N caps every walk at N addresses, with a note when it "
-                "cuts one, 0 for no limit)", metavar="opt", plus=True),
+                "cuts one, 0 for no limit; -o follow_fork_mode=child makes ::run stop in a "
+                "forked child instead of the parent)", metavar="opt", plus=True),
             Opt("I", "path", STR, "set the macro path (colon-separated)"),
             Opt("P", "prompt", STR, "set the prompt")],
       help="Change debugger settings. With no arguments, print the current settings.",

@@ -49,16 +49,25 @@ class LiveTarget(Target):
     kind = "live"
     reads_through_kernel = True
 
-    def __init__(self, pid: int, stop: bool = True, writable: bool = False):
+    def __init__(self, pid: int, stop: bool = True, writable: bool = False, held=None):
+        """held: a process mdbpy already holds in ptrace-stop (a program it started, see
+        spawn.py), with the Freezer's `stops`, `states`, `group_stopped`, `release()` and
+        `reap()`, and `task`: the thread through which /proc shows its memory (its leader may
+        have exited already)."""
         self.pid = pid
         self.stop = stop
         self.writable = writable
+        self.task = held.task if held is not None else pid
         self._gone: str | None = None  # why the process can no longer be read, once it cannot
         self._maps: list[Mapping] | None = None
         self._starts: list[int] = []
         self._threads: list[Thread] | None = None
         self._freezer: ptrace.Freezer | None = None
         self._fd: int | None = None
+        if held is not None:
+            self._freezer = held
+            self._fd = self._open_mem()
+            return
         self._check_openable()
         self._fd = self._open_mem()
         if stop:
@@ -92,7 +101,7 @@ class LiveTarget(Target):
 
     def _open_mem(self) -> int:
         try:
-            return os.open(f"/proc/{self.pid}/mem", os.O_RDWR if self.writable else os.O_RDONLY)
+            return os.open(self._proc("mem"), os.O_RDWR if self.writable else os.O_RDONLY)
         except FileNotFoundError:
             raise TargetError(f"process {self.pid} not found") from None
         except PermissionError:
@@ -129,15 +138,21 @@ class LiveTarget(Target):
             out[k] = v.strip()
         return out
 
+    def _proc(self, name: str) -> str:
+        """/proc's file `name` of the process as seen by thread `task` (its memory, maps)."""
+        if self.task == self.pid:
+            return f"/proc/{self.pid}/{name}"
+        return f"/proc/{self.pid}/task/{self.task}/{name}"
+
     # -- liveness ---------------------------------------------------------------------------
     def _alive(self) -> bool:
         """The process exists and still has its address space. A killed process drops its
         memory before it turns Z, and reads fail in between: that is an exit too, not a bad
         address (statm is all zeros once the memory is gone)."""
-        if ptrace.task_state(self.pid, self.pid) in ("", "Z", "X"):
+        if ptrace.task_state(self.pid, self.task) in ("", "Z", "X"):
             return False
         try:
-            with open(f"/proc/{self.pid}/statm") as f:
+            with open(self._proc("statm")) as f:
                 return f.read(256).split()[0] != "0"
         except (OSError, IndexError):
             return False
@@ -159,7 +174,7 @@ class LiveTarget(Target):
         self._check()
         if self._maps is None:
             try:
-                with open(f"/proc/{self.pid}/maps") as f:
+                with open(self._proc("maps")) as f:
                     text = f.read()
             except OSError:
                 raise self._died() from None
@@ -285,7 +300,7 @@ class LiveTarget(Target):
     def auxv(self) -> dict[int, int]:
         self._check()
         try:
-            with open(f"/proc/{self.pid}/auxv", "rb") as f:
+            with open(self._proc("auxv"), "rb") as f:
                 raw = f.read(1 << 16)
         except OSError:
             raise self._died() from None
@@ -300,11 +315,11 @@ class LiveTarget(Target):
     def exe_path(self) -> str | None:
         """The executable; if it was deleted or replaced, /proc/PID/exe still opens the original."""
         try:
-            path = os.readlink(f"/proc/{self.pid}/exe")
+            path = os.readlink(self._proc("exe"))
         except OSError:
             return None
         if path.endswith(" (deleted)") or not os.path.exists(path):
-            return f"/proc/{self.pid}/exe"
+            return self._proc("exe")
         return path
 
     def file_path(self, path: str) -> str:
@@ -317,7 +332,7 @@ class LiveTarget(Target):
 
     def cmdline(self) -> list[str]:
         try:
-            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
+            with open(self._proc("cmdline"), "rb") as f:
                 raw = f.read(1 << 16)
         except OSError:
             return []
