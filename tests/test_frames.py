@@ -443,6 +443,12 @@ def test_cpp_frames_are_demangled_as_gdb_names_them(build_dir):
             s.options["json"] = False
             assert [f["name"] for f in frames] == [
                 line.removesuffix("()") for line in run_in(s, "::stacks").splitlines()[1:-1]]
+            # ::whatis names a C++ function's address as the frames do
+            sym = next(o for o in s.symbols.objects() if o.is_exe).lookup(
+                "_ZN3zoo5applyIiEET_S1_")
+            assert sym is not None and sym.size > 4
+            line = run_in(s, f"{sym.addr + 4:x}::whatis")
+            assert line.startswith(f"{sym.addr + 4:x} is zoo::apply<int>+0x4, in "), line
     finally:
         r.stop()
 

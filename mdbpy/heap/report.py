@@ -18,6 +18,7 @@ import time
 
 from mdbpy.heap.leaks import Leak, LeakGroup, LeakReport
 from mdbpy.heap.model import KIND_MMAP, KIND_OVERSIZE, KIND_SBRK, AllocRecord
+from mdbpy.symbols.demangle import readable
 from mdbpy.types.graph import known_type
 
 T_MMAP, T_SBRK, T_VMEM, T_CACHE, T_UMEM = range(5)
@@ -59,13 +60,14 @@ class Entry:
         rep = group.rep
         self.stack = rep.record.stack if rep.record is not None else ()
         self.caller = caller(group.alloc, self.stack)
-        self.caller_name = session.format_addr(self.caller, True).split("+", 1)[0] if self.caller \
-            else ""
+        # C++ callers as gdb's bt names them (demangled, without parameters)
+        self.caller_name = readable(session.format_addr(self.caller, True)).rsplit("+0x", 1)[0] \
+            if self.caller else ""
         self.cache_addr = group.alloc.group_addr(group.table, rep.index)
         # CALLER as the tables print it: mdb's %a (of 0, "0": a record with no frames), or
         # `?` where there is no record
-        self.caller_text = session.format_addr(self.caller, True) if self.caller else \
-            "0" if rep.record is not None else "?"
+        self.caller_text = readable(session.format_addr(self.caller, True)) if self.caller \
+            else "0" if rep.record is not None else "?"
         typed = known_type(session, rep.addr)  # where ::typegraph knows it
         self.type_text = typed.spelled if typed is not None else ""
 
@@ -156,7 +158,7 @@ def record_block(session, rec: AllocRecord, buf: int, cache: int) -> list[str]:
              f"{'':16s} {'CACHE':>16s} {'CPU':>16s}",
              f"{rec.addr or 0:16x} {buf:16x} {ts:>16s} {thread:>16s}",
              f"{'':16s} {cache:16x} {cpu:>16s}"]
-    lines += [" " * 17 + session.format_addr(pc, ret=True) for pc in rec.stack]
+    lines += [" " * 17 + readable(session.format_addr(pc, ret=True)) for pc in rec.stack]
     lines.append("")
     return lines
 
@@ -188,7 +190,8 @@ def long_form(session, e: Entry) -> list[str]:
             each = sizes(g) if e.type == T_VMEM else rep.size
             head = f"{name} leak: {n} {unit}s, {each} bytes each, {nbytes} bytes total"
         if rep.record is None:  # no allocation record: a sample, as for mdb's CACHE leaks
-            who = f"caller {session.format_addr(e.caller, ret=True)}, " if e.caller else ""
+            who = f"caller {readable(session.format_addr(e.caller, ret=True))}, " \
+                if e.caller else ""
             lines = [head + ",", f"    {who}sample addr {rep.addr:x}"]
         else:
             lines = [head] + record_lines(session, g.alloc, rep.record, rep.addr, e.cache_addr,

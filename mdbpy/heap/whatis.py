@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mdbpy.heap.model import FREE
 from mdbpy.heap.report import record_lines
+from mdbpy.symbols.demangle import readable
 from mdbpy.types.graph import known_type
 
 
@@ -49,7 +50,7 @@ def _mapping_source(session, addr: int, map_name) -> list[str] | None:
     sym = ""
     hit = session.symbols.lookup_addr(addr)
     if hit is not None and hit[1] < hit[0].size:
-        sym = session.format_addr(addr) + ", "
+        sym = readable(session.format_addr(addr)) + ", "
     return [f"{addr:x} is {sym}in {map_name(m)} [{m.start:x},{m.end:x})"]
 
 
