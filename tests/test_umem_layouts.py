@@ -94,3 +94,21 @@ def test_layout_dcmd_names_dwarf_as_the_source(layout_exe):
     assert all(r[3:] == ["DWARF", "a.out", "debug", "info"] for r in rows)
     assert "struct umem_cache (size 0x2b8, align 8) from DWARF a.out debug info\n" in p.stdout
     assert "  0x0170   0x38  struct umem_slab         cache_nullslab\n" in p.stdout
+
+
+def test_a_stripped_twin_is_not_given_its_builds_cached_dwarf(layout_exe, tmp_path):
+    """The layouts bound from DWARF are cached by build-id, and `strip --strip-debug` keeps
+    the build-id: after the -g program was read, its stripped copy still has no DWARF of its
+    own, so its layouts are the builtin ones, never the cached entry's."""
+    import subprocess
+
+    twin = tmp_path / "umem_layout_stripped"
+    subprocess.run(["strip", "--strip-debug", "-o", str(twin), str(layout_exe)], check=True)
+    origins = {}
+    for exe in (layout_exe, twin, layout_exe):
+        p = run_mdbpy(str(exe), "-e", "::layout")
+        assert p.returncode == 0, p.stderr
+        origins[str(exe)] = {" ".join(x.split()[3:]) for x in p.stdout.splitlines()
+                             if x.startswith("umem ")}
+    assert origins[str(layout_exe)] == {"DWARF a.out debug info"}
+    assert origins[str(twin)] == {"builtin x86_64 v2010.6"}

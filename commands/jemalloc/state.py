@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.walk import chain
 from mdbpy.layout.bind import Binder
+from mdbpy.types.layouts import bound_layouts
 
 from . import heuristic
 from .layouts import (BUILTIN, DWARF_ONLY, FACTS, LAYOUTS, MALLOCX_ARENA_LIMIT,
@@ -78,19 +79,6 @@ def _sym(found: Found, name: str):
     return s
 
 
-def _dwarf(found: Found, names) -> tuple[dict, str | None]:
-    """The DWARF layouts of names and the file they came from ({} and None without DWARF):
-    the object's separate debug file, else the object itself (a -g build keeps its DWARF)."""
-    from mdbpy.layout.dwarf import find_structs
-
-    obj = found.obj
-    for path in (getattr(obj, "find_debug_file", lambda: None)(), getattr(obj, "file", None)):
-        got = find_structs(path, names, cu_hint="arena.c") if path else {}
-        if got:
-            return got, path
-    return {}, None
-
-
 def _check_edata(dwarf: dict) -> None:
     """edata_s is bound from its builtin layout (DWARF cannot name its union members); DWARF,
     when present, must agree on its size and on every member it names."""
@@ -116,7 +104,9 @@ def _locate(session) -> State:
     found = require(session)
     if found.private is None or found.version[:2] not in BY_SYMBOL:
         return _by_heuristics(session, found)
-    dwarf, dfile = _dwarf(found, BUILTIN + DWARF_ONLY)
+    # the object's DWARF (its own, or its debug file's) through the types index, cached
+    # by build-id: ({}, None) without DWARF
+    dwarf, dfile = bound_layouts(session, found.obj.name, BUILTIN + DWARF_ONLY)
     _check_edata(dwarf)
     full = "arena_s" in dwarf and "base_s" in dwarf  # else ::layout shows no arena_s guess
     binder = Binder(LAYOUTS if full else FACTS[found.version[:2]].layouts,

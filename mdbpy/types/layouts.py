@@ -28,22 +28,41 @@ def dwarf_layouts(session, obj: str, names) -> dict[str, DwarfStruct]:
     """{name: layout} of each `struct name` the DWARF of the object named obj defines ({}
     when it has no DWARF); bitfields and unnamed members are left out (a descriptor names
     neither)."""
+    return bound_layouts(session, obj, names)[0]
+
+
+def bound_layouts(session, obj: str, names) -> tuple[dict[str, DwarfStruct], str | None]:
+    """dwarf_layouts(), and the file the DWARF is in (None without DWARF), for a dmod that
+    says where its layouts came from."""
     o = session.symbols.object_named(obj)
     if o is None:
-        return {}
+        return {}, None
     build_id = getattr(getattr(o, "info", None), "build_id", None)
     names = list(names)
     entry = _load(build_id) if build_id else None
+    if entry is not None and not _is_dwarf_of(o, entry["path"]):
+        entry = None  # another file of the same build (a -g twin of a stripped one)
     if entry is not None and all(n in entry["structs"] for n in names):
-        return _structs(entry, names, obj)
+        return _structs(entry, names, obj), entry["path"]
     read = _read(session, obj, names)
-    if build_id and read is not None:
-        path, found = read
+    if read is None:
+        return {}, None
+    path, found = read
+    if build_id:
         if entry is not None and entry["path"] == path:
             found = {**entry["structs"], **found}
         _store(build_id, path, found)
-        entry = {"structs": found}
-    return _structs(entry, names, obj) if read is not None else {}
+    return _structs({"structs": found}, names, obj), path
+
+
+def _is_dwarf_of(o, path: str) -> bool:
+    """Whether the file an entry was read from is where o's DWARF is looked for: o's own file
+    or its debug file. A build-id names a build, not a file: a stripped copy shares its -g
+    twin's, and must not be said to have the twin's DWARF."""
+    if path == getattr(o, "file", None):
+        return True
+    find = getattr(o, "find_debug_file", None)
+    return find is not None and find() == path
 
 
 def _structs(entry: dict, names, obj: str) -> dict[str, DwarfStruct]:
