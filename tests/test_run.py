@@ -374,6 +374,21 @@ def test_sigkill_of_mdbpy_kills_the_program():
     assert wait_gone(pid)  # PTRACE_O_EXITKILL
 
 
+def test_sigkill_of_mdbpy_while_it_takes_hold_kills_the_program():
+    """mdbpy killed the moment its program exists, before it is seized (the program traced
+    by TRACEME, or stopped between the tracers): the parent-death signal ends it, so it
+    neither runs on nor stays stopped holding mdbpy's pipes."""
+    for _ in range(5):
+        p = subprocess.Popen(mdbpy_cmd("-S", "-e", "::status", "--", "sleep", "600"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not (kids := _children(p.pid)):
+            assert time.monotonic() < deadline, "mdbpy started no program"
+        p.kill()
+        p.communicate(timeout=30)  # the pipes close: nothing of mdbpy's holds them
+        assert all(wait_gone(k) for k in kids)
+
+
 def test_ctrl_c_is_the_programs():
     """The terminal sends SIGINT to the whole foreground group: mdbpy lets the program have it
     and stops the program there, since it is fatal to sleep."""

@@ -40,6 +40,7 @@ PTRACE_GETEVENTMSG = 0x4201
 PTRACE_LISTEN = 0x4208
 O_TRACEFORK, O_TRACEVFORK, O_TRACECLONE, O_TRACEEXIT = 0x2, 0x4, 0x8, 0x40
 O_EXITKILL = 0x100000
+PR_SET_PDEATHSIG = 1
 EVENT_EXIT = 6
 SYS_EXIT_GROUP = 231  # x86_64: the syscall a thread ending its whole process is in
 
@@ -134,7 +135,16 @@ def _spawn(path: str, argv: list[str], options: int, sigint_default: bool, mask:
     neither signal reaches a handler of its. In the child, SIGINT goes back to its default
     when mdbpy was given it so, and the signal mask to `mask` (mdbpy's own before it held
     signals for the spawn); subprocess restores SIGPIPE and SIGXFSZ, which Python ignores."""
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not after the fork
+
     def child() -> None:
+        # killed with mdbpy from the first instruction: EXITKILL only covers the program
+        # once it is seized, and mdbpy may be killed while handing it over (the program
+        # would go on, or stay stopped, holding mdbpy's terminal and pipes)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # mdbpy died before the line above
+            os._exit(127)
         if sigint_default:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
