@@ -33,9 +33,11 @@ from mdbpy.errors import UsageError
 EXAMPLES = 3  # example cores kept per aggregate group
 CRASH_FRAMES = 5  # innermost frames of the signalled thread that make a crash's signature
 STATUSES = ("ok", "error", "timeout", "oom")
-# what the child prints when an allocation failed under RLIMIT_AS
+# what the child prints when an allocation failed under RLIMIT_AS; CPython's parser, out of
+# memory while it compiles one of mdbpy's modules, says SyntaxError (mdbpy's own source is
+# valid, and nothing a script says reaches Python's parser)
 OOM_SIGNS = ("MemoryError", "Cannot allocate memory", "Unable to allocate", "bad_alloc",
-             "out of memory", "failed to map segment")
+             "out of memory", "failed to map segment", "SyntaxError")
 
 
 @dataclass(frozen=True)

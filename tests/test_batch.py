@@ -365,3 +365,15 @@ def test_the_aggregate_groups_crashes_by_signal_and_stack(fleet, tmp_path):
          "cores": 2, "examples": sorted([cores["segv1"], cores["segv2"]])},
         {"signature": {"signal": "SIGABRT", "frames": abort_frames},
          "cores": 1, "examples": [cores["abrt"]]}]
+
+
+def test_a_parser_out_of_memory_is_oom_not_an_error():
+    """Under a tight limit CPython's parser, out of memory while it compiles one of mdbpy's
+    modules, says SyntaxError (seen in CI: `expected ':' (core.py, line 278)`): under a
+    memory limit that is an `oom`; without one it stays an `error`."""
+    from mdbpy import batch
+
+    err = b"mdbpy: internal error: SyntaxError: expected ':' (core.py, line 278)\n"
+    for memory, status in ((16, "oom"), (None, "error")):
+        job = batch.Job("c.core", "::findleaks", None, None, memory)
+        assert batch.classify(job, 1, 0.1, b"", err)["status"] == status
