@@ -73,3 +73,11 @@ class Table:
     def print(self, inv) -> None:
         for line in self.lines():
             inv.print(line)
+
+    def show(self, inv, command: str, key: str) -> None:
+        """The table as the invocation wants it: one JSON line {"command": command, key:
+        rows} when JSON is on and the output is not piped, else the text."""
+        if wants_json(inv):
+            emit(inv, command, **{key: self.rows})
+        else:
+            self.print(inv)

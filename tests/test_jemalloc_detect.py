@@ -15,6 +15,7 @@ from support import gcore, run_mdbpy, start_fixture
 
 from mdbpy.errors import MdbError
 from mdbpy.symbols.base import LoadObject, Symbol
+from mdbpy.symbols.embedded import READ_STEP
 from mdbpy_commands.jemalloc import version as jv
 
 
@@ -79,8 +80,8 @@ def test_stripped_exe_by_its_strings(tmp_path, blob, found):
     of them alone is not enough."""
     exe = _obj("a.out", ["main"], is_exe=True)
     exe.file = str(tmp_path / "a.out")
-    # the conf path across the end of the file's first read chunk (jv.READ_STEP)
-    pad = jv.READ_STEP - max(blob.find(b"/etc/"), 0) - 3
+    # the conf path across the end of the file's first read chunk (embedded.READ_STEP)
+    pad = READ_STEP - max(blob.find(b"/etc/"), 0) - 3
     (tmp_path / "a.out").write_bytes(bytes(pad) + blob)
     s = _session(_obj("libc.so.6", ["malloc"]), exe)
     got = jv.find(s)

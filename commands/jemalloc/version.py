@@ -27,7 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import MdbError
+from mdbpy.symbols.embedded import embedded
 
 from .layouts import FACTS
 
@@ -38,7 +39,6 @@ VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]{7,40})\0")
 # the conf symlink's path, from jemalloc.c: "/etc/" JEMALLOC_PREFIX "malloc.conf"
 CONF_LINK_RE = re.compile(rb"\0/etc/([A-Za-z0-9_]*)malloc\.conf\0")
 MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
-READ_STEP = 1 << 20
 SUPPORTED = tuple(sorted(FACTS))  # (major, minor) whose layouts layouts.py describes
 
 
@@ -128,57 +128,16 @@ def parse_conf_link(data: bytes) -> str | None:
     return m.group(1).decode() if m else None
 
 
-def _from_file(path: str, parse):
-    """parse()'s first hit in the file, read a chunk at a time (the last 64 bytes of one
-    chunk joined to the next, so a string across the boundary is found)."""
-    try:
-        with open(path, "rb") as f:
-            tail = b""
-            for _ in range(MAX_SCAN // READ_STEP):
-                data = f.read(READ_STEP)
-                if not data:
-                    return None
-                hit = parse(tail + data)
-                if hit is not None:
-                    return hit
-                tail = data[-64:]
-    except OSError:
-        return None
-    return None
-
-
-def _from_memory(session, obj, parse):
-    """parse()'s first hit in the target's read-only mappings of obj (a core from another
-    machine, whose files are not here): each mapping read whole, up to MAX_SCAN bytes."""
-    ro = [m for m in session.mem.mappings()
-          if m.readable and not m.writable and obj.base <= m.start < obj.end]
-    for m in ro:
-        try:
-            hit = parse(session.mem.read(m.start, min(m.end - m.start, MAX_SCAN)))
-        except ReadError:
-            continue
-        if hit is not None:
-            return hit
-    return None
-
-
-def _embedded(session, obj, parse):
-    """parse()'s first hit in obj's file when it is on this machine, else in its mappings."""
-    path = getattr(obj, "file", None)
-    hit = _from_file(path, parse) if path else None
-    return hit if hit is not None else _from_memory(session, obj, parse)
-
-
 def _stripped_exe(session) -> tuple[object, str, tuple] | None:
     """(executable, public prefix, version) when the executable carries jemalloc without any
     symbol naming it: its conf symlink path and its version string both embedded."""
     exe = next((o for o in session.symbols.objects() if o.is_exe), None)
     if exe is None:
         return None
-    prefix = _embedded(session, exe, parse_conf_link)
+    prefix = embedded(session.mem, exe, parse_conf_link, MAX_SCAN)
     if prefix is None:
         return None
-    ver = _embedded(session, exe, parse_version)
+    ver = embedded(session.mem, exe, parse_version, MAX_SCAN)
     return (exe, prefix, ver) if ver is not None else None
 
 
@@ -192,7 +151,7 @@ def find(session) -> Found | None:
     found = None
     if hit is not None:
         obj, prefix = hit
-        ver = _embedded(session, obj, parse_version)
+        ver = embedded(session.mem, obj, parse_version, MAX_SCAN)
         found = Found(obj, prefix, private_prefix(obj, prefix), *(ver or (None, None)))
     else:
         bare = _stripped_exe(session)

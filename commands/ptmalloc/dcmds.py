@@ -89,10 +89,7 @@ def arenas(inv: Invocation):
         s = a.state
         t.add(addr=a.addr, index=a.index, heaps=len(a.heaps), top=s.top,
               system_mem=s.system_mem, attached_threads=s.attached_threads)
-    if wants_json(inv):
-        emit(inv, "arenas", arenas=t.rows)
-    else:
-        t.print(inv)
+    t.show(inv, "arenas", "arenas")
     return 0
 
 
@@ -107,10 +104,7 @@ def heaps(inv: Invocation):
     for a in arenas_:
         for h in a.heaps:
             t.add(arena=a.addr, heap_info=h.info, start=h.first, end=h.region[1])
-    if wants_json(inv):
-        emit(inv, "heaps", heaps=t.rows)
-    else:
-        t.print(inv)
+    t.show(inv, "heaps", "heaps")
     return 0
 
 
@@ -255,32 +249,22 @@ def _arena_lists(inv: Invocation, kinds) -> int:
     return 0
 
 
-@dcmd("fastbins", "list glibc malloc fastbins", addr="?",
-      help="The non-empty fastbins of every arena (or of the arena at addr).",
-      example="::fastbins")
-def fastbins(inv: Invocation):
-    return _arena_lists(inv, ("fastbin",))
+def _bin_dcmd(name: str, kind: str, which: str, order: str = ""):
+    """The dcmd ::NAME listing one kind of bin of every arena (or of the arena at addr): the
+    four bin listings differ only in their words and the kind they keep."""
+
+    def listing(inv: Invocation):
+        return _arena_lists(inv, (kind,))
+
+    listing.__name__ = name
+    return dcmd(name, f"list glibc malloc {which}", addr="?", example=f"::{name}",
+                help=f"The {which} of every arena (or of the arena at addr){order}.")(listing)
 
 
-@dcmd("unsortedbin", "list glibc malloc unsorted bins", addr="?",
-      help="The unsorted bin of every arena (or of the arena at addr), in fd order.",
-      example="::unsortedbin")
-def unsortedbin(inv: Invocation):
-    return _arena_lists(inv, ("unsorted",))
-
-
-@dcmd("smallbins", "list glibc malloc small bins", addr="?",
-      help="The non-empty small bins of every arena (or of the arena at addr).",
-      example="::smallbins")
-def smallbins(inv: Invocation):
-    return _arena_lists(inv, ("smallbin",))
-
-
-@dcmd("largebins", "list glibc malloc large bins", addr="?",
-      help="The non-empty large bins of every arena (or of the arena at addr).",
-      example="::largebins")
-def largebins(inv: Invocation):
-    return _arena_lists(inv, ("largebin",))
+fastbins = _bin_dcmd("fastbins", "fastbin", "non-empty fastbins")
+unsortedbin = _bin_dcmd("unsortedbin", "unsorted", "unsorted bin", ", in fd order")
+smallbins = _bin_dcmd("smallbins", "smallbin", "non-empty small bins")
+largebins = _bin_dcmd("largebins", "largebin", "non-empty large bins")
 
 
 # -- parameters and statistics ---------------------------------------------------------------

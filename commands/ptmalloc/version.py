@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import MdbError
+from mdbpy.symbols.embedded import embedded, in_file
 
 RELEASE_RE = re.compile(rb"GNU C Library [^\n\0]{0,200}?release version (\d+)\.(\d+)")
 MAX_SCAN = 8 << 20  # bytes of a libc file or mapping searched for the string
-READ_STEP = 1 << 20
 
 
 def find_libc(session):
@@ -33,25 +33,7 @@ def parse_release(data: bytes) -> tuple[int, int] | None:
 
 
 def release_of_file(path: str) -> tuple[int, int] | None:
-    try:
-        with open(path, "rb") as f:
-            return parse_release(f.read(MAX_SCAN))
-    except OSError:
-        return None
-
-
-def _from_memory(session, libc) -> tuple[int, int] | None:
-    tail = b""
-    for m in session.mem.mappings():
-        if not (m.readable and libc.base <= m.start < libc.end) or m.writable:
-            continue
-        for addr, data in session.mem.blocks(m.start, min(m.end, m.start + MAX_SCAN),
-                                             READ_STEP):
-            hit = parse_release(tail + data)
-            if hit:
-                return hit
-            tail = data[-256:]
-    return None
+    return in_file(path, parse_release, MAX_SCAN)
 
 
 def glibc_version(session) -> tuple[int, int]:
@@ -62,13 +44,7 @@ def glibc_version(session) -> tuple[int, int]:
     libc = find_libc(session)
     if libc is None:
         raise MdbError("ptmalloc: no C library is mapped in the target")
-    path = getattr(libc, "file", None)
-    ver = release_of_file(path) if path else None
-    if ver is None:
-        try:
-            ver = _from_memory(session, libc)
-        except ReadError:
-            ver = None
+    ver = embedded(session.mem, libc, parse_release, MAX_SCAN)
     if ver is None:
         raise MdbError(f"ptmalloc: {libc.name} has no glibc release string")
     session.cache["ptmalloc.version"] = ver

@@ -9,7 +9,7 @@ from mdbpy.dcmd import Walker, dcmd, walker
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.heap.model import FREE
 from mdbpy.heap.verify import format_record
-from mdbpy.jsonout import Table, emit, wants_json
+from mdbpy.jsonout import Table, wants_json
 from mdbpy.output import ptr0, radix_str
 from mdbpy.sim.layouts import SIM_POISON, SIM_RED_ZONE, SIM_STORE_USER
 
@@ -77,10 +77,7 @@ def slabinfo(inv):
               pagesperslab=v.slab_size // 4096,
               active_slabs=sum(1 for s in c.slabs if len(s.free) < s.objects),
               num_slabs=len(c.slabs))
-    if wants_json(inv):
-        emit(inv, "slabinfo", caches=t.rows)
-    else:
-        t.print(inv)
+    t.show(inv, "slabinfo", "caches")
     return 0
 
 
@@ -105,8 +102,7 @@ def kmem_cache(inv):
         for c in caches:
             inv.print(radix_str(c.addr, prefix=True))
         return 0
-    as_json = wants_json(inv)
-    if inv.has_addr and not as_json:
+    if inv.has_addr and not wants_json(inv):
         _cache_detail(inv, sim, caches[0])
         return 0
     t = Table("{addr:016x} {name:<20s} {flag_names:<24s} {object_size:7d} {size:6d} "
@@ -116,10 +112,7 @@ def kmem_cache(inv):
         t.add(addr=c.addr, name=c.name, flags=v.flags, flag_names=flag_names(v.flags),
               **{f: getattr(v, f) for f in DETAIL_FIELDS}, slabs=len(c.slabs),
               objects=sum(s.objects for s in c.slabs))
-    if as_json:
-        emit(inv, "kmem_cache", caches=t.rows)
-    else:
-        t.print(inv)
+    t.show(inv, "kmem_cache", "caches")
     return 0
 
 

@@ -38,8 +38,7 @@ class SimAllocator(Allocator):
     def __init__(self, session, root):
         super().__init__(session)
         self.root = root  # the sim_allocator view
-        self.binder = session.cache.get(("sim", "binder")) or Binder(SIM_LAYOUTS, X86_64)
-        session.cache[("sim", "binder")] = self.binder
+        self.binder = session.cache.setdefault(("sim", "binder"), Binder(SIM_LAYOUTS, X86_64))
         self.version = (root.version,)
         self._list: list[SimCache] | None = None
         self._caches: list[SimCache] | None = None
@@ -50,18 +49,12 @@ class SimAllocator(Allocator):
 
     @classmethod
     def detect(cls, session) -> SimAllocator | None:
-        sym = session.symbols.lookup(SIM_ALLOCATOR_SYMBOL)
-        if sym is None:
-            return None
-        binder = Binder(SIM_LAYOUTS, X86_64)
-        session.cache[("sim", "binder")] = binder
-        try:
-            root = binder["sim_allocator"].view(session.mem, sym.addr)
-        except ReadError as e:
-            session.warn(f"sim: {SIM_ALLOCATOR_SYMBOL} is unreadable: {e}")
+        binder = session.cache.setdefault(("sim", "binder"), Binder(SIM_LAYOUTS, X86_64))
+        root = cls.root_at(session, SIM_ALLOCATOR_SYMBOL, binder, "sim_allocator")
+        if root is None:
             return None
         if root.magic != SIM_MAGIC:
-            session.warn(f"sim: {SIM_ALLOCATOR_SYMBOL} at 0x{sym.addr:x} has magic "
+            session.warn(f"sim: {SIM_ALLOCATOR_SYMBOL} at 0x{root.addr:x} has magic "
                          f"0x{root.magic:x}, not 0x{SIM_MAGIC:x}")
             return None
         return cls(session, root)

@@ -122,10 +122,7 @@ def umem_cache(inv):
         t.add(addr=c.addr, name=c.cstr("cache_name"), flags=c.cache_flags & 0xFFFFFFFF,
               cflags=c.cache_cflags & 0xFFFFFFFF, bufsize=c.cache_bufsize,
               buftotal=c.cache_buftotal)
-    if wants_json(inv):
-        emit(inv, "umem_cache", caches=t.rows)
-    else:
-        t.print(inv)
+    t.show(inv, "umem_cache", "caches")
     return 0
 
 

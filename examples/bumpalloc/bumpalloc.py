@@ -16,7 +16,7 @@ the walk with a warning instead of an exception.
 from __future__ import annotations
 
 from mdbpy.dcmd import dcmd, walker
-from mdbpy.errors import MdbError, ReadError
+from mdbpy.errors import MdbError
 from mdbpy.heap.model import ALLOC, FREE, AllocRecord, Allocator, BufferTable
 from mdbpy.layout.bind import X86_64, Binder
 from mdbpy.layout.desc import PTR, U64, DescriptorSet, Field, Struct
@@ -54,19 +54,12 @@ class BumpAllocator(Allocator):
 
     @classmethod
     def detect(cls, session) -> BumpAllocator | None:
-        sym = session.symbols.lookup(ARENA_SYMBOL)
-        if sym is None:
-            return None
         binder = session.cache.setdefault(("bumpalloc", "binder"), Binder(LAYOUTS, X86_64))
-        try:
-            arena = binder["bump_arena"].view(session.mem, sym.addr)
-        except ReadError as e:
-            session.warn(f"bumpalloc: {ARENA_SYMBOL} is unreadable: {e}")
-            return None
-        if arena.magic != BUMP_MAGIC:
+        arena = cls.root_at(session, ARENA_SYMBOL, binder, "bump_arena")
+        if arena is None or arena.magic != BUMP_MAGIC:
             return None  # never initialized (nothing allocated yet) or not bumpalloc's
         if not arena.base <= arena.cursor <= arena.limit <= arena.base + MAX_ARENA:
-            session.warn(f"bumpalloc: arena at 0x{sym.addr:x} is inconsistent")
+            session.warn(f"bumpalloc: arena at 0x{arena.addr:x} is inconsistent")
             return None
         return cls(session, arena)
 

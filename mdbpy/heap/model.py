@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mdbpy.errors import MdbError
+from mdbpy.errors import MdbError, ReadError
 
 # buffer states
 ALLOC = 1
@@ -258,6 +258,21 @@ class Allocator:
     def detect(cls, session) -> Allocator | None:
         """The allocator in this target, or None when it is not there."""
         raise NotImplementedError
+
+    @classmethod
+    def root_at(cls, session, symbol: str, binder, struct: str):
+        """A view of the allocator's root `struct` at the global `symbol`, or None where the
+        target has no such symbol, or has it but its memory cannot be read. The second is
+        warned: an allocator whose root is a gap is not the same as no allocator, and the
+        user should hear which page was missing. The caller checks the view's magic."""
+        sym = session.symbols.lookup(symbol)
+        if sym is None:
+            return None
+        try:
+            return binder[struct].view(session.mem, sym.addr)
+        except ReadError as e:
+            session.warn(f"{cls.name}: {symbol} is unreadable: {e}")
+            return None
 
     def buffers(self) -> BufferTable:
         """Every buffer the allocator manages, allocated and free, with groups and controls."""
