@@ -11,7 +11,8 @@
 - Debian's libjemalloc2 and libjemalloc-dev (installed by .ci/run): the same release, stripped
   of its internal symbols (the heuristic path);
 - `.ci/jemalloc-5.2/` (made by .ci/build-jemalloc): Debian bullseye's libjemalloc.so.2, jemalloc
-  5.2.1, stripped (the 5.2 layouts, by the heuristics).
+  5.2.1, stripped (the 5.2 layouts, by the heuristics); `.ci/jemalloc-5.2/g/`: bullseye's
+  source of it built with -g (the 5.2 layouts bound from DWARF).
 
 A test that needs a build that is absent skips, naming what is missing.
 """
@@ -27,24 +28,29 @@ from support import ROOT, compile_fixture
 
 CI_BUILD = ROOT / ".ci" / "jemalloc"
 BULLSEYE = ROOT / ".ci" / "jemalloc-5.2"
+BULLSEYE_G = BULLSEYE / "g"
 DEBIAN_LIB = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 DEBIAN_HEADER = Path("/usr/include/jemalloc/jemalloc.h")
 
 
-def need_ci_build() -> Path:
-    if not (CI_BUILD / "done").exists():
-        pytest.skip(f"{CI_BUILD} not built (run .ci/build-jemalloc)")
-    return CI_BUILD
+def need_ci_build(build: Path = CI_BUILD) -> Path:
+    if not (build / "done").exists():
+        pytest.skip(f"{build} not built (run .ci/build-jemalloc)")
+    return build
 
 
-def compile_dwarf(name: str, out_dir: Path, static: bool = False) -> Path:
-    """fixtures/<name>.c linked with the -g build: shared (rpath to it) or static."""
-    b = need_ci_build()
+def compile_dwarf(name: str, out_dir: Path, static: bool = False,
+                  build: Path = CI_BUILD) -> Path:
+    """fixtures/<name>.c linked with a -g build (5.3's, or BULLSEYE_G: 5.2's): shared (rpath
+    to it) or static."""
+    b = need_ci_build(build)
     lib = b / "lib"
     libs = ([str(lib / "libjemalloc.a"), "-pthread", "-lm", "-ldl"] if static else
             [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ljemalloc", "-pthread"])
+    kind = "static" if static else "dwarf"
     return compile_fixture(name, out_dir, flags=("-g", "-O0", f"-I{b / 'include'}"),
-                           out_name=f"{name}_{'static' if static else 'dwarf'}", libs=libs)
+                           out_name=f"{name}_{kind}{'52' if build == BULLSEYE_G else ''}",
+                           libs=libs)
 
 
 def compile_nodwarf(name: str, out_dir: Path) -> Path:
@@ -56,26 +62,27 @@ def compile_nodwarf(name: str, out_dir: Path) -> Path:
     return out
 
 
-def compile_rjem(name: str, out_dir: Path, stripped: bool = False, stats: bool = True) -> Path:
+def compile_rjem(name: str, out_dir: Path, strip: str = "", stats: bool = True) -> Path:
     """fixtures/<name>.c linked statically with the `_rjem_` build, as a Rust service links
     tikv-jemallocator: JEMALLOC_MANGLE makes the fixture's malloc, free and mallctl jemalloc's
-    `_rjem_` names; glibc's malloc stays in the process beside it. `stripped`: then
-    `strip --strip-all` (no .symtab left, and the static jemalloc is in no .dynsym), linked
-    with a build-id of its own (`--build-id=uuid`): mdbpy's symbol cache is keyed by
-    build-id, so a twin sharing the unstripped build's id would be read with that build's
-    cached symbols within one test session. `stats=False`: the build without stats."""
+    `_rjem_` names; glibc's malloc stays in the process beside it. `strip`: then
+    `strip --strip-all` ("all": no .symtab left, and the static jemalloc is in no .dynsym) or
+    `--strip-debug` ("debug": its symbols without DWARF), linked with a build-id of its own
+    (`--build-id=uuid`): mdbpy's symbol cache is keyed by build-id, so a twin sharing the
+    unstripped build's id would be read with that build's cached symbols within one test
+    session. `stats=False`: the build without stats."""
     b = CI_BUILD / ("rjem" if stats else "rjem-nostats")
     if not (b / "done").exists():
         pytest.skip(f"{b} not built (run .ci/build-jemalloc)")
-    exe = compile_fixture(name, out_dir, out_name=f"{name}_rjem{'' if stats else 'nostats'}"
-                                                  f"{'full' if stripped else ''}",
+    tag = f"rjem{'' if stats else 'nostats'}"
+    exe = compile_fixture(name, out_dir, out_name=f"{name}_{tag}{'full' if strip else ''}",
                           flags=("-g", "-O0", "-DJEMALLOC_MANGLE", f"-I{b / 'include'}"),
                           libs=(str(b / "lib" / "libjemalloc_pic.a"), "-pthread", "-lm",
-                                "-ldl", *(["-Wl,--build-id=uuid"] if stripped else [])))
-    if not stripped:
+                                "-ldl", *(["-Wl,--build-id=uuid"] if strip else [])))
+    if not strip:
         return exe
-    out = Path(out_dir) / f"{name}_rjemstripped"
-    subprocess.run(["strip", "--strip-all", "-o", str(out), str(exe)], check=True)
+    out = Path(out_dir) / f"{name}_{tag}{'stripped' if strip == 'all' else 'nodwarf'}"
+    subprocess.run(["strip", f"--strip-{strip}", "-o", str(out), str(exe)], check=True)
     return out
 
 

@@ -1,9 +1,9 @@
 """The jemalloc module on real jemalloc 5.3.0 and 5.2.1 heaps, live and as cores, found each way
-it can be (symbols and DWARF, shared and static; symbols without DWARF; Debian's stripped
-libraries of bookworm, 5.3.0, and bullseye, 5.2.1, by heuristics): detection, the planted
-leaks exactly, the region walk against jemalloc's own counters, ::whatis, ::heap_verify, and
-the one-line messages of a jemalloc whose structures do not verify and of a target without
-one.
+it can be (symbols and DWARF, shared and static, of 5.3.0 and of 5.2.1; symbols without DWARF;
+Debian's stripped libraries of bookworm, 5.3.0, and bullseye, 5.2.1, by heuristics; builds
+without stats; extents from sbrk): detection, the planted leaks exactly, the region walk
+against jemalloc's own counters, ::whatis, ::heap_verify, and the one-line messages of a
+jemalloc whose structures do not verify and of a target without one.
 
 fixtures/jemalloc_heap.c plants 12 leaks (10 from the main thread, 2 from a second one, three
 of them large) among ~23,000 kept regions, with regions freed into both threads' tcaches, and
@@ -14,17 +14,17 @@ walk (bytes of regions out of their slabs, and of those the tcaches hold) is jem
 from __future__ import annotations
 
 import pytest
-from jemalloc_builds import (compile_bullseye, compile_debian, compile_dwarf, compile_nodwarf,
-                             compile_rjem)
+from jemalloc_builds import (BULLSEYE_G, compile_bullseye, compile_debian, compile_dwarf,
+                             compile_nodwarf, compile_rjem)
 from support import compile_fixture, gcore, one_line_stderr, run_mdbpy, start_fixture
 
 VERSION = "5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c"
 VERSION_52 = "5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756"
 # the offsets the heuristics find in bullseye's 5.2.1: base_t's as its base_structs.h lays
 # them out (blocks after ind, extent_hooks, a 112-byte mutex, a bool, pind_last and
-# extent_sn_next; the counters after avail[232] of one pointer each); arena_t.tcache_ql as
-# found on this build, past arena_stats_t, whose size depends on the configuration (no DWARF
-# of 5.2.1 to compare with: Debian's source package of it is not in the mirror)
+# extent_sn_next; the counters after avail[232] of one pointer each); arena_t.tcache_ql past
+# arena_stats_t, whose size depends on the configuration. The -g build of the same source and
+# configuration (.ci/jemalloc-5.2/g) has them in its DWARF: test_layouts_match_dwarf.
 FOUND_52 = {"arena_t.tcache_ql": 0x27C8, "base_t.blocks": 0x90, "base_t.allocated": 0x7D8,
             "base_t.resident": 0x7E0, "base_t.mapped": 0x7E8}
 
@@ -34,17 +34,23 @@ BUILDS = {"dwarf": lambda d: compile_dwarf("jemalloc_heap", d),
           "nodwarf": lambda d: compile_nodwarf("jemalloc_heap", d),
           "debian": lambda d: compile_debian("jemalloc_heap", d),
           "bullseye": lambda d: compile_bullseye("jemalloc_heap", d),
+          "dwarf52": lambda d: compile_dwarf("jemalloc_heap", d, build=BULLSEYE_G),
+          "static52": lambda d: compile_dwarf("jemalloc_heap", d, static=True,
+                                              build=BULLSEYE_G),
           "rjem": lambda d: compile_rjem("jemalloc_heap", d),
-          "rjemstripped": lambda d: compile_rjem("jemalloc_heap", d, stripped=True)}
+          "rjemstripped": lambda d: compile_rjem("jemalloc_heap", d, strip="all")}
 # the builds linking jemalloc statically under the _rjem_ prefix (tikv-jemallocator's): glibc's
 # malloc stays in the process beside it
 RJEM = ("rjem", "rjemstripped")
+# the builds of jemalloc 5.2.1 (bullseye's stripped library, and its source built with -g)
+R52 = ("bullseye", "dwarf52", "static52")
 
 
 @pytest.fixture(scope="module", params=list(BUILDS))
 def heap(request, tmp_path_factory):
     """The fixture linked with each build (the -g one shared, static, static without DWARF;
-    Debian's stripped library; bullseye's stripped 5.2.1; tikv-jemalloc-sys's configuration
+    Debian's stripped library; bullseye's stripped 5.2.1 and its -g build, shared and static;
+    tikv-jemalloc-sys's configuration
     under the _rjem_ prefix, static, with its symbols and stripped of all of them), running,
     and a core of it: (running, exe, core)."""
     d = tmp_path_factory.mktemp("jemalloc")
@@ -87,6 +93,7 @@ METHODS = {"dwarf": "symbols and DWARF", "static": "symbols and DWARF",
            "nodwarf": "symbols; arena_t and base_t offsets by verified heuristics (no DWARF)",
            "debian": "heuristics, each verified (no internal symbols)",
            "bullseye": "heuristics, each verified (no internal symbols)",
+           "dwarf52": "symbols and DWARF", "static52": "symbols and DWARF",
            "rjem": "symbols and DWARF",
            "rjemstripped": "heuristics, each verified (no internal symbols)"}
 OBJECT = {"rjem": "a.out (defines _rjem_mallctlnametomib)",
@@ -121,9 +128,9 @@ def test_jemalloc_dcmd(heap, where):
     lines = r.stdout.splitlines()
     build = _build(heap)
     stripped = build in ("debian", "bullseye", "rjemstripped")
-    obj = "libjemalloc.so.2" if build in ("dwarf", "debian", "bullseye") else "a.out"
+    obj = "libjemalloc.so.2" if build in ("dwarf", "debian", "bullseye", "dwarf52") else "a.out"
     prefix = "_rjem_" if build in RJEM else ""
-    assert lines[0] == f"jemalloc {VERSION_52 if build == 'bullseye' else VERSION} in {obj}"
+    assert lines[0] == f"jemalloc {VERSION_52 if build in R52 else VERSION} in {obj}"
     assert lines[1] == (f"prefix      '{prefix}' (public), "
                         + ("no internal symbols" if stripped else f"'{prefix}je_' (internal)"))
     assert lines[2] == f"method      {METHODS[build]}"
@@ -152,7 +159,7 @@ def _tcache_bytes(heap, size, szind, held, nbins: int) -> int:
     from SC_NBINS, past the large bins in use, which count nothing)."""
     import numpy as np
 
-    if _build(heap) == "bullseye":
+    if _build(heap) in R52:
         held = held & (np.asarray(szind) < nbins)
     return int(np.asarray(size)[held].sum())
 
@@ -281,7 +288,7 @@ def test_je_stats_equal_mallctl(heap, where):
     rows = [ln.split() for ln in r.stdout.splitlines()[8:]]
     small = sum(int(size) * int(held) for _b, size, _regs, _slabs, held in rows)
     # 5.2.1's tcache_bytes counts the small classes only (see _tcache_bytes)
-    assert int(run.info["tcache_bytes"]) == (small if _build(heap) == "bullseye"
+    assert int(run.info["tcache_bytes"]) == (small if _build(heap) in R52
                                              else int(got["tcache"]))
     assert {int(b): (int(regs), int(slabs)) for b, _size, regs, slabs, _held in rows} == {
         b: v for b, v in run.info["bins"].items() if v != (0, 0)}
@@ -310,10 +317,10 @@ def test_with_glibc_malloc(tmp_path, where):
     assert {"jemalloc", "ptmalloc"} <= set(r.stdout.split())
 
 
-@pytest.mark.parametrize("heap", ["dwarf"], indirect=True)
+@pytest.mark.parametrize("heap", ["dwarf", "dwarf52"], indirect=True)
 def test_heuristics_find_what_the_symbols_name(heap):
-    """The heuristics, run on the -g build's core, find each global where its symbol is, the
-    bases each arena_t's `base` field holds, and DWARF's offsets."""
+    """The heuristics, run on the core of a -g build (5.3.0's, 5.2.1's), find each global where
+    its symbol is, the bases each arena_t's `base` field holds, and DWARF's offsets."""
     import mdbpy
     from mdbpy.layout.bind import Binder
     from mdbpy_commands.jemalloc import heuristic
@@ -336,13 +343,17 @@ def test_heuristics_find_what_the_symbols_name(heap):
     assert h.offsets == st.offsets
 
 
+@pytest.mark.parametrize("strip", ["", "debug", "all"], ids=["dwarf", "nodwarf", "stripped"])
 @pytest.mark.parametrize("where", ["live", "core"])
-def test_without_stats(tmp_path, where):
+def test_without_stats(tmp_path, where, strip):
     """jemalloc built as tikv-jemalloc-sys builds it by default (`--disable-stats`, _rjem_,
-    static, with symbols and DWARF): no tcache is linked into its arena's ring, so the tcaches
-    come from tsd_nominal_tsds; the planted leaks are exact (the regions the tcaches hold are
-    free, their stale stack slots no roots), and ::je_stats says its bases kept no counters."""
-    exe = compile_rjem("jemalloc_heap", tmp_path, stats=False)
+    static): with symbols and DWARF, with symbols only, stripped of everything. No tcache is
+    linked into its arena's ring, so the tcaches come from tsd_nominal_tsds (DWARF) or each
+    thread's TLS block (without DWARF, where the bases verify without their counters, which
+    stay 0); the planted leaks are exact (the regions the tcaches hold are free, their stale
+    stack slots no roots), and ::je_stats says in one line that the build keeps no
+    statistics."""
+    exe = compile_rjem("jemalloc_heap", tmp_path, stats=False, strip=strip)
     run = start_fixture(exe)
     try:
         args = ("-p", run.pid) if where == "live" else (exe, gcore(run.pid, tmp_path / "core"))
@@ -352,14 +363,58 @@ def test_without_stats(tmp_path, where):
         run.stop()
     assert one_line_stderr(r.stderr) == ""
     lines = r.stdout.splitlines()
+    threads = (next(ln for ln in lines if ln.startswith("threads     tsd_nominal_tsds 0x")
+                    and ln.endswith(": each thread's tsd_t (its tcache inside, per DWARF)"))
+               if not strip else
+               "threads     each thread's TLS block: the tcache in it bound to an arena (no "
+               "stats: the arenas' rings are empty)")
     assert [ln for ln in lines if ln.startswith(("method", "tcaches", "threads"))] == [
-        "method      symbols and DWARF",
-        next(ln for ln in lines if ln.startswith("threads     tsd_nominal_tsds 0x")
-             and ln.endswith(": each thread's tsd_t (its tcache inside, per DWARF)")),
-        "tcaches     2"]
+        "method      " + {"": "symbols and DWARF", "debug": METHODS["nodwarf"],
+                          "all": METHODS["rjemstripped"]}[strip],
+        threads, "tcaches     2"]
+    if strip:
+        assert ("layouts     builtin 5.3 (edata_t, tcache_t, cache_bin_t, bin_info_t); found: "
+                + ", ".join(f"{k} +0x{v:x}" for k, v in _dwarf_offsets().items()
+                            if k != "arena_t.tcache_ql")) in lines
     assert _leaked(r.stdout) == {int(a, 16) for a in run.info["leaks"].split(",")}
     assert "Total      12 buffers" in r.stdout
     assert f"{run.info['cached']} is freed from jemalloc bin 96" in lines
     assert "jemalloc: heap is clean" in lines
-    assert lines[-1] == ("warning: the bases' counters are all 0 (jemalloc built without "
-                         "stats): base is 0, resident and mapped leave the bases out")
+    assert lines[-1] == ("jemalloc keeps no statistics in this build (configured without "
+                         "stats: its bases' counters are all 0); ::heap_stats counts the "
+                         "regions")
+
+
+DSS_BUILDS = ("dwarf", "debian", "bullseye", "dwarf52")
+
+
+@pytest.mark.parametrize("where", ["live", "core"])
+@pytest.mark.parametrize("build", DSS_BUILDS)
+def test_dss(tmp_path, build, where):
+    """`dss:primary`: jemalloc takes its extents from sbrk (extent_dss.c) before mmap, so the
+    heap is in the [heap] mapping, while its bases (metadata: edata_t, rtree leaves, arenas)
+    stay mmapped (base.c maps them with extent_alloc_mmap). The extents are found the same
+    way, through the emap: the planted leaks are exact (each inside [heap]), ::je_stats'
+    totals equal the fixture's stats.*, the heap is clean; by symbols and DWARF and by the
+    heuristics, 5.3 and 5.2."""
+    import os
+
+    from support import proc_maps
+
+    exe = BUILDS[build](tmp_path)
+    run = start_fixture(exe, env=dict(os.environ, MALLOC_CONF="dss:primary"))
+    try:
+        brk = [(a, b) for a, b, _p, _o, path in proc_maps(run.pid) if path == "[heap]"]
+        args = ("-p", run.pid) if where == "live" else (exe, gcore(run.pid, tmp_path / "core"))
+        r = run_mdbpy(*args, "-e", "::findleaks; ::je_stats; ::heap_verify")
+    finally:
+        run.stop()
+    assert one_line_stderr(r.stderr) == ""
+    planted = {int(a, 16) for a in run.info["leaks"].split(",")}
+    assert len(brk) == 1 and all(brk[0][0] <= p < brk[0][1] for p in planted)
+    assert _leaked(r.stdout) == planted
+    got = dict(ln.split() for ln in r.stdout.splitlines() if len(ln.split()) == 2
+               and ln.split()[1].isdigit())
+    for name in ("allocated", "active", "resident", "mapped"):
+        assert int(got[name]) == int(run.info[name]), name
+    assert r.stdout.splitlines()[-1] == "jemalloc: heap is clean"

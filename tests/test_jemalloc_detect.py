@@ -214,21 +214,29 @@ def test_double_free_through_the_tcache(tmp_path):
     assert f"region cached twice (double free): tcache 0x{bins.addr:x} bin {size}" in r.stdout
 
 
-def test_builtin_layouts_match_dwarf():
-    """Every struct the module lays out itself agrees with the -g build's DWARF, field by
-    field (edata_t through its named members and size: DWARF cannot name its unions)."""
-    from jemalloc_builds import lib_path, need_ci_build
+@pytest.mark.parametrize("release", ["5.3", "5.2"])
+def test_builtin_layouts_match_dwarf(release):
+    """Every struct the module lays out itself for a release agrees with that release's -g
+    build's DWARF (5.3.0's, and 5.2.1's under .ci/jemalloc-5.2/g), field by field; edata_t
+    (5.2's extent_t) through its named members and size, DWARF cannot name its unions; and
+    base_t's counters follow `blocks` where Facts says (the heuristics look there when a
+    build without stats leaves them 0)."""
+    from jemalloc_builds import BULLSEYE_G, CI_BUILD, need_ci_build
 
     from mdbpy.layout.bind import Binder
     from mdbpy.layout.dwarf import find_structs
-    from mdbpy_commands.jemalloc.layouts import BUILTIN, LAYOUTS
-    from mdbpy_commands.jemalloc.state import _check_edata
+    from mdbpy_commands.jemalloc.layouts import FACTS
+    from mdbpy_commands.jemalloc.state import _check_edata, dwarf_names
 
-    need_ci_build()
-    dwarf = find_structs(lib_path("libjemalloc.so.2"), BUILTIN, cu_hint="arena.c")
-    assert set(dwarf) == set(BUILTIN)
-    _check_edata(dwarf)  # raises when edata_t differs
-    rest = {k: v for k, v in dwarf.items() if k != "edata_s"}
-    b = Binder(LAYOUTS, version=(5, 3, 0), dwarf=rest)
-    for name in rest:
-        assert b[name].differs == [], (name, b[name].differs)
+    facts = FACTS[tuple(map(int, release.split(".")))]
+    b = need_ci_build(BULLSEYE_G if release == "5.2" else CI_BUILD)
+    names = dwarf_names(facts)
+    dwarf = {names[k]: v for k, v in
+             find_structs(str(b / "lib" / "libjemalloc.so.2"), names, cu_hint="arena.c").items()}
+    assert set(facts.layouts.structs) | {"arena_s", "base_s"} <= set(dwarf)
+    _check_edata(dwarf, facts, release)  # raises when edata_t differs
+    rest = {k: dwarf[k] for k in facts.layouts.structs if k != "edata_s"}
+    bound = Binder(facts.layouts, dwarf=rest)
+    assert {n: bound[n].differs for n in rest} == {n: [] for n in rest}
+    base = dwarf["base_s"].members
+    assert base["allocated"][0] - base["blocks"][0] == facts.counters_after_blocks

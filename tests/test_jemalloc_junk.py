@@ -17,7 +17,7 @@ from mdbpy_commands.jemalloc.junk import conf_junk
 
 BUILDS = {"dwarf": (lambda d: compile_dwarf("jemalloc_junk", d), "MALLOC_CONF"),
           "debian": (lambda d: compile_debian("jemalloc_junk", d), "MALLOC_CONF"),
-          "rjemstripped": (lambda d: compile_rjem("jemalloc_junk", d, stripped=True),
+          "rjemstripped": (lambda d: compile_rjem("jemalloc_junk", d, strip="all"),
                            "_RJEM_MALLOC_CONF")}
 # how ::jemalloc says the fill is on, per build
 ON = {"dwarf": "je_opt_junk_free = 1",

@@ -109,19 +109,23 @@ def _allocator(session):
            "jemalloc's stats.* mallctls define them, the bytes its bases (metadata) allocated "
            "and the bytes the thread caches hold. "
            "Counted from the extents and regions walked (only the bases' own counters are "
-           "read), so they check the walk against malloc_stats_print()'s figures.",
+           "read), so they check the walk against malloc_stats_print()'s figures. A jemalloc "
+           "built without stats (its bases' counters all 0) gets one line saying so.",
       example="::je_stats -b")
 def je_stats(inv: Invocation):
     from .stats import totals
 
     inv.no_operands()
     t = totals(inv.session, locate(inv.session))
+    if not t.bases_counted:
+        # such a build answers no stats.* mallctl (ctl.c), and the bases cannot be counted:
+        # what the walk counts is ::heap_stats'
+        inv.print("jemalloc keeps no statistics in this build (configured without stats: its "
+                  "bases' counters are all 0); ::heap_stats counts the regions")
+        return 0
     for name in ("allocated", "active", "base", "resident", "mapped", "retained"):
         inv.print(f"{name:10s} {getattr(t, name):12d}")
     inv.print(f"{'tcache':10s} {t.tcache:12d}")
-    if not t.bases_counted:
-        inv.print("warning: the bases' counters are all 0 (jemalloc built without stats): "
-                  "base is 0, resident and mapped leave the bases out")
     if inv.opts.bins:
         inv.print(f"{'BIN':>4s} {'SIZE':>6s} {'CURREGS':>8s} {'CURSLABS':>8s} {'TCACHE':>7s}")
         for k, size, regs, slabs, held in t.bins:

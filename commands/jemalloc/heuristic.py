@@ -1,6 +1,7 @@
 """Finding jemalloc's state in an object without symbols or DWARF (Debian's stripped
-libjemalloc.so.2: bookworm's 5.3.0, bullseye's 5.2.1), by candidates in the object's data and
-bss that must verify before use.
+libjemalloc.so.2: bookworm's 5.3.0, bullseye's 5.2.1; a Rust service's stripped static
+copy, with or without stats), by candidates in the object's data and bss that must verify
+before use.
 
 Everything jemalloc needs to find its heap sits in its own writable data: the emap (an rtree
 whose 2 MiB root array is a global; 5.2's extents_rtree), the size-class tables
@@ -18,13 +19,16 @@ candidate fails:
 - a base_t (base.c): its `blocks` chain of base_block_t, each block's bump edata ending where
   the block does, the oldest block holding the base_t right after its header; its counters
   allocated <= resident <= mapped, mapped the sum of its blocks' sizes (base.c counts each
-  block it maps), resident in whole pages;
+  block it maps), resident in whole pages; or, in a build without stats, which never updates
+  them, all 0 where the release's base_t has them after `blocks`;
 - arenas[]: MALLOCX_ARENA_LIMIT slots where slot i is 0 or an arena_t inside a block of a
   base whose ind (ehooks.ind, the first word) is i and which the arena points to (arena 0 and
   b0 included);
 - arena_t.tcache_ql: the word of an arena_t pointing at a ring (5.3: of tcache_slow_t, whose
   tcache_t points back at it; 5.2: of tcache_t, whose bin array descriptor names its own
-  bins) whose every node is bound to that arena.
+  bins) whose every node is bound to that arena. A build without stats links no tcache into
+  that ring: each thread's tcache is then the one such node, bound to a known arena, in the
+  thread's TLS block (its tsd_t).
 
 A part with no candidate, or with candidates that disagree, is an MdbError naming it: the
 caller shows that one line, never a heap built on a guess.
@@ -149,7 +153,7 @@ def locate(session, obj, facts: Facts, binder) -> Heuristic:
     root, leaves = find_root(session, obj, sp, facts.addr_mask)
     index2size, i2s_at = find_index2size(sp)
     bins, bins_at = find_bins(sp, index2size)
-    b = Bases(session, binder)
+    b = Bases(session, binder, facts.counters_after_blocks)
     arenas, arenas_at, bases = find_arenas(session, sp, b)
     return Heuristic(root, leaves, index2size, i2s_at, bins, bins_at, arenas, arenas_at,
                      bases, offsets(session, binder[facts.ring], b, bases), binder)
@@ -169,9 +173,12 @@ def arena_bases(session, b: Bases, arenas: list[tuple[int, int]]) -> dict[int, i
 
 def offsets(session, ring_s, b: Bases, bases: dict[int, int]) -> dict[str, int]:
     """The offsets found: base_t's (on the bases verified) and arena_t.tcache_ql (whose ring
-    links ring_s, the release's bound tcache_slow_s or tcache_s)."""
-    return {"arena.tcache_ql": find_tcache_ql(session, ring_s, bases),
-            "base.blocks": b.blocks_off, **b.stats_off}
+    links ring_s, the release's bound tcache_slow_s or tcache_s). A build without stats
+    (b.counters False) links no tcache into its arena's ring (tcache.c's
+    tcache_arena_associate() does so only under config_stats): no ring to find its offset
+    by, and none needed (tls_tcaches finds the tcaches)."""
+    ring = {"arena.tcache_ql": find_tcache_ql(session, ring_s, bases)} if b.counters else {}
+    return {**ring, "base.blocks": b.blocks_off, **b.stats_off}
 
 
 # -- the emap's rtree root --------------------------------------------------------------------
@@ -311,14 +318,20 @@ def find_bins(sp: list[Span], index2size: list[int]) -> tuple[list[tuple[int, in
 # -- bases and arenas ------------------------------------------------------------------------
 class Bases:
     """base_t candidates checked against base.c's invariants; the offsets of `blocks` and of
-    the counters are found on the first base that verifies and must hold for every other."""
+    the counters are found on the first base that verifies and must hold for every other.
+    A build without stats keeps base_t's counters but never updates them (base.c changes
+    them only under config_stats): where the first base's counters are found nowhere, they
+    must be 0 at the release's place after `blocks` (counters_after), and are on every base;
+    `counters` says which."""
 
-    def __init__(self, session, binder):
+    def __init__(self, session, binder, counters_after: int):
         self.session = session
         self.anon = Anon(session)
         self.header = binder["base_block_s"].size  # size, next, its edata_t
+        self.counters_after = counters_after
         self.blocks_off: int | None = None
         self.stats_off: dict[str, int] = {}
+        self.counters: bool | None = None  # None until the first base verifies
         self._seen: dict[int, tuple[int, list[tuple[int, int]]] | None] = {}  # base -> _verify
 
     def _words(self, addr: int, n: int):
@@ -377,20 +390,29 @@ class Bases:
     def _stats(self, head, blocks_off: int, chain) -> bool:
         """Whether base's counters (allocated, resident, mapped: consecutive size_t at the end
         of base_t) are where they were found on the first base, or, on the first, found at
-        exactly one place after `blocks`."""
+        exactly one place after `blocks`; or, without stats, all 0 at the release's place."""
         mapped = sum(b - a for a, b in chain)
 
         def fits(k: int) -> bool:
             a, r, m = (int(x) for x in head[k:k + 3])
             return m == mapped and r % PAGE == 0 and 0 < a <= r <= m
 
+        def zero(k: int) -> bool:
+            return k + 3 <= len(head) and not head[k:k + 3].any()
+
         if self.stats_off:
-            return fits(self.stats_off["base.allocated"] // 8)
+            k = self.stats_off["base.allocated"] // 8
+            return fits(k) if self.counters else zero(k)
         hits = [k for k in range(blocks_off // 8 + 1, len(head) - 2) if fits(k)]
-        if len(hits) != 1:
-            return False
-        self.stats_off = {"base.allocated": 8 * hits[0], "base.resident": 8 * hits[0] + 8,
-                          "base.mapped": 8 * hits[0] + 16}
+        if len(hits) == 1:
+            k, self.counters = hits[0], True
+        else:
+            k, self.counters = (blocks_off + self.counters_after) // 8, False
+            if hits or not zero(k):
+                self.counters = None
+                return False
+        self.stats_off = {"base.allocated": 8 * k, "base.resident": 8 * k + 8,
+                          "base.mapped": 8 * k + 16}
         return True
 
 
@@ -508,3 +530,62 @@ def _self_named(session, v) -> bool:
     if v.struct.name == "tcache_slow_s":
         return bool(v.tcache) and session.mem.read_ptr(v.tcache) == v.addr
     return v.cache_bin_array_descriptor.bins_small == v.addr + v.struct.offset("bins_small")
+
+
+# -- each thread's tcache, without stats and without DWARF --------------------------------------
+TSD_SCAN = 1 << 14  # bytes of a dynamic TLS block searched for its tcache (tsd_t: 0xa48 in 5.3)
+STATIC_TLS_MAX = 1 << 20  # bytes of static TLS below the thread pointer searched at most
+
+
+def tls_tcaches(session, obj, ring_s, arenas: set[int]):
+    """(views of ring_s, warnings): each thread's tcache, found in its copy of obj's TLS block
+    (tsd.c's tsd_tls, a thread-local tsd_t, embeds the thread's tcache_slow_t and tcache_t in
+    5.3, its tcache_t in 5.2): the one place of the block holding a ring_s bound to a known
+    arena that names itself as its release does (_self_named). For a build without stats,
+    whose arenas' rings are empty; a thread with no tcache yet has none bound to an arena."""
+    import numpy as np
+
+    from mdbpy.symbols.tls import thread_block
+
+    arena_at = ring_s.offset("arena") // 8
+    known = np.array(sorted(arenas), np.uint64)
+    out, warnings = [], []
+    for th in session.target.threads():
+        block = thread_block(session, obj, th)
+        w = _tls_words(session, block, th) if block is not None else None
+        if w is None:
+            warnings.append(f"thread {th.tid}: {obj.name}'s TLS block cannot be read")
+            continue
+        k = np.flatnonzero(np.isin(w[arena_at:], known))
+        got = []
+        for j in k.tolist():
+            try:
+                v = ring_s.view(session.mem, block + 8 * j)
+                if _self_named(session, v):
+                    got.append(v)
+            except ReadError:
+                continue
+        if len(got) > 1:
+            warnings.append(f"thread {th.tid}: {len(got)} tcaches in its TLS block: none used")
+        out += got[:1] if len(got) == 1 else []
+    return out, warnings
+
+
+def _tls_words(session, block: int, th):
+    """The words of a thread's TLS block from block, short of its mapping's end: up to the
+    thread pointer for a static block (x86-64 places them all below it, the executable's
+    last), else (a dynamic one, from the thread's DTV) TSD_SCAN bytes."""
+    import numpy as np
+
+    tp = th.regs.get("fs_base") or 0
+    end = min(tp, block + STATIC_TLS_MAX) if block < tp else block + TSD_SCAN
+    for m in session.mem.mappings():
+        if m.start <= block < m.end:
+            end = min(end, m.end)
+            break
+    else:
+        return None
+    try:
+        return np.frombuffer(session.mem.read(block, (end - block) // 8 * 8), "<u8")
+    except ReadError:
+        return None

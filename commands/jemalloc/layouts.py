@@ -117,7 +117,7 @@ EDATA = Struct("edata_s", source=SOURCE, fields=[
 BASE_BLOCK = Struct("base_block_s", source=SOURCE, fields=[
     Field("size", SIZE_T),
     Field("next", PTR),
-    Field("edata", Ref("edata_s")),
+    Field("edata", Ref("edata_s"), aliases=("extent",)),  # 5.2.1's base_structs.h: extent
 ])
 
 BIN_INFO = Struct("bin_info_s", source=SOURCE, fields=[
@@ -161,16 +161,17 @@ TCACHE = Struct("tcache_s", source=SOURCE, fields=[
     Field("bins", Array(Ref("cache_bin_s"), TCACHE_NBINS_MAX)),
 ])
 
-# only DWARF places these fields (without it, heuristic.py finds the offsets the walk needs)
-ARENA = Struct("arena_s", source="jemalloc 5.3.0 include/jemalloc/internal/arena_structs.h "
-               "(offsets from DWARF only)", fields=[
+# only DWARF places these fields (without it, heuristic.py finds the offsets the walk needs);
+# 5.2.1's arena_structs.h and base_structs.h have the same names
+ARENA = Struct("arena_s", source="jemalloc 5.3.0 and 5.2.1 include/jemalloc/internal/"
+               "arena_structs.h (offsets from DWARF only)", fields=[
     Field("tcache_ql", PTR),  # ql_head(tcache_slow_t): the first tcache of the ring
     Field("ind", UINT),
     Field("base", PTR),
 ])
 
-BASE = Struct("base_s", source="jemalloc 5.3.0 include/jemalloc/internal/base.h "
-              "(offsets from DWARF only)", fields=[
+BASE = Struct("base_s", source="jemalloc 5.3.0 include/jemalloc/internal/base.h, 5.2.1 "
+              "base_structs.h (offsets from DWARF only)", fields=[
     Field("blocks", PTR),
     Field("allocated", SIZE_T),
     Field("resident", SIZE_T),
@@ -186,11 +187,6 @@ TSD = Struct("tsd_s", source="jemalloc 5.3.0 include/jemalloc/internal/tsd.h (of
     Field("tcache_slow", PTR, aliases=(TSD_MANGLE + "tcache_slow",)),
     Field("tcache", PTR, aliases=(TSD_MANGLE + "tcache",)),
 ])
-
-# the structs whose builtin layout is trusted without DWARF, and those that need it
-BUILTIN = ("edata_s", "base_block_s", "bin_info_s", "cache_bin_s",
-           "cache_bin_array_descriptor_s", "tcache_slow_s", "tcache_s")
-DWARF_ONLY = ("arena_s", "base_s", "tsd_s")
 
 LAYOUTS = DescriptorSet("jemalloc").add(EDATA, BASE_BLOCK, BIN_INFO, CACHE_BIN,
                                        BIN_ARRAY_DESCRIPTOR, TCACHE_SLOW, TCACHE, ARENA, BASE,
@@ -242,9 +238,12 @@ TCACHE_52 = Struct("tcache_s", source=SOURCE_52, fields=[
     Field("bins_large", Array(Ref("cache_bin_s"), TCACHE_NBINS_LARGE_52)),
 ])
 
-# no arena_s, base_s: 5.2 is always found by heuristic.py, which finds their offsets
+# without DWARF, no arena_s, base_s: heuristic.py finds the offsets the walk needs
+LAYOUTS_52_BUILTIN = DescriptorSet("jemalloc 5.2").add(EXTENT_52, BASE_BLOCK, BIN_INFO,
+                                                      CACHE_BIN_52, BIN_ARRAY_DESCRIPTOR_52,
+                                                      TCACHE_52)
 LAYOUTS_52 = DescriptorSet("jemalloc 5.2").add(EXTENT_52, BASE_BLOCK, BIN_INFO, CACHE_BIN_52,
-                                              BIN_ARRAY_DESCRIPTOR_52, TCACHE_52)
+                                              BIN_ARRAY_DESCRIPTOR_52, TCACHE_52, ARENA, BASE)
 
 
 @dataclass(frozen=True)
@@ -252,6 +251,10 @@ class Facts:
     """What the walk needs to know of one release beside its layouts."""
 
     layouts: DescriptorSet  # the structs trusted without DWARF
+    full: DescriptorSet  # those and the ones only DWARF places (arena_s, base_s, ...)
+    emap: str  # the internal name of the global whose end is the rtree's root array
+    dwarf_names: dict  # descriptor name -> the struct's name in this release's DWARF
+    counters_after_blocks: int  # base_t.allocated - base_t.blocks (see below)
     bits: EBits
     addr_mask: int  # a compact rtree leaf element's edata_t pointer bits
     ring: str  # the struct arena->tcache_ql links: tcache_slow_s (5.3), tcache_s (5.2)
@@ -260,10 +263,16 @@ class Facts:
     resident_muzzy: bool  # stats.resident counts muzzy pages (5.2's arena.c) or not (5.3)
 
 
+# base_t's counters (allocated, resident, mapped) follow `blocks` after avail[SC_NSIZES]: in
+# 5.3.0's base.h, edata_heap_t (16 bytes) each; in 5.2.1's base_structs.h, extent_heap_t (8
+# bytes) each. The fields are there whether stats are configured or not (only their updates
+# are under config_stats).
 FACTS = {
-    (5, 3): Facts(LAYOUTS_BUILTIN, E_BITS_53, ADDR_MASK, "tcache_slow_s", (("bins", 0),),
+    (5, 3): Facts(LAYOUTS_BUILTIN, LAYOUTS, "arena_emap_global", {"edata_s": "edata_s"},
+                  8 + SC_NSIZES * 16, E_BITS_53, ADDR_MASK, "tcache_slow_s", (("bins", 0),),
                   CACHE_BIN_NCACHED_MAX, False),
-    (5, 2): Facts(LAYOUTS_52, E_BITS_52, ADDR_MASK_52, "tcache_s",
+    (5, 2): Facts(LAYOUTS_52_BUILTIN, LAYOUTS_52, "extents_rtree", {"edata_s": "extent_s"},
+                  8 + SC_NSIZES * 8, E_BITS_52, ADDR_MASK_52, "tcache_s",
                   (("bins_small", 0), ("bins_large", SC_NBINS)),
                   200, True),  # TCACHE_NSLOTS_SMALL_MAX (tcache_types.h)
 }

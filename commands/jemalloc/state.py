@@ -3,15 +3,14 @@ the arenas and their bases, each thread's tcache.
 
 Three ways, chosen by what the object carries, and recorded in `how` for ::jemalloc:
 - symbols and DWARF (a -g build): the globals by their internal symbols (`je_arena_emap_global`,
-  `je_bin_infos`, `je_sz_index2size_tab`, `je_arenas`, with the object's private prefix), the
-  arena_t and base_t offsets from DWARF; and tsd.c's list of every thread's tsd_t
-  (`tsd_nominal_tsds`, a local symbol) with tsd_t's layout, where each thread's tcache is
-  found even when jemalloc was built without stats (tikv-jemalloc-sys' default), which then
-  links no tcache into its arena's ring;
+  5.2's `je_extents_rtree`, `je_bin_infos`, `je_sz_index2size_tab`, `je_arenas`, with the
+  object's private prefix), the arena_t and base_t offsets from DWARF; and (5.3) tsd.c's list
+  of every thread's tsd_t (`tsd_nominal_tsds`, a local symbol) with tsd_t's layout, where
+  each thread's tcache is found even when jemalloc was built without stats
+  (tikv-jemalloc-sys' default), which then links no tcache into its arena's ring;
 - symbols without DWARF: the globals by symbol, the arena_t and base_t offsets found by
   heuristic.py's verified search;
-- no internal symbols (Debian's stripped libjemalloc.so.2), or 5.2, whose internal names
-  (je_extents_rtree, ...) this module does not look up: everything by heuristic.py.
+- no internal symbols (Debian's stripped libjemalloc.so.2): everything by heuristic.py.
 Whatever cannot be found or does not verify is one MdbError naming it, never a guess.
 """
 
@@ -25,13 +24,11 @@ from mdbpy.layout.bind import Binder
 from mdbpy.types.layouts import bound_layouts
 
 from . import heuristic
-from .layouts import (BUILTIN, DWARF_ONLY, FACTS, LAYOUTS, MALLOCX_ARENA_LIMIT,
-                      RTREE_ROOT_ENTRIES, Facts)
+from .layouts import FACTS, MALLOCX_ARENA_LIMIT, RTREE_ROOT_ENTRIES, Facts
 from .version import Found, require
 
 MAX_TCACHES = 1 << 16  # tcaches in one arena's ring before the walk calls it garbage
 BASE_FIELDS = ("blocks", "allocated", "resident", "mapped")
-BY_SYMBOL = ((5, 3),)  # the releases whose internal names _by_symbols looks up
 NOMINAL = "tsd_nominal_tsds"  # tsd.c's static ring of the tsd_t of every (nominal) thread
 
 
@@ -79,17 +76,32 @@ def _sym(found: Found, name: str):
     return s
 
 
-def _check_edata(dwarf: dict) -> None:
-    """edata_s is bound from its builtin layout (DWARF cannot name its union members); DWARF,
-    when present, must agree on its size and on every member it names."""
+def _check_edata(dwarf: dict, facts: Facts, release: str) -> None:
+    """edata_s (5.2's extent_s) is bound from its builtin layout (DWARF cannot name its union
+    members); DWARF, when present, must agree on its size and on every member it names."""
     dw = dwarf.get("edata_s")
     if dw is None:
         return
-    b = Binder(LAYOUTS)["edata_s"]
+    b = Binder(facts.layouts)["edata_s"]
     bad = [n for n, (off, _size) in dw.members.items() if b.has(n) and b.offset(n) != off]
     if dw.size != b.size or bad:
-        raise MdbError(f"jemalloc: this build's edata_t (0x{dw.size:x} bytes per DWARF) is not "
-                       f"the 5.3 layout mdbpy knows (0x{b.size:x}; differs at {bad or 'size'})")
+        raise MdbError(f"jemalloc: this build's {facts.dwarf_names['edata_s']} (0x{dw.size:x} "
+                       f"bytes per DWARF) is not the {release} layout mdbpy knows "
+                       f"(0x{b.size:x}; differs at {bad or 'size'})")
+
+
+def dwarf_names(facts: Facts) -> dict[str, str]:
+    """The name in the release's DWARF of each struct it describes -> the descriptor's."""
+    return {facts.dwarf_names.get(n, n): n for n in facts.full.structs}
+
+
+def _dwarf(session, found: Found, facts: Facts) -> tuple[dict, str | None]:
+    """The object's DWARF of the structs described (its own, or its debug file's) through
+    the types index, cached by build-id, keyed by descriptor name (5.2's extent_s as
+    edata_s): ({}, None) without DWARF."""
+    names = dwarf_names(facts)
+    dwarf, dfile = bound_layouts(session, found.obj.name, names)
+    return {names[k]: v for k, v in dwarf.items()}, dfile
 
 
 def locate(session) -> State:
@@ -97,27 +109,31 @@ def locate(session) -> State:
     st = session.cache.get("jemalloc.state")
     if st is None:
         st = session.cache["jemalloc.state"] = _locate(session)
+        if "arena.tcache_ql" not in st.offsets and not st.nominal:
+            st.how["threads"] = ("each thread's TLS block: the tcache in it bound to an arena "
+                                 "(no stats: the arenas' rings are empty)")
     return st
 
 
 def _locate(session) -> State:
     found = require(session)
-    if found.private is None or found.version[:2] not in BY_SYMBOL:
+    if found.private is None:
         return _by_heuristics(session, found)
-    # the object's DWARF (its own, or its debug file's) through the types index, cached
-    # by build-id: ({}, None) without DWARF
-    dwarf, dfile = bound_layouts(session, found.obj.name, BUILTIN + DWARF_ONLY)
-    _check_edata(dwarf)
+    facts = FACTS[found.version[:2]]
+    release = ".".join(map(str, found.version[:2]))
+    dwarf, dfile = _dwarf(session, found, facts)
+    _check_edata(dwarf, facts, release)
     full = "arena_s" in dwarf and "base_s" in dwarf  # else ::layout shows no arena_s guess
-    binder = Binder(LAYOUTS if full else FACTS[found.version[:2]].layouts,
-                    version=found.version,
+    binder = Binder(facts.full if full else facts.layouts, version=found.version,
                     dwarf={k: v for k, v in dwarf.items() if k != "edata_s"})
     st = _by_symbols(session, found, binder)
     if full:
         st.how = {"method": "symbols and DWARF", **st.how,
-                  "layouts": f"DWARF {dfile} (edata_t builtin, checked against it)"}
+                  "layouts": f"DWARF {dfile} ({facts.dwarf_names['edata_s'][:-2]}_t builtin "
+                             f"{release}, checked against it)"}
         _dwarf_offsets(session, st)
         nominal = found.obj.lookup(NOMINAL)
+        # 5.3's tsd_s (5.2's is not described: its tcaches are found as without DWARF)
         if "tsd_s" in dwarf and nominal is not None and nominal.addr:
             st.nominal = nominal.addr
             st.how["threads"] = (f"{NOMINAL} 0x{nominal.addr:x}: each thread's tsd_t (its "
@@ -125,7 +141,7 @@ def _locate(session) -> State:
     else:
         st.how = {"method": "symbols; arena_t and base_t offsets by verified heuristics (no "
                             "DWARF)", **st.how}
-        bases = heuristic.Bases(session, binder)
+        bases = heuristic.Bases(session, binder, st.facts.counters_after_blocks)
         st.bases = heuristic.arena_bases(session, bases, st.arenas)
         st.offsets = heuristic.offsets(session, binder[st.facts.ring], bases, st.bases)
         st.how["layouts"] = _found_layouts(found, st.offsets)
@@ -148,10 +164,7 @@ def _by_heuristics(session, found: Found) -> State:
     facts = FACTS[found.version[:2]]
     h = heuristic.locate(session, found.obj, facts,
                          Binder(facts.layouts, version=found.version))
-    why = ("no internal symbols" if found.private is None else
-           f"{found.private}* internal symbols not used for "
-           f"{'.'.join(map(str, found.version[:2]))}")
-    how = {"method": f"heuristics, each verified ({why})",
+    how = {"method": "heuristics, each verified (no internal symbols)",
            "object": f"{found.obj.name} ({found.how})",
            "emap": f"rtree root {_where(found, h.root)}: {h.leaves} "
                    f"{'leaf' if h.leaves == 1 else 'leaves'} whose elements' edata_t hold "
@@ -182,13 +195,15 @@ def _by_symbols(session, found: Found, binder: Binder) -> State:
     how = {"object": f"{found.obj.name} ({found.how})",
            "symbols": f"{found.private}* internal symbols"}
     mem = session.mem
-    emap = _sym(found, "arena_emap_global")
+    name = FACTS[found.version[:2]].emap
+    emap = _sym(found, name)
     if emap.size < RTREE_ROOT_ENTRIES * 8:
-        raise MdbError(f"jemalloc: {found.private}arena_emap_global is {emap.size} bytes, "
+        raise MdbError(f"jemalloc: {found.private}{name} is {emap.size} bytes, "
                        "too small for a 48-bit rtree root")
-    # the rtree's root array ends the emap (emap_s { rtree_s { base, init_lock, root[] } })
+    # the rtree's root array ends the emap (5.3: emap_s { rtree_s { base, init_lock, root[] } };
+    # 5.2.1's extents_rtree is an rtree_s { init_lock, root[] })
     root = emap.addr + emap.size - RTREE_ROOT_ENTRIES * 8
-    how["emap"] = f"{found.private}arena_emap_global 0x{emap.addr:x}, root 0x{root:x}"
+    how["emap"] = f"{found.private}{name} 0x{emap.addr:x}, root 0x{root:x}"
     tab = _sym(found, "sz_index2size_tab")
     index2size = list(_words(mem, tab.addr, tab.size // 8))
     bi = _sym(found, "bin_infos")
@@ -200,7 +215,7 @@ def _by_symbols(session, found: Found, binder: Binder) -> State:
         bins.append((v.reg_size, v.slab_size, v.nregs))
     if not bins or any(r <= 0 or n <= 0 or n > 512 or r * n > s for r, s, n in bins):
         raise MdbError(f"jemalloc: {found.private}bin_infos does not hold size classes "
-                       "(not initialised, or not 5.3's bin_info_t)")
+                       "(not initialised, or not the bin_info_t of 5.2 and 5.3)")
     ar = _sym(found, "arenas")
     ptrs = _words(mem, ar.addr, min(ar.size // 8, MALLOCX_ARENA_LIMIT))
     arenas = [(i, p) for i, p in enumerate(ptrs) if p]
@@ -233,7 +248,7 @@ def tcaches(session, st: State) -> list[Tcache]:
         return st._tcaches
     ring_s = st.binder[st.facts.ring]
     out: list[Tcache] = []
-    for _i, a in st.arenas:
+    for _i, a in st.arenas if "arena.tcache_ql" in st.offsets else ():
         try:
             first = session.mem.read_ptr(a + st.offsets["arena.tcache_ql"])
         except ReadError:
@@ -248,6 +263,11 @@ def tcaches(session, st: State) -> list[Tcache]:
         out += [_tcache(v, a) for v in nodes]
     known = {t.addr for t in out}
     out += [t for t in _tsd_tcaches(session, st) if t.addr not in known]
+    if "arena.tcache_ql" not in st.offsets and not st.nominal:
+        views, warnings = heuristic.tls_tcaches(session, st.found.obj, ring_s,
+                                                {a for _i, a in st.arenas})
+        st.warnings += warnings
+        out += [_tcache(v, v.arena) for v in views]
     st._tcaches = [t for t in out if t.addr]
     return st._tcaches
 

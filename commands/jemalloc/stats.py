@@ -14,7 +14,7 @@ arena's base at the offsets DWARF gave or heuristic.py found) is counted from th
 regions walked, so the totals are a check of the walk against jemalloc's own counters, not a
 copy of them. A jemalloc built without stats (tikv-jemalloc-sys' default) keeps no base
 counters (base.c updates them only under config_stats): all of them 0 while the bases have
-blocks says so, and base, resident and mapped then leave the bases out.
+blocks says so (bases_counted), and ::je_stats then says that in one line.
 """
 
 from __future__ import annotations
