@@ -126,4 +126,9 @@ def test_candidates_merge_owners_in_address_order(sizes):
     got = [(int(parts[o].base[j]), int(parts[o].ctl[j]) - int(parts[o].base[j]))
            for o, j in zip(c.owner.tolist(), c.local.tolist())]
     assert got == [(int(b), int(k)) for b, k in zip(bases, who)]
-    assert np.array_equal(c.table.ctl - c.table.base, who.astype(np.uint64))
+    assert np.array_equal(c.table.size, np.full(len(bases), 16, np.uint64))
+    full = [k for k in range(3) if sizes[k]]
+    if len(full) > 1:  # merged: where, and what kind; the rest of a row is its owner's
+        assert (c.table.state, c.table.group, c.table.ctl) == (None, None, None)
+    else:  # one owner's table is the table itself, not a copy
+        assert c.table is parts[full[0] if full else 0]

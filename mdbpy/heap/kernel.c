@@ -35,7 +35,8 @@ typedef struct {
     const uint64_t *rend;   /* nruns run ends (past the last buffer's last byte) */
     const uint64_t *rstride; /* nruns buffer spacings */
     const uint64_t *rsize;  /* nruns buffer sizes */
-    const int64_t *rfirst;  /* nruns first buffer indexes */
+    const int64_t *rfirst;  /* nruns first buffer indexes; all three NULL where nruns == n:
+                             * each buffer is its own run, rbase and rend are base and end */
     int64_t nruns;
     const uint64_t *ilo;    /* nisl island starts, sorted */
     const uint64_t *ihi;    /* nisl island ends */
@@ -46,29 +47,39 @@ typedef struct {
 } locator;
 
 /* Cut a sorted table into runs: buffers i..j form one when they have one size and each starts
- * `stride` (at least that size) past the one before. Fills the run arrays (room for n runs);
- * returns the number of runs. */
+ * `stride` (at least that size) past the one before. Fills the run arrays (room for every run)
+ * unless rbase is NULL (a first pass that only counts them, so that no n-sized array is made
+ * where every buffer is its own run); returns the number of runs. */
 int64_t loc_runs(const uint64_t *base, const uint64_t *end, int64_t n, uint64_t *rbase,
                  uint64_t *rend, uint64_t *rstride, uint64_t *rsize, int64_t *rfirst)
 {
-    int64_t r = -1;
+    int64_t r = -1, first = 0;
+    uint64_t size_r = 0, stride_r = 1; /* run r's buffer size and spacing */
     for (int64_t i = 0; i < n; i++) {
         uint64_t size = end[i] - base[i];
-        if (r >= 0 && size == rsize[r] && i > rfirst[r]) {
+        if (r >= 0 && size == size_r && i > first) {
             uint64_t step = base[i] - base[i - 1];
-            int joins = i - rfirst[r] == 1 ? step >= size && step > 0 : step == rstride[r];
+            int joins = i - first == 1 ? step >= size && step > 0 : step == stride_r;
             if (joins) {
-                rstride[r] = step;
-                rend[r] = end[i];
+                stride_r = step;
+                if (rbase) {
+                    rstride[r] = step;
+                    rend[r] = end[i];
+                }
                 continue;
             }
         }
         r++;
-        rbase[r] = base[i];
-        rend[r] = end[i];
-        rstride[r] = size ? size : 1;
-        rsize[r] = size;
-        rfirst[r] = i;
+        first = i;
+        size_r = size;
+        stride_r = size ? size : 1;
+        if (rbase) {
+            rbase[r] = base[i];
+            rend[r] = end[i];
+            rstride[r] = stride_r;
+            rsize[r] = size;
+            rfirst[r] = i;
+        }
     }
     return r + 1;
 }
@@ -138,11 +149,14 @@ static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32
     *b = L->before[g + 1];
 }
 
-/* The buffer of run r holding v (r may be -1), or -1: v may fall between two buffers. */
+/* The buffer of run r holding v (r may be -1), or -1: v may fall between two buffers. Where
+ * every buffer is its own run (a glibc heap) the runs are the buffers (rfirst is NULL). */
 static inline int64_t buffer_in_run(const locator *L, int64_t r, uint64_t v)
 {
     if (r < 0 || v >= L->rend[r])
         return -1;
+    if (!L->rfirst)
+        return r;
     uint64_t off = v - L->rbase[r], k = off / L->rstride[r];
     return off - k * L->rstride[r] < L->rsize[r] ? L->rfirst[r] + (int64_t)k : -1;
 }

@@ -37,16 +37,21 @@ class Locator:
         self.base = np.ascontiguousarray(base, np.uint64)
         self.ends = np.ascontiguousarray(ends, np.uint64)
         room = max(n, 1)
-        runs = [np.empty(room, np.uint64) for _ in range(4)] + [np.empty(room, np.int64)]
-        nruns = k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n,
-                           *(kernel.ptr(a) for a in runs))
-        # copies where the runs are few (the index should not pin n-sized arrays); where
-        # nearly every buffer is its own run (a glibc heap's chunks) the copy would only
-        # cost a pass over n-sized arrays, so the arrays are kept
-        keep = max(nruns, 1)
-        self.rbase, self.rend, self.rstride, self.rsize, self.rfirst = (
-            a[:keep] if 2 * keep > room else a[:keep].copy() for a in runs)
-        first = np.empty(room, np.int64)
+        # counted first, then made to measure: where every buffer is its own run (a glibc
+        # heap's chunks) the runs are the buffers and no run array is made at all (five
+        # n-sized arrays, 40 bytes a buffer, on four million chunks 160 MiB)
+        nruns = k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n, 0, 0, 0, 0, 0)
+        if nruns == n:
+            self.rbase, self.rend = self.base, self.ends
+            self.rstride = self.rsize = self.rfirst = None
+        else:
+            self.rbase, self.rend, self.rstride, self.rsize = (np.empty(nruns, np.uint64)
+                                                               for _ in range(4))
+            self.rfirst = np.empty(nruns, np.int64)
+            k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n,
+                       *(kernel.ptr(a) for a in (self.rbase, self.rend, self.rstride,
+                                                 self.rsize, self.rfirst)))
+        first = np.empty(room, np.int64)  # only the islands' entries are touched
         ihi = np.empty(room, np.uint64)
         nisl = k.loc_islands(kernel.ptr(self.rbase), kernel.ptr(self.rend), nruns, ISLAND_GAP,
                              kernel.ptr(first), kernel.ptr(ihi))

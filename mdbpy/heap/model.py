@@ -128,14 +128,16 @@ class BufferTable:
     """Column-wise buffers: numpy arrays of equal length, sorted by base, not overlapping.
 
     group indexes `groups` (a cache or arena name, or a size class); ctl is the control address
-    (bufctl, chunk header, track record) or 0.
+    (bufctl, chunk header, track record) or 0. A table merged over several owners
+    (mdbpy.heap.view.Candidates) has no state, group or ctl (None): each owner's own table
+    holds them.
     """
 
     base: object  # np.ndarray uint64
     size: object  # np.ndarray uint64
-    state: object  # np.ndarray uint8
-    group: object  # np.ndarray int32
-    ctl: object  # np.ndarray uint64
+    state: object  # np.ndarray uint8 (None: merged, see above)
+    group: object  # np.ndarray int32 (None: merged)
+    ctl: object  # np.ndarray uint64 (None: merged)
     kind: object  # np.ndarray uint8
     groups: list = field(default_factory=list)
 
@@ -213,9 +215,8 @@ class BufferTable:
         rows = np.flatnonzero(mask)
         if len(rows) == len(self.base):
             return self
-        return BufferTable(*(col.take(rows) for col in (self.base, self.size, self.state,
-                                                       self.group, self.ctl, self.kind)),
-                           self.groups)
+        return BufferTable(*(None if col is None else col.take(rows) for col in (
+            self.base, self.size, self.state, self.group, self.ctl, self.kind)), self.groups)
 
     @functools.cached_property
     def ends(self):

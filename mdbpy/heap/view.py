@@ -97,7 +97,10 @@ class AnonMemory(Allocator):
         return [(x.start, x.end) for x in self.regions]
 
 
-COLUMNS = ("base", "size", "state", "group", "ctl", "kind")  # BufferTable's, in its order
+# the columns a merged table carries: where each candidate is and what kind it is. Its state,
+# group and control address are asked of its owner's table (Candidates.at), so on four
+# million chunks the merge copies 23 bytes a row, not 40.
+MERGED = ("base", "size", "kind")
 FEW = 256  # rows inserted by slicing the big columns; more are scattered
 
 
@@ -138,23 +141,24 @@ class Candidates:
             self.table = parts[k] if parts else BufferTable.from_columns([], [], [])
             n = len(self.table)
             self.owner = np.full(n, k, np.int16)
-            self.local = np.arange(n, dtype=np.int64)
+            self.local = np.arange(n, dtype=np.int32)
             return
         # the others' rows (a few anonymous regions, another allocator's buffers) are put
         # into the largest part (a million chunks) where they fall, in one copy of it
         big = max(full, key=lambda k: len(parts[k]))
         rest = [k for k in full if k != big]
-        cols = {c: np.concatenate([getattr(parts[k], c) for k in rest]) for c in COLUMNS}
+        cols = {c: np.concatenate([getattr(parts[k], c) for k in rest]) for c in MERGED}
         cols["owner"] = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in rest])
-        cols["local"] = np.concatenate([np.arange(len(parts[k]), dtype=np.int64) for k in rest])
+        cols["local"] = np.concatenate([np.arange(len(parts[k]), dtype=np.int32) for k in rest])
         order = np.argsort(cols["base"], kind="stable")
         n = len(parts[big])
-        whole = {c: getattr(parts[big], c) for c in COLUMNS}
+        whole = {c: getattr(parts[big], c) for c in MERGED}
         whole["owner"] = np.full(n, big, np.int16)
-        whole["local"] = np.arange(n, dtype=np.int64)
+        whole["local"] = np.arange(n, dtype=np.int32)
         merged = _insert_sorted(whole, {c: v[order] for c, v in cols.items()},
                                 np.searchsorted(parts[big].base, cols["base"][order]))
-        self.table = BufferTable(*(merged[c] for c in COLUMNS), [])
+        self.table = BufferTable(merged["base"], merged["size"], None, None, None,
+                                 merged["kind"], [])
         self.owner, self.local = merged["owner"], merged["local"]
 
     def __len__(self) -> int:
