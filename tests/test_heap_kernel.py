@@ -91,6 +91,23 @@ def test_locator_over_runs_matches_binary_search(runs, data):
     assert got.tolist() == expected_owner(base, size, probes).tolist()
 
 
+def test_own_runs_make_no_run_arrays():
+    """Where most buffers are runs of their own (a glibc heap: sizes vary, a few neighbours of
+    one size join), each buffer is taken as its own run: no run array is made (five n-sized
+    copies of the table), and every address is still located exactly; a slab table keeps its
+    runs."""
+    sizes = [(16 * (1 + i % 7), 16) for i in range(999)] + [(48, 16)] * 3
+    base, size = table_from(sizes)
+    loc = Locator(base, base + size)
+    assert (loc.struct.nruns, loc.rfirst, loc.rbase is loc.base) == (len(base), None, True)
+    probes = np.concatenate([base, base + size - np.uint64(1), base + size])
+    got, _ = locate_all(loc, probes)
+    assert got.tolist() == expected_owner(base, size, probes).tolist()
+    base, size = table_from([(64, 0)] * 1000)
+    loc = Locator(base, base + size)
+    assert (loc.struct.nruns, len(loc.rfirst)) == (1, 1)
+
+
 def test_crowded_granule_still_exact():
     """One huge buffer then thousands of tiny ones: the granules are large, so a granule holds
     the starts of hundreds of buffers, and the bisection inside it must find the right one."""

@@ -35,8 +35,9 @@ typedef struct {
     const uint64_t *rend;   /* nruns run ends (past the last buffer's last byte) */
     const uint64_t *rstride; /* nruns buffer spacings */
     const uint64_t *rsize;  /* nruns buffer sizes */
-    const int64_t *rfirst;  /* nruns first buffer indexes; all three NULL where nruns == n:
-                             * each buffer is its own run, rbase and rend are base and end */
+    const int64_t *rfirst;  /* nruns first buffer indexes; all three NULL where each buffer
+                             * is taken as its own run: nruns == n, rbase and rend are base
+                             * and end */
     int64_t nruns;
     const uint64_t *ilo;    /* nisl island starts, sorted */
     const uint64_t *ihi;    /* nisl island ends */
@@ -150,7 +151,8 @@ static inline void granule_range(const locator *L, uint64_t v, int32_t *a, int32
 }
 
 /* The buffer of run r holding v (r may be -1), or -1: v may fall between two buffers. Where
- * every buffer is its own run (a glibc heap) the runs are the buffers (rfirst is NULL). */
+ * each buffer is taken as its own run (a glibc heap) the runs are the buffers (rfirst is
+ * NULL). */
 static inline int64_t buffer_in_run(const locator *L, int64_t r, uint64_t v)
 {
     if (r < 0 || v >= L->rend[r])

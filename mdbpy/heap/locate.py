@@ -37,11 +37,14 @@ class Locator:
         self.base = np.ascontiguousarray(base, np.uint64)
         self.ends = np.ascontiguousarray(ends, np.uint64)
         room = max(n, 1)
-        # counted first, then made to measure: where every buffer is its own run (a glibc
-        # heap's chunks) the runs are the buffers and no run array is made at all (five
-        # n-sized arrays, 40 bytes a buffer, on four million chunks 160 MiB)
+        # counted first, then made to measure. Where most buffers are runs of their own (a
+        # glibc heap's chunks: a few neighbours of one size join) runs would save nothing, so
+        # each buffer is taken as its own run and no run array is made at all: five n-sized
+        # arrays, 40 bytes a buffer (160 MiB on four million chunks), whose first touch alone
+        # cost a fresh process 0.05-0.1 s a million
         nruns = k.loc_runs(kernel.ptr(self.base), kernel.ptr(self.ends), n, 0, 0, 0, 0, 0)
-        if nruns == n:
+        if 2 * nruns > n:
+            nruns = n
             self.rbase, self.rend = self.base, self.ends
             self.rstride = self.rsize = self.rfirst = None
         else:
