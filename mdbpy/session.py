@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.program import Program
+from mdbpy.symbols.demangle import readable
 from mdbpy.target.base import Target
 
 # mdb's debugger options (::set -o / -o on the command line) that mdbpy understands.
@@ -25,6 +26,7 @@ DEFAULT_OPTIONS = {
     "ignoreeof": False,
     "color": True,  # colour on a terminal (NO_COLOR and non-terminals turn it off)
     "json": False,  # JSON-capable dcmds print one JSON document (mdbpy.jsonout)
+    "demangle": False,  # C++ symbols named demangled everywhere, as mdb's $G toggles
 }
 
 # Valued debugger options (-o name=value), kept in Session.settings. mdb's are limits
@@ -78,7 +80,6 @@ class Session:
     cache = _OfProgram()
     registry = _OfProgram()
     symbols = _OfProgram()
-    format_addr = _OfProgram()
     load_dmod = _OfProgram()
     autoload = _OfProgram()
     find_dcmd = _OfProgram()
@@ -117,6 +118,12 @@ class Session:
         self.var_tags: set[str] = set()
         if load_builtin:
             self.load_dmod("core")
+
+    def format_addr(self, addr: int, ret: bool = False) -> str:
+        """mdb's %a (Program.format_addr), with a C++ symbol demangled as the frames name it
+        when demangling is on ($G): the one place every symbolic address is spelled."""
+        text = self.program.format_addr(addr, ret)
+        return readable(text) if self.options["demangle"] else text
 
     # -- threads and registers ---------------------------------------------------------------
     def current_thread(self):

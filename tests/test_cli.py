@@ -15,8 +15,8 @@ USAGE_FIRST = "usage: mdbpy [-wS]"
     (("-p", "abc"), "mdbpy: invalid process id 'abc'"),
     (("-x",), "mdbpy: unknown option '-x'"),
     (("-p", "1", "core"), "mdbpy: -p cannot be combined with object or core file arguments"),
-    (("-o", "bogus", "core"), "mdbpy: unknown option 'bogus' (known: color, ignoreeof, json, "
-                              "nostop, pager, repeatlast)"),
+    (("-o", "bogus", "core"), "mdbpy: unknown option 'bogus' (known: color, demangle, ignoreeof, "
+                              "json, nostop, pager, repeatlast)"),
     (("-e",), "mdbpy: option -e requires an argument"),
     (("a", "b", "c"), "mdbpy: too many arguments"),
 ])

@@ -453,6 +453,47 @@ def test_cpp_frames_are_demangled_as_gdb_names_them(build_dir):
         r.stop()
 
 
+def test_demangling_switch_g(build_dir):
+    """$G (mdb's C++ demangling switch): off, ::nm and /a show the symbols' own names; on,
+    ::nm prints each C++ name whole as c++filt (libiberty, as gdb and `nm -C`) spells it, and
+    /a names a C++ function as the frames do; again off, as before. `-o demangle` starts with
+    it on."""
+    import subprocess
+
+    from support import run_mdbpy
+
+    exe = build_dir / "frames_cpp_nm"
+    subprocess.run(["g++", "-g", "-O2", "-o", str(exe), str(FIXTURES / "frames_cpp.cc")],
+                   check=True, capture_output=True)
+    nm = "::nm -h -f val,name"
+    p = run_mdbpy(str(exe), "-S", "-e", f"{nm}; $G; {nm}; $G; {nm}")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    n = (len(lines) - 2) // 3
+    raw, on, off = lines[:n], lines[n + 1:2 * n + 1], lines[2 * n + 2:]
+    assert (lines[n], lines[2 * n + 1], off) == ("C++ symbol demangling enabled",
+                                                 "C++ symbol demangling disabled", raw)
+    names = [line.split("|", 1)[1] for line in raw]
+    cxx = [m for m in names if m.startswith("_Z")]
+    assert len(cxx) >= 4  # zoo::wait_here, zoo::Cat::speak, zoo::apply<int>, its lambda
+    filt = subprocess.run(["c++filt"], input="\n".join(cxx) + "\n", capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    want = dict(zip(cxx, filt))
+    assert [line.split("|", 1)[1] for line in on] == [want.get(m, m) for m in names]
+    assert all(want[m] != m for m in cxx)
+    # /a (dot as a symbol, the label and the value): the symbol's own name, then as the
+    # frames name it
+    sym = "_ZN3zoo9wait_hereEi"
+    cmds = f"{sym}+4/a; $G; {sym}+4/a"
+    p = run_mdbpy(str(exe), "-S", "-e", cmds)
+    assert p.returncode == 0, p.stderr
+    first, _, second = p.stdout.splitlines()
+    assert (first.split(), second.split()) == ([f"{sym}+0x4:"] * 2,
+                                               ["zoo::wait_here+0x4:"] * 2), p.stdout
+    p = run_mdbpy(str(exe), "-S", "-o", "demangle", "-e", f"{sym}+4/a")
+    assert p.stdout.split() == ["zoo::wait_here+0x4:"] * 2, p.stdout
+
+
 @pytest.mark.parametrize("mangled,name", [
     ("_ZN3zoo3Cat5speakEi", "zoo::Cat::speak"),
     ("_ZNK3zoo3Cat5speakEi", "zoo::Cat::speak"),

@@ -647,7 +647,7 @@ def _print_settings(inv: Invocation) -> None:
 
 @dcmd("set", "get/set debugger properties", getopt=False,
       opts=[Opt("o", "option", STR, "-o turns a debugger option on, +o turns it off (nostop, "
-                "pager, repeatlast, ignoreeof, color, json; several may be given separated by "
+                "pager, repeatlast, ignoreeof, color, json, demangle; several may be given separated by "
                 "commas; -o walklimit=N caps every walk at N addresses, with a note when it "
                 "cuts one, 0 for no limit; -o follow_fork_mode=child makes ::run stop in a "
                 "forked child instead of the parent)", metavar="opt", plus=True),

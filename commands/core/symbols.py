@@ -12,6 +12,7 @@ from mdbpy.dcmd import STR, Flag, Invocation, Operand, Opt, dcmd
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.output import ptrpad, radix_str
 from mdbpy.symbols.base import Symbol
+from mdbpy.symbols.demangle import demangle
 
 # ::nm -f columns in mdb's print order, with their header text and width (None: unpadded)
 NM_FIELDS = ("ndx", "obj", "val", "sz", "type", "bind", "oth", "shndx", "ctype", "name")
@@ -30,7 +31,9 @@ NM_HELP = """\
 Values are runtime addresses (the file's st_value plus the object's load bias). With an
 address, ::nm prints the one symbol containing it. Without an object, every load object's
 table is printed, the executable first. .symtab comes from the file or from its separate
-debug file (found by build-id or .gnu_debuglink); an object without one falls back to .dynsym."""
+debug file (found by build-id or .gnu_debuglink); an object without one falls back to .dynsym.
+With C++ demangling on ($G), C++ names are printed demangled whole, as `nm -C` prints them
+(-p keeps the symbols' own names: its ::nmadd commands are read back)."""
 
 
 def _subopts(value: str, table, what: str) -> set[str]:
@@ -137,12 +140,27 @@ def nm(inv: Invocation):
                 "oth": f"{'Other':<5}", "shndx": f"{'Shndx':<8}", "ctype": f"{'C Type':<50}",
                 "name": "Name"}
         inv.print(" ".join(head[c] for c in cols))
+    readable_names = inv.session.options["demangle"]
     for i, obj, s in rows:
         cell = {"ndx": f"{i:5d}", "obj": f"{obj:<15}", "val": pfmt(s.addr),
                 "sz": pfmt(s.size), "type": f"{TYPE_STR.get(s.type, '?'):<5}",
                 "bind": f"{BIND_STR.get(s.bind, '?'):<5}", "oth": ofmt(s.other),
-                "shndx": f"{s.shndx:<8}", "ctype": f"{'<unknown type>':<50}", "name": s.name}
+                "shndx": f"{s.shndx:<8}", "ctype": f"{'<unknown type>':<50}",
+                "name": (demangle(s.name) or s.name) if readable_names else s.name}
         inv.print("|".join(cell[c] for c in cols))
+    return 0
+
+
+@dcmd("$G", "enable/disable C++ demangling support",
+      help="Toggle C++ symbol demangling. On, C++ symbols are named demangled wherever an "
+           "address is shown symbolically (/a, /p, ::dis, ::whatis, findleaks, the stacks) and "
+           "::nm prints whole demangled names; off (the default), only the stack listings, "
+           "::whatis and the leak reports demangle, and expressions take the names shown back. "
+           "The state is the debugger option demangle (::set -o demangle).",
+      example="$G")
+def demangling(inv: Invocation):
+    on = inv.session.options["demangle"] = not inv.session.options["demangle"]
+    inv.print(f"C++ symbol demangling {'enabled' if on else 'disabled'}")
     return 0
 
 

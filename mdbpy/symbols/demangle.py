@@ -1,6 +1,8 @@
 """C++ symbol names as gdb's bt shows them (`zoo::Cat::speak`, `zoo::apply<int>`), for the
 stack listings ($c, $C, ::stack, ::stacks), ::whatis and the leak reports' callers and
-stacks (`::nm` and `/a` keep the symbol's own name, which expressions can take back).
+stacks (`::nm` and `/a` keep the symbol's own name, which expressions can take back, unless
+demangling is switched on with `$G`: then Session.format_addr demangles every symbolic address
+and ::nm prints whole demangled names).
 
 The demangler is the C++ runtime's own, `abi::__cxa_demangle` in libstdc++ (the code of GCC's
 libiberty that c++filt and gdb use, so the text is theirs), called through ctypes: mdbpy gains
