@@ -65,7 +65,7 @@ def bench(open_target, args: list[str]) -> None:
     _, (read, nbytes) = fresh(open_target, read_all)
     whole, rep = fresh(open_target, find_leaks)
     walk, t = fresh(open_target, lambda s: JemallocAllocator(s).buffers())
-    cli = command(args, "::findleaks") - command(args, "::status")
+    cli = command(args, "::findleaks")[0] - command(args, "::status")[0]
     print(f"  plain read of the extents {read:7.3f} s   {nbytes >> 20} MiB, {len(t)} regions")
     print(f"  findleaks whole           {whole:7.3f} s   {whole / read:5.1f}x the read; "
           f"{len(rep.leaks)} leaks (planted 12)")
@@ -74,7 +74,7 @@ def bench(open_target, args: list[str]) -> None:
 
 
 BUILDS = {"dwarf": compile_dwarf, "debian": compile_debian, "bullseye": compile_bullseye,
-          "rjemstripped": lambda name, d: compile_rjem(name, d, stripped=True)}
+          "rjemstripped": lambda name, d: compile_rjem(name, d, strip="all")}
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.arrays import distinct
 from mdbpy.heap.damage import DamageLog
 from mdbpy.heap.gather import session_gather
 
@@ -115,7 +116,7 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     keys, elems, leaves = _leaf_entries(session, st, log)
     b = st.facts.bits
     ptr = elems & np.uint64(st.facts.addr_mask)
-    edata = np.unique(ptr[ptr != 0])
+    edata = distinct(ptr[ptr != 0])
     es = st.binder["edata_s"]
     rows, ok = session_gather(session).rows(edata, es.size)
     for a in edata[~ok].tolist():
@@ -151,10 +152,14 @@ def _walk(session, st: State, log: DamageLog) -> Extents:
     flag(small & ((addr != base) | (size != slab_size[k_small])),
          lambda k: f"slab 0x{int(addr[k]):x} of 0x{int(size[k]):x} bytes, not a "
                    f"{int(slab_size[szind[k]])}-byte slab of bin {szind[k]}")
-    # a slab's free count is the number of set (free) bits among its regions
-    free_bits = np.unpackbits(bitmap.view(np.uint8), axis=1, bitorder="little")
-    inside = np.arange(free_bits.shape[1])[None, :] < np.where(small, nregs[k_small], 0)[:, None]
-    counted = (free_bits.astype(bool) & inside).sum(axis=1)
+    # a slab's free count is the number of set (free) bits among its regions: each word
+    # masked to the regions it holds (region i is bit i % 64 of word i // 64), then counted,
+    # a word at a time (bits unpacked to bytes were 100 MB on a million regions)
+    held = np.where(small, nregs[k_small], 0)[:, None] - 64 * np.arange(bitmap.shape[1])
+    held = np.clip(held, 0, 64).astype(np.uint64)
+    mask = np.where(held == 64, np.uint64(2 ** 64 - 1),
+                    (np.uint64(1) << (held & np.uint64(63))) - np.uint64(1))
+    counted = np.bitwise_count(bitmap & mask).sum(axis=1, dtype=np.int64)
     nfree = _field(bits, b.nfree)
     flag(small & (counted != nfree), lambda k: f"slab 0x{int(addr[k]):x}: bitmap has "
                                                f"{counted[k]} free regions, nfree says {nfree[k]}")

@@ -11,6 +11,7 @@ shown as a string.
 
 from __future__ import annotations
 
+from mdbpy.heap.arrays import distinct
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
@@ -182,7 +183,7 @@ def type_hints(session, addrs, sizes) -> list[str]:
     words = np.where(have >= 8, rows[:, :8].copy().view("<u8")[:, 0], 0)
     names: dict[int, str] = {}
     objs = [(o.base, o.end) for o in session.symbols.objects()]
-    for w in np.unique(words[words != 0]).tolist():
+    for w in distinct(words[words != 0]).tolist():
         if any(a <= w < b for a, b in objs):
             hit = session.symbols.lookup_addr(w)
             if hit is not None and hit[0].name.startswith("_ZTV"):

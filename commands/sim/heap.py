@@ -16,6 +16,7 @@ expanded from the slabs; allocation tracks are read together (mdbpy.heap.gather)
 from __future__ import annotations
 
 from mdbpy.errors import ReadError
+from mdbpy.heap.arrays import distinct
 from mdbpy.heap.damage import DamageLog
 from mdbpy.heap.model import (CTL_NONE, FREE, AllocRecord, Allocator, Buffer, BufferTable, HeapStat,
                               Problem, RecordColumns)
@@ -161,7 +162,7 @@ class SimAllocator(Allocator):
             per_slab(lambda c: c.view.object_size)[order],
             per_slab(lambda c: c.index, np.int32)[order],
             per_slab(lambda c: c.view.track_offset if c.has_tracks else CTL_NONE)[order], names,
-            np.unique(np.concatenate(free)) if free else None, keep_free)
+            distinct(np.concatenate(free)) if free else None, keep_free)
 
     def untrusted(self) -> list[tuple[int, int, str]]:
         self.caches()
