@@ -11,8 +11,11 @@
 - Debian's libjemalloc2 and libjemalloc-dev (installed by .ci/run): the same release, stripped
   of its internal symbols (the heuristic path);
 - `.ci/jemalloc-5.2/` (made by .ci/build-jemalloc): Debian bullseye's libjemalloc.so.2, jemalloc
-  5.2.1, stripped (the 5.2 layouts, by the heuristics); `.ci/jemalloc-5.2/g/`: bullseye's
-  source of it built with -g (the 5.2 layouts bound from DWARF).
+  5.2.1, stripped (the 5.2 layouts, by the heuristics); beside it bullseye's libjemalloc-dev:
+  lib/libjemalloc_pic.a with its symbol table, no DWARF, and the 5.2.1 header (the 5.2 path
+  by symbols: the one CI tests, its mirror having no bullseye source package);
+  `.ci/jemalloc-5.2/g/`: bullseye's source of it built with -g (the 5.2 layouts bound from
+  DWARF).
 
 A test that needs a build that is absent skips, naming what is missing.
 """
@@ -106,6 +109,19 @@ def compile_bullseye(name: str, out_dir: Path) -> Path:
     return compile_fixture(name, out_dir, out_name=f"{name}_bullseye",
                            libs=(str(lib / "libjemalloc.so.2"), f"-Wl,-rpath,{lib}",
                                  "-pthread"))
+
+
+def compile_symbols52(name: str, out_dir: Path) -> Path:
+    """fixtures/<name>.c built with bullseye's 5.2.1 header and linked statically with its
+    libjemalloc_pic.a (libjemalloc-dev 5.2.1-3, made by .ci/build-jemalloc): jemalloc 5.2.1's
+    internal symbols (je_extents_rtree, je_arenas, ...) without DWARF."""
+    if not (BULLSEYE / "done-dev").exists():
+        pytest.skip(f"bullseye's libjemalloc-dev not unpacked under {BULLSEYE} (run "
+                    ".ci/build-jemalloc)")
+    return compile_fixture(name, out_dir, flags=("-g", "-O0", f"-I{BULLSEYE / 'include'}"),
+                           out_name=f"{name}_symbols52",
+                           libs=(str(BULLSEYE / "lib" / "libjemalloc_pic.a"), "-pthread",
+                                 "-lm", "-ldl"))
 
 
 def lib_path(name: str) -> str:

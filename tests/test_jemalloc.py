@@ -1,5 +1,6 @@
 """The jemalloc module on real jemalloc 5.3.0 and 5.2.1 heaps, live and as cores, found each way
-it can be (symbols and DWARF, shared and static, of 5.3.0 and of 5.2.1; symbols without DWARF;
+it can be (symbols and DWARF, shared and static, of 5.3.0 and of 5.2.1; symbols without DWARF,
+of 5.3.0 and of 5.2.1 (bullseye's libjemalloc-dev, static);
 Debian's stripped libraries of bookworm, 5.3.0, and bullseye, 5.2.1, by heuristics; builds
 without stats; extents from sbrk): detection, the planted leaks exactly, the region walk
 against jemalloc's own counters, ::whatis, ::heap_verify, and the one-line messages of a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 from jemalloc_builds import (BULLSEYE_G, compile_bullseye, compile_debian, compile_dwarf,
-                             compile_nodwarf, compile_rjem)
+                             compile_nodwarf, compile_rjem, compile_symbols52)
 from support import compile_fixture, gcore, one_line_stderr, run_mdbpy, start_fixture
 
 VERSION = "5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c"
@@ -37,22 +38,24 @@ BUILDS = {"dwarf": lambda d: compile_dwarf("jemalloc_heap", d),
           "dwarf52": lambda d: compile_dwarf("jemalloc_heap", d, build=BULLSEYE_G),
           "static52": lambda d: compile_dwarf("jemalloc_heap", d, static=True,
                                               build=BULLSEYE_G),
+          "symbols52": lambda d: compile_symbols52("jemalloc_heap", d),
           "rjem": lambda d: compile_rjem("jemalloc_heap", d),
           "rjemstripped": lambda d: compile_rjem("jemalloc_heap", d, strip="all")}
 # the builds linking jemalloc statically under the _rjem_ prefix (tikv-jemallocator's): glibc's
 # malloc stays in the process beside it
 RJEM = ("rjem", "rjemstripped")
-# the builds of jemalloc 5.2.1 (bullseye's stripped library, and its source built with -g)
-R52 = ("bullseye", "dwarf52", "static52")
+# the builds of jemalloc 5.2.1 (bullseye's stripped library, its static one with symbols, and
+# its source built with -g)
+R52 = ("bullseye", "dwarf52", "static52", "symbols52")
 
 
 @pytest.fixture(scope="module", params=list(BUILDS))
 def heap(request, tmp_path_factory):
     """The fixture linked with each build (the -g one shared, static, static without DWARF;
-    Debian's stripped library; bullseye's stripped 5.2.1 and its -g build, shared and static;
-    tikv-jemalloc-sys's configuration
-    under the _rjem_ prefix, static, with its symbols and stripped of all of them), running,
-    and a core of it: (running, exe, core)."""
+    Debian's stripped library; bullseye's stripped 5.2.1, its static library with symbols and
+    its -g build, shared and static; tikv-jemalloc-sys's configuration under the _rjem_ prefix,
+    static, with its symbols and stripped of all of them), running, and a core of it:
+    (running, exe, core)."""
     d = tmp_path_factory.mktemp("jemalloc")
     exe = BUILDS[request.param](d)
     run = start_fixture(exe)
@@ -94,6 +97,7 @@ METHODS = {"dwarf": "symbols and DWARF", "static": "symbols and DWARF",
            "debian": "heuristics, each verified (no internal symbols)",
            "bullseye": "heuristics, each verified (no internal symbols)",
            "dwarf52": "symbols and DWARF", "static52": "symbols and DWARF",
+           "symbols52": "symbols; arena_t and base_t offsets by verified heuristics (no DWARF)",
            "rjem": "symbols and DWARF",
            "rjemstripped": "heuristics, each verified (no internal symbols)"}
 OBJECT = {"rjem": "a.out (defines _rjem_mallctlnametomib)",
@@ -137,9 +141,9 @@ def test_jemalloc_dcmd(heap, where):
     assert f"object      {OBJECT.get(build, f'{obj} (defines mallctlnametomib)')}" in lines
     assert "arenas      2" in lines
     assert "tcaches     2" in lines
-    if build in ("nodwarf", "debian", "bullseye", "rjemstripped"):
-        found = FOUND_52 if build == "bullseye" else _dwarf_offsets()
-        assert (f"layouts     builtin {'5.2' if build == 'bullseye' else '5.3'} (edata_t, "
+    if build in ("nodwarf", "debian", "bullseye", "symbols52", "rjemstripped"):
+        found = FOUND_52 if build in R52 else _dwarf_offsets()
+        assert (f"layouts     builtin {'5.2' if build in R52 else '5.3'} (edata_t, "
                 "tcache_t, cache_bin_t, bin_info_t); found: "
                 + ", ".join(f"{k} +0x{v:x}" for k, v in found.items())) in lines
     if stripped:
@@ -151,6 +155,10 @@ def test_jemalloc_dcmd(heap, where):
                                  "elements' edata_t hold their pages")
         assert lines[5].endswith(": 232 size classes")
         assert lines[6].endswith(": 36 small classes")
+    else:  # the rtree by its symbol: 5.2's is extents_rtree
+        rtree = "extents_rtree" if build in R52 else "arena_emap_global"
+        assert next(ln for ln in lines if ln.startswith("emap ")).startswith(
+            f"emap        {prefix}je_{rtree} 0x")
 
 
 def _tcache_bytes(heap, size, szind, held, nbins: int) -> int:
@@ -317,10 +325,12 @@ def test_with_glibc_malloc(tmp_path, where):
     assert {"jemalloc", "ptmalloc"} <= set(r.stdout.split())
 
 
-@pytest.mark.parametrize("heap", ["dwarf", "dwarf52"], indirect=True)
+@pytest.mark.parametrize("heap", ["dwarf", "dwarf52", "symbols52"], indirect=True)
 def test_heuristics_find_what_the_symbols_name(heap):
-    """The heuristics, run on the core of a -g build (5.3.0's, 5.2.1's), find each global where
-    its symbol is, the bases each arena_t's `base` field holds, and DWARF's offsets."""
+    """The heuristics, run on the core of a -g build (5.3.0's, 5.2.1's) or of bullseye's static
+    5.2.1 with its symbols, find each global where its symbol is, the bases each arena_t's
+    `base` field holds, and the offsets the symbol path has (DWARF's; without DWARF, those
+    test_jemalloc_dcmd checks are FOUND_52)."""
     import mdbpy
     from mdbpy.layout.bind import Binder
     from mdbpy_commands.jemalloc import heuristic
@@ -385,7 +395,7 @@ def test_without_stats(tmp_path, where, strip):
                          "regions")
 
 
-DSS_BUILDS = ("dwarf", "debian", "bullseye", "dwarf52")
+DSS_BUILDS = ("dwarf", "debian", "bullseye", "dwarf52", "symbols52")
 
 
 @pytest.mark.parametrize("where", ["live", "core"])
@@ -395,8 +405,8 @@ def test_dss(tmp_path, build, where):
     heap is in the [heap] mapping, while its bases (metadata: edata_t, rtree leaves, arenas)
     stay mmapped (base.c maps them with extent_alloc_mmap). The extents are found the same
     way, through the emap: the planted leaks are exact (each inside [heap]), ::je_stats'
-    totals equal the fixture's stats.*, the heap is clean; by symbols and DWARF and by the
-    heuristics, 5.3 and 5.2."""
+    totals equal the fixture's stats.*, the heap is clean; by symbols and DWARF, by symbols
+    without it (5.2) and by the heuristics, 5.3 and 5.2."""
     import os
 
     from support import proc_maps
