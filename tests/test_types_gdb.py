@@ -122,10 +122,13 @@ def _gdb_args(where: str, proc, exe: Path) -> list[str]:
     return ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
 
 
-def _check_cases(cases, where, proc, exe, tmp_path, language="c") -> int:
-    """Every case's ::print equals gdb's value; returns how many values were compared."""
-    want = gdb_values(_gdb_args(where, proc, exe), [g for _, _, g in cases], tmp_path,
-                      language=language)
+def _check_cases(cases, where, proc, exe, tmp_path, language="c", gdb_exe=None) -> int:
+    """Every case's ::print equals gdb's value (gdb reading gdb_exe, the same build in a
+    shape gdb reads, when given); returns how many values were compared."""
+    args = _gdb_args(where, proc, exe) if gdb_exe is None else \
+        [str(gdb_exe), *_gdb_args(where, proc, exe)[-2:]] if where == "live" else \
+        [str(gdb_exe), str(proc[1])]
+    want = gdb_values(args, [g for _, _, g in cases], tmp_path, language=language)
     mdb = _open(where, proc, exe)
     wrong, compared = [], 0
     try:
@@ -177,10 +180,18 @@ def _number(text: str) -> int:
 @pytest.mark.parametrize("fixture", ["c_exe", "cpp_exe"])
 def test_sizeof_offsetof_equal_gdb(fixture, request, tmp_path):
     exe = request.getfixturevalue(fixture)
+    names, members = check_layouts(exe, tmp_path, "c" if fixture == "c_exe" else "c++")
+    assert names >= (7 if fixture == "c_exe" else 8)
+    assert members >= (60 if fixture == "c_exe" else 12)
+
+
+def check_layouts(exe: Path, tmp_path, language: str = "c",
+                  gdb_exe: Path | None = None) -> tuple[int, int]:
+    """::sizeof and ::offsetof of every struct and union of the program's own equal gdb's
+    (gdb reading gdb_exe, the same build in a shape gdb reads, when given); returns how many
+    types and members were compared."""
     names = _layout_names(exe)
-    assert len(names) >= (7 if fixture == "c_exe" else 8)
-    want = gdb_values([str(exe)], names, tmp_path, mode="layout",
-                      language="c" if fixture == "c_exe" else "c++")
+    want = gdb_values([str(gdb_exe or exe)], names, tmp_path, mode="layout", language=language)
     mdb = Commands(open_file_target(str(exe)))
     wrong, members = [], 0
     try:
@@ -199,4 +210,4 @@ def test_sizeof_offsetof_equal_gdb(fixture, request, tmp_path):
     finally:
         mdb.close()
     assert not wrong, "\n".join(wrong)
-    assert members >= (60 if fixture == "c_exe" else 12)
+    return len(names), members

@@ -104,6 +104,150 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+# -- supplementary files (dwz) -----------------------------------------------------------------
+# `dwz -m common.debug a b` moves what several debug files share into one file, and each then
+# names it in .gnu_debugaltlink: the file name, NUL, and that file's build-id (DWARF 5's
+# .debug_sup says the same: version, is-supplementary flag, name, then a checksum that dwz
+# makes the build-id). Debian's -dbgsym packages name /usr/lib/debug/.dwz/<triplet>/<pkg>.debug.
+
+def parse_altlink(data: bytes) -> tuple[str, str] | None:
+    """(file name, build-id in hex) from a .gnu_debugaltlink section."""
+    nul = data.find(b"\0")
+    if nul <= 0:
+        return None
+    return data[:nul].decode("utf-8", "replace"), data[nul + 1:].hex()
+
+
+def parse_debug_sup(data: bytes) -> tuple[str, str] | None:
+    """(file name, checksum in hex) from the .debug_sup section of a file that refers to a
+    supplementary file (None in the supplementary file itself, or when malformed)."""
+    fields = _debug_sup(data)
+    if fields is None or fields[0] or not fields[1]:
+        return None
+    return fields[1], fields[2]
+
+
+def _debug_sup(data: bytes) -> tuple[bool, str, str] | None:
+    """(is the supplementary file, file name, checksum in hex) of a .debug_sup section:
+    version (2 bytes), flag, NUL-terminated name, ULEB128 length, checksum."""
+    if len(data) < 5 or data[2] not in (0, 1):
+        return None
+    nul = data.find(b"\0", 3)
+    if nul < 0:
+        return None
+    n, shift, pos = 0, 0, nul + 1
+    while pos < len(data):
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            break
+    return bool(data[2]), data[3:nul].decode("utf-8", "replace"), data[pos:pos + n].hex()
+
+
+def find_supplementary(debug_path: str, name: str, build_id: str, dirs: Iterable[str],
+                       ids_of: Callable[[str], set[str]] | None = None) -> str | None:
+    """The supplementary file a debug file's link names, as gdb looks for it: the name itself
+    (a relative name from the debug file's directory, also after resolving symbolic links),
+    then by its build-id under each debug directory (`.build-id/ab/cdef....debug`), then an
+    absolute name under each debug directory (a sysroot's). Each hit must carry the link's
+    build-id (when the link gives one; for .debug_sup, the checksum): a stale common file of
+    another build is never used."""
+    dirs = list(dirs)
+    ids_of = ids_of or supplementary_ids
+    candidates = []
+    if os.path.isabs(name):
+        candidates.append(name)
+    else:
+        for p in (debug_path, os.path.realpath(debug_path)):
+            c = os.path.join(os.path.dirname(p), name)
+            if c not in candidates:
+                candidates.append(c)
+    if len(build_id) >= 4:
+        candidates += [os.path.join(d, ".build-id", build_id[:2], build_id[2:] + ".debug")
+                       for d in dirs]
+    if os.path.isabs(name):
+        candidates += [os.path.join(d, name.lstrip("/")) for d in dirs]
+    for p in candidates:
+        if os.path.isfile(p) and (not build_id or build_id in ids_of(p)):
+            return p
+    return None
+
+
+def supplementary_ids(path: str) -> set[str]:
+    """What identifies a supplementary file, in hex: its GNU build-id note (read from its
+    section headers: a file written by dwz has no program headers, so no PT_NOTE), and the
+    checksum its own .debug_sup gives (DWARF 5: the one the files referring to it repeat)."""
+    out = set()
+    try:
+        with open(path, "rb") as f:
+            for name, kind, off, size in _section_headers(f):
+                if size > 1 << 16 or not (kind == 7 or name == b".debug_sup"):
+                    continue
+                f.seek(off)
+                data = f.read(size)
+                if kind == 7:  # SHT_NOTE
+                    bid = _gnu_build_id(data)
+                    if bid:
+                        out.add(bid)
+                else:  # the supplementary file's own .debug_sup
+                    fields = _debug_sup(data)
+                    if fields is not None and fields[0] and fields[2]:
+                        out.add(fields[2])
+    except (OSError, struct.error, IndexError):
+        pass
+    return out
+
+
+def _section_headers(f):
+    """(name, sh_type, offset, size) of each section of an open little-endian ELF file."""
+    head = f.read(64)
+    if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
+        return []
+    is64 = head[4] == 2
+    if is64:
+        shoff, = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
+    else:
+        shoff, = struct.unpack_from("<I", head, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x2E)
+    if not shoff or not shnum or shnum > 1 << 16 or shentsize < (64 if is64 else 40):
+        return []
+    f.seek(shoff)
+    table = f.read(shentsize * shnum)
+    rows = []
+    for i in range(shnum):
+        sh = table[i * shentsize:(i + 1) * shentsize]
+        name_at, kind = struct.unpack_from("<II", sh, 0)
+        if is64:
+            off, size = struct.unpack_from("<QQ", sh, 0x18)
+        else:
+            off, size = struct.unpack_from("<II", sh, 0x10)
+        rows.append([name_at, kind, off, size])
+    names = b""
+    if shstrndx < len(rows) and rows[shstrndx][3] <= 1 << 20:
+        f.seek(rows[shstrndx][2])
+        names = f.read(rows[shstrndx][3])
+    out = []
+    for name_at, kind, off, size in rows:
+        end = names.find(b"\0", name_at)
+        out.append((names[name_at:end] if end >= 0 else b"", kind, off, size))
+    return out
+
+
+def _gnu_build_id(notes: bytes) -> str | None:
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, kind = struct.unpack_from("<III", notes, pos)
+        name_at = pos + 12
+        desc_at = name_at + ((namesz + 3) & ~3)
+        if kind == 3 and notes[name_at:name_at + namesz].rstrip(b"\0") == b"GNU":
+            return notes[desc_at:desc_at + descsz].hex() or None
+        pos = desc_at + ((descsz + 3) & ~3)
+    return None
+
+
 # -- debuginfod ---------------------------------------------------------------------------------
 # Debug files fetched by build-id from the servers of $DEBUGINFOD_URLS (as gdb and elfutils do)
 # live in elfutils' cache, so one download serves every tool: <cache>/<build-id>/debuginfo.

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
-from mdbpy.types.dies import _attr
+from mdbpy.types.dies import _attr, is_unknown
 from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, FrameContext, Unavailable, as_int,
                                    evaluate, expression_at, place, read_or_unavailable)
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
@@ -269,6 +269,9 @@ def _variable(session, ctx: _Context, fn: _Function, die, arg: bool) -> FrameVar
     except MdbError as e:
         return FrameVar(name, _void(), arg, why=str(e))
     var = FrameVar(name, t, arg)
+    if is_unknown(t):  # its type is in a supplementary file that is missing
+        var.why = "unknown type"
+        return var
     try:
         size = space.complete(t.strip()).size
         if not size:

@@ -5,10 +5,15 @@ back is one small JSON file, so a second mdbpy finds `struct malloc_state` witho
 DWARF beyond that one type. The entry lives beside the symbol cache (`$MDBPY_CACHE_DIR`, see
 mdbpy/symbols/cache.py) as `<build-id>.types`:
 
-    {"version": 2, "build_id": "...", "dwarf_size": N, "index": {cus, types, vars, tls, ...}}
+    {"version": 3, "build_id": "...", "dwarf_size": N, "sup": S,
+     "index": {cus, types, vars, tls, sigs, ...}}
 
 It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
-build-id or DWARF file size does not match is ignored and the index is built again.
+build-id or DWARF file size does not match is ignored and the index is built again. A debug
+file that refers to a supplementary file (dwz) is indexed with that file's partial units, so
+the entry also says which supplementary file it was built with (S: its build-id and size, or
+{"missing": name} when it was not found, null when there is none): a common file installed,
+removed or replaced since makes the entry stale.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import os
 from mdbpy.symbols import cache
 from mdbpy.types.scan import ScanError, Sections, scan, unit_of
 
-FORMAT_VERSION = 2  # 2: thread-local variables (tls_keys, tls_dies)
+# 2: thread-local variables (tls_keys, tls_dies); 3: type unit signatures, supplementary files
+FORMAT_VERSION = 3
 SUFFIX = ".types"
 MAX_ENTRY = 64 << 20
 SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
-            "line_str": ".debug_line_str", "str_offsets": ".debug_str_offsets"}
+            "line_str": ".debug_line_str", "str_offsets": ".debug_str_offsets",
+            "types": ".debug_types"}
 
 
 class TypeIndex:
@@ -38,6 +45,8 @@ class TypeIndex:
         self.addr_dies: list[int] = data["addr_dies"]
         self.tls_keys: list[int] = data["tls_keys"]
         self.tls_dies: list[int] = data["tls_dies"]
+        self.sigs: dict[str, int] = data.get("sigs", {})
+        self.cpp_units: set[int] = set(data.get("cpp_units", ()))
 
     def type_die(self, kind: str, name: str) -> int | None:
         """The DIE defining the type `name` of kind struct, union, enum, typedef or base."""
@@ -62,6 +71,10 @@ class TypeIndex:
             return self.tls_dies[i]
         return None
 
+    def sig_die(self, sig: int) -> int | None:
+        """The DIE of the type whose type unit has signature sig (DW_FORM_ref_sig8)."""
+        return self.sigs.get(f"{sig:016x}")
+
     def unit_of(self, die_off: int) -> int:
         return unit_of(self.cus, die_off)
 
@@ -78,31 +91,36 @@ def read_sections(elf) -> Sections:
     return Sections(**data)
 
 
-def build(elf) -> TypeIndex:
-    """Scan the DWARF of an ELFFile (raises ScanError on DWARF the scan cannot follow)."""
-    return TypeIndex(scan(read_sections(elf)).as_json())
+def build(elf, sup_elf=None) -> TypeIndex:
+    """Scan the DWARF of an ELFFile, with its supplementary file's (raises ScanError on DWARF
+    the scan cannot follow)."""
+    sup = read_sections(sup_elf) if sup_elf is not None else None
+    return TypeIndex(scan(read_sections(elf), sup).as_json())
 
 
-def load_or_build(path: str, build_id: str | None, elf) -> TypeIndex:
+def load_or_build(path: str, build_id: str | None, elf, sup_elf=None, sup=None) -> TypeIndex:
     """The index of the DWARF file at path: from the cache when an entry for build_id
-    matches the file, else built and stored."""
+    matches the file (and `sup`, what identifies its supplementary file, see the module
+    doc), else built and stored."""
     size = os.path.getsize(path)
-    hit = _load(build_id, size) if build_id else None
+    hit = _load(build_id, size, sup) if build_id else None
     if hit is not None:
         return hit
-    found = scan(read_sections(elf)).as_json()
+    sec = read_sections(elf)
+    found = (scan(sec) if sup_elf is None else scan(sec, read_sections(sup_elf))).as_json()
     if build_id:
-        _store(build_id, size, found)
+        _store(build_id, size, found, sup)
     return TypeIndex(found)
 
 
-def _load(build_id: str, size: int) -> TypeIndex | None:
+def _load(build_id: str, size: int, sup=None) -> TypeIndex | None:
     entry = cache.load_json(build_id, SUFFIX, MAX_ENTRY)
     if not isinstance(entry, dict):
         return None
     try:
         if (entry.get("version") != FORMAT_VERSION or entry.get("build_id") != build_id
-                or entry.get("dwarf_size") != size or not _well_formed(entry["index"])):
+                or entry.get("dwarf_size") != size or entry.get("sup") != sup
+                or not _well_formed(entry["index"])):
             return None
         return TypeIndex(entry["index"])
     except Exception:  # absent, corrupt or foreign: build the index again
@@ -124,12 +142,13 @@ def _well_formed(data) -> bool:
             and len(data["tls_keys"]) == len(data["tls_dies"])
             and names(data.get("vars")) and names(data.get("var_decls", {}))
             and isinstance(data.get("types"), dict)
-            and all(names(v) for v in data["types"].values()))
+            and all(names(v) for v in data["types"].values())
+            and names(data.get("sigs", {})) and ints(data.get("cpp_units", [])))
 
 
-def _store(build_id: str, size: int, found: dict) -> None:
+def _store(build_id: str, size: int, found: dict, sup=None) -> None:
     cache.store_json(build_id, SUFFIX, {"version": FORMAT_VERSION, "build_id": build_id,
-                                        "dwarf_size": size, "index": found})
+                                        "dwarf_size": size, "sup": sup, "index": found})
 
 
 __all__ = ["TypeIndex", "ScanError", "load_or_build", "build"]

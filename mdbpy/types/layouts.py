@@ -8,7 +8,8 @@ pyelftools, reading the section headers and the abbreviations) costs every sessi
 a second that a glibc heap command would otherwise not spend at all; so the few structs an
 allocator asks for are kept too, in `<build-id>.layouts` beside the symbol cache: JSON, with the
 file they were read from and its size and modification time, so that a debug file installed,
-removed or replaced since is noticed and the DWARF read again.
+removed or replaced since is noticed and the DWARF read again; and the same of the
+supplementary file (dwz) that file refers to, whose partial units hold most of its structs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mdbpy.layout.bind import DwarfStruct
 from mdbpy.symbols import cache
 
 SUFFIX = ".layouts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the supplementary file
 MAX_ENTRY = 1 << 20  # a layouts entry larger than this is not ours
 
 
@@ -47,11 +48,11 @@ def bound_layouts(session, obj: str, names) -> tuple[dict[str, DwarfStruct], str
     read = _read(session, obj, names)
     if read is None:
         return {}, None
-    path, found = read
+    path, found, sup = read
     if build_id:
         if entry is not None and entry["path"] == path:
             found = {**entry["structs"], **found}
-        _store(build_id, path, found)
+        _store(build_id, path, found, sup)
     return _structs({"structs": found}, names, obj), path
 
 
@@ -73,8 +74,8 @@ def _structs(entry: dict, names, obj: str) -> dict[str, DwarfStruct]:
 
 
 def _read(session, obj: str, names):
-    """(the DWARF file, {name: [size, {member: [offset, size]}] or None}) read through the
-    types index, or None when obj has no DWARF."""
+    """(the DWARF file, {name: [size, {member: [offset, size]}] or None}, its supplementary
+    file or None) read through the types index, or None when obj has no DWARF."""
     from mdbpy.types.model import Struct
     from mdbpy.types.space import space_of
 
@@ -97,7 +98,7 @@ def _read(session, obj: str, names):
             continue
         out[name] = [t.size, {m.name: [m.offset, m.type.strip().size] for m in t.members
                               if m.name and m.offset is not None and not m.is_bitfield}]
-    return found[0].path, out
+    return found[0].path, out, found[0].sup_path
 
 
 def _stamp(path: str):
@@ -118,6 +119,9 @@ def _load(build_id: str) -> dict | None:
                 or not isinstance(entry.get("structs"), dict)
                 or _stamp(entry["path"]) != entry["stamp"]):
             return None
+        sup = entry.get("sup")
+        if sup is not None and _stamp(sup[0]) != sup[1]:
+            return None
         for v in entry["structs"].values():
             if v is not None and not (isinstance(v[0], int) and all(
                     isinstance(x, int) for pair in v[1].values() for x in pair)):
@@ -127,10 +131,12 @@ def _load(build_id: str) -> dict | None:
         return None
 
 
-def _store(build_id: str, path: str, structs: dict) -> None:
+def _store(build_id: str, path: str, structs: dict, sup_path: str | None = None) -> None:
     try:
         stamp = _stamp(path)
+        sup = [sup_path, _stamp(sup_path)] if sup_path else None
     except OSError:
         return
     cache.store_json(build_id, SUFFIX, {"version": FORMAT_VERSION, "build_id": build_id,
-                                        "path": path, "stamp": stamp, "structs": structs})
+                                        "path": path, "stamp": stamp, "sup": sup,
+                                        "structs": structs})

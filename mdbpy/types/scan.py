@@ -13,6 +13,18 @@ types and static members get `Outer::name`). Names are the first complete defini
 (declarations are skipped); variables with a static address (DW_OP_addr) are also indexed by
 that address, so a symbol finds its variable's DIE exactly even when several files define a
 static of the same name.
+
+Shapes beyond one plain .debug_info, each DIE offset recorded in one number space (tagged):
+- type units (`-fdebug-types-section`): DWARF 5's DW_UT_type units are in .debug_info itself;
+  DWARF 4's are in .debug_types, whose DIEs are recorded as TYPES + their offset there. Each
+  unit's signature maps to its type's DIE (`sigs`), for DW_FORM_ref_sig8.
+- a supplementary file (dwz -m: .gnu_debugaltlink; DWARF 5: .debug_sup): names may be strings
+  of its .debug_str (DW_FORM_GNU_strp_alt, DW_FORM_strp_sup), and units import its partial units
+  (DW_TAG_imported_unit, DW_AT_import as DW_FORM_GNU_ref_alt or DW_FORM_ref_sup4/8). Those
+  partial units, and the ones they import in turn, are scanned as this file's own, their DIEs
+  recorded as SUP + their offset in the supplementary file; the rest of that file (other
+  programs' types) is not read. A partial unit has no DW_AT_language: it takes its importer's.
+Split DWARF (DW_UT_skeleton / DW_UT_split_compile units and .dwo files) is not read.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from dataclasses import dataclass, field
 T_ARRAY, T_CLASS, T_ENUM, T_MEMBER, T_STRUCT, T_TYPEDEF, T_UNION = 0x01, 0x02, 0x04, 0x0D, 0x13, \
     0x16, 0x17
 T_BASE, T_VARIABLE, T_NAMESPACE, T_UNSPECIFIED = 0x24, 0x34, 0x39, 0x3B
+T_PARTIAL_UNIT, T_IMPORTED_UNIT = 0x3C, 0x3D
 TYPE_KINDS = {T_STRUCT: "struct", T_CLASS: "struct", T_UNION: "union", T_ENUM: "enum",
               T_TYPEDEF: "typedef", T_BASE: "base", T_UNSPECIFIED: "base"}
 SCOPES = (T_STRUCT, T_CLASS, T_UNION)
@@ -32,10 +45,18 @@ CPP_LANGS = {0x04, 0x1A, 0x21, 0x2B}  # DW_LANG_C_plus_plus, _03, _11, _14
 # attributes captured, and the slot each lands in
 A_SIBLING, A_LOCATION, A_NAME, A_LANGUAGE, A_DECLARATION, A_SPECIFICATION = 0x01, 0x02, 0x03, \
     0x13, 0x3C, 0x47
-A_STR_OFFSETS_BASE = 0x72
+A_STR_OFFSETS_BASE, A_IMPORT, A_SIGNATURE = 0x72, 0x18, 0x69
 SLOTS = {A_SIBLING: 0, A_LOCATION: 1, A_NAME: 2, A_LANGUAGE: 3, A_DECLARATION: 4,
-         A_SPECIFICATION: 5, A_STR_OFFSETS_BASE: 6}
-NSLOTS = 7
+         A_SPECIFICATION: 5, A_STR_OFFSETS_BASE: 6, A_IMPORT: 7, A_SIGNATURE: 8}
+NSLOTS = 9
+
+# forms naming the supplementary file's strings and DIEs (GNU's for dwz, then DWARF 5's)
+F_REF_ADDR = 0x10
+ALT_STRINGS = (0x1F21, 0x1D)  # DW_FORM_GNU_strp_alt, DW_FORM_strp_sup
+ALT_REFS = (0x1F20, 0x1C, 0x24)  # DW_FORM_GNU_ref_alt, DW_FORM_ref_sup4, DW_FORM_ref_sup8
+# where a recorded DIE offset points: below SUP, this file's .debug_info
+SUP = 1 << 44  # + offset in the supplementary file's .debug_info
+TYPES = 1 << 45  # + offset in this file's .debug_types (DWARF 4 type units)
 
 # step operations
 SKIP, LEB, CSTR, BLOCK1, BLOCK2, BLOCK4, BLOCKU, FIXED, PRESENT, INDIRECT, IMPLICIT = range(11)
@@ -65,6 +86,7 @@ class Sections:
     str: bytes = b""
     line_str: bytes = b""
     str_offsets: bytes = b""
+    types: bytes = b""  # .debug_types (DWARF 4 type units)
 
 
 @dataclass
@@ -78,12 +100,16 @@ class Found:
     var_decls: dict[str, int] = field(default_factory=dict)  # extern declarations only
     addrs: list[tuple[int, int]] = field(default_factory=list)  # (file address, DIE offset)
     tls: list[tuple[int, int]] = field(default_factory=list)  # (offset in TLS block, DIE offset)
+    sigs: dict[str, int] = field(default_factory=dict)  # type unit signature (hex) -> type DIE
+    cpp_units: list[int] = field(default_factory=list)  # partial units C++ by their importer
 
     def as_json(self) -> dict:
         self.addrs.sort()
         self.tls.sort()
+        self.cus.sort()
+        self.cpp_units.sort()
         return {"cus": self.cus, "types": self.types, "vars": self.vars,
-                "var_decls": self.var_decls,
+                "var_decls": self.var_decls, "sigs": self.sigs, "cpp_units": self.cpp_units,
                 "addr_keys": [a for a, _ in self.addrs], "addr_dies": [d for _, d in self.addrs],
                 "tls_keys": [a for a, _ in self.tls], "tls_dies": [d for _, d in self.tls]}
 
@@ -144,6 +170,7 @@ class _Abbrevs:
 
     def _compile(self, pos: int, offset_size: int, addr_size: int, version: int) -> dict:
         data, out = self.data, {}
+        form_steps: dict[int, tuple[int, int]] = {}  # each form's step, worked out once
         while True:
             code, pos = _uleb(data, pos)
             if code == 0:
@@ -153,14 +180,25 @@ class _Abbrevs:
             pos += 1
             steps: list[tuple] = []
             while True:
-                name, pos = _uleb(data, pos)
-                form, pos = _uleb(data, pos)
+                name = data[pos]  # one byte, almost always: the LEB128 in full otherwise
+                if name < 0x80:
+                    pos += 1
+                else:
+                    name, pos = _uleb(data, pos)
+                form = data[pos]
+                if form < 0x80:
+                    pos += 1
+                else:
+                    form, pos = _uleb(data, pos)
                 if name == 0 and form == 0:
                     break
                 implicit = None
                 if form == 0x21:
                     implicit, pos = _sleb(data, pos)
-                op, size = _form_step(form, offset_size, addr_size, version)
+                step = form_steps.get(form)
+                if step is None:
+                    step = form_steps[form] = _form_step(form, offset_size, addr_size, version)
+                op, size = step
                 slot = SLOTS.get(name, -1)
                 if op == IMPLICIT:
                     size = implicit
@@ -175,68 +213,178 @@ class _Abbrevs:
 
 
 class _Unit:
-    """What one unit's DIEs need to decode their captured attributes."""
+    """What one unit's DIEs need to decode their captured attributes. `offset` is in the
+    unit's section; `base` is what its DIEs' offsets get in the index (0, SUP or TYPES)."""
 
-    __slots__ = ("offset", "end", "offset_size", "str_offsets_base", "cpp")
+    __slots__ = ("offset", "end", "offset_size", "str_offsets_base", "cpp", "base", "file")
 
-    def __init__(self, offset: int, end: int, offset_size: int):
+    def __init__(self, offset: int, end: int, offset_size: int, base: int, file, cpp=False):
         self.offset = offset
         self.end = end
         self.offset_size = offset_size
         self.str_offsets_base = 8 if offset_size == 4 else 16
-        self.cpp = False
+        self.cpp = cpp  # None: a partial unit's language is its importer's, not yet known
+        self.base = base
+        self.file = file
 
 
-def scan(sec: Sections) -> Found:
-    """Every unit of .debug_info; raises ScanError on bytes it cannot follow."""
-    found = Found()
-    abbrevs = _Abbrevs(sec.abbrev)
-    names = _Names(sec)
-    info = sec.info
+class _File:
+    """One file's sections as the scan reads them: its abbreviations and string tables, and
+    the strings of the supplementary file it refers to (None: it has none, or it is missing)."""
+
+    def __init__(self, sec: Sections, alt: Sections | None = None):
+        self.sec = sec
+        self.abbrevs = _Abbrevs(sec.abbrev)
+        self.names = _Names(sec, alt)
+
+
+class _Scan:
+    """What crosses units: the found names, the partial units imported (by section offset of
+    their unit DIE, with the importer's language), and variable definitions whose declaration
+    is in a unit not yet read."""
+
+    def __init__(self):
+        self.found = Found()
+        self.decl_names: dict[int, str] = {}  # a declaration's DIE (index offset) -> its name
+        self.type_decls: dict[int, str] = {}  # the same of C++ types declared in a scope
+        self.imports: list[tuple[int, int, bool]] = []  # (base, unit DIE offset, importer C++)
+        self.pending: list[tuple] = []  # (declaration's index offset, vals, die index offset)
+
+
+def _headers(info: bytes, types_section: bool = False):
+    """Each unit's header: (unit offset, end, offset size, version, unit type, address size,
+    abbreviation offset, first DIE, signature, type offset) - the last two of type units."""
+    pos = 0
+    while pos + 11 <= len(info):
+        unit_off = pos
+        length = int.from_bytes(info[pos:pos + 4], "little")
+        offset_size = 4
+        pos += 4
+        if length == 0xFFFFFFFF:
+            length = int.from_bytes(info[pos:pos + 8], "little")
+            offset_size = 8
+            pos += 8
+        end = pos + length
+        version = int.from_bytes(info[pos:pos + 2], "little")
+        pos += 2
+        sig = type_off = None
+        unit_type = 1
+        if version >= 5 and not types_section:
+            unit_type = info[pos]
+            addr_size = info[pos + 1]
+            abbrev_off = int.from_bytes(info[pos + 2:pos + 2 + offset_size], "little")
+            pos += 2 + offset_size
+            if unit_type in (2, 6):  # type units: signature and type offset
+                sig = int.from_bytes(info[pos:pos + 8], "little")
+                type_off = int.from_bytes(info[pos + 8:pos + 8 + offset_size], "little")
+                pos += 8 + offset_size
+            elif unit_type in (4, 5):  # skeleton and split units: dwo id
+                pos += 8
+        elif version >= 2:
+            abbrev_off = int.from_bytes(info[pos:pos + offset_size], "little")
+            addr_size = info[pos + offset_size]
+            pos += offset_size + 1
+            if types_section:  # DWARF 4 .debug_types: signature and type offset
+                unit_type = 2
+                sig = int.from_bytes(info[pos:pos + 8], "little")
+                type_off = int.from_bytes(info[pos + 8:pos + 8 + offset_size], "little")
+                pos += 8 + offset_size
+        else:
+            raise ScanError(f"unit at 0x{unit_off:x}: DWARF version {version}")
+        yield (unit_off, end, offset_size, version, unit_type, addr_size, abbrev_off, pos, sig,
+               type_off)
+        if end <= unit_off:
+            raise ScanError(f"unit at 0x{unit_off:x}: length {length}")
+        pos = end
+
+
+def scan(sec: Sections, sup: Sections | None = None) -> Found:
+    """Every unit of .debug_info and .debug_types, and the supplementary file's partial units
+    they import (sup: its sections; None when the file has none or it is missing, and then
+    what is there is left out: names in its strings, types in its units); raises ScanError on
+    bytes it cannot follow."""
+    st = _Scan()
+    found = st.found
+    main = _File(sec, sup)
+    deferred = []  # partial units without a language: scanned once their importer is known
     pos = 0
     try:
-        while pos + 11 <= len(info):
-            unit_off = pos
-            length = int.from_bytes(info[pos:pos + 4], "little")
-            offset_size = 4
-            pos += 4
-            if length == 0xFFFFFFFF:
-                length = int.from_bytes(info[pos:pos + 8], "little")
-                offset_size = 8
-                pos += 8
-            end = pos + length
-            version = int.from_bytes(info[pos:pos + 2], "little")
-            pos += 2
-            if version >= 5:
-                unit_type = info[pos]
-                addr_size = info[pos + 1]
-                abbrev_off = int.from_bytes(info[pos + 2:pos + 2 + offset_size], "little")
-                pos += 2 + offset_size
-                if unit_type in (2, 6):  # type units: signature and type offset
-                    pos += 8 + offset_size
-                elif unit_type in (4, 5):  # skeleton and split units: dwo id
-                    pos += 8
-            elif version >= 2:
-                abbrev_off = int.from_bytes(info[pos:pos + offset_size], "little")
-                addr_size = info[pos + offset_size]
-                pos += offset_size + 1
-            else:
-                raise ScanError(f"unit at 0x{unit_off:x}: DWARF version {version}")
-            found.cus.append(unit_off)
-            unit = _Unit(unit_off, end, offset_size)
-            _scan_unit(info, pos, unit, abbrevs.table(abbrev_off, offset_size, addr_size,
-                                                      version), names, found)
-            pos = end
+        for base, info in ((0, sec.info), (TYPES, sec.types)):
+            for h in _headers(info, base == TYPES):
+                unit_off, end, offset_size, version, unit_type, addr_size, abbrev_off, pos, \
+                    sig, type_off = h
+                if unit_type == 6:  # a split type unit (.dwo): not read
+                    continue
+                found.cus.append(base + unit_off)
+                if sig is not None:
+                    found.sigs[f"{sig:016x}"] = base + unit_off + type_off
+                unit = _Unit(unit_off, end, offset_size, base, main, None)
+                table = main.abbrevs.table(abbrev_off, offset_size, addr_size, version)
+                if not _scan_unit(info, pos, unit, table, st):
+                    deferred.append((info, pos, unit, table))
+        # this file's partial units without a language: C++ where a C++ unit imports them
+        # (directly or through other partial units), else C
+        waiting = {d[1]: d for d in deferred}  # by unit DIE offset
+        seen = 0
+        while seen < len(st.imports) and waiting:
+            b, off, cpp = st.imports[seen]
+            seen += 1
+            if b == 0 and cpp and off in waiting:
+                info, pos, unit, table = waiting.pop(off)
+                unit.cpp = True
+                found.cpp_units.append(unit.offset)
+                _scan_unit(info, pos, unit, table, st)  # may import more
+        for info, pos, unit, table in waiting.values():
+            unit.cpp = False
+            _scan_unit(info, pos, unit, table, st)
+        if sup is not None:
+            _scan_imported(sup, st)
     except (IndexError, KeyError) as e:
         raise ScanError(f"malformed .debug_info near 0x{pos:x} ({type(e).__name__})") from None
+    for decl, vals, die_off, unit_base in st.pending:
+        name = st.decl_names.get(decl)
+        if name is not None:
+            _define_var(name, vals, die_off, found)
+    found.cus.sort()
     return found
+
+
+def _scan_imported(sup: Sections, st: _Scan) -> None:
+    """The supplementary file's partial units that the scanned units import, and those they
+    import in turn (DW_FORM_ref_addr within that file); each once, with the language of its
+    first importer."""
+    file = _File(sup)
+    by_die = {h[7]: h for h in _headers(sup.info)}  # unit DIE offset -> header
+    done: set[int] = set()
+    while True:
+        todo = [(off, cpp) for b, off, cpp in st.imports if b == SUP and off not in done]
+        st.imports = [i for i in st.imports if i[0] != SUP]
+        if not todo:
+            return
+        for die, cpp in todo:
+            if die in done:
+                continue
+            done.add(die)
+            h = by_die.get(die)
+            if h is None:
+                continue  # an import of something not a unit: nothing to scan
+            unit_off, end, offset_size, version, unit_type, addr_size, abbrev_off, pos = h[:8]
+            st.found.cus.append(SUP + unit_off)
+            unit = _Unit(unit_off, end, offset_size, SUP, file, None)
+            table = file.abbrevs.table(abbrev_off, offset_size, addr_size, version)
+            if not _scan_unit(sup.info, pos, unit, table, st):
+                unit.cpp = cpp
+                if cpp:
+                    st.found.cpp_units.append(SUP + unit_off)
+                _scan_unit(sup.info, pos, unit, table, st)
 
 
 class _Names:
     """Name attributes to text, each string offset decoded once."""
 
-    def __init__(self, sec: Sections):
+    def __init__(self, sec: Sections, alt: Sections | None = None):
         self.sec = sec
+        self.alt = alt
         self.memo: dict[tuple, str] = {}
 
     def text(self, form: int, value, unit: _Unit, info) -> str | None:
@@ -247,24 +395,30 @@ class _Names:
         elif form in (0x1A, 0x25, 0x26, 0x27, 0x28, 0x1F02):
             at = unit.str_offsets_base + value * unit.offset_size
             value = int.from_bytes(self.sec.str_offsets[at:at + unit.offset_size], "little")
+            form = 0x0E
             table = self.sec.str
+        elif form in ALT_STRINGS and self.alt is not None:
+            table = self.alt.str  # the supplementary file's .debug_str
         else:
-            return None  # a string in a supplementary file (dwz): not indexed
-        key = (form == 0x1F, value)
+            return None  # a string in a supplementary file that is missing: not indexed
+        key = (form, value)
         s = self.memo.get(key)
         if s is None:
             s = self.memo[key] = table[value:table.index(b"\0", value)].decode("utf-8",
-                                                                                   "replace")
+                                                                                  "replace")
         return s
 
 
-def _scan_unit(info, pos: int, unit: _Unit, abbrevs: dict, names: _Names, found: Found) -> None:
-    """The DIEs of one unit. `scopes` holds, per open DIE with children, the name prefix of
+def _scan_unit(info, pos: int, unit: _Unit, abbrevs: dict, st: _Scan) -> bool:
+    """The DIEs of one unit; False (nothing read) for a partial unit without a language
+    while unit.cpp is None. `scopes` holds, per open DIE with children, the name prefix of
     its children and whether they are recorded (False below DIEs entered only to skip them)."""
     scopes: list[tuple[str, bool]] = []
-    decl_names: dict[int, str] = {}  # declarations seen (offset -> name), for specifications
     first = True
     end = unit.end
+    found = st.found
+    names = unit.file.names
+    base = unit.base
     types, vars_, var_decls = found.types, found.vars, found.var_decls
     while pos < end:
         die_off = pos
@@ -276,7 +430,7 @@ def _scan_unit(info, pos: int, unit: _Unit, abbrevs: dict, names: _Names, found:
             if scopes:
                 scopes.pop()
             if not scopes:
-                return
+                return True
             continue
         tag, children, steps = abbrevs[code]
         vals = [None] * NSLOTS
@@ -324,57 +478,97 @@ def _scan_unit(info, pos: int, unit: _Unit, abbrevs: dict, names: _Names, found:
             first = False
             if vals[3] is not None:
                 unit.cpp = vals[3][1] in CPP_LANGS
+            elif unit.cpp is None:
+                if tag == T_PARTIAL_UNIT:
+                    return False
+                unit.cpp = False
             if vals[6] is not None:
                 unit.str_offsets_base = vals[6][1]
             if children:
                 scopes.append(("", True))
                 continue
-            return
+            return True
         prefix, record = scopes[-1]
-        name = None
-        if record:
+        name = qual = None
+        if tag == T_IMPORTED_UNIT and vals[7] is not None:
+            form, ref = vals[7]
+            if form in ALT_REFS:
+                st.imports.append((SUP, ref, unit.cpp))
+            elif form == F_REF_ADDR:  # a partial unit of the same file
+                st.imports.append((base, ref, unit.cpp))
+        elif record:
             nv = vals[2]
             if nv is not None:
                 name = names.text(nv[0], nv[1], unit, info)
             kind = TYPE_KINDS.get(tag)
-            declaration = vals[4] is not None and vals[4][1]
-            if kind is not None and name is not None and not declaration:
-                types[kind].setdefault(prefix + name, die_off)
+            # a type whose definition is in a type unit (DW_AT_signature) is not one here
+            declaration = vals[4] is not None and vals[4][1] or vals[8] is not None
+            if kind is not None:
+                if name is not None:
+                    qual = prefix + name
+                if declaration:
+                    if qual is not None and unit.cpp:
+                        st.type_decls[base + die_off] = qual
+                else:
+                    if vals[5] is not None:  # C++: defined outside the scope it is declared in
+                        qual = st.type_decls.get(_target(vals[5], unit), qual)
+                    if qual is not None:
+                        types[kind].setdefault(qual, base + die_off)
             elif tag == T_VARIABLE or (tag == T_MEMBER and declaration):
-                _record_var(vals, name, prefix, die_off, unit, decl_names, vars_, var_decls,
-                            found)
+                _record_var(vals, name, prefix, base + die_off, unit, st)
         if children:
             sib = vals[0]
             enter = record and (tag == T_NAMESPACE or (unit.cpp and tag in SCOPES))
             if not enter and sib is not None:
-                pos = sib[1] + (unit.offset if sib[0] != 0x10 else 0)
+                pos = sib[1] + (unit.offset if sib[0] != F_REF_ADDR else 0)
                 continue
             if enter:
+                if qual is not None:
+                    scopes.append((qual + "::", True))
+                    continue
                 label = name if name is not None else "(anonymous namespace)" \
                     if tag == T_NAMESPACE else None
                 scopes.append((prefix + label + "::", True) if label else ("", False))
             else:
                 scopes.append(("", False))
+    return True
 
 
-def _record_var(vals, name, prefix, die_off, unit, decl_names, vars_, var_decls, found) -> None:
+def _record_var(vals, name, prefix, die_off, unit, st: _Scan) -> None:
     """A variable (or, in C++, a static member's declaration): its name -> DIE, and its
-    address -> DIE when DW_OP_addr gives one."""
+    address -> DIE when DW_OP_addr gives one. die_off is the index's (tagged) offset."""
     declaration = vals[4] is not None and vals[4][1]
     if name is not None:
         name = prefix + name
         if declaration:
-            decl_names[die_off] = name
-            var_decls.setdefault(name, die_off)
+            st.decl_names[die_off] = name
+            st.found.var_decls.setdefault(name, die_off)
             return
-    elif vals[5] is not None:  # a definition of something declared earlier
-        form, ref = vals[5]
-        name = decl_names.get(ref + (unit.offset if form != 0x10 else 0))
-    loc = vals[1]
-    if name is None or loc is None:
+    elif vals[5] is not None:  # a definition of something declared elsewhere
+        decl = _target(vals[5], unit)
+        name = st.decl_names.get(decl)
+        if name is None:
+            if vals[1] is not None:  # its declaration may be in a unit read later
+                st.pending.append((decl, vals, die_off, unit.base))
+            return
+    if name is None or vals[1] is None:
         return
-    vars_.setdefault(name, die_off)
-    expr = loc[1]
+    _define_var(name, vals, die_off, st.found)
+
+
+def _target(val: tuple[int, int], unit: _Unit) -> int:
+    """The index offset of the DIE a reference attribute (form, value) names."""
+    form, ref = val
+    if form in ALT_REFS:
+        return SUP + ref
+    if form == F_REF_ADDR:
+        return unit.base + ref
+    return unit.base + unit.offset + ref
+
+
+def _define_var(name: str, vals, die_off: int, found: Found) -> None:
+    found.vars.setdefault(name, die_off)
+    expr = vals[1][1]
     if isinstance(expr, bytes) and len(expr) == 9 and expr[0] == DW_OP_ADDR:
         found.addrs.append((int.from_bytes(expr[1:], "little"), die_off))
     elif isinstance(expr, bytes):

@@ -224,6 +224,13 @@ def name_of(die) -> str | None:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else None
 
 
+def _same(a, b) -> bool:
+    """Whether two DIEs are one: the same offset in the same section of the same file (a
+    supplementary file's, or .debug_types', offsets overlap .debug_info's)."""
+    return a.offset == b.offset and a.dwarfinfo is b.dwarfinfo and \
+        hasattr(a.cu, "tu_offset") == hasattr(b.cu, "tu_offset")
+
+
 def calls(site, callee, same_file: bool = True) -> bool:
     """Whether a call site calls the function `callee` (a subprogram DIE): its DW_AT_call_origin
     (DW_AT_abstract_origin on a GNU call site) is that function, its origin, or a declaration
@@ -234,8 +241,8 @@ def calls(site, callee, same_file: bool = True) -> bool:
     if attr not in site.attributes:
         return False
     target = site.get_DIE_from_attribute(attr)
-    if same_file and (target.offset in (callee.offset, origin(callee).offset)
-                      or origin(target).offset == origin(callee).offset):
+    if same_file and (_same(target, callee) or _same(target, origin(callee))
+                      or _same(origin(target), origin(callee))):
         return True
     linkage = ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name", "DW_AT_name")
     ours = next((v for a in linkage if (v := _attr(origin(callee), a)) is not None), None)

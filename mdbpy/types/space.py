@@ -73,14 +73,15 @@ def dwarf_file_of(obj) -> str | None:
     return None
 
 
-def open_dwarf(path: str, build_id: str | None) -> DwarfTypes:
-    """The process's DwarfTypes for a file (opened and indexed on first use)."""
+def open_dwarf(path: str, build_id: str | None, debug_dirs=()) -> DwarfTypes:
+    """The process's DwarfTypes for a file (opened and indexed on first use); debug_dirs are
+    where its supplementary file (dwz) is looked for by build-id, besides beside it."""
     from mdbpy.types.dies import DwarfTypes  # the DWARF readers load with the first type
 
-    key = (path, build_id)
+    key = (path, build_id, tuple(debug_dirs))
     d = _files.get(key)
     if d is None:
-        d = _files[key] = DwarfTypes(path, build_id)
+        d = _files[key] = DwarfTypes(path, build_id, debug_dirs)
     return d
 
 
@@ -120,10 +121,14 @@ class TypeSpace:
             if path is not None:
                 info = getattr(o, "info", None)
                 try:
-                    d = open_dwarf(path, getattr(info, "build_id", None))
+                    d = open_dwarf(path, getattr(info, "build_id", None),
+                                   getattr(o, "debug_dirs", None) or ())
                 except Exception as e:  # unreadable or hostile DWARF: the object has no types
                     self.session.warn(f"{o.name}: cannot read the DWARF of {path}: "
                                       f"{type(e).__name__}: {e}")
+                else:
+                    if d.missing_sup:  # once per object and session
+                        self.session.warn(f"{o.name}: {d.missing_sup}")
             self._dwarf[id(o)] = d
         return self._dwarf[id(o)]
 
