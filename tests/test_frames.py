@@ -131,7 +131,13 @@ def _parsed(s, var):
 
 @pytest.mark.parametrize("where", ["live", "core"])
 def test_values_equal_gdb_bt_full(where, parked, tmp_path):
-    level, exe, r, core = parked
+    frames_equal_gdb(where, *parked, tmp_path)
+
+
+def frames_equal_gdb(where, level, exe, r, core, tmp_path) -> None:
+    """Every argument and local gdb's bt full shows, in every frame of the fixture's
+    functions, is mdbpy's, exactly (tests/test_types_shapes.py runs it on other DWARF
+    shapes of the same program)."""
     gdb = _gdb_frames(where, exe, r, core, tmp_path)
     wrong, known, optimized = [], 0, 0
     with _session(where, exe, r, core) as s:

@@ -294,33 +294,9 @@ def shaped_frames(request, build_dir):
 def test_frames_equal_gdb_bt_full(where, shaped_frames, tmp_path):
     """As test_frames.test_values_equal_gdb_bt_full: every argument and local gdb's bt full
     shows, in every frame of the fixture's functions, is mdbpy's, exactly."""
-    from test_frames import _gdb_frames, _our_frames, _parsed, _session
+    from test_frames import frames_equal_gdb
 
-    level, exe, r, core = shaped_frames
-    gdb = _gdb_frames(where, exe, r, core, tmp_path)
-    wrong, known, optimized = [], 0, 0
-    with _session(where, exe, r, core) as s:
-        ours = _our_frames(s)
-        assert [(f, pc) for f, pc, _ in ours] == [(g["func"], g["pc"]) for g in gdb]
-        for (func, _, found), g in zip(ours, gdb):
-            mine = {(v.arg, v.name): v for v in found}
-            theirs = {**{(True, k): v for k, v in g["args"].items()},
-                      **{(False, k): v for k, v in g["locals"].items()}}
-            assert set(mine) == set(theirs), func
-            for key, want in theirs.items():
-                got = _parsed(s, mine[key])
-                if want == "optimized out":
-                    optimized += 1
-                    if got != "<optimized out>":
-                        wrong.append(f"{func} {key[1]}: {got!r} where gdb says optimized out")
-                    continue
-                known += 1
-                wrong += [f"{func} {d}" for d in compare(got, want, key[1])]
-    assert not wrong, "\n".join(wrong)
-    if level == "O0":
-        assert optimized == 0 and known == 24
-    else:
-        assert known >= 12 and optimized >= 6
+    frames_equal_gdb(where, *shaped_frames, tmp_path)
 
 
 @needs_dwz
