@@ -23,6 +23,7 @@ MAX_HEAPS = 4096
 MALLOC_ALIGNMENT = 16
 MINSIZE = 32
 PAGE = 4096
+NONCONTIGUOUS_BIT = 2  # malloc_state.flags: the main arena's memory is not one sbrk run
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Heap:
     region: tuple[int, int]  # the memory the heap occupies
     info: int | None = None  # the heap_info header (non-main arenas)
     top: int | None = None
+    # the end is glibc's own accounting (_counted_end): the top must end exactly there
+    counted: bool = False
 
 
 @dataclass
@@ -128,7 +131,8 @@ def _stray_arenas(session, structs, known) -> list[tuple[int, int]]:
 
 def _main_heap(session, st, mp, damage: list) -> Heap | None:
     """The main arena's heap: from mp_.sbrk_base (else the start of the mapping holding top)
-    to the end of its top chunk, across the adjacent mappings brk grew into (brk_run)."""
+    to where glibc's counters (_counted_end) or its top chunk end it (_main_heap_end), across
+    the adjacent mappings brk grew into (brk_run)."""
     top = st.top
     m = session.mem.mapping_at(top)
     if m is None or not m.writable or (m.is_file and m.path):
@@ -140,10 +144,28 @@ def _main_heap(session, st, mp, damage: list) -> Heap | None:
         return None
     run = brk_run(session, top)
     first = mp.sbrk_base if mp is not None and mp.sbrk_base else m.start
-    if not run[0] <= first <= top:
+    counted = None
+    if run[0] <= first <= top:
+        counted = _counted_end(st, mp)
+    else:
         first = m.start
     first = (first + MALLOC_ALIGNMENT - 1) & ~(MALLOC_ALIGNMENT - 1)
-    return Heap(first, top, (first, _main_heap_end(session, m, run, top)), None, top)
+    end, exact = _main_heap_end(session, m, run, top, counted)
+    return Heap(first, top, (first, end), None, top, exact)
+
+
+def _counted_end(st, mp) -> int | None:
+    """Where glibc's own accounting says its brk memory ends: mp_.sbrk_base plus the main
+    arena's system_mem. sysmalloc counts every byte its sbrk calls obtained from the first
+    (sbrk_base) on, and counts a foreign block between two of its extensions too, while
+    systrim takes off what it gives back; so while the main arena is contiguous this is
+    the end of its top chunk, and the brk memory past it is another sbrk user's (jemalloc's
+    dss extents). None when the counters cannot say: no mp_ (the heuristics did not find
+    it), or a main arena that fell back to mmap (NONCONTIGUOUS_BIT: its memory is then not
+    one run from sbrk_base)."""
+    if mp is None or not mp.sbrk_base or int(st.flags) & NONCONTIGUOUS_BIT:
+        return None
+    return int(mp.sbrk_base) + int(st.system_mem)
 
 
 def brk_run(session, addr: int) -> tuple[int, int]:
@@ -168,15 +190,31 @@ def brk_run(session, addr: int) -> tuple[int, int]:
     return maps[lo].start, maps[hi].end
 
 
-def _main_heap_end(session, m, run: tuple[int, int], top: int) -> int:
-    """Where the main heap ends: at its top chunk's end, which may lie in a later mapping of
-    the brk run (brk_run); a top size that leaves the run is not believed (the heap then
-    ends with m, the mapping holding top)."""
+def _main_heap_end(session, m, run: tuple[int, int], top: int,
+                   counted: int | None) -> tuple[int, bool]:
+    """Where the main heap ends, and whether that is glibc's own accounting (_counted_end),
+    which the top chunk must then end at exactly. Two witnesses say where: the top chunk's
+    size, and the counters. Where they agree, that is the end, and the brk memory past it is
+    another sbrk user's. Where they do not, one of them is damaged: the mapping decides. A
+    top that ends where its brk mapping does (within a page: the break need not be
+    page-aligned) is believed, and the counters are what is wrong (verify.py's system_mem
+    checks report that); a top that ends elsewhere is damage measured against the counted
+    end. Without counters (or with a counted end outside the brk run), the top chunk's end,
+    which may lie in a later mapping of the brk run (brk_run); a top size that leaves the
+    run is not believed (the heap then ends with m, the mapping holding top)."""
     try:
         top_end = top + (session.mem.read_u64(top + 8) & ~7)
     except ReadError:
-        return m.end
-    return top_end if m.end < top_end <= run[1] else m.end
+        top_end = None
+    if counted is not None and top < counted <= run[1]:
+        at = session.mem.mapping_at(top_end - 1) if top_end is not None and top_end > top else None
+        ends_mapping = (at is not None and run[0] <= at.start and at.end <= run[1]
+                        and at.end - top_end < PAGE)
+        if counted == top_end or not ends_mapping:
+            return counted, True
+    if top_end is None:
+        return m.end, False
+    return (top_end if m.end < top_end <= run[1] else m.end), False
 
 
 def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[Heap]:
@@ -223,10 +261,11 @@ def _thread_heaps(session, structs, arena: int, top: int, damage: list) -> list[
 
 
 def _top_damage(session, arena: int, heap: Heap) -> Damage | None:
-    """The top chunk must end where its heap ends (within a page: the break need not be
+    """The top chunk must end where its heap ends: exactly where glibc's counters end it
+    (Heap.counted), else within a page of its mapping's end (the break need not be
     page-aligned). A size past the end is smashed (the House of Force would let malloc hand
-    out any address); a top that ends well short of it is a smashed top pointer, and the
-    chunks after it are not walked."""
+    out any address); a top that ends short of it is a smashed top size or pointer, and
+    the chunks after it are not walked."""
     try:
         raw = session.mem.read_u64(heap.top + 8)
     except ReadError:
@@ -235,7 +274,7 @@ def _top_damage(session, arena: int, heap: Heap) -> Damage | None:
     size, end = raw & ~7, heap.region[1]
     top_end = heap.top + size
     if MINSIZE <= size and not size & 15 and top_end <= end:
-        if end - top_end < PAGE:
+        if top_end == end or (not heap.counted and end - top_end < PAGE):
             return None
         return Damage(arena_owner(arena), heap.top, f"top chunk 0x{heap.top:x}: ends at "
                       f"0x{top_end:x}, short of the heap end 0x{end:x}; the rest is not "
