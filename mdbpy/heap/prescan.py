@@ -115,10 +115,15 @@ class Prescan:
                 pieces.append((x, y, picked.result()))
             if cur < b:
                 rest.append((cur, b))
+        # the kept words are resolved once: let them go with `pieces` (up to 64 MiB) before
+        # the graph is built, findleaks' peak
+        self.parts, self._starts, self._at, self._val = [], [], (), ()
         with ThreadPoolExecutor(threads, thread_name_prefix="mdbpy-prescan") as pool:
             done = list(pool.map(lambda p: _resolve(loc, *p), pieces))
+        starts = [p[0] for p in pieces]
+        del pieces
         out = []
-        for (x, _y, _picked), (words, src, dst, counts) in zip(pieces, done):
+        for x, (words, src, dst, counts) in zip(starts, done):
             # the words not kept were outside [self.lo, self.hi), so outside the
             # candidates' range: dismissals, as the scan would have counted them
             misses, hits = int(counts[2]), int(counts[3])
