@@ -3,25 +3,38 @@ was written after free.
 
 jemalloc 5.3 (src/jemalloc.c, ifree() and isfree()) fills the whole usable size of a region
 with 0x5a (junk_free_byte) when the program frees it and opt_junk_free is on, before the region
-goes to its thread's tcache or back to its slab; neither keeps anything inside the region (a
-tcache's stack and a slab's bitmap are elsewhere), so the fill stays until the region is handed
-out again. Not every free region was filled, though, and those are not checked:
+goes to its thread's tcache or back to its slab. 5.2.1 fills in its tcache and arena paths
+instead, with the same byte (util.h JEMALLOC_FREE_JUNK) over the same bytes: opt_junk_free makes
+malloc_slow true (jemalloc.c malloc_slow_flag_init()), so no thread is ever in the fast state
+(tsd.c tsd_state_compute()) and every free takes the slow path; tcache_dalloc_small()
+(tcache_inlines.h) then fills the region's reg_size (arena.c arena_dalloc_junk_small(); a
+small class's reg_size is its size, 5.x has no redzones) and tcache_dalloc_large() its usable
+size (large.c large_dalloc_junk(ptr, sz_index2size(binind))); a free without a tcache fills in
+arena_dalloc_bin_locked_impl(), which a tcache flush calls as "junked", without filling again.
+5.2 also fills the old region of a realloc that moved and its own internal regions
+(arena_ralloc() and large_ralloc() free with slow_path true, idalloctm() reaches
+arena_dalloc_bin()), which 5.3 does not. In both, neither the tcache nor the slab keeps
+anything inside a free region (a tcache's stack and a slab's bitmap are elsewhere), so the
+fill stays until the region is handed out again. Not every free region was filled, though,
+and those are not checked:
 - regions never handed out since their slab was made (whatever the pages held before); a slab
-  hands out its lowest free region first (bitmap_sfu), so a free region below the highest
-  region out of its slab was handed out at least once, and one above it perhaps never;
-- regions jemalloc frees without the fill: the old region of a realloc that moved
+  hands out its lowest free region first (bitmap_sfu, and 5.2's arena_slab_reg_alloc_batch()
+  too), so a free region below the highest region out of its slab was handed out at least
+  once, and one above it perhaps never;
+- regions handed out only to a tcache (its fill takes them from their slab: 5.2's
+  arena_tcache_fill_small() asks arena_alloc_junk_small() for a zeroed fill, which writes
+  nothing) and held there, or flushed back unused, which the flush does not fill;
+- in 5.3, regions jemalloc frees without the fill: the old region of a realloc that moved
   (arena_ralloc(), large_ralloc() call isdalloct() directly) and its own internal allocations
-  (a thread's tcache stacks when the thread ends). Such a region holds the program's old
-  bytes, not junk; so a region is reported only when most of its bytes are junk (it was
-  filled) and some are not (they were written after).
+  (a thread's tcache stacks when the thread ends).
+Such a region holds older bytes, not junk; so a region is reported only when most of its bytes
+are junk (it was filled) and some are not (they were written after).
 
 Whether the fill is on: the `<ns>opt_junk_free` global where internal symbols are (exact);
 without them, the `junk` option of `<PREFIX>MALLOC_CONF` in the target's initial environment
 (jemalloc reads it after the build's --with-malloc-conf, the program's malloc_conf and
-/etc/malloc.conf, so its setting wins; only the program's malloc_conf_2_conf_harder, read
-last, could undo it). jemalloc reads it with secure_getenv: an AT_SECURE process ignores it.
-5.2 junks in other places (its tcache and arena paths), which this module does not describe:
-there nothing is checked.
+/etc/malloc.conf, so its setting wins; only 5.3's malloc_conf_2_conf_harder, read last, could
+undo it). jemalloc reads it with secure_getenv: an AT_SECURE process ignores it.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from mdbpy.heap.model import Problem
 from mdbpy.target.environ import AT_SECURE, initial_environ
 
 JUNK_FREE = 0x5A  # jemalloc.c's junk_free_byte
-FILL_RELEASES = ((5, 3),)  # the releases whose free path is described above
+FILL_RELEASES = ((5, 2), (5, 3))  # the releases whose free paths are described above
 
 
 @dataclass
