@@ -10,9 +10,12 @@
   then opens its gcore core, and checks that findleaks finds exactly the planted leaks and
   ::umem_verify exactly the damaged buffer.
 
-For each it times collecting the candidates (every cache's buffers and states), findleaks'
-engine (the one heap: candidates again from the session cache, roots, the scan, the leak
-records), ::umem_verify, and a plain read of every heap span's bytes.
+For each it times a plain read of every heap span's bytes (the floor: reading the heap once),
+findleaks whole in a fresh session (what `::findleaks` costs a user), and its ratio to the
+read; of that, collecting the candidates (every cache's buffers and states) and the rest (the
+one heap's roots, the scan, the leak records); for the real builds the command as a user runs
+it, `mdbpy TARGET -e ::findleaks` less `-e ::status` (the same start-up and attach), best of
+three; and ::umem_verify.
 
     python bench/umem_bench.py [M [N]]      # M real buffers (1,000,000), N synthetic (200,000)
 """
@@ -31,39 +34,52 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support import gcore  # noqa: E402
 
+from ptmalloc_bench import command, timed  # noqa: E402
+
 from mdbpy.heap.leaks import find_leaks  # noqa: E402
 from mdbpy.session import Session  # noqa: E402
 
-def measure(label: str, session, leaks: set[int] | None = None) -> None:
-    """Collect, findleaks, ::umem_verify and the plain read of the heap spans, printed as one
-    block (with the check against the planted leaks when they are known)."""
+def measure(label: str, open_session, leaks: set[int] | None = None,
+            args: list[str] | None = None) -> None:
+    """findleaks whole in a fresh session (the buffers gathered, as a user's ::findleaks
+    gathers them); then in another, collect alone, findleaks again over the collected
+    buffers, ::umem_verify and the plain read of the heap spans; and with args (the CLI's
+    target arguments), `mdbpy ARGS -e ::findleaks` less `-e ::status`. Printed as one block,
+    with the check against the planted leaks when they are known."""
     from mdbpy_commands.umem.verify import verify_cache
 
-    t0 = time.perf_counter()
-    alloc = next(a for a in session.allocators() if a.name == "umem")
-    table = alloc.candidates()
-    t1 = time.perf_counter()
-    report = find_leaks(session)
-    t2 = time.perf_counter()
-    bad = [b for c in alloc.umem.caches() for b in verify_cache(alloc.umem, c)]
-    t3 = time.perf_counter()
-    nbytes = 0
-    for a, b in alloc.heap_regions():
-        for _addr, data in session.mem.blocks(a, b):
-            nbytes += len(data)
-    t4 = time.perf_counter()
+    session = open_session()
+    try:
+        whole, report = timed(lambda: find_leaks(session))
+    finally:
+        session.close()
+    session = open_session()
+    try:
+        alloc = next(a for a in session.allocators() if a.name == "umem")
+        collect, table = timed(alloc.candidates)
+        engine, _again = timed(lambda: find_leaks(session))
+        check, bad = timed(lambda: [b for c in alloc.umem.caches()
+                                    for b in verify_cache(alloc.umem, c)])
+        read, nbytes = timed(lambda: sum(len(data) for a, b in alloc.heap_regions()
+                                         for _addr, data in session.mem.blocks(a, b)))
+    finally:
+        session.close()
     found = {m.addr for g in report.groups for m in g.members}
-    read = t4 - t3
     print(f"{label}:")
-    print(f"  candidates: {len(table)} ({t1 - t0:.2f} s to collect)")
-    print(f"  findleaks: {len(found)} leaked in {len(report.groups)} groups, {t2 - t1:.2f} s"
-          + ("" if leaks is None else f" ({'exactly the' if found == leaks else 'NOT the'} "
-                                      f"{len(leaks)} planted)"))
+    print(f"  plain read of the heap spans: {nbytes / 2**20:.0f} MiB in {read:.3f} s")
+    print(f"  findleaks whole: {whole:.3f} s, {whole / read:.1f}x the read; {len(found)} leaked "
+          f"in {len(report.groups)} groups" + ("" if leaks is None else
+                                              f" ({'exactly the' if found == leaks else 'NOT the'}"
+                                              f" {len(leaks)} planted)"))
+    print(f"  of which: collect {collect:.3f} s ({len(table)} candidates), the rest "
+          f"{engine:.3f} s ({engine / read:.1f}x)")
+    if args is not None:
+        (leaks_wall, _peak), (status_wall, _) = (command(args, "::findleaks"),
+                                                 command(args, "::status"))
+        cli = leaks_wall - status_wall
+        print(f"  ::findleaks less ::status: {cli:.3f} s, {cli / read:.1f}x the read")
     print(f"  ::umem_verify: {len(bad)} corrupt buffer{'s' if len(bad) != 1 else ''}, "
-          f"{t3 - t2:.2f} s")
-    print(f"  plain read of the heap spans: {nbytes / 2**20:.0f} MiB in {read:.2f} s")
-    print(f"  findleaks / read: {(t2 - t1) / read:.1f}x, with collect: {(t2 - t0) / read:.1f}x,"
-          f" verify / read: {(t3 - t2) / read:.1f}x")
+          f"{check:.3f} s ({check / read:.1f}x)")
 
 
 def synthetic(n: int) -> None:
@@ -80,14 +96,15 @@ def synthetic(n: int) -> None:
         print(f"synthetic heap of {n} buffers built and written as a {size / 2**20:.0f} MiB "
               f"core in {time.perf_counter() - t0:.1f} s")
         del u.m.segs  # the heap's bytes are in the core now
-        session = Session(CoreTarget(path), out=io.StringIO(), err=io.StringIO())
-        try:
-            lib, exe = u.symbols()
+        lib, exe = u.symbols()
+
+        def open_session():
+            session = Session(CoreTarget(path), out=io.StringIO(), err=io.StringIO())
             session.symbols.add_symbols(LIB, lib)
             session.symbols.add_symbols("a.out", exe, is_exe=True)
-            measure("synthetic libumem heap, core file", session)
-        finally:
-            session.close()
+            return session
+
+        measure("synthetic libumem heap, core file", open_session)
 
 
 def real(build, n: int) -> None:
@@ -105,18 +122,18 @@ def real(build, n: int) -> None:
         try:
             planted = {int(x, 16) - 16 for x in leaks.read_text().split()}
             print(f"{build.name}: {n} buffers allocated in {time.perf_counter() - t0:.1f} s")
-            for label, target in (("live process", lambda: LiveTarget(r.pid)),
-                                  ("gcore core", lambda: CoreTarget(str(core)))):
+            for label, target, args in (
+                    ("live process", lambda: LiveTarget(r.pid), ["-p", str(r.pid)]),
+                    ("gcore core", lambda: CoreTarget(str(core)), lambda: [str(core)])):
                 if label == "gcore core":
                     t0 = time.perf_counter()
                     core = gcore(r.pid, Path(d) / "core")
                     print(f"  (gcore: {core.stat().st_size / 2**20:.0f} MiB in "
                           f"{time.perf_counter() - t0:.1f} s)")
-                session = Session(target(), out=io.StringIO(), err=io.StringIO())
-                try:
-                    measure(f"{build.name}, {label}", session, planted)
-                finally:
-                    session.close()
+                    args = args()
+                measure(f"{build.name}, {label}",
+                        lambda: Session(target(), out=io.StringIO(), err=io.StringIO()),
+                        planted, args)
         finally:
             r.stop()
 

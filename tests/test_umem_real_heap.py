@@ -151,6 +151,57 @@ def test_200k_buffers_exact_with_a_tiny_page_cache(big, monkeypatch):
         bad[0].endswith(" 1 corrupt buffer")
 
 
+def test_200k_compiled_page_reads_equal_pythons(big, monkeypatch):
+    """The compiled walks and row copies read the pages they miss from the process's or the
+    core's file themselves (mdbpy/heap/gather.py's _Source); without a source Python reads
+    them. Both give every cache's buffers, states and bufctls and the damage found alike, and
+    rows many to a page running off a writable mapping into the hole after it the same bytes
+    and the same unreadable rows."""
+    import io
+
+    import numpy as np
+
+    from mdbpy.heap import gather
+    from mdbpy.session import Session
+    from mdbpy.target.core import CoreTarget
+    from mdbpy.target.live import LiveTarget
+    from mdbpy_commands.umem.contents import cache_contents
+    from mdbpy_commands.umem.damage import damage
+    from mdbpy_commands.umem.state import Umem
+
+    _build, r, core, _leaks = big
+    for open_target in (lambda: LiveTarget(r.pid), lambda: CoreTarget(str(core))):
+        seen = []
+        for compiled in (True, False):
+            if not compiled:
+                monkeypatch.setattr(gather._Source, "of", classmethod(lambda cls, *a: None))
+            s = Session(open_target(), out=io.StringIO(), err=io.StringIO())
+            try:
+                u = Umem.get(s)
+                got = [cache_contents(u, c) for c in u.caches()]
+                g = gather.session_gather(s)
+                with g.opened_source() as src:
+                    assert (src is not None) == compiled
+                maps = s.mem.mappings()
+                edge = next(m.end for m, n in zip(maps, maps[1:]) if m.readable and
+                            m.writable and m.end - m.start >= 64 << 10 and n.start > m.end + 8192)
+                addrs = np.arange(edge - (64 << 10), edge + 4096, 16, dtype=np.uint64)
+                rows, ok = g.rows(addrs, 24)
+                seen.append((got, rows, ok, damage(s).untrusted()))
+            finally:
+                s.close()
+            monkeypatch.undo()
+        (a, rows_a, ok_a, dmg_a), (b, rows_b, ok_b, dmg_b) = seen
+        assert len(a) == len(b) and sum(len(x.bufs) for x in a) > 200_000
+        for x, y in zip(a, b):
+            for f in ("bufs", "alloc", "ctl", "in_mag"):
+                assert np.array_equal(getattr(x, f), getattr(y, f)), (x.cache, f)
+        assert dmg_a == dmg_b
+        # the rows before the last 24 bytes of the mapping are read, the rest are not
+        assert ok_a.tolist() == ok_b.tolist() == (addrs + np.uint64(24) <= edge).tolist()
+        assert np.array_equal(rows_a, rows_b)
+
+
 # -- libumem's own interface, linked -----------------------------------------------------------
 @pytest.fixture(scope="module", params=build_params())
 def caches(request, tmp_path_factory):

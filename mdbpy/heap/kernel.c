@@ -926,3 +926,130 @@ int64_t tg_scan(const uint64_t *base, const uint64_t *end, int64_t n, const uint
     }
     return out;
 }
+
+/*
+ * Filling the pool without coming back to Python: a walk over a million buffers' slabs misses
+ * tens of thousands of pages, and each miss handed to Python (Gather._fill: find the mapping,
+ * read, keep) cost ~25 us beside the read itself. A src_t says where the bytes of the
+ * target's address ranges are in a file (a live process's /proc/PID/mem, where the offset is
+ * the address; a core file): src_fill reads a missed page there (with the stretch beyond when
+ * it follows the block read last, as Gather._fill does) and keeps it. Anything it cannot read
+ * whole (a range it does not hold, a short read) is left to Python, which reads it piece by
+ * piece and marks what is unreadable, so that what the pool holds is the same either way.
+ */
+typedef struct {
+    int64_t fd;
+    const uint64_t *start;   /* n ranges, sorted and disjoint: [start, end) lies in the file */
+    const uint64_t *end;     /* at offset off */
+    const uint64_t *off;
+    int64_t n;
+    uint64_t last_a, last_b; /* the block read last (Gather._last) */
+    uint64_t block, run_max; /* a miss's read, and the longest (gather.py's SRC_BLOCK and
+                              * Gather.run_max) */
+    uint8_t *buf;            /* run_max bytes */
+} src_t;
+
+#include <unistd.h>
+
+/* Read and keep pages [first, end) (which hold page), clipped to the range holding page:
+ * 0 when kept, -1 when Python must read them. */
+static int src_read(pool_t *P, src_t *S, int64_t page, int64_t first, int64_t end)
+{
+    uint64_t at = (uint64_t)page << PAGE_SHIFT;
+    uint64_t a = (uint64_t)first << PAGE_SHIFT, b = (uint64_t)end << PAGE_SHIFT;
+    int64_t lo = 0, hi = S->n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (S->start[mid] <= at)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0 || at >= S->end[lo - 1])
+        return -1;
+    int64_t i = lo - 1;
+    if (a < S->start[i])
+        a = S->start[i];
+    if (b > S->end[i])
+        b = S->end[i];
+    int64_t want = (int64_t)(b - a);
+    if (pread((int)S->fd, S->buf, (size_t)want, (off_t)(S->off[i] + (a - S->start[i]))) != want)
+        return -1;
+    S->last_a = a;
+    S->last_b = b;
+    pool_add(P, (int64_t)(a >> PAGE_SHIFT), want >> PAGE_SHIFT, S->buf, NULL);
+    return 0;
+}
+
+/* Read and keep the block of a page a walk missed: `block` bytes around it, or, within
+ * `block` past either end of the block read last, the stretch beyond that end, twice as long
+ * as that block (Gather._fill's choice, with S's block). */
+static int src_fill(pool_t *P, src_t *S, int64_t page)
+{
+    uint64_t at = (uint64_t)page << PAGE_SHIFT, la = S->last_a, lb = S->last_b, a, b;
+    uint64_t grow = 2 * (lb - la) < S->run_max ? 2 * (lb - la) : S->run_max;
+    if (la < lb && lb <= at && at - lb < S->block) {
+        a = lb;
+        b = lb + grow > at + PAGE_SIZE ? lb + grow : at + PAGE_SIZE;
+    } else if (la < lb && at < la && la - at <= S->block) {
+        a = la > grow && la - grow < at ? la - grow : at;
+        b = la;
+    } else {
+        a = at & ~(S->block - 1);
+        b = a + S->block;
+    }
+    return src_read(P, S, page, (int64_t)(a >> PAGE_SHIFT), (int64_t)(b >> PAGE_SHIFT));
+}
+
+/* walk_list, reading the pages it misses from S: returns as walk_list does, W_NEED only for a
+ * page S could not give. */
+int64_t walk_list_src(pool_t *P, walk_t *W, src_t *S)
+{
+    int64_t last = -1;
+    for (;;) {
+        int64_t r = walk_list(P, W);
+        if (r != W_NEED || W->need == last || src_fill(P, S, W->need) < 0)
+            return r;  /* a page asked for twice running was not kept: Python reads it */
+        last = W->need;
+    }
+}
+
+/* pages between two that rows need which one read takes along (a page costs ~1 us to read
+ * from another process, a read ~3 us more) */
+#define ROW_GAP_PAGES 2
+
+/* Copy each of n rows of `size` bytes (size <= PAGE_SIZE) at addrs[] (in ascending order:
+ * a missed page is read with the pages the rows after it need) from the pool, reading
+ * missed pages from S: done[i] 1 when row i was copied to out, 0 when one of its pages is
+ * unreadable or S could not give it (Python then reads the row). Returns the rows done. */
+int64_t pool_rows(pool_t *P, src_t *S, const uint64_t *addrs, int64_t n, int64_t size,
+                  uint8_t *out, uint8_t *done)
+{
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t need;
+        int r = span_ok(P, addrs[i], 0, size, &need);
+        for (int tries = 0; r == -2 && tries < 4; tries++) {
+            /* the pages the rows from here on need, while no gap between them passes
+             * ROW_GAP_PAGES, up to run_max bytes: one read */
+            int64_t last = need, cap = need + (int64_t)(S->run_max >> PAGE_SHIFT);
+            for (int64_t j = i; j < n; j++) {
+                int64_t p0 = (int64_t)(addrs[j] >> PAGE_SHIFT);
+                int64_t p1 = (int64_t)((addrs[j] + (uint64_t)size - 1) >> PAGE_SHIFT);
+                if (p0 > last + ROW_GAP_PAGES || p1 >= cap || p0 < need)
+                    break;
+                if (p1 > last)
+                    last = p1;
+            }
+            if (src_read(P, S, need, need, last + 1) < 0)
+                break;
+            r = span_ok(P, addrs[i], 0, size, &need);
+        }
+        done[i] = r == 0;
+        if (r == 0) {
+            span_copy(P, addrs[i], size, out + i * size);
+            k++;
+        }
+    }
+    return k;
+}

@@ -48,6 +48,15 @@ class WalkStruct(ctypes.Structure):
         ("cause", _I64), ("found", _U64), ("need", _I64)]
 
 
+class SrcStruct(ctypes.Structure):
+    """kernel.c's `src_t`: where the pool's pages can be read from a file without Python
+    (mdbpy/heap/gather.py's _Source owns its arrays)."""
+
+    _fields_ = [("fd", _I64), ("start", _P), ("end", _P), ("off", _P), ("n", _I64),
+                ("last_a", _U64), ("last_b", _U64), ("block", _U64), ("run_max", _U64),
+                ("buf", _P)]
+
+
 _SIGNATURES = {
     "loc_runs": (_I64, [_P, _P, _I64, _P, _P, _P, _P, _P]),
     "loc_islands": (_I64, [_P, _P, _I64, _U64, _P, _P]),
@@ -68,6 +77,11 @@ _SIGNATURES = {
     "tg_seed": (None, [_P]),
     "tg_drain": (_I64, [_P]),
     "tg_scan": (_I64, [_P, _P, _I64, _P, _I64, _U64, _U64, _U64, _P, _P, _P, _P]),
+    # the pool filled from a file without Python (gather.py's _Source)
+    "walk_list_src": (_I64, [ctypes.POINTER(PoolStruct), ctypes.POINTER(WalkStruct),
+                             ctypes.POINTER(SrcStruct)]),
+    "pool_rows": (_I64, [ctypes.POINTER(PoolStruct), ctypes.POINTER(SrcStruct), _P, _I64, _I64,
+                         _P, _P]),
 }
 # kernel.c's node_t: a node of the graph the breadth-first search walks
 NODE = [("deg", "<i4"), ("ref", "<i4")]
