@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager, nullcontext
 
+from mdbpy.heap.arrays import distinct
+
 PAGE = 4096
 # what a single-address read brings in around its page (list nodes cluster): measured on
 # libumem's slab walks over a million buffers, 16 KiB read 35,000 blocks where 64 KiB
@@ -512,7 +514,7 @@ class Gather:
         cuts = np.flatnonzero(np.diff(first[order] // np.uint64(WINDOW_PAGES))) + 1
         for idx in np.split(order, cuts):
             f, la = first[idx], np.maximum(last[idx], first[idx])
-            pages = np.unique(np.concatenate((f, la))).astype(np.int64)
+            pages = distinct(np.concatenate((f, la))).astype(np.int64)
             buf, readable = self._load(pages)
             buf = buf.reshape(-1)
             at = np.searchsorted(pages, f.astype(np.int64))
