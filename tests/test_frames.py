@@ -33,7 +33,13 @@ FUNCS = ("level4", "level3", "level2", "level1", "main")
 CLONE_SUFFIX = re.compile(r" \[clone [^\]]*\]$")
 
 GDB_FRAMES = GDB_DUMP + r'''
+import re
 want = set(os.environ["FRAMES_FUNCS"].split(","))
+bt = {}  # frame level -> the arguments bt prints, entry values included
+for line in gdb.execute("bt", to_string=True).splitlines():
+    m = re.match(r"#(\d+)\s+(?:0x[0-9a-f]+ in )?\S+ \((.*)\)(?: at \S+:\d+| from \S+)?$", line)
+    if m:
+        bt[int(m.group(1))] = m.group(2)
 frames = []
 f = gdb.newest_frame()
 while f is not None:
@@ -56,8 +62,18 @@ while f is not None:
             if block.function is not None:
                 break
             block = block.superblock
+        entry = {}  # x@entry as gdb evaluates it (its bt shows the ones that are known)
+        f.select()
+        for name in args:
+            try:
+                e = gdb.parse_and_eval(name + "@entry")
+                entry[name] = "optimized out" if e.is_optimized_out else dump(e)
+            except gdb.error:
+                entry[name] = None
         frames.append({"func": fn.name, "pc": f.pc(), "args": args, "locals": locs,
-                       "inline": f.type() == gdb.INLINE_FRAME, "line": f.find_sal().line})
+                       "inline": f.type() == gdb.INLINE_FRAME, "line": f.find_sal().line,
+                       "tail": f.type() == gdb.TAILCALL_FRAME, "entry": entry,
+                       "bt": bt.get(f.level())})
     f = f.older()
 json.dump(frames, open(os.environ["TYPES_OUT"], "w"))
 '''
@@ -185,41 +201,68 @@ def test_values_are_the_programs(parked):
             assert "before" not in {v.name for v in found}
 
 
-ARGS = re.compile(r"^([0-9a-f]{16}) (\w+)\+0x[0-9a-f]+\((.*)\)$")
+ARGS = re.compile(r"^([0-9a-f]{16}) (?:\[tail call\] )?(\w+)\+0x[0-9a-f]+\((.*)\)$")
+
+
+def arg_items(text: str) -> list[tuple[str, str, str]]:
+    """(name, kind, value) of each argument a bt or $C line shows between its parentheses:
+    kind `now` for `x=v`, `both` for `x=x@entry=v` (the entry value is the value now),
+    `entry` for `x@entry=v`."""
+    out = []
+    for item in re.split(r", (?=[\w@]+=)", text) if text else []:
+        key, _, value = item.partition("=")
+        if key.endswith("@entry"):
+            out.append((key.removesuffix("@entry"), "entry", value))
+        elif value.startswith(f"{key}@entry="):
+            out.append((key, "both", value.removeprefix(f"{key}@entry=")))
+        else:
+            out.append((key, "now", value))
+    return out
+
+
+def args_equal_gdb(s, line_args: str, g: dict) -> int:
+    """Asserts that the arguments $C shows for a frame (line_args) are gdb's bt's for it (g,
+    from GDB_FRAMES): the same arguments and entry values, in the same shapes, each value
+    gdb's (`...` for a struct, as bt prints it); returns how many values were compared."""
+    parser = PrintParser(_address_of(s))
+    got = arg_items(line_args)
+    assert [(n, k) for n, k, _ in got] == [(n, k) for n, k, _ in arg_items(g["bt"])], \
+        (line_args, g["bt"])
+    assert [n for n, k, _ in got if k != "entry"] == list(g["args"])  # every argument, in order
+    for name, kind, value in got:
+        want = g["entry"][name] if kind == "entry" else g["args"][name]
+        if kind == "both":
+            assert g["entry"][name] == want, name
+        if want == "optimized out":
+            assert value == "<optimized out>", (name, line_args)
+        elif isinstance(want, dict) and not ({"$int", "$ptr"} & set(want)):
+            assert value == "...", (name, line_args)
+        else:
+            assert not compare(parser.scalar(value), want, name), (name, line_args)
+    return len(got)
 
 
 @pytest.mark.parametrize("where", ["live", "core"])
 def test_dollar_C_arguments_equal_gdb(where, parked, tmp_path):
-    """$C (and ::stack -v) print each argument as `name=value`: scalars equal gdb's, structs
-    `...`, and `<optimized out>` exactly where gdb says so."""
+    """$C (and ::stack -v) print each argument as `name=value`, with its entry value as gdb's
+    bt shows it (`x=x@entry=v`, `x=v, x@entry=w`): scalars equal gdb's, structs `...`, and
+    `<optimized out>` exactly where gdb says so."""
     level, exe, r, core = parked
-    gdb = {g["func"]: g["args"] for g in _gdb_frames(where, exe, r, core, tmp_path)}
+    gdb = {g["func"]: g for g in _gdb_frames(where, exe, r, core, tmp_path)}
     with _session(where, exe, r, core) as s:
         text = run_in(s, "$C")
         assert run_in(s, "::stack -v") == text
-        parser = PrintParser(_address_of(s))
         checked = 0
         for line in text.splitlines():
             m = ARGS.match(line)
-            if m is None or m.group(2) not in gdb:
-                continue
-            want = gdb[m.group(2)]
-            got = dict(a.split("=", 1) for a in re.split(r", (?=\w+=)", m.group(3))
-                       if a) if m.group(3) else {}
-            assert list(got) == list(want), line  # every argument, in order
-            for name, value in got.items():
-                checked += 1
-                if want[name] == "optimized out":
-                    assert value == "<optimized out>", line
-                elif isinstance(want[name], dict) and not ({"$int", "$ptr"} & set(want[name])):
-                    assert value == "...", line
-                else:
-                    assert not compare(parser.scalar(value), want[name], name), line
-        assert checked == 10
+            if m is not None and m.group(2) in gdb:
+                checked += args_equal_gdb(s, m.group(3), gdb[m.group(2)])
+        assert checked == (10 if level == "O0" else 11)
         # $c keeps mdb's empty parentheses; cnt limits the arguments $C shows
         assert re.search(r"^level2\+0x[0-9a-f]+\(\)$", run_in(s, "$c"), re.M)
         limited = run_in(s, "$C 1")
-        assert re.search(r" level2\+0x[0-9a-f]+\(count=0x4\)$", limited, re.M), limited
+        count = "count=0x4" if level == "O0" else "count=count@entry=0x4"  # gdb's, as above
+        assert re.search(rf" level2\+0x[0-9a-f]+\({count}\)$", limited, re.M), limited
 
 
 def test_frame_and_locals_commands(parked):
@@ -264,16 +307,22 @@ INLINE_VALUES = {
 }
 
 
-@pytest.fixture(scope="module")
-def inline_parked(build_dir):
-    """(exe, running process, its gcore core), parked in pause() inside span."""
-    exe = compile_fixture("frames_inline", build_dir, flags=("-g", "-O2"))
+def parked_o2(build_dir, name: str):
+    """(exe, running process, its gcore core) of fixtures/<name>.c built with -O2 -g, parked
+    in pause() (a generator for a module fixture)."""
+    exe = compile_fixture(name, build_dir, flags=("-g", "-O2"))
     r = start_fixture(exe)
     try:
         wait_syscalls(r.pid, {r.pid: SYS_PAUSE})
-        yield exe, r, gcore(r.pid, Path(build_dir) / "frames-inline-gcore")
+        yield exe, r, gcore(r.pid, Path(build_dir) / f"{name}-gcore")
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="module")
+def inline_parked(build_dir):
+    """(exe, running process, its gcore core), parked in pause() inside span."""
+    yield from parked_o2(build_dir, "frames_inline")
 
 
 def test_inline_fixture_premise(inline_parked):
@@ -378,7 +427,7 @@ def test_inlined_frames_in_dollar_C_and_locals(inline_parked, tmp_path):
         assert lines[k + 1:k + 4] == [
             f"{fp} [inlined] scale(k=0x2a, p=<synthetic pointer>) at {src}:{gdb['scale']}",
             f"{fp} [inlined] twice(k=0x29, p=<synthetic pointer>) at {src}:{gdb['twice']}",
-            f"{fp} {lines[k + 3].split()[1].split('(')[0]}(a=0x3, b=0x7, c=0x29) at "
+            f"{fp} {lines[k + 3].split()[1].split('(')[0]}(a=0x3, b=b@entry=0x7, c=0x29) at "
             f"{src}:{gdb['outer']}"]
         assert re.fullmatch(r"outer\+0x[0-9a-f]+", lines[k + 3].split()[1].split("(")[0])
         assert [without_args(line).split(" ", 1)[1] for line in lines] == \

@@ -141,7 +141,8 @@ def test_dollar_c_and_frame_pointers(stacks_parked):
     c, big_c = lines[:n], lines[n:]
     assert [ln.split("+")[0] for ln in c[1:6]] == MAIN_CHAIN
     assert [without_args(ln).split(" ", 1)[1] for ln in big_c] == c
-    assert big_c[2].endswith("(depth=0x3)")  # main_level1(1) -> main_level2(2) -> here
+    # main_level1(1) -> main_level2(2) -> here, its value on entry too, as gdb's bt shows it
+    assert big_c[2].endswith("(depth=depth@entry=0x3)")
     fp = big_c[2].split()[0]  # main_level3's frame
     res = run_mdbpy(core, "-e", f"0x{fp}$c")
     assert res.stdout.splitlines() == c[3:]

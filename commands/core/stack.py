@@ -5,9 +5,11 @@ prints them on amd64: `%a()` per frame for $c; $C, ::stack -v and ::stacks -v pu
 pointer in front and fill the parentheses with the arguments, by name, from the DWARF locations
 that resolve at the frame's pc (mdbpy/types/frames.py; `<optimized out>` where none does). $c,
 $C, ::stack, ::stacks, ::stacks' JSON and the API's stack() list the functions inlined at a
-frame's pc as frames of their own, `[inlined] name`, before it (gdb's bt does), all from
-shown_frames; only a piped $c keeps one pc per frame the unwinder found (an inlined function
-has no pc of its own: it runs at its holder's, which the holder's entry passes on). A stack the
+frame's pc as frames of their own, `[inlined] name`, before it, and the functions that left by a
+tail call as `[tail call] sym+off` after it (gdb's bt does), all from shown_frames; only a
+piped $c keeps one pc per frame the unwinder found (an inlined function has no pc of its own: it
+runs at its holder's, which the holder's entry passes on; a tail-call frame's return address is
+on no stack). A stack the
 unwinder could not follow to its end prints up to the last frame it trusts, followed by a
 warning on stderr naming the reason.
 """
@@ -99,9 +101,12 @@ def _print_frames(inv: Invocation, frames: list[Frame], what: str, with_fp: bool
 
 def frame_name(session, frames: list[Frame], sh) -> str:
     """How a shown frame is named: `sym+off` as mdb names it (a C++ symbol demangled, as
-    gdb's bt shows it: mdbpy/symbols/demangle.py), and for a function inlined there,
-    `[inlined] obj`name` (it has no symbol of its own)."""
-    f = frames[sh.index]
+    gdb's bt shows it: mdbpy/symbols/demangle.py), a tail-call frame as `[tail call] sym+off`
+    at the return address of its jump, and for a function inlined there, `[inlined]
+    obj`name` (it has no symbol of its own)."""
+    f = sh.frame(frames)
+    if sh.tail:
+        return "[tail call] " + readable(session.format_addr(f.pc, f.ret))
     if not sh.inlined:
         return readable(session.format_addr(f.pc, f.ret))
     o = session.symbols.object_for_addr(f.named_at)
@@ -114,7 +119,7 @@ def frame_line(session, frames: list[Frame], sh, limit: int | None = None) -> st
     rest of the stack still prints."""
     from mdbpy.types.frames import args_text
 
-    f = frames[sh.index]
+    f = sh.frame(frames)
     name = frame_name(session, frames, sh)
     try:
         args = args_text(session, frames, sh.index, limit, sh.scope)
@@ -147,7 +152,7 @@ def thread_stack(session, t, lines: bool = False):
         return ThreadStack(t.tid, t.name, [], error=str(e))
     out = []
     for sh in shown_frames(session, frames):
-        f = frames[sh.index]
+        f = sh.frame(frames)
         where = shown_line(session, frames, sh) if lines else None
         out.append(FrameResult(f.pc, f.fp, frame_name(session, frames, sh),
                                *(where if where else (None, None))))
@@ -164,7 +169,10 @@ def thread_stack(session, t, lines: bool = False):
            "as the function after f; a signal trampoline and the pc it interrupted are named "
            "as they are. A function inlined at a frame's pc is a frame of its own, listed "
            "before the frame holding it as `[inlined] name()` (as gdb's bt shows it; so does "
-           "::stacks). Given an address, "
+           "::stacks). A function that left by a tail call (a jump to its callee) is listed "
+           "after the frame it jumped to as `[tail call] sym+off()`, at the return address of "
+           "its jump, where gdb rebuilds it from the DWARF call sites (see docs/types.md). "
+           "Given an address, "
            "start from that frame pointer instead (as $C prints it): the walk begins with the "
            "caller of that frame. Frames are found with the DWARF call-frame information of "
            ".eh_frame and .debug_frame (the object's own or its separate debug file), falling "
@@ -193,6 +201,8 @@ def stack(inv: Invocation):
            "where the function's DWARF describes them: each one's location is evaluated at the "
            "frame's pc (registers as the unwinder recovered them, the CFA, the stack; an entry "
            "value through the caller's call site), scalars print as ::print prints them, "
+           "an argument's value on entry beside it where the caller's call site gives it, as "
+           "gdb's bt does (`x=x@entry=0x5`, or `x=0x6, x@entry=0x5` when it changed), "
            "structs and arrays as `...` (see ::locals), and one whose location does not "
            "resolve there as `<optimized out>`. Same as ::stack -v.",
       example="$C")

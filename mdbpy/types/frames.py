@@ -6,13 +6,19 @@ hold it are found with scopes.py; each parameter's and variable's location is ev
 locations.py in this frame's context: its registers as the unwinder recovered them (all of
 them in frame 0, only the callee-saved ones and those the CFI restores above it, never a stale
 caller-saved register), its CFA, the function's DW_AT_frame_base, and the target's memory. An
-entry value (DW_OP_entry_value) is asked of the caller's frame: the call site at the caller's
-return address must call this very function and say what it passed in that register, and the
-value is then evaluated in the caller's context, as gdb does; otherwise it is optimized out.
+entry value (DW_OP_entry_value, DW_OP_GNU_parameter_ref) is asked of the caller's frame: the
+call site at the caller's return address must call this very function's entry and say what it
+passed in that register, and the value is then evaluated in the caller's context, as gdb does
+(_Context.call_parameter); otherwise it is optimized out. An argument's value on entry
+(gdb's `x@entry`) comes the same way, from its location at the function's entry.
+
+Between a frame and its caller, the functions that left by a tail call (a jump) are frames too
+where gdb rebuilds them from the call sites (_Stack): they have no stack frame of their own, so
+they take the caller's registers and the CFA of the function they jumped to.
 
 Each variable comes back as a FrameVar: a Value (printable by printer.py), or the reason there is
 none (`optimized out`, `unreadable 0x...`). commands/core/frames.py prints them (::locals,
-::frame) and commands/core/stack.py the arguments in $C / ::stack -v.
+::frame) and commands/core/stack.py the arguments in $C / ::stack -v, entry values included.
 
 A function inlined at a frame's pc is listed as a frame of its own before the frame that holds
 it (shown_frames, as gdb's bt shows it), with its own arguments and locals, evaluated in the
@@ -26,15 +32,20 @@ from dataclasses import dataclass
 from mdbpy.errors import MdbError
 from mdbpy.types.dies import _attr, is_unknown
 from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, FrameContext, Unavailable, as_int,
-                                   evaluate, expression_at, place, read_or_unavailable)
+                                   evaluate, expression_at, lone_register, place,
+                                   read_or_unavailable)
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
-                               ATE_UNSIGNED_CHAR, Array, Struct, Type)
-from mdbpy.types.scopes import Scopes, call_value, calls, name_of, origin
+                               ATE_UNSIGNED_CHAR, Array, Pointer, Struct, Type)
+from mdbpy.types.scopes import Scopes, call_expr, name_of, origin
 from mdbpy.types.space import space_of
 from mdbpy.types.value import Value
+from mdbpy.unwind import Frame
 from mdbpy.unwind.cfi import DWARF_REGS
 
 MAX_ENTRY_DEPTH = 8  # entry values resolved through at most this many callers
+MAX_CHAIN_STEPS = 4096  # call sites a tail-call chain search visits before it gives up
+ENTRY_SP = 8  # the CFA minus the sp at a function's entry (the return address, x86-64)
+DW_OP_STACK_VALUE = 0x9F
 INTEGER_ENCODINGS = (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED, ATE_UNSIGNED_CHAR)
 SIGNED_ENCODINGS = (ATE_SIGNED, ATE_SIGNED_CHAR)
 
@@ -43,13 +54,16 @@ _scopes: dict = {}
 
 @dataclass
 class FrameVar:
-    """One argument (arg True) or local of a frame: its value, or why it has none."""
+    """One argument (arg True) or local of a frame: its value, or why it has none; for an
+    argument, `entry` is its value on entry to the function where the caller's call site
+    gives it (gdb's `x@entry`), when asked for."""
 
     name: str
     type: Type
     arg: bool
     value: Value | None = None
     why: str | None = None
+    entry: Value | None = None
 
 
 def scopes_of(dwarf_types) -> Scopes:
@@ -70,26 +84,242 @@ class _Function:
     bias: int
     pc: int  # the file address that names the frame
 
+    @property
+    def entry(self) -> int | None:
+        """The function's entry address in the process (gdb's: the start of its first
+        range), None when its DWARF gives it no code."""
+        ranges = self.scopes.ranges(self.die)
+        return (ranges[0][0] + self.bias) & MASK if ranges else None
+
 
 def _function(session, frame) -> _Function | None:
-    obj = session.symbols.object_for_addr(frame.named_at)
+    return _function_at(session, frame.named_at)
+
+
+def _function_at(session, addr: int) -> _Function | None:
+    """The DWARF function whose code holds the process address addr, or None."""
+    obj = session.symbols.object_for_addr(addr)
     if obj is None:
         return None
     d = space_of(session).dwarf_of(obj)
     if d is None:
         return None
     sc = scopes_of(d)
-    pc = (frame.named_at - obj.bias) & MASK
+    pc = (addr - obj.bias) & MASK
     die = sc.function_at(pc)
     return None if die is None else _Function(d, sc, die, obj.bias, pc)
 
 
-class _Context(FrameContext):
-    """Frame i of `frames` as locations.py asks of it."""
+def _site_pc(fn: _Function, site) -> int | None:
+    """A call site's return address in the process (DW_AT_call_return_pc; DW_AT_low_pc on a
+    GNU call site), None when it has none (gdb then ignores the site)."""
+    at = _attr(site, "DW_AT_call_return_pc")
+    if at is None and site.tag == "DW_TAG_GNU_call_site":
+        at = _attr(site, "DW_AT_low_pc")
+    return None if not isinstance(at, int) else (at + fn.bias) & MASK
 
-    def __init__(self, session, frames, i: int, fn: _Function, depth: int = 0):
-        self.session, self.frames, self.i, self.fn = session, frames, i, fn
-        self.frame = frames[i]
+
+class _Stack:
+    """One thread's unwound frames and, as gdb shows them, the tail-call frames between
+    them: a function f that left by jumping to g (a sibling call, DW_AT_call_tail_call) has no
+    frame of its own, but where the call site at g's caller's return address and the tail-call
+    sites of the functions in between (gdb's call_site_find_chain) give one chain of jumps from
+    that call to g, or a part of it every possible chain shares, those functions are frames:
+    at the return address of their jump, with the caller's registers, the sp g had on entry
+    and g's CFA (a jump keeps the caller's stack). `all` holds every frame, innermost first;
+    `at[i]` is where unwound frame i is in it. Entry values are resolved along `all`, so a
+    tail-call frame's call site answers for the function it jumped to."""
+
+    def __init__(self, session, frames: list[Frame]):
+        self.session, self.frames = session, frames
+        self._tails: dict[int, tuple] = {}  # function entry -> (its _Function, tail call sites)
+        self._loops: dict[int, bool] = {}  # function entry -> may tail-call itself
+        main = session.symbols.lookup("main")
+        self.main = main.addr if main is not None else None
+        self.all: list[Frame] = []
+        self.at: list[int] = []
+        for i, f in enumerate(frames):
+            self.at.append(len(self.all))
+            self.all.append(f)
+            try:
+                self.all += self._tail_frames(i)
+            except MdbError:  # unreadable DWARF: no tail-call frames here
+                pass
+
+    def _tail_frames(self, i: int) -> list[Frame]:
+        """The tail-call frames between unwound frame i and its caller, innermost first (gdb's
+        pretend_pc: the callee end of the chain, then its caller end when they differ)."""
+        if i + 1 >= len(self.frames):
+            return []
+        f, caller = self.frames[i], self.frames[i + 1]
+        callee = _start_of(self.session, f.named_at)
+        if f.signal or not caller.ret or f.cfa is None or callee is None:
+            return []
+        found = self._chain(caller, callee)
+        if found is None:
+            return []
+        sites, callers, callees = found
+        n = len(sites)
+        picked = sites[::-1] if callers == callees == n else \
+            sites[n - callees:][::-1] + sites[:callers][::-1]
+        sp = (f.cfa - ENTRY_SP) & MASK
+        return [Frame(pc, sp, {**caller.regs, "rip": pc, "rsp": sp}, cfa=f.cfa, ret=True,
+                      tail_call=True) for pc in picked]
+
+    def _chain(self, caller: Frame, callee: int):
+        """(return addresses of the tail-call sites from the call at caller's return address
+        to the function at callee, callers, callees) as gdb's call_site_find_chain finds them:
+        a depth-first walk of the tail-call sites of each function called, each site entered
+        once per path; every path that reaches callee is a candidate, and only the call sites
+        all candidates share at the caller end (callers) and at the callee end (callees) are
+        kept. None where the call is direct, no chain or no shared site is found, or anything
+        on the way cannot be resolved (a function without DWARF, an indirect tail call)."""
+        cfn = _function(self.session, caller)
+        site = cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK) if cfn else None
+        if site is None:
+            return None
+        best = None
+        chain: list[tuple] = []  # (_Function, its tail call sites, index of the one taken)
+        on_path: set[int] = set()
+        fn, steps = cfn, 0
+        try:
+            while site is not None:
+                steps += 1
+                if steps > MAX_CHAIN_STEPS:
+                    return None
+                targets = self.targets(fn, site, None)
+                step = None
+                if callee in targets:
+                    best = _intersect(best, [_site_pc(f, ss[k]) for f, ss, k in chain])
+                    if best is None:
+                        return None
+                elif len(targets) == 1:
+                    tfn, sites = self._tail_sites(targets[0])
+                    step = (tfn, sites, 0) if sites else None
+                else:  # a function's cold part: gdb finds no function starting there
+                    return None
+                while True:  # enter step, else backtrack to the next sibling of the path
+                    if step is not None and _site_pc(step[0], step[1][step[2]]) not in on_path:
+                        on_path.add(_site_pc(step[0], step[1][step[2]]))
+                        chain.append(step)
+                        break
+                    step = None
+                    while chain and step is None:
+                        f, ss, k = chain.pop()
+                        on_path.discard(_site_pc(f, ss[k]))
+                        step = (f, ss, k + 1) if k + 1 < len(ss) else None
+                    if step is None:
+                        break
+                fn, site = (chain[-1][0], chain[-1][1][chain[-1][2]]) if chain else (None, None)
+        except Unavailable:
+            return None
+        return None if best is None or not best[0] else best
+
+    def targets(self, fn: _Function, site, ctx: FrameContext | None) -> list[int]:
+        """The process addresses a call site in fn calls (Scopes.call_target): an address
+        expression evaluated in the caller's context ctx (which a tail-call chain does not
+        have), a declaration's symbol, a definition's entry or range starts. Raises
+        Unavailable where there is no such address."""
+        found = fn.scopes.call_target(site)
+        if found is None or found[0] == "expr" and ctx is None:
+            raise Unavailable(OPTIMIZED_OUT)
+        kind, what = found
+        if kind == "expr":
+            return [as_int(evaluate(_parse(site, what), ctx), ctx)]
+        if kind == "name":
+            sym = self.session.symbols.lookup(what)
+            if sym is None:
+                raise Unavailable(OPTIMIZED_OUT)
+            return [sym.addr]
+        return [(lo + fn.bias) & MASK for lo in what]
+
+    def _tail_sites(self, addr: int) -> tuple[_Function, list]:
+        """(the function whose entry is addr, its tail-call sites that have a return address):
+        gdb's func_addr_to_tail_call_list. Raises Unavailable when no DWARF function starts
+        at addr."""
+        hit = self._tails.get(addr)
+        if hit is None:
+            fn = _function_at(self.session, addr)
+            if fn is None or fn.entry != addr:
+                hit = self._tails[addr] = (None, [])
+            else:
+                sites = [d for d in fn.scopes.tail_call_sites(fn.die)
+                         if _site_pc(fn, d) is not None]
+                hit = self._tails[addr] = (fn, sites)
+        if hit[0] is None:
+            raise Unavailable(OPTIMIZED_OUT)
+        return hit
+
+    def check_no_self_tail_call(self, addr: int) -> None:
+        """Raises Unavailable when the function at addr may reach itself through tail calls,
+        or what it tail-calls cannot be told (gdb's func_verify_no_selftailcall): its entry
+        values would then be unreliable."""
+        loops = self._loops.get(addr)
+        if loops is None:
+            loops = self._loops[addr] = self._reaches_itself(addr)
+        if loops:
+            raise Unavailable(OPTIMIZED_OUT)
+
+    def _reaches_itself(self, addr: int) -> bool:
+        todo, seen = [addr], set()
+        try:
+            while todo:
+                fn, sites = self._tail_sites(todo.pop())
+                for site in sites:
+                    for target in self.targets(fn, site, None):
+                        if target == addr:
+                            return True
+                        if target not in seen:
+                            seen.add(target)
+                            todo.append(target)
+                if len(seen) > MAX_CHAIN_STEPS:
+                    return True
+        except Unavailable:
+            return True
+        return False
+
+
+def _intersect(best, chain: list[int]):
+    """gdb's chain_candidate: [sites, callers, callees] kept from the candidate chains seen
+    so far (the first: whole), None once no site is shared at either end."""
+    if best is None:
+        return [chain, len(chain), len(chain)]
+    sites, callers, callees = best
+    callers = next((k for k in range(min(callers, len(chain))) if sites[k] != chain[k]),
+                   min(callers, len(chain)))
+    callees = next((k for k in range(min(callees, len(chain)))
+                    if sites[-1 - k] != chain[-1 - k]), min(callees, len(chain)))
+    return None if callers == 0 and callees == 0 else [sites, callers, callees]
+
+
+def _start_of(session, addr: int) -> int | None:
+    """The entry of the function holding process address addr: its DWARF function's, else
+    its ELF symbol's (gdb's get_pc_function_start)."""
+    fn = _function_at(session, addr)
+    if fn is not None:
+        return fn.entry
+    found = session.symbols.lookup_addr(addr)
+    return found[0].addr if found else None
+
+
+_last: list = []  # [the _Stack of the frames list asked about last]
+
+
+def stack_of(session, frames: list[Frame]) -> _Stack:
+    """The _Stack of an unwound frames list: built once for the list that the frame
+    functions below are asked about again and again (every shown frame of one stack)."""
+    if not _last or _last[0].frames is not frames or _last[0].session is not session:
+        _last[:] = [_Stack(session, frames)]
+    return _last[0]
+
+
+class _Context(FrameContext):
+    """Frame k of a _Stack's frames (tail-call frames included) as locations.py asks of it."""
+
+    def __init__(self, stack: _Stack, k: int, fn: _Function, depth: int = 0):
+        self.stack, self.session, self.frames, self.i = stack, stack.session, stack.all, k
+        self.fn = fn
+        self.frame = self.frames[k]
         self.bias = fn.bias
         self.depth = depth
         self._base: int | None = None
@@ -129,24 +359,51 @@ class _Context(FrameContext):
             raise Unavailable(OPTIMIZED_OUT)
         return _attr(die, "DW_AT_byte_size") or 0, encoding in SIGNED_ENCODINGS
 
-    def entry_value(self, regno: int) -> int:
-        """What the caller passed in register regno, from its call site (see the module doc)."""
-        if self.depth >= MAX_ENTRY_DEPTH or self.i + 1 >= len(self.frames) or self.frame.signal:
+    def entry_value(self, regno: int, deref_size: int | None = None) -> int:
+        """What the caller passed in register regno (with deref_size, what that pointed at:
+        the site's DW_AT_call_data_value), see call_parameter."""
+        param, caller = self.call_parameter("reg", regno)
+        return caller.evaluate_int(param, "value" if deref_size is None else "data")
+
+    def parameter_ref(self, offset: int) -> int:
+        param, caller = self.call_parameter("param", offset)
+        return caller.evaluate_int(param, "value")
+
+    def evaluate_int(self, param, which: str) -> int:
+        """A call site parameter's value (or data value) expression, evaluated here."""
+        expr = call_expr(param, which)
+        if expr is None:
             raise Unavailable(OPTIMIZED_OUT)
-        caller = self.frames[self.i + 1]
+        return as_int(evaluate(_parse(param, expr), self), self)
+
+    def call_parameter(self, kind: str, arg: int):
+        """(the call site parameter that says what the caller passed in slot (kind, arg),
+        the caller's context to evaluate it in), as gdb's dwarf_expr_reg_to_entry_parameter
+        finds it: the caller (the next frame out, a tail-call frame too) must have a call
+        site at its return address whose target is this function's entry, this function must
+        not reach itself through tail calls, and the site must name the slot
+        (Scopes.call_parameter). Raises Unavailable otherwise, and for main, whose caller
+        gdb's backtrace does not go to (`backtrace past-main`, off by default)."""
+        k = self.i + 1
+        entry = self.fn.entry
+        if self.depth >= MAX_ENTRY_DEPTH or k >= len(self.frames) or self.frame.signal or \
+                entry is None or entry == self.stack.main:
+            raise Unavailable(OPTIMIZED_OUT)  # gdb's bt stops at main: it has no caller
+        caller = self.frames[k]
         if not caller.ret:  # the caller was interrupted (a signal), not making a call
             raise Unavailable(OPTIMIZED_OUT)
         cfn = _function(self.session, caller)
-        if cfn is None:
+        site = cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK) if cfn else None
+        if site is None:
             raise Unavailable(OPTIMIZED_OUT)
-        site = cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK)
-        if site is None or not calls(site, self.fn.die, same_file=cfn.dwarf is self.fn.dwarf):
+        ctx = _Context(self.stack, k, cfn, self.depth + 1)
+        if entry not in self.stack.targets(cfn, site, ctx):
             raise Unavailable(OPTIMIZED_OUT)
-        expr = call_value(site, regno)
-        if not isinstance(expr, list):
+        self.stack.check_no_self_tail_call(entry)
+        param = cfn.scopes.call_parameter(site, kind, arg)
+        if param is None:
             raise Unavailable(OPTIMIZED_OUT)
-        ctx = _Context(self.session, self.frames, self.i + 1, cfn, self.depth + 1)
-        return as_int(evaluate(_parse(site, expr), ctx), ctx)
+        return param, ctx
 
 
 def _parse(die, expr):
@@ -158,9 +415,10 @@ def _parse(die, expr):
         raise Unavailable(OPTIMIZED_OUT) from None
 
 
-def location_ops(fn: _Function, die, attr: str = "DW_AT_location"):
-    """The parsed expression of die's `attr` in force at the frame's pc (a location list
-    choosing by pc), [] when the list has none there, None when there is no such attribute."""
+def location_ops(fn: _Function, die, attr: str = "DW_AT_location", pc: int | None = None):
+    """The parsed expression of die's `attr` in force at the frame's pc (or at file address
+    pc: a location list chooses by pc), [] when the list has none there, None when there is
+    no such attribute."""
     a = die.attributes.get(attr)
     if a is None:
         return None
@@ -176,16 +434,18 @@ def location_ops(fn: _Function, die, attr: str = "DW_AT_location"):
     if not isinstance(entries, list):
         return _parse(die, entries.loc_expr)
     base = die.cu.get_top_DIE().attributes.get("DW_AT_low_pc")
-    expr = expression_at(entries, fn.pc, base.value if base is not None else 0)
+    expr = expression_at(entries, fn.pc if pc is None else pc,
+                         base.value if base is not None else 0)
     return [] if expr is None else _parse(die, expr)
 
 
 @dataclass
 class Shown:
-    """One frame as $c and $C list it: frame `index` of the unwound stack, or (scope, the
+    """One frame as $c and $C list it: frame `index` of the unwound stack; or (scope, the
     DW_TAG_inlined_subroutine DIE; name, the inlined function's) a function inlined into it
-    at its pc. `inner` is the inlined subroutine just inside it, whose call is its source
-    line (shown_line)."""
+    at its pc; or (scope, a tail-call Frame: _Stack) a function that left by a tail call,
+    between frame `index` and its caller. `inner` is the inlined subroutine just inside it,
+    whose call is its source line (shown_line)."""
 
     index: int
     scope: object = None
@@ -194,13 +454,24 @@ class Shown:
 
     @property
     def inlined(self) -> bool:
-        return self.scope is not None
+        return self.scope is not None and not self.tail
+
+    @property
+    def tail(self) -> bool:
+        return isinstance(self.scope, Frame)
+
+    def frame(self, frames: list[Frame]) -> Frame:
+        """The frame whose pc and frame pointer this one shows: its own for a tail-call
+        frame, else the unwound frame (a function inlined there runs at its pc)."""
+        return self.scope if self.tail else frames[self.index]
 
 
 def shown_frames(session, frames) -> list[Shown]:
     """The frames $c and $C list, innermost first: each unwound frame preceded by the
     functions inlined into it at its pc, innermost first (none where its DWARF cannot be
-    read: the frame itself still shows)."""
+    read: the frame itself still shows), and followed by the tail-call frames between it and
+    its caller (_Stack), as gdb's bt shows them."""
+    stack = stack_of(session, frames)
     out = []
     for i, f in enumerate(frames):
         try:
@@ -213,6 +484,8 @@ def shown_frames(session, frames) -> list[Shown]:
             out.append(Shown(i, d, _inlined_name(d), inner))
             inner = d
         out.append(Shown(i, inner=inner))
+        end = stack.at[i + 1] if i + 1 < len(frames) else len(stack.all)
+        out += [Shown(i, t) for t in stack.all[stack.at[i] + 1:end]]
     return out
 
 
@@ -236,7 +509,7 @@ def shown_line(session, frames, shown: Shown) -> tuple[str, int] | None:
     from mdbpy.symbols.lines import source_line_or_none
 
     if shown.inner is None:
-        return source_line_or_none(session, frames[shown.index].named_at)
+        return source_line_or_none(session, shown.frame(frames).named_at)
     try:
         fn = _function(session, frames[shown.index])
         return fn.scopes.call_line(shown.inner) if fn is not None else None
@@ -244,18 +517,25 @@ def shown_line(session, frames, shown: Shown) -> tuple[str, int] | None:
         return None
 
 
-def frame_variables(session, frames, i: int, locals_: bool = True,
-                    scope=None) -> list[FrameVar] | None:
+def frame_variables(session, frames, i: int, locals_: bool = True, scope=None,
+                    entry: bool = False) -> list[FrameVar] | None:
     """The arguments (in order) and, with locals_, the locals (innermost block first) of frame
-    i, or of the function inlined there whose DW_TAG_inlined_subroutine DIE is scope (its
-    variables' locations are evaluated in frame i: inlined code runs in its caller's frame);
-    None when no DWARF describes the frame's function."""
-    fn = _function(session, frames[i])
+    i, of the function inlined there whose DW_TAG_inlined_subroutine DIE is scope (its
+    variables' locations are evaluated in frame i: inlined code runs in its caller's frame),
+    or of the tail-call frame that scope is (Shown.scope); None when no DWARF describes the
+    frame's function. With entry, each argument's entry value too (FrameVar.entry)."""
+    stack = stack_of(session, frames)
+    tail = isinstance(scope, Frame)
+    k = stack.all.index(scope) if tail else stack.at[i]
+    fn = _function(session, stack.all[k])
     if fn is None:
         return None
-    ctx = _Context(session, frames, i, fn)
-    params, local_dies = fn.scopes.variables(fn.die if scope is None else scope, fn.pc)
+    ctx = _Context(stack, k, fn)
+    params, local_dies = fn.scopes.variables(fn.die if scope is None or tail else scope, fn.pc)
     out = [_variable(session, ctx, fn, d, True) for d in params]
+    if entry:
+        for var, die in zip(out, params):
+            var.entry = _at_entry(session, ctx, fn, die, var)
     if locals_:
         out += [_variable(session, ctx, fn, d, False) for d in local_dies]
     return out
@@ -287,6 +567,36 @@ def _variable(session, ctx: _Context, fn: _Function, die, arg: bool) -> FrameVar
     except Unavailable as e:
         var.value, var.why = None, str(e)
     return var
+
+
+def _at_entry(session, ctx: _Context, fn: _Function, die, var: FrameVar) -> Value | None:
+    """An argument's value on entry to its function, as gdb's read_variable_at_entry tells
+    it: its location at the function's entry must be one register or one DW_OP_fbreg slot,
+    which the caller's call site names (_Context.call_parameter); the site's DW_AT_call_value
+    is then the value, evaluated in the caller. None where that fails (gdb then shows no entry
+    value), for a reference (whose entry value gdb reads through DW_AT_call_data_value), and
+    for an argument of unknown size."""
+    entry = fn.entry
+    t = var.type.strip() if var.why != "unknown type" else None
+    if entry is None or t is None or isinstance(t, Pointer) and t.ref:
+        return None
+    try:
+        size = space_of(session).complete(t).size
+        if not size:
+            return None
+        ops = location_ops(fn, die, pc=(entry - fn.bias) & MASK)
+        n = lone_register(ops or [])
+        if n is not None:
+            param, caller = ctx.call_parameter("reg", n)
+        elif ops and len(ops) == 1 and ops[0].op_name == "DW_OP_fbreg":
+            param, caller = ctx.call_parameter("fb", ops[0].args[0])
+        else:
+            return None
+        expr = call_expr(param, "value") + [DW_OP_STACK_VALUE]  # a value, not a location
+        _, data = place(evaluate(_parse(param, expr), caller), size, caller)
+    except (Unavailable, MdbError):
+        return None
+    return Value(space_of(session), var.type, None, data)
 
 
 def origin_const(die):
@@ -325,22 +635,41 @@ def is_scalar(t: Type) -> bool:
 
 def args_text(session, frames, i: int, limit: int | None = None, scope=None) -> str:
     """`name=value, ...` of frame i's arguments (or those of the function inlined there whose
-    DIE is scope) as $C prints them between the parentheses ('' when no DWARF describes the
-    function): scalars as ::print shows them, structs and arrays as `...` (gdb's bt),
-    `<optimized out>` where the location does not resolve. `limit` caps how many are shown
-    (mdb's $C cnt)."""
+    DIE is scope, or of the tail-call frame scope is) as $C prints them between the
+    parentheses ('' when no DWARF describes the function): scalars as ::print shows them,
+    structs and arrays as `...` (gdb's bt), `<optimized out>` where the location does not
+    resolve. An argument whose entry value the caller's call site gives is shown as gdb's bt
+    shows it: `x=x@entry=value` when that is its value now, else `x=value, x@entry=value`.
+    `limit` caps how many arguments are shown (mdb's $C cnt)."""
     from mdbpy.types.printer import PrintOptions, Printer
 
-    found = frame_variables(session, frames, i, locals_=False, scope=scope) or []
+    found = frame_variables(session, frames, i, locals_=False, scope=scope, entry=True) or []
     space = space_of(session)
     printer = Printer(space, PrintOptions())
+
+    def text(value: Value | None, why: str | None, t: Type) -> str:
+        if value is None:
+            return f"<{why}>"
+        if not is_scalar(space.complete(t.strip())):
+            return "..."
+        return printer.scalar_text(value, space.complete(t.strip()))
+
     out = []
     for v in found[:limit]:
-        if v.value is None:
-            text = f"<{v.why}>"
-        elif not is_scalar(space.complete(v.type.strip())):
-            text = "..."
+        now = text(v.value, v.why, v.type)
+        if v.entry is None:
+            out.append(f"{v.name}={now}")
+        elif v.value is not None and _same_bytes(v.value, v.entry):
+            out.append(f"{v.name}={v.name}@entry={now}")
         else:
-            text = printer.scalar_text(v.value, space.complete(v.type.strip()))
-        out.append(f"{v.name}={text}")
+            out.append(f"{v.name}={now}, {v.name}@entry={text(v.entry, None, v.type)}")
     return ", ".join(out)
+
+
+def _same_bytes(a: Value, b: Value) -> bool:
+    """Whether two values of one type hold the same bytes (gdb's value_contents_eq); a value
+    that cannot be read is not the same."""
+    try:
+        return a.read_() == b.read_()
+    except MdbError:
+        return False

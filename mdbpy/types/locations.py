@@ -6,7 +6,8 @@ DW_OP_call_frame_cfa; DW_OP_bregN; DW_OP_addr), a register (DW_OP_regN), the val
 (DW_OP_stack_value, DW_OP_implicit_value), or pieces of these (DW_OP_piece). The frame supplies
 what the expression needs through a FrameContext: its registers as far as the unwinder
 recovered them, its CFA and frame base, memory, and the value a register had on entry
-(DW_OP_entry_value, which only the caller's call site can tell). Typed values (DW_OP_convert,
+(DW_OP_entry_value, and DW_OP_GNU_parameter_ref for a parameter named by its DIE, which only
+the caller's call site can tell). Typed values (DW_OP_convert,
 DW_OP_regval_type, DW_OP_deref_type, DW_OP_const_type, gcc's for unsigned division) are
 integers of a base type, whose size and sign the unit's DWARF gives. A pointer whose target
 was optimized into registers or constants (DW_OP_implicit_pointer) has no address to show: it
@@ -62,7 +63,14 @@ class FrameContext:
     def frame_base(self) -> int:
         raise Unavailable(OPTIMIZED_OUT)
 
-    def entry_value(self, regno: int) -> int:
+    def entry_value(self, regno: int, deref_size: int | None = None) -> int:
+        """The value register regno had on entry (with deref_size, the deref_size bytes it
+        pointed at then), from the caller's call site."""
+        raise Unavailable(OPTIMIZED_OUT)
+
+    def parameter_ref(self, offset: int) -> int:
+        """The value the caller passed for the parameter DIE at unit offset `offset`
+        (DW_OP_GNU_parameter_ref), from its call site."""
         raise Unavailable(OPTIMIZED_OUT)
 
     def base_type(self, offset: int) -> tuple[int, bool]:
@@ -182,6 +190,8 @@ def evaluate(ops, ctx: FrameContext) -> list[Piece]:
                 i = at.get(target, len(ops))
         elif name in _ENTRY_VALUE:
             stack.append(_entry_value(args[0], ctx))
+        elif name == "DW_OP_GNU_parameter_ref":
+            stack.append(ctx.parameter_ref(args[0]))
         elif name in _CONVERT:
             stack.append(_typed(pop(), args[0], ctx))
         elif name in _REGVAL_TYPE:
@@ -249,15 +259,33 @@ def _typed_binary(name: str, a, b) -> int:
     raise Unavailable(OPTIMIZED_OUT)
 
 
+def lone_register(ops) -> int | None:
+    """The DWARF register n of an expression that is only DW_OP_regN or DW_OP_regx n."""
+    if len(ops) != 1:
+        return None
+    name = ops[0].op_name
+    if name == "DW_OP_regx":
+        return ops[0].args[0]
+    if name.startswith("DW_OP_reg") and name[9:].isdigit():
+        return int(name[9:])
+    return None
+
+
 def _entry_value(inner, ctx: FrameContext) -> int:
-    """DW_OP_entry_value(DW_OP_regN): the register's value on entry, which only a call site
-    in the caller can tell; any other inner expression is not resolved."""
-    if len(inner) == 1 and inner[0].op_name.startswith("DW_OP_reg") and \
-            inner[0].op_name not in ("DW_OP_regx",) and not inner[0].op_name.startswith(
-                "DW_OP_regval"):
-        return ctx.entry_value(int(inner[0].op_name[9:]))
-    if len(inner) == 1 and inner[0].op_name == "DW_OP_regx":
-        return ctx.entry_value(inner[0].args[0])
+    """DW_OP_entry_value of a register, DW_OP_regN: its value on entry; of DW_OP_bregN 0 then
+    DW_OP_deref or DW_OP_deref_size: what it pointed at then. Only the caller's call site can
+    tell (gdb accepts these two shapes, and so does this evaluator)."""
+    n = lone_register(inner)
+    if n is not None:
+        return ctx.entry_value(n)
+    if len(inner) == 2 and inner[1].op_name in ("DW_OP_deref", "DW_OP_deref_size"):
+        base, deref = inner
+        size = deref.args[0] if deref.op_name == "DW_OP_deref_size" else 8
+        if base.op_name == "DW_OP_bregx" and base.args[1] == 0:
+            return ctx.entry_value(base.args[0], size)
+        if base.op_name.startswith("DW_OP_breg") and base.op_name[10:].isdigit() and \
+                base.args[0] == 0:
+            return ctx.entry_value(int(base.op_name[10:]), size)
     raise Unavailable(OPTIMIZED_OUT)
 
 

@@ -9,7 +9,8 @@ one walk of each unit it touches, not of the whole file.
 
 Call sites (DW_TAG_call_site, and DW_TAG_GNU_call_site of DWARF 4 with GNU extensions) say, at
 a call's return address, what value the caller passed in each argument register: the only
-trustworthy source of a DW_OP_entry_value.
+trustworthy source of a DW_OP_entry_value. Those marked as tail calls (a jump to the callee)
+are what tail-call frames are rebuilt from (mdbpy/types/frames.py).
 
 A function inlined at a pc (DW_TAG_inlined_subroutine, inside the function or its blocks, and
 inside one another) is a frame of its own, as gdb shows it: `inlined` lists them, and
@@ -175,34 +176,103 @@ class Scopes:
                 todo += list(d.iter_children())
         return None
 
+    @_dwarf_errors
+    def call_target(self, site):
+        """What a call site calls, as gdb reads it, from the first of DW_AT_call_target,
+        DW_AT_GNU_call_site_target, DW_AT_call_origin, DW_AT_abstract_origin it has: ('expr',
+        the target address expression's bytes), ('name', a declaration's linkage name, else its
+        name: a symbol to look up), ('starts', the file addresses where a definition's ranges
+        start: its entry first, unless its DW_AT_ranges list another first); None when it has
+        none of them, an empty expression, or a definition without code (an abstract instance)."""
+        names = ("DW_AT_call_target", "DW_AT_GNU_call_site_target", "DW_AT_call_origin",
+                 "DW_AT_abstract_origin")
+        name = next((a for a in names if a in site.attributes), None)
+        if name is None:
+            return None
+        a = site.attributes[name]
+        if a.form == "DW_FORM_exprloc" or a.form.startswith("DW_FORM_block"):
+            return ("expr", a.value) if a.value else None
+        target = site.get_DIE_from_attribute(name)
+        if _attr(target, "DW_AT_declaration") and "DW_AT_specification" not in target.attributes:
+            linkage = ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name", "DW_AT_name")
+            v = next((v for n in linkage if isinstance(v := _attr(target, n), bytes)), None)
+            return ("name", v.decode("utf-8", "replace")) if v else None
+        ranges = self.ranges(target)
+        if not ranges:
+            return None
+        starts = ranges if "DW_AT_ranges" in target.attributes else ranges[:1]
+        return "starts", [lo for lo, _ in starts]
 
-def call_value(site, regno: int):
-    """The DW_AT_call_value expression bytes a call site gives for the argument passed in DWARF
-    register regno, or None."""
-    for p in site.iter_children():
-        if p.tag not in CALL_PARAMS:
-            continue
-        loc = _attr(p, "DW_AT_location")
-        if isinstance(loc, list) and len(loc) == 1 and loc[0] == 0x50 + regno and regno < 32:
-            pass
-        elif isinstance(loc, list) and loc[:1] == [0x90] and _uleb(loc[1:]) == regno:
-            pass
-        else:
-            continue
-        value = _attr(p, "DW_AT_call_value")
-        if value is None:
-            value = _attr(p, "DW_AT_GNU_call_site_value")
-        return value
-    return None
+    @_dwarf_errors
+    def call_parameter(self, site, kind: str, arg: int):
+        """The DW_TAG_call_site_parameter DIE of a call site that gdb matches with an entry
+        value (dwarf_expr_reg_to_entry_parameter): the first one with a DW_AT_call_value whose
+        DW_AT_location is DWARF register `arg` (kind 'reg') or the stack slot DW_OP_breg7
+        `arg` (kind 'fb', a DW_OP_fbreg argument), or, without a location, whose
+        DW_AT_call_parameter is the DIE at unit offset `arg` (kind 'param',
+        DW_OP_GNU_parameter_ref); None if none."""
+        for p in site.iter_children():
+            if p.tag not in CALL_PARAMS or call_expr(p, "value") is None:
+                continue  # gdb keeps no parameter without a value
+            loc = _attr(p, "DW_AT_location")
+            if loc is None:
+                ref = next((a for a in ("DW_AT_call_parameter", "DW_AT_abstract_origin")
+                            if a in p.attributes), None)
+                if kind == "param" and ref is not None and \
+                        p.get_DIE_from_attribute(ref).offset - p.cu.cu_offset == arg:
+                    return p
+            elif isinstance(loc, list) and (kind, arg) == _slot(p, loc):
+                return p
+        return None
+
+    @_dwarf_errors
+    def tail_call_sites(self, func) -> list:
+        """The call sites of a function that are tail calls (DW_AT_call_tail_call,
+        DW_AT_GNU_tail_call), in its lexical blocks and inlined code too, in gdb's order (the
+        last first); none unless the function says its list of calls is complete
+        (DW_AT_call_all_calls and the like), as gdb reads them: only then can it be a step of
+        a tail-call chain."""
+        complete = ("DW_AT_call_all_calls", "DW_AT_GNU_all_call_sites",
+                    "DW_AT_call_all_tail_calls", "DW_AT_GNU_all_tail_call_sites")
+        if not any(_attr(d, a) for d in (func, origin(func)) for a in complete):
+            return []
+        out = []
+        todo = list(reversed(list(func.iter_children())))
+        while todo:
+            d = todo.pop()
+            if d.tag in CALL_SITES and (_attr(d, "DW_AT_call_tail_call")
+                                        or _attr(d, "DW_AT_GNU_tail_call")):
+                out.append(d)
+            elif d.tag == BLOCK or d.tag == INLINED:
+                todo += reversed(list(d.iter_children()))
+        return out[::-1]
 
 
-def _uleb(data: list[int]) -> int | None:
-    result = shift = 0
-    for b in data:
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return result
+def call_expr(param, which: str):
+    """A call site parameter's DW_AT_call_value (which 'value') or DW_AT_call_data_value
+    ('data', the value its pointer pointed at) expression bytes, or None."""
+    names = {"value": ("DW_AT_call_value", "DW_AT_GNU_call_site_value"),
+             "data": ("DW_AT_call_data_value", "DW_AT_GNU_call_site_data_value")}[which]
+    v = next((v for a in names if (v := _attr(param, a)) is not None), None)
+    return v if isinstance(v, list) else None
+
+
+def _slot(param, loc: list[int]) -> tuple[str, int] | None:
+    """('reg', n) for a lone DW_OP_regN or DW_OP_regx n, ('fb', off) for a lone DW_OP_breg7
+    (the stack pointer) off: the argument slots a call site parameter names (gdb's)."""
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
+
+    from mdbpy.types.locations import lone_register
+
+    try:
+        ops = DWARFExprParser(param.cu.structs).parse_expr(bytes(loc))
+    except Exception:  # a malformed location: no slot
+        return None
+    n = lone_register(ops)
+    if n is not None:
+        return "reg", n
+    if len(ops) == 1 and ops[0].op_name == "DW_OP_breg7":
+        return "fb", ops[0].args[0]
     return None
 
 
@@ -222,30 +292,3 @@ def name_of(die) -> str | None:
     """A DIE's DW_AT_name, through its abstract origin."""
     v = _attr(origin(die), "DW_AT_name")
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else None
-
-
-def _same(a, b) -> bool:
-    """Whether two DIEs are one: the same offset in the same section of the same file (a
-    supplementary file's, or .debug_types', offsets overlap .debug_info's)."""
-    return a.offset == b.offset and a.dwarfinfo is b.dwarfinfo and \
-        hasattr(a.cu, "tu_offset") == hasattr(b.cu, "tu_offset")
-
-
-def calls(site, callee, same_file: bool = True) -> bool:
-    """Whether a call site calls the function `callee` (a subprogram DIE): its DW_AT_call_origin
-    (DW_AT_abstract_origin on a GNU call site) is that function, its origin, or a declaration
-    of the same name (the only test across files, whose DIE offsets are unrelated). A site
-    without one (an indirect call) is not trusted."""
-    attr = "DW_AT_call_origin" if "DW_AT_call_origin" in site.attributes else \
-        "DW_AT_abstract_origin"
-    if attr not in site.attributes:
-        return False
-    target = site.get_DIE_from_attribute(attr)
-    if same_file and (_same(target, callee) or _same(target, origin(callee))
-                      or _same(origin(target), origin(callee))):
-        return True
-    linkage = ("DW_AT_linkage_name", "DW_AT_MIPS_linkage_name", "DW_AT_name")
-    ours = next((v for a in linkage if (v := _attr(origin(callee), a)) is not None), None)
-    theirs = next((v for a in linkage if (v := _attr(origin(target), a)) is not None), None)
-    return bool(_attr(origin(target), "DW_AT_declaration")) and ours is not None \
-        and ours == theirs

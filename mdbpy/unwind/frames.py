@@ -41,6 +41,7 @@ class Frame:
     truncated: str | None = None
     signal: bool = False  # the frame is a signal trampoline (its caller was interrupted)
     ret: bool = False  # pc is a return address: named by the call before it (pc-1)
+    tail_call: bool = False  # rebuilt from call sites (mdbpy/types/frames.py), not unwound
 
     @property
     def named_at(self) -> int:
