@@ -237,6 +237,26 @@ def _edge_block(mem, loc: Locator, start: int, end: int):
     return src_parts, dst_parts, total, failed
 
 
+def _tasks(blocks) -> list[list[tuple[int, int]]]:
+    """The blocks grouped, in order, into tasks of at most about BLOCK bytes: a libumem heap is
+    thousands of small spans, and a thread-pool future per span (~50 us) cost more than
+    scanning it."""
+    tasks: list[list[tuple[int, int]]] = []
+    size = 0
+    for a, b in blocks:
+        if not tasks or size + (b - a) > BLOCK:
+            tasks.append([])
+            size = 0
+        tasks[-1].append((a, b))
+        size += b - a
+    return tasks
+
+
+def _edge_blocks(mem, loc: Locator, blocks):
+    """_edge_block() of each of a task's blocks."""
+    return [_edge_block(mem, loc, a, b) for a, b in blocks]
+
+
 def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=None):
     """Every edge between candidates as (sources, targets) in address order: those the
     prescan's kept words make, and those of the regions' other memory, scanned block by
@@ -253,15 +273,16 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=
               for a in range(start, end, BLOCK)]
     total = sum(b - a for a, b in blocks) + 1
     done = 0
+    tasks = _tasks(blocks)
     pool = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="mdbpy-scan")
     try:
-        futures = [pool.submit(_edge_block, mem, loc, a, b) for a, b in blocks]
-        for (a, b), f in zip(blocks, futures):
-            src, dst, counts, failed = f.result()
-            parts += [(a, s, d) for s, d in zip(src, dst)]
-            _count(stats, counts)
-            stats.unreadable += failed
-            done += b - a
+        futures = [pool.submit(_edge_blocks, mem, loc, t) for t in tasks]
+        for task, f in zip(tasks, futures):
+            for (a, b), (src, dst, counts, failed) in zip(task, f.result()):
+                parts += [(a, s, d) for s, d in zip(src, dst)]
+                _count(stats, counts)
+                stats.unreadable += failed
+                done += b - a
             if progress:
                 progress(done, total)
     finally:

@@ -57,20 +57,23 @@ def anon_regions(session, claimed) -> list[AnonRegion]:
     pins = [r.start for r in stacks if not r.label.endswith(" TLS")]
     tls = [(r.start, r.end) for r in stacks if r.label.endswith(" TLS")]
     bss = [(r.start, r.end) for r in data_ranges(session) if r.label.endswith(" bss")]
-    holes = merge_ranges(list(claimed) + tls + bss)
+    anon = [m for m in session.mem.mappings()
+            if m.readable and m.path not in KERNEL_PSEUDO and is_anonymous(m)
+            and not any(m.start <= p < m.end for p in pins)]
+    # one subtraction for every mapping (a libumem process has thousands), each part labelled
+    # with its mapping's index
+    parts = subtract([Root(m.start, m.end, str(i)) for i, m in enumerate(anon)],
+                     list(claimed) + tls + bss)
     out: list[AnonRegion] = []
-    for m in session.mem.mappings():
-        if (not m.readable or m.path in KERNEL_PSEUDO or not is_anonymous(m)
-                or any(m.start <= p < m.end for p in pins)):
-            continue
-        kind = KIND_SBRK if m.path == "[heap]" else KIND_MMAP
+    for p in parts:
+        m = anon[int(p.label)]
         why = ("shared: other processes may hold it" if m.shared else
                "code: referenced from code" if m.executable else
                "not writable: a reservation or guard" if not m.writable else "")
-        for p in subtract([Root(m.start, m.end, "")], holes):
-            beside = any(p.end == a or p.start == b for a, b in tls)
-            out.append(AnonRegion(p.start, p.end, m.perms, kind,
-                                  why or ("beside a thread's TLS" if beside else "")))
+        beside = any(p.end == a or p.start == b for a, b in tls)
+        out.append(AnonRegion(p.start, p.end, m.perms,
+                              KIND_SBRK if m.path == "[heap]" else KIND_MMAP,
+                              why or ("beside a thread's TLS" if beside else "")))
     return out
 
 

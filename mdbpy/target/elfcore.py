@@ -61,13 +61,14 @@ def parse_names(desc: bytes, limit: int) -> dict[tuple[int, int], str]:
 
 PAGE = 4096
 
-# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr, Elf64_Sym: every reader and writer of ELF
+# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr, Elf64_Sym, Elf64_Rela: every reader and writer of ELF
 # in mdbpy uses these
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 SHDR = struct.Struct("<IIQQQQIIQQ")
 NHDR = struct.Struct("<III")
 SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
+RELA = struct.Struct("<QQq")  # Elf64_Rela: r_offset, r_info (symbol << 32 | type), r_addend
 
 # struct elf_prstatus (x86_64, 336 bytes): elf_siginfo {signo, code, errno}, pr_cursig (short,
 # padded), pr_sigpend, pr_sighold, pr_pid, pr_ppid, pr_pgrp, pr_sid, four struct timevals,
