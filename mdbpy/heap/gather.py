@@ -159,20 +159,21 @@ class _Source:
     they need not come back to Python for each (a miss handed to Python costs ~25 us beside
     its read, and a million buffers' slabs miss tens of thousands): a file and sorted ranges
     of addresses, each at an offset in that file. A live process: its /proc/PID/mem (the
-    offset is the address) over the readable mapping runs. A core: its file, over the
-    readable segments its image holds whole. The file is opened for the length of one call
-    (`opened`), so a session that is done with holds none. What a source cannot read whole is
+    offset is the address) over the readable mapping runs. A core: the file the target has
+    open, over the bytes its readable segments' images hold (CoreTarget.image_ranges). The
+    file is opened for the length of one call (`opened`), so a session that is done with
+    holds none. What a source cannot read whole is
     left to Gather's Python path, which reads piece by piece and marks unreadable pages: the
     pool holds the same either way."""
 
-    def __init__(self, path: str, ranges: list[tuple[int, int, int]], run_max: int):
+    def __init__(self, open_fd, ranges: list[tuple[int, int, int]], run_max: int):
         import ctypes
 
         import numpy as np
 
         from mdbpy.heap import kernel
 
-        self.path = path
+        self.open_fd = open_fd  # () -> a new descriptor of the file, or OSError
         self.start, self.end, self.off = (np.array(c, np.uint64).reshape(-1)
                                           for c in zip(*ranges or [(0, 0, 0)]))
         self.buf = np.empty(run_max, np.uint8)
@@ -184,9 +185,9 @@ class _Source:
     @contextmanager
     def opened(self):
         """This source with its file open, or None when it cannot be opened (the process
-        has gone, the core was removed): the calls then read through Python."""
+        has gone, the target was closed): the calls then read through Python."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self.open_fd()
         except OSError:
             yield None
             return
@@ -200,54 +201,19 @@ class _Source:
     @classmethod
     def of(cls, mem, mapped: Mapped, run_max: int) -> _Source | None:
         """The source of a live process's or a core's pages, or None (other targets' pages
-        are read through Python)."""
+        are read through Python). A core's file is the one the target has open (a file put
+        at its path since is not read)."""
         from mdbpy.target.core import CoreTarget
         from mdbpy.target.live import LiveTarget
 
         target = mem.target
         if isinstance(target, LiveTarget):
-            return cls(f"/proc/{target.pid}/mem", [
+            mem_path = f"/proc/{target.pid}/mem"
+            return cls(lambda: os.open(mem_path, os.O_RDONLY | os.O_CLOEXEC), [
                 (a, b, a) for a, b in zip(mapped.starts, mapped.ends) if b <= 1 << 63], run_max)
         if isinstance(target, CoreTarget):
-            ranges = _image_ranges(target, mem.mappings())
-            return None if ranges is None else cls(target.path, ranges, run_max)
+            return cls(target.image_fd, target.image_ranges(), run_max)
         return None
-
-
-def _image_ranges(target, maps) -> list[tuple[int, int, int]] | None:
-    """(start, end, file offset) of each readable segment of a core whose bytes its image
-    holds whole, found through Target.mapped (the image's own zero-copy views: a view of a
-    segment's first and last byte, 8,500 segments in 0.07 s), or None when the image is not
-    the file at its path."""
-    import numpy as np
-
-    def where(view) -> int:
-        a = np.frombuffer(view, np.uint8)
-        try:
-            return a.ctypes.data
-        finally:
-            del a  # an exported buffer would keep the view from being released
-
-    out, base, size = [], None, None
-    for m in maps:
-        if not m.readable or m.end <= m.start:
-            continue
-        with target.mapped(m.start, 1) as v:
-            if v is None:
-                continue
-            first = where(v)
-            if base is None:
-                base, size = where(v.obj), len(v.obj)
-        with target.mapped(m.end - 1, 1) as v:
-            if v is None or where(v) - first != m.end - 1 - m.start:
-                continue
-        out.append((m.start, m.end, first - base))
-    try:
-        if base is not None and os.stat(target.path).st_size != size:
-            return None
-    except OSError:
-        return None
-    return out
 
 
 def session_gather(session) -> Gather:

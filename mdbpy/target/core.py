@@ -252,6 +252,21 @@ class _ImageTarget(Target):
             cur += n
         return bytes(out)
 
+    def image_ranges(self) -> list[tuple[int, int, int]]:
+        """(start, end, offset in the file) of the bytes each readable segment's image holds,
+        for code that reads the file itself (mdbpy.heap.gather's compiled reads, through
+        image_fd()): past a segment's image the bytes are _missing()'s, which only read()
+        knows."""
+        return [(s.start, s.start + s.avail, s.off) for s in self._segs
+                if s.avail and s.perms[:1] == "r"]
+
+    def image_fd(self) -> int:
+        """A new descriptor of the file this target has open (the caller closes it): the
+        bytes image_ranges() places, whatever is at the path by now. OSError once closed."""
+        if self._mm is None:
+            raise OSError("the target is closed")
+        return os.dup(self._file.fileno())
+
     @contextmanager
     def mapped(self, addr: int, size: int):
         """[addr, addr + size) straight from the mapped file when one segment's image holds
