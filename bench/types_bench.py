@@ -3,7 +3,8 @@
 
 Measured:
 
-  1. the index build alone on libc's debug file (scan.py), in-process, several runs;
+  1. the index build alone on libc's debug file (scan.py), in-process, several runs, with the
+     names and the variables with a fixed location (functions' statics included) it finds;
   2. pyelftools visiting the same top-level DIEs, for comparison (one run: it is slow);
   3. the cached lookup, in-process: open the debug file, read the index back from the cache,
      build `struct malloc_state` and every member's type, and find `main_arena`'s type;
@@ -43,20 +44,21 @@ def libc_debug_file() -> str:
     return path
 
 
-def scan_times(path: str, runs: int) -> tuple[list[float], int]:
+def scan_times(path: str, runs: int) -> tuple[list[float], int, int]:
     from elftools.elf.elffile import ELFFile
 
     from mdbpy.types.index import read_sections
     from mdbpy.types.scan import scan
 
-    times, names = [], 0
+    times, names, placed = [], 0, 0
     for _ in range(runs):
         t0 = time.perf_counter()
         with open(path, "rb") as f:
             found = scan(read_sections(ELFFile(f)))
         times.append(time.perf_counter() - t0)
         names = sum(map(len, found.types.values())) + len(found.vars)
-    return times, names
+        placed = len(found.addrs) + len(found.tls)
+    return times, names, placed
 
 
 def pyelftools_time(path: str) -> float:
@@ -103,10 +105,10 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     debug = libc_debug_file()
     print(f"libc's debug file: {debug} ({os.path.getsize(debug) >> 20} MiB)")
-    t, names = scan_times(debug, runs)
+    t, names, placed = scan_times(debug, runs)
     label = f"index build (scan.py), {runs} runs"
     print(f"{label:44s} median {statistics.median(t):6.3f} s  best {min(t):6.3f} s"
-          f"  ({names} names)")
+          f"  ({names} names, {placed} placed variables)")
     print(f"{'pyelftools, top-level DIEs only, 1 run':44s}        {pyelftools_time(debug):6.3f} s")
     c = cached_lookup_times(debug, runs)
     print(f"{'cached lookup of struct malloc_state':44s} median {statistics.median(c):6.3f} s"

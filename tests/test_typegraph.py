@@ -105,19 +105,24 @@ def test_typegraph_statistics(session, tg):
     conflict = [(a, u) for a, u, t in _by(rows) if t == "conflict"]
     unknown = [(a, u) for a, u, t in _by(rows, "unknown") if t != "conflict"]
     # four globals reach the heap typed: g_items, g_table, g_list (the last node made: the
-    # list is built by prepending) and g_tree (the first tnode made: the root); and main's
-    # local only_local, a typed pointer on the parked frame's stack
+    # list is built by prepending) and g_tree (the first tnode made: the root); main's local
+    # only_local, a typed pointer on the parked frame's stack; and three function-scope
+    # variables: fill_cache's free_slots (the fifth slot made, the list's head) and the
+    # inlined spare_slot's spare (the sixth), and open_conns's __thread conns (the first cnode)
     size = {a: u for a, u, _ in _by(rows)}
-    nodes = [a for a, u, t in typed if t == "struct node"]
-    tnodes = [a for a, u, t in typed if t == "struct tnode"]
-    roots = [r.addr("items"), r.addr("table"), nodes[-1], tnodes[0], r.addr("local")]
+    first = {}
+    for a, u, t in typed:
+        first.setdefault(t, []).append(a)
+    nodes, tnodes, slots = first["struct node"], first["struct tnode"], first["struct slot"]
+    roots = [r.addr("items"), r.addr("table"), nodes[-1], tnodes[0], r.addr("local"),
+             slots[4], slots[5], first["struct cnode"][0]]
     root_bytes = sum(size[a] for a in roots)
     total = sum(size.values())
     typed_bytes = sum(u for _, u, _ in typed)
     expect = [
         f"{'HOW':<16s} {'BUFFERS':>9s} {'BYTES':>12s}",
-        f"{'root pointer':<16s} {5:>9d} {root_bytes:>12d}",
-        f"{'propagated':<16s} {len(typed) - 5:>9d} {typed_bytes - root_bytes:>12d}",
+        f"{'root pointer':<16s} {len(roots):>9d} {root_bytes:>12d}",
+        f"{'propagated':<16s} {len(typed) - len(roots):>9d} {typed_bytes - root_bytes:>12d}",
         f"{'vtable':<16s} {0:>9d} {0:>12d}",
         f"{'user hint':<16s} {0:>9d} {0:>12d}",
         f"{'unknown':<16s} {len(unknown):>9d} {sum(u for _, u in unknown):>12d}",
@@ -128,11 +133,11 @@ def test_typegraph_statistics(session, tg):
     pct = f"{100.0 * len(typed) / len(rows):.1f}%"
     bpct = f"{100.0 * typed_bytes / total:.1f}%"
     assert re.fullmatch(rf"typegraph: {len(typed)} of {len(rows)} buffers \({re.escape(pct)}\), "
-                        rf"{typed_bytes} of {total} bytes \({re.escape(bpct)}\) typed as 6 "
+                        rf"{typed_bytes} of {total} bytes \({re.escape(bpct)}\) typed as 8 "
                         r"types, from \d+ typed variables", out[8]), out[8]
     js = _json(session, "::typegraph")
     assert js["buffers"] == len(rows) and js["rows"][0] == {
-        "how": "root pointer", "buffers": 5, "bytes": root_bytes}
+        "how": "root pointer", "buffers": len(roots), "bytes": root_bytes}
 
 
 def _json(session, cmd):
@@ -173,6 +178,38 @@ def test_whattype_exact(session, tg):
     assert run_in(session, f"{local:x}::whattype -v") == (
         f"{local:x} is 0x0 bytes into struct tnode (member left)\n"
         f"    in the {rows[local][0]:#x}-byte buffer at {local:x}, typed by root pointer\n")
+
+
+def test_function_scope_variables_are_roots(session, tg):
+    """fill_cache's free list, the inlined spare_slot's slot and open_conns's tree are reached
+    only from function-scope variables (a static in a nested block, a static of an inlined
+    function, a function-scope __thread): every buffer of them is typed, the heads as roots."""
+    _, _, rows = tg
+    mine = [(a, u, t) for a, u, t in _by(rows, "typed") if t in ("struct slot", "struct cnode")]
+    assert [t for _, _, t in mine] == ["struct slot"] * 6 + ["struct cnode"] * 7
+    slots = [a for a, _, t in mine if t == "struct slot"]
+    conns = [a for a, _, t in mine if t == "struct cnode"]
+    # they print by their ELF symbols (gcc's `name.N`), the __thread one as the current
+    # thread's copy, with their DWARF types (a glibc chunk is the usable size + 8)
+    symbols = {line.split("|")[-1].split(".")[0]: line.split("|")[-1]
+               for line in run_in(session, "::nm").splitlines() if "|LOCL |" in line}
+    for name, typ, head in (("free_slots", "struct slot", slots[4]),
+                            ("spare", "struct slot", slots[5]),
+                            ("conns", "struct cnode", conns[0])):
+        assert run_in(session, f"{symbols[name]}::print -t") == \
+            f"{typ} * {head:#x} (allocated from chunk {rows[head][0] + 8:#x})\n"
+    run_in(session, "::typegraph")
+    g = session.cache[GRAPH_KEY]
+    assert [g.whattype(a).type for a, _, _ in mine] == [t for _, _, t in mine]
+    for a, how in ((slots[4], "root pointer"), (slots[5], "root pointer"),
+                   (slots[0], "propagated")):
+        assert run_in(session, f"{a + 8:x}::whattype -v") == (
+            f"{a + 8:x} is 0x8 bytes into struct slot (member gen)\n"
+            f"    in the {rows[a][0]:#x}-byte buffer at {a:x}, typed by {how}\n")
+    for a, how in ((conns[0], "root pointer"), (conns[-1], "propagated")):
+        assert run_in(session, f"{a + 16:x}::whattype -v") == (
+            f"{a + 16:x} is 0x10 bytes into struct cnode (member fd)\n"
+            f"    in the {rows[a][0]:#x}-byte buffer at {a:x}, typed by {how}\n")
 
 
 def _err(session, cmd):

@@ -20,7 +20,7 @@ from mdbpy.types import index as type_index
 from mdbpy.types import space as type_space
 from mdbpy.types.enums import common_prefix, flags_text
 from mdbpy.types.model import Enum
-from mdbpy.types.scan import CPP_LANGS
+from mdbpy.types.scan import CPP_LANGS, tls_offset
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +90,21 @@ def test_scan_finds_what_pyelftools_finds(which, request):
     assert sum(map(len, types.values())) > 20
 
 
-def test_scan_of_libcs_debug_file_names_the_right_dies():
-    """libc's debug file (DWARF 5, compressed sections): every 10th name the index holds is
-    the name of the DIE at its offset, as pyelftools reads it."""
-    from elftools.elf.elffile import ELFFile
-
+def _libc_debug_file() -> Path:
     libc = Path("/lib/x86_64-linux-gnu/libc.so.6").resolve()
     bid = build_id_of(str(libc))
     debug = Path(f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug")
     if not debug.is_file():
         pytest.skip("libc6-dbg is not installed")
+    return debug
+
+
+def test_scan_of_libcs_debug_file_names_the_right_dies():
+    """libc's debug file (DWARF 5, compressed sections): every 10th name the index holds is
+    the name of the DIE at its offset, as pyelftools reads it."""
+    from elftools.elf.elffile import ELFFile
+
+    debug = _libc_debug_file()
     with open(debug, "rb") as f:
         elf = ELFFile(f)
         idx = type_index.build(elf)
@@ -115,6 +120,65 @@ def test_scan_of_libcs_debug_file_names_the_right_dies():
             assert die.attributes["DW_AT_name"].value.decode() == name.split("::")[-1]
         arena = idx.var_die("main_arena")
         assert idx.var_at(idx.addr_keys[idx.addr_dies.index(arena)]) == arena
+
+
+FUNCTION_SCOPES = ("DW_TAG_subprogram", "DW_TAG_lexical_block", "DW_TAG_inlined_subroutine")
+
+
+def _placed_variables(dwarf) -> tuple[set, set]:
+    """The (thread-local, address or TLS offset) of every variable DIE with a fixed location,
+    found the slow way (every DIE through pyelftools): those outside functions, and those in
+    one (at any depth: nested blocks, inlined functions' abstract and concrete trees)."""
+    outside, inside = set(), set()
+    for cu in dwarf.iter_CUs():
+        for die in cu.iter_DIEs():
+            loc = die.attributes.get("DW_AT_location")
+            if die.tag != "DW_TAG_variable" or loc is None or "DW_AT_declaration" in \
+                    die.attributes or loc.form not in ("DW_FORM_exprloc", "DW_FORM_block1"):
+                continue
+            e = bytes(loc.value)
+            key = (False, int.from_bytes(e[1:], "little")) if len(e) == 9 and e[0] == 3 \
+                else (True, tls_offset(e))
+            if key[1] is None:
+                continue
+            p = die.get_parent()
+            while p is not None and p.tag not in FUNCTION_SCOPES:
+                p = p.get_parent()
+            (outside if p is None else inside).add(key)
+    return outside, inside
+
+
+@pytest.mark.parametrize("which", ["-O0", "-O2", "libc"])
+def test_scan_records_function_scope_variables_once(which, build_dir):
+    """Every variable with a fixed location is in the index, those in functions (statics
+    and __thread, fixtures/typegraph.c's in a nested block and in an always-inlined function,
+    and libc's) once each, by a DIE that names them."""
+    from elftools.elf.elffile import ELFFile
+
+    path = _libc_debug_file() if which == "libc" else compile_fixture(
+        "typegraph", build_dir, ("-g", which), out_name=f"typegraph{which}")
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        idx = type_index.build(elf)
+        dwarf = elf.get_dwarf_info()
+        outside, inside = _placed_variables(dwarf)
+        keys = [(False, a) for a in idx.addr_keys] + [(True, o) for o in idx.tls_keys]
+        dies = dict(zip(keys, idx.addr_dies + idx.tls_dies))
+        assert set(keys) == outside | inside
+        # one exception in libc: a function's constant merged by the linker with a unit's
+        # (nibblechar and hex, the same 16 bytes) is indexed as the unit's
+        assert len(outside & inside) == (1 if which == "libc" else 0)
+        inside -= outside
+        assert all(keys.count(k) == 1 for k in inside)
+        names = {}
+        for k in inside:
+            die = dwarf.get_CU_at(idx.unit_of(dies[k])).get_DIE_from_refaddr(dies[k])
+            names[k] = die.attributes["DW_AT_name"].value.decode()
+    if which == "libc":
+        assert len(inside) > 300
+    else:
+        assert sorted((tls, n) for (tls, _), n in names.items()) == [
+            (False, "free_slots"), (False, "spare"), (True, "conns")]
 
 
 def test_index_is_cached_by_build_id_and_rebuilt_when_untrusted(exe, tmp_path, monkeypatch):

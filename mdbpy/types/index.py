@@ -1,11 +1,11 @@
 """An object's type index: names of types and globals -> DIE offsets, kept on disk by build-id.
 
-Building it reads the whole .debug_info (scan.py: about 1.5 s for libc's debug file); reading it
+Building it reads the whole .debug_info (scan.py: about 0.5 s for libc's debug file); reading it
 back is one small JSON file, so a second mdbpy finds `struct malloc_state` without touching the
 DWARF beyond that one type. The entry lives beside the symbol cache (`$MDBPY_CACHE_DIR`, see
 mdbpy/symbols/cache.py) as `<build-id>.types`:
 
-    {"version": 3, "build_id": "...", "dwarf_size": N, "sup": S,
+    {"version": 4, "build_id": "...", "dwarf_size": N, "sup": S,
      "index": {cus, types, vars, tls, sigs, ...}}
 
 It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
@@ -24,8 +24,9 @@ import os
 from mdbpy.symbols import cache
 from mdbpy.types.scan import ScanError, Sections, scan, unit_of
 
-# 2: thread-local variables (tls_keys, tls_dies); 3: type unit signatures, supplementary files
-FORMAT_VERSION = 3
+# 2: thread-local variables (tls_keys, tls_dies); 3: type unit signatures, supplementary files;
+# 4: function-scope statics and __thread variables among the addressed ones
+FORMAT_VERSION = 4
 SUFFIX = ".types"
 MAX_ENTRY = 64 << 20
 SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
