@@ -245,7 +245,11 @@ class TypeSpace:
         addr, or None."""
         from mdbpy.symbols.tls import thread_block
 
-        th = self.session.current_thread()
+        # the Session's selected thread; a Program alone (the API, an allocator binding its
+        # structs) selects none, and means the first thread, as a Session without a selection
+        select = getattr(self.session, "current_thread", None)
+        threads = None if select else self.session.target.threads()
+        th = select() if select else threads[0] if threads else None
         if th is None:
             return None
         for o, d in self.objects():
@@ -290,4 +294,7 @@ def space_of(session) -> TypeSpace:
     s = session.cache.get("types.space")
     if s is None:
         s = session.cache["types.space"] = TypeSpace(session)
+    elif hasattr(session, "current_thread"):
+        s.session = session  # made for the Program (an allocator's binding): the Session knows
+        # which thread is selected, and reads everything else through to the same Program
     return s
