@@ -189,6 +189,20 @@ def words(*pairs) -> bytes:
     return bytes(buf)
 
 
+def test_section_offset_past_any_file_is_no_cfi():
+    """An ELF image (a vDSO read from a damaged core) whose .eh_frame_hdr says it lies 2**63
+    bytes in has no CFI: the frame pointers unwind instead (it was an internal error)."""
+    import struct
+
+    from elftools.elf.elffile import ELFFile
+
+    raw = bytearray(open("/lib/x86_64-linux-gnu/libc.so.6", "rb").read())
+    elf = ELFFile(io.BytesIO(bytes(raw)))
+    i = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == ".eh_frame_hdr")
+    struct.pack_into("<Q", raw, elf["e_shoff"] + i * elf["e_shentsize"] + 24, 2**63 + 5)
+    assert read_sections(bytes(raw)) == []
+
+
 def test_garbage_stack_pointer():
     s, err = hostile_session({"rip": CODE + 0x10, "rsp": 0xDEAD0000, "rbp": 0xDEAD0000})
     frames = unwind(s, s.current_thread())

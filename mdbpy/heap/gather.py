@@ -212,7 +212,11 @@ class _Source:
             return cls(lambda: os.open(mem_path, os.O_RDONLY | os.O_CLOEXEC), [
                 (a, b, a) for a, b in zip(mapped.starts, mapped.ends) if b <= 1 << 63], run_max)
         if isinstance(target, CoreTarget):
-            return cls(target.image_fd, target.image_ranges(), run_max)
+            # whole pages only: the pool keeps pages, and a segment of a damaged core that
+            # starts inside a page would shift every byte read from it
+            return cls(target.image_fd, [
+                (a, a + (b - a) // PAGE * PAGE, off) for a, b, off in target.image_ranges()
+                if a % PAGE == 0 and b - a >= PAGE], run_max)
         return None
 
 

@@ -58,7 +58,7 @@ def _dwarf_errors(method):
         except MdbError:
             raise
         except (DWARFError, ELFError, ConstructError, ValueError, KeyError, IndexError,
-                AssertionError, AttributeError, TypeError, NotImplementedError) as e:
+                AssertionError, AttributeError, TypeError, NotImplementedError, OverflowError) as e:
             raise MdbError(f"{self.path}: unreadable DWARF ({type(e).__name__}: {e})") from None
     return wrapped
 

@@ -284,8 +284,8 @@ def read_sections(source: str | bytes) -> list[_Section]:
                                     for_eh_frame=eh)
                 sections.append(_Section(cfi, structs, _hdr_table(elf, sec) if eh else None))
             return sections
-    except (OSError, ELFError, struct.error, ValueError):
-        return []
+    except (OSError, ELFError, struct.error, ValueError, OverflowError):
+        return []  # OverflowError: an offset past 2**63 (a damaged vDSO's headers in a core)
 
 
 def _hdr_table(elf, eh_frame) -> list[tuple[int, int]] | None:
