@@ -21,13 +21,16 @@ from mdbpy.errors import MdbError, QuitSession, UsageError
 RC_NAME = ".mdbpyrc"  # in the user's home; mdb's is ~/.mdbrc
 RC_MAX_BYTES = 1 << 20
 
+BATCH_USAGE = ("usage: mdbpy batch [-j N | --dask ADDRESS] [--timeout S] [--memory MiB] "
+               "[-R DIR]\n                   [-e cmds | -f file] [-o out.jsonl] "
+               "[--aggregate agg.json] core|glob|@listfile...")
+# the batch line is `mdbpy batch`'s own usage, written once (it had drifted: no --dask)
 USAGE = """\
 usage: mdbpy [-wS] [-o opt[,opt...]] [+o opt] [-R|--sysroot DIR] [-e cmds] [-f file]
              [-P prompt] [-I path] [-p pid | object [core] | core | --demo]
        mdbpy [options] [--exit-code N] -- program [args...]
        mdbpy diff [--json] [--svg FILE | --png FILE] [-a axis] [-n top] A B
-       mdbpy batch [-j N] [--timeout S] [--memory MiB] [-e cmds | -f file] [-o out.jsonl]
-                   [--aggregate agg.json] core|glob|@listfile..."""
+       """ + BATCH_USAGE.removeprefix("usage: ")
 
 
 class Args:
@@ -703,9 +706,6 @@ def snapshot_of(path: str):
 
 
 # -- mdbpy batch CORE... ----------------------------------------------------------------------
-BATCH_USAGE = ("usage: mdbpy batch [-j N | --dask ADDRESS] [--timeout S] [--memory MiB] "
-               "[-R DIR]\n                   [-e cmds | -f file] [-o out.jsonl] "
-               "[--aggregate agg.json] core|glob|@listfile...")
 BATCH_VALUED = {"-j": "jobs", "--jobs": "jobs", "--timeout": "timeout", "--memory": "memory",
                 "-e": "commands", "-f": "command_file", "-o": "output", "-R": "sysroot",
                 "--sysroot": "sysroot", "--aggregate": "aggregate", "--dask": "dask"}

@@ -957,17 +957,9 @@ static int src_read(pool_t *P, src_t *S, int64_t page, int64_t first, int64_t en
 {
     uint64_t at = (uint64_t)page << PAGE_SHIFT;
     uint64_t a = (uint64_t)first << PAGE_SHIFT, b = (uint64_t)end << PAGE_SHIFT;
-    int64_t lo = 0, hi = S->n;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (S->start[mid] <= at)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo == 0 || at >= S->end[lo - 1])
+    int64_t i = last_at_or_below(S->start, -1, S->n - 1, at);
+    if (i < 0 || at >= S->end[i])
         return -1;
-    int64_t i = lo - 1;
     if (a < S->start[i])
         a = S->start[i];
     if (b > S->end[i])

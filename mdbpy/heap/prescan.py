@@ -23,6 +23,7 @@ import bisect
 from collections import deque
 
 from mdbpy.heap import kernel
+from mdbpy.heap.scan import add_counts
 
 MAX_KEPT = 4 << 20  # words kept at most (64 MiB of addresses and values), about
 MAX_PENDING = 16  # blocks read and not yet picked, at most
@@ -127,10 +128,7 @@ class Prescan:
             # the words not kept were outside [self.lo, self.hi), so outside the
             # candidates' range: dismissals, as the scan would have counted them
             misses, hits = int(counts[2]), int(counts[3])
-            stats.words += words
-            stats.dismissals += words - misses - hits
-            stats.misses += misses
-            stats.hits += hits
+            add_counts(stats, (words, words - misses - hits, misses, hits))
             out.append((x, src, dst))
         return out, rest
 

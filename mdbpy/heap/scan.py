@@ -201,7 +201,8 @@ def _scan_block(loc: Locator, addr: int, data: bytes, sources: bool):
     return slots[:got], dst[:got], None, counts.tolist()
 
 
-def _count(stats: ScanStats, counts) -> None:
+def add_counts(stats: ScanStats, counts) -> None:
+    """Add scan_words' counts (words, dismissals, misses, hits) to the statistics."""
     stats.words += counts[0]
     stats.dismissals += counts[1]
     stats.misses += counts[2]
@@ -213,7 +214,7 @@ def scan_range(mem, loc: Locator, start: int, end: int, stats: ScanStats):
     candidate."""
     for baddr, data in mem.blocks(start, end, BLOCK, failed=stats.unreadable):
         slots, dst, _, counts = _scan_block(loc, baddr, data, False)
-        _count(stats, counts)
+        add_counts(stats, counts)
         if len(slots):
             yield slots, dst
 
@@ -280,7 +281,7 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=
         for task, f in zip(tasks, futures):
             for (a, b), (src, dst, counts, failed) in zip(task, f.result()):
                 parts += [(a, s, d) for s, d in zip(src, dst)]
-                _count(stats, counts)
+                add_counts(stats, counts)
                 stats.unreadable += failed
                 done += b - a
             if progress:

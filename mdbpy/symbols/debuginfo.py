@@ -15,6 +15,8 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 
+from mdbpy.target import elfcore as ec
+
 SYSTEM_DEBUG_DIRS = ("/usr/lib/debug",)
 # colon-separated directories replacing SYSTEM_DEBUG_DIRS (empty: none, to see a target as a
 # machine without debug packages sees it)
@@ -164,15 +166,18 @@ def find_supplementary(debug_path: str, name: str, build_id: str, dirs: Iterable
             c = os.path.join(os.path.dirname(p), name)
             if c not in candidates:
                 candidates.append(c)
-    if len(build_id) >= 4:
-        candidates += [os.path.join(d, ".build-id", build_id[:2], build_id[2:] + ".debug")
-                       for d in dirs]
-    if os.path.isabs(name):
-        candidates += [os.path.join(d, name.lstrip("/")) for d in dirs]
+
+    def carries_id(p: str) -> bool:
+        return not build_id or build_id in ids_of(p)
+
     for p in candidates:
-        if os.path.isfile(p) and (not build_id or build_id in ids_of(p)):
+        if os.path.isfile(p) and carries_id(p):
             return p
-    return None
+    found = by_build_id(build_id, dirs, lambda p: build_id if carries_id(p) else None)
+    if found is not None or not os.path.isabs(name):
+        return found
+    return next((p for p in (os.path.join(d, name.lstrip("/")) for d in dirs)
+                 if os.path.isfile(p) and carries_id(p)), None)
 
 
 def supplementary_ids(path: str) -> set[str]:
@@ -182,70 +187,24 @@ def supplementary_ids(path: str) -> set[str]:
     out = set()
     try:
         with open(path, "rb") as f:
-            for name, kind, off, size in _section_headers(f):
-                if size > 1 << 16 or not (kind == 7 or name == b".debug_sup"):
-                    continue
+            def read_at(off: int, n: int) -> bytes:
                 f.seek(off)
-                data = f.read(size)
-                if kind == 7:  # SHT_NOTE
-                    bid = _gnu_build_id(data)
+                return f.read(n)
+
+            for name, kind, off, size in ec.section_headers(read_at):
+                if size > 1 << 16 or not (kind == ec.SHT_NOTE or name == b".debug_sup"):
+                    continue
+                if kind == ec.SHT_NOTE:
+                    bid = ec.build_id_note(read_at(off, size))
                     if bid:
-                        out.add(bid)
+                        out.add(bid.hex())
                 else:  # the supplementary file's own .debug_sup
-                    fields = _debug_sup(data)
+                    fields = _debug_sup(read_at(off, size))
                     if fields is not None and fields[0] and fields[2]:
                         out.add(fields[2])
-    except (OSError, struct.error, IndexError):
+    except (OSError, OverflowError, struct.error, IndexError):
         pass
     return out
-
-
-def _section_headers(f):
-    """(name, sh_type, offset, size) of each section of an open little-endian ELF file."""
-    head = f.read(64)
-    if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
-        return []
-    is64 = head[4] == 2
-    if is64:
-        shoff, = struct.unpack_from("<Q", head, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
-    else:
-        shoff, = struct.unpack_from("<I", head, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x2E)
-    if not shoff or not shnum or shnum > 1 << 16 or shentsize < (64 if is64 else 40):
-        return []
-    f.seek(shoff)
-    table = f.read(shentsize * shnum)
-    rows = []
-    for i in range(shnum):
-        sh = table[i * shentsize:(i + 1) * shentsize]
-        name_at, kind = struct.unpack_from("<II", sh, 0)
-        if is64:
-            off, size = struct.unpack_from("<QQ", sh, 0x18)
-        else:
-            off, size = struct.unpack_from("<II", sh, 0x10)
-        rows.append([name_at, kind, off, size])
-    names = b""
-    if shstrndx < len(rows) and rows[shstrndx][3] <= 1 << 20:
-        f.seek(rows[shstrndx][2])
-        names = f.read(rows[shstrndx][3])
-    out = []
-    for name_at, kind, off, size in rows:
-        end = names.find(b"\0", name_at)
-        out.append((names[name_at:end] if end >= 0 else b"", kind, off, size))
-    return out
-
-
-def _gnu_build_id(notes: bytes) -> str | None:
-    pos = 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, kind = struct.unpack_from("<III", notes, pos)
-        name_at = pos + 12
-        desc_at = name_at + ((namesz + 3) & ~3)
-        if kind == 3 and notes[name_at:name_at + namesz].rstrip(b"\0") == b"GNU":
-            return notes[desc_at:desc_at + descsz].hex() or None
-        pos = desc_at + ((descsz + 3) & ~3)
-    return None
 
 
 # -- debuginfod ---------------------------------------------------------------------------------

@@ -353,12 +353,51 @@ def gnu_build_id(read_at: Callable[[int, int], bytes]) -> bytes | None:
         return None
     count = min(eh.phnum, 64) if eh.phnum != PN_XNUM else 0
     for ph in parse_phdrs(read_at(eh.phoff, count * PHDR.size), count):
-        if ph.type != PT_NOTE or ph.filesz > 1 << 16:
-            continue
-        try:
-            for name, ntype, desc in iter_notes(read_at(ph.offset, ph.filesz)):
-                if name == b"GNU" and ntype == NT_GNU_BUILD_ID and desc:
-                    return desc
-        except ValueError:
-            continue
+        if ph.type == PT_NOTE and ph.filesz <= 1 << 16:
+            desc = build_id_note(read_at(ph.offset, ph.filesz))
+            if desc:
+                return desc
     return None
+
+
+def build_id_note(notes: bytes) -> bytes | None:
+    """The GNU build-id among a note segment's or section's notes (those before a damaged
+    one), or None."""
+    try:
+        for name, ntype, desc in iter_notes(notes):
+            if name == b"GNU" and ntype == NT_GNU_BUILD_ID and desc:
+                return desc
+    except ValueError:
+        pass
+    return None
+
+
+SHT_NOTE = 7
+MAX_SECTIONS = 1 << 16
+
+
+def section_headers(read_at: Callable[[int, int], bytes]) -> list[tuple[bytes, int, int, int]]:
+    """(name, sh_type, offset, size) of each section of an ELF64 image read by file offset
+    through `read_at` (as gnu_build_id reads); none when it has no usable section table. A
+    file written by dwz has no program headers: its notes are found only this way."""
+    head = read_at(0, EHDR.size)
+    if check_ident(head) is not None:
+        return []
+    shstrndx = EHDR.unpack_from(head)[13]
+    try:
+        eh = parse_ehdr(head)
+    except ValueError:
+        return []
+    if not eh.shoff or not 0 < eh.shnum <= MAX_SECTIONS:
+        return []
+    table = read_at(eh.shoff, eh.shnum * SHDR.size)
+    rows = [(r[0], r[1], r[4], r[5]) for r in SHDR.iter_unpack(
+        table[:len(table) // SHDR.size * SHDR.size])]  # name, type, offset, size
+    names = b""
+    if shstrndx < len(rows) and rows[shstrndx][3] <= 1 << 20:
+        names = read_at(rows[shstrndx][2], rows[shstrndx][3])
+    out = []
+    for name_at, kind, off, size in rows:
+        end = names.find(b"\0", name_at)
+        out.append((names[name_at:end] if end >= 0 else b"", kind, off, size))
+    return out

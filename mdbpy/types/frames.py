@@ -96,6 +96,13 @@ def _function(session, frame) -> _Function | None:
     return _function_at(session, frame.named_at)
 
 
+def _call_site(session, caller) -> tuple[_Function | None, object]:
+    """(the caller frame's DWARF function, its call site at the frame's return address), each
+    None when it has none."""
+    cfn = _function(session, caller)
+    return cfn, cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK) if cfn else None
+
+
 def _function_at(session, addr: int) -> _Function | None:
     """The DWARF function whose code holds the process address addr, or None."""
     obj = session.symbols.object_for_addr(addr)
@@ -174,8 +181,7 @@ class _Stack:
         all candidates share at the caller end (callers) and at the callee end (callees) are
         kept. None where the call is direct, no chain or no shared site is found, or anything
         on the way cannot be resolved (a function without DWARF, an indirect tail call)."""
-        cfn = _function(self.session, caller)
-        site = cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK) if cfn else None
+        cfn, site = _call_site(self.session, caller)
         if site is None:
             return None
         best = None
@@ -392,8 +398,7 @@ class _Context(FrameContext):
         caller = self.frames[k]
         if not caller.ret:  # the caller was interrupted (a signal), not making a call
             raise Unavailable(OPTIMIZED_OUT)
-        cfn = _function(self.session, caller)
-        site = cfn.scopes.call_site(cfn.die, (caller.pc - cfn.bias) & MASK) if cfn else None
+        cfn, site = _call_site(self.session, caller)
         if site is None:
             raise Unavailable(OPTIMIZED_OUT)
         ctx = _Context(self.stack, k, cfn, self.depth + 1)

@@ -95,8 +95,12 @@ def read_sections(elf) -> Sections:
 def build(elf, sup_elf=None) -> TypeIndex:
     """Scan the DWARF of an ELFFile, with its supplementary file's (raises ScanError on DWARF
     the scan cannot follow)."""
+    return TypeIndex(_scanned(elf, sup_elf))
+
+
+def _scanned(elf, sup_elf) -> dict:
     sup = read_sections(sup_elf) if sup_elf is not None else None
-    return TypeIndex(scan(read_sections(elf), sup).as_json())
+    return scan(read_sections(elf), sup).as_json()
 
 
 def load_or_build(path: str, build_id: str | None, elf, sup_elf=None, sup=None) -> TypeIndex:
@@ -107,8 +111,7 @@ def load_or_build(path: str, build_id: str | None, elf, sup_elf=None, sup=None) 
     hit = _load(build_id, size, sup) if build_id else None
     if hit is not None:
         return hit
-    sec = read_sections(elf)
-    found = (scan(sec) if sup_elf is None else scan(sec, read_sections(sup_elf))).as_json()
+    found = _scanned(elf, sup_elf)
     if build_id:
         _store(build_id, size, found, sup)
     return TypeIndex(found)
