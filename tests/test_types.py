@@ -189,7 +189,8 @@ def test_index_is_cached_by_build_id_and_rebuilt_when_untrusted(exe, tmp_path, m
     entry = tmp_path / f"{bid}.types"
     calls = []
     real_scan = type_index.scan
-    monkeypatch.setattr(type_index, "scan", lambda sec: calls.append(1) or real_scan(sec))
+    monkeypatch.setattr(type_index, "scan",
+                        lambda sec, sup=None: calls.append(1) or real_scan(sec, sup))
     with open(exe, "rb") as f:
         first = type_index.load_or_build(str(exe), bid, ELFFile(f))
         assert calls == [1] and entry.is_file()
