@@ -42,20 +42,29 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def run_once(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, peak resident KiB) of one run of cmd, which must succeed.
+    The kernel's figures cover the command and the children it reaped (CPU time summed, the
+    peak the largest one's): a busy machine disturbs the CPU time far less than the wall."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=env)
+    err = p.stderr.read().decode()  # before the wait: a full pipe would block the command
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.stderr.close()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {err.strip()}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
 def command(args: list[str], cmds: str) -> tuple[float, int]:
     """(best wall time of three runs of the mdbpy CLI, its peak resident KiB). Python may
     write its bytecode cache (as an installed mdbpy has one), whatever the environment says."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    best, peak = float("inf"), 0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        p = subprocess.Popen(mdbpy_cmd("-S", *args, "-e", cmds), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
-        best = min(best, time.perf_counter() - t0)
-        assert os.waitstatus_to_exitcode(status) == 0, (args, cmds)
-        peak = max(peak, usage.ru_maxrss)
-    return best, peak
+    runs = [run_once(mdbpy_cmd("-S", *args, "-e", cmds), env) for _ in range(3)]
+    return min(wall for wall, _cpu, _peak in runs), max(peak for _w, _c, peak in runs)
 
 
 def bench(open_target, args: list[str], leaks: int) -> None:

@@ -14,35 +14,17 @@ Usage: python bench/run_overhead.py [runs]
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ptmalloc_bench import run_once  # noqa: E402
 from support import compile_fixture, mdbpy_cmd  # noqa: E402
 
 OPS = 240_000_000
 SHAPES = (("malloc-heavy, 8 threads", 8), ("thread churn, 600 threads", 600))
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run; the CPU time is the whole tree's (mdbpy and the
-    program it reaped), which a busy machine disturbs far less than the wall time."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {err.strip()}")
-    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -57,8 +39,8 @@ def main() -> None:
             prog = [exe, str(rounds), str(OPS // rounds)]
             alone, under = [], []
             for _ in range(runs):
-                alone.append(timed(prog))
-                under.append(timed(mdbpy_cmd("-S", "-e", "::status", "--", *prog)))
+                alone.append(run_once(prog))
+                under.append(run_once(mdbpy_cmd("-S", "-e", "::status", "--", *prog)))
             row = []
             for pick in (lambda xs: statistics.median(x[0] for x in xs),
                          lambda xs: min(x[0] for x in xs),
@@ -66,8 +48,8 @@ def main() -> None:
                 a, m = pick(alone), pick(under)
                 row.append(f"{a:6.3f} {m:7.3f} {m / a:6.3f}")
             print(f"{name:28s} " + "   ".join(row))
-        fixed = statistics.median(timed(mdbpy_cmd("-S", "-e", "::status", "--", "/bin/true"))[0]
-                                  for _ in range(runs))
+        true = mdbpy_cmd("-S", "-e", "::status", "--", "/bin/true")
+        fixed = statistics.median(run_once(true)[0] for _ in range(runs))
         print(f"mdbpy's fixed cost (-- /bin/true): {fixed:.3f} s wall")
 
 

@@ -335,10 +335,10 @@ def open_target(a: Args):
 
         return LiveTarget(a.pid, stop=not a.options.get("nostop", False), writable=a.writable)
     if a.program:
-        from mdbpy.session import FOLLOW_FORK
+        from mdbpy.session import FOLLOW_FORK, setting
         from mdbpy.target.spawn import SpawnTarget
 
-        return SpawnTarget(a.program, follow=a.settings.get(FOLLOW_FORK, "parent"),
+        return SpawnTarget(a.program, follow=setting(a.settings, FOLLOW_FORK),
                            writable=a.writable)
     if a.demo:
         from mdbpy.sim.demo import open_demo_target

@@ -13,6 +13,9 @@ a Session over a SyntheticTarget and run the same commands a user types.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from mdbpy.errors import MdbError, UsageError
 from mdbpy.program import Program
 from mdbpy.symbols.demangle import readable
@@ -38,23 +41,47 @@ WALKLIMIT = "walklimit"
 FOLLOW_FORK = "follow_fork_mode"
 
 
+@dataclass(frozen=True)
+class Valued:
+    """One valued debugger option, declared as DEFAULT_OPTIONS declares the flags: the
+    command line's -o and ::set -o check and keep its values by this, and its readers take
+    the default from here, so a new one is a row, not another branch."""
+
+    default: str
+    form: str  # how its values are written in the list of valued options: `N`
+    rule: str  # what a bad value is told: `needs a decimal count`
+    value: Callable[[str], str | None]  # the value as kept, or None when it is not one
+    off: str = ""  # what +o name= is told to write instead (default: the default)
+
+
+VALUED_OPTIONS = {
+    WALKLIMIT: Valued("0", "N", "needs a decimal count",
+                      lambda v: str(int(v)) if v.isascii() and v.isdigit() else None,
+                      off="0 for no limit"),
+    FOLLOW_FORK: Valued("parent", "parent|child", "is parent or child",
+                        lambda v: v if v in ("parent", "child") else None),
+}
+
+
+def setting(settings: dict, name: str) -> str:
+    """A valued option's value in these settings, its declared default when it is unset."""
+    return settings.get(name, VALUED_OPTIONS[name].default)
+
+
 def valued_option(opt: str, on: bool) -> tuple[str, str]:
     """(setting, value) of `-o name=value` (`+o` when not on), or a one-line error: for the
     command line's -o and ::set -o alike."""
     name, _, value = opt.partition("=")
-    if name not in (WALKLIMIT, FOLLOW_FORK):
-        raise MdbError(f"unknown option '{name}=' (valued options: {WALKLIMIT}=N, "
-                       f"{FOLLOW_FORK}=parent|child)")
+    v = VALUED_OPTIONS.get(name)
+    if v is None:
+        known = ", ".join(f"{n}={o.form}" for n, o in VALUED_OPTIONS.items())
+        raise MdbError(f"unknown option '{name}=' (valued options: {known})")
     if not on:
-        hint = "0 for no limit" if name == WALKLIMIT else "parent"
-        raise UsageError(f"{name}= takes a value: use -o {name}={hint}")
-    if name == FOLLOW_FORK:
-        if value not in ("parent", "child"):
-            raise MdbError(f"{FOLLOW_FORK}= is parent or child, not '{value}'")
-        return name, value
-    if not (value.isascii() and value.isdigit()):
-        raise MdbError(f"{WALKLIMIT}= needs a decimal count, not '{value}'")
-    return name, str(int(value))
+        raise UsageError(f"{name}= takes a value: use -o {name}={v.off or v.default}")
+    kept = v.value(value)
+    if kept is None:
+        raise MdbError(f"{name}= {v.rule}, not '{value}'")
+    return name, kept
 
 
 # mdb's names for registers that Linux's user_regs_struct (X86_64_REGS) names otherwise

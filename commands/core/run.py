@@ -12,7 +12,7 @@ import sys
 
 from mdbpy.dcmd import Invocation, Operand, dcmd
 from mdbpy.errors import MdbError
-from mdbpy.session import FOLLOW_FORK
+from mdbpy.session import FOLLOW_FORK, setting
 
 
 HELP = ("Start the executable mdbpy was given (mdbpy PROG) with these arguments and its own "
@@ -36,7 +36,7 @@ def run(inv: Invocation):
     sys.stdout.flush()  # what mdbpy printed comes before the program's output
     sys.stderr.flush()
     started = SpawnTarget([argv0, *map(str, inv.operands)], path=path,
-                          follow=s.settings.get(FOLLOW_FORK, "parent"),
+                          follow=setting(s.settings, FOLLOW_FORK),
                           writable=s.target.writable)
     s.program.retarget(started)
     s.thread = None

@@ -9,12 +9,12 @@ read.
 from __future__ import annotations
 
 from mdbpy.dcmd import walker
-from mdbpy.session import WALKLIMIT
+from mdbpy.session import WALKLIMIT, setting
 
 
 def walk_limit(session) -> int:
     """The session's walk cap (0 when there is none)."""
-    return int(session.settings.get(WALKLIMIT, "0"))
+    return int(setting(session.settings, WALKLIMIT))
 
 
 def capped(session, addrs):

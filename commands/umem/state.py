@@ -12,12 +12,12 @@ One Umem per session is kept in session.cache (dropped whenever the target chang
 
 from __future__ import annotations
 
+import functools
 import os
 
 from mdbpy.errors import MdbError, ReadError
 from mdbpy.heap.gather import session_gather
 from mdbpy.layout.bind import Binder
-from mdbpy.layout.dwarf import has_debug_info
 from mdbpy.types.layouts import dwarf_layouts
 
 from mdbpy_commands.umem import layouts as L
@@ -73,9 +73,6 @@ class Umem:
         self.obj = obj
         self.version = L.release(lambda name: self.sym(name) is not None)
         descs = L.descriptors(self.version)
-        path = session.target.file_path(obj.path) if obj.path else ""
-        self.debug_file = path if path and os.path.isfile(path) and has_debug_info(path) \
-            else ""
         # libumem's own DWARF where it has some (the types index, cached by build-id); a
         # struct it does not define (malloc's tag, in libumem_malloc) keeps its builtin layout
         dwarf = dwarf_layouts(session, obj.name, descs.structs)
@@ -134,6 +131,16 @@ class Umem:
             self.addr_of(name)  # raises the explanation
         n = size or (s.size if s.size in (1, 2, 4, 8) else 8)
         return int.from_bytes(self.mem.read(s.addr, n), "little", signed=signed)
+
+    @functools.cached_property
+    def debug_file(self) -> str:
+        """The library's file when it carries DWARF, else "": looked for on first use, as
+        only a command reading a variable the symbol tables lack needs it and opening the
+        ELF file costs every session that merely finds libumem."""
+        from mdbpy.layout.dwarf import has_debug_info
+
+        path = self.session.target.file_path(self.obj.path) if self.obj.path else ""
+        return path if path and os.path.isfile(path) and has_debug_info(path) else ""
 
     def dwarf_variable(self, name: str, cu_hint: str) -> int | None:
         """A libumem variable its symbol tables lack, from its DWARF: the run-time address, 0

@@ -84,7 +84,7 @@ class LiveTarget(Target):
     # -- opening ----------------------------------------------------------------------------
     def _check_openable(self) -> None:
         """Fail early, with the fix in the message, for pids that cannot be debugged."""
-        status = self._status()
+        status = ptrace.proc_status(self.pid)
         if status is None:
             raise TargetError(f"process {self.pid} not found")
         tgid = status.get("Tgid", str(self.pid))
@@ -113,7 +113,7 @@ class LiveTarget(Target):
         if e.errno == errno.ESRCH:
             return TargetError(f"process {self.pid} has exited")
         if e.errno == errno.EPERM:
-            tracer = (self._status() or {}).get("TracerPid", "0")
+            tracer = (ptrace.proc_status(self.pid) or {}).get("TracerPid", "0")
             if tracer != "0":
                 return TargetError(f"process {self.pid} is already traced by process {tracer} "
                                    f"({_comm(int(tracer))}); detach that debugger first, or "
@@ -124,19 +124,6 @@ class LiveTarget(Target):
     def _permission_message(self, what: str) -> str:
         return (f"permission denied to {what} process {self.pid}: run mdbpy as the same user, "
                 f"check /proc/sys/kernel/yama/ptrace_scope (set 0) or grant CAP_SYS_PTRACE")
-
-    def _status(self) -> dict[str, str] | None:
-        """/proc/PID/status as a dict, or None when the process does not exist."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                text = f.read(1 << 16)
-        except OSError:
-            return None
-        out = {}
-        for line in text.splitlines():
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-        return out
 
     def _proc(self, name: str) -> str:
         """/proc's file `name` of the process as seen by thread `task` (its memory, maps)."""

@@ -154,6 +154,21 @@ def task_states(pid: int) -> list[tuple[int, str]]:
     return out
 
 
+def proc_status(tid: int) -> dict[str, str] | None:
+    """/proc/TID/status as a dict of its fields (values stripped), or None when the task does
+    not exist: the live target's checks and the spawned program's tracer read it alike."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
 def task_state(pid: int, tid: int) -> str:
     """The one-letter state of a thread ('' when it no longer exists)."""
     try:

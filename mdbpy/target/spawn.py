@@ -32,6 +32,7 @@ import time
 
 from mdbpy.errors import TargetError
 from mdbpy.target import ptrace
+from mdbpy.target.base import signal_name
 from mdbpy.target.live import LiveTarget
 
 PTRACE_TRACEME = 0
@@ -79,7 +80,7 @@ def resolve(prog: str) -> str:
 def describe_status(status: int) -> str:
     """A wait status as a shell's user reads it: `exit status 3`, `killed by SIGSEGV`."""
     if os.WIFSIGNALED(status):
-        return f"killed by {_signal_name(os.WTERMSIG(status))}"
+        return f"killed by {signal_name(os.WTERMSIG(status))}"
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
@@ -90,30 +91,15 @@ def exit_code(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
 def _fatal(tid: int, sig: int) -> bool:
     """The signal being delivered to tid ends its process: its default action terminates and
     the process neither catches nor ignores it (/proc's SigCgt and SigIgn masks)."""
     if sig not in _TERMINATING:
         return False
-    masks = _status_fields(tid, ("SigCgt", "SigIgn"), 16)
-    return len(masks) == 2 and not (masks["SigCgt"] | masks["SigIgn"]) & (1 << (sig - 1))
-
-
-def _status_fields(tid: int, names: tuple[str, ...], base: int = 10) -> dict[str, int]:
-    """These numeric fields of /proc/TID/status ({} once the task is gone)."""
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            pairs = [line.partition(":")[::2] for line in f]
-    except OSError:
-        return {}
-    return {k: int(v, base) for k, v in pairs if k in names}
+    st = ptrace.proc_status(tid)
+    if st is None:  # gone: nothing is delivered to it
+        return False
+    return not (int(st["SigCgt"], 16) | int(st["SigIgn"], 16)) & (1 << (sig - 1))
 
 
 def _cont(tid: int, sig: int = 0) -> None:
@@ -251,7 +237,7 @@ class Run:
         elif ev.event == ptrace.PTRACE_EVENT_STOP and ev.sig in ptrace.STOP_SIGNALS:
             ptrace.ptrace(PTRACE_LISTEN, tid)  # a job-control stop: stay stopped until SIGCONT
         elif ev.event == 0 and pid == self.followed and _fatal(tid, ev.sig):
-            self._hold(tid, ev, f"stopped by signal {_signal_name(ev.sig)} in thread {tid}, "
+            self._hold(tid, ev, f"stopped by signal {signal_name(ev.sig)} in thread {tid}, "
                                 f"before its delivery")
         else:
             _cont(tid, ev.sig if ev.event == 0 else 0)
@@ -270,11 +256,11 @@ class Run:
             if os.path.exists(f"/proc/{pid}/task/{tid}"):
                 self.tasks[tid] = pid
                 return True
-        ids = _status_fields(tid, ("Tgid", "PPid"))
-        if not ids:  # gone already: its exit report follows
+        st = ptrace.proc_status(tid)
+        if st is None:  # gone already: its exit report follows
             return False
-        pid = ids["Tgid"]
-        if self.follow == "child" and ids["PPid"] == self.followed:
+        pid = int(st["Tgid"])
+        if self.follow == "child" and int(st["PPid"]) == self.followed:
             self.followed = pid
             self.tasks[tid] = pid
             return True
