@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 
 from mdbpy.errors import MdbError
+from mdbpy.symbols.embedded import GLIBC_SCAN as MAX_SCAN
 from mdbpy.symbols.embedded import embedded, in_file
-
-RELEASE_RE = re.compile(rb"GNU C Library [^\n\0]{0,200}?release version (\d+)\.(\d+)")
-MAX_SCAN = 8 << 20  # bytes of a libc file or mapping searched for the string
+from mdbpy.symbols.embedded import glibc_release as parse_release
 
 
 def find_libc(session):
@@ -25,11 +24,6 @@ def find_libc(session):
         if base.startswith("libc.so") or re.match(r"libc-2\.\d+\.so$", base):
             return o
     return None
-
-
-def parse_release(data: bytes) -> tuple[int, int] | None:
-    m = RELEASE_RE.search(data)
-    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def release_of_file(path: str) -> tuple[int, int] | None:

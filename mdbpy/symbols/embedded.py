@@ -10,12 +10,22 @@ that a string across a boundary is still found.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 READ_STEP = 1 << 20
 OVERLAP = 256  # longer than any string searched for
+# what every glibc's libc carries in its .rodata (what `libc.so.6` prints when run)
+GLIBC_RELEASE = re.compile(rb"GNU C Library [^\n\0]{0,200}?release version (\d+)\.(\d+)")
+GLIBC_SCAN = 8 << 20  # bytes of a libc file or mapping searched for it
+
+
+def glibc_release(data: bytes) -> tuple[int, int] | None:
+    """(major, minor) of the glibc release string in data, or None."""
+    m = GLIBC_RELEASE.search(data)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def in_file(path: str, parse: Callable[[bytes], T | None], limit: int) -> T | None:

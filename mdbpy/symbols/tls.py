@@ -13,7 +13,10 @@ module 1) ends at the thread pointer, aligned as glibc places it, from its PT_TL
 A library whose code reaches its variables through __tls_get_addr (the general-dynamic model,
 the default for -fPIC) has no such slots; its block is found per thread through the thread's
 dynamic thread vector (DTV), indexed by the module id ld.so writes into its R_X86_64_DTPMOD64
-slots. That also finds the blocks of libraries loaded by dlopen, which are not static.
+slots. That also finds the blocks of libraries loaded by dlopen, which are not static. A
+thread's DTV entry is the library's block only when the thread has brought its DTV up to the
+generation at which the loader last (re)assigned that module id (dtv_is_current): after a
+dlclose, another library may get the id while a thread's entry still holds the old block.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ MASK = (1 << 64) - 1
 TLS_DTV_UNALLOCATED = MASK  # glibc's mark of a dynamic block not yet allocated in a thread
 DTV_ENTRY = 16  # glibc's dtv_t: {void *val; void *to_free}
 MAX_MODULES = 1 << 16
+SLOTINFO_HEADER = 16  # glibc's struct dtv_slotinfo_list: {size_t len; next; slotinfo[]}
+SLOTINFO_ENTRY = 16  # its struct dtv_slotinfo: {size_t gen; struct link_map *map}
+MAX_SLOTINFO_LISTS = 64
+RTLD_MEMBERS = (b"_dl_tls_dtv_slotinfo_list", b"_dl_tls_generation")
+# The offsets of RTLD_MEMBERS in ld.so's struct rtld_global (the variable _rtld_global, glibc's
+# GL()) per glibc release, for an ld.so whose DWARF is not at hand; each is what the DWARF of
+# Debian's libc6-dbg of that release says (tests/test_tls_reuse.py checks them against it).
+RTLD_OFFSETS = {(2, 31): (0xF48, 0xF80), (2, 36): (0x1070, 0x1098), (2, 41): (0xAC8, 0xAF0)}
+_rtld_dwarf: dict[str, tuple[int, int] | None] = {}  # debug file -> RTLD_MEMBERS' offsets
 
 
 def tpoff_slots(obj) -> list[tuple[int, int]]:
@@ -186,9 +198,10 @@ def module_id(session, obj) -> int | None:
 def dtv_block(session, tp: int, modid: int) -> int | None:
     """The block of module modid in the thread whose thread pointer is tp, from its DTV
     (glibc's tcbhead_t: tcb, dtv, self; the tcb and self words are tp itself, which is
-    checked, and dtv[-1] counts the entries); None when unreadable or not allocated. glibc's
-    generation counts are not compared: a thread that has not brought its DTV up to date since
-    a dlclose let a new library reuse the module id still holds the old library's block."""
+    checked, and dtv[-1] counts the entries); None when unreadable, not allocated, or not
+    known to be current (dtv_is_current): a thread that has not brought its DTV up to date
+    since a dlclose let a new library reuse the module id still holds the old library's
+    block there."""
     from mdbpy.errors import ReadError
 
     if not 0 < modid < MAX_MODULES:
@@ -198,6 +211,115 @@ def dtv_block(session, tp: int, modid: int) -> int | None:
         if tcb != tp or self_ != tp or session.mem.read_int(dtv - DTV_ENTRY, 8) < modid:
             return None
         val = session.mem.read_int(dtv + DTV_ENTRY * modid, 8)
+        if val in (0, TLS_DTV_UNALLOCATED) or not dtv_is_current(session, dtv, modid):
+            return None
     except ReadError:
         return None
-    return None if val in (0, TLS_DTV_UNALLOCATED) else val
+    return val
+
+
+def dtv_is_current(session, dtv: int, modid: int) -> bool:
+    """Whether the DTV at dtv is up to date for module id modid, as glibc's __tls_get_addr
+    tells (dl-tls.c): the loader counts generations (GL(dl_tls_generation)) and records, per
+    module id, the one at which the id was last assigned or freed (the gen of its entry in
+    GL(dl_tls_dtv_slotinfo_list)); a thread's DTV is of the generation its dtv[0] holds, and
+    its entry for the id is the library's block only when that is no older. False where the
+    loader's state cannot be read (no ld.so facts: rtld_offsets), or says the id is free.
+    Raises ReadError where the memory cannot be read."""
+    found = _rtld(session)
+    if found is None:
+        return False
+    rtld, (list_off, gen_off) = found
+    read = session.mem.read_int
+    gen = _slot_generation(session, read(rtld + list_off, 8), modid)
+    return gen is not None and gen <= read(rtld + gen_off, 8) and read(dtv, 8) >= gen
+
+
+def _slot_generation(session, listp: int, modid: int) -> int | None:
+    """The gen of module id modid's entry in the slotinfo list at listp (a chain of arrays,
+    each covering the next `len` ids), None when no entry covers it or its map is NULL (the
+    id is free)."""
+    read = session.mem.read_int
+    for _ in range(MAX_SLOTINFO_LISTS):
+        if not listp:
+            return None
+        n = read(listp, 8)
+        if modid < n:
+            at = listp + SLOTINFO_HEADER + SLOTINFO_ENTRY * modid
+            return read(at, 8) if read(at + 8, 8) else None
+        modid, listp = modid - n, read(listp + 8, 8)
+    return None
+
+
+def _rtld(session) -> tuple[int, tuple[int, int]] | None:
+    """(address of ld.so's _rtld_global, the offsets in it of RTLD_MEMBERS), kept per
+    session; None without that symbol or without the offsets."""
+    key = "tls.rtld"
+    if key not in session.cache:
+        sym = session.symbols.lookup("_rtld_global")
+        ldso, libc = (_object_of(session, name) for name in ("_rtld_global",
+                                                              "gnu_get_libc_version"))
+        offsets = rtld_offsets(session.mem, ldso, libc) if ldso is not None else None
+        session.cache[key] = None if offsets is None else (sym.addr, offsets)
+    return session.cache[key]
+
+
+def _object_of(session, name: str):
+    """The load object defining the symbol `name`, or None."""
+    sym = session.symbols.lookup(name)
+    return session.symbols.object_named(sym.obj) if sym is not None else None
+
+
+def rtld_offsets(mem, ldso, libc) -> tuple[int, int] | None:
+    """The offsets of RTLD_MEMBERS in the struct rtld_global of ld.so's load object ldso: as
+    its DWARF states them (its own, or its debug file's), else RTLD_OFFSETS of the glibc
+    release libc's release string names (in its file, else in the target's memory mem; the
+    loader is always libc's own release, and its own string is younger than 2.31); None when
+    neither tells."""
+    from mdbpy.symbols.embedded import GLIBC_SCAN, embedded, glibc_release
+
+    for path in (getattr(ldso, "file", None), ldso.find_debug_file()):
+        if path:
+            if path not in _rtld_dwarf:
+                _rtld_dwarf[path] = _dwarf_rtld_offsets(path)
+            if _rtld_dwarf[path] is not None:
+                return _rtld_dwarf[path]
+    if libc is None:
+        return None
+    return RTLD_OFFSETS.get(embedded(mem, libc, glibc_release, GLIBC_SCAN))
+
+
+def _dwarf_rtld_offsets(path: str) -> tuple[int, int] | None:
+    """RTLD_MEMBERS' offsets in the first definition of struct rtld_global at the top level
+    of a unit of the ELF file's DWARF (ldsodefs.h defines it; nearly every unit of ld.so
+    includes it, so the search ends in the first few), None when there is none."""
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info():
+                return None
+            for cu in elf.get_dwarf_info().iter_CUs():
+                for die in cu.get_top_DIE().iter_children():
+                    if die.tag == "DW_TAG_structure_type" and _name(die) == b"rtld_global" \
+                            and "DW_AT_declaration" not in die.attributes:
+                        return _member_offsets(die, RTLD_MEMBERS)
+    except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError,
+            struct.error):
+        pass  # a damaged or foreign file: no offsets from it
+    return None
+
+
+def _name(die) -> bytes | None:
+    a = die.attributes.get("DW_AT_name")
+    return None if a is None else a.value
+
+
+def _member_offsets(die, names) -> tuple | None:
+    """The DW_AT_data_member_location of each of the struct DIE's members named in names (a
+    constant: gcc's form), None when one is missing."""
+    at = {_name(m): m.attributes.get("DW_AT_data_member_location")
+          for m in die.iter_children() if m.tag == "DW_TAG_member"}
+    found = tuple(at[n].value if at.get(n) is not None else None for n in names)
+    return found if all(isinstance(v, int) for v in found) else None

@@ -10,7 +10,9 @@ entry value (DW_OP_entry_value, DW_OP_GNU_parameter_ref) is asked of the caller'
 call site at the caller's return address must call this very function's entry and say what it
 passed in that register, and the value is then evaluated in the caller's context, as gdb does
 (_Context.call_parameter); otherwise it is optimized out. An argument's value on entry
-(gdb's `x@entry`) comes the same way, from its location at the function's entry.
+(gdb's `x@entry`) comes the same way, from its location at the function's entry (a C++
+reference's from the site's DW_AT_call_data_value too); where gdb's evaluator fails with an
+error there (locations.Failed), not an optimized-out value, the entry value is that error.
 
 Between a frame and its caller, the functions that left by a tail call (a jump) are frames too
 where gdb rebuilds them from the call sites (_Stack): they have no stack frame of their own, so
@@ -31,9 +33,9 @@ from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
 from mdbpy.types.dies import _attr, is_unknown
-from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, FrameContext, Unavailable, as_int,
-                                   evaluate, expression_at, lone_register, place,
-                                   read_or_unavailable)
+from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, Failed, FrameContext, Unavailable,
+                                   as_int, evaluate, expression_at, lone_register, parse,
+                                   place, read_or_unavailable)
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
                                ATE_UNSIGNED_CHAR, Array, Pointer, Struct, Type)
 from mdbpy.types.scopes import Scopes, call_expr, name_of, origin
@@ -54,9 +56,11 @@ _scopes: dict = {}
 
 @dataclass
 class FrameVar:
-    """One argument (arg True) or local of a frame: its value, or why it has none; for an
-    argument, `entry` is its value on entry to the function where the caller's call site
-    gives it (gdb's `x@entry`), when asked for."""
+    """One argument (arg True) or local of a frame: its value, or why it has none (`failed`
+    when gdb would say so with an error: locations.Failed); for an argument, `entry` is its
+    value on entry to the function where the caller's call site gives it (gdb's `x@entry`;
+    for a C++ reference, what it referred to then, at its address), when asked for, or
+    `entry_why` why not where gdb shows that as an error."""
 
     name: str
     type: Type
@@ -64,6 +68,8 @@ class FrameVar:
     value: Value | None = None
     why: str | None = None
     entry: Value | None = None
+    failed: bool = False
+    entry_why: str | None = None
 
 
 def scopes_of(dwarf_types) -> Scopes:
@@ -133,9 +139,11 @@ class _Stack:
     sites of the functions in between (gdb's call_site_find_chain) give one chain of jumps from
     that call to g, or a part of it every possible chain shares, those functions are frames:
     at the return address of their jump, with the caller's registers, the sp g had on entry
-    and g's CFA (a jump keeps the caller's stack). `all` holds every frame, innermost first;
-    `at[i]` is where unwound frame i is in it. Entry values are resolved along `all`, so a
-    tail-call frame's call site answers for the function it jumped to."""
+    and g's CFA (a jump keeps the caller's stack). `all` holds the frames placed so far,
+    innermost first, and `at[i]` is where unwound frame i is in it: frames are placed, and the
+    call sites searched for their chains, only as far as a frame is asked for (index, frame,
+    tails). Entry values are resolved along `all`, so a tail-call frame's call site answers
+    for the function it jumped to."""
 
     def __init__(self, session, frames: list[Frame]):
         self.session, self.frames = session, frames
@@ -145,13 +153,35 @@ class _Stack:
         self.main = main.addr if main is not None else None
         self.all: list[Frame] = []
         self.at: list[int] = []
-        for i, f in enumerate(frames):
+
+    def _place(self, i: int) -> None:
+        """Places unwound frames up to i, each followed by its tail-call frames (none where
+        the DWARF cannot be read)."""
+        while len(self.at) <= min(i, len(self.frames) - 1):
+            j = len(self.at)
             self.at.append(len(self.all))
-            self.all.append(f)
+            self.all.append(self.frames[j])
             try:
-                self.all += self._tail_frames(i)
+                self.all += self._tail_frames(j)
             except MdbError:  # unreadable DWARF: no tail-call frames here
                 pass
+
+    def index(self, i: int) -> int:
+        """Where unwound frame i is in `all`."""
+        self._place(i)
+        return self.at[i]
+
+    def frame(self, k: int) -> Frame | None:
+        """Frame k of `all`, None past the outermost."""
+        while len(self.all) <= k and len(self.at) < len(self.frames):
+            self._place(len(self.at))
+        return self.all[k] if k < len(self.all) else None
+
+    def tails(self, i: int) -> list[Frame]:
+        """The tail-call frames between unwound frame i and its caller, innermost first."""
+        self._place(i)
+        end = self.at[i + 1] if i + 1 < len(self.at) else len(self.all)
+        return self.all[self.at[i] + 1:end]
 
     def _tail_frames(self, i: int) -> list[Frame]:
         """The tail-call frames between unwound frame i and its caller, innermost first (gdb's
@@ -177,22 +207,19 @@ class _Stack:
         """(return addresses of the tail-call sites from the call at caller's return address
         to the function at callee, callers, callees) as gdb's call_site_find_chain finds them:
         a depth-first walk of the tail-call sites of each function called, each site entered
-        once per path; every path that reaches callee is a candidate, and only the call sites
-        all candidates share at the caller end (callers) and at the callee end (callees) are
-        kept. None where the call is direct, no chain or no shared site is found, or anything
-        on the way cannot be resolved (a function without DWARF, an indirect tail call)."""
-        cfn, site = _call_site(self.session, caller)
-        if site is None:
-            return None
+        once per path (_advance); every path that reaches callee is a candidate, and only the
+        call sites all candidates share at the caller end (callers) and at the callee end
+        (callees) are kept. None where the call is direct, no chain or no shared site is
+        found, or anything on the way cannot be resolved (a function without DWARF, an
+        indirect tail call)."""
+        fn, site = _call_site(self.session, caller)
         best = None
         chain: list[tuple] = []  # (_Function, its tail call sites, index of the one taken)
         on_path: set[int] = set()
-        fn, steps = cfn, 0
         try:
-            while site is not None:
-                steps += 1
-                if steps > MAX_CHAIN_STEPS:
-                    return None
+            for _ in range(MAX_CHAIN_STEPS):
+                if site is None:
+                    return None if best is None or not best[0] else best
                 targets = self.targets(fn, site, None)
                 step = None
                 if callee in targets:
@@ -204,22 +231,10 @@ class _Stack:
                     step = (tfn, sites, 0) if sites else None
                 else:  # a function's cold part: gdb finds no function starting there
                     return None
-                while True:  # enter step, else backtrack to the next sibling of the path
-                    if step is not None and _site_pc(step[0], step[1][step[2]]) not in on_path:
-                        on_path.add(_site_pc(step[0], step[1][step[2]]))
-                        chain.append(step)
-                        break
-                    step = None
-                    while chain and step is None:
-                        f, ss, k = chain.pop()
-                        on_path.discard(_site_pc(f, ss[k]))
-                        step = (f, ss, k + 1) if k + 1 < len(ss) else None
-                    if step is None:
-                        break
-                fn, site = (chain[-1][0], chain[-1][1][chain[-1][2]]) if chain else (None, None)
+                fn, site = _advance(chain, on_path, step)
         except Unavailable:
             return None
-        return None if best is None or not best[0] else best
+        return None
 
     def targets(self, fn: _Function, site, ctx: FrameContext | None) -> list[int]:
         """The process addresses a call site in fn calls (Scopes.call_target): an address
@@ -231,7 +246,7 @@ class _Stack:
             raise Unavailable(OPTIMIZED_OUT)
         kind, what = found
         if kind == "expr":
-            return [as_int(evaluate(_parse(site, what), ctx), ctx)]
+            return [as_int(evaluate(parse(site, what), ctx), ctx)]
         if kind == "name":
             sym = self.session.symbols.lookup(what)
             if sym is None:
@@ -285,6 +300,26 @@ class _Stack:
         return False
 
 
+def _advance(chain: list[tuple], on_path: set[int], step) -> tuple:
+    """The next call site of _Stack._chain's walk, as (its function, the site), (None, None)
+    when the walk is over: step (a function's tail-call site, by index) or, where it is on the
+    path already, its next sibling; where none is left, the next sibling of the site deepest
+    on the path, backtracking."""
+    while True:
+        while step is not None:
+            f, ss, k = step
+            if _site_pc(f, ss[k]) not in on_path:
+                on_path.add(_site_pc(f, ss[k]))
+                chain.append(step)
+                return f, ss[k]
+            step = (f, ss, k + 1) if k + 1 < len(ss) else None
+        if not chain:
+            return None, None
+        f, ss, k = chain.pop()
+        on_path.discard(_site_pc(f, ss[k]))
+        step = (f, ss, k + 1) if k + 1 < len(ss) else None
+
+
 def _intersect(best, chain: list[int]):
     """gdb's chain_candidate: [sites, callers, callees] kept from the candidate chains seen
     so far (the first: whole), None once no site is shared at either end."""
@@ -323,9 +358,9 @@ class _Context(FrameContext):
     """Frame k of a _Stack's frames (tail-call frames included) as locations.py asks of it."""
 
     def __init__(self, stack: _Stack, k: int, fn: _Function, depth: int = 0):
-        self.stack, self.session, self.frames, self.i = stack, stack.session, stack.all, k
+        self.stack, self.session, self.i = stack, stack.session, k
         self.fn = fn
-        self.frame = self.frames[k]
+        self.frame = stack.frame(k)
         self.bias = fn.bias
         self.depth = depth
         self._base: int | None = None
@@ -377,10 +412,7 @@ class _Context(FrameContext):
 
     def evaluate_int(self, param, which: str) -> int:
         """A call site parameter's value (or data value) expression, evaluated here."""
-        expr = call_expr(param, which)
-        if expr is None:
-            raise Unavailable(OPTIMIZED_OUT)
-        return as_int(evaluate(_parse(param, expr), self), self)
+        return as_int(evaluate(_call_ops(param, which), self), self)
 
     def call_parameter(self, kind: str, arg: int):
         """(the call site parameter that says what the caller passed in slot (kind, arg),
@@ -392,10 +424,10 @@ class _Context(FrameContext):
         gdb's backtrace does not go to (`backtrace past-main`, off by default)."""
         k = self.i + 1
         entry = self.fn.entry
-        if self.depth >= MAX_ENTRY_DEPTH or k >= len(self.frames) or self.frame.signal or \
+        caller = self.stack.frame(k)
+        if self.depth >= MAX_ENTRY_DEPTH or caller is None or self.frame.signal or \
                 entry is None or entry == self.stack.main:
             raise Unavailable(OPTIMIZED_OUT)  # gdb's bt stops at main: it has no caller
-        caller = self.frames[k]
         if not caller.ret:  # the caller was interrupted (a signal), not making a call
             raise Unavailable(OPTIMIZED_OUT)
         cfn, site = _call_site(self.session, caller)
@@ -411,15 +443,6 @@ class _Context(FrameContext):
         return param, ctx
 
 
-def _parse(die, expr):
-    from elftools.dwarf.dwarf_expr import DWARFExprParser
-
-    try:
-        return DWARFExprParser(die.cu.structs).parse_expr(bytes(expr))
-    except Exception:  # a malformed expression in the file: nothing to evaluate
-        raise Unavailable(OPTIMIZED_OUT) from None
-
-
 def location_ops(fn: _Function, die, attr: str = "DW_AT_location", pc: int | None = None):
     """The parsed expression of die's `attr` in force at the frame's pc (or at file address
     pc: a location list chooses by pc), [] when the list has none there, None when there is
@@ -428,7 +451,7 @@ def location_ops(fn: _Function, die, attr: str = "DW_AT_location", pc: int | Non
     if a is None:
         return None
     if a.form == "DW_FORM_exprloc" or a.form.startswith("DW_FORM_block"):
-        return _parse(die, a.value)
+        return parse(die, a.value)
     from elftools.dwarf.locationlists import LocationParser
 
     try:
@@ -437,11 +460,11 @@ def location_ops(fn: _Function, die, attr: str = "DW_AT_location", pc: int | Non
     except Exception:
         raise Unavailable(OPTIMIZED_OUT) from None
     if not isinstance(entries, list):
-        return _parse(die, entries.loc_expr)
+        return parse(die, entries.loc_expr)
     base = die.cu.get_top_DIE().attributes.get("DW_AT_low_pc")
     expr = expression_at(entries, fn.pc if pc is None else pc,
                          base.value if base is not None else 0)
-    return [] if expr is None else _parse(die, expr)
+    return [] if expr is None else parse(die, expr)
 
 
 @dataclass
@@ -489,8 +512,7 @@ def shown_frames(session, frames) -> list[Shown]:
             out.append(Shown(i, d, _inlined_name(d), inner))
             inner = d
         out.append(Shown(i, inner=inner))
-        end = stack.at[i + 1] if i + 1 < len(frames) else len(stack.all)
-        out += [Shown(i, t) for t in stack.all[stack.at[i] + 1:end]]
+        out += [Shown(i, t) for t in stack.tails(i)]
     return out
 
 
@@ -531,7 +553,7 @@ def frame_variables(session, frames, i: int, locals_: bool = True, scope=None,
     frame's function. With entry, each argument's entry value too (FrameVar.entry)."""
     stack = stack_of(session, frames)
     tail = isinstance(scope, Frame)
-    k = stack.all.index(scope) if tail else stack.at[i]
+    k = stack.all.index(scope) if tail else stack.index(i)
     fn = _function(session, stack.all[k])
     if fn is None:
         return None
@@ -540,7 +562,7 @@ def frame_variables(session, frames, i: int, locals_: bool = True, scope=None,
     out = [_variable(session, ctx, fn, d, True) for d in params]
     if entry:
         for var, die in zip(out, params):
-            var.entry = _at_entry(session, ctx, fn, die, var)
+            var.entry, var.entry_why = _at_entry(session, ctx, fn, die, var)
     if locals_:
         out += [_variable(session, ctx, fn, d, False) for d in local_dies]
     return out
@@ -570,25 +592,31 @@ def _variable(session, ctx: _Context, fn: _Function, die, arg: bool) -> FrameVar
         if address is not None:
             ctx.read(address, size)  # an unreadable variable says so now, not when printed
     except Unavailable as e:
-        var.value, var.why = None, str(e)
+        var.value, var.why, var.failed = None, str(e), isinstance(e, Failed)
     return var
 
 
-def _at_entry(session, ctx: _Context, fn: _Function, die, var: FrameVar) -> Value | None:
-    """An argument's value on entry to its function, as gdb's read_variable_at_entry tells
-    it: its location at the function's entry must be one register or one DW_OP_fbreg slot,
-    which the caller's call site names (_Context.call_parameter); the site's DW_AT_call_value
-    is then the value, evaluated in the caller. None where that fails (gdb then shows no entry
-    value), for a reference (whose entry value gdb reads through DW_AT_call_data_value), and
-    for an argument of unknown size."""
+def _at_entry(session, ctx: _Context, fn: _Function, die, var: FrameVar):
+    """(an argument's value on entry to its function, None; or None and why gdb shows an
+    error for it instead), as gdb's read_variable_at_entry and read_frame_arg tell it: its
+    location at the function's entry must be one register or one DW_OP_fbreg slot, which the
+    caller's call site names (_Context.call_parameter); the site's DW_AT_call_value is then
+    the value, evaluated in the caller. For a reference the value is its referent as it was
+    on entry: the site's DW_AT_call_data_value, at the address DW_AT_call_value gives (gdb
+    shows no entry value without both). (None, None) where that fails (gdb then shows no
+    entry value), and for an argument of unknown size; the evaluation's error
+    (locations.Failed) is the why, except when the current value failed with the same (gdb
+    shows that once)."""
     entry = fn.entry
     t = var.type.strip() if var.why != "unknown type" else None
-    if entry is None or t is None or isinstance(t, Pointer) and t.ref:
-        return None
+    if entry is None or t is None:
+        return None, None
+    space = space_of(session)
+    ref = isinstance(t, Pointer) and bool(t.ref)
     try:
-        size = space_of(session).complete(t).size
+        size = space.complete(t.target.strip() if ref else t).size
         if not size:
-            return None
+            return None, None
         ops = location_ops(fn, die, pc=(entry - fn.bias) & MASK)
         n = lone_register(ops or [])
         if n is not None:
@@ -596,12 +624,33 @@ def _at_entry(session, ctx: _Context, fn: _Function, die, var: FrameVar) -> Valu
         elif ops and len(ops) == 1 and ops[0].op_name == "DW_OP_fbreg":
             param, caller = ctx.call_parameter("fb", ops[0].args[0])
         else:
-            return None
-        expr = call_expr(param, "value") + [DW_OP_STACK_VALUE]  # a value, not a location
-        _, data = place(evaluate(_parse(param, expr), caller), size, caller)
+            return None, None
+        value = _call_value(param, "value", t.size if ref else size, caller)
+        if ref:
+            data = _call_value(param, "data", size, caller)
+            return Value(space, t.target, int.from_bytes(value, "little"), data), None
+    except Failed as e:
+        return None, None if var.failed and var.why == str(e) else str(e)
     except (Unavailable, MdbError):
-        return None
-    return Value(space_of(session), var.type, None, data)
+        return None, None
+    return Value(space, var.type, None, value), None
+
+
+def _call_value(param, which: str, size: int, caller: _Context) -> bytes:
+    """The `size` bytes of a call site parameter's DW_AT_call_value (which 'value') or
+    DW_AT_call_data_value ('data'), evaluated in the caller as a value, not a location (as
+    gdb's dwarf_entry_parameter_to_value does); Unavailable where the site has none."""
+    ops = _call_ops(param, which, [DW_OP_STACK_VALUE])
+    return place(evaluate(ops, caller), size, caller)[1]
+
+
+def _call_ops(param, which: str, then=()):
+    """The parsed DW_AT_call_value (which 'value') or DW_AT_call_data_value ('data') of a
+    call site parameter, followed by the ops `then`; Unavailable where it has none."""
+    expr = call_expr(param, which)
+    if expr is None:
+        raise Unavailable(OPTIMIZED_OUT)
+    return parse(param, [*expr, *then])
 
 
 def origin_const(die):
@@ -644,37 +693,65 @@ def args_text(session, frames, i: int, limit: int | None = None, scope=None) -> 
     parentheses ('' when no DWARF describes the function): scalars as ::print shows them,
     structs and arrays as `...` (gdb's bt), `<optimized out>` where the location does not
     resolve. An argument whose entry value the caller's call site gives is shown as gdb's bt
-    shows it: `x=x@entry=value` when that is its value now, else `x=value, x@entry=value`.
+    shows it: `x=x@entry=value` when that is its value now, else `x=value, x@entry=value`;
+    where gdb shows the entry value as an error, `x=value, x@entry=<why>`.
     `limit` caps how many arguments are shown (mdb's $C cnt)."""
     from mdbpy.types.printer import PrintOptions, Printer
 
     found = frame_variables(session, frames, i, locals_=False, scope=scope, entry=True) or []
-    space = space_of(session)
-    printer = Printer(space, PrintOptions())
-
-    def text(value: Value | None, why: str | None, t: Type) -> str:
-        if value is None:
-            return f"<{why}>"
-        if not is_scalar(space.complete(t.strip())):
-            return "..."
-        return printer.scalar_text(value, space.complete(t.strip()))
-
+    printer = Printer(space_of(session), PrintOptions())
     out = []
     for v in found[:limit]:
-        now = text(v.value, v.why, v.type)
-        if v.entry is None:
+        is_ref = _is_reference(v.type)
+        ref, shown = _referent(v.value) if is_ref else (False, v.value)
+        now = "<" + v.why + ">" if shown is None else _arg_text(printer, shown, ref)
+        if v.entry_why is not None:
+            out.append(f"{v.name}={now}, {v.name}@entry=<{v.entry_why}>")
+        elif v.entry is None:
             out.append(f"{v.name}={now}")
-        elif v.value is not None and _same_bytes(v.value, v.entry):
+        elif shown is not None and _same_value(shown, v.entry, ref):
             out.append(f"{v.name}={v.name}@entry={now}")
         else:
-            out.append(f"{v.name}={now}, {v.name}@entry={text(v.entry, None, v.type)}")
+            out.append(f"{v.name}={now}, {v.name}@entry={_arg_text(printer, v.entry, is_ref)}")
     return ", ".join(out)
 
 
-def _same_bytes(a: Value, b: Value) -> bool:
-    """Whether two values of one type hold the same bytes (gdb's value_contents_eq); a value
-    that cannot be read is not the same."""
+def _is_reference(t: Type) -> bool:
+    """Whether t is a C++ reference (its value shown as gdb shows a reference's)."""
+    t = t.strip()
+    return isinstance(t, Pointer) and bool(t.ref)
+
+
+def _referent(value: Value | None) -> tuple[bool, Value | None]:
+    """(True, what a reference argument refers to) as $C shows it; (False, the reference)
+    where it cannot be followed (NULL), (False, None) where it has no value."""
+    if value is None:
+        return False, None
     try:
-        return a.read_() == b.read_()
+        return True, value.deref()
+    except MdbError:
+        return False, value
+
+
+def _arg_text(printer, value: Value, ref: bool) -> str:
+    """One argument's value in $C: scalars as ::print shows them, structs and arrays `...`;
+    with ref, value is a reference's referent, shown after its address (`@0x...: 5`) as gdb's
+    bt shows a reference (a struct's still `...`)."""
+    t = value.kind_
+    if not is_scalar(t):
+        return "..."
+    try:
+        text = printer.scalar_text(value, t)
+    except MdbError:
+        text = f"<unreadable {value.address:#x}>"
+    return f"@{value.address:#x}: {text}" if ref else text
+
+
+def _same_value(a: Value, b: Value, ref: bool) -> bool:
+    """Whether two values of one type hold the same bytes (gdb's value_contents_eq), and with
+    ref, as two referents, are at the same address (gdb compares the references first); a
+    value that cannot be read is not the same."""
+    try:
+        return (not ref or a.address == b.address) and a.read_() == b.read_()
     except MdbError:
         return False

@@ -17,7 +17,10 @@ The rule is never to guess: a register the unwinder did not recover (a caller-sa
 above frame 0), an op this evaluator does not know, an entry value no call site gives, or a
 piece with no location makes the whole variable Unavailable('optimized out'); a read that fails
 makes it Unavailable('unreadable 0x...'). Partial values (some pieces known) are not shown:
-the whole variable is then optimized out.
+the whole variable is then optimized out. Where gdb's evaluator raises an error rather than
+making a value optimized out (a failed read; DW_OP_bregN of a register the unwinder did not
+recover, which gdb's address_from_register refuses), the exception is a Failed: gdb then shows
+an argument's entry value as that error instead of leaving it out (frames.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ _TYPED_MODULAR = ("DW_OP_plus", "DW_OP_minus", "DW_OP_mul", "DW_OP_and", "DW_OP_
 
 class Unavailable(Exception):
     """The value cannot be known at this pc; str() is what to show inside <...>."""
+
+
+class Failed(Unavailable):
+    """Unavailable where gdb's evaluator raises an error (not NO_ENTRY_VALUE_ERROR), which its
+    bt shows for an entry value too (`x@entry=<error reading variable: ...>`)."""
 
 
 class FrameContext:
@@ -79,7 +87,7 @@ class FrameContext:
         raise Unavailable(OPTIMIZED_OUT)
 
     def read(self, addr: int, size: int) -> bytes:
-        raise Unavailable(f"unreadable 0x{addr:x}")
+        raise Failed(f"unreadable 0x{addr:x}")
 
 
 class Typed(int):
@@ -148,9 +156,9 @@ def evaluate(ops, ctx: FrameContext) -> list[Piece]:
         elif name == "DW_OP_addr":
             stack.append((args[0] + ctx.bias) & MASK)
         elif name.startswith("DW_OP_breg") and name != "DW_OP_bregx":
-            stack.append((ctx.reg(int(name[10:])) + args[0]) & MASK)
+            stack.append((_address_register(ctx, int(name[10:])) + args[0]) & MASK)
         elif name == "DW_OP_bregx":
-            stack.append((ctx.reg(args[0]) + args[1]) & MASK)
+            stack.append((_address_register(ctx, args[0]) + args[1]) & MASK)
         elif name.startswith("DW_OP_reg") and name != "DW_OP_regx" and \
                 not name.startswith("DW_OP_regval"):
             pending = Piece("register", int(name[9:]))
@@ -228,6 +236,16 @@ def _finish(pending: Piece | None, stack: list[int], size: int | None) -> Piece:
     return Piece("memory", stack[-1], size)
 
 
+def _address_register(ctx: FrameContext, regno: int) -> int:
+    """A register's value as DW_OP_bregN takes it: where the frame did not recover it, gdb
+    raises an error ("value has been optimized out") instead of making the value optimized
+    out, so this is Failed."""
+    try:
+        return ctx.reg(regno)
+    except Unavailable as e:
+        raise Failed(str(e)) from None
+
+
 def _typed(value: int, type_offset: int, ctx: FrameContext) -> int:
     """value converted to the base type at type_offset (0: the generic type, a plain
     address-sized integer): truncated to the type's size, sign-extended when it is signed."""
@@ -257,6 +275,17 @@ def _typed_binary(name: str, a, b) -> int:
     if name in ("DW_OP_eq", "DW_OP_ne"):
         return BINARY_OPS[name](int(a), int(b))
     raise Unavailable(OPTIMIZED_OUT)
+
+
+def parse(die, expr):
+    """The ops (pyelftools DWARFExprOps) of an expression's bytes from die's unit; a
+    malformed expression in the file is Unavailable: there is nothing to evaluate."""
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
+
+    try:
+        return DWARFExprParser(die.cu.structs).parse_expr(bytes(expr))
+    except Exception:
+        raise Unavailable(OPTIMIZED_OUT) from None
 
 
 def lone_register(ops) -> int | None:
@@ -355,11 +384,12 @@ def expression_at(entries, pc: int, base: int):
 
 
 def read_or_unavailable(read, addr: int, size: int) -> bytes:
-    """read(addr, size), with a failed read as Unavailable('unreadable 0x...')."""
+    """read(addr, size), with a failed read as Failed('unreadable 0x...') (gdb's memory
+    error)."""
     try:
         data = read(addr & MASK, size)
     except MdbError:
-        raise Unavailable(f"unreadable 0x{addr & MASK:x}") from None
+        raise Failed(f"unreadable 0x{addr & MASK:x}") from None
     if len(data) < size:
-        raise Unavailable(f"unreadable 0x{(addr + len(data)) & MASK:x}")
+        raise Failed(f"unreadable 0x{(addr + len(data)) & MASK:x}")
     return data

@@ -260,13 +260,11 @@ def call_expr(param, which: str):
 def _slot(param, loc: list[int]) -> tuple[str, int] | None:
     """('reg', n) for a lone DW_OP_regN or DW_OP_regx n, ('fb', off) for a lone DW_OP_breg7
     (the stack pointer) off: the argument slots a call site parameter names (gdb's)."""
-    from elftools.dwarf.dwarf_expr import DWARFExprParser
-
-    from mdbpy.types.locations import lone_register
+    from mdbpy.types.locations import Unavailable, lone_register, parse
 
     try:
-        ops = DWARFExprParser(param.cu.structs).parse_expr(bytes(loc))
-    except Exception:  # a malformed location: no slot
+        ops = parse(param, loc)
+    except Unavailable:  # a malformed location: no slot
         return None
     n = lone_register(ops)
     if n is not None:
