@@ -13,9 +13,9 @@
 - `.ci/jemalloc-5.2/` (made by .ci/build-jemalloc): Debian bullseye's libjemalloc.so.2, jemalloc
   5.2.1, stripped (the 5.2 layouts, by the heuristics); beside it bullseye's libjemalloc-dev:
   lib/libjemalloc_pic.a with its symbol table, no DWARF, and the 5.2.1 header (the 5.2 path
-  by symbols: the one CI tests, its mirror having no bullseye source package);
-  `.ci/jemalloc-5.2/g/`: bullseye's source of it built with -g (the 5.2 layouts bound from
-  DWARF).
+  by symbols); `.ci/jemalloc-5.2/g/`: jemalloc 5.2.1 built with -g from the copy redis
+  bundles (upstream's layouts, its version string `5.2.1-0-g0`; the 5.2 layouts bound from
+  DWARF, whose arena_t and base_t offsets are those found in bullseye's library).
 
 A test that needs a build that is absent skips, naming what is missing.
 """

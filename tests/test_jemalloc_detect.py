@@ -93,11 +93,36 @@ def test_stripped_exe_by_its_strings(tmp_path, blob, found):
         "no symbols; embeds jemalloc's version string and /etc/_rjem_malloc.conf")
 
 
+def test_no_stripped_jemalloc_cached_by_build_id(tmp_path, symbol_cache_dir):
+    """An executable searched and found to embed no jemalloc is recorded by its build-id and
+    not searched again (its file changed under the same build-id is not read); an executable
+    whose file is not here (a search of a core's mappings, which may lack pages) or that has
+    no build-id is never recorded."""
+    bid = f"{tmp_path.stat().st_ino:040x}"  # a build-id of this test's own
+    exe = _obj("a.out", ["main"], is_exe=True)
+    exe.file = str(tmp_path / "a.out")
+    exe.info = SimpleNamespace(build_id=bid)
+    (tmp_path / "a.out").write_bytes(b"\0a program without jemalloc\0")
+    assert jv.find(_session(exe)) is None
+    assert (symbol_cache_dir / f"{bid}{jv.NONE_SUFFIX}").is_file()
+    (tmp_path / "a.out").write_bytes(CONF_LINK + VERSION)
+    assert jv.find(_session(exe)) is None
+    exe.info = SimpleNamespace(build_id=None)
+    assert jv.find(_session(exe)).by_strings
+    exe.info, exe.file = SimpleNamespace(build_id=bid[::-1]), None
+    assert jv.find(_session(exe)) is None
+    assert not (symbol_cache_dir / f"{bid[::-1]}{jv.NONE_SUFFIX}").exists()
+
+
 def test_version_string():
+    """A release's string (a 40-digit hash) and the one redis's bundled copy has (VERSION
+    says `g0`: jemalloc's configure accepts any hash length)."""
     blob = b"\0junk\0" + b"5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756\0more"
     assert jv.parse_version(blob) == ((5, 2, 1),
                                       "5.2.1-0-gea6b3e973b477b8061e0076bb257dbd7f3faa756")
+    assert jv.parse_version(b"\0" + b"5.2.1-0-g0\0") == ((5, 2, 1), "5.2.1-0-g0")
     assert jv.parse_version(b"5.3.0 without a hash\0") is None
+    assert jv.parse_version(b"5.3.0-0-g\0") is None
 
 
 def test_unsupported_version_names_it():

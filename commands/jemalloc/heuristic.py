@@ -533,8 +533,7 @@ def _self_named(session, v) -> bool:
 
 
 # -- each thread's tcache, without stats and without DWARF --------------------------------------
-TSD_SCAN = 1 << 14  # bytes of a dynamic TLS block searched for its tcache (tsd_t: 0xa48 in 5.3)
-STATIC_TLS_MAX = 1 << 20  # bytes of static TLS below the thread pointer searched at most
+PT_TLS = 7  # p_type of an object's TLS template, whose p_memsz is each thread's block size
 
 
 def tls_tcaches(session, obj, ring_s, arenas: set[int]):
@@ -547,12 +546,16 @@ def tls_tcaches(session, obj, ring_s, arenas: set[int]):
 
     from mdbpy.symbols.tls import thread_block
 
+    size = _tls_size(obj)
+    if size is None:
+        return [], [f"{obj.name}: no PT_TLS program header: its TLS block's size is unknown, "
+                    "the threads' tcaches are not searched"]
     arena_at = ring_s.offset("arena") // 8
     known = np.array(sorted(arenas), np.uint64)
     out, warnings = [], []
     for th in session.target.threads():
         block = thread_block(session, obj, th)
-        w = _tls_words(session, block, th) if block is not None else None
+        w = _tls_words(session, block, size) if block is not None else None
         if w is None:
             warnings.append(f"thread {th.tid}: {obj.name}'s TLS block cannot be read")
             continue
@@ -571,21 +574,20 @@ def tls_tcaches(session, obj, ring_s, arenas: set[int]):
     return out, warnings
 
 
-def _tls_words(session, block: int, th):
-    """The words of a thread's TLS block from block, short of its mapping's end: up to the
-    thread pointer for a static block (x86-64 places them all below it, the executable's
-    last), else (a dynamic one, from the thread's DTV) TSD_SCAN bytes."""
+def _tls_size(obj) -> int | None:
+    """The bytes of each thread's copy of obj's TLS block: its PT_TLS's p_memsz (tsd.c's
+    tsd_tls is in it), from the headers of its file or of its image in the target; None when
+    they are unknown or have no PT_TLS."""
+    info = getattr(obj, "info", None)
+    return next((p.memsz for p in info.phdrs if p.type == PT_TLS), None) if info else None
+
+
+def _tls_words(session, block: int, size: int):
+    """The words of a thread's copy of a TLS block of size bytes at block; None when it
+    cannot be read."""
     import numpy as np
 
-    tp = th.regs.get("fs_base") or 0
-    end = min(tp, block + STATIC_TLS_MAX) if block < tp else block + TSD_SCAN
-    for m in session.mem.mappings():
-        if m.start <= block < m.end:
-            end = min(end, m.end)
-            break
-    else:
-        return None
     try:
-        return np.frombuffer(session.mem.read(block, (end - block) // 8 * 8), "<u8")
+        return np.frombuffer(session.mem.read(block, size // 8 * 8), "<u8")
     except ReadError:
         return None

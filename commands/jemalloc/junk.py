@@ -114,9 +114,11 @@ def _junk_state(session, st) -> Junk:
                 f"{env_name} junk:{value} in the environment; no internal symbols")
 
 
-def overwritten(alloc, r, cached_ptr) -> list[Problem]:
+def overwritten(alloc, r, cached) -> list[Problem]:
     """The freed regions that were filled with 0x5a and written after: the tcache-held ones
-    (cached_ptr, unique) and those free in their slab below its highest region out of it."""
+    (cached: per region of r, whether a tcache holds it, as verify() matched the tcaches'
+    pointers to the regions) and those free in their slab below its highest region out of
+    it."""
     import numpy as np
 
     s, st = alloc.session, alloc.state
@@ -127,12 +129,13 @@ def overwritten(alloc, r, cached_ptr) -> list[Problem]:
     hi = np.zeros(len(groups), np.uint64)
     np.maximum.at(hi, inv[r.out & slab], r.base[r.out & slab])
     in_slab = slab & ~r.out & (r.base < hi[inv])
-    held = np.isin(r.base, cached_ptr) & r.out
+    held = cached & r.out
     rows = np.flatnonzero(in_slab | held)
+    sizes = r.size[rows]
     out = []
     g = session_gather(s)
-    for size in np.unique(r.size[rows]).tolist():
-        at = rows[r.size[rows] == size]
+    for size in np.unique(sizes).tolist():
+        at = rows[sizes == size]
         data, ok = g.rows(r.base[at], int(size))
         bad = data != JUNK_FREE
         nbad = bad.sum(axis=1)

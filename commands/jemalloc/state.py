@@ -65,6 +65,14 @@ class State:
     def nbins(self) -> int:
         return len(self.bins)
 
+    @property
+    def tcaches_in_tls(self) -> bool:
+        """Whether each thread's tcache is searched in its TLS block: no arena ring leads to
+        it (the heuristics find no tcache_ql offset in a build without stats, which links no
+        tcache into one) and no tsd_nominal_tsds (known from DWARF only). One test for where
+        the tcaches are read (tcaches) and where ::jemalloc says how (locate)."""
+        return "arena.tcache_ql" not in self.offsets and not self.nominal
+
     def size_name(self, szind: int) -> str:
         return f"{self.index2size[szind]}" if 0 <= szind < len(self.index2size) else "?"
 
@@ -109,7 +117,7 @@ def locate(session) -> State:
     st = session.cache.get("jemalloc.state")
     if st is None:
         st = session.cache["jemalloc.state"] = _locate(session)
-        if "arena.tcache_ql" not in st.offsets and not st.nominal:
+        if st.tcaches_in_tls:
             st.how["threads"] = ("each thread's TLS block: the tcache in it bound to an arena "
                                  "(no stats: the arenas' rings are empty)")
     return st
@@ -263,7 +271,7 @@ def tcaches(session, st: State) -> list[Tcache]:
         out += [_tcache(v, a) for v in nodes]
     known = {t.addr for t in out}
     out += [t for t in _tsd_tcaches(session, st) if t.addr not in known]
-    if "arena.tcache_ql" not in st.offsets and not st.nominal:
+    if st.tcaches_in_tls:
         views, warnings = heuristic.tls_tcaches(session, st.found.obj, ring_s,
                                                 {a for _i, a in st.arenas})
         st.warnings += warnings

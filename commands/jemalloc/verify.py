@@ -44,4 +44,6 @@ def verify(alloc) -> list[Problem]:
     for j in wrong:
         out.append(Problem(f"region of size {int(r.size[at[j]])} cached in bin "
                            f"{names[int(c.szind[first[j]])]}", "jemalloc", int(uniq[j])))
-    return out + overwritten(alloc, r, c.ptr)
+    cached_rows = np.zeros(len(r.base), bool)
+    cached_rows[at[hit]] = True
+    return out + overwritten(alloc, r, cached_rows)

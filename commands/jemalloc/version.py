@@ -19,15 +19,20 @@ public prefix as configured (`/etc/_rjem_malloc.conf`). Both must be there; the 
 The version is the JEMALLOC_VERSION string (`5.3.0-0-g54eaed1d...`: release, commits since it,
 git hash) that `mallctl("version")` returns and malloc_stats_print prints, read from the
 object's file when it is on this machine, else from the target's read-only mappings of it (a
-core from elsewhere).
+core from elsewhere). The hash is as long as the VERSION file it was built from says:
+jemalloc's configure accepts any (`-g[0-9a-f]+`), and the copy redis bundles (deps/jemalloc,
+built into every redis-server made from redis's source with its default allocator) says
+`5.2.1-0-g0` or `5.3.0-0-g0`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
+from mdbpy.symbols import cache
 from mdbpy.symbols.embedded import embedded
 
 from .layouts import FACTS
@@ -35,11 +40,15 @@ from .layouts import FACTS
 IDENTIFYING = "mallctlnametomib"  # public API, jemalloc only (glibc has no mallctl*)
 # the rtree where every extent is registered: 5.3's emap, 5.2's extents_rtree
 INTERNAL = ("arena_emap_global", "extents_rtree")
-VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]{7,40})\0")
+VERSION_RE = re.compile(rb"(\d+)\.(\d+)\.(\d+)-(\d+)-g([0-9a-f]+)\0")
 # the conf symlink's path, from jemalloc.c: "/etc/" JEMALLOC_PREFIX "malloc.conf"
 CONF_LINK_RE = re.compile(rb"\0/etc/([A-Za-z0-9_]*)malloc\.conf\0")
 MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
 SUPPORTED = tuple(sorted(FACTS))  # (major, minor) whose layouts layouts.py describes
+# the symbol cache's entry (by build-id) of an executable found to embed no stripped jemalloc,
+# {"build_id": ..., "searched": MAX_SCAN}: a few dozen bytes, a larger file is not one
+NONE_SUFFIX = ".no-jemalloc"
+NONE_ENTRY_MAX = 256
 
 
 @dataclass
@@ -130,15 +139,41 @@ def parse_conf_link(data: bytes) -> str | None:
 
 def _stripped_exe(session) -> tuple[object, str, tuple] | None:
     """(executable, public prefix, version) when the executable carries jemalloc without any
-    symbol naming it: its conf symlink path and its version string both embedded."""
+    symbol naming it: its conf symlink path and its version string both embedded. Most
+    executables embed neither, and searching one costs up to MAX_SCAN bytes read: that answer
+    is kept by the file's build-id (_none_embedded), paid once per build of a program."""
     exe = next((o for o in session.symbols.objects() if o.is_exe), None)
     if exe is None:
         return None
-    prefix = embedded(session.mem, exe, parse_conf_link, MAX_SCAN)
-    if prefix is None:
+    bid = _final_build_id(exe)
+    if bid is not None and _none_embedded(bid):
         return None
-    ver = embedded(session.mem, exe, parse_version, MAX_SCAN)
-    return (exe, prefix, ver) if ver is not None else None
+    prefix = embedded(session.mem, exe, parse_conf_link, MAX_SCAN)
+    ver = embedded(session.mem, exe, parse_version, MAX_SCAN) if prefix is not None else None
+    if ver is None:
+        if bid is not None:
+            cache.store_json(bid, NONE_SUFFIX, {"build_id": bid, "searched": MAX_SCAN})
+        return None
+    return exe, prefix, ver
+
+
+def _final_build_id(exe) -> str | None:
+    """The executable's build-id when a search of it is final: its file is on this machine
+    (embedded() then reads the file; a search of a core's mappings can miss pages the core
+    left out); None otherwise, or without a build-id."""
+    info = getattr(exe, "info", None)
+    path = getattr(exe, "file", None)
+    if info is None or not info.build_id or not path or not os.access(path, os.R_OK):
+        return None
+    return info.build_id
+
+
+def _none_embedded(build_id: str) -> bool:
+    """Whether the symbol cache records this build's executable as embedding no jemalloc
+    (searched as far as MAX_SCAN reaches now)."""
+    entry = cache.load_json(build_id, NONE_SUFFIX, NONE_ENTRY_MAX)
+    return (isinstance(entry, dict) and entry.get("build_id") == build_id
+            and entry.get("searched") == MAX_SCAN)
 
 
 def find(session) -> Found | None:
