@@ -206,10 +206,10 @@ def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) ->
         referenced[reach.graph.targets(leaked)] = True
     groups: list[LeakGroup] = []
     for k, alloc in enumerate(cands.owners):
-        rows = leaked[cands.owner[leaked] == k]
+        rows, local = cands.owned(k, leaked)
         if not len(rows):
             continue
-        part, local = cands.parts[k], cands.local[rows]
+        part = cands.parts[k]
         groups += _coalesce(_Leaked(alloc, part, local, alloc.group_names(part, local),
                                     alloc.record_columns(part, local), ~referenced[rows]))
     groups.sort(key=lambda g: (g.kind, g.group, g.rep.addr))

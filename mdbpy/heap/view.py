@@ -102,7 +102,7 @@ class AnonMemory(Allocator):
 
 # the columns a merged table carries: where each candidate is and what kind it is. Its state,
 # group and control address are asked of its owner's table (Candidates.at), so on four
-# million chunks the merge copies 23 bytes a row, not 40.
+# million chunks the merge copies 17 bytes a row, not 40.
 MERGED = ("base", "size", "kind")
 FEW = 256  # rows inserted by slicing the big columns; more are scattered
 
@@ -129,6 +129,67 @@ def _insert_sorted(big: dict, rows: dict, at) -> dict:
     return out
 
 
+class Owners:
+    """Whose row each row of the merged table is, without two columns as long as the table:
+    the rows of the largest part (`big`, a million chunks) are kept in their own order, so a
+    row's place in the merged table says its row in that part; only the few other rows (the
+    anonymous regions, a second allocator's buffers) are listed, with their owner and row,
+    and the big part's rows findleaks dropped (a stack region, an overlap) are remembered to
+    count past them.
+
+    pos: merged rows that are not the big part's (sorted); owner, local: theirs; dropped: the
+    big part's rows no longer in the table (sorted)."""
+
+    def __init__(self, big: int, pos, owner, local, dropped):
+        import numpy as np
+
+        self.big, self.pos, self.owner, self.local = big, pos, owner, local
+        self.dropped = dropped
+        # the j-th row of the big part still present is j + (how many dropped rows d, less
+        # their own rank, are <= j): the rank trick over the sorted dropped rows
+        self._gaps = dropped - np.arange(len(dropped), dtype=np.int64)
+
+    def of(self, rows) -> tuple:
+        """(owner, local row) arrays of merged rows (an int64 array)."""
+        import numpy as np
+
+        i = np.searchsorted(self.pos, rows)
+        other = np.zeros(len(rows), bool)
+        if len(self.pos):
+            other = self.pos[np.minimum(i, len(self.pos) - 1)] == rows
+        rank = rows - i  # the rows' rank among the big part's rows present
+        local = rank + np.searchsorted(self._gaps, rank, side="right")
+        owner = np.full(len(rows), self.big, np.int16)
+        owner[other], local[other] = self.owner[i[other]], self.local[i[other]]
+        return owner, local
+
+    def all_of(self, k: int, n: int) -> tuple:
+        """(merged rows, local rows) of everything owner k made, in a table of n rows: read
+        off the list for any owner but the big one."""
+        import numpy as np
+
+        if k != self.big:
+            mine = self.owner == k
+            return self.pos[mine], self.local[mine]
+        rows = np.arange(n, dtype=np.int64)
+        owner, local = self.of(rows)
+        return rows[owner == k], local[owner == k]
+
+    def keep(self, rows, n: int) -> Owners:
+        """The owners of the merged rows kept (sorted row numbers of a table of n rows)."""
+        import numpy as np
+
+        gone = np.ones(n, bool)
+        gone[rows] = False
+        lost = np.flatnonzero(gone)
+        is_other = np.isin(lost, self.pos)
+        _, lost_local = self.of(lost[~is_other])
+        kept_pos = ~np.isin(self.pos, lost)
+        return Owners(self.big, np.searchsorted(rows, self.pos[kept_pos]),
+                      self.owner[kept_pos], self.local[kept_pos],
+                      np.union1d(self.dropped, lost_local).astype(np.int64))
+
+
 class Candidates:
     """Every owner's candidates in one table sorted by base (what the scan locates words in),
     with each row's owner (index into owners) and its row in that owner's own table, so that
@@ -139,36 +200,32 @@ class Candidates:
 
         self.owners, self.parts = owners, parts
         full = [k for k, p in enumerate(parts) if len(p)]
+        none = np.zeros(0, np.int64)
         if len(full) <= 1:
             k = full[0] if full else 0
             self.table = parts[k] if parts else BufferTable.from_columns([], [], [])
-            n = len(self.table)
-            self.owner = np.full(n, k, np.int16)
-            self.local = np.arange(n, dtype=np.int32)
+            self.rows = Owners(k, none, np.zeros(0, np.int16), none, none)
             return
         # the others' rows (a few anonymous regions, another allocator's buffers) are put
         # into the largest part (a million chunks) where they fall, in one copy of it
         big = max(full, key=lambda k: len(parts[k]))
         rest = [k for k in full if k != big]
         cols = {c: np.concatenate([getattr(parts[k], c) for k in rest]) for c in MERGED}
-        cols["owner"] = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in rest])
-        cols["local"] = np.concatenate([np.arange(len(parts[k]), dtype=np.int32) for k in rest])
+        owner = np.concatenate([np.full(len(parts[k]), k, np.int16) for k in rest])
+        local = np.concatenate([np.arange(len(parts[k]), dtype=np.int64) for k in rest])
         order = np.argsort(cols["base"], kind="stable")
-        n = len(parts[big])
-        whole = {c: getattr(parts[big], c) for c in MERGED}
-        whole["owner"] = np.full(n, big, np.int16)
-        whole["local"] = np.arange(n, dtype=np.int32)
-        merged = _insert_sorted(whole, {c: v[order] for c, v in cols.items()},
-                                np.searchsorted(parts[big].base, cols["base"][order]))
+        at = np.searchsorted(parts[big].base, cols["base"][order])
+        merged = _insert_sorted({c: getattr(parts[big], c) for c in MERGED},
+                                {c: v[order] for c, v in cols.items()}, at)
         self.table = BufferTable(merged["base"], merged["size"], None, None, None,
                                  merged["kind"], [])
-        self.owner, self.local = merged["owner"], merged["local"]
+        self.rows = Owners(big, at + np.arange(len(at)), owner[order], local[order], none)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def select(self, keep) -> Candidates:
-        """The rows a boolean mask keeps (owner and local rows kept in step)."""
+        """The rows a boolean mask keeps (their owners kept in step)."""
         import numpy as np
 
         rows = np.flatnonzero(keep)
@@ -177,13 +234,22 @@ class Candidates:
         out = Candidates.__new__(Candidates)
         out.owners, out.parts = self.owners, self.parts
         out.table = self.table.select(keep)
-        out.owner, out.local = self.owner[rows], self.local[rows]
+        out.rows = self.rows.keep(rows, len(self.table))
         return out
+
+    def owned(self, k: int, rows):
+        """(the rows among `rows` that owner k made, their rows in its own table)."""
+        owner, local = self.rows.of(rows)
+        mine = owner == k
+        return rows[mine], local[mine]
 
     def at(self, i: int) -> tuple[Allocator, BufferTable, int]:
         """(owner, its table, the row there) of row i."""
-        k = int(self.owner[i])
-        return self.owners[k], self.parts[k], int(self.local[i])
+        import numpy as np
+
+        owner, local = self.rows.of(np.asarray([i], np.int64))
+        k = int(owner[0])
+        return self.owners[k], self.parts[k], int(local[0])
 
     def name(self, i: int) -> str:
         """What row i is, in its owner's words (the cache, the arena size class, the mapping)."""
@@ -218,7 +284,6 @@ class HeapView:
         import numpy as np
 
         regions = self.anon.regions
-        rows = np.flatnonzero(cands.owner == len(self.allocs))
+        rows, local = cands.rows.all_of(len(self.allocs), len(cands))
         return {int(i): f"{regions[j].label} ({regions[j].undecided})"
-                for i, j in zip(rows.tolist(), cands.local[rows].tolist())
-                if regions[j].undecided}
+                for i, j in zip(rows.tolist(), local.tolist()) if regions[j].undecided}
