@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import os
 import sys
+import termios
 import textwrap
+import time
 
 import pytest
 from test_sim_dmod import DATA, META, RSP, Harness
@@ -350,18 +352,24 @@ def test_ctrl_c_on_the_bar_interrupts_the_scan(h, monkeypatch):
     from mdbpy.heap.report import Progress
 
     master, slave = os.openpty()
+    monkeypatch.setattr(sys, "stdin", open(slave, closefd=False))
+    monkeypatch.setattr(Progress, "DELAY", 0)
+    h.session.err = open(slave, "w", closefd=False)
+    p = Progress(h.session, "scan")
     try:
-        monkeypatch.setattr(sys, "stdin", open(slave, closefd=False))
-        monkeypatch.setattr(Progress, "DELAY", 0)
-        h.session.err = open(slave, "w", closefd=False)
-        p = Progress(h.session, "scan")
         p(1, 4)
         read_until(master, b"25.0%")
+        # the bar's thread may draw before it puts the terminal in raw mode; a ^C typed before
+        # that is the terminal's signal (here, a pty that is no one's controlling terminal:
+        # lost), so the key is sent once the bar owns the keyboard
+        deadline = time.monotonic() + 20
+        while termios.tcgetattr(slave)[3] & termios.ICANON and time.monotonic() < deadline:
+            time.sleep(0.01)
         with pytest.raises(KeyboardInterrupt):  # the key may be handled before write returns
             os.write(master, b"\x03")
             threading.Event().wait(20)  # a scan's main thread, waiting on its workers
-        p.close()
     finally:
+        p.close()  # even when the key was lost: the bar's thread would keep pytest alive
         os.close(master)
         os.close(slave)
 
