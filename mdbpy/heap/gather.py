@@ -208,8 +208,7 @@ class _Source:
 
         target = mem.target
         if isinstance(target, LiveTarget):
-            mem_path = f"/proc/{target.pid}/mem"
-            return cls(lambda: os.open(mem_path, os.O_RDONLY | os.O_CLOEXEC), [
+            return cls(target.image_fd, [
                 (a, b, a) for a, b in zip(mapped.starts, mapped.ends) if b <= 1 << 63], run_max)
         if isinstance(target, CoreTarget):
             # whole pages only: the pool keeps pages, and a segment of a damaged core that
@@ -347,24 +346,20 @@ class Gather:
         return b"".join(parts)[at:at + n]
 
     def _fill(self, p: int) -> None:
-        """Read and keep page p's block (clipped to the mapping run holding p): BLOCK bytes
-        around it, or, when p lies within BLOCK past either end of the block read last, the
-        stretch beyond that end, twice as long as that block (up to RUN_MAX)."""
+        """Read and keep page p's block (clipped to the mapping run holding p), as kernel.c's
+        fill_span chooses it with BLOCK: around p, or the stretch beyond the block read last
+        when p lies just past either end of it."""
+        import numpy as np
+
+        from mdbpy.heap import kernel
+
         lo, hi = self.mapped.span(p * PAGE)
         if lo is None:
             self.pool.lib.pool_add(self.pool.ref, p, 1, 0, b"\1")
             return
-        at = p * PAGE
-        la, lb = self._last
-        grow = min(2 * (lb - la), self.run_max)
-        if la < lb <= at < lb + BLOCK:
-            a, b = lb, max(lb + grow, at + PAGE)
-        elif la - BLOCK <= at < la < lb:
-            a, b = min(la - grow, at), la
-        else:
-            a = at & ~(BLOCK - 1)
-            b = a + BLOCK
-        a, b = max(lo, a), min(hi, b)
+        span = np.zeros(2, np.uint64)
+        self.pool.lib.fill_span(*self._last, p * PAGE, BLOCK, self.run_max, kernel.ptr(span))
+        a, b = max(lo, int(span[0])), min(hi, int(span[1]))
         self._last = (a, b)
         self._keep(a // PAGE, b // PAGE)
 

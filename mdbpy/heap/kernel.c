@@ -943,7 +943,7 @@ typedef struct {
     const uint64_t *end;     /* at offset off */
     const uint64_t *off;
     int64_t n;
-    uint64_t last_a, last_b; /* the block read last (Gather._last) */
+    uint64_t last_a, last_b; /* the block read last (by Gather._fill too) */
     uint64_t block, run_max; /* a miss's read, and the longest (gather.py's SRC_BLOCK and
                               * Gather.run_max) */
     uint8_t *buf;            /* run_max bytes */
@@ -973,24 +973,35 @@ static int src_read(pool_t *P, src_t *S, int64_t page, int64_t first, int64_t en
     return 0;
 }
 
-/* Read and keep the block of a page a walk missed: `block` bytes around it, or, within
- * `block` past either end of the block read last, the stretch beyond that end, twice as long
- * as that block (Gather._fill's choice, with S's block). */
-static int src_fill(pool_t *P, src_t *S, int64_t page)
+/* The block to read for a page missed at address at (Gather's read-ahead, the one policy of
+ * the compiled walks and of Gather._fill): `block` bytes around it, or, within `block` past
+ * either end of the block [la, lb) read last, the stretch beyond that end, twice as long as
+ * that block (up to run_max). Writes [a, b) to out[0], out[1]. */
+void fill_span(uint64_t la, uint64_t lb, uint64_t at, uint64_t block, uint64_t run_max,
+               uint64_t *out)
 {
-    uint64_t at = (uint64_t)page << PAGE_SHIFT, la = S->last_a, lb = S->last_b, a, b;
-    uint64_t grow = 2 * (lb - la) < S->run_max ? 2 * (lb - la) : S->run_max;
-    if (la < lb && lb <= at && at - lb < S->block) {
+    uint64_t grow = 2 * (lb - la) < run_max ? 2 * (lb - la) : run_max, a, b;
+    if (la < lb && lb <= at && at - lb < block) {
         a = lb;
         b = lb + grow > at + PAGE_SIZE ? lb + grow : at + PAGE_SIZE;
-    } else if (la < lb && at < la && la - at <= S->block) {
+    } else if (la < lb && at < la && la - at <= block) {
         a = la > grow && la - grow < at ? la - grow : at;
         b = la;
     } else {
-        a = at & ~(S->block - 1);
-        b = a + S->block;
+        a = at & ~(block - 1);
+        b = a + block;
     }
-    return src_read(P, S, page, (int64_t)(a >> PAGE_SHIFT), (int64_t)(b >> PAGE_SHIFT));
+    out[0] = a;
+    out[1] = b;
+}
+
+/* Read and keep the block of a page a walk missed (fill_span's, with S's block). */
+static int src_fill(pool_t *P, src_t *S, int64_t page)
+{
+    uint64_t span[2];
+    fill_span(S->last_a, S->last_b, (uint64_t)page << PAGE_SHIFT, S->block, S->run_max, span);
+    return src_read(P, S, page, (int64_t)(span[0] >> PAGE_SHIFT),
+                    (int64_t)(span[1] >> PAGE_SHIFT));
 }
 
 /* walk_list, reading the pages it misses from S: returns as walk_list does, W_NEED only for a

@@ -69,6 +69,7 @@ _SIGNATURES = {
     "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
     "follow_sizes": (_I64, [_P, _I64, _I64, _I64, _I64, _U64, _U64, _P, _P]),
     "pool_add": (None, [ctypes.POINTER(PoolStruct), _I64, _I64, _P, _P]),
+    "fill_span": (None, [_U64, _U64, _U64, _U64, _U64, _P]),
     "pool_lookup": (None, [ctypes.POINTER(PoolStruct), _P, _I64, _P]),
     "seen_add": (None, [_P, _I64, _P, _I64]),
     "walk_list": (_I64, [ctypes.POINTER(PoolStruct), ctypes.POINTER(WalkStruct)]),

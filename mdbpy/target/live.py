@@ -151,6 +151,17 @@ class LiveTarget(Target):
         if self._gone is not None:
             raise TargetError(self._gone)
 
+    def image_fd(self) -> int:
+        """A new descriptor of the /proc/PID/mem this target has open (the caller closes it),
+        for code that reads it itself (mdbpy.heap.gather's compiled reads; the offset is the
+        address): the same process whatever has its pid by now, where opening the path again
+        could read another process that reused the pid. OSError once closed or gone."""
+        try:
+            self._check()
+        except TargetError as e:
+            raise OSError(str(e)) from None
+        return os.dup(self._fd)
+
     def _died(self) -> TargetError:
         self._gone = f"process {self.pid} has exited"
         self._maps, self._threads = None, None
