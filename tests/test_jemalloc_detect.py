@@ -95,7 +95,8 @@ def test_stripped_exe_by_its_strings(tmp_path, blob, found):
 
 def test_no_stripped_jemalloc_cached_by_build_id(tmp_path, symbol_cache_dir):
     """An executable searched and found to embed no jemalloc is recorded by its build-id and
-    not searched again (its file changed under the same build-id is not read); an executable
+    not searched again (its file changed under the same build-id is not read) while the search
+    is the same; an executable
     whose file is not here (a search of a core's mappings, which may lack pages) or that has
     no build-id is never recorded."""
     bid = f"{tmp_path.stat().st_ino:040x}"  # a build-id of this test's own
@@ -107,6 +108,10 @@ def test_no_stripped_jemalloc_cached_by_build_id(tmp_path, symbol_cache_dir):
     assert (symbol_cache_dir / f"{bid}{jv.NONE_SUFFIX}").is_file()
     (tmp_path / "a.out").write_bytes(CONF_LINK + VERSION)
     assert jv.find(_session(exe)) is None
+    # an entry of another search (its strings or reach changed since) is no answer
+    entry = symbol_cache_dir / f"{bid}{jv.NONE_SUFFIX}"
+    entry.write_text(entry.read_text().replace(jv.NONE_RULES, "4096:0123456789abcdef"))
+    assert jv.find(_session(exe)).by_strings
     exe.info = SimpleNamespace(build_id=None)
     assert jv.find(_session(exe)).by_strings
     exe.info, exe.file = SimpleNamespace(build_id=bid[::-1]), None

@@ -533,9 +533,6 @@ def _self_named(session, v) -> bool:
 
 
 # -- each thread's tcache, without stats and without DWARF --------------------------------------
-PT_TLS = 7  # p_type of an object's TLS template, whose p_memsz is each thread's block size
-
-
 def tls_tcaches(session, obj, ring_s, arenas: set[int]):
     """(views of ring_s, warnings): each thread's tcache, found in its copy of obj's TLS block
     (tsd.c's tsd_tls, a thread-local tsd_t, embeds the thread's tcache_slow_t and tcache_t in
@@ -544,9 +541,10 @@ def tls_tcaches(session, obj, ring_s, arenas: set[int]):
     whose arenas' rings are empty; a thread with no tcache yet has none bound to an arena."""
     import numpy as np
 
-    from mdbpy.symbols.tls import thread_block
+    from mdbpy.symbols.tls import thread_block, tls_segment
 
-    size = _tls_size(obj)
+    seg = tls_segment(obj)
+    size = seg[1] if seg is not None else None
     if size is None:
         return [], [f"{obj.name}: no PT_TLS program header: its TLS block's size is unknown, "
                     "the threads' tcaches are not searched"]
@@ -574,20 +572,16 @@ def tls_tcaches(session, obj, ring_s, arenas: set[int]):
     return out, warnings
 
 
-def _tls_size(obj) -> int | None:
-    """The bytes of each thread's copy of obj's TLS block: its PT_TLS's p_memsz (tsd.c's
-    tsd_tls is in it), from the headers of its file or of its image in the target; None when
-    they are unknown or have no PT_TLS."""
-    info = getattr(obj, "info", None)
-    return next((p.memsz for p in info.phdrs if p.type == PT_TLS), None) if info else None
-
-
 def _tls_words(session, block: int, size: int):
-    """The words of a thread's copy of a TLS block of size bytes at block; None when it
-    cannot be read."""
+    """The words of a thread's copy of a TLS block of size bytes at block, as far as the
+    mapping holding block goes (a damaged p_memsz reads no further than memory that is
+    there); None when it cannot be read."""
     import numpy as np
 
+    m = next((m for m in session.mem.mappings() if m.start <= block < m.end), None)
+    if m is None:
+        return None
     try:
-        return np.frombuffer(session.mem.read(block, size // 8 * 8), "<u8")
+        return np.frombuffer(session.mem.read(block, min(size, m.end - block) // 8 * 8), "<u8")
     except ReadError:
         return None

@@ -27,13 +27,14 @@ built into every redis-server made from redis's source with its default allocato
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
 from mdbpy.symbols import cache
-from mdbpy.symbols.embedded import embedded
+from mdbpy.symbols.embedded import embedded, search_file
 
 from .layouts import FACTS
 
@@ -46,8 +47,12 @@ CONF_LINK_RE = re.compile(rb"\0/etc/([A-Za-z0-9_]*)malloc\.conf\0")
 MAX_SCAN = 64 << 20  # bytes of a file or mapping searched for the version string
 SUPPORTED = tuple(sorted(FACTS))  # (major, minor) whose layouts layouts.py describes
 # the symbol cache's entry (by build-id) of an executable found to embed no stripped jemalloc,
-# {"build_id": ..., "searched": MAX_SCAN}: a few dozen bytes, a larger file is not one
+# {"build_id": ..., "rules": NONE_RULES}: a few dozen bytes, a larger file is not one.
+# NONE_RULES names the search that found nothing (how far, for which strings), so that an
+# entry written before the search changed is not taken for an answer of the new one
 NONE_SUFFIX = ".no-jemalloc"
+NONE_RULES = f"{MAX_SCAN}:" + hashlib.sha1(VERSION_RE.pattern + b"|" + CONF_LINK_RE.pattern
+                                           ).hexdigest()[:16]
 NONE_ENTRY_MAX = 256
 
 
@@ -141,20 +146,33 @@ def _stripped_exe(session) -> tuple[object, str, tuple] | None:
     """(executable, public prefix, version) when the executable carries jemalloc without any
     symbol naming it: its conf symlink path and its version string both embedded. Most
     executables embed neither, and searching one costs up to MAX_SCAN bytes read: that answer
-    is kept by the file's build-id (_none_embedded), paid once per build of a program."""
+    is kept by the file's build-id (_none_embedded), paid once per build of a program, when
+    it came from the file itself (a core's mappings can miss pages it left out)."""
     exe = next((o for o in session.symbols.objects() if o.is_exe), None)
     if exe is None:
         return None
     bid = _final_build_id(exe)
     if bid is not None and _none_embedded(bid):
         return None
-    prefix = embedded(session.mem, exe, parse_conf_link, MAX_SCAN)
-    ver = embedded(session.mem, exe, parse_version, MAX_SCAN) if prefix is not None else None
+    try:
+        if bid is None:
+            raise OSError("no final answer: search the target's mappings too")
+        prefix, ver = _embedded_pair(lambda parse: search_file(exe.file, parse, MAX_SCAN))
+    except OSError:
+        bid = None
+        prefix, ver = _embedded_pair(lambda parse: embedded(session.mem, exe, parse, MAX_SCAN))
     if ver is None:
         if bid is not None:
-            cache.store_json(bid, NONE_SUFFIX, {"build_id": bid, "searched": MAX_SCAN})
+            cache.store_json(bid, NONE_SUFFIX, {"build_id": bid, "rules": NONE_RULES})
         return None
     return exe, prefix, ver
+
+
+def _embedded_pair(search) -> tuple[str | None, tuple | None]:
+    """(conf prefix, version) as search(parse) finds them; the version is looked for only
+    where the prefix is there (both must be)."""
+    prefix = search(parse_conf_link)
+    return prefix, (search(parse_version) if prefix is not None else None)
 
 
 def _final_build_id(exe) -> str | None:
@@ -169,11 +187,12 @@ def _final_build_id(exe) -> str | None:
 
 
 def _none_embedded(build_id: str) -> bool:
-    """Whether the symbol cache records this build's executable as embedding no jemalloc
-    (searched as far as MAX_SCAN reaches now)."""
+    """Whether the symbol cache records this build's executable as embedding no jemalloc,
+    searched by the rules of now (NONE_RULES: an entry made before they changed is no
+    answer)."""
     entry = cache.load_json(build_id, NONE_SUFFIX, NONE_ENTRY_MAX)
     return (isinstance(entry, dict) and entry.get("build_id") == build_id
-            and entry.get("searched") == MAX_SCAN)
+            and entry.get("rules") == NONE_RULES)
 
 
 def find(session) -> Found | None:

@@ -205,8 +205,10 @@ def find_leaks(session, allocs: list[Allocator] | None = None, progress=None) ->
     if reach.graph is not None:
         referenced[reach.graph.targets(leaked)] = True
     groups: list[LeakGroup] = []
+    owner, local_all = cands.rows.of(leaked)
     for k, alloc in enumerate(cands.owners):
-        rows, local = cands.owned(k, leaked)
+        mine = owner == k
+        rows, local = leaked[mine], local_all[mine]
         if not len(rows):
             continue
         part = cands.parts[k]

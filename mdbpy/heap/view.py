@@ -237,12 +237,6 @@ class Candidates:
         out.rows = self.rows.keep(rows, len(self.table))
         return out
 
-    def owned(self, k: int, rows):
-        """(the rows among `rows` that owner k made, their rows in its own table)."""
-        owner, local = self.rows.of(rows)
-        mine = owner == k
-        return rows[mine], local[mine]
-
     def at(self, i: int) -> tuple[Allocator, BufferTable, int]:
         """(owner, its table, the row there) of row i."""
         import numpy as np

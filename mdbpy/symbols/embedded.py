@@ -32,13 +32,14 @@ def in_file(path: str, parse: Callable[[bytes], T | None], limit: int) -> T | No
     """parse()'s first result over the first `limit` bytes of the file; None when it finds
     nothing there or the file cannot be read."""
     try:
-        return _search_file(path, parse, limit)
+        return search_file(path, parse, limit)
     except OSError:
         return None
 
 
-def _search_file(path: str, parse: Callable[[bytes], T | None], limit: int) -> T | None:
-    """in_file(), raising OSError when the file cannot be read."""
+def search_file(path: str, parse: Callable[[bytes], T | None], limit: int) -> T | None:
+    """in_file(), raising OSError when the file cannot be read (for a caller that keeps the
+    answer: a read that failed is no answer)."""
     with open(path, "rb") as f:
         return _first(((f.tell() - len(d), d) for d in iter(lambda: f.read(READ_STEP), b"")),
                       parse, limit)
@@ -79,7 +80,7 @@ def embedded(mem, obj, parse: Callable[[bytes], T | None], limit: int) -> T | No
     path = getattr(obj, "file", None)
     if path:
         try:
-            return _search_file(path, parse, limit)
+            return search_file(path, parse, limit)
         except OSError:
             pass
     return in_mappings(mem, obj, parse, limit)

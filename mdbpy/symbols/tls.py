@@ -116,7 +116,7 @@ def block_offset(session, obj) -> int | None:
     """The thread-pointer offset of obj's static TLS block (the same in every thread), or
     None when it cannot be told."""
     if obj.is_exe:
-        seg = _tls_segment(getattr(obj, "file", None))
+        seg = tls_segment(obj)
         if seg is None:
             return None
         vaddr, memsz, align = seg
@@ -127,8 +127,15 @@ def block_offset(session, obj) -> int | None:
     return seen.pop() if len(seen) == 1 else None
 
 
-def _tls_segment(path) -> tuple[int, int, int] | None:
-    """(p_vaddr, p_memsz, p_align) of the ELF file's PT_TLS, or None."""
+def tls_segment(obj) -> tuple[int, int, int] | None:
+    """(p_vaddr, p_memsz, p_align) of obj's PT_TLS (its TLS template; p_memsz is each
+    thread's block), from the program headers read with the object (its file's, or its image's
+    in the target), else from its file; None when it has none or they cannot be read."""
+    info = getattr(obj, "info", None)
+    if info is not None:
+        p = next((p for p in info.phdrs if p.type == ec.PT_TLS), None)
+        return None if p is None else (p.vaddr, p.memsz, p.align)
+    path = getattr(obj, "file", None)
     if not path:
         return None
     try:
@@ -256,18 +263,12 @@ def _rtld(session) -> tuple[int, tuple[int, int]] | None:
     session; None without that symbol or without the offsets."""
     key = "tls.rtld"
     if key not in session.cache:
-        sym = session.symbols.lookup("_rtld_global")
-        ldso, libc = (_object_of(session, name) for name in ("_rtld_global",
-                                                              "gnu_get_libc_version"))
+        sym, ver = (session.symbols.lookup(n) for n in ("_rtld_global", "gnu_get_libc_version"))
+        ldso, libc = (session.symbols.object_named(s.obj) if s is not None else None
+                      for s in (sym, ver))
         offsets = rtld_offsets(session.mem, ldso, libc) if ldso is not None else None
         session.cache[key] = None if offsets is None else (sym.addr, offsets)
     return session.cache[key]
-
-
-def _object_of(session, name: str):
-    """The load object defining the symbol `name`, or None."""
-    sym = session.symbols.lookup(name)
-    return session.symbols.object_named(sym.obj) if sym is not None else None
 
 
 def rtld_offsets(mem, ldso, libc) -> tuple[int, int] | None:
@@ -278,7 +279,8 @@ def rtld_offsets(mem, ldso, libc) -> tuple[int, int] | None:
     neither tells."""
     from mdbpy.symbols.embedded import GLIBC_SCAN, embedded, glibc_release
 
-    for path in (getattr(ldso, "file", None), ldso.find_debug_file()):
+    for where in (lambda: getattr(ldso, "file", None), ldso.find_debug_file):
+        path = where()  # the debug file only when the file's own DWARF does not tell
         if path:
             if path not in _rtld_dwarf:
                 _rtld_dwarf[path] = _dwarf_rtld_offsets(path)
@@ -293,9 +295,10 @@ def _dwarf_rtld_offsets(path: str) -> tuple[int, int] | None:
     """RTLD_MEMBERS' offsets in the first definition of struct rtld_global at the top level
     of a unit of the ELF file's DWARF (ldsodefs.h defines it; nearly every unit of ld.so
     includes it, so the search ends in the first few), None when there is none."""
-    try:
-        from elftools.elf.elffile import ELFFile
+    from elftools.common.exceptions import DWARFError, ELFError
+    from elftools.elf.elffile import ELFFile
 
+    try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             if not elf.has_dwarf_info():
@@ -306,7 +309,7 @@ def _dwarf_rtld_offsets(path: str) -> tuple[int, int] | None:
                             and "DW_AT_declaration" not in die.attributes:
                         return _member_offsets(die, RTLD_MEMBERS)
     except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError,
-            struct.error):
+            struct.error, ELFError, DWARFError):
         pass  # a damaged or foreign file: no offsets from it
     return None
 

@@ -169,6 +169,17 @@ def proc_status(tid: int) -> dict[str, str] | None:
     return out
 
 
+def status_numbers(tid: int, names: tuple[str, ...], base: int = 10) -> dict[str, int] | None:
+    """The named fields of /proc/TID/status as numbers, or None when the task is gone or a
+    field is missing or not a number (a kernel that words it otherwise: no answer, never
+    a traceback in the tracer's loop)."""
+    st = proc_status(tid)
+    try:
+        return None if st is None else {n: int(st[n], base) for n in names}
+    except (KeyError, ValueError):
+        return None
+
+
 def task_state(pid: int, tid: int) -> str:
     """The one-letter state of a thread ('' when it no longer exists)."""
     try:

@@ -96,10 +96,10 @@ def _fatal(tid: int, sig: int) -> bool:
     the process neither catches nor ignores it (/proc's SigCgt and SigIgn masks)."""
     if sig not in _TERMINATING:
         return False
-    st = ptrace.proc_status(tid)
+    st = ptrace.status_numbers(tid, ("SigCgt", "SigIgn"), 16)
     if st is None:  # gone: nothing is delivered to it
         return False
-    return not (int(st["SigCgt"], 16) | int(st["SigIgn"], 16)) & (1 << (sig - 1))
+    return not (st["SigCgt"] | st["SigIgn"]) & (1 << (sig - 1))
 
 
 def _cont(tid: int, sig: int = 0) -> None:
@@ -256,11 +256,11 @@ class Run:
             if os.path.exists(f"/proc/{pid}/task/{tid}"):
                 self.tasks[tid] = pid
                 return True
-        st = ptrace.proc_status(tid)
+        st = ptrace.status_numbers(tid, ("Tgid", "PPid"))
         if st is None:  # gone already: its exit report follows
             return False
-        pid = int(st["Tgid"])
-        if self.follow == "child" and int(st["PPid"]) == self.followed:
+        pid = st["Tgid"]
+        if self.follow == "child" and st["PPid"] == self.followed:
             self.followed = pid
             self.tasks[tid] = pid
             return True

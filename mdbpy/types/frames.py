@@ -612,7 +612,7 @@ def _at_entry(session, ctx: _Context, fn: _Function, die, var: FrameVar):
     if entry is None or t is None:
         return None, None
     space = space_of(session)
-    ref = isinstance(t, Pointer) and bool(t.ref)
+    ref = _is_reference(t)
     try:
         size = space.complete(t.target.strip() if ref else t).size
         if not size:
@@ -743,7 +743,7 @@ def _arg_text(printer, value: Value, ref: bool) -> str:
     try:
         text = printer.scalar_text(value, t)
     except MdbError:
-        text = f"<unreadable {value.address:#x}>"
+        text = "<unreadable>" if value.address is None else f"<unreadable {value.address:#x}>"
     return f"@{value.address:#x}: {text}" if ref else text
 
 
