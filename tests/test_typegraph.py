@@ -28,11 +28,11 @@ ITEM_SIZE = 40  # struct item: long id; char name[24]; struct node *owner
 
 
 @contextmanager
-def _reporting(exe, tmp_path_factory, *args):
+def _reporting(exe, tmp_path_factory, *args, env=None):
     """(Running, its report's rows {addr: (usable, expect, type)} in the fixture's order) of a
-    fixture started with a report file (and args); stopped after."""
+    fixture started with a report file (and args, in env); stopped after."""
     report = tmp_path_factory.mktemp(exe.name) / "report"
-    r = start_fixture(exe, report, *args)
+    r = start_fixture(exe, report, *args, env=env)
     try:
         rows = {}
         for line in report.read_text().splitlines():
@@ -125,16 +125,17 @@ def test_typegraph_statistics(session, tg):
         f"{'propagated':<16s} {len(typed) - len(roots):>9d} {typed_bytes - root_bytes:>12d}",
         f"{'vtable':<16s} {0:>9d} {0:>12d}",
         f"{'user hint':<16s} {0:>9d} {0:>12d}",
+        f"{'size and member':<16s} {0:>9d} {0:>12d}",
         f"{'unknown':<16s} {len(unknown):>9d} {sum(u for _, u in unknown):>12d}",
         f"{'conflicting':<16s} {1:>9d} {conflict[0][1]:>12d}",
         f"{'total':<16s} {len(rows):>9d} {total:>12d}",
     ]
-    assert out[:8] == expect
+    assert out[:9] == expect
     pct = f"{100.0 * len(typed) / len(rows):.1f}%"
     bpct = f"{100.0 * typed_bytes / total:.1f}%"
     assert re.fullmatch(rf"typegraph: {len(typed)} of {len(rows)} buffers \({re.escape(pct)}\), "
                         rf"{typed_bytes} of {total} bytes \({re.escape(bpct)}\) typed as 8 "
-                        r"types, from \d+ typed variables", out[8]), out[8]
+                        r"types, from \d+ typed variables", out[9]), out[9]
     js = _json(session, "::typegraph")
     assert js["buffers"] == len(rows) and js["rows"][0] == {
         "how": "root pointer", "buffers": len(roots), "bytes": root_bytes}
@@ -543,32 +544,55 @@ def _universe():
                  cxx=True)
     holder = Struct("struct", "holder", 16, [Member("any", Pointer(Void()), 0),
                                              Member("u", Pointer(u), 8)])
+    # containers: a at 8 in both (which one is unknown), a at 24 in pair alone
+    pair = Struct("struct", "pair", 40, [Member("k", long_t, 0), Member("first", a, 8),
+                                         Member("second", a, 24)])
+    twin = Struct("struct", "twin", 40, [Member("k", long_t, 0), Member("x", a, 8),
+                                         Member("y", Array(long_t, 2), 24)])
 
     class Space:
         def complete(self, t):
             return t
 
     cat = Catalog(Space())
-    return cat, [cat.tid_of(t) for t in (a, b, c, outer, flexy, arr, u, cls, holder)]
+    return cat, [cat.tid_of(t) for t in (a, b, c, outer, flexy, arr, u, cls, holder, pair,
+                                         twin)]
+
+
+class _Listed:
+    """A catalog's hand-made types as containers.SizedTypes lists a session's."""
+
+    def __init__(self, cat, tids):
+        self.rows = sorted((cat[t].size, t) for t in tids)
+        self.cat = cat
+
+    def upto(self, hi):
+        from mdbpy.types.graph.catalog import trailing_array
+
+        return [(size, self.cat[t].type, trailing_array(self.cat, self.cat[t].type) is not None)
+                for size, t in self.rows if size <= hi]
 
 
 @pytest.mark.parametrize("seed", range(150))
 def test_compiled_fixpoint_agrees_on_random_graphs(seed):
     """Random heaps of those types (pointers at any aligned offset, to starts and interiors,
-    roots of every type, a few authoritative buffers): the kernel's answer is the reference's,
-    conflicts, reruns and upgrades included."""
+    roots of every type, a few authoritative buffers, request ranges that may name a
+    container): the kernel's answer is the reference's, conflicts, reruns, upgrades and
+    containers included."""
     import random
 
     import numpy as np
 
     from mdbpy.heap.kernel import lib
     from mdbpy.types.graph.compiled import solve_compiled
+    from mdbpy.types.graph.containers import Containers
     from mdbpy.types.graph.evidence import Edges, RootEvidence
     from mdbpy.types.graph.solve import HINT, VTABLE, solve
 
     rnd = random.Random(seed)
     n = rnd.randrange(1, 80)
-    sizes = [rnd.choice((8, 16, 24, 32, 48, 64, 96)) for _ in range(n)]
+    sizes = [rnd.choice((8, 16, 24, 32, 40, 40, 48, 64, 96)) for _ in range(n)]
+    requests = [rnd.choice(((0, 0), (s, s), (max(s - 15, 1), s))) for s in sizes]
     edges = sorted((s, 8 * rnd.randrange(sizes[s] // 8), d,
                     rnd.choice((0, 0, 0, 8, 16, 8 * rnd.randrange(sizes[d] // 8))))
                    for _ in range(rnd.randrange(3 * n)) for s, d in [(rnd.randrange(n),
@@ -578,6 +602,8 @@ def test_compiled_fixpoint_agrees_on_random_graphs(seed):
     ref_cat, tids = _universe()
     roots = [(rnd.randrange(n), rnd.choice((0, 0, 0, 8)), rnd.choice(tids))
              for _ in range(rnd.randrange(1, 6))]
+    # pointers to an a inside buffers: a pair's (and a twin's, at 8) by size
+    roots += [(rnd.randrange(n), rnd.choice((8, 24)), tids[0]) for _ in range(rnd.randrange(4))]
     fixed = {}
     for _ in range(rnd.randrange(3)):
         row, t = rnd.randrange(n), rnd.choice(tids)
@@ -587,9 +613,12 @@ def test_compiled_fixpoint_agrees_on_random_graphs(seed):
                                                np.zeros(n, np.uint64)),
             RootEvidence(*(np.array([x[k] for x in roots], np.int64) for k in range(3)),
                          np.zeros(len(roots), np.uint64)), fixed)
-    want = _answers(ref_cat, solve(ref_cat, *args))
-    cat, _ = _universe()
-    assert _answers(cat, solve_compiled(lib(), cat, *args)) == want
+    lo_hi = tuple(np.array([q[k] for q in requests], np.uint64) for k in range(2))
+    want = _answers(ref_cat, solve(ref_cat, *args, Containers(ref_cat, args[0], lo_hi,
+                                                             _Listed(ref_cat, tids))))
+    cat, tids = _universe()
+    got = solve_compiled(lib(), cat, *args, Containers(cat, args[0], lo_hi, _Listed(cat, tids)))
+    assert _answers(cat, got) == want
 
 
 def test_compiled_fixpoint_grows_its_lists(monkeypatch):

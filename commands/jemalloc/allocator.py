@@ -89,6 +89,15 @@ class JemallocAllocator(Allocator):
         t = self.buffers()
         return t.select((t.state == ALLOC) & (t.group != len(t.groups) - 1))
 
+    def request_sizes(self, table: BufferTable):
+        """A region of size class k serves the requests above class k - 1 up to its own
+        (sz_index2size_tab, read from the target); the tcache stacks' regions: unknown."""
+        import numpy as np
+
+        classes = np.array([0] + list(self.state.index2size) + [0], np.uint64)
+        k = table.group.astype(np.int64) + 1  # the stacks' group is past the classes: hi 0
+        return np.where(classes[k] > 0, classes[k - 1] + np.uint64(1), np.uint64(0)), classes[k]
+
     def heap_regions(self) -> list[tuple[int, int]]:
         """The extents, neighbours joined: a million regions lie in a few hundred thousand
         extents but a few runs of memory, and every user of these ranges walks them."""

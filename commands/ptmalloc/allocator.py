@@ -21,6 +21,7 @@ from .table import ChunkTable, chunk_table
 from .verify import verify
 
 HINT_BYTES = 32
+MIN_USABLE = 24  # MINSIZE (32) less the size word: the smallest chunk's usable size
 
 
 class PtmallocAllocator(Allocator):
@@ -71,6 +72,20 @@ class PtmallocAllocator(Allocator):
             groups=sizes.tolist(), sort=False)
         self._buffers = (t, table)
         return table
+
+    def request_sizes(self, table: BufferTable):
+        """The requests malloc.c's request2size maps to each chunk: a chunk of size
+        max(MINSIZE, (req + SIZE_SZ + MALLOC_ALIGN_MASK) & ~MALLOC_ALIGN_MASK) serves req, so
+        usable size u (chunk - 8) serves [u - 15, u], and the 32-byte minimum chunk (u 24)
+        [0, 24]. An mmapped chunk's (rounded to pages, and to hugepages by a tunable): unknown.
+        A chunk realloc shrank in place, or memalign trimmed, may be up to 16 bytes larger
+        than this says (docs/types.md)."""
+        import numpy as np
+
+        u = table.size
+        lo = np.where(u <= np.uint64(MIN_USABLE), np.uint64(0), u - np.uint64(15))
+        hi = np.where(table.kind == KIND_BUFFER, u, np.uint64(0))
+        return lo, hi
 
     def heap_regions(self) -> list[tuple[int, int]]:
         """The heaps less the foreign sbrk blocks inside the main heap (another allocator's

@@ -177,6 +177,10 @@ class SimAllocator(Allocator):
     def heap_regions(self) -> list[tuple[int, int]]:
         return [(self.root.slab_area, self.root.slab_area_end)]
 
+    def request_sizes(self, table: BufferTable):
+        """Exactly the buffer's size: a simulated object is its cache's object size."""
+        return table.size, table.size
+
     def group_addr(self, table: BufferTable, i: int) -> int:
         return self.caches()[int(table.group[i])].addr
 

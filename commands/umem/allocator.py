@@ -31,6 +31,7 @@ from mdbpy_commands.umem.verify import verify_cache
 
 LEAK_ARENAS = ("umem_default", "umem_firewall")  # caches whose buffers findleaks reports
 OVERSIZE_ARENAS = ("umem_oversize", "umem_memalign")
+ALLOC_CACHES = "umem_alloc_"  # the caches umem_alloc and malloc serve by size
 
 
 class UmemAllocator(Allocator):
@@ -129,6 +130,55 @@ class UmemAllocator(Allocator):
         """The allocated buffers and oversize segments (the anonymous memory beside the umem
         heap is the one heap view's, mdbpy.heap.view)."""
         return BufferTable.concat(self._cache_tables(True, True) + [self._oversize_table()])
+
+    def request_sizes(self, table: BufferTable):
+        """A buffer of a cache the program made (umem_cache_create) serves exactly the object
+        size it gave (umem keeps it as cache_bufsize, unrounded); a umem_alloc_N cache's
+        buffer the requests above the next smaller umem_alloc cache (_alloc_requests); an
+        oversize segment: unknown."""
+        import numpy as np
+
+        lo, hi = np.zeros(len(table), np.uint64), np.zeros(len(table), np.uint64)
+        caches = {c.addr: c for c in self.umem.caches()}
+        classes = sorted(c.cache_bufsize for c in caches.values()
+                         if c.cstr("cache_name").startswith(ALLOC_CACHES))
+        order = np.argsort(table.group, kind="stable")
+        bounds = np.searchsorted(table.group[order], np.arange(len(table.groups) + 1))
+        for g, (name, addr) in enumerate(table.groups):
+            c, rows = caches.get(addr), order[bounds[g]:bounds[g + 1]]
+            if c is None or not len(rows):
+                continue
+            if name.startswith(ALLOC_CACHES):
+                below = max((s for s in classes if s < c.cache_bufsize), default=0)
+                lo[rows], hi[rows] = self._alloc_requests(c, below, table.base[rows])
+            else:
+                lo[rows] = hi[rows] = c.cache_bufsize
+        return lo, hi
+
+    def _alloc_requests(self, c, below: int, bufs):
+        """(lo, hi) of the buffers of umem_alloc cache c (the next smaller one's size below):
+        (below, bufsize], or exactly the size umem_alloc recorded in the redzone where the
+        cache has one (UMEM_DEBUG); unknown for a buffer malloc made (its header comes first:
+        the program's object does not start the buffer) and for a recorded size outside the
+        class (a damaged redzone)."""
+        import numpy as np
+
+        from mdbpy.heap.gather import session_gather
+        from mdbpy_commands.umem.dcmds import malloc_headers
+
+        lo = np.full(len(bufs), below + 1, np.uint64)
+        hi = np.full(len(bufs), c.cache_bufsize, np.uint64)
+        if c.cache_flags & L.UMF_REDZONE:
+            word, read = session_gather(self.session).read(
+                bufs + np.uint64(c.cache_buftag + 4), 4, "<u4")
+            word = word.astype(np.uint64)
+            size = L.size_decode(word)
+            encoded = read & L.size_valid(word)
+            lo[encoded], hi[encoded] = size[encoded], size[encoded]
+            outside = encoded & ((size <= np.uint64(below)) | (size > hi))
+            hi[outside] = 0
+        hi[malloc_headers(self.umem, c, bufs)[0]] = 0
+        return lo, hi
 
     # -- regions ----------------------------------------------------------------------------
     def spans(self) -> list[tuple[int, int]]:

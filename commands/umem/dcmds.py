@@ -245,15 +245,24 @@ def umem_verify(inv):
 
 # -- malloc ---------------------------------------------------------------------------------
 def malloc_sizes(umem, c):
-    """The requested sizes of the malloc'd buffers of a umem_alloc_* cache (a header that
-    decodes to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers over 16 bytes;
-    one whose header cannot be read is not counted) and the overhead each carries, as numpy
-    arrays."""
+    """The requested sizes of the malloc'd buffers of a umem_alloc_* cache (one whose header
+    cannot be read is not counted) and the overhead each carries, as numpy arrays."""
+    import numpy as np
+
+    ok, size, head = malloc_headers(umem, c, cache_contents(umem, c).allocated())
+    mallocsz = size[ok] - np.uint64(head)
+    overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]
+    return mallocsz, overhead
+
+
+def malloc_headers(umem, c, bufs):
+    """(which of bufs, buffers of the umem_alloc_* cache c, begin with malloc's header: a size
+    and a stat word that decode to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers
+    over 16 bytes; the size each header records; the header's length)."""
     import numpy as np
 
     from mdbpy.heap.gather import session_gather
 
-    bufs = cache_contents(umem, c).allocated()
     second = c.cache_bufsize > L.UMEM_SECOND_ALIGN
     head = L.MALLOC_DATA_SIZE * (2 if second else 1)
     at = bufs + np.uint64(L.MALLOC_DATA_SIZE if second else 0)
@@ -263,9 +272,7 @@ def malloc_sizes(umem, c):
     magic = (stat + size) & np.uint64(0xFFFFFFFF)
     ok = r1 & r2 & ((magic == L.MALLOC_MAGIC) | (magic == L.MALLOC_SECOND_MAGIC))
     ok &= size >= np.uint64(head)
-    mallocsz = size[ok] - np.uint64(head)
-    overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]
-    return mallocsz, overhead
+    return ok, size, head
 
 
 def max_bucket(umem) -> int:

@@ -68,6 +68,10 @@ class BumpAllocator(Allocator):
             self._table = self._walk()
         return self._table
 
+    def request_sizes(self, table: BufferTable):
+        """Exactly the buffer's size: each header records the size asked for."""
+        return table.size, table.size
+
     def _walk(self) -> BufferTable:
         hdr = self.binder["bump_hdr"]
         base, end = self.arena.base, self.arena.cursor

@@ -718,11 +718,21 @@ typedef struct {
     int32_t *it;
     int64_t icount, icap;
     int64_t steps;           /* typed buffers expanded */
-    int64_t need;            /* what tg_drain stopped for: a tid, or a number of entries */
+    int64_t need;            /* what tg_drain stopped for: a tid, a number of entries, a
+                                key's range */
+    const uint64_t *req_lo;  /* per buffer: the requests it could have served (containers.py), */
+    const uint64_t *req_hi;  /* hi 0 where unknown; both NULL: no types by size */
+    const int64_t *ckey_range; /* the container keys answered (tg_ckey), ascending by range */
+    const int64_t *ckey_word;  /* then by word */
+    const int32_t *cval;     /* the container each names, -1 for none or several */
+    int64_t nckey;
+    int64_t need_word;       /* the word of the key tg_drain stopped for */
+    int64_t rnext;           /* the next root tg_drain offers */
 } tg_t;
 
-enum { TG_DONE, TG_NEED_PLAN, TG_FULL };
-enum { TG_UNKNOWN, TG_ROOT, TG_PROPAGATED };
+enum { TG_DONE, TG_NEED_PLAN, TG_FULL, TG_NEED_CONTAINER };
+enum { TG_UNKNOWN, TG_ROOT, TG_PROPAGATED, TG_CONTAINER = 5 }; /* solve.py's HOW numbers */
+enum { TG_OFF_BITS = 24, TG_TID_BITS = 20 }; /* containers.py's OFF_BITS, TID_BITS */
 
 /* Index of the first of sorted a[lo, hi) not below v (hi if none). */
 static inline int64_t tg_lower_i32(const int32_t *a, int64_t lo, int64_t hi, int32_t v)
@@ -800,8 +810,71 @@ static void tg_offer(tg_t *G, int64_t b, int32_t t, uint8_t why)
     tg_conflict(G, b);
 }
 
-/* A run's start: the authoritative buffers queued, then the roots' evidence offered. The
- * queue needs room for nfix + nroots entries, the interior list for nroots. */
+/* Buffer b's packed request range (containers.py's Containers.ranges), -1 for none. */
+static inline int64_t tg_crange(const tg_t *G, int64_t b)
+{
+    if (!G->req_hi)
+        return -1;
+    uint64_t lo = G->req_lo[b], hi = G->req_hi[b], max = (uint64_t)1 << TG_OFF_BITS;
+    if (hi == 0 || lo > hi || hi >= max || G->size[b] >= max)
+        return -1;
+    return (int64_t)(lo << TG_OFF_BITS | hi);
+}
+
+/* The word of the container key of t at offset off of buffer b (containers.py's
+ * Containers.key: its range is tg_crange's), or -1 where b's type is not to be inferred from
+ * it: typed, excluded or without a request range. */
+static inline int64_t tg_ckey(const tg_t *G, int64_t b, int64_t off, int32_t t)
+{
+    if (G->tid[b] >= 0 || G->poisoned[b] || tg_crange(G, b) < 0 || t >= (1 << TG_TID_BITS))
+        return -1;
+    return ((int64_t)t << TG_OFF_BITS) | off;
+}
+
+/* The index of the key (range, word) among the answered keys, -1 when not answered yet. */
+static inline int64_t tg_cfind(const tg_t *G, int64_t range, int64_t word)
+{
+    int64_t lo = 0, hi = G->nckey;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (G->ckey_range[mid] < range ||
+            (G->ckey_range[mid] == range && G->ckey_word[mid] < word))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < G->nckey && G->ckey_range[lo] == range && G->ckey_word[lo] == word ? lo : -1;
+}
+
+/* Is the container key of a t at offset off of buffer b unanswered? Then it is in need and
+ * need_word (tg_drain stops to ask for it). */
+static int tg_needs(tg_t *G, int64_t b, int64_t off, int32_t t)
+{
+    int64_t word = tg_ckey(G, b, off, t);
+    if (word < 0 || tg_cfind(G, tg_crange(G, b), word) >= 0)
+        return 0;
+    G->need = tg_crange(G, b);
+    G->need_word = word;
+    return 1;
+}
+
+/* Evidence that buffer b holds a t at offset off (solve.py's inside): kept for the run's end
+ * check, and offered as the container it names when b is unknown (its key answered: the
+ * caller asked tg_needs first). */
+static void tg_inside(tg_t *G, int64_t b, int64_t off, int32_t t)
+{
+    G->ib[G->icount] = b;
+    G->ioff[G->icount] = off;
+    G->it[G->icount++] = t;
+    int64_t word = tg_ckey(G, b, off, t);
+    int64_t i = word >= 0 ? tg_cfind(G, tg_crange(G, b), word) : -1;
+    if (i >= 0 && G->cval[i] >= 0)
+        tg_offer(G, b, G->cval[i], TG_CONTAINER);
+}
+
+/* A run's start: the authoritative buffers queued (the roots are offered by tg_drain, which
+ * can stop to ask for a container). The queue needs room for nfix + nroots entries, the
+ * interior list for nroots. */
 void tg_seed(tg_t *G)
 {
     for (int64_t i = 0; i < G->nfix; i++) {
@@ -810,23 +883,62 @@ void tg_seed(tg_t *G)
         G->how[b] = G->fix_how[i];
         G->queue[G->qtail++] = b;
     }
-    for (int64_t i = 0; i < G->nroots; i++) {
-        if (G->root_doff[i] == 0) {
-            tg_offer(G, G->root_dst[i], G->root_tid[i], TG_ROOT);
-        } else {
-            G->ib[G->icount] = G->root_dst[i];
-            G->ioff[G->icount] = G->root_doff[i];
-            G->it[G->icount++] = G->root_tid[i];
-        }
-    }
 }
 
-/* Expand queued buffers until the queue is empty (TG_DONE), or stop before a buffer whose
- * type's plan is not loaded (TG_NEED_PLAN, need = the tid) or whose edges might not fit in the
- * queue or the interior list (TG_FULL, need = entries wanted in each); called again once the
- * caller has loaded or grown what was asked, it goes on where it stopped. */
+/* The roots' evidence offered, from rnext on (solve.py's loop over the roots); 0 when all
+ * were, 1 when stopped before one whose container key is unanswered. */
+static int tg_roots(tg_t *G)
+{
+    for (; G->rnext < G->nroots; G->rnext++) {
+        int64_t i = G->rnext, b = G->root_dst[i], off = G->root_doff[i];
+        int32_t t = G->root_tid[i];
+        if (off == 0) {
+            tg_offer(G, b, t, TG_ROOT);
+        } else {
+            if (tg_needs(G, b, off, t))
+                return 1;
+            tg_inside(G, b, off, t);
+        }
+    }
+    return 0;
+}
+
+/* The pointee type the word of edge e gives, buffer b being a t (its plan loaded), or -1:
+ * no evidence there (not a pointer of its plan, or past its last whole element). */
+static int32_t tg_word(const tg_t *G, int64_t b, int32_t t, int64_t e)
+{
+    int64_t es = G->tsize[t], fo = G->flex_off[t];
+    int64_t lim = fo >= 0 ? es : (int64_t)(G->size[b] / (uint64_t)es) * es;
+    int64_t o = G->soff[e];
+    if (o < lim)
+        return tg_pointee(G, G->plan_lo[t], G->plan_hi[t], o % es);
+    if (fo >= 0 && o >= fo)
+        return tg_pointee(G, G->flex_lo[t], G->flex_hi[t], (o - fo) % G->flex_es[t]);
+    return -1;
+}
+
+/* Does buffer b's expansion (its edges [e0, e1)) ask for a container key not answered yet?
+ * Then it is in need, need_word. */
+static int tg_unanswered(tg_t *G, int64_t b, int32_t t, int64_t e0, int64_t e1)
+{
+    for (int64_t e = e0; e < e1; e++) {
+        int32_t p = G->doff[e] != 0 ? tg_word(G, b, t, e) : -1;
+        if (p >= 0 && tg_needs(G, G->dst[e], G->doff[e], p))
+            return 1;
+    }
+    return 0;
+}
+
+/* Offer the roots' evidence, then expand queued buffers until the queue is empty (TG_DONE);
+ * or stop before a root, or a buffer, whose interior evidence asks which container a key
+ * names (TG_NEED_CONTAINER, need and need_word), before a buffer whose type's plan is not
+ * loaded (TG_NEED_PLAN, need = the tid), or whose edges might not fit in the queue or the
+ * interior list (TG_FULL, need = entries wanted in each); called again once the caller has
+ * answered, loaded or grown what was asked, it goes on where it stopped. */
 int64_t tg_drain(tg_t *G)
 {
+    if (tg_roots(G))
+        return TG_NEED_CONTAINER;
     while (G->qhead < G->qtail) {
         int64_t b = G->queue[G->qhead];
         int32_t t = G->tid[b];
@@ -843,32 +955,23 @@ int64_t tg_drain(tg_t *G)
             G->need = e1 - e0;
             return TG_FULL;
         }
-        G->qhead++;
-        int64_t lo = G->plan_lo[t], hi = G->plan_hi[t], es = G->tsize[t];
-        int64_t fo = G->flex_off[t];
-        if (lo == hi && fo < 0)
+        if (G->plan_lo[t] == G->plan_hi[t] && G->flex_off[t] < 0) {
+            G->qhead++;
             continue;
+        }
+        if (tg_unanswered(G, b, t, e0, e1))
+            return TG_NEED_CONTAINER;
+        G->qhead++;
         G->steps++;
-        int64_t lim = fo >= 0 ? es : (int64_t)(G->size[b] / (uint64_t)es) * es;
         for (int64_t e = e0; e < e1; e++) {
-            int64_t o = G->soff[e];
-            int32_t p;
-            if (o < lim)
-                p = tg_pointee(G, lo, hi, o % es);
-            else if (fo >= 0 && o >= fo)
-                p = tg_pointee(G, G->flex_lo[t], G->flex_hi[t], (o - fo) % G->flex_es[t]);
-            else
-                continue;
+            int32_t p = tg_word(G, b, t, e);
             if (p < 0)
                 continue;
             G->gave[b] = 1;
-            if (G->doff[e] == 0) {
+            if (G->doff[e] == 0)
                 tg_offer(G, G->dst[e], p, TG_PROPAGATED);
-            } else {
-                G->ib[G->icount] = G->dst[e];
-                G->ioff[G->icount] = G->doff[e];
-                G->it[G->icount++] = p;
-            }
+            else
+                tg_inside(G, G->dst[e], G->doff[e], p);
         }
     }
     return TG_DONE;

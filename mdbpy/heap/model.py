@@ -291,6 +291,18 @@ class Allocator:
         """[start, end) ranges of the allocator's own bookkeeping: never roots."""
         return []
 
+    def request_sizes(self, table: BufferTable):
+        """(lo, hi) uint64 columns, per row of table (one of this allocator's tables): the
+        smallest and largest request the allocator could have served with that buffer, hi 0
+        where it cannot say. Why: the typegraph recognises a buffer's struct by its size
+        (mdbpy/types/graph/containers.py), and a buffer is larger than what was asked for by
+        the allocator's rounding (a size class, an alignment), so "fits" must be this range,
+        derived from the allocator's own rules, not a guess. This default says nothing."""
+        import numpy as np
+
+        zeros = np.zeros(len(table), np.uint64)
+        return zeros, zeros
+
     def heap_regions(self) -> list[tuple[int, int]]:
         """[start, end) ranges where buffers live; together they must cover every buffer
         (heap memory is never a root, and findleaks cuts exactly these out of the roots)."""

@@ -98,6 +98,8 @@ class DwarfTypes:
             else:
                 sup = {"missing": self.sup_link[0]}
         self.index = type_index.load_or_build(path, build_id, self.elf, self.sup_elf, sup)
+        self._identity = (build_id, sup)  # what the cache entries are checked against
+        self._sized: list[list] | None = None
         self._dwarf = None
         self._tus: dict[int, object] | None = None  # .debug_types units by offset
         self._types: dict[int, Type] = {}
@@ -172,6 +174,40 @@ class DwarfTypes:
             return Void()
         target = self.ref(die, name)
         return unknown() if target is None else self.type_of(target)
+
+    def sized(self) -> list[list]:
+        """[size, kind, name] of every complete named struct and union, and every typedef
+        naming an anonymous one, sorted by size: the typegraph's candidate containers (made
+        on first use and cached beside the index, mdbpy/types/index.py)."""
+        if self._sized is None:
+            self._sized = type_index.load_or_list_sizes(self.path, *self._identity,
+                                                         self._list_sizes)
+        return self._sized
+
+    def _list_sizes(self) -> list[list]:
+        """sized() read from the DIEs the index names (a DIE whose DWARF is unreadable is
+        left out, as it is for ::print)."""
+        out = []
+        for kind in ("struct", "union", "typedef"):
+            for name, off in self.index.types.get(kind, {}).items():
+                try:
+                    size = self._defined_size(kind, off)
+                except MdbError:
+                    continue
+                if size:
+                    out.append([size, kind, name])
+        return out
+
+    @_dwarf_errors
+    def _defined_size(self, kind: str, off: int) -> int | None:
+        """The byte size of the struct or union defined at off (a typedef's: of the anonymous
+        one it names), None for a declaration or a typedef of anything else."""
+        die = self.die(off)
+        if kind == "typedef":
+            die = self.ref(die, "DW_AT_type") if "DW_AT_type" in die.attributes else None
+            if die is None or die.tag not in STRUCTS or _text(die) is not None:
+                return None
+        return None if _attr(die, "DW_AT_declaration") else _attr(die, "DW_AT_byte_size")
 
     # -- lookups by name ----------------------------------------------------------------------
     def type_named(self, kind: str, name: str) -> Type | None:

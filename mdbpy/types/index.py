@@ -8,6 +8,11 @@ mdbpy/symbols/cache.py) as `<build-id>.types`:
     {"version": 4, "build_id": "...", "dwarf_size": N, "sup": S,
      "index": {cus, types, vars, tls, sigs, ...}}
 
+A second entry, `<build-id>.sizes`, lists the file's complete named structs and unions (and
+typedefs naming anonymous ones) by size, for the typegraph's containers (mdbpy/types/graph/
+containers.py). It is made only when a typegraph first needs it, from the DIEs the index
+names (dies.py's DwarfTypes.sized), and checked as the index is.
+
 It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
 build-id or DWARF file size does not match is ignored and the index is built again. A debug
 file that refers to a supplementary file (dwz) is indexed with that file's partial units, so
@@ -28,6 +33,8 @@ from mdbpy.types.scan import ScanError, Sections, scan, unit_of
 # 4: function-scope statics and __thread variables among the addressed ones
 FORMAT_VERSION = 4
 SUFFIX = ".types"
+SIZES_SUFFIX = ".sizes"
+SIZES_VERSION = 1
 MAX_ENTRY = 64 << 20
 SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
             "line_str": ".debug_line_str", "str_offsets": ".debug_str_offsets",
@@ -118,17 +125,50 @@ def load_or_build(path: str, build_id: str | None, elf, sup_elf=None, sup=None) 
 
 
 def _load(build_id: str, size: int, sup=None) -> TypeIndex | None:
-    entry = cache.load_json(build_id, SUFFIX, MAX_ENTRY)
+    data = _entry(build_id, SUFFIX, FORMAT_VERSION, size, sup, "index", _well_formed)
+    return None if data is None else TypeIndex(data)
+
+
+def _entry(build_id: str, suffix: str, version: int, size: int, sup, key: str, check):
+    """The `key` part of build_id's entry with that suffix when the entry is of this version,
+    for this build-id, DWARF file size and supplementary file, and `check` accepts it; else
+    None (absent, stale, corrupt or foreign: made again)."""
+    entry = cache.load_json(build_id, suffix, MAX_ENTRY)
     if not isinstance(entry, dict):
         return None
     try:
-        if (entry.get("version") != FORMAT_VERSION or entry.get("build_id") != build_id
+        if (entry.get("version") != version or entry.get("build_id") != build_id
                 or entry.get("dwarf_size") != size or entry.get("sup") != sup
-                or not _well_formed(entry["index"])):
+                or not check(entry[key])):
             return None
-        return TypeIndex(entry["index"])
-    except Exception:  # absent, corrupt or foreign: build the index again
+        return entry[key]
+    except Exception:
         return None
+
+
+def load_or_list_sizes(path: str, build_id: str | None, sup, listing) -> list[list]:
+    """[size, kind, name] of every complete named struct, union and anonymous-struct typedef
+    of the DWARF file at path, by size: from the cache when an entry for build_id matches the
+    file, else listing() (which reads a DIE per name: 0.3 s for libc's debug file) and
+    stored. Kept apart from the index: only the typegraph's containers need it."""
+    size = os.path.getsize(path)
+    hit = _entry(build_id, SIZES_SUFFIX, SIZES_VERSION, size, sup, "sizes", _well_sized) \
+        if build_id else None
+    if hit is not None:
+        return hit
+    found = sorted(listing())
+    if build_id:
+        cache.store_json(build_id, SIZES_SUFFIX, {"version": SIZES_VERSION,
+                                                  "build_id": build_id, "dwarf_size": size,
+                                                  "sup": sup, "sizes": found})
+    return found
+
+
+def _well_sized(rows) -> bool:
+    """[[size, kind, name], ...] with sizes > 0 and kinds the index knows."""
+    return isinstance(rows, list) and all(
+        isinstance(r, list) and len(r) == 3 and type(r[0]) is int and r[0] > 0
+        and r[1] in ("struct", "union", "typedef") and isinstance(r[2], str) for r in rows)
 
 
 def _well_formed(data) -> bool:

@@ -9,9 +9,11 @@ fixpoint (solve.py). The result answers `which type is the buffer at addr, and w
 at this offset` (whattype), counts by type (by_type) and by how a type was found (stats).
 
 Modules: catalog.py (types reduced to their pointer words), evidence.py (heap edges, typed
-globals, vtables), solve.py (the fixpoint's rules, in Python: the reference), compiled.py (the
-same fixpoint with its worklist in the compiled kernel, which the dcmds hand in: this layer
-does not import mdbpy.heap). The session's graph is cached under GRAPH_KEY (the
+globals, vtables), containers.py (a buffer's struct found by its size and a member, from the
+requests each buffer could have served, which the dcmds hand in with the buffers), solve.py
+(the fixpoint's rules, in Python: the reference), compiled.py (the same fixpoint with its
+worklist in the compiled kernel, which the dcmds hand in: this layer does not import
+mdbpy.heap). The session's graph is cached under GRAPH_KEY (the
 session cache is emptied when the target changes); `cached(session)` returns it if built.
 """
 
@@ -20,12 +22,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from mdbpy.types.graph.solve import HINT, HOW, PROPAGATED, ROOT, UNKNOWN, VTABLE
+from mdbpy.types.graph.solve import CONTAINER, HINT, HOW, PROPAGATED, ROOT, UNKNOWN, VTABLE
 
 GRAPH_KEY = ("types", "typegraph")
 
 __all__ = ["TypeGraph", "GRAPH_KEY", "cached", "known_type", "Placement", "UNKNOWN", "ROOT",
-           "PROPAGATED", "VTABLE", "HINT", "HOW"]
+           "PROPAGATED", "VTABLE", "HINT", "CONTAINER", "HOW"]
 
 
 @dataclass
@@ -64,7 +66,7 @@ class TypeGraph:
     (mdbpy/heap/kernel.py's library) the fixpoint runs compiled (compiled.py), else in
     Python (solve.py); both give the same answer."""
 
-    def __init__(self, space, base, size, kernel=None):
+    def __init__(self, space, base, size, kernel=None, requests=None):
         import numpy as np
 
         from mdbpy.types.graph.catalog import Catalog
@@ -79,14 +81,25 @@ class TypeGraph:
         self.timings: dict[str, float] = {}
         self.kernel = kernel
         self.edges = self.roots = self.solution = None
+        self.containers = None if requests is None else self._containers(requests)
+
+    def _containers(self, requests):
+        """The buffers' request ranges (lo, hi columns) and the session's candidate structs
+        by size (listed from the DWARF only when a buffer first needs them)."""
+        from mdbpy.types.graph.containers import Containers, SizedTypes
+
+        return Containers(self.catalog, self.size, requests,
+                          SizedTypes.of(self.space, self.catalog))
 
     @classmethod
-    def build(cls, space, base, size, exclude=(), kernel=None) -> TypeGraph:
+    def build(cls, space, base, size, exclude=(), kernel=None, requests=None) -> TypeGraph:
         """The graph of the buffers (base, size: sorted columns); `exclude`: [lo, hi) ranges
-        whose typed globals are not roots (the allocators' own metadata)."""
+        whose typed globals are not roots (the allocators' own metadata); `requests`: (lo,
+        hi) columns, the requests each buffer could have served (hi 0: unknown), without
+        which no buffer is typed by its size."""
         from mdbpy.types.graph import evidence
 
-        g = cls(space, base, size, kernel)
+        g = cls(space, base, size, kernel, requests)
         t0 = time.perf_counter()
         g.edges = evidence.scan_heap(space.mem, g.base, g.ends, kernel)
         t1 = time.perf_counter()
@@ -131,7 +144,7 @@ class TypeGraph:
         t0 = time.perf_counter()
         fixed = {r: (t, VTABLE) for r, t in self.vtables.items()}
         fixed.update({r: (t, HINT) for r, t in self.hints.items()})
-        args = (self.catalog, self.size, self.edges, self.roots, fixed)
+        args = (self.catalog, self.size, self.edges, self.roots, fixed, self.containers)
         self.solution = solve(*args) if self.kernel is None else \
             solve_compiled(self.kernel, *args)
         self.timings["propagate"] = time.perf_counter() - t0

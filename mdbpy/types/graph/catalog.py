@@ -237,15 +237,13 @@ class Catalog:
     def _flex(self, t: Type):
         """(offset, element size, element plan) of a struct's trailing flexible array whose
         elements hold evidence; else None."""
-        if not isinstance(t, Struct) or not t.complete or t.is_union or not t.members:
+        found = trailing_array(self, t)
+        if found is None:
             return None
-        last = t.members[-1]
-        at = self.complete(last.type)
-        if not isinstance(at, Array) or at.count not in (None, 0) or last.offset is None:
-            return None
-        es = self.complete(at.element).size or 0
-        sub = self.plan(at.element)
-        return (last.offset, es, sub) if es > 0 and sub else None
+        off, element = found
+        es = self.complete(element).size or 0
+        sub = self.plan(element)
+        return (off, es, sub) if es > 0 and sub else None
 
     # -- consistency ------------------------------------------------------------------------------
     def has_at(self, tid: int, off: int, want: int) -> bool:
@@ -283,6 +281,17 @@ class Catalog:
         """The member of type tid at byte offset off, as a C path (`next`, `name[3]`,
         `hdr.len`); '' at a scalar's own offset, None-like '<padding>' between members."""
         return _path(self, self.infos[tid].type, off, 0)
+
+
+def trailing_array(cat: Catalog, t: Type) -> tuple[int, Type] | None:
+    """(offset, element type) of a struct's trailing flexible array (`T items[]`), or None."""
+    if not isinstance(t, Struct) or not t.complete or t.is_union or not t.members:
+        return None
+    last = t.members[-1]
+    at = cat.complete(last.type)
+    if not isinstance(at, Array) or at.count not in (None, 0) or last.offset is None:
+        return None
+    return last.offset, at.element
 
 
 def _path(cat: Catalog, t: Type, off: int, depth: int) -> str:

@@ -6,7 +6,10 @@ a microsecond each, which made ::typegraph twenty times slower than ::findleaks 
 heap. Here the worklist (the authoritative buffers queued, the roots offered, every typed
 buffer expanded through its type's plan) runs in C over the heap's edge columns; the kernel
 stops before a buffer whose type's plan it has not been given, and this module computes that
-plan (Catalog.plan_of, when the reference would) and hands it over as a range of two columns.
+plan (Catalog.plan_of, when the reference would) and hands it over as a range of two columns;
+likewise before interior evidence into a buffer still unknown whose container (containers.py:
+the one struct of a size the buffer could have served with that type there) it has not been
+told, which Answers computes and hands over as sorted keys.
 The interior evidence, checked once a run's worklist is empty, is checked here with numpy: one
 Catalog.has_at per distinct (type, offset, type) rather than per pointer. A buffer's outcome
 does not depend on the order its interior evidence is checked in (a conflict only touches the
@@ -26,7 +29,7 @@ from mdbpy.types.graph.solve import MAX_RUNS, UNKNOWN, Solution
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
-DONE, NEED_PLAN, FULL = range(3)  # tg_drain's answers
+DONE, NEED_PLAN, FULL, NEED_CONTAINER = range(4)  # tg_drain's answers
 ROOM = 16  # the worklist's and the interior list's first room beyond the seed's (then doubled)
 
 
@@ -41,7 +44,9 @@ class TgStruct(ctypes.Structure):
         (f, _P) for f in ("tid", "how", "gave", "poisoned", "newp", "queue")] + [
         (f, _I64) for f in ("qhead", "qtail", "qcap")] + [
         (f, _P) for f in ("ib", "ioff", "it")] + [
-        (f, _I64) for f in ("icount", "icap", "steps", "need")]
+        (f, _I64) for f in ("icount", "icap", "steps", "need")] + [
+        (f, _P) for f in ("req_lo", "req_hi", "ckey_range", "ckey_word", "cval")] + [
+        (f, _I64) for f in ("nckey", "need_word", "rnext")]
 
 
 class _Column:
@@ -133,8 +138,42 @@ class KernelTypes:
             setattr(st, name, col.data)
 
 
+class Answers:
+    """The containers named so far (containers.Containers.type_at) as the kernel's keys,
+    sorted by range then word, answered as tg_drain asks (NEED_CONTAINER): only for evidence
+    into a buffer still unknown, as solve.py asks, so that a heap whose buffers are all typed
+    otherwise never lists the DWARF's structs by size."""
+
+    def __init__(self, containers):
+        import numpy as np
+
+        self.containers = containers
+        self.range = np.zeros(0, np.int64)
+        self.word = np.zeros(0, np.int64)
+        self.val = np.zeros(0, np.int32)
+
+    def add(self, key: tuple[int, int]) -> None:
+        """Answer the key (range, word) tg_drain asked for, inserted where it sorts (the keys
+        are as many as the distinct (size class, offset, pointee) met: a few)."""
+        import numpy as np
+
+        at = int(np.count_nonzero((self.range < key[0]) |
+                                  ((self.range == key[0]) & (self.word < key[1]))))
+        self.range = np.insert(self.range, at, key[0])
+        self.word = np.insert(self.word, at, key[1])
+        self.val = np.insert(self.val, at, self.containers.type_at(key))
+
+    def point(self, st: TgStruct) -> None:
+        c = self.containers
+        st.req_lo, st.req_hi = (None, None) if c is None else (c.lo.ctypes.data,
+                                                               c.hi.ctypes.data)
+        st.ckey_range, st.ckey_word, st.cval = (a.ctypes.data for a in (self.range, self.word,
+                                                                        self.val))
+        st.nckey = len(self.range)
+
+
 def solve_compiled(kernel, catalog, sizes, edges, roots,
-                   fixed: dict[int, tuple[int, int]]) -> Solution:
+                   fixed: dict[int, tuple[int, int]], containers=None) -> Solution:
     """solve.solve's answer, computed by the kernel (a ctypes library with tg_seed and
     tg_drain)."""
     import numpy as np
@@ -166,10 +205,12 @@ def solve_compiled(kernel, catalog, sizes, edges, roots,
     for name, a in heap.items():
         setattr(st, name, a.ctypes.data)
     types = KernelTypes.of(catalog)
+    answers = Answers(containers)
 
     def point() -> int:
         types.sync()
         types.point(st)
+        answers.point(st)
         for name, a in state.items():
             setattr(st, name, a.ctypes.data)
         st.qcap, st.icap = len(state["queue"]), len(state["it"])
@@ -183,11 +224,13 @@ def solve_compiled(kernel, catalog, sizes, edges, roots,
         how.fill(UNKNOWN)
         gave.fill(0)
         newp.fill(0)
-        st.qhead = st.qtail = st.icount = 0
+        st.qhead = st.qtail = st.icount = st.rnext = 0
         kernel.tg_seed(point())
         while (status := kernel.tg_drain(point())) != DONE:
             if status == NEED_PLAN:
                 types.load(st.need)
+            elif status == NEED_CONTAINER:
+                answers.add((st.need, st.need_word))
             else:
                 _grow(state, st)
         k = st.icount

@@ -6,9 +6,11 @@ offset (a pointer into it). Evidence at offset 0 assigns the type when the buffe
 agrees when it is the buffer's type or a type the buffer's type starts with (a `struct
 list_head *` to a buffer typed `struct conn`, whose first member is that list_head); upgrades
 the buffer when the new type starts with the old one; and otherwise is a *conflict*. Interior
-evidence never assigns a type (a pointer into a struct may be to a struct embedded there), but
-must be consistent with the type the buffer gets: a member, or array element, of that type at
-that offset.
+evidence must be consistent with the type the buffer gets: a member, or array element, of that
+type at that offset. It assigns a type only through the buffer's size (containers.py): when the
+buffer is still unknown and exactly one struct that fits the requests the buffer could have
+served holds that type at that offset, the buffer is offered that struct (HOW container) as it
+would be by a pointer to its start; every other evidence must then agree with it.
 
 A conflicting buffer is excluded: it stays unknown and gives no evidence. When its type had
 not yet given evidence to other buffers, it is excluded in place; when it had, those types
@@ -30,8 +32,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-UNKNOWN, ROOT, PROPAGATED, VTABLE, HINT = range(5)
-HOW = {ROOT: "root pointer", PROPAGATED: "propagated", VTABLE: "vtable", HINT: "user hint"}
+UNKNOWN, ROOT, PROPAGATED, VTABLE, HINT, CONTAINER = range(6)
+HOW = {ROOT: "root pointer", PROPAGATED: "propagated", VTABLE: "vtable", HINT: "user hint",
+       CONTAINER: "size and member"}
 MAX_RUNS = 64
 
 
@@ -45,8 +48,11 @@ class Solution:
     notes: list = field(default_factory=list)
 
 
-def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]]) -> Solution:
-    """fixed: {row: (tid, how)} for authoritative types (vtable, hint)."""
+def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]],
+          containers=None) -> Solution:
+    """fixed: {row: (tid, how)} for authoritative types (vtable, hint); containers: the
+    buffers' request ranges and what they name (containers.Containers), None for no types by
+    size."""
     import numpy as np
 
     n = len(sizes)
@@ -55,6 +61,7 @@ def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]]) -> So
     dst, doff = edges.dst.tolist(), edges.doff.tolist()
     rdst, rdoff, rtid = roots.dst.tolist(), roots.doff.tolist(), roots.tid.tolist()
     info = catalog.infos
+    crange = containers.ranges(slice(None)).tolist() if containers is not None else [-1] * n
     poisoned: set[int] = set()
     steps = 0
     for run in range(1, MAX_RUNS + 1):
@@ -96,6 +103,15 @@ def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]]) -> So
                 return
             conflict(b)
 
+        def inside(b: int, off: int, t: int) -> None:
+            """Interior evidence: checked at the run's end; an unknown buffer's container."""
+            interior.append((b, off, t))
+            if tid[b] < 0 and crange[b] >= 0 and b not in poisoned:
+                key = containers.key(crange[b], off, t)
+                k = -1 if key is None else containers.type_at(key)
+                if k >= 0:
+                    offer(b, k, CONTAINER)
+
         for b, (t, why) in fixed.items():
             tid[b], how[b] = t, why
             queue.append(b)
@@ -103,7 +119,7 @@ def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]]) -> So
             if off == 0:
                 offer(b, t, ROOT)
             else:
-                interior.append((b, off, t))
+                inside(b, off, t)
         while queue:
             b = queue.popleft()
             t = tid[b]
@@ -129,7 +145,7 @@ def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]]) -> So
                 if doff[e] == 0:
                     offer(dst[e], p, PROPAGATED)
                 else:
-                    interior.append((dst[e], doff[e], p))
+                    inside(dst[e], doff[e], p)
         for b, off, t in interior:
             cur = tid[b]
             if cur < 0 or b in fixed:
