@@ -44,7 +44,8 @@ def _requests(allocs, parts, cands):
     if len(parts) == 1 and len(cands) == len(parts[0]):
         return cols[0], cols[1]
     # each row's place in the parts' columns laid end to end
-    at = np.cumsum([0] + [len(p) for p in parts])[cands.owner] + cands.local
+    owner, local = cands.rows.of(np.arange(len(cands), dtype=np.int64))
+    at = np.cumsum([0] + [len(p) for p in parts])[owner] + local
     return cols[0][at], cols[1][at]
 
 
