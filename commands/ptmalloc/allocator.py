@@ -74,16 +74,18 @@ class PtmallocAllocator(Allocator):
         return table
 
     def request_sizes(self, table: BufferTable):
-        """The requests malloc.c's request2size maps to each chunk: a chunk of size
+        """The requests each chunk could be serving, by malloc.c: a chunk of size
         max(MINSIZE, (req + SIZE_SZ + MALLOC_ALIGN_MASK) & ~MALLOC_ALIGN_MASK) serves req, so
-        usable size u (chunk - 8) serves [u - 15, u], and the 32-byte minimum chunk (u 24)
-        [0, 24]. An mmapped chunk's (rounded to pages, and to hugepages by a tunable): unknown.
-        A chunk realloc shrank in place, or memalign trimmed, may be up to 16 bytes larger
-        than this says (docs/types.md)."""
+        usable size u (chunk - 8) serves [u - 15, u]; but realloc shrinking a chunk in place,
+        and memalign trimming one, split off the rest only when it is at least MINSIZE (32), so
+        such a chunk may be 16 bytes larger than its request needs: u serves [u - 31, u], and
+        the 32-byte minimum chunk (u 24) [0, 24]. Nothing in the heap tells those chunks apart,
+        so the wider range is the one that holds for every chunk. An mmapped chunk's (rounded
+        to pages, and to hugepages by a tunable): unknown."""
         import numpy as np
 
         u = table.size
-        lo = np.where(u <= np.uint64(MIN_USABLE), np.uint64(0), u - np.uint64(15))
+        lo = np.where(u <= np.uint64(MIN_USABLE + 16), np.uint64(0), u - np.uint64(31))
         hi = np.where(table.kind == KIND_BUFFER, u, np.uint64(0))
         return lo, hi
 
