@@ -573,6 +573,36 @@ class _Listed:
                 for size, t in self.rows if size <= hi]
 
 
+def test_a_container_that_cannot_be_read_leaves_the_buffer_unknown():
+    """pair alone holds an a at 24 among the 40-byte types, so a buffer of requests [25, 40]
+    with an a there is a pair; but when another type of a size in that range cannot be read
+    (its DWARF is damaged: it is listed by size, without a type), it may be the buffer's,
+    and the buffer stays unknown rather than typed pair."""
+    import numpy as np
+
+    from mdbpy.types.graph.containers import OFF_BITS, Containers
+
+    cat, tids = _universe()
+    pair = tids[9]
+    key = (25 << OFF_BITS | 40, tids[0] << OFF_BITS | 24)
+    one = np.array([40], np.uint64), np.array([40], np.uint64)
+    readable = Containers(cat, one[0], one, _Listed(cat, tids))
+    assert readable.type_at(key) == pair
+
+    class Damaged(_Listed):
+        def upto(self, hi):
+            return super().upto(hi) + [(32, None, False)]
+
+    cat, tids = _universe()
+    assert Containers(cat, one[0], one, Damaged(cat, tids)).type_at(key) == -1
+    # requests [33, 40] leave the unreadable 32-byte type out (a buffer of it is no pair's);
+    # [1, 40] take it in
+    cat, tids = _universe()
+    damaged = Containers(cat, one[0], one, Damaged(cat, tids))
+    assert damaged.type_at((33 << OFF_BITS | 40, key[1])) == tids[9]
+    assert damaged.type_at((1 << OFF_BITS | 40, key[1])) == -1
+
+
 @pytest.mark.parametrize("seed", range(150))
 def test_compiled_fixpoint_agrees_on_random_graphs(seed):
     """Random heaps of those types (pointers at any aligned offset, to starts and interiors,

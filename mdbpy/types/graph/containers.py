@@ -64,15 +64,15 @@ class SizedTypes:
         return catalog.memo(("sized types",), space, lambda: cls(space, catalog))
 
     def upto(self, hi: int) -> list:
-        """(size, type, flexible) of every candidate no larger than hi (a type whose DWARF
-        cannot be read is left out, as ::print leaves it)."""
+        """(size, type, flexible) of every candidate no larger than hi; the type is None
+        where its DWARF cannot be read (it may still be the buffer's: the caller must not
+        take another for the only one)."""
         rows = self._listing()
         out = []
         for i in range(bisect.bisect_right(self._sizes, hi)):
             if self._types[i] is None:
                 self._types[i] = self._load(*rows[i][1:])
-            if self._types[i] is not False:
-                out.append((rows[i][0], *self._types[i]))
+            out.append((rows[i][0], *(self._types[i] or (None, False))))
         return out
 
     def _load(self, k: int, kind: str, name: str):
@@ -127,10 +127,15 @@ class Containers:
     def _unique(self, lo: int, hi: int, off: int, t: int) -> int:
         """The one type that a buffer serving requests [lo, hi] can be with a t at offset
         off (structs of a size in range; smaller ones ending with a flexible array), or -1:
-        several (ambiguous), none, or a C++ class (only its vtable says)."""
+        several (ambiguous), none, one of a size in range whose DWARF cannot be read (it
+        may be the one), or a C++ class (only its vtable says)."""
         cat = self.catalog
         found = set()
         for size, typ, flexible in self.sized.upto(hi):
+            if typ is None:  # unreadable: it could be the buffer's type, so none is known
+                if size >= lo:
+                    return -1
+                continue
             if size >= lo:
                 holds = _holds(cat, typ, off, t)
             else:
