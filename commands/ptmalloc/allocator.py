@@ -61,14 +61,17 @@ class PtmallocAllocator(Allocator):
         if self._buffers is not None and self._buffers[0] is t:
             return self._buffers[1]
         keep = (t.state == ALLOC) | (t.state == FREE)
-        addr, size = t.addr[keep], t.size[keep]
+        addr = t.addr[keep]
         mm = t.mmapped[keep]
         base = addr + np.uint64(16)
-        usable = np.where(mm, size - np.uint64(16), size - np.uint64(8))
-        sizes, group = size_classes(size)
+        usable = t.size[keep]
+        sizes, group = size_classes(usable)
+        # usable sizes written over the chunk sizes once they are grouped: a copy fewer
+        usable -= np.uint64(8)
+        usable[mm] -= np.uint64(8)
         table = BufferTable.from_columns(
             base, usable, t.state[keep], group, addr,
-            np.where(mm, KIND_OVERSIZE, KIND_BUFFER).astype(np.uint8),
+            np.where(mm, np.uint8(KIND_OVERSIZE), np.uint8(KIND_BUFFER)),
             groups=sizes.tolist(), sort=False)
         self._buffers = (t, table)
         return table
@@ -172,13 +175,13 @@ def size_classes(size):
     chunks): np.unique's sort of a million sizes costs ten times the count."""
     import numpy as np
 
-    q = size >> np.uint64(4)
+    q = (size >> np.uint64(4)).view(np.int64)  # below 2**60: the same numbers
     if not len(q) or int(q.max()) >= 1 << 22 or np.any(size & np.uint64(15)):
         sizes, group = np.unique(size, return_inverse=True)
         return sizes, group.astype(np.int32).reshape(-1)
-    seen = np.bincount(q.astype(np.int64)) > 0
+    seen = np.bincount(q) > 0
     index = (np.cumsum(seen) - 1).astype(np.int32)
-    return np.flatnonzero(seen).astype(np.uint64) << np.uint64(4), index[q.astype(np.int64)]
+    return np.flatnonzero(seen).astype(np.uint64) << np.uint64(4), index[q]
 
 
 def type_hints(session, addrs, sizes) -> list[str]:

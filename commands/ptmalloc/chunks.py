@@ -190,7 +190,7 @@ class _Found:
 
     def __init__(self):
         self.idx: list = []
-        self.raw: list = []
+        self.flags: list = []
         self.pending: list = []  # int64 arrays of slots in the current window
         self.npending = 0
         self.flushed = 0
@@ -208,17 +208,24 @@ class _Found:
         if self.pending:
             part = np.concatenate(self.pending)
             self.idx.append(part)
-            self.raw.append(s.raw[part - s.lo])
+            # the size word's flag bits are all a chunk keeps of it (its size is the distance
+            # to the next chunk): one byte a chunk, not eight
+            self.flags.append((s.raw[part - s.lo] & np.uint64(SIZE_BITS)).astype(np.uint8))
             self.flushed += len(part)
             self.pending, self.npending = [], 0
 
     def columns(self):
-        """(slot indices, size words) of every chunk found, in address order."""
+        """(slot indices, flag bits of the size words) of every chunk found, in address
+        order; the parts are let go as they are joined."""
         import numpy as np
 
         if not self.idx:
-            return np.zeros(0, np.int64), np.zeros(0, np.uint64)
-        return np.concatenate(self.idx), np.concatenate(self.raw)
+            return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        idx = self.idx[0] if len(self.idx) == 1 else np.concatenate(self.idx)
+        self.idx = []
+        flags = self.flags[0] if len(self.flags) == 1 else np.concatenate(self.flags)
+        self.flags = []
+        return idx, flags
 
 
 def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> HeapWalk:
@@ -292,18 +299,27 @@ def walk_heap(mem, first: int, end: int, top: int | None, progress=None) -> Heap
     found.flush(s)
     if progress is not None:
         progress(span, span)
-    idx, rsize = found.columns()
-    addrs = np.uint64(first) + idx.astype(np.uint64) * np.uint64(16)
-    follow = np.append(idx[1:], k).astype(np.int64) if len(idx) else idx
-    # the header after each chunk: the next chunk's, or the top's (or fencepost's)
-    words_after = (np.append(rsize[1:], np.uint64(last_word)) if len(idx)
-                   else np.zeros(0, np.uint64))
-    for row, (slot, word) in cut.items():
-        follow[row], words_after[row] = slot, word
-    sizes = (follow - idx).astype(np.uint64) * np.uint64(16)
-    flags = (rsize & np.uint64(SIZE_BITS)).astype(np.uint8)
-    npi = (words_after & np.uint64(PREV_INUSE)) != 0
-    bad = np.zeros(len(idx), bool)
+    idx, flags = found.columns()
+    # a chunk's size is the distance to the next chunk's slot (to the fencepost before a
+    # foreign block, to where the walk ended for the last); its successor's PREV_INUSE bit
+    # (the top's or fencepost's for the last and the cut) says whether it is in use. Computed
+    # into the walk's own columns: a heap of four million chunks has no room for copies
+    n = len(idx)
+    sizes = np.empty(n, np.int64)
+    npi = np.empty(n, bool)
+    if n:
+        np.subtract(idx[1:], idx[:-1], out=sizes[:-1])
+        sizes[-1] = k - idx[-1]
+        np.bitwise_and(flags[1:], PREV_INUSE, out=npi[:-1], casting="unsafe")
+        npi[-1] = bool(last_word & PREV_INUSE)
+        for row, (slot, word) in cut.items():
+            sizes[row], npi[row] = slot - idx[row], bool(word & PREV_INUSE)
+    sizes = sizes.view(np.uint64)
+    sizes <<= np.uint64(4)
+    addrs = idx.view(np.uint64)  # the slots become addresses in place
+    addrs <<= np.uint64(4)
+    addrs += np.uint64(first)
+    bad = np.zeros(n, bool)
     if bad_at:
         bad[bad_at] = True
     return HeapWalk(addrs, sizes, flags, npi, problems, bad, foreign)

@@ -102,7 +102,7 @@ def _build(session, progress) -> ChunkTable:
             damage += [Damage(owner, addr, why, addr, end) for addr, end, why in w.problems]
             foreign += w.foreign
             add(w.addr, w.size, w.flags,
-                np.where(w.next_prev_inuse, ALLOC, FREE).astype(np.uint8), a.index, bad=w.bad)
+                np.where(w.next_prev_inuse, np.uint8(ALLOC), np.uint8(FREE)), a.index, bad=w.bad)
             del w  # its columns live on in parts only, to be freed once joined
             if h.top is not None:
                 # the top's extent, as far as its heap allows (its size may be smashed)
@@ -121,9 +121,11 @@ def _build(session, progress) -> ChunkTable:
         add(np.asarray([c.addr for c in mm], np.uint64), np.asarray([c.size for c in mm],
                                                                    np.uint64),
             np.full(len(mm), 2, np.uint8), np.full(len(mm), ALLOC, np.uint8), -1, True)
-    c = {k: (np.concatenate([p[k] for p in parts]).astype(t, copy=False) if parts
-             else np.zeros(0, t)) for k, t in COLUMNS.items()}
-    del parts  # the columns hold it all now: a million chunks' parts are 24 MB
+    c = {}
+    for k, t in COLUMNS.items():  # a column at a time, its parts let go once it is joined
+        c[k] = (np.concatenate([p.pop(k) for p in parts]).astype(t, copy=False) if parts
+                else np.zeros(0, t))
+    del parts
     if len(c["addr"]) > 1 and np.any(c["addr"][1:] < c["addr"][:-1]):  # arenas out of order
         order = np.argsort(c["addr"], kind="stable")
         c = {k: v[order] for k, v in c.items()}
