@@ -288,10 +288,16 @@ def _edges(mem, loc: Locator, regions, stats: ScanStats, progress=None, prescan=
                 progress(done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), total
     parts.sort(key=lambda p: p[0])  # stable: a block's pieces keep their order
-    empty = np.zeros(0, np.int32)
-    return (np.concatenate([p[1] for p in parts]) if parts else empty,
-            np.concatenate([p[2] for p in parts]) if parts else empty, total)
+    _, srcs, dsts = (list(c) for c in zip(*parts))
+    del parts
+    # one column joined, and its pieces let go, before the other: a heap of millions of
+    # references holds them twice only a column at a time
+    esrc = np.concatenate(srcs)
+    del srcs
+    return esrc, np.concatenate(dsts), total
 
 
 def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
@@ -329,6 +335,7 @@ def reachability(mem, table: BufferTable, roots: RootSet, progress=None,
     # 3. one breadth-first search from the roots, in the order they were found
     rooted = np.fromiter(root_slot.keys(), dtype=np.int32, count=len(root_slot))
     graph = Graph(esrc, edst, n, rooted)
+    del esrc, edst  # the graph keeps what it needs of them (its targets), not the sources
     marked, _, stats.follows = graph.search(False)
     late = sorted(i for i in (undecided or {}) if not marked[i])
     if late:
