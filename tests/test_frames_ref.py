@@ -65,3 +65,24 @@ def test_reference_arguments_equal_gdb(where, parked):
                       if (m := ARGS.match(line)) and m.group(2) == "use"]
         assert args == _in_hex(gdb)
         assert run_in(s, f"::frame 0t{n}") == text.splitlines()[n] + "\n"
+
+
+class _Bytes:
+    """A value of the given bytes at address (what _same_value reads of a Value)."""
+
+    def __init__(self, data: bytes, address: int | None = None):
+        self.data, self.address = data, address
+
+    def read_(self) -> bytes:
+        return self.data
+
+
+def test_null_reference_is_not_its_entry_referent():
+    """A NULL reference argument is shown as the reference itself (not followed): its 8 zero
+    bytes are not the same as an entry referent of 8 zero bytes; two plain values are."""
+    from mdbpy.types.frames import _same_value
+
+    zero = bytes(8)
+    assert _same_value(_Bytes(zero), _Bytes(zero, 0x1000), ref=False, is_ref=True) is False
+    assert _same_value(_Bytes(zero), _Bytes(zero), ref=False, is_ref=False) is True
+    assert _same_value(_Bytes(zero, 0x1000), _Bytes(zero, 0x1000), ref=True, is_ref=True) is True

@@ -207,3 +207,69 @@ def test_entry_value_shapes():
     assert _value(bytes([0xA3, 3, 0x73, 8, 0x06, stack_value])) == "<optimized out>"
     assert _value(bytes([0xA3, 2, 0x55, 0x55, stack_value])) == "<optimized out>"
     assert _value(bytes([0xA3, 1, 0x30, stack_value])) == "<optimized out>"  # lit0
+
+
+# -- the chain search on its own: synthetic call-site graphs ---------------------------------
+
+class _Site:
+    """A tail-call site: its return address (pc) and the entry of the function it jumps to."""
+
+    def __init__(self, pc: int, target: int):
+        self.pc, self.target = pc, target
+
+
+class _Graph:
+    """What _Stack._chain asks of the DWARF, from {function entry: its tail-call sites}."""
+
+    session = None  # _call_site, which alone asks it, is replaced
+
+    def __init__(self, functions: dict[int, list[_Site]]):
+        self.functions = functions
+
+    def targets(self, fn, site, ctx):
+        return [site.target]
+
+    def _tail_sites(self, addr):
+        return addr, self.functions.get(addr, [])
+
+
+T = 0x900  # the callee every chain below looks for
+# main's call site (0x10) calls A; A jumps (a1) to B; B jumps to itself (b1), else to T (b2).
+SELF = (0x100, {0x100: [_Site(0x101, 0x200)], 0x200: [_Site(0x201, 0x200), _Site(0x202, T)]})
+# main's call site calls F; F jumps to G (f1), to itself (f2), to T (f3); G jumps to D (g1),
+# which jumps nowhere.
+LOOP = (0x300, {0x300: [_Site(0x301, 0x400), _Site(0x302, 0x300), _Site(0x303, T)],
+                0x400: [_Site(0x401, 0x500)]})
+
+
+def _chain(graph, monkeypatch, steps: int = 4096):
+    """_Stack._chain from main's call site (return address 0x10) to T over graph, its walk
+    cut after steps call sites."""
+    from mdbpy.types import frames
+
+    start, functions = graph
+    monkeypatch.setattr(frames, "_site_pc", lambda fn, site: site.pc)
+    monkeypatch.setattr(frames, "_call_site", lambda session, caller: (None, _Site(0x10, start)))
+    monkeypatch.setattr(frames, "MAX_CHAIN_STEPS", steps)
+    return frames._Stack._chain(_Graph(functions), None, T)
+
+
+def test_chain_search_backtracks_as_gdb(monkeypatch):
+    """gdb's call_site_find_chain_1 enters only the first tail-call site of a function called
+    and, when that one (or, backtracking, a sibling) is already on the path, leaves the whole
+    function: it drops the deepest site of the path and tries that site's next sibling.
+    SELF: a1, then b1 (B's first), then B again: b1 is on the path, so b1 is dropped and its
+    sibling b2 taken, reaching T by [a1, b2] alone: ([0x101, 0x202], 2, 2), where going on to
+    b1's sibling from inside b1 would also have found [a1, b1, b2] and kept only the ends.
+    LOOP: f1, g1, D (no sites): back to f2; F again: f1, g1, D: back from f1, whose sibling f2
+    is on the path, so f2 is dropped too and f3 taken: the one chain [f3]: ([0x303], 1, 1),
+    where taking f3 right after f2 would also have found [f2, f3]."""
+    assert _chain(SELF, monkeypatch) == [[0x101, 0x202], 2, 2]
+    assert _chain(LOOP, monkeypatch) == [[0x303], 1, 1]
+
+
+def test_chain_search_ending_on_its_last_step(monkeypatch):
+    """SELF's walk takes 4 call sites (main's, a1, b1, b2) and ends on the 4th: with 4 allowed
+    its chain is found; with 3 the walk is cut and nothing is."""
+    assert _chain(SELF, monkeypatch, steps=4) == [[0x101, 0x202], 2, 2]
+    assert _chain(SELF, monkeypatch, steps=3) is None

@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 
 from mdbpy.errors import MdbError
-from mdbpy.symbols.embedded import GLIBC_SCAN as MAX_SCAN
-from mdbpy.symbols.embedded import embedded, in_file
-from mdbpy.symbols.embedded import glibc_release as parse_release
+from mdbpy.symbols.embedded import GLIBC_SCAN, embedded, glibc_release as parse_release, in_file
 
 
 def find_libc(session):
@@ -27,7 +25,7 @@ def find_libc(session):
 
 
 def release_of_file(path: str) -> tuple[int, int] | None:
-    return in_file(path, parse_release, MAX_SCAN)
+    return in_file(path, parse_release, GLIBC_SCAN)
 
 
 def glibc_version(session) -> tuple[int, int]:
@@ -38,7 +36,7 @@ def glibc_version(session) -> tuple[int, int]:
     libc = find_libc(session)
     if libc is None:
         raise MdbError("ptmalloc: no C library is mapped in the target")
-    ver = embedded(session.mem, libc, parse_release, MAX_SCAN)
+    ver = embedded(session.mem, libc, parse_release, GLIBC_SCAN)
     if ver is None:
         raise MdbError(f"ptmalloc: {libc.name} has no glibc release string")
     session.cache["ptmalloc.version"] = ver

@@ -14,15 +14,20 @@ A library whose code reaches its variables through __tls_get_addr (the general-d
 the default for -fPIC) has no such slots; its block is found per thread through the thread's
 dynamic thread vector (DTV), indexed by the module id ld.so writes into its R_X86_64_DTPMOD64
 slots. That also finds the blocks of libraries loaded by dlopen, which are not static. A
-thread's DTV entry is the library's block only when the thread has brought its DTV up to the
-generation at which the loader last (re)assigned that module id (dtv_is_current): after a
+thread's DTV entry is the library's block only when the loader's slotinfo entry for that id
+names the library's own link_map (mdbpy/symbols/linkmap.py) and the thread has brought its DTV
+up to the generation at which the loader last (re)assigned the id (dtv_is_current): after a
 dlclose, another library may get the id while a thread's entry still holds the old block.
+Where the slotinfo list is in ld.so's _rtld_global is not guessed: an offset its DWARF or
+RTLD_OFFSETS tells, or a search of the struct (slotinfo_list), is taken only where the list
+there names every TLS object whose module id and link_map are known.
 """
 
 from __future__ import annotations
 
 import struct
 
+from mdbpy.symbols.linkmap import link_map_of, segment
 from mdbpy.target import elfcore as ec
 
 R_X86_64_DTPMOD64 = 16
@@ -36,12 +41,15 @@ MAX_MODULES = 1 << 16
 SLOTINFO_HEADER = 16  # glibc's struct dtv_slotinfo_list: {size_t len; next; slotinfo[]}
 SLOTINFO_ENTRY = 16  # its struct dtv_slotinfo: {size_t gen; struct link_map *map}
 MAX_SLOTINFO_LISTS = 64
-RTLD_MEMBERS = (b"_dl_tls_dtv_slotinfo_list", b"_dl_tls_generation")
-# The offsets of RTLD_MEMBERS in ld.so's struct rtld_global (the variable _rtld_global, glibc's
-# GL()) per glibc release, for an ld.so whose DWARF is not at hand; each is what the DWARF of
-# Debian's libc6-dbg of that release says (tests/test_tls_reuse.py checks them against it).
-RTLD_OFFSETS = {(2, 31): (0xF48, 0xF80), (2, 36): (0x1070, 0x1098), (2, 41): (0xAC8, 0xAF0)}
-_rtld_dwarf: dict[str, tuple[int, int] | None] = {}  # debug file -> RTLD_MEMBERS' offsets
+MAX_RTLD_GLOBAL = 1 << 16  # bytes of _rtld_global searched for the slotinfo list
+SLOTINFO_MEMBER = b"_dl_tls_dtv_slotinfo_list"
+# The offset of SLOTINFO_MEMBER in ld.so's struct rtld_global (the variable _rtld_global,
+# glibc's GL()) per glibc release, for an ld.so whose DWARF is not at hand: what the DWARF of
+# Debian's libc6-dbg of that release says (tests/test_tls_reuse.py checks them against it). A
+# first guess only, validated like the DWARF's (slotinfo_list): another build of the release
+# may differ, and a release not here is searched for.
+RTLD_OFFSETS = {(2, 31): 0xF48, (2, 36): 0x1070, (2, 41): 0xAC8}
+_rtld_dwarf: dict[str, int | None] = {}  # debug file -> SLOTINFO_MEMBER's offset
 
 
 def tpoff_slots(obj) -> list[tuple[int, int]]:
@@ -129,25 +137,8 @@ def block_offset(session, obj) -> int | None:
 
 def tls_segment(obj) -> tuple[int, int, int] | None:
     """(p_vaddr, p_memsz, p_align) of obj's PT_TLS (its TLS template; p_memsz is each
-    thread's block), from the program headers read with the object (its file's, or its image's
-    in the target), else from its file; None when it has none or they cannot be read."""
-    info = getattr(obj, "info", None)
-    if info is not None:
-        p = next((p for p in info.phdrs if p.type == ec.PT_TLS), None)
-        return None if p is None else (p.vaddr, p.memsz, p.align)
-    path = getattr(obj, "file", None)
-    if not path:
-        return None
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            for seg in ELFFile(f).iter_segments():
-                if seg["p_type"] == "PT_TLS":
-                    return seg["p_vaddr"], seg["p_memsz"], seg["p_align"]
-    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
-        pass
-    return None
+    thread's block), None when it has none or its headers cannot be read."""
+    return segment(obj, ec.PT_TLS)
 
 
 def thread_block(session, obj, thread) -> int | None:
@@ -156,7 +147,8 @@ def thread_block(session, obj, thread) -> int | None:
     pointer plus block_offset (kept per session: the same in every thread); a block
     block_offset cannot tell (a library whose code reaches its variables through
     __tls_get_addr, one loaded by dlopen) is the one the thread's DTV holds for the module id
-    ld.so wrote into the object's R_X86_64_DTPMOD64 slots, when the thread has allocated it."""
+    ld.so wrote into the object's R_X86_64_DTPMOD64 slots, when the thread has allocated it
+    and the loader names the object's link_map for that id (dtv_block)."""
     tp = thread.regs.get("fs_base")
     if not tp:
         return None
@@ -166,8 +158,16 @@ def thread_block(session, obj, thread) -> int | None:
     block = session.cache[key]
     if block is not None:
         return (tp + block) & MASK
+    found = _module(session, obj)
+    return None if found is None else dtv_block(session, tp, *found)
+
+
+def _module(session, obj) -> tuple[int, int] | None:
+    """(obj's TLS module id (module_id), its link_map (link_map_of)), None unless both are
+    known: the id is confirmed by the loader's slotinfo entry naming that link_map."""
     modid = module_id(session, obj)
-    return None if modid is None else dtv_block(session, tp, modid)
+    lmap = link_map_of(session, obj) if modid is not None else None
+    return None if lmap is None else (modid, lmap)
 
 
 def thread_address(session, obj, offset: int, name: str) -> int:
@@ -202,13 +202,13 @@ def module_id(session, obj) -> int | None:
     return session.cache[key]
 
 
-def dtv_block(session, tp: int, modid: int) -> int | None:
-    """The block of module modid in the thread whose thread pointer is tp, from its DTV
-    (glibc's tcbhead_t: tcb, dtv, self; the tcb and self words are tp itself, which is
-    checked, and dtv[-1] counts the entries); None when unreadable, not allocated, or not
-    known to be current (dtv_is_current): a thread that has not brought its DTV up to date
-    since a dlclose let a new library reuse the module id still holds the old library's
-    block there."""
+def dtv_block(session, tp: int, modid: int, lmap: int) -> int | None:
+    """The block of module modid, the object whose link_map is at lmap, in the thread whose
+    thread pointer is tp, from its DTV (glibc's tcbhead_t: tcb, dtv, self; the tcb and self
+    words are tp itself, which is checked, and dtv[-1] counts the entries); None when
+    unreadable, not allocated, or not known to be that object's current block
+    (dtv_is_current): a thread that has not brought its DTV up to date since a dlclose let a
+    new library reuse the module id still holds the old library's block there."""
     from mdbpy.errors import ReadError
 
     if not 0 < modid < MAX_MODULES:
@@ -218,72 +218,142 @@ def dtv_block(session, tp: int, modid: int) -> int | None:
         if tcb != tp or self_ != tp or session.mem.read_int(dtv - DTV_ENTRY, 8) < modid:
             return None
         val = session.mem.read_int(dtv + DTV_ENTRY * modid, 8)
-        if val in (0, TLS_DTV_UNALLOCATED) or not dtv_is_current(session, dtv, modid):
+        if val in (0, TLS_DTV_UNALLOCATED) or not dtv_is_current(session, dtv, modid, lmap):
             return None
     except ReadError:
         return None
     return val
 
 
-def dtv_is_current(session, dtv: int, modid: int) -> bool:
-    """Whether the DTV at dtv is up to date for module id modid, as glibc's __tls_get_addr
-    tells (dl-tls.c): the loader counts generations (GL(dl_tls_generation)) and records, per
-    module id, the one at which the id was last assigned or freed (the gen of its entry in
-    GL(dl_tls_dtv_slotinfo_list)); a thread's DTV is of the generation its dtv[0] holds, and
-    its entry for the id is the library's block only when that is no older. False where the
-    loader's state cannot be read (no ld.so facts: rtld_offsets), or says the id is free.
-    Raises ReadError where the memory cannot be read."""
-    found = _rtld(session)
-    if found is None:
+def dtv_is_current(session, dtv: int, modid: int, lmap: int) -> bool:
+    """Whether the DTV at dtv holds, for module id modid, the block of the object whose
+    link_map is at lmap, as glibc's __tls_get_addr tells (dl-tls.c): the entry of modid in
+    GL(dl_tls_dtv_slotinfo_list) holds the map of the object that has the id now (NULL when it
+    is free) and the generation at which the id was last assigned or freed; a thread's DTV is
+    of the generation its dtv[0] holds, and its entry is the object's block only when that is
+    no older. The entry's map being lmap confirms the module id and where the list was found
+    at once. The generation is not also checked against GL(dl_tls_generation): dtv[0] only
+    ever takes a generation the loader had published (the one __tls_get_addr reads from
+    there, or an entry's no newer than it) and that counter only grows, so an entry newer than
+    it (a dlopen under way) is newer than dtv[0] as well. False where the list is not found
+    (slotinfo_list). Raises ReadError where the memory cannot be read."""
+    listp = slotinfo_list(session)
+    if listp is None:
         return False
-    rtld, (list_off, gen_off) = found
-    read = session.mem.read_int
-    gen = _slot_generation(session, read(rtld + list_off, 8), modid)
-    return gen is not None and gen <= read(rtld + gen_off, 8) and read(dtv, 8) >= gen
+    gen = _generation(session.mem, listp, modid, lmap)
+    return gen is not None and session.mem.read_int(dtv, 8) >= gen
 
 
-def _slot_generation(session, listp: int, modid: int) -> int | None:
-    """The gen of module id modid's entry in the slotinfo list at listp (a chain of arrays,
-    each covering the next `len` ids), None when no entry covers it or its map is NULL (the
-    id is free)."""
-    read = session.mem.read_int
+def _generation(mem, listp: int, modid: int, lmap: int) -> int | None:
+    """The gen of modid's entry in the slotinfo list at listp when its map is lmap, else
+    None (no entry, a free id, or another object's)."""
+    entry = _slot(mem, listp, modid)
+    return entry[0] if entry is not None and entry[1] == lmap else None
+
+
+def _slot(mem, listp: int, modid: int) -> tuple[int, int] | None:
+    """(gen, map) of module id modid's entry in the slotinfo list at listp (a chain of arrays,
+    each covering the next `len` ids), None when no entry covers it or a list's len is not
+    one glibc would give (a pointer that is no slotinfo list)."""
+    read = mem.read_int
     for _ in range(MAX_SLOTINFO_LISTS):
         if not listp:
             return None
         n = read(listp, 8)
+        if not 0 < n <= MAX_MODULES:
+            return None
         if modid < n:
             at = listp + SLOTINFO_HEADER + SLOTINFO_ENTRY * modid
-            return read(at, 8) if read(at + 8, 8) else None
+            return read(at, 8), read(at + 8, 8)
         modid, listp = modid - n, read(listp + 8, 8)
     return None
 
 
-def _rtld(session) -> tuple[int, tuple[int, int]] | None:
-    """(address of ld.so's _rtld_global, the offsets in it of RTLD_MEMBERS), kept per
-    session; None without that symbol or without the offsets."""
+def slotinfo_list(session) -> int | None:
+    """The address of ld.so's first slotinfo list, GL(dl_tls_dtv_slotinfo_list), read from
+    _rtld_global at the offset _rtld finds; None where it is not found."""
+    found = _rtld(session)
+    return None if found is None else session.mem.read_int(found[0] + found[1], 8)
+
+
+def _rtld(session) -> tuple[int, int] | None:
+    """(address of ld.so's _rtld_global, the offset in it of SLOTINFO_MEMBER), kept per
+    session: the offset rtld_offset tells when the word there points to a list naming every
+    known TLS module (_known_modules), else the one offset whose word does (search_offset);
+    None without the symbol, without a known module, or where neither finds the list."""
     key = "tls.rtld"
     if key not in session.cache:
-        sym, ver = (session.symbols.lookup(n) for n in ("_rtld_global", "gnu_get_libc_version"))
-        ldso, libc = (session.symbols.object_named(s.obj) if s is not None else None
-                      for s in (sym, ver))
-        offsets = rtld_offsets(session.mem, ldso, libc) if ldso is not None else None
-        session.cache[key] = None if offsets is None else (sym.addr, offsets)
+        session.cache[key] = None
+        sym = session.symbols.lookup("_rtld_global")
+        known = _known_modules(session) if sym is not None else []
+        if known:
+            told = _told_offset(session, sym)
+            if told is not None and search_offset(session.mem, sym.addr + told, 8, known) == 0:
+                session.cache[key] = sym.addr, told
+            else:
+                off = search_offset(session.mem, sym.addr, sym.size, known)
+                session.cache[key] = None if off is None else (sym.addr, off)
     return session.cache[key]
 
 
-def rtld_offsets(mem, ldso, libc) -> tuple[int, int] | None:
-    """The offsets of RTLD_MEMBERS in the struct rtld_global of ld.so's load object ldso: as
-    its DWARF states them (its own, or its debug file's), else RTLD_OFFSETS of the glibc
-    release libc's release string names (in its file, else in the target's memory mem; the
-    loader is always libc's own release, and its own string is younger than 2.31); None when
-    neither tells."""
+def _told_offset(session, sym) -> int | None:
+    """rtld_offset for the ld.so that defines sym and the libc whose release names it."""
+    ldso = session.symbols.object_named(sym.obj)
+    ver = session.symbols.lookup("gnu_get_libc_version")
+    libc = session.symbols.object_named(ver.obj) if ver is not None else None
+    return rtld_offset(session.mem, ldso, libc) if ldso is not None else None
+
+
+def _known_modules(session) -> list[tuple[int, int]]:
+    """[(module id, link_map address)] of every loaded object with a PT_TLS whose module id
+    and link_map are both known (_module): what a slotinfo list must name."""
+    found = (_module(session, o) for o in session.symbols.objects()
+             if tls_segment(o) is not None)
+    return [m for m in found if m is not None]
+
+
+def search_offset(mem, rtld: int, size: int, known: list[tuple[int, int]]) -> int | None:
+    """The offset in the size bytes of _rtld_global at rtld of the one word that points to a
+    slotinfo list naming every (module id, link_map) of known (_lists_modules); None where no
+    word does, or several do (ambiguous: nothing is placed)."""
+    from mdbpy.errors import ReadError
+
+    try:
+        blob = mem.read(rtld, min(size, MAX_RTLD_GLOBAL))
+    except ReadError:
+        return None
+    words = struct.iter_unpack("<Q", blob[:len(blob) // 8 * 8])
+    hits = [8 * k for k, (word,) in enumerate(words) if _lists_modules(mem, word, known)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _lists_modules(mem, listp: int, known: list[tuple[int, int]]) -> bool:
+    """Whether listp points to a slotinfo list whose entry for each module id of known
+    holds that module's link_map."""
+    from mdbpy.errors import ReadError
+
+    try:
+        return all(_generation(mem, listp, modid, lmap) is not None for modid, lmap in known)
+    except ReadError:
+        return False
+
+
+def rtld_offset(mem, ldso, libc) -> int | None:
+    """The offset of SLOTINFO_MEMBER in the struct rtld_global of ld.so's load object ldso,
+    to be validated (_rtld): as its DWARF states it (its own, or its debug file's), else
+    RTLD_OFFSETS of the glibc release that libc's release string names (in its file, else in
+    the target's memory mem). libc.so.6 is asked because it carries `GNU C Library (...)
+    release version X.Y` in every release, while ld.so has a string of its own (`ld.so (...)
+    release version X.Y`) only in younger ones (2.36's and 2.41's, not 2.31's); the two are
+    one build of one release (they bind through GLIBC_PRIVATE symbols). None when neither
+    tells."""
     from mdbpy.symbols.embedded import GLIBC_SCAN, embedded, glibc_release
 
     for where in (lambda: getattr(ldso, "file", None), ldso.find_debug_file):
         path = where()  # the debug file only when the file's own DWARF does not tell
         if path:
             if path not in _rtld_dwarf:
-                _rtld_dwarf[path] = _dwarf_rtld_offsets(path)
+                _rtld_dwarf[path] = _dwarf_rtld_offset(path)
             if _rtld_dwarf[path] is not None:
                 return _rtld_dwarf[path]
     if libc is None:
@@ -291,8 +361,8 @@ def rtld_offsets(mem, ldso, libc) -> tuple[int, int] | None:
     return RTLD_OFFSETS.get(embedded(mem, libc, glibc_release, GLIBC_SCAN))
 
 
-def _dwarf_rtld_offsets(path: str) -> tuple[int, int] | None:
-    """RTLD_MEMBERS' offsets in the first definition of struct rtld_global at the top level
+def _dwarf_rtld_offset(path: str) -> int | None:
+    """SLOTINFO_MEMBER's offset in the first definition of struct rtld_global at the top level
     of a unit of the ELF file's DWARF (ldsodefs.h defines it; nearly every unit of ld.so
     includes it, so the search ends in the first few), None when there is none."""
     from elftools.common.exceptions import DWARFError, ELFError
@@ -307,10 +377,10 @@ def _dwarf_rtld_offsets(path: str) -> tuple[int, int] | None:
                 for die in cu.get_top_DIE().iter_children():
                     if die.tag == "DW_TAG_structure_type" and _name(die) == b"rtld_global" \
                             and "DW_AT_declaration" not in die.attributes:
-                        return _member_offsets(die, RTLD_MEMBERS)
+                        return _member_offset(die, SLOTINFO_MEMBER)
     except (OSError, ValueError, KeyError, AttributeError, AssertionError, TypeError,
             struct.error, ELFError, DWARFError):
-        pass  # a damaged or foreign file: no offsets from it
+        pass  # a damaged or foreign file: no offset from it
     return None
 
 
@@ -319,10 +389,11 @@ def _name(die) -> bytes | None:
     return None if a is None else a.value
 
 
-def _member_offsets(die, names) -> tuple | None:
-    """The DW_AT_data_member_location of each of the struct DIE's members named in names (a
-    constant: gcc's form), None when one is missing."""
-    at = {_name(m): m.attributes.get("DW_AT_data_member_location")
-          for m in die.iter_children() if m.tag == "DW_TAG_member"}
-    found = tuple(at[n].value if at.get(n) is not None else None for n in names)
-    return found if all(isinstance(v, int) for v in found) else None
+def _member_offset(die, name: bytes) -> int | None:
+    """The DW_AT_data_member_location of the struct DIE's member name (a constant: gcc's
+    form), None when it has no such member."""
+    for m in die.iter_children():
+        if m.tag == "DW_TAG_member" and _name(m) == name:
+            at = m.attributes.get("DW_AT_data_member_location")
+            return at.value if at is not None and isinstance(at.value, int) else None
+    return None

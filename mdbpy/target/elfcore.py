@@ -22,7 +22,8 @@ ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
 EM_X86_64 = 62
 PN_XNUM = 0xFFFF  # e_phnum overflow: the real count is in section header 0's sh_info
 
-PT_LOAD, PT_INTERP, PT_NOTE, PT_TLS, PT_GNU_STACK = 1, 3, 4, 7, 0x6474E551
+PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_NOTE, PT_TLS = 1, 2, 3, 4, 7
+PT_GNU_STACK = 0x6474E551
 PF_X, PF_W, PF_R = 1, 2, 4
 
 NT_PRSTATUS = 1

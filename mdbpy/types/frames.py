@@ -213,13 +213,13 @@ class _Stack:
         found, or anything on the way cannot be resolved (a function without DWARF, an
         indirect tail call)."""
         fn, site = _call_site(self.session, caller)
+        if site is None:
+            return None
         best = None
         chain: list[tuple] = []  # (_Function, its tail call sites, index of the one taken)
         on_path: set[int] = set()
         try:
             for _ in range(MAX_CHAIN_STEPS):
-                if site is None:
-                    return None if best is None or not best[0] else best
                 targets = self.targets(fn, site, None)
                 step = None
                 if callee in targets:
@@ -232,9 +232,11 @@ class _Stack:
                 else:  # a function's cold part: gdb finds no function starting there
                     return None
                 fn, site = _advance(chain, on_path, step)
+                if site is None:  # the walk is over, on this step or an earlier one
+                    return None if best is None or not best[0] else best
         except Unavailable:
             return None
-        return None
+        return None  # the walk did not end within MAX_CHAIN_STEPS
 
     def targets(self, fn: _Function, site, ctx: FrameContext | None) -> list[int]:
         """The process addresses a call site in fn calls (Scopes.call_target): an address
@@ -302,22 +304,27 @@ class _Stack:
 
 def _advance(chain: list[tuple], on_path: set[int], step) -> tuple:
     """The next call site of _Stack._chain's walk, as (its function, the site), (None, None)
-    when the walk is over: step (a function's tail-call site, by index) or, where it is on the
-    path already, its next sibling; where none is left, the next sibling of the site deepest
-    on the path, backtracking."""
+    when the walk is over, as gdb's call_site_find_chain_1 takes it: step (the first
+    tail-call site of the function just called, None where that is the callee or has none)
+    when it is not on the path; otherwise the walk backtracks: it drops the site deepest on
+    the path and takes that site's next sibling, when there is one and it is not on the path,
+    else drops the next deepest, and so on. A site found on the path is never passed over for
+    its own next sibling: the rest of its function's sites are left untried on that path."""
     while True:
-        while step is not None:
+        if step is not None:
             f, ss, k = step
-            if _site_pc(f, ss[k]) not in on_path:
-                on_path.add(_site_pc(f, ss[k]))
+            pc = _site_pc(f, ss[k])
+            if pc not in on_path:
+                on_path.add(pc)
                 chain.append(step)
                 return f, ss[k]
+        step = None
+        while step is None and chain:
+            f, ss, k = chain.pop()
+            on_path.discard(_site_pc(f, ss[k]))
             step = (f, ss, k + 1) if k + 1 < len(ss) else None
-        if not chain:
+        if step is None:
             return None, None
-        f, ss, k = chain.pop()
-        on_path.discard(_site_pc(f, ss[k]))
-        step = (f, ss, k + 1) if k + 1 < len(ss) else None
 
 
 def _intersect(best, chain: list[int]):
@@ -709,7 +716,7 @@ def args_text(session, frames, i: int, limit: int | None = None, scope=None) -> 
             out.append(f"{v.name}={now}, {v.name}@entry=<{v.entry_why}>")
         elif v.entry is None:
             out.append(f"{v.name}={now}")
-        elif shown is not None and _same_value(shown, v.entry, ref):
+        elif shown is not None and _same_value(shown, v.entry, ref, is_ref):
             out.append(f"{v.name}={v.name}@entry={now}")
         else:
             out.append(f"{v.name}={now}, {v.name}@entry={_arg_text(printer, v.entry, is_ref)}")
@@ -747,10 +754,14 @@ def _arg_text(printer, value: Value, ref: bool) -> str:
     return f"@{value.address:#x}: {text}" if ref else text
 
 
-def _same_value(a: Value, b: Value, ref: bool) -> bool:
+def _same_value(a: Value, b: Value, ref: bool, is_ref: bool) -> bool:
     """Whether two values of one type hold the same bytes (gdb's value_contents_eq), and with
     ref, as two referents, are at the same address (gdb compares the references first); a
-    value that cannot be read is not the same."""
+    value that cannot be read is not the same. A reference argument whose referent could not
+    be followed (is_ref without ref: a NULL reference, a shows the reference itself) is not
+    the same as its entry value b, a referent: a pointer's bytes are not a referent's."""
+    if is_ref and not ref:
+        return False
     try:
         return (not ref or a.address == b.address) and a.read_() == b.read_()
     except MdbError:
