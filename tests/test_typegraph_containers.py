@@ -7,9 +7,9 @@ by size and member and types its buf; the conn a `struct other *` points at is c
 the jobs (two structs of their size hold a qlink there) and the padded conns (no struct with
 a qlink there fits) stay unknown. Precision is 1.0 and recall (over the buffers the fixture
 expects typed) is reported and exact. The allocators' request ranges are checked against
-malloc.c's request2size, jemalloc's size classes and umem's caches and redzones; libumem's
-malloc'd buffers (its header first) are never containers; the by-size listing is checked
-against the index, and cached."""
+malloc.c's request2size, jemalloc's size classes and umem's caches and redzones; the by-size
+listing is checked against the index, and cached. (The fixture under libumem's malloc, its
+objects after malloc's header: test_typegraph_umem_malloc.py.)"""
 
 from __future__ import annotations
 
@@ -205,30 +205,3 @@ def test_sizes_listing_is_cached(tmp_path, monkeypatch):
     again = DwarfTypes(path, bid)
     again._list_sizes = None  # a second listing would fail: it must come from the cache
     assert again.sized() == sized
-
-
-def test_umem_malloc_buffers_are_not_containers(build_dir, tmp_path_factory):
-    """Under libumem's malloc (preloaded), the program's objects follow malloc's header in
-    umem_alloc_* buffers: no buffer is typed by size (the conns' links are 16 bytes past
-    their header), and every buffer holding one of the fixture's objects has no request
-    range."""
-    from umem_builds import DEBUG_ENV, builds
-
-    from mdbpy.heap.model import allocators
-
-    found = builds()
-    if not found:
-        pytest.skip("no libumem builds beside the repository (../shared/umem)")
-    exe = compile_fixture("typegraph_containers", build_dir, ("-g", "-O0", "-DREQUESTED_SIZE"),
-                          "typegraph_containers_requested")
-    env = {**DEBUG_ENV, "LD_PRELOAD": str(found[0].malloc)}
-    with _reporting(exe, tmp_path_factory, env=env) as (r, rows):
-        with engine_session(r.pid) as s:
-            out = run_in(s, "::typegraph").splitlines()
-            assert out[5].split()[:4] == ["size", "and", "member", "0"]
-            (umem,) = [a for a in allocators(s) if a.name == "umem"]
-            t = umem.candidates()
-            _, hi = umem.request_sizes(t)
-            holding = [i for i, b in enumerate(t.base.tolist())
-                       if any(b < a < b + int(t.size[i]) for a in rows)]
-            assert len(holding) == len(rows) and not hi[holding].any()

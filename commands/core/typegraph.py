@@ -17,10 +17,13 @@ from mdbpy.types.graph.solve import HOW
 
 
 def heap_buffers(session):
-    """(base, size, metadata regions, (lo, hi)): every allocator's allocated buffers as
-    sorted columns, the [lo, hi) ranges of the allocators' own metadata, and the requests
-    each buffer could have served (Allocator.request_sizes, asked once per allocator of its
-    own table; hi 0 where it cannot say), for the typegraph's containers."""
+    """(base, size, head, metadata regions, (lo, hi)): every allocator's allocated objects
+    as sorted columns, where each starts (its buffer's start plus the offset its allocator
+    gives, Allocator.object_offsets: the allocator's header inside the buffer, as libumem's
+    malloc keeps one) and its size (the rest of the buffer), head that offset; the [lo, hi)
+    ranges of the allocators' own metadata; and the requests each object could have been
+    (Allocator.request_sizes; hi 0 where the allocator cannot say), for the typegraph's
+    containers. Each allocator is asked once, of its own table."""
     from mdbpy.heap.model import KIND_BUFFER, KIND_OVERSIZE
     from mdbpy.heap.view import Candidates
 
@@ -29,24 +32,27 @@ def heap_buffers(session):
     cands = Candidates(allocs, parts)
     table = cands.table
     cands = cands.select((table.kind == KIND_BUFFER) | (table.kind == KIND_OVERSIZE))
-    return (cands.table.base, cands.table.size, [r for a in allocs for r in a.metadata_regions()],
-            _requests(allocs, parts, cands))
+    lo, hi, head = _asked(parts, cands, [(*a.request_sizes(p), a.object_offsets(p))
+                                         for a, p in zip(allocs, parts)])
+    base, size = cands.table.base, cands.table.size
+    return (base + head, size - head, head, [r for a in allocs for r in a.metadata_regions()],
+            (lo, hi))
 
 
-def _requests(allocs, parts, cands):
-    """(lo, hi): each allocator's request_sizes of its own table, taken for cands' rows. One
-    allocator whose rows are all kept (the usual heap) needs no gathering: 2 ms of the
-    typegraph's 30 on 200,000 buffers."""
+def _asked(parts, cands, asked):
+    """The columns each allocator gave of its own table (asked: one tuple of columns per
+    part), taken for cands' rows. One allocator whose rows are all kept (the usual heap)
+    needs no gathering: 2 ms of the typegraph's 30 on 200,000 buffers."""
     import numpy as np
 
-    asked = [a.request_sizes(p) for a, p in zip(allocs, parts)]
-    cols = [np.concatenate([np.zeros(0, np.uint64)] + [q[k] for q in asked]) for k in range(2)]
+    cols = [np.concatenate([np.zeros(0, np.uint64)] + [q[k] for q in asked])
+            for k in range(len(asked[0]))]
     if len(parts) == 1 and len(cands) == len(parts[0]):
-        return cols[0], cols[1]
+        return cols
     # each row's place in the parts' columns laid end to end
     owner, local = cands.rows.of(np.arange(len(cands), dtype=np.int64))
     at = np.cumsum([0] + [len(p) for p in parts])[owner] + local
-    return cols[0][at], cols[1][at]
+    return [c[at] for c in cols]
 
 
 def typegraph_of(session, force: bool = False):
@@ -59,10 +65,10 @@ def typegraph_of(session, force: bool = False):
 
     g = session.cache.get(GRAPH_KEY)
     if g is None or force:
-        base, size, meta, requests = heap_buffers(session)
+        base, size, head, meta, requests = heap_buffers(session)
         try:
             g = TypeGraph.build(space_of(session), base, size, meta, kernel=lib(),
-                                requests=requests)
+                                requests=requests, heads=head)
         except KeyboardInterrupt:
             raise CommandAbort("typegraph: interrupted; no results kept") from None
         session.cache[GRAPH_KEY] = g
@@ -87,15 +93,22 @@ that say nothing of layout (void *, char *, unions whose members disagree) give 
 buffer reached as two incompatible types stays unknown (conflicting) rather than wrong, and so
 do the buffers only it would type.
 
+What is typed is the program's object: where an allocator keeps a header inside the buffer
+(libumem's malloc: 8 or 16 bytes of size and magic before the pointer it returns, checked in
+each buffer; a buffer whose header does not verify is taken to have none), the object starts
+after it and its pointers are the evidence; the reports still name the buffer.
+
 A typed pointer into the middle of a buffer that nothing else types (a struct list_head * to
 the list member of a malloc'd struct conn) types it by size and member: when exactly one struct
 or union in the DWARF of the loaded objects has a size the allocator could have served with
-that buffer (glibc's request2size, jemalloc's size class, umem's cache or recorded size; never
-a buffer whose allocator cannot say) and that type there, the buffer is that struct; every
-other pointer into or to it must then agree. Several such structs, or none, leave it unknown.
+that buffer (glibc's request2size, jemalloc's size class, umem's cache or recorded size, the
+size libumem's malloc header records; never a buffer whose allocator cannot say) and that
+type there, the buffer is that struct; every other pointer into or to it must then agree.
+Several such structs, or none, leave it unknown.
 
-Prints how many buffers and bytes were typed, and how: by a root pointer, by propagation, by
-vtable, by a user's ::istype, by size and member; unknown and conflicting.
+Prints how many buffers and bytes (the buffers', headers included) were typed, and how: by a
+root pointer, by propagation, by vtable, by a user's ::istype, by size and member; unknown
+and conflicting.
 
 The graph is cached until -f or until the target changes; ::whattype, ::istype,
 ::heap_stats -t, ::whatis and ::findleaks use it.""")
@@ -135,7 +148,10 @@ def typegraph(inv):
       example="0x7f0000201010::whattype", help="""\
 The type ::typegraph gave the heap buffer containing addr (building the graph if needed) and
 the member at addr: `<addr> is 0x18 bytes into struct conn (member buf)`, an array element as
-`[3].owner`; or that its type is unknown (conflicting, when two incompatible types reach it).""")
+`[3].owner`; or that its type is unknown (conflicting, when two incompatible types reach it).
+Offsets are into the object, which follows the allocator's header where the buffer has one
+(libumem's malloc): an address in the header is `0x8 bytes before struct conn (in the
+allocator's header)`, and -v names the buffer and where the object starts.""")
 def whattype(inv):
     if not inv.has_addr:
         raise UsageError("usage: addr::whattype [-v]")
@@ -147,11 +163,12 @@ def whattype(inv):
     if wants_json(inv):
         emit(inv, "whattype", addr=p.addr, base=p.base, size=p.size, type=p.type,
              count=p.count, offset=p.offset, member=p.member or None, how=p.how or None,
-             conflict=p.conflict)
+             conflict=p.conflict, start=p.start)
         return 0
     inv.print(_line(p))
     if inv.opts.verbose and p.type is not None:
-        inv.print(f"    in the {p.size:#x}-byte buffer at {p.base:x}, typed by {p.how}")
+        after = f", the object at {p.start:x} after a {p.head:#x}-byte header" if p.head else ""
+        inv.print(f"    in the {p.size:#x}-byte buffer at {p.base:x}{after}, typed by {p.how}")
     return 0
 
 

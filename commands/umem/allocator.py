@@ -135,37 +135,93 @@ class UmemAllocator(Allocator):
         """A buffer of a cache the program made (umem_cache_create) serves exactly the object
         size it gave (umem keeps it as cache_bufsize, unrounded); a umem_alloc_N cache's
         buffer the requests above the next smaller umem_alloc cache (_alloc_requests); an
-        oversize segment: unknown."""
+        oversize segment: unknown. But any buffer malloc made (its header verifies:
+        _malloc_objects) served exactly the request its header records: the object's size,
+        as the typegraph's containers compare it with the object (object_offsets)."""
         import numpy as np
 
         lo, hi = np.zeros(len(table), np.uint64), np.zeros(len(table), np.uint64)
+        for name, c, rows in self._groups(table):
+            if c is None:
+                continue
+            if name.startswith(ALLOC_CACHES):
+                lo[rows], hi[rows] = self._alloc_requests(c, table.base[rows])
+            else:
+                lo[rows] = hi[rows] = c.cache_bufsize
+        head, size = self._malloc_objects(table)
+        lo[head > 0] = hi[head > 0] = size[head > 0]
+        return lo, hi
+
+    def object_offsets(self, table: BufferTable):
+        """The length of libumem's malloc header where a buffer begins with one that verifies
+        (_malloc_objects): the program's object follows it. 0 elsewhere: umem_cache_alloc's
+        and umem_alloc's buffers, and a buffer whose header does not verify (overwritten, or
+        no header at all), which is to the debugger exactly a umem_alloc'd buffer."""
+        return self._malloc_objects(table)[0]
+
+    def _groups(self, table: BufferTable):
+        """(group name, its cache or None, its rows) of every group of table with rows."""
+        import numpy as np
+
         caches = {c.addr: c for c in self.umem.caches()}
-        classes = sorted(c.cache_bufsize for c in caches.values()
-                         if c.cstr("cache_name").startswith(ALLOC_CACHES))
         order = np.argsort(table.group, kind="stable")
         bounds = np.searchsorted(table.group[order], np.arange(len(table.groups) + 1))
         for g, (name, addr) in enumerate(table.groups):
-            c, rows = caches.get(addr), order[bounds[g]:bounds[g + 1]]
-            if c is None or not len(rows):
-                continue
-            if name.startswith(ALLOC_CACHES):
-                below = max((s for s in classes if s < c.cache_bufsize), default=0)
-                lo[rows], hi[rows] = self._alloc_requests(c, below, table.base[rows])
-            else:
-                lo[rows] = hi[rows] = c.cache_bufsize
-        return lo, hi
+            rows = order[bounds[g]:bounds[g + 1]]
+            if len(rows):
+                yield name, caches.get(addr), rows
 
-    def _alloc_requests(self, c, below: int, bufs):
-        """(lo, hi) of the buffers of umem_alloc cache c (the next smaller one's size below):
-        (below, bufsize], or exactly the size umem_alloc recorded in the redzone where the
-        cache has one (UMEM_DEBUG); unknown for a buffer malloc made (its header comes first:
-        the program's object does not start the buffer) and for a recorded size outside the
-        class (a damaged redzone)."""
+    def _malloc_objects(self, table: BufferTable):
+        """(header length, object size) columns: of every row that begins with the header
+        libumem's malloc or memalign writes where such a buffer is (_tag_kinds), verified:
+        its magics, and a recorded size that lands in that buffer (above the class below,
+        at most the buffer) and leaves an object (malloc(0)'s empty one is left as is, a
+        zero-size object would start where the next buffer may); 0, 0 elsewhere."""
+        import numpy as np
+
+        from mdbpy_commands.umem.dcmds import malloc_headers
+
+        head, size = np.zeros(len(table), np.uint64), np.zeros(len(table), np.uint64)
+        for name, c, rows in self._groups(table):
+            for tags, floor, ceil in self._tag_kinds(name, c, table.size[rows]):
+                ok, got, h = malloc_headers(self.umem, table.base[rows], tags)
+                ok &= (got > np.uint64(floor)) & (got <= ceil) & (got > np.uint64(h))
+                head[rows[ok]], size[rows[ok]] = h, got[ok] - np.uint64(h)
+        return head, size
+
+    def _tag_kinds(self, name: str, c, sizes) -> list[tuple]:
+        """[(tags, floor, ceil)]: the malloc headers (dcmds.TAG_*) a buffer of the group
+        named may hold, with the sizes they may record, in (floor, ceil]: a umem_alloc
+        cache's are its class (malloc.c allocates through umem_alloc); an oversize
+        segment's (umem_alloc past the largest cache) one or two tags, a memalign segment's
+        two, at most the segment; nothing elsewhere (a cache the program made)."""
+        from mdbpy_commands.umem import dcmds as D
+
+        if c is not None and name.startswith(ALLOC_CACHES):
+            return [(D.cache_tags(c), self._below(c), c.cache_bufsize)]
+        oversize, memalign = OVERSIZE_ARENAS
+        if name == oversize:
+            return [(D.TAG_SECOND, 0, sizes), (D.TAG_HUGE, 0, sizes)]
+        if name == memalign:
+            return [(D.TAG_MEMALIGN, 0, sizes)]
+        return []
+
+    def _below(self, c) -> int:
+        """The size of the umem_alloc cache below cache c (0 under the smallest): umem_alloc
+        serves a size from the smallest cache that holds it."""
+        return max((x.cache_bufsize for x in self.umem.caches()
+                    if x.cstr("cache_name").startswith(ALLOC_CACHES)
+                    and x.cache_bufsize < c.cache_bufsize), default=0)
+
+    def _alloc_requests(self, c, bufs):
+        """(lo, hi) of the buffers of umem_alloc cache c: (the class below, bufsize], or
+        exactly the size umem_alloc recorded in the redzone where the cache has one
+        (UMEM_DEBUG); unknown for a recorded size outside the class (a damaged redzone)."""
         import numpy as np
 
         from mdbpy.heap.gather import session_gather
-        from mdbpy_commands.umem.dcmds import malloc_headers
 
+        below = self._below(c)
         lo = np.full(len(bufs), below + 1, np.uint64)
         hi = np.full(len(bufs), c.cache_bufsize, np.uint64)
         if c.cache_flags & L.UMF_REDZONE:
@@ -177,7 +233,6 @@ class UmemAllocator(Allocator):
             lo[encoded], hi[encoded] = size[encoded], size[encoded]
             outside = encoded & ((size <= np.uint64(below)) | (size > hi))
             hi[outside] = 0
-        hi[malloc_headers(self.umem, c, bufs)[0]] = 0
         return lo, hi
 
     # -- regions ----------------------------------------------------------------------------

@@ -244,35 +244,58 @@ def umem_verify(inv):
 
 
 # -- malloc ---------------------------------------------------------------------------------
+# The tags libumem's malloc.c writes before the pointer it returns, each a malloc_data_t (the
+# size given to umem_alloc: the request plus the tags; and the stat word
+# UMEM_MALLOC_ENCODE(magic, size) = magic - size), as (magic of the tag at buf+0, magic of
+# the tag at buf+8), None where that tag is not written: the one tag of a umem_alloc of at
+# most UMEM_SECOND_ALIGN bytes; the tag 8 bytes in (the first 8 left alone) of a larger one,
+# cached or oversize; an allocation over 4 GiB's two (the size's high half, then its low
+# half); memalign's two (high half, low half). The object follows the last tag.
+TAG_SMALL = (L.MALLOC_MAGIC, None)
+TAG_SECOND = (None, L.MALLOC_SECOND_MAGIC)
+TAG_HUGE = (L.MALLOC_MAGIC, L.MALLOC_OVERSIZE_MAGIC)
+TAG_MEMALIGN = (L.MEMALIGN_MAGIC, L.MEMALIGN_MAGIC)
+
+
+def cache_tags(c) -> tuple:
+    """The tags malloc wrote in a buffer of umem_alloc cache c: umem_alloc serves a size from
+    the smallest cache that holds it, so a cache of at most UMEM_SECOND_ALIGN bytes serves
+    only the one-tag sizes, and every larger cache only larger ones."""
+    return TAG_SECOND if c.cache_bufsize > L.UMEM_SECOND_ALIGN else TAG_SMALL
+
+
 def malloc_sizes(umem, c):
     """The requested sizes of the malloc'd buffers of a umem_alloc_* cache (one whose header
     cannot be read is not counted) and the overhead each carries, as numpy arrays."""
     import numpy as np
 
-    ok, size, head = malloc_headers(umem, c, cache_contents(umem, c).allocated())
+    ok, size, head = malloc_headers(umem, cache_contents(umem, c).allocated(), cache_tags(c))
     mallocsz = size[ok] - np.uint64(head)
     overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]
     return mallocsz, overhead
 
 
-def malloc_headers(umem, c, bufs):
-    """(which of bufs, buffers of the umem_alloc_* cache c, begin with malloc's header: a size
-    and a stat word that decode to MALLOC_MAGIC, or MALLOC_SECOND_MAGIC 8 bytes in for buffers
-    over 16 bytes; the size each header records; the header's length)."""
+def malloc_headers(umem, bufs, tags):
+    """(which of bufs begin with the malloc header `tags` (TAG_*: each tag written decodes to
+    its magic, as free() checks it, and the size recorded covers the header); the size the
+    header records (umem_alloc's, the tags included); the header's length) of buffers of
+    umem (numpy columns, the length an int)."""
     import numpy as np
 
     from mdbpy.heap.gather import session_gather
 
-    second = c.cache_bufsize > L.UMEM_SECOND_ALIGN
-    head = L.MALLOC_DATA_SIZE * (2 if second else 1)
-    at = bufs + np.uint64(L.MALLOC_DATA_SIZE if second else 0)
     g = session_gather(umem.session)
-    (size, r1), (stat, r2) = g.read(at, 4, "<u4"), g.read(at + np.uint64(4), 4, "<u4")
-    size, stat = size.astype(np.uint64), stat.astype(np.uint64)
-    magic = (stat + size) & np.uint64(0xFFFFFFFF)
-    ok = r1 & r2 & ((magic == L.MALLOC_MAGIC) | (magic == L.MALLOC_SECOND_MAGIC))
-    ok &= size >= np.uint64(head)
-    return ok, size, head
+    ok = np.ones(len(bufs), bool)
+    size = np.zeros(len(bufs), np.uint64)
+    for k, magic in enumerate(tags):
+        if magic is None:
+            continue
+        tag, read = g.read(bufs + np.uint64(k * L.MALLOC_DATA_SIZE), L.MALLOC_DATA_SIZE, "<u4")
+        tag = tag.reshape(-1, 2).astype(np.uint64)
+        ok &= read & (((tag[:, 0] + tag[:, 1]) & np.uint64(0xFFFFFFFF)) == magic)
+        size = (size << np.uint64(32)) | tag[:, 0]
+    head = L.MALLOC_DATA_SIZE * len(tags) if tags[-1] is not None else L.MALLOC_DATA_SIZE
+    return ok & (size >= np.uint64(head)), size, head
 
 
 def max_bucket(umem) -> int:

@@ -303,6 +303,19 @@ class Allocator:
         zeros = np.zeros(len(table), np.uint64)
         return zeros, zeros
 
+    def object_offsets(self, table: BufferTable):
+        """A uint64 column, per row of table (one of this allocator's tables): where the
+        program's object starts inside each buffer, 0 where the buffer is the object. Why:
+        an allocator may keep a header inside the buffer it manages (libumem's malloc puts
+        its size and magic before the pointer it returns), and the typegraph types an
+        object from pointers to its start, which are then pointers into the buffer. An
+        override says so per buffer, from what the buffer holds, and 0 where that does not
+        verify; request_sizes then speaks of the object. This default: every buffer is its
+        object (glibc's and jemalloc's chunks, whose headers lie outside the table's rows)."""
+        import numpy as np
+
+        return np.zeros(len(table), np.uint64)
+
     def heap_regions(self) -> list[tuple[int, int]]:
         """[start, end) ranges where buffers live; together they must cover every buffer
         (heap memory is never a root, and findleaks cuts exactly these out of the roots)."""

@@ -208,19 +208,20 @@ def long_form(session, e: Entry) -> list[str]:
 def printed(session, addr: int) -> list[str]:
     """The buffer at addr as ::print shows it, when the typegraph knows it holds one struct
     (an array is left to ::print, whose limits the user sets), indented under its group; []
-    otherwise. A buffer that cannot be read says so in one line."""
+    otherwise. The struct is printed where the object starts (after the allocator's header
+    in the buffer, where there is one). A buffer that cannot be read says so in one line."""
     from mdbpy.errors import MdbError
     from mdbpy.types.printer import PrintOptions, Printer
     from mdbpy.types.space import space_of
     from mdbpy.types.value import Value
 
     typed = known_type(session, addr)
-    if typed is None or typed.type is None or typed.count != 1 or typed.offset:
+    if typed is None or typed.type is None or typed.count != 1 or typed.base != addr:
         return []
     try:
         space = space_of(session)
         text = Printer(space, PrintOptions()).render(Value(space, space.lookup(typed.type),
-                                                           addr))
+                                                           typed.start))
     except MdbError as e:
         return [f"    as {typed.type}: {e}"]
     return [f"    as {typed.type}:"] + [f"        {line}" for line in text.splitlines()]

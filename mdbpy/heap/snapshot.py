@@ -186,11 +186,11 @@ def _types(session, addr, state):
 
     tid = np.full(len(addr), -1, np.int32)
     g = cached(session)
-    if g is None or not len(g.base) or not len(addr):
+    if g is None or not len(g.starts) or not len(addr):
         return tid, []
-    row = np.searchsorted(g.base, addr, side="right").astype(np.int64) - 1
+    row = np.searchsorted(g.starts, addr, side="right").astype(np.int64) - 1
     ok = (row >= 0) & (state == ALLOC)
-    ok[ok] &= g.base[row[ok]] == addr[ok]
+    ok[ok] &= g.starts[row[ok]] == addr[ok]
     found = g.solution.tid[row[ok]].astype(np.int64)
     names: dict[str, int] = {}
     ids = np.array([names.setdefault(g.catalog[t].name, len(names)) if t >= 0 else -1

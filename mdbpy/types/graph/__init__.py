@@ -1,12 +1,16 @@
 """The typegraph: the type of every heap buffer that typed pointers reach (mdb's ::typegraph,
 done for Linux from DWARF).
 
-The engine takes the heap as two columns, the start and size of every allocated buffer, from
-whichever allocators the session found (the dcmds get them from mdbpy.heap; this layer sits
-left of the heap in docs/architecture.md and knows nothing of allocators). It reads the heap's
-pointer words once (evidence.py), catalogues types (catalog.py) and propagates them to a
-fixpoint (solve.py). The result answers `which type is the buffer at addr, and which member is
-at this offset` (whattype), counts by type (by_type) and by how a type was found (stats).
+The engine takes the heap as two columns, the start and size of the program's object in every
+allocated buffer, from whichever allocators the session found, and a third, the bytes of the
+allocator's own header before each object inside its buffer (libumem's malloc keeps one; 0
+for most allocators): the dcmds get them from mdbpy.heap; this layer sits left of the heap
+in docs/architecture.md and knows nothing of allocators. Objects are typed, from pointers to
+their start; buffers are reported (whattype's placement names the buffer, its offsets are
+the object's). It reads the heap's pointer words once (evidence.py), catalogues types
+(catalog.py) and propagates them to a fixpoint (solve.py). The result answers `which type is
+the buffer at addr, and which member is at this offset` (whattype), counts by type (by_type)
+and by how a type was found (stats).
 
 Modules: catalog.py (types reduced to their pointer words), evidence.py (heap edges, typed
 globals, vtables), containers.py (a buffer's struct found by its size and a member, from the
@@ -32,8 +36,10 @@ __all__ = ["TypeGraph", "GRAPH_KEY", "cached", "known_type", "Placement", "UNKNO
 
 @dataclass
 class Placement:
-    """What the typegraph says of one address: the buffer holding it, its type (None when
-    unknown), the element count, the offset into the buffer and the member there."""
+    """What the typegraph says of one address: the buffer holding it (base, size), its type
+    (None when unknown), the element count, the offset into the object and the member there;
+    head: the bytes of the allocator's header inside the buffer before the object (an address
+    in it has a negative offset)."""
 
     addr: int
     base: int
@@ -44,6 +50,12 @@ class Placement:
     member: str = ""
     how: str = ""
     conflict: bool = False
+    head: int = 0
+
+    @property
+    def start(self) -> int:
+        """Where the typed object starts: after the allocator's header in the buffer."""
+        return self.base + self.head
 
     @property
     def spelled(self) -> str:
@@ -56,6 +68,8 @@ class Placement:
         """`0x18 bytes into struct conn (member buf)`, as ::whattype and ::whatis say it."""
         if self.type is None:
             return "of unknown type" + (" (conflicting evidence)" if self.conflict else "")
+        if self.offset < 0:
+            return f"{-self.offset:#x} bytes before {self.spelled} (in the allocator's header)"
         member = f" (member {self.member})" if self.member else ""
         return f"{self.offset:#x} bytes into {self.spelled}{member}"
 
@@ -66,7 +80,7 @@ class TypeGraph:
     (mdbpy/heap/kernel.py's library) the fixpoint runs compiled (compiled.py), else in
     Python (solve.py); both give the same answer."""
 
-    def __init__(self, space, base, size, kernel=None, requests=None):
+    def __init__(self, space, base, size, kernel=None, requests=None, heads=None):
         import numpy as np
 
         from mdbpy.types.graph.catalog import Catalog
@@ -75,6 +89,9 @@ class TypeGraph:
         self.base = np.ascontiguousarray(base, np.uint64)
         self.size = np.ascontiguousarray(size, np.uint64)
         self.ends = self.base + self.size
+        self.head = np.zeros(len(self.base), np.uint64) if heads is None else \
+            np.ascontiguousarray(heads, np.uint64)
+        self.starts = self.base - self.head  # the buffers' (sorted as the objects are)
         self.catalog = Catalog.of(space)
         self.hints: dict[int, int] = {}  # row -> tid
         self.vtables: dict[int, int] = {}
@@ -92,14 +109,16 @@ class TypeGraph:
                           SizedTypes.of(self.space, self.catalog))
 
     @classmethod
-    def build(cls, space, base, size, exclude=(), kernel=None, requests=None) -> TypeGraph:
-        """The graph of the buffers (base, size: sorted columns); `exclude`: [lo, hi) ranges
+    def build(cls, space, base, size, exclude=(), kernel=None, requests=None,
+              heads=None) -> TypeGraph:
+        """The graph of the objects (base, size: sorted columns); `exclude`: [lo, hi) ranges
         whose typed globals are not roots (the allocators' own metadata); `requests`: (lo,
-        hi) columns, the requests each buffer could have served (hi 0: unknown), without
-        which no buffer is typed by its size."""
+        hi) columns, the requests each object could have been (hi 0: unknown), without
+        which no buffer is typed by its size; `heads`: the allocator's header before each
+        object in its buffer (None: every buffer is its object)."""
         from mdbpy.types.graph import evidence
 
-        g = cls(space, base, size, kernel, requests)
+        g = cls(space, base, size, kernel, requests, heads)
         t0 = time.perf_counter()
         g.edges = evidence.scan_heap(space.mem, g.base, g.ends, kernel)
         t1 = time.perf_counter()
@@ -162,16 +181,17 @@ class TypeGraph:
             raise MdbError(f"{text} has no size: it can be no buffer's type")
         if self.catalog[tid].size > int(self.size[row]):
             raise MdbError(f"{text} ({self.catalog[tid].size:#x} bytes) does not fit in the "
-                           f"{int(self.size[row]):#x}-byte buffer at {int(self.base[row]):x}")
+                           f"{int(self.size[row]):#x}-byte object at {int(self.base[row]):x}")
         self.hints[row] = tid
         self.propagate()
         return self.whattype(addr)
 
     # -- queries ------------------------------------------------------------------------------
     def row(self, addr: int) -> int | None:
+        """The row of the buffer holding addr (its header included), None outside all."""
         import numpy as np
 
-        i = int(np.searchsorted(self.base, np.uint64(addr), side="right")) - 1
+        i = int(np.searchsorted(self.starts, np.uint64(addr), side="right")) - 1
         return i if i >= 0 and addr < int(self.ends[i]) else None
 
     def whattype(self, addr: int) -> Placement | None:
@@ -179,18 +199,20 @@ class TypeGraph:
         i = self.row(addr)
         if i is None:
             return None
-        base, size = int(self.base[i]), int(self.size[i])
+        base, size, head = int(self.base[i]), int(self.size[i]), int(self.head[i])
         sol = self.solution
         tid = int(sol.tid[i])
-        p = Placement(addr, base, size, None, conflict=bool(sol.conflict[i]))
+        p = Placement(addr, base - head, size + head, None, conflict=bool(sol.conflict[i]),
+                      head=head)
         if tid < 0:
             return p
         ti = self.catalog[tid]
         p.type, p.how = ti.name, HOW[int(sol.how[i])]
         p.count = 1 if ti.flex is not None else max(size // ti.size, 1)
-        off = addr - base
+        off = p.offset = addr - base
+        if off < 0:
+            return p  # in the allocator's header: no member
         within = off % ti.size if p.count > 1 and off < p.count * ti.size else off
-        p.offset = off
         member = self.catalog.member_path(tid, within) if within < ti.size else "<slack>"
         if p.count > 1 and off < p.count * ti.size:
             member = f"[{off // ti.size}]" + ("" if not member else
@@ -200,11 +222,12 @@ class TypeGraph:
         return p
 
     def stats(self) -> dict:
-        """Buffers and bytes: typed by each way, unknown, conflicting, and the work done."""
+        """Buffers and bytes (the buffers', headers included: what the heap spends on each
+        type): typed by each way, unknown, conflicting, and the work done."""
         import numpy as np
 
         sol = self.solution
-        size = self.size
+        size = self.size + self.head
         out = {"buffers": int(len(size)), "bytes": int(size.sum(dtype=np.uint64))}
         rows = []
         for how, label in HOW.items():
@@ -227,14 +250,15 @@ class TypeGraph:
 
     def by_type(self) -> list[dict]:
         """One row per type (element type: an array of 50 items counts under its item type),
-        and one for the unknown buffers: buffers, bytes; sorted by bytes, largest first."""
+        and one for the unknown buffers: buffers, bytes (the buffers', as stats counts them);
+        sorted by bytes, largest first."""
         import numpy as np
 
         sol = self.solution
         tids = sol.tid.astype(np.int64)
         order = np.argsort(tids, kind="stable")
         uniq, first, counts = np.unique(tids[order], return_index=True, return_counts=True)
-        sums = np.add.reduceat(self.size[order], first) if len(order) else []
+        sums = np.add.reduceat((self.size + self.head)[order], first) if len(order) else []
         rows = []
         for t, c, b in zip(uniq.tolist(), counts.tolist(), list(map(int, sums))):
             rows.append({"type": self.catalog[t].name if t >= 0 else "<unknown>",
