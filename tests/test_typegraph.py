@@ -566,58 +566,159 @@ class _Listed:
         self.rows = sorted((cat[t].size, t) for t in tids)
         self.cat = cat
 
-    def upto(self, hi):
+    def within(self, lo, hi):
         from mdbpy.types.graph.catalog import trailing_array
 
-        return [(size, self.cat[t].type, trailing_array(self.cat, self.cat[t].type) is not None)
-                for size, t in self.rows if size <= hi]
+        listed = [(size, self.cat[t].type, trailing_array(self.cat[t].type) is not None)
+                  for size, t in self.rows if size <= hi]
+        return [r for r in listed if r[0] >= lo or r[2]]
+
+
+class _Dwarf:
+    """One object's DWARF as containers.SizedTypes reads it: its listing by size (rows
+    [size, kind, name, flexible]) and its types by name (an MdbError where unreadable), the
+    names loaded recorded."""
+
+    def __init__(self, rows, types):
+        self.rows, self.types, self.loaded = sorted(rows), types, []
+
+    def sized(self):
+        return self.rows
+
+    def type_named(self, kind, name):
+        from mdbpy.errors import MdbError
+
+        self.loaded.append(name)
+        t = self.types.get(name)
+        if t is None:
+            raise MdbError(f"unreadable DWARF of {name}")
+        return t
+
+
+def _sized(*objects):
+    """A catalog of a space of those objects (_Dwarf), and its SizedTypes."""
+    from mdbpy.types.graph.catalog import Catalog
+    from mdbpy.types.graph.containers import SizedTypes
+
+    class Space:
+        def complete(self, t):
+            return t
+
+        def objects(self):
+            return [(None, d) for d in objects]
+
+    cat = Catalog(Space())
+    return cat, SizedTypes(cat.space, cat)
+
+
+def _listing(types, *damaged):
+    """A _Dwarf of the types (by name), listed as DwarfTypes.sized lists them, and the damaged
+    rows (listed, without a readable type)."""
+    rows = [[t.size, t.tag, t.name, int(t.trailing_array() is not None)] for t in types]
+    return _Dwarf(rows + [list(r) for r in damaged], {t.name: t for t in types})
+
+
+def _universe_types() -> dict:
+    """_universe's types by name, in a catalog of their own."""
+    cat, tids = _universe()
+    return {cat[t].type.name: cat[t].type for t in tids}
 
 
 def test_a_container_that_cannot_be_read_leaves_the_buffer_unknown():
     """pair alone holds an a at 24 among the 40-byte types, so a buffer of requests [25, 40]
-    with an a there is a pair; but when another type of a size in that range cannot be read
-    (its DWARF is damaged: it is listed by size, without a type), it may be the buffer's,
-    and the buffer stays unknown rather than typed pair."""
+    with an a there is a pair; but when another type that may be the buffer's cannot be read
+    (its DWARF is damaged), the buffer stays unknown rather than typed pair: one of a size in
+    range, one smaller that may end with a flexible array (its listing could not say), and
+    one whose size could not be read when listed (size 0: any buffer's). A smaller one the
+    listing says has no flexible array is never loaded: nor is any type outside the range
+    but flexy (8 bytes, a flexible array of pointers)."""
     import numpy as np
 
     from mdbpy.types.graph.containers import OFF_BITS, Containers
 
-    cat, tids = _universe()
-    pair = tids[9]
-    key = (25 << OFF_BITS | 40, tids[0] << OFF_BITS | 24)
-    one = np.array([40], np.uint64), np.array([40], np.uint64)
-    readable = Containers(cat, one[0], one, _Listed(cat, tids))
-    assert readable.type_at(key) == pair
+    types = _universe_types()
 
-    class Damaged(_Listed):
-        def upto(self, hi):
-            return super().upto(hi) + [(32, None, False)]
+    def type_at(lo, *damaged):
+        d = _listing(types.values(), *damaged)
+        cat, sized = _sized(d)
+        one = np.array([40], np.uint64)
+        got = Containers(cat, one, (one, one), sized).type_at(
+            (lo << OFF_BITS | 40, cat.tid_of(types["a"]) << OFF_BITS | 24))
+        return (cat[got].name if got >= 0 else None), sorted(d.loaded)
 
-    cat, tids = _universe()
-    assert Containers(cat, one[0], one, Damaged(cat, tids)).type_at(key) == -1
-    # requests [33, 40] leave the unreadable 32-byte type out (a buffer of it is no pair's);
-    # [1, 40] take it in
-    cat, tids = _universe()
-    damaged = Containers(cat, one[0], one, Damaged(cat, tids))
-    assert damaged.type_at((33 << OFF_BITS | 40, key[1])) == tids[9]
-    assert damaged.type_at((1 << OFF_BITS | 40, key[1])) == -1
+    from25, from33 = ["arr", "flexy", "outer", "pair", "twin"], ["flexy", "pair", "twin"]
+    assert type_at(25) == ("struct pair", from25)
+    assert type_at(25, (32, "struct", "broken", 0)) == (None, sorted(from25 + ["broken"]))
+    assert type_at(33, (32, "struct", "broken", 0)) == ("struct pair", from33)
+    assert type_at(33, (32, "struct", "broken", -1)) == (None, ["broken"] + from33)
+    assert type_at(33, (0, "struct", "lost", -1)) == (None, from33)
 
 
-@pytest.mark.parametrize("seed", range(150))
-def test_compiled_fixpoint_agrees_on_random_graphs(seed):
-    """Random heaps of those types (pointers at any aligned offset, to starts and interiors,
-    roots of every type, a few authoritative buffers, request ranges that may name a
-    container): the kernel's answer is the reference's, conflicts, reruns, upgrades and
-    containers included."""
+def test_containers_judge_each_definition_listed():
+    """Two objects each define a 24-byte `struct node` (one tid: the catalog merges by
+    spelling and size): with an a at 8 in both, of one layout, a buffer of requests [17, 24]
+    with an a at 8 is a node; when the second's 8 is two longs, or its a is there but its
+    first word a pointer (another plan), either may be the buffer: unknown. A flexible
+    struct whose fixed part is in range holds an a in its array's first element, past its
+    fixed part: it is the one (its fixed part alone holds none)."""
+    import numpy as np
+
+    from mdbpy.types.graph.containers import OFF_BITS, Containers
+    from mdbpy.types.model import Array, Base, Member, Pointer, Struct
+
+    types = _universe_types()
+    a, long_t = types["a"], Base("long int", 8, 0x05)
+
+    def node(first, second):
+        return Struct("struct", "node", 24, [Member("k", first, 0), Member("x", second, 8)])
+
+    def type_at(second_node, lo=17, off=8, extra=()):
+        first, second = (_listing([node(long_t, a), *extra]),
+                         _listing([second_node]))
+        cat, sized = _sized(first, second)
+        one = np.array([24], np.uint64)
+        got = Containers(cat, one, (one, one), sized).type_at(
+            (lo << OFF_BITS | 24, cat.tid_of(a) << OFF_BITS | off))
+        return cat[got].name if got >= 0 else None
+
+    assert type_at(node(long_t, a)) == "struct node"
+    assert type_at(node(long_t, Array(long_t, 2))) is None
+    assert type_at(node(Pointer(a), a)) is None
+    fl = Struct("struct", "fl", 16, [Member("n", long_t, 0), Member("m", long_t, 8),
+                                     Member("items", Array(a, None), 16)])
+    assert type_at(node(long_t, Array(long_t, 2)), lo=16, off=16, extra=[fl]) == "struct fl"
+
+
+def test_an_array_of_scalars_competes_with_the_structs():
+    """A `long *` 8 bytes into a buffer of requests [9, 16]: struct a alone holds a long
+    there, but the buffer may as well be an array of two longs, so it stays unknown; at 8
+    into [17, 24] too (three longs); a struct's pointer (an a at 24 of [25, 40]) still names
+    pair."""
+    import numpy as np
+
+    from mdbpy.types.graph.containers import OFF_BITS, Containers
+
+    types = _universe_types()
+    cat, sized = _sized(_listing(types.values()))
+    one = np.array([40], np.uint64)
+    c = Containers(cat, one, (one, one), sized)
+    long_t = cat.tid_of(types["a"].members[1].type)
+    assert [c.type_at((lo << OFF_BITS | hi, long_t << OFF_BITS | 8))
+            for lo, hi in ((9, 16), (17, 24))] == [-1, -1]
+    pair = c.type_at((25 << OFF_BITS | 40, cat.tid_of(types["a"]) << OFF_BITS | 24))
+    assert cat[pair].name == "struct pair"
+
+
+def _random_case(seed: int):
+    """A random heap of _universe's types (pointers at any aligned offset, to starts and
+    interiors, roots of every type, a few authoritative buffers, request ranges that may name
+    a container): (the solver's arguments but the catalog, the request columns)."""
     import random
 
     import numpy as np
 
-    from mdbpy.heap.kernel import lib
-    from mdbpy.types.graph.compiled import solve_compiled
-    from mdbpy.types.graph.containers import Containers
     from mdbpy.types.graph.evidence import Edges, RootEvidence
-    from mdbpy.types.graph.solve import HINT, VTABLE, solve
+    from mdbpy.types.graph.solve import HINT, VTABLE
 
     rnd = random.Random(seed)
     n = rnd.randrange(1, 80)
@@ -643,12 +744,85 @@ def test_compiled_fixpoint_agrees_on_random_graphs(seed):
                                                np.zeros(n, np.uint64)),
             RootEvidence(*(np.array([x[k] for x in roots], np.int64) for k in range(3)),
                          np.zeros(len(roots), np.uint64)), fixed)
-    lo_hi = tuple(np.array([q[k] for q in requests], np.uint64) for k in range(2))
-    want = _answers(ref_cat, solve(ref_cat, *args, Containers(ref_cat, args[0], lo_hi,
-                                                             _Listed(ref_cat, tids))))
+    return args, tuple(np.array([q[k] for q in requests], np.uint64) for k in range(2))
+
+
+def _both(args, lo_hi, universe=None):
+    """The reference's and the kernel's answers to the solver's arguments, each with a fresh
+    catalog of universe() and its types listed as containers."""
+    from mdbpy.heap.kernel import lib
+    from mdbpy.types.graph.compiled import solve_compiled
+    from mdbpy.types.graph.containers import Containers
+    from mdbpy.types.graph.solve import solve
+
+    out = []
+    for how in (solve, lambda *a: solve_compiled(lib(), *a)):
+        cat, tids = (universe or _universe)()
+        out.append(_answers(cat, how(cat, *args, Containers(cat, args[0], lo_hi,
+                                                            _Listed(cat, tids)))))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_compiled_fixpoint_agrees_on_random_graphs(seed):
+    """The kernel's answer on _random_case's heap is the reference's, conflicts, reruns,
+    upgrades and containers included."""
+    want, got = _both(*_random_case(seed))
+    assert got == want
+
+
+def test_random_graphs_name_containers():
+    """The random heaps exercise containers: so many of the 150 seeds type some buffer by
+    size and member (the reference's answer)."""
+    from mdbpy.types.graph.containers import Containers
+    from mdbpy.types.graph.solve import CONTAINER, solve
+
+    named = 0
+    for seed in range(150):
+        args, lo_hi = _random_case(seed)
+        cat, tids = _universe()
+        sol = solve(cat, *args, Containers(cat, args[0], lo_hi, _Listed(cat, tids)))
+        named += CONTAINER in sol.how.tolist()
+    assert named == 19
+
+
+def _universe_past_tid_bits():
+    """_universe, then (1 << TID_BITS) more types (one placeholder, many times), then struct
+    far (a struct a at 8, 24 bytes): far's tid is past what a container key holds."""
+    from mdbpy.types.graph.containers import TID_BITS
+    from mdbpy.types.model import Base, Member, Struct
+
     cat, tids = _universe()
-    got = solve_compiled(lib(), cat, *args, Containers(cat, args[0], lo_hi, _Listed(cat, tids)))
-    assert _answers(cat, got) == want
+    filler = cat[tids[0]]
+    cat.infos.extend([filler] * (1 << TID_BITS))
+    far = Struct("struct", "far", 24, [Member("k", Base("long int", 8, 0x05), 0),
+                                       Member("x", cat[tids[0]].type, 8)])
+    return cat, tids + [cat.tid_of(far)]
+
+
+def test_compiled_fixpoint_resumes_its_roots_past_a_container_and_a_far_tid():
+    """Roots into buffers of request ranges: one at a start, one into a 40-byte buffer at 24
+    (a pair, asked for: the kernel stops mid-list and resumes), one of struct far's tid (past
+    TID_BITS: no container is asked for), one into another buffer at 24 (the same key,
+    answered), then an a 8 into a twin-sized buffer (another key: two pair and twin, unknown):
+    both answer alike."""
+    import numpy as np
+
+    from mdbpy.types.graph.evidence import Edges, RootEvidence
+
+    cat, tids = _universe_past_tid_bits()
+    a, far = tids[0], tids[-1]
+    assert far >= 1 << 20
+    sizes = np.array([16, 40, 24, 40, 40], np.uint64)
+    roots = [(0, 0, a), (1, 24, a), (2, 8, far), (3, 24, a), (4, 8, a)]
+    args = (sizes, Edges(np.zeros(6, np.int64), *(np.zeros(0, np.int64),) * 3,
+                         np.zeros(5, np.uint64)),
+            RootEvidence(*(np.array([r[k] for r in roots], np.int64) for k in range(3)),
+                         np.zeros(len(roots), np.uint64)), {})
+    lo_hi = (np.array([9, 25, 9, 25, 25], np.uint64), sizes)
+    want, got = _both(args, lo_hi, _universe_past_tid_bits)
+    assert got == want
+    assert want["types"] == ["struct a", "struct pair", None, "struct pair", None]
 
 
 def test_compiled_fixpoint_grows_its_lists(monkeypatch):

@@ -16,6 +16,7 @@ from mdbpy.heap.model import ALLOC, FREE, Allocator, BufferTable, Problem
 from mdbpy.heap.roots import merge_columns
 
 from .extents import extents
+from .layouts import PAGE
 from .regions import regions
 from .state import base_blocks, locate, tcaches
 from .tcache import cached
@@ -90,13 +91,16 @@ class JemallocAllocator(Allocator):
         return t.select((t.state == ALLOC) & (t.group != len(t.groups) - 1))
 
     def request_sizes(self, table: BufferTable):
-        """A region of size class k serves the requests above class k - 1 up to its own
-        (sz_index2size_tab, read from the target); the tcache stacks' regions: unknown."""
+        """A region of size class k serves the requests from lowest_requests' bound for k up
+        to the class (sz_index2size_tab, read from the target); the tcache stacks' regions:
+        unknown."""
         import numpy as np
 
-        classes = np.array([0] + list(self.state.index2size) + [0], np.uint64)
-        k = table.group.astype(np.int64) + 1  # the stacks' group is past the classes: hi 0
-        return np.where(classes[k] > 0, classes[k - 1] + np.uint64(1), np.uint64(0)), classes[k]
+        sizes = list(self.state.index2size)
+        classes = np.array(sizes + [0], np.uint64)
+        lows = np.array(lowest_requests(sizes, self.state.nbins, PAGE) + [0], np.uint64)
+        k = table.group.astype(np.int64)  # the stacks' group is past the classes: hi 0
+        return lows[k], classes[k]
 
     def heap_regions(self) -> list[tuple[int, int]]:
         """The extents, neighbours joined: a million regions lie in a few hundred thousand
@@ -147,3 +151,29 @@ class JemallocAllocator(Allocator):
         from .verify import verify
 
         return verify(self)
+
+
+def lowest_requests(classes: list[int], nbins: int, page: int) -> list[int]:
+    """The lowest request each size class serves, by jemalloc's sz_sa2u (include/jemalloc/
+    internal/sz.h), which sizes every allocation with its alignment (1 for malloc): a small
+    request (alignment up to a page) is rounded up to a multiple of its alignment first, so
+    the first multiple of an alignment a above the class below (prev) lands in the class when
+    it is no larger than the class, from the request just above the multiple of a below it
+    (aligned_alloc(64, 24) is a 64-byte region; every power-of-two class serves from 1); a
+    larger alignment, or a small request whose rounding passes the small classes, gets the
+    smallest large class (it serves from 1); any other large class serves the requests
+    above the class below, alignment or not (only its mapping grows)."""
+    out = []
+    for k, c in enumerate(classes):
+        prev = classes[k - 1] if k else 0
+        lo = prev + 1
+        if k == nbins:
+            lo = 1
+        elif k < nbins:
+            a = 2
+            while a <= page:
+                if (prev // a + 1) * a <= c:
+                    lo = min(lo, prev // a * a + 1)
+                a *= 2
+        out.append(lo)
+    return out

@@ -15,6 +15,7 @@ from mdbpy.heap.arrays import distinct
 from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE, Allocator, BufferTable,
                               Problem)
 
+from .arenas import MALLOC_ALIGNMENT
 from .layouts import HEAP_MAX_SIZE
 from .locate import locate
 from .table import ChunkTable, chunk_table
@@ -22,6 +23,9 @@ from .verify import verify
 
 HINT_BYTES = 32
 MIN_USABLE = 24  # MINSIZE (32) less the size word: the smallest chunk's usable size
+# the most a rest under MINSIZE, kept by realloc shrinking in place or memalign trimming, adds
+# to a chunk beyond what its request needs (a rest is a multiple of MALLOC_ALIGNMENT)
+KEPT_REST = MALLOC_ALIGNMENT
 
 
 class PtmallocAllocator(Allocator):
@@ -88,7 +92,8 @@ class PtmallocAllocator(Allocator):
         import numpy as np
 
         u = table.size
-        lo = np.where(u <= np.uint64(MIN_USABLE + 16), np.uint64(0), u - np.uint64(31))
+        lo = np.where(u <= np.uint64(MIN_USABLE + KEPT_REST), np.uint64(0),
+                      u - np.uint64(MALLOC_ALIGNMENT - 1 + KEPT_REST))
         hi = np.where(table.kind == KIND_BUFFER, u, np.uint64(0))
         return lo, hi
 

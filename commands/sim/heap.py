@@ -178,8 +178,19 @@ class SimAllocator(Allocator):
         return [(self.root.slab_area, self.root.slab_area_end)]
 
     def request_sizes(self, table: BufferTable):
-        """Exactly the buffer's size: a simulated object is its cache's object size."""
-        return table.size, table.size
+        """A named cache's object (kmem_cache_create's) serves exactly its object size; a
+        kmalloc-N cache's, as SLUB's kmalloc picks the smallest kmalloc cache that fits
+        (mdbpy/sim/slub.py: kmalloc(24) is a kmalloc-32 object), the requests above the next
+        smaller kmalloc cache's size up to N."""
+        import numpy as np
+
+        caches = self.caches()  # a buffer's group is its cache's index among them
+        kmalloc = [c.name.startswith("kmalloc-") for c in caches]
+        sizes = [c.view.object_size for c in caches]
+        classes = sorted(s for s, k in zip(sizes, kmalloc) if k)
+        lows = [max((s for s in classes if s < size), default=0) + 1 if k else size
+                for size, k in zip(sizes, kmalloc)]
+        return np.array(lows + [0], np.uint64)[table.group], table.size
 
     def group_addr(self, table: BufferTable, i: int) -> int:
         return self.caches()[int(table.group[i])].addr

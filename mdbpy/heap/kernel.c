@@ -918,12 +918,19 @@ static int32_t tg_word(const tg_t *G, int64_t b, int32_t t, int64_t e)
 }
 
 /* Does buffer b's expansion (its edges [e0, e1)) ask for a container key not answered yet?
- * Then it is in need, need_word. */
+ * Then it is in need, need_word. Without request ranges nothing is asked; an edge to the
+ * start of a buffer, or into one typed, excluded or without a range, is passed over before
+ * its word's type is looked up (tg_word's two bisections): most edges are such. */
 static int tg_unanswered(tg_t *G, int64_t b, int32_t t, int64_t e0, int64_t e1)
 {
+    if (!G->req_hi)
+        return 0;
     for (int64_t e = e0; e < e1; e++) {
-        int32_t p = G->doff[e] != 0 ? tg_word(G, b, t, e) : -1;
-        if (p >= 0 && tg_needs(G, G->dst[e], G->doff[e], p))
+        int64_t d = G->dst[e];
+        if (G->doff[e] == 0 || G->tid[d] >= 0 || G->poisoned[d] || tg_crange(G, d) < 0)
+            continue;
+        int32_t p = tg_word(G, b, t, e);
+        if (p >= 0 && tg_needs(G, d, G->doff[e], p))
             return 1;
     }
     return 0;

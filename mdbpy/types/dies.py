@@ -176,27 +176,43 @@ class DwarfTypes:
         return unknown() if target is None else self.type_of(target)
 
     def sized(self) -> list[list]:
-        """[size, kind, name] of every complete named struct and union, and every typedef
-        naming an anonymous one, sorted by size: the typegraph's candidate containers (made
-        on first use and cached beside the index, mdbpy/types/index.py)."""
+        """[size, kind, name, flexible] of every complete named struct and union, and every
+        typedef naming an anonymous one, sorted by size: the typegraph's candidate containers
+        (made on first use and cached beside the index, mdbpy/types/index.py). flexible is 1
+        for a struct ending with a flexible array, 0 for one that does not, -1 where its
+        members cannot be read; a type whose size cannot be read is listed with size 0 (it
+        could be any buffer's: containers.py then types no buffer by size)."""
         if self._sized is None:
             self._sized = type_index.load_or_list_sizes(self.path, *self._identity,
                                                          self._list_sizes)
         return self._sized
 
     def _list_sizes(self) -> list[list]:
-        """sized() read from the DIEs the index names (a DIE whose DWARF is unreadable is
-        left out, as it is for ::print)."""
+        """sized() read from the DIEs the index names. A DIE whose DWARF is unreadable is
+        kept, unknown (size 0, or flexible -1): left out, it could make another type the only
+        candidate for a buffer that is one of it, and the listing is cached."""
         out = []
         for kind in ("struct", "union", "typedef"):
             for name, off in self.index.types.get(kind, {}).items():
                 try:
                     size = self._defined_size(kind, off)
                 except MdbError:
+                    out.append([0, kind, name, -1])
                     continue
                 if size:
-                    out.append([size, kind, name])
+                    try:
+                        flexible = int(self._flexible(off))
+                    except MdbError:
+                        flexible = -1
+                    out.append([size, kind, name, flexible])
         return out
+
+    @_dwarf_errors
+    def _flexible(self, off: int) -> bool:
+        """Whether the struct defined at off (a typedef's: the one it names) ends with a
+        flexible array (Struct.trailing_array)."""
+        t = self.type_at(off).strip()
+        return isinstance(t, Struct) and t.trailing_array() is not None
 
     @_dwarf_errors
     def _defined_size(self, kind: str, off: int) -> int | None:

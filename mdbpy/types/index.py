@@ -11,7 +11,8 @@ mdbpy/symbols/cache.py) as `<build-id>.types`:
 A second entry, `<build-id>.sizes`, lists the file's complete named structs and unions (and
 typedefs naming anonymous ones) by size, for the typegraph's containers (mdbpy/types/graph/
 containers.py). It is made only when a typegraph first needs it, from the DIEs the index
-names (dies.py's DwarfTypes.sized), and checked as the index is.
+names (dies.py's DwarfTypes.sized), and checked as the index is; its version is
+[FORMAT_VERSION, SIZES_VERSION], so an index format change makes it stale too.
 
 It is JSON, never pickle, so a planted file can at worst be rejected; an entry whose version,
 build-id or DWARF file size does not match is ignored and the index is built again. A debug
@@ -34,7 +35,10 @@ from mdbpy.types.scan import ScanError, Sections, scan, unit_of
 FORMAT_VERSION = 4
 SUFFIX = ".types"
 SIZES_SUFFIX = ".sizes"
-SIZES_VERSION = 1
+# 2: each row says whether the struct ends with a flexible array; unreadable DIEs kept. The
+# entry's version is [FORMAT_VERSION, SIZES_VERSION]: a listing made from an index of another
+# format is stale too
+SIZES_VERSION = 2
 MAX_ENTRY = 64 << 20
 SECTIONS = {"info": ".debug_info", "abbrev": ".debug_abbrev", "str": ".debug_str",
             "line_str": ".debug_line_str", "str_offsets": ".debug_str_offsets",
@@ -147,28 +151,33 @@ def _entry(build_id: str, suffix: str, version: int, size: int, sup, key: str, c
 
 
 def load_or_list_sizes(path: str, build_id: str | None, sup, listing) -> list[list]:
-    """[size, kind, name] of every complete named struct, union and anonymous-struct typedef
-    of the DWARF file at path, by size: from the cache when an entry for build_id matches the
-    file, else listing() (which reads a DIE per name: 0.3 s for libc's debug file) and
-    stored. Kept apart from the index: only the typegraph's containers need it."""
+    """[size, kind, name, flexible] of every complete named struct, union and
+    anonymous-struct typedef of the DWARF file at path, by size (dies.py's DwarfTypes.sized):
+    from the cache when an entry for build_id matches the file and this index format, else
+    listing() (which reads each named DIE and its members: 1 to 2 s for libc's debug file,
+    623 types, against 0.5 ms from the cache: docs/types.md) and stored. Kept apart from the
+    index: only the typegraph's containers need it."""
     size = os.path.getsize(path)
-    hit = _entry(build_id, SIZES_SUFFIX, SIZES_VERSION, size, sup, "sizes", _well_sized) \
+    version = [FORMAT_VERSION, SIZES_VERSION]
+    hit = _entry(build_id, SIZES_SUFFIX, version, size, sup, "sizes", _well_sized) \
         if build_id else None
     if hit is not None:
         return hit
     found = sorted(listing())
     if build_id:
-        cache.store_json(build_id, SIZES_SUFFIX, {"version": SIZES_VERSION,
-                                                  "build_id": build_id, "dwarf_size": size,
-                                                  "sup": sup, "sizes": found})
+        cache.store_json(build_id, SIZES_SUFFIX, {"version": version, "build_id": build_id,
+                                                  "dwarf_size": size, "sup": sup,
+                                                  "sizes": found})
     return found
 
 
 def _well_sized(rows) -> bool:
-    """[[size, kind, name], ...] with sizes > 0 and kinds the index knows."""
+    """[[size, kind, name, flexible], ...] sorted, with sizes >= 0 (0: unreadable), kinds
+    the index knows and flexible 1, 0 or -1 (unknown)."""
     return isinstance(rows, list) and all(
-        isinstance(r, list) and len(r) == 3 and type(r[0]) is int and r[0] > 0
-        and r[1] in ("struct", "union", "typedef") and isinstance(r[2], str) for r in rows)
+        isinstance(r, list) and len(r) == 4 and type(r[0]) is int and r[0] >= 0
+        and r[1] in ("struct", "union", "typedef") and isinstance(r[2], str)
+        and r[3] in (1, 0, -1) and type(r[3]) is int for r in rows) and rows == sorted(rows)
 
 
 def _well_formed(data) -> bool:

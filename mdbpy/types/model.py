@@ -250,6 +250,17 @@ class Struct(Type):
                         return [m, *chain]
         return None
 
+    def trailing_array(self) -> tuple[int, Type] | None:
+        """(offset, element type) of the struct's trailing flexible array (`T items[]`, or
+        GNU's `T items[0]`), or None."""
+        if not self.complete or self.is_union or not self.members:
+            return None
+        last = self.members[-1]
+        at = last.type.strip()
+        if not isinstance(at, Array) or at.count not in (None, 0) or last.offset is None:
+            return None
+        return last.offset, at.element
+
 
 class Enum(Type):
     kind = "enum"

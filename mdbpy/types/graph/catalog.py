@@ -237,7 +237,7 @@ class Catalog:
     def _flex(self, t: Type):
         """(offset, element size, element plan) of a struct's trailing flexible array whose
         elements hold evidence; else None."""
-        found = trailing_array(self, t)
+        found = trailing_array(t)
         if found is None:
             return None
         off, element = found
@@ -254,6 +254,20 @@ class Catalog:
         if hit is None:
             hit = self._has_at[key] = self._has(self.infos[tid].type, off, want, 0)
         return hit
+
+    def holds(self, t: Type, off: int, want: int) -> bool:
+        """has_at judged on t's own layout rather than on its tid's: two definitions of one
+        spelling and size (two objects', two units') are one tid, catalogued from the first."""
+        tid = self.tid_of(t)
+        if tid is not None and self.complete(canonical(t)) is self.infos[tid].type:
+            return self.has_at(tid, off, want)
+        return self._has(t, off, want, 0)
+
+    def layout(self, t: Type) -> tuple:
+        """What the typegraph makes of a type's layout (its plan, flexible array and what
+        starts it), to tell apart two definitions that share a tid."""
+        s = self.complete(canonical(t))
+        return self.plan(s), self._flex(s), frozenset(self._at0(s, 0)), self._poly(s, 0)
 
     def _has(self, t: Type, off: int, want: int, depth: int) -> bool:
         t = self.complete(t)
@@ -283,15 +297,9 @@ class Catalog:
         return _path(self, self.infos[tid].type, off, 0)
 
 
-def trailing_array(cat: Catalog, t: Type) -> tuple[int, Type] | None:
+def trailing_array(t: Type) -> tuple[int, Type] | None:
     """(offset, element type) of a struct's trailing flexible array (`T items[]`), or None."""
-    if not isinstance(t, Struct) or not t.complete or t.is_union or not t.members:
-        return None
-    last = t.members[-1]
-    at = cat.complete(last.type)
-    if not isinstance(at, Array) or at.count not in (None, 0) or last.offset is None:
-        return None
-    return last.offset, at.element
+    return t.trailing_array() if isinstance(t, Struct) else None
 
 
 def _path(cat: Catalog, t: Type, off: int, depth: int) -> str:

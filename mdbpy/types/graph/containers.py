@@ -3,11 +3,12 @@
 A typed pointer into the middle of a buffer (a `struct list_head *` to the `link` member of a
 malloc'd `struct conn`, as in the Linux kernel's and nginx's intrusive lists) is often the
 only evidence a buffer has. mdb's typegraph then looks at the sizes: the buffer is a struct
-whose size fits it and that holds a member of the pointer's type at that offset. Here, soundly:
+whose size fits it and that holds a member of the pointer's type at that offset. Here:
 
 - "fits" is the allocator's range of requests that buffer could have served
-  (Allocator.request_sizes: glibc's request2size, a size class, a cache's object size), not
-  the buffer's size; a buffer whose allocator cannot say is never typed this way;
+  (Allocator.request_sizes: glibc's request2size, a size class under any alignment, a
+  cache's object size), not the buffer's size; a buffer whose allocator cannot say is never
+  typed this way;
 - the candidates are every complete named struct and union (and typedef of an anonymous one)
   of every loaded object's DWARF (DwarfTypes.sized, cached beside the type index), one per
   catalog type (typedefs and the same struct in every unit are one), whose size is in that
@@ -16,9 +17,13 @@ whose size fits it and that holds a member of the pointer's type at that offset.
   fixed part is no larger than the range (it may be the buffer, its array making up the rest);
 - exactly one candidate types the buffer (HOW "size and member"), which is then evidence like
   any other: it propagates, every other pointer into or to the buffer must agree with it, or
-  the buffer is conflicting. Several candidates, or none, leave it unknown. A buffer holding
-  an array of small structs (n of them making up the size) is not considered: the rule
-  assumes one object per buffer, as the allocation by size does (docs/types.md).
+  the buffer is conflicting. Several candidates, or none, leave it unknown; so does what
+  cannot decide: a candidate whose DWARF cannot be read, two definitions of one catalog type
+  that disagree, an array of a scalar pointee that could fill the buffer (_unique).
+
+What it cannot see (docs/types.md says it in full): an array of small structs reached through
+pointers to its elements (the rule assumes one object per buffer, as allocation by size does),
+and the types of objects without DWARF, never candidates.
 
 Which type a (range, offset, pointee) names is computed once (type_at) and kept; solve.py asks
 for it as evidence arrives, compiled.py hands the answers to the kernel as sorted keys (key()).
@@ -31,30 +36,37 @@ from __future__ import annotations
 import bisect
 
 from mdbpy.errors import MdbError
-from mdbpy.types.graph.catalog import trailing_array
+from mdbpy.types.graph.catalog import canonical, trailing_array
+from mdbpy.types.model import Struct
 
 OFF_BITS, TID_BITS = 24, 20  # a key's word: pointee tid, offset (kernel.c: tg_ckey)
 MAX_SIZE = 1 << OFF_BITS  # larger buffers (and requests) are never typed by size
 
 
 class SizedTypes:
-    """Every loaded object's candidate containers, by size, loaded from the DWARF as a size
-    range is first asked for, each with whether it ends with a flexible array."""
+    """Every loaded object's candidate containers, by size (DwarfTypes.sized), each loaded
+    from the DWARF as a range that may hold it is first asked for."""
 
     def __init__(self, space, catalog):
         self.space, self.catalog = space, catalog
-        self._rows: list | None = None  # (size, object number, kind, name), by size
+        self._rows: list | None = None  # (size, object number, kind, name, flexible), by size
         self._dwarf: list = []  # the objects' DwarfTypes, numbered as in the rows
         self._sizes: list[int] = []
+        self._open: list[int] = []  # the rows that may end with a flexible array (1 or -1)
+        self._open_sizes: list[int] = []
         self._types: list = []  # (type, flexible) per row once loaded, False if unreadable
 
     def _listing(self) -> list:
         """The rows, listed (DwarfTypes.sized: cached on disk) on first use."""
         if self._rows is None:
             self._dwarf = [d for _, d in self.space.objects()]
-            self._rows = sorted(((size, i, kind, name) for i, d in enumerate(self._dwarf)
-                                 for size, kind, name in d.sized()), key=lambda r: r[:2])
+            self._rows = sorted(((size, i, kind, name, flexible)
+                                 for i, d in enumerate(self._dwarf)
+                                 for size, kind, name, flexible in d.sized()),
+                                key=lambda r: r[:2])
             self._sizes = [r[0] for r in self._rows]
+            self._open = [i for i, r in enumerate(self._rows) if r[4]]
+            self._open_sizes = [self._rows[i][0] for i in self._open]
             self._types = [None] * len(self._rows)
         return self._rows
 
@@ -63,27 +75,34 @@ class SizedTypes:
         """The session's listing, kept with its catalog."""
         return catalog.memo(("sized types",), space, lambda: cls(space, catalog))
 
-    def upto(self, hi: int) -> list:
-        """(size, type, flexible) of every candidate no larger than hi; the type is None
-        where its DWARF cannot be read (it may still be the buffer's: the caller must not
-        take another for the only one)."""
+    def within(self, lo: int, hi: int) -> list:
+        """(size, type, flexible) of every candidate a buffer serving requests [lo, hi] may
+        be: of a size in range, or smaller and ending with a flexible array (or not known not
+        to); the type is None where the row's DWARF cannot be read (it may be the buffer's:
+        the caller must not take another for the only one). Two bisections: the rows below lo
+        that cannot be the buffer are never loaded."""
         rows = self._listing()
+        small = self._open[:bisect.bisect_left(self._open_sizes, lo)]
         out = []
-        for i in range(bisect.bisect_right(self._sizes, hi)):
+        for i in small + list(range(bisect.bisect_left(self._sizes, lo),
+                                    bisect.bisect_right(self._sizes, hi))):
             if self._types[i] is None:
-                self._types[i] = self._load(*rows[i][1:])
-            out.append((rows[i][0], *(self._types[i] or (None, False))))
+                self._types[i] = self._load(*rows[i])
+            out.append((rows[i][0], *(self._types[i] or (None, True))))
         return out
 
-    def _load(self, k: int, kind: str, name: str):
-        """(type, flexible) of a row, False when its DWARF cannot be read."""
+    def _load(self, size: int, k: int, kind: str, name: str, flexible: int):
+        """(type, flexible) of a row, False when its DWARF cannot be read (or its size could
+        not be when it was listed)."""
+        if not size:
+            return False
         try:
             t = self._dwarf[k].type_named(kind, name)
         except MdbError:
             return False
         if t is None:
             return False
-        return t, trailing_array(self.catalog, self.catalog.complete(t)) is not None
+        return t, trailing_array(self.catalog.complete(t)) is not None
 
 
 class Containers:
@@ -127,40 +146,63 @@ class Containers:
     def _unique(self, lo: int, hi: int, off: int, t: int) -> int:
         """The one type that a buffer serving requests [lo, hi] can be with a t at offset
         off (structs of a size in range; smaller ones ending with a flexible array), or -1:
-        several (ambiguous), none, one of a size in range whose DWARF cannot be read (it
-        may be the one), or a C++ class (only its vtable says)."""
+        several (ambiguous), none, one whose DWARF cannot be read (it may be the one), two
+        definitions of one tid that disagree (_judged), an array of t filling the buffer
+        (_array_fits), or a C++ class (only its vtable says)."""
         cat = self.catalog
-        found = set()
-        for size, typ, flexible in self.sized.upto(hi):
-            if typ is None:  # unreadable: it could be the buffer's type, so none is known
-                if size >= lo:
-                    return -1
-                continue
-            if size >= lo:
-                holds = _holds(cat, typ, off, t)
-            else:
-                holds = _holds_flexible(cat, typ, off, t) if flexible else None
-            if holds is not None:
-                found.add(holds)
-        if len(found) != 1:
+        if _array_fits(cat, lo, hi, off, t):
             return -1
-        tid = found.pop()
+        judged: dict[int, list] = {}  # tid -> (holds, type) of each definition listed
+        for size, typ, flexible in self.sized.within(lo, hi):
+            if typ is None:  # unreadable: it could be the buffer's type, so none is known
+                return -1
+            if size < lo and not flexible:
+                continue
+            tid = cat.tid_of(typ)
+            if tid is not None:
+                holds = _holds_flexible(cat, typ, off, t) if flexible else \
+                    cat.holds(typ, off, t)
+                judged.setdefault(tid, []).append((holds, typ))
+        found = [tid for tid, seen in judged.items() if any(h for h, _ in seen)]
+        if len(found) != 1 or not _judged(cat, found[0], judged[found[0]]):
+            return -1
+        tid = found[0]
         return -1 if cat[tid].poly else tid  # only a vtable says what a C++ object is
 
 
-def _holds(cat, typ, off: int, t: int) -> int | None:
-    """typ's tid when a typ holds a t at offset off (a member, nested, or an element)."""
-    tid = cat.tid_of(typ)
-    return tid if tid is not None and cat.has_at(tid, off, t) else None
+def _judged(cat, tid: int, seen: list) -> bool:
+    """Whether every listed definition of tid (holds, type) holds the pointee and has the
+    layout of the definition the catalog propagates for tid: the catalog merges types by
+    spelling and size, so a `struct node` of one object and a different one of another are
+    one tid, and typing a buffer by it must be true of whichever it is."""
+    if not all(h for h, _ in seen):
+        return False
+    own = cat[tid].type
+    others = [typ for _, typ in seen if cat.complete(canonical(typ)) is not own]
+    if not others:
+        return True
+    layout = cat.layout(own)
+    return all(cat.layout(typ) == layout for typ in others)
 
 
-def _holds_flexible(cat, typ, off: int, t: int) -> int | None:
-    """typ's tid when it (a struct ending with a flexible array: a buffer larger than typ may
-    be one) holds a t at offset off: in its fixed part, or in an element of its array."""
-    tid = cat.tid_of(typ)
-    if tid is None or off < cat[tid].size:
-        return None if tid is None else _holds(cat, typ, off, t)
-    at, element = trailing_array(cat, cat.complete(typ))
+def _array_fits(cat, lo: int, hi: int, off: int, t: int) -> bool:
+    """Whether the buffer may be an array of t (not a struct, union or class: a scalar, a
+    pointer, an enum, an array) with the pointer at an element: off a multiple of t's size
+    and some multiple of it a request in [lo, hi]. Such a buffer (a pointer array, a table of
+    longs) is no struct, however unique the struct that fits. An array of structs is weighed
+    in docs/types.md."""
+    if isinstance(cat[t].type.strip(), Struct):
+        return False
+    es = cat[t].size
+    return off % es == 0 and (hi // es) * es >= lo
+
+
+def _holds_flexible(cat, typ, off: int, t: int) -> bool:
+    """Whether typ (a struct ending with a flexible array: a buffer larger than typ may be
+    one) holds a t at offset off: in its fixed part, or in an element of its array."""
+    s = cat.complete(canonical(typ))
+    if off < s.size and cat.holds(typ, off, t):
+        return True
+    at, element = trailing_array(s)
     es = cat.complete(element).size or 0
-    return tid if es > 0 and off >= at and _holds(cat, element, (off - at) % es, t) is not None \
-        else None
+    return es > 0 and off >= at and cat.holds(element, (off - at) % es, t)
