@@ -98,7 +98,8 @@ def bench(open_target, args: list[str], leaks: int) -> None:
           f"{len(rep.leaks)} leaks (planted {leaks})")
     print(f"  chunk walk alone          {walk:7.3f} s")
     print(f"  ::findleaks less ::status {cli:7.3f} s   {cli / read:5.1f}x the read")
-    print(f"  ::findleaks peak resident {peak >> 10:7d} MiB  {(peak << 10) / len(t.addr):5.0f} bytes "
+    per_chunk = (peak << 10) / len(t.addr)
+    print(f"  ::findleaks peak resident {peak >> 10:7d} MiB  {per_chunk:5.0f} bytes "
           f"per chunk (goal: 64 per chunk + 64 MiB = {(64 * len(t.addr) >> 20) + 64} MiB)")
 
 

@@ -259,8 +259,8 @@ class Umem:
         return [(m, n, who) for m, n, who in out if m and n > 0]
 
     def magazine_rounds(self, cache):
-        """Buffers held in the magazine layer (an array): the full magazines of the depot (and of v2's
-        per-CPU depot lists) and the rounds of every loaded magazine (CPU caches, v2's rseq
+        """Buffers held in the magazine layer (an array): the full magazines of the depot (and of
+        v2's per-CPU depot lists) and the rounds of every loaded magazine (CPU caches, v2's rseq
         caches). They are free as far as users are concerned, though their slabs count them
         allocated. Read once per session state."""
         key = ("umem_rounds", cache.addr)

@@ -42,7 +42,8 @@ AT_EXECFN = 31
 # [vvar], ...), which no standard core note records. Readers that do not know it skip it.
 NT_MDBPY_NAMES = 1
 VSYSCALL_ADDR = 0xFFFFFFFFFF600000
-BRK_RANDOM_RANGE = 1 << 30  # x86_64 kernels randomize brk within 1 GiB past bss (32 MiB before 5.18)
+# x86_64 kernels randomize brk within 1 GiB past bss (32 MiB before 5.18)
+BRK_RANDOM_RANGE = 1 << 30
 
 
 def pack_names(names: list[tuple[int, int, str]]) -> bytes:
@@ -62,8 +63,8 @@ def parse_names(desc: bytes, limit: int) -> dict[tuple[int, int], str]:
 
 PAGE = 4096
 
-# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr, Elf64_Sym, Elf64_Rela: every reader and writer of ELF
-# in mdbpy uses these
+# Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Nhdr, Elf64_Sym, Elf64_Rela: every reader and
+# writer of ELF in mdbpy uses these
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 SHDR = struct.Struct("<IIQQQQIIQQ")
