@@ -188,12 +188,14 @@ def test_another_objects_map_places_nothing(session, reuse):
     assert tls.dtv_block(s, tp, modid, libc) is None
 
 
-def test_search_on_a_release_without_facts(trixie, monkeypatch):
-    """glibc 2.41 with no DWARF at hand (its debug files hidden) and left out of
-    RTLD_OFFSETS: ld.so tells nothing, and the search finds the list where 2.41's DWARF puts
-    it; main's block is placed and the worker's stale entry refused."""
+def test_search_on_a_release_without_facts(trixie, monkeypatch, tmp_path):
+    """glibc 2.41 with no DWARF at hand (its debug files hidden, and a symbol cache of its
+    own: the run's shared one remembers the debug file other tests gave 2.41's ld.so) and
+    left out of RTLD_OFFSETS: ld.so tells nothing, and the search finds the list where 2.41's
+    DWARF puts it; main's block is placed and the worker's stale entry refused."""
     rel, r = trixie
     monkeypatch.setattr(tls, "RTLD_OFFSETS", {})
+    monkeypatch.setenv("MDBPY_CACHE_DIR", str(tmp_path))
     with engine_session(r.pid) as s:
         rtld = s.symbols.lookup("_rtld_global")
         assert tls._told_offset(s, rtld) is None
