@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 
 from mdbpy.errors import MdbError, ReadError
-from mdbpy.heap.model import (ALLOC, FREE, KIND_BUFFER, KIND_OVERSIZE,
+from mdbpy.heap.model import (ALLOC, KIND_BUFFER, KIND_OVERSIZE,
                               AllocRecord, Allocator, BufferTable, HeapStat, Problem)
 from mdbpy.heap.roots import merge_ranges
 
 from mdbpy_commands.umem import layouts as L
-from mdbpy_commands.umem.contents import cache_contents
+from mdbpy_commands.umem.contents import buffer_table, cache_contents
 from mdbpy_commands.umem.damage import damage
 from mdbpy_commands.umem.state import MAX_DEPTH, Umem
 from mdbpy_commands.umem.verify import verify_cache
@@ -58,25 +58,11 @@ class UmemAllocator(Allocator):
         return cls(session, umem)
 
     # -- buffers ----------------------------------------------------------------------------
-    def _cache_tables(self, alloc_only: bool, leak_caches: bool) -> list[BufferTable]:
-        import numpy as np
-
-        out = []
-        for c in self.umem.caches():
-            if c.cache_cflags & L.UMC_NOTOUCH:
-                continue  # their "buffers" are other caches' slabs
-            if leak_caches and self._arena_name(c.cache_arena) not in LEAK_ARENAS:
-                continue
-            ct = cache_contents(self.umem, c)
-            sel = ct.alloc if alloc_only else slice(None)
-            n = int(np.count_nonzero(ct.alloc)) if alloc_only else len(ct.bufs)
-            audit = bool(c.cache_flags & L.UMF_AUDIT)
-            out.append(BufferTable.from_columns(
-                ct.bufs[sel], np.full(n, min(c.cache_bufsize, c.cache_chunksize), np.uint64),
-                np.where(ct.alloc[sel], ALLOC, FREE).astype(np.uint8), np.zeros(n, np.int32),
-                ct.ctl[sel] if audit else np.zeros(n, np.uint64), np.zeros(n, np.uint8),
-                groups=[(c.cstr("cache_name"), c.addr)], sort=False))
-        return out
+    def _caches(self, leak_caches: bool) -> list:
+        """The caches whose buffers are buffers (not UMC_NOTOUCH: theirs are other caches'
+        slabs); leak_caches: only those whose buffers findleaks reports."""
+        return [c for c in self.umem.caches() if not c.cache_cflags & L.UMC_NOTOUCH and not (
+            leak_caches and self._arena_name(c.cache_arena) not in LEAK_ARENAS)]
 
     def _arena_name(self, addr: int) -> str:
         if not addr:
@@ -122,14 +108,14 @@ class UmemAllocator(Allocator):
 
     def buffers(self) -> BufferTable:
         if self._buffers is None:
-            self._buffers = BufferTable.concat(self._cache_tables(False, False) +
-                                               [self._oversize_table()])
+            self._buffers = buffer_table(self.umem, self._caches(False), False,
+                                         self._oversize_table())
         return self._buffers
 
     def candidates(self) -> BufferTable:
         """The allocated buffers and oversize segments (the anonymous memory beside the umem
         heap is the one heap view's, mdbpy.heap.view)."""
-        return BufferTable.concat(self._cache_tables(True, True) + [self._oversize_table()])
+        return buffer_table(self.umem, self._caches(True), True, self._oversize_table())
 
     def request_sizes(self, table: BufferTable):
         """A buffer of a cache the program made (umem_cache_create) serves exactly the object

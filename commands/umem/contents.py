@@ -373,3 +373,69 @@ def cached_in(umem, cache, bufs) -> list[int]:
 
     got = np.array(bufs, np.uint64)
     return got[np.isin(got, cache_contents(umem, cache).bufs)].tolist()
+
+
+def buffer_table(umem, caches, alloc_only: bool, oversize):
+    """BufferTable.concat of one table per cache (its buffers with their states, or only the
+    allocated ones; the bufctls of audit caches) and the oversize table, each column written
+    once: the per-cache tables, their concatenation and its sort cost three passes over
+    millions of rows, and as many fresh arrays. A cache's buffers are runs `chunk` apart
+    (its slabs, cut where a buffer is left out); the runs of every cache and each oversize
+    segment are put in address order (a sort of tens of thousands of runs), and each run
+    copied where it falls (kernel.c's copy_runs). Runs that do not follow each other
+    strictly (damaged slabs that overlap) are copied in concatenation order, and sorted as
+    concat sorts them."""
+    import numpy as np
+
+    from mdbpy.heap import kernel
+    from mdbpy.heap.model import ALLOC, FREE, KIND_BUFFER, BufferTable
+
+    # per part: (bases, stride (0: a run per row), {column: a value per row}, {column: one
+    # value for the part's rows})
+    parts = []
+    for k, c in enumerate(caches):
+        ct = cache_contents(umem, c)
+        sel = ct.alloc if alloc_only else slice(None)
+        rows = {} if alloc_only else {"state": np.where(ct.alloc, ALLOC, FREE)}
+        if c.cache_flags & L.UMF_AUDIT:
+            rows["ctl"] = ct.ctl[sel]
+        parts.append((ct.bufs[sel], c.cache_chunksize, rows, {
+            "size": min(c.cache_bufsize, c.cache_chunksize), "group": k, "kind": KIND_BUFFER}))
+    parts.append((oversize.base, 0, {"state": oversize.state, "ctl": oversize.ctl,
+                                     "size": oversize.size, "kind": oversize.kind,
+                                     "group": oversize.group + len(caches)},
+                  {"size": 0, "group": 0, "kind": 0}))
+    runs = []  # per part: the row each of its runs starts at (in the part)
+    firsts, lasts, lens = [], [], []  # per run: its first and last buffer, its length
+    for bases, stride, _rows, _one in parts:
+        s = (np.flatnonzero(np.diff(bases) != np.uint64(stride)) + 1 if stride else
+             np.arange(1, len(bases)))
+        s = np.concatenate(([0], s)) if len(bases) else s
+        ends = np.append(s[1:], len(bases)) if len(s) else s
+        runs.append(s)
+        firsts.append(bases[s])
+        lasts.append(bases[ends - 1])
+        lens.append(ends - s)
+    firsts, lasts, lens = (np.concatenate(x) for x in (firsts, lasts, lens))
+    to = np.cumsum(lens) - lens  # each run's first row, in concatenation order
+    by_addr = np.argsort(firsts, kind="stable")
+    if np.all(firsts[by_addr][1:] > lasts[by_addr][:-1]):
+        to[by_addr] = np.cumsum(lens[by_addr]) - lens[by_addr]  # in address order
+    n = int(lens.sum())
+    table = {"base": np.empty(n, np.uint64), "ctl": np.zeros(n, np.uint64),
+             "state": np.full(n, ALLOC, np.uint8)}
+    order = np.argsort(to, kind="stable")  # the runs as the table holds them
+    for name, t in (("size", np.uint64), ("group", np.int32), ("kind", np.uint8)):
+        per_run = np.concatenate([np.full(len(s), one[name], t) for s, (*_p, one) in
+                                  zip(runs, parts)])
+        table[name] = np.repeat(per_run[order], lens[order])
+    lib, r0 = kernel.lib(), 0
+    for s, (bases, _stride, rows, _one) in zip(runs, parts):
+        r1 = r0 + len(s)
+        for name, values in dict(rows, base=bases).items():
+            values = np.ascontiguousarray(values, table[name].dtype)
+            lib.copy_runs(len(s), kernel.ptr(s), kernel.ptr(to[r0:r1]), kernel.ptr(lens[r0:r1]),
+                          values.itemsize, kernel.ptr(values), kernel.ptr(table[name]))
+        r0 = r1
+    return BufferTable.from_columns(**table, groups=[(c.cstr("cache_name"), c.addr)
+                                                     for c in caches] + oversize.groups)

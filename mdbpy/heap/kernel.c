@@ -309,6 +309,16 @@ void expand_runs(int64_t nruns, const uint64_t *first, const uint64_t *stride,
     }
 }
 
+/* Copy runs of elements of `size` bytes: run r's len[r] elements from element from[r] of src
+ * to element to[r] of dst (a cache's buffers, in its own order, put where their slabs fall
+ * among every cache's: umem's buffer table, mdbpy_commands/umem/contents.py). */
+void copy_runs(int64_t nruns, const int64_t *from, const int64_t *to, const int64_t *len,
+               int64_t size, const uint8_t *src, uint8_t *dst)
+{
+    for (int64_t r = 0; r < nruns; r++)
+        memcpy(dst + to[r] * size, src + from[r] * size, (size_t)(len[r] * size));
+}
+
 /* A node of the graph the breadth-first search walks: its out-degree, and `ref`, its only
  * target when it has one, else the index in dst[] of its first edge. A step along a linked
  * list (a heap's long chains) then costs one cache miss, not two. */
@@ -1138,8 +1148,18 @@ int64_t walk_list_src(pool_t *P, walk_t *W, src_t *S)
 int64_t pool_rows(pool_t *P, src_t *S, const uint64_t *addrs, int64_t n, int64_t size,
                   uint8_t *out, uint8_t *done)
 {
-    int64_t k = 0;
+    /* the page of the row copied last and its slot: the rows after it on that page (a
+     * cache's records, a dozen a page) are copied without looking the page up again; a read
+     * (which may reuse the slot) comes only after a miss, which looks it up anew */
+    int64_t k = 0, lpage = -1, lslot = 0;
     for (int64_t i = 0; i < n; i++) {
+        uint64_t at = addrs[i] & (PAGE_SIZE - 1);
+        if ((int64_t)(addrs[i] >> PAGE_SHIFT) == lpage && at + (uint64_t)size <= PAGE_SIZE) {
+            memcpy(out + i * size, P->store + lslot * PAGE_SIZE + at, (size_t)size);
+            done[i] = 1;
+            k++;
+            continue;
+        }
         int64_t need;
         int r = span_ok(P, addrs[i], 0, size, &need);
         for (int tries = 0; r == -2 && tries < 4; tries++) {
@@ -1159,9 +1179,14 @@ int64_t pool_rows(pool_t *P, src_t *S, const uint64_t *addrs, int64_t n, int64_t
             r = span_ok(P, addrs[i], 0, size, &need);
         }
         done[i] = r == 0;
+        lpage = -1;
         if (r == 0) {
             span_copy(P, addrs[i], size, out + i * size);
             k++;
+            if (at + (uint64_t)size <= PAGE_SIZE) {
+                lpage = (int64_t)(addrs[i] >> PAGE_SHIFT);
+                lslot = pool_slot(P, lpage);
+            }
         }
     }
     return k;

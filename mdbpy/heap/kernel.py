@@ -65,6 +65,7 @@ _SIGNATURES = {
                           _P]),
     "pick_words": (_I64, [_P, _I64, _U64, _U64, _U64, _P, _P]),
     "expand_runs": (None, [_I64, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P]),
+    "copy_runs": (None, [_I64, _P, _P, _P, _I64, _P, _P]),
     "graph_nodes": (_I64, [_I64, _P, _P, _I64, _P, _P]),
     "bfs": (_I64, [_I64, _P, _P, _P, _P, _I64, _P, _P, _P]),
     "follow_sizes": (_I64, [_P, _I64, _I64, _I64, _I64, _U64, _U64, _P, _P]),

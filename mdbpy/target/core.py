@@ -322,9 +322,12 @@ class _ImageTarget(Target):
 
     def _overlaps(self, ranges):
         """(segment, start, end) of each part of these [start, end) ranges a segment holds."""
+        segs = self._segs
         for start, end in ranges:
-            i = max(bisect.bisect_right(self._starts, start) - 1, 0)
-            for seg in self._segs[i:]:
+            # by index, not a slice: a copy of the segments after each of tens of thousands
+            # of ranges (a umem heap's spans) costs more than the walk
+            for j in range(max(bisect.bisect_right(self._starts, start) - 1, 0), len(segs)):
+                seg = segs[j]
                 if seg.start >= end:
                     break
                 if seg.end > start:
