@@ -135,6 +135,28 @@ def test_200k_buffers_exact(big):
     assert_exact(r, core, leaks)
 
 
+def test_buffer_count_is_the_tables(big):
+    """findleaks -v's maximum buffers is counted from the caches' contents without building
+    the table of every buffer: the same number the table has, live and as a core."""
+    import io
+
+    from mdbpy.heap.model import allocators
+    from mdbpy.session import Session
+    from mdbpy.target.core import open_file_target
+    from mdbpy.target.live import LiveTarget
+
+    _build, r, core, _leaks = big
+    for target in (lambda: LiveTarget(r.pid), lambda: open_file_target(str(core))):
+        s = Session(target(), out=io.StringIO(), err=io.StringIO())
+        try:
+            (umem,) = [a for a in allocators(s) if a.name == "umem"]
+            counted = umem.buffer_count()
+            assert umem._buffers is None  # counted, not built
+            assert counted == len(umem.buffers()) > 200000
+        finally:
+            s.close()
+
+
 def test_200k_buffers_exact_with_a_tiny_page_cache(big, monkeypatch):
     """Correctness does not hang on the page cache: with 64 KiB kept between reads (a
     200,000-buffer cache walk needs hundreds of MiB), every read still sees all its pages."""

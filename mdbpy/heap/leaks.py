@@ -243,7 +243,7 @@ def statistics(report: LeakReport) -> dict:
     st = report.reach.stats
     counts = dict(dismissals=st.dismissals, misses=st.misses,
                   dups=max(st.hits - st.follows, 0), follows=st.follows)
-    maximum = sum(len(a.buffers()) for a in report.candidates.owners)
+    maximum = sum(a.buffer_count() for a in report.candidates.owners)
     return dict(maximum_buffers=maximum, actual_buffers=len(report.table),
                 potential_pointers=sum(counts.values()), **counts,
                 anon_regions=len(report.anon),

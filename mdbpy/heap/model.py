@@ -279,6 +279,12 @@ class Allocator:
         """Every buffer the allocator manages, allocated and free, with groups and controls."""
         raise NotImplementedError
 
+    def buffer_count(self) -> int:
+        """How many rows buffers() has (findleaks -v's maximum buffers): an allocator that
+        knows the number without building the table (millions of rows, only to be counted)
+        says so."""
+        return len(self.buffers())
+
     def candidates(self) -> BufferTable:
         """What findleaks may report: allocated buffers plus the allocator's extra regions
         (unaccounted anonymous mappings, brk remainder, oversize segments)."""
