@@ -25,6 +25,7 @@ an argument's entry value as that error instead of leaving it out (frames.py).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
@@ -277,13 +278,22 @@ def _typed_binary(name: str, a, b) -> int:
     raise Unavailable(OPTIMIZED_OUT)
 
 
+_parsers = weakref.WeakKeyDictionary()  # a unit's structs -> its DWARFExprParser
+
+
 def parse(die, expr):
     """The ops (pyelftools DWARFExprOps) of an expression's bytes from die's unit; a
-    malformed expression in the file is Unavailable: there is nothing to evaluate."""
+    malformed expression in the file is Unavailable: there is nothing to evaluate. One parser
+    per unit's structs (its address and offset sizes): making one builds a dispatch table of
+    every opcode, 0.15 ms, and the typegraph's frame roots parse dozens of locations."""
     from elftools.dwarf.dwarf_expr import DWARFExprParser
 
+    structs = die.cu.structs
+    parser = _parsers.get(structs)
+    if parser is None:
+        parser = _parsers[structs] = DWARFExprParser(structs)
     try:
-        return DWARFExprParser(die.cu.structs).parse_expr(bytes(expr))
+        return parser.parse_expr(bytes(expr))
     except Exception:
         raise Unavailable(OPTIMIZED_OUT) from None
 

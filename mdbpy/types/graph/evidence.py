@@ -29,6 +29,7 @@ Only aligned words are edges: a packed struct's unaligned pointer is no evidence
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 MERGE_GAP = 64 << 10  # buffers closer than this are read in one range
@@ -362,15 +363,29 @@ def read_words(mem, addrs):
 VTABLE_POINT = 16  # offset-to-top and the RTTI pointer precede the address point
 
 
+_vtables = weakref.WeakKeyDictionary()  # load object -> its vtable points (_object_vtables)
+
+
 def vtable_points(symbols) -> dict[int, str]:
-    """{address point: class name} of every `_ZTV` symbol whose name demangles here."""
+    """{address point: class name} of every `_ZTV` symbol whose name demangles here; each
+    object's found once (its symbol table does not change: a typegraph built again with -f
+    would look through a hundred thousand names again)."""
     out = {}
     for o in symbols.objects():
-        for s in o.symbols:
-            if s.name.startswith("_ZTV") and s.type == "object":
-                name = demangle_type(s.name[4:])
-                if name:
-                    out[s.addr + VTABLE_POINT] = name
+        hit = _vtables.get(o)
+        if hit is None:
+            hit = _vtables[o] = _object_vtables(o)
+        out.update(hit)
+    return out
+
+
+def _object_vtables(o) -> dict[int, str]:
+    out = {}
+    for s in o.symbols:
+        if s.name.startswith("_ZTV") and s.type == "object":
+            name = demangle_type(s.name[4:])
+            if name:
+                out[s.addr + VTABLE_POINT] = name
     return out
 
 
