@@ -45,6 +45,7 @@ class UmemAllocator(Allocator):
         self.binder = umem.layouts
         self._buffers = None
         self._segs = None
+        self._malloc_memo = None  # (table, _malloc_objects of it)
         self.stack_skip = _Memo(self.umem.in_allocator).__getitem__
 
     @classmethod
@@ -166,7 +167,8 @@ class UmemAllocator(Allocator):
                 yield name, caches.get(addr), rows
 
     def _malloc_objects(self, table: BufferTable):
-        """(header length, object size) columns: of every row that begins with the header
+        """(header length, object size) columns (of the table asked for last, kept: the
+        typegraph asks twice): of every row that begins with the header
         libumem's malloc or memalign writes where such a buffer is (_tag_kinds), verified:
         its magics, and a recorded size that lands in that buffer (above the class below,
         at most the buffer) and leaves an object (malloc(0)'s empty one is left as is, a
@@ -175,12 +177,16 @@ class UmemAllocator(Allocator):
 
         from mdbpy_commands.umem.dcmds import malloc_headers
 
+        memo = self._malloc_memo
+        if memo is not None and memo[0] is table:  # request_sizes and object_offsets both ask
+            return memo[1]
         head, size = np.zeros(len(table), np.uint64), np.zeros(len(table), np.uint64)
         for name, c, rows in self._groups(table):
             for tags, floor, ceil in self._tag_kinds(name, c, table.size[rows]):
                 ok, got, h = malloc_headers(self.umem, table.base[rows], tags)
                 ok &= (got > np.uint64(floor)) & (got <= ceil) & (got > np.uint64(h))
                 head[rows[ok]], size[rows[ok]] = h, got[ok] - np.uint64(h)
+        self._malloc_memo = (table, (head, size))
         return head, size
 
     def _tag_kinds(self, name: str, c, sizes) -> list[tuple]:

@@ -269,17 +269,23 @@ def malloc_sizes(umem, c):
     cannot be read is not counted) and the overhead each carries, as numpy arrays."""
     import numpy as np
 
-    ok, size, head = malloc_headers(umem, cache_contents(umem, c).allocated(), cache_tags(c))
+    ok, size, head = malloc_headers(umem, cache_contents(umem, c).allocated(), cache_tags(c),
+                                    either=True)
     mallocsz = size[ok] - np.uint64(head)
     overhead = np.uint64(head) + np.uint64(c.cache_chunksize) - size[ok]
     return mallocsz, overhead
 
 
-def malloc_headers(umem, bufs, tags):
+MALLOC_MAGICS = (L.MALLOC_MAGIC, L.MALLOC_SECOND_MAGIC)
+
+
+def malloc_headers(umem, bufs, tags, either: bool = False):
     """(which of bufs begin with the malloc header `tags` (TAG_*: each tag written decodes to
     its magic, as free() checks it, and the size recorded covers the header); the size the
     header records (umem_alloc's, the tags included); the header's length) of buffers of
-    umem (numpy columns, the length an int)."""
+    umem (numpy columns, the length an int). either: a one-tag header may hold either
+    malloc magic, as mdb's ::umem_malloc_info counts them (um_umem_buffer_cb); the typegraph,
+    which moves an object by what it decides, takes only the magic malloc.c writes there."""
     import numpy as np
 
     from mdbpy.heap.gather import session_gather
@@ -292,7 +298,11 @@ def malloc_headers(umem, bufs, tags):
             continue
         tag, read = g.read(bufs + np.uint64(k * L.MALLOC_DATA_SIZE), L.MALLOC_DATA_SIZE, "<u4")
         tag = tag.reshape(-1, 2).astype(np.uint64)
-        ok &= read & (((tag[:, 0] + tag[:, 1]) & np.uint64(0xFFFFFFFF)) == magic)
+        decoded = (tag[:, 0] + tag[:, 1]) & np.uint64(0xFFFFFFFF)
+        if either and magic in MALLOC_MAGICS:
+            ok &= read & np.isin(decoded, np.array(MALLOC_MAGICS, np.uint64))
+        else:
+            ok &= read & (decoded == magic)
         size = (size << np.uint64(32)) | tag[:, 0]
     head = L.MALLOC_DATA_SIZE * len(tags) if tags[-1] is not None else L.MALLOC_DATA_SIZE
     return ok & (size >= np.uint64(head)), size, head
