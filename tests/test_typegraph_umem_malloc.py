@@ -224,3 +224,44 @@ def test_offsets_and_requests_of_the_buffers(built):
     want = {a: (HEAD, u, u) for a, (u, _, _) in rows.items() if a != smashed}
     want[smashed - HEAD] = (0, 64, 64) if debug else (0, 49, 64)
     assert {a: got[a] for a in want} == want
+
+
+@pytest.mark.parametrize("build", build_params())
+def test_one_tag_header_and_empty_malloc(build, build_dir):
+    """malloc of up to 8 bytes gets one 8-byte tag at the buffer's start (umem_alloc_16), a
+    16-byte one its tag 8 bytes into a 16-byte header (umem_alloc_32); malloc(0)'s empty
+    object (the end of a buffer that is all tag) is left at its buffer's start: the offsets
+    are 8, 16 and 0, the requests 8 and 16, and the typegraph types each struct at the
+    address malloc returned, live and as a core."""
+    from support import start_fixture
+
+    exe = compile_c("umem_small_malloc.c", build_dir / f"umem_small_malloc_{build.name}",
+                    str(build.shared("libumem_malloc")), str(build.shared()),
+                    f"-Wl,-rpath,{build.lib}", build=build)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "UMEM_OPTIONS", *DEBUG_ENV)}
+    r = start_fixture(exe, env={**env, **DEBUG_ENV})
+    try:
+        small, pair, empty = (r.addr(k) for k in ("small", "pair", "empty"))
+        core = gcore(r.pid, build_dir / f"umem_small_malloc_{build.name}.core")
+        for opened in (engine_session(r.pid), engine_session(core=core, exe=exe)):
+            with opened as s:
+                (umem,) = [a for a in s.allocators() if a.name == "umem"]
+                t = umem.candidates()
+                head = umem.object_offsets(t)
+                lo, hi = umem.request_sizes(t)
+                got = {int(b) + int(h): (int(h), int(x), int(y))
+                       for b, h, x, y in zip(t.base, head, lo, hi)}
+                assert got[small] == (8, 8, 8) and got[pair] == (16, 16, 16)
+                # malloc(0): an 8-byte umem_alloc_8 buffer, all tag; its empty object (the
+                # buffer's end) is not moved to: the buffer keeps offset 0
+                assert got[empty - 8][0] == 0
+                run_in(s, "::typegraph")
+                g = s.cache[GRAPH_KEY]
+                assert (g.whattype(small).type, g.whattype(small).offset) == \
+                    ("struct small", 0)
+                assert (g.whattype(pair + 8).type, g.whattype(pair + 8).member) == \
+                    ("struct pair", "s")
+                assert g.whattype(small - 8).phrase().startswith("0x8 bytes before")
+    finally:
+        r.stop()
