@@ -129,6 +129,10 @@ class Whatis(_Dict):
     symbol: str | None = None
     type: str | None = None  # where ::typegraph knows it: the buffer's type and member
     member: str | None = None
+    # where the buffer's object starts (after an allocator's header: libumem's malloc) and
+    # addr's offset into it, which member speaks of; offset is into the buffer
+    object: int | None = None
+    object_offset: int | None = None
 
 
 def whatis_hits(session, addr: int, every: bool = False, map_name=str) -> list[Whatis]:
@@ -146,6 +150,7 @@ def whatis_hits(session, addr: int, every: bool = False, map_name=str) -> list[W
             typed = known_type(session, addr) if b.state == ALLOC else None
             if typed is not None and typed.type is not None:
                 w.type, w.member = typed.spelled, typed.member or None
+                w.object, w.object_offset = addr - typed.offset, typed.offset
             hits.append(w)
             if not every:
                 return hits

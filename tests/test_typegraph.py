@@ -286,6 +286,7 @@ def test_whatis_and_findleaks_name_types(session, tg):
     # and the JSON of both says the same
     hit = _json(session, f"{at:x}::whatis")["hits"][0]
     assert (hit["type"], hit["member"]) == (f"struct item [{n_items}]", "[1].owner")
+    assert (hit["object"], hit["object_offset"]) == (hit["base"], hit["offset"])  # no header
     groups = _json(session, "::findleaks")["leaks"]
     assert [(g["addr"], g["type"]) for g in groups] == [(leaked, "struct node")]
 

@@ -18,7 +18,7 @@ import os
 
 import pytest
 from support import engine_session, gcore, run_in
-from test_typegraph import _engine, _reporting
+from test_typegraph import _engine, _json, _reporting
 from test_typegraph_containers import NCONNS, NJOBS, NPADDED
 from types_oracle import gdb_values
 from umem_builds import DEBUG_ENV, build_params, compile_c
@@ -174,6 +174,9 @@ def test_whattype_and_whatis_name_the_buffer(session, built, tmp_path):
     assert run_in(session, f"{conn + link:x}::whatis -q") == (
         f"{conn + link:x} is {buf:x}+{link + HEAD:x}, {ctl}allocated from umem_alloc_64, "
         f"{link:#x} bytes into struct conn (member link.next)\n")
+    hit = _json(session, f"{conn + link:x}::whatis")["hits"][0]
+    assert (hit["base"], hit["offset"], hit["object"], hit["object_offset"], hit["member"]) == \
+        (buf, link + HEAD, conn, link, "link.next")  # the member is the object's
     assert run_in(session, f"{buf:x}::whatis -q") == (
         f"{buf:x} is {ctl}allocated from umem_alloc_64, 0x10 bytes before struct conn (in the "
         "allocator's header)\n")
