@@ -46,6 +46,7 @@ class UmemAllocator(Allocator):
         self._buffers = None
         self._segs = None
         self._malloc_memo = None  # (table, _malloc_objects of it)
+        self._alloc_cache_sizes: list[int] | None = None
         self.stack_skip = _Memo(self.umem.in_allocator).__getitem__
 
     @classmethod
@@ -200,8 +201,9 @@ class UmemAllocator(Allocator):
         if c is not None and name.startswith(ALLOC_CACHES):
             return [(D.cache_tags(c), self._below(c), c.cache_bufsize)]
         oversize, memalign = OVERSIZE_ARENAS
-        if name == oversize:
-            return [(D.TAG_SECOND, 0, sizes), (D.TAG_HUGE, 0, sizes)]
+        if name == oversize:  # umem_alloc sends there only what no cache holds
+            top = self._alloc_sizes()[-1] if self._alloc_sizes() else 0
+            return [(D.TAG_SECOND, top, sizes), (D.TAG_HUGE, top, sizes)]
         if name == memalign:
             return [(D.TAG_MEMALIGN, 0, sizes)]
         return []
@@ -209,9 +211,20 @@ class UmemAllocator(Allocator):
     def _below(self, c) -> int:
         """The size of the umem_alloc cache below cache c (0 under the smallest): umem_alloc
         serves a size from the smallest cache that holds it."""
-        return max((x.cache_bufsize for x in self.umem.caches()
-                    if x.cstr("cache_name").startswith(ALLOC_CACHES)
-                    and x.cache_bufsize < c.cache_bufsize), default=0)
+        import bisect
+
+        sizes = self._alloc_sizes()
+        k = bisect.bisect_left(sizes, c.cache_bufsize)
+        return sizes[k - 1] if k else 0
+
+    def _alloc_sizes(self) -> list[int]:
+        """The object sizes of the umem_alloc caches, ascending (read once: every cache's
+        name would be read again for each cache asked about)."""
+        if self._alloc_cache_sizes is None:
+            self._alloc_cache_sizes = sorted(
+                x.cache_bufsize for x in self.umem.caches()
+                if x.cstr("cache_name").startswith(ALLOC_CACHES))
+        return self._alloc_cache_sizes
 
     def _alloc_requests(self, c, bufs):
         """(lo, hi) of the buffers of umem_alloc cache c: (the class below, bufsize], or
