@@ -210,6 +210,16 @@ def test_findleaks_names_and_prints_the_object(session, built, tmp_path):
                         f"        {leaked - HEAD:x}"]
 
 
+def _offsets_and_requests(s) -> dict:
+    """{object start: (header length, lowest request, highest request)} of every umem
+    candidate, as object_offsets and request_sizes say."""
+    (umem,) = [a for a in s.allocators() if a.name == "umem"]
+    t = umem.candidates()
+    head = umem.object_offsets(t)
+    lo, hi = umem.request_sizes(t)
+    return {int(b) + int(h): (int(h), int(x), int(y)) for b, h, x, y in zip(t.base, head, lo, hi)}
+
+
 def test_offsets_and_requests_of_the_buffers(built):
     """object_offsets: malloc's 16-byte header in every buffer but the smashed one; the
     requests: the size each malloc asked for, exactly; the smashed buffer's those of a
@@ -218,12 +228,7 @@ def test_offsets_and_requests_of_the_buffers(built):
     _, debug, _, r, rows = built
     smashed = _one(rows, "smashed")
     with engine_session(r.pid) as s:
-        (umem,) = [a for a in s.allocators() if a.name == "umem"]
-        t = umem.candidates()
-        head = umem.object_offsets(t)
-        lo, hi = umem.request_sizes(t)
-        got = {int(b) + int(h): (int(h), int(x), int(y))
-               for b, h, x, y in zip(t.base, head, lo, hi)}
+        got = _offsets_and_requests(s)
     want = {a: (HEAD, u, u) for a, (u, _, _) in rows.items() if a != smashed}
     want[smashed - HEAD] = (0, 64, 64) if debug else (0, 49, 64)
     assert {a: got[a] for a in want} == want
@@ -249,12 +254,7 @@ def test_one_tag_header_and_empty_malloc(build, build_dir):
         core = gcore(r.pid, build_dir / f"umem_small_malloc_{build.name}.core")
         for opened in (engine_session(r.pid), engine_session(core=core, exe=exe)):
             with opened as s:
-                (umem,) = [a for a in s.allocators() if a.name == "umem"]
-                t = umem.candidates()
-                head = umem.object_offsets(t)
-                lo, hi = umem.request_sizes(t)
-                got = {int(b) + int(h): (int(h), int(x), int(y))
-                       for b, h, x, y in zip(t.base, head, lo, hi)}
+                got = _offsets_and_requests(s)
                 assert got[small] == (8, 8, 8) and got[pair] == (16, 16, 16)
                 # malloc(0): an 8-byte umem_alloc_8 buffer, all tag; its empty object (the
                 # buffer's end) is not moved to: the buffer keeps offset 0
