@@ -104,9 +104,10 @@ def parked(request, build_dir):
         r.stop()
 
 
-def _gdb_frames(where, exe, r, core, tmp_path) -> list[dict]:
+def _gdb_frames(where, exe, r, core, tmp_path, funcs=FUNCS) -> list[dict]:
+    """gdb's frames of the functions funcs (GDB_FRAMES), of the live process or its core."""
     args = ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
-    return run_gdb_script(args, GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(FUNCS))
+    return run_gdb_script(args, GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(funcs))
 
 
 def _session(where, exe, r, core):

@@ -16,8 +16,7 @@ import subprocess
 
 import pytest
 from support import run_in
-from test_frames import ARGS, GDB_FRAMES, _session, args_equal_gdb, parked_o2
-from types_oracle import run_gdb_script
+from test_frames import ARGS, _gdb_frames, _session, args_equal_gdb, parked_o2
 
 FUNCS = ("work", "outer")
 WORK = "x=0x46, x@entry=<optimized out>, y=y@entry=0x2a"
@@ -50,9 +49,7 @@ def test_entry_value_error_where_gdb_shows_one(where, parked, tmp_path):
     does (x's as `<optimized out>`), its values gdb's, and ::stack -v and ::frame the same
     line."""
     exe, r, core = parked
-    args = ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
-    gdb = {g["func"]: g for g in run_gdb_script(args, GDB_FRAMES, tmp_path, "c",
-                                                FRAMES_FUNCS=",".join(FUNCS))}
+    gdb = {g["func"]: g for g in _gdb_frames(where, exe, r, core, tmp_path, FUNCS)}
     assert (gdb["work"]["bt"], gdb["outer"]["bt"]) == (GDB_WORK, "v=v@entry=14")
     with _session(where, exe, r, core) as s:
         text = run_in(s, "$C")

@@ -18,8 +18,8 @@ import subprocess
 
 import pytest
 from support import engine_session, run_in
-from test_frames import ARGS, GDB_FRAMES, _parsed, _session, args_equal_gdb, parked_o2
-from types_oracle import compare, run_gdb_script
+from test_frames import ARGS, _gdb_frames, _parsed, _session, args_equal_gdb, parked_o2
+from types_oracle import compare
 
 FUNCS = ("park", "join", "via_a", "via_b", "fork_", "bottom", "middle", "top", "main")
 # innermost first: (function, a tail-call frame?, its arguments as $C shows them)
@@ -59,11 +59,6 @@ def test_fixture_premise(tail_parked):
         assert what in info, what
 
 
-def _gdb(where, exe, r, core, tmp_path) -> list[dict]:
-    args = ["-p", str(r.pid)] if where == "live" else [str(exe), str(core)]
-    return run_gdb_script(args, GDB_FRAMES, tmp_path, "c", FRAMES_FUNCS=",".join(FUNCS))
-
-
 def _shown(s) -> list[tuple]:
     """(function, pc, tail-call frame?, FrameVars with entry values) of the fixture's frames
     as $C lists them, innermost first."""
@@ -88,7 +83,7 @@ def test_tail_call_frames_and_entry_values_equal_gdb(where, tail_parked, tmp_pat
     every entry value (`x@entry`); $C shows them in gdb's shapes, marks the tail-call frames
     `[tail call]` and gives them the frame pointer of the frame that was jumped to."""
     exe, r, core = tail_parked
-    gdb = _gdb(where, exe, r, core, tmp_path)
+    gdb = _gdb_frames(where, exe, r, core, tmp_path, FUNCS)
     assert [(g["func"], g["tail"]) for g in gdb] == [(f, t) for f, t, _ in EXPECTED]
     with _session(where, exe, r, core) as s:
         ours = _shown(s)
@@ -141,7 +136,7 @@ def test_tail_call_frames_in_stacks_and_locals(tail_parked, tmp_path):
     from mdbpy.unwind import unwind
 
     exe, r, core = tail_parked
-    gdb = _gdb("core", exe, r, core, tmp_path)
+    gdb = _gdb_frames("core", exe, r, core, tmp_path, FUNCS)
     with engine_session(core=core, exe=exe) as s:
         names = run_in(s, "$c").splitlines()
         assert [n for n in names if n.startswith("[tail call] ")] == [

@@ -544,10 +544,10 @@ def tls_tcaches(session, obj, ring_s, arenas: set[int]):
     from mdbpy.symbols.tls import thread_block, tls_segment
 
     seg = tls_segment(obj)
-    size = seg[1] if seg is not None else None
-    if size is None:
+    if seg is None:
         return [], [f"{obj.name}: no PT_TLS program header: its TLS block's size is unknown, "
                     "the threads' tcaches are not searched"]
+    size = seg[1]
     arena_at = ring_s.offset("arena") // 8
     known = np.array(sorted(arenas), np.uint64)
     out, warnings = [], []

@@ -28,7 +28,6 @@ built into every redis-server made from redis's source with its default allocato
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 
@@ -154,13 +153,14 @@ def _stripped_exe(session) -> tuple[object, str, tuple] | None:
     bid = _final_build_id(exe)
     if bid is not None and _none_embedded(bid):
         return None
-    try:
-        if bid is None:
-            raise OSError("no final answer: search the target's mappings too")
-        prefix, ver = _embedded_pair(lambda parse: search_file(exe.file, parse, MAX_SCAN))
-    except OSError:
-        bid = None
-        prefix, ver = _embedded_pair(lambda parse: embedded(session.mem, exe, parse, MAX_SCAN))
+    found = None
+    if bid is not None:
+        try:
+            found = _embedded_pair(lambda parse: search_file(exe.file, parse, MAX_SCAN))
+        except OSError:  # no final answer: the target's mappings are searched, nothing kept
+            bid = None
+    prefix, ver = found or _embedded_pair(
+        lambda parse: embedded(session.mem, exe, parse, MAX_SCAN))
     if ver is None:
         if bid is not None:
             cache.store_json(bid, NONE_SUFFIX, {"build_id": bid, "rules": NONE_RULES})
@@ -176,12 +176,11 @@ def _embedded_pair(search) -> tuple[str | None, tuple | None]:
 
 
 def _final_build_id(exe) -> str | None:
-    """The executable's build-id when a search of it is final: its file is on this machine
-    (embedded() then reads the file; a search of a core's mappings can miss pages the core
-    left out); None otherwise, or without a build-id."""
+    """The executable's build-id when a search of its file can be final: its file is on this
+    machine (a search of a core's mappings can miss pages the core left out); None
+    otherwise, or without a build-id."""
     info = getattr(exe, "info", None)
-    path = getattr(exe, "file", None)
-    if info is None or not info.build_id or not path or not os.access(path, os.R_OK):
+    if info is None or not info.build_id or not getattr(exe, "file", None):
         return None
     return info.build_id
 

@@ -16,6 +16,7 @@ Heap memory is never a root: the umem spans are the heap regions, and libumem's 
 
 from __future__ import annotations
 
+import functools
 import os
 
 from mdbpy.errors import MdbError, ReadError
@@ -46,7 +47,6 @@ class UmemAllocator(Allocator):
         self._buffers = None
         self._segs = None
         self._malloc_memo = None  # (table, _malloc_objects of it)
-        self._alloc_cache_sizes: list[int] | None = None
         self.stack_skip = _Memo(self.umem.in_allocator).__getitem__
 
     @classmethod
@@ -202,7 +202,7 @@ class UmemAllocator(Allocator):
             return [(D.cache_tags(c), self._below(c), c.cache_bufsize)]
         oversize, memalign = OVERSIZE_ARENAS
         if name == oversize:  # umem_alloc sends there only what no cache holds
-            top = self._alloc_sizes()[-1] if self._alloc_sizes() else 0
+            top = self.alloc_sizes[-1] if self.alloc_sizes else 0
             return [(D.TAG_SECOND, top, sizes), (D.TAG_HUGE, top, sizes)]
         if name == memalign:
             return [(D.TAG_MEMALIGN, 0, sizes)]
@@ -213,18 +213,16 @@ class UmemAllocator(Allocator):
         serves a size from the smallest cache that holds it."""
         import bisect
 
-        sizes = self._alloc_sizes()
+        sizes = self.alloc_sizes
         k = bisect.bisect_left(sizes, c.cache_bufsize)
         return sizes[k - 1] if k else 0
 
-    def _alloc_sizes(self) -> list[int]:
+    @functools.cached_property
+    def alloc_sizes(self) -> list[int]:
         """The object sizes of the umem_alloc caches, ascending (read once: every cache's
         name would be read again for each cache asked about)."""
-        if self._alloc_cache_sizes is None:
-            self._alloc_cache_sizes = sorted(
-                x.cache_bufsize for x in self.umem.caches()
-                if x.cstr("cache_name").startswith(ALLOC_CACHES))
-        return self._alloc_cache_sizes
+        return sorted(x.cache_bufsize for x in self.umem.caches()
+                      if x.cstr("cache_name").startswith(ALLOC_CACHES))
 
     def _alloc_requests(self, c, bufs):
         """(lo, hi) of the buffers of umem_alloc cache c: (the class below, bufsize], or

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from mdbpy.target import elfcore as ec
 
-SEGMENT_NAMES = {ec.PT_DYNAMIC: "PT_DYNAMIC", ec.PT_TLS: "PT_TLS"}  # pyelftools' p_type names
 R_MAP, R_NEXT = 8, 40  # offsets in struct r_debug(_extended) of r_map and r_next
 L_LD, L_NEXT = 16, 24  # offsets in struct link_map of l_ld and l_next
 MAX_NAMESPACES = 16  # glibc's DL_NNS
@@ -25,26 +24,20 @@ MASK = (1 << 64) - 1
 
 
 def segment(obj, ptype: int) -> tuple[int, int, int] | None:
-    """(p_vaddr, p_memsz, p_align) of obj's first program header of type ptype (one of
-    SEGMENT_NAMES), from the headers read with the object (its file's, or its image's in the
-    target), else from its file; None when it has none or they cannot be read."""
-    info = getattr(obj, "info", None)
-    if info is not None:
-        p = next((p for p in info.phdrs if p.type == ptype), None)
-        return None if p is None else (p.vaddr, p.memsz, p.align)
-    path = getattr(obj, "file", None)
-    if not path:
-        return None
-    try:
-        from elftools.elf.elffile import ELFFile
+    """(p_vaddr, p_memsz, p_align) of obj's first program header of type ptype, from the
+    headers read with the object (its file's, or its image's in the target), else from its
+    file (elf_info_of); None when it has none or they cannot be read."""
+    from mdbpy.symbols.elf import elf_info_of
 
-        with open(path, "rb") as f:
-            for seg in ELFFile(f).iter_segments():
-                if seg["p_type"] == SEGMENT_NAMES[ptype]:
-                    return seg["p_vaddr"], seg["p_memsz"], seg["p_align"]
-    except (OSError, ValueError, AttributeError, AssertionError, TypeError):
-        pass
-    return None
+    info = getattr(obj, "info", None)
+    path = getattr(obj, "file", None)
+    if info is None and path:
+        try:
+            info = elf_info_of(path)
+        except OSError:
+            return None
+    p = next((p for p in info.phdrs if p.type == ptype), None) if info is not None else None
+    return None if p is None else (p.vaddr, p.memsz, p.align)
 
 
 def link_map_of(session, obj) -> int | None:

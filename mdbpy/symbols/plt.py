@@ -22,11 +22,10 @@ import struct
 from array import array
 
 from mdbpy.symbols.cache import Columns
+from mdbpy.target import elfcore as ec
 
 PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got", ".plt.bnd")
-RELA = struct.Struct("<QQq")  # Elf64_Rela: r_offset, r_info, r_addend
 SYM_NAME = struct.Struct("<I")  # the st_name at the start of an Elf64_Sym
-SYM_SIZE = 24
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 BND = 0xF2
 JMP_RIP = b"\xff\x25"  # jmp *disp32(%rip)
@@ -61,7 +60,7 @@ def slot_names(elf) -> dict[int, str]:
     out: dict[int, str] = {}
     budget = MAX_RELOCS
     for sec in elf.iter_sections():
-        if sec["sh_type"] != "SHT_RELA" or sec["sh_entsize"] != RELA.size:
+        if sec["sh_type"] != "SHT_RELA" or sec["sh_entsize"] != ec.RELA.size:
             continue
         symtab = elf.get_section(sec["sh_link"]) if sec["sh_link"] else None
         if symtab is not None and symtab["sh_type"] != "SHT_DYNSYM":
@@ -69,16 +68,16 @@ def slot_names(elf) -> dict[int, str]:
         syms = symtab.data() if symtab is not None else b""
         strs = elf.get_section(symtab["sh_link"]).data() if symtab is not None else b""
         data = sec.data()
-        n = min(len(data) // RELA.size, budget)
+        n = min(len(data) // ec.RELA.size, budget)
         budget -= n
-        for off, info, addend in RELA.iter_unpack(data[:n * RELA.size]):
+        for off, info, addend in ec.RELA.iter_unpack(data[:n * ec.RELA.size]):
             out.setdefault(off, stub_name(_sym_name(syms, strs, info >> 32), addend))
     return out
 
 
 def _sym_name(syms: bytes, strs: bytes, index: int) -> str:
-    at = index * SYM_SIZE
-    if not index or at + SYM_SIZE > len(syms):
+    at = index * ec.SYM.size
+    if not index or at + ec.SYM.size > len(syms):
         return ""
     (name,) = SYM_NAME.unpack_from(syms, at)
     end = strs.find(b"\0", name)

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import struct
 
+from mdbpy.symbols.elf import SHN_UNDEF
 from mdbpy.symbols.linkmap import link_map_of, segment
 from mdbpy.target import elfcore as ec
 
 R_X86_64_DTPMOD64 = 16
 R_X86_64_TPOFF64 = 18
-SHN_UNDEF = 0
 MAX_SLOTS = 4096
 MASK = (1 << 64) - 1
 TLS_DTV_UNALLOCATED = MASK  # glibc's mark of a dynamic block not yet allocated in a thread

@@ -29,6 +29,7 @@ holding frame's context: its code runs in that frame.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from mdbpy.errors import MdbError
@@ -38,7 +39,7 @@ from mdbpy.types.locations import (MASK, OPTIMIZED_OUT, Failed, FrameContext, Un
                                    place, read_or_unavailable)
 from mdbpy.types.model import (ATE_BOOLEAN, ATE_SIGNED, ATE_SIGNED_CHAR, ATE_UNSIGNED,
                                ATE_UNSIGNED_CHAR, Array, Pointer, Struct, Type)
-from mdbpy.types.scopes import Scopes, call_expr, name_of, origin
+from mdbpy.types.scopes import Scopes, call_expr, name_of, origin, site_return_pc
 from mdbpy.types.space import space_of
 from mdbpy.types.value import Value
 from mdbpy.unwind import Frame
@@ -90,10 +91,10 @@ class _Function:
     bias: int
     pc: int  # the file address that names the frame
 
-    @property
+    @functools.cached_property
     def entry(self) -> int | None:
         """The function's entry address in the process (gdb's: the start of its first
-        range), None when its DWARF gives it no code."""
+        range), None when its DWARF gives it no code; read once (each argument asks)."""
         ranges = self.scopes.ranges(self.die)
         return (ranges[0][0] + self.bias) & MASK if ranges else None
 
@@ -124,11 +125,9 @@ def _function_at(session, addr: int) -> _Function | None:
 
 
 def _site_pc(fn: _Function, site) -> int | None:
-    """A call site's return address in the process (DW_AT_call_return_pc; DW_AT_low_pc on a
-    GNU call site), None when it has none (gdb then ignores the site)."""
-    at = _attr(site, "DW_AT_call_return_pc")
-    if at is None and site.tag == "DW_TAG_GNU_call_site":
-        at = _attr(site, "DW_AT_low_pc")
+    """A call site's return address in the process (scopes.site_return_pc), None when it has
+    none (gdb then ignores the site)."""
+    at = site_return_pc(site)
     return None if not isinstance(at, int) else (at + fn.bias) & MASK
 
 
@@ -371,6 +370,7 @@ class _Context(FrameContext):
         self.bias = fn.bias
         self.depth = depth
         self._base: int | None = None
+        self._caller = None  # (function, call site, context) of the call, or its Unavailable
 
     def reg(self, regno: int) -> int:
         v = self.frame.regs.get(DWARF_REGS[regno]) if 0 <= regno < len(DWARF_REGS) else None
@@ -413,6 +413,26 @@ class _Context(FrameContext):
         param, caller = self.call_parameter("reg", regno)
         return caller.evaluate_int(param, "value" if deref_size is None else "data")
 
+    def _calling_site(self, k: int, caller, entry: int):
+        """(the caller's function, its call site that called this function, the caller's
+        context): found once per context, whichever of the function's arguments asks first
+        (every entry value needs the same site); raises Unavailable where there is none."""
+        if self._caller is None:
+            try:
+                cfn, site = _call_site(self.session, caller)
+                if site is None:
+                    raise Unavailable(OPTIMIZED_OUT)
+                ctx = _Context(self.stack, k, cfn, self.depth + 1)
+                if entry not in self.stack.targets(cfn, site, ctx):
+                    raise Unavailable(OPTIMIZED_OUT)
+                self.stack.check_no_self_tail_call(entry)
+                self._caller = (cfn, site, ctx)
+            except Unavailable as e:
+                self._caller = e
+        if isinstance(self._caller, Unavailable):
+            raise self._caller
+        return self._caller
+
     def parameter_ref(self, offset: int) -> int:
         param, caller = self.call_parameter("param", offset)
         return caller.evaluate_int(param, "value")
@@ -437,13 +457,7 @@ class _Context(FrameContext):
             raise Unavailable(OPTIMIZED_OUT)  # gdb's bt stops at main: it has no caller
         if not caller.ret:  # the caller was interrupted (a signal), not making a call
             raise Unavailable(OPTIMIZED_OUT)
-        cfn, site = _call_site(self.session, caller)
-        if site is None:
-            raise Unavailable(OPTIMIZED_OUT)
-        ctx = _Context(self.stack, k, cfn, self.depth + 1)
-        if entry not in self.stack.targets(cfn, site, ctx):
-            raise Unavailable(OPTIMIZED_OUT)
-        self.stack.check_no_self_tail_call(entry)
+        cfn, site, ctx = self._calling_site(k, caller, entry)
         param = cfn.scopes.call_parameter(site, kind, arg)
         if param is None:
             raise Unavailable(OPTIMIZED_OUT)

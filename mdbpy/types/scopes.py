@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 
 from mdbpy.types.dies import _attr, _dwarf_errors
+from mdbpy.types.locations import Unavailable, lone_register, parse
 
 SUBPROGRAM = "DW_TAG_subprogram"
 BLOCK = "DW_TAG_lexical_block"
@@ -167,10 +168,7 @@ class Scopes:
         while todo:
             d = todo.pop()
             if d.tag in CALL_SITES:
-                at = _attr(d, "DW_AT_call_return_pc")
-                if at is None and d.tag == "DW_TAG_GNU_call_site":
-                    at = _attr(d, "DW_AT_low_pc")
-                if at == return_pc:
+                if site_return_pc(d) == return_pc:
                     return d
             elif d.tag == BLOCK or d.tag == INLINED:
                 todo += list(d.iter_children())
@@ -260,8 +258,6 @@ def call_expr(param, which: str):
 def _slot(param, loc: list[int]) -> tuple[str, int] | None:
     """('reg', n) for a lone DW_OP_regN or DW_OP_regx n, ('fb', off) for a lone DW_OP_breg7
     (the stack pointer) off: the argument slots a call site parameter names (gdb's)."""
-    from mdbpy.types.locations import Unavailable, lone_register, parse
-
     try:
         ops = parse(param, loc)
     except Unavailable:  # a malformed location: no slot
@@ -290,3 +286,12 @@ def name_of(die) -> str | None:
     """A DIE's DW_AT_name, through its abstract origin."""
     v = _attr(origin(die), "DW_AT_name")
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else None
+
+
+def site_return_pc(site):
+    """A call site's return address in its file (DW_AT_call_return_pc; DW_AT_low_pc on a GNU
+    call site), None when it has none (gdb then ignores the site)."""
+    at = _attr(site, "DW_AT_call_return_pc")
+    if at is None and site.tag == "DW_TAG_GNU_call_site":
+        at = _attr(site, "DW_AT_low_pc")
+    return at

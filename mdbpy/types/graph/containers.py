@@ -119,13 +119,13 @@ class Containers:
         # answers depend on the types alone: kept with the catalog for the next graph
         self.found: dict[tuple[int, int], int] = catalog.memo(("containers",), sized, dict)
 
-    def ranges(self, rows):
-        """The packed request range of each buffer in rows, -1 where it has none to infer
-        from (unknown, or beyond MAX_SIZE); kernel.c's tg_crange says the same per buffer."""
+    def ranges(self):
+        """The packed request range of each buffer, -1 where it has none to infer from
+        (unknown, or beyond MAX_SIZE); kernel.c's tg_crange says the same per buffer."""
         import numpy as np
 
-        lo, hi = self.lo[rows], self.hi[rows]
-        ok = (hi > 0) & (lo <= hi) & (hi < MAX_SIZE) & (self.sizes[rows] < MAX_SIZE)
+        lo, hi = self.lo, self.hi
+        ok = (hi > 0) & (lo <= hi) & (hi < MAX_SIZE) & (self.sizes < MAX_SIZE)
         return np.where(ok, ((lo << np.uint64(OFF_BITS)) | hi).astype(np.int64), -1)
 
     @staticmethod

@@ -61,7 +61,7 @@ def solve(catalog, sizes, edges, roots, fixed: dict[int, tuple[int, int]],
     dst, doff = edges.dst.tolist(), edges.doff.tolist()
     rdst, rdoff, rtid = roots.dst.tolist(), roots.doff.tolist(), roots.tid.tolist()
     info = catalog.infos
-    crange = containers.ranges(slice(None)).tolist() if containers is not None else [-1] * n
+    crange = containers.ranges().tolist() if containers is not None else [-1] * n
     poisoned: set[int] = set()
     steps = 0
     for run in range(1, MAX_RUNS + 1):
