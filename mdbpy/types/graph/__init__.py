@@ -92,6 +92,7 @@ class TypeGraph:
         self.head = np.zeros(len(self.base), np.uint64) if heads is None else \
             np.ascontiguousarray(heads, np.uint64)
         self.starts = self.base - self.head  # the buffers' (sorted as the objects are)
+        self.bufsize = self.size + self.head  # the buffers' sizes, header included
         self.catalog = Catalog.of(space)
         self.hints: dict[int, int] = {}  # row -> tid
         self.vtables: dict[int, int] = {}
@@ -202,8 +203,8 @@ class TypeGraph:
         base, size, head = int(self.base[i]), int(self.size[i]), int(self.head[i])
         sol = self.solution
         tid = int(sol.tid[i])
-        p = Placement(addr, base - head, size + head, None, conflict=bool(sol.conflict[i]),
-                      head=head)
+        p = Placement(addr, int(self.starts[i]), int(self.bufsize[i]), None,
+                      conflict=bool(sol.conflict[i]), head=head)
         if tid < 0:
             return p
         ti = self.catalog[tid]
@@ -227,7 +228,7 @@ class TypeGraph:
         import numpy as np
 
         sol = self.solution
-        size = self.size + self.head
+        size = self.bufsize
         out = {"buffers": int(len(size)), "bytes": int(size.sum(dtype=np.uint64))}
         rows = []
         for how, label in HOW.items():
@@ -259,7 +260,7 @@ class TypeGraph:
         tids = sol.tid.astype(np.int64)
         order = np.argsort(tids, kind="stable")
         uniq, first, counts = np.unique(tids[order], return_index=True, return_counts=True)
-        sums = np.add.reduceat((self.size + self.head)[order], first) if len(order) else []
+        sums = np.add.reduceat(self.bufsize[order], first) if len(order) else []
         rows = []
         for t, c, b in zip(uniq.tolist(), counts.tolist(), list(map(int, sums))):
             rows.append({"type": self.catalog[t].name if t >= 0 else "<unknown>",

@@ -102,6 +102,8 @@ class SizedTypes:
             return False
         if t is None:
             return False
+        if flexible != -1:  # the listing said (it builds every struct's members to know)
+            return t, bool(flexible)
         return t, trailing_array(self.catalog.complete(t)) is not None
 
 
