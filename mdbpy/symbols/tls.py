@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import struct
 
-from mdbpy.symbols.elf import SHN_UNDEF
 from mdbpy.symbols.linkmap import link_map_of, segment
 from mdbpy.target import elfcore as ec
 
@@ -67,6 +66,8 @@ def _slots(obj, rtype: int) -> list[tuple[int, int]]:
         return []
     try:
         from elftools.elf.elffile import ELFFile
+
+        from mdbpy.symbols.elf import SHN_UNDEF  # here: ::status loads no symbol module
 
         out = []
         with open(path, "rb") as f:
